@@ -1,0 +1,521 @@
+// sn_bench: kernel microbenchmarks of the CUDA backend at realistic shapes.
+//
+// For each op: median time over many runs (CUDA events around each call, after warm-up), inputs
+// rotated over enough copies that L2 (50 MB on the H100) cannot serve them, the fewest bytes the op
+// must move (each input read once, each output written once) or the FLOPs it must do, and the
+// fraction of the ceiling measured in this same run: device-to-device copy bandwidth (bytes read +
+// written) for memory-bound ops, the cuBLASLt bf16 8192^3 GEMM for matrix ops.
+//
+//   sn_bench [--csv] [--quick] [--filter SUBSTRING]
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "ops.h"
+
+#ifndef SN_WITH_CUDA
+int main(void) {
+  printf("sn_bench: built without CUDA; the kernel microbenchmarks need the CUDA backend.\n");
+  return 0;
+}
+#else
+#include <cuda_runtime.h>
+#include <math.h>
+
+#define L2_FLUSH_BYTES ((size_t)200 << 20)  // rotate inputs over at least this many bytes (4x L2)
+#define MAX_ROT 8
+#define WARMUP_RUNS 5
+#define BF16_BYTES 2
+
+#define cudaCheck(call)                                                                    \
+  do {                                                                                     \
+    cudaError_t e_ = (call);                                                               \
+    if (e_ != cudaSuccess) sn_fatal("%s: %s", #call, cudaGetErrorString(e_));              \
+  } while (0)
+
+static const sn_ops *ops;
+static int csv, quick, reps = 50;
+static const char *filter;
+static double copy_gbps, gemm_tflops;
+
+// ---- helpers ----------------------------------------------------------------------------------------------
+static void fill_random_storage(void *dst, size_t n, float stddev, uint64_t seed) {
+  float *h = mallocCheck(n * sizeof(float));
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; i++) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    h[i] = stddev * (((s >> 40) * (1.0f / 16777216.0f)) * 2.0f - 1.0f);
+  }
+  ops->upload_f32(dst, h, n);
+  free(h);
+}
+static void fill_random_f32(float *dst, size_t n, float stddev, uint64_t seed) {
+  float *h = mallocCheck(n * sizeof(float));
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 7;
+  for (size_t i = 0; i < n; i++) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    h[i] = stddev * (((s >> 40) * (1.0f / 16777216.0f)) * 2.0f - 1.0f);
+  }
+  ops->upload(dst, h, n * sizeof(float));
+  free(h);
+}
+static void *rand_st(size_t n, float stddev) {
+  void *p = ops->alloc(n * BF16_BYTES);
+  fill_random_storage(p, n, stddev, (uint64_t)(uintptr_t)p);
+  return p;
+}
+static float *rand_f32(size_t n, float stddev) {
+  float *p = ops->alloc(n * sizeof(float));
+  fill_random_f32(p, n, stddev, (uint64_t)(uintptr_t)p);
+  return p;
+}
+// Copies of an input set so that rotating over them exceeds L2.
+static int rotations_for(size_t set_bytes) {
+  int r = (int)((L2_FLUSH_BYTES + set_bytes - 1) / set_bytes);
+  return SN_MAX(1, SN_MIN(MAX_ROT, r));
+}
+
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
+
+typedef void (*bench_fn)(void *ctx, int rot);
+
+// Median milliseconds of fn over `n` runs, rotating rot = 0..nrot-1.
+static double time_median_ms(bench_fn fn, void *ctx, int nrot, int n) {
+  cudaEvent_t *ev = mallocCheck(2 * n * sizeof(cudaEvent_t));
+  for (int i = 0; i < 2 * n; i++) cudaCheck(cudaEventCreate(&ev[i]));
+  for (int i = 0; i < WARMUP_RUNS; i++) fn(ctx, i % nrot);
+  cudaCheck(cudaDeviceSynchronize());
+  for (int i = 0; i < n; i++) {
+    cudaCheck(cudaEventRecord(ev[2 * i], 0));
+    fn(ctx, i % nrot);
+    cudaCheck(cudaEventRecord(ev[2 * i + 1], 0));
+  }
+  cudaCheck(cudaDeviceSynchronize());
+  float *ms = mallocCheck(n * sizeof(float));
+  for (int i = 0; i < n; i++) cudaCheck(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+  qsort(ms, n, sizeof(float), cmp_float);
+  double med = n % 2 ? ms[n / 2] : 0.5 * (ms[n / 2 - 1] + ms[n / 2]);
+  for (int i = 0; i < 2 * n; i++) cudaCheck(cudaEventDestroy(ev[i]));
+  free(ev), free(ms);
+  return med;
+}
+
+static int selected(const char *name) { return !filter || strstr(name, filter); }
+
+// bytes > 0: memory-bound row (GB/s vs copy). flops > 0: compute row (TFLOP/s vs GEMM).
+static void report(const char *name, const char *shape, double ms, double bytes, double flops) {
+  double gbps = bytes > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
+  double tflops = flops > 0 ? flops / (ms * 1e-3) / 1e12 : 0;
+  double frac = bytes > 0 ? gbps / copy_gbps : (flops > 0 ? tflops / gemm_tflops : 0);
+  if (csv)
+    printf("%s,\"%s\",%.4f,%.1f,%.1f,%.3f\n", name, shape, ms * 1e3, gbps, tflops, frac);
+  else
+    printf("%-24s %-40s %10.1f %9.0f %8.1f %7.1f%%\n", name, shape, ms * 1e3, gbps, tflops, 100 * frac);
+  fflush(stdout);
+}
+
+// ---- ceilings ---------------------------------------------------------------------------------------------
+typedef struct {
+  void *dst, *src;
+  size_t bytes;
+} copy_ctx;
+static void run_copy(void *c, int rot) {
+  copy_ctx *x = c;
+  (void)rot;
+  ops->copy(x->dst, x->src, x->bytes);
+}
+typedef struct {
+  void *C, *A[MAX_ROT], *B;
+  const void *bias;
+  int M, N, K, ta, tb;
+} mm_ctx;
+static void run_mm(void *c, int rot) {
+  mm_ctx *x = c;
+  ops->matmul(x->C, x->A[rot], x->B, x->bias, x->M, x->N, x->K, x->ta, x->tb, 0);
+}
+
+static void measure_ceilings(void) {
+  copy_ctx cc = {NULL, NULL, (size_t)1 << 30};
+  cc.src = rand_st(cc.bytes / BF16_BYTES, 1.0f);
+  cc.dst = ops->alloc(cc.bytes);
+  double ms = time_median_ms(run_copy, &cc, 1, 20);
+  copy_gbps = 2.0 * cc.bytes / (ms * 1e-3) / 1e9;
+  report("ceiling_copy_d2d", "1 GiB read + 1 GiB written", ms, 2.0 * cc.bytes, 0);
+  ops->free(cc.src), ops->free(cc.dst);
+
+  const int S = 8192;
+  mm_ctx m = {0};
+  m.M = m.N = m.K = S, m.tb = 1;
+  m.A[0] = rand_st((size_t)S * S, 1.0f);
+  m.B = rand_st((size_t)S * S, 1.0f);
+  m.C = ops->alloc((size_t)S * S * BF16_BYTES);
+  ms = time_median_ms(run_mm, &m, 1, 20);
+  gemm_tflops = 2.0 * S * S * (double)S / (ms * 1e-3) / 1e12;
+  report("ceiling_gemm_bf16", "8192^3 cuBLASLt, random data", ms, 0, 2.0 * S * S * (double)S);
+  ops->free(m.A[0]), ops->free(m.B), ops->free(m.C);
+}
+
+// ---- memory-bound ops ---------------------------------------------------------------------------------------
+// One generic context: up to 4 storage inputs per rotation, outputs, fp32 side buffers.
+typedef struct {
+  void *in[MAX_ROT][4];
+  void *out[4];
+  float *f[4];
+  int32_t *ids;
+  int T, C, I, V, Hq, Hkv, D, B;
+  size_t n;
+} ctx_t;
+
+#define ROT_ALLOC(ctx, nrot, slot, count)                                   \
+  for (int r_ = 0; r_ < (nrot); r_++) (ctx).in[r_][slot] = rand_st((count), 1.0f)
+
+static void free_ctx(ctx_t *c, int nrot) {
+  for (int r = 0; r < nrot; r++)
+    for (int s = 0; s < 4; s++)
+      if (c->in[r][s]) ops->free(c->in[r][s]);
+  for (int s = 0; s < 4; s++) {
+    if (c->out[s]) ops->free(c->out[s]);
+    if (c->f[s]) ops->free(c->f[s]);
+  }
+  if (c->ids) ops->free(c->ids);
+  memset(c, 0, sizeof *c);
+}
+
+static void run_add(void *p, int r) {
+  ctx_t *c = p;
+  ops->add(c->out[0], c->in[r][0], c->in[r][1], c->n);
+}
+static void run_rms_fwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->rmsnorm_forward(c->out[0], c->f[0], c->in[r][0], c->in[0][2], c->T, c->C, 1e-6f);
+}
+static void run_add_rms_fwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->add_rmsnorm_forward(c->out[1], c->out[0], c->f[0], c->in[r][0], c->in[r][1], c->in[0][2], c->T, c->C, 1e-6f);
+}
+static void run_rms_bwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->rmsnorm_backward(c->out[0], c->out[1], c->in[r][1], c->in[r][0], c->in[0][2], c->f[0], c->T, c->C, 0);
+}
+static void run_ln_fwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->layernorm_forward(c->out[0], c->f[1], c->f[0], c->in[r][0], c->in[0][2], c->in[0][3], c->T, c->C, 1e-12f);
+}
+static void run_ln_bwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->layernorm_backward(c->out[0], c->out[1], c->out[2], c->in[r][1], c->in[r][0], c->in[0][2], c->f[1], c->f[0],
+                          c->T, c->C, 0);
+}
+static void run_swiglu_fwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->swiglu_forward(c->out[0], c->in[r][0], c->T, c->I);
+}
+static void run_swiglu_bwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->swiglu_backward(c->out[0], c->in[r][1], c->in[r][0], c->T, c->I);
+}
+static void run_gelu_fwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->gelu_forward(c->out[0], c->in[r][0], c->n);
+}
+static void run_gelu_bwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->gelu_backward(c->out[0], c->in[r][1], c->in[r][0], c->n);
+}
+static void run_rope(void *p, int r) {
+  ctx_t *c = p;
+  ops->rope(c->in[r][0], c->ids, c->T, c->Hq, c->Hkv, c->D, 1e6f, 0);
+}
+static void run_embed_fwd(void *p, int r) {
+  ctx_t *c = p;
+  (void)r;
+  ops->embedding_forward(c->out[0], c->ids, c->in[0][0], c->T, c->C, 0);
+}
+static void run_embed_bwd(void *p, int r) {
+  ctx_t *c = p;
+  ops->embedding_backward(c->out[0], c->in[r][1], c->ids, c->T, c->C, c->V);
+}
+static void run_sumsq(void *p, int r) {
+  ctx_t *c = p;
+  (void)r;
+  ops->sum_squares(c->f[0], c->in[0][0], c->n);
+}
+static void run_adamw(void *p, int r) {
+  ctx_t *c = p;
+  (void)r;
+  sn_param_span span = {0, c->n, 0.1f};
+  sn_adamw_hparams hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 10, 1.0f};
+  ops->adamw(c->out[0], c->f[0], c->in[0][0], c->f[1], c->f[2], &span, 1, &hp);
+}
+static void run_pool_l2(void *p, int r) {
+  ctx_t *c = p;
+  ops->pool_forward(c->out[0], c->in[r][0], c->ids, c->B, c->T, c->C, SN_POOL_LAST);
+  ops->l2norm_forward(c->f[0], c->f[1], c->out[0], c->B, c->C);
+}
+
+static void bench_norms(int T, int C) {
+  char shape[96];
+  size_t n = (size_t)T * C, set = 2 * n * BF16_BYTES;
+  int nrot = rotations_for(set);
+  ctx_t c = {0};
+  c.T = T, c.C = C;
+  ROT_ALLOC(c, nrot, 0, n);
+  ROT_ALLOC(c, nrot, 1, n);
+  c.in[0][2] = rand_st(C, 1.0f), c.in[0][3] = rand_st(C, 1.0f);
+  for (int s = 0; s < 3; s++) c.out[s] = ops->alloc(n * BF16_BYTES);
+  c.f[0] = ops->alloc(T * sizeof(float)), c.f[1] = ops->alloc(T * sizeof(float));
+  snprintf(shape, sizeof shape, "T=%d C=%d", T, C);
+  double io = (double)n * BF16_BYTES;
+  if (selected("rmsnorm_forward")) report("rmsnorm_forward", shape, time_median_ms(run_rms_fwd, &c, nrot, reps), 2 * io, 0);
+  if (selected("add_rmsnorm_forward"))
+    report("add_rmsnorm_forward", shape, time_median_ms(run_add_rms_fwd, &c, nrot, reps), 4 * io, 0);
+  ops->rmsnorm_forward(c.out[0], c.f[0], c.in[0][0], c.in[0][2], T, C, 1e-6f);
+  if (selected("rmsnorm_backward"))
+    report("rmsnorm_backward", shape, time_median_ms(run_rms_bwd, &c, nrot, reps), 3 * io, 0);
+  if (selected("layernorm_forward"))
+    report("layernorm_forward", shape, time_median_ms(run_ln_fwd, &c, nrot, reps), 2 * io, 0);
+  if (selected("layernorm_backward"))
+    report("layernorm_backward", shape, time_median_ms(run_ln_bwd, &c, nrot, reps), 3 * io, 0);
+  if (selected("add")) {
+    c.n = n;
+    report("add", shape, time_median_ms(run_add, &c, nrot, reps), 3 * io, 0);
+  }
+  free_ctx(&c, nrot);
+}
+
+static void bench_activations(int T, int I) {
+  char shape[96];
+  size_t n = (size_t)T * I;
+  int nrot = rotations_for(3 * n * BF16_BYTES);
+  ctx_t c = {0};
+  c.T = T, c.I = I, c.n = 2 * n;  // gelu runs over the same 2n elements
+  ROT_ALLOC(c, nrot, 0, 2 * n);
+  ROT_ALLOC(c, nrot, 1, 2 * n);
+  c.out[0] = ops->alloc(2 * n * BF16_BYTES);
+  double e = BF16_BYTES;
+  snprintf(shape, sizeof shape, "T=%d I=%d", T, I);
+  if (selected("swiglu_forward")) report("swiglu_forward", shape, time_median_ms(run_swiglu_fwd, &c, nrot, reps), 3 * n * e, 0);
+  if (selected("swiglu_backward"))
+    report("swiglu_backward", shape, time_median_ms(run_swiglu_bwd, &c, nrot, reps), 5 * n * e, 0);
+  snprintf(shape, sizeof shape, "n=%zu", 2 * n);
+  if (selected("gelu_forward")) report("gelu_forward", shape, time_median_ms(run_gelu_fwd, &c, nrot, reps), 4 * n * e, 0);
+  if (selected("gelu_backward")) report("gelu_backward", shape, time_median_ms(run_gelu_bwd, &c, nrot, reps), 6 * n * e, 0);
+  free_ctx(&c, nrot);
+}
+
+static void bench_rope_embed(void) {
+  char shape[96];
+  ctx_t c = {0};
+  c.T = 16384, c.Hq = 14, c.Hkv = 2, c.D = 64, c.C = 896, c.V = 151936;
+  size_t qkv = (size_t)c.T * (c.Hq + 2 * c.Hkv) * c.D;
+  int nrot = rotations_for(qkv * BF16_BYTES);
+  ROT_ALLOC(c, nrot, 0, qkv);
+  int32_t *pos = mallocCheck(c.T * sizeof(int32_t));
+  for (int t = 0; t < c.T; t++) pos[t] = (int)(((uint64_t)t * 2654435761u) % (uint64_t)c.V);
+  c.ids = ops->alloc(c.T * sizeof(int32_t));
+  ops->upload(c.ids, pos, c.T * sizeof(int32_t));
+  snprintf(shape, sizeof shape, "T=%d Hq=%d Hkv=%d D=%d", c.T, c.Hq, c.Hkv, c.D);
+  double rot_bytes = 2.0 * c.T * (c.Hq + c.Hkv) * c.D * BF16_BYTES;  // q and k heads read + written
+  if (selected("rope")) report("rope", shape, time_median_ms(run_rope, &c, nrot, reps), rot_bytes, 0);
+  free_ctx(&c, nrot);
+
+  memset(&c, 0, sizeof c);
+  c.T = 16384, c.C = 896, c.V = 151936;
+  c.ids = ops->alloc(c.T * sizeof(int32_t));
+  ops->upload(c.ids, pos, c.T * sizeof(int32_t));
+  size_t tc = (size_t)c.T * c.C;
+  nrot = rotations_for(tc * BF16_BYTES);
+  c.in[0][0] = rand_st((size_t)c.V * c.C, 1.0f);
+  ROT_ALLOC(c, nrot, 1, tc);
+  c.out[0] = rand_st((size_t)c.V * c.C, 1.0f);
+  c.out[1] = ops->alloc(tc * BF16_BYTES);
+  void *saved = c.out[0];
+  c.out[0] = c.out[1];
+  snprintf(shape, sizeof shape, "T=%d C=%d V=%d", c.T, c.C, c.V);
+  if (selected("embedding_forward"))
+    report("embedding_forward", shape, time_median_ms(run_embed_fwd, &c, 1, reps), 2.0 * tc * BF16_BYTES, 0);
+  c.out[0] = saved;
+  // backward: dout read once, each touched table row read + written (all ids distinct here)
+  if (selected("embedding_backward"))
+    report("embedding_backward", shape, time_median_ms(run_embed_bwd, &c, nrot, reps), 3.0 * tc * BF16_BYTES, 0);
+  free_ctx(&c, nrot);
+  free(pos);
+}
+
+static void bench_optimizer(size_t n) {
+  char shape[96];
+  ctx_t c = {0};
+  c.n = n;
+  c.in[0][0] = rand_st(n, 1e-3f);
+  c.out[0] = ops->alloc(n * BF16_BYTES);
+  c.f[0] = rand_f32(n, 1.0f), c.f[1] = rand_f32(n, 1e-3f), c.f[2] = ops->alloc(n * sizeof(float));
+  ops->memset_zero(c.f[2], n * sizeof(float));
+  snprintf(shape, sizeof shape, "n=%zu", n);
+  if (selected("adamw"))  // grads r, params w, master/m/v r+w
+    report("adamw", shape, time_median_ms(run_adamw, &c, 1, 20), (double)n * (2 + 2 + 3 * 8), 0);
+  float *acc = ops->alloc(sizeof(float));
+  float *keep = c.f[0];
+  c.f[0] = acc;
+  if (selected("sum_squares")) report("sum_squares", shape, time_median_ms(run_sumsq, &c, 1, reps), (double)n * 2, 0);
+  c.f[0] = keep;
+  ops->free(acc);
+  free_ctx(&c, 1);
+}
+
+static void bench_matmul(int M, int N, int K, int with_bias, const char *label) {
+  char shape[96];
+  mm_ctx m = {0};
+  m.M = M, m.N = N, m.K = K, m.tb = 1;
+  int nrot = rotations_for((size_t)M * K * BF16_BYTES);
+  for (int r = 0; r < nrot; r++) m.A[r] = rand_st((size_t)M * K, 1.0f);
+  m.B = rand_st((size_t)N * K, 1.0f);
+  void *bias = with_bias ? rand_st(N, 1.0f) : NULL;
+  m.bias = bias;
+  m.C = ops->alloc((size_t)M * N * BF16_BYTES);
+  snprintf(shape, sizeof shape, "%s M=%d N=%d K=%d%s", label, M, N, K, with_bias ? " +bias" : "");
+  if (selected("matmul")) report("matmul", shape, time_median_ms(run_mm, &m, nrot, reps), 0, 2.0 * M * N * (double)K);
+  for (int r = 0; r < nrot; r++) ops->free(m.A[r]);
+  ops->free(m.B), ops->free(m.C);
+  if (bias) ops->free(bias);
+}
+
+// ---- attention -------------------------------------------------------------------------------------------
+typedef struct {
+  void *qkv, *out, *dout, *dqkv;
+  float *lse;
+  int32_t *cu;
+  int B, T, L, Hq, Hkv, D, causal;
+} attn_ctx;
+static void run_attn_fwd(void *p, int r) {
+  attn_ctx *a = p;
+  (void)r;
+  ops->attention_forward(a->out, a->lse, a->qkv, a->cu, a->B, a->T, a->L, a->Hq, a->Hkv, a->D, a->causal,
+                         1.0f / sqrtf((float)a->D));
+}
+static void run_attn_bwd(void *p, int r) {
+  attn_ctx *a = p;
+  (void)r;
+  ops->attention_backward(a->dqkv, a->dout, a->qkv, a->out, a->lse, a->cu, a->B, a->T, a->L, a->Hq, a->Hkv, a->D,
+                          a->causal, 1.0f / sqrtf((float)a->D));
+}
+
+static void bench_attention(int B, int L, int Hq, int Hkv, int D, int causal) {
+  if (!selected("attention")) return;
+  char shape[96];
+  attn_ctx a = {0};
+  a.B = B, a.L = L, a.T = B * L, a.Hq = Hq, a.Hkv = Hkv, a.D = D, a.causal = causal;
+  size_t row = (size_t)(Hq + 2 * Hkv) * D;
+  a.qkv = rand_st((size_t)a.T * row, 1.0f);
+  a.dout = rand_st((size_t)a.T * Hq * D, 1.0f);
+  a.out = ops->alloc((size_t)a.T * Hq * D * BF16_BYTES);
+  a.dqkv = ops->alloc((size_t)a.T * row * BF16_BYTES);
+  a.lse = ops->alloc((size_t)Hq * a.T * sizeof(float));
+  int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
+  for (int b = 0; b <= B; b++) cu[b] = b * L;
+  a.cu = ops->alloc((B + 1) * sizeof(int32_t));
+  ops->upload(a.cu, cu, (B + 1) * sizeof(int32_t));
+  free(cu);
+  // FLOPs as FlashAttention counts them: 4 B L^2 Hq D forward (halved when causal), 2.5x that backward.
+  double fwd_flops = 4.0 * B * (double)L * L * Hq * D * (causal ? 0.5 : 1.0);
+  snprintf(shape, sizeof shape, "B=%d L=%d Hq=%d Hkv=%d D=%d %s", B, L, Hq, Hkv, D, causal ? "causal" : "bidir");
+  report("attention_forward", shape, time_median_ms(run_attn_fwd, &a, 1, reps), 0, fwd_flops);
+  report("attention_backward", shape, time_median_ms(run_attn_bwd, &a, 1, reps), 0, 2.5 * fwd_flops);
+  ops->free(a.qkv), ops->free(a.dout), ops->free(a.out), ops->free(a.dqkv), ops->free(a.lse), ops->free(a.cu);
+}
+
+// ---- losses and pooling ------------------------------------------------------------------------------------
+typedef struct {
+  float *rows, *cols, *drows, *dcols, *loss;
+  int32_t *target;
+  int R, N, C;
+} loss_ctx;
+static void run_contrastive(void *p, int r) {
+  loss_ctx *l = p;
+  (void)r;
+  ops->contrastive_loss(l->loss, l->drows, l->dcols, l->rows, l->cols, l->target, l->R, l->N, l->C, 20.0f,
+                        1.0f / l->R);
+}
+static void bench_losses(int R, int N, int C) {
+  if (!selected("contrastive")) return;
+  char shape[96];
+  loss_ctx l = {0};
+  l.R = R, l.N = N, l.C = C;
+  l.rows = rand_f32((size_t)R * C, 0.05f), l.cols = rand_f32((size_t)N * C, 0.05f);
+  l.drows = rand_f32((size_t)R * C, 0.0f), l.dcols = rand_f32((size_t)N * C, 0.0f);
+  l.loss = rand_f32(1, 0.0f);
+  int32_t *t = mallocCheck(R * sizeof(int32_t));
+  for (int i = 0; i < R; i++) t[i] = (i * 2) % N;
+  l.target = ops->alloc(R * sizeof(int32_t));
+  ops->upload(l.target, t, R * sizeof(int32_t));
+  free(t);
+  snprintf(shape, sizeof shape, "R=%d N=%d C=%d fp32 (3 GEMMs + fused CE)", R, N, C);
+  // FLOPs of the three fp32 GEMMs; fraction is against the bf16 GEMM ceiling, so read it as a lower bound.
+  report("contrastive_loss", shape, time_median_ms(run_contrastive, &l, 1, reps), 0, 3 * 2.0 * R * N * (double)C);
+  ops->free(l.rows), ops->free(l.cols), ops->free(l.drows), ops->free(l.dcols), ops->free(l.loss), ops->free(l.target);
+}
+
+static void bench_pool(int B, int L, int C) {
+  if (!selected("pool")) return;
+  char shape[96];
+  ctx_t c = {0};
+  c.B = B, c.T = B * L, c.C = C;
+  c.in[0][0] = rand_st((size_t)c.T * C, 1.0f);
+  int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
+  for (int b = 0; b <= B; b++) cu[b] = b * L;
+  c.ids = ops->alloc((B + 1) * sizeof(int32_t));
+  ops->upload(c.ids, cu, (B + 1) * sizeof(int32_t));
+  free(cu);
+  c.out[0] = ops->alloc((size_t)B * C * BF16_BYTES);
+  c.f[0] = ops->alloc((size_t)B * C * sizeof(float)), c.f[1] = ops->alloc(B * sizeof(float));
+  snprintf(shape, sizeof shape, "last-token + l2norm B=%d C=%d", B, C);
+  report("pool_l2norm_forward", shape, time_median_ms(run_pool_l2, &c, 1, reps), (double)B * C * (2 + 2 + 2 + 4), 0);
+  free_ctx(&c, 1);
+}
+
+int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--csv")) csv = 1;
+    else if (!strcmp(argv[i], "--quick")) quick = 1, reps = 10;
+    else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
+    else {
+      fprintf(stderr, "usage: sn_bench [--csv] [--quick] [--filter SUBSTRING]\n");
+      return 2;
+    }
+  }
+  const char *why = NULL;
+  ops = sn_ops_cuda(&why);
+  if (!ops) {
+    printf("sn_bench: no CUDA device (%s); nothing to measure.\n", why ? why : "unknown");
+    return 0;
+  }
+  struct cudaDeviceProp prop;
+  cudaCheck(cudaGetDeviceProperties(&prop, 0));
+  if (csv) printf("op,shape,median_us,GB_per_s,TFLOP_per_s,fraction_of_ceiling\n");
+  else {
+    printf("# sn_bench on %s (%d SMs, %.0f MB L2); median of %d runs after %d warm-up, inputs rotated over >= %zu MB\n",
+           prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6, reps, WARMUP_RUNS, L2_FLUSH_BYTES >> 20);
+    printf("%-24s %-40s %10s %9s %8s %8s\n", "op", "shape", "median_us", "GB/s", "TFLOP/s", "ceiling");
+  }
+  measure_ceilings();
+  bench_norms(16384, 896);
+  if (!quick) bench_norms(16384, 3584);
+  bench_activations(16384, 4864);
+  bench_rope_embed();
+  bench_pool(128, 128, 896);
+  bench_optimizer(quick ? (size_t)1 << 24 : (size_t)494032768);
+  bench_matmul(16384, 4864 * 2, 896, 0, "gate_up 0.5B");
+  bench_matmul(16384, 896, 896, 1, "q_proj 0.5B");
+  bench_matmul(8192, 1536, 1536, 1, "q_proj 1.5B");
+  bench_attention(128, 128, 14, 2, 64, 1);
+  bench_attention(32, 512, 12, 2, 128, 1);
+  bench_attention(8, 2048, 14, 2, 64, 1);
+  bench_attention(256, 32, 6, 6, 64, 0);
+  bench_losses(64, 128, 896);
+  bench_losses(512, 1024, 1536);
+  return 0;
+}
+#endif

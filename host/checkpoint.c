@@ -1,0 +1,357 @@
+#define _GNU_SOURCE
+#include "checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#define STATE_NAME_MAX 64
+#define COMPLETE_MARKER "COMPLETE"
+#define REMOVE_TREE_FDS 16
+
+// ---- state container ------------------------------------------------------------------------
+// Layout: magic (8) | version u32 | section count u32 | sections...
+// section: name (64, NUL-padded) | bytes u64 | fnv1a64 of data u64 | data
+
+typedef struct {
+  char name[STATE_NAME_MAX];
+  uint64_t bytes;
+  uint64_t checksum;
+  const unsigned char *data;
+  int owned;  // data was copied by sn_state_add_copy
+} state_section;
+
+struct sn_state_writer {
+  state_section *sections;
+  int n, cap;
+};
+
+struct sn_state_reader {
+  char *buf;
+  state_section *sections;
+  int n;
+  char path[SN_CKPT_PATH_MAX];
+};
+
+static uint64_t fnv1a64(const void *data, size_t n) {
+  const unsigned char *p = data;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+sn_state_writer *sn_state_writer_new(void) { return callocCheck(1, sizeof(sn_state_writer)); }
+
+static state_section *new_section(sn_state_writer *w, const char *name, const void *data, size_t bytes) {
+  if (strlen(name) >= STATE_NAME_MAX) sn_fatal("state section name '%s' is too long", name);
+  if (w->n == w->cap) {
+    w->cap = w->cap ? 2 * w->cap : 16;
+    w->sections = reallocCheck(w->sections, (size_t)w->cap * sizeof *w->sections);
+  }
+  state_section *s = &w->sections[w->n++];
+  memset(s->name, 0, sizeof s->name);
+  snprintf(s->name, sizeof s->name, "%s", name);
+  s->bytes = bytes;
+  s->data = data;
+  s->owned = 0;
+  s->checksum = fnv1a64(data, bytes);
+  return s;
+}
+
+void sn_state_add(sn_state_writer *w, const char *name, const void *data, size_t bytes) {
+  new_section(w, name, data, bytes);
+}
+
+void sn_state_add_copy(sn_state_writer *w, const char *name, const void *data, size_t bytes) {
+  unsigned char *copy = mallocCheck(bytes);
+  memcpy(copy, data, bytes);
+  new_section(w, name, copy, bytes)->owned = 1;
+}
+
+void sn_state_add_u64(sn_state_writer *w, const char *name, uint64_t v) {
+  sn_state_add_copy(w, name, &v, sizeof v);
+}
+
+static int write_all(FILE *f, const void *data, size_t bytes) {
+  return fwrite(data, 1, bytes, f) == bytes ? 0 : -1;
+}
+
+int sn_state_write(sn_state_writer *w, const char *path) {
+  char tmp[SN_CKPT_PATH_MAX + 32];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+  FILE *f = fopen(tmp, "wb");
+  if (!f) return -1;
+  uint32_t version = SN_STATE_VERSION, count = (uint32_t)w->n;
+  int rc = write_all(f, SN_STATE_MAGIC, 8) | write_all(f, &version, 4) | write_all(f, &count, 4);
+  for (int i = 0; i < w->n && rc == 0; i++) {
+    const state_section *s = &w->sections[i];
+    rc = write_all(f, s->name, STATE_NAME_MAX) | write_all(f, &s->bytes, 8) |
+         write_all(f, &s->checksum, 8) | write_all(f, s->data, s->bytes);
+  }
+  if (rc == 0 && fflush(f) != 0) rc = -1;
+  if (rc == 0 && fsync(fileno(f)) != 0) rc = -1;
+  int saved = errno;
+  if (fclose(f) != 0 && rc == 0) {
+    rc = -1;
+    saved = errno;
+  }
+  if (rc == 0 && rename(tmp, path) != 0) {
+    rc = -1;
+    saved = errno;
+  }
+  if (rc != 0) unlink(tmp);
+  errno = saved;
+  return rc;
+}
+
+void sn_state_writer_free(sn_state_writer *w) {
+  if (!w) return;
+  for (int i = 0; i < w->n; i++)
+    if (w->sections[i].owned) free((void *)w->sections[i].data);
+  free(w->sections);
+  free(w);
+}
+
+sn_state_reader *sn_state_read(const char *path, char *err, size_t errlen) {
+  size_t len = 0;
+  char *buf = sn_read_file(path, &len);
+  if (!buf) {
+    snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+    return NULL;
+  }
+  sn_state_reader *r = callocCheck(1, sizeof *r);
+  r->buf = buf;
+  snprintf(r->path, sizeof r->path, "%s", path);
+  const unsigned char *p = (const unsigned char *)buf, *end = p + len;
+  uint32_t version, count;
+  if (len < 16 || memcmp(p, SN_STATE_MAGIC, 8) != 0) {
+    snprintf(err, errlen, "%s: not a scalingnote state file (bad magic)", path);
+    goto fail;
+  }
+  memcpy(&version, p + 8, 4);
+  memcpy(&count, p + 12, 4);
+  if (version != SN_STATE_VERSION) {
+    snprintf(err, errlen, "%s: state version %u, this build reads version %d", path, version, SN_STATE_VERSION);
+    goto fail;
+  }
+  p += 16;
+  r->sections = callocCheck(count ? count : 1, sizeof *r->sections);
+  for (uint32_t i = 0; i < count; i++) {
+    state_section *s = &r->sections[i];
+    if ((size_t)(end - p) < STATE_NAME_MAX + 16) {
+      snprintf(err, errlen, "%s: truncated in the header of section %u of %u", path, i, count);
+      goto fail;
+    }
+    memcpy(s->name, p, STATE_NAME_MAX);
+    s->name[STATE_NAME_MAX - 1] = '\0';
+    memcpy(&s->bytes, p + STATE_NAME_MAX, 8);
+    memcpy(&s->checksum, p + STATE_NAME_MAX + 8, 8);
+    p += STATE_NAME_MAX + 16;
+    if ((uint64_t)(end - p) < s->bytes) {
+      snprintf(err, errlen, "%s: section '%s' is truncated", path, s->name);
+      goto fail;
+    }
+    s->data = (unsigned char *)p;
+    if (fnv1a64(p, s->bytes) != s->checksum) {
+      snprintf(err, errlen, "%s: section '%s' fails its checksum (corrupt file)", path, s->name);
+      goto fail;
+    }
+    p += s->bytes;
+    r->n++;
+  }
+  return r;
+fail:
+  sn_state_reader_free(r);
+  return NULL;
+}
+
+const void *sn_state_get(const sn_state_reader *r, const char *name, size_t *bytes) {
+  for (int i = 0; i < r->n; i++)
+    if (strcmp(r->sections[i].name, name) == 0) {
+      if (bytes) *bytes = r->sections[i].bytes;
+      return r->sections[i].data;
+    }
+  return NULL;
+}
+
+void sn_state_get_exact(const sn_state_reader *r, const char *name, void *dst, size_t bytes) {
+  size_t have = 0;
+  const void *src = sn_state_get(r, name, &have);
+  if (!src) sn_bad_input("%s: section '%s' is missing", r->path, name);
+  if (have != bytes)
+    sn_bad_input("%s: section '%s' has %zu bytes, expected %zu (a checkpoint of another model or config?)",
+                 r->path, name, have, bytes);
+  memcpy(dst, src, bytes);
+}
+
+uint64_t sn_state_get_u64(const sn_state_reader *r, const char *name) {
+  uint64_t v;
+  sn_state_get_exact(r, name, &v, sizeof v);
+  return v;
+}
+
+void sn_state_reader_free(sn_state_reader *r) {
+  if (!r) return;
+  free(r->sections);
+  free(r->buf);
+  free(r);
+}
+
+// ---- folders --------------------------------------------------------------------------------
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st, (void)flag, (void)ftw;
+  return remove(path);
+}
+
+int sn_remove_tree(const char *path) {
+  struct stat st;
+  if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
+  return nftw(path, remove_entry, REMOVE_TREE_FDS, FTW_DEPTH | FTW_PHYS);
+}
+
+int sn_ckpt_begin(const char *run_dir, int stage, int64_t step, char *tmp_dir, size_t size,
+                  char *err, size_t errlen) {
+  snprintf(tmp_dir, size, "%s/.tmp-ckpt-%d-%lld", run_dir, stage, (long long)step);
+  sn_remove_tree(tmp_dir);  // a leftover of an interrupted write
+  if (sn_mkdir_p(tmp_dir) != 0) {
+    snprintf(err, errlen, "cannot create checkpoint folder %s: %s", tmp_dir, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+void sn_ckpt_abort(const char *tmp_dir) { sn_remove_tree(tmp_dir); }
+
+typedef struct {
+  int stage;
+  int64_t step;
+  char name[256];
+} ckpt_entry;
+
+static int parse_ckpt_name(const char *name, int *stage, int64_t *step) {
+  long long s = 0, k = 0;
+  int consumed = 0;
+  if (sscanf(name, "ckpt-%lld-%lld%n", &s, &k, &consumed) != 2 || name[consumed] != '\0') return 0;
+  *stage = (int)s;
+  *step = (int64_t)k;
+  return 1;
+}
+
+static int compare_ckpt_newest_first(const void *a, const void *b) {
+  const ckpt_entry *x = a, *y = b;
+  if (x->stage != y->stage) return y->stage - x->stage;
+  return (y->step > x->step) - (y->step < x->step);
+}
+
+// Checkpoint folders of run_dir, newest first. Caller frees.
+static ckpt_entry *list_checkpoints(const char *run_dir, int *count) {
+  *count = 0;
+  DIR *d = opendir(run_dir);
+  if (!d) return NULL;
+  ckpt_entry *list = NULL;
+  int cap = 0;
+  for (struct dirent *de; (de = readdir(d)) != NULL;) {
+    int stage;
+    int64_t step;
+    if (!parse_ckpt_name(de->d_name, &stage, &step)) continue;
+    if (*count == cap) list = reallocCheck(list, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *list);
+    list[*count] = (ckpt_entry){.stage = stage, .step = step};
+    snprintf(list[*count].name, sizeof list[*count].name, "%s", de->d_name);
+    (*count)++;
+  }
+  closedir(d);
+  if (*count > 1) qsort(list, (size_t)*count, sizeof *list, compare_ckpt_newest_first);
+  return list;
+}
+
+static int has_marker(const char *dir) {
+  char path[SN_CKPT_PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/%s", dir, COMPLETE_MARKER);
+  return access(path, F_OK) == 0;
+}
+
+int sn_ckpt_commit(const char *run_dir, const char *tmp_dir, int stage, int64_t step, int keep,
+                   char *err, size_t errlen) {
+  char marker[SN_CKPT_PATH_MAX + 32], final_dir[SN_CKPT_PATH_MAX];
+  snprintf(marker, sizeof marker, "%s/%s", tmp_dir, COMPLETE_MARKER);
+  snprintf(final_dir, sizeof final_dir, "%s/ckpt-%d-%lld", run_dir, stage, (long long)step);
+  const char note[] = "complete\n";
+  if (sn_write_file_atomic(marker, note, sizeof note - 1) != 0) {
+    snprintf(err, errlen, "cannot write %s: %s", marker, strerror(errno));
+    sn_ckpt_abort(tmp_dir);
+    return -1;
+  }
+  sn_remove_tree(final_dir);  // same step written again (a resumed run re-saving)
+  if (rename(tmp_dir, final_dir) != 0 || sn_fsync_dir(run_dir) != 0) {
+    snprintf(err, errlen, "cannot rename %s to %s: %s", tmp_dir, final_dir, strerror(errno));
+    sn_ckpt_abort(tmp_dir);
+    return -1;
+  }
+  int n = 0, kept = 0;
+  ckpt_entry *list = list_checkpoints(run_dir, &n);
+  for (int i = 0; i < n; i++) {
+    char dir[SN_CKPT_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/%s", run_dir, list[i].name);
+    if (!has_marker(dir)) continue;  // torn folders are left for a person to look at
+    if (++kept > keep) sn_remove_tree(dir);
+  }
+  free(list);
+  return 0;
+}
+
+int sn_ckpt_find_latest(const char *run_dir, char *path, size_t size, int *stage, int64_t *step) {
+  int n = 0, found = -1;
+  ckpt_entry *list = list_checkpoints(run_dir, &n);
+  for (int i = 0; i < n && found < 0; i++) {
+    char dir[SN_CKPT_PATH_MAX], state[SN_CKPT_PATH_MAX + 16], err[512];
+    snprintf(dir, sizeof dir, "%s/%s", run_dir, list[i].name);
+    if (!has_marker(dir)) {
+      sn_warn("skipping %s: no %s marker (a checkpoint torn by a crash)", dir, COMPLETE_MARKER);
+      continue;
+    }
+    snprintf(state, sizeof state, "%s/state.bin", dir);
+    sn_state_reader *r = sn_state_read(state, err, sizeof err);
+    if (!r) {
+      sn_warn("skipping %s: %s", dir, err);
+      continue;
+    }
+    sn_state_reader_free(r);
+    snprintf(path, size, "%s", dir);
+    *stage = list[i].stage;
+    *step = list[i].step;
+    found = i;
+  }
+  free(list);
+  return found >= 0 ? 0 : -1;
+}
+
+static const char *const TOKENIZER_FILES[] = {
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "vocab.json",     "merges.txt",            "encoder.json",            "vocab.bpe",
+};
+
+int sn_copy_tokenizer_files(const char *src_dir, const char *dst_dir, char *err, size_t errlen) {
+  for (size_t i = 0; i < SN_ARRAY_LEN(TOKENIZER_FILES); i++) {
+    char src[SN_CKPT_PATH_MAX], dst[SN_CKPT_PATH_MAX];
+    snprintf(src, sizeof src, "%s/%s", src_dir, TOKENIZER_FILES[i]);
+    snprintf(dst, sizeof dst, "%s/%s", dst_dir, TOKENIZER_FILES[i]);
+    size_t len = 0;
+    char *data = sn_read_file(src, &len);
+    if (!data) continue;
+    int rc = sn_write_file_atomic(dst, data, len);
+    free(data);
+    if (rc != 0) {
+      snprintf(err, errlen, "cannot write %s: %s", dst, strerror(errno));
+      return -1;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,185 @@
+// sn_eval: retrieval evaluation on BEIR data.
+//   sn_eval --query-model DIR --doc-model DIR --data BEIR_DIR [options]   embed, search, score
+//   sn_eval --run RUN.trec --qrels QRELS.tsv [--out metrics.json]          score a TREC run file
+// Exit status 2 on bad input, with the file (and line) and what was expected.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "beir.h"
+#include "cJSON.h"
+#include "common.h"
+#include "eval.h"
+#include "model.h"
+#include "ops.h"
+#include "tokenizer.h"
+
+#define ERR_LEN 1024
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: sn_eval --query-model DIR --doc-model DIR --data BEIR_DIR [--split test]\n"
+          "               [--out metrics.json] [--device cpu|cuda] [--batch N] [--max-query-len 64]\n"
+          "               [--max-doc-len 256] [--query-prompt STR] [--doc-prompt STR]\n"
+          "               [--pooling last|mean|cls] [--query-pooling P] [--doc-pooling P]\n"
+          "               [--save-doc-emb PREFIX] [--load-doc-emb PREFIX]\n"
+          "               [--k 100] [--run-out RUN.trec] [--quiet]\n"
+          "       sn_eval --run RUN.trec --qrels QRELS.tsv [--out metrics.json]\n"
+          "Prompts: the query prompt replaces {text} (or is a prefix); the document prompt replaces\n"
+          "{title} and {text} (default: title + \" \" + text). Tokenized as training tokenizes.\n"
+          "Pooling defaults: last token for decoders, CLS for encoders.\n");
+}
+
+typedef struct {
+  const char *query_model, *doc_model, *data, *out, *device, *run, *qrels;
+  sn_eval_opts eval;
+} cli_args;
+
+static int parse_positive(const char *flag, const char *v) {
+  char *end;
+  long x = strtol(v, &end, 10);
+  if (end == v || *end || x <= 0 || x > (1L << 30)) sn_bad_input("%s: expected a positive integer, got '%s'", flag, v);
+  return (int)x;
+}
+
+static int parse_pooling(const char *v) {
+  if (!strcmp(v, "last")) return SN_POOL_LAST;
+  if (!strcmp(v, "mean")) return SN_POOL_MEAN;
+  if (!strcmp(v, "cls") || !strcmp(v, "first")) return SN_POOL_FIRST;
+  sn_bad_input("--pooling: expected last, mean or cls, got '%s'", v);
+}
+
+static void parse_args(int argc, char **argv, cli_args *a) {
+  memset(a, 0, sizeof *a);
+  sn_eval_opts_default(&a->eval);
+  a->eval.verbose = 1;
+  a->device = "cpu";
+  for (int i = 1; i < argc; i++) {
+    const char *f = argv[i];
+    if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
+      usage(stdout);
+      exit(0);
+    }
+    if (!strcmp(f, "--quiet")) {
+      a->eval.verbose = 0;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      usage(stderr);
+      sn_bad_input("%s: expected a value after it", f);
+    }
+    const char *v = argv[++i];
+    if (!strcmp(f, "--query-model")) a->query_model = v;
+    else if (!strcmp(f, "--doc-model")) a->doc_model = v;
+    else if (!strcmp(f, "--data")) a->data = v;
+    else if (!strcmp(f, "--split")) a->eval.split = v;
+    else if (!strcmp(f, "--out")) a->out = v;
+    else if (!strcmp(f, "--device")) a->device = v;
+    else if (!strcmp(f, "--batch")) a->eval.batch = parse_positive(f, v);
+    else if (!strcmp(f, "--max-query-len")) a->eval.max_query_len = parse_positive(f, v);
+    else if (!strcmp(f, "--max-doc-len")) a->eval.max_doc_len = parse_positive(f, v);
+    else if (!strcmp(f, "--query-prompt")) a->eval.query_prompt = v;
+    else if (!strcmp(f, "--doc-prompt")) a->eval.doc_prompt = v;
+    else if (!strcmp(f, "--pooling")) a->eval.query_pooling = a->eval.doc_pooling = parse_pooling(v);
+    else if (!strcmp(f, "--query-pooling")) a->eval.query_pooling = parse_pooling(v);
+    else if (!strcmp(f, "--doc-pooling")) a->eval.doc_pooling = parse_pooling(v);
+    else if (!strcmp(f, "--save-doc-emb")) a->eval.save_doc_emb = v;
+    else if (!strcmp(f, "--load-doc-emb")) a->eval.load_doc_emb = v;
+    else if (!strcmp(f, "--k")) a->eval.k = parse_positive(f, v);
+    else if (!strcmp(f, "--run-out")) a->eval.run_out = v;
+    else if (!strcmp(f, "--run")) a->run = v;
+    else if (!strcmp(f, "--qrels")) a->qrels = v;
+    else {
+      usage(stderr);
+      sn_bad_input("unknown option '%s'", f);
+    }
+  }
+}
+
+static cJSON *metrics_json(const sn_metrics *m) {
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddNumberToObject(j, "recall@10", m->recall_10);
+  cJSON_AddNumberToObject(j, "recall@100", m->recall_100);
+  cJSON_AddNumberToObject(j, "ndcg@10", m->ndcg_10);
+  cJSON_AddNumberToObject(j, "mrr@10", m->mrr_10);
+  return j;
+}
+
+// Scores a TREC run file; the JSON has the means and every qrels query's values.
+static int score_run_file(const cli_args *a) {
+  char err[ERR_LEN];
+  sn_qrels qrels;
+  sn_run run;
+  if (sn_qrels_load(a->qrels, &qrels, err, sizeof err)) sn_bad_input("%s", err);
+  if (sn_run_load_trec(a->run, &run, err, sizeof err)) sn_bad_input("%s", err);
+  sn_metrics mean;
+  int nq;
+  sn_query_metrics *pq;
+  sn_metrics_compute(&qrels, &run, &mean, &nq, &pq);
+  sn_eval_result r = {.num_queries = nq, .mean = mean};
+  sn_eval_print_table("run", &r);
+  if (a->out) {
+    cJSON *j = metrics_json(&mean);
+    cJSON_AddNumberToObject(j, "num_queries", nq);
+    cJSON *per = cJSON_AddObjectToObject(j, "per_query");
+    for (int i = 0; i < qrels.nqueries; i++) {
+      cJSON *q = metrics_json(&pq[i].m);
+      cJSON_AddNumberToObject(q, "num_rel", pq[i].num_rel);
+      cJSON_AddItemToObject(per, pq[i].query_id, q);
+    }
+    char *text = cJSON_PrintUnformatted(j);
+    if (sn_write_file_atomic(a->out, text, strlen(text))) sn_fatal("%s: cannot write", a->out);
+    free(text);
+    cJSON_Delete(j);
+  }
+  free(pq);
+  sn_run_free(&run);
+  sn_qrels_free(&qrels);
+  return 0;
+}
+
+static sn_tokenizer *load_tokenizer(const char *dir) {
+  char err[ERR_LEN];
+  sn_tokenizer *tok = sn_tokenizer_load(dir, err, sizeof err);
+  if (!tok) sn_bad_input("%s", err);
+  return tok;
+}
+
+int main(int argc, char **argv) {
+  cli_args a;
+  parse_args(argc, argv, &a);
+  if (a.run || a.qrels) {
+    if (!a.run || !a.qrels) sn_bad_input("--run and --qrels go together (a TREC run file and its qrels)");
+    return score_run_file(&a);
+  }
+  if (!a.query_model || !a.doc_model || !a.data) {
+    usage(stderr);
+    sn_bad_input("expected --query-model DIR, --doc-model DIR and --data BEIR_DIR");
+  }
+  char err[ERR_LEN];
+  sn_beir data;
+  if (sn_beir_load(a.data, a.eval.split, &data, err, sizeof err)) sn_bad_input("%s", err);
+  sn_log("data: %d documents, %d queries judged in qrels/%s.tsv", data.corpus.n, data.queries.n, a.eval.split);
+
+  const sn_ops *ops = sn_ops_by_name(a.device);
+  sn_model *query_tower = sn_model_load(a.query_model, ops);
+  sn_tokenizer *query_tok = load_tokenizer(a.query_model);
+  int same = !strcmp(a.query_model, a.doc_model);
+  sn_model *doc_tower = same ? query_tower : sn_model_load(a.doc_model, ops);
+  sn_tokenizer *doc_tok = same ? query_tok : load_tokenizer(a.doc_model);
+
+  sn_eval_result r;
+  if (sn_eval_run(&a.eval, &data, query_tower, query_tok, doc_tower, doc_tok, &r, err, sizeof err))
+    sn_bad_input("%s", err);
+  sn_eval_print_table(a.eval.split, &r);
+  if (a.out && sn_eval_write_json(a.out, a.eval.split, &r, err, sizeof err)) sn_fatal("%s", err);
+
+  if (!same) {
+    sn_model_free(doc_tower);
+    sn_tokenizer_free(doc_tok);
+  }
+  sn_model_free(query_tower);
+  sn_tokenizer_free(query_tok);
+  sn_beir_free(&data);
+  return 0;
+}

@@ -1,0 +1,57 @@
+// sn_train --config FILE.json [--stage 1|2|all] [--resume auto|DIR] [--set key=value ...]
+// Runs ScalingNote stage 1 (dual towers, InfoNCE), stage 2 (student distillation) or both, with
+// checkpoints, exact resume and evaluation. Thin: the work is in host/train*.c.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "train.h"
+
+#define MAX_OVERRIDES 256
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: sn_train [--config FILE.json] [--stage 1|2|all] [--resume auto|DIR]\n"
+          "                [--set key=value ...] [key=value ...]\n"
+          "  --config FILE   run config (JSON); without it the built-in defaults are used\n"
+          "  --stage S       1, 2 or all (default all)\n"
+          "  --resume R      auto: continue from the newest complete checkpoint of run_dir;\n"
+          "                  DIR: continue from that checkpoint folder\n"
+          "  --set k=v       override any config key by its dotted path, e.g.\n"
+          "                  --set stage1.temperature=0.02 --set device=cuda\n"
+          "  --print-config  print the resolved config and exit\n");
+}
+
+int main(int argc, char **argv) {
+  sn_train_args args = {.stage = 0};
+  static const char *overrides[MAX_OVERRIDES];
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    int has_value = i + 1 < argc;
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      return 0;
+    } else if (strcmp(a, "--config") == 0 && has_value) {
+      args.config_path = argv[++i];
+    } else if (strcmp(a, "--stage") == 0 && has_value) {
+      const char *s = argv[++i];
+      if (strcmp(s, "1") == 0) args.stage = 1;
+      else if (strcmp(s, "2") == 0) args.stage = 2;
+      else if (strcmp(s, "all") == 0) args.stage = 0;
+      else sn_bad_input("--stage: expected 1, 2 or all, got '%s'", s);
+    } else if (strcmp(a, "--resume") == 0 && has_value) {
+      args.resume = argv[++i];
+    } else if (strcmp(a, "--print-config") == 0) {
+      args.print_config = 1;
+    } else if ((strcmp(a, "--set") == 0 && has_value) || (a[0] != '-' && strchr(a, '='))) {
+      if (args.n_overrides == MAX_OVERRIDES) sn_bad_input("too many --set overrides (max %d)", MAX_OVERRIDES);
+      overrides[args.n_overrides++] = (a[0] == '-') ? argv[++i] : a;
+    } else {
+      usage(stderr);
+      sn_bad_input("unknown or incomplete argument '%s'", a);
+    }
+  }
+  args.overrides = overrides;
+  return sn_train_main(&args);
+}

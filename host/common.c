@@ -1,0 +1,185 @@
+#define _GNU_SOURCE
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void sn_die_at(const char *src_file, int src_line, int status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "error: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, " [%s:%d]\n", src_file, src_line);
+  va_end(ap);
+  fflush(stderr);
+  exit(status);
+}
+
+void sn_log(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+void sn_warn(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "warning: ");
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+void *sn_malloc_at(size_t bytes, const char *src_file, int src_line) {
+  void *p = malloc(bytes ? bytes : 1);
+  if (!p) sn_die_at(src_file, src_line, SN_EXIT_FAILURE, "malloc(%zu) failed: out of memory", bytes);
+  return p;
+}
+
+void *sn_calloc_at(size_t count, size_t size, const char *src_file, int src_line) {
+  void *p = calloc(count ? count : 1, size ? size : 1);
+  if (!p) sn_die_at(src_file, src_line, SN_EXIT_FAILURE, "calloc(%zu, %zu) failed: out of memory", count, size);
+  return p;
+}
+
+void *sn_realloc_at(void *p, size_t bytes, const char *src_file, int src_line) {
+  void *q = realloc(p, bytes ? bytes : 1);
+  if (!q) sn_die_at(src_file, src_line, SN_EXIT_FAILURE, "realloc(%zu) failed: out of memory", bytes);
+  return q;
+}
+
+char *sn_strdup_at(const char *s, const char *src_file, int src_line) {
+  size_t n = strlen(s) + 1;
+  char *d = sn_malloc_at(n, src_file, src_line);
+  memcpy(d, s, n);
+  return d;
+}
+
+FILE *sn_fopen_at(const char *path, const char *mode, const char *src_file, int src_line) {
+  FILE *f = fopen(path, mode);
+  if (!f) {
+    int status = (mode[0] == 'r') ? SN_EXIT_BAD_INPUT : SN_EXIT_FAILURE;
+    sn_die_at(src_file, src_line, status, "cannot open '%s' (mode %s): %s", path, mode, strerror(errno));
+  }
+  return f;
+}
+
+void sn_fread_at(void *dst, size_t size, size_t count, FILE *f, const char *path,
+                 const char *src_file, int src_line) {
+  size_t got = fread(dst, size, count, f);
+  if (got != count) {
+    sn_die_at(src_file, src_line, SN_EXIT_BAD_INPUT, "%s: short read (%zu of %zu items of %zu bytes)%s",
+              path, got, count, size, feof(f) ? ": file is truncated" : "");
+  }
+}
+
+void sn_fwrite_at(const void *src, size_t size, size_t count, FILE *f, const char *path,
+                  const char *src_file, int src_line) {
+  if (fwrite(src, size, count, f) != count)
+    sn_die_at(src_file, src_line, SN_EXIT_FAILURE, "%s: write failed: %s", path, strerror(errno));
+}
+
+void sn_fclose_at(FILE *f, const char *path, const char *src_file, int src_line) {
+  if (fclose(f) != 0)
+    sn_die_at(src_file, src_line, SN_EXIT_FAILURE, "%s: close failed: %s", path, strerror(errno));
+}
+
+char *sn_read_file(const char *path, size_t *len_out) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  size_t cap = 1 << 16, len = 0;
+  char *buf = mallocCheck(cap);
+  for (;;) {
+    if (len + 1 >= cap) buf = reallocCheck(buf, cap *= 2);
+    size_t got = fread(buf + len, 1, cap - len - 1, f);
+    len += got;
+    if (got == 0) break;
+  }
+  int err = ferror(f);
+  fclose(f);
+  if (err) {
+    free(buf);
+    errno = EIO;
+    return NULL;
+  }
+  buf[len] = '\0';
+  if (len_out) *len_out = len;
+  return buf;
+}
+
+int sn_fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return -1;
+  int rc = fsync(fd);
+  int saved = errno;
+  close(fd);
+  errno = saved;
+  return rc;
+}
+
+int sn_write_file_atomic(const char *path, const void *data, size_t len) {
+  char tmp[4096];
+  if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return -1;
+  const char *p = data;
+  size_t left = len;
+  while (left > 0) {
+    ssize_t n = write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      goto fail;
+    }
+    p += n;
+    left -= (size_t)n;
+  }
+  if (fsync(fd) != 0) goto fail;
+  if (close(fd) != 0) {
+    fd = -1;
+    goto fail;
+  }
+  fd = -1;
+  if (rename(tmp, path) != 0) goto fail;
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  return sn_fsync_dir(dirname(dir));
+fail:;
+  int saved = errno;
+  if (fd >= 0) close(fd);
+  unlink(tmp);
+  errno = saved;
+  return -1;
+}
+
+int sn_mkdir_p(const char *path) {
+  char buf[4096];
+  if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+  return 0;
+}
+
+double sn_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

@@ -1,0 +1,65 @@
+// Shared by every host file: exit codes, error-check macros that print file:line and the failing
+// call, checked allocation and file I/O, logging. Kernels have their own twin in kernels/common.cuh.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+// Exit status for bad input (a malformed file, an unknown key, ids outside the vocabulary):
+// distinct from 1, which means an internal or system failure.
+#define SN_EXIT_BAD_INPUT 2
+#define SN_EXIT_FAILURE 1
+
+// Prints "error: <file>:<line>: <message>" (the location of the check in our source) and exits.
+_Noreturn void sn_die_at(const char *src_file, int src_line, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+// Bad user input: names the user's file/field in the message, exits with SN_EXIT_BAD_INPUT.
+#define sn_bad_input(...) sn_die_at(__FILE__, __LINE__, SN_EXIT_BAD_INPUT, __VA_ARGS__)
+// Internal failure (out of memory, a failed system call): exits with SN_EXIT_FAILURE.
+#define sn_fatal(...) sn_die_at(__FILE__, __LINE__, SN_EXIT_FAILURE, __VA_ARGS__)
+
+void sn_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));   // stderr, one line
+void sn_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));  // stderr, "warning: "
+
+// Checked allocation: never returns NULL.
+void *sn_malloc_at(size_t bytes, const char *src_file, int src_line);
+void *sn_calloc_at(size_t count, size_t size, const char *src_file, int src_line);
+void *sn_realloc_at(void *p, size_t bytes, const char *src_file, int src_line);
+char *sn_strdup_at(const char *s, const char *src_file, int src_line);
+#define mallocCheck(bytes) sn_malloc_at((bytes), __FILE__, __LINE__)
+#define callocCheck(count, size) sn_calloc_at((count), (size), __FILE__, __LINE__)
+#define reallocCheck(p, bytes) sn_realloc_at((p), (bytes), __FILE__, __LINE__)
+#define strdupCheck(s) sn_strdup_at((s), __FILE__, __LINE__)
+
+// Checked stdio: failures name the path and the call.
+FILE *sn_fopen_at(const char *path, const char *mode, const char *src_file, int src_line);
+void sn_fread_at(void *dst, size_t size, size_t count, FILE *f, const char *path,
+                 const char *src_file, int src_line);
+void sn_fwrite_at(const void *src, size_t size, size_t count, FILE *f, const char *path,
+                  const char *src_file, int src_line);
+void sn_fclose_at(FILE *f, const char *path, const char *src_file, int src_line);
+#define fopenCheck(path, mode) sn_fopen_at((path), (mode), __FILE__, __LINE__)
+#define freadCheck(dst, size, count, f, path) sn_fread_at((dst), (size), (count), (f), (path), __FILE__, __LINE__)
+#define fwriteCheck(src, size, count, f, path) sn_fwrite_at((src), (size), (count), (f), (path), __FILE__, __LINE__)
+#define fcloseCheck(f, path) sn_fclose_at((f), (path), __FILE__, __LINE__)
+
+// Reads a whole file into a NUL-terminated buffer. Returns NULL (errno set) when it cannot be read;
+// *len_out gets the byte count without the NUL.
+char *sn_read_file(const char *path, size_t *len_out);
+
+// Durable write: writes to "<path>.tmp.<pid>", fsyncs it, renames it over path, fsyncs the folder.
+// Returns 0 on success, -1 with errno set (the temp file is removed; an old `path` stays intact).
+int sn_write_file_atomic(const char *path, const void *data, size_t len);
+// fsync a directory (after renames into it). Returns 0 or -1 with errno set.
+int sn_fsync_dir(const char *dir);
+// mkdir -p. Returns 0 or -1 with errno set.
+int sn_mkdir_p(const char *path);
+
+// Monotonic wall clock in seconds.
+double sn_now_s(void);
+
+#define SN_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SN_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SN_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SN_CEIL_DIV(a, b) (((a) + (b) - 1) / (b))

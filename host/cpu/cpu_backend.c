@@ -1,0 +1,66 @@
+// The CPU reference backend's op table: fp32 storage in host memory, OpenMP over rows and tiles.
+#include "cpu_ops.h"
+
+// Host memory in both directions: raw uploads and downloads are copies.
+static void cpu_upload(void *dst, const void *host_src, size_t bytes) {
+  sn_cpu_copy(dst, host_src, bytes);
+}
+static void cpu_download(void *host_dst, const void *src, size_t bytes) {
+  sn_cpu_copy(host_dst, src, bytes);
+}
+
+static const sn_ops cpu_ops = {
+    .name = "cpu",
+    .storage = SN_DTYPE_F32,
+    .storage_size = sizeof(float),
+
+    .alloc = sn_cpu_alloc,
+    .free = sn_cpu_free,
+    .memset_zero = sn_cpu_memset_zero,
+    .copy = sn_cpu_copy,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .upload_f32 = sn_cpu_upload_f32,
+    .download_f32 = sn_cpu_download_f32,
+    .storage_to_f32 = sn_cpu_storage_to_f32,
+    .f32_to_storage = sn_cpu_f32_to_storage,
+    .synchronize = sn_cpu_synchronize,
+
+    .add = sn_cpu_add,
+    .scale_f32 = sn_cpu_scale_f32,
+
+    .embedding_forward = sn_cpu_embedding_forward,
+    .embedding_backward = sn_cpu_embedding_backward,
+
+    .rmsnorm_forward = sn_cpu_rmsnorm_forward,
+    .rmsnorm_backward = sn_cpu_rmsnorm_backward,
+    .add_rmsnorm_forward = sn_cpu_add_rmsnorm_forward,
+    .layernorm_forward = sn_cpu_layernorm_forward,
+    .layernorm_backward = sn_cpu_layernorm_backward,
+    .add_layernorm_forward = sn_cpu_add_layernorm_forward,
+
+    .matmul = sn_cpu_matmul,
+    .bias_backward = sn_cpu_bias_backward,
+
+    .rope = sn_cpu_rope,
+    .attention_forward = sn_cpu_attention_forward,
+    .attention_backward = sn_cpu_attention_backward,
+
+    .swiglu_forward = sn_cpu_swiglu_forward,
+    .swiglu_backward = sn_cpu_swiglu_backward,
+    .gelu_forward = sn_cpu_gelu_forward,
+    .gelu_backward = sn_cpu_gelu_backward,
+
+    .pool_forward = sn_cpu_pool_forward,
+    .pool_backward = sn_cpu_pool_backward,
+    .l2norm_forward = sn_cpu_l2norm_forward,
+    .l2norm_backward = sn_cpu_l2norm_backward,
+
+    .contrastive_loss = sn_cpu_contrastive_loss,
+    .distill_loss = sn_cpu_distill_loss,
+
+    .sum_squares = sn_cpu_sum_squares,
+    .adamw = sn_cpu_adamw,
+};
+
+const sn_ops *sn_ops_cpu(void) { return &cpu_ops; }

@@ -1,0 +1,14 @@
+// Elementwise ops of the CPU backend.
+#include "cpu_ops.h"
+
+void sn_cpu_add(void *out, const void *a, const void *b, size_t n) {
+  float *o = out;
+  const float *x = a, *y = b;  // out may alias a or b: each element is read before it is written
+#pragma omp parallel for schedule(static) if (n >= SN_CPU_PARALLEL_MIN_WORK)
+  for (size_t i = 0; i < n; i++) o[i] = x[i] + y[i];
+}
+
+void sn_cpu_scale_f32(float *x, float s, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= SN_CPU_PARALLEL_MIN_WORK)
+  for (size_t i = 0; i < n; i++) x[i] *= s;
+}

@@ -1,0 +1,140 @@
+// Retrieval evaluation: trec_eval metrics (as pytrec_eval computes them), exact top-k search over
+// embeddings, and the whole embed → search → score pipeline that sn_eval and sn_train share.
+//
+// Ranking rule (trec_eval's, replicated everywhere here): a query's retrieved documents are
+// ordered by score descending, ties broken by document id descending (strcmp). trec_eval re-sorts
+// every run this way and ignores the ranks written in the file, so our top-k does the same.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "beir.h"
+#include "model.h"
+#include "ops.h"
+#include "tokenizer.h"
+
+// ---- runs and metrics (eval_metrics.c) ---------------------------------------------------------
+
+#define SN_EVAL_RECALL_SMALL_K 10
+#define SN_EVAL_RECALL_LARGE_K 100
+#define SN_EVAL_NDCG_K 10
+#define SN_EVAL_MRR_K 10
+// Deepest rank any metric reads: the top-k search must return at least this many.
+#define SN_EVAL_MAX_METRIC_K SN_EVAL_RECALL_LARGE_K
+
+typedef struct {
+  char *doc_id;
+  double score;
+} sn_run_doc;
+
+typedef struct {
+  char *query_id;
+  int ndocs;
+  sn_run_doc *docs;
+} sn_run_query;
+
+typedef struct {
+  int nqueries;
+  sn_run_query *queries;  // sorted by query_id
+} sn_run;
+
+// Reads a TREC run file: "qid Q0 docid rank score [tag]" per line (rank and tag are ignored, as in
+// trec_eval). A document listed twice for one query is an error. Returns 0, or -1 with err.
+int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen);
+// Writes rank = position after the trec sort; scores with 9 significant digits.
+int sn_run_write_trec(const char *path, const sn_run *run, const char *tag, char *err, size_t errlen);
+void sn_run_free(sn_run *run);
+// Sorts one query's documents by the trec rule (score desc, doc id desc).
+void sn_run_sort_query(sn_run_query *q);
+
+typedef struct {
+  double recall_10;   // relevant in the top 10 / relevant judged
+  double recall_100;
+  double ndcg_10;     // trec_eval ndcg_cut_10: gain = grade, discount log2(rank + 1)
+  double mrr_10;      // 1 / rank of the first relevant document within the top 10, else 0
+} sn_metrics;
+
+typedef struct {
+  const char *query_id;  // borrowed from the qrels
+  int num_rel;
+  sn_metrics m;
+} sn_query_metrics;
+
+// Metrics of one query whose documents are already in trec order.
+void sn_metrics_query(const sn_qrels_query *qrels, const sn_run_query *ranked, sn_metrics *out);
+
+// Scores every query of qrels (run queries absent from the qrels are ignored; qrels queries absent
+// from the run score 0). The mean is over qrels queries with at least one relevant document.
+// per_query (optional, caller frees) gets one entry per qrels query; *num_evaluated the count the
+// mean divides by. Sorts the run's queries in place.
+void sn_metrics_compute(const sn_qrels *qrels, sn_run *run, sn_metrics *mean, int *num_evaluated,
+                        sn_query_metrics **per_query);
+
+// ---- exact top-k (eval_search.c) ---------------------------------------------------------------
+
+// For each of Q queries (Q, C) against N documents (N, C), both fp32 in host memory: the k best
+// document indices and their scores (inner product), in trec order (ties: doc_ids descending by
+// strcmp; by index descending when doc_ids is NULL). k is clamped to N; out_idx and out_scores
+// hold Q * k entries. ops chooses how the score blocks are computed: a host fp32 backend runs its
+// own matmul; anything else (NULL, or a device backend until a device top-k kernel exists) uses a
+// blocked OpenMP product on the host.
+void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float *queries, int Q,
+                   int C, int k, const char *const *doc_ids, int32_t *out_idx, float *out_scores);
+
+// ---- embed → search → metrics (eval_embed.c, eval_run.c) ---------------------------------------
+
+typedef struct {
+  const char *split;          // for the report only; the data is already loaded
+  int batch;                  // sequences per forward pass
+  int max_query_len;          // tokens, special tokens included
+  int max_doc_len;
+  const char *query_prompt;   // NULL, or a template with {text} (else used as a prefix)
+  const char *doc_prompt;     // NULL (title + " " + text), or a template with {title} and {text}
+  int query_pooling;          // sn_pooling, or -1: last for decoders, first (CLS) for encoders;
+  int doc_pooling;            //   set them as the towers were trained (stage 2 may differ)
+  const char *save_doc_emb;   // PREFIX: writes PREFIX.npy (N, C) fp32 + PREFIX.ids.txt
+  const char *load_doc_emb;   // PREFIX: reads them instead of embedding the corpus
+  int k;                      // top-k depth of the search (>= SN_EVAL_MAX_METRIC_K)
+  const char *run_out;        // optional TREC run file of the search
+  int verbose;                // progress lines on stderr
+} sn_eval_opts;
+
+void sn_eval_opts_default(sn_eval_opts *o);
+
+typedef struct {
+  int num_queries;  // queries the mean divides by
+  int num_docs;
+  sn_metrics mean;
+  double seconds;
+  double seconds_embed_docs;
+  double seconds_embed_queries;
+  double seconds_search;
+} sn_eval_result;
+
+// Width of a tower's embeddings: its projection's output width when it has one (stage-2
+// students: "projection.weight" (out_dim, C)), else the hidden size.
+int sn_eval_embedding_dim(const sn_model *m);
+
+// Embeds n items (titles may be NULL) with one tower: tokenized in parallel exactly as training
+// tokenizes (data.h's sn_prompt: template, the tokenizer's specials, EOS appended for decoder
+// towers, the text cut to max_len rather than the template's tail), run in batches of similar
+// length, pooled and L2-normalised. template_str NULL: "{text}", or for titled items BEIR's
+// "{title} {text}"; a template without "{text}" is a prefix. pooling -1: last token for
+// decoders, first (CLS) for encoders. Returns (n, sn_eval_embedding_dim(m)) fp32 host memory
+// (caller frees), or NULL with err for a template or max_len the prompt code refuses.
+float *sn_embed_items(sn_model *m, const sn_tokenizer *tok, const char *const *titles,
+                      const char *const *texts, int n, const char *template_str, int max_len, int batch,
+                      int pooling, int verbose, const char *what, char *err, size_t errlen);
+
+// Full evaluation of the towers on loaded BEIR data. Returns 0, or -1 with err (bad saved
+// embeddings, tower widths that differ, an unwritable output).
+int sn_eval_run(const sn_eval_opts *opts, const sn_beir *data, sn_model *query_tower,
+                const sn_tokenizer *query_tok, sn_model *doc_tower, const sn_tokenizer *doc_tok,
+                sn_eval_result *out, char *err, size_t errlen);
+
+// {"split", "num_queries", "num_docs", "recall@10", "recall@100", "ndcg@10", "mrr@10", "seconds"}
+// written durably to path. Returns 0, or -1 with err.
+int sn_eval_write_json(const char *path, const char *split, const sn_eval_result *r, char *err,
+                       size_t errlen);
+// A small table on stdout.
+void sn_eval_print_table(const char *split, const sn_eval_result *r);

@@ -1,0 +1,212 @@
+// The evaluation pipeline shared by sn_eval and sn_train: corpus and query embeddings (or saved
+// corpus embeddings), exact top-k, trec metrics, and the small report formats.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cJSON.h"
+#include "common.h"
+#include "eval.h"
+#include "npy.h"
+
+#define EVAL_DEFAULT_BATCH 32
+#define EVAL_DEFAULT_MAX_QUERY_LEN 64
+#define EVAL_DEFAULT_MAX_DOC_LEN 256
+#define SN_PATH_MAX 4096
+#define RUN_TAG "scalingnote"
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+void sn_eval_opts_default(sn_eval_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->split = "test";
+  o->batch = EVAL_DEFAULT_BATCH;
+  o->max_query_len = EVAL_DEFAULT_MAX_QUERY_LEN;
+  o->max_doc_len = EVAL_DEFAULT_MAX_DOC_LEN;
+  o->query_pooling = o->doc_pooling = -1;
+  o->k = SN_EVAL_MAX_METRIC_K;
+}
+
+// ---- saved corpus embeddings: PREFIX.npy (N, C) float32 + PREFIX.ids.txt -----------------------
+
+static int save_doc_embeddings(const char *prefix, const sn_beir_records *corpus, const float *emb, int C,
+                               char *err, size_t errlen) {
+  char path[SN_PATH_MAX];
+  snprintf(path, sizeof path, "%s.npy", prefix);
+  const int64_t shape[2] = {corpus->n, C};
+  if (sn_npy_write(path, SN_NPY_F32, 2, shape, emb, err, errlen)) return -1;
+  snprintf(path, sizeof path, "%s.ids.txt", prefix);
+  FILE *f = fopen(path, "w");
+  if (!f) return fail(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
+  for (int i = 0; i < corpus->n; i++) fprintf(f, "%s\n", corpus->ids[i]);
+  if (ferror(f) | (fclose(f) != 0)) return fail(err, errlen, "%s: write failed: %s", path, strerror(errno));
+  return 0;
+}
+
+// Loads PREFIX.npy and checks PREFIX.ids.txt names the corpus's documents in the same order.
+static float *load_doc_embeddings(const char *prefix, const sn_beir_records *corpus, int C, char *err,
+                                  size_t errlen) {
+  char path[SN_PATH_MAX];
+  snprintf(path, sizeof path, "%s.ids.txt", prefix);
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    return NULL;
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  int n = 0, ok = 1;
+  while (ok && (len = getline(&line, &cap, f)) >= 0) {
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+    if (n >= corpus->n || strcmp(line, corpus->ids[n]) != 0) {
+      ok = 0;
+      fail(err, errlen, "%s:%d: expected corpus id '%s' (ids must match corpus.jsonl in order), got '%s'",
+           path, n + 1, n < corpus->n ? corpus->ids[n] : "(end of corpus)", line);
+    }
+    n++;
+  }
+  free(line);
+  fclose(f);
+  if (!ok) return NULL;
+  if (n != corpus->n) {
+    fail(err, errlen, "%s: %d ids, expected the corpus's %d", path, n, corpus->n);
+    return NULL;
+  }
+  snprintf(path, sizeof path, "%s.npy", prefix);
+  sn_npy_array a;
+  if (sn_npy_read(path, &a, err, errlen)) return NULL;
+  if (a.dtype != SN_NPY_F32 || a.ndim != 2 || a.shape[0] != corpus->n || a.shape[1] != C) {
+    fail(err, errlen, "%s: expected a float32 array of shape (%d, %d) (corpus size, tower width), got %s of %d dim(s) (%lld, %lld)",
+         path, corpus->n, C, a.dtype == SN_NPY_F32 ? "float32" : "int32", a.ndim,
+         (long long)(a.ndim > 0 ? a.shape[0] : 0), (long long)(a.ndim > 1 ? a.shape[1] : 0));
+    sn_npy_free(&a);
+    return NULL;
+  }
+  float *emb = a.data;  // ownership moves to the caller (malloc'd by sn_npy_read)
+  return emb;
+}
+
+// ---- pipeline ----------------------------------------------------------------------------------
+
+static int cmp_run_query_id(const void *a, const void *b) {
+  return strcmp(((const sn_run_query *)a)->query_id, ((const sn_run_query *)b)->query_id);
+}
+
+// The search result as a run (owning copies of the ids), sorted by query id for the metrics.
+static void build_run(sn_run *run, const sn_beir *data, const int32_t *idx, const float *scores, int k) {
+  run->nqueries = data->queries.n;
+  run->queries = callocCheck((size_t)run->nqueries, sizeof *run->queries);
+  for (int q = 0; q < run->nqueries; q++) {
+    sn_run_query *rq = &run->queries[q];
+    rq->query_id = strdupCheck(data->queries.ids[q]);
+    rq->ndocs = k;
+    rq->docs = mallocCheck((size_t)k * sizeof *rq->docs);
+    for (int r = 0; r < k; r++)
+      rq->docs[r] = (sn_run_doc){strdupCheck(data->corpus.ids[idx[(size_t)q * k + r]]), scores[(size_t)q * k + r]};
+  }
+  qsort(run->queries, (size_t)run->nqueries, sizeof *run->queries, cmp_run_query_id);
+}
+
+int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_tower,
+                const sn_tokenizer *query_tok, sn_model *doc_tower, const sn_tokenizer *doc_tok,
+                sn_eval_result *out, char *err, size_t errlen) {
+  memset(out, 0, sizeof *out);
+  double t0 = sn_now_s();
+  const int C = sn_eval_embedding_dim(query_tower);
+  if (sn_eval_embedding_dim(doc_tower) != C)
+    return fail(err, errlen, "the query tower embeds into %d dimensions but the document tower into %d; "
+                "expected equal widths", C, sn_eval_embedding_dim(doc_tower));
+  if (o->batch <= 0 || o->max_query_len <= 1 || o->max_doc_len <= 1)
+    return fail(err, errlen, "expected batch > 0 and max lengths > 1 (got %d, %d, %d)", o->batch,
+                o->max_query_len, o->max_doc_len);
+  const int N = data->corpus.n, Q = data->queries.n;
+
+  float *docs;
+  if (o->load_doc_emb) {
+    docs = load_doc_embeddings(o->load_doc_emb, &data->corpus, C, err, errlen);
+    if (!docs) return -1;
+  } else {
+    docs = sn_embed_items(doc_tower, doc_tok, (const char *const *)data->corpus.titles,
+                          (const char *const *)data->corpus.texts, N, o->doc_prompt, o->max_doc_len,
+                          o->batch, o->doc_pooling, o->verbose, "corpus", err, errlen);
+    if (!docs) return -1;
+  }
+  out->seconds_embed_docs = sn_now_s() - t0;
+  if (o->save_doc_emb && save_doc_embeddings(o->save_doc_emb, &data->corpus, docs, C, err, errlen)) {
+    free(docs);
+    return -1;
+  }
+
+  double t1 = sn_now_s();
+  float *queries = sn_embed_items(query_tower, query_tok, NULL, (const char *const *)data->queries.texts, Q,
+                                  o->query_prompt, o->max_query_len, o->batch, o->query_pooling,
+                                  o->verbose, "queries", err, errlen);
+  if (!queries) {
+    free(docs);
+    return -1;
+  }
+  out->seconds_embed_queries = sn_now_s() - t1;
+
+  double t2 = sn_now_s();
+  int k = SN_MIN(SN_MAX(o->k, SN_EVAL_MAX_METRIC_K), N);
+  int32_t *idx = mallocCheck((size_t)Q * k * sizeof *idx);
+  float *scores = mallocCheck((size_t)Q * k * sizeof *scores);
+  sn_topk_exact(doc_tower->ops, docs, N, queries, Q, C, k, (const char *const *)data->corpus.ids, idx, scores);
+  out->seconds_search = sn_now_s() - t2;
+
+  sn_run run;
+  build_run(&run, data, idx, scores, k);
+  int rc = 0;
+  if (o->run_out) rc = sn_run_write_trec(o->run_out, &run, RUN_TAG, err, errlen);
+  sn_metrics_compute(&data->qrels, &run, &out->mean, &out->num_queries, NULL);
+  out->num_docs = N;
+  out->seconds = sn_now_s() - t0;
+
+  sn_run_free(&run);
+  free(idx);
+  free(scores);
+  free(queries);
+  free(docs);
+  return rc;
+}
+
+// ---- reports -----------------------------------------------------------------------------------
+
+int sn_eval_write_json(const char *path, const char *split, const sn_eval_result *r, char *err, size_t errlen) {
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "split", split);
+  cJSON_AddNumberToObject(j, "num_queries", r->num_queries);
+  cJSON_AddNumberToObject(j, "num_docs", r->num_docs);
+  cJSON_AddNumberToObject(j, "recall@10", r->mean.recall_10);
+  cJSON_AddNumberToObject(j, "recall@100", r->mean.recall_100);
+  cJSON_AddNumberToObject(j, "ndcg@10", r->mean.ndcg_10);
+  cJSON_AddNumberToObject(j, "mrr@10", r->mean.mrr_10);
+  cJSON_AddNumberToObject(j, "seconds", r->seconds);
+  char *text = cJSON_Print(j);
+  cJSON_Delete(j);
+  size_t len = strlen(text);
+  text = reallocCheck(text, len + 2);
+  text[len++] = '\n';
+  int rc = sn_write_file_atomic(path, text, len);
+  free(text);
+  if (rc) return fail(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+  return 0;
+}
+
+void sn_eval_print_table(const char *split, const sn_eval_result *r) {
+  printf("split %-8s queries %-6d docs %-8d %.1f s\n", split, r->num_queries, r->num_docs, r->seconds);
+  printf("  %-10s %-10s %-10s %-10s\n", "recall@10", "recall@100", "ndcg@10", "mrr@10");
+  printf("  %-10.4f %-10.4f %-10.4f %-10.4f\n", r->mean.recall_10, r->mean.recall_100, r->mean.ndcg_10,
+         r->mean.mrr_10);
+}

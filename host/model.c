@@ -1,0 +1,377 @@
+// The parameter table (Hugging Face names and shapes → slices of one flat buffer), fresh seeded
+// models, gradients, optimizer spans and token batches. Loading/saving: model_io.c; activations,
+// forward/backward dispatch and pooling: model_acts.c; the passes: model_decoder.c, model_encoder.c.
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "common.h"
+#include "model_internal.h"
+
+// ---- parameter table ----------------------------------------------------------------------------
+
+typedef struct {
+  sn_model *m;
+  int cap;
+} param_builder;
+
+// Appends a tensor and returns its offset. Tensors are packed back to back, so consecutive calls
+// give adjacent slices (q|k|v, gate|up), which the fused matmuls rely on.
+static size_t add_param(param_builder *pb, int no_decay, int64_t d0, int64_t d1, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static size_t add_param(param_builder *pb, int no_decay, int64_t d0, int64_t d1, const char *fmt, ...) {
+  sn_model *m = pb->m;
+  if (m->nparams == pb->cap) {
+    pb->cap = pb->cap ? 2 * pb->cap : 64;
+    m->params = reallocCheck(m->params, (size_t)pb->cap * sizeof(sn_param));
+  }
+  sn_param *p = &m->params[m->nparams++];
+  memset(p, 0, sizeof *p);
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(p->name, sizeof p->name, fmt, ap);
+  va_end(ap);
+  if (n < 0 || n >= (int)sizeof p->name) sn_fatal("parameter name too long: %s", p->name);
+  p->ndim = d1 > 0 ? 2 : 1;
+  p->shape[0] = d0;
+  p->shape[1] = d1 > 0 ? d1 : 0;
+  p->count = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+  p->offset = m->num_elements;
+  p->no_decay = no_decay;
+  m->num_elements += p->count;
+  return p->offset;
+}
+
+#define VECTOR 0  // second dimension of a 1-D tensor
+#define DECAY 0
+#define NO_DECAY 1
+
+static void build_decoder_params(param_builder *pb, sn_layer_params *L, int has_lm_head) {
+  const sn_model_config *c = &pb->m->cfg;
+  struct sn_model_layout *lay = pb->m->layout;
+  const int C = c->hidden, D = c->head_dim, I = c->intermediate;
+  const int q_out = c->n_heads * D, kv_out = c->n_kv_heads * D;
+  // Qwen2: q/k/v biases, none on o_proj. Llama: attention_bias covers q/k/v/o, mlp_bias the MLP.
+  const int o_bias = c->attn_bias && c->arch == SN_ARCH_LLAMA;
+  lay->tok_embed = add_param(pb, DECAY, c->vocab, C, "embed_tokens.weight");
+  for (int l = 0; l < c->n_layers; l++) {
+    sn_layer_params *p = &L[l];
+    p->norm_attn_w = add_param(pb, NO_DECAY, C, VECTOR, "layers.%d.input_layernorm.weight", l);
+    p->qkv_w = add_param(pb, DECAY, q_out, C, "layers.%d.self_attn.q_proj.weight", l);
+    add_param(pb, DECAY, kv_out, C, "layers.%d.self_attn.k_proj.weight", l);
+    add_param(pb, DECAY, kv_out, C, "layers.%d.self_attn.v_proj.weight", l);
+    if (c->attn_bias) {
+      p->qkv_b = add_param(pb, NO_DECAY, q_out, VECTOR, "layers.%d.self_attn.q_proj.bias", l);
+      add_param(pb, NO_DECAY, kv_out, VECTOR, "layers.%d.self_attn.k_proj.bias", l);
+      add_param(pb, NO_DECAY, kv_out, VECTOR, "layers.%d.self_attn.v_proj.bias", l);
+    }
+    p->o_w = add_param(pb, DECAY, C, q_out, "layers.%d.self_attn.o_proj.weight", l);
+    if (o_bias) p->o_b = add_param(pb, NO_DECAY, C, VECTOR, "layers.%d.self_attn.o_proj.bias", l);
+    p->norm_mlp_w = add_param(pb, NO_DECAY, C, VECTOR, "layers.%d.post_attention_layernorm.weight", l);
+    p->up_w = add_param(pb, DECAY, I, C, "layers.%d.mlp.gate_proj.weight", l);
+    add_param(pb, DECAY, I, C, "layers.%d.mlp.up_proj.weight", l);
+    if (c->mlp_bias) {
+      p->up_b = add_param(pb, NO_DECAY, I, VECTOR, "layers.%d.mlp.gate_proj.bias", l);
+      add_param(pb, NO_DECAY, I, VECTOR, "layers.%d.mlp.up_proj.bias", l);
+    }
+    p->down_w = add_param(pb, DECAY, C, I, "layers.%d.mlp.down_proj.weight", l);
+    if (c->mlp_bias) p->down_b = add_param(pb, NO_DECAY, C, VECTOR, "layers.%d.mlp.down_proj.bias", l);
+  }
+  lay->final_norm_w = add_param(pb, NO_DECAY, C, VECTOR, "norm.weight");
+  if (has_lm_head) lay->lm_head = add_param(pb, DECAY, c->vocab, C, "lm_head.weight");
+}
+
+static void build_encoder_params(param_builder *pb, sn_layer_params *L, int has_pooler) {
+  const sn_model_config *c = &pb->m->cfg;
+  struct sn_model_layout *lay = pb->m->layout;
+  const int C = c->hidden, I = c->intermediate;
+  lay->tok_embed = add_param(pb, DECAY, c->vocab, C, "embeddings.word_embeddings.weight");
+  lay->pos_embed = add_param(pb, DECAY, c->max_positions, C, "embeddings.position_embeddings.weight");
+  lay->type_embed = add_param(pb, DECAY, c->type_vocab, C, "embeddings.token_type_embeddings.weight");
+  lay->emb_norm_w = add_param(pb, NO_DECAY, C, VECTOR, "embeddings.LayerNorm.weight");
+  lay->emb_norm_b = add_param(pb, NO_DECAY, C, VECTOR, "embeddings.LayerNorm.bias");
+  for (int l = 0; l < c->n_layers; l++) {
+    sn_layer_params *p = &L[l];
+    const char *pre = "encoder.layer";
+    p->qkv_w = add_param(pb, DECAY, C, C, "%s.%d.attention.self.query.weight", pre, l);
+    add_param(pb, DECAY, C, C, "%s.%d.attention.self.key.weight", pre, l);
+    add_param(pb, DECAY, C, C, "%s.%d.attention.self.value.weight", pre, l);
+    p->qkv_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.query.bias", pre, l);
+    add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.key.bias", pre, l);
+    add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.value.bias", pre, l);
+    p->o_w = add_param(pb, DECAY, C, C, "%s.%d.attention.output.dense.weight", pre, l);
+    p->o_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.dense.bias", pre, l);
+    p->norm_attn_w = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.LayerNorm.weight", pre, l);
+    p->norm_attn_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.LayerNorm.bias", pre, l);
+    p->up_w = add_param(pb, DECAY, I, C, "%s.%d.intermediate.dense.weight", pre, l);
+    p->up_b = add_param(pb, NO_DECAY, I, VECTOR, "%s.%d.intermediate.dense.bias", pre, l);
+    p->down_w = add_param(pb, DECAY, C, I, "%s.%d.output.dense.weight", pre, l);
+    p->down_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.output.dense.bias", pre, l);
+    p->norm_mlp_w = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.output.LayerNorm.weight", pre, l);
+    p->norm_mlp_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.output.LayerNorm.bias", pre, l);
+  }
+  if (has_pooler) {
+    lay->pooler_w = add_param(pb, DECAY, C, C, "pooler.dense.weight");
+    lay->pooler_b = add_param(pb, NO_DECAY, C, VECTOR, "pooler.dense.bias");
+  }
+}
+
+static void check_config(const sn_model_config *c) {
+  if (c->n_layers < 0 || c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+      c->head_dim <= 0 || c->intermediate <= 0 || c->vocab <= 0)
+    sn_bad_input("model config: non-positive size (layers %d, hidden %d, heads %d, kv_heads %d, "
+                 "head_dim %d, intermediate %d, vocab %d)", c->n_layers, c->hidden, c->n_heads,
+                 c->n_kv_heads, c->head_dim, c->intermediate, c->vocab);
+  if (c->n_heads % c->n_kv_heads != 0)
+    sn_bad_input("model config: heads %d not a multiple of kv_heads %d", c->n_heads, c->n_kv_heads);
+  if (c->arch == SN_ARCH_BERT) {
+    if (c->n_kv_heads != c->n_heads || c->n_heads * c->head_dim != c->hidden)
+      sn_bad_input("model config: BERT needs kv_heads == heads and heads*head_dim == hidden "
+                   "(heads %d, kv_heads %d, head_dim %d, hidden %d)", c->n_heads, c->n_kv_heads,
+                   c->head_dim, c->hidden);
+    if (c->max_positions <= 0 || c->type_vocab <= 0)
+      sn_bad_input("model config: BERT needs max_position_embeddings > 0 and type_vocab_size > 0 "
+                   "(got %d, %d)", c->max_positions, c->type_vocab);
+  }
+}
+
+void sn_model_build_params(sn_model *m, int has_lm_head, int has_pooler, int proj_dim) {
+  check_config(&m->cfg);
+  struct sn_model_layout *lay = m->layout;
+  sn_layer_params *layers = lay->layers;
+  // Every optional tensor starts absent; the builders fill in what this model has.
+  memset(lay, 0, sizeof *lay);
+  lay->layers = layers;
+  size_t *model_slots[] = {&lay->tok_embed, &lay->final_norm_w, &lay->lm_head, &lay->pos_embed,
+                           &lay->type_embed, &lay->emb_norm_w, &lay->emb_norm_b, &lay->pooler_w,
+                           &lay->pooler_b, &lay->proj_w, &lay->proj_b};
+  for (size_t i = 0; i < SN_ARRAY_LEN(model_slots); i++) *model_slots[i] = SN_NO_PARAM;
+  for (int l = 0; l < m->cfg.n_layers; l++) {
+    size_t *f = (size_t *)&layers[l];
+    for (size_t i = 0; i < sizeof(sn_layer_params) / sizeof(size_t); i++) f[i] = SN_NO_PARAM;
+  }
+  const sn_model_config *c = &m->cfg;
+  lay->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+  lay->attn_dim = c->n_heads * c->head_dim;
+  lay->up_dim = sn_arch_is_decoder(c->arch) ? 2 * c->intermediate : c->intermediate;
+
+  param_builder pb = {.m = m, .cap = 0};
+  free(m->params);
+  m->params = NULL;
+  m->nparams = 0;
+  m->num_elements = 0;
+  if (sn_arch_is_decoder(c->arch)) {
+    lay->has_lm_head = has_lm_head;
+    build_decoder_params(&pb, layers, has_lm_head);
+  } else {
+    lay->has_pooler = has_pooler;
+    build_encoder_params(&pb, layers, has_pooler);
+  }
+  if (proj_dim > 0) {
+    lay->proj_dim = proj_dim;
+    lay->proj_w = add_param(&pb, DECAY, proj_dim, c->hidden, "projection.weight");
+    lay->proj_b = add_param(&pb, NO_DECAY, proj_dim, VECTOR, "projection.bias");
+  }
+}
+
+sn_model *sn_model_shell(const sn_model_config *cfg, const sn_ops *ops) {
+  sn_model *m = callocCheck(1, sizeof(sn_model));
+  m->cfg = *cfg;
+  m->ops = ops;
+  m->layout = callocCheck(1, sizeof(struct sn_model_layout));
+  m->layout->layers = callocCheck((size_t)SN_MAX(cfg->n_layers, 1), sizeof(sn_layer_params));
+  return m;
+}
+
+void sn_model_free(sn_model *m) {
+  if (!m) return;
+  if (m->weights) m->ops->free(m->weights);
+  if (m->grads) m->ops->free(m->grads);
+  free(m->params);
+  if (m->layout) free(m->layout->layers);
+  free(m->layout);
+  free(m);
+}
+
+const sn_param *sn_model_find_param(const sn_model *m, const char *name) {
+  for (int i = 0; i < m->nparams; i++)
+    if (strcmp(m->params[i].name, name) == 0) return &m->params[i];
+  return NULL;
+}
+
+// ---- fresh models -------------------------------------------------------------------------------
+
+#define SN_INIT_STD 0.02f  // normal(0, 0.02), as transformers' initializer_range
+
+// splitmix64: a small, well-mixed seeded generator (fresh-model init only; not cryptographic).
+static uint64_t splitmix64(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static double uniform_open01(uint64_t *state) {  // (0, 1): safe for log()
+  return ((double)(splitmix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+// Box–Muller, one value per call (simplicity over speed: init runs once).
+static float normal01(uint64_t *state) {
+  const double two_pi = 6.283185307179586;
+  double u1 = uniform_open01(state), u2 = uniform_open01(state);
+  return (float)(sqrt(-2.0 * log(u1)) * cos(two_pi * u2));
+}
+
+static int is_norm_weight(const sn_param *p) {
+  size_t n = strlen(p->name);
+  const char *suffix = ".weight";
+  size_t ns = strlen(suffix);
+  return p->ndim == 1 && n >= ns && strcmp(p->name + n - ns, suffix) == 0;
+}
+
+void sn_model_init_params(sn_model *m, int first, uint64_t seed) {
+  const sn_ops *ops = m->ops;
+  size_t max_count = 0;
+  for (int i = first; i < m->nparams; i++) max_count = SN_MAX(max_count, m->params[i].count);
+  float *host = mallocCheck(SN_MAX(max_count, (size_t)1) * sizeof(float));
+  uint64_t state = seed;
+  for (int i = first; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    ops->synchronize();  // the previous upload may still read host (asynchronous backends)
+    // 1-D tensors are norm weights (ones) or biases (zeros); everything else is a matrix/table.
+    for (size_t j = 0; j < p->count; j++)
+      host[j] = p->ndim == 2 ? SN_INIT_STD * normal01(&state) : (is_norm_weight(p) ? 1.0f : 0.0f);
+    ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
+  }
+  ops->synchronize();
+  free(host);
+}
+
+sn_model *sn_model_new(const sn_model_config *cfg, const sn_ops *ops, uint64_t seed) {
+  sn_model *m = sn_model_shell(cfg, ops);
+  sn_model_build_params(m, !cfg->tie_embeddings && sn_arch_is_decoder(cfg->arch), 0, 0);
+  m->weights = ops->alloc(m->num_elements * ops->storage_size);
+  sn_model_init_params(m, 0, seed);
+  return m;
+}
+
+sn_model *sn_model_add_projection(sn_model *m, int out_dim, uint64_t seed) {
+  if (out_dim <= 0) sn_fatal("sn_model_add_projection: out_dim %d must be positive", out_dim);
+  if (m->layout->proj_dim) sn_fatal("sn_model_add_projection: the model already has a projection");
+  const sn_ops *ops = m->ops;
+  sn_model *p = sn_model_shell(&m->cfg, ops);
+  sn_model_build_params(p, m->layout->has_lm_head, m->layout->has_pooler, out_dim);
+  p->weights = ops->alloc(p->num_elements * ops->storage_size);
+  // The projection comes after every other tensor: the old buffer is a prefix of the new one.
+  ops->copy(p->weights, m->weights, m->num_elements * ops->storage_size);
+  sn_model_init_params(p, m->nparams, seed);
+  if (m->grads) sn_model_alloc_grads(p);
+  sn_model_free(m);
+  return p;
+}
+
+int sn_model_out_dim(const sn_model *m) {
+  return m->layout->proj_dim ? m->layout->proj_dim : m->cfg.hidden;
+}
+
+// ---- gradients and optimizer spans --------------------------------------------------------------
+
+void sn_model_alloc_grads(sn_model *m) {
+  if (!m->grads) m->grads = m->ops->alloc(m->num_elements * m->ops->storage_size);
+  sn_model_zero_grads(m);
+}
+
+void sn_model_zero_grads(sn_model *m) {
+  if (!m->grads) sn_fatal("sn_model_zero_grads: gradients not allocated (call sn_model_alloc_grads)");
+  m->ops->memset_zero(m->grads, m->num_elements * m->ops->storage_size);
+}
+
+// Tensors kept only so that a save writes the checkpoint back whole (an untied lm_head, BERT's
+// pooler): the forward never reads them, so their gradient is zero.
+static int is_unused_by_forward(const sn_model *m, const sn_param *p) {
+  const struct sn_model_layout *lay = m->layout;
+  return p->offset == lay->lm_head || p->offset == lay->pooler_w || p->offset == lay->pooler_b;
+}
+
+sn_param_span *sn_model_param_spans(const sn_model *m, float wd, int *nspans) {
+  sn_param_span *spans = mallocCheck((size_t)SN_MAX(m->nparams, 1) * sizeof(sn_param_span));
+  int n = 0;
+  // Neighbouring tensors with the same decay merge into one span: fewer spans, same update.
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    // Unused tensors get no span: weight decay alone would otherwise shrink them every step.
+    if (is_unused_by_forward(m, p)) continue;
+    float w = p->no_decay ? 0.0f : wd;
+    if (n > 0 && spans[n - 1].weight_decay == w && spans[n - 1].offset + spans[n - 1].count == p->offset) {
+      spans[n - 1].count += p->count;
+    } else {
+      spans[n++] = (sn_param_span){.offset = p->offset, .count = p->count, .weight_decay = w};
+    }
+  }
+  *nspans = n;
+  return spans;
+}
+
+// ---- token batches ------------------------------------------------------------------------------
+
+void sn_tokens_alloc(sn_tokens *t, const sn_ops *ops, int capacity_tokens, int capacity_seqs) {
+  if (capacity_tokens <= 0 || capacity_seqs <= 0)
+    sn_fatal("sn_tokens_alloc: capacities must be positive (%d tokens, %d seqs)", capacity_tokens,
+             capacity_seqs);
+  memset(t, 0, sizeof *t);
+  t->ids = ops->alloc((size_t)capacity_tokens * sizeof(int32_t));
+  t->pos = ops->alloc((size_t)capacity_tokens * sizeof(int32_t));
+  t->cu_seqlens = ops->alloc((size_t)(capacity_seqs + 1) * sizeof(int32_t));
+  t->capacity_tokens = capacity_tokens;
+  t->capacity_seqs = capacity_seqs;
+}
+
+void sn_tokens_free(sn_tokens *t, const sn_ops *ops) {
+  if (t->ids) ops->free(t->ids);
+  if (t->pos) ops->free(t->pos);
+  if (t->cu_seqlens) ops->free(t->cu_seqlens);
+  memset(t, 0, sizeof *t);
+}
+
+void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
+                      const int32_t *cu_seqlens_host, int B, int vocab, const char *what) {
+  if (B <= 0 || B > t->capacity_seqs)
+    sn_fatal("%s: %d sequences, capacity %d", what, B, t->capacity_seqs);
+  if (cu_seqlens_host[0] != 0) sn_fatal("%s: cu_seqlens[0] = %d, expected 0", what, cu_seqlens_host[0]);
+  const int T = cu_seqlens_host[B];
+  if (T > t->capacity_tokens) sn_fatal("%s: %d tokens, capacity %d", what, T, t->capacity_tokens);
+  int32_t *pos = mallocCheck((size_t)SN_MAX(T, 1) * sizeof(int32_t));
+  int max_seqlen = 0;
+  for (int b = 0; b < B; b++) {
+    const int start = cu_seqlens_host[b], end = cu_seqlens_host[b + 1];
+    if (end <= start) sn_bad_input("%s: sequence %d is empty", what, b);
+    for (int i = start; i < end; i++) {
+      if (ids_host[i] < 0 || ids_host[i] >= vocab)
+        sn_bad_input("%s: sequence %d, token %d: id %d outside the vocabulary [0, %d)", what, b,
+                     i - start, ids_host[i], vocab);
+      pos[i] = i - start;
+    }
+    max_seqlen = SN_MAX(max_seqlen, end - start);
+  }
+  ops->upload(t->ids, ids_host, (size_t)T * sizeof(int32_t));
+  ops->upload(t->pos, pos, (size_t)T * sizeof(int32_t));
+  ops->upload(t->cu_seqlens, cu_seqlens_host, (size_t)(B + 1) * sizeof(int32_t));
+  free(pos);
+  t->B = B;
+  t->T = T;
+  t->max_seqlen = max_seqlen;
+}
+
+// ---- linear layers ------------------------------------------------------------------------------
+
+void sn_linear_forward(const sn_ops *ops, void *y, const void *x, const void *w, const void *b,
+                       int T, int in, int out) {
+  ops->matmul(y, x, w, b, T, out, in, 0, 1, 0);  // (T, out) = (T, in) @ (out, in)^T
+}
+
+void sn_linear_backward(const sn_ops *ops, void *dx, void *dw, void *db, const void *dy,
+                        const void *x, const void *w, int T, int in, int out, int accumulate_dx) {
+  if (dx) ops->matmul(dx, dy, w, NULL, T, in, out, 0, 0, accumulate_dx);  // (T, in) = (T, out) @ (out, in)
+  ops->matmul(dw, dy, x, NULL, out, in, T, 1, 0, 1);                      // (out, in) += dy^T @ x
+  if (db) ops->bias_backward(db, dy, T, out);
+}

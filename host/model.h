@@ -1,0 +1,92 @@
+// Towers: decoder (Qwen2, Llama: pre-RMSNorm, RoPE, GQA, SwiGLU) and encoder (BERT: learned
+// positions, post-LayerNorm, GELU) assembled from the op table. All parameters of a model live in
+// one flat buffer of the backend's storage dtype (grads likewise), so the optimizer, gradient norm
+// and all-reduce each take one call. Each Hugging Face tensor is a contiguous slice of it; q/k/v
+// projections are adjacent (one fused QKV matmul), as are gate/up.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model_config.h"
+#include "ops.h"
+
+#define SN_PARAM_NAME_MAX 128
+
+typedef struct {
+  char name[SN_PARAM_NAME_MAX];  // the Hugging Face name without the "model." prefix
+  int ndim;
+  int64_t shape[2];
+  size_t offset;                 // in elements, into sn_model.weights / .grads
+  size_t count;
+  int no_decay;                  // norms, biases (and embeddings when configured): no weight decay
+} sn_param;
+
+typedef struct sn_model {
+  sn_model_config cfg;
+  const sn_ops *ops;
+  int nparams;
+  sn_param *params;
+  size_t num_elements;  // total parameter count
+  void *weights;        // (num_elements) storage dtype
+  void *grads;          // (num_elements) storage dtype; NULL until sn_model_alloc_grads
+  struct sn_model_layout *layout;  // resolved per-layer pointers (model.c internal)
+} sn_model;
+
+// A packed batch in backend memory: B sequences, T tokens in total.
+typedef struct {
+  int B, T, max_seqlen;
+  int32_t *ids;         // (T)
+  int32_t *pos;         // (T) position of each token inside its sequence
+  int32_t *cu_seqlens;  // (B + 1)
+  int capacity_tokens, capacity_seqs;
+} sn_tokens;
+
+// Loads a Hugging Face folder (config.json + safetensors). Exits with status 2 and a message
+// naming the file and tensor/field on bad input.
+sn_model *sn_model_load(const char *dir, const sn_ops *ops);
+// Fresh model with a seeded initialisation (normal(0, 0.02) matrices, unit norms, zero biases).
+sn_model *sn_model_new(const sn_model_config *cfg, const sn_ops *ops, uint64_t seed);
+// Writes DIR/config.json and DIR/model.safetensors (dtype F32 or BF16), durably. Returns 0, or
+// -1 with err.
+int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen);
+void sn_model_free(sn_model *m);
+const sn_param *sn_model_find_param(const sn_model *m, const char *name);
+void sn_model_alloc_grads(sn_model *m);
+void sn_model_zero_grads(sn_model *m);
+// Spans for the optimizer (weight decay wd for decayed tensors, 0 for no_decay). Caller frees.
+sn_param_span *sn_model_param_spans(const sn_model *m, float wd, int *nspans);
+
+// Token batches. Checks every id against the vocabulary (exit 2 naming `what` and the position).
+void sn_tokens_alloc(sn_tokens *t, const sn_ops *ops, int capacity_tokens, int capacity_seqs);
+void sn_tokens_free(sn_tokens *t, const sn_ops *ops);
+// ids_host: all sequences back to back; cu_seqlens_host (B + 1).
+void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
+                      const int32_t *cu_seqlens_host, int B, int vocab, const char *what);
+
+// Activation workspace for batches of at most max_tokens tokens and max_seqs sequences.
+typedef struct sn_acts sn_acts;
+sn_acts *sn_acts_new(const sn_model *m, int max_tokens, int max_seqs);
+void sn_acts_free(sn_acts *a);
+size_t sn_acts_bytes(const sn_acts *a);
+
+// Forward pass: returns the last hidden state (T, C) (after the final norm for decoders, after the
+// last layer's LayerNorm for BERT), valid until the next call with the same acts. for_backward = 0
+// keeps only what the next layer needs (inference, gradient-cache embedding pass).
+const void *sn_model_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
+// Backward from dhidden (T, C) (storage dtype) after a forward with for_backward = 1: accumulates
+// into m->grads.
+void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
+
+// Pooled embeddings: out (B, sn_model_out_dim(m)) fp32 in backend memory (C, or the projection's
+// width when the model has one); normalize = L2 normalise.
+// Uses a's scratch; hidden is what sn_model_forward returned.
+void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hidden,
+                   sn_pooling pooling, int normalize, float *out);
+
+// Output projection (stage-2 students narrower than their teacher): "projection.weight"
+// (out_dim, C) and "projection.bias" (out_dim), applied after pooling by sn_model_pool and saved
+// with the model (config key "scalingnote_projection_dim"). Returns a model with m's weights and a
+// fresh seeded projection; m is freed.
+sn_model *sn_model_add_projection(sn_model *m, int out_dim, uint64_t seed);
+// Width of what sn_model_pool writes: the projection's out_dim, or C without one.
+int sn_model_out_dim(const sn_model *m);

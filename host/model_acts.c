@@ -1,0 +1,160 @@
+// The activation workspace, the forward/backward entry points (checks, then the architecture's
+// pass) and pooling.
+#include <string.h>
+
+#include "common.h"
+#include "model_internal.h"
+
+void *sn_acts_alloc(sn_acts *a, size_t bytes) {
+  if (a->nallocs == a->cap_allocs) {
+    a->cap_allocs = a->cap_allocs ? 2 * a->cap_allocs : 64;
+    a->allocs = reallocCheck(a->allocs, (size_t)a->cap_allocs * sizeof(void *));
+  }
+  void *p = a->ops->alloc(bytes);
+  a->allocs[a->nallocs++] = p;
+  a->bytes += bytes;
+  return p;
+}
+
+// The buffers of one block slot (what the architecture's pass reads and writes).
+static void alloc_layer_slot(sn_acts *a, sn_layer_acts *s) {
+  const size_t T = (size_t)a->max_tokens, C = (size_t)a->cfg.hidden, I = (size_t)a->cfg.intermediate;
+  const size_t es = a->ops->storage_size, fs = sizeof(float);
+  const int decoder = sn_arch_is_decoder(a->cfg.arch);
+  memset(s, 0, sizeof *s);
+  if (decoder) {
+    s->norm_in = sn_acts_alloc(a, T * C * es);
+    s->rstd_in = sn_acts_alloc(a, T * fs);
+  }
+  s->qkv = sn_acts_alloc(a, T * (size_t)a->qkv_dim * es);
+  s->att = sn_acts_alloc(a, T * (size_t)a->attn_dim * es);
+  s->lse = sn_acts_alloc(a, (size_t)a->cfg.n_heads * T * fs);
+  s->x = sn_acts_alloc(a, T * C * es);
+  s->norm_mid = sn_acts_alloc(a, T * C * es);
+  s->rstd_mid = sn_acts_alloc(a, T * fs);
+  s->ff_in = sn_acts_alloc(a, T * (size_t)a->up_dim * es);
+  s->ff_act = sn_acts_alloc(a, T * I * es);
+  if (!decoder) {
+    s->mean_mid = sn_acts_alloc(a, T * fs);
+    s->y = sn_acts_alloc(a, T * C * es);
+    s->mean_out = sn_acts_alloc(a, T * fs);
+    s->rstd_out = sn_acts_alloc(a, T * fs);
+  }
+}
+
+sn_acts *sn_acts_new(const sn_model *m, int max_tokens, int max_seqs) {
+  if (max_tokens <= 0 || max_seqs <= 0)
+    sn_fatal("sn_acts_new: max_tokens %d and max_seqs %d must be positive", max_tokens, max_seqs);
+  sn_acts *a = callocCheck(1, sizeof(sn_acts));
+  a->ops = m->ops;
+  a->cfg = m->cfg;
+  a->max_tokens = max_tokens;
+  a->max_seqs = max_seqs;
+  a->qkv_dim = m->layout->qkv_dim;
+  a->attn_dim = m->layout->attn_dim;
+  a->up_dim = m->layout->up_dim;
+  const size_t T = (size_t)max_tokens, C = (size_t)m->cfg.hidden;
+  const size_t es = m->ops->storage_size, fs = sizeof(float);
+  const int L = m->cfg.n_layers;
+
+  // Inference needs one block slot and one residual buffer; backward slots come on first use.
+  a->layers = callocCheck((size_t)SN_MAX(L, 1), sizeof(sn_layer_acts));
+  a->hidden = callocCheck((size_t)L + 1, sizeof(void *));
+  if (L > 0) alloc_layer_slot(a, &a->layers[0]);
+  a->hidden[0] = sn_acts_alloc(a, T * C * es);
+  a->proj = sn_acts_alloc(a, T * C * es);
+  if (sn_arch_is_decoder(m->cfg.arch)) {
+    a->out = sn_acts_alloc(a, T * C * es);
+    a->rstd_final = sn_acts_alloc(a, T * fs);
+  } else {
+    a->emb = sn_acts_alloc(a, T * C * es);
+    a->emb_mean = sn_acts_alloc(a, T * fs);
+    a->emb_rstd = sn_acts_alloc(a, T * fs);
+    a->zero_ids = sn_acts_alloc(a, T * sizeof(int32_t));
+    m->ops->memset_zero(a->zero_ids, T * sizeof(int32_t));
+  }
+  a->pooled = sn_acts_alloc(a, (size_t)max_seqs * C * es);
+  a->proj_dim = m->layout->proj_dim;
+  if (a->proj_dim) a->projected = sn_acts_alloc(a, (size_t)max_seqs * (size_t)a->proj_dim * es);
+  a->pool_norm = sn_acts_alloc(a, (size_t)max_seqs * fs);
+  return a;
+}
+
+// Per-block slots and residual buffers for backward, plus gradient scratch: allocated once, the
+// first time a forward keeps activations.
+static void alloc_backward_slots(sn_acts *a) {
+  if (a->have_backward_slots) return;
+  const size_t T = (size_t)a->max_tokens, C = (size_t)a->cfg.hidden, I = (size_t)a->cfg.intermediate;
+  const size_t es = a->ops->storage_size;
+  const int L = a->cfg.n_layers;
+  for (int l = 1; l < L; l++) alloc_layer_slot(a, &a->layers[l]);
+  for (int l = 1; l <= L; l++) a->hidden[l] = sn_acts_alloc(a, T * C * es);
+  a->dres = sn_acts_alloc(a, T * C * es);
+  a->dnorm = sn_acts_alloc(a, T * C * es);
+  a->dwide = sn_acts_alloc(a, T * (size_t)SN_MAX(a->qkv_dim, a->up_dim) * es);
+  a->dnarrow = sn_acts_alloc(a, T * SN_MAX((size_t)a->attn_dim, I) * es);
+  a->have_backward_slots = 1;
+}
+
+void sn_acts_free(sn_acts *a) {
+  if (!a) return;
+  for (int i = 0; i < a->nallocs; i++) a->ops->free(a->allocs[i]);
+  free(a->allocs);
+  free(a->layers);
+  free(a->hidden);
+  free(a);
+}
+
+size_t sn_acts_bytes(const sn_acts *a) { return a->bytes; }
+
+static void check_batch(const sn_model *m, const sn_acts *a, const sn_tokens *tok) {
+  if (tok->T > a->max_tokens || tok->B > a->max_seqs)
+    sn_fatal("batch of %d tokens / %d sequences exceeds the workspace (%d / %d)", tok->T, tok->B,
+             a->max_tokens, a->max_seqs);
+  if (a->cfg.arch != m->cfg.arch || a->cfg.hidden != m->cfg.hidden || a->cfg.n_layers != m->cfg.n_layers)
+    sn_fatal("activation workspace was made for another model");
+  // Learned position tables end; RoPE models have no hard limit.
+  if (m->cfg.arch == SN_ARCH_BERT && tok->max_seqlen > m->cfg.max_positions)
+    sn_bad_input("sequence of %d tokens is longer than the model's max_position_embeddings %d",
+                 tok->max_seqlen, m->cfg.max_positions);
+}
+
+const void *sn_model_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward) {
+  check_batch(m, a, tok);
+  if (for_backward) alloc_backward_slots(a);
+  a->last_forward_backward = for_backward;
+  return sn_arch_is_decoder(m->cfg.arch) ? sn_decoder_forward(m, a, tok, for_backward)
+                                         : sn_encoder_forward(m, a, tok, for_backward);
+}
+
+void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden) {
+  check_batch(m, a, tok);
+  if (!a->last_forward_backward)
+    sn_fatal("sn_model_backward needs the previous forward to run with for_backward = 1");
+  if (!m->grads) sn_fatal("sn_model_backward: gradients not allocated (call sn_model_alloc_grads)");
+  if (sn_arch_is_decoder(m->cfg.arch))
+    sn_decoder_backward(m, a, tok, dhidden);
+  else
+    sn_encoder_backward(m, a, tok, dhidden);
+}
+
+void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hidden,
+                   sn_pooling pooling, int normalize, float *out) {
+  check_batch(m, a, tok);
+  const struct sn_model_layout *lay = m->layout;
+  const int B = tok->B, C = m->cfg.hidden;
+  if (a->proj_dim != lay->proj_dim) sn_fatal("activation workspace was made before the projection was added");
+  m->ops->pool_forward(a->pooled, hidden, tok->cu_seqlens, B, tok->T, C, pooling);  // (B, C)
+  const void *emb = a->pooled;
+  int width = C;
+  if (lay->proj_dim) {  // (B, P) = pooled @ W^T + b
+    sn_linear_forward(m->ops, a->projected, a->pooled, sn_wptr(m, lay->proj_w), sn_wptr(m, lay->proj_b),
+                      B, C, lay->proj_dim);
+    emb = a->projected;
+    width = lay->proj_dim;
+  }
+  if (normalize)
+    m->ops->l2norm_forward(out, a->pool_norm, emb, B, width);
+  else
+    m->ops->storage_to_f32(out, emb, (size_t)B * width);
+}

@@ -1,0 +1,103 @@
+// Decoder tower (Qwen2, Llama) from ops: pre-RMSNorm blocks with RoPE, causal GQA attention and a
+// SwiGLU MLP, then the final norm.
+//   h = embed(ids)
+//   per block: x = h + o_proj(attn(rope(qkv_proj(rmsnorm(h)))))
+//              h = x + down(swiglu(gate_up(rmsnorm(x))))
+//   out = rmsnorm(h)
+// Each residual add is fused with the norm that follows it (add_rmsnorm_forward).
+#include <math.h>
+
+#include "common.h"
+#include "model_internal.h"
+
+#define DECODER_CAUSAL 1
+
+const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward) {
+  const sn_ops *ops = m->ops;
+  const sn_model_config *c = &m->cfg;
+  const struct sn_model_layout *lay = m->layout;
+  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim, L = c->n_layers;
+  const int Hq = c->n_heads, Hkv = c->n_kv_heads;
+  const float scale = 1.0f / sqrtf((float)D);
+
+  void *h0 = sn_acts_hidden(a, 0, for_backward);
+  ops->embedding_forward(h0, tok->ids, sn_wptr(m, lay->tok_embed), T, C, 0);  // (T, C)
+  if (L == 0) {
+    ops->rmsnorm_forward(a->out, a->rstd_final, h0, sn_wptr(m, lay->final_norm_w), T, C, c->norm_eps);
+    return a->out;
+  }
+  sn_layer_acts *first = sn_acts_layer(a, 0, for_backward);
+  ops->rmsnorm_forward(first->norm_in, first->rstd_in, h0, sn_wptr(m, lay->layers[0].norm_attn_w),
+                       T, C, c->norm_eps);
+  for (int l = 0; l < L; l++) {
+    const sn_layer_params *p = &lay->layers[l];
+    sn_layer_acts *s = sn_acts_layer(a, l, for_backward);
+    const void *h = sn_acts_hidden(a, l, for_backward);
+    // attention: one fused q|k|v projection (biases adjacent too), RoPE in place
+    sn_linear_forward(ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, C,
+                      lay->qkv_dim);  // (T, (Hq + 2Hkv) D)
+    ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
+    ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq,
+                           Hkv, D, DECODER_CAUSAL, scale);  // (T, Hq D)
+    sn_linear_forward(ops, a->proj, s->att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), T,
+                      lay->attn_dim, C);  // (T, C)
+    ops->add_rmsnorm_forward(s->x, s->norm_mid, s->rstd_mid, h, a->proj, sn_wptr(m, p->norm_mlp_w),
+                             T, C, c->norm_eps);
+    // MLP: fused gate|up projection, SwiGLU, down
+    sn_linear_forward(ops, s->ff_in, s->norm_mid, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), T, C,
+                      2 * I);  // (T, 2I)
+    ops->swiglu_forward(s->ff_act, s->ff_in, T, I);  // (T, I)
+    sn_linear_forward(ops, a->proj, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), T, I, C);
+    // residual + the next norm: the next block's input norm, or the final norm
+    void *h_next = sn_acts_hidden(a, l + 1, for_backward);
+    if (l + 1 < L) {
+      sn_layer_acts *next = sn_acts_layer(a, l + 1, for_backward);
+      ops->add_rmsnorm_forward(h_next, next->norm_in, next->rstd_in, s->x, a->proj,
+                               sn_wptr(m, lay->layers[l + 1].norm_attn_w), T, C, c->norm_eps);
+    } else {
+      ops->add_rmsnorm_forward(h_next, a->out, a->rstd_final, s->x, a->proj,
+                               sn_wptr(m, lay->final_norm_w), T, C, c->norm_eps);
+    }
+  }
+  return a->out;
+}
+
+void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden) {
+  const sn_ops *ops = m->ops;
+  const sn_model_config *c = &m->cfg;
+  const struct sn_model_layout *lay = m->layout;
+  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim, L = c->n_layers;
+  const int Hq = c->n_heads, Hkv = c->n_kv_heads;
+  const float scale = 1.0f / sqrtf((float)D);
+  const int for_backward = 1;
+  // dres: gradient of the residual stream, carried down through the blocks. (T, C)
+  void *dres = a->dres;
+  ops->rmsnorm_backward(dres, sn_gptr(m, lay->final_norm_w), dhidden, sn_acts_hidden(a, L, for_backward),
+                        sn_wptr(m, lay->final_norm_w), a->rstd_final, T, C, 0);
+  for (int l = L - 1; l >= 0; l--) {
+    const sn_layer_params *p = &lay->layers[l];
+    sn_layer_acts *s = sn_acts_layer(a, l, for_backward);
+    const void *h = sn_acts_hidden(a, l, for_backward);
+    // MLP branch: h_next = x + down(swiglu(gate_up(norm_mid)))
+    void *dswiglu = a->dnarrow, *dgate_up = a->dwide;
+    sn_linear_backward(ops, dswiglu, sn_gptr(m, p->down_w), sn_gptr(m, p->down_b), dres, s->ff_act,
+                       sn_wptr(m, p->down_w), T, I, C, 0);
+    ops->swiglu_backward(dgate_up, dswiglu, s->ff_in, T, I);
+    sn_linear_backward(ops, a->dnorm, sn_gptr(m, p->up_w), sn_gptr(m, p->up_b), dgate_up, s->norm_mid,
+                       sn_wptr(m, p->up_w), T, C, 2 * I, 0);
+    ops->rmsnorm_backward(dres, sn_gptr(m, p->norm_mlp_w), a->dnorm, s->x, sn_wptr(m, p->norm_mlp_w),
+                          s->rstd_mid, T, C, 1);  // dres is now d x
+    // attention branch: x = h + o_proj(attn(rope(qkv(norm_in))))
+    void *datt = a->dnarrow, *dqkv = a->dwide;
+    sn_linear_backward(ops, datt, sn_gptr(m, p->o_w), sn_gptr(m, p->o_b), dres, s->att,
+                       sn_wptr(m, p->o_w), T, lay->attn_dim, C, 0);
+    ops->attention_backward(dqkv, datt, s->qkv, s->att, s->lse, tok->cu_seqlens, tok->B, T,
+                            tok->max_seqlen, Hq, Hkv, D, DECODER_CAUSAL, scale);
+    ops->rope(dqkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 1);  // back to pre-rotation q, k
+    sn_linear_backward(ops, a->dnorm, sn_gptr(m, p->qkv_w), sn_gptr(m, p->qkv_b), dqkv, s->norm_in,
+                       sn_wptr(m, p->qkv_w), T, C, lay->qkv_dim, 0);
+    ops->rmsnorm_backward(dres, sn_gptr(m, p->norm_attn_w), a->dnorm, h, sn_wptr(m, p->norm_attn_w),
+                          s->rstd_in, T, C, 1);  // dres is now d h
+  }
+  ops->embedding_backward(sn_gptr(m, lay->tok_embed), dres, tok->ids, T, C, c->vocab);
+}

@@ -1,0 +1,145 @@
+// Internals shared by the model files: where each tensor lives in the flat parameter buffer
+// (model.c builds it), the activation workspace (model_acts.c), and the per-architecture passes
+// (model_decoder.c, model_encoder.c), which call ops only.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+// Offset (in elements) of a tensor that this model does not have.
+#define SN_NO_PARAM ((size_t)-1)
+
+// One block's tensors, as offsets into sn_model.weights / .grads. The fields are shared by both
+// architectures, under the role they play:
+//   decoder                                   BERT
+//   norm_attn  input_layernorm (pre-norm)     attention.output.LayerNorm (post-norm)
+//   qkv        q_proj|k_proj|v_proj (fused)   query|key|value (fused)
+//   o          o_proj                         attention.output.dense
+//   norm_mlp   post_attention_layernorm       output.LayerNorm
+//   up         gate_proj|up_proj (fused)      intermediate.dense
+//   down       down_proj                      output.dense
+typedef struct {
+  size_t norm_attn_w, norm_attn_b;
+  size_t qkv_w, qkv_b;
+  size_t o_w, o_b;
+  size_t norm_mlp_w, norm_mlp_b;
+  size_t up_w, up_b;
+  size_t down_w, down_b;
+} sn_layer_params;
+
+struct sn_model_layout {
+  sn_layer_params *layers;  // (n_layers)
+  size_t tok_embed;         // embed_tokens / embeddings.word_embeddings
+  size_t final_norm_w;      // decoder: norm
+  size_t lm_head;           // decoder with an untied head kept from the checkpoint
+  size_t pos_embed, type_embed, emb_norm_w, emb_norm_b;  // BERT embeddings
+  size_t pooler_w, pooler_b;                             // BERT pooler, kept for saving only
+  size_t proj_w, proj_b;    // output projection after pooling (stage-2 students), if any
+  int proj_dim;             // its output width; 0 without one
+  int has_lm_head, has_pooler;
+  int qkv_dim;              // (Hq + 2*Hkv) * D
+  int attn_dim;             // Hq * D
+  int up_dim;               // decoder: 2*I (gate|up); BERT: I
+};
+
+// Builds the parameter table for cfg (lm_head / pooler / a projection of width proj_dim > 0
+// included as asked) into m->params and m->layout; sets m->num_elements. Does not allocate
+// weights. The projection comes last, so adding one keeps every other offset.
+void sn_model_build_params(sn_model *m, int has_lm_head, int has_pooler, int proj_dim);
+// Seeded initialisation of params[first..nparams) (normal(0, 0.02) matrices, unit norm weights,
+// zero biases).
+void sn_model_init_params(sn_model *m, int first, uint64_t seed);
+
+// config.json key of the projection width (transformers ignores unknown keys).
+#define SN_PROJECTION_CONFIG_KEY "scalingnote_projection_dim"
+// Allocates an empty model shell (config copied, no params).
+sn_model *sn_model_shell(const sn_model_config *cfg, const sn_ops *ops);
+
+// Pointer to a tensor in the weights / grads buffer; NULL for SN_NO_PARAM.
+static inline void *sn_wptr(const sn_model *m, size_t offset) {
+  return offset == SN_NO_PARAM ? NULL : (char *)m->weights + offset * m->ops->storage_size;
+}
+static inline void *sn_gptr(const sn_model *m, size_t offset) {
+  return offset == SN_NO_PARAM ? NULL : (char *)m->grads + offset * m->ops->storage_size;
+}
+
+// What one block keeps for backward (all slots alias slot 0 when the forward is for inference).
+// Which fields exist depends on the architecture:
+//   decoder: norm_in, rstd_in, qkv, att, lse, x, norm_mid, rstd_mid, ff_in, ff_act
+//   BERT:    qkv, att, lse, x, norm_mid, mean_mid, rstd_mid, ff_in, ff_act, y, mean_out, rstd_out
+// The block's input is sn_acts.hidden[l].
+typedef struct {
+  void *norm_in;    // (T, C) decoder: rmsnorm(h)
+  float *rstd_in;   // (T)
+  void *qkv;        // (T, qkv_dim) after RoPE
+  void *att;        // (T, attn_dim) attention output before o_proj
+  float *lse;       // (Hq, T)
+  void *x;          // (T, C) h + o_proj(att)
+  void *norm_mid;   // (T, C) norm(x): input of the MLP
+  float *mean_mid;  // (T) BERT only
+  float *rstd_mid;  // (T)
+  void *ff_in;      // (T, up_dim) decoder: gate|up; BERT: intermediate.dense output
+  void *ff_act;     // (T, I) swiglu / gelu output
+  void *y;          // (T, C) BERT: norm_mid + output.dense(ff_act), before output.LayerNorm
+  float *mean_out;  // (T) BERT
+  float *rstd_out;  // (T) BERT
+} sn_layer_acts;
+
+struct sn_acts {
+  const sn_ops *ops;
+  sn_model_config cfg;
+  int max_tokens, max_seqs;
+  int qkv_dim, attn_dim, up_dim;
+  size_t bytes;
+  void **allocs;  // everything allocated, for sn_acts_free
+  int nallocs, cap_allocs;
+
+  int have_backward_slots;     // layers[1..L-1] and hidden[1..L] allocated (lazily)
+  int last_forward_backward;   // the last forward kept activations for backward
+  sn_layer_acts *layers;       // (n_layers): slot l, or slot 0 for inference
+  void **hidden;               // (n_layers + 1) residual stream entering block l; [L] the last one
+
+  void *out;                   // (T, C) decoder: final norm output
+  float *rstd_final;           // (T) decoder
+  void *emb;                   // (T, C) BERT: word + position + type, before LayerNorm
+  float *emb_mean, *emb_rstd;  // (T) BERT
+  int32_t *zero_ids;           // (T) BERT: token type 0 for every token
+  void *proj;                  // (T, C) o_proj / down / output.dense result, transient
+
+  // backward scratch
+  void *dres;                  // (T, C) gradient of the residual stream
+  void *dnorm;                 // (T, C) gradient of a norm output / BERT second residual
+  void *dwide;                 // (T, max(qkv_dim, up_dim)) dqkv, dgate_up, dintermediate
+  void *dnarrow;               // (T, max(attn_dim, I)) datt, dswiglu, dgelu
+
+  // pooling scratch
+  void *pooled;                // (max_seqs, C) storage dtype
+  void *projected;             // (max_seqs, proj_dim) storage dtype, with a projection
+  float *pool_norm;            // (max_seqs)
+  int proj_dim;
+};
+
+// Backend allocation recorded in the workspace.
+void *sn_acts_alloc(sn_acts *a, size_t bytes);
+// Slot l of the activations: its own for backward, slot 0 otherwise.
+static inline sn_layer_acts *sn_acts_layer(sn_acts *a, int l, int for_backward) {
+  return &a->layers[for_backward ? l : 0];
+}
+static inline void *sn_acts_hidden(sn_acts *a, int l, int for_backward) {
+  return a->hidden[for_backward ? l : 0];
+}
+
+// The passes (tok already checked; a sized for tok).
+const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
+void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
+const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
+void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
+
+// Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:
+//   forward  y (T, out) = x (T, in) @ W^T + b
+//   backward dx (T, in) (= or +=) dy @ W; dW (out, in) += dy^T @ x; db (out) += colsum(dy)
+void sn_linear_forward(const sn_ops *ops, void *y, const void *x, const void *w, const void *b,
+                       int T, int in, int out);
+void sn_linear_backward(const sn_ops *ops, void *dx, void *dw, void *db, const void *dy,
+                        const void *x, const void *w, int T, int in, int out, int accumulate_dx);

@@ -1,0 +1,182 @@
+// Loading a Hugging Face model folder into the flat parameter buffer and saving it back in the
+// names transformers' *Model classes use.
+#define _GNU_SOURCE
+#include <cJSON.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "model_internal.h"
+#include "safetensors.h"
+
+#define ERR_LEN 1024
+#define PATH_LEN 4096
+
+static void format_shape(char *buf, size_t len, int ndim, const int64_t *shape) {
+  int n = snprintf(buf, len, "[");
+  for (int i = 0; i < ndim && n < (int)len; i++)
+    n += snprintf(buf + n, len - (size_t)n, "%s%lld", i ? ", " : "", (long long)shape[i]);
+  if (n < (int)len) snprintf(buf + n, len - (size_t)n, "]");
+}
+
+static int same_shape(const sn_param *p, const sn_st_tensor *t) {
+  if (t->ndim != p->ndim) return 0;
+  for (int i = 0; i < p->ndim; i++)
+    if (t->shape[i] != p->shape[i]) return 0;
+  return 1;
+}
+
+// Tensors that may be in a checkpoint without being part of the tower: rotary caches some old
+// exports carry, BERT's position_ids buffer. Not worth a warning.
+static int is_known_buffer(const char *name) {
+  const char *known[] = {"rotary_emb.inv_freq", "embeddings.position_ids"};
+  for (size_t i = 0; i < SN_ARRAY_LEN(known); i++)
+    if (strstr(name, known[i])) return 1;
+  return 0;
+}
+
+// Our one config.json key beyond transformers': the output projection's width (0: none).
+static int read_projection_dim(const char *dir) {
+  char path[PATH_LEN];
+  if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path) sn_bad_input("%s: path too long", dir);
+  size_t len;
+  char *text = sn_read_file(path, &len);
+  if (!text) sn_bad_input("%s: cannot read: %s", path, strerror(errno));
+  cJSON *root = cJSON_ParseWithLength(text, len);
+  free(text);
+  if (!root) sn_bad_input("%s: not valid JSON", path);
+  int dim = 0;
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, SN_PROJECTION_CONFIG_KEY);
+  if (v && !cJSON_IsNull(v)) {
+    if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > INT32_MAX ||
+        v->valuedouble != (double)(int)v->valuedouble)
+      sn_bad_input("%s: \"%s\" must be a positive integer", path, SN_PROJECTION_CONFIG_KEY);
+    dim = (int)v->valuedouble;
+  }
+  cJSON_Delete(root);
+  return dim;
+}
+
+// config.json text with the projection width added when the model has one (caller frees).
+static char *config_json(const sn_model *m) {
+  char *json = config_json(m);
+  if (!m->layout->proj_dim) return json;
+  cJSON *root = cJSON_Parse(json);
+  if (!root) sn_fatal("sn_config_to_hf_json produced invalid JSON");
+  free(json);
+  cJSON_AddNumberToObject(root, SN_PROJECTION_CONFIG_KEY, m->layout->proj_dim);
+  char *printed = cJSON_Print(root);
+  cJSON_Delete(root);
+  if (!printed) sn_fatal("out of memory printing config.json");
+  json = strdupCheck(printed);  // cJSON's allocator may differ from ours: hand back our own copy
+  cJSON_free(printed);
+  return json;
+}
+
+sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
+  sn_model_config cfg;
+  sn_config_load_hf_dir(&cfg, dir);
+  sn_st_archive ar;
+  memset(&ar, 0, sizeof ar);
+  char err[ERR_LEN];
+  if (sn_st_open(&ar, dir, err, sizeof err) != 0) sn_bad_input("%s", err);
+
+  // Optional tensors follow the checkpoint: an untied lm_head, BERT's pooler.
+  const int decoder = sn_arch_is_decoder(cfg.arch);
+  const int has_lm_head = decoder && !cfg.tie_embeddings && sn_st_find(&ar, "lm_head.weight") != NULL;
+  const int has_pooler = !decoder && sn_st_find(&ar, "pooler.dense.weight") != NULL;
+  sn_model *m = sn_model_shell(&cfg, ops);
+  sn_model_build_params(m, has_lm_head, has_pooler, read_projection_dim(dir));
+
+  // Shapes first: a wrong checkpoint fails before any memory is spent on it.
+  unsigned char *used = callocCheck((size_t)SN_MAX(ar.ntensors, 1), 1);
+  size_t max_count = 0;
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    const sn_st_tensor *t = sn_st_find(&ar, p->name);
+    char want[96], got[96];
+    format_shape(want, sizeof want, p->ndim, p->shape);
+    if (!t) sn_bad_input("%s: missing tensor '%s' (expected shape %s)", dir, p->name, want);
+    if (!same_shape(p, t)) {
+      format_shape(got, sizeof got, t->ndim, t->shape);
+      sn_bad_input("%s: tensor '%s' in %s has shape %s, expected %s (from config.json)", dir, t->name,
+                   ar.files[t->file_index], got, want);
+    }
+    used[t - ar.tensors] = 1;
+    max_count = SN_MAX(max_count, p->count);
+  }
+  int unknown = 0;
+  const char *first_unknown = NULL;
+  for (int i = 0; i < ar.ntensors; i++) {
+    if (used[i] || is_known_buffer(ar.tensors[i].name)) continue;
+    if (!first_unknown) first_unknown = ar.tensors[i].name;
+    unknown++;
+  }
+  if (unknown)
+    sn_warn("%s: ignoring %d tensor(s) the %s tower does not use (first: '%s')", dir, unknown,
+            sn_arch_name(cfg.arch), first_unknown);
+
+  m->weights = ops->alloc(m->num_elements * ops->storage_size);
+  float *host = mallocCheck(max_count * sizeof(float));
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    const sn_st_tensor *t = sn_st_find(&ar, p->name);
+    ops->synchronize();  // the previous upload may still read host (asynchronous backends)
+    if (sn_st_read_f32(&ar, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
+    ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
+  }
+  ops->synchronize();  // the host buffer is freed next; uploads may be asynchronous
+  free(host);
+  free(used);
+  sn_st_close(&ar);
+  return m;
+}
+
+int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
+  if (dtype != SN_DTYPE_F32 && dtype != SN_DTYPE_BF16) {
+    snprintf(err, errlen, "%s: save dtype must be F32 or BF16", dir);
+    return -1;
+  }
+  if (sn_mkdir_p(dir) != 0) {
+    snprintf(err, errlen, "%s: cannot create folder: %s", dir, strerror(errno));
+    return -1;
+  }
+  char path[PATH_LEN];
+  // config.json
+  char *json = config_json(m);
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  int rc = sn_write_file_atomic(path, json, strlen(json));
+  free(json);
+  if (rc != 0) {
+    snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+    return -1;
+  }
+  // model.safetensors from a host fp32 copy of the weights
+  float *host = mallocCheck(SN_MAX(m->num_elements, (size_t)1) * sizeof(float));
+  m->ops->download_f32(host, m->weights, m->num_elements);
+  m->ops->synchronize();
+  sn_st_writer *w = sn_st_writer_new();
+  sn_st_writer_metadata(w, "format", "pt");  // transformers expects the PyTorch marker
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    sn_st_writer_add(w, p->name, dtype, p->ndim, p->shape, host + p->offset);
+  }
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  rc = sn_st_writer_write(w, path, err, errlen);
+  sn_st_writer_free(w);
+  free(host);
+  if (rc != 0) return -1;
+  // A shard index left from an earlier, sharded save would shadow the new single file.
+  snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+  if (unlink(path) != 0 && errno != ENOENT) {
+    snprintf(err, errlen, "%s: cannot remove stale shard index: %s", path, strerror(errno));
+    return -1;
+  }
+  if (sn_fsync_dir(dir) != 0) {
+    snprintf(err, errlen, "%s: fsync of the folder failed: %s", dir, strerror(errno));
+    return -1;
+  }
+  return 0;
+}

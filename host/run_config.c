@@ -1,0 +1,537 @@
+// Schema-driven run config: one table lists every key with its type, place in sn_run_config,
+// default and valid range; parsing, --set overrides, validation and the resolved dump all walk it.
+#define _GNU_SOURCE
+#include "run_config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cJSON.h"
+#include "common.h"
+
+typedef enum {
+  FIELD_INT,
+  FIELD_U64,
+  FIELD_FLOAT,
+  FIELD_DOUBLE,
+  FIELD_BOOL,
+  FIELD_STRING,      // free text
+  FIELD_PATH,        // file path, resolved against the config file's folder
+  FIELD_MODEL_DESC,  // path of a JSON description, or an inline JSON object
+  FIELD_CHOICE,      // one of `choices` ("a|b|c")
+  FIELD_PATH_LIST,   // data.train: a path or a list of paths
+} field_type;
+
+typedef struct {
+  const char *key;      // dotted path
+  field_type type;
+  size_t offset;        // into sn_run_config
+  size_t size;          // bytes of string fields
+  double min, max;      // numeric range (inclusive)
+  const char *choices;  // FIELD_CHOICE
+  const char *help;
+} field_spec;
+
+#define OFF(member) offsetof(sn_run_config, member)
+#define SZ(member) sizeof(((sn_run_config *)0)->member)
+#define NUM(key, type, member, lo, hi, help) {key, type, OFF(member), 0, lo, hi, NULL, help}
+#define STR(key, type, member, help) {key, type, OFF(member), SZ(member), 0, 0, NULL, help}
+#define CHOICE(key, member, choices, help) {key, FIELD_CHOICE, OFF(member), SZ(member), 0, 0, choices, help}
+#define BIG_INT 1e9
+
+#define OPTIM_FIELDS(stage, prefix)                                                              \
+  NUM(prefix ".lr", FIELD_FLOAT, stage.optim.lr, 0, 10, "peak learning rate"),                   \
+  NUM(prefix ".min_lr_ratio", FIELD_FLOAT, stage.optim.min_lr_ratio, 0, 1, "final lr / peak"),  \
+  NUM(prefix ".weight_decay", FIELD_FLOAT, stage.optim.weight_decay, 0, 10, "AdamW decoupled"), \
+  NUM(prefix ".beta1", FIELD_FLOAT, stage.optim.beta1, 0, 0.999999, "AdamW beta1"),              \
+  NUM(prefix ".beta2", FIELD_FLOAT, stage.optim.beta2, 0, 0.999999999, "AdamW beta2"),           \
+  NUM(prefix ".eps", FIELD_FLOAT, stage.optim.eps, 1e-30, 1, "AdamW epsilon"),                   \
+  NUM(prefix ".warmup_steps", FIELD_INT, stage.optim.warmup_steps, 0, BIG_INT, "linear warm-up"),\
+  CHOICE(prefix ".schedule", stage.optim.schedule, "cosine|linear|constant", "decay after warm-up"), \
+  NUM(prefix ".clip_grad_norm", FIELD_FLOAT, stage.optim.clip_grad_norm, 0, 1e9, "0 = off")
+
+static const field_spec SCHEMA[] = {
+    STR("run_dir", FIELD_PATH, run_dir, "output folder of the run"),
+    CHOICE("device", device, "cpu|cuda", "backend"),
+    NUM("seed", FIELD_U64, seed, 0, 0, "seed of every random choice"),
+    NUM("threads", FIELD_INT, threads, 0, 4096, "CPU threads; 0 = all cores"),
+    NUM("comm_timeout_s", FIELD_DOUBLE, comm_timeout_s, 1, 1e6, "collective timeout"),
+    {"data.train", FIELD_PATH_LIST, OFF(data.train), SZ(data.train[0]), 0, 0, NULL, "training JSONL files"},
+    STR("data.cache_dir", FIELD_PATH, data.cache_dir, "token shard cache; empty = RUN/cache"),
+    NUM("data.skip_bad_lines", FIELD_BOOL, data.skip_bad_lines, 0, 1, "skip and count bad lines"),
+    NUM("data.max_line_bytes", FIELD_INT, data.max_line_bytes, 64, 1 << 30, "longest JSONL line"),
+    STR("data.query_prompt", FIELD_STRING, data.query_prompt, "template with {text}"),
+    STR("data.doc_prompt", FIELD_STRING, data.doc_prompt, "template with {title} and {text}"),
+    NUM("data.max_query_len", FIELD_INT, data.max_query_len, 2, 1 << 20, "tokens"),
+    NUM("data.max_doc_len", FIELD_INT, data.max_doc_len, 2, 1 << 20, "tokens"),
+    NUM("data.allow_random_negatives", FIELD_BOOL, data.allow_random_negatives, 0, 1,
+        "examples without negatives borrow other documents"),
+    STR("stage1.model", FIELD_PATH, stage1.model, "Hugging Face folder of the LLM"),
+    STR("stage1.model_desc", FIELD_MODEL_DESC, stage1.model_desc, "fresh model description"),
+    STR("stage1.tokenizer", FIELD_PATH, stage1.tokenizer, "tokenizer file or folder"),
+    NUM("stage1.shared_towers", FIELD_BOOL, stage1.shared_towers, 0, 1, "one parameter set"),
+    CHOICE("stage1.pooling", stage1.pooling, "last|mean|cls", "embedding pooling"),
+    NUM("stage1.temperature", FIELD_FLOAT, stage1.temperature, 1e-4, 100, "InfoNCE tau"),
+    NUM("stage1.symmetric", FIELD_BOOL, stage1.symmetric, 0, 1, "add document->query term"),
+    NUM("stage1.batch_queries", FIELD_INT, stage1.batch_queries, 1, BIG_INT, "global batch"),
+    NUM("stage1.negatives_per_query", FIELD_INT, stage1.negatives_per_query, 0, 1024, "hard negatives"),
+    NUM("stage1.cross_device_negatives", FIELD_BOOL, stage1.cross_device_negatives, 0, 1, "gather docs"),
+    NUM("stage1.grad_cache_chunk", FIELD_INT, stage1.grad_cache_chunk, 0, BIG_INT, "0 = direct"),
+    NUM("stage1.grad_accum", FIELD_INT, stage1.grad_accum, 1, 1 << 16, "micro-batches per step"),
+    NUM("stage1.steps", FIELD_INT, stage1.steps, 0, BIG_INT, "0 = from epochs"),
+    NUM("stage1.epochs", FIELD_FLOAT, stage1.epochs, 0, 1e6, "used when steps = 0"),
+    OPTIM_FIELDS(stage1, "stage1.optim"),
+    STR("stage2.student", FIELD_PATH, stage2.student, "Hugging Face folder of the student"),
+    STR("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, "fresh student description"),
+    STR("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, "the student's tokenizer"),
+    CHOICE("stage2.pooling", stage2.pooling, "last|mean|cls", "student pooling"),
+    NUM("stage2.alpha", FIELD_FLOAT, stage2.alpha, 0, 1e6, "MSE weight"),
+    NUM("stage2.beta", FIELD_FLOAT, stage2.beta, 0, 1e6, "1-cos weight"),
+    NUM("stage2.gamma", FIELD_FLOAT, stage2.gamma, 0, 1e6, "InfoNCE weight"),
+    NUM("stage2.temperature", FIELD_FLOAT, stage2.temperature, 1e-4, 100, "tau of the gamma term"),
+    NUM("stage2.batch_queries", FIELD_INT, stage2.batch_queries, 1, BIG_INT, "global batch"),
+    NUM("stage2.negatives_per_query", FIELD_INT, stage2.negatives_per_query, 0, 1024, "gamma term"),
+    NUM("stage2.grad_accum", FIELD_INT, stage2.grad_accum, 1, 1 << 16, "micro-batches per step"),
+    NUM("stage2.steps", FIELD_INT, stage2.steps, 0, BIG_INT, "0 = from epochs"),
+    NUM("stage2.epochs", FIELD_FLOAT, stage2.epochs, 0, 1e6, "used when steps = 0"),
+    OPTIM_FIELDS(stage2, "stage2.optim"),
+    NUM("checkpoint.every", FIELD_INT, checkpoint.every, 0, BIG_INT, "0 = end of stage only"),
+    NUM("checkpoint.keep", FIELD_INT, checkpoint.keep, 1, 1000, "complete checkpoints kept"),
+    STR("eval.data", FIELD_PATH, eval.data, "BEIR folder; empty = no evaluation"),
+    STR("eval.split", FIELD_STRING, eval.split, "qrels split"),
+    NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, "sequences per encode batch"),
+    NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, "steps per log line (not a terminal)"),
+};
+
+static void set_optim_defaults(sn_cfg_optim *o, float lr) {
+  o->lr = lr;
+  o->min_lr_ratio = 0.1f;
+  o->weight_decay = 0.01f;
+  o->beta1 = 0.9f;
+  o->beta2 = 0.999f;
+  o->eps = 1e-8f;
+  o->warmup_steps = 10;
+  snprintf(o->schedule, sizeof o->schedule, "cosine");
+  o->clip_grad_norm = 1.0f;
+}
+
+void sn_run_config_defaults(sn_run_config *c) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->run_dir, sizeof c->run_dir, "runs/default");
+  snprintf(c->device, sizeof c->device, "cpu");
+  c->seed = 1234;
+  c->comm_timeout_s = 600;
+  c->data.max_line_bytes = 1 << 20;
+  snprintf(c->data.query_prompt, sizeof c->data.query_prompt, "Query: {text}");
+  snprintf(c->data.doc_prompt, sizeof c->data.doc_prompt, "Title: {title}\nText: {text}");
+  c->data.max_query_len = 32;
+  c->data.max_doc_len = 128;
+  c->data.allow_random_negatives = 1;
+  snprintf(c->stage1.pooling, sizeof c->stage1.pooling, "last");
+  c->stage1.temperature = 0.05f;
+  c->stage1.batch_queries = 32;
+  c->stage1.negatives_per_query = 1;
+  c->stage1.cross_device_negatives = 1;
+  c->stage1.grad_accum = 1;
+  c->stage1.epochs = 1;
+  set_optim_defaults(&c->stage1.optim, 1e-5f);
+  snprintf(c->stage2.pooling, sizeof c->stage2.pooling, "cls");
+  c->stage2.alpha = 1;
+  c->stage2.beta = 1;
+  c->stage2.gamma = 0;
+  c->stage2.temperature = 0.05f;
+  c->stage2.batch_queries = 64;
+  c->stage2.negatives_per_query = 1;
+  c->stage2.grad_accum = 1;
+  c->stage2.epochs = 1;
+  set_optim_defaults(&c->stage2.optim, 1e-4f);
+  c->checkpoint.every = 0;
+  c->checkpoint.keep = 2;
+  snprintf(c->eval.split, sizeof c->eval.split, "test");
+  c->eval.batch = 64;
+  c->log.every = 10;
+}
+
+// ---- error reporting ------------------------------------------------------------------------
+
+typedef struct {
+  char *buf;
+  size_t len;
+  const char *source;  // "configs/x.json" or "--set"
+} err_sink;
+
+__attribute__((format(printf, 2, 3))) static int fail(err_sink *e, const char *fmt, ...) {
+  int n = snprintf(e->buf, e->len, "%s: ", e->source);
+  if (n < 0 || (size_t)n >= e->len) return -1;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->buf + n, e->len - (size_t)n, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+// ---- key lookup and suggestions -------------------------------------------------------------
+
+static const field_spec *find_field(const char *key) {
+  for (size_t i = 0; i < SN_ARRAY_LEN(SCHEMA); i++)
+    if (strcmp(SCHEMA[i].key, key) == 0) return &SCHEMA[i];
+  return NULL;
+}
+
+// True when `prefix` names an object of the schema ("stage1", "stage1.optim").
+static int is_section(const char *prefix) {
+  size_t n = strlen(prefix);
+  for (size_t i = 0; i < SN_ARRAY_LEN(SCHEMA); i++)
+    if (strncmp(SCHEMA[i].key, prefix, n) == 0 && SCHEMA[i].key[n] == '.') return 1;
+  return 0;
+}
+
+static size_t edit_distance(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  size_t *row = callocCheck(lb + 1, sizeof *row);
+  for (size_t j = 0; j <= lb; j++) row[j] = j;
+  for (size_t i = 1; i <= la; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= lb; j++) {
+      size_t up = row[j];
+      size_t cost = (tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1])) ? 0 : 1;
+      size_t best = SN_MIN(row[j] + 1, row[j - 1] + 1);
+      row[j] = SN_MIN(best, diag + cost);
+      diag = up;
+    }
+  }
+  size_t d = row[lb];
+  free(row);
+  return d;
+}
+
+// The valid key nearest to an unknown one: compared both as full dotted paths and by last
+// component, so "stage1.temprature" and "temprature" both find "stage1.temperature".
+static const char *nearest_key(const char *key) {
+  const char *best = NULL;
+  size_t best_d = (size_t)-1;
+  const char *leaf = strrchr(key, '.');
+  leaf = leaf ? leaf + 1 : key;
+  for (size_t i = 0; i < SN_ARRAY_LEN(SCHEMA); i++) {
+    const char *cand = SCHEMA[i].key;
+    const char *cand_leaf = strrchr(cand, '.');
+    cand_leaf = cand_leaf ? cand_leaf + 1 : cand;
+    size_t d = SN_MIN(edit_distance(key, cand), edit_distance(leaf, cand_leaf) + 1);
+    if (d < best_d) {
+      best_d = d;
+      best = cand;
+    }
+  }
+  // A suggestion farther than half the key's length is noise.
+  return (best && best_d <= strlen(leaf) / 2 + 1) ? best : NULL;
+}
+
+static int unknown_key(err_sink *e, const char *key) {
+  const char *near = nearest_key(key);
+  if (near) return fail(e, "unknown key '%s' (did you mean '%s'?)", key, near);
+  return fail(e, "unknown key '%s'", key);
+}
+
+// ---- setting one field from a JSON value ----------------------------------------------------
+
+static void resolve_path(char *dst, size_t size, const char *value, const char *base_dir) {
+  if (value[0] == '\0' || value[0] == '/' || !base_dir || strcmp(base_dir, ".") == 0)
+    snprintf(dst, size, "%s", value);
+  else
+    snprintf(dst, size, "%s/%s", base_dir, value);
+}
+
+static int set_string(err_sink *e, const field_spec *f, char *dst, const char *s) {
+  if (strlen(s) >= f->size)
+    return fail(e, "'%s' is too long (%zu bytes; at most %zu)", f->key, strlen(s), f->size - 1);
+  snprintf(dst, f->size, "%s", s);
+  return 0;
+}
+
+static int set_choice(err_sink *e, const field_spec *f, char *dst, const char *s) {
+  const char *p = f->choices;
+  size_t n = strlen(s);
+  while (p && *p) {
+    const char *bar = strchr(p, '|');
+    size_t len = bar ? (size_t)(bar - p) : strlen(p);
+    if (len == n && strncmp(p, s, n) == 0) return set_string(e, f, dst, s);
+    p = bar ? bar + 1 : NULL;
+  }
+  return fail(e, "'%s' must be one of %s, got \"%s\"", f->key, f->choices, s);
+}
+
+static int set_number(err_sink *e, const field_spec *f, void *dst, const cJSON *v) {
+  if (f->type == FIELD_BOOL) {
+    if (!cJSON_IsBool(v)) return fail(e, "'%s' must be true or false", f->key);
+    *(int *)dst = cJSON_IsTrue(v);
+    return 0;
+  }
+  if (!cJSON_IsNumber(v)) return fail(e, "'%s' must be a number (%s)", f->key, f->help);
+  double x = v->valuedouble;
+  if (!isfinite(x)) return fail(e, "'%s' must be finite", f->key);
+  int integral = (f->type == FIELD_INT || f->type == FIELD_U64);
+  if (integral && x != floor(x)) return fail(e, "'%s' must be an integer, got %g", f->key, x);
+  if (f->type == FIELD_U64) {
+    if (x < 0 || x > 9007199254740992.0)
+      return fail(e, "'%s' must be an integer in [0, 2^53], got %g", f->key, x);
+    *(uint64_t *)dst = (uint64_t)x;
+    return 0;
+  }
+  if (x < f->min || x > f->max)
+    return fail(e, "'%s' must be in [%g, %g] (%s), got %g", f->key, f->min, f->max, f->help, x);
+  if (f->type == FIELD_INT) *(int *)dst = (int)x;
+  else if (f->type == FIELD_FLOAT) *(float *)dst = (float)x;
+  else *(double *)dst = x;
+  return 0;
+}
+
+static int set_path_list(err_sink *e, const field_spec *f, sn_run_config *c, const cJSON *v,
+                         const char *base_dir) {
+  if (cJSON_IsString(v)) {
+    c->data.n_train = 1;
+    resolve_path(c->data.train[0], f->size, v->valuestring, base_dir);
+    return 0;
+  }
+  if (!cJSON_IsArray(v)) return fail(e, "'%s' must be a path or a list of paths", f->key);
+  int n = cJSON_GetArraySize(v);
+  if (n > SN_CFG_MAX_TRAIN_FILES)
+    return fail(e, "'%s' has %d files; at most %d", f->key, n, SN_CFG_MAX_TRAIN_FILES);
+  int i = 0;
+  const cJSON *item;
+  cJSON_ArrayForEach(item, v) {
+    if (!cJSON_IsString(item)) return fail(e, "'%s'[%d] must be a string path", f->key, i);
+    resolve_path(c->data.train[i], f->size, item->valuestring, base_dir);
+    i++;
+  }
+  c->data.n_train = n;
+  return 0;
+}
+
+static int set_field(err_sink *e, sn_run_config *c, const field_spec *f, const cJSON *v,
+                     const char *base_dir) {
+  void *dst = (char *)c + f->offset;
+  switch (f->type) {
+    case FIELD_INT:
+    case FIELD_U64:
+    case FIELD_FLOAT:
+    case FIELD_DOUBLE:
+    case FIELD_BOOL:
+      return set_number(e, f, dst, v);
+    case FIELD_PATH_LIST:
+      return set_path_list(e, f, c, v, base_dir);
+    case FIELD_MODEL_DESC:
+      if (cJSON_IsObject(v)) {
+        char *text = cJSON_PrintUnformatted(v);
+        int rc = set_string(e, f, dst, text);
+        free(text);
+        return rc;
+      }
+      if (cJSON_IsNull(v)) return set_string(e, f, dst, "");
+      if (!cJSON_IsString(v)) return fail(e, "'%s' must be a path or an object", f->key);
+      char resolved[SN_CFG_PATH_MAX * 2];
+      resolve_path(resolved, sizeof resolved, v->valuestring, base_dir);
+      return set_string(e, f, dst, resolved);
+    case FIELD_PATH:
+    case FIELD_STRING:
+    case FIELD_CHOICE:
+      if (cJSON_IsNull(v) && f->type != FIELD_CHOICE) return set_string(e, f, dst, "");
+      if (!cJSON_IsString(v)) return fail(e, "'%s' must be a string (%s)", f->key, f->help);
+      if (f->type == FIELD_CHOICE) return set_choice(e, f, dst, v->valuestring);
+      if (f->type == FIELD_STRING) return set_string(e, f, dst, v->valuestring);
+      char path[SN_CFG_PATH_MAX * 2];
+      resolve_path(path, sizeof path, v->valuestring, base_dir);
+      return set_string(e, f, dst, path);
+  }
+  return fail(e, "'%s': internal error: unknown field type", f->key);
+}
+
+// Walks one JSON object, setting leaves and descending into sections.
+static int apply_object(err_sink *e, sn_run_config *c, const cJSON *obj, const char *prefix,
+                        const char *base_dir) {
+  const cJSON *item;
+  cJSON_ArrayForEach(item, obj) {
+    char key[256];
+    if (!item->string) return fail(e, "an entry of '%s' has no key", prefix[0] ? prefix : "top level");
+    int n = snprintf(key, sizeof key, "%s%s%s", prefix, prefix[0] ? "." : "", item->string);
+    if (n < 0 || (size_t)n >= sizeof key) return fail(e, "key '%s' is too long", item->string);
+    if (key[0] == '_') continue;  // "_comment" keys document a config file
+    const field_spec *f = find_field(key);
+    if (f) {
+      if (set_field(e, c, f, item, base_dir) != 0) return -1;
+    } else if (is_section(key)) {
+      if (!cJSON_IsObject(item)) return fail(e, "'%s' must be an object", key);
+      if (apply_object(e, c, item, key, base_dir) != 0) return -1;
+    } else {
+      return unknown_key(e, key);
+    }
+  }
+  return 0;
+}
+
+static int apply_override(err_sink *e, sn_run_config *c, const char *assignment) {
+  const char *eq = strchr(assignment, '=');
+  if (!eq || eq == assignment)
+    return fail(e, "'%s' is not of the form key=value (e.g. stage1.temperature=0.02)", assignment);
+  char key[256];
+  size_t klen = (size_t)(eq - assignment);
+  if (klen >= sizeof key) return fail(e, "key in '%s' is too long", assignment);
+  memcpy(key, assignment, klen);
+  key[klen] = '\0';
+  const field_spec *f = find_field(key);
+  if (!f) {
+    if (is_section(key)) return fail(e, "'%s' is a section; set one of its keys", key);
+    return unknown_key(e, key);
+  }
+  // The value is JSON when it parses as JSON (numbers, true, [..], {..}), else a plain string.
+  cJSON *v = cJSON_Parse(eq + 1);
+  if (!v) v = cJSON_CreateString(eq + 1);
+  int rc = set_field(e, c, f, v, ".");
+  cJSON_Delete(v);
+  return rc;
+}
+
+// Cross-field checks that a single range cannot express.
+static int validate(err_sink *e, const sn_run_config *c) {
+  if (c->run_dir[0] == '\0') return fail(e, "'run_dir' must not be empty");
+  if (c->stage1.model[0] && c->stage1.model_desc[0])
+    return fail(e, "'stage1.model' and 'stage1.model_desc' are exclusive: give one");
+  if (c->stage2.student[0] && c->stage2.student_desc[0])
+    return fail(e, "'stage2.student' and 'stage2.student_desc' are exclusive: give one");
+  if (c->stage1.steps == 0 && c->stage1.epochs <= 0)
+    return fail(e, "'stage1.steps' or 'stage1.epochs' must be positive");
+  if (c->stage2.steps == 0 && c->stage2.epochs <= 0)
+    return fail(e, "'stage2.steps' or 'stage2.epochs' must be positive");
+  if (c->stage2.alpha == 0 && c->stage2.beta == 0 && c->stage2.gamma == 0)
+    return fail(e, "'stage2.alpha', 'stage2.beta' and 'stage2.gamma' are all 0: nothing to learn");
+  if (c->stage1.optim.warmup_steps > 0 && c->stage1.steps > 0 &&
+      c->stage1.optim.warmup_steps > c->stage1.steps)
+    return fail(e, "'stage1.optim.warmup_steps' (%d) exceeds 'stage1.steps' (%d)",
+                c->stage1.optim.warmup_steps, c->stage1.steps);
+  if (c->stage2.optim.warmup_steps > 0 && c->stage2.steps > 0 &&
+      c->stage2.optim.warmup_steps > c->stage2.steps)
+    return fail(e, "'stage2.optim.warmup_steps' (%d) exceeds 'stage2.steps' (%d)",
+                c->stage2.optim.warmup_steps, c->stage2.steps);
+  if (!strstr(c->data.query_prompt, "{text}"))
+    return fail(e, "'data.query_prompt' must contain {text}");
+  if (!strstr(c->data.doc_prompt, "{text}"))
+    return fail(e, "'data.doc_prompt' must contain {text}");
+  return 0;
+}
+
+int sn_run_config_parse(sn_run_config *cfg, const char *json, const char *path,
+                        const char *const *overrides, int n_overrides, char *err, size_t errlen) {
+  sn_run_config_defaults(cfg);
+  err_sink e = {err, errlen, path ? path : "config"};
+  if (json) {
+    cJSON *root = cJSON_Parse(json);
+    if (!root) {
+      const char *at = cJSON_GetErrorPtr();
+      int line = 1;
+      for (const char *p = json; at && p < at; p++) line += (*p == '\n');
+      return fail(&e, "line %d: not valid JSON", line);
+    }
+    if (!cJSON_IsObject(root)) {
+      cJSON_Delete(root);
+      return fail(&e, "the top level must be a JSON object");
+    }
+    char dir_buf[SN_CFG_PATH_MAX];
+    snprintf(dir_buf, sizeof dir_buf, "%s", path ? path : ".");
+    const char *base_dir = path ? dirname(dir_buf) : ".";
+    int rc = apply_object(&e, cfg, root, "", base_dir);
+    cJSON_Delete(root);
+    if (rc != 0) return -1;
+  }
+  err_sink set_err = {err, errlen, "--set"};
+  for (int i = 0; i < n_overrides; i++)
+    if (apply_override(&set_err, cfg, overrides[i]) != 0) return -1;
+  return validate(&e, cfg);
+}
+
+int sn_run_config_load(sn_run_config *cfg, const char *path, const char *const *overrides,
+                       int n_overrides, char *err, size_t errlen) {
+  if (!path) return sn_run_config_parse(cfg, NULL, NULL, overrides, n_overrides, err, errlen);
+  char *text = sn_read_file(path, NULL);
+  if (!text) {
+    snprintf(err, errlen, "%s: cannot read the config: %s", path, strerror(errno));
+    return -1;
+  }
+  int rc = sn_run_config_parse(cfg, text, path, overrides, n_overrides, err, errlen);
+  free(text);
+  return rc;
+}
+
+// ---- the resolved dump ----------------------------------------------------------------------
+
+// Returns the object for the dotted prefix of `key`, creating sections on the way; *leaf gets the
+// last component.
+static cJSON *section_for(cJSON *root, const char *key, const char **leaf) {
+  cJSON *obj = root;
+  const char *start = key;
+  for (const char *dot; (dot = strchr(start, '.')) != NULL; start = dot + 1) {
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)(dot - start), start);
+    cJSON *child = cJSON_GetObjectItemCaseSensitive(obj, name);
+    if (!child) child = cJSON_AddObjectToObject(obj, name);
+    obj = child;
+  }
+  *leaf = start;
+  return obj;
+}
+
+char *sn_run_config_to_json(const sn_run_config *c) {
+  cJSON *root = cJSON_CreateObject();
+  for (size_t i = 0; i < SN_ARRAY_LEN(SCHEMA); i++) {
+    const field_spec *f = &SCHEMA[i];
+    const char *leaf;
+    cJSON *obj = section_for(root, f->key, &leaf);
+    const void *src = (const char *)c + f->offset;
+    switch (f->type) {
+      case FIELD_INT: cJSON_AddNumberToObject(obj, leaf, *(const int *)src); break;
+      case FIELD_U64: cJSON_AddNumberToObject(obj, leaf, (double)*(const uint64_t *)src); break;
+      case FIELD_FLOAT: cJSON_AddNumberToObject(obj, leaf, *(const float *)src); break;
+      case FIELD_DOUBLE: cJSON_AddNumberToObject(obj, leaf, *(const double *)src); break;
+      case FIELD_BOOL: cJSON_AddBoolToObject(obj, leaf, *(const int *)src); break;
+      case FIELD_PATH_LIST: {
+        cJSON *arr = cJSON_AddArrayToObject(obj, leaf);
+        for (int k = 0; k < c->data.n_train; k++)
+          cJSON_AddItemToArray(arr, cJSON_CreateString(c->data.train[k]));
+        break;
+      }
+      case FIELD_MODEL_DESC: {
+        cJSON *inline_obj = ((const char *)src)[0] == '{' ? cJSON_Parse(src) : NULL;
+        if (inline_obj) cJSON_AddItemToObject(obj, leaf, inline_obj);
+        else cJSON_AddStringToObject(obj, leaf, src);
+        break;
+      }
+      default: cJSON_AddStringToObject(obj, leaf, src); break;
+    }
+  }
+  char *text = cJSON_Print(root);
+  cJSON_Delete(root);
+  return text;
+}
+
+// FNV-1a over the resolved settings that decide what is computed. Checkpointing and logging
+// settings are left out so they can change between a run and its resume.
+uint64_t sn_run_config_hash(const sn_run_config *c) {
+  sn_run_config copy = *c;
+  memset(&copy.checkpoint, 0, sizeof copy.checkpoint);
+  memset(&copy.log, 0, sizeof copy.log);
+  memset(&copy.eval, 0, sizeof copy.eval);
+  copy.comm_timeout_s = 0;
+  copy.threads = 0;
+  char *text = sn_run_config_to_json(&copy);
+  uint64_t h = 1469598103934665603ull;
+  for (const char *p = text; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+  free(text);
+  return h;
+}

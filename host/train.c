@@ -1,0 +1,263 @@
+// sn_train's driver: config, run folder, backend and communicator, resume point, signals, the two
+// stages and the evaluations around them.
+#define _GNU_SOURCE
+#include "train.h"
+
+#include <errno.h>
+#include <omp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cJSON.h"
+#include "common.h"
+#include "eval.h"
+#include "train_internal.h"
+
+volatile sig_atomic_t sn_stop_requested = 0;
+
+static void on_stop_signal(int sig) {
+  (void)sig;
+  sn_stop_requested = 1;
+}
+
+// SIGTERM/SIGINT (Ctrl-C, scancel) and SIGUSR1 (Slurm's --signal before preemption): finish the
+// step, checkpoint, exit 0. A second SIGINT kills at once (SA_RESETHAND).
+static void install_signal_handlers(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+  sa.sa_flags = SA_RESETHAND;
+  sigaction(SIGINT, &sa, NULL);
+}
+
+static int path_exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+// ---- resume point ----------------------------------------------------------------------------
+
+static void find_resume_point(sn_trainer *t, const char *resume) {
+  t->resume_dir[0] = '\0';
+  t->resume_stage = 0;
+  if (!resume) return;
+  if (strcmp(resume, "auto") == 0) {
+    if (sn_ckpt_find_latest(t->run_dir, t->resume_dir, sizeof t->resume_dir, &t->resume_stage,
+                            &t->resume_step) != 0) {
+      sn_log("resume: no complete checkpoint in %s, starting fresh", t->run_dir);
+      t->resume_dir[0] = '\0';
+      t->resume_stage = 0;
+    }
+  } else {
+    char state[SN_TRAIN_PATH_MAX + 32], err[1024];
+    snprintf(state, sizeof state, "%s/state.bin", resume);
+    sn_state_reader *r = sn_state_read(state, err, sizeof err);
+    if (!r) sn_bad_input("--resume %s: not a complete checkpoint: %s", resume, err);
+    t->resume_stage = (int)sn_state_get_u64(r, "stage");
+    t->resume_step = (int64_t)sn_state_get_u64(r, "step");
+    sn_state_reader_free(r);
+    snprintf(t->resume_dir, sizeof t->resume_dir, "%s", resume);
+  }
+  if (!t->resume_dir[0]) return;
+  char state[SN_TRAIN_PATH_MAX + 32], err[1024];
+  snprintf(state, sizeof state, "%s/state.bin", t->resume_dir);
+  sn_state_reader *r = sn_state_read(state, err, sizeof err);
+  if (!r) sn_bad_input("%s", err);
+  uint64_t saved_hash = sn_state_get_u64(r, "config_hash");
+  sn_state_reader_free(r);
+  if (saved_hash != t->config_hash)
+    sn_warn("the config differs from the one %s was written with: the run continues, but not as an "
+            "exact replay", t->resume_dir);
+  sn_log("resume: stage %d, step %lld, from %s", t->resume_stage, (long long)t->resume_step, t->resume_dir);
+}
+
+// ---- evaluation ------------------------------------------------------------------------------
+
+typedef struct {
+  const char *name;  // file stem in RUN/eval/
+  const char *label; // row label in the summary
+} eval_row;
+
+static const eval_row EVAL_ROWS[] = {
+    {"untrained", "untrained towers"},
+    {"stage1", "stage-1 towers (teacher)"},
+    {"student", "student + stage-1 docs"},
+};
+
+static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const sn_tokenizer *qtok,
+                        sn_model *dm, const sn_tokenizer *dtok, const char *name) {
+  sn_eval_opts o;
+  sn_eval_opts_default(&o);
+  o.split = t->cfg.eval.split;
+  o.batch = t->cfg.eval.batch;
+  o.max_query_len = t->cfg.data.max_query_len;
+  o.max_doc_len = t->cfg.data.max_doc_len;
+  o.query_prompt = t->cfg.data.query_prompt;
+  o.doc_prompt = t->cfg.data.doc_prompt;
+  sn_eval_result res;
+  char err[1024], path[SN_TRAIN_PATH_MAX + 64];
+  if (sn_eval_run(&o, data, qm, qtok, dm, dtok, &res, err, sizeof err) != 0) sn_bad_input("evaluation: %s", err);
+  snprintf(path, sizeof path, "%s/eval", t->run_dir);
+  sn_mkdir_p(path);
+  snprintf(path, sizeof path, "%s/eval/%s.json", t->run_dir, name);
+  if (sn_eval_write_json(path, o.split, &res, err, sizeof err) != 0) sn_fatal("%s", err);
+  sn_log("eval %-10s nDCG@10 %.4f  R@10 %.4f  R@100 %.4f  MRR@10 %.4f  (%d queries, %d docs, %.1f s)",
+         name, res.mean.ndcg_10, res.mean.recall_10, res.mean.recall_100, res.mean.mrr_10,
+         res.num_queries, res.num_docs, res.seconds);
+}
+
+static int load_eval_data(sn_trainer *t, sn_beir *data) {
+  if (!t->cfg.eval.data[0] || t->rank != 0) return 0;
+  char err[1024];
+  if (sn_beir_load(t->cfg.eval.data, t->cfg.eval.split, data, err, sizeof err) != 0)
+    sn_bad_input("eval.data: %s", err);
+  return 1;
+}
+
+static void eval_untrained(sn_trainer *t, const sn_beir *data) {
+  const sn_cfg_stage1 *s1 = &t->cfg.stage1;
+  sn_model *m = sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  sn_tokenizer *tok = sn_trainer_load_tokenizer(s1->tokenizer, s1->model, "stage1.tokenizer");
+  eval_towers(t, data, m, tok, m, tok, "untrained");
+  sn_tokenizer_free(tok);
+  sn_model_free(m);
+}
+
+static void eval_final(sn_trainer *t, const sn_beir *data, int student) {
+  char qdir[SN_TRAIN_PATH_MAX + 32], ddir[SN_TRAIN_PATH_MAX + 32];
+  snprintf(qdir, sizeof qdir, "%s/final/%s", t->run_dir, student ? "student" : "query_tower");
+  snprintf(ddir, sizeof ddir, "%s/final/doc_tower", t->run_dir);
+  sn_model *qm = sn_model_load(qdir, t->ops), *dm = sn_model_load(ddir, t->ops);
+  sn_tokenizer *qtok = sn_trainer_load_tokenizer(NULL, qdir, qdir);
+  sn_tokenizer *dtok = sn_trainer_load_tokenizer(NULL, ddir, ddir);
+  eval_towers(t, data, qm, qtok, dm, dtok, student ? "student" : "stage1");
+  sn_tokenizer_free(qtok);
+  sn_tokenizer_free(dtok);
+  sn_model_free(qm);
+  sn_model_free(dm);
+}
+
+static int read_metric_file(const sn_trainer *t, const char *name, double out[4]) {
+  char path[SN_TRAIN_PATH_MAX + 64];
+  snprintf(path, sizeof path, "%s/eval/%s.json", t->run_dir, name);
+  char *text = sn_read_file(path, NULL);
+  if (!text) return 0;
+  cJSON *j = cJSON_Parse(text);
+  free(text);
+  if (!j) return 0;
+  static const char *const keys[4] = {"ndcg@10", "recall@10", "recall@100", "mrr@10"};
+  for (int i = 0; i < 4; i++) out[i] = cJSON_GetNumberValue(cJSON_GetObjectItem(j, keys[i]));
+  cJSON_Delete(j);
+  return 1;
+}
+
+// The metrics of every evaluated tower side by side, and the student as a fraction of the teacher.
+static void print_eval_summary(const sn_trainer *t) {
+  double m[SN_ARRAY_LEN(EVAL_ROWS)][4];
+  int have[SN_ARRAY_LEN(EVAL_ROWS)], any = 0;
+  for (size_t i = 0; i < SN_ARRAY_LEN(EVAL_ROWS); i++) any |= have[i] = read_metric_file(t, EVAL_ROWS[i].name, m[i]);
+  if (!any) return;
+  printf("\n%-28s %9s %9s %10s %8s\n", t->cfg.eval.data, "nDCG@10", "R@10", "R@100", "MRR@10");
+  for (size_t i = 0; i < SN_ARRAY_LEN(EVAL_ROWS); i++)
+    if (have[i]) printf("%-28s %9.4f %9.4f %10.4f %8.4f\n", EVAL_ROWS[i].label, m[i][0], m[i][1], m[i][2], m[i][3]);
+  if (have[1] && have[2] && m[1][0] > 0)
+    printf("%-28s %8.1f%% %8.1f%% %9.1f%% %7.1f%%\n", "student / teacher", 100 * m[2][0] / m[1][0],
+           100 * m[2][1] / SN_MAX(m[1][1], 1e-12), 100 * m[2][2] / SN_MAX(m[1][2], 1e-12),
+           100 * m[2][3] / SN_MAX(m[1][3], 1e-12));
+  fflush(stdout);
+}
+
+// ---- main --------------------------------------------------------------------------------------
+
+static void setup_run_dir(sn_trainer *t) {
+  snprintf(t->run_dir, sizeof t->run_dir, "%s", t->cfg.run_dir);
+  if (t->cfg.data.cache_dir[0]) snprintf(t->cache_dir, sizeof t->cache_dir, "%s", t->cfg.data.cache_dir);
+  else snprintf(t->cache_dir, sizeof t->cache_dir, "%s/cache", t->run_dir);
+  if (t->rank == 0) {
+    if (sn_mkdir_p(t->run_dir) != 0) sn_bad_input("run_dir: cannot create %s: %s", t->run_dir, strerror(errno));
+    if (sn_mkdir_p(t->cache_dir) != 0) sn_bad_input("cannot create %s: %s", t->cache_dir, strerror(errno));
+    char path[SN_TRAIN_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/config.resolved.json", t->run_dir);
+    char *json = sn_run_config_to_json(&t->cfg);
+    if (sn_write_file_atomic(path, json, strlen(json)) != 0)
+      sn_bad_input("cannot write %s: %s", path, strerror(errno));
+    free(json);
+  }
+  sn_comm_barrier(t->comm);
+}
+
+int sn_train_main(const sn_train_args *args) {
+  sn_trainer t;
+  memset(&t, 0, sizeof t);
+  char err[2048];
+  if (sn_run_config_load(&t.cfg, args->config_path, args->overrides, args->n_overrides, err, sizeof err) != 0)
+    sn_bad_input("%s", err);
+  if (args->print_config) {
+    char *json = sn_run_config_to_json(&t.cfg);
+    printf("%s\n", json);
+    free(json);
+    return 0;
+  }
+  t.config_hash = sn_run_config_hash(&t.cfg);
+  int do1 = args->stage == 0 || args->stage == 1, do2 = args->stage == 0 || args->stage == 2;
+  if (t.cfg.data.n_train == 0) sn_bad_input("data.train: no training files configured");
+  for (int i = 0; i < t.cfg.data.n_train; i++)
+    if (!path_exists(t.cfg.data.train[i]))
+      sn_bad_input("data.train: %s does not exist", t.cfg.data.train[i]);
+  if (do2 && !t.cfg.stage2.student[0] && !t.cfg.stage2.student_desc[0])
+    sn_bad_input("stage 2 is to run but neither 'stage2.student' nor 'stage2.student_desc' is set");
+  if (t.cfg.threads > 0) omp_set_num_threads(t.cfg.threads);
+
+  t.ops = sn_ops_by_name(t.cfg.device);
+  t.comm = sn_comm_create(t.cfg.device, t.cfg.comm_timeout_s);
+  t.rank = t.comm->rank;
+  t.world = t.comm->world_size;
+  setup_run_dir(&t);
+  install_signal_handlers();
+  find_resume_point(&t, args->resume);
+  if (t.rank == 0)
+    sn_log("sn_train: run %s, device %s, %d rank%s (%s), %d CPU threads per rank", t.run_dir,
+           t.ops->name, t.world, t.world > 1 ? "s" : "", sn_comm_backend_name(t.comm->backend),
+           omp_get_max_threads());
+  sn_train_log_open(&t.log, t.run_dir, t.rank == 0, t.cfg.log.every);
+
+  const char *paths[SN_CFG_MAX_TRAIN_FILES];
+  for (int i = 0; i < t.cfg.data.n_train; i++) paths[i] = t.cfg.data.train[i];
+  sn_train_examples_init(&t.examples);
+  sn_train_examples_load(&t.examples, paths, t.cfg.data.n_train, t.cfg.data.skip_bad_lines,
+                         (size_t)t.cfg.data.max_line_bytes);
+
+  sn_beir eval_data;
+  memset(&eval_data, 0, sizeof eval_data);
+  int evaluating = load_eval_data(&t, &eval_data);
+  int status = 0;
+  int fresh = t.resume_stage == 0;
+  if (do1) {
+    if (evaluating && fresh) eval_untrained(&t, &eval_data);
+    int rc = sn_train_stage1(&t);
+    if (rc < 0) goto stopped;
+    if (evaluating && t.resume_stage == 0) eval_final(&t, &eval_data, 0);
+  }
+  if (do2) {
+    if (t.resume_stage == 1)
+      sn_bad_input("the newest checkpoint is of stage 1 (step %lld): finish stage 1 first "
+                   "(sn_train --stage 1 --resume auto, or --stage all)", (long long)t.resume_step);
+    int rc = sn_train_stage2(&t);
+    if (rc < 0) goto stopped;
+    if (evaluating) eval_final(&t, &eval_data, 1);
+  }
+  if (t.rank == 0) print_eval_summary(&t);
+  goto done;
+stopped:
+  if (t.rank == 0) sn_log("stopped by a signal: checkpoint written; continue with --resume auto");
+done:
+  if (evaluating) sn_beir_free(&eval_data);
+  sn_train_examples_free(&t.examples);
+  sn_train_log_close(&t.log);
+  sn_comm_destroy(t.comm);
+  return status;
+}

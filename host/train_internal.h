@@ -1,0 +1,111 @@
+// Shared by the stage loops and the driver (host/train*.c); not a public API.
+#pragma once
+#include <signal.h>
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "comm.h"
+#include "data.h"
+#include "model.h"
+#include "optimizer.h"
+#include "run_config.h"
+#include "tokenizer.h"
+#include "train_log.h"
+
+#define SN_TRAIN_PATH_MAX 1200
+
+// Set by SIGTERM/SIGINT/SIGUSR1: finish the step, checkpoint, exit 0.
+extern volatile sig_atomic_t sn_stop_requested;
+
+typedef struct {
+  sn_run_config cfg;
+  const sn_ops *ops;
+  sn_comm *comm;
+  int rank, world;
+  uint64_t config_hash;
+  char run_dir[SN_TRAIN_PATH_MAX];
+  char cache_dir[SN_TRAIN_PATH_MAX];
+  sn_train_log log;
+  sn_train_examples examples;
+  int examples_loaded;
+  // resume point: the checkpoint to continue from (empty = fresh), its stage and step
+  char resume_dir[SN_TRAIN_PATH_MAX];
+  int resume_stage;
+  int64_t resume_step;
+} sn_trainer;
+
+// Runs one tower over packed sequences: forward, pooling, optional projection, L2 norm; and the
+// backward of that chain. Several runners may share one model (shared towers): each has its own
+// activations, so a query forward and a document forward can both wait for their backward.
+typedef struct {
+  sn_model *model;
+  const sn_ops *ops;
+  sn_acts *acts;
+  sn_tokens tok;
+  sn_pooling pooling;
+  int max_seqs, max_tokens;
+  int out_dim;         // C, or the projection's output width
+  void *pooled;        // (max_seqs, C) storage
+  void *projected;     // (max_seqs, out_dim) storage, when the model has a projection
+  float *norms;        // (max_seqs)
+  void *dpooled;       // (max_seqs, C) storage
+  void *dprojected;    // (max_seqs, out_dim) storage
+  void *dhidden;       // (max_tokens, C) storage
+  int n;               // sequences of the current forward
+} sn_tower_runner;
+
+void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max_seqs, int max_tokens);
+void sn_runner_free(sn_tower_runner *r);
+// The pre-normalisation embedding of the last forward: (n, out_dim) storage.
+const void *sn_runner_raw(const sn_tower_runner *r);
+// Embeds n packed sequences (host ids and cu_seqlens): emb (n, out_dim) fp32 backend memory,
+// L2-normalised. for_backward keeps what sn_runner_backward needs. `what` names the input in errors.
+void sn_runner_forward(sn_tower_runner *r, const int32_t *ids, const int32_t *cu_seqlens, int n,
+                       int for_backward, float *emb, const char *what);
+// Backward of the last forward from d_emb (n, out_dim) fp32, given the normalised emb it produced;
+// d_raw_extra (n, out_dim) storage, when non-NULL, is a gradient w.r.t. the raw (pre-norm)
+// embedding added on top. Accumulates into the model's grads.
+void sn_runner_backward(sn_tower_runner *r, const float *d_emb, const float *emb,
+                        const void *d_raw_extra);
+// Embeds a whole token set in chunks of at most max_seqs sequences / max_tokens tokens into host
+// memory (n_seqs, out_dim), normalised. Used for teacher and document caches.
+float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what);
+
+// Sequences [s0, s1) of a packed host batch as their own packed batch: ids pointer and rebased
+// cu_seqlens (s1 - s0 + 1 entries written to cu_out).
+const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s1, int32_t *cu_out);
+
+// Towers and their tokenizers.
+sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
+                                const char *what);
+sn_tokenizer *sn_trainer_load_tokenizer(const char *path, const char *fallback_dir, const char *what);
+// The folder a tower's tokenizer files are copied from when it is saved: path itself when it is a
+// folder, else the folder holding it (path falls back to fallback when empty).
+void sn_tokenizer_dir_of(const char *path, const char *fallback, char *out, size_t size);
+void sn_trainer_check_vocab(const sn_tokenizer *tok, const sn_model *m, const char *what);
+// Token sets of the training data for one tower (cached shards; rank 0 builds).
+void sn_trainer_query_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, const char *name,
+                          sn_token_set *out);
+void sn_trainer_doc_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, sn_token_set *out);
+
+// Checkpoint pieces: a tower as a Hugging Face folder, optimizer state into/from a state file.
+void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir);
+void sn_trainer_add_optimizer_state(sn_state_writer *w, const char *prefix, const sn_optimizer *opt,
+                                    float **host_buffers /* 3 per optimizer, freed by caller */);
+void sn_trainer_load_optimizer_state(const sn_state_reader *r, const char *prefix, sn_optimizer *opt);
+// Writes a checkpoint folder (rank 0) with the towers given and the state writer's contents.
+// Returns 0, or -1 after a warning (the previous checkpoint stays intact).
+typedef struct {
+  const char *name;          // folder name inside the checkpoint: "query_tower", ...
+  const sn_model *model;
+  const char *tokenizer_dir; // where its tokenizer files come from ("" = none)
+} sn_ckpt_tower;
+int sn_trainer_write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckpt_tower *towers,
+                                int ntowers, sn_state_writer *state);
+
+// Number of optimizer steps of a stage from its config.
+int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoch, int grad_accum);
+
+// The two stages. Return 0, or the exit status to end with.
+int sn_train_stage1(sn_trainer *t);
+int sn_train_stage2(sn_trainer *t);

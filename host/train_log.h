@@ -1,0 +1,46 @@
+// What a run reports: one progress line on stderr (updated in place on a terminal, plain lines
+// otherwise), metrics.jsonl in the run folder (one object per step), and at the end of a stage an
+// SVG plot of the loss curves.
+#pragma once
+#include <stdint.h>
+#include <stdio.h>
+
+#define SN_LOG_MAX_TERMS 4
+
+typedef struct {
+  int stage;
+  int64_t step, total_steps;
+  float loss;
+  float lr;
+  float grad_norm;
+  int64_t tokens;      // tokens processed in this step (all ranks)
+  double elapsed_s;    // since the stage started (including resumed time)
+  int n_terms;         // stage 2: named loss terms (mse, cos, infonce)
+  const char *term_names[SN_LOG_MAX_TERMS];
+  float terms[SN_LOG_MAX_TERMS];
+} sn_step_record;
+
+typedef struct {
+  FILE *metrics;        // RUN/metrics.jsonl, appended
+  char metrics_path[1100];
+  int is_tty;
+  int every;            // plain-line interval when not a terminal
+  int active;           // rank 0 logs; the others are silent
+  double tokens_window; // for tokens/s over recent steps
+  double window_start_s;
+  int64_t window_start_step;
+  float tok_per_s;
+} sn_train_log;
+
+// Opens RUN/metrics.jsonl for appending (records past `resume_step` of the stage are dropped first,
+// so a resumed run's file has no duplicates). active = 0 makes every call a no-op.
+void sn_train_log_open(sn_train_log *log, const char *run_dir, int active, int every);
+void sn_train_log_truncate_after(sn_train_log *log, int stage, int64_t step);
+void sn_train_log_step(sn_train_log *log, const sn_step_record *r);
+// Ends the in-place line (a newline on a terminal).
+void sn_train_log_end_stage(sn_train_log *log);
+void sn_train_log_close(sn_train_log *log);
+
+// Reads RUN/metrics.jsonl and writes RUN/loss_stage<N>.svg with the loss (and its terms) against
+// step. Returns 0, or -1 when there is nothing to plot or the file cannot be written.
+int sn_plot_loss_svg(const char *run_dir, int stage);

@@ -1,0 +1,361 @@
+// Stage 1: a query tower and a document tower, both initialised from the same LLM, trained with
+// InfoNCE over in-batch, hard and cross-device negatives. Optional gradient caching: embed the
+// whole contrastive batch without activations, take the loss gradient w.r.t. the embeddings, then
+// re-run and backpropagate chunk by chunk, so the batch is not bounded by activation memory.
+#define _GNU_SOURCE
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+#include "train_internal.h"
+
+// Every buffer of the contrastive loss, sized once for the largest batch.
+typedef struct {
+  int C;
+  float *q_emb, *d_emb;      // (Bq, C), (Nd, C) this rank's embeddings
+  float *q_all, *d_all;      // (Bq_global, C), (Nd_global, C) gathered (or aliases when local)
+  float *dq, *dd;            // (Bq, C), (Nd, C) gradients w.r.t. this rank's embeddings
+  float *dq_all, *dd_all;    // (Bq_global, C), (Nd_global, C)
+  float *pos_rows, *dpos;    // (Bq, C) positives, for the symmetric term
+  float *chunk_emb;          // (max chunk, C) recomputed embeddings in the gradient-cache pass
+  int32_t *targets;          // (Bq) backend
+  int32_t *targets_host;
+  float *loss;               // (1) backend
+} contrastive_buffers;
+
+typedef struct {
+  sn_trainer *t;
+  sn_model *qmodel, *dmodel;  // dmodel == qmodel with shared towers
+  sn_tower_runner qrun, drun;
+  int chunk_q, chunk_d;       // sequences per forward; the whole local batch when not caching
+  int grad_cache;
+  contrastive_buffers buf;
+} stage1_ctx;
+
+static float *alloc_f32(const sn_ops *ops, size_t n) { return ops->alloc(n * sizeof(float)); }
+
+static void buffers_init(contrastive_buffers *b, const sn_ops *ops, int C, int Bq, int Nd, int Bq_all,
+                         int Nd_all, int max_chunk) {
+  memset(b, 0, sizeof *b);
+  b->C = C;
+  b->q_emb = alloc_f32(ops, (size_t)Bq * C);
+  b->d_emb = alloc_f32(ops, (size_t)Nd * C);
+  b->q_all = alloc_f32(ops, (size_t)Bq_all * C);
+  b->d_all = alloc_f32(ops, (size_t)Nd_all * C);
+  b->dq = alloc_f32(ops, (size_t)Bq * C);
+  b->dd = alloc_f32(ops, (size_t)Nd * C);
+  b->dq_all = alloc_f32(ops, (size_t)Bq_all * C);
+  b->dd_all = alloc_f32(ops, (size_t)Nd_all * C);
+  b->pos_rows = alloc_f32(ops, (size_t)Bq * C);
+  b->dpos = alloc_f32(ops, (size_t)Bq * C);
+  b->chunk_emb = alloc_f32(ops, (size_t)max_chunk * C);
+  b->targets = ops->alloc((size_t)Bq * sizeof(int32_t));
+  b->targets_host = mallocCheck((size_t)Bq * sizeof(int32_t));
+  b->loss = alloc_f32(ops, 1);
+}
+
+static void buffers_free(contrastive_buffers *b, const sn_ops *ops) {
+  float *f32[] = {b->q_emb, b->d_emb, b->q_all, b->d_all, b->dq, b->dd, b->dq_all, b->dd_all,
+                  b->pos_rows, b->dpos, b->chunk_emb, b->loss};
+  for (size_t i = 0; i < SN_ARRAY_LEN(f32); i++) ops->free(f32[i]);
+  ops->free(b->targets);
+  free(b->targets_host);
+}
+
+// Embeds n packed sequences: in one forward that keeps activations (direct), or in chunks without
+// them (the first pass of gradient caching).
+static void embed_batch(stage1_ctx *c, sn_tower_runner *r, int chunk, const int32_t *ids,
+                        const int32_t *cu, int n, float *emb, const char *what) {
+  if (!c->grad_cache) {
+    sn_runner_forward(r, ids, cu, n, 1, emb, what);
+    return;
+  }
+  int32_t *sub_cu = mallocCheck((size_t)(chunk + 1) * sizeof *sub_cu);
+  for (int s0 = 0; s0 < n; s0 += chunk) {
+    int s1 = SN_MIN(n, s0 + chunk);
+    const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
+    sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 0, emb + (size_t)s0 * c->buf.C, what);
+  }
+  free(sub_cu);
+}
+
+// Backpropagates d_emb through the tower: directly from the kept activations, or chunk by chunk
+// after re-running each chunk's forward (gradient caching).
+static void backward_batch(stage1_ctx *c, sn_tower_runner *r, int chunk, const int32_t *ids,
+                           const int32_t *cu, int n, const float *d_emb, const float *emb,
+                           const char *what) {
+  if (!c->grad_cache) {
+    sn_runner_backward(r, d_emb, emb, NULL);
+    return;
+  }
+  int C = c->buf.C;
+  int32_t *sub_cu = mallocCheck((size_t)(chunk + 1) * sizeof *sub_cu);
+  for (int s0 = 0; s0 < n; s0 += chunk) {
+    int s1 = SN_MIN(n, s0 + chunk);
+    const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
+    sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 1, c->buf.chunk_emb, what);
+    sn_runner_backward(r, d_emb + (size_t)s0 * C, c->buf.chunk_emb, NULL);
+  }
+  free(sub_cu);
+}
+
+static int sum_ints(const int *v, int n) {
+  int s = 0;
+  for (int i = 0; i < n; i++) s += v[i];
+  return s;
+}
+
+// Gathers every rank's rows (cross-device negatives) or uses the local ones. Returns the gathered
+// matrix and sets *n_all and *offset (this rank's first row in it).
+static float *gather_rows(stage1_ctx *c, float *local, float *all, const int *counts, int cross,
+                          int *n_all, int *offset) {
+  sn_trainer *t = c->t;
+  int C = c->buf.C;
+  if (!cross || t->world == 1) {
+    *n_all = counts[t->rank];
+    *offset = 0;
+    return local;
+  }
+  size_t sizes[t->world];
+  for (int r = 0; r < t->world; r++) sizes[r] = (size_t)counts[r] * C;
+  sn_comm_all_gather_v(t->comm, local, all, sizes);
+  *n_all = sum_ints(counts, t->world);
+  *offset = sum_ints(counts, t->rank);
+  return all;
+}
+
+// The gradient w.r.t. this rank's rows: every rank's contribution to them, summed.
+static const float *scatter_back(stage1_ctx *c, float *d_all, float *d_local, int n_all, int offset,
+                                 int n_local, int gathered) {
+  if (!gathered) return d_all;
+  sn_comm_all_reduce_sum(c->t->comm, d_all, (size_t)n_all * c->buf.C, SN_DTYPE_F32);
+  c->t->ops->copy(d_local, d_all + (size_t)offset * c->buf.C, (size_t)n_local * c->buf.C * sizeof(float));
+  return d_local;
+}
+
+// One micro-batch: forward, InfoNCE (+ symmetric term), backward. Returns this rank's share of
+// the loss (already divided by the global query count).
+static double micro_step(stage1_ctx *c, const sn_batch *b) {
+  sn_trainer *t = c->t;
+  const sn_ops *ops = t->ops;
+  const sn_cfg_stage1 *s1 = &t->cfg.stage1;
+  contrastive_buffers *B = &c->buf;
+  int C = B->C, Bq = b->n_queries, Nd = b->n_docs;
+  int cross = s1->cross_device_negatives && t->world > 1;
+  int Bq_global = sum_ints(b->rank_query_counts, t->world);
+  float inv_temp = 1.0f / s1->temperature;
+  // The two directions are averaged when the loss is symmetric.
+  float scale = (s1->symmetric ? 0.5f : 1.0f) / (float)Bq_global;
+
+  embed_batch(c, &c->qrun, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->q_emb, "queries");
+  embed_batch(c, &c->drun, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, B->d_emb, "documents");
+
+  int nd_all, d_off;
+  float *docs = gather_rows(c, B->d_emb, B->d_all, b->rank_doc_counts, cross, &nd_all, &d_off);
+  for (int i = 0; i < Bq; i++) B->targets_host[i] = b->pos_index[i] + d_off;
+  ops->upload(B->targets, B->targets_host, (size_t)Bq * sizeof(int32_t));
+  ops->memset_zero(B->loss, sizeof(float));
+  ops->memset_zero(B->dq, (size_t)Bq * C * sizeof(float));
+  float *dd_target = cross ? B->dd_all : B->dd;
+  ops->memset_zero(dd_target, (size_t)nd_all * C * sizeof(float));
+  // queries → documents
+  ops->contrastive_loss(B->loss, B->dq, dd_target, B->q_emb, docs, B->targets, Bq, nd_all, C,
+                        inv_temp, scale);
+  if (s1->symmetric) {
+    // documents (each query's positive) → queries
+    for (int i = 0; i < Bq; i++)
+      ops->copy(B->pos_rows + (size_t)i * C, B->d_emb + (size_t)b->pos_index[i] * C, (size_t)C * sizeof(float));
+    int nq_all, q_off;
+    float *queries = gather_rows(c, B->q_emb, B->q_all, b->rank_query_counts, cross, &nq_all, &q_off);
+    for (int i = 0; i < Bq; i++) B->targets_host[i] = q_off + i;
+    ops->upload(B->targets, B->targets_host, (size_t)Bq * sizeof(int32_t));
+    ops->memset_zero(B->dpos, (size_t)Bq * C * sizeof(float));
+    float *dq_target = cross ? B->dq_all : B->dq;
+    if (cross) ops->memset_zero(B->dq_all, (size_t)nq_all * C * sizeof(float));
+    ops->contrastive_loss(B->loss, B->dpos, dq_target, B->pos_rows, queries, B->targets, Bq, nq_all,
+                          C, inv_temp, scale);
+    if (cross) {
+      // dq_all holds only the symmetric term's gradient; add this rank's slice to dq.
+      scatter_back(c, B->dq_all, B->pos_rows /* scratch */, nq_all, q_off, Bq, 1);
+      ops->add(B->dq, B->dq, B->pos_rows, (size_t)Bq * C);
+    }
+    // The positives' rows get dpos added to their document gradient (in dd_target's local slice).
+    for (int i = 0; i < Bq; i++) {
+      float *row = dd_target + (size_t)(d_off + b->pos_index[i]) * C;
+      ops->add(row, row, B->dpos + (size_t)i * C, (size_t)C);
+    }
+  }
+  const float *dd = scatter_back(c, B->dd_all, B->dd, nd_all, d_off, Nd, cross);
+
+  backward_batch(c, &c->qrun, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->dq, B->q_emb, "queries");
+  backward_batch(c, &c->drun, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, dd, B->d_emb, "documents");
+  float loss = 0;
+  ops->download(&loss, B->loss, sizeof loss);
+  return loss;
+}
+
+static int64_t batch_tokens(const sn_batch *b) { return b->n_query_tokens + b->n_doc_tokens; }
+
+static void log_model(const char *what, const sn_model *m) {
+  sn_log("%s: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d, %.1fM parameters", what,
+         sn_arch_name(m->cfg.arch), m->cfg.n_layers, m->cfg.hidden, m->cfg.n_heads,
+         m->cfg.n_kv_heads, m->cfg.vocab, (double)m->num_elements / 1e6);
+}
+
+int sn_train_stage1(sn_trainer *t) {
+  const sn_cfg_stage1 *s1 = &t->cfg.stage1;
+  const sn_ops *ops = t->ops;
+  if (t->resume_stage > 1) {
+    sn_log("stage 1: done in an earlier run (resuming stage %d)", t->resume_stage);
+    return 0;
+  }
+  int resuming = (t->resume_stage == 1);
+  stage1_ctx c = {.t = t};
+
+  // Towers: both from the same LLM (or from the checkpoint being resumed).
+  char qdir[SN_TRAIN_PATH_MAX + 32], ddir[SN_TRAIN_PATH_MAX + 32];
+  snprintf(qdir, sizeof qdir, "%s/query_tower", t->resume_dir);
+  snprintf(ddir, sizeof ddir, "%s/doc_tower", t->resume_dir);
+  c.qmodel = resuming ? sn_model_load(qdir, ops)
+                      : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  c.dmodel = s1->shared_towers ? c.qmodel
+             : resuming        ? sn_model_load(ddir, ops)
+                               : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  log_model("stage 1 towers", c.qmodel);
+  sn_tokenizer *tok = sn_trainer_load_tokenizer(s1->tokenizer, s1->model, "stage1.tokenizer");
+  sn_trainer_check_vocab(tok, c.qmodel, "stage1.tokenizer");
+  char tok_dir[SN_TRAIN_PATH_MAX];
+  sn_tokenizer_dir_of(s1->tokenizer, s1->model, tok_dir, sizeof tok_dir);
+
+  // Data.
+  sn_token_set qset, dset;
+  sn_trainer_query_set(t, tok, c.qmodel, "query-stage1", &qset);
+  sn_trainer_doc_set(t, tok, c.dmodel, &dset);
+  sn_sampler_config sc = {.global_batch_queries = s1->batch_queries,
+                          .negatives_per_query = s1->negatives_per_query,
+                          .seed = t->cfg.seed,
+                          .world_size = t->world,
+                          .rank = t->rank,
+                          .forbid_random_negatives = !t->cfg.data.allow_random_negatives};
+  if (s1->batch_queries % t->world != 0)
+    sn_bad_input("stage1.batch_queries (%d) must be a multiple of the number of ranks (%d)",
+                 s1->batch_queries, t->world);
+  sn_sampler *sampler = sn_sampler_init(&sc, &t->examples, &qset, &dset);
+  int64_t per_epoch = sn_sampler_steps_in_epoch(sampler, 0);
+  int64_t total = sn_trainer_total_steps(s1->steps, s1->epochs, per_epoch, s1->grad_accum);
+  int Bq = s1->batch_queries / t->world, k = s1->negatives_per_query, Nd = Bq * (k + 1);
+  sn_log("stage 1: %lld examples, %lld documents, %lld batches per epoch, %lld steps, %d queries x %d docs per rank",
+         (long long)t->examples.n_examples, (long long)t->examples.n_docs, (long long)per_epoch,
+         (long long)total, Bq, Nd);
+
+  // Runners and loss buffers, planned once.
+  c.grad_cache = s1->grad_cache_chunk > 0;
+  c.chunk_q = c.grad_cache ? SN_MIN(s1->grad_cache_chunk, Bq) : Bq;
+  c.chunk_d = c.grad_cache ? SN_MIN(s1->grad_cache_chunk, Nd) : Nd;
+  sn_pooling pooling = !strcmp(s1->pooling, "mean") ? SN_POOL_MEAN : !strcmp(s1->pooling, "cls") ? SN_POOL_FIRST : SN_POOL_LAST;
+  sn_runner_init(&c.qrun, c.qmodel, pooling, c.chunk_q, c.chunk_q * SN_MAX(qset.max_seq_len, 1));
+  sn_runner_init(&c.drun, c.dmodel, pooling, c.chunk_d, c.chunk_d * SN_MAX(dset.max_seq_len, 1));
+  if (c.qrun.out_dim != c.drun.out_dim) sn_bad_input("stage 1: query and document towers differ in width");
+  buffers_init(&c.buf, ops, c.qrun.out_dim, Bq, Nd, s1->batch_queries, Nd * t->world, SN_MAX(c.chunk_q, c.chunk_d));
+
+  sn_model_alloc_grads(c.qmodel);
+  if (c.dmodel != c.qmodel) sn_model_alloc_grads(c.dmodel);
+  sn_optimizer opt_q, opt_d;
+  sn_optimizer_init(&opt_q, c.qmodel, &s1->optim, total);
+  if (c.dmodel != c.qmodel) sn_optimizer_init(&opt_d, c.dmodel, &s1->optim, total);
+
+  int64_t step = 0;
+  double elapsed_before = 0;
+  if (resuming) {
+    char path[SN_TRAIN_PATH_MAX + 32], err[1024];
+    snprintf(path, sizeof path, "%s/state.bin", t->resume_dir);
+    sn_state_reader *r = sn_state_read(path, err, sizeof err);
+    if (!r) sn_bad_input("%s", err);
+    sn_trainer_load_optimizer_state(r, "query", &opt_q);
+    if (c.dmodel != c.qmodel) sn_trainer_load_optimizer_state(r, "doc", &opt_d);
+    sn_data_cursor cur;
+    sn_state_get_exact(r, "cursor", &cur, sizeof cur);
+    if (sn_sampler_set_cursor(sampler, &cur, err, sizeof err) != 0) sn_bad_input("%s: %s", path, err);
+    step = (int64_t)sn_state_get_u64(r, "step");
+    sn_state_get_exact(r, "elapsed_s", &elapsed_before, sizeof elapsed_before);
+    sn_state_reader_free(r);
+    sn_train_log_truncate_after(&t->log, 1, step);
+    sn_log("stage 1: resumed at step %lld from %s", (long long)step, t->resume_dir);
+  }
+
+  double t0 = sn_now_s();
+  int stopped = 0;
+  while (step < total && !stopped) {
+    sn_model_zero_grads(c.qmodel);
+    if (c.dmodel != c.qmodel) sn_model_zero_grads(c.dmodel);
+    double totals[3] = {0, 0, 0};  // loss, tokens, stop requests — summed over ranks
+    for (int micro = 0; micro < s1->grad_accum; micro++) {
+      const sn_batch *b = sn_sampler_next_or_die(sampler);
+      totals[0] += micro_step(&c, b) / s1->grad_accum;
+      totals[1] += (double)batch_tokens(b);
+    }
+    totals[2] = sn_stop_requested ? 1 : 0;
+    sn_comm_all_reduce_f64_host(t->comm, totals, 3);
+    if (t->world > 1) {
+      sn_comm_all_reduce_sum(t->comm, c.qmodel->grads, c.qmodel->num_elements, ops->storage);
+      if (c.dmodel != c.qmodel) sn_comm_all_reduce_sum(t->comm, c.dmodel->grads, c.dmodel->num_elements, ops->storage);
+    }
+    float grad_scale = 1.0f / (float)s1->grad_accum;
+    double sumsq = sn_grad_sum_squares(c.qmodel, opt_q.scratch);
+    if (c.dmodel != c.qmodel) sumsq += sn_grad_sum_squares(c.dmodel, opt_d.scratch);
+    double grad_norm = sqrt(sumsq) * grad_scale;
+    float lr = sn_optimizer_step(&opt_q, grad_norm, grad_scale);
+    if (c.dmodel != c.qmodel) sn_optimizer_step(&opt_d, grad_norm, grad_scale);
+    step++;
+    double elapsed = elapsed_before + (sn_now_s() - t0);
+    sn_step_record rec = {.stage = 1, .step = step, .total_steps = total, .loss = (float)totals[0],
+                          .lr = lr, .grad_norm = (float)grad_norm, .tokens = (int64_t)totals[1],
+                          .elapsed_s = elapsed};
+    if (!isfinite(rec.loss)) sn_fatal("stage 1: the loss is %f at step %lld", rec.loss, (long long)step);
+    sn_train_log_step(&t->log, &rec);
+    stopped = totals[2] > 0;
+    int periodic = t->cfg.checkpoint.every > 0 && step % t->cfg.checkpoint.every == 0;
+    if (periodic || stopped || step == total) {
+      sn_state_writer *w = sn_state_writer_new();
+      float *host[6] = {0};
+      sn_state_add_u64(w, "config_hash", t->config_hash);
+      sn_state_add_u64(w, "stage", 1);
+      sn_state_add_u64(w, "step", (uint64_t)step);
+      sn_state_add_copy(w, "elapsed_s", &elapsed, sizeof elapsed);
+      sn_data_cursor cur;
+      sn_sampler_get_cursor(sampler, &cur);
+      sn_state_add_copy(w, "cursor", &cur, sizeof cur);
+      sn_trainer_add_optimizer_state(w, "query", &opt_q, host);
+      if (c.dmodel != c.qmodel) sn_trainer_add_optimizer_state(w, "doc", &opt_d, host + 3);
+      sn_ckpt_tower towers[2] = {{"query_tower", c.qmodel, tok_dir}, {"doc_tower", c.dmodel, tok_dir}};
+      sn_trainer_write_checkpoint(t, 1, step, towers, c.dmodel != c.qmodel ? 2 : 1, w);
+      sn_state_writer_free(w);
+      for (int i = 0; i < 6; i++) free(host[i]);
+    }
+  }
+  sn_train_log_end_stage(&t->log);
+  if (!stopped && t->rank == 0) {
+    char dir[SN_TRAIN_PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/final/query_tower", t->run_dir);
+    sn_trainer_save_tower(c.qmodel, dir, tok_dir);
+    snprintf(dir, sizeof dir, "%s/final/doc_tower", t->run_dir);
+    sn_trainer_save_tower(c.dmodel, dir, tok_dir);
+    sn_plot_loss_svg(t->run_dir, 1);
+    sn_log("stage 1: done, towers in %s/final/{query_tower,doc_tower}", t->run_dir);
+  }
+  buffers_free(&c.buf, ops);
+  sn_runner_free(&c.qrun);
+  sn_runner_free(&c.drun);
+  sn_optimizer_free(&opt_q);
+  if (c.dmodel != c.qmodel) {
+    sn_optimizer_free(&opt_d);
+    sn_model_free(c.dmodel);
+  }
+  sn_model_free(c.qmodel);
+  sn_sampler_free(sampler);
+  sn_token_set_close(&qset);
+  sn_token_set_close(&dset);
+  sn_tokenizer_free(tok);
+  t->resume_stage = 0;
+  return stopped ? -1 : 0;
+}

@@ -1,0 +1,317 @@
+// Tower runners (forward/backward of embedding chains), tower and tokenizer loading, training
+// token sets and checkpoint pieces shared by both stages.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <libgen.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common.h"
+#include "train_internal.h"
+
+// ---- runners --------------------------------------------------------------------------------
+
+static const sn_param *projection_of(const sn_model *m) {
+  return sn_model_find_param(m, "projection.weight");
+}
+
+void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max_seqs, int max_tokens) {
+  memset(r, 0, sizeof *r);
+  const sn_ops *ops = m->ops;
+  size_t es = ops->storage_size;
+  int C = m->cfg.hidden;
+  const sn_param *proj = projection_of(m);
+  r->model = m;
+  r->ops = ops;
+  r->pooling = pooling;
+  r->max_seqs = max_seqs;
+  r->max_tokens = max_tokens;
+  r->out_dim = proj ? (int)proj->shape[0] : C;
+  r->acts = sn_acts_new(m, max_tokens, max_seqs);
+  sn_tokens_alloc(&r->tok, ops, max_tokens, max_seqs);
+  r->pooled = ops->alloc((size_t)max_seqs * C * es);
+  r->dpooled = ops->alloc((size_t)max_seqs * C * es);
+  r->norms = ops->alloc((size_t)max_seqs * sizeof(float));
+  r->dhidden = ops->alloc((size_t)max_tokens * C * es);
+  if (proj) {
+    r->projected = ops->alloc((size_t)max_seqs * r->out_dim * es);
+    r->dprojected = ops->alloc((size_t)max_seqs * r->out_dim * es);
+  }
+}
+
+void sn_runner_free(sn_tower_runner *r) {
+  const sn_ops *ops = r->ops;
+  if (!ops) return;
+  sn_acts_free(r->acts);
+  sn_tokens_free(&r->tok, ops);
+  ops->free(r->pooled);
+  ops->free(r->dpooled);
+  ops->free(r->norms);
+  ops->free(r->dhidden);
+  if (r->projected) ops->free(r->projected);
+  if (r->dprojected) ops->free(r->dprojected);
+  memset(r, 0, sizeof *r);
+}
+
+const void *sn_runner_raw(const sn_tower_runner *r) { return r->projected ? r->projected : r->pooled; }
+
+static const void *param_ptr(const sn_model *m, const char *name) {
+  const sn_param *p = sn_model_find_param(m, name);
+  return p ? (const char *)m->weights + p->offset * m->ops->storage_size : NULL;
+}
+
+static void *grad_ptr(const sn_model *m, const char *name) {
+  const sn_param *p = sn_model_find_param(m, name);
+  return p ? (char *)m->grads + p->offset * m->ops->storage_size : NULL;
+}
+
+void sn_runner_forward(sn_tower_runner *r, const int32_t *ids, const int32_t *cu_seqlens, int n,
+                       int for_backward, float *emb, const char *what) {
+  const sn_ops *ops = r->ops;
+  sn_model *m = r->model;
+  int C = m->cfg.hidden;
+  if (n > r->max_seqs || cu_seqlens[n] > r->max_tokens)
+    sn_fatal("%s: batch of %d sequences / %d tokens exceeds the planned %d / %d", what, n,
+             cu_seqlens[n], r->max_seqs, r->max_tokens);
+  sn_tokens_upload(&r->tok, ops, ids, cu_seqlens, n, m->cfg.vocab, what);
+  const void *hidden = sn_model_forward(m, r->acts, &r->tok, for_backward);  // (T, C)
+  ops->pool_forward(r->pooled, hidden, r->tok.cu_seqlens, n, r->tok.T, C, r->pooling);  // (n, C)
+  if (r->projected) {  // (n, out_dim) = pooled @ W^T + b
+    ops->matmul(r->projected, r->pooled, param_ptr(m, "projection.weight"),
+                param_ptr(m, "projection.bias"), n, r->out_dim, C, 0, 1, 0);
+  }
+  ops->l2norm_forward(emb, r->norms, sn_runner_raw(r), n, r->out_dim);
+  r->n = n;
+}
+
+void sn_runner_backward(sn_tower_runner *r, const float *d_emb, const float *emb,
+                        const void *d_raw_extra) {
+  const sn_ops *ops = r->ops;
+  sn_model *m = r->model;
+  int C = m->cfg.hidden, n = r->n;
+  void *d_raw = r->projected ? r->dprojected : r->dpooled;
+  ops->l2norm_backward(d_raw, d_emb, emb, r->norms, n, r->out_dim);
+  if (d_raw_extra) ops->add(d_raw, d_raw, d_raw_extra, (size_t)n * r->out_dim);
+  if (r->projected) {
+    // dW (out, C) += dproj^T @ pooled; db += column sums; dpooled (n, C) = dproj @ W
+    ops->matmul(grad_ptr(m, "projection.weight"), r->dprojected, r->pooled, NULL, r->out_dim, C, n,
+                1, 0, 1);
+    ops->bias_backward(grad_ptr(m, "projection.bias"), r->dprojected, n, r->out_dim);
+    ops->matmul(r->dpooled, r->dprojected, param_ptr(m, "projection.weight"), NULL, n, C,
+                r->out_dim, 0, 0, 0);
+  }
+  ops->pool_backward(r->dhidden, r->dpooled, r->tok.cu_seqlens, n, r->tok.T, C, r->pooling);
+  sn_model_backward(m, r->acts, &r->tok, r->dhidden);
+}
+
+const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s1, int32_t *cu_out) {
+  for (int s = s0; s <= s1; s++) cu_out[s - s0] = cu[s] - cu[s0];
+  return ids + cu[s0];
+}
+
+float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what) {
+  const sn_ops *ops = r->ops;
+  int64_t n = set->n_seqs;
+  float *out = mallocCheck((size_t)n * r->out_dim * sizeof(float));
+  float *emb = ops->alloc((size_t)r->max_seqs * r->out_dim * sizeof(float));
+  int64_t *index = mallocCheck((size_t)r->max_seqs * sizeof *index);
+  int32_t *cu = mallocCheck((size_t)(r->max_seqs + 1) * sizeof *cu);
+  int32_t *ids = NULL;
+  int64_t cap = 0;
+  double t0 = sn_now_s(), last_report = t0;
+  for (int64_t start = 0; start < n;) {
+    // Greedy chunk: as many sequences as fit both budgets (at least one).
+    int count = 0;
+    int64_t tokens = 0;
+    while (start + count < n && count < r->max_seqs) {
+      int len = sn_token_set_len(set, start + count);
+      if (count > 0 && tokens + len > r->max_tokens) break;
+      tokens += len;
+      index[count] = start + count;
+      count++;
+    }
+    sn_token_set_pack(set, index, count, &ids, &cap, cu);
+    sn_runner_forward(r, ids, cu, count, 0, emb, what);
+    ops->download(out + (size_t)start * r->out_dim, emb, (size_t)count * r->out_dim * sizeof(float));
+    start += count;
+    if (verbose && sn_now_s() - last_report > 10) {
+      last_report = sn_now_s();
+      sn_log("%s: embedded %lld/%lld", what, (long long)start, (long long)n);
+    }
+  }
+  ops->free(emb);
+  free(index);
+  free(cu);
+  free(ids);
+  return out;
+}
+
+// ---- towers and tokenizers ------------------------------------------------------------------
+
+sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
+                                const char *what) {
+  if (dir && dir[0]) {
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+      sn_bad_input("%s: model folder '%s' is missing or unreadable (%s)", what, dir,
+                   errno ? strerror(errno) : "not a folder");
+    return sn_model_load(dir, t->ops);
+  }
+  if (!desc || !desc[0]) sn_bad_input("%s: neither a model folder nor a model description is configured", what);
+  sn_model_config mc;
+  char err[1024];
+  int rc;
+  if (desc[0] == '{') {
+    rc = sn_config_parse_desc(&mc, desc, strlen(desc), what, err, sizeof err);
+  } else {
+    size_t len = 0;
+    char *text = sn_read_file(desc, &len);
+    if (!text) sn_bad_input("%s: cannot read model description '%s': %s", what, desc, strerror(errno));
+    rc = sn_config_parse_desc(&mc, text, len, desc, err, sizeof err);
+    free(text);
+  }
+  if (rc != 0) sn_bad_input("%s", err);
+  return sn_model_new(&mc, t->ops, seed);
+}
+
+sn_tokenizer *sn_trainer_load_tokenizer(const char *path, const char *fallback_dir, const char *what) {
+  const char *src = (path && path[0]) ? path : fallback_dir;
+  if (!src || !src[0]) sn_bad_input("%s: no tokenizer configured (set the tokenizer key)", what);
+  char err[1024];
+  sn_tokenizer *tok = sn_tokenizer_load(src, err, sizeof err);
+  if (!tok) sn_bad_input("%s: %s", what, err);
+  return tok;
+}
+
+void sn_tokenizer_dir_of(const char *path, const char *fallback, char *out, size_t size) {
+  const char *src = (path && path[0]) ? path : fallback;
+  snprintf(out, size, "%s", src ? src : "");
+  struct stat st;
+  if (out[0] && (stat(out, &st) != 0 || !S_ISDIR(st.st_mode))) {
+    char *slash = strrchr(out, '/');
+    if (slash) *slash = '\0';
+    else snprintf(out, size, ".");
+  }
+}
+
+void sn_trainer_check_vocab(const sn_tokenizer *tok, const sn_model *m, const char *what) {
+  int tv = sn_tokenizer_vocab_size(tok);
+  if (tv > m->cfg.vocab)
+    sn_bad_input("%s: the tokenizer has %d tokens but the model's embedding table has %d rows",
+                 what, tv, m->cfg.vocab);
+}
+
+static void build_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, const char *name,
+                      const sn_text_item *items, int64_t n, const char *template_str, int max_len,
+                      sn_token_set *out) {
+  int decoder = sn_arch_is_decoder(m->cfg.arch);
+  sn_prompt_spec spec = {.template_str = template_str, .max_len = max_len,
+                         .add_special = 1, .append_eos = decoder};
+  sn_text_encoder enc = sn_text_encoder_from_tokenizer(tok);
+  sn_shard_cache_opts opts = {.cache_dir = t->cache_dir, .name = name, .is_builder = t->rank == 0,
+                              .wait_timeout_s = 0};
+  char err[1024];
+  if (sn_token_set_load_or_build(out, items, n, &spec, &enc, &opts, err, sizeof err) != 0)
+    sn_bad_input("%s: %s", name, err);
+}
+
+void sn_trainer_query_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, const char *name,
+                          sn_token_set *out) {
+  sn_text_item *items = sn_train_examples_query_items(&t->examples);
+  build_set(t, tok, m, name, items, t->examples.n_examples, t->cfg.data.query_prompt,
+            t->cfg.data.max_query_len, out);
+  free(items);
+}
+
+void sn_trainer_doc_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, sn_token_set *out) {
+  sn_text_item *items = sn_train_examples_doc_items(&t->examples);
+  build_set(t, tok, m, "docs", items, t->examples.n_docs, t->cfg.data.doc_prompt,
+            t->cfg.data.max_doc_len, out);
+  free(items);
+}
+
+// ---- checkpoint pieces ----------------------------------------------------------------------
+
+// fp32 safetensors: the master weights on the CPU backend, so resuming from them is exact.
+static int save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir, char *err,
+                      size_t errlen) {
+  if (sn_mkdir_p(dir) != 0) {
+    snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+    return -1;
+  }
+  if (sn_model_save(m, dir, SN_DTYPE_F32, err, errlen) != 0) return -1;
+  if (tokenizer_dir && tokenizer_dir[0]) return sn_copy_tokenizer_files(tokenizer_dir, dir, err, errlen);
+  return 0;
+}
+
+void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir) {
+  char err[1024];
+  if (save_tower(m, dir, tokenizer_dir, err, sizeof err) != 0) sn_fatal("%s", err);
+}
+
+static const char *const OPT_PARTS[3] = {"master", "m", "v"};
+
+void sn_trainer_add_optimizer_state(sn_state_writer *w, const char *prefix, const sn_optimizer *opt,
+                                    float **host_buffers) {
+  size_t bytes = opt->model->num_elements * sizeof(float);
+  char name[64];
+  for (int i = 0; i < 3; i++) {
+    host_buffers[i] = sn_optimizer_download(opt, i);
+    snprintf(name, sizeof name, "%s.%s", prefix, OPT_PARTS[i]);
+    sn_state_add(w, name, host_buffers[i], bytes);
+  }
+  snprintf(name, sizeof name, "%s.step", prefix);
+  sn_state_add_u64(w, name, (uint64_t)opt->step);
+}
+
+void sn_trainer_load_optimizer_state(const sn_state_reader *r, const char *prefix, sn_optimizer *opt) {
+  size_t n = opt->model->num_elements;
+  float *host[3];
+  char name[64];
+  for (int i = 0; i < 3; i++) {
+    host[i] = mallocCheck(n * sizeof(float));
+    snprintf(name, sizeof name, "%s.%s", prefix, OPT_PARTS[i]);
+    sn_state_get_exact(r, name, host[i], n * sizeof(float));
+  }
+  snprintf(name, sizeof name, "%s.step", prefix);
+  opt->step = (int64_t)sn_state_get_u64(r, name);
+  sn_optimizer_upload(opt, host[0], host[1], host[2]);
+  for (int i = 0; i < 3; i++) free(host[i]);
+}
+
+int sn_trainer_write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckpt_tower *towers,
+                                int ntowers, sn_state_writer *state) {
+  int rc = 0;
+  char tmp[SN_TRAIN_PATH_MAX], err[1024] = "";
+  if (t->rank == 0) {
+    rc = sn_ckpt_begin(t->run_dir, stage, step, tmp, sizeof tmp, err, sizeof err);
+    for (int i = 0; i < ntowers && rc == 0; i++) {
+      char dir[SN_TRAIN_PATH_MAX + 64];
+      snprintf(dir, sizeof dir, "%s/%s", tmp, towers[i].name);
+      rc = save_tower(towers[i].model, dir, towers[i].tokenizer_dir, err, sizeof err);
+      if (rc != 0) sn_ckpt_abort(tmp);
+    }
+    if (rc == 0) {
+      char path[SN_TRAIN_PATH_MAX + 64];
+      snprintf(path, sizeof path, "%s/state.bin", tmp);
+      if (sn_state_write(state, path) != 0) {
+        snprintf(err, sizeof err, "cannot write %s: %s", path, strerror(errno));
+        sn_ckpt_abort(tmp);
+        rc = -1;
+      }
+    }
+    if (rc == 0) rc = sn_ckpt_commit(t->run_dir, tmp, stage, step, t->cfg.checkpoint.keep, err, sizeof err);
+    if (rc != 0)
+      sn_warn("checkpoint at stage %d step %lld failed, the previous checkpoint is kept: %s", stage,
+              (long long)step, err);
+  }
+  double status = rc;
+  sn_comm_all_reduce_f64_host(t->comm, &status, 1);  // every rank learns whether rank 0 succeeded
+  return status == 0 ? 0 : -1;
+}
+
+int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoch, int grad_accum) {
+  if (steps > 0) return steps;
+  int64_t total = (int64_t)((double)epochs * (double)batches_per_epoch / grad_accum);
+  return total > 0 ? total : 1;
+}

@@ -1,0 +1,542 @@
+// Flash-style attention over packed variable-length sequences: causal or bidirectional, grouped-
+// query heads, head dims 16..128 (multiples of 16). Scores live only in registers: no (T, T) matrix
+// in memory. Matrix products use the bf16 tensor-core instruction mma.sync m16n8k16 (fp32
+// accumulation), available from sm_80 on.
+//
+// Forward: one block of 4 warps per (query tile of 64 rows, sequence, query head); each warp owns 16
+// query rows, keeps Q in registers, streams K/V tiles of 64 keys through shared memory, and does the
+// online softmax in registers (log2 domain). Saves lse (Hq, T), natural log of the scaled scores.
+//
+// Backward, deterministic (no atomics): delta = rowsum(dO * O) first; then two kernels that each
+// recompute the probabilities: dQ per (query tile, sequence, query head) looping over key tiles, and
+// dK/dV per (key tile, sequence, kv head) looping over the query heads of its group and their query
+// tiles. That costs 7 tile products instead of 5, and buys run-to-run determinism.
+//
+// mma.sync m16n8k16 fragments (lane = 4 * g + q):
+//   A (16x16, row-major): a[0] = (g, 2q..2q+1), a[1] = (g+8, 2q..), a[2] = (g, 2q+8..), a[3] = (g+8, 2q+8..)
+//   B (16x8, k x n):      b[0] = (k = 2q..2q+1, n = g), b[1] = (k = 2q+8..2q+9, n = g)
+//   C (16x8, fp32):       c[0..1] = (g, 2q..2q+1), c[2..3] = (g+8, 2q..2q+1)
+#include "common.cuh"
+
+#define ATTN_WARPS 4
+#define ATTN_THREADS (ATTN_WARPS * WARP_SIZE)
+#define ATTN_ROWS_PER_WARP 16
+#define ATTN_TILE_Q (ATTN_WARPS * ATTN_ROWS_PER_WARP)  // 64 query rows per block
+#define ATTN_TILE_K 64                                 // keys per shared-memory tile
+#define ATTN_SMEM_PAD 8  // bf16 per row: shifts rows by 4 banks, so fragment loads are conflict-free
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+// ---- tensor-core and fragment helpers -----------------------------------------------------------------
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t *>(&v);
+}
+__device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+// A fragment at (m0, k0) of a row-major [m][k] tile with row stride ld.
+__device__ __forceinline__ void load_a_frag(uint32_t a[4], const bf16 *s, int ld, int m0, int k0, int g, int q) {
+  a[0] = lds32(s + (m0 + g) * ld + k0 + 2 * q);
+  a[1] = lds32(s + (m0 + g + 8) * ld + k0 + 2 * q);
+  a[2] = lds32(s + (m0 + g) * ld + k0 + 2 * q + 8);
+  a[3] = lds32(s + (m0 + g + 8) * ld + k0 + 2 * q + 8);
+}
+// B fragment at (k0, n0) from a tile stored [n][k] (e.g. K[key][d] for Q K^T).
+__device__ __forceinline__ void load_b_frag_nk(uint32_t b[2], const bf16 *s, int ld, int k0, int n0, int g, int q) {
+  b[0] = lds32(s + (n0 + g) * ld + k0 + 2 * q);
+  b[1] = lds32(s + (n0 + g) * ld + k0 + 2 * q + 8);
+}
+// B fragment at (k0, n0) from a tile stored [k][n] (e.g. V[key][d] for P V).
+__device__ __forceinline__ void load_b_frag_kn(uint32_t b[2], const bf16 *s, int ld, int k0, int n0, int g, int q) {
+  const unsigned short *u = reinterpret_cast<const unsigned short *>(s);
+  b[0] = (uint32_t)u[(k0 + 2 * q) * ld + n0 + g] | ((uint32_t)u[(k0 + 2 * q + 1) * ld + n0 + g] << 16);
+  b[1] = (uint32_t)u[(k0 + 2 * q + 8) * ld + n0 + g] | ((uint32_t)u[(k0 + 2 * q + 9) * ld + n0 + g] << 16);
+}
+// Converts the C fragments of a 16x16 block (n-tiles j and j+1) into an A fragment (bf16).
+__device__ __forceinline__ void c_to_a_frag(uint32_t a[4], const float c0[4], const float c1[4]) {
+  a[0] = pack_bf16x2(c0[0], c0[1]);
+  a[1] = pack_bf16x2(c0[2], c0[3]);
+  a[2] = pack_bf16x2(c1[0], c1[1]);
+  a[3] = pack_bf16x2(c1[2], c1[3]);
+}
+
+// Copies rows [0, rows) of a (TILE, D) tile from global (row stride `stride` elements) into shared
+// memory (row stride D + pad), 16 bytes per thread per step; rows [valid, TILE) are zero-filled so
+// that masked products stay finite.
+template <int D, int TILE>
+__device__ __forceinline__ void load_tile(bf16 *s, const bf16 *g, size_t stride, int valid) {
+  constexpr int PACKS_PER_ROW = D / BF16_PER_PACK;
+  for (int c = threadIdx.x; c < TILE * PACKS_PER_ROW; c += blockDim.x) {
+    int row = c / PACKS_PER_ROW, col = (c % PACKS_PER_ROW) * BF16_PER_PACK;
+    bf16x8 v;
+    if (row < valid) v = load_bf16x8(g + (size_t)row * stride + col);
+    else *reinterpret_cast<int4 *>(&v) = make_int4(0, 0, 0, 0);
+    store_bf16x8(s + row * (D + ATTN_SMEM_PAD) + col, v);
+  }
+}
+
+struct attn_dims {
+  int Hq, Hkv, T;
+  int causal;
+  float scale, scale_log2;  // scale and scale * log2(e)
+};
+
+// ---- forward -----------------------------------------------------------------------------------------
+// out (T, Hq*D), lse (Hq, T); qkv (T, (Hq + 2 Hkv) D). grid (query tiles, B, Hq).
+template <int D>
+__global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv,
+                                                                         const int32_t *cu_seqlens, attn_dims p) {
+  constexpr int LD = D + ATTN_SMEM_PAD;
+  constexpr int NK = ATTN_TILE_K / 8;  // n-tiles of scores per warp
+  constexpr int ND = D / 8;            // n-tiles of the output
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + ATTN_TILE_K * LD;
+
+  const int b = blockIdx.y, h = blockIdx.z;
+  const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
+  const int q0 = blockIdx.x * ATTN_TILE_Q;
+  if (q0 >= L) return;
+  const int hk = h / (p.Hq / p.Hkv);
+  const size_t stride = (size_t)(p.Hq + 2 * p.Hkv) * D;
+  const bf16 *q_base = qkv + (size_t)seq_start * stride + (size_t)h * D;
+  const bf16 *k_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + hk) * D;
+  const bf16 *v_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + p.Hkv + hk) * D;
+  const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
+  const int wrow = warp * ATTN_ROWS_PER_WARP;  // this warp's first row within the tile
+
+  // Q fragments to registers (through the K buffer).
+  load_tile<D, ATTN_TILE_Q>(Ks, q_base + (size_t)q0 * stride, stride, min(ATTN_TILE_Q, L - q0));
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) load_a_frag(qf[kk], Ks, LD, wrow, kk * 16, g, q);
+
+  float o[ND][4];
+#pragma unroll
+  for (int n = 0; n < ND; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  const int row_abs[2] = {q0 + wrow + g, q0 + wrow + g + 8};  // rows within the sequence
+  const int kv_end = p.causal ? min(L, q0 + ATTN_TILE_Q) : L;
+
+  for (int k0 = 0; k0 < kv_end; k0 += ATTN_TILE_K) {
+    __syncthreads();  // previous tile (or Q) fully read
+    int valid = min(ATTN_TILE_K, L - k0);
+    load_tile<D, ATTN_TILE_K>(Ks, k_base + (size_t)k0 * stride, stride, valid);
+    load_tile<D, ATTN_TILE_K>(Vs, v_base + (size_t)k0 * stride, stride, valid);
+    __syncthreads();
+
+    // S (16, 64) = Q K^T for this warp's rows.
+    float s[NK][4];
+#pragma unroll
+    for (int j = 0; j < NK; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+      for (int j = 0; j < NK; j++) {
+        uint32_t bf[2];
+        load_b_frag_nk(bf, Ks, LD, kk * 16, j * 8, g, q);
+        mma_bf16(s[j], qf[kk], bf);
+      }
+    }
+    // Scale into the log2 domain, mask, and find the new row maxima.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < NK; j++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int key = k0 + j * 8 + 2 * q + (e & 1);
+        int r = e / 2;
+        bool ok = key < L && (!p.causal || key <= row_abs[r]);
+        s[j][e] = ok ? s[j][e] * p.scale_log2 : -INFINITY;
+        mx[r] = fmaxf(mx[r], s[j][e]);
+      }
+    }
+    float corr[2], m_use[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+      float m_new = fmaxf(m_run[r], mx[r]);
+      m_use[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at 0
+      corr[r] = exp2f(m_run[r] - m_use[r]);
+      m_run[r] = m_new;
+      l_run[r] *= corr[r];
+    }
+#pragma unroll
+    for (int j = 0; j < NK; j++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        s[j][e] = exp2f(s[j][e] - m_use[e / 2]);
+        l_run[e / 2] += s[j][e];
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < ND; n++) {
+      o[n][0] *= corr[0], o[n][1] *= corr[0], o[n][2] *= corr[1], o[n][3] *= corr[1];
+    }
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < ATTN_TILE_K / 16; kk++) {
+      uint32_t pa[4];
+      c_to_a_frag(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int n = 0; n < ND; n++) {
+        uint32_t bf[2];
+        load_b_frag_kn(bf, Vs, LD, kk * 16, n * 8, g, q);
+        mma_bf16(o[n], pa, bf);
+      }
+    }
+  }
+
+  // Normalize, write out and lse.
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    l_run[r] += __shfl_xor_sync(FULL_MASK, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(FULL_MASK, l_run[r], 2);
+  }
+  const size_t out_stride = (size_t)p.Hq * D;
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    if (row_abs[r] >= L) continue;
+    const float inv_l = 1.0f / l_run[r];
+    bf16 *dst = out + (size_t)(seq_start + row_abs[r]) * out_stride + (size_t)h * D;
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+      *reinterpret_cast<uint32_t *>(dst + n * 8 + 2 * q) = pack_bf16x2(o[n][2 * r] * inv_l, o[n][2 * r + 1] * inv_l);
+    if (q == 0) lse[(size_t)h * p.T + seq_start + row_abs[r]] = (m_run[r] + log2f(l_run[r])) * LN2;
+  }
+}
+
+// ---- backward: delta = rowsum(dO * O) ------------------------------------------------------------------
+// delta (Hq, T); one warp per (token, head).
+__global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int T, int Hq, int D) {
+  const int lane = threadIdx.x % WARP_SIZE;
+  const size_t w = (size_t)blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+  if (w >= (size_t)T * Hq) return;
+  const int t = w / Hq, h = w % Hq;
+  const bf16 *a = dout + (size_t)t * Hq * D + (size_t)h * D, *b = out + (size_t)t * Hq * D + (size_t)h * D;
+  float s = 0.0f;
+  for (int d = lane; d < D; d += WARP_SIZE) s += bf2f(a[d]) * bf2f(b[d]);
+  s = warp_sum(s);
+  if (lane == 0) delta[(size_t)h * T + t] = s;
+}
+
+// ---- backward: dQ ----------------------------------------------------------------------------------------
+// dQ rows of head h: dQ = scale * sum over key tiles of dS K, dS = P * (dO V^T - delta).
+template <int D>
+__global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
+    bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
+    const int32_t *cu_seqlens, attn_dims p) {
+  constexpr int LD = D + ATTN_SMEM_PAD;
+  constexpr int NK = ATTN_TILE_K / 8, ND = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *dOs = Qs + ATTN_TILE_Q * LD;
+  bf16 *Ks = dOs + ATTN_TILE_Q * LD, *Vs = Ks + ATTN_TILE_K * LD;
+
+  const int b = blockIdx.y, h = blockIdx.z;
+  const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
+  const int q0 = blockIdx.x * ATTN_TILE_Q;
+  if (q0 >= L) return;
+  const int hk = h / (p.Hq / p.Hkv);
+  const size_t stride = (size_t)(p.Hq + 2 * p.Hkv) * D, o_stride = (size_t)p.Hq * D;
+  const bf16 *k_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + hk) * D;
+  const bf16 *v_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + p.Hkv + hk) * D;
+  const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
+  const int wrow = warp * ATTN_ROWS_PER_WARP;
+  const int qvalid = min(ATTN_TILE_Q, L - q0);
+  load_tile<D, ATTN_TILE_Q>(Qs, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
+  load_tile<D, ATTN_TILE_Q>(dOs, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
+
+  const int row_abs[2] = {q0 + wrow + g, q0 + wrow + g + 8};
+  float lse2[2], dlt[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    bool in = row_abs[r] < L;
+    size_t idx = (size_t)h * p.T + seq_start + row_abs[r];
+    lse2[r] = in ? lse[idx] * LOG2E : 0.0f;
+    dlt[r] = in ? delta[idx] : 0.0f;
+  }
+  float dq[ND][4];
+#pragma unroll
+  for (int n = 0; n < ND; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+  const int kv_end = p.causal ? min(L, q0 + ATTN_TILE_Q) : L;
+
+  for (int k0 = 0; k0 < kv_end; k0 += ATTN_TILE_K) {
+    __syncthreads();
+    int valid = min(ATTN_TILE_K, L - k0);
+    load_tile<D, ATTN_TILE_K>(Ks, k_base + (size_t)k0 * stride, stride, valid);
+    load_tile<D, ATTN_TILE_K>(Vs, v_base + (size_t)k0 * stride, stride, valid);
+    __syncthreads();
+    float s[NK][4], dp[NK][4];
+#pragma unroll
+    for (int j = 0; j < NK; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[j][e] = dp[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+      uint32_t qa[4], da[4];
+      load_a_frag(qa, Qs, LD, wrow, kk * 16, g, q);
+      load_a_frag(da, dOs, LD, wrow, kk * 16, g, q);
+#pragma unroll
+      for (int j = 0; j < NK; j++) {
+        uint32_t bk[2], bv[2];
+        load_b_frag_nk(bk, Ks, LD, kk * 16, j * 8, g, q);
+        load_b_frag_nk(bv, Vs, LD, kk * 16, j * 8, g, q);
+        mma_bf16(s[j], qa, bk);   // S = Q K^T
+        mma_bf16(dp[j], da, bv);  // dP = dO V^T
+      }
+    }
+    // dS = P (dP - delta), P = exp2(S scale_log2 - lse2), zero where masked.
+#pragma unroll
+    for (int j = 0; j < NK; j++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int key = k0 + j * 8 + 2 * q + (e & 1), r = e / 2;
+        bool ok = key < L && row_abs[r] < L && (!p.causal || key <= row_abs[r]);
+        float pr = ok ? exp2f(s[j][e] * p.scale_log2 - lse2[r]) : 0.0f;
+        dp[j][e] = pr * (dp[j][e] - dlt[r]);
+      }
+    }
+    // dQ += dS K
+#pragma unroll
+    for (int kk = 0; kk < ATTN_TILE_K / 16; kk++) {
+      uint32_t a[4];
+      c_to_a_frag(a, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+      for (int n = 0; n < ND; n++) {
+        uint32_t bf[2];
+        load_b_frag_kn(bf, Ks, LD, kk * 16, n * 8, g, q);
+        mma_bf16(dq[n], a, bf);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    if (row_abs[r] >= L) continue;
+    bf16 *dst = dqkv + (size_t)(seq_start + row_abs[r]) * stride + (size_t)h * D;
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+      *reinterpret_cast<uint32_t *>(dst + n * 8 + 2 * q) =
+          pack_bf16x2(dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
+  }
+}
+
+// ---- backward: dK, dV -----------------------------------------------------------------------------------
+// One block per (key tile, sequence, kv head); warps own 16 keys. Works in transposed form: S^T = K Q^T,
+// so P^T and dS^T come out in registers with keys as rows, ready as A operands of dV += P^T dO and
+// dK += dS^T Q. TQ query rows per step (fewer for D = 128 to keep the accumulators in registers).
+template <int D>
+struct dkv_tile {
+  static constexpr int TQ = D >= 128 ? 32 : 64;
+};
+
+template <int D>
+__global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dkv_kernel(
+    bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
+    const int32_t *cu_seqlens, attn_dims p) {
+  constexpr int LD = D + ATTN_SMEM_PAD;
+  constexpr int TQ = dkv_tile<D>::TQ;
+  constexpr int NQ = TQ / 8, ND = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + ATTN_TILE_K * LD;
+  bf16 *Qs = Vs + ATTN_TILE_K * LD, *dOs = Qs + TQ * LD;
+  float *lse2_s = reinterpret_cast<float *>(dOs + TQ * LD), *delta_s = lse2_s + TQ;
+
+  const int b = blockIdx.y, hk = blockIdx.z;
+  const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
+  const int k0 = blockIdx.x * ATTN_TILE_K;
+  if (k0 >= L) return;
+  const int group = p.Hq / p.Hkv;
+  const size_t stride = (size_t)(p.Hq + 2 * p.Hkv) * D, o_stride = (size_t)p.Hq * D;
+  const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
+  const int wrow = warp * ATTN_ROWS_PER_WARP;
+  const int kvalid = min(ATTN_TILE_K, L - k0);
+  load_tile<D, ATTN_TILE_K>(Ks, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + hk) * D, stride, kvalid);
+  load_tile<D, ATTN_TILE_K>(Vs, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + p.Hkv + hk) * D, stride,
+                            kvalid);
+  const int key_abs[2] = {k0 + wrow + g, k0 + wrow + g + 8};
+
+  float dk[ND][4], dv[ND][4];
+#pragma unroll
+  for (int n = 0; n < ND; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
+
+  // Causal: queries before k0 see none of these keys.
+  const int q_begin = p.causal ? (k0 / TQ) * TQ : 0;
+  for (int h = hk * group; h < (hk + 1) * group; h++) {
+    for (int q0 = q_begin; q0 < L; q0 += TQ) {
+      __syncthreads();  // previous Q/dO tile fully read
+      const int qvalid = min(TQ, L - q0);
+      load_tile<D, TQ>(Qs, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
+      load_tile<D, TQ>(dOs, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
+      for (int i = threadIdx.x; i < TQ; i += blockDim.x) {
+        size_t idx = (size_t)h * p.T + seq_start + q0 + i;
+        lse2_s[i] = i < qvalid ? lse[idx] * LOG2E : 0.0f;
+        delta_s[i] = i < qvalid ? delta[idx] : 0.0f;
+      }
+      __syncthreads();
+      float st[NQ][4], dpt[NQ][4];
+#pragma unroll
+      for (int j = 0; j < NQ; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) st[j][e] = dpt[j][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t ka[4], va[4];
+        load_a_frag(ka, Ks, LD, wrow, kk * 16, g, q);
+        load_a_frag(va, Vs, LD, wrow, kk * 16, g, q);
+#pragma unroll
+        for (int j = 0; j < NQ; j++) {
+          uint32_t bq[2], bo[2];
+          load_b_frag_nk(bq, Qs, LD, kk * 16, j * 8, g, q);
+          load_b_frag_nk(bo, dOs, LD, kk * 16, j * 8, g, q);
+          mma_bf16(st[j], ka, bq);   // S^T = K Q^T
+          mma_bf16(dpt[j], va, bo);  // dP^T = V dO^T
+        }
+      }
+      // P^T and dS^T = P^T (dP^T - delta[query]).
+#pragma unroll
+      for (int j = 0; j < NQ; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          int qi = j * 8 + 2 * q + (e & 1), qrow = q0 + qi, r = e / 2;
+          bool ok = qrow < L && key_abs[r] < L && (!p.causal || key_abs[r] <= qrow);
+          float pr = ok ? exp2f(st[j][e] * p.scale_log2 - lse2_s[qi]) : 0.0f;
+          st[j][e] = pr;
+          dpt[j][e] = pr * (dpt[j][e] - delta_s[qi]);
+        }
+      }
+      // dV += P^T dO, dK += dS^T Q
+#pragma unroll
+      for (int kk = 0; kk < TQ / 16; kk++) {
+        uint32_t pa[4], sa[4];
+        c_to_a_frag(pa, st[2 * kk], st[2 * kk + 1]);
+        c_to_a_frag(sa, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+        for (int n = 0; n < ND; n++) {
+          uint32_t bo[2], bq[2];
+          load_b_frag_kn(bo, dOs, LD, kk * 16, n * 8, g, q);
+          load_b_frag_kn(bq, Qs, LD, kk * 16, n * 8, g, q);
+          mma_bf16(dv[n], pa, bo);
+          mma_bf16(dk[n], sa, bq);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    if (key_abs[r] >= L) continue;
+    bf16 *dk_dst = dqkv + (size_t)(seq_start + key_abs[r]) * stride + (size_t)(p.Hq + hk) * D;
+    bf16 *dv_dst = dqkv + (size_t)(seq_start + key_abs[r]) * stride + (size_t)(p.Hq + p.Hkv + hk) * D;
+#pragma unroll
+    for (int n = 0; n < ND; n++) {
+      *reinterpret_cast<uint32_t *>(dk_dst + n * 8 + 2 * q) =
+          pack_bf16x2(dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t *>(dv_dst + n * 8 + 2 * q) = pack_bf16x2(dv[n][2 * r], dv[n][2 * r + 1]);
+    }
+  }
+}
+
+// ---- launchers ---------------------------------------------------------------------------------------------
+template <int D>
+static size_t fwd_smem(void) { return (size_t)2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16); }
+template <int D>
+static size_t dq_smem(void) {
+  return (size_t)(2 * ATTN_TILE_Q + 2 * ATTN_TILE_K) * (D + ATTN_SMEM_PAD) * sizeof(bf16);
+}
+template <int D>
+static size_t dkv_smem(void) {
+  constexpr int TQ = dkv_tile<D>::TQ;
+  return (size_t)(2 * ATTN_TILE_K + 2 * TQ) * (D + ATTN_SMEM_PAD) * sizeof(bf16) + 2 * TQ * sizeof(float);
+}
+
+// Raises a kernel's dynamic shared-memory limit once (needed past 48 KB).
+template <typename K>
+static void allow_smem(K kernel, size_t bytes, bool *done) {
+  if (*done) return;
+  cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  *done = true;
+}
+
+template <int D>
+static void launch_forward(bf16 *out, float *lse, const bf16 *qkv, const int32_t *cu, int B, int max_seqlen,
+                           attn_dims p) {
+  static bool ready = false;
+  allow_smem(attention_forward_kernel<D>, fwd_smem<D>(), &ready);
+  dim3 grid(ceil_div_int(max_seqlen, ATTN_TILE_Q), B, p.Hq);
+  attention_forward_kernel<D><<<grid, ATTN_THREADS, fwd_smem<D>(), SN_STREAM>>>(out, lse, qkv, cu, p);
+  launchCheck();
+}
+
+template <int D>
+static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
+                            const int32_t *cu, int B, int max_seqlen, attn_dims p) {
+  static bool ready_dq = false, ready_dkv = false;
+  allow_smem(attention_backward_dq_kernel<D>, dq_smem<D>(), &ready_dq);
+  allow_smem(attention_backward_dkv_kernel<D>, dkv_smem<D>(), &ready_dkv);
+  dim3 grid_q(ceil_div_int(max_seqlen, ATTN_TILE_Q), B, p.Hq);
+  attention_backward_dq_kernel<D><<<grid_q, ATTN_THREADS, dq_smem<D>(), SN_STREAM>>>(dqkv, dout, qkv, lse, delta,
+                                                                                     cu, p);
+  launchCheck();
+  dim3 grid_kv(ceil_div_int(max_seqlen, ATTN_TILE_K), B, p.Hkv);
+  attention_backward_dkv_kernel<D><<<grid_kv, ATTN_THREADS, dkv_smem<D>(), SN_STREAM>>>(dqkv, dout, qkv, lse,
+                                                                                         delta, cu, p);
+  launchCheck();
+}
+
+static attn_dims make_dims(int T, int Hq, int Hkv, int D, int causal, float scale) {
+  if (Hkv <= 0 || Hq % Hkv != 0) {
+    fprintf(stderr, "error: %s:%d: attention needs Hq (%d) to be a multiple of Hkv (%d)\n", __FILE__, __LINE__, Hq,
+            Hkv);
+    exit(1);
+  }
+  attn_dims p;
+  p.Hq = Hq, p.Hkv = Hkv, p.T = T, p.causal = causal, p.scale = scale, p.scale_log2 = scale * LOG2E;
+  return p;
+}
+
+#define ATTN_DISPATCH(D_, CALL)                                                                          \
+  switch (D_) {                                                                                          \
+    case 16: CALL(16); break;                                                                            \
+    case 32: CALL(32); break;                                                                            \
+    case 64: CALL(64); break;                                                                            \
+    case 96: CALL(96); break;                                                                            \
+    case 128: CALL(128); break;                                                                          \
+    default:                                                                                             \
+      fprintf(stderr, "error: %s:%d: attention head dim %d not built (16, 32, 64, 96, 128)\n", __FILE__, \
+              __LINE__, D_);                                                                             \
+      exit(1);                                                                                           \
+  }
+
+void cuda_attention_forward(void *out, float *lse, const void *qkv, const int32_t *cu_seqlens, int B, int T,
+                            int max_seqlen, int Hq, int Hkv, int D, int causal, float scale) {
+  if (T == 0 || B == 0) return;
+  attn_dims p = make_dims(T, Hq, Hkv, D, causal, scale);
+#define FWD(DD) launch_forward<DD>((bf16 *)out, lse, (const bf16 *)qkv, cu_seqlens, B, max_seqlen, p)
+  ATTN_DISPATCH(D, FWD)
+#undef FWD
+}
+
+void cuda_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *lse,
+                             const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq, int Hkv, int D,
+                             int causal, float scale) {
+  if (T == 0 || B == 0) return;
+  attn_dims p = make_dims(T, Hq, Hkv, D, causal, scale);
+  float *delta = (float *)sn_cuda_scratch(SCRATCH_ATTN_DELTA, (size_t)Hq * T * sizeof(float));
+  const int warps_per_block = 8;
+  attention_delta_kernel<<<ceil_div_int((size_t)T * Hq, warps_per_block), warps_per_block * WARP_SIZE, 0,
+                           SN_STREAM>>>(delta, (const bf16 *)dout, (const bf16 *)out, T, Hq, D);
+  launchCheck();
+#define BWD(DD)                                                                                             \
+  launch_backward<DD>((bf16 *)dqkv, (const bf16 *)dout, (const bf16 *)qkv, lse, delta, cu_seqlens, B, max_seqlen, \
+                      p)
+  ATTN_DISPATCH(D, BWD)
+#undef BWD
+}

@@ -1,0 +1,200 @@
+// Shared by every kernel file: error checks that print file:line and the failing call, bf16
+// helpers, 128-bit packed loads/stores, warp/block reductions, the growable scratch buffers, and
+// the entry points of each op family (ops_cuda.cu puts them into the sn_ops table).
+#pragma once
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "ops.h"
+}
+
+// ---- error checks ---------------------------------------------------------------------------------
+static inline void cuda_check_at(cudaError_t err, const char *call, const char *file, int line) {
+  if (err != cudaSuccess) {
+    fprintf(stderr, "error: %s:%d: CUDA error %s (%s) in %s\n", file, line, cudaGetErrorName(err),
+            cudaGetErrorString(err), call);
+    exit(1);
+  }
+}
+static inline void cublas_check_at(cublasStatus_t st, const char *call, const char *file, int line) {
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    fprintf(stderr, "error: %s:%d: cuBLAS status %d in %s\n", file, line, (int)st, call);
+    exit(1);
+  }
+}
+#define cudaCheck(call) cuda_check_at((call), #call, __FILE__, __LINE__)
+#define cublasCheck(call) cublas_check_at((call), #call, __FILE__, __LINE__)
+// After every kernel launch: catches bad launch configurations at the launch site. With
+// SN_CUDA_SYNC_CHECK defined it also synchronizes, so faults are reported where they happen.
+#ifdef SN_CUDA_SYNC_CHECK
+#define launchCheck() (cudaCheck(cudaGetLastError()), cudaCheck(cudaDeviceSynchronize()))
+#else
+#define launchCheck() cudaCheck(cudaGetLastError())
+#endif
+
+// Every op runs on this stream (the legacy default stream: ordered with cudaMemcpy).
+#define SN_STREAM ((cudaStream_t)0)
+
+typedef __nv_bfloat16 bf16;
+
+// ---- bf16 and packed 128-bit access ---------------------------------------------------------------
+#define BF16_PER_PACK 8  // 16 bytes = 8 bf16
+#define F32_PER_PACK 4   // 16 bytes = 4 floats
+
+struct __align__(16) bf16x8 {
+  bf16 v[BF16_PER_PACK];
+};
+struct __align__(16) f32x4 {
+  float v[F32_PER_PACK];
+};
+
+__device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ bf16x8 load_bf16x8(const bf16 *p) { return *reinterpret_cast<const bf16x8 *>(p); }
+__device__ __forceinline__ void store_bf16x8(bf16 *p, bf16x8 v) { *reinterpret_cast<bf16x8 *>(p) = v; }
+// Streaming store: the data is not read again soon, keep it out of L1.
+__device__ __forceinline__ void store_bf16x8_cs(bf16 *p, bf16x8 v) {
+  __stcs(reinterpret_cast<int4 *>(p), *reinterpret_cast<int4 *>(&v));
+}
+__device__ __forceinline__ f32x4 load_f32x4(const float *p) { return *reinterpret_cast<const f32x4 *>(p); }
+__device__ __forceinline__ void store_f32x4(float *p, f32x4 v) { *reinterpret_cast<f32x4 *>(p) = v; }
+
+// True when p is 16-byte aligned (packed paths need it; odd shapes fall back to scalar code).
+__host__ __device__ __forceinline__ bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+// ---- reductions (fp32) ------------------------------------------------------------------------------
+#define WARP_SIZE 32
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+  return v;
+}
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the
+// result. `shared` holds at least 32 floats. Fixed order, so deterministic.
+__device__ __forceinline__ float block_sum(float v, float *shared) {
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int nwarps = blockDim.x / WARP_SIZE;
+  v = warp_sum(v);
+  __syncthreads();  // `shared` may still be read by a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? shared[lane] : 0.0f;
+  return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float *shared) {
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int nwarps = blockDim.x / WARP_SIZE;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? shared[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+static inline int ceil_div_int(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+// ---- device facts and scratch -------------------------------------------------------------------
+// Multiprocessor count of the current device (read once).
+int sn_cuda_sm_count(void);
+
+// Growable device scratch buffers, one per slot: the first call of a shape allocates, later calls of
+// the same or smaller size reuse it, so the step loop does no cudaMalloc after the first step.
+typedef enum {
+  SCRATCH_REDUCE_PARTIALS = 0,  // per-block partial sums of weight-gradient / norm reductions
+  SCRATCH_ATTN_DELTA,           // attention backward: rowsum(dO * O), (Hq, T)
+  SCRATCH_SORT,                 // embedding backward: sorted ids and token order, radix workspace
+  SCRATCH_LOSS_LOGITS,          // contrastive loss: logits, then their gradient (R, N)
+  SCRATCH_LOSS_ROWS,            // per-row loss terms
+  SCRATCH_ADAMW_TABLE,          // adamw: block → span table
+  SCRATCH_CONVERT,              // host upload/download staging
+  SCRATCH_SLOT_COUNT
+} scratch_slot;
+void *sn_cuda_scratch(scratch_slot slot, size_t bytes);
+
+// Adds fp32 partial sums (nparts, n) in a fixed order into dst (n) of storage dtype, rounding once:
+// the deterministic second stage of every cross-block reduction into a bf16 weight gradient.
+void sn_cuda_reduce_partials_into_bf16(bf16 *dst, const float *partials, int nparts, int n);
+
+// ---- entry points of each kernel file ------------------------------------------------------------
+// memory.cu
+void *cuda_alloc(size_t bytes);
+void cuda_free(void *p);
+void cuda_memset_zero(void *p, size_t bytes);
+void cuda_copy(void *dst, const void *src, size_t bytes);
+void cuda_upload(void *dst, const void *host_src, size_t bytes);
+void cuda_download(void *host_dst, const void *src, size_t bytes);
+void cuda_upload_f32(void *dst, const float *host_src, size_t n);
+void cuda_download_f32(float *host_dst, const void *src, size_t n);
+void cuda_storage_to_f32(float *dst, const void *src, size_t n);
+void cuda_f32_to_storage(void *dst, const float *src, size_t n);
+void cuda_synchronize(void);
+void cuda_add(void *out, const void *a, const void *b, size_t n);
+void cuda_scale_f32(float *x, float s, size_t n);
+// embedding.cu
+void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int T, int C, int accumulate);
+void cuda_embedding_backward(void *dtable, const void *dout, const int32_t *ids, int T, int C, int V);
+// norms.cu
+void cuda_rmsnorm_forward(void *out, float *rstd, const void *x, const void *weight, int T, int C, float eps);
+void cuda_rmsnorm_backward(void *dx, void *dweight, const void *dout, const void *x, const void *weight,
+                           const float *rstd, int T, int C, int accumulate);
+void cuda_add_rmsnorm_forward(void *residual_out, void *out, float *rstd, const void *a, const void *b,
+                              const void *weight, int T, int C, float eps);
+void cuda_layernorm_forward(void *out, float *mean, float *rstd, const void *x, const void *weight,
+                            const void *bias, int T, int C, float eps);
+void cuda_layernorm_backward(void *dx, void *dweight, void *dbias, const void *dout, const void *x,
+                             const void *weight, const float *mean, const float *rstd, int T, int C,
+                             int accumulate);
+void cuda_add_layernorm_forward(void *residual_out, void *out, float *mean, float *rstd, const void *a,
+                                const void *b, const void *weight, const void *bias, int T, int C, float eps);
+// matmul.cu
+void cuda_matmul(void *C, const void *A, const void *B, const void *bias, int M, int N, int K, int trans_a,
+                 int trans_b, int accumulate);
+void cuda_bias_backward(void *dbias, const void *dout, int M, int N);
+// fp32 GEMM with the same row-major convention, C = alpha * op(A) op(B) + beta * C (losses use it).
+void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, int K, int trans_a,
+                        int trans_b, float alpha, float beta);
+// rope.cu
+void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, int inverse);
+// attention.cu
+void cuda_attention_forward(void *out, float *lse, const void *qkv, const int32_t *cu_seqlens, int B, int T,
+                            int max_seqlen, int Hq, int Hkv, int D, int causal, float scale);
+void cuda_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *lse,
+                             const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq, int Hkv,
+                             int D, int causal, float scale);
+// activations.cu
+void cuda_swiglu_forward(void *out, const void *gate_up, int T, int I);
+void cuda_swiglu_backward(void *dgate_up, const void *dout, const void *gate_up, int T, int I);
+void cuda_gelu_forward(void *out, const void *x, size_t n);
+void cuda_gelu_backward(void *dx, const void *dout, const void *x, size_t n);
+// pooling.cu
+void cuda_pool_forward(void *out, const void *hidden, const int32_t *cu_seqlens, int B, int T, int C,
+                       sn_pooling mode);
+void cuda_pool_backward(void *dhidden, const void *dout, const int32_t *cu_seqlens, int B, int T, int C,
+                        sn_pooling mode);
+void cuda_l2norm_forward(float *out, float *norm, const void *x, int B, int C);
+void cuda_l2norm_backward(void *dx, const float *dout, const float *out, const float *norm, int B, int C);
+// losses.cu
+void cuda_contrastive_loss(float *loss, float *drows, float *dcols, const float *rows, const float *cols,
+                           const int32_t *target, int R, int N, int C, float inv_temp, float scale);
+void cuda_distill_loss(float *loss_terms, float *dstudent, const float *student, const float *teacher, int B,
+                       int C, float alpha, float beta);
+// optimizer.cu
+void cuda_sum_squares(float *out, const void *grads, size_t n);
+void cuda_adamw(void *params, float *master, const void *grads, float *m, float *v, const sn_param_span *spans,
+                int nspans, const sn_adamw_hparams *hp);

@@ -1,0 +1,153 @@
+// Matmul through cuBLASLt (bf16 inputs and output, fp32 compute), with the bias fused into the
+// epilogue; the handle and workspace are created once and the descriptors and chosen algorithm are
+// cached per shape. Also: the fp32 GEMM the losses use, and the deterministic bias gradient.
+//
+// Row-major ↔ column-major: a row-major (M, N) matrix is a column-major (N, M) one. So the
+// row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T: cuBLAS's first
+// operand is our B, its second our A, and a row-major operand stored untransposed is, seen
+// column-major, already the transpose cuBLAS wants (op N); a transposed one gets op T.
+#include "common.cuh"
+
+#define CUBLASLT_WORKSPACE_BYTES ((size_t)32 << 20)
+#define MATMUL_CACHE_SIZE 256
+#define BIAS_BWD_THREADS 256
+#define BIAS_BWD_ROWS_PER_BLOCK 128
+
+static cublasLtHandle_t lt_handle;
+static void *lt_workspace;
+
+static void lt_init(void) {
+  if (lt_handle) return;
+  cublasCheck(cublasLtCreate(&lt_handle));
+  cudaCheck(cudaMalloc(&lt_workspace, CUBLASLT_WORKSPACE_BYTES));
+}
+
+typedef struct {
+  int M, N, K, trans_a, trans_b, has_bias, accumulate;
+  cudaDataType_t dtype;
+  int align_mask;  // which of A, B, C, bias are 16-byte aligned: the heuristic depends on it
+} matmul_key;
+
+typedef struct {
+  matmul_key key;
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t a_layout, b_layout, c_layout;
+  cublasLtMatmulAlgo_t algo;
+} matmul_plan;
+
+static matmul_plan plans[MATMUL_CACHE_SIZE];
+static int nplans;
+
+static matmul_plan *get_plan(const matmul_key *key) {
+  for (int i = 0; i < nplans; i++)
+    if (memcmp(&plans[i].key, key, sizeof *key) == 0) return &plans[i];
+  if (nplans == MATMUL_CACHE_SIZE) {
+    fprintf(stderr, "error: %s:%d: more than %d matmul shapes\n", __FILE__, __LINE__, MATMUL_CACHE_SIZE);
+    exit(1);
+  }
+  lt_init();
+  matmul_plan *p = &plans[nplans];
+  memset(p, 0, sizeof *p);
+  p->key = *key;
+  const bool f32 = key->dtype == CUDA_R_32F;
+  // cuBLAS operand 1 = our B (column-major view (N, K) after op), operand 2 = our A ((K, M)).
+  cublasOperation_t op1 = key->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasOperation_t op2 = key->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasCheck(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op1, sizeof op1));
+  cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op2, sizeof op2));
+  if (key->has_bias) {
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    cudaDataType_t bias_type = key->dtype;
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                               sizeof bias_type));
+  }
+  // Stored shapes, column-major view: our B stored (K, N) → (N, K) ld N; stored (N, K) → (K, N) ld K.
+  const int M = key->M, N = key->N, K = key->K;
+  cublasCheck(cublasLtMatrixLayoutCreate(&p->a_layout, key->dtype, key->trans_b ? K : N, key->trans_b ? N : K,
+                                         key->trans_b ? K : N));
+  cublasCheck(cublasLtMatrixLayoutCreate(&p->b_layout, key->dtype, key->trans_a ? M : K, key->trans_a ? K : M,
+                                         key->trans_a ? M : K));
+  cublasCheck(cublasLtMatrixLayoutCreate(&p->c_layout, key->dtype, N, M, N));
+
+  cublasLtMatmulPreference_t pref;
+  cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+  size_t ws = CUBLASLT_WORKSPACE_BYTES;
+  cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  static const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  // Our B is cuBLAS's A; alignment bits: 1 = A, 2 = B, 4 = C.
+  const int bits[4] = {2, 1, 4, 4};
+  for (int i = 0; i < 4; i++) {
+    uint32_t a = (key->align_mask & bits[i]) ? 16 : (f32 ? 4 : 2);
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &a, sizeof a));
+  }
+  cublasLtMatmulHeuristicResult_t heur;
+  int found = 0;
+  cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->a_layout, p->b_layout, p->c_layout,
+                                             p->c_layout, pref, 1, &heur, &found));
+  cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+  if (found == 0) {
+    fprintf(stderr, "error: %s:%d: no cuBLASLt algorithm for M=%d N=%d K=%d ta=%d tb=%d bias=%d\n", __FILE__,
+            __LINE__, M, N, K, key->trans_a, key->trans_b, key->has_bias);
+    exit(1);
+  }
+  p->algo = heur.algo;
+  nplans++;
+  return p;
+}
+
+static void run_matmul(cudaDataType_t dtype, void *C, const void *A, const void *B, const void *bias, int M,
+                       int N, int K, int trans_a, int trans_b, float alpha, float beta) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // empty sum: C = beta*C (+ bias); only the plain cases occur
+    if (beta == 0.0f && !bias) cudaCheck(cudaMemsetAsync(C, 0, (size_t)M * N * (dtype == CUDA_R_32F ? 4 : 2),
+                                                         SN_STREAM));
+    return;
+  }
+  matmul_key key;
+  memset(&key, 0, sizeof key);
+  key.M = M, key.N = N, key.K = K, key.trans_a = trans_a, key.trans_b = trans_b;
+  key.has_bias = bias != NULL, key.accumulate = beta != 0.0f, key.dtype = dtype;
+  key.align_mask = (aligned16(A) ? 1 : 0) | (aligned16(B) ? 2 : 0) |
+                   (aligned16(C) && (!bias || aligned16(bias)) ? 4 : 0);
+  matmul_plan *p = get_plan(&key);
+  if (bias)
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, B, p->a_layout, A, p->b_layout, &beta, C, p->c_layout,
+                             C, p->c_layout, &p->algo, lt_workspace, CUBLASLT_WORKSPACE_BYTES, SN_STREAM));
+}
+
+// C (M, N) = op(A) @ op(B) [+ bias] [+ C]
+void cuda_matmul(void *C, const void *A, const void *B, const void *bias, int M, int N, int K, int trans_a,
+                 int trans_b, int accumulate) {
+  run_matmul(CUDA_R_16BF, C, A, B, bias, M, N, K, trans_a, trans_b, 1.0f, accumulate ? 1.0f : 0.0f);
+}
+
+void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, int K, int trans_a, int trans_b,
+                        float alpha, float beta) {
+  run_matmul(CUDA_R_32F, C, A, B, NULL, M, N, K, trans_a, trans_b, alpha, beta);
+}
+
+// ---- bias gradient -------------------------------------------------------------------------------------
+// partials (nblocks, N): column sums over the block's rows of dout (M, N), in row order.
+__global__ void bias_backward_partials_kernel(float *partials, const bf16 *dout, int M, int N) {
+  int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  int m0 = blockIdx.y * BIAS_BWD_ROWS_PER_BLOCK, m1 = min(M, m0 + BIAS_BWD_ROWS_PER_BLOCK);
+  float acc = 0.0f;
+  for (int m = m0; m < m1; m++) acc += bf2f(dout[(size_t)m * N + n]);
+  partials[(size_t)blockIdx.y * N + n] = acc;
+}
+
+void cuda_bias_backward(void *dbias, const void *dout, int M, int N) {
+  if (M == 0 || N == 0) return;
+  int nparts = ceil_div_int(M, BIAS_BWD_ROWS_PER_BLOCK);
+  float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS, (size_t)nparts * N * sizeof(float));
+  dim3 grid(ceil_div_int(N, BIAS_BWD_THREADS), nparts);
+  bias_backward_partials_kernel<<<grid, BIAS_BWD_THREADS, 0, SN_STREAM>>>(partials, (const bf16 *)dout, M, N);
+  launchCheck();
+  sn_cuda_reduce_partials_into_bf16((bf16 *)dbias, partials, nparts, N);
+}

@@ -1,0 +1,178 @@
+// Memory: allocation, copies, fp32 <-> bf16 conversion, the two elementwise ops (add, scale_f32),
+// the growable scratch buffers and the deterministic partial-sum reducer shared by the backward ops.
+#include "common.cuh"
+
+#define ELEMENTWISE_THREADS 256
+
+int sn_cuda_sm_count(void) {
+  static int count = 0;
+  if (count == 0) {
+    int dev;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
+  }
+  return count;
+}
+
+// ---- scratch ---------------------------------------------------------------------------------------
+static void *scratch_ptr[SCRATCH_SLOT_COUNT];
+static size_t scratch_bytes[SCRATCH_SLOT_COUNT];
+
+void *sn_cuda_scratch(scratch_slot slot, size_t bytes) {
+  if (bytes > scratch_bytes[slot]) {
+    // Grow with headroom so a slowly growing shape does not reallocate every step.
+    size_t want = bytes + bytes / 4;
+    if (scratch_ptr[slot]) cudaCheck(cudaFree(scratch_ptr[slot]));
+    cudaCheck(cudaMalloc(&scratch_ptr[slot], want));
+    scratch_bytes[slot] = want;
+  }
+  return scratch_ptr[slot];
+}
+
+// ---- allocation and raw copies ---------------------------------------------------------------------
+void *cuda_alloc(size_t bytes) {
+  void *p = NULL;
+  cudaCheck(cudaMalloc(&p, bytes ? bytes : 16));
+  return p;
+}
+void cuda_free(void *p) {
+  if (p) cudaCheck(cudaFree(p));
+}
+void cuda_memset_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, bytes, SN_STREAM)); }
+void cuda_copy(void *dst, const void *src, size_t bytes) {
+  cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, SN_STREAM));
+}
+void cuda_upload(void *dst, const void *host_src, size_t bytes) {
+  cudaCheck(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
+}
+void cuda_download(void *host_dst, const void *src, size_t bytes) {
+  cudaCheck(cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+void cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize()); }
+
+// ---- conversion --------------------------------------------------------------------------------------
+// One thread per pack of 8 elements; the last n % 8 elements are handled one per thread after the
+// packs, so any n and (for the scalar tail) any alignment works.
+__global__ void f32_to_bf16_kernel(bf16 *dst, const float *src, size_t n, int packed) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t npacks = packed ? n / BF16_PER_PACK : 0;
+  if (i < npacks) {
+    f32x4 lo = load_f32x4(src + i * BF16_PER_PACK), hi = load_f32x4(src + i * BF16_PER_PACK + F32_PER_PACK);
+    bf16x8 o;
+#pragma unroll
+    for (int k = 0; k < F32_PER_PACK; k++) {
+      o.v[k] = f2bf(lo.v[k]);
+      o.v[k + F32_PER_PACK] = f2bf(hi.v[k]);
+    }
+    store_bf16x8(dst + i * BF16_PER_PACK, o);
+  } else {
+    size_t j = npacks * BF16_PER_PACK + (i - npacks);
+    if (j < n) dst[j] = f2bf(src[j]);
+  }
+}
+
+__global__ void bf16_to_f32_kernel(float *dst, const bf16 *src, size_t n, int packed) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t npacks = packed ? n / BF16_PER_PACK : 0;
+  if (i < npacks) {
+    bf16x8 x = load_bf16x8(src + i * BF16_PER_PACK);
+    f32x4 lo, hi;
+#pragma unroll
+    for (int k = 0; k < F32_PER_PACK; k++) {
+      lo.v[k] = bf2f(x.v[k]);
+      hi.v[k] = bf2f(x.v[k + F32_PER_PACK]);
+    }
+    store_f32x4(dst + i * BF16_PER_PACK, lo);
+    store_f32x4(dst + i * BF16_PER_PACK + F32_PER_PACK, hi);
+  } else {
+    size_t j = npacks * BF16_PER_PACK + (i - npacks);
+    if (j < n) dst[j] = bf2f(src[j]);
+  }
+}
+
+// Threads needed for n elements in the pack-then-tail layout above.
+static size_t pack_threads(size_t n, int packed) {
+  return packed ? n / BF16_PER_PACK + n % BF16_PER_PACK : n;
+}
+
+void cuda_f32_to_storage(void *dst, const float *src, size_t n) {
+  if (n == 0) return;
+  int packed = aligned16(dst) && aligned16(src);
+  size_t threads = pack_threads(n, packed);
+  f32_to_bf16_kernel<<<ceil_div_int(threads, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS, 0, SN_STREAM>>>(
+      (bf16 *)dst, src, n, packed);
+  launchCheck();
+}
+void cuda_storage_to_f32(float *dst, const void *src, size_t n) {
+  if (n == 0) return;
+  int packed = aligned16(dst) && aligned16(src);
+  size_t threads = pack_threads(n, packed);
+  bf16_to_f32_kernel<<<ceil_div_int(threads, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS, 0, SN_STREAM>>>(
+      dst, (const bf16 *)src, n, packed);
+  launchCheck();
+}
+
+// Host fp32 → device bf16: upload fp32 into scratch, convert on the device (rounds to nearest even,
+// like the CPU reference would).
+void cuda_upload_f32(void *dst, const float *host_src, size_t n) {
+  if (n == 0) return;
+  float *staging = (float *)sn_cuda_scratch(SCRATCH_CONVERT, n * sizeof(float));
+  cudaCheck(cudaMemcpy(staging, host_src, n * sizeof(float), cudaMemcpyHostToDevice));
+  cuda_f32_to_storage(dst, staging, n);
+}
+void cuda_download_f32(float *host_dst, const void *src, size_t n) {
+  if (n == 0) return;
+  float *staging = (float *)sn_cuda_scratch(SCRATCH_CONVERT, n * sizeof(float));
+  cuda_storage_to_f32(staging, src, n);
+  cudaCheck(cudaMemcpy(host_dst, staging, n * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+// ---- elementwise -------------------------------------------------------------------------------------
+// out = a + b in fp32, rounded once (out may alias a or b).
+__global__ void add_bf16_kernel(bf16 *out, const bf16 *a, const bf16 *b, size_t n, int packed) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t npacks = packed ? n / BF16_PER_PACK : 0;
+  if (i < npacks) {
+    bf16x8 x = load_bf16x8(a + i * BF16_PER_PACK), y = load_bf16x8(b + i * BF16_PER_PACK), o;
+#pragma unroll
+    for (int k = 0; k < BF16_PER_PACK; k++) o.v[k] = f2bf(bf2f(x.v[k]) + bf2f(y.v[k]));
+    store_bf16x8(out + i * BF16_PER_PACK, o);
+  } else {
+    size_t j = npacks * BF16_PER_PACK + (i - npacks);
+    if (j < n) out[j] = f2bf(bf2f(a[j]) + bf2f(b[j]));
+  }
+}
+void cuda_add(void *out, const void *a, const void *b, size_t n) {
+  if (n == 0) return;
+  int packed = aligned16(out) && aligned16(a) && aligned16(b);
+  size_t threads = pack_threads(n, packed);
+  add_bf16_kernel<<<ceil_div_int(threads, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS, 0, SN_STREAM>>>(
+      (bf16 *)out, (const bf16 *)a, (const bf16 *)b, n, packed);
+  launchCheck();
+}
+
+__global__ void scale_f32_kernel(float *x, float s, size_t n) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] *= s;
+}
+void cuda_scale_f32(float *x, float s, size_t n) {
+  if (n == 0) return;
+  scale_f32_kernel<<<ceil_div_int(n, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS, 0, SN_STREAM>>>(x, s, n);
+  launchCheck();
+}
+
+// ---- deterministic second stage of cross-block reductions -------------------------------------------
+// dst (n) += sum over p of partials (nparts, n), summed in fp32 in order p = 0..nparts-1.
+__global__ void reduce_partials_kernel(bf16 *dst, const float *partials, int nparts, int n) {
+  int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  float acc = bf2f(dst[j]);
+  float sum = 0.0f;
+  for (int p = 0; p < nparts; p++) sum += partials[(size_t)p * n + j];
+  dst[j] = f2bf(acc + sum);
+}
+void sn_cuda_reduce_partials_into_bf16(bf16 *dst, const float *partials, int nparts, int n) {
+  reduce_partials_kernel<<<ceil_div_int(n, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS, 0, SN_STREAM>>>(
+      dst, partials, nparts, n);
+  launchCheck();
+}

@@ -1,0 +1,244 @@
+// RMSNorm (Qwen2) and LayerNorm (BERT), forward and backward, and the forward passes fused with the
+// residual add. Forward: one warp per row (T rows of C), fp32 statistics, the row re-read from L1
+// between passes instead of held in registers (C varies). Backward: dx per row by a warp, then the
+// weight/bias gradients by columns over the block's rows into per-block fp32 partials, summed in a
+// fixed order by sn_cuda_reduce_partials_into_bf16: deterministic, no atomics.
+#include "common.cuh"
+
+#define NORM_WARPS 8                      // rows in flight per block (forward, and dx in backward)
+#define NORM_THREADS (NORM_WARPS * WARP_SIZE)
+#define NORM_BWD_ROWS_PER_BLOCK 64        // rows whose weight-gradient partial one block sums
+
+// ---- VEC-wide row access: VEC = 8 (16-byte packs, C % 8 == 0 and aligned) or 1 (anything) -------
+template <int VEC>
+__device__ __forceinline__ void load_vec(const bf16 *p, float *out) {
+  if constexpr (VEC == BF16_PER_PACK) {
+    bf16x8 v = load_bf16x8(p);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) out[k] = bf2f(v.v[k]);
+  } else {
+    out[0] = bf2f(*p);
+  }
+}
+template <int VEC>
+__device__ __forceinline__ void store_vec(bf16 *p, const float *in) {
+  if constexpr (VEC == BF16_PER_PACK) {
+    bf16x8 v;
+#pragma unroll
+    for (int k = 0; k < VEC; k++) v.v[k] = f2bf(in[k]);
+    store_bf16x8(p, v);
+  } else {
+    *p = f2bf(in[0]);
+  }
+}
+// Rounds to storage precision: a fused residual is normalized as it is stored (bf16), so that
+// forward and backward see the same x.
+__device__ __forceinline__ float round_bf16(float x) { return bf2f(f2bf(x)); }
+
+// ---- forward ---------------------------------------------------------------------------------------
+// IS_LAYERNORM: out = (x - mean) * rstd * w + b, else out = x * rstd * w.
+// a (T, C) is x; when b_in is non-NULL, x = a + b_in is computed and stored to residual_out first.
+template <int VEC, bool IS_LAYERNORM>
+__global__ void __launch_bounds__(NORM_THREADS) norm_forward_kernel(
+    bf16 *out, bf16 *residual_out, float *mean_out, float *rstd_out, const bf16 *a, const bf16 *b_in,
+    const bf16 *weight, const bf16 *bias, int T, int C, float eps) {
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int t = blockIdx.x * NORM_WARPS + threadIdx.x / WARP_SIZE;
+  if (t >= T) return;
+  const bf16 *x = a + (size_t)t * C;
+  float v[VEC], w[VEC];
+  float sum = 0.0f;
+  if (b_in) {
+    // Pass 0: residual = a + b, stored, and its sum for the mean.
+    const bf16 *y = b_in + (size_t)t * C;
+    bf16 *r = residual_out + (size_t)t * C;
+    for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
+      load_vec<VEC>(x + c, v);
+      load_vec<VEC>(y + c, w);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) {
+        v[k] = round_bf16(v[k] + w[k]);
+        sum += IS_LAYERNORM ? v[k] : v[k] * v[k];
+      }
+      store_vec<VEC>(r + c, v);
+    }
+    __syncwarp();  // this warp's residual stores are visible to its re-reads below
+    x = r;
+  } else {
+    for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
+      load_vec<VEC>(x + c, v);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) sum += IS_LAYERNORM ? v[k] : v[k] * v[k];
+    }
+  }
+  sum = warp_sum(sum);
+  float mean = 0.0f, rstd;
+  if (IS_LAYERNORM) {
+    mean = sum / C;
+    float var = 0.0f;  // second pass about the mean: no cancellation
+    for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
+      load_vec<VEC>(x + c, v);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) var += (v[k] - mean) * (v[k] - mean);
+    }
+    var = warp_sum(var) / C;
+    rstd = rsqrtf(var + eps);
+  } else {
+    rstd = rsqrtf(sum / C + eps);
+  }
+  bf16 *o = out + (size_t)t * C;
+  for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
+    load_vec<VEC>(x + c, v);
+    load_vec<VEC>(weight + c, w);
+    float bb[VEC];
+    if (IS_LAYERNORM) load_vec<VEC>(bias + c, bb);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) v[k] = (v[k] - mean) * rstd * w[k] + (IS_LAYERNORM ? bb[k] : 0.0f);
+    store_vec<VEC>(o + c, v);
+  }
+  if (lane == 0) {
+    rstd_out[t] = rstd;
+    if (IS_LAYERNORM) mean_out[t] = mean;
+  }
+}
+
+template <bool IS_LAYERNORM>
+static void launch_norm_forward(bf16 *out, bf16 *residual_out, float *mean, float *rstd, const bf16 *a,
+                                const bf16 *b, const bf16 *weight, const bf16 *bias, int T, int C, float eps) {
+  if (T == 0) return;
+  bool packed = C % BF16_PER_PACK == 0 && aligned16(out) && aligned16(a) && aligned16(weight) &&
+                (!b || (aligned16(b) && aligned16(residual_out))) && (!bias || aligned16(bias));
+  int grid = ceil_div_int(T, NORM_WARPS);
+  if (packed)
+    norm_forward_kernel<BF16_PER_PACK, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(
+        out, residual_out, mean, rstd, a, b, weight, bias, T, C, eps);
+  else
+    norm_forward_kernel<1, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(out, residual_out, mean, rstd,
+                                                                              a, b, weight, bias, T, C, eps);
+  launchCheck();
+}
+
+void cuda_rmsnorm_forward(void *out, float *rstd, const void *x, const void *weight, int T, int C, float eps) {
+  launch_norm_forward<false>((bf16 *)out, NULL, NULL, rstd, (const bf16 *)x, NULL, (const bf16 *)weight, NULL,
+                             T, C, eps);
+}
+void cuda_add_rmsnorm_forward(void *residual_out, void *out, float *rstd, const void *a, const void *b,
+                              const void *weight, int T, int C, float eps) {
+  launch_norm_forward<false>((bf16 *)out, (bf16 *)residual_out, NULL, rstd, (const bf16 *)a, (const bf16 *)b,
+                             (const bf16 *)weight, NULL, T, C, eps);
+}
+void cuda_layernorm_forward(void *out, float *mean, float *rstd, const void *x, const void *weight,
+                            const void *bias, int T, int C, float eps) {
+  launch_norm_forward<true>((bf16 *)out, NULL, mean, rstd, (const bf16 *)x, NULL, (const bf16 *)weight,
+                            (const bf16 *)bias, T, C, eps);
+}
+void cuda_add_layernorm_forward(void *residual_out, void *out, float *mean, float *rstd, const void *a,
+                                const void *b, const void *weight, const void *bias, int T, int C, float eps) {
+  launch_norm_forward<true>((bf16 *)out, (bf16 *)residual_out, mean, rstd, (const bf16 *)a, (const bf16 *)b,
+                            (const bf16 *)weight, (const bf16 *)bias, T, C, eps);
+}
+
+// ---- backward: dx ------------------------------------------------------------------------------------
+// xhat = (x - mean) * rstd (mean = 0 for RMSNorm), g = dout * w.
+// RMSNorm:   dx = rstd * (g - xhat * mean(g * xhat))
+// LayerNorm: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+template <int VEC, bool IS_LAYERNORM>
+__global__ void __launch_bounds__(NORM_THREADS) norm_backward_dx_kernel(
+    bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *weight, const float *mean_in, const float *rstd_in,
+    int T, int C, int accumulate) {
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int t = blockIdx.x * NORM_WARPS + threadIdx.x / WARP_SIZE;
+  if (t >= T) return;
+  const bf16 *xr = x + (size_t)t * C, *dr = dout + (size_t)t * C;
+  const float mean = IS_LAYERNORM ? mean_in[t] : 0.0f, rstd = rstd_in[t];
+  float xv[VEC], dv[VEC], wv[VEC];
+  float sum_g = 0.0f, sum_gx = 0.0f;
+  for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
+    load_vec<VEC>(xr + c, xv);
+    load_vec<VEC>(dr + c, dv);
+    load_vec<VEC>(weight + c, wv);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) {
+      float g = dv[k] * wv[k];
+      sum_g += g;
+      sum_gx += g * (xv[k] - mean) * rstd;
+    }
+  }
+  const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f;
+  const float mean_gx = warp_sum(sum_gx) / C;
+  bf16 *o = dx + (size_t)t * C;
+  for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
+    load_vec<VEC>(xr + c, xv);
+    load_vec<VEC>(dr + c, dv);
+    load_vec<VEC>(weight + c, wv);
+    float prev[VEC];
+    if (accumulate) load_vec<VEC>(o + c, prev);
+#pragma unroll
+    for (int k = 0; k < VEC; k++) {
+      float xhat = (xv[k] - mean) * rstd;
+      xv[k] = rstd * (dv[k] * wv[k] - mean_g - xhat * mean_gx) + (accumulate ? prev[k] : 0.0f);
+    }
+    store_vec<VEC>(o + c, xv);
+  }
+}
+
+// ---- backward: weight (and bias) gradient partials ---------------------------------------------------
+// partials (nblocks, C) for dweight = sum_t dout * xhat; partials_bias likewise for dbias = sum_t dout.
+// Each thread owns columns and sums the block's rows in order.
+template <bool IS_LAYERNORM>
+__global__ void norm_backward_dweight_kernel(float *partials_w, float *partials_b, const bf16 *dout,
+                                             const bf16 *x, const float *mean_in, const float *rstd_in, int T,
+                                             int C) {
+  const int t0 = blockIdx.y * NORM_BWD_ROWS_PER_BLOCK;
+  const int t1 = min(T, t0 + NORM_BWD_ROWS_PER_BLOCK);
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float acc_w = 0.0f, acc_b = 0.0f;
+  for (int t = t0; t < t1; t++) {
+    float d = bf2f(dout[(size_t)t * C + c]);
+    float xhat = (bf2f(x[(size_t)t * C + c]) - (IS_LAYERNORM ? mean_in[t] : 0.0f)) * rstd_in[t];
+    acc_w += d * xhat;
+    acc_b += d;
+  }
+  partials_w[(size_t)blockIdx.y * C + c] = acc_w;
+  if (IS_LAYERNORM) partials_b[(size_t)blockIdx.y * C + c] = acc_b;
+}
+
+template <bool IS_LAYERNORM>
+static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf16 *dout, const bf16 *x,
+                                 const bf16 *weight, const float *mean, const float *rstd, int T, int C,
+                                 int accumulate) {
+  if (T == 0) return;
+  bool packed = C % BF16_PER_PACK == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(weight);
+  int grid = ceil_div_int(T, NORM_WARPS);
+  if (packed)
+    norm_backward_dx_kernel<BF16_PER_PACK, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(
+        dx, dout, x, weight, mean, rstd, T, C, accumulate);
+  else
+    norm_backward_dx_kernel<1, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(dx, dout, x, weight, mean,
+                                                                                  rstd, T, C, accumulate);
+  launchCheck();
+
+  int nparts = ceil_div_int(T, NORM_BWD_ROWS_PER_BLOCK);
+  size_t part_floats = (size_t)nparts * C;
+  float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS,
+                                             part_floats * sizeof(float) * (IS_LAYERNORM ? 2 : 1));
+  dim3 wgrid(ceil_div_int(C, NORM_THREADS), nparts);
+  norm_backward_dweight_kernel<IS_LAYERNORM><<<wgrid, NORM_THREADS, 0, SN_STREAM>>>(
+      partials, partials + part_floats, dout, x, mean, rstd, T, C);
+  launchCheck();
+  sn_cuda_reduce_partials_into_bf16(dweight, partials, nparts, C);
+  if (IS_LAYERNORM) sn_cuda_reduce_partials_into_bf16(dbias, partials + part_floats, nparts, C);
+}
+
+void cuda_rmsnorm_backward(void *dx, void *dweight, const void *dout, const void *x, const void *weight,
+                           const float *rstd, int T, int C, int accumulate) {
+  launch_norm_backward<false>((bf16 *)dx, (bf16 *)dweight, NULL, (const bf16 *)dout, (const bf16 *)x,
+                              (const bf16 *)weight, NULL, rstd, T, C, accumulate);
+}
+void cuda_layernorm_backward(void *dx, void *dweight, void *dbias, const void *dout, const void *x,
+                             const void *weight, const float *mean, const float *rstd, int T, int C,
+                             int accumulate) {
+  launch_norm_backward<true>((bf16 *)dx, (bf16 *)dweight, (bf16 *)dbias, (const bf16 *)dout, (const bf16 *)x,
+                             (const bf16 *)weight, mean, rstd, T, C, accumulate);
+}

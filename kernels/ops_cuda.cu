@@ -1,0 +1,65 @@
+// The CUDA backend's op table: bf16 storage, every op from the kernel files.
+#include "common.cuh"
+
+static sn_ops make_cuda_ops(void) {
+  sn_ops o;
+  memset(&o, 0, sizeof o);
+  o.name = "cuda";
+  o.storage = SN_DTYPE_BF16;
+  o.storage_size = sizeof(bf16);
+  o.alloc = cuda_alloc;
+  o.free = cuda_free;
+  o.memset_zero = cuda_memset_zero;
+  o.copy = cuda_copy;
+  o.upload = cuda_upload;
+  o.download = cuda_download;
+  o.upload_f32 = cuda_upload_f32;
+  o.download_f32 = cuda_download_f32;
+  o.storage_to_f32 = cuda_storage_to_f32;
+  o.f32_to_storage = cuda_f32_to_storage;
+  o.synchronize = cuda_synchronize;
+  o.add = cuda_add;
+  o.scale_f32 = cuda_scale_f32;
+  o.embedding_forward = cuda_embedding_forward;
+  o.embedding_backward = cuda_embedding_backward;
+  o.rmsnorm_forward = cuda_rmsnorm_forward;
+  o.rmsnorm_backward = cuda_rmsnorm_backward;
+  o.add_rmsnorm_forward = cuda_add_rmsnorm_forward;
+  o.layernorm_forward = cuda_layernorm_forward;
+  o.layernorm_backward = cuda_layernorm_backward;
+  o.add_layernorm_forward = cuda_add_layernorm_forward;
+  o.matmul = cuda_matmul;
+  o.bias_backward = cuda_bias_backward;
+  o.rope = cuda_rope;
+  o.attention_forward = cuda_attention_forward;
+  o.attention_backward = cuda_attention_backward;
+  o.swiglu_forward = cuda_swiglu_forward;
+  o.swiglu_backward = cuda_swiglu_backward;
+  o.gelu_forward = cuda_gelu_forward;
+  o.gelu_backward = cuda_gelu_backward;
+  o.pool_forward = cuda_pool_forward;
+  o.pool_backward = cuda_pool_backward;
+  o.l2norm_forward = cuda_l2norm_forward;
+  o.l2norm_backward = cuda_l2norm_backward;
+  o.contrastive_loss = cuda_contrastive_loss;
+  o.distill_loss = cuda_distill_loss;
+  o.sum_squares = cuda_sum_squares;
+  o.adamw = cuda_adamw;
+  return o;
+}
+
+extern "C" const sn_ops *sn_ops_cuda(const char **why_not) {
+  static sn_ops table;
+  static int ready = 0;
+  if (ready) return &table;
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    if (why_not) *why_not = err != cudaSuccess ? cudaGetErrorString(err) : "no CUDA device found";
+    cudaGetLastError();  // clear the sticky error of the failed query
+    return NULL;
+  }
+  table = make_cuda_ops();
+  ready = 1;
+  return &table;
+}

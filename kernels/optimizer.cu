@@ -1,0 +1,130 @@
+// Optimizer kernels: the gradient sum of squares (for the global norm and clipping) and fused
+// multi-tensor AdamW over a flat parameter buffer. Deterministic: the sum of squares uses a fixed
+// grid and a fixed-order second stage. AdamW is one launch for all spans: each block owns a chunk of
+// one span, found by binary search in a device table of the spans' first chunk numbers; the table is
+// uploaded only when the spans change (it lives in a growable scratch buffer: no cudaMalloc per step).
+#include "common.cuh"
+
+#define SUMSQ_BLOCKS 1024  // fixed, so the summation order does not depend on the device
+#define SUMSQ_THREADS 256
+#define ADAMW_THREADS 256
+#define ADAMW_PER_THREAD 8
+#define ADAMW_CHUNK (ADAMW_THREADS * ADAMW_PER_THREAD)
+
+// partials (SUMSQ_BLOCKS) = per-block sums of squares of grads (n).
+__global__ void sum_squares_partials_kernel(float *partials, const bf16 *grads, size_t n, int packed) {
+  __shared__ float red[WARP_SIZE];
+  float acc = 0.0f;
+  size_t stride = (size_t)gridDim.x * blockDim.x;
+  size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t npacks = packed ? n / BF16_PER_PACK : 0;
+  for (size_t i = tid; i < npacks; i += stride) {
+    bf16x8 v = load_bf16x8(grads + i * BF16_PER_PACK);
+#pragma unroll
+    for (int k = 0; k < BF16_PER_PACK; k++) acc += bf2f(v.v[k]) * bf2f(v.v[k]);
+  }
+  for (size_t j = npacks * BF16_PER_PACK + tid; j < n; j += stride) acc += bf2f(grads[j]) * bf2f(grads[j]);
+  acc = block_sum(acc, red);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+__global__ void sum_partials_kernel(float *out, const float *partials, int n) {
+  __shared__ float red[WARP_SIZE];
+  float s = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += partials[i];
+  s = block_sum(s, red);
+  if (threadIdx.x == 0) out[0] += s;
+}
+
+void cuda_sum_squares(float *out, const void *grads, size_t n) {
+  if (n == 0) return;
+  float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS, SUMSQ_BLOCKS * sizeof(float));
+  sum_squares_partials_kernel<<<SUMSQ_BLOCKS, SUMSQ_THREADS, 0, SN_STREAM>>>(partials, (const bf16 *)grads, n,
+                                                                           aligned16(grads));
+  launchCheck();
+  sum_partials_kernel<<<1, SUMSQ_THREADS, 0, SN_STREAM>>>(out, partials, SUMSQ_BLOCKS);
+  launchCheck();
+}
+
+// ---- AdamW ---------------------------------------------------------------------------------------------
+typedef struct {
+  size_t offset, count;
+  float weight_decay;
+  int first_chunk;  // number of chunks in the spans before this one
+} adamw_span;
+
+typedef struct {
+  float lr, beta1, beta2, eps, grad_scale;
+  float bias_correction1, bias_correction2;  // 1 - beta^step
+} adamw_consts;
+
+__global__ void __launch_bounds__(ADAMW_THREADS) adamw_kernel(bf16 *params, float *master, const bf16 *grads,
+                                                              float *m, float *v, const adamw_span *spans,
+                                                              int nspans, adamw_consts k) {
+  // Span of this block: the last span whose first chunk <= blockIdx.x.
+  int lo = 0, hi = nspans;
+  while (hi - lo > 1) {
+    int mid = (lo + hi) / 2;
+    if (spans[mid].first_chunk <= (int)blockIdx.x) lo = mid;
+    else hi = mid;
+  }
+  const adamw_span sp = spans[lo];
+  const size_t chunk_start = (size_t)(blockIdx.x - sp.first_chunk) * ADAMW_CHUNK;
+  for (int e = 0; e < ADAMW_PER_THREAD; e++) {
+    size_t j = chunk_start + (size_t)e * ADAMW_THREADS + threadIdx.x;  // coalesced per e
+    if (j >= sp.count) break;
+    size_t i = sp.offset + j;
+    float g = bf2f(grads[i]) * k.grad_scale;
+    float mi = k.beta1 * m[i] + (1.0f - k.beta1) * g;
+    float vi = k.beta2 * v[i] + (1.0f - k.beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    float w = master[i];
+    float update = (mi / k.bias_correction1) / (sqrtf(vi / k.bias_correction2) + k.eps) + sp.weight_decay * w;
+    w -= k.lr * update;
+    master[i] = w;
+    params[i] = f2bf(w);
+  }
+}
+
+// Host copy of the spans last uploaded: skip the upload when nothing changed.
+static sn_param_span *last_spans;
+static int last_nspans = -1;
+static int last_total_chunks;
+
+void cuda_adamw(void *params, float *master, const void *grads, float *m, float *v, const sn_param_span *spans,
+                int nspans, const sn_adamw_hparams *hp) {
+  if (nspans <= 0) return;
+  adamw_span *dev_spans = (adamw_span *)sn_cuda_scratch(SCRATCH_ADAMW_TABLE, (size_t)nspans * sizeof(adamw_span));
+  bool same = nspans == last_nspans && memcmp(last_spans, spans, (size_t)nspans * sizeof *spans) == 0;
+  if (!same) {
+    adamw_span *host = (adamw_span *)malloc((size_t)nspans * sizeof(adamw_span));
+    if (!host) {
+      fprintf(stderr, "error: %s:%d: out of host memory\n", __FILE__, __LINE__);
+      exit(1);
+    }
+    long long chunks = 0;
+    for (int s = 0; s < nspans; s++) {
+      host[s].offset = spans[s].offset;
+      host[s].count = spans[s].count;
+      host[s].weight_decay = spans[s].weight_decay;
+      host[s].first_chunk = (int)chunks;
+      chunks += (spans[s].count + ADAMW_CHUNK - 1) / ADAMW_CHUNK;
+    }
+    cudaCheck(cudaMemcpy(dev_spans, host, (size_t)nspans * sizeof(adamw_span), cudaMemcpyHostToDevice));
+    free(host);
+    free(last_spans);
+    last_spans = (sn_param_span *)malloc((size_t)nspans * sizeof *spans);
+    memcpy(last_spans, spans, (size_t)nspans * sizeof *spans);
+    last_nspans = nspans;
+    last_total_chunks = (int)chunks;
+  }
+  if (last_total_chunks == 0) return;
+  adamw_consts k;
+  k.lr = hp->lr, k.beta1 = hp->beta1, k.beta2 = hp->beta2, k.eps = hp->eps, k.grad_scale = hp->grad_scale;
+  k.bias_correction1 = (float)(1.0 - pow((double)hp->beta1, (double)hp->step));
+  k.bias_correction2 = (float)(1.0 - pow((double)hp->beta2, (double)hp->step));
+  adamw_kernel<<<last_total_chunks, ADAMW_THREADS, 0, SN_STREAM>>>((bf16 *)params, master, (const bf16 *)grads, m, v,
+                                                                   dev_spans, nspans, k);
+  launchCheck();
+}

@@ -1,0 +1,99 @@
+// Sequence pooling (last token, mean, first token) over packed sequences, and L2 normalisation of
+// the pooled rows into fp32 embeddings; forward and backward. Small (B rows) except the pool
+// backward, which writes all of dhidden (T, C).
+#include "common.cuh"
+
+#define POOL_THREADS 256
+#define L2NORM_EPS 1e-12f  // as torch.nn.functional.normalize
+
+// out (B, C) from hidden (T, C). One block per sequence; threads over columns.
+__global__ void pool_forward_kernel(bf16 *out, const bf16 *hidden, const int32_t *cu_seqlens, int C, int mode) {
+  int b = blockIdx.x;
+  int start = cu_seqlens[b], end = cu_seqlens[b + 1];
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float v;
+    if (mode == SN_POOL_MEAN) {
+      v = 0.0f;
+      for (int t = start; t < end; t++) v += bf2f(hidden[(size_t)t * C + c]);
+      v /= (float)(end - start);
+    } else {
+      int t = mode == SN_POOL_LAST ? end - 1 : start;
+      v = bf2f(hidden[(size_t)t * C + c]);
+    }
+    out[(size_t)b * C + c] = f2bf(v);
+  }
+}
+
+void cuda_pool_forward(void *out, const void *hidden, const int32_t *cu_seqlens, int B, int T, int C,
+                       sn_pooling mode) {
+  if (B == 0) return;
+  pool_forward_kernel<<<B, POOL_THREADS, 0, SN_STREAM>>>((bf16 *)out, (const bf16 *)hidden, cu_seqlens, C,
+                                                         (int)mode);
+  launchCheck();
+}
+
+// dhidden (T, C), written in full. One block per token: finds its sequence by binary search.
+__global__ void pool_backward_kernel(bf16 *dhidden, const bf16 *dout, const int32_t *cu_seqlens, int B, int C,
+                                     int mode) {
+  int t = blockIdx.x;
+  int lo = 0, hi = B;  // find b with cu_seqlens[b] <= t < cu_seqlens[b + 1]
+  while (hi - lo > 1) {
+    int mid = (lo + hi) / 2;
+    if (cu_seqlens[mid] <= t) lo = mid;
+    else hi = mid;
+  }
+  int b = lo, start = cu_seqlens[b], end = cu_seqlens[b + 1];
+  float factor;
+  if (mode == SN_POOL_MEAN) factor = 1.0f / (float)(end - start);
+  else factor = (t == (mode == SN_POOL_LAST ? end - 1 : start)) ? 1.0f : 0.0f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    dhidden[(size_t)t * C + c] = f2bf(factor * bf2f(dout[(size_t)b * C + c]));
+}
+
+void cuda_pool_backward(void *dhidden, const void *dout, const int32_t *cu_seqlens, int B, int T, int C,
+                        sn_pooling mode) {
+  if (T == 0) return;
+  pool_backward_kernel<<<T, POOL_THREADS, 0, SN_STREAM>>>((bf16 *)dhidden, (const bf16 *)dout, cu_seqlens, B, C,
+                                                          (int)mode);
+  launchCheck();
+}
+
+// out (B, C) fp32 = x / max(||x||, eps); norm (B) = ||x||. One block per row.
+__global__ void l2norm_forward_kernel(float *out, float *norm, const bf16 *x, int C) {
+  __shared__ float red[WARP_SIZE];
+  int b = blockIdx.x;
+  const bf16 *row = x + (size_t)b * C;
+  float ss = 0.0f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) ss += bf2f(row[c]) * bf2f(row[c]);
+  float n = sqrtf(block_sum(ss, red));
+  float inv = 1.0f / fmaxf(n, L2NORM_EPS);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) out[(size_t)b * C + c] = bf2f(row[c]) * inv;
+  if (threadIdx.x == 0) norm[b] = n;
+}
+
+void cuda_l2norm_forward(float *out, float *norm, const void *x, int B, int C) {
+  if (B == 0) return;
+  l2norm_forward_kernel<<<B, POOL_THREADS, 0, SN_STREAM>>>(out, norm, (const bf16 *)x, C);
+  launchCheck();
+}
+
+// dx = (dout - y (y . dout)) / n for n > eps (y = out), else dout / eps (the clamp is constant).
+__global__ void l2norm_backward_kernel(bf16 *dx, const float *dout, const float *out, const float *norm, int C) {
+  __shared__ float red[WARP_SIZE];
+  int b = blockIdx.x;
+  const float *d = dout + (size_t)b * C, *y = out + (size_t)b * C;
+  float n = norm[b];
+  float dot = 0.0f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) dot += d[c] * y[c];
+  dot = block_sum(dot, red);
+  bool clamped = n <= L2NORM_EPS;
+  float inv = 1.0f / fmaxf(n, L2NORM_EPS);
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    dx[(size_t)b * C + c] = f2bf(clamped ? d[c] * inv : (d[c] - y[c] * dot) * inv);
+}
+
+void cuda_l2norm_backward(void *dx, const float *dout, const float *out, const float *norm, int B, int C) {
+  if (B == 0) return;
+  l2norm_backward_kernel<<<B, POOL_THREADS, 0, SN_STREAM>>>((bf16 *)dx, dout, out, norm, C);
+  launchCheck();
+}

@@ -1,0 +1,340 @@
+// Fresh tiny towers (sn_model_new) on the CPU backend:
+// - gradients of L = sum_b dot(normalize(pool(hidden))_b, r_b) against central finite differences,
+//   a few random elements of every tensor (unused tensors: lm_head, pooler must get zero);
+// - save → load round trip (F32 exact, BF16 equal to the rounded weights);
+// - optimizer spans cover the buffer, norms and biases without decay.
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "model.h"
+#include "safetensors.h"
+#include "test_util.h"
+
+#define FD_EPS 1e-2f
+#define FD_ATOL 2e-3
+#define FD_RTOL 2e-2
+#define SAMPLES_PER_TENSOR 2
+#define WEIGHT_STD 0.2f   // larger than init's 0.02 so every path carries signal
+#define VECTOR_STD 0.1f   // norm weights 1 + N(0, 0.1), biases N(0, 0.1)
+#define ERR_LEN 1024
+#define PROJ_DIM 40  // wider than the towers' 32, as a student projected to its teacher's width
+
+static const int SEQ_LENS[] = {1, 4, 9};
+#define NSEQ ((int)SN_ARRAY_LEN(SEQ_LENS))
+
+static sn_model_config base_config(sn_arch arch) {
+  sn_model_config c;
+  memset(&c, 0, sizeof c);
+  c.arch = arch;
+  c.n_layers = 2;
+  c.hidden = 32;
+  c.n_heads = 4;
+  c.n_kv_heads = 4;
+  c.head_dim = 8;
+  c.intermediate = 48;
+  c.vocab = 50;
+  c.max_positions = 32;
+  c.type_vocab = 2;
+  c.rope_theta = 10000.0f;
+  c.norm_eps = 1e-6f;
+  c.bos_id = c.eos_id = c.pad_id = -1;
+  snprintf(c.hidden_act, sizeof c.hidden_act, "%s", arch == SN_ARCH_BERT ? "gelu" : "silu");
+  return c;
+}
+
+typedef struct {
+  const char *label;
+  sn_model_config cfg;
+  sn_pooling pooling;
+} case_t;
+
+typedef struct {
+  sn_model *m;
+  sn_acts *acts;
+  sn_tokens tok;
+  int32_t ids[64], cu[NSEQ + 1];
+  int T, B;
+  sn_pooling pooling;
+  float r[NSEQ * 64];
+  // backend scratch
+  float *pooled_f32, *norm, *r_dev;
+  void *pooled_st, *dpooled, *dhidden;
+} harness;
+
+static double loss_of(harness *h) {
+  const int C = h->m->cfg.hidden;
+  const void *hidden = sn_model_forward(h->m, h->acts, &h->tok, 0);
+  sn_model_pool(h->m, h->acts, &h->tok, hidden, h->pooling, 1, h->pooled_f32);
+  float pooled[NSEQ * 64];
+  h->m->ops->download(pooled, h->pooled_f32, (size_t)h->B * C * sizeof(float));
+  double L = 0.0;
+  for (int i = 0; i < h->B * C; i++) L += (double)pooled[i] * h->r[i];
+  return L;
+}
+
+static void analytic_grads(harness *h) {
+  const sn_ops *ops = h->m->ops;
+  const int C = h->m->cfg.hidden, B = h->B, T = h->T;
+  const void *hidden = sn_model_forward(h->m, h->acts, &h->tok, 1);
+  ops->pool_forward(h->pooled_st, hidden, h->tok.cu_seqlens, B, T, C, h->pooling);
+  ops->l2norm_forward(h->pooled_f32, h->norm, h->pooled_st, B, C);
+  ops->l2norm_backward(h->dpooled, h->r_dev, h->pooled_f32, h->norm, B, C);
+  ops->pool_backward(h->dhidden, h->dpooled, h->tok.cu_seqlens, B, T, C, h->pooling);
+  sn_model_zero_grads(h->m);
+  sn_model_backward(h->m, h->acts, &h->tok, h->dhidden);
+}
+
+// Spreads the weights (download, change on the host, upload): a test-only edit of parameters.
+static void randomise(sn_model *m, sn_test_rng *rng) {
+  float *w = mallocCheck(m->num_elements * sizeof(float));
+  m->ops->download_f32(w, m->weights, m->num_elements);
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    float *x = w + p->offset;
+    for (size_t j = 0; j < p->count; j++)
+      x[j] = p->ndim == 2 ? WEIGHT_STD * sn_test_normal(rng) : x[j] + VECTOR_STD * sn_test_normal(rng);
+  }
+  m->ops->upload_f32(m->weights, w, m->num_elements);
+  free(w);
+}
+
+static float get_elem(const sn_model *m, const void *buf, size_t i) {
+  float v;
+  m->ops->download_f32(&v, (const char *)buf + i * m->ops->storage_size, 1);
+  return v;
+}
+
+static void set_elem(sn_model *m, size_t i, float v) {
+  m->ops->upload_f32((char *)m->weights + i * m->ops->storage_size, &v, 1);
+}
+
+// An element likely to matter: rows of embedding tables that the batch reads.
+static size_t pick_element(const harness *h, const sn_param *p, sn_test_rng *rng) {
+  size_t j = (size_t)(sn_test_uniform(rng) * (float)p->count) % p->count;
+  const int is_table = strstr(p->name, "embed") != NULL && p->ndim == 2;
+  if (is_table) {
+    const size_t cols = (size_t)p->shape[1];
+    const int t = (int)(sn_test_uniform(rng) * (float)h->T) % h->T;
+    int b = 0;
+    while (t >= h->cu[b + 1]) b++;
+    size_t row = strstr(p->name, "position") ? (size_t)(t - h->cu[b])  // position inside its sequence
+                 : strstr(p->name, "token_type") ? 0
+                                                   : (size_t)h->ids[t];
+    if (row >= (size_t)p->shape[0]) row = 0;
+    j = row * cols + j % cols;
+  }
+  return j;
+}
+
+static int unused_by_forward(const char *name) {
+  return strcmp(name, "lm_head.weight") == 0 || strncmp(name, "pooler.", 7) == 0;
+}
+
+static void check_finite_differences(harness *h, const char *label, sn_test_rng *rng) {
+  sn_model *m = h->m;
+  analytic_grads(h);
+  int checked = 0;
+  double worst = 0.0;
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    if (unused_by_forward(p->name)) {
+      float *g = mallocCheck(p->count * sizeof(float));
+      m->ops->download_f32(g, (char *)m->grads + p->offset * m->ops->storage_size, p->count);
+      double maxabs = 0.0;
+      for (size_t j = 0; j < p->count; j++) maxabs = SN_MAX(maxabs, (double)fabsf(g[j]));
+      CHECK(maxabs == 0.0, "%s: unused %s has gradient %.3g", label, p->name, maxabs);
+      free(g);
+      continue;
+    }
+    for (int s = 0; s < SAMPLES_PER_TENSOR; s++) {
+      const size_t j = p->offset + pick_element(h, p, rng);
+      const double analytic = get_elem(m, m->grads, j);
+      const float orig = get_elem(m, m->weights, j);
+      set_elem(m, j, orig + FD_EPS);
+      const double lp = loss_of(h);
+      set_elem(m, j, orig - FD_EPS);
+      const double lm = loss_of(h);
+      set_elem(m, j, orig);
+      const double fd = (lp - lm) / (2.0 * FD_EPS);
+      const double diff = fabs(fd - analytic);
+      CHECK(diff <= FD_ATOL + FD_RTOL * fabs(fd), "%s: %s[%zu]: analytic %.6g, finite difference %.6g",
+            label, p->name, j - p->offset, analytic, fd);
+      worst = SN_MAX(worst, diff);
+      checked++;
+    }
+  }
+  fprintf(stderr, "%s: %d finite-difference checks, worst |fd - analytic| %.2e\n", label, checked, worst);
+}
+
+static void check_round_trip(const sn_model *m, const char *label) {
+  char tmpl[] = "/tmp/sn_model_grad_XXXXXX", err[ERR_LEN];
+  char *dir = mkdtemp(tmpl);
+  CHECK(dir, "mkdtemp failed");
+  if (!dir) return;
+  const sn_dtype dtypes[] = {SN_DTYPE_F32, SN_DTYPE_BF16};
+  float *want = mallocCheck(m->num_elements * sizeof(float));
+  float *got = mallocCheck(m->num_elements * sizeof(float));
+  for (size_t d = 0; d < SN_ARRAY_LEN(dtypes); d++) {
+    CHECK(sn_model_save(m, dir, dtypes[d], err, sizeof err) == 0, "%s: save: %s", label, err);
+    sn_model *back = sn_model_load(dir, m->ops);
+    CHECK(back->nparams == m->nparams && back->num_elements == m->num_elements,
+          "%s: reloaded %d tensors / %zu elements, saved %d / %zu", label, back->nparams,
+          back->num_elements, m->nparams, m->num_elements);
+    if (back->num_elements == m->num_elements) {
+      for (int i = 0; i < m->nparams && i < back->nparams; i++)
+        CHECK(strcmp(m->params[i].name, back->params[i].name) == 0 && m->params[i].offset == back->params[i].offset,
+              "%s: tensor %d is %s, saved %s", label, i, back->params[i].name, m->params[i].name);
+      m->ops->download_f32(want, m->weights, m->num_elements);
+      back->ops->download_f32(got, back->weights, back->num_elements);
+      if (dtypes[d] == SN_DTYPE_BF16)
+        for (size_t j = 0; j < m->num_elements; j++) want[j] = sn_bf16_to_f32(sn_f32_to_bf16(want[j]));
+      CHECK(memcmp(want, got, m->num_elements * sizeof(float)) == 0, "%s: %s round trip changed weights",
+            label, dtypes[d] == SN_DTYPE_F32 ? "F32" : "BF16");
+      CHECK(back->cfg.arch == m->cfg.arch && back->cfg.n_layers == m->cfg.n_layers &&
+                back->cfg.tie_embeddings == m->cfg.tie_embeddings && back->cfg.attn_bias == m->cfg.attn_bias &&
+                back->cfg.mlp_bias == m->cfg.mlp_bias && back->cfg.rope_theta == m->cfg.rope_theta,
+            "%s: config changed in the round trip", label);
+    }
+    sn_model_free(back);
+  }
+  free(want);
+  free(got);
+  const char *files[] = {"model.safetensors", "config.json"};
+  for (size_t i = 0; i < SN_ARRAY_LEN(files); i++) {
+    char path[ERR_LEN];
+    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    unlink(path);
+  }
+  rmdir(dir);
+}
+
+static void check_spans(const sn_model *m, const char *label) {
+  int n = 0;
+  const float wd = 0.1f;
+  sn_param_span *spans = sn_model_param_spans(m, wd, &n);
+  size_t covered = 0, unused = 0;
+  for (int i = 0; i < n; i++) covered += spans[i].count;
+  for (int i = 0; i < m->nparams; i++)
+    if (unused_by_forward(m->params[i].name)) unused += m->params[i].count;
+  // unused tensors (lm_head, pooler) are left out so weight decay does not shrink them
+  CHECK(covered + unused == m->num_elements, "%s: spans cover %zu of %zu elements (%zu unused)", label,
+        covered, m->num_elements, unused);
+  for (int i = 0; i < n; i++) {
+    const sn_param *p = sn_model_find_param(m, "lm_head.weight");
+    CHECK(!p || spans[i].offset + spans[i].count <= p->offset || spans[i].offset >= p->offset + p->count,
+          "%s: span %d overlaps lm_head", label, i);
+  }
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    CHECK(p->no_decay == (p->ndim == 1), "%s: %s no_decay %d", label, p->name, p->no_decay);
+  }
+  free(spans);
+}
+
+// Output projection: sn_model_pool = normalize(W pool(hidden) + b), checked on the host; the
+// projection survives a save/load round trip.
+static void check_projection(harness *h, const char *label, uint64_t seed) {
+  const sn_ops *ops = h->m->ops;
+  const int C = h->m->cfg.hidden, B = h->B;
+  h->m = sn_model_add_projection(h->m, PROJ_DIM, seed);
+  CHECK(sn_model_out_dim(h->m) == PROJ_DIM, "%s: out dim %d", label, sn_model_out_dim(h->m));
+  const sn_param *w = sn_model_find_param(h->m, "projection.weight");
+  const sn_param *bias = sn_model_find_param(h->m, "projection.bias");
+  CHECK(w && bias, "%s: projection tensors missing", label);
+  if (!w || !bias) return;
+  sn_acts_free(h->acts);
+  h->acts = sn_acts_new(h->m, h->T, h->B);
+  const void *hidden = sn_model_forward(h->m, h->acts, &h->tok, 0);
+  float *out_dev = ops->alloc((size_t)B * PROJ_DIM * sizeof(float));
+  sn_model_pool(h->m, h->acts, &h->tok, hidden, h->pooling, 1, out_dev);
+  float got[NSEQ * PROJ_DIM], want[NSEQ * PROJ_DIM], pooled[NSEQ * 64];
+  ops->download(got, out_dev, sizeof got);
+  ops->pool_forward(h->pooled_st, hidden, h->tok.cu_seqlens, B, h->T, C, h->pooling);
+  ops->download_f32(pooled, h->pooled_st, (size_t)B * C);
+  float *W = mallocCheck(w->count * sizeof(float)), bv[PROJ_DIM];
+  ops->download_f32(W, (char *)h->m->weights + w->offset * ops->storage_size, w->count);
+  ops->download_f32(bv, (char *)h->m->weights + bias->offset * ops->storage_size, PROJ_DIM);
+  for (int b = 0; b < B; b++) {
+    double ss = 0.0;
+    for (int o = 0; o < PROJ_DIM; o++) {
+      double y = bv[o];
+      for (int c = 0; c < C; c++) y += (double)W[o * C + c] * pooled[b * C + c];
+      want[b * PROJ_DIM + o] = (float)y;
+      ss += y * y;
+    }
+    for (int o = 0; o < PROJ_DIM; o++) want[b * PROJ_DIM + o] /= (float)sqrt(ss);
+  }
+  double e = sn_rel_err(got, want, (size_t)B * PROJ_DIM);
+  CHECK(e <= 1e-5, "%s: projected pooling rel err %.3g", label, e);
+  fprintf(stderr, "%s + projection to %d: pooled rel err %.2e\n", label, PROJ_DIM, e);
+  free(W);
+  ops->free(out_dev);
+  check_round_trip(h->m, label);
+  check_spans(h->m, label);
+}
+
+static void run_case(const case_t *k, uint64_t seed) {
+  const sn_ops *ops = sn_ops_cpu();
+  sn_test_rng rng;
+  sn_test_rng_seed(&rng, seed);
+  harness h;
+  memset(&h, 0, sizeof h);
+  h.m = sn_model_new(&k->cfg, ops, seed);
+  h.pooling = k->pooling;
+  randomise(h.m, &rng);
+  const int C = k->cfg.hidden;
+  h.B = NSEQ;
+  h.cu[0] = 0;
+  for (int b = 0; b < NSEQ; b++) h.cu[b + 1] = h.cu[b] + SEQ_LENS[b];
+  h.T = h.cu[NSEQ];
+  for (int t = 0; t < h.T; t++) h.ids[t] = (int32_t)(sn_test_uniform(&rng) * (float)k->cfg.vocab) % k->cfg.vocab;
+  for (int i = 0; i < h.B * C; i++) h.r[i] = sn_test_normal(&rng);
+  sn_tokens_alloc(&h.tok, ops, h.T, h.B);
+  sn_tokens_upload(&h.tok, ops, h.ids, h.cu, h.B, k->cfg.vocab, k->label);
+  h.acts = sn_acts_new(h.m, h.T, h.B);
+  h.pooled_f32 = ops->alloc((size_t)h.B * C * sizeof(float));
+  h.norm = ops->alloc((size_t)h.B * sizeof(float));
+  h.r_dev = ops->alloc((size_t)h.B * C * sizeof(float));
+  h.pooled_st = ops->alloc((size_t)h.B * C * ops->storage_size);
+  h.dpooled = ops->alloc((size_t)h.B * C * ops->storage_size);
+  h.dhidden = ops->alloc((size_t)h.T * C * ops->storage_size);
+  ops->upload(h.r_dev, h.r, (size_t)h.B * C * sizeof(float));
+  sn_model_alloc_grads(h.m);
+
+  check_finite_differences(&h, k->label, &rng);
+  check_round_trip(h.m, k->label);
+  check_spans(h.m, k->label);
+  check_projection(&h, k->label, seed + 1);
+
+  ops->free(h.pooled_f32);
+  ops->free(h.norm);
+  ops->free(h.r_dev);
+  ops->free(h.pooled_st);
+  ops->free(h.dpooled);
+  ops->free(h.dhidden);
+  sn_acts_free(h.acts);
+  sn_tokens_free(&h.tok, ops);
+  sn_model_free(h.m);
+}
+
+int main(void) {
+  case_t cases[3];
+  cases[0] = (case_t){"qwen2 (GQA, qkv bias, tied)", base_config(SN_ARCH_QWEN2), SN_POOL_LAST};
+  cases[0].cfg.n_kv_heads = 2;
+  cases[0].cfg.attn_bias = 1;
+  cases[0].cfg.tie_embeddings = 1;
+  cases[1] = (case_t){"llama (GQA 4:1, all biases, untied)", base_config(SN_ARCH_LLAMA), SN_POOL_MEAN};
+  cases[1].cfg.n_kv_heads = 1;
+  cases[1].cfg.attn_bias = 1;
+  cases[1].cfg.mlp_bias = 1;
+  cases[1].cfg.tie_embeddings = 0;
+  cases[1].cfg.rope_theta = 500000.0f;
+  cases[2] = (case_t){"bert", base_config(SN_ARCH_BERT), SN_POOL_FIRST};
+  cases[2].cfg.attn_bias = cases[2].cfg.mlp_bias = 1;
+  cases[2].cfg.norm_eps = 1e-12f;
+  for (int i = 0; i < 3; i++) run_case(&cases[i], 1000 + (uint64_t)i);
+  return sn_test_finish("test_model_grad");
+}

@@ -1,0 +1,92 @@
+// The run config: defaults, nested keys, --set overrides, and every kind of bad input naming the
+// key (with the nearest valid key suggested).
+#include <stdlib.h>
+#include <string.h>
+
+#include "run_config.h"
+#include "test_util.h"
+
+static int parse(sn_run_config *c, const char *json, const char *const *sets, int nsets, char *err) {
+  return sn_run_config_parse(c, json, "cfg.json", sets, nsets, err, 1024);
+}
+
+static void expect_error(const char *json, const char *const *sets, int nsets, const char *needle1,
+                         const char *needle2) {
+  sn_run_config c;
+  char err[1024] = "";
+  int rc = parse(&c, json, sets, nsets, err);
+  CHECK(rc == -1, "expected an error for %s", json);
+  CHECK(strstr(err, needle1) != NULL, "error '%s' lacks '%s'", err, needle1);
+  if (needle2) CHECK(strstr(err, needle2) != NULL, "error '%s' lacks '%s'", err, needle2);
+}
+
+int main(void) {
+  sn_run_config c;
+  char err[1024];
+
+  // Defaults and a nested file.
+  CHECK(parse(&c, "{}", NULL, 0, err) == 0, "empty config: %s", err);
+  CHECK(c.stage1.temperature == 0.05f && c.stage2.alpha == 1 && c.stage2.beta == 1 && c.stage2.gamma == 0,
+        "defaults");
+  const char *json =
+      "{\"run_dir\": \"out\", \"device\": \"cpu\", \"seed\": 7, \"_comment\": \"ignored\",\n"
+      " \"data\": {\"train\": [\"a.jsonl\", \"/abs/b.jsonl\"], \"max_doc_len\": 64},\n"
+      " \"stage1\": {\"temperature\": 0.02, \"optim\": {\"lr\": 3e-4, \"schedule\": \"linear\"},\n"
+      "            \"model_desc\": {\"arch\": \"qwen2\", \"layers\": 2}},\n"
+      " \"stage2\": {\"alpha\": 0.5}}";
+  CHECK(sn_run_config_parse(&c, json, "configs/x.json", NULL, 0, err, sizeof err) == 0, "%s", err);
+  CHECK(strcmp(c.run_dir, "configs/out") == 0, "relative run_dir resolved against the file: %s", c.run_dir);
+  CHECK(c.data.n_train == 2 && strcmp(c.data.train[0], "configs/a.jsonl") == 0 &&
+            strcmp(c.data.train[1], "/abs/b.jsonl") == 0, "train paths");
+  CHECK(c.seed == 7 && c.data.max_doc_len == 64 && c.stage1.temperature == 0.02f, "values");
+  CHECK(c.stage1.optim.lr == 3e-4f && strcmp(c.stage1.optim.schedule, "linear") == 0, "optim");
+  CHECK(c.stage1.model_desc[0] == '{' && strstr(c.stage1.model_desc, "qwen2"), "inline desc %s", c.stage1.model_desc);
+  CHECK(c.stage2.alpha == 0.5f, "stage2.alpha");
+
+  // --set overrides, JSON values and plain strings.
+  const char *sets[] = {"stage1.temperature=0.1", "device=cuda", "stage1.symmetric=true",
+                        "data.train=[\"x.jsonl\"]", "run_dir=runs/r"};
+  CHECK(parse(&c, json, sets, 5, err) == 0, "%s", err);
+  CHECK(c.stage1.temperature == 0.1f && strcmp(c.device, "cuda") == 0 && c.stage1.symmetric == 1,
+        "overrides applied");
+  CHECK(c.data.n_train == 1 && strcmp(c.data.train[0], "x.jsonl") == 0, "list override (cwd-relative)");
+  CHECK(strcmp(c.run_dir, "runs/r") == 0, "string override");
+
+  // Resolved dump parses back to the same config; the hash ignores checkpoint/log settings.
+  char *dump = sn_run_config_to_json(&c);
+  sn_run_config back;
+  CHECK(sn_run_config_parse(&back, dump, NULL, NULL, 0, err, sizeof err) == 0, "dump reparses: %s", err);
+  CHECK(sn_run_config_hash(&back) == sn_run_config_hash(&c), "hash of the dump equals");
+  back.checkpoint.every = 123;
+  CHECK(sn_run_config_hash(&back) == sn_run_config_hash(&c), "checkpoint.every is not hashed");
+  back.stage1.temperature = 0.3f;
+  CHECK(sn_run_config_hash(&back) != sn_run_config_hash(&c), "temperature is hashed");
+  free(dump);
+
+  // Bad input, each naming the key.
+  expect_error("{\"stage1\": {\"temprature\": 0.1}}", NULL, 0, "stage1.temprature", "stage1.temperature");
+  expect_error("{\"sed\": 1}", NULL, 0, "'sed'", "'seed'");
+  expect_error("{\"stage1\": {\"temperature\": \"hot\"}}", NULL, 0, "stage1.temperature", "number");
+  expect_error("{\"stage1\": {\"temperature\": 0}}", NULL, 0, "stage1.temperature", "[0.0001");
+  expect_error("{\"stage1\": {\"batch_queries\": 2.5}}", NULL, 0, "stage1.batch_queries", "integer");
+  expect_error("{\"device\": \"tpu\"}", NULL, 0, "device", "cpu|cuda");
+  expect_error("{\"stage1\": 3}", NULL, 0, "'stage1' must be an object", NULL);
+  expect_error("{\"data\": {\"train\": [1]}}", NULL, 0, "data.train", "string");
+  expect_error("{\"stage1\": {\"symmetric\": 1}}", NULL, 0, "stage1.symmetric", "true or false");
+  expect_error("{\"seed\": 1,\n \"device\": }", NULL, 0, "cfg.json: line 2", "JSON");
+  expect_error("[1, 2]", NULL, 0, "object", NULL);
+  expect_error("{\"stage2\": {\"alpha\": 0, \"beta\": 0}}", NULL, 0, "nothing to learn", NULL);
+  expect_error("{\"data\": {\"query_prompt\": \"no placeholder\"}}", NULL, 0, "data.query_prompt", "{text}");
+  expect_error("{\"stage1\": {\"model\": \"m\", \"model_desc\": \"d.json\"}}", NULL, 0, "exclusive", NULL);
+  const char *bad_set[] = {"stage1.temprature=0.1"};
+  expect_error("{}", bad_set, 1, "--set", "stage1.temperature");
+  const char *no_eq[] = {"stage1.temperature"};
+  expect_error("{}", no_eq, 1, "--set", "key=value");
+  const char *section[] = {"stage1=1"};
+  expect_error("{}", section, 1, "section", NULL);
+
+  // A missing file names it.
+  CHECK(sn_run_config_load(&c, "/nonexistent/cfg.json", NULL, 0, err, sizeof err) == -1 &&
+            strstr(err, "/nonexistent/cfg.json"), "missing file: %s", err);
+  return sn_test_finish("test_run_config");
+}

@@ -1,0 +1,438 @@
+// Every CUDA op against its CPU twin, through the sn_ops interface only: fresh random inputs
+// (rounded to bf16 first, so both backends see identical values) are uploaded to both backends,
+// outputs are poisoned (NaN) before each run so unwritten elements show, and the downloaded outputs
+// are compared by ||gpu - cpu|| / ||cpu||. Shapes: 1-token sequences, odd lengths, lengths just over a
+// tile (65, 129), and realistic sizes (hidden 896/1536/3584, 16k tokens). Skips (77) without a GPU.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "ops.h"
+#include "test_util.h"
+
+#define BF16_TOL 1e-2   // bf16 storage: one rounding of every output, and bf16 operands
+#define F32_TOL 1e-4    // fp32 outputs of fp32 math (losses, optimizer state)
+#define ATTN_BWD_TOL 2e-2  // attention backward: P and dS are rounded to bf16 as tensor-core operands
+
+static const sn_ops *cpu, *gpu;
+static sn_test_rng rng;
+static int verbose_rows;
+
+// ---- host helpers ---------------------------------------------------------------------------------------
+static float round_bf16(float x) {  // round to nearest even, as the GPU's upload does
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return x;
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  memcpy(&x, &u, 4);
+  return x;
+}
+static float *randn(size_t n, float stddev) {
+  float *x = mallocCheck((n ? n : 1) * sizeof(float));
+  sn_test_fill_normal(&rng, x, n, stddev);
+  for (size_t i = 0; i < n; i++) x[i] = round_bf16(x[i]);
+  return x;
+}
+static float *nan_array(size_t n) {
+  float *x = mallocCheck((n ? n : 1) * sizeof(float));
+  for (size_t i = 0; i < n; i++) x[i] = NAN;
+  return x;
+}
+
+// A tensor on both backends.
+typedef struct {
+  void *c, *g;
+  size_t n;
+  int is_f32;  // fp32 buffer (float *) rather than storage dtype
+} pair;
+
+static pair pair_new(size_t n, const float *host, int is_f32) {
+  pair p = {NULL, NULL, n, is_f32};
+  size_t bytes_c = (n ? n : 1) * (is_f32 ? 4 : cpu->storage_size);
+  size_t bytes_g = (n ? n : 1) * (is_f32 ? 4 : gpu->storage_size);
+  p.c = cpu->alloc(bytes_c);
+  p.g = gpu->alloc(bytes_g);
+  float *poison = host ? NULL : nan_array(n);
+  const float *src = host ? host : poison;
+  if (n) {
+    if (is_f32) {
+      cpu->upload(p.c, src, n * 4);
+      gpu->upload(p.g, src, n * 4);
+    } else {
+      cpu->upload_f32(p.c, src, n);
+      gpu->upload_f32(p.g, src, n);
+    }
+  }
+  free(poison);
+  return p;
+}
+static pair st_rand(size_t n, float stddev) {
+  float *h = randn(n, stddev);
+  pair p = pair_new(n, h, 0);
+  free(h);
+  return p;
+}
+static pair f32_rand(size_t n, float stddev) {
+  float *h = randn(n, stddev);
+  pair p = pair_new(n, h, 1);
+  free(h);
+  return p;
+}
+static pair st_poison(size_t n) { return pair_new(n, NULL, 0); }
+static pair f32_poison(size_t n) { return pair_new(n, NULL, 1); }
+static pair i32_new(size_t n, const int32_t *host) {
+  pair p = {cpu->alloc((n ? n : 1) * 4), gpu->alloc((n ? n : 1) * 4), n, 0};
+  if (n) {
+    cpu->upload(p.c, host, n * 4);
+    gpu->upload(p.g, host, n * 4);
+  }
+  return p;
+}
+static void pair_free(pair *p) {
+  cpu->free(p->c);
+  gpu->free(p->g);
+  p->c = p->g = NULL;
+}
+
+// Downloads both sides as fp32 and compares; returns the relative error.
+static double compare(const char *what, pair p, double tol) {
+  float *a = mallocCheck((p.n ? p.n : 1) * 4), *b = mallocCheck((p.n ? p.n : 1) * 4);
+  if (p.n) {
+    if (p.is_f32) {
+      gpu->download(a, p.g, p.n * 4);
+      cpu->download(b, p.c, p.n * 4);
+    } else {
+      gpu->download_f32(a, p.g, p.n);
+      cpu->download_f32(b, p.c, p.n);
+    }
+  }
+  double err = sn_rel_err(a, b, p.n);
+  CHECK(err <= tol, "%s: rel err %.3e > %.1e (n=%zu)", what, err, tol, p.n);
+  if (verbose_rows) printf("%-58s rel_err %.3e  %s\n", what, err, err <= tol ? "ok" : "FAIL");
+  free(a);
+  free(b);
+  return err;
+}
+
+// cu_seqlens (B+1) for the given lengths; returns T.
+static int make_cu(int32_t *cu, const int *lens, int B) {
+  cu[0] = 0;
+  for (int b = 0; b < B; b++) cu[b + 1] = cu[b] + lens[b];
+  return cu[B];
+}
+
+// ---- per-op checks ---------------------------------------------------------------------------------------
+static void check_elementwise(size_t n) {
+  char name[128];
+  pair a = st_rand(n, 1.0f), b = st_rand(n, 1.0f), out = st_poison(n);
+  cpu->add(out.c, a.c, b.c, n), gpu->add(out.g, a.g, b.g, n);
+  snprintf(name, sizeof name, "add n=%zu", n);
+  compare(name, out, BF16_TOL);
+  pair x = f32_rand(n, 1.0f);
+  cpu->scale_f32(x.c, 0.37f, n), gpu->scale_f32(x.g, 0.37f, n);
+  snprintf(name, sizeof name, "scale_f32 n=%zu", n);
+  compare(name, x, F32_TOL);
+  // storage <-> f32 on the device
+  pair f = f32_poison(n), s = st_poison(n);
+  cpu->storage_to_f32(f.c, a.c, n), gpu->storage_to_f32(f.g, a.g, n);
+  cpu->f32_to_storage(s.c, f.c, n), gpu->f32_to_storage(s.g, f.g, n);
+  snprintf(name, sizeof name, "storage_to_f32 + f32_to_storage n=%zu", n);
+  compare(name, s, 1e-6);
+  // gelu
+  cpu->gelu_forward(out.c, a.c, n), gpu->gelu_forward(out.g, a.g, n);
+  snprintf(name, sizeof name, "gelu_forward n=%zu", n);
+  compare(name, out, BF16_TOL);
+  pair dx = st_poison(n);
+  cpu->gelu_backward(dx.c, b.c, a.c, n), gpu->gelu_backward(dx.g, b.g, a.g, n);
+  snprintf(name, sizeof name, "gelu_backward n=%zu", n);
+  compare(name, dx, BF16_TOL);
+  pair_free(&a), pair_free(&b), pair_free(&out), pair_free(&x), pair_free(&f), pair_free(&s), pair_free(&dx);
+}
+
+static void check_swiglu(int T, int I) {
+  char name[128];
+  pair gu = st_rand((size_t)T * 2 * I, 1.0f), out = st_poison((size_t)T * I), dout = st_rand((size_t)T * I, 1.0f);
+  pair dgu = st_poison((size_t)T * 2 * I);
+  cpu->swiglu_forward(out.c, gu.c, T, I), gpu->swiglu_forward(out.g, gu.g, T, I);
+  snprintf(name, sizeof name, "swiglu_forward T=%d I=%d", T, I);
+  compare(name, out, BF16_TOL);
+  cpu->swiglu_backward(dgu.c, dout.c, gu.c, T, I), gpu->swiglu_backward(dgu.g, dout.g, gu.g, T, I);
+  snprintf(name, sizeof name, "swiglu_backward T=%d I=%d", T, I);
+  compare(name, dgu, BF16_TOL);
+  pair_free(&gu), pair_free(&out), pair_free(&dout), pair_free(&dgu);
+}
+
+static void check_embedding(int T, int C, int V) {
+  char name[128];
+  int32_t *ids = mallocCheck(T * sizeof(int32_t));
+  // Few distinct ids among many tokens (repeats exercise the deterministic scatter), some ids unused.
+  for (int t = 0; t < T; t++) ids[t] = (int)(sn_test_uniform(&rng) * (t % 3 == 0 ? 7 : V)) % V;
+  pair id = i32_new(T, ids), table = st_rand((size_t)V * C, 1.0f), out = st_poison((size_t)T * C);
+  cpu->embedding_forward(out.c, id.c, table.c, T, C, 0), gpu->embedding_forward(out.g, id.g, table.g, T, C, 0);
+  snprintf(name, sizeof name, "embedding_forward T=%d C=%d V=%d", T, C, V);
+  compare(name, out, BF16_TOL);
+  cpu->embedding_forward(out.c, id.c, table.c, T, C, 1), gpu->embedding_forward(out.g, id.g, table.g, T, C, 1);
+  snprintf(name, sizeof name, "embedding_forward accumulate T=%d C=%d", T, C);
+  compare(name, out, BF16_TOL);
+  pair dout = st_rand((size_t)T * C, 1.0f), dtable = st_rand((size_t)V * C, 1.0f);
+  cpu->embedding_backward(dtable.c, dout.c, id.c, T, C, V), gpu->embedding_backward(dtable.g, dout.g, id.g, T, C, V);
+  snprintf(name, sizeof name, "embedding_backward T=%d C=%d V=%d", T, C, V);
+  compare(name, dtable, BF16_TOL);
+  pair_free(&id), pair_free(&table), pair_free(&out), pair_free(&dout), pair_free(&dtable);
+  free(ids);
+}
+
+static void check_norms(int T, int C) {
+  char name[160];
+  const float eps = 1e-6f;
+  size_t n = (size_t)T * C;
+  pair x = st_rand(n, 1.0f), y = st_rand(n, 1.0f), w = st_rand(C, 1.0f), bias = st_rand(C, 1.0f);
+  pair out = st_poison(n), res = st_poison(n), rstd = f32_poison(T), mean = f32_poison(T);
+  cpu->rmsnorm_forward(out.c, rstd.c, x.c, w.c, T, C, eps), gpu->rmsnorm_forward(out.g, rstd.g, x.g, w.g, T, C, eps);
+  snprintf(name, sizeof name, "rmsnorm_forward T=%d C=%d", T, C);
+  compare(name, out, BF16_TOL);
+  compare("  rmsnorm rstd", rstd, F32_TOL);
+  // backward, with dx accumulate and dweight accumulation
+  pair dout = st_rand(n, 1.0f), dx = st_rand(n, 1.0f), dw = st_rand(C, 1.0f), db = st_rand(C, 1.0f);
+  for (int acc = 0; acc < 2; acc++) {
+    cpu->rmsnorm_backward(dx.c, dw.c, dout.c, x.c, w.c, rstd.c, T, C, acc);
+    gpu->rmsnorm_backward(dx.g, dw.g, dout.g, x.g, w.g, rstd.g, T, C, acc);
+    snprintf(name, sizeof name, "rmsnorm_backward dx T=%d C=%d acc=%d", T, C, acc);
+    compare(name, dx, BF16_TOL);
+    snprintf(name, sizeof name, "rmsnorm_backward dweight T=%d C=%d", T, C);
+    compare(name, dw, BF16_TOL);
+  }
+  cpu->add_rmsnorm_forward(res.c, out.c, rstd.c, x.c, y.c, w.c, T, C, eps);
+  gpu->add_rmsnorm_forward(res.g, out.g, rstd.g, x.g, y.g, w.g, T, C, eps);
+  snprintf(name, sizeof name, "add_rmsnorm_forward T=%d C=%d", T, C);
+  compare(name, out, BF16_TOL);
+  compare("  add_rmsnorm residual", res, BF16_TOL);
+  cpu->layernorm_forward(out.c, mean.c, rstd.c, x.c, w.c, bias.c, T, C, eps);
+  gpu->layernorm_forward(out.g, mean.g, rstd.g, x.g, w.g, bias.g, T, C, eps);
+  snprintf(name, sizeof name, "layernorm_forward T=%d C=%d", T, C);
+  compare(name, out, BF16_TOL);
+  compare("  layernorm mean", mean, 1e-3);
+  compare("  layernorm rstd", rstd, F32_TOL);
+  for (int acc = 0; acc < 2; acc++) {
+    cpu->layernorm_backward(dx.c, dw.c, db.c, dout.c, x.c, w.c, mean.c, rstd.c, T, C, acc);
+    gpu->layernorm_backward(dx.g, dw.g, db.g, dout.g, x.g, w.g, mean.g, rstd.g, T, C, acc);
+    snprintf(name, sizeof name, "layernorm_backward dx T=%d C=%d acc=%d", T, C, acc);
+    compare(name, dx, BF16_TOL);
+    compare("  layernorm_backward dweight", dw, BF16_TOL);
+    compare("  layernorm_backward dbias", db, BF16_TOL);
+  }
+  cpu->add_layernorm_forward(res.c, out.c, mean.c, rstd.c, x.c, y.c, w.c, bias.c, T, C, eps);
+  gpu->add_layernorm_forward(res.g, out.g, mean.g, rstd.g, x.g, y.g, w.g, bias.g, T, C, eps);
+  snprintf(name, sizeof name, "add_layernorm_forward T=%d C=%d", T, C);
+  compare(name, out, BF16_TOL);
+  compare("  add_layernorm residual", res, BF16_TOL);
+  pair_free(&x), pair_free(&y), pair_free(&w), pair_free(&bias), pair_free(&out), pair_free(&res);
+  pair_free(&rstd), pair_free(&mean), pair_free(&dout), pair_free(&dx), pair_free(&dw), pair_free(&db);
+}
+
+static void check_matmul(int M, int N, int K, int ta, int tb, int with_bias, int accumulate) {
+  char name[160];
+  pair A = st_rand((size_t)M * K, 1.0f), B = st_rand((size_t)K * N, 1.0f), bias = st_rand(N, 1.0f);
+  pair C = accumulate ? st_rand((size_t)M * N, 1.0f) : st_poison((size_t)M * N);
+  cpu->matmul(C.c, A.c, B.c, with_bias ? bias.c : NULL, M, N, K, ta, tb, accumulate);
+  gpu->matmul(C.g, A.g, B.g, with_bias ? bias.g : NULL, M, N, K, ta, tb, accumulate);
+  snprintf(name, sizeof name, "matmul M=%d N=%d K=%d ta=%d tb=%d bias=%d acc=%d", M, N, K, ta, tb, with_bias,
+           accumulate);
+  compare(name, C, BF16_TOL);
+  pair db = st_rand(N, 1.0f);
+  cpu->bias_backward(db.c, C.c, M, N), gpu->bias_backward(db.g, C.g, M, N);
+  snprintf(name, sizeof name, "bias_backward M=%d N=%d", M, N);
+  // C differs by bf16 rounding between backends; the column sums inherit that.
+  compare(name, db, BF16_TOL);
+  pair_free(&A), pair_free(&B), pair_free(&bias), pair_free(&C), pair_free(&db);
+}
+
+static void check_rope_attention(const int *lens, int B, int Hq, int Hkv, int D, int causal) {
+  char name[200];
+  int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
+  int T = make_cu(cu, lens, B), max_len = 0;
+  for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
+  int32_t *pos = mallocCheck(T * sizeof(int32_t));
+  for (int b = 0; b < B; b++)
+    for (int i = 0; i < lens[b]; i++) pos[cu[b] + i] = i;
+  size_t row = (size_t)(Hq + 2 * Hkv) * D;
+  pair cup = i32_new(B + 1, cu), posp = i32_new(T, pos);
+  pair qkv = st_rand((size_t)T * row, 1.0f);
+  cpu->rope(qkv.c, posp.c, T, Hq, Hkv, D, 10000.0f, 0), gpu->rope(qkv.g, posp.g, T, Hq, Hkv, D, 10000.0f, 0);
+  snprintf(name, sizeof name, "rope T=%d Hq=%d Hkv=%d D=%d", T, Hq, Hkv, D);
+  compare(name, qkv, BF16_TOL);
+  // Fresh qkv for attention so the backends start from identical inputs again.
+  pair_free(&qkv);
+  qkv = st_rand((size_t)T * row, 1.0f);
+  float scale = 1.0f / sqrtf((float)D);
+  pair out = st_poison((size_t)T * Hq * D), lse = f32_poison((size_t)Hq * T);
+  cpu->attention_forward(out.c, lse.c, qkv.c, cup.c, B, T, max_len, Hq, Hkv, D, causal, scale);
+  gpu->attention_forward(out.g, lse.g, qkv.g, cup.g, B, T, max_len, Hq, Hkv, D, causal, scale);
+  snprintf(name, sizeof name, "attention_forward B=%d T=%d max=%d Hq=%d Hkv=%d D=%d causal=%d", B, T, max_len, Hq,
+           Hkv, D, causal);
+  compare(name, out, BF16_TOL);
+  compare("  attention lse", lse, 1e-3);
+  pair dout = st_rand((size_t)T * Hq * D, 1.0f), dqkv = st_poison((size_t)T * row);
+  cpu->attention_backward(dqkv.c, dout.c, qkv.c, out.c, lse.c, cup.c, B, T, max_len, Hq, Hkv, D, causal, scale);
+  gpu->attention_backward(dqkv.g, dout.g, qkv.g, out.g, lse.g, cup.g, B, T, max_len, Hq, Hkv, D, causal, scale);
+  snprintf(name, sizeof name, "attention_backward B=%d T=%d Hq=%d Hkv=%d D=%d causal=%d", B, T, Hq, Hkv, D, causal);
+  compare(name, dqkv, ATTN_BWD_TOL);
+  pair_free(&cup), pair_free(&posp), pair_free(&qkv), pair_free(&out), pair_free(&lse), pair_free(&dout);
+  pair_free(&dqkv);
+  free(cu), free(pos);
+}
+
+static void check_pooling(const int *lens, int B, int C) {
+  char name[160];
+  int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
+  int T = make_cu(cu, lens, B);
+  pair cup = i32_new(B + 1, cu), hidden = st_rand((size_t)T * C, 1.0f);
+  const char *mode_name[3] = {"last", "mean", "first"};
+  for (int mode = 0; mode < 3; mode++) {
+    pair out = st_poison((size_t)B * C), dout = st_rand((size_t)B * C, 1.0f), dh = st_poison((size_t)T * C);
+    cpu->pool_forward(out.c, hidden.c, cup.c, B, T, C, mode), gpu->pool_forward(out.g, hidden.g, cup.g, B, T, C, mode);
+    snprintf(name, sizeof name, "pool_forward %s B=%d T=%d C=%d", mode_name[mode], B, T, C);
+    compare(name, out, BF16_TOL);
+    cpu->pool_backward(dh.c, dout.c, cup.c, B, T, C, mode), gpu->pool_backward(dh.g, dout.g, cup.g, B, T, C, mode);
+    snprintf(name, sizeof name, "pool_backward %s B=%d T=%d C=%d", mode_name[mode], B, T, C);
+    compare(name, dh, BF16_TOL);
+    pair_free(&out), pair_free(&dout), pair_free(&dh);
+  }
+  pair x = st_rand((size_t)B * C, 1.0f), y = f32_poison((size_t)B * C), nrm = f32_poison(B);
+  cpu->l2norm_forward(y.c, nrm.c, x.c, B, C), gpu->l2norm_forward(y.g, nrm.g, x.g, B, C);
+  snprintf(name, sizeof name, "l2norm_forward B=%d C=%d", B, C);
+  compare(name, y, F32_TOL);
+  compare("  l2norm norm", nrm, F32_TOL);
+  pair dy = f32_rand((size_t)B * C, 1.0f), dx = st_poison((size_t)B * C);
+  cpu->l2norm_backward(dx.c, dy.c, y.c, nrm.c, B, C), gpu->l2norm_backward(dx.g, dy.g, y.g, nrm.g, B, C);
+  snprintf(name, sizeof name, "l2norm_backward B=%d C=%d", B, C);
+  compare(name, dx, BF16_TOL);
+  pair_free(&cup), pair_free(&hidden), pair_free(&x), pair_free(&y), pair_free(&nrm), pair_free(&dy), pair_free(&dx);
+  free(cu);
+}
+
+static void check_losses(int R, int N, int C) {
+  char name[160];
+  // Unit-norm-ish embeddings, as after l2norm.
+  pair rows = f32_rand((size_t)R * C, 1.0f / sqrtf((float)C)), cols = f32_rand((size_t)N * C, 1.0f / sqrtf((float)C));
+  int32_t *tg = mallocCheck(R * sizeof(int32_t));
+  for (int r = 0; r < R; r++) tg[r] = (int)(sn_test_uniform(&rng) * N) % N;
+  pair target = i32_new(R, tg);
+  float l0 = 0.5f;
+  pair loss = pair_new(1, &l0, 1);
+  pair drows = f32_rand((size_t)R * C, 0.01f), dcols = f32_rand((size_t)N * C, 0.01f);
+  cpu->contrastive_loss(loss.c, drows.c, dcols.c, rows.c, cols.c, target.c, R, N, C, 20.0f, 1.0f / R);
+  gpu->contrastive_loss(loss.g, drows.g, dcols.g, rows.g, cols.g, target.g, R, N, C, 20.0f, 1.0f / R);
+  snprintf(name, sizeof name, "contrastive_loss loss R=%d N=%d C=%d", R, N, C);
+  compare(name, loss, F32_TOL);
+  compare("  contrastive_loss drows", drows, F32_TOL);
+  compare("  contrastive_loss dcols", dcols, F32_TOL);
+  pair_free(&rows), pair_free(&cols), pair_free(&target), pair_free(&loss), pair_free(&drows), pair_free(&dcols);
+  free(tg);
+
+  int B = R;
+  pair s = f32_rand((size_t)B * C, 1.0f), t = f32_rand((size_t)B * C, 1.0f), ds = f32_poison((size_t)B * C);
+  float lt[2] = {0.25f, 0.5f};
+  pair terms = pair_new(2, lt, 1);
+  cpu->distill_loss(terms.c, ds.c, s.c, t.c, B, C, 0.7f, 0.3f), gpu->distill_loss(terms.g, ds.g, s.g, t.g, B, C, 0.7f, 0.3f);
+  snprintf(name, sizeof name, "distill_loss terms B=%d C=%d", B, C);
+  compare(name, terms, F32_TOL);
+  compare("  distill_loss dstudent", ds, F32_TOL);
+  pair_free(&s), pair_free(&t), pair_free(&ds), pair_free(&terms);
+}
+
+static void check_optimizer(size_t n) {
+  char name[160];
+  pair g = st_rand(n, 1.0f);
+  float init = 1.0f;
+  pair acc = pair_new(1, &init, 1);
+  cpu->sum_squares(acc.c, g.c, n), gpu->sum_squares(acc.g, g.g, n);
+  snprintf(name, sizeof name, "sum_squares n=%zu", n);
+  compare(name, acc, F32_TOL);
+  // AdamW over spans with a gap in the middle (elements the optimizer must leave alone).
+  float *master_h = randn(n, 1.0f);
+  pair params = pair_new(n, master_h, 0), master = pair_new(n, master_h, 1);
+  pair m = f32_rand(n, 0.1f), v = f32_rand(n, 0.1f);
+  {  // v must be non-negative
+    float *vh = randn(n, 0.1f);
+    for (size_t i = 0; i < n; i++) vh[i] = vh[i] * vh[i];
+    cpu->upload(v.c, vh, n * 4), gpu->upload(v.g, vh, n * 4);
+    free(vh);
+  }
+  sn_param_span spans[3] = {{0, n / 3, 0.1f}, {n / 3 + n / 10, n / 3, 0.0f}, {2 * (n / 3) + n / 10, n - 2 * (n / 3) - n / 10, 0.01f}};
+  sn_adamw_hparams hp = {1e-3f, 0.9f, 0.95f, 1e-8f, 7, 0.5f};
+  for (int step = 0; step < 2; step++) {
+    hp.step = 7 + step;
+    cpu->adamw(params.c, master.c, g.c, m.c, v.c, spans, 3, &hp);
+    gpu->adamw(params.g, master.g, g.g, m.g, v.g, spans, 3, &hp);
+  }
+  snprintf(name, sizeof name, "adamw params n=%zu", n);
+  compare(name, params, BF16_TOL);
+  compare("  adamw master", master, F32_TOL);
+  compare("  adamw m", m, F32_TOL);
+  compare("  adamw v", v, F32_TOL);
+  pair_free(&g), pair_free(&acc), pair_free(&params), pair_free(&master), pair_free(&m), pair_free(&v);
+  free(master_h);
+}
+
+int main(int argc, char **argv) {
+  const char *why = NULL;
+  gpu = sn_ops_cuda(&why);
+  if (!gpu) sn_test_skip(why ? why : "no CUDA backend");
+  cpu = sn_ops_cpu();
+  int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;  // small shapes only
+  verbose_rows = 1;
+  sn_test_rng_seed(&rng, (uint64_t)sn_now_s() * 1000003u);  // fresh inputs every run
+
+  size_t elem_sizes[] = {1, 7, 4099, 1 << 20};
+  for (size_t i = 0; i < SN_ARRAY_LEN(elem_sizes); i++)
+    if (!quick || elem_sizes[i] < 10000) check_elementwise(elem_sizes[i]);
+  check_swiglu(1, 8), check_swiglu(3, 37), check_swiglu(65, 4864);
+  check_embedding(1, 64, 10), check_embedding(129, 37, 1000);
+  if (!quick) check_embedding(16384, 896, 32000);
+
+  int norm_shapes[][2] = {{1, 64}, {3, 37}, {65, 896}, {16384, 896}, {4096, 1536}, {2048, 3584}};
+  for (size_t i = 0; i < SN_ARRAY_LEN(norm_shapes); i++) {
+    if (quick && norm_shapes[i][0] > 100) continue;
+    check_norms(norm_shapes[i][0], norm_shapes[i][1]);
+  }
+
+  check_matmul(1, 1, 1, 0, 1, 1, 0);
+  check_matmul(3, 37, 5, 0, 0, 0, 1);
+  check_matmul(65, 129, 33, 1, 0, 1, 1);
+  check_matmul(17, 64, 130, 1, 1, 0, 0);
+  if (!quick) check_matmul(16384, 896, 896, 0, 1, 1, 0);
+  if (!quick) check_matmul(512, 1536, 1536, 0, 0, 0, 1);
+
+  {
+    int l1[] = {1};
+    check_rope_attention(l1, 1, 2, 1, 64, 1);
+    int l2[] = {1, 17, 65, 3, 129};
+    check_rope_attention(l2, 5, 4, 2, 64, 1);
+    check_rope_attention(l2, 5, 4, 2, 64, 0);
+    check_rope_attention(l2, 5, 4, 4, 128, 1);
+    check_rope_attention(l2, 5, 6, 2, 128, 0);
+    check_rope_attention(l2, 5, 2, 1, 32, 1);
+    int l3[] = {200, 31, 128, 77};
+    check_rope_attention(l3, 4, 12, 2, 128, 1);  // Qwen2.5-1.5B heads
+    check_rope_attention(l3, 4, 14, 2, 64, 1);   // Qwen2.5-0.5B heads
+    check_rope_attention(l3, 4, 6, 6, 64, 0);    // BERT-style student
+    if (!quick) {
+      int l4[32];
+      for (int i = 0; i < 32; i++) l4[i] = i % 2 ? 512 : 32;  // 8.7k tokens: docs and queries
+      check_rope_attention(l4, 32, 14, 2, 64, 1);
+    }
+  }
+  int lens[] = {1, 5, 64, 65, 3};
+  check_pooling(lens, 5, 37);
+  check_pooling(lens, 5, 896);
+  check_losses(1, 1, 8);
+  check_losses(7, 33, 37);
+  check_losses(64, 128, 896);
+  if (!quick) check_losses(512, 1024, 1536);
+  check_optimizer(1), check_optimizer(4099);
+  if (!quick) check_optimizer(3000001);
+  return sn_test_finish("test_cuda_ops");
+}

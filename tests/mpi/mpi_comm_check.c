@@ -1,0 +1,188 @@
+// Run under mpirun (tests/mpi/test_comm_mpi.sh): every collective of dist/comm.h on the CPU
+// backend with random fp32 data, against the result computed locally from every rank's data.
+// Sums are added in rank order by the communicator, so they must match the local sum bit for bit.
+//
+//   mpi_comm_check [--timeout S] [--fail exit|hang]
+// --fail exit: rank 1 exits(1) after the first collectives; the others keep calling collectives.
+// --fail hang: rank 1 sleeps forever; the others must be ended by the watchdog after S seconds.
+#include <string.h>
+#include <unistd.h>
+
+#include "comm.h"
+#include "common.h"
+#include "test_util.h"
+
+#define SEED_BASE 1234
+#define FAILING_RANK 1
+#define SURVIVOR_ROUNDS 100000  // collectives the survivors attempt after the failure (never all)
+
+// The data rank `r` contributes to test `test_id`: the same on every process.
+static void rank_data(float *x, size_t n, int r, int test_id) {
+  sn_test_rng rng;
+  sn_test_rng_seed(&rng, SEED_BASE + 1000003ull * (uint64_t)test_id + (uint64_t)r);
+  sn_test_fill_normal(&rng, x, n, 1.0f);
+}
+
+static int bitwise_equal(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
+
+// expected (n) = sum over ranks in rank order, as the communicator promises.
+static void expected_sum(float *expected, size_t n, int world, int test_id) {
+  float *tmp = mallocCheck(n * sizeof(float));
+  rank_data(expected, n, 0, test_id);
+  for (int r = 1; r < world; r++) {
+    rank_data(tmp, n, r, test_id);
+    for (size_t i = 0; i < n; i++) expected[i] += tmp[i];
+  }
+  free(tmp);
+}
+
+static void check_all_reduce(sn_comm *c, size_t n, int test_id) {
+  float *buf = mallocCheck(n * sizeof(float)), *want = mallocCheck(n * sizeof(float));
+  rank_data(buf, n, c->rank, test_id);
+  expected_sum(want, n, c->world_size, test_id);
+  sn_comm_all_reduce_sum(c, buf, n, SN_DTYPE_F32);
+  CHECK(bitwise_equal(buf, want, n), "all_reduce_sum n=%zu: rel err %.3g (expected bitwise equal)", n,
+        sn_rel_err(buf, want, n));
+  free(buf);
+  free(want);
+}
+
+static void check_async(sn_comm *c) {
+  const size_t sizes[] = {1000, 33, 4096};
+  float *bufs[SN_ARRAY_LEN(sizes)];
+  for (size_t b = 0; b < SN_ARRAY_LEN(sizes); b++) {
+    bufs[b] = mallocCheck(sizes[b] * sizeof(float));
+    rank_data(bufs[b], sizes[b], c->rank, 100 + (int)b);
+    sn_comm_all_reduce_async(c, bufs[b], sizes[b], SN_DTYPE_F32, NULL);
+  }
+  sn_comm_wait(c);
+  for (size_t b = 0; b < SN_ARRAY_LEN(sizes); b++) {
+    float *want = mallocCheck(sizes[b] * sizeof(float));
+    expected_sum(want, sizes[b], c->world_size, 100 + (int)b);
+    CHECK(bitwise_equal(bufs[b], want, sizes[b]), "async all-reduce bucket %zu (n=%zu) differs", b, sizes[b]);
+    free(want);
+    free(bufs[b]);
+  }
+}
+
+static void check_all_gather(sn_comm *c, size_t per_rank, int in_place) {
+  int n = c->world_size;
+  float *recv = mallocCheck(per_rank * n * sizeof(float)), *want = mallocCheck(per_rank * n * sizeof(float));
+  for (int r = 0; r < n; r++) rank_data(want + r * per_rank, per_rank, r, 200);
+  float *send = in_place ? recv + c->rank * per_rank : mallocCheck(per_rank * sizeof(float));
+  rank_data(send, per_rank, c->rank, 200);
+  sn_comm_all_gather(c, send, recv, per_rank, SN_DTYPE_F32);
+  CHECK(bitwise_equal(recv, want, per_rank * n), "all_gather per_rank=%zu in_place=%d differs", per_rank, in_place);
+  if (!in_place) free(send);
+  free(recv);
+  free(want);
+}
+
+static void check_reduce_scatter(sn_comm *c, size_t per_rank) {
+  int n = c->world_size;
+  size_t total = per_rank * n;
+  float *send = mallocCheck(total * sizeof(float)), *want = mallocCheck(total * sizeof(float));
+  float *recv = mallocCheck(per_rank * sizeof(float));
+  rank_data(send, total, c->rank, 300);
+  expected_sum(want, total, n, 300);
+  sn_comm_reduce_scatter_sum(c, send, recv, per_rank, SN_DTYPE_F32);
+  CHECK(bitwise_equal(recv, want + c->rank * per_rank, per_rank), "reduce_scatter_sum per_rank=%zu differs", per_rank);
+  free(send);
+  free(want);
+  free(recv);
+}
+
+static void check_broadcast(sn_comm *c) {
+  const size_t n = 777;
+  int root = c->world_size - 1;
+  float *buf = mallocCheck(n * sizeof(float)), *want = mallocCheck(n * sizeof(float));
+  rank_data(buf, n, c->rank, 400);
+  rank_data(want, n, root, 400);
+  sn_comm_broadcast(c, buf, n * sizeof(float), root);
+  CHECK(bitwise_equal(buf, want, n), "broadcast from root %d differs", root);
+  free(buf);
+  free(want);
+}
+
+// Uneven counts, one rank with none: documents per rank differ under a token budget.
+static size_t uneven_count(int r) { return r == 1 ? 0 : (size_t)(5 * r + 3); }
+
+static void check_all_gather_v(sn_comm *c) {
+  int n = c->world_size;
+  size_t *counts = mallocCheck(n * sizeof(size_t));
+  sn_comm_all_gather_counts_host(c, uneven_count(c->rank), counts);
+  size_t total = 0;
+  for (int r = 0; r < n; r++) {
+    CHECK(counts[r] == uneven_count(r), "all_gather_counts_host: rank %d count %zu, expected %zu", r, counts[r], uneven_count(r));
+    total += uneven_count(r);
+  }
+  float *recv = mallocCheck((total + 1) * sizeof(float)), *want = mallocCheck((total + 1) * sizeof(float));
+  float *send = mallocCheck((uneven_count(c->rank) + 1) * sizeof(float));
+  rank_data(send, uneven_count(c->rank), c->rank, 500);
+  for (int r = 0, off = 0; r < n; off += (int)uneven_count(r), r++) rank_data(want + off, uneven_count(r), r, 500);
+  sn_comm_all_gather_v(c, send, recv, counts);
+  CHECK(bitwise_equal(recv, want, total), "all_gather_v (uneven counts) differs");
+  free(counts);
+  free(recv);
+  free(want);
+  free(send);
+}
+
+static void check_f64_host(sn_comm *c) {
+  double vals[3] = {1.0, (double)c->rank, 0.25 * c->rank};
+  sn_comm_all_reduce_f64_host(c, vals, 3);
+  double n = c->world_size, rank_sum = n * (n - 1) / 2;
+  CHECK(vals[0] == n && vals[1] == rank_sum && vals[2] == 0.25 * rank_sum,
+        "all_reduce_f64_host: got %g %g %g", vals[0], vals[1], vals[2]);
+}
+
+static void simulate_failure(sn_comm *c, const char *mode) {
+  if (c->rank == FAILING_RANK) {
+    fprintf(stderr, "rank %d: simulated failure (%s)\n", c->rank, mode);
+    fflush(stderr);
+    if (strcmp(mode, "exit") == 0) exit(1);
+    for (;;) pause();  // hang: never reaches the next collective
+  }
+  float x = 1.0f;
+  for (int i = 0; i < SURVIVOR_ROUNDS; i++) sn_comm_all_reduce_sum(c, &x, 1, SN_DTYPE_F32);
+  fprintf(stderr, "rank %d: the survivors' collectives completed without rank %d\n", c->rank, FAILING_RANK);
+  exit(0);  // a test failure: the job should have been ended
+}
+
+int main(int argc, char **argv) {
+  double timeout_s = 0;
+  const char *fail_mode = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) timeout_s = atof(argv[++i]);
+    else if (strcmp(argv[i], "--fail") == 0 && i + 1 < argc) fail_mode = argv[++i];
+    else sn_bad_input("usage: mpi_comm_check [--timeout S] [--fail exit|hang] (got '%s')", argv[i]);
+  }
+  sn_comm *c = sn_comm_create("cpu", timeout_s);
+  if (c->rank == 0)
+    fprintf(stderr, "mpi_comm_check: %d ranks, backend %s, launcher %s, timeout %.0f s\n", c->world_size,
+            sn_comm_backend_name(c->backend), c->launcher, c->timeout_s);
+
+  const size_t sizes[] = {1, 2, 7, 1000, 100003};
+  for (size_t i = 0; i < SN_ARRAY_LEN(sizes); i++) check_all_reduce(c, sizes[i], (int)i);
+  if (fail_mode) simulate_failure(c, fail_mode);
+  check_async(c);
+  check_all_gather(c, 1, 0);
+  check_all_gather(c, 1001, 0);
+  check_all_gather(c, 1001, 1);
+  check_reduce_scatter(c, 1);
+  check_reduce_scatter(c, 4099);
+  check_broadcast(c);
+  check_all_gather_v(c);
+  check_f64_host(c);
+  sn_comm_barrier(c);
+
+  // Every rank's verdict: one failing rank fails the job.
+  double failures = sn_test_failures;
+  sn_comm_all_reduce_f64_host(c, &failures, 1);
+  int rank = c->rank;
+  sn_comm_destroy(c);
+  if (rank != 0) return sn_test_failures ? 1 : 0;
+  if (failures > 0 && !sn_test_failures) fprintf(stderr, "mpi_comm_check: another rank failed\n");
+  sn_test_failures += (int)failures - sn_test_failures;
+  return sn_test_finish("mpi_comm_check");
+}
