@@ -10,6 +10,8 @@
 // Buffers are backend memory, as in host/ops.h: `void *` + a dtype (SN_DTYPE_F32 or
 // SN_DTYPE_BF16), `float *` always fp32. Counts are elements, not bytes, except in broadcast.
 //
+// Threads. One host thread drives a communicator (the watchdog thread is the communicator's own).
+//
 // Ordering. MPI and single-process calls are complete when they return. NCCL calls are enqueued
 // on the compute stream (sn_comm_set_compute_stream; default: the legacy default stream) and are
 // asynchronous with respect to the host, like the ops: later ops on that stream see the result;

@@ -45,6 +45,7 @@ typedef struct {
   int *slice_len, *slice_begin;  // per rank: the slice of buf that rank sums (allgatherv layout)
   int *recv_len, *recv_begin;    // per rank: where its copy of my slice lands in `partials`
   float *partials;               // (world_size, my slice length)
+  size_t partials_cap;           // elements: slots keep their buffers for the next steps' buckets
   MPI_Request request;
 } pending_all_reduce;
 
@@ -52,7 +53,7 @@ typedef struct {
   MPI_Comm comm;
   int we_initialized;  // MPI_Init_thread was ours, so MPI_Finalize is too
   int thread_multiple;
-  pending_all_reduce *pending;
+  pending_all_reduce *pending;  // slots [0, n_pending) are in flight; all cap_pending own buffers
   int n_pending, cap_pending;
 } mpi_state;
 
@@ -89,17 +90,20 @@ static void start_all_reduce_segment(sn_comm *c, float *buf, int count) {
   mpi_state *s = state_of(c);
   int n = c->world_size;
   if (s->n_pending == s->cap_pending) {
-    s->cap_pending = s->cap_pending ? 2 * s->cap_pending : 8;
+    int old_cap = s->cap_pending;
+    s->cap_pending = old_cap ? 2 * old_cap : 8;
     s->pending = reallocCheck(s->pending, (size_t)s->cap_pending * sizeof(*s->pending));
+    memset(s->pending + old_cap, 0, (size_t)(s->cap_pending - old_cap) * sizeof(*s->pending));
   }
   pending_all_reduce *p = &s->pending[s->n_pending++];
   p->buf = buf;
   p->count = (size_t)count;
-  int *ints = mallocCheck(4 * (size_t)n * sizeof(int));
-  p->slice_len = ints;
-  p->slice_begin = ints + n;
-  p->recv_len = ints + 2 * n;
-  p->recv_begin = ints + 3 * n;
+  if (!p->slice_len) {  // one allocation behind the four per-rank int arrays, kept with the slot
+    p->slice_len = mallocCheck(4 * (size_t)n * sizeof(int));
+    p->slice_begin = p->slice_len + n;
+    p->recv_len = p->slice_len + 2 * n;
+    p->recv_begin = p->slice_len + 3 * n;
+  }
   // Slices as even as possible: the first count % n ranks get one element more.
   int base = count / n, extra = count % n;
   for (int r = 0, begin = 0; r < n; r++) {
@@ -112,7 +116,12 @@ static void start_all_reduce_segment(sn_comm *c, float *buf, int count) {
     p->recv_len[r] = mine;
     p->recv_begin[r] = r * mine;
   }
-  p->partials = mallocCheck((size_t)n * (size_t)mine * sizeof(float));
+  size_t partials_count = (size_t)n * (size_t)mine;
+  if (partials_count > p->partials_cap) {  // reused across steps: no page faults per bucket
+    free(p->partials);
+    p->partials = mallocCheck(partials_count * sizeof(float));
+    p->partials_cap = partials_count;
+  }
   mpiCheck(c, MPI_Ialltoallv(buf, p->slice_len, p->slice_begin, MPI_FLOAT, p->partials, p->recv_len,
                              p->recv_begin, MPI_FLOAT, s->comm, &p->request));
 }
@@ -139,8 +148,6 @@ static void mpi_wait(sn_comm *c) {
     pending_all_reduce *p = &s->pending[i];
     mpiWatched(c, "all-reduce (MPI_Iallgatherv + MPI_Wait)", p->count,
                MPI_Wait(&p->request, MPI_STATUS_IGNORE));
-    free(p->slice_len);  // the one allocation behind all four int arrays
-    free(p->partials);
   }
   s->n_pending = 0;
 }
@@ -218,6 +225,10 @@ static void mpi_destroy(sn_comm *c) {
   mpiWatched(c, "shutdown (MPI_Barrier)", 0, MPI_Barrier(s->comm));
   MPI_Comm_free(&s->comm);
   if (s->we_initialized) mpiWatched(c, "shutdown (MPI_Finalize)", 0, MPI_Finalize());
+  for (int i = 0; i < s->cap_pending; i++) {
+    free(s->pending[i].slice_len);
+    free(s->pending[i].partials);
+  }
   free(s->pending);
   free(s);
 }

@@ -367,20 +367,20 @@ int sn_beir_load(const char *dir, const char *split, sn_beir *out, char *err, si
   // Judgments of unknown queries cannot be evaluated (no text): drop them. Unknown documents stay.
   int kept = 0;
   char first_unknown_query[SN_EXAMPLE_ID_MAX] = "";
-  const char *first_unknown_doc = NULL;
+  char first_unknown_doc[SN_EXAMPLE_ID_MAX] = "";
   for (int i = 0; i < out->qrels.nqueries; i++) {
     sn_qrels_query *q = &out->qrels.queries[i];
-    for (int j = 0; j < q->ndocs; j++)
-      if (sn_id_map_get(&out->corpus.index, q->doc_ids[j]) < 0) {
-        out->num_qrels_unknown_docs++;
-        if (!first_unknown_doc) first_unknown_doc = q->doc_ids[j];
-      }
     if (sn_id_map_get(&out->queries.index, q->query_id) < 0) {
       out->num_qrels_unknown_queries += q->ndocs;
       if (!first_unknown_query[0]) snprintf(first_unknown_query, sizeof first_unknown_query, "%s", q->query_id);
       free_qrels_query(q);
       continue;
     }
+    for (int j = 0; j < q->ndocs; j++)
+      if (sn_id_map_get(&out->corpus.index, q->doc_ids[j]) < 0) {
+        out->num_qrels_unknown_docs++;
+        if (!first_unknown_doc[0]) snprintf(first_unknown_doc, sizeof first_unknown_doc, "%s", q->doc_ids[j]);
+      }
     out->qrels.queries[kept++] = *q;
   }
   out->qrels.nqueries = kept;

@@ -112,7 +112,9 @@ const char *sn_train_example_where(const sn_train_examples *ex, int64_t i);
 // EOS (BERT's [SEP]) — decoder towers pool the last token, which must be EOS. When that exceeds max_len, the text is cut, not
 // the template's tail: prefix+text is encoded and cut to what leaves room for the suffix (the
 // template after "{text}", encoded on its own), the specials and EOS. An untruncated item is
-// therefore token-identical to Hugging Face encoding the rendered prompt.
+// therefore token-identical to Hugging Face encoding the rendered prompt. An item that would
+// encode to nothing (empty text, no specials, no EOS asked) gets the EOS id, when there is one, so
+// every sequence has a last token to pool.
 
 // Same contract as sn_tokenizer_encode, so tests can pass a stub and the trainer the real one.
 typedef size_t (*sn_encode_fn)(const void *ctx, const char *text, size_t len, int add_special,
@@ -195,7 +197,9 @@ static inline int sn_token_set_len(const sn_token_set *s, int64_t i) {
 typedef struct {
   const char *cache_dir;  // created if missing
   const char *name;       // file name stem: "query-teacher", "docs", …
-  int is_builder;         // 1: build when missing/stale; 0: wait for the builder's rename
+  int is_builder;         // 1: build when missing/stale; 0: wait for the builder's rename. One
+                          // builder per file system: global rank 0 for a shared cache folder,
+                          // local rank 0 for node-local ones.
   double wait_timeout_s;  // non-builders: give up after this long (≤ 0: SN_SHARD_DEFAULT_WAIT_S)
 } sn_shard_cache_opts;
 #define SN_SHARD_DEFAULT_WAIT_S 3600.0  // tokenizing a large corpus takes a while

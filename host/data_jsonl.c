@@ -151,9 +151,11 @@ static void push_ref(sn_train_examples *ex, int64_t doc) {
   ex->doc_refs[ex->n_refs++] = doc;
 }
 
-static int refs_contain(const int64_t *refs, int64_t n, int64_t doc) {
+// Whether doc is among doc_refs[begin, begin + n) (indexing, not pointer arithmetic: doc_refs may
+// still be NULL).
+static int refs_contain(const sn_train_examples *ex, int64_t begin, int64_t n, int64_t doc) {
   for (int64_t i = 0; i < n; i++)
-    if (refs[i] == doc) return 1;
+    if (ex->doc_refs[begin + i] == doc) return 1;
   return 0;
 }
 
@@ -277,14 +279,14 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   e->n_pos = e->n_neg = 0;
   for (int i = 0; i < n_pos; i++) {
     int64_t d = intern_doc(ex, pos[i].title, pos[i].text);
-    if (refs_contain(ex->doc_refs + e->refs_begin, e->n_pos, d)) continue;  // repeated positive
+    if (refs_contain(ex, e->refs_begin, e->n_pos, d)) continue;  // repeated positive
     push_ref(ex, d);
     e->n_pos++;
   }
   for (int i = 0; i < n_neg; i++) {
     int64_t d = intern_doc(ex, neg[i].title, neg[i].text);
     // A negative that is also a positive would be a false negative; a repeat adds nothing.
-    if (refs_contain(ex->doc_refs + e->refs_begin, e->n_pos + e->n_neg, d)) continue;
+    if (refs_contain(ex, e->refs_begin, e->n_pos + e->n_neg, d)) continue;
     push_ref(ex, d);
     e->n_neg++;
   }

@@ -228,7 +228,9 @@ size_t sn_prompt_encode(const sn_prompt *p, const char *title, const char *text,
   size_t n_body = p->enc.encode(p->enc.ctx, full, strlen(full), 0, ids, n, cap);
   free(full);
   *truncated = n_body > room;
-  if (*truncated) {
+  if (*truncated && suffix[0] == '\0') {
+    *n = (size_t)p->n_lead + room;  // nothing after "{text}": the full encoding is prefix+text
+  } else if (*truncated) {
     // Cut the text, not the tail: encode the suffix alone, then prefix+text cut to what is left.
     int32_t *tail = NULL;
     size_t n_tail = 0, cap_tail = 0;
@@ -242,11 +244,13 @@ size_t sn_prompt_encode(const sn_prompt *p, const char *title, const char *text,
       free(head);
       *n = SN_MIN(*n, (size_t)p->n_lead + keep_head);
     }
-    append_ids(ids, n, cap, tail + (n_tail - keep_tail), keep_tail);
+    if (keep_tail > 0) append_ids(ids, n, cap, tail + (n_tail - keep_tail), keep_tail);
     free(tail);
   }
   append_ids(ids, n, cap, p->trail, (size_t)p->n_trail);
   if (p->eos_extra) append_ids(ids, n, cap, &p->enc.eos_id, 1);
+  // Packed batches and last-token pooling need at least one token per sequence.
+  if (*n == 0 && p->enc.eos_id >= 0) append_ids(ids, n, cap, &p->enc.eos_id, 1);
   free(prefix);
   free(suffix);
   return *n;

@@ -1,6 +1,7 @@
 // Text → L2-normalised embeddings with one tower, for evaluation: tokenize in parallel, sort by
 // length so each packed batch holds sequences of similar length (less wasted attention work and a
 // tight activation budget), run forward + pool, and put the rows back in input order.
+#define _GNU_SOURCE  // qsort_r
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,7 +11,7 @@
 
 #define PROGRESS_STEPS 10  // progress lines per embedding pass when verbose
 #define PLACEHOLDER_TEXT "{text}"
-#define EMPTY_TEXT_TOKEN 0
+#define EMPTY_TEXT_TOKEN 0  // stands in for an empty text when a tower adds no special tokens
 #define BEIR_TITLED_TEMPLATE "{title} {text}"  // BEIR's convention for titled documents
 #define PROJECTION_WEIGHT "projection.weight"  // (out_dim, C): a stage-2 student's output projection
 
@@ -65,10 +66,9 @@ static token_seq *tokenize_all(const sn_model *m, const sn_tokenizer *tok, const
   return seqs;
 }
 
-static const token_seq *g_sort_seqs;  // qsort has no context argument; set only around the sort
-static int cmp_len_desc(const void *a, const void *b) {
+static int cmp_len_desc(const void *a, const void *b, void *seqs) {
   int x = *(const int *)a, y = *(const int *)b;
-  int lx = g_sort_seqs[x].n, ly = g_sort_seqs[y].n;
+  int lx = ((const token_seq *)seqs)[x].n, ly = ((const token_seq *)seqs)[y].n;
   if (lx != ly) return ly - lx;
   return x - y;  // stable: deterministic batches
 }
@@ -101,9 +101,7 @@ float *sn_embed_items(sn_model *m, const sn_tokenizer *tok, const char *const *t
   }
   int *order = mallocCheck((size_t)n * sizeof *order);
   for (int i = 0; i < n; i++) order[i] = i;
-  g_sort_seqs = seqs;
-  qsort(order, (size_t)n, sizeof *order, cmp_len_desc);
-  g_sort_seqs = NULL;
+  qsort_r(order, (size_t)n, sizeof *order, cmp_len_desc, seqs);
 
   const int max_tokens = batch * max_len;
   sn_acts *acts = sn_acts_new(m, max_tokens, batch);

@@ -146,10 +146,12 @@ void sn_model_build_params(sn_model *m, int has_lm_head, int has_pooler, int pro
                            &lay->type_embed, &lay->emb_norm_w, &lay->emb_norm_b, &lay->pooler_w,
                            &lay->pooler_b, &lay->proj_w, &lay->proj_b};
   for (size_t i = 0; i < SN_ARRAY_LEN(model_slots); i++) *model_slots[i] = SN_NO_PARAM;
-  for (int l = 0; l < m->cfg.n_layers; l++) {
-    size_t *f = (size_t *)&layers[l];
-    for (size_t i = 0; i < sizeof(sn_layer_params) / sizeof(size_t); i++) f[i] = SN_NO_PARAM;
-  }
+  static const sn_layer_params no_layer_params = {
+      .norm_attn_w = SN_NO_PARAM, .norm_attn_b = SN_NO_PARAM, .qkv_w = SN_NO_PARAM,
+      .qkv_b = SN_NO_PARAM,       .o_w = SN_NO_PARAM,         .o_b = SN_NO_PARAM,
+      .norm_mlp_w = SN_NO_PARAM,  .norm_mlp_b = SN_NO_PARAM,  .up_w = SN_NO_PARAM,
+      .up_b = SN_NO_PARAM,        .down_w = SN_NO_PARAM,      .down_b = SN_NO_PARAM};
+  for (int l = 0; l < m->cfg.n_layers; l++) layers[l] = no_layer_params;
   const sn_model_config *c = &m->cfg;
   lay->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
   lay->attn_dim = c->n_heads * c->head_dim;

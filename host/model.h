@@ -53,7 +53,9 @@ void sn_model_free(sn_model *m);
 const sn_param *sn_model_find_param(const sn_model *m, const char *name);
 void sn_model_alloc_grads(sn_model *m);
 void sn_model_zero_grads(sn_model *m);
-// Spans for the optimizer (weight decay wd for decayed tensors, 0 for no_decay). Caller frees.
+// Spans for the optimizer (weight decay wd for decayed tensors, 0 for no_decay). Tensors the
+// forward never reads (an untied lm_head, BERT's pooler) get no span, so decay cannot shrink them.
+// Caller frees.
 sn_param_span *sn_model_param_spans(const sn_model *m, float wd, int *nspans);
 
 // Token batches. Checks every id against the vocabulary (exit 2 naming `what` and the position).

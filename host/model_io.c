@@ -61,7 +61,7 @@ static int read_projection_dim(const char *dir) {
 
 // config.json text with the projection width added when the model has one (caller frees).
 static char *config_json(const sn_model *m) {
-  char *json = config_json(m);
+  char *json = sn_config_to_hf_json(&m->cfg);
   if (!m->layout->proj_dim) return json;
   cJSON *root = cJSON_Parse(json);
   if (!root) sn_fatal("sn_config_to_hf_json produced invalid JSON");

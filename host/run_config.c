@@ -412,14 +412,6 @@ static int validate(err_sink *e, const sn_run_config *c) {
     return fail(e, "'stage2.steps' or 'stage2.epochs' must be positive");
   if (c->stage2.alpha == 0 && c->stage2.beta == 0 && c->stage2.gamma == 0)
     return fail(e, "'stage2.alpha', 'stage2.beta' and 'stage2.gamma' are all 0: nothing to learn");
-  if (c->stage1.optim.warmup_steps > 0 && c->stage1.steps > 0 &&
-      c->stage1.optim.warmup_steps > c->stage1.steps)
-    return fail(e, "'stage1.optim.warmup_steps' (%d) exceeds 'stage1.steps' (%d)",
-                c->stage1.optim.warmup_steps, c->stage1.steps);
-  if (c->stage2.optim.warmup_steps > 0 && c->stage2.steps > 0 &&
-      c->stage2.optim.warmup_steps > c->stage2.steps)
-    return fail(e, "'stage2.optim.warmup_steps' (%d) exceeds 'stage2.steps' (%d)",
-                c->stage2.optim.warmup_steps, c->stage2.steps);
   if (!strstr(c->data.query_prompt, "{text}"))
     return fail(e, "'data.query_prompt' must contain {text}");
   if (!strstr(c->data.doc_prompt, "{text}"))

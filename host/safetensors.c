@@ -435,6 +435,18 @@ static cJSON *parse_header_json(const st_ctx *c, const char *buf, size_t header_
   return NULL;
 }
 
+// The archive has no capacity field: its array holds max(16, next power of two >= ntensors)
+// entries, so it grows by doubling exactly when ntensors reaches a power of two. Memory follows the
+// valid entries, not the entry count an arbitrary header claims.
+#define ST_MIN_TENSOR_CAPACITY 16
+static void append_tensor(sn_st_archive *a, const sn_st_tensor *t) {
+  int n = a->ntensors;
+  if (n == 0 && !a->tensors) a->tensors = mallocCheck(ST_MIN_TENSOR_CAPACITY * sizeof *a->tensors);
+  else if (n >= ST_MIN_TENSOR_CAPACITY && (n & (n - 1)) == 0)
+    a->tensors = reallocCheck(a->tensors, 2 * (size_t)n * sizeof *a->tensors);
+  a->tensors[a->ntensors++] = *t;
+}
+
 static int parse_entries(const st_ctx *c, sn_st_archive *a, const cJSON *root, uint64_t data_start,
                          uint64_t data_size, int file_index) {
   int nmeta = 0;
@@ -450,7 +462,7 @@ static int parse_entries(const st_ctx *c, sn_st_archive *a, const cJSON *root, u
     if (skip) continue;
     t.name = strdupCheck(e->string);
     t.file_index = file_index;
-    a->tensors[a->ntensors++] = t;
+    append_tensor(a, &t);
   }
   return 0;
 }
@@ -474,7 +486,6 @@ int sn_st_parse_header(sn_st_archive *a, const char *buf, size_t header_len, uin
   if (!root) return -1;
   uint64_t data_start = ST_LEN_PREFIX_BYTES + header_len, data_size = file_size - data_start;
   int first_new = a->ntensors;
-  a->tensors = reallocCheck(a->tensors, (size_t)(first_new + cJSON_GetArraySize(root)) * sizeof *a->tensors);
   int rc = parse_entries(&c, a, root, data_start, data_size, file_index);
   if (rc == 0) rc = check_duplicates(&c, a, first_new, root);
   if (rc == 0) rc = check_overlaps(&c, a->tensors + first_new, a->ntensors - first_new);

@@ -19,6 +19,10 @@
 #define BERT_MAX_INPUT_CHARS_PER_WORD 100
 static const char *const BERT_SPECIAL_TOKENS[] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
 
+// Ids at or past this are refused: real vocabularies are far smaller, and the id → token table is
+// sized by the largest id.
+#define SN_MAX_TOKEN_ID (1 << 24)
+
 static atomic_uint_fast64_t next_serial = 1;
 
 // ---- small helpers ------------------------------------------------------------------------------
@@ -108,6 +112,15 @@ int32_t sn_strmap_get(const sn_strmap *m, const char *key, size_t len) {
   return m->keys[i] ? m->values[i] : -1;
 }
 
+// An integer in [0, SN_MAX_TOKEN_ID) (ids, lengths). Returns 0 and sets *out, or -1.
+static int json_id(const cJSON *v, int32_t *out) {
+  if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < SN_MAX_TOKEN_ID) ||
+      v->valuedouble != (double)(int32_t)v->valuedouble)
+    return -1;
+  *out = (int32_t)v->valuedouble;
+  return 0;
+}
+
 // ---- vocabulary ---------------------------------------------------------------------------------
 
 // Sets tokens[id] = token (copied) and maps it; grows the table. A token already present keeps
@@ -132,10 +145,10 @@ static int load_vocab_object(sn_tokenizer *tok, const cJSON *vocab, const char *
   if (!cJSON_IsObject(vocab)) return fail(err, errlen, "%s: %s: expected an object {token: id}", path, field);
   sn_strmap_init(&tok->vocab, (size_t)cJSON_GetArraySize(vocab) + 1024);
   for (const cJSON *e = vocab->child; e; e = e->next) {
-    if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > INT32_MAX - 1 ||
-        e->valuedouble != (double)(int32_t)e->valuedouble)
-      return fail(err, errlen, "%s: %s[\"%.60s\"]: expected a non-negative integer id", path, field, e->string);
-    vocab_add(tok, e->string, strlen(e->string), (int32_t)e->valuedouble);
+    int32_t id;
+    if (json_id(e, &id))
+      return fail(err, errlen, "%s: %s[\"%.60s\"]: expected an integer id in [0, %d)", path, field, e->string, SN_MAX_TOKEN_ID);
+    vocab_add(tok, e->string, strlen(e->string), id);
   }
   return 0;
 }
@@ -278,10 +291,10 @@ static int load_cls_sep(sn_tokenizer *tok, const cJSON *p, const char *path, con
   const char *names[2] = {"cls", "sep"};
   for (int k = 0; k < 2; k++) {
     const cJSON *pair = cJSON_GetObjectItemCaseSensitive(p, names[k]);
-    const cJSON *id = cJSON_GetArrayItem(pair, 1);
-    if (!cJSON_IsArray(pair) || !cJSON_IsNumber(id))
+    int32_t id;
+    if (!cJSON_IsArray(pair) || json_id(cJSON_GetArrayItem(pair, 1), &id))
       return fail(err, errlen, "%s: %s.%s: expected [token, id]", path, field, names[k]);
-    if (push_template_id(tok, (int32_t)id->valuedouble, k, path, field, err, errlen)) return -1;
+    if (push_template_id(tok, id, k, path, field, err, errlen)) return -1;
   }
   return 0;
 }
@@ -302,9 +315,10 @@ static int load_template(sn_tokenizer *tok, const cJSON *p, const char *path, co
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(entry, "ids");
     if (!cJSON_IsArray(ids))
       return fail(err, errlen, "%s: %s.special_tokens[\"%.60s\"].ids: missing", path, field, name->valuestring);
-    for (const cJSON *id = ids->child; id; id = id->next) {
-      if (!cJSON_IsNumber(id)) return fail(err, errlen, "%s: %s.special_tokens[\"%.60s\"].ids: not a number", path, field, name->valuestring);
-      if (push_template_id(tok, (int32_t)id->valuedouble, after_sequence, path, field, err, errlen)) return -1;
+    for (const cJSON *v = ids->child; v; v = v->next) {
+      int32_t id;
+      if (json_id(v, &id)) return fail(err, errlen, "%s: %s.special_tokens[\"%.60s\"].ids: not an id", path, field, name->valuestring);
+      if (push_template_id(tok, id, after_sequence, path, field, err, errlen)) return -1;
     }
   }
   return 0;
@@ -341,11 +355,11 @@ static int load_added_tokens(sn_tokenizer *tok, const cJSON *list, const char *p
   int i = 0;
   for (const cJSON *e = list->child; e; e = e->next, i++) {
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+    int32_t id;
     if (!cJSON_IsString(content)) return fail(err, errlen, "%s: added_tokens[%d].content: missing or not a string", path, i);
-    if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > INT32_MAX - 1)
-      return fail(err, errlen, "%s: added_tokens[%d].id: missing or not a non-negative integer", path, i);
-    add_added_token(tok, content->valuestring, (int32_t)id->valuedouble, json_flag(e, "special", 0),
+    if (json_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &id))
+      return fail(err, errlen, "%s: added_tokens[%d].id: missing or not an integer in [0, %d)", path, i, SN_MAX_TOKEN_ID);
+    add_added_token(tok, content->valuestring, id, json_flag(e, "special", 0),
                     json_flag(e, "lstrip", 0), json_flag(e, "rstrip", 0), json_flag(e, "single_word", 0));
   }
   return 0;
@@ -361,7 +375,10 @@ static int load_wordpiece_model(sn_tokenizer *tok, const cJSON *model, const cha
   if (tok->wp.unk_id < 0) return fail(err, errlen, "%s: model.unk_token: \"%.60s\" is not in model.vocab", path, unk->valuestring);
   tok->wp.prefix = strdupCheck(cJSON_IsString(prefix) ? prefix->valuestring : "##");
   tok->wp.prefix_len = strlen(tok->wp.prefix);
-  tok->wp.max_chars = cJSON_IsNumber(max_chars) ? (int)max_chars->valuedouble : BERT_MAX_INPUT_CHARS_PER_WORD;
+  int32_t max = BERT_MAX_INPUT_CHARS_PER_WORD;
+  if (max_chars && json_id(max_chars, &max))
+    return fail(err, errlen, "%s: model.max_input_chars_per_word: expected a non-negative integer", path);
+  tok->wp.max_chars = max;
   return 0;
 }
 
@@ -539,6 +556,28 @@ void sn_tokenizer_free(sn_tokenizer *tok) {
   free(tok);
 }
 
+// What every loader does last: longest added tokens first, special ids, the identity string.
+static void finish_load(sn_tokenizer *tok, const tokenizer_config *cfg, uint64_t content_hash) {
+  sort_added_tokens(tok);
+  set_special_ids(tok, cfg);
+  set_fingerprint(tok, content_hash);
+}
+
+static sn_tokenizer *new_tokenizer(void) {
+  sn_tokenizer *tok = callocCheck(1, sizeof(sn_tokenizer));
+  tok->serial = atomic_fetch_add(&next_serial, 1);
+  return tok;
+}
+
+sn_tokenizer *sn_tokenizer_load_json(const char *json, size_t len, const char *name, char *err, size_t errlen) {
+  if (err && errlen) err[0] = 0;
+  sn_tokenizer *tok = new_tokenizer();
+  if (load_tokenizer_json(tok, name, json, len, err, errlen)) { sn_tokenizer_free(tok); return NULL; }
+  tokenizer_config cfg = {.lowercase = 1};
+  finish_load(tok, &cfg, sn_hash_bytes(json, len));
+  return tok;
+}
+
 // Reads path into *text; on failure sets err naming the file.
 static int read_whole(const char *path, char **text, size_t *len, char *err, size_t errlen) {
   *text = sn_read_file(path, len);
@@ -555,8 +594,7 @@ static const char *first_existing(const char *dir, const char *const *names, siz
 
 sn_tokenizer *sn_tokenizer_load(const char *file_or_dir, char *err, size_t errlen) {
   if (err && errlen) err[0] = 0;
-  sn_tokenizer *tok = callocCheck(1, sizeof(sn_tokenizer));
-  tok->serial = atomic_fetch_add(&next_serial, 1);
+  sn_tokenizer *tok = new_tokenizer();
   char dir[4096], path[4096], path2[4096];
   char *text = NULL, *text2 = NULL;
   size_t len = 0, len2 = 0;
@@ -596,9 +634,7 @@ sn_tokenizer *sn_tokenizer_load(const char *file_or_dir, char *err, size_t errle
     rc = load_tokenizer_json(tok, path, text, len, err, errlen);
   }
   if (rc) goto done;
-  sort_added_tokens(tok);
-  set_special_ids(tok, &cfg);
-  set_fingerprint(tok, hash);
+  finish_load(tok, &cfg, hash);
 done:
   free(text);
   free(text2);

@@ -32,3 +32,6 @@ int sn_tokenizer_is_wordpiece(const sn_tokenizer *tok);
 const char *sn_tokenizer_fingerprint(const sn_tokenizer *tok);
 // The token string of id (byte-level tokens in their printable spelling), NULL when out of range.
 const char *sn_tokenizer_id_to_token(const sn_tokenizer *tok, int32_t id);
+// Loads a tokenizer.json held in memory (json, len bytes); name is what error messages call it.
+// No tokenizer_config.json is read. NULL with a message in err on failure.
+sn_tokenizer *sn_tokenizer_load_json(const char *json, size_t len, const char *name, char *err, size_t errlen);

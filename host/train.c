@@ -203,6 +203,7 @@ int sn_train_main(const sn_train_args *args) {
     return 0;
   }
   t.config_hash = sn_run_config_hash(&t.cfg);
+  t.stop_after = args->stop_after;
   int do1 = args->stage == 0 || args->stage == 1, do2 = args->stage == 0 || args->stage == 2;
   if (t.cfg.data.n_train == 0) sn_bad_input("data.train: no training files configured");
   for (int i = 0; i < t.cfg.data.n_train; i++)
@@ -231,6 +232,9 @@ int sn_train_main(const sn_train_args *args) {
   sn_train_examples_load(&t.examples, paths, t.cfg.data.n_train, t.cfg.data.skip_bad_lines,
                          (size_t)t.cfg.data.max_line_bytes);
 
+  if (do1) sn_trainer_check_negatives(&t, t.cfg.stage1.negatives_per_query, "stage1.negatives_per_query");
+  if (do2 && t.cfg.stage2.gamma > 0)
+    sn_trainer_check_negatives(&t, t.cfg.stage2.negatives_per_query, "stage2.negatives_per_query");
   sn_beir eval_data;
   memset(&eval_data, 0, sizeof eval_data);
   int evaluating = load_eval_data(&t, &eval_data);

@@ -1,5 +1,6 @@
 // The two ScalingNote stages and their driver (sn_train).
 #pragma once
+#include <stdint.h>
 
 typedef struct {
   const char *config_path;      // NULL: built-in defaults
@@ -8,6 +9,7 @@ typedef struct {
   const char *const *overrides; // "key=value"
   int n_overrides;
   int print_config;
+  int64_t stop_after;           // > 0: stop (checkpoint, exit 0) after this many steps in this run
 } sn_train_args;
 
 // Returns the process exit status.

@@ -32,6 +32,8 @@ typedef struct {
   char resume_dir[SN_TRAIN_PATH_MAX];
   int resume_stage;
   int64_t resume_step;
+  int64_t stop_after;     // steps this run may take before stopping as on a signal (0 = no limit)
+  int64_t steps_this_run;
 } sn_trainer;
 
 // Runs one tower over packed sequences: forward, pooling, optional projection, L2 norm; and the
@@ -67,6 +69,16 @@ void sn_runner_forward(sn_tower_runner *r, const int32_t *ids, const int32_t *cu
 // embedding added on top. Accumulates into the model's grads.
 void sn_runner_backward(sn_tower_runner *r, const float *d_emb, const float *emb,
                         const void *d_raw_extra);
+// The whole contrastive batch of one tower (n packed sequences): with grad_cache = 0 one forward
+// that keeps activations; else chunks of `chunk` sequences without them (gradient caching's first
+// pass). emb (n, out_dim) fp32 backend memory.
+void sn_embed_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
+                    const int32_t *cu, int n, float *emb, const char *what);
+// Backpropagates d_emb (n, out_dim) through the tower: from the kept activations, or (grad_cache)
+// chunk by chunk after re-running each chunk's forward into chunk_emb (chunk, out_dim) scratch.
+void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
+                       const int32_t *cu, int n, const float *d_emb, const float *emb,
+                       float *chunk_emb, const char *what);
 // Embeds a whole token set in chunks of at most max_seqs sequences / max_tokens tokens into host
 // memory (n_seqs, out_dim), normalised. Used for teacher and document caches.
 float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what);
@@ -103,6 +115,11 @@ typedef struct {
 int sn_trainer_write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckpt_tower *towers,
                                 int ntowers, sn_state_writer *state);
 
+// True when the run should stop after the step just taken (a signal on any rank, or --stop-after):
+// agreed across ranks through `requested_anywhere` (the sum of every rank's request flag).
+int sn_trainer_should_stop(sn_trainer *t, double requested_anywhere);
+// Exits 2 when k negatives per query cannot be distinct documents of the data.
+void sn_trainer_check_negatives(const sn_trainer *t, int k, const char *key);
 // Number of optimizer steps of a stage from its config.
 int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoch, int grad_accum);
 

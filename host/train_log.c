@@ -63,13 +63,19 @@ static void format_duration(char *buf, size_t n, double s) {
   else snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
 }
 
+// JSON has no inf or nan: such values are written as null.
+static void write_number(FILE *f, const char *key, double v) {
+  if (isfinite(v)) fprintf(f, ", \"%s\": %.8g", key, v);
+  else fprintf(f, ", \"%s\": null", key);
+}
+
 static void write_metrics(sn_train_log *log, const sn_step_record *r) {
-  fprintf(log->metrics,
-          "{\"stage\": %d, \"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, "
-          "\"tokens\": %lld, \"elapsed_s\": %.3f",
-          r->stage, (long long)r->step, r->loss, r->lr, r->grad_norm, (long long)r->tokens,
-          r->elapsed_s);
-  for (int i = 0; i < r->n_terms; i++) fprintf(log->metrics, ", \"%s\": %.8g", r->term_names[i], r->terms[i]);
+  fprintf(log->metrics, "{\"stage\": %d, \"step\": %lld", r->stage, (long long)r->step);
+  write_number(log->metrics, "loss", r->loss);
+  write_number(log->metrics, "lr", r->lr);
+  write_number(log->metrics, "grad_norm", r->grad_norm);
+  fprintf(log->metrics, ", \"tokens\": %lld, \"elapsed_s\": %.3f", (long long)r->tokens, r->elapsed_s);
+  for (int i = 0; i < r->n_terms; i++) write_number(log->metrics, r->term_names[i], r->terms[i]);
   fprintf(log->metrics, "}\n");
   fflush(log->metrics);
 }
@@ -86,6 +92,7 @@ void sn_train_log_step(sn_train_log *log, const sn_step_record *r) {
   double span = now - log->window_start_s;
   if (span >= TOKENS_WINDOW_S || log->tok_per_s == 0) {
     if (span > 0) log->tok_per_s = (float)(log->tokens_window / span);
+    else if (r->elapsed_s > 0) log->tok_per_s = (float)((double)r->tokens / r->elapsed_s);  // first step
     if (span >= TOKENS_WINDOW_S) {
       log->tokens_window = 0;
       log->window_start_s = now;

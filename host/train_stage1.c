@@ -62,43 +62,6 @@ static void buffers_free(contrastive_buffers *b, const sn_ops *ops) {
   free(b->targets_host);
 }
 
-// Embeds n packed sequences: in one forward that keeps activations (direct), or in chunks without
-// them (the first pass of gradient caching).
-static void embed_batch(stage1_ctx *c, sn_tower_runner *r, int chunk, const int32_t *ids,
-                        const int32_t *cu, int n, float *emb, const char *what) {
-  if (!c->grad_cache) {
-    sn_runner_forward(r, ids, cu, n, 1, emb, what);
-    return;
-  }
-  int32_t *sub_cu = mallocCheck((size_t)(chunk + 1) * sizeof *sub_cu);
-  for (int s0 = 0; s0 < n; s0 += chunk) {
-    int s1 = SN_MIN(n, s0 + chunk);
-    const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
-    sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 0, emb + (size_t)s0 * c->buf.C, what);
-  }
-  free(sub_cu);
-}
-
-// Backpropagates d_emb through the tower: directly from the kept activations, or chunk by chunk
-// after re-running each chunk's forward (gradient caching).
-static void backward_batch(stage1_ctx *c, sn_tower_runner *r, int chunk, const int32_t *ids,
-                           const int32_t *cu, int n, const float *d_emb, const float *emb,
-                           const char *what) {
-  if (!c->grad_cache) {
-    sn_runner_backward(r, d_emb, emb, NULL);
-    return;
-  }
-  int C = c->buf.C;
-  int32_t *sub_cu = mallocCheck((size_t)(chunk + 1) * sizeof *sub_cu);
-  for (int s0 = 0; s0 < n; s0 += chunk) {
-    int s1 = SN_MIN(n, s0 + chunk);
-    const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
-    sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 1, c->buf.chunk_emb, what);
-    sn_runner_backward(r, d_emb + (size_t)s0 * C, c->buf.chunk_emb, NULL);
-  }
-  free(sub_cu);
-}
-
 static int sum_ints(const int *v, int n) {
   int s = 0;
   for (int i = 0; i < n; i++) s += v[i];
@@ -124,10 +87,11 @@ static float *gather_rows(stage1_ctx *c, float *local, float *all, const int *co
   return all;
 }
 
-// The gradient w.r.t. this rank's rows: every rank's contribution to them, summed.
+// The gradient w.r.t. this rank's rows: every rank's contribution to them, summed. Without
+// gathering, the loss wrote it into d_local directly.
 static const float *scatter_back(stage1_ctx *c, float *d_all, float *d_local, int n_all, int offset,
                                  int n_local, int gathered) {
-  if (!gathered) return d_all;
+  if (!gathered) return d_local;
   sn_comm_all_reduce_sum(c->t->comm, d_all, (size_t)n_all * c->buf.C, SN_DTYPE_F32);
   c->t->ops->copy(d_local, d_all + (size_t)offset * c->buf.C, (size_t)n_local * c->buf.C * sizeof(float));
   return d_local;
@@ -147,8 +111,8 @@ static double micro_step(stage1_ctx *c, const sn_batch *b) {
   // The two directions are averaged when the loss is symmetric.
   float scale = (s1->symmetric ? 0.5f : 1.0f) / (float)Bq_global;
 
-  embed_batch(c, &c->qrun, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->q_emb, "queries");
-  embed_batch(c, &c->drun, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, B->d_emb, "documents");
+  sn_embed_batch(&c->qrun, c->grad_cache, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->q_emb, "queries");
+  sn_embed_batch(&c->drun, c->grad_cache, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, B->d_emb, "documents");
 
   int nd_all, d_off;
   float *docs = gather_rows(c, B->d_emb, B->d_all, b->rank_doc_counts, cross, &nd_all, &d_off);
@@ -187,8 +151,10 @@ static double micro_step(stage1_ctx *c, const sn_batch *b) {
   }
   const float *dd = scatter_back(c, B->dd_all, B->dd, nd_all, d_off, Nd, cross);
 
-  backward_batch(c, &c->qrun, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->dq, B->q_emb, "queries");
-  backward_batch(c, &c->drun, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, dd, B->d_emb, "documents");
+  sn_backward_batch(&c->qrun, c->grad_cache, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->dq, B->q_emb,
+                    B->chunk_emb, "queries");
+  sn_backward_batch(&c->drun, c->grad_cache, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, dd, B->d_emb,
+                    B->chunk_emb, "documents");
   float loss = 0;
   ops->download(&loss, B->loss, sizeof loss);
   return loss;
@@ -313,7 +279,7 @@ int sn_train_stage1(sn_trainer *t) {
                           .elapsed_s = elapsed};
     if (!isfinite(rec.loss)) sn_fatal("stage 1: the loss is %f at step %lld", rec.loss, (long long)step);
     sn_train_log_step(&t->log, &rec);
-    stopped = totals[2] > 0;
+    stopped = sn_trainer_should_stop(t, totals[2]) && step < total;
     int periodic = t->cfg.checkpoint.every > 0 && step % t->cfg.checkpoint.every == 0;
     if (periodic || stopped || step == total) {
       sn_state_writer *w = sn_state_writer_new();

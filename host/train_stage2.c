@@ -251,7 +251,7 @@ int sn_train_stage2(sn_trainer *t) {
                           .terms = {(float)totals[0], (float)totals[1], (float)totals[2]}};
     if (!isfinite(rec.loss)) sn_fatal("stage 2: the loss is %f at step %lld", rec.loss, (long long)step);
     sn_train_log_step(&t->log, &rec);
-    stopped = totals[4] > 0;
+    stopped = sn_trainer_should_stop(t, totals[4]) && step < total;
     int periodic = t->cfg.checkpoint.every > 0 && step % t->cfg.checkpoint.every == 0;
     if (periodic || stopped || step == total) {
       sn_state_writer *w = sn_state_writer_new();

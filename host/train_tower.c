@@ -109,6 +109,38 @@ const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s
   return ids + cu[s0];
 }
 
+void sn_embed_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
+                    const int32_t *cu, int n, float *emb, const char *what) {
+  if (!grad_cache) {
+    sn_runner_forward(r, ids, cu, n, 1, emb, what);
+    return;
+  }
+  int32_t *sub_cu = mallocCheck((size_t)(chunk + 1) * sizeof *sub_cu);
+  for (int s0 = 0; s0 < n; s0 += chunk) {
+    int s1 = SN_MIN(n, s0 + chunk);
+    const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
+    sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 0, emb + (size_t)s0 * r->out_dim, what);
+  }
+  free(sub_cu);
+}
+
+void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
+                       const int32_t *cu, int n, const float *d_emb, const float *emb,
+                       float *chunk_emb, const char *what) {
+  if (!grad_cache) {
+    sn_runner_backward(r, d_emb, emb, NULL);
+    return;
+  }
+  int32_t *sub_cu = mallocCheck((size_t)(chunk + 1) * sizeof *sub_cu);
+  for (int s0 = 0; s0 < n; s0 += chunk) {
+    int s1 = SN_MIN(n, s0 + chunk);
+    const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
+    sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 1, chunk_emb, what);
+    sn_runner_backward(r, d_emb + (size_t)s0 * r->out_dim, chunk_emb, NULL);
+  }
+  free(sub_cu);
+}
+
 float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what) {
   const sn_ops *ops = r->ops;
   int64_t n = set->n_seqs;
@@ -308,6 +340,18 @@ int sn_trainer_write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn
   double status = rc;
   sn_comm_all_reduce_f64_host(t->comm, &status, 1);  // every rank learns whether rank 0 succeeded
   return status == 0 ? 0 : -1;
+}
+
+int sn_trainer_should_stop(sn_trainer *t, double requested_anywhere) {
+  t->steps_this_run++;
+  return requested_anywhere > 0 || (t->stop_after > 0 && t->steps_this_run >= t->stop_after);
+}
+
+void sn_trainer_check_negatives(const sn_trainer *t, int k, const char *key) {
+  if ((int64_t)k >= t->examples.n_docs)
+    sn_bad_input("%s (%d) asks for more negatives than the data has: %lld distinct documents in "
+                 "total, so at most %lld negatives per query", key, k, (long long)t->examples.n_docs,
+                 (long long)(t->examples.n_docs - 1));
 }
 
 int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoch, int grad_accum) {

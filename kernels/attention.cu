@@ -39,24 +39,36 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t *>(&v);
 }
-__device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// ldmatrix x4: threads 0-7, 8-15, 16-23, 24-31 give the row addresses of matrices 0..3; r[j] is
+// this lane's part of matrix j (row lane/4, columns 2(lane%4)..+1; transposed with .trans).
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16 *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
 // A fragment at (m0, k0) of a row-major [m][k] tile with row stride ld.
-__device__ __forceinline__ void load_a_frag(uint32_t a[4], const bf16 *s, int ld, int m0, int k0, int g, int q) {
-  a[0] = lds32(s + (m0 + g) * ld + k0 + 2 * q);
-  a[1] = lds32(s + (m0 + g + 8) * ld + k0 + 2 * q);
-  a[2] = lds32(s + (m0 + g) * ld + k0 + 2 * q + 8);
-  a[3] = lds32(s + (m0 + g + 8) * ld + k0 + 2 * q + 8);
+__device__ __forceinline__ void load_a_frag(uint32_t a[4], const bf16 *s, int ld, int m0, int k0, int lane) {
+  ldsm_x4(a, s + (m0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8);
 }
-// B fragment at (k0, n0) from a tile stored [n][k] (e.g. K[key][d] for Q K^T).
-__device__ __forceinline__ void load_b_frag_nk(uint32_t b[2], const bf16 *s, int ld, int k0, int n0, int g, int q) {
-  b[0] = lds32(s + (n0 + g) * ld + k0 + 2 * q);
-  b[1] = lds32(s + (n0 + g) * ld + k0 + 2 * q + 8);
+// B fragments of n-tiles n0 and n0 + 8 (k0..k0+15) from a tile stored [n][k] (K[key][d] for Q K^T).
+__device__ __forceinline__ void load_b2_nk(uint32_t b0[2], uint32_t b1[2], const bf16 *s, int ld, int k0, int n0,
+                                           int lane) {
+  uint32_t r[4];
+  ldsm_x4(r, s + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
+  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
 }
-// B fragment at (k0, n0) from a tile stored [k][n] (e.g. V[key][d] for P V).
-__device__ __forceinline__ void load_b_frag_kn(uint32_t b[2], const bf16 *s, int ld, int k0, int n0, int g, int q) {
-  const unsigned short *u = reinterpret_cast<const unsigned short *>(s);
-  b[0] = (uint32_t)u[(k0 + 2 * q) * ld + n0 + g] | ((uint32_t)u[(k0 + 2 * q + 1) * ld + n0 + g] << 16);
-  b[1] = (uint32_t)u[(k0 + 2 * q + 8) * ld + n0 + g] | ((uint32_t)u[(k0 + 2 * q + 9) * ld + n0 + g] << 16);
+// B fragments of n-tiles n0 and n0 + 8 (k0..k0+15) from a tile stored [k][n] (V[key][d] for P V).
+__device__ __forceinline__ void load_b2_kn(uint32_t b0[2], uint32_t b1[2], const bf16 *s, int ld, int k0, int n0,
+                                           int lane) {
+  uint32_t r[4];
+  ldsm_x4_trans(r, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
+  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
 }
 // Converts the C fragments of a 16x16 block (n-tiles j and j+1) into an A fragment (bf16).
 __device__ __forceinline__ void c_to_a_frag(uint32_t a[4], const float c0[4], const float c1[4]) {
@@ -66,20 +78,25 @@ __device__ __forceinline__ void c_to_a_frag(uint32_t a[4], const float c0[4], co
   a[3] = pack_bf16x2(c1[2], c1[3]);
 }
 
-// Copies rows [0, rows) of a (TILE, D) tile from global (row stride `stride` elements) into shared
-// memory (row stride D + pad), 16 bytes per thread per step; rows [valid, TILE) are zero-filled so
-// that masked products stay finite.
+// Starts copying a (TILE, D) tile from global (row stride `stride` elements) into shared memory
+// (row stride D + pad) with cp.async, 16 bytes per thread per step; rows [valid, TILE) are
+// zero-filled (source size 0) so that masked products stay finite. Completes at cp_async_wait.
 template <int D, int TILE>
-__device__ __forceinline__ void load_tile(bf16 *s, const bf16 *g, size_t stride, int valid) {
+__device__ __forceinline__ void load_tile_async(bf16 *s, const bf16 *g, size_t stride, int valid) {
   constexpr int PACKS_PER_ROW = D / BF16_PER_PACK;
   for (int c = threadIdx.x; c < TILE * PACKS_PER_ROW; c += blockDim.x) {
     int row = c / PACKS_PER_ROW, col = (c % PACKS_PER_ROW) * BF16_PER_PACK;
-    bf16x8 v;
-    if (row < valid) v = load_bf16x8(g + (size_t)row * stride + col);
-    else *reinterpret_cast<int4 *>(&v) = make_int4(0, 0, 0, 0);
-    store_bf16x8(s + row * (D + ATTN_SMEM_PAD) + col, v);
+    bool in = row < valid;
+    const bf16 *src = g + (size_t)(in ? row : 0) * stride + col;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(s + row * (D + ATTN_SMEM_PAD) + col)),
+                 "l"(src), "r"(in ? 16 : 0));
   }
 }
+__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
 
 struct attn_dims {
   int Hq, Hkv, T;
@@ -89,14 +106,17 @@ struct attn_dims {
 
 // ---- forward -----------------------------------------------------------------------------------------
 // out (T, Hq*D), lse (Hq, T); qkv (T, (Hq + 2 Hkv) D). grid (query tiles, B, Hq).
+// Shared memory: two K/V stages (the next tile's cp.async overlaps this tile's math); Q passes
+// through the second stage's K buffer once on its way to registers.
 template <int D>
 __global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv,
                                                                          const int32_t *cu_seqlens, attn_dims p) {
   constexpr int LD = D + ATTN_SMEM_PAD;
   constexpr int NK = ATTN_TILE_K / 8;  // n-tiles of scores per warp
   constexpr int ND = D / 8;            // n-tiles of the output
+  constexpr int STAGE = 2 * ATTN_TILE_K * LD;  // K then V of one stage
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + ATTN_TILE_K * LD;
+  bf16 *stages = reinterpret_cast<bf16 *>(smem_raw);
 
   const int b = blockIdx.y, h = blockIdx.z;
   const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
@@ -109,27 +129,42 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *o
   const bf16 *v_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + p.Hkv + hk) * D;
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
   const int wrow = warp * ATTN_ROWS_PER_WARP;  // this warp's first row within the tile
+  const int kv_end = p.causal ? min(L, q0 + ATTN_TILE_Q) : L;
+  const int ntiles = ceil_div_dev(kv_end, ATTN_TILE_K);
 
-  // Q fragments to registers (through the K buffer).
-  load_tile<D, ATTN_TILE_Q>(Ks, q_base + (size_t)q0 * stride, stride, min(ATTN_TILE_Q, L - q0));
+  // Q into stage 1's K buffer, K/V tile 0 into stage 0, both in flight together.
+  load_tile_async<D, ATTN_TILE_Q>(stages + STAGE, q_base + (size_t)q0 * stride, stride, min(ATTN_TILE_Q, L - q0));
+  cp_async_commit();
+  load_tile_async<D, ATTN_TILE_K>(stages, k_base, stride, min(ATTN_TILE_K, L));
+  load_tile_async<D, ATTN_TILE_K>(stages + ATTN_TILE_K * LD, v_base, stride, min(ATTN_TILE_K, L));
+  cp_async_commit();
+  cp_async_wait<1>();
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; kk++) load_a_frag(qf[kk], Ks, LD, wrow, kk * 16, g, q);
+  for (int kk = 0; kk < D / 16; kk++) load_a_frag(qf[kk], stages + STAGE, LD, wrow, kk * 16, lane);
+  __syncthreads();  // stage 1 is free for tile 1
 
   float o[ND][4];
 #pragma unroll
   for (int n = 0; n < ND; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   const int row_abs[2] = {q0 + wrow + g, q0 + wrow + g + 8};  // rows within the sequence
-  const int kv_end = p.causal ? min(L, q0 + ATTN_TILE_Q) : L;
 
-  for (int k0 = 0; k0 < kv_end; k0 += ATTN_TILE_K) {
-    __syncthreads();  // previous tile (or Q) fully read
-    int valid = min(ATTN_TILE_K, L - k0);
-    load_tile<D, ATTN_TILE_K>(Ks, k_base + (size_t)k0 * stride, stride, valid);
-    load_tile<D, ATTN_TILE_K>(Vs, v_base + (size_t)k0 * stride, stride, valid);
+  for (int it = 0; it < ntiles; it++) {
+    const int k0 = it * ATTN_TILE_K;
+    if (it + 1 < ntiles) {  // prefetch the next tile into the other stage
+      bf16 *nxt = stages + ((it + 1) & 1) * STAGE;
+      int nk0 = k0 + ATTN_TILE_K, valid = min(ATTN_TILE_K, L - nk0);
+      load_tile_async<D, ATTN_TILE_K>(nxt, k_base + (size_t)nk0 * stride, stride, valid);
+      load_tile_async<D, ATTN_TILE_K>(nxt + ATTN_TILE_K * LD, v_base + (size_t)nk0 * stride, stride, valid);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
+    const bf16 *Ks = stages + (it & 1) * STAGE, *Vs = Ks + ATTN_TILE_K * LD;
 
     // S (16, 64) = Q K^T for this warp's rows.
     float s[NK][4];
@@ -138,13 +173,15 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *o
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
 #pragma unroll
-      for (int j = 0; j < NK; j++) {
-        uint32_t bf[2];
-        load_b_frag_nk(bf, Ks, LD, kk * 16, j * 8, g, q);
-        mma_bf16(s[j], qf[kk], bf);
+      for (int j = 0; j < NK; j += 2) {
+        uint32_t b0[2], b1[2];
+        load_b2_nk(b0, b1, Ks, LD, kk * 16, j * 8, lane);
+        mma_bf16(s[j], qf[kk], b0);
+        mma_bf16(s[j + 1], qf[kk], b1);
       }
     }
     // Scale into the log2 domain, mask, and find the new row maxima.
+    const bool need_mask = k0 + ATTN_TILE_K > L || (p.causal && k0 + ATTN_TILE_K > q0 + wrow);
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int j = 0; j < NK; j++) {
@@ -152,7 +189,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *o
       for (int e = 0; e < 4; e++) {
         int key = k0 + j * 8 + 2 * q + (e & 1);
         int r = e / 2;
-        bool ok = key < L && (!p.causal || key <= row_abs[r]);
+        bool ok = !need_mask || (key < L && (!p.causal || key <= row_abs[r]));
         s[j][e] = ok ? s[j][e] * p.scale_log2 : -INFINITY;
         mx[r] = fmaxf(mx[r], s[j][e]);
       }
@@ -186,12 +223,14 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *o
       uint32_t pa[4];
       c_to_a_frag(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-      for (int n = 0; n < ND; n++) {
-        uint32_t bf[2];
-        load_b_frag_kn(bf, Vs, LD, kk * 16, n * 8, g, q);
-        mma_bf16(o[n], pa, bf);
+      for (int n = 0; n < ND; n += 2) {
+        uint32_t b0[2], b1[2];
+        load_b2_kn(b0, b1, Vs, LD, kk * 16, n * 8, lane);
+        mma_bf16(o[n], pa, b0);
+        mma_bf16(o[n + 1], pa, b1);
       }
     }
+    __syncthreads();  // everyone is done with this stage before it is refilled
   }
 
   // Normalize, write out and lse.
@@ -229,15 +268,17 @@ __global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf1
 
 // ---- backward: dQ ----------------------------------------------------------------------------------------
 // dQ rows of head h: dQ = scale * sum over key tiles of dS K, dS = P * (dO V^T - delta).
+// Shared memory: Q and dO tiles, then two K/V stages.
 template <int D>
 __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
     bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
     const int32_t *cu_seqlens, attn_dims p) {
   constexpr int LD = D + ATTN_SMEM_PAD;
   constexpr int NK = ATTN_TILE_K / 8, ND = D / 8;
+  constexpr int STAGE = 2 * ATTN_TILE_K * LD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *dOs = Qs + ATTN_TILE_Q * LD;
-  bf16 *Ks = dOs + ATTN_TILE_Q * LD, *Vs = Ks + ATTN_TILE_K * LD;
+  bf16 *stages = dOs + ATTN_TILE_Q * LD;
 
   const int b = blockIdx.y, h = blockIdx.z;
   const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
@@ -250,8 +291,13 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
   const int wrow = warp * ATTN_ROWS_PER_WARP;
   const int qvalid = min(ATTN_TILE_Q, L - q0);
-  load_tile<D, ATTN_TILE_Q>(Qs, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
-  load_tile<D, ATTN_TILE_Q>(dOs, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
+  const int kv_end = p.causal ? min(L, q0 + ATTN_TILE_Q) : L;
+  const int ntiles = ceil_div_dev(kv_end, ATTN_TILE_K);
+  load_tile_async<D, ATTN_TILE_Q>(Qs, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
+  load_tile_async<D, ATTN_TILE_Q>(dOs, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
+  load_tile_async<D, ATTN_TILE_K>(stages, k_base, stride, min(ATTN_TILE_K, L));
+  load_tile_async<D, ATTN_TILE_K>(stages + ATTN_TILE_K * LD, v_base, stride, min(ATTN_TILE_K, L));
+  cp_async_commit();
 
   const int row_abs[2] = {q0 + wrow + g, q0 + wrow + g + 8};
   float lse2[2], dlt[2];
@@ -265,14 +311,21 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
   float dq[ND][4];
 #pragma unroll
   for (int n = 0; n < ND; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-  const int kv_end = p.causal ? min(L, q0 + ATTN_TILE_Q) : L;
 
-  for (int k0 = 0; k0 < kv_end; k0 += ATTN_TILE_K) {
+  for (int it = 0; it < ntiles; it++) {
+    const int k0 = it * ATTN_TILE_K;
+    if (it + 1 < ntiles) {
+      bf16 *nxt = stages + ((it + 1) & 1) * STAGE;
+      int nk0 = k0 + ATTN_TILE_K, valid = min(ATTN_TILE_K, L - nk0);
+      load_tile_async<D, ATTN_TILE_K>(nxt, k_base + (size_t)nk0 * stride, stride, valid);
+      load_tile_async<D, ATTN_TILE_K>(nxt + ATTN_TILE_K * LD, v_base + (size_t)nk0 * stride, stride, valid);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    int valid = min(ATTN_TILE_K, L - k0);
-    load_tile<D, ATTN_TILE_K>(Ks, k_base + (size_t)k0 * stride, stride, valid);
-    load_tile<D, ATTN_TILE_K>(Vs, v_base + (size_t)k0 * stride, stride, valid);
-    __syncthreads();
+    const bf16 *Ks = stages + (it & 1) * STAGE, *Vs = Ks + ATTN_TILE_K * LD;
     float s[NK][4], dp[NK][4];
 #pragma unroll
     for (int j = 0; j < NK; j++)
@@ -281,15 +334,17 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
       uint32_t qa[4], da[4];
-      load_a_frag(qa, Qs, LD, wrow, kk * 16, g, q);
-      load_a_frag(da, dOs, LD, wrow, kk * 16, g, q);
+      load_a_frag(qa, Qs, LD, wrow, kk * 16, lane);
+      load_a_frag(da, dOs, LD, wrow, kk * 16, lane);
 #pragma unroll
-      for (int j = 0; j < NK; j++) {
-        uint32_t bk[2], bv[2];
-        load_b_frag_nk(bk, Ks, LD, kk * 16, j * 8, g, q);
-        load_b_frag_nk(bv, Vs, LD, kk * 16, j * 8, g, q);
-        mma_bf16(s[j], qa, bk);   // S = Q K^T
-        mma_bf16(dp[j], da, bv);  // dP = dO V^T
+      for (int j = 0; j < NK; j += 2) {
+        uint32_t k0f[2], k1f[2], v0f[2], v1f[2];
+        load_b2_nk(k0f, k1f, Ks, LD, kk * 16, j * 8, lane);
+        load_b2_nk(v0f, v1f, Vs, LD, kk * 16, j * 8, lane);
+        mma_bf16(s[j], qa, k0f);  // S = Q K^T
+        mma_bf16(s[j + 1], qa, k1f);
+        mma_bf16(dp[j], da, v0f);  // dP = dO V^T
+        mma_bf16(dp[j + 1], da, v1f);
       }
     }
     // dS = P (dP - delta), P = exp2(S scale_log2 - lse2), zero where masked.
@@ -309,12 +364,14 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
       uint32_t a[4];
       c_to_a_frag(a, dp[2 * kk], dp[2 * kk + 1]);
 #pragma unroll
-      for (int n = 0; n < ND; n++) {
-        uint32_t bf[2];
-        load_b_frag_kn(bf, Ks, LD, kk * 16, n * 8, g, q);
-        mma_bf16(dq[n], a, bf);
+      for (int n = 0; n < ND; n += 2) {
+        uint32_t b0[2], b1[2];
+        load_b2_kn(b0, b1, Ks, LD, kk * 16, n * 8, lane);
+        mma_bf16(dq[n], a, b0);
+        mma_bf16(dq[n + 1], a, b1);
       }
     }
+    __syncthreads();
   }
 #pragma unroll
   for (int r = 0; r < 2; r++) {
@@ -331,6 +388,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
 // One block per (key tile, sequence, kv head); warps own 16 keys. Works in transposed form: S^T = K Q^T,
 // so P^T and dS^T come out in registers with keys as rows, ready as A operands of dV += P^T dO and
 // dK += dS^T Q. TQ query rows per step (fewer for D = 128 to keep the accumulators in registers).
+// Shared memory: K and V tiles, then two stages of (Q, dO, lse, delta) for TQ query rows.
 template <int D>
 struct dkv_tile {
   static constexpr int TQ = D >= 128 ? 32 : 64;
@@ -343,10 +401,10 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dkv_kernel(
   constexpr int LD = D + ATTN_SMEM_PAD;
   constexpr int TQ = dkv_tile<D>::TQ;
   constexpr int NQ = TQ / 8, ND = D / 8;
+  constexpr int STAGE_BYTES = 2 * TQ * LD * (int)sizeof(bf16) + 2 * TQ * (int)sizeof(float);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + ATTN_TILE_K * LD;
-  bf16 *Qs = Vs + ATTN_TILE_K * LD, *dOs = Qs + TQ * LD;
-  float *lse2_s = reinterpret_cast<float *>(dOs + TQ * LD), *delta_s = lse2_s + TQ;
+  unsigned char *stage_base = reinterpret_cast<unsigned char *>(Vs + ATTN_TILE_K * LD);
 
   const int b = blockIdx.y, hk = blockIdx.z;
   const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
@@ -357,9 +415,33 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dkv_kernel(
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
   const int wrow = warp * ATTN_ROWS_PER_WARP;
   const int kvalid = min(ATTN_TILE_K, L - k0);
-  load_tile<D, ATTN_TILE_K>(Ks, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + hk) * D, stride, kvalid);
-  load_tile<D, ATTN_TILE_K>(Vs, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + p.Hkv + hk) * D, stride,
-                            kvalid);
+  // Causal: queries before k0 see none of these keys. Steps run over (query head, query tile).
+  const int q_begin = p.causal ? (k0 / TQ) * TQ : 0;
+  const int tiles_per_head = ceil_div_dev(L - q_begin, TQ);
+  const int nsteps = group * tiles_per_head;
+
+  // Issues the loads of step i into stage i & 1.
+  auto issue = [&](int i) {
+    unsigned char *st = stage_base + (i & 1) * STAGE_BYTES;
+    bf16 *Qd = reinterpret_cast<bf16 *>(st), *dOd = Qd + TQ * LD;
+    float *lse_d = reinterpret_cast<float *>(dOd + TQ * LD), *delta_d = lse_d + TQ;
+    const int h = hk * group + i / tiles_per_head, q0 = q_begin + (i % tiles_per_head) * TQ;
+    const int qvalid = min(TQ, L - q0);
+    load_tile_async<D, TQ>(Qd, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
+    load_tile_async<D, TQ>(dOd, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
+    cp_async_commit();
+    for (int x = threadIdx.x; x < TQ; x += blockDim.x) {  // plain stores: ordered by the loop's barrier
+      size_t idx = (size_t)h * p.T + seq_start + q0 + x;
+      lse_d[x] = x < qvalid ? lse[idx] * LOG2E : 0.0f;
+      delta_d[x] = x < qvalid ? delta[idx] : 0.0f;
+    }
+  };
+
+  load_tile_async<D, ATTN_TILE_K>(Ks, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + hk) * D, stride,
+                                  kvalid);
+  load_tile_async<D, ATTN_TILE_K>(Vs, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + p.Hkv + hk) * D,
+                                  stride, kvalid);
+  issue(0);  // commits K, V and step 0 as one group
   const int key_abs[2] = {k0 + wrow + g, k0 + wrow + g + 8};
 
   float dk[ND][4], dv[ND][4];
@@ -368,67 +450,70 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dkv_kernel(
 #pragma unroll
     for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
 
-  // Causal: queries before k0 see none of these keys.
-  const int q_begin = p.causal ? (k0 / TQ) * TQ : 0;
-  for (int h = hk * group; h < (hk + 1) * group; h++) {
-    for (int q0 = q_begin; q0 < L; q0 += TQ) {
-      __syncthreads();  // previous Q/dO tile fully read
-      const int qvalid = min(TQ, L - q0);
-      load_tile<D, TQ>(Qs, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
-      load_tile<D, TQ>(dOs, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
-      for (int i = threadIdx.x; i < TQ; i += blockDim.x) {
-        size_t idx = (size_t)h * p.T + seq_start + q0 + i;
-        lse2_s[i] = i < qvalid ? lse[idx] * LOG2E : 0.0f;
-        delta_s[i] = i < qvalid ? delta[idx] : 0.0f;
-      }
-      __syncthreads();
-      float st[NQ][4], dpt[NQ][4];
+  for (int i = 0; i < nsteps; i++) {
+    if (i + 1 < nsteps) {
+      issue(i + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const unsigned char *st = stage_base + (i & 1) * STAGE_BYTES;
+    const bf16 *Qs = reinterpret_cast<const bf16 *>(st), *dOs = Qs + TQ * LD;
+    const float *lse2_s = reinterpret_cast<const float *>(dOs + TQ * LD), *delta_s = lse2_s + TQ;
+    const int q0 = q_begin + (i % tiles_per_head) * TQ;
+
+    float st_[NQ][4], dpt[NQ][4];
 #pragma unroll
-      for (int j = 0; j < NQ; j++)
+    for (int j = 0; j < NQ; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) st[j][e] = dpt[j][e] = 0.0f;
+      for (int e = 0; e < 4; e++) st_[j][e] = dpt[j][e] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) {
-        uint32_t ka[4], va[4];
-        load_a_frag(ka, Ks, LD, wrow, kk * 16, g, q);
-        load_a_frag(va, Vs, LD, wrow, kk * 16, g, q);
+    for (int kk = 0; kk < D / 16; kk++) {
+      uint32_t ka[4], va[4];
+      load_a_frag(ka, Ks, LD, wrow, kk * 16, lane);
+      load_a_frag(va, Vs, LD, wrow, kk * 16, lane);
 #pragma unroll
-        for (int j = 0; j < NQ; j++) {
-          uint32_t bq[2], bo[2];
-          load_b_frag_nk(bq, Qs, LD, kk * 16, j * 8, g, q);
-          load_b_frag_nk(bo, dOs, LD, kk * 16, j * 8, g, q);
-          mma_bf16(st[j], ka, bq);   // S^T = K Q^T
-          mma_bf16(dpt[j], va, bo);  // dP^T = V dO^T
-        }
-      }
-      // P^T and dS^T = P^T (dP^T - delta[query]).
-#pragma unroll
-      for (int j = 0; j < NQ; j++) {
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-          int qi = j * 8 + 2 * q + (e & 1), qrow = q0 + qi, r = e / 2;
-          bool ok = qrow < L && key_abs[r] < L && (!p.causal || key_abs[r] <= qrow);
-          float pr = ok ? exp2f(st[j][e] * p.scale_log2 - lse2_s[qi]) : 0.0f;
-          st[j][e] = pr;
-          dpt[j][e] = pr * (dpt[j][e] - delta_s[qi]);
-        }
-      }
-      // dV += P^T dO, dK += dS^T Q
-#pragma unroll
-      for (int kk = 0; kk < TQ / 16; kk++) {
-        uint32_t pa[4], sa[4];
-        c_to_a_frag(pa, st[2 * kk], st[2 * kk + 1]);
-        c_to_a_frag(sa, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-        for (int n = 0; n < ND; n++) {
-          uint32_t bo[2], bq[2];
-          load_b_frag_kn(bo, dOs, LD, kk * 16, n * 8, g, q);
-          load_b_frag_kn(bq, Qs, LD, kk * 16, n * 8, g, q);
-          mma_bf16(dv[n], pa, bo);
-          mma_bf16(dk[n], sa, bq);
-        }
+      for (int j = 0; j < NQ; j += 2) {
+        uint32_t q0f[2], q1f[2], o0f[2], o1f[2];
+        load_b2_nk(q0f, q1f, Qs, LD, kk * 16, j * 8, lane);
+        load_b2_nk(o0f, o1f, dOs, LD, kk * 16, j * 8, lane);
+        mma_bf16(st_[j], ka, q0f);  // S^T = K Q^T
+        mma_bf16(st_[j + 1], ka, q1f);
+        mma_bf16(dpt[j], va, o0f);  // dP^T = V dO^T
+        mma_bf16(dpt[j + 1], va, o1f);
       }
     }
+    // P^T and dS^T = P^T (dP^T - delta[query]).
+#pragma unroll
+    for (int j = 0; j < NQ; j++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int qi = j * 8 + 2 * q + (e & 1), qrow = q0 + qi, r = e / 2;
+        bool ok = qrow < L && key_abs[r] < L && (!p.causal || key_abs[r] <= qrow);
+        float pr = ok ? exp2f(st_[j][e] * p.scale_log2 - lse2_s[qi]) : 0.0f;
+        st_[j][e] = pr;
+        dpt[j][e] = pr * (dpt[j][e] - delta_s[qi]);
+      }
+    }
+    // dV += P^T dO, dK += dS^T Q
+#pragma unroll
+    for (int kk = 0; kk < TQ / 16; kk++) {
+      uint32_t pa[4], sa[4];
+      c_to_a_frag(pa, st_[2 * kk], st_[2 * kk + 1]);
+      c_to_a_frag(sa, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+      for (int n = 0; n < ND; n += 2) {
+        uint32_t o0f[2], o1f[2], q0f[2], q1f[2];
+        load_b2_kn(o0f, o1f, dOs, LD, kk * 16, n * 8, lane);
+        load_b2_kn(q0f, q1f, Qs, LD, kk * 16, n * 8, lane);
+        mma_bf16(dv[n], pa, o0f);
+        mma_bf16(dv[n + 1], pa, o1f);
+        mma_bf16(dk[n], sa, q0f);
+        mma_bf16(dk[n + 1], sa, q1f);
+      }
+    }
+    __syncthreads();  // this stage is refilled two steps later
   }
 #pragma unroll
   for (int r = 0; r < 2; r++) {
@@ -446,15 +531,16 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dkv_kernel(
 
 // ---- launchers ---------------------------------------------------------------------------------------------
 template <int D>
-static size_t fwd_smem(void) { return (size_t)2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16); }
+static size_t fwd_smem(void) { return (size_t)2 * 2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16); }
 template <int D>
 static size_t dq_smem(void) {
-  return (size_t)(2 * ATTN_TILE_Q + 2 * ATTN_TILE_K) * (D + ATTN_SMEM_PAD) * sizeof(bf16);
+  return (size_t)(2 * ATTN_TILE_Q + 2 * 2 * ATTN_TILE_K) * (D + ATTN_SMEM_PAD) * sizeof(bf16);
 }
 template <int D>
 static size_t dkv_smem(void) {
   constexpr int TQ = dkv_tile<D>::TQ;
-  return (size_t)(2 * ATTN_TILE_K + 2 * TQ) * (D + ATTN_SMEM_PAD) * sizeof(bf16) + 2 * TQ * sizeof(float);
+  return (size_t)2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16) +
+         2 * ((size_t)2 * TQ * (D + ATTN_SMEM_PAD) * sizeof(bf16) + 2 * TQ * sizeof(float));
 }
 
 // Raises a kernel's dynamic shared-memory limit once (needed past 48 KB).

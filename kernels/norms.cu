@@ -1,13 +1,18 @@
 // RMSNorm (Qwen2) and LayerNorm (BERT), forward and backward, and the forward passes fused with the
 // residual add. Forward: one warp per row (T rows of C), fp32 statistics, the row re-read from L1
-// between passes instead of held in registers (C varies). Backward: dx per row by a warp, then the
-// weight/bias gradients by columns over the block's rows into per-block fp32 partials, summed in a
-// fixed order by sn_cuda_reduce_partials_into_bf16: deterministic, no atomics.
+// between passes instead of held in registers (C varies). Backward (fused, 16-byte packs): a block
+// owns a fixed range of rows, a warp per row writes dx and adds dout * xhat (and dout) into its own
+// fp32 column sums in shared memory; the block then sums its warps in order into per-block partials,
+// which sn_cuda_reduce_partials_into_bf16 adds into dweight/dbias in a fixed order: deterministic,
+// no atomics, and x/dout are read from DRAM once. Unpacked shapes, or C too wide for shared memory,
+// take a two-kernel path (dx, then the column sums re-reading x and dout).
 #include "common.cuh"
 
 #define NORM_WARPS 8                      // rows in flight per block (forward, and dx in backward)
 #define NORM_THREADS (NORM_WARPS * WARP_SIZE)
 #define NORM_BWD_ROWS_PER_BLOCK 64        // rows whose weight-gradient partial one block sums
+#define NORM_BWD_WARPS 4                  // fused backward: warps per block, each with C column sums
+#define NORM_BWD_MAX_SMEM (120 * 1024)    // fused backward only while its column sums fit this (sm_80: 163 KB)
 
 // ---- VEC-wide row access: VEC = 8 (16-byte packs, C % 8 == 0 and aligned) or 1 (anything) -------
 template <int VEC>
@@ -204,12 +209,98 @@ __global__ void norm_backward_dweight_kernel(float *partials_w, float *partials_
   if (IS_LAYERNORM) partials_b[(size_t)blockIdx.y * C + c] = acc_b;
 }
 
+// ---- backward: fused dx + column sums (VEC = 8) -------------------------------------------------------
+// partials_w/_b (nblocks, C): this block's rows' sums of dout * xhat and dout.
+template <bool IS_LAYERNORM>
+__global__ void __launch_bounds__(NORM_BWD_WARPS *WARP_SIZE) norm_backward_fused_kernel(
+    bf16 *dx, float *partials_w, float *partials_b, const bf16 *dout, const bf16 *x, const bf16 *weight,
+    const float *mean_in, const float *rstd_in, int T, int C, int accumulate) {
+  constexpr int VEC = BF16_PER_PACK;
+  extern __shared__ __align__(16) float col_sums[];  // [NORM_BWD_WARPS][C] w, then [NORM_BWD_WARPS][C] b
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int nsum = (IS_LAYERNORM ? 2 : 1) * NORM_BWD_WARPS * C;
+  for (int i = threadIdx.x; i < nsum; i += blockDim.x) col_sums[i] = 0.0f;
+  __syncthreads();
+  float *acc_w = col_sums + warp * C, *acc_b = col_sums + (NORM_BWD_WARPS + warp) * C;
+  const int t0 = blockIdx.x * NORM_BWD_ROWS_PER_BLOCK, t1 = min(T, t0 + NORM_BWD_ROWS_PER_BLOCK);
+  for (int t = t0 + warp; t < t1; t += NORM_BWD_WARPS) {
+    const bf16 *xr = x + (size_t)t * C, *dr = dout + (size_t)t * C;
+    const float mean = IS_LAYERNORM ? mean_in[t] : 0.0f, rstd = rstd_in[t];
+    float xv[VEC], dv[VEC], wv[VEC];
+    float sum_g = 0.0f, sum_gx = 0.0f;
+    for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
+      load_vec<VEC>(xr + c, xv);
+      load_vec<VEC>(dr + c, dv);
+      load_vec<VEC>(weight + c, wv);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) {
+        float g = dv[k] * wv[k];
+        sum_g += g;
+        sum_gx += g * (xv[k] - mean) * rstd;
+      }
+    }
+    const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f;
+    const float mean_gx = warp_sum(sum_gx) / C;
+    bf16 *o = dx + (size_t)t * C;
+    for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
+      load_vec<VEC>(xr + c, xv);
+      load_vec<VEC>(dr + c, dv);
+      load_vec<VEC>(weight + c, wv);
+      float prev[VEC];
+      if (accumulate) load_vec<VEC>(o + c, prev);
+      // Column sums updated 16 bytes at a time: a warp's float4 accesses are bank-conflict free.
+      f32x4 aw[2] = {load_f32x4(acc_w + c), load_f32x4(acc_w + c + F32_PER_PACK)}, ab[2];
+      if (IS_LAYERNORM) ab[0] = load_f32x4(acc_b + c), ab[1] = load_f32x4(acc_b + c + F32_PER_PACK);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) {
+        float xhat = (xv[k] - mean) * rstd;
+        aw[k / F32_PER_PACK].v[k % F32_PER_PACK] += dv[k] * xhat;
+        if (IS_LAYERNORM) ab[k / F32_PER_PACK].v[k % F32_PER_PACK] += dv[k];
+        xv[k] = rstd * (dv[k] * wv[k] - mean_g - xhat * mean_gx) + (accumulate ? prev[k] : 0.0f);
+      }
+      store_f32x4(acc_w + c, aw[0]), store_f32x4(acc_w + c + F32_PER_PACK, aw[1]);
+      if (IS_LAYERNORM) store_f32x4(acc_b + c, ab[0]), store_f32x4(acc_b + c + F32_PER_PACK, ab[1]);
+      store_vec<VEC>(o + c, xv);
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float w = 0.0f, b = 0.0f;
+#pragma unroll
+    for (int k = 0; k < NORM_BWD_WARPS; k++) {
+      w += col_sums[k * C + c];
+      if (IS_LAYERNORM) b += col_sums[(NORM_BWD_WARPS + k) * C + c];
+    }
+    partials_w[(size_t)blockIdx.x * C + c] = w;
+    if (IS_LAYERNORM) partials_b[(size_t)blockIdx.x * C + c] = b;
+  }
+}
+
 template <bool IS_LAYERNORM>
 static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf16 *dout, const bf16 *x,
                                  const bf16 *weight, const float *mean, const float *rstd, int T, int C,
                                  int accumulate) {
   if (T == 0) return;
   bool packed = C % BF16_PER_PACK == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(weight);
+  int nparts = ceil_div_int(T, NORM_BWD_ROWS_PER_BLOCK);
+  size_t part_floats = (size_t)nparts * C;
+  size_t fused_smem = (size_t)(IS_LAYERNORM ? 2 : 1) * NORM_BWD_WARPS * C * sizeof(float);
+  if (packed && fused_smem <= NORM_BWD_MAX_SMEM) {
+    static bool smem_raised = false;
+    if (!smem_raised) {
+      cudaCheck(cudaFuncSetAttribute(norm_backward_fused_kernel<IS_LAYERNORM>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, NORM_BWD_MAX_SMEM));
+      smem_raised = true;
+    }
+    float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS,
+                                               part_floats * sizeof(float) * (IS_LAYERNORM ? 2 : 1));
+    norm_backward_fused_kernel<IS_LAYERNORM><<<nparts, NORM_BWD_WARPS * WARP_SIZE, fused_smem, SN_STREAM>>>(
+        dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, accumulate);
+    launchCheck();
+    sn_cuda_reduce_partials_into_bf16(dweight, partials, nparts, C);
+    if (IS_LAYERNORM) sn_cuda_reduce_partials_into_bf16(dbias, partials + part_floats, nparts, C);
+    return;
+  }
   int grid = ceil_div_int(T, NORM_WARPS);
   if (packed)
     norm_backward_dx_kernel<BF16_PER_PACK, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(
@@ -219,8 +310,6 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
                                                                                   rstd, T, C, accumulate);
   launchCheck();
 
-  int nparts = ceil_div_int(T, NORM_BWD_ROWS_PER_BLOCK);
-  size_t part_floats = (size_t)nparts * C;
   float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS,
                                              part_floats * sizeof(float) * (IS_LAYERNORM ? 2 : 1));
   dim3 wgrid(ceil_div_int(C, NORM_THREADS), nparts);

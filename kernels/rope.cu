@@ -1,6 +1,7 @@
 // Rotary position embedding, Hugging Face rotate-half convention, in place on the q and k heads of
-// the packed qkv tensor. One thread per rotated pair (x[i], x[i + D/2]); fp32 math, precise sincos
-// (angles reach hundreds of radians: the fast intrinsics lose digits there).
+// the packed qkv tensor; fp32 math, precise sincos (angles reach hundreds of radians: the fast
+// intrinsics lose digits there). Packed path (D/2 % 8 == 0): one thread per (token, 8 pairs), the 8
+// angles computed once and applied to every head with 16-byte loads. Otherwise one thread per pair.
 #include "common.cuh"
 
 #define ROPE_THREADS 256
@@ -25,9 +26,45 @@ __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hk
   x[i + half] = f2bf(x2 * c + x1 * s);
 }
 
+// Packed path: thread = (token t, pairs i0..i0+7); loops over the Hq + Hkv rotated heads.
+__global__ void rope_packed_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta,
+                                   float sign) {
+  const int half = D / 2, groups = half / BF16_PER_PACK;
+  size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (size_t)T * groups) return;
+  const int t = idx / groups, i0 = (idx % groups) * BF16_PER_PACK;
+  float c[BF16_PER_PACK], s[BF16_PER_PACK];
+#pragma unroll
+  for (int k = 0; k < BF16_PER_PACK; k++) {
+    float inv_freq = 1.0f / powf(theta, (float)(2 * (i0 + k)) / (float)D);
+    sincosf((float)pos[t] * inv_freq, &s[k], &c[k]);
+    s[k] *= sign;
+  }
+  bf16 *row = qkv + (size_t)t * (Hq + 2 * Hkv) * D;
+  for (int head = 0; head < Hq + Hkv; head++) {
+    bf16 *x = row + (size_t)head * D + i0;
+    bf16x8 a = load_bf16x8(x), b = load_bf16x8(x + half), oa, ob;
+#pragma unroll
+    for (int k = 0; k < BF16_PER_PACK; k++) {
+      float x1 = bf2f(a.v[k]), x2 = bf2f(b.v[k]);
+      oa.v[k] = f2bf(x1 * c[k] - x2 * s[k]);
+      ob.v[k] = f2bf(x2 * c[k] + x1 * s[k]);
+    }
+    store_bf16x8(x, oa);
+    store_bf16x8(x + half, ob);
+  }
+}
+
 void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, int inverse) {
   size_t n = (size_t)T * (Hq + Hkv) * (D / 2);
   if (n == 0) return;
+  if ((D / 2) % BF16_PER_PACK == 0 && aligned16(qkv)) {
+    size_t threads = (size_t)T * (D / 2 / BF16_PER_PACK);
+    rope_packed_kernel<<<ceil_div_int(threads, ROPE_THREADS), ROPE_THREADS, 0, SN_STREAM>>>(
+        (bf16 *)qkv, pos, T, Hq, Hkv, D, theta, inverse ? -1.0f : 1.0f);
+    launchCheck();
+    return;
+  }
   rope_kernel<<<ceil_div_int(n, ROPE_THREADS), ROPE_THREADS, 0, SN_STREAM>>>((bf16 *)qkv, pos, T, Hq, Hkv, D,
                                                                             theta, inverse ? -1.0f : 1.0f);
   launchCheck();

@@ -59,19 +59,35 @@ static int find_config(const char *path, char *out, size_t outlen) {
   return stat(out, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static void print_config(const char *config_path) {
-  sn_model_config cfg;
-  sn_config_load_hf_dir(&cfg, config_path);  // exits 2 with a message on a bad config
+static void print_config_summary(const char *config_path, const sn_model_config *cfg) {
+  int decoder = sn_arch_is_decoder(cfg->arch);
   printf("config: %s\n", config_path);
   printf("  arch %s, layers %d, hidden %d, heads %d (kv %d, head_dim %d), intermediate %d, vocab %d\n",
-         sn_arch_name(cfg.arch), cfg.n_layers, cfg.hidden, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
-         cfg.intermediate, cfg.vocab);
-  printf("  max_positions %d, %s %g, norm_eps %g, act %s, tie %d, attn_bias %d, mlp_bias %d\n", cfg.max_positions,
-         sn_arch_is_decoder(cfg.arch) ? "rope_theta" : "type_vocab",
-         sn_arch_is_decoder(cfg.arch) ? (double)cfg.rope_theta : (double)cfg.type_vocab, (double)cfg.norm_eps,
-         cfg.hidden_act, cfg.tie_embeddings, cfg.attn_bias, cfg.mlp_bias);
-  printf("  bos %d, eos %d, pad %d; parameters (base model) %lld\n\n", cfg.bos_id, cfg.eos_id, cfg.pad_id,
-         (long long)sn_config_num_params(&cfg));
+         sn_arch_name(cfg->arch), cfg->n_layers, cfg->hidden, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim,
+         cfg->intermediate, cfg->vocab);
+  printf("  max_positions %d, %s %g, norm_eps %g, act %s, tie %d, attn_bias %d, mlp_bias %d\n", cfg->max_positions,
+         decoder ? "rope_theta" : "type_vocab", decoder ? (double)cfg->rope_theta : (double)cfg->type_vocab,
+         (double)cfg->norm_eps, cfg->hidden_act, cfg->tie_embeddings, cfg->attn_bias, cfg->mlp_bias);
+  printf("  bos %d, eos %d, pad %d; parameters (base model) %lld\n\n", cfg->bos_id, cfg->eos_id, cfg->pad_id,
+         (long long)sn_config_num_params(cfg));
+}
+
+// A model folder's config.json is part of the model: a bad one is bad input (exit 2). Beside a
+// lone .safetensors file it may be something else (a run's config), so it only gets a warning.
+static void show_config(const char *path, const char *config_path) {
+  sn_model_config cfg;
+  if (is_dir(path)) {
+    sn_config_load_hf_dir(&cfg, config_path);
+    print_config_summary(config_path, &cfg);
+    return;
+  }
+  size_t len;
+  char *text = sn_read_file(config_path, &len), err[ERR_LEN];
+  if (text && sn_config_parse_hf(&cfg, text, len, config_path, err, sizeof err) == 0)
+    print_config_summary(config_path, &cfg);
+  else
+    sn_warn("not showing the config beside the file: %s", text ? err : config_path);
+  free(text);
 }
 
 static void shape_text(const sn_st_tensor *t, char *buf, size_t n) {
@@ -87,7 +103,7 @@ static void open_or_die(sn_st_archive *a, const char *path) {
 
 static int inspect(const char *path) {
   char config_path[4096];
-  if (find_config(path, config_path, sizeof config_path)) print_config(config_path);
+  if (find_config(path, config_path, sizeof config_path)) show_config(path, config_path);
   sn_st_archive a;
   open_or_die(&a, path);
   printf("%-64s %-5s %-24s %10s\n", "tensor", "dtype", "shape", "MB");

@@ -428,9 +428,19 @@ static void write_json_line(FILE *f, cJSON *obj, const char *path) {
   if (ferror(f)) sn_fatal("%s: write failed: %s", path, strerror(errno));
 }
 
-static FILE *open_out(char *path, size_t cap, const char *dir, const char *name) {
-  snprintf(path, cap, "%s/%s", dir, name);
-  return fopenCheck(path, "w");
+// Each output is written to "<path>.tmp" and renamed into place when complete, train.jsonl last:
+// an interrupted run never leaves a train.jsonl that looks finished (sn_default_run skips the
+// build when it exists).
+static FILE *open_out(char *tmp_path, size_t cap, const char *dir, const char *name) {
+  snprintf(tmp_path, cap, "%s/%s.tmp", dir, name);
+  return fopenCheck(tmp_path, "w");
+}
+
+static void close_out(FILE *f, char *tmp_path) {
+  fcloseCheck(f, tmp_path);
+  char final_path[SN_PATH_MAX];
+  snprintf(final_path, sizeof final_path, "%.*s", (int)(strlen(tmp_path) - strlen(".tmp")), tmp_path);
+  if (rename(tmp_path, final_path) != 0) sn_fatal("rename %s → %s: %s", tmp_path, final_path, strerror(errno));
 }
 
 static int cmp_int_by_package(const void *a, const void *b, void *items) {
@@ -495,17 +505,7 @@ int main(int argc, char **argv) {
   snprintf(dir, sizeof dir, "%s/test/qrels", o.out);
   if (sn_mkdir_p(dir)) sn_fatal("%s: cannot create: %s", dir, strerror(errno));
 
-  FILE *f = open_out(path, sizeof path, o.out, "train.jsonl");
-  for (int i = 0; i < ntrain; i++) {
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "query", P[train[i]].short_desc);
-    cJSON *pos = cJSON_AddArrayToObject(j, "pos");
-    cJSON_AddItemToArray(pos, cJSON_CreateString(P[train[i]].long_desc));
-    write_json_line(f, j, path);
-  }
-  fcloseCheck(f, path);
-
-  f = open_out(path, sizeof path, o.out, "test/corpus.jsonl");
+  FILE *f = open_out(path, sizeof path, o.out, "test/corpus.jsonl");
   for (int i = 0; i < ncorpus; i++) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "_id", P[corpus[i]].package);
@@ -513,7 +513,7 @@ int main(int argc, char **argv) {
     cJSON_AddStringToObject(j, "text", P[corpus[i]].long_desc);
     write_json_line(f, j, path);
   }
-  fcloseCheck(f, path);
+  close_out(f, path);
 
   f = open_out(path, sizeof path, o.out, "test/queries.jsonl");
   for (int i = 0; i < ntest; i++) {
@@ -522,12 +522,12 @@ int main(int argc, char **argv) {
     cJSON_AddStringToObject(j, "text", P[test_q[i]].short_desc);
     write_json_line(f, j, path);
   }
-  fcloseCheck(f, path);
+  close_out(f, path);
 
   f = open_out(path, sizeof path, o.out, "test/qrels/test.tsv");
   fprintf(f, "query-id\tcorpus-id\tscore\n");
   for (int i = 0; i < ntest; i++) fprintf(f, "%s\t%s\t1\n", P[test_q[i]].package, P[test_q[i]].package);
-  fcloseCheck(f, path);
+  close_out(f, path);
 
   cJSON *st = cJSON_CreateObject();
   cJSON_AddStringToObject(st, "apt_lists", o.apt_lists);
@@ -553,6 +553,16 @@ int main(int argc, char **argv) {
   if (sn_write_file_atomic(path, text, text_len)) sn_fatal("%s: cannot write: %s", path, strerror(errno));
   free(text);
   cJSON_Delete(st);
+
+  f = open_out(path, sizeof path, o.out, "train.jsonl");
+  for (int i = 0; i < ntrain; i++) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "query", P[train[i]].short_desc);
+    cJSON *pos = cJSON_AddArrayToObject(j, "pos");
+    cJSON_AddItemToArray(pos, cJSON_CreateString(P[train[i]].long_desc));
+    write_json_line(f, j, path);
+  }
+  close_out(f, path);
 
   sn_log("%d descriptions parsed from %d file(s); %d pairs after dedup and length limits "
          "(dropped: %d repeated packages, %d too short, %d identical long descriptions; %d truncated)",

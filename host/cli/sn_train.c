@@ -20,6 +20,8 @@ static void usage(FILE *out) {
           "                  DIR: continue from that checkpoint folder\n"
           "  --set k=v       override any config key by its dotted path, e.g.\n"
           "                  --set stage1.temperature=0.02 --set device=cuda\n"
+          "  --stop-after N  take N optimizer steps in this run, checkpoint and exit 0, as on\n"
+          "                  SIGTERM/SIGUSR1 (time-limited jobs)\n"
           "  --print-config  print the resolved config and exit\n");
 }
 
@@ -42,6 +44,10 @@ int main(int argc, char **argv) {
       else sn_bad_input("--stage: expected 1, 2 or all, got '%s'", s);
     } else if (strcmp(a, "--resume") == 0 && has_value) {
       args.resume = argv[++i];
+    } else if (strcmp(a, "--stop-after") == 0 && has_value) {
+      char *end;
+      args.stop_after = strtoll(argv[++i], &end, 10);
+      if (*end || args.stop_after <= 0) sn_bad_input("--stop-after: expected a positive step count, got '%s'", argv[i]);
     } else if (strcmp(a, "--print-config") == 0) {
       args.print_config = 1;
     } else if ((strcmp(a, "--set") == 0 && has_value) || (a[0] != '-' && strchr(a, '='))) {

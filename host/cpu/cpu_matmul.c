@@ -9,10 +9,11 @@
 //      in L2.
 // Each element of C is computed by one thread, in the same order whatever the thread count, so
 // the result is deterministic and independent of OMP_NUM_THREADS.
-// The micro-kernel is written once with GCC/Clang vector extensions and compiled twice: for the
-// baseline ISA and, where the CPU has them, for AVX2 + FMA (picked at run time, since the build
-// uses no -march flag).
+// The micro-kernel is written with GCC/Clang vector extensions in two widths: 8 floats compiled
+// for AVX2 + FMA, used where the CPU has them (picked at run time: the build uses no -march flag),
+// and 4 floats for the baseline ISA (SSE2 on x86-64, NEON on arm64).
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../common.h"
@@ -33,7 +34,7 @@ typedef float v8 __attribute__((vector_size(VEC * sizeof(float))));
 
 // ---- micro-kernel -------------------------------------------------------------------------------
 // C[0:m, 0:n] (row stride ldc) += a (kc, MR) panel @ b (kc, NR) panel.
-static inline __attribute__((always_inline)) void micro_kernel_body(
+static inline __attribute__((always_inline)) void micro_kernel_body_v8(
     int kc, const float *restrict a, const float *restrict b, float *restrict c, int ldc, int m,
     int n) {
   v8 acc[MR][2];
@@ -73,20 +74,50 @@ static inline __attribute__((always_inline)) void micro_kernel_body(
 typedef void (*micro_kernel_fn)(int kc, const float *a, const float *b, float *c, int ldc, int m,
                                 int n);
 
-static void micro_kernel_baseline(int kc, const float *a, const float *b, float *c, int ldc, int m,
-                                  int n) {
-  micro_kernel_body(kc, a, b, c, ldc, m, n);
+// The portable kernel uses 4-float vectors (SSE2, NEON): 8-float ones without AVX are split by
+// the compiler and spill. The NR columns are done in halves so 12 accumulators stay in registers.
+#define VEC4 4
+typedef float v4 __attribute__((vector_size(VEC4 * sizeof(float))));
+#define HALF_NR (NR / 2)
+
+static void micro_kernel_baseline(int kc, const float *restrict a, const float *restrict b,
+                                  float *restrict c, int ldc, int m, int n) {
+  float tile[MR][NR];
+  for (int half = 0; half < NR; half += HALF_NR) {
+    v4 acc[MR][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = (v4){0};
+    for (int k = 0; k < kc; k++) {
+      v4 b0, b1;
+      memcpy(&b0, b + k * NR + half, sizeof b0);
+      memcpy(&b1, b + k * NR + half + VEC4, sizeof b1);
+      for (int i = 0; i < MR; i++) {
+        float s = a[k * MR + i];
+        v4 ai = {s, s, s, s};
+        acc[i][0] = acc[i][0] + ai * b0;
+        acc[i][1] = acc[i][1] + ai * b1;
+      }
+    }
+    for (int i = 0; i < MR; i++) {
+      memcpy(&tile[i][half], &acc[i][0], sizeof acc[i][0]);
+      memcpy(&tile[i][half + VEC4], &acc[i][1], sizeof acc[i][1]);
+    }
+  }
+  for (int i = 0; i < m; i++)
+    for (int j = 0; j < n; j++) c[i * ldc + j] += tile[i][j];
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx2,fma"))) static void micro_kernel_avx2(int kc, const float *a,
                                                                   const float *b, float *c,
                                                                   int ldc, int m, int n) {
-  micro_kernel_body(kc, a, b, c, ldc, m, n);
+  micro_kernel_body_v8(kc, a, b, c, ldc, m, n);
 }
 #endif
 
+// SN_CPU_KERNEL=baseline forces the portable kernel (to test it, or to compare bits across CPUs).
 static micro_kernel_fn pick_micro_kernel(void) {
+  const char *forced = getenv("SN_CPU_KERNEL");
+  if (forced && strcmp(forced, "baseline") == 0) return micro_kernel_baseline;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return micro_kernel_avx2;

@@ -15,10 +15,14 @@
 
 static char g_dir[256];
 
-static void write_text(const char *name, const char *text) {
+static FILE *open_in_dir(const char *name) {
   char path[512];
   snprintf(path, sizeof path, "%s/%s", g_dir, name);
-  FILE *f = fopen(path, "w");
+  return fopenCheck(path, "w");
+}
+
+static void write_text(const char *name, const char *text) {
+  FILE *f = open_in_dir(name);
   fputs(text, f);
   fclose(f);
 }
@@ -204,9 +208,7 @@ static void test_pipeline(void) {
   sn_model *m = sn_model_new(&cfg, sn_ops_cpu(), 1);
 
   static const char *WORDS[] = {"apple", "river", "quantum", "market", "violin", "granite", "orbit", "lemon"};
-  FILE *fc = fopen(strcat(strcpy((char[300]){0}, g_dir), "/corpus.jsonl"), "w");
-  FILE *fq = fopen(strcat(strcpy((char[300]){0}, g_dir), "/queries.jsonl"), "w");
-  FILE *fr = fopen(strcat(strcpy((char[300]){0}, g_dir), "/qrels/test.tsv"), "w");
+  FILE *fc = open_in_dir("corpus.jsonl"), *fq = open_in_dir("queries.jsonl"), *fr = open_in_dir("qrels/test.tsv");
   fprintf(fr, "query-id\tcorpus-id\tscore\n");
   for (int i = 0; i < NDOCS; i++) {
     char text[1024];

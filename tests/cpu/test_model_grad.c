@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -320,7 +321,35 @@ static void run_case(const case_t *k, uint64_t seed) {
   sn_model_free(h.m);
 }
 
+// sn_tokens_upload must exit with status 2 on an id outside the vocabulary or an empty sequence.
+static void check_bad_tokens_exit(void) {
+  const sn_ops *ops = sn_ops_cpu();
+  const int vocab = 10;
+  const int32_t bad_ids[] = {1, 2, 10}, ok_ids[] = {1, 2, 3};
+  const int32_t cu_ok[] = {0, 2, 3}, cu_empty[] = {0, 3, 3};
+  struct { const char *what; const int32_t *ids, *cu; } cases[] = {
+      {"id outside the vocabulary", bad_ids, cu_ok},
+      {"empty sequence", ok_ids, cu_empty},
+  };
+  for (size_t i = 0; i < SN_ARRAY_LEN(cases); i++) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {  // child: must not return
+      freopen("/dev/null", "w", stderr);
+      sn_tokens t;
+      sn_tokens_alloc(&t, ops, 8, 4);
+      sn_tokens_upload(&t, ops, cases[i].ids, cases[i].cu, 2, vocab, cases[i].what);
+      _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == SN_EXIT_BAD_INPUT, "%s: status %d, expected exit 2",
+          cases[i].what, status);
+  }
+}
+
 int main(void) {
+  check_bad_tokens_exit();
   case_t cases[3];
   cases[0] = (case_t){"qwen2 (GQA, qkv bias, tied)", base_config(SN_ARCH_QWEN2), SN_POOL_LAST};
   cases[0].cfg.n_kv_heads = 2;

@@ -4,6 +4,7 @@
 // fp32. The relative error is taken over each input's whole gradient vector.
 // Buffers the backward *writes* are pre-filled with NaN, so an element it forgets fails the check.
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "common.h"
@@ -53,6 +54,10 @@ static double projected_loss(const fd_problem *p, float *out) {
 static double check_input(const fd_problem *p, const char *input, float *x, size_t n,
                           const float *analytic) {
   float *out = mallocCheck(p->nout * sizeof(float)), *numeric = mallocCheck(n * sizeof(float));
+  // The thousands of tiny forwards run on one thread: waking a team for each costs more than the
+  // op, on a shared CI machine much more. (The analytic side ran with every thread.)
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
   for (size_t i = 0; i < n; i++) {
     float saved = x[i];
     x[i] = saved + p->eps;
@@ -64,6 +69,7 @@ static double check_input(const fd_problem *p, const char *input, float *x, size
     x[i] = saved;
     numeric[i] = (float)((L_hi - L_lo) / ((double)hi - (double)lo));
   }
+  omp_set_num_threads(threads);
   double err = sn_rel_err(analytic, numeric, n);
   printf("  %-34s d%-7s rel err %.2e\n", p->op, input, err);
   CHECK(err < GRAD_TOL, "%s: d%s rel err %.3e >= %.1e", p->op, input, err, GRAD_TOL);

@@ -14,7 +14,7 @@
 
 #define BF16_TOL 1e-2   // bf16 storage: one rounding of every output, and bf16 operands
 #define F32_TOL 1e-4    // fp32 outputs of fp32 math (losses, optimizer state)
-#define ATTN_BWD_TOL 2e-2  // attention backward: P and dS are rounded to bf16 as tensor-core operands
+#define ATTN_BWD_TOL 1e-2  // attention backward: P and dS are rounded to bf16 as tensor-core operands (seen: 2.5e-3)
 
 static const sn_ops *cpu, *gpu;
 static sn_test_rng rng;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# sn_train's bad input: each case exits 2 before training with a message naming the problem.
+set -uo pipefail
+BUILD=$1
+SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+python3 "$SRC/tests/synth_data.py" data --examples 16 --test-queries 4
+TOK=$SRC/configs/default/decoder/tokenizer.json
+DESC='{"arch": "qwen2", "layers": 1, "hidden": 16, "heads": 2, "kv_heads": 1, "intermediate": 32, "vocab": 4096}'
+cat > base.json <<JSON
+{"run_dir": "run", "data": {"train": ["data/train.jsonl"], "max_query_len": 12, "max_doc_len": 24},
+ "stage1": {"model_desc": $DESC, "tokenizer": "$TOK", "batch_queries": 4, "steps": 1},
+ "stage2": {"student_desc": {"arch": "bert", "layers": 1, "hidden": 16, "heads": 2, "vocab": 4096},
+            "tokenizer": "$SRC/configs/default/student/tokenizer.json", "steps": 1, "batch_queries": 4}}
+JSON
+fail=0
+expect() {  # expect "what" "needle" args...
+  local what=$1 needle=$2; shift 2
+  local out rc
+  out=$("$BUILD/sn_train" "$@" 2>&1); rc=$?
+  if [ $rc != 2 ]; then echo "FAIL: $what: exit $rc, expected 2"; echo "$out" | tail -3; fail=1; return; fi
+  if ! grep -qF -- "$needle" <<<"$out"; then echo "FAIL: $what: message lacks '$needle': $out"; fail=1; return; fi
+  echo "ok: $what: $(grep -m1 error <<<"$out")"
+}
+expect "unknown key" "did you mean 'stage1.temperature'" --config base.json --set stage1.temprature=0.1
+expect "missing config" "nope.json" --config nope.json
+expect "missing model folder" "stage1.model" --config base.json --set stage1.model_desc= --set stage1.model=/nonexistent/model
+expect "vocabulary larger than the embedding table" "embedding table" --config base.json \
+  --set 'stage1.model_desc={"arch": "qwen2", "layers": 1, "hidden": 16, "heads": 2, "vocab": 1000}'
+expect "stage 2 without a teacher" "stage-1 teacher" --config base.json --stage 2
+expect "missing training file" "data.train" --config base.json --set 'data.train=["missing.jsonl"]'
+expect "more negatives than the data has" "negative" --config base.json --set stage1.negatives_per_query=1000
+expect "batch larger than the data" "batch" --config base.json --set stage1.batch_queries=1000
+expect "bad --stage" "--stage" --config base.json --stage 3
+printf '{"query": "x", "pos": []}\n' > bad.jsonl
+expect "empty pos list" "bad.jsonl:1" --config base.json --set 'data.train=["bad.jsonl"]'
+exit $fail
