@@ -1,10 +1,12 @@
 // Encoding speed of one thread: sn_bench_tokenizer --tokenizer FILE_OR_DIR --input FILE.jsonl
 // [--repeat N]. Encodes every "text" (and "title") of the JSONL file, N times (default 3; the first
 // pass fills the word cache, as in training where a corpus is read repeatedly), and reports MB/s of
-// text bytes for the first pass and the best of the later ones.
+// text bytes for the first pass and the best of the later ones, by wall clock and by the thread's
+// CPU time (the second is what one core gives when the machine is shared with other work).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cJSON.h>
 
@@ -13,6 +15,12 @@
 
 #define DEFAULT_REPEAT 3
 #define BYTES_PER_MB 1e6
+
+static double thread_cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 typedef struct { char **texts; size_t *lens; size_t count, bytes; } text_set;
 
@@ -64,9 +72,9 @@ int main(int argc, char **argv) {
   text_set set = read_texts(input);
   int32_t *ids = NULL;
   size_t cap = 0, total_ids = 0;
-  double first_mbs = 0, best_mbs = 0;
+  double first_mbs = 0, best_mbs = 0, first_cpu_mbs = 0, best_cpu_mbs = 0;
   for (int r = 0; r < repeat; r++) {
-    double start = sn_now_s();
+    double start = sn_now_s(), cpu_start = thread_cpu_s();
     total_ids = 0;
     for (size_t i = 0; i < set.count; i++) {
       size_t n = 0;
@@ -74,14 +82,20 @@ int main(int argc, char **argv) {
       total_ids += n;
     }
     double mbs = set.bytes / BYTES_PER_MB / (sn_now_s() - start);
-    if (r == 0) first_mbs = mbs;
-    else if (mbs > best_mbs) best_mbs = mbs;
+    double cpu_mbs = set.bytes / BYTES_PER_MB / (thread_cpu_s() - cpu_start);
+    if (r == 0) { first_mbs = mbs; first_cpu_mbs = cpu_mbs; }
+    else {
+      best_mbs = SN_MAX(best_mbs, mbs);
+      best_cpu_mbs = SN_MAX(best_cpu_mbs, cpu_mbs);
+    }
   }
   printf("tokenizer %s (%s), loaded in %.2f s\n", tokenizer_path, sn_tokenizer_fingerprint(tok), load_s);
   printf("%zu texts, %.2f MB, %zu ids (%.2f bytes/id)\n", set.count, set.bytes / BYTES_PER_MB, total_ids,
          (double)set.bytes / (double)(total_ids ? total_ids : 1));
-  printf("single thread: first pass %.2f MB/s", first_mbs);
+  printf("single thread, wall clock: first pass %.2f MB/s", first_mbs);
   if (repeat > 1) printf(", best later pass %.2f MB/s", best_mbs);
+  printf("\nsingle thread, CPU time:   first pass %.2f MB/s", first_cpu_mbs);
+  if (repeat > 1) printf(", best later pass %.2f MB/s", best_cpu_mbs);
   printf("\n");
   for (size_t i = 0; i < set.count; i++) free(set.texts[i]);
   free(set.texts); free(set.lens); free(ids);

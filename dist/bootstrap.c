@@ -200,6 +200,7 @@ sn_dist_env sn_dist_detect(void) {
 #define RDV_RETRY_S 0.1          // pause between connection attempts while rank 0 is not up yet
 #define RDV_CONNECT_ATTEMPT_S 5.0  // one connect() to an unreachable host gives up after this
 #define RDV_LISTEN_BACKLOG 1024
+#define RDV_HELLO_WAIT_S 10.0    // our peers send their hello at once; a silent stranger is dropped
 
 static void put_u32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (24 - 8 * i)); }
 static void put_u64(unsigned char *p, uint64_t v) { put_u32(p, (uint32_t)(v >> 32)); put_u32(p + 4, (uint32_t)v); }
@@ -309,7 +310,8 @@ static int rank0_serve(int port, const char *addr, int world, const void *blob, 
     int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (fd < 0) continue;  // the peer gave up between poll and accept; it retries
     unsigned char hello[RDV_HELLO_BYTES];
-    if (transfer_all(fd, hello, sizeof(hello), 0, deadline) != 0 || get_u32(hello) != RDV_MAGIC) {
+    double hello_deadline = SN_MIN(deadline, sn_now_s() + RDV_HELLO_WAIT_S);
+    if (transfer_all(fd, hello, sizeof(hello), 0, hello_deadline) != 0 || get_u32(hello) != RDV_MAGIC) {
       close(fd);  // a stranger (or a port scanner) on our port: ignore it
       continue;
     }

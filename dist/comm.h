@@ -53,7 +53,8 @@ typedef struct sn_comm {
 
 // device "cpu" or "cuda"; timeout_s <= 0 means SN_COMM_DEFAULT_TIMEOUT_S. Never returns NULL:
 // a bad environment, a build without the needed backend, or an initialization that times out
-// ends the process with a message saying which.
+// ends the process with a message saying which. With "cuda" it selects this rank's GPU
+// (cudaSetDevice(local_rank % device_count)): create it before any CUDA allocation.
 sn_comm *sn_comm_create(const char *device, double timeout_s);
 void sn_comm_destroy(sn_comm *c);  // waits for outstanding work; collective (every rank calls it)
 const char *sn_comm_backend_name(sn_comm_backend backend);  // "single", "mpi", "nccl"

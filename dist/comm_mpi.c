@@ -77,6 +77,7 @@ static int checked_int(size_t n, const char *what) {
 
 // out (len) = partials[0] + partials[1] + … + partials[n-1], added in rank order.
 static void sum_in_rank_order(float *out, const float *partials, int n, size_t len) {
+  if (len == 0) return;  // a slice can be empty when the buffer has fewer elements than ranks
   memcpy(out, partials, len * sizeof(float));
   for (int r = 1; r < n; r++) {
     const float *p = partials + (size_t)r * len;

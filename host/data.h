@@ -22,6 +22,9 @@
 
 #include "tokenizer.h"
 
+// Writes a message into err (errlen bytes; nothing when err is NULL): the data layer's error path.
+void sn_data_errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 // ================================================================================================
 // Text layer (data_jsonl.c)
 // ================================================================================================
@@ -109,12 +112,12 @@ const char *sn_train_example_where(const sn_train_examples *ex, int64_t i);
 // Encoding one item: the rendered prompt is encoded without special tokens, then the tokenizer's
 // own special tokens (add_special: [CLS] … [SEP] for BERT; nothing for Qwen) are put around it,
 // and with append_eos the EOS id is appended unless the tokenizer's own trailing special already is
-// EOS (BERT's [SEP]) — decoder towers pool the last token, which must be EOS. When that exceeds max_len, the text is cut, not
-// the template's tail: prefix+text is encoded and cut to what leaves room for the suffix (the
-// template after "{text}", encoded on its own), the specials and EOS. An untruncated item is
-// therefore token-identical to Hugging Face encoding the rendered prompt. An item that would
-// encode to nothing (empty text, no specials, no EOS asked) gets the EOS id, when there is one, so
-// every sequence has a last token to pool.
+// EOS (BERT's [SEP]) — decoder towers pool the last token, which must be EOS. When that exceeds
+// max_len, the text is cut, not the template's tail: prefix+text is encoded and cut to what
+// leaves room for the suffix (the template after "{text}", encoded on its own), the specials and
+// EOS. An untruncated item is therefore token-identical to Hugging Face encoding the rendered
+// prompt. An item that would encode to nothing (empty text, no specials, no EOS asked) gets the
+// EOS id, when there is one, so every sequence has a last token to pool.
 
 // Same contract as sn_tokenizer_encode, so tests can pass a stub and the trainer the real one.
 typedef size_t (*sn_encode_fn)(const void *ctx, const char *text, size_t len, int add_special,

@@ -4,7 +4,6 @@
 #define _GNU_SOURCE
 #include "data.h"
 
-#include <stdarg.h>
 #include <string.h>
 
 #include "common.h"
@@ -36,15 +35,6 @@ struct sn_sampler {
   sn_batch batch;
   int64_t query_ids_cap, doc_ids_cap, batch_queries_cap, batch_docs_cap;
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 // ---- random streams (splitmix64) -----------------------------------------------------------------
 
@@ -228,37 +218,37 @@ static int check_config(const sn_sampler_config *cfg, const sn_train_examples *e
                         const sn_token_set *queries, const sn_token_set *docs, char *err,
                         size_t errlen) {
   if (cfg->world_size < 1 || cfg->rank < 0 || cfg->rank >= cfg->world_size) {
-    set_err(err, errlen, "sampler: rank %d of world size %d (expected 0 ≤ rank < world size)",
+    sn_data_errorf(err, errlen, "sampler: rank %d of world size %d (expected 0 ≤ rank < world size)",
             cfg->rank, cfg->world_size);
     return -1;
   }
   if (cfg->negatives_per_query < 0) {
-    set_err(err, errlen, "sampler: negatives_per_query %d (expected ≥ 0)", cfg->negatives_per_query);
+    sn_data_errorf(err, errlen, "sampler: negatives_per_query %d (expected ≥ 0)", cfg->negatives_per_query);
     return -1;
   }
   if (cfg->max_tokens_per_rank < 0 || cfg->global_batch_queries < 0 ||
       (cfg->max_tokens_per_rank == 0 && cfg->global_batch_queries == 0)) {
-    set_err(err, errlen, "sampler: set global_batch_queries > 0 or a token budget "
+    sn_data_errorf(err, errlen, "sampler: set global_batch_queries > 0 or a token budget "
                          "max_tokens_per_rank > 0");
     return -1;
   }
   if (cfg->global_batch_queries % cfg->world_size != 0) {
-    set_err(err, errlen, "sampler: global batch of %d queries does not split over %d ranks "
+    sn_data_errorf(err, errlen, "sampler: global batch of %d queries does not split over %d ranks "
                          "(expected a multiple of the world size)",
             cfg->global_batch_queries, cfg->world_size);
     return -1;
   }
   if (ex->n_examples == 0) {
-    set_err(err, errlen, "sampler: no training examples");
+    sn_data_errorf(err, errlen, "sampler: no training examples");
     return -1;
   }
   if (!queries || queries->n_seqs != ex->n_examples) {
-    set_err(err, errlen, "sampler: the query token set has %lld sequences for %lld examples",
+    sn_data_errorf(err, errlen, "sampler: the query token set has %lld sequences for %lld examples",
             queries ? (long long)queries->n_seqs : 0LL, (long long)ex->n_examples);
     return -1;
   }
   if (!cfg->queries_only && (!docs || docs->n_seqs != ex->n_docs)) {
-    set_err(err, errlen, "sampler: the doc token set has %lld sequences for %lld documents",
+    sn_data_errorf(err, errlen, "sampler: the doc token set has %lld sequences for %lld documents",
             docs ? (long long)docs->n_seqs : 0LL, (long long)ex->n_docs);
     return -1;
   }
@@ -288,13 +278,13 @@ static int check_random_negatives(const sn_sampler *s, char *err, size_t errlen)
     const sn_train_example *x = &s->ex->examples[e];
     if (x->n_neg > 0) continue;
     if (s->cfg.forbid_random_negatives) {
-      set_err(err, errlen, "%s: example has no hard negatives (\"neg\") and random negatives are "
+      sn_data_errorf(err, errlen, "%s: example has no hard negatives (\"neg\") and random negatives are "
                            "forbidden (expected a non-empty \"neg\" list)",
               sn_train_example_where(s->ex, e));
       return -1;
     }
     if (s->n_random_pool <= x->n_pos) {
-      set_err(err, errlen, "%s: example has no hard negatives and no other example's positive can "
+      sn_data_errorf(err, errlen, "%s: example has no hard negatives and no other example's positive can "
                            "serve as a random negative",
               sn_train_example_where(s->ex, e));
       return -1;
@@ -324,7 +314,7 @@ sn_sampler *sn_sampler_create(const sn_sampler_config *cfg, const sn_train_examp
     return NULL;
   }
   if (plan_global_batch(s, 0, 0) == 0) {
-    set_err(err, errlen, "sampler: %lld examples cannot fill one global batch (%d queries over "
+    sn_data_errorf(err, errlen, "sampler: %lld examples cannot fill one global batch (%d queries over "
                          "%d ranks%s)",
             (long long)ex->n_examples, cfg->global_batch_queries, cfg->world_size,
             cfg->max_tokens_per_rank > 0 ? ", token budget" : "");
@@ -341,7 +331,7 @@ const sn_batch *sn_sampler_next(sn_sampler *s, char *err, size_t errlen) {
     s->position = 0;
     taken = plan_global_batch(s, s->epoch, 0);
     if (taken == 0) {
-      set_err(err, errlen, "sampler: epoch %llu cannot fill one global batch",
+      sn_data_errorf(err, errlen, "sampler: epoch %llu cannot fill one global batch",
               (unsigned long long)s->epoch);
       return NULL;
     }
@@ -366,16 +356,16 @@ void sn_sampler_get_cursor(const sn_sampler *s, sn_data_cursor *c) {
 
 int sn_sampler_set_cursor(sn_sampler *s, const sn_data_cursor *c, char *err, size_t errlen) {
   if (c->version != SN_DATA_CURSOR_VERSION) {
-    set_err(err, errlen, "data cursor version %u (expected %u)", c->version, SN_DATA_CURSOR_VERSION);
+    sn_data_errorf(err, errlen, "data cursor version %u (expected %u)", c->version, SN_DATA_CURSOR_VERSION);
     return -1;
   }
   if (c->rng_seed != s->cfg.seed) {
-    set_err(err, errlen, "data cursor seed %llu differs from the configured seed %llu",
+    sn_data_errorf(err, errlen, "data cursor seed %llu differs from the configured seed %llu",
             (unsigned long long)c->rng_seed, (unsigned long long)s->cfg.seed);
     return -1;
   }
   if (c->n_examples != (uint64_t)s->ex->n_examples || c->position > c->n_examples) {
-    set_err(err, errlen, "data cursor is for %llu examples at position %llu, the data has %lld "
+    sn_data_errorf(err, errlen, "data cursor is for %llu examples at position %llu, the data has %lld "
                          "(resuming on other training data?)",
             (unsigned long long)c->n_examples, (unsigned long long)c->position,
             (long long)s->ex->n_examples);

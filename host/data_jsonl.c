@@ -20,8 +20,7 @@
 #define MAX_SKIP_WARNINGS 10       // skipped lines warned one by one; the rest only counted
 #define HASH_SEED_DOC 0x646f63u    // "doc": separates doc hashes from other uses of sn_hash64
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+void sn_data_errorf(char *err, size_t errlen, const char *fmt, ...) {
   if (!err || errlen == 0) return;
   va_list ap;
   va_start(ap, fmt);
@@ -171,18 +170,18 @@ static int read_doc(const cJSON *item, const char *field, int index, doc_view *o
     return 0;
   }
   if (!cJSON_IsObject(item)) {
-    set_err(err, errlen, "\"%s\"[%d] must be %s", field, index, expected);
+    sn_data_errorf(err, errlen, "\"%s\"[%d] must be %s", field, index, expected);
     return -1;
   }
   const cJSON *text = cJSON_GetObjectItemCaseSensitive(item, "text");
   const cJSON *title = cJSON_GetObjectItemCaseSensitive(item, "title");
   if (!cJSON_IsString(text)) {
-    set_err(err, errlen, "\"%s\"[%d].text %s (expected %s)", field, index,
+    sn_data_errorf(err, errlen, "\"%s\"[%d].text %s (expected %s)", field, index,
             text ? "is not a string" : "is missing", expected);
     return -1;
   }
   if (title && !cJSON_IsString(title)) {
-    set_err(err, errlen, "\"%s\"[%d].title is not a string (expected %s)", field, index, expected);
+    sn_data_errorf(err, errlen, "\"%s\"[%d].title is not a string (expected %s)", field, index, expected);
     return -1;
   }
   *out = (doc_view){title ? title->valuestring : "", text->valuestring};
@@ -197,17 +196,17 @@ static int read_doc_list(const cJSON *root, const char *field, int required, doc
   const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, field);
   if (!arr) {
     if (!required) return 0;
-    set_err(err, errlen, "missing \"%s\" (expected a non-empty array of documents)", field);
+    sn_data_errorf(err, errlen, "missing \"%s\" (expected a non-empty array of documents)", field);
     return -1;
   }
   if (!cJSON_IsArray(arr)) {
-    set_err(err, errlen, "\"%s\" must be an array of documents%s", field,
+    sn_data_errorf(err, errlen, "\"%s\" must be an array of documents%s", field,
             required ? " (non-empty)" : "");
     return -1;
   }
   int n = cJSON_GetArraySize(arr);
   if (n == 0 && required) {
-    set_err(err, errlen, "\"%s\" is empty (expected at least one document)", field);
+    sn_data_errorf(err, errlen, "\"%s\" is empty (expected at least one document)", field);
     return -1;
   }
   doc_view *docs = mallocCheck((size_t)(n ? n : 1) * sizeof *docs);
@@ -229,7 +228,7 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   int is_nul;
   size_t bad = first_bad_utf8((const unsigned char *)line, len, &is_nul);
   if (bad < len) {
-    set_err(err, errlen, is_nul ? "NUL byte at byte %zu (expected UTF-8 text)"
+    sn_data_errorf(err, errlen, is_nul ? "NUL byte at byte %zu (expected UTF-8 text)"
                                 : "invalid UTF-8 at byte %zu",
             bad + 1);
     return -1;
@@ -238,7 +237,7 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   cJSON *root = cJSON_ParseWithLengthOpts(line, len, &end, 0);
   if (!root) {
     size_t at = (end && end >= line && end <= line + len) ? (size_t)(end - line) + 1 : 0;
-    set_err(err, errlen, "malformed JSON near byte %zu (expected one JSON object per line)", at);
+    sn_data_errorf(err, errlen, "malformed JSON near byte %zu (expected one JSON object per line)", at);
     return -1;
   }
   int rc = -1;
@@ -246,22 +245,22 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   int n_pos = 0, n_neg = 0;
   for (const char *p = end; p < line + len; p++) {
     if (*p != ' ' && *p != '\t' && *p != '\r') {
-      set_err(err, errlen, "unexpected characters after the JSON object at byte %zu",
+      sn_data_errorf(err, errlen, "unexpected characters after the JSON object at byte %zu",
               (size_t)(p - line) + 1);
       goto done;
     }
   }
   if (!cJSON_IsObject(root)) {
-    set_err(err, errlen, "expected a JSON object {\"query\": …, \"pos\": […], \"neg\": […]}");
+    sn_data_errorf(err, errlen, "expected a JSON object {\"query\": …, \"pos\": […], \"neg\": […]}");
     goto done;
   }
   const cJSON *query = cJSON_GetObjectItemCaseSensitive(root, "query");
   if (!query) {
-    set_err(err, errlen, "missing \"query\" (expected a non-empty string)");
+    sn_data_errorf(err, errlen, "missing \"query\" (expected a non-empty string)");
     goto done;
   }
   if (!cJSON_IsString(query) || query->valuestring[0] == '\0') {
-    set_err(err, errlen, "\"query\" must be a non-empty string");
+    sn_data_errorf(err, errlen, "\"query\" must be a non-empty string");
     goto done;
   }
   if (read_doc_list(root, "pos", 1, &pos, &n_pos, err, errlen) != 0) goto done;
@@ -326,7 +325,7 @@ int sn_train_examples_parse(sn_train_examples *ex, const char *buf, size_t len, 
     if (is_blank(line, line_len)) continue;
     int rc;
     if (line_len > max_line_bytes) {
-      set_err(why, sizeof why, "line is %zu bytes, over the limit of %zu (max_line_bytes)",
+      sn_data_errorf(why, sizeof why, "line is %zu bytes, over the limit of %zu (max_line_bytes)",
               line_len, max_line_bytes);
       rc = -1;
     } else {
@@ -338,14 +337,14 @@ int sn_train_examples_parse(sn_train_examples *ex, const char *buf, size_t len, 
     }
     snprintf(msg, sizeof msg, "%.*s:%lld: %s", MAX_NAME_IN_MESSAGE, name, (long long)line_no, why);
     if (!skip_bad_lines) {
-      set_err(err, errlen, "%s", msg);
+      sn_data_errorf(err, errlen, "%s", msg);
       return -1;
     }
     if (ex->n_lines_skipped++ == 0) snprintf(ex->first_skipped, sizeof ex->first_skipped, "%s", msg);
     if (on_skip) on_skip(msg);
   }
   if (n_valid == 0) {
-    set_err(err, errlen,
+    sn_data_errorf(err, errlen,
             "%s: no valid example line (expected JSONL lines {\"query\": str, \"pos\": [str, …], "
             "\"neg\": [str, …]})%s",
             name, skip_bad_lines && ex->n_lines_skipped ? "; all lines were bad and skipped" : "");

@@ -2,7 +2,6 @@
 #define _GNU_SOURCE
 #include "data.h"
 
-#include <stdarg.h>
 #include <string.h>
 
 #include "common.h"
@@ -28,15 +27,6 @@ struct sn_prompt {
   int n_lead, n_trail;
   int eos_extra;            // 1 when EOS is appended after the trailing specials
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 static size_t count_occurrences(const char *s, const char *needle) {
   size_t n = 0, len = strlen(needle);
@@ -121,7 +111,7 @@ static int learn_specials(sn_prompt *p, char *err, size_t errlen) {
     if (memcmp(with + j, plain, n_plain * sizeof *plain) == 0) found = (int)j;
   int rc = -1;
   if (found < 0) {
-    set_err(err, errlen, "cannot tell the tokenizer's special tokens apart from the text "
+    sn_data_errorf(err, errlen, "cannot tell the tokenizer's special tokens apart from the text "
                          "(encoding with add_special does not contain the plain encoding)");
   } else {
     p->n_lead = found;
@@ -143,12 +133,13 @@ sn_prompt *sn_prompt_create(const sn_prompt_spec *spec, const sn_text_encoder *e
                                                                   : DEFAULT_TEMPLATE;
   size_t n_text = count_occurrences(tpl, PLACEHOLDER_TEXT);
   if (n_text != 1) {
-    set_err(err, errlen, "prompt template \"%s\" has %zu \"{text}\" placeholders (expected exactly one)",
-            tpl, n_text);
+    sn_data_errorf(err, errlen,
+                   "prompt template \"%s\" has %zu \"{text}\" placeholders (expected exactly one)",
+                   tpl, n_text);
     return NULL;
   }
   if (spec->append_eos && enc->eos_id < 0) {
-    set_err(err, errlen, "append_eos is set but the tokenizer has no EOS token");
+    sn_data_errorf(err, errlen, "append_eos is set but the tokenizer has no EOS token");
     return NULL;
   }
   sn_prompt *p = callocCheck(1, sizeof *p);
@@ -162,7 +153,7 @@ sn_prompt *sn_prompt_create(const sn_prompt_spec *spec, const sn_text_encoder *e
   p->eos_extra = spec->append_eos && !(p->n_trail > 0 && p->trail[p->n_trail - 1] == enc->eos_id);
   int fixed = p->n_lead + p->n_trail + p->eos_extra;
   if (spec->max_len < fixed + 1) {
-    set_err(err, errlen, "max length %d cannot hold the %d special/EOS tokens and any text",
+    sn_data_errorf(err, errlen, "max length %d cannot hold the %d special/EOS tokens and any text",
             spec->max_len, fixed);
     free(p->lead);
     free(p->trail);

@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -66,15 +65,6 @@ uint64_t sn_hash64(const void *data, size_t len, uint64_t seed) {
   h *= HASH_PRIME_3;
   h ^= h >> 32;
   return h;
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
 }
 
 // ---- items ---------------------------------------------------------------------------------------
@@ -221,7 +211,7 @@ int sn_token_set_write(const sn_token_set *set, const char *path, char *err, siz
   h.header_checksum = header_checksum(&h);
   memcpy(image, &h, sizeof h);
   int rc = sn_write_file_atomic(path, image, total);
-  if (rc != 0) set_err(err, errlen, "cannot write token shard '%s': %s", path, strerror(errno));
+  if (rc != 0) sn_data_errorf(err, errlen, "cannot write token shard '%s': %s", path, strerror(errno));
   free(image);
   return rc;
 }
@@ -257,12 +247,12 @@ int sn_token_set_map(sn_token_set *set, const char *path, uint64_t expected_key,
   memset(set, 0, sizeof *set);
   int fd = open(path, O_RDONLY);
   if (fd < 0) {
-    set_err(err, errlen, "cannot open token shard '%s': %s", path, strerror(errno));
+    sn_data_errorf(err, errlen, "cannot open token shard '%s': %s", path, strerror(errno));
     return -1;
   }
   struct stat st;
   if (fstat(fd, &st) != 0 || st.st_size == 0) {
-    set_err(err, errlen, "token shard '%s' is empty or cannot be read", path);
+    sn_data_errorf(err, errlen, "token shard '%s' is empty or cannot be read", path);
     close(fd);
     return -1;
   }
@@ -270,12 +260,12 @@ int sn_token_set_map(sn_token_set *set, const char *path, uint64_t expected_key,
   void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
   close(fd);
   if (map == MAP_FAILED) {
-    set_err(err, errlen, "cannot mmap token shard '%s': %s", path, strerror(errno));
+    sn_data_errorf(err, errlen, "cannot mmap token shard '%s': %s", path, strerror(errno));
     return -1;
   }
   const char *why = check_image(map, size, expected_key);
   if (why) {
-    set_err(err, errlen, "token shard '%s': %s", path, why);
+    sn_data_errorf(err, errlen, "token shard '%s': %s", path, why);
     munmap(map, size);
     return -1;
   }
@@ -319,7 +309,7 @@ int sn_token_set_load_or_build(sn_token_set *set, const sn_text_item *items, int
   char path[4096];
   if (snprintf(path, sizeof path, "%s/%s-%016llx.snshard", opts->cache_dir, opts->name,
                (unsigned long long)key) >= (int)sizeof path) {
-    set_err(err, errlen, "cache path too long: %s/%s", opts->cache_dir, opts->name);
+    sn_data_errorf(err, errlen, "cache path too long: %s/%s", opts->cache_dir, opts->name);
     return -1;
   }
   char why[SN_DATA_ERR_LEN];
@@ -328,7 +318,7 @@ int sn_token_set_load_or_build(sn_token_set *set, const sn_text_item *items, int
     double t0 = sn_now_s();
     while (sn_token_set_map(set, path, key, why, sizeof why) != 0) {
       if (sn_now_s() - t0 > timeout) {
-        set_err(err, errlen, "waited %.0f s for the builder rank to write %s (last: %s)", timeout,
+        sn_data_errorf(err, errlen, "waited %.0f s for the builder rank to write %s (last: %s)", timeout,
                 path, why);
         return -1;
       }
@@ -345,7 +335,7 @@ int sn_token_set_load_or_build(sn_token_set *set, const sn_text_item *items, int
     sn_warn("%s; rebuilding it", why);
   }
   if (sn_mkdir_p(opts->cache_dir) != 0) {
-    set_err(err, errlen, "cannot create cache folder '%s': %s", opts->cache_dir, strerror(errno));
+    sn_data_errorf(err, errlen, "cannot create cache folder '%s': %s", opts->cache_dir, strerror(errno));
     return -1;
   }
   double t0 = sn_now_s();

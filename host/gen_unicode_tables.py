@@ -71,12 +71,27 @@ def read_unicode_data():
     return category, ccc, decomp, lower
 
 
-def read_property(name, prop):
+def read_property(name, prop, values=None):
+    """Ranges with the property (and, for enumerated ones, one of the values), merged."""
     ranges = []
     for f in ucd_lines(name):
-        if f[1] == prop:
+        if f[1] == prop and (values is None or f[2] in values):
             ranges.append(parse_range(f[0]))
-    return sorted(ranges)
+    merged = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def range_table(ranges, name):
+    out = [f"const uint32_t {name}[{len(ranges)}][2] = {{"]
+    out += wrap([f"{{0x{lo:X}, 0x{hi:X}}}" for lo, hi in ranges])
+    out.append("};")
+    out.append(f"const int {name}_len = {len(ranges)};")
+    return out
 
 
 def two_stage(values, name, ctype):
@@ -126,10 +141,9 @@ def main():
     out += two_stage(category, "sn_ucd_category", "uint8_t")
     out += two_stage(ccc, "sn_ucd_ccc", "uint8_t")
 
-    out.append(f"const uint32_t sn_ucd_white_space[{len(white_space)}][2] = {{")
-    out += wrap([f"{{0x{lo:X}, 0x{hi:X}}}" for lo, hi in white_space])
-    out.append("};")
-    out.append(f"const int sn_ucd_white_space_len = {len(white_space)};")
+    out += range_table(white_space, "sn_ucd_white_space")
+    # Code points whose NFC quick check is No or Maybe: text without them is already NFC.
+    out += range_table(read_property("DerivedNormalizationProps.txt", "NFC_QC", ("N", "M")), "sn_ucd_nfc_not_yes")
 
     # Canonical decompositions: one or two code points each (UnicodeData never has more).
     entries = sorted(decomp.items())

@@ -251,7 +251,9 @@ static int load_pre_tokenizer(sn_tokenizer *tok, const cJSON *p, const char *pat
   }
   if (strcmp(type, "ByteLevel") == 0) {
     tok->byte_level = 1;
+    // add_prefix_space acts on each split made so far: after a Split, on every piece of it.
     tok->add_prefix_space = json_flag(p, "add_prefix_space", 1);
+    tok->prefix_space_per_piece = tok->add_prefix_space && tok->split != SN_SPLIT_NONE;
     if (json_flag(p, "use_regex", 1)) return set_split(tok, SN_SPLIT_GPT2, path, field, err, errlen);
     return 0;
   }
@@ -688,19 +690,20 @@ static void encode_segment(const sn_tokenizer *tok, const char *text, size_t len
   sn_utf8_to_cps(text, len, &cps, &n_cps);
   size_t cps_cap = n_cps + 1;
   normalize(tok, &cps, &n_cps, &cps_cap);
-  if (tok->byte_level && tok->add_prefix_space && n_cps > 0 && cps[0] != ' ') {
+  if (tok->byte_level && tok->add_prefix_space && !tok->prefix_space_per_piece && n_cps > 0 && cps[0] != ' ') {
     if (n_cps + 1 > cps_cap) cps = reallocCheck(cps, (cps_cap = n_cps + 1) * sizeof(uint32_t));
     memmove(cps + 1, cps, n_cps * sizeof(uint32_t));
     cps[0] = ' ';
     n_cps++;
   }
-  char *piece = tok->is_wordpiece ? NULL : mallocCheck(4 * n_cps + 1);
+  char *piece = tok->is_wordpiece ? NULL : mallocCheck(4 * n_cps + 2);
   size_t pos = 0, start, end;
   while (sn_pretok_next(tok->split, cps, n_cps, &pos, &start, &end)) {
     if (tok->is_wordpiece) {
       sn_wordpiece_encode_word(tok, cps + start, end - start, ids, n, cap);
     } else {
       size_t bytes = 0;
+      if (tok->prefix_space_per_piece && cps[start] != ' ') piece[bytes++] = ' ';
       for (size_t i = start; i < end; i++) {
         if (cps[i] < 0x80) piece[bytes++] = (char)cps[i];
         else bytes += sn_utf8_encode(cps[i], piece + bytes);
@@ -712,7 +715,19 @@ static void encode_segment(const sn_tokenizer *tok, const char *text, size_t len
   free(cps);
 }
 
-static int is_space_byte(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+// lstrip/rstrip: the length of the white-space code point that ends before / starts at text[i], 0 if none.
+static size_t space_before(const char *text, size_t lo, size_t i) {
+  size_t start = i;
+  while (start > lo && (start == i || ((unsigned char)text[start] & 0xC0) == 0x80) && i - start < 4) start--;
+  uint32_t cp;
+  size_t len = sn_utf8_decode((const unsigned char *)text + start, i - start, &cp);
+  return start + len == i && sn_unicode_is_white_space(cp) ? len : 0;
+}
+static size_t space_at(const char *text, size_t len, size_t i) {
+  uint32_t cp;
+  size_t n = sn_utf8_decode((const unsigned char *)text + i, len - i, &cp);
+  return sn_unicode_is_white_space(cp) ? n : 0;
+}
 static int is_word_byte(unsigned char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
 }
@@ -730,8 +745,8 @@ static const sn_added_token *find_added(const sn_tokenizer *tok, const char *tex
       if (a->single_word && ((s > 0 && is_word_byte((unsigned char)text[s - 1])) ||
                              (e < len && is_word_byte((unsigned char)text[e]))))
         continue;
-      if (a->lstrip) while (s > pos && is_space_byte(text[s - 1])) s--;
-      if (a->rstrip) while (e < len && is_space_byte(text[e])) e++;
+      for (size_t k; a->lstrip && s > pos && (k = space_before(text, pos, s)) > 0;) s -= k;
+      for (size_t k; a->rstrip && e < len && (k = space_at(text, len, e)) > 0;) e += k;
       *match_start = s;
       *match_end = e;
       return a;

@@ -236,7 +236,7 @@ static void bpe_merge(const sn_tokenizer *tok, const unsigned char *word, size_t
 
 // Direct-mapped: a word hashes to one slot and replaces what was there. Words and id lists longer
 // than the inline room bypass the cache (they are rare and merging them is what it costs anyway).
-#define SN_BPE_CACHE_SLOTS 16384
+#define SN_BPE_CACHE_SLOTS 65536  // about 5 MB per thread
 #define SN_BPE_CACHE_KEY_MAX 30
 #define SN_BPE_CACHE_IDS_MAX 10
 

@@ -89,6 +89,7 @@ struct sn_tokenizer {
   sn_split_kind split;
   int byte_level;         // ByteLevel pre-tokenizer: bytes → printable characters
   int add_prefix_space;   // ByteLevel's add_prefix_space
+  int prefix_space_per_piece;  // ByteLevel came after a Split: each piece gets the space
   sn_bpe bpe;
   sn_wordpiece wp;
   int32_t prefix_ids[SN_MAX_TEMPLATE_IDS], suffix_ids[SN_MAX_TEMPLATE_IDS];  // add_special ids

@@ -89,7 +89,7 @@ static const eval_row EVAL_ROWS[] = {
 };
 
 static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const sn_tokenizer *qtok,
-                        sn_model *dm, const sn_tokenizer *dtok, const char *name) {
+                        sn_model *dm, const sn_tokenizer *dtok, const char *name, int student) {
   sn_eval_opts o;
   sn_eval_opts_default(&o);
   o.split = t->cfg.eval.split;
@@ -98,6 +98,9 @@ static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const 
   o.max_doc_len = t->cfg.data.max_doc_len;
   o.query_prompt = t->cfg.data.query_prompt;
   o.doc_prompt = t->cfg.data.doc_prompt;
+  // The towers are embedded as they were trained: the student with its own pooling.
+  o.doc_pooling = sn_pooling_from_name(t->cfg.stage1.pooling);
+  o.query_pooling = sn_pooling_from_name(student ? t->cfg.stage2.pooling : t->cfg.stage1.pooling);
   sn_eval_result res;
   char err[1024], path[SN_TRAIN_PATH_MAX + 64];
   if (sn_eval_run(&o, data, qm, qtok, dm, dtok, &res, err, sizeof err) != 0) sn_bad_input("evaluation: %s", err);
@@ -122,7 +125,7 @@ static void eval_untrained(sn_trainer *t, const sn_beir *data) {
   const sn_cfg_stage1 *s1 = &t->cfg.stage1;
   sn_model *m = sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
   sn_tokenizer *tok = sn_trainer_load_tokenizer(s1->tokenizer, s1->model, "stage1.tokenizer");
-  eval_towers(t, data, m, tok, m, tok, "untrained");
+  eval_towers(t, data, m, tok, m, tok, "untrained", 0);
   sn_tokenizer_free(tok);
   sn_model_free(m);
 }
@@ -134,7 +137,7 @@ static void eval_final(sn_trainer *t, const sn_beir *data, int student) {
   sn_model *qm = sn_model_load(qdir, t->ops), *dm = sn_model_load(ddir, t->ops);
   sn_tokenizer *qtok = sn_trainer_load_tokenizer(NULL, qdir, qdir);
   sn_tokenizer *dtok = sn_trainer_load_tokenizer(NULL, ddir, ddir);
-  eval_towers(t, data, qm, qtok, dm, dtok, student ? "student" : "stage1");
+  eval_towers(t, data, qm, qtok, dm, dtok, student ? "student" : "stage1", student);
   sn_tokenizer_free(qtok);
   sn_tokenizer_free(dtok);
   sn_model_free(qm);

@@ -87,6 +87,9 @@ float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verb
 // cu_seqlens (s1 - s0 + 1 entries written to cu_out).
 const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s1, int32_t *cu_out);
 
+// "last" | "mean" | "cls" (the config has validated the name).
+sn_pooling sn_pooling_from_name(const char *name);
+
 // Towers and their tokenizers.
 sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
                                 const char *what);

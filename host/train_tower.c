@@ -178,6 +178,10 @@ float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verb
   return out;
 }
 
+sn_pooling sn_pooling_from_name(const char *name) {
+  return !strcmp(name, "mean") ? SN_POOL_MEAN : !strcmp(name, "cls") ? SN_POOL_FIRST : SN_POOL_LAST;
+}
+
 // ---- towers and tokenizers ------------------------------------------------------------------
 
 sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
@@ -240,7 +244,7 @@ static void build_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m,
   sn_prompt_spec spec = {.template_str = template_str, .max_len = max_len,
                          .add_special = 1, .append_eos = decoder};
   sn_text_encoder enc = sn_text_encoder_from_tokenizer(tok);
-  sn_shard_cache_opts opts = {.cache_dir = t->cache_dir, .name = name, .is_builder = t->rank == 0,
+  sn_shard_cache_opts opts = {.cache_dir = t->cache_dir, .name = name, .is_builder = t->comm->local_rank == 0,
                               .wait_timeout_s = 0};
   char err[1024];
   if (sn_token_set_load_or_build(out, items, n, &spec, &enc, &opts, err, sizeof err) != 0)

@@ -14,6 +14,8 @@ extern const uint16_t sn_ucd_ccc_stage1[];
 extern const uint8_t sn_ucd_ccc_stage2[];
 extern const uint32_t sn_ucd_white_space[][2];
 extern const int sn_ucd_white_space_len;
+extern const uint32_t sn_ucd_nfc_not_yes[][2];
+extern const int sn_ucd_nfc_not_yes_len;
 extern const uint32_t sn_ucd_decomp[][3];
 extern const int sn_ucd_decomp_len;
 extern const uint32_t sn_ucd_compose[][3];
@@ -95,10 +97,18 @@ int sn_unicode_is_punctuation(uint32_t cp) {
   return c >= SN_UCAT_PC && c <= SN_UCAT_PO;
 }
 int sn_unicode_is_mark_nonspacing(uint32_t cp) { return sn_unicode_category(cp) == SN_UCAT_MN; }
-int sn_unicode_is_white_space(uint32_t cp) {
-  for (int i = 0; i < sn_ucd_white_space_len; i++)
-    if (cp >= sn_ucd_white_space[i][0] && cp <= sn_ucd_white_space[i][1]) return 1;
+static int in_ranges(const uint32_t (*ranges)[2], int count, uint32_t cp) {
+  int lo = 0, hi = count - 1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    if (cp < ranges[mid][0]) hi = mid - 1;
+    else if (cp > ranges[mid][1]) lo = mid + 1;
+    else return 1;
+  }
   return 0;
+}
+int sn_unicode_is_white_space(uint32_t cp) {
+  return in_ranges(sn_ucd_white_space, sn_ucd_white_space_len, cp);
 }
 int sn_unicode_combining_class(uint32_t cp) {
   return (int)two_stage_lookup(sn_ucd_ccc_stage1, sn_ucd_ccc_stage2, cp);
@@ -189,10 +199,20 @@ void sn_unicode_nfd(uint32_t **cps, size_t *n, size_t *cap) {
   *cps = out; *n = out_n; *cap = out_cap;
 }
 
+// Below this no code point has NFC_QC No/Maybe or a non-zero combining class.
+#define NFC_QUICK_YES_BELOW 0x300
+
 int sn_unicode_nfc_quick_yes(const uint32_t *cps, size_t n) {
-  // Below U+0300 every code point is already composed and no combining mark exists; Hangul jamo
-  // (U+1100..) and marks are what composition acts on.
-  for (size_t i = 0; i < n; i++) if (cps[i] >= 0x300) return 0;
+  // UAX #15's quick check: no code point that NFC could change, marks in canonical order.
+  int last_cc = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t c = cps[i];
+    if (c < NFC_QUICK_YES_BELOW) { last_cc = 0; continue; }
+    if (in_ranges(sn_ucd_nfc_not_yes, sn_ucd_nfc_not_yes_len, c)) return 0;
+    int cc = sn_unicode_combining_class(c);
+    if (cc != 0 && last_cc > cc) return 0;
+    last_cc = cc;
+  }
   return 1;
 }
 

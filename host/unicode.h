@@ -38,7 +38,7 @@ int sn_unicode_combining_class(uint32_t cp);
 // rewritten. NFD: full canonical decomposition + canonical ordering; NFC: NFD then composition.
 void sn_unicode_nfd(uint32_t **cps, size_t *n, size_t *cap);
 void sn_unicode_nfc(uint32_t **cps, size_t *n, size_t *cap);
-// True when NFC cannot change the text (all code points below U+0300), the common fast path.
+// True when NFC cannot change the text (UAX #15 quick check says Yes): the common fast path.
 int sn_unicode_nfc_quick_yes(const uint32_t *cps, size_t n);
 
 // Full lower-case mapping of one code point (Rust's char::to_lowercase): writes 1 to 3 code points

@@ -46,13 +46,28 @@ __global__ void iota_kernel(int32_t *x, int n) {
 // One block per position i of the sorted ids; only the first position of each run of equal ids
 // works: it sums the dout rows of the run (token order kept by the stable sort) and adds to dtable.
 __global__ void embedding_backward_kernel(bf16 *dtable, const bf16 *dout, const int32_t *sorted_ids,
-                                          const int32_t *sorted_tokens, int T, int C) {
+                                          const int32_t *sorted_tokens, int T, int C, int packed) {
   int i = blockIdx.x;
   int id = sorted_ids[i];
   if (i > 0 && sorted_ids[i - 1] == id) return;
   int end = i + 1;
   while (end < T && sorted_ids[end] == id) end++;
   bf16 *dst = dtable + (size_t)id * C;
+  if (packed) {
+    for (int c = threadIdx.x * BF16_PER_PACK; c < C; c += blockDim.x * BF16_PER_PACK) {
+      float sum[BF16_PER_PACK] = {0};
+      for (int j = i; j < end; j++) {
+        bf16x8 g = load_bf16x8(dout + (size_t)sorted_tokens[j] * C + c);
+#pragma unroll
+        for (int k = 0; k < BF16_PER_PACK; k++) sum[k] += bf2f(g.v[k]);
+      }
+      bf16x8 o = load_bf16x8(dst + c);
+#pragma unroll
+      for (int k = 0; k < BF16_PER_PACK; k++) o.v[k] = f2bf(bf2f(o.v[k]) + sum[k]);
+      store_bf16x8(dst + c, o);
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float sum = 0.0f;
     for (int j = i; j < end; j++) sum += bf2f(dout[(size_t)sorted_tokens[j] * C + c]);
@@ -76,7 +91,8 @@ void cuda_embedding_backward(void *dtable, const void *dout, const int32_t *ids,
   launchCheck();
   cudaCheck(cub::DeviceRadixSort::SortPairs(base + aligned_ints, temp_bytes, ids, sorted_ids, order,
                                             sorted_tokens, T, 0, end_bit, SN_STREAM));
+  int packed = C % BF16_PER_PACK == 0 && aligned16(dtable) && aligned16(dout);
   embedding_backward_kernel<<<T, EMBED_THREADS, 0, SN_STREAM>>>((bf16 *)dtable, (const bf16 *)dout, sorted_ids,
-                                                                sorted_tokens, T, C);
+                                                                sorted_tokens, T, C, packed);
   launchCheck();
 }

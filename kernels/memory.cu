@@ -162,17 +162,30 @@ void cuda_scale_f32(float *x, float s, size_t n) {
 }
 
 // ---- deterministic second stage of cross-block reductions -------------------------------------------
-// dst (n) += sum over p of partials (nparts, n), summed in fp32 in order p = 0..nparts-1.
+// dst (n) += sum over p of partials (nparts, n). A block owns REDUCE_COLS columns; its REDUCE_SLICES
+// thread rows each sum the parts p = slice, slice + REDUCE_SLICES, ... in order, then the slices are
+// added in order: a fixed summation order (deterministic), with enough loads in flight that a few
+// hundred columns by a thousand parts is not latency-bound.
+#define REDUCE_COLS 32
+#define REDUCE_SLICES 16
 __global__ void reduce_partials_kernel(bf16 *dst, const float *partials, int nparts, int n) {
-  int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= n) return;
-  float acc = bf2f(dst[j]);
+  __shared__ float slice_sums[REDUCE_SLICES][REDUCE_COLS];
+  const int col = threadIdx.x % REDUCE_COLS, slice = threadIdx.x / REDUCE_COLS;
+  const int j = blockIdx.x * REDUCE_COLS + col;
   float sum = 0.0f;
-  for (int p = 0; p < nparts; p++) sum += partials[(size_t)p * n + j];
-  dst[j] = f2bf(acc + sum);
+  if (j < n)
+    for (int p = slice; p < nparts; p += REDUCE_SLICES) sum += partials[(size_t)p * n + j];
+  slice_sums[slice][col] = sum;
+  __syncthreads();
+  if (slice == 0 && j < n) {
+    float total = 0.0f;
+#pragma unroll
+    for (int k = 0; k < REDUCE_SLICES; k++) total += slice_sums[k][col];
+    dst[j] = f2bf(bf2f(dst[j]) + total);
+  }
 }
 void sn_cuda_reduce_partials_into_bf16(bf16 *dst, const float *partials, int nparts, int n) {
-  reduce_partials_kernel<<<ceil_div_int(n, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS, 0, SN_STREAM>>>(
+  reduce_partials_kernel<<<ceil_div_int(n, REDUCE_COLS), REDUCE_COLS * REDUCE_SLICES, 0, SN_STREAM>>>(
       dst, partials, nparts, n);
   launchCheck();
 }

@@ -10,7 +10,11 @@
 
 #define NORM_WARPS 8                      // rows in flight per block (forward, and dx in backward)
 #define NORM_THREADS (NORM_WARPS * WARP_SIZE)
-#define NORM_BWD_ROWS_PER_BLOCK 64        // rows whose weight-gradient partial one block sums
+#define NORM_BWD_ROWS_PER_BLOCK 64        // two-kernel path: rows whose column sums one block adds
+// Fused path: rows per block, a function of C alone (so the summation order does not depend on the
+// device): small enough that there are several blocks per SM, large enough that the partials stay
+// a small fraction of the traffic.
+static int fused_rows_per_block(int C) { return C <= 2048 ? 16 : 32; }
 #define NORM_BWD_WARPS 4                  // fused backward: warps per block, each with C column sums
 #define NORM_BWD_MAX_SMEM (120 * 1024)    // fused backward only while its column sums fit this (sm_80: 163 KB)
 
@@ -107,6 +111,84 @@ __global__ void __launch_bounds__(NORM_THREADS) norm_forward_kernel(
   }
 }
 
+// Packed forward with the row kept in registers (C <= MAXP * 256): x is read from DRAM once and the
+// statistics passes run on registers, so nothing depends on L1 holding the row.
+template <int MAXP, bool IS_LAYERNORM>
+__global__ void __launch_bounds__(NORM_THREADS) norm_forward_cached_kernel(
+    bf16 *out, bf16 *residual_out, float *mean_out, float *rstd_out, const bf16 *a, const bf16 *b_in,
+    const bf16 *weight, const bf16 *bias, int T, int C, float eps) {
+  constexpr int STEP = WARP_SIZE * BF16_PER_PACK;
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int t = blockIdx.x * NORM_WARPS + threadIdx.x / WARP_SIZE;
+  if (t >= T) return;
+  const size_t row = (size_t)t * C;
+  bf16x8 xc[MAXP];
+  float sum = 0.0f;
+#pragma unroll
+  for (int p = 0; p < MAXP; p++) {
+    int c = p * STEP + lane * BF16_PER_PACK;
+    if (c < C) {
+      bf16x8 v = load_bf16x8(a + row + c);
+      if (b_in) {  // fused residual: x = a + b, stored as it is normalized (bf16)
+        bf16x8 y = load_bf16x8(b_in + row + c);
+#pragma unroll
+        for (int k = 0; k < BF16_PER_PACK; k++) v.v[k] = f2bf(bf2f(v.v[k]) + bf2f(y.v[k]));
+        store_bf16x8(residual_out + row + c, v);
+      }
+      xc[p] = v;
+#pragma unroll
+      for (int k = 0; k < BF16_PER_PACK; k++) {
+        float f = bf2f(v.v[k]);
+        sum += IS_LAYERNORM ? f : f * f;
+      }
+    }
+  }
+  sum = warp_sum(sum);
+  float mean = 0.0f, rstd;
+  if (IS_LAYERNORM) {
+    mean = sum / C;
+    float var = 0.0f;
+#pragma unroll
+    for (int p = 0; p < MAXP; p++) {
+      int c = p * STEP + lane * BF16_PER_PACK;
+      if (c < C)
+#pragma unroll
+        for (int k = 0; k < BF16_PER_PACK; k++) var += (bf2f(xc[p].v[k]) - mean) * (bf2f(xc[p].v[k]) - mean);
+    }
+    rstd = rsqrtf(warp_sum(var) / C + eps);
+  } else {
+    rstd = rsqrtf(sum / C + eps);
+  }
+#pragma unroll
+  for (int p = 0; p < MAXP; p++) {
+    int c = p * STEP + lane * BF16_PER_PACK;
+    if (c < C) {
+      bf16x8 w = load_bf16x8(weight + c), bb, o;
+      if (IS_LAYERNORM) bb = load_bf16x8(bias + c);
+#pragma unroll
+      for (int k = 0; k < BF16_PER_PACK; k++)
+        o.v[k] = f2bf((bf2f(xc[p].v[k]) - mean) * rstd * bf2f(w.v[k]) + (IS_LAYERNORM ? bf2f(bb.v[k]) : 0.0f));
+      store_bf16x8(out + row + c, o);
+    }
+  }
+  if (lane == 0) {
+    rstd_out[t] = rstd;
+    if (IS_LAYERNORM) mean_out[t] = mean;
+  }
+}
+
+// Register-cache sizes (16-byte packs per lane) built: C up to 1024, 2048, 3584 (Qwen2.5-7B).
+#define NORM_CACHE_SMALL 4
+#define NORM_CACHE_MEDIUM 8
+#define NORM_CACHE_LARGE 14
+static int norm_cache_packs(int C) {
+  const int per_pack_step = WARP_SIZE * BF16_PER_PACK;
+  if (C <= NORM_CACHE_SMALL * per_pack_step) return NORM_CACHE_SMALL;
+  if (C <= NORM_CACHE_MEDIUM * per_pack_step) return NORM_CACHE_MEDIUM;
+  if (C <= NORM_CACHE_LARGE * per_pack_step) return NORM_CACHE_LARGE;
+  return 0;
+}
+
 template <bool IS_LAYERNORM>
 static void launch_norm_forward(bf16 *out, bf16 *residual_out, float *mean, float *rstd, const bf16 *a,
                                 const bf16 *b, const bf16 *weight, const bf16 *bias, int T, int C, float eps) {
@@ -114,7 +196,15 @@ static void launch_norm_forward(bf16 *out, bf16 *residual_out, float *mean, floa
   bool packed = C % BF16_PER_PACK == 0 && aligned16(out) && aligned16(a) && aligned16(weight) &&
                 (!b || (aligned16(b) && aligned16(residual_out))) && (!bias || aligned16(bias));
   int grid = ceil_div_int(T, NORM_WARPS);
-  if (packed)
+  const int cache = packed ? norm_cache_packs(C) : 0;
+#define CACHED_FWD(P)                                                                                  \
+  norm_forward_cached_kernel<P, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(out, residual_out, mean, \
+                                                                                  rstd, a, b, weight, bias, T, C, eps)
+  if (cache == NORM_CACHE_SMALL) CACHED_FWD(NORM_CACHE_SMALL);
+  else if (cache == NORM_CACHE_MEDIUM) CACHED_FWD(NORM_CACHE_MEDIUM);
+  else if (cache == NORM_CACHE_LARGE) CACHED_FWD(NORM_CACHE_LARGE);
+#undef CACHED_FWD
+  else if (packed)
     norm_forward_kernel<BF16_PER_PACK, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(
         out, residual_out, mean, rstd, a, b, weight, bias, T, C, eps);
   else
@@ -210,57 +300,85 @@ __global__ void norm_backward_dweight_kernel(float *partials_w, float *partials_
 }
 
 // ---- backward: fused dx + column sums (VEC = 8) -------------------------------------------------------
-// partials_w/_b (nblocks, C): this block's rows' sums of dout * xhat and dout.
+// Pass 1 of a pack: the row sums of g = dout * w and g * xhat.
 template <bool IS_LAYERNORM>
+__device__ __forceinline__ void bwd_row_sums(bf16x8 x8, bf16x8 d8, const bf16 *w, float mean, float rstd,
+                                             float &sum_g, float &sum_gx) {
+  bf16x8 w8 = load_bf16x8(w);
+#pragma unroll
+  for (int k = 0; k < BF16_PER_PACK; k++) {
+    float g = bf2f(d8.v[k]) * bf2f(w8.v[k]);
+    sum_g += g;
+    sum_gx += g * (bf2f(x8.v[k]) - mean) * rstd;
+  }
+}
+// Pass 2 of a pack at column c: dx, and this warp's column sums (16 bytes at a time: a warp's float4
+// accesses are bank-conflict free).
+template <bool IS_LAYERNORM>
+__device__ __forceinline__ void bwd_write_pack(bf16x8 x8, bf16x8 d8, const bf16 *weight, bf16 *o, float *acc_w,
+                                               float *acc_b, int c, float mean, float rstd, float mean_g,
+                                               float mean_gx, int accumulate) {
+  bf16x8 w8 = load_bf16x8(weight + c), prev, out;
+  if (accumulate) prev = load_bf16x8(o + c);
+  f32x4 aw[2] = {load_f32x4(acc_w + c), load_f32x4(acc_w + c + F32_PER_PACK)}, ab[2];
+  if (IS_LAYERNORM) ab[0] = load_f32x4(acc_b + c), ab[1] = load_f32x4(acc_b + c + F32_PER_PACK);
+#pragma unroll
+  for (int k = 0; k < BF16_PER_PACK; k++) {
+    float d = bf2f(d8.v[k]), xhat = (bf2f(x8.v[k]) - mean) * rstd;
+    aw[k / F32_PER_PACK].v[k % F32_PER_PACK] += d * xhat;
+    if (IS_LAYERNORM) ab[k / F32_PER_PACK].v[k % F32_PER_PACK] += d;
+    float v = rstd * (d * bf2f(w8.v[k]) - mean_g - xhat * mean_gx);
+    out.v[k] = f2bf(accumulate ? v + bf2f(prev.v[k]) : v);
+  }
+  store_f32x4(acc_w + c, aw[0]), store_f32x4(acc_w + c + F32_PER_PACK, aw[1]);
+  if (IS_LAYERNORM) store_f32x4(acc_b + c, ab[0]), store_f32x4(acc_b + c + F32_PER_PACK, ab[1]);
+  store_bf16x8(o + c, out);
+}
+
+// partials_w/_b (nblocks, C): this block's rows' sums of dout * xhat and dout. MAXP > 0 keeps the
+// row's x and dout packs in registers between the passes (C <= MAXP * 256); 0 re-reads them.
+template <int MAXP, bool IS_LAYERNORM>
 __global__ void __launch_bounds__(NORM_BWD_WARPS *WARP_SIZE) norm_backward_fused_kernel(
     bf16 *dx, float *partials_w, float *partials_b, const bf16 *dout, const bf16 *x, const bf16 *weight,
-    const float *mean_in, const float *rstd_in, int T, int C, int accumulate) {
-  constexpr int VEC = BF16_PER_PACK;
+    const float *mean_in, const float *rstd_in, int T, int C, int accumulate, int rows_per_block) {
+  constexpr int VEC = BF16_PER_PACK, STEP = WARP_SIZE * VEC;
   extern __shared__ __align__(16) float col_sums[];  // [NORM_BWD_WARPS][C] w, then [NORM_BWD_WARPS][C] b
   const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
   const int nsum = (IS_LAYERNORM ? 2 : 1) * NORM_BWD_WARPS * C;
   for (int i = threadIdx.x; i < nsum; i += blockDim.x) col_sums[i] = 0.0f;
   __syncthreads();
   float *acc_w = col_sums + warp * C, *acc_b = col_sums + (NORM_BWD_WARPS + warp) * C;
-  const int t0 = blockIdx.x * NORM_BWD_ROWS_PER_BLOCK, t1 = min(T, t0 + NORM_BWD_ROWS_PER_BLOCK);
+  const int t0 = blockIdx.x * rows_per_block, t1 = min(T, t0 + rows_per_block);
   for (int t = t0 + warp; t < t1; t += NORM_BWD_WARPS) {
     const bf16 *xr = x + (size_t)t * C, *dr = dout + (size_t)t * C;
-    const float mean = IS_LAYERNORM ? mean_in[t] : 0.0f, rstd = rstd_in[t];
-    float xv[VEC], dv[VEC], wv[VEC];
-    float sum_g = 0.0f, sum_gx = 0.0f;
-    for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
-      load_vec<VEC>(xr + c, xv);
-      load_vec<VEC>(dr + c, dv);
-      load_vec<VEC>(weight + c, wv);
-#pragma unroll
-      for (int k = 0; k < VEC; k++) {
-        float g = dv[k] * wv[k];
-        sum_g += g;
-        sum_gx += g * (xv[k] - mean) * rstd;
-      }
-    }
-    const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f;
-    const float mean_gx = warp_sum(sum_gx) / C;
     bf16 *o = dx + (size_t)t * C;
-    for (int c = lane * VEC; c < C; c += WARP_SIZE * VEC) {
-      load_vec<VEC>(xr + c, xv);
-      load_vec<VEC>(dr + c, dv);
-      load_vec<VEC>(weight + c, wv);
-      float prev[VEC];
-      if (accumulate) load_vec<VEC>(o + c, prev);
-      // Column sums updated 16 bytes at a time: a warp's float4 accesses are bank-conflict free.
-      f32x4 aw[2] = {load_f32x4(acc_w + c), load_f32x4(acc_w + c + F32_PER_PACK)}, ab[2];
-      if (IS_LAYERNORM) ab[0] = load_f32x4(acc_b + c), ab[1] = load_f32x4(acc_b + c + F32_PER_PACK);
+    const float mean = IS_LAYERNORM ? mean_in[t] : 0.0f, rstd = rstd_in[t];
+    float sum_g = 0.0f, sum_gx = 0.0f;
+    if constexpr (MAXP > 0) {
+      bf16x8 xc[MAXP], dc[MAXP];
 #pragma unroll
-      for (int k = 0; k < VEC; k++) {
-        float xhat = (xv[k] - mean) * rstd;
-        aw[k / F32_PER_PACK].v[k % F32_PER_PACK] += dv[k] * xhat;
-        if (IS_LAYERNORM) ab[k / F32_PER_PACK].v[k % F32_PER_PACK] += dv[k];
-        xv[k] = rstd * (dv[k] * wv[k] - mean_g - xhat * mean_gx) + (accumulate ? prev[k] : 0.0f);
+      for (int p = 0; p < MAXP; p++) {
+        int c = p * STEP + lane * VEC;
+        if (c < C) {
+          xc[p] = load_bf16x8(xr + c), dc[p] = load_bf16x8(dr + c);
+          bwd_row_sums<IS_LAYERNORM>(xc[p], dc[p], weight + c, mean, rstd, sum_g, sum_gx);
+        }
       }
-      store_f32x4(acc_w + c, aw[0]), store_f32x4(acc_w + c + F32_PER_PACK, aw[1]);
-      if (IS_LAYERNORM) store_f32x4(acc_b + c, ab[0]), store_f32x4(acc_b + c + F32_PER_PACK, ab[1]);
-      store_vec<VEC>(o + c, xv);
+      const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f, mean_gx = warp_sum(sum_gx) / C;
+#pragma unroll
+      for (int p = 0; p < MAXP; p++) {
+        int c = p * STEP + lane * VEC;
+        if (c < C)
+          bwd_write_pack<IS_LAYERNORM>(xc[p], dc[p], weight, o, acc_w, acc_b, c, mean, rstd, mean_g, mean_gx,
+                                       accumulate);
+      }
+    } else {
+      for (int c = lane * VEC; c < C; c += STEP)
+        bwd_row_sums<IS_LAYERNORM>(load_bf16x8(xr + c), load_bf16x8(dr + c), weight + c, mean, rstd, sum_g, sum_gx);
+      const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f, mean_gx = warp_sum(sum_gx) / C;
+      for (int c = lane * VEC; c < C; c += STEP)
+        bwd_write_pack<IS_LAYERNORM>(load_bf16x8(xr + c), load_bf16x8(dr + c), weight, o, acc_w, acc_b, c, mean,
+                                     rstd, mean_g, mean_gx, accumulate);
     }
   }
   __syncthreads();
@@ -282,20 +400,28 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
                                  int accumulate) {
   if (T == 0) return;
   bool packed = C % BF16_PER_PACK == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(weight);
-  int nparts = ceil_div_int(T, NORM_BWD_ROWS_PER_BLOCK);
-  size_t part_floats = (size_t)nparts * C;
   size_t fused_smem = (size_t)(IS_LAYERNORM ? 2 : 1) * NORM_BWD_WARPS * C * sizeof(float);
   if (packed && fused_smem <= NORM_BWD_MAX_SMEM) {
     static bool smem_raised = false;
     if (!smem_raised) {
-      cudaCheck(cudaFuncSetAttribute(norm_backward_fused_kernel<IS_LAYERNORM>,
+      cudaCheck(cudaFuncSetAttribute(norm_backward_fused_kernel<0, IS_LAYERNORM>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, NORM_BWD_MAX_SMEM));
+      cudaCheck(cudaFuncSetAttribute(norm_backward_fused_kernel<NORM_CACHE_SMALL, IS_LAYERNORM>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, NORM_BWD_MAX_SMEM));
       smem_raised = true;
     }
+    const int rows = fused_rows_per_block(C), nparts = ceil_div_int(T, rows);
+    const size_t part_floats = (size_t)nparts * C;
     float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS,
                                                part_floats * sizeof(float) * (IS_LAYERNORM ? 2 : 1));
-    norm_backward_fused_kernel<IS_LAYERNORM><<<nparts, NORM_BWD_WARPS * WARP_SIZE, fused_smem, SN_STREAM>>>(
-        dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, accumulate);
+#define FUSED_BWD(P)                                                                                 \
+  norm_backward_fused_kernel<P, IS_LAYERNORM><<<nparts, NORM_BWD_WARPS * WARP_SIZE, fused_smem, SN_STREAM>>>( \
+      dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, accumulate, rows)
+    // Caching x and dout costs 2 packs of registers each: beyond the small size the register count
+    // (167-255, spills at 14 packs) would cut occupancy below what the re-reads cost.
+    if (norm_cache_packs(C) == NORM_CACHE_SMALL) FUSED_BWD(NORM_CACHE_SMALL);
+    else FUSED_BWD(0);
+#undef FUSED_BWD
     launchCheck();
     sn_cuda_reduce_partials_into_bf16(dweight, partials, nparts, C);
     if (IS_LAYERNORM) sn_cuda_reduce_partials_into_bf16(dbias, partials + part_floats, nparts, C);
@@ -310,6 +436,8 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
                                                                                   rstd, T, C, accumulate);
   launchCheck();
 
+  const int nparts = ceil_div_int(T, NORM_BWD_ROWS_PER_BLOCK);
+  const size_t part_floats = (size_t)nparts * C;
   float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS,
                                              part_floats * sizeof(float) * (IS_LAYERNORM ? 2 : 1));
   dim3 wgrid(ceil_div_int(C, NORM_THREADS), nparts);

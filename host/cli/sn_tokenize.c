@@ -2,7 +2,9 @@
 // Reads texts, one per line: a line that is a JSON object with a string "text" is that text
 // (JSONL), any other line is the text itself (its bytes as they are, newline removed). Writes one
 // JSON array of ids per line. --no-special: add_special_tokens=False (no BOS/EOS/CLS/SEP added;
-// special tokens written in the text are still recognised).
+// special tokens written in the text are still recognised). A JSONL text holding "\u0000" is cut
+// there (cJSON strings end at NUL; a warning says so): pass such texts as plain lines.
+#define _GNU_SOURCE  // memmem
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +65,8 @@ int main(int argc, char **argv) {
     const char *text = line;
     size_t text_len = len;
     cJSON *obj = parse_jsonl(line, len, &text, &text_len);
+    if (obj && memmem(line, len, "\\u0000", 6))
+      fprintf(stderr, "warning: %s:%zu: the text holds \\u0000; it is cut there\n", input ? input : "<stdin>", line_no);
     n = 0;
     sn_tokenizer_encode(tok, text, text_len, add_special, &ids, &n, &cap);
     cJSON_Delete(obj);
@@ -76,7 +80,6 @@ int main(int argc, char **argv) {
     *p++ = '\n';
     fwriteCheck(out, 1, (size_t)(p - out), stdout, "<stdout>");
   }
-  (void)line_no;
   if (in != stdin) fclose(in);
   free(line); free(ids); free(out);
   sn_tokenizer_free(tok);

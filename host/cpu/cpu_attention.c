@@ -46,8 +46,40 @@ static inline const float *v_at(const attn *a, int t, int g) {
   return a->qkv + (size_t)t * a->row_len + (size_t)(a->Hq + a->Hkv + g) * a->D;
 }
 
-// Whether query i sees key j (both inside one sequence).
-static inline int visible(const attn *a, int i, int j) { return !a->causal || j <= i; }
+// Multiply-adds of the forward, times 2, bounded with the longest sequence: the threading gate.
+static double attention_flops(const attn *a, int max_seqlen) {
+  return 4.0 * a->T * a->Hq * a->D * SN_MAX(max_seqlen, 1);
+}
+
+// exp(x) for x <= 0 (scores minus their row maximum or log-sum-exp), branch-free so that the
+// loops over a row vectorise: libm's expf is a scalar call and costs more than the matmuls here.
+// 2^n e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-6 Taylor polynomial
+// (truncation 1.2e-7 relative, about 1 ulp). Inputs below EXP_MIN_ARG flush to 0.
+#define EXP_MIN_ARG -87.0f          // e^-87 is near the smallest normal float
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693145751953125f     // ln 2 split so that n * LN2_HI is exact
+#define LN2_LO 1.42860682030941723e-6f
+#define ROUND_MAGIC 12582912.0f       // 1.5 * 2^23: adding it rounds a float to an integer
+static inline float exp_nonpositive(float x) {
+  float clamped = x < EXP_MIN_ARG ? EXP_MIN_ARG : x;
+  float n = (clamped * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+  float r = (clamped - n * LN2_HI) - n * LN2_LO;
+  float p = 1.0f + r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
+                                                                    r * (1.0f / 720))))));
+  int32_t bits = ((int32_t)n + 127) << 23;  // 2^n as a float's exponent field
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return x < EXP_MIN_ARG ? 0.0f : p * scale;
+}
+
+// Row of probabilities p[c] = exp(scale * s[c] - lse[c]) (lse strided by 1 over the row, or one
+// value when lse_stride is 0) for c in [c0, c1), zero outside it.
+static void probs_row(float *p, const float *s, int n, int c0, int c1, float scale,
+                      const float *lse, int lse_stride) {
+  for (int c = 0; c < c0; c++) p[c] = 0.0f;
+  for (int c = c0; c < c1; c++) p[c] = exp_nonpositive(scale * s[c] - lse[c * lse_stride]);
+  for (int c = c1; c < n; c++) p[c] = 0.0f;
+}
 
 // ---- row blocks ---------------------------------------------------------------------------------
 // Every sequence cut into ROW_BLOCK-row blocks: block k spans tokens [start, end) of sequence seq.
@@ -70,7 +102,7 @@ static row_block *make_row_blocks(const int32_t *cu_seqlens, int B, int *count) 
 
 // ---- forward ------------------------------------------------------------------------------------
 // Rows of S (nq, nk), query i = r0 + row, keys from t0: P = softmax(scale S) in place, masked
-// entries 0; writes lse (per row, stride 1 over queries).
+// entries 0; writes lse (nq) of the scaled scores.
 static void softmax_rows(const attn *a, float *S, int nq, int nk, int r0, int t0, float *lse) {
   for (int r = 0; r < nq; r++) {
     float *row = S + (size_t)r * nk;
@@ -80,11 +112,9 @@ static void softmax_rows(const attn *a, float *S, int nq, int nk, int r0, int t0
       row[j] *= a->scale;
       max_score = fmaxf(max_score, row[j]);
     }
+    for (int j = 0; j < n_visible; j++) row[j] = exp_nonpositive(row[j] - max_score);
     double sum = 0.0;
-    for (int j = 0; j < n_visible; j++) {
-      row[j] = expf(row[j] - max_score);
-      sum += row[j];
-    }
+    for (int j = 0; j < n_visible; j++) sum += row[j];
     float inv_sum = (float)(1.0 / sum);
     for (int j = 0; j < n_visible; j++) row[j] *= inv_sum;
     for (int j = n_visible; j < nk; j++) row[j] = 0.0f;
@@ -99,9 +129,7 @@ static void forward_item(const attn *a, const row_block *blk, int h, float *out,
   float *S = sn_cpu_scratch(SN_CPU_SCRATCH_OP, (size_t)nq * nk * sizeof(float));  // (nq, nk)
   sn_cpu_gemm(S, nk, q_at(a, r0, h), a->row_len, 0, k_at(a, t0, g), a->row_len, 1, NULL, nq, nk,
               D, 0, 0);
-  float lse_rows[ROW_BLOCK];
-  softmax_rows(a, S, nq, nk, r0, t0, lse_rows);
-  for (int r = 0; r < nq; r++) lse[(size_t)h * a->T + r0 + r] = lse_rows[r];
+  softmax_rows(a, S, nq, nk, r0, t0, lse + (size_t)h * a->T + r0);
   sn_cpu_gemm(out + (size_t)r0 * a->out_len + (size_t)h * D, a->out_len, S, nk, 0, v_at(a, t0, g),
               a->row_len, 0, NULL, nq, D, nk, 0, 0);
 }
@@ -113,9 +141,8 @@ void sn_cpu_attention_forward(void *out, float *lse, const void *qkv, const int3
   attn a = make_attn(qkv, cu_seqlens, B, T, Hq, Hkv, D, causal, scale);
   int nblocks;
   row_block *blocks = make_row_blocks(cu_seqlens, B, &nblocks);
-  int items = nblocks * Hq;
-  size_t work = (size_t)T * Hq * D * SN_MAX(max_seqlen, 1);
-#pragma omp parallel for schedule(dynamic, 1) if (work >= SN_CPU_PARALLEL_MIN_WORK)
+  int items = nblocks * Hq, threaded = attention_flops(&a, max_seqlen) >= SN_CPU_PARALLEL_MIN_FLOPS;
+#pragma omp parallel for schedule(dynamic, 1) if (threaded)
   for (int it = 0; it < items; it++) forward_item(&a, &blocks[it / Hq], it % Hq, out, lse);
   free(blocks);
 }
@@ -138,13 +165,12 @@ static void dq_item(const attn *a, const attn_grads *gr, const row_block *blk, i
               D, 0, 0);
   sn_cpu_gemm(dP, nk, dO, a->out_len, 0, v_at(a, t0, g), a->row_len, 1, NULL, nq, nk, D, 0, 0);
   for (int r = 0; r < nq; r++) {
-    int i = r0 + r;
+    int i = r0 + r, n_visible = a->causal ? i - t0 + 1 : nk;
     size_t stat = (size_t)h * a->T + i;
     float *s = S + (size_t)r * nk, *dp = dP + (size_t)r * nk;
-    for (int j = 0; j < nk; j++) {
-      float p = visible(a, i, t0 + j) ? expf(a->scale * s[j] - gr->lse[stat]) : 0.0f;
-      s[j] = a->scale * p * (dp[j] - gr->delta[stat]);  // scale dS: dQ = scale dS K
-    }
+    probs_row(s, s, nk, 0, n_visible, a->scale, &gr->lse[stat], 0);
+    float delta = gr->delta[stat];
+    for (int j = 0; j < nk; j++) s[j] = a->scale * s[j] * (dp[j] - delta);  // scaled dS: dQ = dS K
   }
   sn_cpu_gemm(gr->dqkv + (size_t)r0 * a->row_len + (size_t)h * D, a->row_len, S, nk, 0,
               k_at(a, t0, g), a->row_len, 0, NULL, nq, D, nk, 0, 0);
@@ -164,16 +190,12 @@ static void dkv_item(const attn *a, const attn_grads *gr, const row_block *blk, 
     sn_cpu_gemm(St, nq, k_at(a, c0, g), a->row_len, 0, q_at(a, q0, h), a->row_len, 1, NULL, nk,
                 nq, D, 0, 0);
     sn_cpu_gemm(dPt, nq, v_at(a, c0, g), a->row_len, 0, dO, a->out_len, 1, NULL, nk, nq, D, 0, 0);
+    const float *lse = gr->lse + (size_t)h * a->T + q0, *delta = gr->delta + (size_t)h * a->T + q0;
     for (int r = 0; r < nk; r++) {
-      int j = c0 + r;
+      int first_visible = a->causal ? r : 0;  // causal: queries i >= key j = c0 + r (q0 = c0)
       float *s = St + (size_t)r * nq, *dp = dPt + (size_t)r * nq;
-      for (int c = 0; c < nq; c++) {
-        int i = q0 + c;
-        size_t stat = (size_t)h * a->T + i;
-        float p = visible(a, i, j) ? expf(a->scale * s[c] - gr->lse[stat]) : 0.0f;
-        s[c] = p;                                          // P^T
-        dp[c] = a->scale * p * (dp[c] - gr->delta[stat]);  // scale dS^T
-      }
+      probs_row(s, s, nq, first_visible, nq, a->scale, lse, 1);              // P^T
+      for (int c = 0; c < nq; c++) dp[c] = a->scale * s[c] * (dp[c] - delta[c]);  // scaled dS^T
     }
     sn_cpu_gemm(dV, a->row_len, St, nq, 0, dO, a->out_len, 0, NULL, nk, D, nq, accumulate, 0);
     sn_cpu_gemm(dK, a->row_len, dPt, nq, 0, q_at(a, q0, h), a->row_len, 0, NULL, nk, D, nq,
@@ -191,23 +213,25 @@ void sn_cpu_attention_backward(void *dqkv, const void *dout, const void *qkv, co
   int nblocks;
   row_block *blocks = make_row_blocks(cu_seqlens, B, &nblocks);
   int q_items = nblocks * Hq, kv_items = nblocks * Hkv;
-  size_t work = (size_t)T * Hq * D * SN_MAX(max_seqlen, 1);
-#pragma omp parallel if (work >= SN_CPU_PARALLEL_MIN_WORK)
-  {
-#pragma omp for schedule(static)
-    for (int t = 0; t < T; t++) {
-      for (int h = 0; h < Hq; h++) {
-        const float *x = dO + (size_t)t * a.out_len + (size_t)h * D;
-        const float *y = O + (size_t)t * a.out_len + (size_t)h * D;
-        double sum = 0.0;
-        for (int d = 0; d < D; d++) sum += (double)x[d] * y[d];
-        delta[(size_t)h * T + t] = (float)sum;
-      }
+  // Delta is O(T Hq D), cheap next to the O(T Hq D seqlen) items: on the calling thread, so the
+  // items below need no barrier before them.
+  for (int t = 0; t < T; t++) {
+    for (int h = 0; h < Hq; h++) {
+      const float *x = dO + (size_t)t * a.out_len + (size_t)h * D;
+      const float *y = O + (size_t)t * a.out_len + (size_t)h * D;
+      double sum = 0.0;
+      for (int d = 0; d < D; d++) sum += (double)x[d] * y[d];
+      delta[(size_t)h * T + t] = (float)sum;
     }
-#pragma omp for schedule(dynamic, 1)
-    for (int it = 0; it < q_items; it++) dq_item(&a, &gr, &blocks[it / Hq], it % Hq);
-#pragma omp for schedule(dynamic, 1)
-    for (int it = 0; it < kv_items; it++) dkv_item(&a, &gr, &blocks[it / Hkv], it % Hkv);
+  }
+  // dQ items then dK/dV items in one loop: they write disjoint parts of dqkv.
+  int threaded = 2 * attention_flops(&a, max_seqlen) >= SN_CPU_PARALLEL_MIN_FLOPS;
+#pragma omp parallel for schedule(dynamic, 1) if (threaded)
+  for (int it = 0; it < q_items + kv_items; it++) {
+    if (it < q_items)
+      dq_item(&a, &gr, &blocks[it / Hq], it % Hq);
+    else
+      dkv_item(&a, &gr, &blocks[(it - q_items) / Hkv], (it - q_items) % Hkv);
   }
   free(blocks);
   free(delta);

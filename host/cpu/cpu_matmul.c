@@ -1,12 +1,11 @@
 // Cache-blocked fp32 matmul (the BLIS loop nest) and the bias gradient.
 //
 // C (M, N) = op(A) (M, K) @ op(B) (K, N) [+ bias] [+ C]
-//   1. op(B) is packed once into NR-wide column panels, (K, NR) each, contiguous: the micro-kernel
-//      then streams B with unit stride whatever the transpose.
-//   2. C is cut into MC x NC tiles, spread over the threads (static schedule). For each KC slice of
-//      K, a thread packs its MC x KC block of op(A) into MR-tall row panels, (KC, MR) each, and runs
-//      the MR x NR micro-kernel over the tile: the B micro-panel (KC x NR) stays in L1, the A block
-//      in L2.
+//   C is cut into MC x NC tiles, spread over the threads (static schedule). For each KC slice of
+//   K, a thread packs the tile's MC x KC block of op(A) into MR-tall row panels, (KC, MR) each, and
+//   its KC x NC block of op(B) into NR-wide column panels, (KC, NR) each, then runs the MR x NR
+//   micro-kernel over the tile: it streams both with unit stride whatever the transposes, the B
+//   micro-panel (KC x NR) stays in L1, the A block in L2.
 // Each element of C is computed by one thread, in the same order whatever the thread count, so
 // the result is deterministic and independent of OMP_NUM_THREADS.
 // The micro-kernel is written with GCC/Clang vector extensions in two widths: 8 floats compiled
@@ -25,7 +24,7 @@
 #define MC (MR * 16)        // rows of a C tile: the (MC, KC) packed A block is 96 KiB, in L2
 #define NC (NR * 16)        // columns of a C tile
 #define VEC 8               // floats per vector
-#define MIN_PARALLEL_FLOPS (64 * 64 * 64)
+#define TILES_PER_THREAD 4  // C tiles per thread at least, when M allows, for load balance
 
 typedef float v8 __attribute__((vector_size(VEC * sizeof(float))));
 // Unaligned vector load/store (memcpy compiles to one vmovups).
@@ -126,24 +125,27 @@ static micro_kernel_fn pick_micro_kernel(void) {
 }
 
 // ---- packing ------------------------------------------------------------------------------------
-// Bp (ceil(N/NR) panels of (K, NR)) = op(B), zero-padded past column N. Each loop nest reads B
-// with unit stride.
-static void pack_b_panel(float *restrict dst, const float *restrict B, int ldb, int trans_b,
-                         int panel, int N, int K) {
-  int j0 = panel * NR, width = SN_MIN(NR, N - j0);
-  if (trans_b) {  // B (N, K): row j0+j of B is column j of the panel
-    for (int j = 0; j < width; j++) {
-      const float *src = B + (size_t)(j0 + j) * ldb;
-      for (int k = 0; k < K; k++) dst[(size_t)k * NR + j] = src[k];
+// Bp (ceil(nc/NR) panels of (kc, NR)) = op(B)[k0:k0+kc, j0:j0+nc], zero-padded past column
+// j0+nc. Each loop nest reads B with unit stride.
+static void pack_b_block(float *restrict dst, const float *restrict B, int ldb, int trans_b, int j0,
+                         int nc, int k0, int kc) {
+  for (int p = 0; p * NR < nc; p++) {
+    float *panel = dst + (size_t)p * kc * NR;
+    int cols = SN_MIN(NR, nc - p * NR);
+    if (trans_b) {  // B (N, K): row j of B is column j of op(B)
+      for (int j = 0; j < cols; j++) {
+        const float *src = B + (size_t)(j0 + p * NR + j) * ldb + k0;
+        for (int k = 0; k < kc; k++) panel[k * NR + j] = src[k];
+      }
+    } else {  // B (K, N)
+      for (int k = 0; k < kc; k++) {
+        const float *src = B + (size_t)(k0 + k) * ldb + j0 + p * NR;
+        for (int j = 0; j < cols; j++) panel[k * NR + j] = src[j];
+      }
     }
-  } else {  // B (K, N)
-    for (int k = 0; k < K; k++) {
-      const float *src = B + (size_t)k * ldb + j0;
-      for (int j = 0; j < width; j++) dst[(size_t)k * NR + j] = src[j];
-    }
+    for (int k = 0; k < kc; k++)
+      for (int j = cols; j < NR; j++) panel[k * NR + j] = 0.0f;
   }
-  for (int k = 0; k < K; k++)
-    for (int j = width; j < NR; j++) dst[(size_t)k * NR + j] = 0.0f;
 }
 
 // Ap (ceil(mc/MR) panels of (kc, MR)) = op(A)[i0:i0+mc, k0:k0+kc], zero-padded past row i0+mc.
@@ -186,20 +188,23 @@ typedef struct {
   const float *A, *B, *bias;
   int ldc, lda, ldb, trans_a, trans_b;
   int M, N, K, accumulate;
+  int mc_max;  // rows per C tile (a multiple of MR, at most MC)
   micro_kernel_fn micro_kernel;
-  float *bpack;  // packed op(B)
 } gemm_problem;
 
-// One MC x NC tile of C, every K slice; apack is this thread's (MC, KC) buffer.
-static void gemm_tile(const gemm_problem *g, float *apack, int mt, int nt) {
-  int i0 = mt * MC, mc = SN_MIN(MC, g->M - i0);
+// One tile of C, every K slice. Each thread packs its own A and B blocks, so a parallel matmul has
+// no barrier but the final one: on a shared, oversubscribed CI machine every barrier can cost a
+// scheduler time slice.
+static void gemm_tile(const gemm_problem *g, float *apack, float *bpack, int mt, int nt) {
+  int i0 = mt * g->mc_max, mc = SN_MIN(g->mc_max, g->M - i0);
   int j0 = nt * NC, nc = SN_MIN(NC, g->N - j0);
   init_c_tile(g->C, g->ldc, g->bias, i0, mc, j0, nc, g->accumulate);
   for (int k0 = 0; k0 < g->K; k0 += KC) {
     int kc = SN_MIN(KC, g->K - k0);
     pack_a_block(apack, g->A, g->lda, g->trans_a, i0, mc, k0, kc);
+    pack_b_block(bpack, g->B, g->ldb, g->trans_b, j0, nc, k0, kc);
     for (int jr = 0; jr < nc; jr += NR) {
-      const float *bpanel = g->bpack + (size_t)((j0 + jr) / NR) * g->K * NR + (size_t)k0 * NR;
+      const float *bpanel = bpack + (size_t)(jr / NR) * kc * NR;
       for (int ir = 0; ir < mc; ir += MR) {
         g->micro_kernel(kc, apack + (size_t)(ir / MR) * kc * MR, bpanel,
                         g->C + (size_t)(i0 + ir) * g->ldc + j0 + jr, g->ldc, SN_MIN(MR, mc - ir),
@@ -216,27 +221,26 @@ void sn_cpu_gemm(float *C, int ldc, const float *A, int lda, int trans_a, const 
   static micro_kernel_fn micro_kernel = NULL;  // benign race: every thread stores the same value
   if (!micro_kernel) micro_kernel = pick_micro_kernel();
 
-  int n_panels = SN_CEIL_DIV(N, NR);
-  int m_tiles = SN_CEIL_DIV(M, MC), n_tiles = SN_CEIL_DIV(N, NC);
   double flops = 2.0 * M * N * (double)K;
-  int parallel = allow_threads && !omp_in_parallel() && flops >= MIN_PARALLEL_FLOPS &&
-                 (m_tiles * n_tiles > 1 || n_panels > 1);
-  int threads = parallel ? omp_get_max_threads() : 1;
-  size_t b_floats = (size_t)n_panels * K * NR, a_floats = (size_t)MC * KC;
-  float *bpack = sn_cpu_scratch(SN_CPU_SCRATCH_MATMUL,
-                                (b_floats + a_floats * threads) * sizeof(float));
-  gemm_problem g = {C, A, B, bias, ldc, lda, ldb, trans_a, trans_b, M, N, K, accumulate,
-                    micro_kernel, bpack};
+  int threads = allow_threads && !omp_in_parallel() && flops >= SN_CPU_PARALLEL_MIN_FLOPS
+                    ? omp_get_max_threads() : 1;
+  // Shorter tiles when M is small, so every thread gets several (the tiling does not change any
+  // result bit: each element is summed over the same KC slices in the same order).
+  int rows_per_tile = threads > 1 ? SN_CEIL_DIV(M, threads * TILES_PER_THREAD) : MC;
+  int mc_max = SN_MIN(MC, SN_MAX(MR, SN_CEIL_DIV(rows_per_tile, MR) * MR));
+  int m_tiles = SN_CEIL_DIV(M, mc_max), n_tiles = SN_CEIL_DIV(N, NC);
+  if (m_tiles * n_tiles == 1) threads = 1;
+  size_t a_floats = (size_t)MC * KC, b_floats = (size_t)KC * NC, per_thread = a_floats + b_floats;
+  float *scratch = sn_cpu_scratch(SN_CPU_SCRATCH_MATMUL, per_thread * threads * sizeof(float));
+  gemm_problem g = {C, A, B, bias, ldc, lda, ldb, trans_a, trans_b, M, N, K, accumulate, mc_max,
+                    micro_kernel};
 
-#pragma omp parallel num_threads(threads) if (parallel)
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    float *apack = bpack + b_floats + a_floats * omp_get_thread_num();
-#pragma omp for schedule(static)
-    for (int p = 0; p < n_panels; p++)
-      pack_b_panel(bpack + (size_t)p * K * NR, B, ldb, trans_b, p, N, K);
-#pragma omp for collapse(2) schedule(static)
-    for (int mt = 0; mt < m_tiles; mt++)
-      for (int nt = 0; nt < n_tiles; nt++) gemm_tile(&g, apack, mt, nt);
+    float *apack = scratch + per_thread * omp_get_thread_num(), *bpack = apack + a_floats;
+#pragma omp for schedule(static) nowait
+    for (int tile = 0; tile < n_tiles * m_tiles; tile++)  // consecutive tiles share a column block
+      gemm_tile(&g, apack, bpack, tile % m_tiles, tile / m_tiles);
   }
 }
 

@@ -14,8 +14,12 @@
 #include "../ops.h"
 
 // ---- shared helpers ---------------------------------------------------------------------------
-// Below this many scalar operations an op runs on one thread: waking the team costs more.
-#define SN_CPU_PARALLEL_MIN_WORK 32768
+// Below this many elements (streaming ops) or flops (matmul, attention) an op runs on one thread.
+// Waking the team and joining it costs microseconds on an idle machine but can cost a scheduler
+// time slice on an oversubscribed one (CI runs tests in parallel on 2 cores), so only work worth
+// well over 100 us goes parallel.
+#define SN_CPU_PARALLEL_MIN_WORK (1 << 18)
+#define SN_CPU_PARALLEL_MIN_FLOPS (4.0 * (1 << 20))
 
 // Column-block width for "parallel over columns, rows in order" reductions (weight gradients):
 // wide enough for vector loads, narrow enough to give every thread a block when C is small.

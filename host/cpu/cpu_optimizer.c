@@ -24,13 +24,14 @@ void sn_cpu_sum_squares(float *out, const void *gradsv, size_t n) {
   out[0] += (float)total;
 }
 
-// One span [offset, offset + count) with weight decay wd.
+// One span [offset, offset + count) with weight decay wd. Called by every thread of the team:
+// the loop is shared out without a barrier after it (spans are disjoint).
 static void adamw_span(float *params, float *master, const float *grads, float *m, float *v,
                        size_t offset, size_t count, float wd, const sn_adamw_hparams *hp,
                        float bias1, float bias2) {
   float b1 = hp->beta1, b2 = hp->beta2, lr = hp->lr, eps = hp->eps, gs = hp->grad_scale;
   int write_params = params != master;  // on the CPU master may be the params buffer itself
-#pragma omp parallel for schedule(static) if (count >= SN_CPU_PARALLEL_MIN_WORK)
+#pragma omp for schedule(static) nowait
   for (size_t k = 0; k < count; k++) {
     size_t i = offset + k;
     float g = grads[i] * gs;
@@ -52,6 +53,10 @@ void sn_cpu_adamw(void *params, float *master, const void *grads, float *m, floa
   if (!master) master = params;  // fp32 storage: the params are their own master copy
   float bias1 = (float)(1.0 - pow(hp->beta1, (double)hp->step));
   float bias2 = (float)(1.0 - pow(hp->beta2, (double)hp->step));
+  size_t total = 0;
+  for (int s = 0; s < nspans; s++) total += spans[s].count;
+  // One team for all spans (hundreds of tensors): one join instead of one per tensor.
+#pragma omp parallel if (total >= SN_CPU_PARALLEL_MIN_WORK)
   for (int s = 0; s < nspans; s++)
     adamw_span(params, master, grads, m, v, spans[s].offset, spans[s].count,
                spans[s].weight_decay, hp, bias1, bias2);

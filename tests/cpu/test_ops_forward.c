@@ -391,20 +391,25 @@ static void test_distill(void) {
 }
 
 // ---- optimizer ----------------------------------------------------------------------------------
-static void test_adamw(int separate_master) {
-  enum { N = 50 };
-  const sn_param_span spans[2] = {{0, 20, 0.1f}, {25, 15, 0.0f}};  // [20,25) and [40,50) untouched
+// n elements; spans [0, 0.4n) with weight decay and [0.5n, 0.8n) without; the rest untouched.
+static void test_adamw(int separate_master, size_t n) {
+  const sn_param_span spans[2] = {{0, n * 4 / 10, 0.1f}, {n / 2, n * 8 / 10 - n / 2, 0.0f}};
   sn_adamw_hparams hp = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step = 3,
                          .grad_scale = 0.5f};
-  float *params = random_array(N, 1.0f), *grads = random_array(N, 1.0f);
-  float *m = random_array(N, 0.1f), *v = random_array(N, 0.1f);
-  for (int i = 0; i < N; i++) v[i] = v[i] * v[i];  // second moments are >= 0
-  float *master = separate_master ? copy_array(params, N) : params;
+  float *params = random_array(n, 1.0f), *grads = random_array(n, 1.0f);
+  float *m = random_array(n, 0.1f), *v = random_array(n, 0.1f);
+  for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];  // second moments are >= 0
+  float *master = separate_master ? copy_array(params, n) : params;
   if (separate_master)
-    for (int i = 0; i < N; i++) params[i] = NAN;  // must be overwritten inside the spans
-  double want_w[N], want_m[N], want_v[N];
-  for (int i = 0; i < N; i++) {
-    int s = i < 20 ? 0 : (i >= 25 && i < 40) ? 1 : -1;
+    for (size_t i = 0; i < n; i++) params[i] = NAN;  // must be overwritten inside the spans
+  double *want_w = mallocCheck(n * sizeof(double)), *want_m = mallocCheck(n * sizeof(double));
+  double *want_v = mallocCheck(n * sizeof(double));
+  int *span_of = mallocCheck(n * sizeof(int));
+  for (size_t i = 0; i < n; i++) {
+    span_of[i] = -1;
+    for (int s = 0; s < 2; s++)
+      if (i >= spans[s].offset && i < spans[s].offset + spans[s].count) span_of[i] = s;
+    int s = span_of[i];
     want_w[i] = master[i], want_m[i] = m[i], want_v[i] = v[i];
     if (s < 0) continue;
     double g = (double)grads[i] * hp.grad_scale;
@@ -415,36 +420,34 @@ static void test_adamw(int separate_master) {
     want_w[i] = master[i] - hp.lr * (m_hat / (sqrt(v_hat) + hp.eps) + spans[s].weight_decay * master[i]);
   }
   ops->adamw(params, master, grads, m, v, spans, 2, &hp);
-  const char *tag = separate_master ? "adamw (separate master) " : "adamw (master == params) ";
   char what[96];
-  snprintf(what, sizeof what, "%s master", tag);
-  expect_close(what, master, want_w, N, FWD_TOL);
-  snprintf(what, sizeof what, "%s m", tag);
-  expect_close(what, m, want_m, N, FWD_TOL);
-  snprintf(what, sizeof what, "%s v", tag);
-  expect_close(what, v, want_v, N, FWD_TOL);
+  const char *tag = separate_master ? "separate master" : "master == params";
+  snprintf(what, sizeof what, "adamw n=%zu (%s) master", n, tag);
+  expect_close(what, master, want_w, n, FWD_TOL);
+  snprintf(what, sizeof what, "adamw n=%zu (%s) m", n, tag);
+  expect_close(what, m, want_m, n, FWD_TOL);
+  snprintf(what, sizeof what, "adamw n=%zu (%s) v", n, tag);
+  expect_close(what, v, want_v, n, FWD_TOL);
   if (separate_master) {
     int copied = 1;
-    for (int i = 0; i < N; i++) {
-      int in_span = i < 20 || (i >= 25 && i < 40);
-      copied &= in_span ? params[i] == master[i] : isnan(params[i]);
-    }
+    for (size_t i = 0; i < n; i++)
+      copied &= span_of[i] >= 0 ? params[i] == master[i] : isnan(params[i]);
     CHECK(copied, "adamw: params must equal master inside the spans and be untouched outside");
     free(master);
   }
-  free(params), free(grads), free(m), free(v);
+  free(params), free(grads), free(m), free(v), free(want_w), free(want_m), free(want_v), free(span_of);
 }
 
 // ---- determinism --------------------------------------------------------------------------------
-// A small training-like pipeline, big enough that every op runs on several threads; returns every
-// output it wrote.
+// A small training-like pipeline, big enough that every op runs on several threads (past the
+// backend's thresholds for threading); returns every output it wrote.
 typedef struct {
   float *buf;
   size_t n;
 } snapshot;
 
 static snapshot run_pipeline(int threads) {
-  enum { M = 150, N = 230, K = 190, Hq = 4, Hkv = 2, D = 16, C = 640 };  // past the parallel thresholds
+  enum { M = 150, N = 230, K = 190, Hq = 4, Hkv = 2, D = 16, C = 2048, NSQ = 300000 };
   omp_set_num_threads(threads);
   sn_test_rng saved = rng;
   sn_test_rng_seed(&rng, 99);  // identical inputs every call
@@ -469,7 +472,9 @@ static snapshot run_pipeline(int threads) {
   o += (size_t)ATT_T * C + C;
   int32_t target[8] = {0, 1, 2, 3, 4, 5, 6, 7};
   ops->contrastive_loss(o + 2 * C * 8, o, o + C * 8, x, y, target, 8, 8, C, 10.0f, 0.125f);
-  ops->sum_squares(o + 2 * C * 8 + 1, s.buf, (size_t)M * N);  // several chunks
+  float *g = random_array(NSQ, 1.0f);
+  ops->sum_squares(o + 2 * C * 8 + 1, g, NSQ);  // several chunks
+  free(g);
   free(A), free(B), free(qkv), free(dout), free(x), free(w), free(y);
   rng = saved;
   return s;
@@ -557,8 +562,9 @@ int main(int argc, char **argv) {
   test_pool_and_l2norm();
   test_contrastive();
   test_distill();
-  test_adamw(0);
-  test_adamw(1);
+  test_adamw(0, 50);
+  test_adamw(1, 50);
+  test_adamw(1, 1000000);  // past the threading threshold
   test_determinism();
   test_registry();
   report_matmul_speed();

@@ -187,6 +187,12 @@ def main():
         gpt2.save(os.path.join(tmp, "gpt2_json", "tokenizer.json"))
         bad += compare("gpt2/tokenizer.json", gpt2, sn_tokenize, os.path.join(tmp, "gpt2_json"), sample,
                        INVALID_UTF8, tmp)
+        # RoBERTa-style: ByteLevel with add_prefix_space=True.
+        gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        os.makedirs(os.path.join(tmp, "gpt2_prefix"))
+        gpt2.save(os.path.join(tmp, "gpt2_prefix", "tokenizer.json"))
+        bad += compare("gpt2+add_prefix_space", gpt2, sn_tokenize, os.path.join(tmp, "gpt2_prefix"), sample,
+                       INVALID_UTF8, tmp)
         # Llama-3's pattern (digits in groups of up to three) on Qwen3's vocabulary.
         with open(os.path.join(qwen, "tokenizer.json"), encoding="utf-8") as f:
             config = json.load(f)
@@ -197,6 +203,12 @@ def main():
             json.dump(config, f)
         bad += compare("llama3-pattern", Tokenizer.from_file(llama_path), sn_tokenize, llama_path, sample,
                        INVALID_UTF8, tmp)
+        # A Split followed by ByteLevel(add_prefix_space=True): the space goes before every piece.
+        config["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = True
+        with open(llama_path, "w", encoding="utf-8") as f:
+            json.dump(config, f)
+        bad += compare("llama3-pattern+add_prefix_space", Tokenizer.from_file(llama_path), sn_tokenize, llama_path,
+                       sample[-3100:], INVALID_UTF8, tmp)
         # WordPiece: trained on a part of scifact, checked on the sample.
         train, check = corpus[:2000], sample
         for lowercase in (True, False):

@@ -110,7 +110,10 @@ static double compare(const char *what, pair p, double tol) {
   }
   double err = sn_rel_err(a, b, p.n);
   CHECK(err <= tol, "%s: rel err %.3e > %.1e (n=%zu)", what, err, tol, p.n);
-  if (verbose_rows) printf("%-58s rel_err %.3e  %s\n", what, err, err <= tol ? "ok" : "FAIL");
+  if (verbose_rows) {
+    printf("%-58s rel_err %.3e  %s\n", what, err, err <= tol ? "ok" : "FAIL");
+    fflush(stdout);  // keep the rows in order with the FAIL lines on stderr
+  }
   free(a);
   free(b);
   return err;
