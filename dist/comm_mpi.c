@@ -55,9 +55,20 @@ typedef struct {
   int thread_multiple;
   pending_all_reduce *pending;  // slots [0, n_pending) are in flight; all cap_pending own buffers
   int n_pending, cap_pending;
+  float *scratch;  // the reduce-scatter's partials, kept between calls
+  size_t scratch_cap;
 } mpi_state;
 
 static mpi_state *state_of(sn_comm *c) { return c->impl->state; }
+
+static float *scratch_of(mpi_state *s, size_t count) {
+  if (count > s->scratch_cap) {
+    free(s->scratch);
+    s->scratch = mallocCheck(count * sizeof(float));
+    s->scratch_cap = count;
+  }
+  return s->scratch;
+}
 
 static void mpi_abort_hook(sn_comm *c) {
   if (state_of(c)->thread_multiple) MPI_Abort(MPI_COMM_WORLD, SN_EXIT_FAILURE);
@@ -162,11 +173,10 @@ static void mpi_all_reduce_sum(sn_comm *c, void *buf, size_t count, sn_dtype dty
 
 static void mpi_reduce_scatter_sum(sn_comm *c, const void *send, void *recv, size_t count_per_rank, sn_dtype dtype) {
   int count = checked_int(count_per_rank, "reduce_scatter_sum");
-  float *partials = mallocCheck((size_t)c->world_size * count_per_rank * sizeof(float));
+  float *partials = scratch_of(state_of(c), (size_t)c->world_size * count_per_rank);
   mpiWatched(c, "reduce-scatter (MPI_Alltoall)", count_per_rank * c->world_size,
              MPI_Alltoall(send, count, MPI_FLOAT, partials, count, MPI_FLOAT, state_of(c)->comm));
   sum_in_rank_order(recv, partials, c->world_size, count_per_rank);
-  free(partials);
 }
 
 static void mpi_all_gather(sn_comm *c, const void *send, void *recv, size_t count_per_rank, sn_dtype dtype) {
@@ -231,6 +241,7 @@ static void mpi_destroy(sn_comm *c) {
     free(s->pending[i].partials);
   }
   free(s->pending);
+  free(s->scratch);
   free(s);
 }
 

@@ -72,14 +72,6 @@ int32_t sn_id_map_get(const sn_id_map *m, const char *key) {
 
 // ---- helpers -----------------------------------------------------------------------------------
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-  return -1;
-}
 
 static void strip_eol(char *line, ssize_t *len) {
   while (*len > 0 && (line[*len - 1] == '\n' || line[*len - 1] == '\r')) line[--*len] = '\0';
@@ -142,7 +134,7 @@ static int split_fields(char *line, char **fields, int max_fields) {
 int sn_qrels_load(const char *path, sn_qrels *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   FILE *f = fopen(path, "r");
-  if (!f) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+  if (!f) return sn_errorf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
   qrel_line *lines = NULL;
   size_t n = 0, cap = 0;
   char *buf = NULL;
@@ -167,9 +159,9 @@ int sn_qrels_load(const char *path, sn_qrels *out, char *err, size_t errlen) {
     }
     if (did && n == 0 && lineno == 1) continue;  // the header "query-id corpus-id score"
     if (did)
-      rc = fail(err, errlen, "%s:%d: expected an integer relevance score, got '%s'", path, lineno, rel_s);
+      rc = sn_errorf(err, errlen, "%s:%d: expected an integer relevance score, got '%s'", path, lineno, rel_s);
     else
-      rc = fail(err, errlen,
+      rc = sn_errorf(err, errlen,
                 "%s:%d: expected 'query-id<TAB>corpus-id<TAB>score' (or TREC 'qid 0 docid rel'), got "
                 "%s%d field(s)", path, lineno, nf > QRELS_MAX_FIELDS ? "more than " : "",
                 nf > QRELS_MAX_FIELDS ? QRELS_MAX_FIELDS : nf);
@@ -177,12 +169,12 @@ int sn_qrels_load(const char *path, sn_qrels *out, char *err, size_t errlen) {
   }
   free(buf);
   fclose(f);
-  if (rc == 0 && n == 0) rc = fail(err, errlen, "%s: no judgments (expected 'query-id<TAB>corpus-id<TAB>score' lines)", path);
+  if (rc == 0 && n == 0) rc = sn_errorf(err, errlen, "%s: no judgments (expected 'query-id<TAB>corpus-id<TAB>score' lines)", path);
   if (rc == 0) {
     qsort(lines, n, sizeof *lines, cmp_qrel_line);
     for (size_t i = 1; i < n; i++)
       if (!strcmp(lines[i].qid, lines[i - 1].qid) && !strcmp(lines[i].did, lines[i - 1].did)) {
-        rc = fail(err, errlen, "%s:%d: query '%s' judges document '%s' again (first at line %d); expected one judgment per pair",
+        rc = sn_errorf(err, errlen, "%s:%d: query '%s' judges document '%s' again (first at line %d); expected one judgment per pair",
                   path, lines[i].line, lines[i].qid, lines[i].did, lines[i - 1].line);
         break;
       }
@@ -253,7 +245,7 @@ static const char *record_string(const cJSON *obj, const char *key, int required
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
   if (!v || cJSON_IsNull(v)) {
     if (!required) return "";
-    fail(err, errlen, "%s:%d: missing field \"%s\" (expected a string)", path, lineno, key);
+    sn_errorf(err, errlen, "%s:%d: missing field \"%s\" (expected a string)", path, lineno, key);
     return NULL;
   }
   if (cJSON_IsString(v)) return v->valuestring;
@@ -263,7 +255,7 @@ static const char *record_string(const cJSON *obj, const char *key, int required
     snprintf(num, sizeof num, "%lld", (long long)v->valuedouble);
     return num;
   }
-  fail(err, errlen, "%s:%d: field \"%s\" must be a string", path, lineno, key);
+  sn_errorf(err, errlen, "%s:%d: field \"%s\" must be a string", path, lineno, key);
   return NULL;
 }
 
@@ -272,7 +264,7 @@ static int load_records(const char *path, int with_title, const sn_qrels *keep, 
                         char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   FILE *f = fopen(path, "r");
-  if (!f) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+  if (!f) return sn_errorf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
   size_t cap = 0;
   char *buf = NULL;
   size_t bufcap = 0;
@@ -288,9 +280,9 @@ static int load_records(const char *path, int with_title, const sn_qrels *keep, 
     cJSON *obj = cJSON_ParseWithLengthOpts(buf, (size_t)len, &end, 0);
     if (!obj || !cJSON_IsObject(obj)) {
       if (obj)
-        rc = fail(err, errlen, "%s:%d: expected a JSON object with \"_id\" and \"text\"", path, lineno);
+        rc = sn_errorf(err, errlen, "%s:%d: expected a JSON object with \"_id\" and \"text\"", path, lineno);
       else
-        rc = fail(err, errlen, "%s:%d: malformed JSON near byte %ld (expected one object per line)",
+        rc = sn_errorf(err, errlen, "%s:%d: malformed JSON near byte %ld (expected one object per line)",
                   path, lineno, cJSON_GetErrorPtr() ? (long)(cJSON_GetErrorPtr() - buf) + 1 : 1L);
       cJSON_Delete(obj);
       break;
@@ -317,7 +309,7 @@ static int load_records(const char *path, int with_title, const sn_qrels *keep, 
       // the map keeps pointers into ids[], which realloc does not move (strings are separate)
       int32_t prev = sn_id_map_put(&out->index, out->ids[out->n], out->n);
       if (prev >= 0) {
-        rc = fail(err, errlen, "%s:%d: duplicate _id '%s' (already defined at line %d); expected unique ids",
+        rc = sn_errorf(err, errlen, "%s:%d: duplicate _id '%s' (already defined at line %d); expected unique ids",
                   path, lineno, out->ids[out->n], first_line[prev]);
         free(out->texts[out->n]);
         if (with_title) free(out->titles[out->n]);
@@ -333,7 +325,7 @@ static int load_records(const char *path, int with_title, const sn_qrels *keep, 
   free(first_line);
   fclose(f);
   if (rc == 0 && out->n == 0)
-    rc = fail(err, errlen, "%s: no records%s (expected JSON lines with \"_id\" and \"text\")", path,
+    rc = sn_errorf(err, errlen, "%s: no records%s (expected JSON lines with \"_id\" and \"text\")", path,
               keep ? " for the queries judged in the qrels" : "");
   return rc;
 }

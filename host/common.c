@@ -21,6 +21,14 @@ void sn_die_at(const char *src_file, int src_line, int status, const char *fmt, 
   exit(status);
 }
 
+int sn_errorf(char *err, size_t errlen, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
 void sn_log(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

@@ -19,6 +19,10 @@ _Noreturn void sn_die_at(const char *src_file, int src_line, int status, const c
 // Internal failure (out of memory, a failed system call): exits with SN_EXIT_FAILURE.
 #define sn_fatal(...) sn_die_at(__FILE__, __LINE__, SN_EXIT_FAILURE, __VA_ARGS__)
 
+// Formats a message into err (errlen bytes) and returns -1: for functions that report errors
+// instead of exiting.
+int sn_errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 void sn_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));   // stderr, one line
 void sn_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));  // stderr, "warning: "
 

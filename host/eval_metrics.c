@@ -22,14 +22,6 @@
 #define RUN_SCORE_DIGITS 9  // enough to round-trip an fp32 score
 #define INITIAL_CAPACITY 4096  // run lines; grows by doubling
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-  return -1;
-}
 
 // ---- trec order --------------------------------------------------------------------------------
 
@@ -61,7 +53,7 @@ static int cmp_run_line(const void *a, const void *b) {
 int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   FILE *f = fopen(path, "r");
-  if (!f) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+  if (!f) return sn_errorf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
   run_line *lines = NULL;
   size_t n = 0, cap = 0, bufcap = 0;
   char *buf = NULL;
@@ -74,7 +66,7 @@ int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen) {
       fields[nf++] = t;
     if (nf == 0) continue;
     if (nf < RUN_MIN_FIELDS || nf > RUN_FIELDS) {
-      rc = fail(err, errlen, "%s:%d: expected 'qid Q0 docid rank score [tag]', got %s%d field(s)", path,
+      rc = sn_errorf(err, errlen, "%s:%d: expected 'qid Q0 docid rank score [tag]', got %s%d field(s)", path,
                 lineno, nf > RUN_FIELDS ? "more than " : "", nf > RUN_FIELDS ? RUN_FIELDS : nf);
       break;
     }
@@ -82,7 +74,7 @@ int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen) {
     errno = 0;
     double score = strtod(fields[4], &end);
     if (end == fields[4] || *end || errno || !isfinite(score)) {
-      rc = fail(err, errlen, "%s:%d: expected a finite number as the score (field 5), got '%s'", path,
+      rc = sn_errorf(err, errlen, "%s:%d: expected a finite number as the score (field 5), got '%s'", path,
                 lineno, fields[4]);
       break;
     }
@@ -95,7 +87,7 @@ int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen) {
     qsort(lines, n, sizeof *lines, cmp_run_line);
     for (size_t i = 1; i < n; i++)
       if (!strcmp(lines[i].qid, lines[i - 1].qid) && !strcmp(lines[i].doc.doc_id, lines[i - 1].doc.doc_id)) {
-        rc = fail(err, errlen, "%s:%d: query '%s' retrieves document '%s' again (first at line %d); "
+        rc = sn_errorf(err, errlen, "%s:%d: query '%s' retrieves document '%s' again (first at line %d); "
                   "expected each document once per query", path, lines[i].line, lines[i].qid,
                   lines[i].doc.doc_id, lines[i - 1].line);
         break;
@@ -126,14 +118,14 @@ int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen) {
 
 int sn_run_write_trec(const char *path, const sn_run *run, const char *tag, char *err, size_t errlen) {
   FILE *f = fopen(path, "w");
-  if (!f) return fail(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
+  if (!f) return sn_errorf(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
   for (int i = 0; i < run->nqueries; i++) {
     const sn_run_query *q = &run->queries[i];
     for (int r = 0; r < q->ndocs; r++)
       fprintf(f, "%s Q0 %s %d %.*g %s\n", q->query_id, q->docs[r].doc_id, r + 1, RUN_SCORE_DIGITS,
               q->docs[r].score, tag);
   }
-  if (ferror(f) | (fclose(f) != 0)) return fail(err, errlen, "%s: write failed: %s", path, strerror(errno));
+  if (ferror(f) | (fclose(f) != 0)) return sn_errorf(err, errlen, "%s: write failed: %s", path, strerror(errno));
   return 0;
 }
 

@@ -18,14 +18,6 @@
 #define SN_PATH_MAX 4096
 #define RUN_TAG "scalingnote"
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-  return -1;
-}
 
 void sn_eval_opts_default(sn_eval_opts *o) {
   memset(o, 0, sizeof *o);
@@ -47,9 +39,9 @@ static int save_doc_embeddings(const char *prefix, const sn_beir_records *corpus
   if (sn_npy_write(path, SN_NPY_F32, 2, shape, emb, err, errlen)) return -1;
   snprintf(path, sizeof path, "%s.ids.txt", prefix);
   FILE *f = fopen(path, "w");
-  if (!f) return fail(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
+  if (!f) return sn_errorf(err, errlen, "%s: cannot open for writing: %s", path, strerror(errno));
   for (int i = 0; i < corpus->n; i++) fprintf(f, "%s\n", corpus->ids[i]);
-  if (ferror(f) | (fclose(f) != 0)) return fail(err, errlen, "%s: write failed: %s", path, strerror(errno));
+  if (ferror(f) | (fclose(f) != 0)) return sn_errorf(err, errlen, "%s: write failed: %s", path, strerror(errno));
   return 0;
 }
 
@@ -60,7 +52,7 @@ static float *load_doc_embeddings(const char *prefix, const sn_beir_records *cor
   snprintf(path, sizeof path, "%s.ids.txt", prefix);
   FILE *f = fopen(path, "r");
   if (!f) {
-    fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    sn_errorf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     return NULL;
   }
   char *line = NULL;
@@ -71,7 +63,7 @@ static float *load_doc_embeddings(const char *prefix, const sn_beir_records *cor
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
     if (n >= corpus->n || strcmp(line, corpus->ids[n]) != 0) {
       ok = 0;
-      fail(err, errlen, "%s:%d: expected corpus id '%s' (ids must match corpus.jsonl in order), got '%s'",
+      sn_errorf(err, errlen, "%s:%d: expected corpus id '%s' (ids must match corpus.jsonl in order), got '%s'",
            path, n + 1, n < corpus->n ? corpus->ids[n] : "(end of corpus)", line);
     }
     n++;
@@ -80,14 +72,14 @@ static float *load_doc_embeddings(const char *prefix, const sn_beir_records *cor
   fclose(f);
   if (!ok) return NULL;
   if (n != corpus->n) {
-    fail(err, errlen, "%s: %d ids, expected the corpus's %d", path, n, corpus->n);
+    sn_errorf(err, errlen, "%s: %d ids, expected the corpus's %d", path, n, corpus->n);
     return NULL;
   }
   snprintf(path, sizeof path, "%s.npy", prefix);
   sn_npy_array a;
   if (sn_npy_read(path, &a, err, errlen)) return NULL;
   if (a.dtype != SN_NPY_F32 || a.ndim != 2 || a.shape[0] != corpus->n || a.shape[1] != C) {
-    fail(err, errlen, "%s: expected a float32 array of shape (%d, %d) (corpus size, tower width), got %s of %d dim(s) (%lld, %lld)",
+    sn_errorf(err, errlen, "%s: expected a float32 array of shape (%d, %d) (corpus size, tower width), got %s of %d dim(s) (%lld, %lld)",
          path, corpus->n, C, a.dtype == SN_NPY_F32 ? "float32" : "int32", a.ndim,
          (long long)(a.ndim > 0 ? a.shape[0] : 0), (long long)(a.ndim > 1 ? a.shape[1] : 0));
     sn_npy_free(&a);
@@ -125,10 +117,10 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
   double t0 = sn_now_s();
   const int C = sn_eval_embedding_dim(query_tower);
   if (sn_eval_embedding_dim(doc_tower) != C)
-    return fail(err, errlen, "the query tower embeds into %d dimensions but the document tower into %d; "
+    return sn_errorf(err, errlen, "the query tower embeds into %d dimensions but the document tower into %d; "
                 "expected equal widths", C, sn_eval_embedding_dim(doc_tower));
   if (o->batch <= 0 || o->max_query_len <= 1 || o->max_doc_len <= 1)
-    return fail(err, errlen, "expected batch > 0 and max lengths > 1 (got %d, %d, %d)", o->batch,
+    return sn_errorf(err, errlen, "expected batch > 0 and max lengths > 1 (got %d, %d, %d)", o->batch,
                 o->max_query_len, o->max_doc_len);
   const int N = data->corpus.n, Q = data->queries.n;
 
@@ -200,7 +192,7 @@ int sn_eval_write_json(const char *path, const char *split, const sn_eval_result
   text[len++] = '\n';
   int rc = sn_write_file_atomic(path, text, len);
   free(text);
-  if (rc) return fail(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+  if (rc) return sn_errorf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
   return 0;
 }
 

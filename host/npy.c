@@ -19,24 +19,16 @@
 #define NPY_ALIGN 64
 #define NPY_DICT_MAX 1024
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-  return -1;
-}
 
 int sn_npy_write(const char *path, sn_npy_dtype dtype, int ndim, const int64_t *shape,
                  const void *data, char *err, size_t errlen) {
-  if (ndim < 0 || ndim > SN_NPY_MAX_DIMS) return fail(err, errlen, "%s: %d dimensions unsupported", path, ndim);
+  if (ndim < 0 || ndim > SN_NPY_MAX_DIMS) return sn_errorf(err, errlen, "%s: %d dimensions unsupported", path, ndim);
   char dict[NPY_DICT_MAX];
   int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
                    dtype == SN_NPY_F32 ? "<f4" : "<i4");
   size_t numel = 1;
   for (int i = 0; i < ndim; i++) {
-    if (shape[i] < 0) return fail(err, errlen, "%s: negative dimension %lld", path, (long long)shape[i]);
+    if (shape[i] < 0) return sn_errorf(err, errlen, "%s: negative dimension %lld", path, (long long)shape[i]);
     n += snprintf(dict + n, sizeof dict - (size_t)n, "%lld,%s", (long long)shape[i],
                   (ndim > 1 && i + 1 < ndim) ? " " : "");
     numel *= (size_t)shape[i];
@@ -61,7 +53,7 @@ int sn_npy_write(const char *path, sn_npy_dtype dtype, int ndim, const int64_t *
   if (data_bytes) memcpy(buf + padded, data, data_bytes);  // little-endian hosts only (x86, arm64)
   int rc = sn_write_file_atomic(path, buf, padded + data_bytes);
   free(buf);
-  if (rc != 0) return fail(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+  if (rc != 0) return sn_errorf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
   return 0;
 }
 
@@ -77,7 +69,7 @@ static const char *dict_value(const char *dict, const char *key) {
 }
 
 static int parse_shape(const char *p, sn_npy_array *out, const char *path, char *err, size_t errlen) {
-  if (*p != '(') return fail(err, errlen, "%s: npy header 'shape' is not a tuple", path);
+  if (*p != '(') return sn_errorf(err, errlen, "%s: npy header 'shape' is not a tuple", path);
   p++;
   out->ndim = 0;
   out->numel = 1;
@@ -85,14 +77,14 @@ static int parse_shape(const char *p, sn_npy_array *out, const char *path, char 
     while (*p == ' ' || *p == ',') p++;
     if (*p == ')') break;
     if (out->ndim == SN_NPY_MAX_DIMS)
-      return fail(err, errlen, "%s: more than %d dimensions", path, SN_NPY_MAX_DIMS);
+      return sn_errorf(err, errlen, "%s: more than %d dimensions", path, SN_NPY_MAX_DIMS);
     char *end;
     errno = 0;
     long long d = strtoll(p, &end, 10);
     if (end == p || errno || d < 0 || d > INT32_MAX)
-      return fail(err, errlen, "%s: npy header has a bad dimension near \"%.16s\"", path, p);
+      return sn_errorf(err, errlen, "%s: npy header has a bad dimension near \"%.16s\"", path, p);
     out->shape[out->ndim++] = d;
-    if (d && out->numel > INT64_MAX / d) return fail(err, errlen, "%s: array too large", path);
+    if (d && out->numel > INT64_MAX / d) return sn_errorf(err, errlen, "%s: array too large", path);
     out->numel *= d;
     p = end;
   }
@@ -103,11 +95,11 @@ int sn_npy_read(const char *path, sn_npy_array *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   size_t len = 0;
   char *file = sn_read_file(path, &len);
-  if (!file) return fail(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+  if (!file) return sn_errorf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
   const unsigned char *u = (const unsigned char *)file;
   int rc = -1;
   if (len < NPY_PREAMBLE_V1 || memcmp(file, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
-    fail(err, errlen, "%s: not a .npy file (no \\x93NUMPY magic)", path);
+    sn_errorf(err, errlen, "%s: not a .npy file (no \\x93NUMPY magic)", path);
     goto done;
   }
   size_t preamble, dict_len;
@@ -118,11 +110,11 @@ int sn_npy_read(const char *path, sn_npy_array *out, char *err, size_t errlen) {
     preamble = NPY_PREAMBLE_V2;
     dict_len = (size_t)u[8] | ((size_t)u[9] << 8) | ((size_t)u[10] << 16) | ((size_t)u[11] << 24);
   } else {
-    fail(err, errlen, "%s: unsupported .npy version %d.%d", path, u[6], u[7]);
+    sn_errorf(err, errlen, "%s: unsupported .npy version %d.%d", path, u[6], u[7]);
     goto done;
   }
   if (dict_len > len - preamble || dict_len >= NPY_DICT_MAX) {
-    fail(err, errlen, "%s: .npy header length %zu does not fit the file (%zu bytes)", path, dict_len, len);
+    sn_errorf(err, errlen, "%s: .npy header length %zu does not fit the file (%zu bytes)", path, dict_len, len);
     goto done;
   }
   char dict[NPY_DICT_MAX];
@@ -133,11 +125,11 @@ int sn_npy_read(const char *path, sn_npy_array *out, char *err, size_t errlen) {
   const char *fortran = dict_value(dict, "fortran_order");
   const char *shape = dict_value(dict, "shape");
   if (!descr || !fortran || !shape) {
-    fail(err, errlen, "%s: .npy header lacks descr, fortran_order or shape: %s", path, dict);
+    sn_errorf(err, errlen, "%s: .npy header lacks descr, fortran_order or shape: %s", path, dict);
     goto done;
   }
   if (strncmp(fortran, "False", 5) != 0) {
-    fail(err, errlen, "%s: Fortran-order arrays are not supported (save with C order)", path);
+    sn_errorf(err, errlen, "%s: Fortran-order arrays are not supported (save with C order)", path);
     goto done;
   }
   int src_bytes;
@@ -152,14 +144,14 @@ int sn_npy_read(const char *path, sn_npy_array *out, char *err, size_t errlen) {
   } else {
     const char *close_quote = *descr == '\'' ? strchr(descr + 1, '\'') : NULL;
     int shown = close_quote ? (int)(close_quote - descr + 1) : 8;
-    fail(err, errlen, "%s: dtype %.*s unsupported (want '<f4', '<i4', '<f8' or '<i8')", path, shown, descr);
+    sn_errorf(err, errlen, "%s: dtype %.*s unsupported (want '<f4', '<i4', '<f8' or '<i8')", path, shown, descr);
     goto done;
   }
   if (parse_shape(shape, out, path, err, errlen) != 0) goto done;
   const size_t data_off = preamble + dict_len;
   const size_t need = (size_t)out->numel * (size_t)src_bytes;
   if (len - data_off != need) {
-    fail(err, errlen, "%s: data is %zu bytes, shape and dtype need %zu", path, len - data_off, need);
+    sn_errorf(err, errlen, "%s: data is %zu bytes, shape and dtype need %zu", path, len - data_off, need);
     goto done;
   }
   out->data = mallocCheck(SN_MAX((size_t)out->numel, (size_t)1) * 4);
@@ -176,7 +168,7 @@ int sn_npy_read(const char *path, sn_npy_array *out, char *err, size_t errlen) {
         int64_t v;
         memcpy(&v, src + 8 * i, 8);
         if (v < INT32_MIN || v > INT32_MAX) {
-          fail(err, errlen, "%s: element %lld = %lld does not fit int32", path, (long long)i, (long long)v);
+          sn_errorf(err, errlen, "%s: element %lld = %lld does not fit int32", path, (long long)i, (long long)v);
           free(out->data);
           out->data = NULL;
           goto done;

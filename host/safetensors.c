@@ -31,7 +31,6 @@
 #define ST_HEADER_ALIGN 8                        // data region starts 8-byte aligned
 #define ST_IO_CHUNK_ELEMS (1u << 20)             // conversion buffer for 2-byte dtypes
 #define ST_MSG_NAME_MAX 160                      // longest tensor name quoted in a message
-#define ST_MODEL_PREFIX "model."
 #define ST_SINGLE_FILE "model.safetensors"
 #define ST_INDEX_FILE "model.safetensors.index.json"
 #define ST_METADATA_KEY "__metadata__"
@@ -683,12 +682,18 @@ static const sn_st_tensor *find_exact(const sn_st_archive *a, const char *prefix
   return NULL;
 }
 
+// transformers' base-model prefixes: checkpoints saved from *ForCausalLM / BertFor* heads carry
+// them, those saved from the bare *Model classes do not.
+static const char *const ST_BASE_PREFIXES[] = {"model.", "bert."};
+
 const sn_st_tensor *sn_st_find(const sn_st_archive *a, const char *name) {
   const sn_st_tensor *t = find_exact(a, "", name);
-  if (t) return t;
-  size_t k = strlen(ST_MODEL_PREFIX);
-  if (strncmp(name, ST_MODEL_PREFIX, k) == 0) return find_exact(a, "", name + k);
-  return find_exact(a, ST_MODEL_PREFIX, name);
+  for (size_t i = 0; i < SN_ARRAY_LEN(ST_BASE_PREFIXES) && !t; i++) {
+    const char *prefix = ST_BASE_PREFIXES[i];
+    size_t k = strlen(prefix);
+    t = strncmp(name, prefix, k) == 0 ? find_exact(a, "", name + k) : find_exact(a, prefix, name);
+  }
+  return t;
 }
 
 // ---- reading tensor data ------------------------------------------------------------------------

@@ -13,7 +13,8 @@
 
 typedef struct {
   char *name;        // as written in the file
-  sn_dtype dtype;    // F32, BF16 or F16 (others are rejected with an error naming the tensor)
+  sn_dtype dtype;    // F32, BF16 or F16 (others are rejected with an error naming the tensor, except
+                     // integer "*position_ids" buffers of old BERT checkpoints, which are skipped)
   int ndim;
   int64_t shape[SN_ST_MAX_DIMS];
   int64_t numel;
@@ -42,15 +43,17 @@ int sn_st_parse_header(sn_st_archive *a, const char *buf, size_t header_len, uin
 int sn_st_open(sn_st_archive *a, const char *path, char *err, size_t errlen);
 void sn_st_close(sn_st_archive *a);
 
-// Finds a tensor by name, also trying with and without the "model." prefix. NULL when absent.
+// Finds a tensor by name, also trying with and without the "model." prefix (and BERT's "bert.",
+// which checkpoints saved from BertForMaskedLM & co. carry). NULL when absent.
 const sn_st_tensor *sn_st_find(const sn_st_archive *a, const char *name);
 
 // Reads a tensor into host fp32 (converting BF16/F16). Returns 0, or -1 with err.
 int sn_st_read_f32(const sn_st_archive *a, const sn_st_tensor *t, float *dst, char *err, size_t errlen);
 
 // Writer: collect tensors (host fp32 data, written as `dtype`), then write one file atomically
-// (temp file, fsync, rename). Data offsets are aligned to 8 bytes... header padded with spaces so
-// the data region starts 8-byte aligned, as the safetensors library does.
+// (temp file, fsync, rename), streaming the data. The header is padded with spaces so the data
+// region starts 8-byte aligned, as the safetensors library does; tensors are packed back to back in
+// insertion order (that library rejects gaps between tensors).
 typedef struct sn_st_writer sn_st_writer;
 sn_st_writer *sn_st_writer_new(void);
 void sn_st_writer_metadata(sn_st_writer *w, const char *key, const char *value);

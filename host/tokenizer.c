@@ -715,21 +715,28 @@ static void encode_segment(const sn_tokenizer *tok, const char *text, size_t len
   free(cps);
 }
 
-// lstrip/rstrip: the length of the white-space code point that ends before / starts at text[i], 0 if none.
-static size_t space_before(const char *text, size_t lo, size_t i) {
-  size_t start = i;
-  while (start > lo && (start == i || ((unsigned char)text[start] & 0xC0) == 0x80) && i - start < 4) start--;
-  uint32_t cp;
-  size_t len = sn_utf8_decode((const unsigned char *)text + start, i - start, &cp);
-  return start + len == i && sn_unicode_is_white_space(cp) ? len : 0;
+// The code point that ends just before text[i] (not before lo) / starts at text[i]: its byte
+// length, 0 when there is none.
+static size_t cp_before(const char *text, size_t lo, size_t i, uint32_t *cp) {
+  if (i <= lo) return 0;
+  size_t start = i - 1;
+  while (start > lo && i - start < 4 && ((unsigned char)text[start] & 0xC0) == 0x80) start--;
+  size_t len = sn_utf8_decode((const unsigned char *)text + start, i - start, cp);
+  if (start + len != i) { *cp = SN_UNICODE_REPLACEMENT; return 1; }  // a stray byte
+  return len;
 }
-static size_t space_at(const char *text, size_t len, size_t i) {
-  uint32_t cp;
-  size_t n = sn_utf8_decode((const unsigned char *)text + i, len - i, &cp);
-  return sn_unicode_is_white_space(cp) ? n : 0;
+static size_t cp_at(const char *text, size_t len, size_t i, uint32_t *cp) {
+  return i < len ? sn_utf8_decode((const unsigned char *)text + i, len - i, cp) : 0;
 }
-static int is_word_byte(unsigned char c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+
+// single_word: a token must not touch a word character (Rust regex's \w: alphabetic, marks,
+// decimal digits, connector punctuation such as _, and the joiners U+200C/U+200D).
+#define ZERO_WIDTH_NON_JOINER 0x200C
+#define ZERO_WIDTH_JOINER 0x200D
+static int is_word_char(uint32_t cp) {
+  enum sn_ucat k = sn_unicode_category(cp);
+  return sn_unicode_is_letter(cp) || k == SN_UCAT_NL || k == SN_UCAT_ND || k == SN_UCAT_MN || k == SN_UCAT_MC ||
+         k == SN_UCAT_ME || k == SN_UCAT_PC || cp == ZERO_WIDTH_NON_JOINER || cp == ZERO_WIDTH_JOINER;
 }
 
 // Finds the first added token at or after pos (longest at the earliest position). Returns it with
@@ -742,11 +749,12 @@ static const sn_added_token *find_added(const sn_tokenizer *tok, const char *tex
       const sn_added_token *a = &tok->added[k];
       if (a->len > len - i || memcmp(text + i, a->content, a->len) != 0) continue;
       size_t s = i, e = i + a->len;
-      if (a->single_word && ((s > 0 && is_word_byte((unsigned char)text[s - 1])) ||
-                             (e < len && is_word_byte((unsigned char)text[e]))))
+      uint32_t before, after;
+      if (a->single_word && ((cp_before(text, 0, s, &before) && is_word_char(before)) ||
+                             (cp_at(text, len, e, &after) && is_word_char(after))))
         continue;
-      for (size_t k; a->lstrip && s > pos && (k = space_before(text, pos, s)) > 0;) s -= k;
-      for (size_t k; a->rstrip && e < len && (k = space_at(text, len, e)) > 0;) e += k;
+      for (size_t k; a->lstrip && (k = cp_before(text, pos, s, &before)) && sn_unicode_is_white_space(before);) s -= k;
+      for (size_t k; a->rstrip && (k = cp_at(text, len, e, &after)) && sn_unicode_is_white_space(after);) e += k;
       *match_start = s;
       *match_end = e;
       return a;

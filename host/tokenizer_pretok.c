@@ -2,6 +2,7 @@
 // tokenizer.json files use. Each matcher returns the end of the match that the regex (leftmost,
 // first alternative that matches, greedy with backtracking) would find starting at i; since every
 // pattern's alternatives together match any character, matches tile the text and no gap is left.
+#include <pthread.h>
 #include <string.h>
 
 #include "tokenizer_internal.h"
@@ -32,7 +33,7 @@ sn_split_kind sn_split_kind_from_regex(const char *pattern, int *known) {
 enum { CLASS_LETTER = 1, CLASS_NUMBER = 2, CLASS_SPACE = 4, CLASS_PUNCT = 8 };
 
 static unsigned char ascii_class[128];
-static int ascii_class_ready;  // benign race: every thread writes the same values
+static pthread_once_t ascii_class_once = PTHREAD_ONCE_INIT;
 
 static void init_ascii_class(void) {
   for (uint32_t c = 0; c < 128; c++) {
@@ -45,7 +46,6 @@ static void init_ascii_class(void) {
       k |= CLASS_PUNCT;
     ascii_class[c] = k;
   }
-  ascii_class_ready = 1;
 }
 
 static inline unsigned char char_class(uint32_t c) {
@@ -141,7 +141,7 @@ static int is_bert_word(uint32_t c) { return !(char_class(c) & (CLASS_SPACE | CL
 
 int sn_pretok_next(sn_split_kind kind, const uint32_t *cps, size_t n, size_t *pos, size_t *start,
                    size_t *end) {
-  if (!ascii_class_ready) init_ascii_class();
+  pthread_once(&ascii_class_once, init_ascii_class);
   size_t i = *pos;
   if (kind == SN_SPLIT_BERT) i = run_end(cps, n, i, is_space);
   if (i >= n) return 0;

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cJSON.h"
 #include "common.h"
@@ -88,6 +89,18 @@ static const eval_row EVAL_ROWS[] = {
     {"student", "student + stage-1 docs"},
 };
 
+static void eval_result_path(const sn_trainer *t, const char *name, char *path, size_t size) {
+  snprintf(path, size, "%s/eval/%s.json", t->run_dir, name);
+}
+
+// Ranks other than 0 wait for rank 0's evaluation (by its result file, not in a collective).
+static void wait_for_eval(const sn_trainer *t, const char *name) {
+  if (!t->cfg.eval.data[0] || t->rank == 0) return;
+  char path[SN_TRAIN_PATH_MAX + 64];
+  eval_result_path(t, name, path, sizeof path);
+  sn_wait_for(path, sn_path_exists, NULL, t->rank);
+}
+
 static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const sn_tokenizer *qtok,
                         sn_model *dm, const sn_tokenizer *dtok, const char *name, int student) {
   sn_eval_opts o;
@@ -106,7 +119,7 @@ static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const 
   if (sn_eval_run(&o, data, qm, qtok, dm, dtok, &res, err, sizeof err) != 0) sn_bad_input("evaluation: %s", err);
   snprintf(path, sizeof path, "%s/eval", t->run_dir);
   sn_mkdir_p(path);
-  snprintf(path, sizeof path, "%s/eval/%s.json", t->run_dir, name);
+  eval_result_path(t, name, path, sizeof path);
   if (sn_eval_write_json(path, o.split, &res, err, sizeof err) != 0) sn_fatal("%s", err);
   sn_log("eval %-10s nDCG@10 %.4f  R@10 %.4f  R@100 %.4f  MRR@10 %.4f  (%d queries, %d docs, %.1f s)",
          name, res.mean.ndcg_10, res.mean.recall_10, res.mean.recall_100, res.mean.mrr_10,
@@ -146,7 +159,7 @@ static void eval_final(sn_trainer *t, const sn_beir *data, int student) {
 
 static int read_metric_file(const sn_trainer *t, const char *name, double out[4]) {
   char path[SN_TRAIN_PATH_MAX + 64];
-  snprintf(path, sizeof path, "%s/eval/%s.json", t->run_dir, name);
+  eval_result_path(t, name, path, sizeof path);
   char *text = sn_read_file(path, NULL);
   if (!text) return 0;
   cJSON *j = cJSON_Parse(text);
@@ -176,19 +189,30 @@ static void print_eval_summary(const sn_trainer *t) {
 
 // ---- main --------------------------------------------------------------------------------------
 
-static void setup_run_dir(sn_trainer *t) {
+static void set_run_paths(sn_trainer *t) {
   snprintf(t->run_dir, sizeof t->run_dir, "%s", t->cfg.run_dir);
   if (t->cfg.data.cache_dir[0]) snprintf(t->cache_dir, sizeof t->cache_dir, "%s", t->cfg.data.cache_dir);
   else snprintf(t->cache_dir, sizeof t->cache_dir, "%s/cache", t->run_dir);
+}
+
+// Creates the run folder and writes the resolved config (rank 0), then all ranks meet.
+static void setup_run_dir(sn_trainer *t) {
   if (t->rank == 0) {
     if (sn_mkdir_p(t->run_dir) != 0) sn_bad_input("run_dir: cannot create %s: %s", t->run_dir, strerror(errno));
     if (sn_mkdir_p(t->cache_dir) != 0) sn_bad_input("cannot create %s: %s", t->cache_dir, strerror(errno));
-    char path[SN_TRAIN_PATH_MAX + 32];
+    char path[SN_TRAIN_PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/config.resolved.json", t->run_dir);
     char *json = sn_run_config_to_json(&t->cfg);
     if (sn_write_file_atomic(path, json, strlen(json)) != 0)
       sn_bad_input("cannot write %s: %s", path, strerror(errno));
     free(json);
+    // Results of the evaluations this run will redo are removed first: ranks waiting for them
+    // must not find an earlier run's. (EVAL_ROWS[i] is evaluated after stage i.)
+    for (size_t i = 0; i < SN_ARRAY_LEN(EVAL_ROWS); i++) {
+      if ((int)i < t->resume_stage) continue;
+      eval_result_path(t, EVAL_ROWS[i].name, path, sizeof path);
+      unlink(path);
+    }
   }
   sn_comm_barrier(t->comm);
 }
@@ -220,9 +244,10 @@ int sn_train_main(const sn_train_args *args) {
   t.comm = sn_comm_create(t.cfg.device, t.cfg.comm_timeout_s);
   t.rank = t.comm->rank;
   t.world = t.comm->world_size;
+  set_run_paths(&t);
+  find_resume_point(&t, args->resume);
   setup_run_dir(&t);
   install_signal_handlers();
-  find_resume_point(&t, args->resume);
   if (t.rank == 0)
     sn_log("sn_train: run %s, device %s, %d rank%s (%s), %d CPU threads per rank", t.run_dir,
            t.ops->name, t.world, t.world > 1 ? "s" : "", sn_comm_backend_name(t.comm->backend),
@@ -244,10 +269,14 @@ int sn_train_main(const sn_train_args *args) {
   int status = 0;
   int fresh = t.resume_stage == 0;
   if (do1) {
-    if (evaluating && fresh) eval_untrained(&t, &eval_data);
+    if (fresh) {
+      if (evaluating) eval_untrained(&t, &eval_data);
+      wait_for_eval(&t, "untrained");
+    }
     int rc = sn_train_stage1(&t);
     if (rc < 0) goto stopped;
-    if (evaluating && t.resume_stage == 0) eval_final(&t, &eval_data, 0);
+    if (evaluating) eval_final(&t, &eval_data, 0);
+    wait_for_eval(&t, "stage1");
   }
   if (do2) {
     if (t.resume_stage == 1)
@@ -256,6 +285,7 @@ int sn_train_main(const sn_train_args *args) {
     int rc = sn_train_stage2(&t);
     if (rc < 0) goto stopped;
     if (evaluating) eval_final(&t, &eval_data, 1);
+    wait_for_eval(&t, "student");
   }
   if (t.rank == 0) print_eval_summary(&t);
   goto done;

@@ -87,6 +87,13 @@ float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verb
 // cu_seqlens (s1 - s0 + 1 entries written to cu_out).
 const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s1, int32_t *cu_out);
 
+// Ranks other than 0 wait for a file rank 0 writes after long work (an evaluation, an embedding
+// cache) by polling, not in a collective, so the work may outlast the collective timeout.
+#define SN_RANK0_WAIT_S (4 * 3600.0)
+// Returns when `ready(path, ctx)` is true, polling; exits after SN_RANK0_WAIT_S.
+void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), void *ctx, int rank);
+int sn_path_exists(const char *path, void *unused);
+
 // "last" | "mean" | "cls" (the config has validated the name).
 sn_pooling sn_pooling_from_name(const char *name);
 
@@ -115,6 +122,18 @@ typedef struct {
   const sn_model *model;
   const char *tokenizer_dir; // where its tokenizer files come from ("" = none)
 } sn_ckpt_tower;
+// Optimizer state saved under a prefix ("query", "doc", "student").
+typedef struct {
+  const char *prefix;
+  const sn_optimizer *opt;
+} sn_ckpt_optimizer;
+// A checkpoint after `step` of `stage`: the towers, the optimizers, the data cursor, the step and
+// elapsed time. Returns 0, or -1 after a warning (the previous checkpoint stays intact).
+int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
+                          const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
+                          const sn_ckpt_tower *towers, int ntowers);
+// Whether a checkpoint is due after `step`: every checkpoint.every steps, when stopping, at the end.
+int sn_trainer_checkpoint_due(const sn_trainer *t, int64_t step, int64_t total, int stopping);
 int sn_trainer_write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckpt_tower *towers,
                                 int ntowers, sn_state_writer *state);
 

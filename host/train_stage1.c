@@ -280,23 +280,11 @@ int sn_train_stage1(sn_trainer *t) {
     if (!isfinite(rec.loss)) sn_fatal("stage 1: the loss is %f at step %lld", rec.loss, (long long)step);
     sn_train_log_step(&t->log, &rec);
     stopped = sn_trainer_should_stop(t, totals[2]) && step < total;
-    int periodic = t->cfg.checkpoint.every > 0 && step % t->cfg.checkpoint.every == 0;
-    if (periodic || stopped || step == total) {
-      sn_state_writer *w = sn_state_writer_new();
-      float *host[6] = {0};
-      sn_state_add_u64(w, "config_hash", t->config_hash);
-      sn_state_add_u64(w, "stage", 1);
-      sn_state_add_u64(w, "step", (uint64_t)step);
-      sn_state_add_copy(w, "elapsed_s", &elapsed, sizeof elapsed);
-      sn_data_cursor cur;
-      sn_sampler_get_cursor(sampler, &cur);
-      sn_state_add_copy(w, "cursor", &cur, sizeof cur);
-      sn_trainer_add_optimizer_state(w, "query", &opt_q, host);
-      if (c.dmodel != c.qmodel) sn_trainer_add_optimizer_state(w, "doc", &opt_d, host + 3);
+    if (sn_trainer_checkpoint_due(t, step, total, stopped)) {
+      int two = c.dmodel != c.qmodel;
+      sn_ckpt_optimizer opts[2] = {{"query", &opt_q}, {"doc", &opt_d}};
       sn_ckpt_tower towers[2] = {{"query_tower", c.qmodel, tok_dir}, {"doc_tower", c.dmodel, tok_dir}};
-      sn_trainer_write_checkpoint(t, 1, step, towers, c.dmodel != c.qmodel ? 2 : 1, w);
-      sn_state_writer_free(w);
-      for (int i = 0; i < 6; i++) free(host[i]);
+      sn_trainer_checkpoint(t, 1, step, elapsed, sampler, opts, 1 + two, towers, 1 + two);
     }
   }
   sn_train_log_end_stage(&t->log);
@@ -309,6 +297,7 @@ int sn_train_stage1(sn_trainer *t) {
     sn_plot_loss_svg(t->run_dir, 1);
     sn_log("stage 1: done, towers in %s/final/{query_tower,doc_tower}", t->run_dir);
   }
+  sn_comm_barrier(t->comm);  // stage 2 and the evaluation read the final towers
   buffers_free(&c.buf, ops);
   sn_runner_free(&c.qrun);
   sn_runner_free(&c.drun);

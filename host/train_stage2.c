@@ -12,9 +12,8 @@
 #include "common.h"
 #include "train_internal.h"
 
-// How long ranks other than 0 wait for rank 0 to write an embedding cache, and how often they look.
-#define CACHE_WAIT_S (4 * 3600.0)
-#define CACHE_POLL_US 200000
+// Sequences per forward when embedding a whole set for a cache.
+#define EMBED_BATCH_SEQS 64
 
 typedef struct {
   float *emb;  // (n, dim) host
@@ -22,35 +21,50 @@ typedef struct {
   int dim;
 } emb_cache;
 
+typedef struct {
+  uint64_t key;
+  int64_t n;
+  emb_cache *out;  // filled when the file is ready
+} cache_probe;
+
+// Reads a valid cache file of the expected key and size into probe->out; 0 when there is none.
+static int load_cache(const char *path, void *ctx) {
+  cache_probe *p = ctx;
+  char err[1024];
+  if (access(path, F_OK) != 0) return 0;
+  sn_state_reader *r = sn_state_read(path, err, sizeof err);
+  if (!r) {
+    sn_warn("%s: %s", path, err);
+    return 0;
+  }
+  int ok = sn_state_get_u64(r, "key") == p->key && (int64_t)sn_state_get_u64(r, "n") == p->n;
+  if (ok) {
+    emb_cache *out = p->out;
+    out->n = p->n;
+    out->dim = (int)sn_state_get_u64(r, "dim");
+    out->emb = mallocCheck((size_t)out->n * out->dim * sizeof(float));
+    sn_state_get_exact(r, "emb", out->emb, (size_t)out->n * out->dim * sizeof(float));
+  }
+  sn_state_reader_free(r);
+  return ok;
+}
+
 // Embeddings of a whole token set by a frozen tower, cached as RUN/cache/<name>-<key>.bin (a state
 // file: checksummed). Rank 0 computes and writes it; the other ranks wait for the file.
 static void cached_embeddings(sn_trainer *t, sn_model *m, sn_pooling pooling, const sn_token_set *set,
                               const char *name, uint64_t key, emb_cache *out) {
-  char path[SN_TRAIN_PATH_MAX + 64], err[1024];
+  char path[SN_TRAIN_PATH_MAX + 64];
   snprintf(path, sizeof path, "%s/%s-%016llx.bin", t->cache_dir, name, (unsigned long long)key);
-  double waited = 0;
-  for (;;) {
-    sn_state_reader *r = access(path, F_OK) == 0 ? sn_state_read(path, err, sizeof err) : NULL;
-    if (r) {
-      out->n = (int64_t)sn_state_get_u64(r, "n");
-      out->dim = (int)sn_state_get_u64(r, "dim");
-      if (sn_state_get_u64(r, "key") == key && out->n == set->n_seqs) {
-        out->emb = mallocCheck((size_t)out->n * out->dim * sizeof(float));
-        sn_state_get_exact(r, "emb", out->emb, (size_t)out->n * out->dim * sizeof(float));
-        sn_state_reader_free(r);
-        sn_log("%s: %lld embeddings from the cache %s", name, (long long)out->n, path);
-        return;
-      }
-      sn_state_reader_free(r);
-    } else if (t->rank == 0 && access(path, F_OK) == 0) {
-      sn_warn("%s: rebuilding (%s)", path, err);
-    }
-    if (t->rank == 0) break;
-    if (waited > CACHE_WAIT_S) sn_fatal("rank %d: %s did not appear within %.0f s", t->rank, path, CACHE_WAIT_S);
-    usleep(CACHE_POLL_US);
-    waited += CACHE_POLL_US * 1e-6;
+  cache_probe probe = {.key = key, .n = set->n_seqs, .out = out};
+  if (t->rank != 0) {
+    sn_wait_for(path, load_cache, &probe, t->rank);
+    return;
   }
-  int max_seqs = 64;
+  if (load_cache(path, &probe)) {
+    sn_log("%s: %lld embeddings from the cache %s", name, (long long)out->n, path);
+    return;
+  }
+  const int max_seqs = EMBED_BATCH_SEQS;
   sn_tower_runner r;
   sn_runner_init(&r, m, pooling, max_seqs, max_seqs * SN_MAX(set->max_seq_len, 1));
   double t0 = sn_now_s();
@@ -248,22 +262,10 @@ int sn_train_stage2(sn_trainer *t) {
     if (!isfinite(rec.loss)) sn_fatal("stage 2: the loss is %f at step %lld", rec.loss, (long long)step);
     sn_train_log_step(&t->log, &rec);
     stopped = sn_trainer_should_stop(t, totals[4]) && step < total;
-    int periodic = t->cfg.checkpoint.every > 0 && step % t->cfg.checkpoint.every == 0;
-    if (periodic || stopped || step == total) {
-      sn_state_writer *w = sn_state_writer_new();
-      float *host[3] = {0};
-      sn_state_add_u64(w, "config_hash", t->config_hash);
-      sn_state_add_u64(w, "stage", 2);
-      sn_state_add_u64(w, "step", (uint64_t)step);
-      sn_state_add_copy(w, "elapsed_s", &elapsed, sizeof elapsed);
-      sn_data_cursor cur;
-      sn_sampler_get_cursor(sampler, &cur);
-      sn_state_add_copy(w, "cursor", &cur, sizeof cur);
-      sn_trainer_add_optimizer_state(w, "student", &opt, host);
+    if (sn_trainer_checkpoint_due(t, step, total, stopped)) {
+      sn_ckpt_optimizer opts[1] = {{"student", &opt}};
       sn_ckpt_tower towers[1] = {{"student", student, student_tok_dir}};
-      sn_trainer_write_checkpoint(t, 2, step, towers, 1, w);
-      sn_state_writer_free(w);
-      for (int i = 0; i < 3; i++) free(host[i]);
+      sn_trainer_checkpoint(t, 2, step, elapsed, sampler, opts, 1, towers, 1);
     }
   }
   sn_train_log_end_stage(&t->log);
@@ -274,6 +276,7 @@ int sn_train_stage2(sn_trainer *t) {
     sn_plot_loss_svg(t->run_dir, 2);
     sn_log("stage 2: done, student in %s", dir);
   }
+  sn_comm_barrier(t->comm);  // the final student exists for every rank
   void *bufs[] = {s_emb, s_raw, ds_raw, ds_raw_storage, ds_emb, t_rows, d_rows, dd_rows, targets, terms};
   for (size_t i = 0; i < SN_ARRAY_LEN(bufs); i++)
     if (bufs[i]) ops->free(bufs[i]);

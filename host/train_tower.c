@@ -5,6 +5,7 @@
 #include <libgen.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "train_internal.h"
@@ -178,6 +179,21 @@ float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verb
   return out;
 }
 
+// How often waiting ranks look for rank 0's file.
+#define RANK0_POLL_US 200000
+
+int sn_path_exists(const char *path, void *unused) {
+  (void)unused;
+  return access(path, F_OK) == 0;
+}
+
+void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), void *ctx, int rank) {
+  for (double waited = 0; !ready(path, ctx); waited += RANK0_POLL_US * 1e-6) {
+    if (waited > SN_RANK0_WAIT_S) sn_fatal("rank %d: %s was not ready within %.0f s", rank, path, SN_RANK0_WAIT_S);
+    usleep(RANK0_POLL_US);
+  }
+}
+
 sn_pooling sn_pooling_from_name(const char *name) {
   return !strcmp(name, "mean") ? SN_POOL_MEAN : !strcmp(name, "cls") ? SN_POOL_FIRST : SN_POOL_LAST;
 }
@@ -344,6 +360,31 @@ int sn_trainer_write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn
   double status = rc;
   sn_comm_all_reduce_f64_host(t->comm, &status, 1);  // every rank learns whether rank 0 succeeded
   return status == 0 ? 0 : -1;
+}
+
+int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
+                          const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
+                          const sn_ckpt_tower *towers, int ntowers) {
+  sn_state_writer *w = sn_state_writer_new();
+  float **host = callocCheck((size_t)nopts * 3, sizeof *host);  // downloaded optimizer state
+  sn_state_add_u64(w, "config_hash", t->config_hash);
+  sn_state_add_u64(w, "stage", (uint64_t)stage);
+  sn_state_add_u64(w, "step", (uint64_t)step);
+  sn_state_add_copy(w, "elapsed_s", &elapsed_s, sizeof elapsed_s);
+  sn_data_cursor cursor;
+  sn_sampler_get_cursor(sampler, &cursor);
+  sn_state_add_copy(w, "cursor", &cursor, sizeof cursor);
+  for (int i = 0; i < nopts; i++) sn_trainer_add_optimizer_state(w, opts[i].prefix, opts[i].opt, host + 3 * i);
+  int rc = sn_trainer_write_checkpoint(t, stage, step, towers, ntowers, w);
+  sn_state_writer_free(w);
+  for (int i = 0; i < 3 * nopts; i++) free(host[i]);
+  free(host);
+  return rc;
+}
+
+int sn_trainer_checkpoint_due(const sn_trainer *t, int64_t step, int64_t total, int stopping) {
+  int periodic = t->cfg.checkpoint.every > 0 && step % t->cfg.checkpoint.every == 0;
+  return periodic || stopping || step == total;
 }
 
 int sn_trainer_should_stop(sn_trainer *t, double requested_anywhere) {

@@ -4,13 +4,15 @@
 // accumulation), available from sm_80 on.
 //
 // Forward: one block of 4 warps per (query tile of 64 rows, sequence, query head); each warp owns 16
-// query rows, keeps Q in registers, streams K/V tiles of 64 keys through shared memory, and does the
+// query rows, keeps Q in registers, streams K/V tiles of 64 keys through shared memory (cp.async,
+// two stages: the next tile loads while this one is used; fragments via ldmatrix), and does the
 // online softmax in registers (log2 domain). Saves lse (Hq, T), natural log of the scaled scores.
 //
 // Backward, deterministic (no atomics): delta = rowsum(dO * O) first; then two kernels that each
 // recompute the probabilities: dQ per (query tile, sequence, query head) looping over key tiles, and
 // dK/dV per (key tile, sequence, kv head) looping over the query heads of its group and their query
-// tiles. That costs 7 tile products instead of 5, and buys run-to-run determinism.
+// tiles; the two run concurrently (fork/join on a side stream). That costs 7 tile products instead
+// of 5, and buys run-to-run determinism.
 //
 // mma.sync m16n8k16 fragments (lane = 4 * g + q):
 //   A (16x16, row-major): a[0] = (g, 2q..2q+1), a[1] = (g+8, 2q..), a[2] = (g, 2q+8..), a[3] = (g+8, 2q+8..)
@@ -110,13 +112,15 @@ struct attn_dims {
 // out (T, Hq*D), lse (Hq, T); qkv (T, (Hq + 2 Hkv) D). grid (query tiles, B, Hq).
 // Shared memory: two K/V stages (the next tile's cp.async overlaps this tile's math); Q passes
 // through the second stage's K buffer once on its way to registers.
-template <int D>
-__global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv,
+template <int D, int WARPS>
+__global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv,
                                                                          const int32_t *cu_seqlens, attn_dims p) {
   constexpr int LD = D + ATTN_SMEM_PAD;
   constexpr int NK = ATTN_TILE_K / 8;  // n-tiles of scores per warp
   constexpr int ND = D / 8;            // n-tiles of the output
   constexpr int STAGE = 2 * ATTN_TILE_K * LD;  // K then V of one stage
+  constexpr int TILE_Q = WARPS * ATTN_ROWS_PER_WARP;
+  static_assert(TILE_Q <= 2 * ATTN_TILE_K, "the Q tile passes through one stage (K and V buffers)");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16 *stages = reinterpret_cast<bf16 *>(smem_raw);
 
@@ -124,7 +128,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *o
   const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
   // Last query tiles first: under a causal mask they carry the most keys, so the long blocks start
   // early instead of forming a tail.
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * ATTN_TILE_Q;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE_Q;
   if (q0 >= L) return;
   const int hk = h / (p.Hq / p.Hkv);
   const size_t stride = (size_t)(p.Hq + 2 * p.Hkv) * D;
@@ -133,11 +137,11 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_forward_kernel(bf16 *o
   const bf16 *v_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + p.Hkv + hk) * D;
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
   const int wrow = warp * ATTN_ROWS_PER_WARP;  // this warp's first row within the tile
-  const int kv_end = p.causal ? min(L, q0 + ATTN_TILE_Q) : L;
+  const int kv_end = p.causal ? min(L, q0 + TILE_Q) : L;
   const int ntiles = ceil_div_dev(kv_end, ATTN_TILE_K);
 
   // Q into stage 1's K buffer, K/V tile 0 into stage 0, both in flight together.
-  load_tile_async<D, ATTN_TILE_Q>(stages + STAGE, q_base + (size_t)q0 * stride, stride, min(ATTN_TILE_Q, L - q0));
+  load_tile_async<D, TILE_Q>(stages + STAGE, q_base + (size_t)q0 * stride, stride, min(TILE_Q, L - q0));
   cp_async_commit();
   load_tile_async<D, ATTN_TILE_K>(stages, k_base, stride, min(ATTN_TILE_K, L));
   load_tile_async<D, ATTN_TILE_K>(stages + ATTN_TILE_K * LD, v_base, stride, min(ATTN_TILE_K, L));
@@ -536,6 +540,9 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_
 }
 
 // ---- launchers ---------------------------------------------------------------------------------------------
+// Forward warps per block (16 query rows each). 8 warps (128 rows sharing each K/V tile) measured
+// slower at every benchmark shape (e.g. 245 vs 224 us at L=512 D=128, 28.5 vs 17.0 us at L=32).
+#define ATTN_FWD_WARPS 4
 template <int D>
 static size_t fwd_smem(void) { return (size_t)2 * 2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16); }
 template <int D>
@@ -557,15 +564,27 @@ static void allow_smem(K kernel, size_t bytes, bool *done) {
   *done = true;
 }
 
+template <int D, int WARPS>
+static void launch_forward_warps(bf16 *out, float *lse, const bf16 *qkv, const int32_t *cu, int B, int max_seqlen,
+                                 attn_dims p) {
+  static bool ready = false;
+  allow_smem(attention_forward_kernel<D, WARPS>, fwd_smem<D>(), &ready);
+  dim3 grid(ceil_div_int(max_seqlen, WARPS * ATTN_ROWS_PER_WARP), B, p.Hq);
+  attention_forward_kernel<D, WARPS><<<grid, WARPS * WARP_SIZE, fwd_smem<D>(), SN_STREAM>>>(out, lse, qkv, cu, p);
+  launchCheck();
+}
 template <int D>
 static void launch_forward(bf16 *out, float *lse, const bf16 *qkv, const int32_t *cu, int B, int max_seqlen,
                            attn_dims p) {
-  static bool ready = false;
-  allow_smem(attention_forward_kernel<D>, fwd_smem<D>(), &ready);
-  dim3 grid(ceil_div_int(max_seqlen, ATTN_TILE_Q), B, p.Hq);
-  attention_forward_kernel<D><<<grid, ATTN_THREADS, fwd_smem<D>(), SN_STREAM>>>(out, lse, qkv, cu, p);
-  launchCheck();
+  launch_forward_warps<D, ATTN_FWD_WARPS>(out, lse, qkv, cu, B, max_seqlen, p);
 }
+
+// The dK/dV kernel has few blocks (B x Hkv x key tiles) of very uneven causal work; the dQ kernel
+// runs beside it on a side stream, forked from and joined back to SN_STREAM with events, so its
+// blocks fill the SMs the dK/dV tail leaves idle. They write disjoint parts of dqkv: still
+// deterministic, and the caller still sees one stream.
+static cudaStream_t side_stream;
+static cudaEvent_t fork_event, join_event;
 
 template <int D>
 static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
@@ -573,14 +592,23 @@ static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const
   static bool ready_dq = false, ready_dkv = false;
   allow_smem(attention_backward_dq_kernel<D>, dq_smem<D>(), &ready_dq);
   allow_smem(attention_backward_dkv_kernel<D>, dkv_smem<D>(), &ready_dkv);
+  if (!side_stream) {
+    cudaCheck(cudaStreamCreateWithFlags(&side_stream, cudaStreamNonBlocking));
+    cudaCheck(cudaEventCreateWithFlags(&fork_event, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&join_event, cudaEventDisableTiming));
+  }
+  cudaCheck(cudaEventRecord(fork_event, SN_STREAM));  // delta and the inputs are ready
+  cudaCheck(cudaStreamWaitEvent(side_stream, fork_event, 0));
+  dim3 grid_kv(ceil_div_int(max_seqlen, DKV_TILE_K), B, p.Hkv);
+  attention_backward_dkv_kernel<D><<<grid_kv, DKV_WARPS * WARP_SIZE, dkv_smem<D>(), side_stream>>>(
+      dqkv, dout, qkv, lse, delta, cu, p);
+  launchCheck();
   dim3 grid_q(ceil_div_int(max_seqlen, ATTN_TILE_Q), B, p.Hq);
   attention_backward_dq_kernel<D><<<grid_q, ATTN_THREADS, dq_smem<D>(), SN_STREAM>>>(dqkv, dout, qkv, lse, delta,
                                                                                      cu, p);
   launchCheck();
-  dim3 grid_kv(ceil_div_int(max_seqlen, DKV_TILE_K), B, p.Hkv);
-  attention_backward_dkv_kernel<D><<<grid_kv, DKV_WARPS * WARP_SIZE, dkv_smem<D>(), SN_STREAM>>>(dqkv, dout, qkv, lse,
-                                                                                         delta, cu, p);
-  launchCheck();
+  cudaCheck(cudaEventRecord(join_event, side_stream));
+  cudaCheck(cudaStreamWaitEvent(SN_STREAM, join_event, 0));
 }
 
 static attn_dims make_dims(int T, int Hq, int Hkv, int D, int causal, float scale) {

@@ -335,9 +335,10 @@ __device__ __forceinline__ void bwd_write_pack(bf16x8 x8, bf16x8 d8, const bf16 
   store_bf16x8(o + c, out);
 }
 
-// partials_w/_b (nblocks, C): this block's rows' sums of dout * xhat and dout. MAXP > 0 keeps the
-// row's x and dout packs in registers between the passes (C <= MAXP * 256); 0 re-reads them.
-template <int MAXP, bool IS_LAYERNORM>
+// partials_w/_b (nblocks, C): this block's rows' sums of dout * xhat and dout. The row is re-read
+// for pass 2 (from L1/L2): holding x and dout in registers instead measured slower (51.3 vs 47.1 us
+// at C=896: 123-255 registers a thread cut the warps in flight more than the re-reads cost).
+template <bool IS_LAYERNORM>
 __global__ void __launch_bounds__(NORM_BWD_WARPS *WARP_SIZE) norm_backward_fused_kernel(
     bf16 *dx, float *partials_w, float *partials_b, const bf16 *dout, const bf16 *x, const bf16 *weight,
     const float *mean_in, const float *rstd_in, int T, int C, int accumulate, int rows_per_block) {
@@ -354,32 +355,12 @@ __global__ void __launch_bounds__(NORM_BWD_WARPS *WARP_SIZE) norm_backward_fused
     bf16 *o = dx + (size_t)t * C;
     const float mean = IS_LAYERNORM ? mean_in[t] : 0.0f, rstd = rstd_in[t];
     float sum_g = 0.0f, sum_gx = 0.0f;
-    if constexpr (MAXP > 0) {
-      bf16x8 xc[MAXP], dc[MAXP];
-#pragma unroll
-      for (int p = 0; p < MAXP; p++) {
-        int c = p * STEP + lane * VEC;
-        if (c < C) {
-          xc[p] = load_bf16x8(xr + c), dc[p] = load_bf16x8(dr + c);
-          bwd_row_sums<IS_LAYERNORM>(xc[p], dc[p], weight + c, mean, rstd, sum_g, sum_gx);
-        }
-      }
-      const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f, mean_gx = warp_sum(sum_gx) / C;
-#pragma unroll
-      for (int p = 0; p < MAXP; p++) {
-        int c = p * STEP + lane * VEC;
-        if (c < C)
-          bwd_write_pack<IS_LAYERNORM>(xc[p], dc[p], weight, o, acc_w, acc_b, c, mean, rstd, mean_g, mean_gx,
-                                       accumulate);
-      }
-    } else {
-      for (int c = lane * VEC; c < C; c += STEP)
-        bwd_row_sums<IS_LAYERNORM>(load_bf16x8(xr + c), load_bf16x8(dr + c), weight + c, mean, rstd, sum_g, sum_gx);
-      const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f, mean_gx = warp_sum(sum_gx) / C;
-      for (int c = lane * VEC; c < C; c += STEP)
-        bwd_write_pack<IS_LAYERNORM>(load_bf16x8(xr + c), load_bf16x8(dr + c), weight, o, acc_w, acc_b, c, mean,
-                                     rstd, mean_g, mean_gx, accumulate);
-    }
+    for (int c = lane * VEC; c < C; c += STEP)
+      bwd_row_sums<IS_LAYERNORM>(load_bf16x8(xr + c), load_bf16x8(dr + c), weight + c, mean, rstd, sum_g, sum_gx);
+    const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f, mean_gx = warp_sum(sum_gx) / C;
+    for (int c = lane * VEC; c < C; c += STEP)
+      bwd_write_pack<IS_LAYERNORM>(load_bf16x8(xr + c), load_bf16x8(dr + c), weight, o, acc_w, acc_b, c, mean, rstd,
+                                   mean_g, mean_gx, accumulate);
   }
   __syncthreads();
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -404,9 +385,7 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
   if (packed && fused_smem <= NORM_BWD_MAX_SMEM) {
     static bool smem_raised = false;
     if (!smem_raised) {
-      cudaCheck(cudaFuncSetAttribute(norm_backward_fused_kernel<0, IS_LAYERNORM>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, NORM_BWD_MAX_SMEM));
-      cudaCheck(cudaFuncSetAttribute(norm_backward_fused_kernel<NORM_CACHE_SMALL, IS_LAYERNORM>,
+      cudaCheck(cudaFuncSetAttribute(norm_backward_fused_kernel<IS_LAYERNORM>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, NORM_BWD_MAX_SMEM));
       smem_raised = true;
     }
@@ -414,14 +393,8 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
     const size_t part_floats = (size_t)nparts * C;
     float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS,
                                                part_floats * sizeof(float) * (IS_LAYERNORM ? 2 : 1));
-#define FUSED_BWD(P)                                                                                 \
-  norm_backward_fused_kernel<P, IS_LAYERNORM><<<nparts, NORM_BWD_WARPS * WARP_SIZE, fused_smem, SN_STREAM>>>( \
-      dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, accumulate, rows)
-    // Caching x and dout costs 2 packs of registers each: beyond the small size the register count
-    // (167-255, spills at 14 packs) would cut occupancy below what the re-reads cost.
-    if (norm_cache_packs(C) == NORM_CACHE_SMALL) FUSED_BWD(NORM_CACHE_SMALL);
-    else FUSED_BWD(0);
-#undef FUSED_BWD
+    norm_backward_fused_kernel<IS_LAYERNORM><<<nparts, NORM_BWD_WARPS * WARP_SIZE, fused_smem, SN_STREAM>>>(
+        dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, accumulate, rows);
     launchCheck();
     sn_cuda_reduce_partials_into_bf16(dweight, partials, nparts, C);
     if (IS_LAYERNORM) sn_cuda_reduce_partials_into_bf16(dbias, partials + part_floats, nparts, C);

@@ -5,6 +5,7 @@
 #include "common.cuh"
 
 #define ROPE_THREADS 256
+#define ROPE_HEAD_BATCH 4  // heads whose loads are in flight together per thread
 
 // qkv (T, (Hq + 2*Hkv) * D); pos (T). Rotates heads [0, Hq + Hkv) of each token by pos * theta^(-2i/D).
 __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta,
@@ -41,17 +42,33 @@ __global__ void rope_packed_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq,
     s[k] *= sign;
   }
   bf16 *row = qkv + (size_t)t * (Hq + 2 * Hkv) * D;
-  for (int head = 0; head < Hq + Hkv; head++) {
-    bf16 *x = row + (size_t)head * D + i0;
-    bf16x8 a = load_bf16x8(x), b = load_bf16x8(x + half), oa, ob;
+  const int heads = Hq + Hkv;
+  // Loads of ROPE_HEAD_BATCH heads are issued before any store: the stores could alias the next
+  // loads as far as the compiler knows, which would otherwise serialize one head at a time.
+  for (int h0 = 0; h0 < heads; h0 += ROPE_HEAD_BATCH) {
+    bf16x8 a[ROPE_HEAD_BATCH], b[ROPE_HEAD_BATCH];
 #pragma unroll
-    for (int k = 0; k < BF16_PER_PACK; k++) {
-      float x1 = bf2f(a.v[k]), x2 = bf2f(b.v[k]);
-      oa.v[k] = f2bf(x1 * c[k] - x2 * s[k]);
-      ob.v[k] = f2bf(x2 * c[k] + x1 * s[k]);
+    for (int j = 0; j < ROPE_HEAD_BATCH; j++) {
+      if (h0 + j < heads) {
+        const bf16 *x = row + (size_t)(h0 + j) * D + i0;
+        a[j] = load_bf16x8(x), b[j] = load_bf16x8(x + half);
+      }
     }
-    store_bf16x8(x, oa);
-    store_bf16x8(x + half, ob);
+#pragma unroll
+    for (int j = 0; j < ROPE_HEAD_BATCH; j++) {
+      if (h0 + j < heads) {
+        bf16x8 oa, ob;
+#pragma unroll
+        for (int k = 0; k < BF16_PER_PACK; k++) {
+          float x1 = bf2f(a[j].v[k]), x2 = bf2f(b[j].v[k]);
+          oa.v[k] = f2bf(x1 * c[k] - x2 * s[k]);
+          ob.v[k] = f2bf(x2 * c[k] + x1 * s[k]);
+        }
+        bf16 *x = row + (size_t)(h0 + j) * D + i0;
+        store_bf16x8(x, oa);
+        store_bf16x8(x + half, ob);
+      }
+    }
   }
 }
 

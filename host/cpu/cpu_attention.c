@@ -51,34 +51,55 @@ static double attention_flops(const attn *a, int max_seqlen) {
   return 4.0 * a->T * a->Hq * a->D * SN_MAX(max_seqlen, 1);
 }
 
-// exp(x) for x <= 0 (scores minus their row maximum or log-sum-exp), branch-free so that the
-// loops over a row vectorise: libm's expf is a scalar call and costs more than the matmuls here.
-// 2^n e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-6 Taylor polynomial
-// (truncation 1.2e-7 relative, about 1 ulp). Inputs below EXP_MIN_ARG flush to 0.
-#define EXP_MIN_ARG -87.0f          // e^-87 is near the smallest normal float
+// exp(x) for x <= 0 (scores minus their row maximum or log-sum-exp), 4 lanes at a time with
+// GCC/Clang vector extensions: libm's expf is a scalar call and costs more than the matmuls here.
+// 2^n e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-6 Taylor polynomial:
+// within 3e-7 relative of exp. Inputs are clamped at EXP_MIN_ARG (e^-87 ~ 1.6e-38: nothing next
+// to the row's largest probability, which is >= 1/seqlen).
+#define EXP_LANES 4
+typedef float v4f __attribute__((vector_size(EXP_LANES * sizeof(float))));
+typedef int32_t v4i __attribute__((vector_size(EXP_LANES * sizeof(int32_t))));
+#define EXP_MIN_ARG -87.0f
 #define LOG2E 1.44269504088896341f
 #define LN2_HI 0.693145751953125f     // ln 2 split so that n * LN2_HI is exact
 #define LN2_LO 1.42860682030941723e-6f
 #define ROUND_MAGIC 12582912.0f       // 1.5 * 2^23: adding it rounds a float to an integer
-static inline float exp_nonpositive(float x) {
-  float clamped = x < EXP_MIN_ARG ? EXP_MIN_ARG : x;
-  float n = (clamped * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
-  float r = (clamped - n * LN2_HI) - n * LN2_LO;
-  float p = 1.0f + r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
-                                                                    r * (1.0f / 720))))));
-  int32_t bits = ((int32_t)n + 127) << 23;  // 2^n as a float's exponent field
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return x < EXP_MIN_ARG ? 0.0f : p * scale;
+#define FLOAT_EXP_BIAS 127
+#define FLOAT_MANTISSA_BITS 23
+
+static inline v4f exp_nonpositive_v4(v4f x) {
+  v4f floor_arg = x - x + EXP_MIN_ARG;
+  v4i below = x < floor_arg;  // lanes of all ones where x must be clamped
+  x = (v4f)(((v4i)x & ~below) | ((v4i)floor_arg & below));
+  v4f n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+  v4f r = (x - n * LN2_HI) - n * LN2_LO;
+  v4f p = 1.0f + r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
+                                                                  r * (1.0f / 720))))));
+  v4i two_n = (__builtin_convertvector(n, v4i) + FLOAT_EXP_BIAS) << FLOAT_MANTISSA_BITS;
+  return p * (v4f)two_n;
 }
 
-// Row of probabilities p[c] = exp(scale * s[c] - lse[c]) (lse strided by 1 over the row, or one
-// value when lse_stride is 0) for c in [c0, c1), zero outside it.
+// p[c] = exp(scale * s[c] - shift[c]) for c in [c0, c1), 0 elsewhere (n entries); shift_stride
+// is 1, or 0 for one shift for the whole row. p may be s.
 static void probs_row(float *p, const float *s, int n, int c0, int c1, float scale,
-                      const float *lse, int lse_stride) {
+                      const float *shift, int shift_stride) {
   for (int c = 0; c < c0; c++) p[c] = 0.0f;
-  for (int c = c0; c < c1; c++) p[c] = exp_nonpositive(scale * s[c] - lse[c * lse_stride]);
-  for (int c = c1; c < n; c++) p[c] = 0.0f;
+  int c = c0;
+  for (; c + EXP_LANES <= c1; c += EXP_LANES) {
+    v4f sv, sh = {shift[0], shift[0], shift[0], shift[0]};
+    memcpy(&sv, s + c, sizeof sv);
+    if (shift_stride) memcpy(&sh, shift + c, sizeof sh);
+    v4f e = exp_nonpositive_v4(sv * scale - sh);
+    memcpy(p + c, &e, sizeof e);
+  }
+  if (c < c1) {  // the last partial vector; padding lanes compute exp(0), unused
+    int lanes = c1 - c;
+    v4f x = {0};
+    for (int l = 0; l < lanes; l++) x[l] = scale * s[c + l] - shift[(c + l) * shift_stride];
+    v4f e = exp_nonpositive_v4(x);
+    for (int l = 0; l < lanes; l++) p[c + l] = e[l];
+  }
+  for (c = c1; c < n; c++) p[c] = 0.0f;
 }
 
 // ---- row blocks ---------------------------------------------------------------------------------
@@ -108,16 +129,13 @@ static void softmax_rows(const attn *a, float *S, int nq, int nk, int r0, int t0
     float *row = S + (size_t)r * nk;
     int i = r0 + r, n_visible = a->causal ? i - t0 + 1 : nk;
     float max_score = -INFINITY;
-    for (int j = 0; j < n_visible; j++) {
-      row[j] *= a->scale;
-      max_score = fmaxf(max_score, row[j]);
-    }
-    for (int j = 0; j < n_visible; j++) row[j] = exp_nonpositive(row[j] - max_score);
+    for (int j = 0; j < n_visible; j++) max_score = fmaxf(max_score, row[j]);
+    max_score *= a->scale;  // scale > 0: the max of the scaled scores
+    probs_row(row, row, nk, 0, n_visible, a->scale, &max_score, 0);
     double sum = 0.0;
     for (int j = 0; j < n_visible; j++) sum += row[j];
     float inv_sum = (float)(1.0 / sum);
     for (int j = 0; j < n_visible; j++) row[j] *= inv_sum;
-    for (int j = n_visible; j < nk; j++) row[j] = 0.0f;
     lse[r] = max_score + (float)log(sum);
   }
 }

@@ -16,7 +16,18 @@ static void *aligned_alloc_or_die(size_t bytes) {
   return p;
 }
 
-void *sn_cpu_alloc(size_t bytes) { return aligned_alloc_or_die(bytes); }
+// SN_CPU_POISON_ALLOC=1 fills every new buffer with NaN bytes, so a read of memory nobody wrote
+// (a gradient buffer not zeroed before an accumulating op) shows up as NaN instead of as the
+// zeros fresh pages happen to hold.
+#define POISON_BYTE 0xFF  // 0xFFFFFFFF is a NaN
+
+void *sn_cpu_alloc(size_t bytes) {
+  static int poison = -1;  // benign race: every thread computes the same value
+  if (poison < 0) poison = getenv("SN_CPU_POISON_ALLOC") && atoi(getenv("SN_CPU_POISON_ALLOC"));
+  void *p = aligned_alloc_or_die(bytes);
+  if (poison) memset(p, POISON_BYTE, bytes);
+  return p;
+}
 
 void sn_cpu_free(void *p) { free(p); }
 

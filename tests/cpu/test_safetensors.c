@@ -349,6 +349,29 @@ static void write_shard(const char *name, const char *const *tensors, int n, flo
   sn_st_writer_free(w);
 }
 
+// BERT checkpoints saved from BertForMaskedLM carry "bert."; BertModel names have none.
+static void test_find_bert_prefix(void) {
+  char path[PATH_LEN], err[ERR_LEN];
+  path_in_dir(path, "bert_mlm.safetensors");
+  float x[2] = {1, 2};
+  int64_t shape[1] = {2};
+  sn_st_writer *w = sn_st_writer_new();
+  sn_st_writer_add(w, "bert.embeddings.word_embeddings.weight", SN_DTYPE_F32, 1, shape, x);
+  sn_st_writer_add(w, "cls.predictions.bias", SN_DTYPE_F32, 1, shape, x);
+  CHECK(sn_st_writer_write(w, path, err, sizeof err) == 0, "%s", err);
+  sn_st_writer_free(w);
+  sn_st_archive a;
+  if (sn_st_open(&a, path, err, sizeof err) != 0) {
+    CHECK(0, "%s", err);
+    return;
+  }
+  const sn_st_tensor *t = sn_st_find(&a, "embeddings.word_embeddings.weight");
+  CHECK(t && strcmp(t->name, "bert.embeddings.word_embeddings.weight") == 0, "bert. prefix not tried");
+  CHECK(sn_st_find(&a, "bert.cls.predictions.bias") != NULL, "bert. prefix not stripped");
+  CHECK(sn_st_find(&a, "embeddings.position_embeddings.weight") == NULL, "absent BERT tensor found");
+  sn_st_close(&a);
+}
+
 static void test_sharded(void) {
   char dir[PATH_LEN], path[PATH_LEN], err[ERR_LEN];
   path_in_dir(dir, "sharded");
@@ -534,6 +557,40 @@ static void test_truncated_after_open(void) {
   sn_st_close(&a);
 }
 
+// Tensors past 4 GB in a file (sparse, so it costs no disk): 64-bit offsets all the way.
+static void test_offsets_past_4gb(void) {
+  const uint64_t far = (9ull << 29) + 4;  // 4.5 GB + 4: past both 2^31 and 2^32
+  char path[PATH_LEN], header[256], err[ERR_LEN];
+  path_in_dir(path, "sparse.safetensors");
+  snprintf(header, sizeof header,
+           "{\"near\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]},"
+           "\"far\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[%llu,%llu]}}",
+           (unsigned long long)far, (unsigned long long)far + 8);
+  write_raw(path, header, 4);
+  FILE *f = fopen(path, "r+b");
+  float far_values[2] = {3.5f, -1.25f};
+  uint64_t at = 8 + strlen(header) + far;
+  int ok = f && fseeko(f, (off_t)at, SEEK_SET) == 0 && fwrite(far_values, sizeof far_values, 1, f) == 1;
+  if (f) ok = (fclose(f) == 0) && ok;
+  if (!ok) {
+    fprintf(stderr, "note: cannot make a sparse 4.5 GB file here; skipping the 64-bit offset check\n");
+    unlink(path);
+    return;
+  }
+  sn_st_archive a;
+  int rc = sn_st_open(&a, path, err, sizeof err);
+  CHECK(rc == 0, "sparse file: %s", err);
+  if (rc == 0) {
+    const sn_st_tensor *t = sn_st_find(&a, "far");
+    float back[2] = {0};
+    CHECK(t && t->offset == at, "far tensor offset");
+    CHECK(t && sn_st_read_f32(&a, t, back, err, sizeof err) == 0 && back[0] == 3.5f && back[1] == -1.25f,
+          "far tensor values %g %g (%s)", back[0], back[1], err);
+    sn_st_close(&a);
+  }
+  unlink(path);
+}
+
 // The writer refuses bad input without touching an existing file.
 static void test_writer_failures(void) {
   char path[PATH_LEN], err[ERR_LEN];
@@ -616,8 +673,10 @@ int main(void) {
   test_round_trip();
   test_write_rounds();
   test_sharded();
+  test_find_bert_prefix();
   test_malformed();
   test_truncated_after_open();
+  test_offsets_past_4gb();
   test_writer_failures();
   test_cli_bad_input();
   remove_dir(g_dir);

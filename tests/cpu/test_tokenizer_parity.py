@@ -62,9 +62,13 @@ RANDOM_PIECES = [" ", "  ", "   ", "\n", "\r\n", "\r", "\t", "\u00a0", "\u3000",
                  "\u11a8", "가", "Å", "ﬁ", "İ", "\u0085", "\x0b", "\ufffd", "\ue000", "ـ", "ع"]
 
 
-def random_texts(count, seed=1234):
+# Added tokens with lstrip/rstrip/single_word, and the text around them.
+ADDED_TOKEN_PIECES = ["<mask>", "[R]", "qqzx", "é", "_", "1", "\u2003", "\u0301", " ", "  ", "a", "\n"]
+
+
+def random_texts(count, seed=1234, pieces=RANDOM_PIECES):
     rng = random.Random(seed)
-    return ["".join(rng.choice(RANDOM_PIECES) for _ in range(rng.randint(1, 30))) for _ in range(count)]
+    return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(count)]
 
 
 def shared_dir():
@@ -187,6 +191,14 @@ def main():
         gpt2.save(os.path.join(tmp, "gpt2_json", "tokenizer.json"))
         bad += compare("gpt2/tokenizer.json", gpt2, sn_tokenize, os.path.join(tmp, "gpt2_json"), sample,
                        INVALID_UTF8, tmp)
+        # Added tokens that strip white space around them or must stand alone as a word.
+        gpt2.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
+        gpt2.add_tokens([AddedToken("[R]", rstrip=True), AddedToken("qqzx", single_word=True),
+                         AddedToken("é", single_word=True)])
+        os.makedirs(os.path.join(tmp, "gpt2_added"))
+        gpt2.save(os.path.join(tmp, "gpt2_added", "tokenizer.json"))
+        bad += compare("gpt2+added_tokens", gpt2, sn_tokenize, os.path.join(tmp, "gpt2_added"),
+                       random_texts(2000, 99, ADDED_TOKEN_PIECES + RANDOM_PIECES), INVALID_UTF8, tmp)
         # RoBERTa-style: ByteLevel with add_prefix_space=True.
         gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         os.makedirs(os.path.join(tmp, "gpt2_prefix"))

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Data parallelism on the CPU backend over MPI: stage 1 with cross-device negatives (plain and
+# symmetric) and stage 2 on 2 and 3 ranks must follow the 1-rank run on the same global batch:
+# the same losses and final weights up to the order of floating-point sums (relative 1e-5).
+set -euo pipefail
+BUILD=$1
+SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 77; }
+python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+python3 "$SRC/tests/synth_data.py" data --examples 72 --test-queries 4
+cat > cfg.json <<JSON
+{"seed": 9, "threads": 1, "comm_timeout_s": 120,
+ "data": {"train": ["data/train.jsonl"], "max_query_len": 12, "max_doc_len": 20},
+ "stage1": {"model_desc": {"arch": "qwen2", "layers": 2, "hidden": 32, "heads": 4, "kv_heads": 2,
+                           "intermediate": 64, "vocab": 4096},
+            "tokenizer": "$SRC/configs/default/decoder/tokenizer.json",
+            "batch_queries": 12, "negatives_per_query": 1, "steps": 4, "optim": {"lr": 1e-3, "warmup_steps": 1}},
+ "stage2": {"student_desc": {"arch": "bert", "layers": 1, "hidden": 16, "heads": 2, "intermediate": 32,
+                             "vocab": 4096, "max_positions": 64},
+            "tokenizer": "$SRC/configs/default/student/tokenizer.json",
+            "batch_queries": 12, "steps": 3, "optim": {"lr": 1e-3, "warmup_steps": 1}}}
+JSON
+compare() {  # compare RUN_A RUN_B
+  python3 - "$1" "$2" <<'PY'
+import json, sys, numpy as np
+from safetensors.numpy import load_file
+a, b = sys.argv[1], sys.argv[2]
+la = [json.loads(l) for l in open(f"{a}/metrics.jsonl")]
+lb = [json.loads(l) for l in open(f"{b}/metrics.jsonl")]
+assert len(la) == len(lb), (len(la), len(lb))
+for x, y in zip(la, lb):
+    assert (x["stage"], x["step"], x["tokens"]) == (y["stage"], y["step"], y["tokens"]), (x, y)
+    assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]) + 1e-7, (x, y)
+import os
+for tower in ("query_tower", "doc_tower", "student"):
+    p = f"{a}/final/{tower}/model.safetensors"
+    if not os.path.exists(p): continue
+    ta, tb = load_file(p), load_file(f"{b}/final/{tower}/model.safetensors")
+    # Relative to the whole tower: a tensor whose exact gradient is zero (the key bias, to which
+    # softmax is invariant) gets rounding noise that Adam scales to lr-sized steps, so its own
+    # relative error says nothing about the reduction.
+    va = np.concatenate([ta[k].ravel() for k in sorted(ta)])
+    vb = np.concatenate([tb[k].ravel() for k in sorted(ta)])
+    err = np.linalg.norm(va - vb) / np.linalg.norm(va)
+    assert err <= 1e-5, (tower, err)
+print(f"{b} matches {a}: {len(la)} steps, final losses {la[-1]['loss']:.6f} / {lb[-1]['loss']:.6f}")
+PY
+}
+fail=0
+for variant in plain symmetric; do
+  extra=""
+  [ $variant = symmetric ] && extra="--set stage1.symmetric=true"
+  "$BUILD/sn_train" --config cfg.json --set run_dir=np1-$variant $extra 2> np1.log || { cat np1.log; exit 1; }
+  for np in 2 3; do
+    timeout 600 mpirun --oversubscribe -np $np "$BUILD/sn_train" --config cfg.json --set run_dir=np$np-$variant $extra \
+      2> np$np.log || { tail -20 np$np.log; exit 1; }
+    grep -q "$np ranks (mpi)" np$np.log || { echo "FAIL: not $np MPI ranks"; head -3 np$np.log; fail=1; }
+    compare np1-$variant np$np-$variant || fail=1
+  done
+done
+exit $fail
