@@ -159,17 +159,49 @@ static int added_token_longer(const void *a, const void *b) {
 }
 
 static void add_added_token(sn_tokenizer *tok, const char *content, int32_t id, int special,
-                            int lstrip, int rstrip, int single_word) {
+                            int lstrip, int rstrip, int single_word, int normalized) {
   size_t len = strlen(content);
   if (len == 0) return;
   vocab_add(tok, content, len, id);
   tok->added = reallocCheck(tok->added, (size_t)(tok->n_added + 1) * sizeof(sn_added_token));
-  tok->added[tok->n_added++] = (sn_added_token){strdupCheck(content), len, id, special, lstrip, rstrip, single_word};
-  tok->added_first_byte[(unsigned char)content[0]] = 1;
+  tok->added[tok->n_added++] =
+      (sn_added_token){strdupCheck(content), len, id, special, lstrip, rstrip, single_word, normalized};
 }
 
-// Longest first, so the first token that matches at a position is the longest one there.
-static void sort_added_tokens(sn_tokenizer *tok) {
+static void normalize(const sn_tokenizer *tok, uint32_t **cps, size_t *n, size_t *cap);
+
+// cps as a malloc'd UTF-8 string (*len bytes, NUL-terminated).
+static char *cps_to_utf8(const uint32_t *cps, size_t n, size_t *len) {
+  char *out = mallocCheck(4 * n + 1);
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; i++) bytes += sn_utf8_encode(cps[i], out + bytes);
+  out[bytes] = 0;
+  *len = bytes;
+  return out;
+}
+
+// Normalized tokens are matched by their normalized form (so "CoVid" finds "covid" when the
+// normalizer lower-cases); without a normalizer both passes see the same text: all go raw. Then
+// longest first, so the first token that matches at a position is the longest one there.
+static void prepare_added_tokens(sn_tokenizer *tok) {
+  for (int i = 0; i < tok->n_added; i++) {
+    sn_added_token *a = &tok->added[i];
+    if (a->normalized && tok->n_norm == 0) a->normalized = 0;
+    if (!a->normalized) continue;
+    uint32_t *cps;
+    size_t n, cap;
+    sn_utf8_to_cps(a->content, a->len, &cps, &n);
+    cap = n + 1;
+    normalize(tok, &cps, &n, &cap);
+    free(a->content);
+    a->content = cps_to_utf8(cps, n, &a->len);
+    free(cps);
+    tok->has_normalized_added = 1;
+  }
+  for (int i = 0; i < tok->n_added; i++)
+    if (tok->added[i].len)
+      tok->added_first_byte[(unsigned char)tok->added[i].content[0]] |=
+          tok->added[i].normalized ? SN_ADDED_NORMALIZED : SN_ADDED_RAW;
   if (tok->n_added) qsort(tok->added, (size_t)tok->n_added, sizeof(sn_added_token), added_token_longer);
 }
 
@@ -361,8 +393,9 @@ static int load_added_tokens(sn_tokenizer *tok, const cJSON *list, const char *p
     if (!cJSON_IsString(content)) return fail(err, errlen, "%s: added_tokens[%d].content: missing or not a string", path, i);
     if (json_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &id))
       return fail(err, errlen, "%s: added_tokens[%d].id: missing or not an integer in [0, %d)", path, i, SN_MAX_TOKEN_ID);
-    add_added_token(tok, content->valuestring, id, json_flag(e, "special", 0),
-                    json_flag(e, "lstrip", 0), json_flag(e, "rstrip", 0), json_flag(e, "single_word", 0));
+    int special = json_flag(e, "special", 0);
+    add_added_token(tok, content->valuestring, id, special, json_flag(e, "lstrip", 0), json_flag(e, "rstrip", 0),
+                    json_flag(e, "single_word", 0), json_flag(e, "normalized", !special));
   }
   return 0;
 }
@@ -455,7 +488,7 @@ static int load_vocab_txt(sn_tokenizer *tok, const char *path, const char *text,
   tok->wp.max_chars = BERT_MAX_INPUT_CHARS_PER_WORD;
   for (size_t k = 0; k < SN_ARRAY_LEN(BERT_SPECIAL_TOKENS); k++) {
     int32_t sid = sn_strmap_get(&tok->vocab, BERT_SPECIAL_TOKENS[k], strlen(BERT_SPECIAL_TOKENS[k]));
-    if (sid >= 0) add_added_token(tok, BERT_SPECIAL_TOKENS[k], sid, 1, 0, 0, 0);
+    if (sid >= 0) add_added_token(tok, BERT_SPECIAL_TOKENS[k], sid, 1, 0, 0, 0, 0);
   }
   tok->norm[0] = (sn_norm_step){SN_NORM_BERT, 1, 1, lowercase, lowercase};
   tok->n_norm = 1;
@@ -480,7 +513,7 @@ static int load_gpt2_pair(sn_tokenizer *tok, const char *vocab_path, const char 
   tok->byte_level = 1;
   tok->split = SN_SPLIT_GPT2;
   int32_t eot = sn_strmap_get(&tok->vocab, "<|endoftext|>", 13);
-  if (eot >= 0) add_added_token(tok, "<|endoftext|>", eot, 1, 0, 0, 0);
+  if (eot >= 0) add_added_token(tok, "<|endoftext|>", eot, 1, 0, 0, 0, 0);
   if (sn_bpe_load_merges_txt(tok, merges_text, merges_len, merges_path, err, errlen)) return -1;
   return sn_bpe_init_byte_level(tok, vocab_path, err, errlen);
 }
@@ -560,7 +593,7 @@ void sn_tokenizer_free(sn_tokenizer *tok) {
 
 // What every loader does last: longest added tokens first, special ids, the identity string.
 static void finish_load(sn_tokenizer *tok, const tokenizer_config *cfg, uint64_t content_hash) {
-  sort_added_tokens(tok);
+  prepare_added_tokens(tok);
   set_special_ids(tok, cfg);
   set_fingerprint(tok, content_hash);
 }
@@ -622,6 +655,7 @@ sn_tokenizer *sn_tokenizer_load(const char *file_or_dir, char *err, size_t errle
   uint64_t hash = sn_hash_bytes(text, len);
   const char *name = base_name(path);
   if (strcmp(name, "vocab.txt") == 0) {
+    hash ^= (uint64_t)cfg.lowercase;  // do_lower_case changes the ids too
     rc = load_vocab_txt(tok, path, text, len, cfg.lowercase, err, errlen);
   } else if (strcmp(name, "vocab.json") == 0 || strcmp(name, "encoder.json") == 0) {
     static const char *const merges[] = {"merges.txt", "vocab.bpe"};

@@ -68,11 +68,15 @@ typedef struct {
 } sn_wordpiece;
 
 typedef struct {
-  char *content;
+  char *content;   // what is matched: the token, or for a normalized one its normalized form
   size_t len;
   int32_t id;
   int special, lstrip, rstrip, single_word;
+  int normalized;  // matched in the normalizer's output rather than in the raw text
 } sn_added_token;
+
+// The two passes that cut added tokens out: on the raw text, then on each normalized segment.
+enum { SN_ADDED_RAW = 1, SN_ADDED_NORMALIZED = 2 };
 
 #define SN_MAX_TEMPLATE_IDS 8
 
@@ -81,9 +85,10 @@ struct sn_tokenizer {
   char **tokens;          // id → token string (NULL for holes)
   int vocab_size;         // largest id + 1
   sn_strmap vocab;        // token string → id, added tokens included
-  sn_added_token *added;  // matched before normalization, longest first at each position
+  sn_added_token *added;  // longest first, so the first match at a position is the longest
   int n_added;
-  uint8_t added_first_byte[256];  // 1 when some added token starts with this byte
+  uint8_t added_first_byte[256];  // SN_ADDED_* bits: some token of that pass starts with the byte
+  int has_normalized_added;
   sn_norm_step norm[SN_MAX_NORM_STEPS];
   int n_norm;
   sn_split_kind split;

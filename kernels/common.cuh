@@ -60,10 +60,6 @@ __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
 
 __device__ __forceinline__ bf16x8 load_bf16x8(const bf16 *p) { return *reinterpret_cast<const bf16x8 *>(p); }
 __device__ __forceinline__ void store_bf16x8(bf16 *p, bf16x8 v) { *reinterpret_cast<bf16x8 *>(p) = v; }
-// Streaming store: the data is not read again soon, keep it out of L1.
-__device__ __forceinline__ void store_bf16x8_cs(bf16 *p, bf16x8 v) {
-  __stcs(reinterpret_cast<int4 *>(p), *reinterpret_cast<int4 *>(&v));
-}
 __device__ __forceinline__ f32x4 load_f32x4(const float *p) { return *reinterpret_cast<const f32x4 *>(p); }
 __device__ __forceinline__ void store_f32x4(float *p, f32x4 v) { *reinterpret_cast<f32x4 *>(p) = v; }
 
