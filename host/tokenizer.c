@@ -715,15 +715,10 @@ static void normalize(const sn_tokenizer *tok, uint32_t **cps, size_t *n, size_t
   }
 }
 
-// Encodes text that holds no added token: normalize, pre-tokenize, run the model on each piece.
-static void encode_segment(const sn_tokenizer *tok, const char *text, size_t len, int32_t **ids,
-                           size_t *n, size_t *cap) {
-  if (len == 0) return;
-  uint32_t *cps;
-  size_t n_cps;
-  sn_utf8_to_cps(text, len, &cps, &n_cps);
-  size_t cps_cap = n_cps + 1;
-  normalize(tok, &cps, &n_cps, &cps_cap);
+// Pre-tokenizes normalized text that holds no added token and runs the model on each piece.
+// Takes cps (malloc'd) over.
+static void encode_pieces(const sn_tokenizer *tok, uint32_t *cps, size_t n_cps, size_t cps_cap, int32_t **ids,
+                          size_t *n, size_t *cap) {
   if (tok->byte_level && tok->add_prefix_space && !tok->prefix_space_per_piece && n_cps > 0 && cps[0] != ' ') {
     if (n_cps + 1 > cps_cap) cps = reallocCheck(cps, (cps_cap = n_cps + 1) * sizeof(uint32_t));
     memmove(cps + 1, cps, n_cps * sizeof(uint32_t));
@@ -775,12 +770,14 @@ static int is_word_char(uint32_t cp) {
 
 // Finds the first added token at or after pos (longest at the earliest position). Returns it with
 // the span it takes, lstrip/rstrip white space included, or NULL.
-static const sn_added_token *find_added(const sn_tokenizer *tok, const char *text, size_t len, size_t pos,
-                                        size_t *match_start, size_t *match_end) {
+static const sn_added_token *find_added(const sn_tokenizer *tok, int pass, const char *text, size_t len,
+                                        size_t pos, size_t *match_start, size_t *match_end) {
+  if (!tok->n_added) return NULL;
   for (size_t i = pos; i < len; i++) {
-    if (!tok->added_first_byte[(unsigned char)text[i]]) continue;
+    if (!(tok->added_first_byte[(unsigned char)text[i]] & pass)) continue;
     for (int k = 0; k < tok->n_added; k++) {
       const sn_added_token *a = &tok->added[k];
+      if ((a->normalized ? SN_ADDED_NORMALIZED : SN_ADDED_RAW) != pass || !a->len) continue;
       if (a->len > len - i || memcmp(text + i, a->content, a->len) != 0) continue;
       size_t s = i, e = i + a->len;
       uint32_t before, after;
@@ -797,18 +794,57 @@ static const sn_added_token *find_added(const sn_tokenizer *tok, const char *tex
   return NULL;
 }
 
+typedef void (*between_fn)(const sn_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n,
+                           size_t *cap);
+
+// Cuts the added tokens of one pass out of text: their ids go out, the text between them goes to
+// encode_between.
+static void split_added(const sn_tokenizer *tok, int pass, const char *text, size_t len, between_fn encode_between,
+                        int32_t **ids, size_t *n, size_t *cap) {
+  size_t pos = 0;
+  while (pos < len) {
+    size_t s = len, e = len;
+    const sn_added_token *a = find_added(tok, pass, text, len, pos, &s, &e);
+    if (s > pos) encode_between(tok, text + pos, s - pos, ids, n, cap);
+    if (a) sn_ids_push(ids, n, cap, a->id);
+    pos = e;
+  }
+}
+
+// Text between normalized added tokens: already normalized.
+static void encode_normalized_gap(const sn_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n,
+                                  size_t *cap) {
+  uint32_t *cps;
+  size_t n_cps;
+  sn_utf8_to_cps(text, len, &cps, &n_cps);
+  encode_pieces(tok, cps, n_cps, n_cps + 1, ids, n, cap);
+}
+
+// Text between raw added tokens: decoded (invalid UTF-8 → U+FFFD), normalized, then cut by the
+// normalized added tokens when there are any.
+static void encode_raw_gap(const sn_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n,
+                           size_t *cap) {
+  uint32_t *cps;
+  size_t n_cps;
+  sn_utf8_to_cps(text, len, &cps, &n_cps);
+  size_t cps_cap = n_cps + 1;
+  normalize(tok, &cps, &n_cps, &cps_cap);
+  if (!tok->has_normalized_added) {
+    encode_pieces(tok, cps, n_cps, cps_cap, ids, n, cap);
+    return;
+  }
+  size_t bytes;
+  char *normalized = cps_to_utf8(cps, n_cps, &bytes);
+  free(cps);
+  split_added(tok, SN_ADDED_NORMALIZED, normalized, bytes, encode_normalized_gap, ids, n, cap);
+  free(normalized);
+}
+
 size_t sn_tokenizer_encode(const sn_tokenizer *tok, const char *text, size_t len, int add_special,
                            int32_t **ids, size_t *n, size_t *cap) {
   size_t first = *n;
   if (add_special) for (int i = 0; i < tok->n_prefix; i++) sn_ids_push(ids, n, cap, tok->prefix_ids[i]);
-  size_t pos = 0;
-  while (pos < len) {
-    size_t s = len, e = len;
-    const sn_added_token *a = tok->n_added ? find_added(tok, text, len, pos, &s, &e) : NULL;
-    encode_segment(tok, text + pos, s - pos, ids, n, cap);
-    if (a) sn_ids_push(ids, n, cap, a->id);
-    pos = e;
-  }
+  split_added(tok, SN_ADDED_RAW, text, len, encode_raw_gap, ids, n, cap);
   if (add_special) for (int i = 0; i < tok->n_suffix; i++) sn_ids_push(ids, n, cap, tok->suffix_ids[i]);
   return *n - first;
 }

@@ -51,52 +51,24 @@ static double attention_flops(const attn *a, int max_seqlen) {
   return 4.0 * a->T * a->Hq * a->D * SN_MAX(max_seqlen, 1);
 }
 
-// exp(x) for x <= 0 (scores minus their row maximum or log-sum-exp), 4 lanes at a time with
-// GCC/Clang vector extensions: libm's expf is a scalar call and costs more than the matmuls here.
-// 2^n e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-6 Taylor polynomial:
-// within 3e-7 relative of exp. Inputs are clamped at EXP_MIN_ARG (e^-87 ~ 1.6e-38: nothing next
-// to the row's largest probability, which is >= 1/seqlen).
-#define EXP_LANES 4
-typedef float v4f __attribute__((vector_size(EXP_LANES * sizeof(float))));
-typedef int32_t v4i __attribute__((vector_size(EXP_LANES * sizeof(int32_t))));
-#define EXP_MIN_ARG -87.0f
-#define LOG2E 1.44269504088896341f
-#define LN2_HI 0.693145751953125f     // ln 2 split so that n * LN2_HI is exact
-#define LN2_LO 1.42860682030941723e-6f
-#define ROUND_MAGIC 12582912.0f       // 1.5 * 2^23: adding it rounds a float to an integer
-#define FLOAT_EXP_BIAS 127
-#define FLOAT_MANTISSA_BITS 23
-
-static inline v4f exp_nonpositive_v4(v4f x) {
-  v4f floor_arg = x - x + EXP_MIN_ARG;
-  v4i below = x < floor_arg;  // lanes of all ones where x must be clamped
-  x = (v4f)(((v4i)x & ~below) | ((v4i)floor_arg & below));
-  v4f n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
-  v4f r = (x - n * LN2_HI) - n * LN2_LO;
-  v4f p = 1.0f + r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
-                                                                  r * (1.0f / 720))))));
-  v4i two_n = (__builtin_convertvector(n, v4i) + FLOAT_EXP_BIAS) << FLOAT_MANTISSA_BITS;
-  return p * (v4f)two_n;
-}
-
 // p[c] = exp(scale * s[c] - shift[c]) for c in [c0, c1), 0 elsewhere (n entries); shift_stride
 // is 1, or 0 for one shift for the whole row. p may be s.
 static void probs_row(float *p, const float *s, int n, int c0, int c1, float scale,
                       const float *shift, int shift_stride) {
   for (int c = 0; c < c0; c++) p[c] = 0.0f;
-  int c = c0;
-  for (; c + EXP_LANES <= c1; c += EXP_LANES) {
-    v4f sv, sh = {shift[0], shift[0], shift[0], shift[0]};
+  int c = c0;  // scores minus their row maximum or lse: exp of x <= 0, through sn_cpu_exp_v4
+  for (; c + SN_CPU_EXP_LANES <= c1; c += SN_CPU_EXP_LANES) {
+    sn_v4f sv, sh = {shift[0], shift[0], shift[0], shift[0]};
     memcpy(&sv, s + c, sizeof sv);
     if (shift_stride) memcpy(&sh, shift + c, sizeof sh);
-    v4f e = exp_nonpositive_v4(sv * scale - sh);
+    sn_v4f e = sn_cpu_exp_v4(sv * scale - sh);
     memcpy(p + c, &e, sizeof e);
   }
   if (c < c1) {  // the last partial vector; padding lanes compute exp(0), unused
     int lanes = c1 - c;
-    v4f x = {0};
+    sn_v4f x = {0};
     for (int l = 0; l < lanes; l++) x[l] = scale * s[c + l] - shift[(c + l) * shift_stride];
-    v4f e = exp_nonpositive_v4(x);
+    sn_v4f e = sn_cpu_exp_v4(x);
     for (int l = 0; l < lanes; l++) p[c + l] = e[l];
   }
   for (c = c1; c < n; c++) p[c] = 0.0f;

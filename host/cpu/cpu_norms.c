@@ -9,9 +9,7 @@
 // ---- per-row forward kernels --------------------------------------------------------------------
 // out (C) = x * rstd * weight; returns rstd.
 static float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps) {
-  double sum_sq = 0.0;
-  for (int c = 0; c < C; c++) sum_sq += (double)x[c] * x[c];
-  float rstd = (float)(1.0 / sqrt(sum_sq / C + eps));
+  float rstd = (float)(1.0 / sqrt(sn_cpu_dot_f64(x, x, C) / C + eps));
   for (int c = 0; c < C; c++) out[c] = x[c] * rstd * weight[c];
   return rstd;
 }
@@ -19,16 +17,19 @@ static float rmsnorm_row(float *out, const float *x, const float *weight, int C,
 // out (C) = (x - mean) * rstd * weight + bias; writes *mean and *rstd.
 static void layernorm_row(float *out, float *mean_out, float *rstd_out, const float *x,
                           const float *weight, const float *bias, int C, float eps) {
-  double sum = 0.0;
-  for (int c = 0; c < C; c++) sum += x[c];
-  double mean = sum / C;
-  double sum_sq_dev = 0.0;  // two-pass variance: no cancellation when |mean| >> std
-  for (int c = 0; c < C; c++) {
-    double d = x[c] - mean;
-    sum_sq_dev += d * d;
-  }
+  double mean = sn_cpu_sum_f64(x, C) / C;
+  // two-pass variance (no cancellation when |mean| >> std), in partial sums as sn_cpu_sum_f64
+  double lanes[SN_CPU_SUM_LANES] = {0}, sum_sq_dev = 0.0;
+  int c = 0;
+  for (; c + SN_CPU_SUM_LANES <= C; c += SN_CPU_SUM_LANES)
+    for (int l = 0; l < SN_CPU_SUM_LANES; l++) {
+      double d = x[c + l] - mean;
+      lanes[l] += d * d;
+    }
+  for (int l = 0; l < SN_CPU_SUM_LANES; l++) sum_sq_dev += lanes[l];
+  for (; c < C; c++) sum_sq_dev += (x[c] - mean) * (x[c] - mean);
   float m = (float)mean, rstd = (float)(1.0 / sqrt(sum_sq_dev / C + eps));
-  for (int c = 0; c < C; c++) out[c] = (x[c] - m) * rstd * weight[c] + bias[c];
+  for (c = 0; c < C; c++) out[c] = (x[c] - m) * rstd * weight[c] + bias[c];
   *mean_out = m;
   *rstd_out = rstd;
 }
@@ -102,15 +103,24 @@ static void norm_backward_rows(float *dx, const float *dout, const float *x, con
     const float *g_out = dout + row, *xr = x + row;
     float *dxr = dx + row;
     float mu = center ? mean[t] : 0.0f, r = rstd[t];
+    double lanes_g[SN_CPU_SUM_LANES] = {0}, lanes_g_xhat[SN_CPU_SUM_LANES] = {0};
     double sum_g = 0.0, sum_g_xhat = 0.0;
-    for (int c = 0; c < C; c++) {
+    int c = 0;
+    for (; c + SN_CPU_SUM_LANES <= C; c += SN_CPU_SUM_LANES)
+      for (int l = 0; l < SN_CPU_SUM_LANES; l++) {
+        float g = g_out[c + l] * weight[c + l];
+        lanes_g[l] += g;
+        lanes_g_xhat[l] += (double)g * ((xr[c + l] - mu) * r);
+      }
+    for (int l = 0; l < SN_CPU_SUM_LANES; l++) sum_g += lanes_g[l], sum_g_xhat += lanes_g_xhat[l];
+    for (; c < C; c++) {
       float g = g_out[c] * weight[c];
       sum_g += g;
       sum_g_xhat += (double)g * ((xr[c] - mu) * r);
     }
     float mean_g = center ? (float)(sum_g / C) : 0.0f;
     float mean_g_xhat = (float)(sum_g_xhat / C);
-    for (int c = 0; c < C; c++) {
+    for (c = 0; c < C; c++) {
       float xhat = (xr[c] - mu) * r;
       float d = r * (g_out[c] * weight[c] - mean_g - xhat * mean_g_xhat);
       dxr[c] = accumulate ? dxr[c] + d : d;

@@ -25,6 +25,59 @@
 // wide enough for vector loads, narrow enough to give every thread a block when C is small.
 #define SN_CPU_COL_BLOCK 64
 
+// Sums in double over SN_CPU_SUM_LANES interleaved partial sums: a fixed order (deterministic)
+// that still vectorises, where one running double sum is a chain of dependent adds.
+#define SN_CPU_SUM_LANES 8
+// sum of a[i] * b[i] over i < n (pass b = a for a sum of squares)
+static inline double sn_cpu_dot_f64(const float *a, const float *b, int n) {
+  double lanes[SN_CPU_SUM_LANES] = {0};
+  int i = 0;
+  for (; i + SN_CPU_SUM_LANES <= n; i += SN_CPU_SUM_LANES)
+    for (int l = 0; l < SN_CPU_SUM_LANES; l++) lanes[l] += (double)a[i + l] * b[i + l];
+  double sum = 0.0;
+  for (int l = 0; l < SN_CPU_SUM_LANES; l++) sum += lanes[l];
+  for (; i < n; i++) sum += (double)a[i] * b[i];
+  return sum;
+}
+// sum of x[i] over i < n
+static inline double sn_cpu_sum_f64(const float *x, int n) {
+  double lanes[SN_CPU_SUM_LANES] = {0};
+  int i = 0;
+  for (; i + SN_CPU_SUM_LANES <= n; i += SN_CPU_SUM_LANES)
+    for (int l = 0; l < SN_CPU_SUM_LANES; l++) lanes[l] += x[i + l];
+  double sum = 0.0;
+  for (int l = 0; l < SN_CPU_SUM_LANES; l++) sum += lanes[l];
+  for (; i < n; i++) sum += x[i];
+  return sum;
+}
+
+// exp of 4 floats with GCC/Clang vector extensions, branch-free so loops over rows vectorise
+// (libm's expf is a scalar call: in attention and SwiGLU it cost more than the matmuls).
+// 2^n e^r with n = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-6 Taylor polynomial: within
+// 3e-7 relative of exp (checked over every float in [-87, 0]). x is clamped to [-87, 88]: e^-87
+// ~ 1.6e-38 stands for 0, e^88 ~ 1.7e38 for overflow.
+#define SN_CPU_EXP_LANES 4
+typedef float sn_v4f __attribute__((vector_size(SN_CPU_EXP_LANES * sizeof(float))));
+typedef int32_t sn_v4i __attribute__((vector_size(SN_CPU_EXP_LANES * sizeof(int32_t))));
+#define SN_CPU_EXP_MIN_ARG -87.0f
+#define SN_CPU_EXP_MAX_ARG 88.0f
+static inline sn_v4f sn_cpu_exp_v4(sn_v4f x) {
+  const float log2e = 1.44269504088896341f;
+  const float ln2_hi = 0.693145751953125f, ln2_lo = 1.42860682030941723e-6f;  // n ln2_hi exact
+  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds a float to an integer
+  const int exp_bias = 127, mantissa_bits = 23;
+  sn_v4f lo = x - x + SN_CPU_EXP_MIN_ARG, hi = x - x + SN_CPU_EXP_MAX_ARG;
+  sn_v4i below = x < lo, above = x > hi;  // all-ones lanes where x is clamped
+  x = (sn_v4f)(((sn_v4i)x & ~below) | ((sn_v4i)lo & below));
+  x = (sn_v4f)(((sn_v4i)x & ~above) | ((sn_v4i)hi & above));
+  sn_v4f n = (x * log2e + round_magic) - round_magic;
+  sn_v4f r = (x - n * ln2_hi) - n * ln2_lo;
+  sn_v4f p = 1.0f + r * (1.0f + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
+                                                                       r * (1.0f / 720))))));
+  sn_v4i two_n = (__builtin_convertvector(n, sn_v4i) + exp_bias) << mantissa_bits;
+  return p * (sn_v4f)two_n;
+}
+
 // Grows-on-demand scratch owned by the calling thread, so hot ops do not mmap/munmap large
 // buffers every call. `slot` separates scratch users that can be live at the same time.
 // Returns 64-byte aligned memory of at least `bytes`; contents undefined.

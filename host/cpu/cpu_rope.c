@@ -8,26 +8,48 @@
 #include "../common.h"
 #include "cpu_ops.h"
 
+// cos and sin of every (position, pair) used, once: packed sequences repeat the same positions,
+// so this is max_pos * D/2 sincos calls instead of T * D/2.
+// Returns the (n_pos, half) cos table; the sin table follows it.
+static float *rotation_table(const int32_t *pos, int T, int half, int D, float theta,
+                             int *n_pos_out) {
+  int max_pos = 0;
+  for (int t = 0; t < T; t++) max_pos = SN_MAX(max_pos, pos[t]);
+  int n_pos = max_pos + 1;
+  size_t n = (size_t)n_pos * half;
+  float *cos_t = sn_cpu_scratch(SN_CPU_SCRATCH_OP, 2 * SN_MAX(n, 1) * sizeof(float));
+  float *sin_t = cos_t + n;
+  for (int i = 0; i < half; i++) {
+    float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
+    for (int p = 0; p < n_pos; p++) {
+      float angle = (float)p * inv_freq;
+      cos_t[(size_t)p * half + i] = cosf(angle);
+      sin_t[(size_t)p * half + i] = sinf(angle);
+    }
+  }
+  *n_pos_out = n_pos;
+  return cos_t;
+}
+
 void sn_cpu_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta,
                  int inverse) {
   float *x = qkv;  // (T, (Hq + 2*Hkv) * D)
   int half = D / 2, row_len = (Hq + 2 * Hkv) * D;
   int rotated_heads = Hq + Hkv;  // q heads then k heads are adjacent; v heads are left alone
-  float *inv_freq = sn_cpu_scratch(SN_CPU_SCRATCH_OP, (size_t)SN_MAX(half, 1) * sizeof(float));
-  for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)D);
+  int n_pos;
+  const float *cos_t = rotation_table(pos, T, half, D, theta, &n_pos);
+  const float *sin_t = cos_t + (size_t)n_pos * half;
   float sign = inverse ? -1.0f : 1.0f;  // the inverse rotation is the rotation by -angle
   size_t work = (size_t)T * rotated_heads * D;
 #pragma omp parallel for schedule(static) if (work >= SN_CPU_PARALLEL_MIN_WORK)
   for (int t = 0; t < T; t++) {
-    float *row = x + (size_t)t * row_len;
-    for (int i = 0; i < half; i++) {
-      float angle = (float)pos[t] * inv_freq[i];
-      float c = cosf(angle), s = sign * sinf(angle);
-      for (int h = 0; h < rotated_heads; h++) {
-        float *head = row + (size_t)h * D;
-        float x1 = head[i], x2 = head[i + half];
-        head[i] = x1 * c - x2 * s;
-        head[i + half] = x2 * c + x1 * s;
+    const float *c = cos_t + (size_t)pos[t] * half, *s = sin_t + (size_t)pos[t] * half;
+    for (int h = 0; h < rotated_heads; h++) {
+      float *x1 = x + (size_t)t * row_len + (size_t)h * D, *x2 = x1 + half;
+      for (int i = 0; i < half; i++) {
+        float a = x1[i], b = x2[i], si = sign * s[i];
+        x1[i] = a * c[i] - b * si;
+        x2[i] = b * c[i] + a * si;
       }
     }
   }

@@ -64,6 +64,8 @@ RANDOM_PIECES = [" ", "  ", "   ", "\n", "\r\n", "\r", "\t", "\u00a0", "\u3000",
 
 # Added tokens with lstrip/rstrip/single_word, and the text around them.
 ADDED_TOKEN_PIECES = ["<mask>", "[R]", "qqzx", "é", "_", "1", "\u2003", "\u0301", " ", "  ", "a", "\n"]
+# Added tokens with normalized=True are matched in the normalizer's output by their normalized form.
+NORMALIZED_TOKEN_PIECES = ["CoVid", "covid", "COVID", "Ünï", "uni", "UNÏ", "ab cd", "AB  CD", "ab", " ", "x", "[CLS]"]
 
 
 def random_texts(count, seed=1234, pieces=RANDOM_PIECES):
@@ -230,6 +232,10 @@ def main():
                            check, INVALID_UTF8, tmp)
             bad += compare(label + "/vocab.txt", tok, sn_tokenize, os.path.join(folder, "txt"), check,
                            INVALID_UTF8, tmp)
+            tok.add_tokens([AddedToken(t, normalized=True) for t in ("CoVid", "Ünï", "ab cd")])
+            tok.save(os.path.join(folder, "added.json"))
+            bad += compare(label + "+normalized_added_tokens", tok, sn_tokenize, os.path.join(folder, "added.json"),
+                           random_texts(1000, 7, NORMALIZED_TOKEN_PIECES + RANDOM_PIECES), INVALID_UTF8, tmp)
     print("PASS" if bad == 0 else f"FAIL: {bad} mismatching lines")
     return 0 if bad == 0 else 1
 

@@ -1,10 +1,6 @@
 // libFuzzer target: arbitrary bytes as a config.json and as a model description. Whatever parses
 // must survive the round trip through sn_config_to_hf_json unchanged, and its parameter count must
 // be positive; nothing may crash or leak.
-// The code under test is compiled into this target so that libFuzzer's coverage instrumentation
-// (added only to fuzz targets, not to the library) sees its branches; the library's copy of these
-// symbols is then never linked in.
-#include "../../host/model_config.c"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

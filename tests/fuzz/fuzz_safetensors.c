@@ -2,10 +2,6 @@
 // the bytes in memory (what every other path calls), and the full open + read of every tensor
 // through a memory-backed file descriptor. Any crash, leak, UB or an accepted tensor whose bytes
 // lie outside the data is a bug.
-// The code under test is compiled into this target so that libFuzzer's coverage instrumentation
-// (added only to fuzz targets, not to the library) sees its branches; the library's copy of these
-// symbols is then never linked in.
-#include "../../host/safetensors.c"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
