@@ -26,15 +26,18 @@ def main():
     ap.add_argument("--examples", type=int, default=256)
     ap.add_argument("--test-queries", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--query-words", type=int, default=0, help="filler words added to each query")
+    ap.add_argument("--doc-words", type=int, default=12, help="words in each document")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     os.makedirs(os.path.join(a.out, "test", "qrels"), exist_ok=True)
     topics = [tuple(rng.sample(WORDS, 3)) for _ in range(a.examples + a.test_queries)]
     with open(os.path.join(a.out, "train.jsonl"), "w") as f:
         for i, t in enumerate(topics[:a.examples]):
-            ex = {"query": " ".join(t), "pos": [sentence(rng, t)]}
+            query = " ".join(t) if not a.query_words else sentence(rng, t, 3 + a.query_words)
+            ex = {"query": query, "pos": [sentence(rng, t, a.doc_words)]}
             if i % 2 == 0:
-                ex["neg"] = [sentence(rng, rng.choice(topics))]
+                ex["neg"] = [sentence(rng, rng.choice(topics), a.doc_words)]
             if i % 3 == 0:
                 ex["pos"][0] = {"title": t[0], "text": ex["pos"][0]}
             f.write(json.dumps(ex) + "\n")

@@ -1,22 +1,40 @@
 // SwiGLU (Qwen2/Llama MLP) and exact-erf GELU (BERT MLP), forward and backward.
 #include <math.h>
+#include <string.h>
 
+#include "../common.h"
 #include "cpu_ops.h"
 
 #define INV_SQRT_2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+// sig[i] = 1 / (1 + exp(-x[i])) for i < n, with the vectorised exp (n may be any length).
+static void sigmoid_row(float *sig, const float *x, int n) {
+  int i = 0;
+  for (; i + SN_CPU_EXP_LANES <= n; i += SN_CPU_EXP_LANES) {
+    sn_v4f v;
+    memcpy(&v, x + i, sizeof v);
+    v = 1.0f / (1.0f + sn_cpu_exp_v4(-v));
+    memcpy(sig + i, &v, sizeof v);
+  }
+  if (i < n) {  // the last partial vector; padding lanes are unused
+    sn_v4f v = {0};
+    for (int l = 0; i + l < n; l++) v[l] = x[i + l];
+    v = 1.0f / (1.0f + sn_cpu_exp_v4(-v));
+    for (int l = 0; i + l < n; l++) sig[i + l] = v[l];
+  }
+}
 
 void sn_cpu_swiglu_forward(void *outv, const void *gate_upv, int T, int I) {
-  float *out = outv;             // (T, I)
+  float *out = outv;                // (T, I)
   const float *gate_up = gate_upv;  // (T, 2*I): gate | up
   size_t work = (size_t)T * I;
 #pragma omp parallel for schedule(static) if (work >= SN_CPU_PARALLEL_MIN_WORK)
   for (int t = 0; t < T; t++) {
     const float *gate = gate_up + (size_t)t * 2 * I, *up = gate + I;
     float *o = out + (size_t)t * I;
-    for (int i = 0; i < I; i++) o[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+    sigmoid_row(o, gate, I);
+    for (int i = 0; i < I; i++) o[i] = gate[i] * o[i] * up[i];
   }
 }
 
@@ -26,17 +44,20 @@ void sn_cpu_swiglu_backward(void *dgate_upv, const void *doutv, const void *gate
   float *dgate_up = dgate_upv;
   const float *dout = doutv, *gate_up = gate_upv;
   size_t work = (size_t)T * I;
-#pragma omp parallel for schedule(static) if (work >= SN_CPU_PARALLEL_MIN_WORK)
-  for (int t = 0; t < T; t++) {
-    const float *gate = gate_up + (size_t)t * 2 * I, *up = gate + I, *g = dout + (size_t)t * I;
-    float *dgate = dgate_up + (size_t)t * 2 * I, *dup = dgate + I;
-    for (int i = 0; i < I; i++) {
-      float sig = sigmoidf(gate[i]), silu = gate[i] * sig;
-      float dsilu = sig * (1.0f + gate[i] * (1.0f - sig));
-      float d = g[i];  // read before writing: dgate_up may be the gate_up buffer
-      float u = up[i];
-      dgate[i] = d * u * dsilu;
-      dup[i] = d * silu;
+#pragma omp parallel if (work >= SN_CPU_PARALLEL_MIN_WORK)
+  {
+    float *sig = sn_cpu_scratch(SN_CPU_SCRATCH_OP, (size_t)SN_MAX(I, 1) * sizeof(float));
+#pragma omp for schedule(static)
+    for (int t = 0; t < T; t++) {
+      const float *gate = gate_up + (size_t)t * 2 * I, *up = gate + I, *g = dout + (size_t)t * I;
+      float *dgate = dgate_up + (size_t)t * 2 * I, *dup = dgate + I;
+      sigmoid_row(sig, gate, I);
+      for (int i = 0; i < I; i++) {
+        float silu = gate[i] * sig[i], dsilu = sig[i] * (1.0f + gate[i] * (1.0f - sig[i]));
+        float d = g[i], u = up[i];  // read before writing: dgate_up may be the gate_up buffer
+        dgate[i] = d * u * dsilu;
+        dup[i] = d * silu;
+      }
     }
   }
 }

@@ -242,6 +242,7 @@ static void test_activations(void) {
   enum { T = 6, I = 33 };
   float *gu = random_array((size_t)T * 2 * I, 2.0f), *out = mallocCheck((size_t)T * 2 * I * 4);
   double *want = mallocCheck((size_t)T * 2 * I * sizeof(double));
+  gu[0] = 100.0f, gu[1] = -100.0f;  // saturated gates: no overflow, no NaN
   for (int t = 0; t < T; t++)
     for (int i = 0; i < I; i++) {
       double g = gu[(size_t)t * 2 * I + i], u = gu[(size_t)t * 2 * I + I + i];
