@@ -240,8 +240,9 @@ int sn_train_main(const sn_train_args *args) {
     sn_bad_input("stage 2 is to run but neither 'stage2.student' nor 'stage2.student_desc' is set");
   if (t.cfg.threads > 0) omp_set_num_threads(t.cfg.threads);
 
-  t.ops = sn_ops_by_name(t.cfg.device);
+  // The communicator first: with CUDA it picks this rank's GPU before the backend touches one.
   t.comm = sn_comm_create(t.cfg.device, t.cfg.comm_timeout_s);
+  t.ops = sn_ops_by_name(t.cfg.device);
   t.rank = t.comm->rank;
   t.world = t.comm->world_size;
   set_run_paths(&t);
