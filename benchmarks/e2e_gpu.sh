@@ -8,7 +8,7 @@
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
 OUT=$(mkdir -p "$2" && cd "$2" && pwd)
-BASELINE=${3:-}
+BASELINE=${3:+$(cd "$(dirname "$3")" && pwd)/$(basename "$3")}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 STEPS=${STEPS:-30}
 WORK=$(mktemp -d)
@@ -28,7 +28,7 @@ cat > cfg.json <<JSON
             "batch_queries": 256, "steps": $STEPS, "optim": {"lr": 1e-4, "warmup_steps": 2}},
  "log": {"every": 5}}
 JSON
-"$BUILD/sn_train" --config cfg.json 2>&1 | tee "$OUT/e2e_sn_train.log" | grep -E "stage . \| step|error" || true
+"$BUILD/sn_train" --config cfg.json 2>&1 | grep -E "stage . \| step|error" || true
 cp run/metrics.jsonl "$OUT/e2e_metrics.jsonl"
 if [ -n "$BASELINE" ]; then
   python3 - "$BASELINE" > "$OUT/e2e_torch.jsonl" <<'PY'

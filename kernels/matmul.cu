@@ -37,16 +37,29 @@ typedef struct {
 
 static matmul_plan plans[MATMUL_CACHE_SIZE];
 static int nplans;
+static int next_evict;  // packed batches change M every step: the cache is a ring, oldest out first
+
+static void destroy_plan(matmul_plan *p) {
+  cublasCheck(cublasLtMatrixLayoutDestroy(p->a_layout));
+  cublasCheck(cublasLtMatrixLayoutDestroy(p->b_layout));
+  cublasCheck(cublasLtMatrixLayoutDestroy(p->c_layout));
+  cublasCheck(cublasLtMatmulDescDestroy(p->desc));
+}
 
 static matmul_plan *get_plan(const matmul_key *key) {
   for (int i = 0; i < nplans; i++)
     if (memcmp(&plans[i].key, key, sizeof *key) == 0) return &plans[i];
-  if (nplans == MATMUL_CACHE_SIZE) {
-    fprintf(stderr, "error: %s:%d: more than %d matmul shapes\n", __FILE__, __LINE__, MATMUL_CACHE_SIZE);
-    exit(1);
-  }
   lt_init();
-  matmul_plan *p = &plans[nplans];
+  matmul_plan *p;
+  if (nplans < MATMUL_CACHE_SIZE) {
+    p = &plans[nplans];
+  } else {
+    // The evicted plan's descriptors may still be named by queued matmuls: cuBLASLt reads them at
+    // enqueue time only, so destroying them now is safe.
+    p = &plans[next_evict];
+    next_evict = (next_evict + 1) % MATMUL_CACHE_SIZE;
+    destroy_plan(p);
+  }
   memset(p, 0, sizeof *p);
   p->key = *key;
   const bool f32 = key->dtype == CUDA_R_32F;
@@ -95,7 +108,7 @@ static matmul_plan *get_plan(const matmul_key *key) {
     exit(1);
   }
   p->algo = heur.algo;
-  nplans++;
+  if (nplans < MATMUL_CACHE_SIZE) nplans++;
   return p;
 }
 
