@@ -2,7 +2,11 @@
 // row i for input line i (blank lines skipped), L2-normalised unless --no-normalize.
 //   sn_embed --model DIR --input FILE.jsonl --out FILE.npy [--pooling last|mean|cls]
 //            [--no-normalize] [--device cpu|cuda] [--batch N] [--threads N]
-// Each line is {"input_ids": [...]}. Sequences are embedded in batches of N, packed (no padding).
+//            [--prompt TEMPLATE] [--max-len N]
+// Each line is {"input_ids": [...]} (used as given) or {"text": ..., "title"?: ...}, tokenized with
+// DIR's tokenizer through the prompt template as training does (the tokenizer's special tokens, EOS
+// appended for decoders, the text cut to --max-len keeping the template's tail). Sequences are
+// embedded in batches of N, packed (no padding).
 #define _GNU_SOURCE
 #include <cJSON.h>
 #include <omp.h>
@@ -11,8 +15,10 @@
 #include <string.h>
 
 #include "common.h"
+#include "data.h"
 #include "model.h"
 #include "npy.h"
+#include "tokenizer.h"
 
 #define DEFAULT_BATCH 32
 #define ERR_LEN 1024
@@ -21,20 +27,24 @@
 typedef struct {
   const char *model_dir, *input, *out, *device;
   const char *pooling;  // NULL: the architecture's default
-  int normalize, batch, threads;
+  const char *prompt;   // template for "text" lines
+  int normalize, batch, threads, max_len;
 } embed_args;
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: sn_embed --model DIR --input FILE.jsonl --out FILE.npy [options]\n"
           "  --model DIR          Hugging Face model folder (config.json + safetensors)\n"
-          "  --input FILE         JSONL, one {\"input_ids\": [...]} per line\n"
+          "  --input FILE         JSONL, one {\"input_ids\": [...]} or {\"text\": ...} per line\n"
           "  --out FILE           (N, D) float32 .npy, row i for input line i\n"
           "  --pooling MODE       last | mean | cls (default: last for decoders, cls for encoders)\n"
           "  --no-normalize       write raw pooled vectors instead of L2-normalised ones\n"
           "  --device DEV         cpu | cuda (default cpu)\n"
           "  --batch N            sequences per forward pass (default %d)\n"
           "  --threads N          CPU threads (default: OpenMP's)\n"
+          "  --prompt TEMPLATE    template of \"text\" lines, with {text} and {title} (default {text})\n"
+          "  --max-len N          tokens of a \"text\" line, specials included (default: the\n"
+          "                       model's max_position_embeddings)\n"
           "  --help               this text\n",
           DEFAULT_BATCH);
 }
@@ -71,13 +81,15 @@ static embed_args parse_args(int argc, char **argv) {
                             : strcmp(f, "--out") == 0     ? &a.out
                             : strcmp(f, "--device") == 0  ? &a.device
                             : strcmp(f, "--pooling") == 0 ? &a.pooling
+                            : strcmp(f, "--prompt") == 0  ? &a.prompt
                                                           : NULL;
-    int is_int = strcmp(f, "--batch") == 0 || strcmp(f, "--threads") == 0;
+    int is_int = strcmp(f, "--batch") == 0 || strcmp(f, "--threads") == 0 || strcmp(f, "--max-len") == 0;
     if (!str_slot && !is_int) usage_error("unknown argument '%s'", f);
     if (i + 1 >= argc) usage_error("%s needs a value", f);
     const char *v = argv[++i];
     if (str_slot) *str_slot = v;
     else if (strcmp(f, "--batch") == 0) a.batch = parse_positive(f, v);
+    else if (strcmp(f, "--max-len") == 0) a.max_len = parse_positive(f, v);
     else a.threads = parse_positive(f, v);
   }
   if (!a.model_dir) usage_error("%s is required", "--model");
@@ -129,6 +141,17 @@ typedef struct {
   const char *text;  // the line, for messages
 } line_ctx;
 
+// What "text" lines need: the model folder's tokenizer and the prompt, loaded at the first one.
+typedef struct {
+  const embed_args *args;
+  const sn_model_config *cfg;
+  sn_tokenizer *tok;
+  sn_text_encoder enc;
+  sn_prompt *prompt;
+  int32_t *ids;
+  size_t n, cap;
+} text_encoder;
+
 static _Noreturn void line_error(const line_ctx *c, const char *what) {
   sn_bad_input("%s:%d: %s (line starts: %.*s)", c->path, c->line, what, LINE_PREVIEW, c->text);
 }
@@ -160,8 +183,54 @@ static void read_input_ids(sequences *s, const cJSON *arr, const line_ctx *c, in
   }
 }
 
+// Default token limit of a "text" line for models without a position table.
+#define DEFAULT_TEXT_MAX_LEN 8192
+
+static void text_encoder_init(text_encoder *te, const line_ctx *c) {
+  char err[ERR_LEN];
+  te->tok = sn_tokenizer_load(te->args->model_dir, err, sizeof err);
+  if (!te->tok) {
+    char msg[ERR_LEN + 64];
+    snprintf(msg, sizeof msg, "a \"text\" line needs the model folder's tokenizer: %s", err);
+    line_error(c, msg);
+  }
+  te->enc = sn_text_encoder_from_tokenizer(te->tok);
+  int decoder = sn_arch_is_decoder(te->cfg->arch);
+  int limit = te->args->max_len ? te->args->max_len
+              : te->cfg->max_positions > 0 ? te->cfg->max_positions : DEFAULT_TEXT_MAX_LEN;
+  sn_prompt_spec spec = {.template_str = te->args->prompt, .max_len = limit, .add_special = 1,
+                         .append_eos = decoder};
+  te->prompt = sn_prompt_create(&spec, &te->enc, err, sizeof err);
+  if (!te->prompt) sn_bad_input("--prompt: %s", err);
+}
+
+// {"text": str, "title"?: str}: encoded like training encodes it, then checked like input_ids.
+static void read_text(sequences *s, text_encoder *te, const cJSON *obj, const line_ctx *c, int vocab) {
+  const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, "text");
+  const cJSON *title = cJSON_GetObjectItemCaseSensitive(obj, "title");
+  if (!cJSON_IsString(text)) line_error(c, "expected \"text\" to be a string");
+  if (title && !cJSON_IsString(title)) line_error(c, "expected \"title\" to be a string");
+  if (!te->prompt) text_encoder_init(te, c);
+  int truncated = 0;
+  sn_prompt_encode(te->prompt, title ? title->valuestring : "", text->valuestring, &te->ids, &te->n,
+                   &te->cap, &truncated);
+  if (te->n == 0) line_error(c, "the text encodes to no tokens");
+  for (size_t k = 0; k < te->n; k++) {
+    if (te->ids[k] < 0 || te->ids[k] >= vocab) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "token id %d of the tokenizer is outside the model's vocabulary [0, %d)",
+               te->ids[k], vocab);
+      line_error(c, msg);
+    }
+    append_id(s, te->ids[k]);
+  }
+}
+
 // max_len: longest sequence the model takes (0: no limit).
-static sequences read_jsonl(const char *path, int vocab, int max_len) {
+static sequences read_jsonl(const char *path, const embed_args *args, const sn_model_config *cfg,
+                            int max_len) {
+  const int vocab = cfg->vocab;
+  text_encoder te = {.args = args, .cfg = cfg};
   FILE *f = fopenCheck(path, "r");
   sequences s = {0};
   s.cap_seqs = 256;
@@ -184,16 +253,18 @@ static sequences read_jsonl(const char *path, int vocab, int max_len) {
     if (ids) {
       read_input_ids(&s, ids, &c, vocab, max_len);
     } else if (cJSON_GetObjectItemCaseSensitive(obj, "text")) {
-      // Place for the tokenizer branch: encode "text" with DIR's tokenizer and append its ids.
-      line_error(&c, "\"text\" inputs need the tokenizer, which sn_embed does not use yet; give \"input_ids\"");
+      read_text(&s, &te, obj, &c, vocab);
     } else {
-      line_error(&c, "expected a key \"input_ids\" (array of token ids)");
+      line_error(&c, "expected a key \"input_ids\" (array of token ids) or \"text\" (a string)");
     }
     end_sequence(&s, line);
     cJSON_Delete(obj);
   }
   free(buf);
   fcloseCheck(f, path);
+  if (te.prompt) sn_prompt_free(te.prompt);
+  if (te.tok) sn_tokenizer_free(te.tok);
+  free(te.ids);
   if (s.count == 0) sn_bad_input("%s: no input lines", path);
   return s;
 }
@@ -214,7 +285,7 @@ int main(int argc, char **argv) {
   const sn_model_config *c = &m->cfg;
   const sn_pooling pooling = pooling_mode(args.pooling, c->arch);
   const int max_len = sn_arch_is_decoder(c->arch) ? 0 : c->max_positions;
-  sequences seqs = read_jsonl(args.input, c->vocab, max_len);
+  sequences seqs = read_jsonl(args.input, &args, c, max_len);
 
   // The workspace fits the largest batch, sized once.
   int max_batch_tokens = 0;

@@ -20,6 +20,8 @@ static void usage(FILE *out) {
           "                  DIR: continue from that checkpoint folder\n"
           "  --set k=v       override any config key by its dotted path, e.g.\n"
           "                  --set stage1.temperature=0.02 --set device=cuda\n"
+          "  --skip-bad-lines  skip malformed training lines (counted and reported) instead of\n"
+          "                  stopping at the first (config key data.skip_bad_lines)\n"
           "  --stop-after N  take N optimizer steps in this run, checkpoint and exit 0, as on\n"
           "                  SIGTERM/SIGUSR1 (time-limited jobs)\n"
           "  --print-config  print the resolved config and exit\n");
@@ -48,6 +50,9 @@ int main(int argc, char **argv) {
       char *end;
       args.stop_after = strtoll(argv[++i], &end, 10);
       if (*end || args.stop_after <= 0) sn_bad_input("--stop-after: expected a positive step count, got '%s'", argv[i]);
+    } else if (strcmp(a, "--skip-bad-lines") == 0) {
+      if (args.n_overrides == MAX_OVERRIDES) sn_bad_input("too many --set overrides (max %d)", MAX_OVERRIDES);
+      overrides[args.n_overrides++] = "data.skip_bad_lines=true";
     } else if (strcmp(a, "--print-config") == 0) {
       args.print_config = 1;
     } else if ((strcmp(a, "--set") == 0 && has_value) || (a[0] != '-' && strchr(a, '='))) {

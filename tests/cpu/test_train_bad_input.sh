@@ -36,4 +36,11 @@ expect "batch larger than the data" "batch" --config base.json --set stage1.batc
 expect "bad --stage" "--stage" --config base.json --stage 3
 printf '{"query": "x", "pos": []}\n' > bad.jsonl
 expect "empty pos list" "bad.jsonl:1" --config base.json --set 'data.train=["bad.jsonl"]'
+# --skip-bad-lines: bad lines are skipped and counted; a file with no valid line stays an error.
+cat data/train.jsonl bad.jsonl > mixed.jsonl
+echo '{"query": 3, "pos": ["x"]}' >> mixed.jsonl
+out=$("$BUILD/sn_train" --config base.json --stage 1 --skip-bad-lines --set run_dir=skip --set 'data.train=["mixed.jsonl"]' 2>&1) ||
+  { echo "FAIL: --skip-bad-lines run: $out"; fail=1; }
+grep -q "skipped 2" <<<"$out" || grep -q "2 bad line" <<<"$out" || { echo "FAIL: skipped lines not reported: $(grep -i skip <<<"$out")"; fail=1; }
+expect "no valid line even when skipping" "bad.jsonl" --config base.json --skip-bad-lines --set 'data.train=["bad.jsonl"]'
 exit $fail
