@@ -186,6 +186,32 @@ int sn_mkdir_p(const char *path) {
   return 0;
 }
 
+void sn_strbuf_append(sn_strbuf *b, const char *s, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    b->cap = SN_MAX(2 * b->cap, b->len + n + 1);
+    b->s = reallocCheck(b->s, b->cap);
+  }
+  memcpy(b->s + b->len, s, n);
+  b->len += n;
+  b->s[b->len] = '\0';
+}
+
+void sn_strbuf_printf(sn_strbuf *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int need = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (need < 0) sn_fatal("vsnprintf failed for format '%s'", fmt);
+  if (b->len + (size_t)need + 1 > b->cap) {
+    b->cap = SN_MAX(2 * b->cap, b->len + (size_t)need + 1);
+    b->s = reallocCheck(b->s, b->cap);
+  }
+  va_start(ap, fmt);
+  vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)need;
+}
+
 double sn_now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -60,6 +60,14 @@ int sn_fsync_dir(const char *dir);
 // mkdir -p. Returns 0 or -1 with errno set.
 int sn_mkdir_p(const char *path);
 
+// A growing NUL-terminated string.
+typedef struct {
+  char *s;
+  size_t len, cap;
+} sn_strbuf;
+void sn_strbuf_append(sn_strbuf *b, const char *s, size_t n);
+void sn_strbuf_printf(sn_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 // Monotonic wall clock in seconds.
 double sn_now_s(void);
 

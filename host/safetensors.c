@@ -804,33 +804,14 @@ void sn_st_writer_free(sn_st_writer *w) {
   free(w);
 }
 
-// A growing string for the header JSON.
-typedef struct {
-  char *s;
-  size_t len, cap;
-} st_buf;
+// The header JSON is built in an sn_strbuf (host/common.h).
+typedef sn_strbuf st_buf;
 
-static void buf_put(st_buf *b, const char *s, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    b->cap = SN_MAX(2 * b->cap, b->len + n + 1);
-    b->s = reallocCheck(b->s, b->cap);
-  }
-  memcpy(b->s + b->len, s, n);
-  b->len += n;
-  b->s[b->len] = '\0';
-}
+static void buf_put(st_buf *b, const char *s, size_t n) { sn_strbuf_append(b, s, n); }
 
 static void buf_puts(st_buf *b, const char *s) { buf_put(b, s, strlen(s)); }
 
-static void buf_printf(st_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void buf_printf(st_buf *b, const char *fmt, ...) {
-  char tmp[128];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  buf_put(b, tmp, (size_t)SN_MIN(n, (int)sizeof tmp - 1));
-}
+#define buf_printf sn_strbuf_printf
 
 // JSON string with escapes for '"', '\\' and control bytes; UTF-8 passes through.
 static void buf_json_string(st_buf *b, const char *s) {

@@ -125,13 +125,17 @@ typedef struct {
 // Optimizer state saved under a prefix ("query", "doc", "student").
 typedef struct {
   const char *prefix;
-  const sn_optimizer *opt;
+  sn_optimizer *opt;
 } sn_ckpt_optimizer;
 // A checkpoint after `step` of `stage`: the towers, the optimizers, the data cursor, the step and
 // elapsed time. Returns 0, or -1 after a warning (the previous checkpoint stays intact).
 int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers);
+// Restores a checkpoint's optimizers and data cursor (t->resume_dir/state.bin); returns the step and
+// sets *elapsed_s. Also drops metrics.jsonl records past that step.
+int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const sn_ckpt_optimizer *opts,
+                           int nopts, double *elapsed_s);
 // Whether a checkpoint is due after `step`: every checkpoint.every steps, when stopping, at the end.
 int sn_trainer_checkpoint_due(const sn_trainer *t, int64_t step, int64_t total, int stopping);
 int sn_trainer_write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckpt_tower *towers,

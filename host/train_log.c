@@ -186,14 +186,8 @@ int sn_plot_loss_svg(const char *run_dir, int stage) {
     if (ymax == ymin) ymax = ymin + 1;
     ymin = fmin(ymin, 0);
     const double w = PLOT_WIDTH - 2 * PLOT_MARGIN, h = PLOT_HEIGHT - 2 * PLOT_MARGIN;
-    size_t cap = 4096, len = 0;
-    char *svg = mallocCheck(cap);
-#define EMIT(...)                                                                 \
-  do {                                                                            \
-    int need = snprintf(NULL, 0, __VA_ARGS__);                                    \
-    while (len + (size_t)need + 1 > cap) svg = reallocCheck(svg, cap *= 2);       \
-    len += (size_t)snprintf(svg + len, cap - len, __VA_ARGS__);                   \
-  } while (0)
+    sn_strbuf svg = {0};
+#define EMIT(...) sn_strbuf_printf(&svg, __VA_ARGS__)
     EMIT("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n",
          PLOT_WIDTH, PLOT_HEIGHT);
     EMIT("<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
@@ -219,8 +213,8 @@ int sn_plot_loss_svg(const char *run_dir, int stage) {
 #undef EMIT
     char out[1100];
     snprintf(out, sizeof out, "%s/loss_stage%d.svg", run_dir, stage);
-    rc = sn_write_file_atomic(out, svg, len);
-    free(svg);
+    rc = sn_write_file_atomic(out, svg.s, svg.len);
+    free(svg.s);
   }
   for (int i = 0; i < nlines; i++) {
     free(lines[i].x);

@@ -232,22 +232,9 @@ int sn_train_stage1(sn_trainer *t) {
 
   int64_t step = 0;
   double elapsed_before = 0;
-  if (resuming) {
-    char path[SN_TRAIN_PATH_MAX + 32], err[1024];
-    snprintf(path, sizeof path, "%s/state.bin", t->resume_dir);
-    sn_state_reader *r = sn_state_read(path, err, sizeof err);
-    if (!r) sn_bad_input("%s", err);
-    sn_trainer_load_optimizer_state(r, "query", &opt_q);
-    if (c.dmodel != c.qmodel) sn_trainer_load_optimizer_state(r, "doc", &opt_d);
-    sn_data_cursor cur;
-    sn_state_get_exact(r, "cursor", &cur, sizeof cur);
-    if (sn_sampler_set_cursor(sampler, &cur, err, sizeof err) != 0) sn_bad_input("%s: %s", path, err);
-    step = (int64_t)sn_state_get_u64(r, "step");
-    sn_state_get_exact(r, "elapsed_s", &elapsed_before, sizeof elapsed_before);
-    sn_state_reader_free(r);
-    sn_train_log_truncate_after(&t->log, 1, step);
-    sn_log("stage 1: resumed at step %lld from %s", (long long)step, t->resume_dir);
-  }
+  int two = c.dmodel != c.qmodel;
+  sn_ckpt_optimizer opts[2] = {{"query", &opt_q}, {"doc", &opt_d}};
+  if (resuming) step = sn_trainer_restore(t, 1, sampler, opts, 1 + two, &elapsed_before);
 
   double t0 = sn_now_s();
   int stopped = 0;
@@ -281,8 +268,6 @@ int sn_train_stage1(sn_trainer *t) {
     sn_train_log_step(&t->log, &rec);
     stopped = sn_trainer_should_stop(t, totals[2]) && step < total;
     if (sn_trainer_checkpoint_due(t, step, total, stopped)) {
-      int two = c.dmodel != c.qmodel;
-      sn_ckpt_optimizer opts[2] = {{"query", &opt_q}, {"doc", &opt_d}};
       sn_ckpt_tower towers[2] = {{"query_tower", c.qmodel, tok_dir}, {"doc_tower", c.dmodel, tok_dir}};
       sn_trainer_checkpoint(t, 1, step, elapsed, sampler, opts, 1 + two, towers, 1 + two);
     }

@@ -198,21 +198,8 @@ int sn_train_stage2(sn_trainer *t) {
   sn_optimizer_init(&opt, student, &s2->optim, total);
   int64_t step = 0;
   double elapsed_before = 0;
-  if (resuming) {
-    char path[SN_TRAIN_PATH_MAX + 32], err[1024];
-    snprintf(path, sizeof path, "%s/state.bin", t->resume_dir);
-    sn_state_reader *r = sn_state_read(path, err, sizeof err);
-    if (!r) sn_bad_input("%s", err);
-    sn_trainer_load_optimizer_state(r, "student", &opt);
-    sn_data_cursor cur;
-    sn_state_get_exact(r, "cursor", &cur, sizeof cur);
-    if (sn_sampler_set_cursor(sampler, &cur, err, sizeof err) != 0) sn_bad_input("%s: %s", path, err);
-    step = (int64_t)sn_state_get_u64(r, "step");
-    sn_state_get_exact(r, "elapsed_s", &elapsed_before, sizeof elapsed_before);
-    sn_state_reader_free(r);
-    sn_train_log_truncate_after(&t->log, 2, step);
-    sn_log("stage 2: resumed at step %lld from %s", (long long)step, t->resume_dir);
-  }
+  sn_ckpt_optimizer opts[1] = {{"student", &opt}};
+  if (resuming) step = sn_trainer_restore(t, 2, sampler, opts, 1, &elapsed_before);
 
   // Each rank's means are over its own queries; dividing by the world size makes the sum over
   // ranks (the gradient all-reduce) the mean over the global batch.
@@ -263,7 +250,6 @@ int sn_train_stage2(sn_trainer *t) {
     sn_train_log_step(&t->log, &rec);
     stopped = sn_trainer_should_stop(t, totals[4]) && step < total;
     if (sn_trainer_checkpoint_due(t, step, total, stopped)) {
-      sn_ckpt_optimizer opts[1] = {{"student", &opt}};
       sn_ckpt_tower towers[1] = {{"student", student, student_tok_dir}};
       sn_trainer_checkpoint(t, 2, step, elapsed, sampler, opts, 1, towers, 1);
     }

@@ -382,6 +382,24 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
   return rc;
 }
 
+int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const sn_ckpt_optimizer *opts,
+                           int nopts, double *elapsed_s) {
+  char path[SN_TRAIN_PATH_MAX + 32], err[1024];
+  snprintf(path, sizeof path, "%s/state.bin", t->resume_dir);
+  sn_state_reader *r = sn_state_read(path, err, sizeof err);
+  if (!r) sn_bad_input("%s", err);
+  for (int i = 0; i < nopts; i++) sn_trainer_load_optimizer_state(r, opts[i].prefix, opts[i].opt);
+  sn_data_cursor cursor;
+  sn_state_get_exact(r, "cursor", &cursor, sizeof cursor);
+  if (sn_sampler_set_cursor(sampler, &cursor, err, sizeof err) != 0) sn_bad_input("%s: %s", path, err);
+  int64_t step = (int64_t)sn_state_get_u64(r, "step");
+  sn_state_get_exact(r, "elapsed_s", elapsed_s, sizeof *elapsed_s);
+  sn_state_reader_free(r);
+  sn_train_log_truncate_after(&t->log, stage, step);
+  sn_log("stage %d: resumed at step %lld from %s", stage, (long long)step, t->resume_dir);
+  return step;
+}
+
 int sn_trainer_checkpoint_due(const sn_trainer *t, int64_t step, int64_t total, int stopping) {
   int periodic = t->cfg.checkpoint.every > 0 && step % t->cfg.checkpoint.every == 0;
   return periodic || stopping || step == total;

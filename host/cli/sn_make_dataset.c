@@ -203,20 +203,9 @@ typedef struct {
   int n, cap;
 } pair_list;
 
-typedef struct {
-  char *s;
-  size_t len, cap;
-} text_buf;
+typedef sn_strbuf text_buf;
 
-static void text_append(text_buf *b, const char *s, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    b->cap = SN_MAX(2 * b->cap, b->len + n + 1);
-    b->s = reallocCheck(b->s, b->cap);
-  }
-  memcpy(b->s + b->len, s, n);
-  b->len += n;
-  b->s[b->len] = '\0';
-}
+static void text_append(text_buf *b, const char *s, size_t n) { sn_strbuf_append(b, s, n); }
 
 static char *trim_copy(const char *s, size_t n) {
   while (n > 0 && isspace((unsigned char)*s)) s++, n--;
