@@ -73,7 +73,8 @@ static void find_resume_point(sn_trainer *t, const char *resume) {
   if (saved_hash != t->config_hash)
     sn_warn("the config differs from the one %s was written with: the run continues, but not as an "
             "exact replay", t->resume_dir);
-  sn_log("resume: stage %d, step %lld, from %s", t->resume_stage, (long long)t->resume_step, t->resume_dir);
+  if (t->rank == 0)
+    sn_log("resume: stage %d, step %lld, from %s", t->resume_stage, (long long)t->resume_step, t->resume_dir);
 }
 
 // ---- evaluation ------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ int sn_train_main(const sn_train_args *args) {
   if (t.rank == 0) print_eval_summary(&t);
   goto done;
 stopped:
-  if (t.rank == 0) sn_log("stopped by a signal: checkpoint written; continue with --resume auto");
+  if (t.rank == 0) sn_log("stopped before the end (signal or --stop-after): checkpoint written; continue with --resume auto");
 done:
   if (evaluating) sn_beir_free(&eval_data);
   sn_train_examples_free(&t.examples);

@@ -396,7 +396,7 @@ int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const 
   sn_state_get_exact(r, "elapsed_s", elapsed_s, sizeof *elapsed_s);
   sn_state_reader_free(r);
   sn_train_log_truncate_after(&t->log, stage, step);
-  sn_log("stage %d: resumed at step %lld from %s", stage, (long long)step, t->resume_dir);
+  if (t->rank == 0) sn_log("stage %d: resumed at step %lld from %s", stage, (long long)step, t->resume_dir);
   return step;
 }
 

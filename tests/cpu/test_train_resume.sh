@@ -29,7 +29,7 @@ cd "$WORK"
 "$BUILD/sn_train" --config cfg.json --set run_dir=straight > straight.out 2> straight.log || { cat straight.log; exit 1; }
 # Interrupted in stage 1 (after 3 steps), resumed, interrupted in stage 2, resumed.
 "$BUILD/sn_train" --config cfg.json --set run_dir=resumed --stop-after 3 2> r1.log || { cat r1.log; exit 1; }
-grep -q "stopped" r1.log || { echo "FAIL: no stop message"; cat r1.log; exit 1; }
+grep -q "stopped before the end" r1.log || { echo "FAIL: no stop message"; cat r1.log; exit 1; }
 [ ! -d resumed/final/query_tower ] || { echo "FAIL: stage 1 finished although stopped"; exit 1; }
 "$BUILD/sn_train" --config cfg.json --set run_dir=resumed --resume auto --stop-after 8 2> r2.log || { cat r2.log; exit 1; }
 grep -q "resume: stage 1, step" r2.log || { echo "FAIL: did not resume stage 1"; cat r2.log; exit 1; }

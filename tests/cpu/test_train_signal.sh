@@ -27,7 +27,7 @@ for sig in TERM USR1; do
   set +e; wait $pid; rc=$?; set -e
   steps=$(wc -l < run-$sig/metrics.jsonl)
   ckpt=$(ls -d run-$sig/ckpt-1-* 2>/dev/null | head -1)
-  if [ $rc != 0 ] || [ -z "$ckpt" ] || [ "$steps" -ge 400 ] || ! grep -q "stopped by a signal" log-$sig; then
+  if [ $rc != 0 ] || [ -z "$ckpt" ] || [ "$steps" -ge 400 ] || ! grep -q "stopped before the end" log-$sig; then
     echo "FAIL: SIG$sig: exit $rc, checkpoint '$ckpt', $steps steps"; tail -3 log-$sig; fail=1; continue
   fi
   [ "$ckpt" = "run-$sig/ckpt-1-$steps" ] || { echo "FAIL: checkpoint $ckpt is not at the last logged step $steps"; fail=1; }

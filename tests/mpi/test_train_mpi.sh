@@ -2,6 +2,8 @@
 # Data parallelism on the CPU backend over MPI: stage 1 with cross-device negatives (plain and
 # symmetric) and stage 2 on 2 and 3 ranks must follow the 1-rank run on the same global batch:
 # the same losses and final weights up to the order of floating-point sums (relative 1e-5).
+# Also: a checkpoint written by 3 ranks resumes on 2; killing one rank ends the job in bounded
+# time, and --resume auto continues from the last checkpoint.
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -62,4 +64,36 @@ for variant in plain symmetric; do
     compare np1-$variant np$np-$variant || fail=1
   done
 done
+
+# Written by 3 ranks, resumed on 2: same run as on 1 rank.
+timeout 300 mpirun --oversubscribe -np 3 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np3to2 \
+  --set checkpoint.every=2 --stop-after 2 2> w3.log || { tail w3.log; exit 1; }
+timeout 300 mpirun --oversubscribe -np 2 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np3to2 \
+  --resume auto 2> r2.log || { tail r2.log; exit 1; }
+grep -q "resume: stage 1, step 2" r2.log || { echo "FAIL: 2 ranks did not resume the 3-rank checkpoint"; fail=1; }
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np1-stage1 2> /dev/null
+compare np1-stage1 np3to2 || fail=1
+
+# Kill rank 1 mid-run: the job must end, with an error, well within the collective timeout.
+sed 's/"steps": 4,/"steps": 100000,/' cfg.json > long.json
+start=$(date +%s)
+mpirun --oversubscribe -np 2 "$BUILD/sn_train" --config long.json --stage 1 --set run_dir=killed \
+  --set checkpoint.every=3 2> killed.log &
+job=$!
+for _ in $(seq 600); do
+  [ -f killed/metrics.jsonl ] && [ "$(wc -l < killed/metrics.jsonl)" -ge 5 ] && break
+  sleep 0.1
+done
+for p in $(pgrep -f "run_dir=killed"); do
+  if tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then kill -9 "$p"; fi
+done
+set +e; wait $job; rc=$?; set -e
+took=$(( $(date +%s) - start ))
+if [ $rc = 0 ] || [ $took -gt 60 ]; then echo "FAIL: killed job exit $rc after ${took}s"; tail -5 killed.log; fail=1
+else echo "ok: one rank killed, the job ended with exit $rc after ${took}s"; fi
+ls -d killed/ckpt-1-* >/dev/null 2>&1 || { echo "FAIL: no checkpoint before the kill"; fail=1; }
+timeout 300 mpirun --oversubscribe -np 2 "$BUILD/sn_train" --config long.json --stage 1 --set run_dir=killed \
+  --resume auto --stop-after 2 2> resumed.log || { tail resumed.log; fail=1; }
+grep -q "resume: stage 1, step" resumed.log && echo "ok: $(grep -m1 'resume:' resumed.log)" ||
+  { echo "FAIL: no resume after the kill"; fail=1; }
 exit $fail
