@@ -12,47 +12,107 @@ sn_schedule sn_schedule_from_name(const char *name) {
 }
 
 static float *alloc_zeroed_f32(const sn_ops *ops, size_t n) {
-  float *p = ops->alloc(n * sizeof(float));
-  ops->memset_zero(p, n * sizeof(float));
+  float *p = ops->alloc(SN_MAX(n, 1) * sizeof(float));
+  ops->memset_zero(p, SN_MAX(n, 1) * sizeof(float));
   return p;
 }
 
-void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps) {
+static void *storage_at(const sn_optimizer *opt, void *base, size_t offset) {
+  return (char *)base + offset * opt->ops->storage_size;
+}
+
+// The model's spans clipped to [begin, begin + len), offsets made relative to begin.
+static sn_param_span *clip_spans(const sn_param_span *all, int n_all, size_t begin, size_t len, int *n) {
+  sn_param_span *out = mallocCheck((size_t)SN_MAX(n_all, 1) * sizeof *out);
+  *n = 0;
+  for (int i = 0; i < n_all; i++) {
+    size_t lo = SN_MAX(all[i].offset, begin), hi = SN_MIN(all[i].offset + all[i].count, begin + len);
+    if (lo >= hi) continue;
+    out[(*n)++] = (sn_param_span){.offset = lo - begin, .count = hi - lo, .weight_decay = all[i].weight_decay};
+  }
+  return out;
+}
+
+void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps,
+                       sn_comm *comm, int zero1) {
   memset(opt, 0, sizeof *opt);
   const sn_ops *ops = model->ops;
   size_t n = model->num_elements;
+  int world = comm ? comm->world_size : 1;
   opt->model = model;
   opt->ops = ops;
+  opt->comm = comm;
   opt->cfg = *cfg;
   opt->total_steps = total_steps;
-  opt->m = alloc_zeroed_f32(ops, n);
-  opt->v = alloc_zeroed_f32(ops, n);
-  if (ops->storage != SN_DTYPE_F32) {
-    opt->master = ops->alloc(n * sizeof(float));
-    ops->storage_to_f32(opt->master, model->weights, n);
+  opt->zero1 = zero1 && world > 1;
+  opt->shard_len = n;
+  if (opt->zero1) {
+    opt->shard_stride = SN_CEIL_DIV(n, (size_t)world);
+    opt->shard_begin = SN_MIN(n, (size_t)comm->rank * opt->shard_stride);
+    opt->shard_len = SN_MIN(n, opt->shard_begin + opt->shard_stride) - opt->shard_begin;
+    opt->grad_shard = ops->alloc(opt->shard_stride * ops->storage_size);
+    opt->exchange = ops->alloc((size_t)world * opt->shard_stride * ops->storage_size);
+  }
+  opt->m = alloc_zeroed_f32(ops, opt->shard_len);
+  opt->v = alloc_zeroed_f32(ops, opt->shard_len);
+  // With ZeRO-1 the slice's master is its own buffer even on fp32 backends: the weights outside
+  // the slice are not this rank's to update in place before the all-gather.
+  if (ops->storage != SN_DTYPE_F32 || opt->zero1) {
+    opt->master = ops->alloc(SN_MAX(opt->shard_len, 1) * sizeof(float));
+    ops->storage_to_f32(opt->master, storage_at(opt, model->weights, opt->shard_begin), opt->shard_len);
   }
   opt->scratch = ops->alloc(sizeof(float));
-  opt->spans = sn_model_param_spans(model, cfg->weight_decay, &opt->nspans);
+  int n_all = 0;
+  sn_param_span *all = sn_model_param_spans(model, cfg->weight_decay, &n_all);
+  opt->spans = clip_spans(all, n_all, opt->shard_begin, opt->shard_len, &opt->nspans);
+  free(all);
 }
 
 void sn_optimizer_free(sn_optimizer *opt) {
   const sn_ops *ops = opt->ops;
   if (!ops) return;
-  ops->free(opt->m);
-  ops->free(opt->v);
-  if (opt->master) ops->free(opt->master);
-  ops->free(opt->scratch);
+  void *bufs[] = {opt->m, opt->v, opt->master, opt->scratch, opt->grad_shard, opt->exchange};
+  for (size_t i = 0; i < SN_ARRAY_LEN(bufs); i++)
+    if (bufs[i]) ops->free(bufs[i]);
   free(opt->spans);
   memset(opt, 0, sizeof *opt);
 }
 
-double sn_grad_sum_squares(const sn_model *m, float *scratch) {
-  const sn_ops *ops = m->ops;
-  ops->memset_zero(scratch, sizeof(float));
-  ops->sum_squares(scratch, m->grads, m->num_elements);
+void sn_optimizer_sync_grads(sn_optimizer *opt) {
+  sn_comm *comm = opt->comm;
+  if (!comm || comm->world_size == 1) return;
+  const sn_ops *ops = opt->ops;
+  sn_model *m = opt->model;
+  if (!opt->zero1) {
+    sn_comm_all_reduce_sum(comm, m->grads, m->num_elements, ops->storage);
+    return;
+  }
+  // The padded exchange buffer: the gradient, then zeros up to world * stride.
+  size_t n = m->num_elements, padded = (size_t)comm->world_size * opt->shard_stride;
+  ops->copy(opt->exchange, m->grads, n * ops->storage_size);
+  if (padded > n) ops->memset_zero(storage_at(opt, opt->exchange, n), (padded - n) * ops->storage_size);
+  sn_comm_reduce_scatter_sum(comm, opt->exchange, opt->grad_shard, opt->shard_stride, ops->storage);
+}
+
+static double local_sum_squares(sn_optimizer *opt) {
+  const sn_ops *ops = opt->ops;
+  const void *grads = opt->zero1 ? opt->grad_shard : opt->model->grads;
+  ops->memset_zero(opt->scratch, sizeof(float));
+  ops->sum_squares(opt->scratch, grads, opt->shard_len);
   float host = 0;
-  ops->download(&host, scratch, sizeof host);
+  ops->download(&host, opt->scratch, sizeof host);
   return host;
+}
+
+double sn_optimizers_grad_norm(sn_optimizer *const *opts, int n, float grad_scale) {
+  double sumsq = 0;
+  int sharded = 0;
+  for (int i = 0; i < n; i++) {
+    sumsq += local_sum_squares(opts[i]);
+    sharded |= opts[i]->zero1;
+  }
+  if (sharded) sn_comm_all_reduce_f64_host(opts[0]->comm, &sumsq, 1);  // every rank's slice
+  return sqrt(sumsq) * grad_scale;
 }
 
 float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale) {
@@ -65,14 +125,27 @@ float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale) {
   sn_adamw_hparams hp = {.lr = lr, .beta1 = opt->cfg.beta1, .beta2 = opt->cfg.beta2,
                          .eps = opt->cfg.eps, .step = opt->step, .grad_scale = grad_scale * clip};
   sn_model *m = opt->model;
-  float *master = opt->master ? opt->master : (float *)m->weights;
-  opt->ops->adamw(m->weights, master, m->grads, opt->m, opt->v, opt->spans, opt->nspans, &hp);
+  const sn_ops *ops = opt->ops;
+  if (!opt->zero1) {
+    float *master = opt->master ? opt->master : (float *)m->weights;
+    ops->adamw(m->weights, master, m->grads, opt->m, opt->v, opt->spans, opt->nspans, &hp);
+    return lr;
+  }
+  // This rank's slice, updated in the exchange buffer at its rank position, then all-gathered.
+  sn_comm *comm = opt->comm;
+  void *mine = storage_at(opt, opt->exchange, (size_t)comm->rank * opt->shard_stride);
+  // Tensors without a span (an unused lm_head) keep their weights: start from the current slice.
+  ops->copy(mine, storage_at(opt, m->weights, opt->shard_begin), opt->shard_len * ops->storage_size);
+  if (opt->shard_len > 0)
+    ops->adamw(mine, opt->master, opt->grad_shard, opt->m, opt->v, opt->spans, opt->nspans, &hp);
+  sn_comm_all_gather(comm, mine, opt->exchange, opt->shard_stride, ops->storage);
+  ops->copy(m->weights, opt->exchange, m->num_elements * ops->storage_size);
   return lr;
 }
 
 float *sn_optimizer_download(const sn_optimizer *opt, int which) {
-  size_t n = opt->model->num_elements;
-  float *host = mallocCheck(n * sizeof(float));
+  size_t n = opt->shard_len;
+  float *host = mallocCheck(SN_MAX(n, 1) * sizeof(float));
   if (which == 1) opt->ops->download(host, opt->m, n * sizeof(float));
   else if (which == 2) opt->ops->download(host, opt->v, n * sizeof(float));
   else if (opt->master) opt->ops->download(host, opt->master, n * sizeof(float));
@@ -80,10 +153,11 @@ float *sn_optimizer_download(const sn_optimizer *opt, int which) {
   return host;
 }
 
-void sn_optimizer_upload(sn_optimizer *opt, const float *master, const float *m, const float *v) {
-  size_t n = opt->model->num_elements;
-  opt->ops->upload(opt->m, m, n * sizeof(float));
-  opt->ops->upload(opt->v, v, n * sizeof(float));
-  if (opt->master) opt->ops->upload(opt->master, master, n * sizeof(float));
-  opt->ops->upload_f32(opt->model->weights, master, n);
+void sn_optimizer_upload_full(sn_optimizer *opt, const float *master, const float *m, const float *v) {
+  size_t b = opt->shard_begin, n = opt->shard_len;
+  const sn_ops *ops = opt->ops;
+  ops->upload(opt->m, m + b, n * sizeof(float));
+  ops->upload(opt->v, v + b, n * sizeof(float));
+  if (opt->master) ops->upload(opt->master, master + b, n * sizeof(float));
+  ops->upload_f32(opt->model->weights, master, opt->model->num_elements);
 }

@@ -1,36 +1,56 @@
 // AdamW over one model's flat parameter buffer: fp32 master weights (when the backend stores bf16)
 // and moments in backend memory, per-tensor weight decay (none for norms and biases), global
-// gradient-norm clipping and the learning-rate schedule.
+// gradient-norm clipping and the learning-rate schedule, and the gradient exchange between ranks.
+//
+// Data parallelism, two modes:
+// - replicated (default): gradients are summed with one all-reduce; every rank keeps the whole
+//   optimizer state and takes the same step.
+// - ZeRO-1: rank r owns elements [shard_begin, shard_begin + shard_len) of the flat buffer and keeps
+//   master weights and moments for those only; gradients are reduce-scattered (each rank gets the
+//   sum of its slice), each rank updates its slice, and the weights are all-gathered.
 #pragma once
 #include <stdint.h>
 
+#include "comm.h"
 #include "model.h"
 #include "run_config.h"
 
 typedef struct {
   sn_model *model;
   const sn_ops *ops;
+  sn_comm *comm;
   sn_cfg_optim cfg;
   int64_t total_steps;
   int64_t step;          // optimizer steps taken
-  float *master;         // (N) fp32, or NULL when the backend stores fp32 (weights are the master)
-  float *m, *v;          // (N) fp32
+  int zero1;
+  size_t shard_begin;    // first element this rank updates (0 when replicated)
+  size_t shard_len;      // elements this rank updates (N when replicated)
+  size_t shard_stride;   // ceil(N / world): every rank's slice size in the padded exchange buffer
+  float *master;         // (shard_len) fp32, or NULL when the backend stores fp32 and not ZeRO-1
+  float *m, *v;          // (shard_len) fp32
+  void *grad_shard;      // ZeRO-1: (shard_stride) storage, this rank's summed gradient slice
+  void *exchange;        // ZeRO-1: (world * shard_stride) storage, padded copy for the collectives
   float *scratch;        // one float in backend memory for sums of squares
-  sn_param_span *spans;
+  sn_param_span *spans;  // for this rank's slice, offsets relative to shard_begin
   int nspans;
 } sn_optimizer;
 
-void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps);
+void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps,
+                       sn_comm *comm, int zero1);
 void sn_optimizer_free(sn_optimizer *opt);
-// Sum of squares of the model's gradients (one download).
-double sn_grad_sum_squares(const sn_model *m, float *scratch);
-// One step from the current gradients. grad_norm is the global norm of the *averaged* gradient
-// (what clipping compares), grad_scale what turns the accumulated gradient into that average (e.g.
-// 1 / accumulation steps). Returns the learning rate used.
+// Sums the gradients over ranks: all-reduce, or reduce-scatter into grad_shard with ZeRO-1.
+void sn_optimizer_sync_grads(sn_optimizer *opt);
+// Global gradient norm of several optimizers' models after sync_grads (over every rank's slice with
+// ZeRO-1), times grad_scale.
+double sn_optimizers_grad_norm(sn_optimizer *const *opts, int n, float grad_scale);
+// One step from the synced gradients. grad_norm is the global norm of the *averaged* gradient
+// (what clipping compares), grad_scale what turns the summed gradient into that average (e.g.
+// 1 / accumulation steps). With ZeRO-1 the updated weights are all-gathered. Returns the lr used.
 float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale);
-// Host copies for checkpoints: master weights (N floats; downloaded from the weights on fp32
-// backends), m and v. Caller frees.
+// Host copies of this rank's slice for checkpoints: master weights (downloaded from the weights
+// when they are the master), m and v. Caller frees.
 float *sn_optimizer_download(const sn_optimizer *opt, int which /* 0 master, 1 m, 2 v */);
-// Restores master (and the weights from it), m and v from host arrays of N floats.
-void sn_optimizer_upload(sn_optimizer *opt, const float *master, const float *m, const float *v);
+// Restores the state from host arrays covering the whole buffer (N floats each): this rank's
+// slice of master (and all the weights from the full master), m and v.
+void sn_optimizer_upload_full(sn_optimizer *opt, const float *master, const float *m, const float *v);
 sn_schedule sn_schedule_from_name(const char *name);

@@ -109,6 +109,7 @@ static const field_spec SCHEMA[] = {
     STR("eval.split", FIELD_STRING, eval.split, "qrels split"),
     NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, "sequences per encode batch"),
     NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, "steps per log line (not a terminal)"),
+    NUM("dist.zero1", FIELD_BOOL, dist.zero1, 0, 1, "shard optimizer state across ranks"),
 };
 
 static void set_optim_defaults(sn_cfg_optim *o, float lr) {

@@ -84,6 +84,9 @@ typedef struct {
   struct {
     int every;        // steps between log lines when not a terminal
   } log;
+  struct {
+    int zero1;        // shard optimizer state across ranks (ZeRO stage 1)
+  } dist;
 } sn_run_config;
 
 // Parses and validates a config file, applying `--set key=value` overrides (n_overrides strings of

@@ -110,13 +110,10 @@ void sn_trainer_query_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model
                           sn_token_set *out);
 void sn_trainer_doc_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, sn_token_set *out);
 
-// Checkpoint pieces: a tower as a Hugging Face folder, optimizer state into/from a state file.
+// A tower as a Hugging Face folder (exits on failure: for the final towers).
 void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir);
-void sn_trainer_add_optimizer_state(sn_state_writer *w, const char *prefix, const sn_optimizer *opt,
-                                    float **host_buffers /* 3 per optimizer, freed by caller */);
-void sn_trainer_load_optimizer_state(const sn_state_reader *r, const char *prefix, sn_optimizer *opt);
-// Writes a checkpoint folder (rank 0) with the towers given and the state writer's contents.
-// Returns 0, or -1 after a warning (the previous checkpoint stays intact).
+
+// A tower written into a checkpoint folder.
 typedef struct {
   const char *name;          // folder name inside the checkpoint: "query_tower", ...
   const sn_model *model;
@@ -132,14 +129,13 @@ typedef struct {
 int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers);
-// Restores a checkpoint's optimizers and data cursor (t->resume_dir/state.bin); returns the step and
-// sets *elapsed_s. Also drops metrics.jsonl records past that step.
+// Restores a checkpoint's optimizers (from state.bin, or assembled from the per-rank shards of a
+// ZeRO-1 run of any world size) and data cursor; returns the step and sets *elapsed_s. Also drops
+// metrics.jsonl records past that step.
 int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const sn_ckpt_optimizer *opts,
                            int nopts, double *elapsed_s);
 // Whether a checkpoint is due after `step`: every checkpoint.every steps, when stopping, at the end.
 int sn_trainer_checkpoint_due(const sn_trainer *t, int64_t step, int64_t total, int stopping);
-int sn_trainer_write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckpt_tower *towers,
-                                int ntowers, sn_state_writer *state);
 
 // True when the run should stop after the step just taken (a signal on any rank, or --stop-after):
 // agreed across ranks through `requested_anywhere` (the sum of every rank's request flag).

@@ -227,8 +227,8 @@ int sn_train_stage1(sn_trainer *t) {
   sn_model_alloc_grads(c.qmodel);
   if (c.dmodel != c.qmodel) sn_model_alloc_grads(c.dmodel);
   sn_optimizer opt_q, opt_d;
-  sn_optimizer_init(&opt_q, c.qmodel, &s1->optim, total);
-  if (c.dmodel != c.qmodel) sn_optimizer_init(&opt_d, c.dmodel, &s1->optim, total);
+  sn_optimizer_init(&opt_q, c.qmodel, &s1->optim, total, t->comm, t->cfg.dist.zero1);
+  if (c.dmodel != c.qmodel) sn_optimizer_init(&opt_d, c.dmodel, &s1->optim, total, t->comm, t->cfg.dist.zero1);
 
   int64_t step = 0;
   double elapsed_before = 0;
@@ -249,16 +249,12 @@ int sn_train_stage1(sn_trainer *t) {
     }
     totals[2] = sn_stop_requested ? 1 : 0;
     sn_comm_all_reduce_f64_host(t->comm, totals, 3);
-    if (t->world > 1) {
-      sn_comm_all_reduce_sum(t->comm, c.qmodel->grads, c.qmodel->num_elements, ops->storage);
-      if (c.dmodel != c.qmodel) sn_comm_all_reduce_sum(t->comm, c.dmodel->grads, c.dmodel->num_elements, ops->storage);
-    }
     float grad_scale = 1.0f / (float)s1->grad_accum;
-    double sumsq = sn_grad_sum_squares(c.qmodel, opt_q.scratch);
-    if (c.dmodel != c.qmodel) sumsq += sn_grad_sum_squares(c.dmodel, opt_d.scratch);
-    double grad_norm = sqrt(sumsq) * grad_scale;
+    sn_optimizer *const optimizers[2] = {&opt_q, &opt_d};
+    for (int i = 0; i < 1 + two; i++) sn_optimizer_sync_grads(optimizers[i]);
+    double grad_norm = sn_optimizers_grad_norm(optimizers, 1 + two, grad_scale);
     float lr = sn_optimizer_step(&opt_q, grad_norm, grad_scale);
-    if (c.dmodel != c.qmodel) sn_optimizer_step(&opt_d, grad_norm, grad_scale);
+    if (two) sn_optimizer_step(&opt_d, grad_norm, grad_scale);
     step++;
     double elapsed = elapsed_before + (sn_now_s() - t0);
     sn_step_record rec = {.stage = 1, .step = step, .total_steps = total, .loss = (float)totals[0],

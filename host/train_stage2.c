@@ -195,7 +195,7 @@ int sn_train_stage2(sn_trainer *t) {
 
   sn_model_alloc_grads(student);
   sn_optimizer opt;
-  sn_optimizer_init(&opt, student, &s2->optim, total);
+  sn_optimizer_init(&opt, student, &s2->optim, total, t->comm, t->cfg.dist.zero1);
   int64_t step = 0;
   double elapsed_before = 0;
   sn_ckpt_optimizer opts[1] = {{"student", &opt}};
@@ -235,8 +235,9 @@ int sn_train_stage2(sn_trainer *t) {
     }
     totals[4] = sn_stop_requested ? 1 : 0;
     sn_comm_all_reduce_f64_host(t->comm, totals, 5);
-    if (t->world > 1) sn_comm_all_reduce_sum(t->comm, student->grads, student->num_elements, ops->storage);
-    double grad_norm = sqrt(sn_grad_sum_squares(student, opt.scratch));
+    sn_optimizer_sync_grads(&opt);
+    sn_optimizer *const optimizers[1] = {&opt};
+    double grad_norm = sn_optimizers_grad_norm(optimizers, 1, 1.0f);
     float lr = sn_optimizer_step(&opt, grad_norm, 1.0f);
     step++;
     double elapsed = elapsed_before + (sn_now_s() - t0);

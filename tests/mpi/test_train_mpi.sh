@@ -2,7 +2,8 @@
 # Data parallelism on the CPU backend over MPI: stage 1 with cross-device negatives (plain and
 # symmetric) and stage 2 on 2 and 3 ranks must follow the 1-rank run on the same global batch:
 # the same losses and final weights up to the order of floating-point sums (relative 1e-5).
-# Also: a checkpoint written by 3 ranks resumes on 2; killing one rank ends the job in bounded
+# The same with ZeRO-1 (optimizer state sharded across ranks). Also: a checkpoint written by 3
+# ranks resumes on 2 and on 1 (resharding ZeRO-1 state); killing one rank ends the job in bounded
 # time, and --resume auto continues from the last checkpoint.
 set -euo pipefail
 BUILD=$1
@@ -53,9 +54,10 @@ print(f"{b} matches {a}: {len(la)} steps, final losses {la[-1]['loss']:.6f} / {l
 PY
 }
 fail=0
-for variant in plain symmetric; do
+for variant in plain symmetric zero1; do
   extra=""
   [ $variant = symmetric ] && extra="--set stage1.symmetric=true"
+  [ $variant = zero1 ] && extra="--set dist.zero1=true"
   "$BUILD/sn_train" --config cfg.json --set run_dir=np1-$variant $extra 2> np1.log || { cat np1.log; exit 1; }
   for np in 2 3; do
     timeout 600 mpirun --oversubscribe -np $np "$BUILD/sn_train" --config cfg.json --set run_dir=np$np-$variant $extra \
@@ -65,14 +67,20 @@ for variant in plain symmetric; do
   done
 done
 
-# Written by 3 ranks, resumed on 2: same run as on 1 rank.
-timeout 300 mpirun --oversubscribe -np 3 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np3to2 \
-  --set checkpoint.every=2 --stop-after 2 2> w3.log || { tail w3.log; exit 1; }
-timeout 300 mpirun --oversubscribe -np 2 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np3to2 \
-  --resume auto 2> r2.log || { tail r2.log; exit 1; }
-grep -q "resume: stage 1, step 2" r2.log || { echo "FAIL: 2 ranks did not resume the 3-rank checkpoint"; fail=1; }
+# Written by 3 ranks, resumed on 2 (and, with ZeRO-1's sharded optimizer state, resharded from 3
+# ranks to 2 and to 1): the same run as on 1 rank.
 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np1-stage1 2> /dev/null
-compare np1-stage1 np3to2 || fail=1
+for resume in "2 " "2 --set dist.zero1=true" "1 "; do
+  read -r np zero <<<"$resume"
+  run=resume-$np${zero:+-zero1}
+  timeout 300 mpirun --oversubscribe -np 3 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$run \
+    --set checkpoint.every=2 --stop-after 2 $zero 2> w3.log || { tail w3.log; exit 1; }
+  [ -z "$zero" ] || ls $run/ckpt-1-2/state-rank00002.bin >/dev/null || { echo "FAIL: no per-rank shards"; fail=1; }
+  timeout 300 mpirun --oversubscribe -np $np "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$run \
+    --resume auto $zero 2> r.log || { tail r.log; exit 1; }
+  grep -q "resume: stage 1, step 2" r.log || { echo "FAIL: $np ranks did not resume the 3-rank checkpoint"; fail=1; }
+  compare np1-stage1 $run || fail=1
+done
 
 # Kill rank 1 mid-run: the job must end, with an error, well within the collective timeout.
 sed 's/"steps": 4,/"steps": 100000,/' cfg.json > long.json
