@@ -30,6 +30,10 @@ typedef struct sn_model {
   void *weights;        // (num_elements) storage dtype
   void *grads;          // (num_elements) storage dtype; NULL until sn_model_alloc_grads
   struct sn_model_layout *layout;  // resolved per-layer pointers (model.c internal)
+  // Called by sn_model_backward as soon as layer l's weight gradients are complete (from the last
+  // layer down), so data parallelism can start their all-reduce while lower layers still compute.
+  void (*on_layer_grads)(void *ctx, int layer);
+  void *on_layer_grads_ctx;
 } sn_model;
 
 // A packed batch in backend memory: B sequences, T tokens in total.

@@ -98,6 +98,7 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
                        sn_wptr(m, p->qkv_w), T, C, lay->qkv_dim, 0);
     ops->rmsnorm_backward(dres, sn_gptr(m, p->norm_attn_w), a->dnorm, h, sn_wptr(m, p->norm_attn_w),
                           s->rstd_in, T, C, 1);  // dres is now d h
+    if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);
   }
   ops->embedding_backward(sn_gptr(m, lay->tok_embed), dres, tok->ids, T, C, c->vocab);
 }

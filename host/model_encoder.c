@@ -80,6 +80,7 @@ void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
     sn_linear_backward(ops, dx, sn_gptr(m, p->qkv_w), sn_gptr(m, p->qkv_b), dqkv, h,
                        sn_wptr(m, p->qkv_w), T, C, lay->qkv_dim, 1);  // dx is now d h
     dh = dx;
+    if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);
   }
   // embeddings
   void *demb = a->dnorm;

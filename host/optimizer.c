@@ -1,6 +1,7 @@
 #include "optimizer.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common.h"
@@ -68,9 +69,90 @@ void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *c
   free(all);
 }
 
+// The element range of each layer, from the parameter names ("layers.<l>." for decoders,
+// "encoder.layer.<l>." for BERT). Returns 0 unless every layer's tensors are contiguous and the
+// layers follow each other in the buffer (the layout host/model.c writes).
+static int find_layer_ranges(const sn_model *m, size_t *begin, size_t *len) {
+  int L = m->cfg.n_layers;
+  size_t *end = callocCheck((size_t)SN_MAX(L, 1), sizeof *end);
+  for (int l = 0; l < L; l++) begin[l] = SIZE_MAX;
+  size_t layer_elems = 0;
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    int l;
+    if (sscanf(p->name, "layers.%d.", &l) != 1 && sscanf(p->name, "encoder.layer.%d.", &l) != 1) continue;
+    if (l < 0 || l >= L) continue;
+    begin[l] = SN_MIN(begin[l], p->offset);
+    end[l] = SN_MAX(end[l], p->offset + p->count);
+    layer_elems += p->count;
+  }
+  int ok = L > 0;
+  size_t covered = 0;
+  for (int l = 0; l < L && ok; l++) {
+    ok = begin[l] != SIZE_MAX && (l == 0 || begin[l] == end[l - 1]);
+    if (ok) len[l] = end[l] - begin[l], covered += len[l];
+  }
+  free(end);
+  return ok && covered == layer_elems;
+}
+
+void sn_optimizer_enable_overlap(sn_optimizer *opt, size_t bucket_bytes) {
+  if (!opt->comm || opt->comm->world_size == 1 || opt->zero1) return;
+  int L = opt->model->cfg.n_layers;
+  opt->layer_begin = callocCheck((size_t)SN_MAX(L, 1), sizeof(size_t));
+  opt->layer_len = callocCheck((size_t)SN_MAX(L, 1), sizeof(size_t));
+  opt->overlap = find_layer_ranges(opt->model, opt->layer_begin, opt->layer_len);
+  opt->bucket_elems = SN_MAX(bucket_bytes / opt->ops->storage_size, 1);
+}
+
+static void start_bucket(sn_optimizer *opt, size_t begin, size_t end) {
+  if (end <= begin) return;
+  void *buf = storage_at(opt, opt->model->grads, begin);
+  sn_comm_all_reduce_async(opt->comm, buf, end - begin, opt->ops->storage, NULL);
+  opt->buckets_started++;
+}
+
+// The model's callback: layer l is done; layers finish from the last down, so the pending range
+// grows downwards and starts once it holds a bucket's worth.
+static void on_layer_grads(void *ctx, int l) {
+  sn_optimizer *opt = ctx;
+  if (opt->pending_end == opt->pending_begin) opt->pending_end = opt->layer_begin[l] + opt->layer_len[l];
+  opt->pending_begin = opt->layer_begin[l];
+  if (opt->pending_end - opt->pending_begin >= opt->bucket_elems) {
+    start_bucket(opt, opt->pending_begin, opt->pending_end);
+    opt->pending_end = opt->pending_begin;
+  }
+}
+
+void sn_optimizer_arm_overlap(sn_optimizer *opt) {
+  if (!opt->overlap) return;
+  int L = opt->model->cfg.n_layers;
+  opt->armed = 1;
+  opt->pending_begin = opt->pending_end = opt->layer_begin[L - 1] + opt->layer_len[L - 1];
+  opt->model->on_layer_grads = on_layer_grads;
+  opt->model->on_layer_grads_ctx = opt;
+}
+
+// After an armed backward: the last pending layers, the tensors before the first layer
+// (embeddings) and after the last (final norm, projection, heads), then wait for every bucket.
+static void finish_overlap(sn_optimizer *opt) {
+  sn_model *m = opt->model;
+  int L = m->cfg.n_layers;
+  m->on_layer_grads = NULL;
+  m->on_layer_grads_ctx = NULL;
+  opt->armed = 0;
+  size_t layers_end = opt->layer_begin[L - 1] + opt->layer_len[L - 1];
+  start_bucket(opt, opt->pending_begin, opt->pending_end);
+  start_bucket(opt, 0, opt->layer_begin[0]);
+  start_bucket(opt, layers_end, m->num_elements);
+  sn_comm_wait(opt->comm);
+}
+
 void sn_optimizer_free(sn_optimizer *opt) {
   const sn_ops *ops = opt->ops;
   if (!ops) return;
+  free(opt->layer_begin);
+  free(opt->layer_len);
   void *bufs[] = {opt->m, opt->v, opt->master, opt->scratch, opt->grad_shard, opt->exchange};
   for (size_t i = 0; i < SN_ARRAY_LEN(bufs); i++)
     if (bufs[i]) ops->free(bufs[i]);
@@ -83,6 +165,10 @@ void sn_optimizer_sync_grads(sn_optimizer *opt) {
   if (!comm || comm->world_size == 1) return;
   const sn_ops *ops = opt->ops;
   sn_model *m = opt->model;
+  if (opt->armed) {
+    finish_overlap(opt);
+    return;
+  }
   if (!opt->zero1) {
     sn_comm_all_reduce_sum(comm, m->grads, m->num_elements, ops->storage);
     return;

@@ -33,12 +33,28 @@ typedef struct {
   float *scratch;        // one float in backend memory for sums of squares
   sn_param_span *spans;  // for this rank's slice, offsets relative to shard_begin
   int nspans;
+  // Overlapped gradient all-reduce (replicated mode): layer l's gradients are elements
+  // [layer_begin[l], layer_begin[l] + layer_len[l]); buckets of consecutive layers of at least
+  // bucket_elems start their all-reduce during the backward pass.
+  int overlap;           // enabled (world > 1, not ZeRO-1, layers contiguous in the buffer)
+  int armed;             // the current backward pass reports its layers
+  size_t *layer_begin, *layer_len;
+  size_t bucket_elems;
+  size_t pending_begin, pending_end;  // finished layers whose all-reduce has not started
+  int64_t buckets_started;            // during armed passes (for the log and the tests)
 } sn_optimizer;
 
 void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps,
                        sn_comm *comm, int zero1);
 void sn_optimizer_free(sn_optimizer *opt);
-// Sums the gradients over ranks: all-reduce, or reduce-scatter into grad_shard with ZeRO-1.
+// Overlaps the gradient all-reduce with the backward pass in buckets of about bucket_bytes (no-op
+// unless replicated with several ranks). Call once after init.
+void sn_optimizer_enable_overlap(sn_optimizer *opt, size_t bucket_bytes);
+// Before the step's last backward pass through this model: its layers' gradients are final as they
+// come, so their all-reduce starts then. sn_optimizer_sync_grads completes it.
+void sn_optimizer_arm_overlap(sn_optimizer *opt);
+// Sums the gradients over ranks: all-reduce, or reduce-scatter into grad_shard with ZeRO-1; after
+// an armed backward pass, starts the buckets not yet started and waits for all of them.
 void sn_optimizer_sync_grads(sn_optimizer *opt);
 // Global gradient norm of several optimizers' models after sync_grads (over every rank's slice with
 // ZeRO-1), times grad_scale.

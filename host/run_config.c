@@ -110,6 +110,8 @@ static const field_spec SCHEMA[] = {
     NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, "sequences per encode batch"),
     NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, "steps per log line (not a terminal)"),
     NUM("dist.zero1", FIELD_BOOL, dist.zero1, 0, 1, "shard optimizer state across ranks"),
+    NUM("dist.overlap", FIELD_BOOL, dist.overlap, 0, 1, "all-reduce gradients during backward"),
+    NUM("dist.bucket_mb", FIELD_FLOAT, dist.bucket_mb, 0.001, 1e4, "MB per overlapped all-reduce"),
 };
 
 static void set_optim_defaults(sn_cfg_optim *o, float lr) {
@@ -159,6 +161,8 @@ void sn_run_config_defaults(sn_run_config *c) {
   snprintf(c->eval.split, sizeof c->eval.split, "test");
   c->eval.batch = 64;
   c->log.every = 10;
+  c->dist.overlap = 1;
+  c->dist.bucket_mb = 25;
 }
 
 // ---- error reporting ------------------------------------------------------------------------

@@ -86,6 +86,8 @@ typedef struct {
   } log;
   struct {
     int zero1;        // shard optimizer state across ranks (ZeRO stage 1)
+    int overlap;      // start gradient all-reduces during the backward pass (replicated mode)
+    float bucket_mb;  // size of those all-reduces
   } dist;
 } sn_run_config;
 

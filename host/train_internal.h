@@ -76,9 +76,14 @@ void sn_embed_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t
                     const int32_t *cu, int n, float *emb, const char *what);
 // Backpropagates d_emb (n, out_dim) through the tower: from the kept activations, or (grad_cache)
 // chunk by chunk after re-running each chunk's forward into chunk_emb (chunk, out_dim) scratch.
+// arm (may be NULL): the optimizer whose overlapped all-reduce is armed before the last backward
+// call, when this is the step's last pass through the model.
 void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
                        const int32_t *cu, int n, const float *d_emb, const float *emb,
-                       float *chunk_emb, const char *what);
+                       float *chunk_emb, sn_optimizer *arm, const char *what);
+// The optimizer of a model with overlap enabled as the config says.
+void sn_trainer_optimizer_init(const sn_trainer *t, sn_optimizer *opt, sn_model *m, const sn_cfg_optim *cfg,
+                               int64_t total_steps);
 // Embeds a whole token set in chunks of at most max_seqs sequences / max_tokens tokens into host
 // memory (n_seqs, out_dim), normalised. Used for teacher and document caches.
 float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what);

@@ -30,6 +30,7 @@ typedef struct {
   int chunk_q, chunk_d;       // sequences per forward; the whole local batch when not caching
   int grad_cache;
   contrastive_buffers buf;
+  sn_optimizer *opt_q, *opt_d;  // opt_d == opt_q with shared towers
 } stage1_ctx;
 
 static float *alloc_f32(const sn_ops *ops, size_t n) { return ops->alloc(n * sizeof(float)); }
@@ -98,8 +99,9 @@ static const float *scatter_back(stage1_ctx *c, float *d_all, float *d_local, in
 }
 
 // One micro-batch: forward, InfoNCE (+ symmetric term), backward. Returns this rank's share of
-// the loss (already divided by the global query count).
-static double micro_step(stage1_ctx *c, const sn_batch *b) {
+// the loss (already divided by the global query count). On the step's last micro-batch the
+// gradient all-reduce is armed to start during the backward pass.
+static double micro_step(stage1_ctx *c, const sn_batch *b, int last_micro) {
   sn_trainer *t = c->t;
   const sn_ops *ops = t->ops;
   const sn_cfg_stage1 *s1 = &t->cfg.stage1;
@@ -151,10 +153,12 @@ static double micro_step(stage1_ctx *c, const sn_batch *b) {
   }
   const float *dd = scatter_back(c, B->dd_all, B->dd, nd_all, d_off, Nd, cross);
 
+  // With shared towers the query pass is not the model's last: only the document pass arms.
+  int shared = c->qmodel == c->dmodel;
   sn_backward_batch(&c->qrun, c->grad_cache, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->dq, B->q_emb,
-                    B->chunk_emb, "queries");
+                    B->chunk_emb, last_micro && !shared ? c->opt_q : NULL, "queries");
   sn_backward_batch(&c->drun, c->grad_cache, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, dd, B->d_emb,
-                    B->chunk_emb, "documents");
+                    B->chunk_emb, last_micro ? c->opt_d : NULL, "documents");
   float loss = 0;
   ops->download(&loss, B->loss, sizeof loss);
   return loss;
@@ -227,14 +231,17 @@ int sn_train_stage1(sn_trainer *t) {
   sn_model_alloc_grads(c.qmodel);
   if (c.dmodel != c.qmodel) sn_model_alloc_grads(c.dmodel);
   sn_optimizer opt_q, opt_d;
-  sn_optimizer_init(&opt_q, c.qmodel, &s1->optim, total, t->comm, t->cfg.dist.zero1);
-  if (c.dmodel != c.qmodel) sn_optimizer_init(&opt_d, c.dmodel, &s1->optim, total, t->comm, t->cfg.dist.zero1);
+  sn_trainer_optimizer_init(t, &opt_q, c.qmodel, &s1->optim, total);
+  if (c.dmodel != c.qmodel) sn_trainer_optimizer_init(t, &opt_d, c.dmodel, &s1->optim, total);
+  c.opt_q = &opt_q;
+  c.opt_d = c.dmodel != c.qmodel ? &opt_d : &opt_q;
 
   int64_t step = 0;
   double elapsed_before = 0;
   int two = c.dmodel != c.qmodel;
   sn_ckpt_optimizer opts[2] = {{"query", &opt_q}, {"doc", &opt_d}};
   if (resuming) step = sn_trainer_restore(t, 1, sampler, opts, 1 + two, &elapsed_before);
+  const int64_t start_step = step;
 
   double t0 = sn_now_s();
   int stopped = 0;
@@ -244,7 +251,7 @@ int sn_train_stage1(sn_trainer *t) {
     double totals[3] = {0, 0, 0};  // loss, tokens, stop requests — summed over ranks
     for (int micro = 0; micro < s1->grad_accum; micro++) {
       const sn_batch *b = sn_sampler_next_or_die(sampler);
-      totals[0] += micro_step(&c, b) / s1->grad_accum;
+      totals[0] += micro_step(&c, b, micro == s1->grad_accum - 1) / s1->grad_accum;
       totals[1] += (double)batch_tokens(b);
     }
     totals[2] = sn_stop_requested ? 1 : 0;
@@ -269,6 +276,11 @@ int sn_train_stage1(sn_trainer *t) {
     }
   }
   sn_train_log_end_stage(&t->log);
+  int64_t steps_here = step - start_step;
+  if (t->rank == 0 && opt_q.overlap && steps_here > 0) {
+    int64_t buckets = opt_q.buckets_started + (two ? opt_d.buckets_started : 0);
+    sn_log("stage 1: %.1f overlapped all-reduces per step", (double)buckets / (double)steps_here);
+  }
   if (!stopped && t->rank == 0) {
     char dir[SN_TRAIN_PATH_MAX + 32];
     snprintf(dir, sizeof dir, "%s/final/query_tower", t->run_dir);

@@ -195,7 +195,7 @@ int sn_train_stage2(sn_trainer *t) {
 
   sn_model_alloc_grads(student);
   sn_optimizer opt;
-  sn_optimizer_init(&opt, student, &s2->optim, total, t->comm, t->cfg.dist.zero1);
+  sn_trainer_optimizer_init(t, &opt, student, &s2->optim, total);
   int64_t step = 0;
   double elapsed_before = 0;
   sn_ckpt_optimizer opts[1] = {{"student", &opt}};
@@ -227,6 +227,7 @@ int sn_train_stage2(sn_trainer *t) {
         ops->contrastive_loss(terms + 2, ds_emb, dd_rows, s_emb, d_rows, targets, n, b->n_docs, Ct,
                               1.0f / s2->temperature, s2->gamma * micro_scale / (float)n);
       }
+      if (micro == s2->grad_accum - 1) sn_optimizer_arm_overlap(&opt);
       sn_runner_backward(&run, ds_emb, s_emb, ds_raw_storage);
       float host_terms[3];
       ops->download(host_terms, terms, sizeof host_terms);

@@ -127,8 +127,9 @@ void sn_embed_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t
 
 void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
                        const int32_t *cu, int n, const float *d_emb, const float *emb,
-                       float *chunk_emb, const char *what) {
+                       float *chunk_emb, sn_optimizer *arm, const char *what) {
   if (!grad_cache) {
+    if (arm) sn_optimizer_arm_overlap(arm);
     sn_runner_backward(r, d_emb, emb, NULL);
     return;
   }
@@ -137,9 +138,20 @@ void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int3
     int s1 = SN_MIN(n, s0 + chunk);
     const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
     sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 1, chunk_emb, what);
+    if (arm && s1 == n) sn_optimizer_arm_overlap(arm);  // only the last chunk completes the gradients
     sn_runner_backward(r, d_emb + (size_t)s0 * r->out_dim, chunk_emb, NULL);
   }
   free(sub_cu);
+}
+
+void sn_trainer_optimizer_init(const sn_trainer *t, sn_optimizer *opt, sn_model *m, const sn_cfg_optim *cfg,
+                               int64_t total_steps) {
+  sn_optimizer_init(opt, m, cfg, total_steps, t->comm, t->cfg.dist.zero1);
+  if (t->cfg.dist.overlap) sn_optimizer_enable_overlap(opt, (size_t)(t->cfg.dist.bucket_mb * (1 << 20)));
+  if (t->rank == 0 && t->world > 1)
+    sn_log("gradients: %s", opt->zero1     ? "reduce-scattered (ZeRO-1: optimizer state sharded)"
+                            : opt->overlap ? "all-reduced in buckets during the backward pass"
+                                           : "all-reduced after the backward pass");
 }
 
 float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what) {

@@ -46,8 +46,8 @@ static float grads_of(sn_model *qm, sn_model *dm, int grad_cache, int chunk, con
   ops->memset_zero(dq, NQ * C * sizeof(float));
   ops->memset_zero(dd, ND * C * sizeof(float));
   ops->contrastive_loss(loss, dq, dd, q, d, target, NQ, ND, C, 20.0f, 1.0f / NQ);
-  sn_backward_batch(&qr, grad_cache, cq, qids, qcu, NQ, dq, q, scratch, "queries");
-  sn_backward_batch(&dr, grad_cache, cd, dids, dcu, ND, dd, d, scratch, "docs");
+  sn_backward_batch(&qr, grad_cache, cq, qids, qcu, NQ, dq, q, scratch, NULL, "queries");
+  sn_backward_batch(&dr, grad_cache, cd, dids, dcu, ND, dd, d, scratch, NULL, "docs");
   float host_loss;
   ops->download(&host_loss, loss, sizeof host_loss);
   void *bufs[] = {q, d, dq, dd, scratch, loss, target};

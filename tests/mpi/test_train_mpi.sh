@@ -54,15 +54,31 @@ print(f"{b} matches {a}: {len(la)} steps, final losses {la[-1]['loss']:.6f} / {l
 PY
 }
 fail=0
-for variant in plain symmetric zero1; do
+# Overlapped gradient all-reduce is on by default; tiny buckets make every layer its own bucket, also
+# with gradient accumulation, gradient caching and shared towers (where only the last backward pass
+# of a step may start the buckets).
+SMALL="--set dist.bucket_mb=0.005"
+for variant in plain symmetric zero1 buckets accum-cache shared no-overlap; do
   extra=""
-  [ $variant = symmetric ] && extra="--set stage1.symmetric=true"
-  [ $variant = zero1 ] && extra="--set dist.zero1=true"
+  case $variant in
+    symmetric) extra="--set stage1.symmetric=true" ;;
+    zero1) extra="--set dist.zero1=true" ;;
+    buckets) extra="$SMALL" ;;
+    accum-cache) extra="$SMALL --set stage1.grad_accum=2 --set stage1.grad_cache_chunk=5 --set stage2.grad_accum=2" ;;
+    shared) extra="$SMALL --set stage1.shared_towers=true" ;;
+    no-overlap) extra="--set dist.overlap=false" ;;
+  esac
+  # shellcheck disable=SC2086
   "$BUILD/sn_train" --config cfg.json --set run_dir=np1-$variant $extra 2> np1.log || { cat np1.log; exit 1; }
   for np in 2 3; do
     timeout 600 mpirun --oversubscribe -np $np "$BUILD/sn_train" --config cfg.json --set run_dir=np$np-$variant $extra \
       2> np$np.log || { tail -20 np$np.log; exit 1; }
     grep -q "$np ranks (mpi)" np$np.log || { echo "FAIL: not $np MPI ranks"; head -3 np$np.log; fail=1; }
+    if [ $variant = buckets ]; then  # every layer of both towers its own bucket, plus the rest
+      grep -q "all-reduced in buckets during the backward pass" np$np.log &&
+        grep -qE "stage 1: [4-9][0-9.]* overlapped all-reduces per step" np$np.log ||
+        { echo "FAIL: buckets not overlapped: $(grep -E 'gradients:|overlapped' np$np.log)"; fail=1; }
+    fi
     compare np1-$variant np$np-$variant || fail=1
   done
 done
