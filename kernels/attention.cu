@@ -100,6 +100,26 @@ __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.c
 template <int N>
 __device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// Double-buffered K/V tiles of one sequence: starts the asynchronous copy of tile it + 1 into the
+// other stage, waits until tile it is in shared memory, and returns its K (its V follows at
+// + ATTN_TILE_K * LD). The first tile was issued before the loop.
+template <int D, int LD, int STAGE>
+__device__ __forceinline__ const bf16 *kv_tile_ready(bf16 *stages, int it, int ntiles, const bf16 *k_base,
+                                                     const bf16 *v_base, size_t stride, int L) {
+  if (it + 1 < ntiles) {
+    bf16 *next = stages + ((it + 1) & 1) * STAGE;
+    const int nk0 = (it + 1) * ATTN_TILE_K, valid = min(ATTN_TILE_K, L - nk0);
+    load_tile_async<D, ATTN_TILE_K>(next, k_base + (size_t)nk0 * stride, stride, valid);
+    load_tile_async<D, ATTN_TILE_K>(next + ATTN_TILE_K * LD, v_base + (size_t)nk0 * stride, stride, valid);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+  return stages + (it & 1) * STAGE;
+}
+
 __device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
 
 struct attn_dims {
@@ -161,18 +181,8 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_forward_kernel(bf
 
   for (int it = 0; it < ntiles; it++) {
     const int k0 = it * ATTN_TILE_K;
-    if (it + 1 < ntiles) {  // prefetch the next tile into the other stage
-      bf16 *nxt = stages + ((it + 1) & 1) * STAGE;
-      int nk0 = k0 + ATTN_TILE_K, valid = min(ATTN_TILE_K, L - nk0);
-      load_tile_async<D, ATTN_TILE_K>(nxt, k_base + (size_t)nk0 * stride, stride, valid);
-      load_tile_async<D, ATTN_TILE_K>(nxt + ATTN_TILE_K * LD, v_base + (size_t)nk0 * stride, stride, valid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const bf16 *Ks = stages + (it & 1) * STAGE, *Vs = Ks + ATTN_TILE_K * LD;
+    const bf16 *Ks = kv_tile_ready<D, LD, STAGE>(stages, it, ntiles, k_base, v_base, stride, L);
+    const bf16 *Vs = Ks + ATTN_TILE_K * LD;
 
     // S (16, 64) = Q K^T for this warp's rows.
     float s[NK][4];
@@ -324,18 +334,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
 
   for (int it = 0; it < ntiles; it++) {
     const int k0 = it * ATTN_TILE_K;
-    if (it + 1 < ntiles) {
-      bf16 *nxt = stages + ((it + 1) & 1) * STAGE;
-      int nk0 = k0 + ATTN_TILE_K, valid = min(ATTN_TILE_K, L - nk0);
-      load_tile_async<D, ATTN_TILE_K>(nxt, k_base + (size_t)nk0 * stride, stride, valid);
-      load_tile_async<D, ATTN_TILE_K>(nxt + ATTN_TILE_K * LD, v_base + (size_t)nk0 * stride, stride, valid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const bf16 *Ks = stages + (it & 1) * STAGE, *Vs = Ks + ATTN_TILE_K * LD;
+    const bf16 *Ks = kv_tile_ready<D, LD, STAGE>(stages, it, ntiles, k_base, v_base, stride, L);
+    const bf16 *Vs = Ks + ATTN_TILE_K * LD;
     float s[NK][4], dp[NK][4];
 #pragma unroll
     for (int j = 0; j < NK; j++)
