@@ -82,6 +82,8 @@ static const field_spec SCHEMA[] = {
     NUM("stage1.temperature", FIELD_FLOAT, stage1.temperature, 1e-4, 100, "InfoNCE tau"),
     NUM("stage1.symmetric", FIELD_BOOL, stage1.symmetric, 0, 1, "add document->query term"),
     NUM("stage1.batch_queries", FIELD_INT, stage1.batch_queries, 1, BIG_INT, "global batch"),
+    NUM("stage1.max_tokens_per_rank", FIELD_INT, stage1.max_tokens_per_rank, 0, BIG_INT,
+        "token budget per rank batch; 0 = fixed count"),
     NUM("stage1.negatives_per_query", FIELD_INT, stage1.negatives_per_query, 0, 1024, "hard negatives"),
     NUM("stage1.cross_device_negatives", FIELD_BOOL, stage1.cross_device_negatives, 0, 1, "gather docs"),
     NUM("stage1.grad_cache_chunk", FIELD_INT, stage1.grad_cache_chunk, 0, BIG_INT, "0 = direct"),

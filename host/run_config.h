@@ -29,6 +29,7 @@ typedef struct {
   float temperature;
   int symmetric;          // add the document→query term
   int batch_queries;      // global batch (all ranks), in queries
+  int max_tokens_per_rank; // > 0: token budget per rank batch (queries + documents), batch_queries a cap
   int negatives_per_query;
   int cross_device_negatives;
   int grad_cache_chunk;   // sequences per chunk in the gradient-cache re-run; 0 = direct backward

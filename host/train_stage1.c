@@ -206,6 +206,7 @@ int sn_train_stage1(sn_trainer *t) {
                           .seed = t->cfg.seed,
                           .world_size = t->world,
                           .rank = t->rank,
+                          .max_tokens_per_rank = s1->max_tokens_per_rank,
                           .forbid_random_negatives = !t->cfg.data.allow_random_negatives};
   if (s1->batch_queries % t->world != 0)
     sn_bad_input("stage1.batch_queries (%d) must be a multiple of the number of ranks (%d)",
