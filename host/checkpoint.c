@@ -18,7 +18,7 @@
 
 // ---- state container ------------------------------------------------------------------------
 // Layout: magic (8) | version u32 | section count u32 | sections...
-// section: name (64, NUL-padded) | bytes u64 | fnv1a64 of data u64 | data
+// section: name (64, NUL-padded) | bytes u64 | sn_hash64 of data u64 | data
 
 typedef struct {
   char name[STATE_NAME_MAX];
@@ -40,12 +40,10 @@ struct sn_state_reader {
   char path[SN_CKPT_PATH_MAX];
 };
 
-static uint64_t fnv1a64(const void *data, size_t n) {
-  const unsigned char *p = data;
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
+// Seed of the per-section checksums.
+#define STATE_CHECKSUM_SEED 0x534e535441ull  // "SNSTA"
+
+static uint64_t section_checksum(const void *data, size_t n) { return sn_hash64(data, n, STATE_CHECKSUM_SEED); }
 
 sn_state_writer *sn_state_writer_new(void) { return callocCheck(1, sizeof(sn_state_writer)); }
 
@@ -61,7 +59,7 @@ static state_section *new_section(sn_state_writer *w, const char *name, const vo
   s->bytes = bytes;
   s->data = data;
   s->owned = 0;
-  s->checksum = fnv1a64(data, bytes);
+  s->checksum = section_checksum(data, bytes);
   return s;
 }
 
@@ -159,7 +157,7 @@ sn_state_reader *sn_state_read(const char *path, char *err, size_t errlen) {
       goto fail;
     }
     s->data = (unsigned char *)p;
-    if (fnv1a64(p, s->bytes) != s->checksum) {
+    if (section_checksum(p, s->bytes) != s->checksum) {
       snprintf(err, errlen, "%s: section '%s' fails its checksum (corrupt file)", path, s->name);
       goto fail;
     }

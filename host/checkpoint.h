@@ -9,7 +9,7 @@
 
 #define SN_CKPT_PATH_MAX 1200
 #define SN_STATE_MAGIC "SNSTATE1"
-#define SN_STATE_VERSION 1
+#define SN_STATE_VERSION 2  // 2: sections checksummed with sn_hash64 (1: FNV-1a)
 
 // ---- state files: a header, then named sections, each with its own checksum ------------------
 typedef struct sn_state_writer sn_state_writer;

@@ -212,6 +212,65 @@ void sn_strbuf_printf(sn_strbuf *b, const char *fmt, ...) {
   b->len += (size_t)need;
 }
 
+// 64-bit hash: 4 multiply-rotate lanes over 32-byte stripes, then an avalanche -------------
+
+#define HASH_PRIME_1 0x9E3779B185EBCA87ull
+#define HASH_PRIME_2 0xC2B2AE3D27D4EB4Full
+#define HASH_PRIME_3 0x165667B19E3779F9ull
+#define HASH_PRIME_4 0x85EBCA77C2B2AE63ull
+#define HASH_PRIME_5 0x27D4EB2F165667C5ull
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t load64(const unsigned char *p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline uint64_t lane_step(uint64_t acc, uint64_t word) {
+  return rotl64(acc + word * HASH_PRIME_2, 31) * HASH_PRIME_1;
+}
+
+uint64_t sn_hash64(const void *data, size_t len, uint64_t seed) {
+  const unsigned char *p = data, *end = p + len;
+  uint64_t h;
+  if (len >= 32) {
+    uint64_t a = seed + HASH_PRIME_1 + HASH_PRIME_2, b = seed + HASH_PRIME_2, c = seed,
+             d = seed - HASH_PRIME_1;
+    for (; p + 32 <= end; p += 32) {
+      a = lane_step(a, load64(p));
+      b = lane_step(b, load64(p + 8));
+      c = lane_step(c, load64(p + 16));
+      d = lane_step(d, load64(p + 24));
+    }
+    h = rotl64(a, 1) + rotl64(b, 7) + rotl64(c, 12) + rotl64(d, 18);
+    h = (h ^ lane_step(0, a)) * HASH_PRIME_1 + HASH_PRIME_4;
+    h = (h ^ lane_step(0, b)) * HASH_PRIME_1 + HASH_PRIME_4;
+    h = (h ^ lane_step(0, c)) * HASH_PRIME_1 + HASH_PRIME_4;
+    h = (h ^ lane_step(0, d)) * HASH_PRIME_1 + HASH_PRIME_4;
+  } else {
+    h = seed + HASH_PRIME_5;
+  }
+  h += (uint64_t)len;
+  for (; p + 8 <= end; p += 8) h = rotl64(h ^ lane_step(0, load64(p)), 27) * HASH_PRIME_1 + HASH_PRIME_4;
+  for (; p < end; p++) h = rotl64(h ^ (*p * HASH_PRIME_5), 11) * HASH_PRIME_1;
+  h ^= h >> 33;
+  h *= HASH_PRIME_2;
+  h ^= h >> 29;
+  h *= HASH_PRIME_3;
+  h ^= h >> 32;
+  return h;
+}
+
+int sn_exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+int sn_is_dir(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 double sn_now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

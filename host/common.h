@@ -68,6 +68,13 @@ typedef struct {
 void sn_strbuf_append(sn_strbuf *b, const char *s, size_t n);
 void sn_strbuf_printf(sn_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// 64-bit content hash (checksums, cache keys); chain calls through `seed`.
+uint64_t sn_hash64(const void *data, size_t len, uint64_t seed);
+
+// True when path exists / is a folder.
+int sn_exists(const char *path);
+int sn_is_dir(const char *path);
+
 // Monotonic wall clock in seconds.
 double sn_now_s(void);
 

@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common.h"
 #include "tokenizer.h"
 
 // Writes a message into err (errlen bytes; nothing when err is NULL): the data layer's error path.
@@ -246,8 +247,7 @@ void sn_token_set_close(sn_token_set *set);
 int64_t sn_token_set_pack(const sn_token_set *set, const int64_t *index, int n, int32_t **ids,
                           int64_t *cap, int32_t *cu_seqlens);
 
-// 64-bit content hash used for checksums and cache keys; chain with `seed`.
-uint64_t sn_hash64(const void *data, size_t len, uint64_t seed);
+// sn_hash64 (host/common.h) is the content hash of checksums and cache keys.
 
 // ================================================================================================
 // Sampler (data_batches.c)

@@ -519,7 +519,7 @@ char *sn_run_config_to_json(const sn_run_config *c) {
   return text;
 }
 
-// FNV-1a over the resolved settings that decide what is computed. Checkpointing and logging
+// A hash of the resolved settings that decide what is computed. Checkpointing and logging
 // settings are left out so they can change between a run and its resume.
 uint64_t sn_run_config_hash(const sn_run_config *c) {
   sn_run_config copy = *c;
@@ -529,8 +529,7 @@ uint64_t sn_run_config_hash(const sn_run_config *c) {
   copy.comm_timeout_s = 0;
   copy.threads = 0;
   char *text = sn_run_config_to_json(&copy);
-  uint64_t h = 1469598103934665603ull;
-  for (const char *p = text; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+  uint64_t h = sn_hash64(text, strlen(text), 0);
   free(text);
   return h;
 }

@@ -51,10 +51,6 @@ static int fail(char *err, size_t errlen, const char *fmt, ...) {
   return -1;
 }
 
-static int is_dir(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
 static int file_exists(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 && S_ISREG(st.st_mode);
@@ -634,7 +630,7 @@ sn_tokenizer *sn_tokenizer_load(const char *file_or_dir, char *err, size_t errle
   char *text = NULL, *text2 = NULL;
   size_t len = 0, len2 = 0;
   int rc = -1;
-  if (is_dir(file_or_dir)) {
+  if (sn_is_dir(file_or_dir)) {
     snprintf(dir, sizeof(dir), "%s", file_or_dir);
     static const char *const json_names[] = {"tokenizer.json"}, *const vocab_txt[] = {"vocab.txt"};
     static const char *const vocab_json[] = {"vocab.json", "encoder.json"}, *const merges[] = {"merges.txt", "vocab.bpe"};

@@ -35,11 +35,6 @@ static void install_signal_handlers(void) {
   sigaction(SIGINT, &sa, NULL);
 }
 
-static int path_exists(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0;
-}
-
 // ---- resume point ----------------------------------------------------------------------------
 
 static void find_resume_point(sn_trainer *t, const char *resume) {
@@ -235,7 +230,7 @@ int sn_train_main(const sn_train_args *args) {
   int do1 = args->stage == 0 || args->stage == 1, do2 = args->stage == 0 || args->stage == 2;
   if (t.cfg.data.n_train == 0) sn_bad_input("data.train: no training files configured");
   for (int i = 0; i < t.cfg.data.n_train; i++)
-    if (!path_exists(t.cfg.data.train[i]))
+    if (!sn_exists(t.cfg.data.train[i]))
       sn_bad_input("data.train: %s does not exist", t.cfg.data.train[i]);
   if (do2 && !t.cfg.stage2.student[0] && !t.cfg.stage2.student_desc[0])
     sn_bad_input("stage 2 is to run but neither 'stage2.student' nor 'stage2.student_desc' is set");

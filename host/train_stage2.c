@@ -95,11 +95,6 @@ static uint64_t tower_key(const char *dir, uint64_t set_key) {
   return h;
 }
 
-static int is_dir(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 // Rows `index` of a host cache, uploaded to backend memory dst (n, dim).
 static void upload_rows(const sn_ops *ops, float *dst, const emb_cache *cache, const int64_t *index,
                         int n, float *host_scratch) {
@@ -116,7 +111,7 @@ int sn_train_stage2(sn_trainer *t) {
   char teacher_dir[SN_TRAIN_PATH_MAX + 32], doc_dir[SN_TRAIN_PATH_MAX + 32];
   snprintf(teacher_dir, sizeof teacher_dir, "%s/final/query_tower", t->run_dir);
   snprintf(doc_dir, sizeof doc_dir, "%s/final/doc_tower", t->run_dir);
-  if (!is_dir(teacher_dir))
+  if (!sn_is_dir(teacher_dir))
     sn_bad_input("stage 2 needs the stage-1 teacher, but %s does not exist: run stage 1 first "
                  "(sn_train --stage 1, or --stage all)", teacher_dir);
   if (!s2->student[0] && !s2->student_desc[0])

@@ -196,7 +196,7 @@ float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verb
 
 int sn_path_exists(const char *path, void *unused) {
   (void)unused;
-  return access(path, F_OK) == 0;
+  return sn_exists(path);
 }
 
 void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), void *ctx, int rank) {
@@ -215,8 +215,8 @@ sn_pooling sn_pooling_from_name(const char *name) {
 sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
                                 const char *what) {
   if (dir && dir[0]) {
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    errno = 0;  // stat sets it when the path is missing; a plain file leaves it 0
+    if (!sn_is_dir(dir))
       sn_bad_input("%s: model folder '%s' is missing or unreadable (%s)", what, dir,
                    errno ? strerror(errno) : "not a folder");
     return sn_model_load(dir, t->ops);
@@ -250,8 +250,7 @@ sn_tokenizer *sn_trainer_load_tokenizer(const char *path, const char *fallback_d
 void sn_tokenizer_dir_of(const char *path, const char *fallback, char *out, size_t size) {
   const char *src = (path && path[0]) ? path : fallback;
   snprintf(out, size, "%s", src ? src : "");
-  struct stat st;
-  if (out[0] && (stat(out, &st) != 0 || !S_ISDIR(st.st_mode))) {
+  if (out[0] && !sn_is_dir(out)) {
     char *slash = strrchr(out, '/');
     if (slash) *slash = '\0';
     else snprintf(out, size, ".");

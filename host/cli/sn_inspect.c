@@ -44,16 +44,11 @@ static int parse_dtype_arg(const char *s, sn_dtype *out) {
   return -1;
 }
 
-static int is_dir(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 // The config.json beside the weights: PATH/config.json for a folder, else in the file's folder.
 static int find_config(const char *path, char *out, size_t outlen) {
   char copy[4096];
   snprintf(copy, sizeof copy, "%s", path);
-  const char *dir = is_dir(path) ? path : dirname(copy);
+  const char *dir = sn_is_dir(path) ? path : dirname(copy);
   snprintf(out, outlen, "%s/config.json", dir);
   struct stat st;
   return stat(out, &st) == 0 && S_ISREG(st.st_mode);
@@ -76,7 +71,7 @@ static void print_config_summary(const char *config_path, const sn_model_config 
 // lone .safetensors file it may be something else (a run's config), so it only gets a warning.
 static void show_config(const char *path, const char *config_path) {
   sn_model_config cfg;
-  if (is_dir(path)) {
+  if (sn_is_dir(path)) {
     sn_config_load_hf_dir(&cfg, config_path);
     print_config_summary(config_path, &cfg);
     return;
