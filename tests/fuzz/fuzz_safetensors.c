@@ -2,6 +2,7 @@
 // the bytes in memory (what every other path calls), and the full open + read of every tensor
 // through a memory-backed file descriptor. Any crash, leak, UB or an accepted tensor whose bytes
 // lie outside the data is a bug.
+#define _GNU_SOURCE  // memfd_create
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
