@@ -114,6 +114,8 @@ static const field_spec SCHEMA[] = {
     NUM("dist.zero1", FIELD_BOOL, dist.zero1, 0, 1, "shard optimizer state across ranks"),
     NUM("dist.overlap", FIELD_BOOL, dist.overlap, 0, 1, "all-reduce gradients during backward"),
     NUM("dist.bucket_mb", FIELD_FLOAT, dist.bucket_mb, 0.001, 1e4, "MB per overlapped all-reduce"),
+    NUM("dist.check_replicas_every", FIELD_INT, dist.check_replicas_every, 0, BIG_INT,
+        "steps between weight checksums across ranks (0 = never)"),
 };
 
 static void set_optim_defaults(sn_cfg_optim *o, float lr) {

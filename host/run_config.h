@@ -89,6 +89,7 @@ typedef struct {
     int zero1;        // shard optimizer state across ranks (ZeRO stage 1)
     int overlap;      // start gradient all-reduces during the backward pass (replicated mode)
     float bucket_mb;  // size of those all-reduces
+    int check_replicas_every;  // steps between cross-rank weight checksums (0 = never)
   } dist;
 } sn_run_config;
 

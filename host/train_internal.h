@@ -145,6 +145,11 @@ int sn_trainer_checkpoint_due(const sn_trainer *t, int64_t step, int64_t total, 
 // True when the run should stop after the step just taken (a signal on any rank, or --stop-after):
 // agreed across ranks through `requested_anywhere` (the sum of every rank's request flag).
 int sn_trainer_should_stop(sn_trainer *t, double requested_anywhere);
+// When dist.check_replicas_every divides `step`: hashes the weights of the n models on every rank
+// and compares the hashes (data parallelism must keep the replicas bit-identical); exits naming the
+// step and the ranks that differ. Fills rec's weights_hash when it checked.
+void sn_trainer_check_replicas(const sn_trainer *t, sn_model *const *models, int n, int64_t step,
+                               sn_step_record *rec);
 // Exits 2 when k negatives per query cannot be distinct documents of the data.
 void sn_trainer_check_negatives(const sn_trainer *t, int k, const char *key);
 // Number of optimizer steps of a stage from its config.

@@ -76,6 +76,7 @@ static void write_metrics(sn_train_log *log, const sn_step_record *r) {
   write_number(log->metrics, "grad_norm", r->grad_norm);
   fprintf(log->metrics, ", \"tokens\": %lld, \"elapsed_s\": %.3f", (long long)r->tokens, r->elapsed_s);
   for (int i = 0; i < r->n_terms; i++) write_number(log->metrics, r->term_names[i], r->terms[i]);
+  if (r->has_weights_hash) fprintf(log->metrics, ", \"weights_hash\": \"%016llx\"", (unsigned long long)r->weights_hash);
   fprintf(log->metrics, "}\n");
   fflush(log->metrics);
 }

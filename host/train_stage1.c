@@ -269,6 +269,8 @@ int sn_train_stage1(sn_trainer *t) {
                           .lr = lr, .grad_norm = (float)grad_norm, .tokens = (int64_t)totals[1],
                           .elapsed_s = elapsed};
     if (!isfinite(rec.loss)) sn_fatal("stage 1: the loss is %f at step %lld", rec.loss, (long long)step);
+    sn_model *const towers_trained[2] = {c.qmodel, c.dmodel};
+    sn_trainer_check_replicas(t, towers_trained, 1 + two, step, &rec);
     sn_train_log_step(&t->log, &rec);
     stopped = sn_trainer_should_stop(t, totals[2]) && step < total;
     if (sn_trainer_checkpoint_due(t, step, total, stopped)) {

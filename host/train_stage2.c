@@ -244,6 +244,7 @@ int sn_train_stage2(sn_trainer *t) {
                           .term_names = {"mse", "cos", "infonce"},
                           .terms = {(float)totals[0], (float)totals[1], (float)totals[2]}};
     if (!isfinite(rec.loss)) sn_fatal("stage 2: the loss is %f at step %lld", rec.loss, (long long)step);
+    sn_trainer_check_replicas(t, &student, 1, step, &rec);
     sn_train_log_step(&t->log, &rec);
     stopped = sn_trainer_should_stop(t, totals[4]) && step < total;
     if (sn_trainer_checkpoint_due(t, step, total, stopped)) {
