@@ -6,6 +6,7 @@
 # usage: benchmarks/multi_gpu.sh BUILD_DIR OUT_DIR
 #   NPS="2 4 8"  world sizes to run (default: 2, 4, 8 up to the GPUs present)
 #   DEVICE=cuda  (cpu: a dry run of the same logic over MPI, with TINY=1 for a small model)
+#   PARTS="comm eq tp kill"   which measurements to make (all by default)
 #   BQ=64 QLEN=32 DLEN=128   queries per GPU, query and document lengths (1 hard negative each,
 #                            so 2 x BQ documents per GPU); STEPS=30 timed steps, EQ_STEPS=10
 #
@@ -22,6 +23,8 @@ BUILD=$(cd "$1" && pwd)
 OUT=$(mkdir -p "$2" && cd "$2" && pwd)
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 DEVICE=${DEVICE:-cuda}
+PARTS=" ${PARTS:-comm eq tp kill} "
+part() { [[ $PARTS == *" $1 "* ]]; }
 BQ=${BQ:-64} QLEN=${QLEN:-32} DLEN=${DLEN:-128} STEPS=${STEPS:-30} EQ_STEPS=${EQ_STEPS:-10}
 KILL_CKPT_EVERY=${KILL_CKPT_EVERY:-10}
 KILL_AFTER_STEP=$((KILL_CKPT_EVERY + KILL_CKPT_EVERY / 2))
@@ -75,39 +78,44 @@ JSON
 run() {
   local name=$1 np=$2; shift 2
   local start=$SECONDS rc
-  if [ "$np" = 1 ]; then
-    CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$name "$@" > $name.log 2>&1
-  else
-    timeout 900 $MPIRUN -np "$np" "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$name "$@" > $name.log 2>&1
-  fi
-  rc=$?
-  cp $name/metrics.jsonl "$OUT/$name.metrics.jsonl" 2>/dev/null
+  local launch="timeout 900 $MPIRUN -np $np"
+  [ "$np" = 1 ] && launch="env CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}"
+  # Each log line stamped with the wall clock, to see where a run's time goes.
+  $launch "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$name "$@" 2>&1 |
+    while IFS= read -r line; do echo "${EPOCHREALTIME} $line"; done > $name.log
+  rc=${PIPESTATUS[0]}
+  cp $name/metrics.jsonl "$OUT/$name.metrics.jsonl" 2>/dev/null; cp $name.log "$OUT/$name.log"
   echo "run $name (np $np $*): exit $rc, $((SECONDS - start)) s" | tee -a "$SUMMARY"
   [ $rc = 0 ] || tail -15 $name.log | tee -a "$SUMMARY"
   rm -rf $name/final $name/ckpt-*  # weights are compared through metrics and checksums
   return $rc
 }
 
-run tp-1 1
+part tp && run tp-1 1
 for n in $NPS; do
   gb=$((n * BQ))
   say "== $n GPUs"
-  if [ "$DEVICE" = cuda ]; then
+  if [ "$DEVICE" = cuda ] && part comm; then
     $MPIRUN -np "$n" "$BUILD/sn_bench_comm" --device cuda --dtype bf16 --min-bytes 1M --max-bytes 2G \
       --iters 20 --warmup 5 > "$OUT/comm-$n.txt" 2>&1
     echo "sn_bench_comm np $n: exit $?" | tee -a "$SUMMARY"
     tail -30 "$OUT/comm-$n.txt" >> "$SUMMARY"
   fi
-  ref_extra=""
-  [ "$n" -gt 2 ] && ref_extra="--set stage1.grad_cache_chunk=$((2 * BQ))"  # the global batch on one GPU
-  # shellcheck disable=SC2086
-  run ref-$n 1 --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS $ref_extra
-  run eq-$n "$n" --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS --set dist.check_replicas_every=1
-  run eqz-$n "$n" --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS --set dist.check_replicas_every=1 \
-    --set dist.zero1=true
-  run tp-$n "$n" --set stage1.batch_queries=$gb
-  run tpno-$n "$n" --set stage1.batch_queries=$gb --set dist.overlap=false
-  run tpz-$n "$n" --set stage1.batch_queries=$gb --set dist.zero1=true
+  if part eq; then
+    ref_extra=""
+    [ "$n" -gt 2 ] && ref_extra="--set stage1.grad_cache_chunk=$((2 * BQ))"  # the global batch on one GPU
+    # shellcheck disable=SC2086
+    run ref-$n 1 --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS $ref_extra
+    run eq-$n "$n" --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS --set dist.check_replicas_every=1
+    run eqz-$n "$n" --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS --set dist.check_replicas_every=1 \
+      --set dist.zero1=true
+  fi
+  if part tp || part kill; then  # tpz-n is also the kill test's uninterrupted run
+    part tp && run tp-$n "$n" --set stage1.batch_queries=$gb
+    part tp && run tpno-$n "$n" --set stage1.batch_queries=$gb --set dist.overlap=false
+    run tpz-$n "$n" --set stage1.batch_queries=$gb --set dist.zero1=true
+  fi
+  part kill || continue
 
   # Kill rank 1 after step KILL_AFTER_STEP (a checkpoint was written at KILL_CKPT_EVERY); the job must
   # end with an error well within the collective timeout; --resume auto on n GPUs continues, and the
@@ -161,6 +169,7 @@ for n in map(int, nps):
     ref = rows(f"ref-{n}")
     for eq in (f"eq-{n}", f"eqz-{n}"):
         r = rows(eq)
+        if not r and not ref: continue
         if not r or len(r) != len(ref):
             print(f"{eq}: FAIL: {len(r)} steps vs {len(ref)} for the 1-GPU reference"); continue
         rel = [abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(r, ref)]

@@ -205,22 +205,26 @@ const sn_param *sn_model_find_param(const sn_model *m, const char *name) {
 
 #define SN_INIT_STD 0.02f  // normal(0, 0.02), as transformers' initializer_range
 
-// splitmix64: a small, well-mixed seeded generator (fresh-model init only; not cryptographic).
-static uint64_t splitmix64(uint64_t *state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+// splitmix64's finaliser: a well-mixed 64-bit hash (fresh-model init only; not cryptographic).
+static uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
 
-static double uniform_open01(uint64_t *state) {  // (0, 1): safe for log()
-  return ((double)(splitmix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+#define SN_GOLDEN_GAMMA 0x9E3779B97F4A7C15ull
+
+static double uniform_open01(uint64_t bits) {  // (0, 1): safe for log()
+  return ((double)(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
-// Box–Muller, one value per call (simplicity over speed: init runs once).
-static float normal01(uint64_t *state) {
+// Element j of the stream `key`: a counter-based normal(0, 1) (Box–Muller on two hashed counters),
+// so every element is computed independently and a 7B init runs on all cores, yet the values do
+// not depend on the thread count.
+static float normal_at(uint64_t key, size_t j) {
   const double two_pi = 6.283185307179586;
-  double u1 = uniform_open01(state), u2 = uniform_open01(state);
+  double u1 = uniform_open01(mix64(key + (2 * (uint64_t)j + 1) * SN_GOLDEN_GAMMA));
+  double u2 = uniform_open01(mix64(key + (2 * (uint64_t)j + 2) * SN_GOLDEN_GAMMA));
   return (float)(sqrt(-2.0 * log(u1)) * cos(two_pi * u2));
 }
 
@@ -236,13 +240,18 @@ void sn_model_init_params(sn_model *m, int first, uint64_t seed) {
   size_t max_count = 0;
   for (int i = first; i < m->nparams; i++) max_count = SN_MAX(max_count, m->params[i].count);
   float *host = mallocCheck(SN_MAX(max_count, (size_t)1) * sizeof(float));
-  uint64_t state = seed;
   for (int i = first; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
+    uint64_t key = mix64(seed + (uint64_t)(i + 1) * SN_GOLDEN_GAMMA);  // one stream per tensor
+    float fill = is_norm_weight(p) ? 1.0f : 0.0f;
     ops->synchronize();  // the previous upload may still read host (asynchronous backends)
     // 1-D tensors are norm weights (ones) or biases (zeros); everything else is a matrix/table.
-    for (size_t j = 0; j < p->count; j++)
-      host[j] = p->ndim == 2 ? SN_INIT_STD * normal01(&state) : (is_norm_weight(p) ? 1.0f : 0.0f);
+    if (p->ndim == 2) {
+#pragma omp parallel for schedule(static)
+      for (size_t j = 0; j < p->count; j++) host[j] = SN_INIT_STD * normal_at(key, j);
+    } else {
+      for (size_t j = 0; j < p->count; j++) host[j] = fill;
+    }
     ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
   }
   ops->synchronize();
