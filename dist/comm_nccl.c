@@ -369,7 +369,12 @@ void sn_comm_nccl_init(sn_comm *c, const sn_dist_env *env) {
   s->device = c->local_rank % device_count;  // one GPU per rank, by local rank
   cudaCheck(cudaSetDevice(s->device));
   s->compute = 0;  // the legacy default stream until the trainer names its own
-  cudaCheck(cudaStreamCreateWithFlags(&s->comm_stream, cudaStreamNonBlocking));
+  // The highest priority: the block scheduler then places a collective's CTAs as soon as compute
+  // CTAs retire, instead of after the back-to-back backward kernels queued before it (which would
+  // leave nothing for the overlapped all-reduce to hide behind).
+  int least_priority = 0, greatest_priority = 0;
+  cudaCheck(cudaDeviceGetStreamPriorityRange(&least_priority, &greatest_priority));
+  cudaCheck(cudaStreamCreateWithPriority(&s->comm_stream, cudaStreamNonBlocking, greatest_priority));
   cudaCheck(cudaEventCreateWithFlags(&s->compute_ready, cudaEventDisableTiming));
   cudaCheck(cudaEventCreateWithFlags(&s->comm_done, cudaEventDisableTiming));
   for (int i = 0; i < SN_NCCL_MAX_INFLIGHT; i++)

@@ -133,18 +133,23 @@ void sn_optimizer_arm_overlap(sn_optimizer *opt) {
   opt->model->on_layer_grads_ctx = opt;
 }
 
-// After an armed backward: the last pending layers, the tensors before the first layer
-// (embeddings) and after the last (final norm, projection, heads), then wait for every bucket.
-static void finish_overlap(sn_optimizer *opt) {
+void sn_optimizer_flush_overlap(sn_optimizer *opt) {
+  if (opt->armed != 1) return;
   sn_model *m = opt->model;
   int L = m->cfg.n_layers;
   m->on_layer_grads = NULL;
   m->on_layer_grads_ctx = NULL;
-  opt->armed = 0;
+  opt->armed = 2;  // everything started; sync_grads only waits
   size_t layers_end = opt->layer_begin[L - 1] + opt->layer_len[L - 1];
   start_bucket(opt, opt->pending_begin, opt->pending_end);
   start_bucket(opt, 0, opt->layer_begin[0]);
   start_bucket(opt, layers_end, m->num_elements);
+}
+
+// After an armed backward: starts what flush_overlap has not, then waits for every bucket.
+static void finish_overlap(sn_optimizer *opt) {
+  sn_optimizer_flush_overlap(opt);
+  opt->armed = 0;
   sn_comm_wait(opt->comm);
 }
 

@@ -37,7 +37,7 @@ typedef struct {
   // [layer_begin[l], layer_begin[l] + layer_len[l]); buckets of consecutive layers of at least
   // bucket_elems start their all-reduce during the backward pass.
   int overlap;           // enabled (world > 1, not ZeRO-1, layers contiguous in the buffer)
-  int armed;             // the current backward pass reports its layers
+  int armed;             // 1: the current backward pass reports its layers; 2: all buckets started
   size_t *layer_begin, *layer_len;
   size_t bucket_elems;
   size_t pending_begin, pending_end;  // finished layers whose all-reduce has not started
@@ -53,6 +53,10 @@ void sn_optimizer_enable_overlap(sn_optimizer *opt, size_t bucket_bytes);
 // Before the step's last backward pass through this model: its layers' gradients are final as they
 // come, so their all-reduce starts then. sn_optimizer_sync_grads completes it.
 void sn_optimizer_arm_overlap(sn_optimizer *opt);
+// After the armed backward pass has been enqueued: starts the buckets not started yet (the last
+// layers, the embeddings and the tensors outside the layers), so that they overlap later work such
+// as the other tower's backward. Optional: sync_grads does it otherwise.
+void sn_optimizer_flush_overlap(sn_optimizer *opt);
 // Sums the gradients over ranks: all-reduce, or reduce-scatter into grad_shard with ZeRO-1; after
 // an armed backward pass, starts the buckets not yet started and waits for all of them.
 void sn_optimizer_sync_grads(sn_optimizer *opt);

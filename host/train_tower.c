@@ -131,6 +131,7 @@ void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int3
   if (!grad_cache) {
     if (arm) sn_optimizer_arm_overlap(arm);
     sn_runner_backward(r, d_emb, emb, NULL);
+    if (arm) sn_optimizer_flush_overlap(arm);
     return;
   }
   int32_t *sub_cu = mallocCheck((size_t)(chunk + 1) * sizeof *sub_cu);
@@ -141,6 +142,7 @@ void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int3
     if (arm && s1 == n) sn_optimizer_arm_overlap(arm);  // only the last chunk completes the gradients
     sn_runner_backward(r, d_emb + (size_t)s0 * r->out_dim, chunk_emb, NULL);
   }
+  if (arm) sn_optimizer_flush_overlap(arm);
   free(sub_cu);
 }
 

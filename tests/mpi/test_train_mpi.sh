@@ -2,7 +2,8 @@
 # Data parallelism on the CPU backend over MPI: stage 1 with cross-device negatives (plain and
 # symmetric) and stage 2 on 2 and 3 ranks must follow the 1-rank run on the same global batch:
 # the same losses and final weights up to the order of floating-point sums (relative 1e-5).
-# The same with ZeRO-1 (optimizer state sharded across ranks). Also: a checkpoint written by 3
+# The same with ZeRO-1 (optimizer state sharded across ranks), whose ranks also hash their weights
+# after every step and must agree (dist.check_replicas_every). Also: a checkpoint written by 3
 # ranks resumes on 2 and on 1 (resharding ZeRO-1 state); killing one rank ends the job in bounded
 # time, and --resume auto continues from the last checkpoint.
 set -euo pipefail
@@ -62,7 +63,7 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap; do
   extra=""
   case $variant in
     symmetric) extra="--set stage1.symmetric=true" ;;
-    zero1) extra="--set dist.zero1=true" ;;
+    zero1) extra="--set dist.zero1=true --set dist.check_replicas_every=1" ;;
     buckets) extra="$SMALL" ;;
     accum-cache) extra="$SMALL --set stage1.grad_accum=2 --set stage1.grad_cache_chunk=5 --set stage2.grad_accum=2" ;;
     shared) extra="$SMALL --set stage1.shared_towers=true" ;;
@@ -78,6 +79,10 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap; do
       grep -q "all-reduced in buckets during the backward pass" np$np.log &&
         grep -qE "stage 1: [4-9][0-9.]* overlapped all-reduces per step" np$np.log ||
         { echo "FAIL: buckets not overlapped: $(grep -E 'gradients:|overlapped' np$np.log)"; fail=1; }
+    fi
+    if [ $variant = zero1 ]; then  # every rank hashed its weights after every step, and they agreed
+      [ "$(grep -c '"weights_hash"' np$np-$variant/metrics.jsonl)" = "$(wc -l < np$np-$variant/metrics.jsonl)" ] ||
+        { echo "FAIL: replica checksums missing from np$np-$variant/metrics.jsonl"; fail=1; }
     fi
     compare np1-$variant np$np-$variant || fail=1
   done
