@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the GPU machine checks, in one go: build (sm_90), the gpu-labelled tests (every CUDA op
-# against its CPU twin, CPU-vs-GPU training curves), the fixtures on CUDA, the MPI/NCCL tests, the
+# against its CPU twin, CPU-vs-GPU training curves), compute-sanitizer memcheck and racecheck on the
+# op tests, the fixtures on CUDA, the MPI/NCCL tests, the
 # kernel microbenchmarks and the end-to-end comparison with PyTorch.
 # usage: benchmarks/gpu_check.sh OUT_DIR [TORCH_BASELINE_PY]   (cJSON: see ../shared/device/README.md)
 # Writes OUT_DIR/gpu_check.log (everything), sn_bench.csv, e2e.txt and e2e.json.
@@ -17,6 +18,11 @@ section build
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
 section "ctest -L gpu"
 (cd build && ctest -L gpu --output-on-failure) >> "$LOG" 2>&1; echo "ctest gpu: exit $?" | tee -a "$LOG"
+section "compute-sanitizer (memcheck, racecheck) on test_cuda_ops --quick"
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool $tool --error-exitcode 9 build/tests/test_cuda_ops --quick >> "$LOG" 2>&1
+  echo "compute-sanitizer $tool: exit $?" | tee -a "$LOG"
+done
 section "fixtures on cuda"
 (cd build && SN_TEST_DEVICE=cuda SN_SOURCE_DIR=$PWD/.. ./tests/test_model_fixtures) >> "$LOG" 2>&1
 echo "fixtures on cuda: exit $?" | tee -a "$LOG"

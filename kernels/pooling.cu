@@ -24,9 +24,68 @@ __global__ void pool_forward_kernel(bf16 *out, const bf16 *hidden, const int32_t
   }
 }
 
+// Mean pooling, packed path (C % 8 == 0, 16-byte aligned): one block per sequence; thread = (pack
+// of 8 columns p, token lane r): lane r sums tokens start + r, start + r + lanes, ... with
+// POOL_MEAN_UNROLL 16-byte loads in flight, then lane 0 adds the lanes' fp32 partial sums in lane
+// order (deterministic). Several lanes per pack keep enough loads in flight with one block per
+// sequence; a C too wide for one lane per pack loops over packs.
+#define POOL_MEAN_UNROLL 8
+#define POOL_MEAN_MAX_SMEM (48 << 10)  // the default dynamic shared memory limit (C up to 12288)
+
+__global__ void pool_mean_packed_kernel(bf16 *out, const bf16 *hidden, const int32_t *cu_seqlens, int C) {
+  extern __shared__ float partial[];  // (lanes, C) fp32
+  const int packs = C / BF16_PER_PACK;
+  const int lanes = max(1, (int)blockDim.x / packs);
+  const int b = blockIdx.x, start = cu_seqlens[b], end = cu_seqlens[b + 1];
+  const int r = threadIdx.x / packs;
+  if (r < lanes) {
+    for (int p = threadIdx.x % packs; p < packs; p += (lanes == 1 ? blockDim.x : packs)) {
+      float acc[BF16_PER_PACK] = {0};
+      const bf16 *col = hidden + (size_t)p * BF16_PER_PACK;
+      int t = start + r;
+      for (; t + (POOL_MEAN_UNROLL - 1) * lanes < end; t += POOL_MEAN_UNROLL * lanes) {
+        bf16x8 v[POOL_MEAN_UNROLL];
+#pragma unroll
+        for (int u = 0; u < POOL_MEAN_UNROLL; u++) v[u] = load_bf16x8(col + (size_t)(t + u * lanes) * C);
+#pragma unroll
+        for (int u = 0; u < POOL_MEAN_UNROLL; u++)
+#pragma unroll
+          for (int k = 0; k < BF16_PER_PACK; k++) acc[k] += bf2f(v[u].v[k]);
+      }
+      for (; t < end; t += lanes) {
+        bf16x8 v = load_bf16x8(col + (size_t)t * C);
+#pragma unroll
+        for (int k = 0; k < BF16_PER_PACK; k++) acc[k] += bf2f(v.v[k]);
+      }
+#pragma unroll
+      for (int k = 0; k < BF16_PER_PACK; k++) partial[(size_t)r * C + p * BF16_PER_PACK + k] = acc[k];
+    }
+  }
+  __syncthreads();
+  const float inv_len = 1.0f / (float)(end - start);
+  for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+    bf16x8 o;
+#pragma unroll
+    for (int k = 0; k < BF16_PER_PACK; k++) {
+      float sum = 0.0f;
+      for (int l = 0; l < lanes; l++) sum += partial[(size_t)l * C + p * BF16_PER_PACK + k];
+      o.v[k] = f2bf(sum * inv_len);
+    }
+    store_bf16x8(out + (size_t)b * C + p * BF16_PER_PACK, o);
+  }
+}
+
 void cuda_pool_forward(void *out, const void *hidden, const int32_t *cu_seqlens, int B, int T, int C,
                        sn_pooling mode) {
   if (B == 0) return;
+  int packs = C / BF16_PER_PACK, lanes = packs >= POOL_THREADS ? 1 : POOL_THREADS / packs;
+  size_t smem = (size_t)lanes * C * sizeof(float);
+  if (mode == SN_POOL_MEAN && C % BF16_PER_PACK == 0 && aligned16(hidden) && aligned16(out) &&
+      smem <= POOL_MEAN_MAX_SMEM) {
+    pool_mean_packed_kernel<<<B, POOL_THREADS, smem, SN_STREAM>>>((bf16 *)out, (const bf16 *)hidden, cu_seqlens, C);
+    launchCheck();
+    return;
+  }
   pool_forward_kernel<<<B, POOL_THREADS, 0, SN_STREAM>>>((bf16 *)out, (const bf16 *)hidden, cu_seqlens, C,
                                                          (int)mode);
   launchCheck();
