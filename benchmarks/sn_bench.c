@@ -27,6 +27,7 @@ int main(void) {
 #define MAX_ROT 8
 #define WARMUP_RUNS 5
 #define BF16_BYTES 2
+#define ROPE_BENCH_SEQLEN 2048  // positions in the rope benchmark restart every this many tokens
 
 #define cudaCheck(call)                                                                    \
   do {                                                                                     \
@@ -251,6 +252,10 @@ static void run_adamw(void *p, int r) {
   sn_adamw_hparams hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 10, 1.0f};
   ops->adamw(c->out[0], c->f[0], c->in[0][0], c->f[1], c->f[2], &span, 1, &hp);
 }
+static void run_pool_mean(void *p, int r) {
+  ctx_t *c = p;
+  ops->pool_forward(c->out[0], c->in[r][0], c->ids, c->B, c->T, c->C, SN_POOL_MEAN);
+}
 static void run_pool_l2(void *p, int r) {
   ctx_t *c = p;
   ops->pool_forward(c->out[0], c->in[r][0], c->ids, c->B, c->T, c->C, SN_POOL_LAST);
@@ -315,16 +320,19 @@ static void bench_rope_embed(void) {
   int nrot = rotations_for(qkv * BF16_BYTES);
   ROT_ALLOC(c, nrot, 0, qkv);
   int32_t *pos = mallocCheck(c.T * sizeof(int32_t));
-  for (int t = 0; t < c.T; t++) pos[t] = (int)(((uint64_t)t * 2654435761u) % (uint64_t)c.V);
+  // Positions of packed sequences of ROPE_BENCH_SEQLEN tokens (rope reads positions, not ids).
+  for (int t = 0; t < c.T; t++) pos[t] = t % ROPE_BENCH_SEQLEN;
   c.ids = ops->alloc(c.T * sizeof(int32_t));
   ops->upload(c.ids, pos, c.T * sizeof(int32_t));
-  snprintf(shape, sizeof shape, "T=%d Hq=%d Hkv=%d D=%d", c.T, c.Hq, c.Hkv, c.D);
+  snprintf(shape, sizeof shape, "T=%d (%d-token seqs) Hq=%d Hkv=%d D=%d", c.T, ROPE_BENCH_SEQLEN, c.Hq, c.Hkv, c.D);
   double rot_bytes = 2.0 * c.T * (c.Hq + c.Hkv) * c.D * BF16_BYTES;  // q and k heads read + written
   if (selected("rope")) report("rope", shape, time_median_ms(run_rope, &c, nrot, reps), rot_bytes, 0);
   free_ctx(&c, nrot);
 
   memset(&c, 0, sizeof c);
   c.T = 16384, c.C = 896, c.V = 151936;
+  // Token ids: distinct, scattered over the vocabulary (a multiplicative hash).
+  for (int t = 0; t < c.T; t++) pos[t] = (int)(((uint64_t)t * 2654435761u) % (uint64_t)c.V);
   c.ids = ops->alloc(c.T * sizeof(int32_t));
   ops->upload(c.ids, pos, c.T * sizeof(int32_t));
   size_t tc = (size_t)c.T * c.C;
@@ -463,7 +471,8 @@ static void bench_pool(int B, int L, int C) {
   char shape[96];
   ctx_t c = {0};
   c.B = B, c.T = B * L, c.C = C;
-  c.in[0][0] = rand_st((size_t)c.T * C, 1.0f);
+  int nrot = rotations_for((size_t)c.T * C * BF16_BYTES);
+  ROT_ALLOC(c, nrot, 0, (size_t)c.T * C);
   int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
   for (int b = 0; b <= B; b++) cu[b] = b * L;
   c.ids = ops->alloc((B + 1) * sizeof(int32_t));
@@ -472,8 +481,81 @@ static void bench_pool(int B, int L, int C) {
   c.out[0] = ops->alloc((size_t)B * C * BF16_BYTES);
   c.f[0] = ops->alloc((size_t)B * C * sizeof(float)), c.f[1] = ops->alloc(B * sizeof(float));
   snprintf(shape, sizeof shape, "last-token + l2norm B=%d C=%d", B, C);
-  report("pool_l2norm_forward", shape, time_median_ms(run_pool_l2, &c, 1, reps), (double)B * C * (2 + 2 + 2 + 4), 0);
-  free_ctx(&c, 1);
+  report("pool_l2norm_forward", shape, time_median_ms(run_pool_l2, &c, nrot, reps), (double)B * C * (2 + 2 + 2 + 4), 0);
+  // Mean pooling reads every token: the memory-bound case (BERT-style students).
+  snprintf(shape, sizeof shape, "mean B=%d L=%d C=%d", B, L, C);
+  report("pool_mean_forward", shape, time_median_ms(run_pool_mean, &c, nrot, reps),
+         (double)c.T * C * BF16_BYTES + (double)B * C * BF16_BYTES, 0);
+  free_ctx(&c, nrot);
+}
+
+// ---- exact top-k for evaluation ----------------------------------------------------------------------------
+typedef struct {
+  float *queries, *docs, *scores, *best_score;
+  int32_t *best_idx;
+  int nq, nd, C, k, calls;
+} topk_ctx;
+static void run_scores_f32(void *p, int r) {
+  topk_ctx *t = p;
+  (void)r;
+  ops->scores_f32(t->scores, t->queries, t->docs, t->nq, t->nd, t->C);
+}
+// Each call merges the block as documents never seen before (col0 moves on), into lists already
+// full of equally good entries: the steady state of a search past its first block.
+static void run_topk_merge(void *p, int r) {
+  topk_ctx *t = p;
+  (void)r;
+  ops->topk_merge(t->best_score, t->best_idx, t->scores, t->nq, t->nd, t->k, t->calls++ * t->nd, NULL);
+}
+
+// The first block of a search: lists empty, so every call runs the radix select (the memset that
+// empties them, 4 bytes per entry, is in the time).
+static void run_topk_merge_first(void *p, int r) {
+  topk_ctx *t = p;
+  (void)r;
+  cudaCheck(cudaMemsetAsync(t->best_idx, 0xff, (size_t)t->nq * t->k * sizeof(int32_t), 0));  // all -1
+  ops->topk_merge(t->best_score, t->best_idx, t->scores, t->nq, t->nd, t->k, 0, NULL);
+}
+
+static void bench_topk(int nq, int nd, int C) {
+  if (!selected("scores_f32") && !selected("topk_merge")) return;
+  char shape[96];
+  topk_ctx t = {0};
+  t.nq = nq, t.nd = nd, t.C = C;
+  t.queries = rand_f32((size_t)nq * C, 0.05f);
+  t.docs = rand_f32((size_t)nd * C, 0.05f);  // 235 MB at 65536 x 896: no rotation needed
+  t.scores = ops->alloc((size_t)nq * nd * sizeof(float));
+  snprintf(shape, sizeof shape, "M=%d N=%d K=%d fp32, no TF32", nq, nd, C);
+  // fraction against the bf16 GEMM ceiling: read it as a lower bound
+  if (selected("scores_f32"))
+    report("scores_f32", shape, time_median_ms(run_scores_f32, &t, 1, reps), 0, 2.0 * nq * nd * (double)C);
+  {  // cosine-like: uniform in [0.25, 0.75], two binades (a retrieval model's scores crowd similarly)
+    float *h = mallocCheck((size_t)nq * nd * sizeof(float));
+    uint64_t st = 42;
+    for (size_t i = 0; i < (size_t)nq * nd; i++) {
+      st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+      h[i] = 0.25f + 0.5f * ((st >> 40) * (1.0f / 16777216.0f));
+    }
+    ops->upload(t.scores, h, (size_t)nq * nd * sizeof(float));
+    free(h);
+  }
+  const int ks[] = {100, 1000};
+  for (size_t i = 0; i < SN_ARRAY_LEN(ks) && selected("topk_merge"); i++) {
+    t.k = ks[i], t.calls = 0;
+    t.best_score = ops->alloc((size_t)nq * t.k * sizeof(float));
+    t.best_idx = ops->alloc((size_t)nq * t.k * sizeof(int32_t));
+    int32_t *empty = mallocCheck((size_t)nq * t.k * sizeof(int32_t));
+    for (size_t j = 0; j < (size_t)nq * t.k; j++) empty[j] = -1;
+    ops->upload(t.best_idx, empty, (size_t)nq * t.k * sizeof(int32_t));
+    free(empty);
+    // bytes: the score block read once (256 MB: out of L2); the old lists are ~1% more
+    snprintf(shape, sizeof shape, "nq=%d nd=%d k=%d lists full", nq, nd, t.k);
+    report("topk_merge", shape, time_median_ms(run_topk_merge, &t, 1, reps), (double)nq * nd * sizeof(float), 0);
+    snprintf(shape, sizeof shape, "nq=%d nd=%d k=%d lists empty", nq, nd, t.k);
+    report("topk_merge", shape, time_median_ms(run_topk_merge_first, &t, 1, reps), (double)nq * nd * sizeof(float), 0);
+    ops->free(t.best_score), ops->free(t.best_idx);
+  }
+  ops->free(t.queries), ops->free(t.docs), ops->free(t.scores);
 }
 
 int main(int argc, char **argv) {
@@ -516,6 +598,7 @@ int main(int argc, char **argv) {
   bench_attention(256, 32, 6, 6, 64, 0);
   bench_losses(64, 128, 896);
   bench_losses(512, 1024, 1536);
+  bench_topk(1024, 65536, 896);  // a query block against a document block of an eval search
   return 0;
 }
 #endif

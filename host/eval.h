@@ -75,11 +75,18 @@ void sn_metrics_compute(const sn_qrels *qrels, sn_run *run, sn_metrics *mean, in
 // For each of Q queries (Q, C) against N documents (N, C), both fp32 in host memory: the k best
 // document indices and their scores (inner product), in trec order (ties: doc_ids descending by
 // strcmp; by index descending when doc_ids is NULL). k is clamped to N; out_idx and out_scores
-// hold Q * k entries. ops chooses how the score blocks are computed: a host fp32 backend runs its
-// own matmul; anything else (NULL, or a device backend until a device top-k kernel exists) uses a
-// blocked OpenMP product on the host.
+// hold Q * k entries. ops chooses where the search runs: on a device backend ("cuda") queries and
+// document blocks are uploaded as fp32 and scored and selected there (ops->scores_f32, fp32 GEMM;
+// ops->topk_merge, ties by each id's rank in strcmp order); otherwise on the host, the CPU
+// backend scoring with its own matmul and NULL with the blocked product of the CPU's scores_f32,
+// selection by per-query heaps. The device path falls back to the host for k > SN_TOPK_MAX_K or
+// N > INT32_MAX. Both give the same lists up to the last bits of the scores (different fp32 sum
+// orders); the device stores a -0.0 score as +0.0.
 void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float *queries, int Q,
                    int C, int k, const char *const *doc_ids, int32_t *out_idx, float *out_scores);
+// rank (N): each id's position in ascending strcmp order (duplicates by index), so that ordering by
+// rank is the trec tie rule: the tie keys that topk_merge takes. Caller frees.
+int32_t *sn_doc_id_ranks(const char *const *ids, int N);
 
 // ---- embed → search → metrics (eval_embed.c, eval_run.c) ---------------------------------------
 

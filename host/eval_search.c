@@ -1,6 +1,11 @@
-// Exact top-k by inner product: score blocks (queries × documents) from a matrix product, then a
-// per-query min-heap of the k best seen so far. Blocks bound memory (QUERY_BLOCK × DOC_BLOCK
-// floats) whatever the corpus size; queries of a block are spread over OpenMP threads.
+// Exact top-k by inner product, on the host or on the device.
+//
+// Host: score blocks (queries × documents) from a matrix product, then a per-query min-heap of the
+// k best seen so far. Blocks bound memory (QUERY_BLOCK × DOC_BLOCK floats) whatever the corpus
+// size; queries of a block are spread over OpenMP threads.
+// Device: all queries and their running lists stay on the device; each document block is uploaded
+// once, and every query block gets scores_f32 then topk_merge against it. Ties go by each id's
+// rank in strcmp order, so the lists come out in the same trec order as the host's.
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,8 +14,12 @@
 
 #define QUERY_BLOCK 256
 #define DOC_BLOCK 4096
-#define HOST_GEMM_TILE 64  // documents per inner tile of the host product (stays in L1/L2)
-#define DOT_LANES 8        // partial sums per dot product (one AVX register of floats)
+// Device blocks: a (DEVICE_QUERY_BLOCK, DEVICE_DOC_BLOCK) fp32 score block is 64 MiB, a document
+// block of 16384 × 3584 fp32 235 MiB; each merge also rereads the k old entries, so documents
+// per block should be well above k.
+#define DEVICE_QUERY_BLOCK 1024
+#define DEVICE_DOC_BLOCK 16384
+#define EMPTY_IDX (-1)  // topk_merge's empty list entry
 
 typedef struct {
   float score;
@@ -63,39 +72,84 @@ static void heap_offer(scored *h, int *n, int k, scored x, const tie_rule *t) {
   }
 }
 
-// S (nq, nd) = Q (nq, C) · D (nd, C)^T on the host, fp32 accumulation like the op table's matmul.
-static void host_scores(float *S, const float *Q, int nq, const float *D, int nd, int C) {
-#pragma omp parallel for schedule(static)
-  for (int i = 0; i < nq; i++) {
-    const float *q = Q + (size_t)i * C;
-    for (int j0 = 0; j0 < nd; j0 += HOST_GEMM_TILE) {
-      int j1 = SN_MIN(nd, j0 + HOST_GEMM_TILE);
-      for (int j = j0; j < j1; j++) {
-        const float *d = D + (size_t)j * C;
-        // independent partial sums: the compiler vectorizes them (one chain would not, without
-        // -ffast-math)
-        float acc[DOT_LANES] = {0};
-        int c = 0;
-        for (; c + DOT_LANES <= C; c += DOT_LANES)
-          for (int l = 0; l < DOT_LANES; l++) acc[l] += q[c + l] * d[c + l];
-        float sum = 0.0f;
-        for (int l = 0; l < DOT_LANES; l++) sum += acc[l];
-        for (; c < C; c++) sum += q[c] * d[c];
-        S[(size_t)i * nd + j] = sum;
-      }
-    }
-  }
-}
-
 // The CPU backend's buffers are host memory in fp32, so its matmul can read ours directly.
 static int ops_reads_host_f32(const sn_ops *ops) {
   return ops && ops->storage == SN_DTYPE_F32 && ops->name && !strcmp(ops->name, "cpu");
+}
+
+// A device backend with the top-k ops, and a search they can do (int32 document indices, k within
+// what topk_merge keeps; d0 + DEVICE_DOC_BLOCK must not overflow).
+static int runs_on_device(const sn_ops *ops, int64_t N, int k) {
+  return ops && ops->name && !strcmp(ops->name, "cuda") && ops->scores_f32 && ops->topk_merge &&
+         N <= INT32_MAX - DEVICE_DOC_BLOCK && k <= SN_TOPK_MAX_K;
+}
+
+typedef struct {
+  const char *id;
+  int32_t idx;
+} id_ref;
+static int cmp_id_ref(const void *a, const void *b) {
+  const id_ref *x = a, *y = b;
+  int c = strcmp(x->id, y->id);
+  return c ? c : (x->idx > y->idx) - (x->idx < y->idx);  // duplicate ids: still unique keys
+}
+
+int32_t *sn_doc_id_ranks(const char *const *ids, int N) {
+  id_ref *refs = mallocCheck((size_t)N * sizeof *refs);
+  for (int i = 0; i < N; i++) refs[i] = (id_ref){ids[i], i};
+  qsort(refs, (size_t)N, sizeof *refs, cmp_id_ref);
+  int32_t *rank = mallocCheck((size_t)N * sizeof *rank);
+  for (int r = 0; r < N; r++) rank[refs[r].idx] = r;
+  free(refs);
+  return rank;
+}
+
+static void topk_on_device(const sn_ops *ops, const float *docs, int N, const float *queries, int Q,
+                           int C, int k, const char *const *doc_ids, int32_t *out_idx,
+                           float *out_scores) {
+  const int qb = SN_MIN(Q, DEVICE_QUERY_BLOCK), db = SN_MIN(N, DEVICE_DOC_BLOCK);
+  float *d_queries = ops->alloc((size_t)Q * C * sizeof(float));       // (Q, C)
+  float *d_docs = ops->alloc((size_t)db * C * sizeof(float));         // (db, C)
+  float *d_scores = ops->alloc((size_t)qb * db * sizeof(float));      // (qb, db)
+  float *d_best_score = ops->alloc((size_t)Q * k * sizeof(float));    // (Q, k)
+  int32_t *d_best_idx = ops->alloc((size_t)Q * k * sizeof(int32_t));  // (Q, k)
+  int32_t *d_tie = NULL;                                              // (N), NULL: by index
+  if (doc_ids) {
+    int32_t *rank = sn_doc_id_ranks(doc_ids, N);
+    d_tie = ops->alloc((size_t)N * sizeof(int32_t));
+    ops->upload(d_tie, rank, (size_t)N * sizeof(int32_t));
+    free(rank);
+  }
+  ops->upload(d_queries, queries, (size_t)Q * C * sizeof(float));
+  // every list starts empty; out_idx is the staging buffer (it is overwritten at the end)
+  for (size_t i = 0; i < (size_t)Q * k; i++) out_idx[i] = EMPTY_IDX;
+  ops->upload(d_best_idx, out_idx, (size_t)Q * k * sizeof(int32_t));
+  for (int d0 = 0; d0 < N; d0 += db) {
+    const int nd = SN_MIN(db, N - d0);
+    ops->upload(d_docs, docs + (size_t)d0 * C, (size_t)nd * C * sizeof(float));
+    for (int q0 = 0; q0 < Q; q0 += qb) {
+      const int nq = SN_MIN(qb, Q - q0);
+      ops->scores_f32(d_scores, d_queries + (size_t)q0 * C, d_docs, nq, nd, C);
+      ops->topk_merge(d_best_score + (size_t)q0 * k, d_best_idx + (size_t)q0 * k, d_scores, nq, nd, k,
+                      d0, d_tie);
+    }
+  }
+  ops->download(out_idx, d_best_idx, (size_t)Q * k * sizeof(int32_t));
+  ops->download(out_scores, d_best_score, (size_t)Q * k * sizeof(float));
+  ops->free(d_queries), ops->free(d_docs), ops->free(d_scores);
+  ops->free(d_best_score), ops->free(d_best_idx);
+  if (d_tie) ops->free(d_tie);
 }
 
 void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float *queries, int Q,
                    int C, int k, const char *const *doc_ids, int32_t *out_idx, float *out_scores) {
   if (k > N) k = (int)N;
   if (k <= 0 || Q <= 0) return;
+  if (runs_on_device(ops, N, k)) {
+    topk_on_device(ops, docs, (int)N, queries, Q, C, k, doc_ids, out_idx, out_scores);
+    return;
+  }
+  const sn_ops *host = sn_ops_cpu();  // its buffers are host memory: its ops read ours directly
   const tie_rule tie = {doc_ids};
   float *S = mallocCheck((size_t)QUERY_BLOCK * DOC_BLOCK * sizeof *S);
   scored *heaps = mallocCheck((size_t)QUERY_BLOCK * (size_t)k * sizeof *heaps);
@@ -109,7 +163,7 @@ void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float 
       if (ops_reads_host_f32(ops))
         ops->matmul(S, qb, db, NULL, nq, nd, C, 0, 1, 0);
       else
-        host_scores(S, qb, nq, db, nd, C);
+        host->scores_f32(S, qb, db, nq, nd, C);
 #pragma omp parallel for schedule(static)
       for (int i = 0; i < nq; i++) {
         scored *h = heaps + (size_t)i * k;

@@ -27,6 +27,9 @@ typedef enum { SN_DTYPE_F32 = 0, SN_DTYPE_BF16 = 1, SN_DTYPE_F16 = 2 } sn_dtype;
 
 typedef enum { SN_POOL_LAST = 0, SN_POOL_MEAN = 1, SN_POOL_FIRST = 2 } sn_pooling;
 
+// Deepest list topk_merge keeps (the CUDA kernel sorts the survivors of a row in shared memory).
+#define SN_TOPK_MAX_K 2048
+
 // One contiguous parameter tensor inside a flat parameter buffer, for the multi-tensor optimizer:
 // elements [offset, offset + count) get weight decay `weight_decay` (0 for norms and biases).
 typedef struct {
@@ -161,6 +164,23 @@ typedef struct sn_ops {
   // dstudent (B, C) is written with the gradient of alpha*mse + beta*cos.
   void (*distill_loss)(float *loss_terms, float *dstudent, const float *student,
                        const float *teacher, int B, int C, float alpha, float beta);
+
+  // ---- exact top-k for evaluation (fp32) ------------------------------------------------------
+  // S (M, N) = A (M, K) · B (N, K)^T, all fp32 backend memory, fp32 products and accumulation (no
+  // reduced-precision tensor-core math: search scores must not depend on the backend's storage).
+  void (*scores_f32)(float *S, const float *A, const float *B, int M, int N, int K);
+  // Merges one block of candidates into running top-k lists, row by row:
+  //   best_score, best_idx (nq, k): each row best-first in trec order (score descending, then tie
+  //     key descending); entries with best_idx < 0 are empty (callers start from all -1) and rank
+  //     below every candidate; they are written back as (-INFINITY, -1)
+  //   scores (nq, nd): row i's candidates, candidate j being document col0 + j
+  //   tie_key: int32 (N) backend array indexed by document, unique keys >= 0, or NULL for the
+  //     document index itself
+  // Rows end with the k best of their old entries and the nd candidates. -0.0 ranks as +0.0 and is
+  // written back as +0.0; scores must not be NaN. Keys are unique, so the result is fully
+  // determined: every backend returns identical lists. 1 <= k <= SN_TOPK_MAX_K, nd >= 0.
+  void (*topk_merge)(float *best_score, int32_t *best_idx, const float *scores, int nq, int nd,
+                     int k, int col0, const int32_t *tie_key);
 
   // ---- optimizer ------------------------------------------------------------------------------
   // out[0] += sum of squares of grads (n elements of storage dtype), accumulated in fp32/fp64.

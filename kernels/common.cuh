@@ -190,6 +190,10 @@ void cuda_contrastive_loss(float *loss, float *drows, float *dcols, const float 
                            const int32_t *target, int R, int N, int C, float inv_temp, float scale);
 void cuda_distill_loss(float *loss_terms, float *dstudent, const float *student, const float *teacher, int B,
                        int C, float alpha, float beta);
+// topk.cu
+void cuda_scores_f32(float *S, const float *A, const float *B, int M, int N, int K);
+void cuda_topk_merge(float *best_score, int32_t *best_idx, const float *scores, int nq, int nd, int k, int col0,
+                     const int32_t *tie_key);
 // optimizer.cu
 void cuda_sum_squares(float *out, const void *grads, size_t n);
 void cuda_adamw(void *params, float *master, const void *grads, float *m, float *v, const sn_param_span *spans,

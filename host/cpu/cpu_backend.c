@@ -59,6 +59,9 @@ static const sn_ops cpu_ops = {
     .contrastive_loss = sn_cpu_contrastive_loss,
     .distill_loss = sn_cpu_distill_loss,
 
+    .scores_f32 = sn_cpu_scores_f32,
+    .topk_merge = sn_cpu_topk_merge,
+
     .sum_squares = sn_cpu_sum_squares,
     .adamw = sn_cpu_adamw,
 };

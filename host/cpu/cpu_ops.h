@@ -168,6 +168,11 @@ void sn_cpu_contrastive_loss(float *loss, float *drows, float *dcols, const floa
 void sn_cpu_distill_loss(float *loss_terms, float *dstudent, const float *student,
                          const float *teacher, int B, int C, float alpha, float beta);
 
+// ---- exact top-k for evaluation (cpu_topk.c) ----------------------------------------------------
+void sn_cpu_scores_f32(float *S, const float *A, const float *B, int M, int N, int K);
+void sn_cpu_topk_merge(float *best_score, int32_t *best_idx, const float *scores, int nq, int nd,
+                       int k, int col0, const int32_t *tie_key);
+
 // ---- optimizer ----------------------------------------------------------------------------------
 void sn_cpu_sum_squares(float *out, const void *grads, size_t n);
 void sn_cpu_adamw(void *params, float *master, const void *grads, float *m, float *v,

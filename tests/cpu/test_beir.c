@@ -1,6 +1,8 @@
 // BEIR loader (good data, every kind of bad input → FILE:LINE), exact top-k against a full sort
-// with the trec tie rule, and the loader on the shared SciFact copy when it is present.
+// with the trec tie rule, the CPU twins of the device search's ops (scores_f32 + topk_merge)
+// against the heap search, and the loader on the shared SciFact copy when it is present.
 #define _GNU_SOURCE
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -162,6 +164,75 @@ static void test_topk(const sn_ops *ops, const char *label) {
   free(queries);
 }
 
+// ---- the merge path: scores_f32 + topk_merge over document blocks, as the device search runs it,
+// here through the CPU twins (tests/gpu/test_cuda_ops.c holds the CUDA ops to these).
+
+// Top-k of every query by blocks of `block` documents through the CPU's scores_f32 + topk_merge.
+static void merge_search(const float *docs, int N, const float *queries, int Q, int C, int k, int block,
+                         const int32_t *tie, int32_t *idx, float *sc) {
+  const sn_ops *cpu = sn_ops_cpu();
+  float *S = malloc(sizeof(float) * Q * block);
+  for (int i = 0; i < Q * k; i++) idx[i] = -1, sc[i] = NAN;  // empty; the NaN must never be read
+  for (int d0 = 0; d0 < N; d0 += block) {
+    int nd = SN_MIN(block, N - d0);
+    cpu->scores_f32(S, queries, docs + (size_t)d0 * C, Q, nd, C);
+    cpu->topk_merge(sc, idx, S, Q, nd, k, d0, tie);
+  }
+  free(S);
+}
+
+static void test_topk_merge(void) {
+  enum { N = 1000, Q = 37, C = 16, DUP_EVERY = 5 };
+  sn_test_rng rng;
+  sn_test_rng_seed(&rng, 11);
+  float *docs = malloc(sizeof(float) * N * C), *queries = malloc(sizeof(float) * Q * C);
+  // values in {-0.5, 0, 0.5}: a few dozen distinct scores over 1000 documents, so most ranks are
+  // decided by the tie rule; every sum is exact
+  for (int i = 0; i < N * C; i++) docs[i] = (float)(int)(sn_test_normal(&rng) * 1.5f) * 0.5f;
+  for (int i = 0; i < Q * C; i++) queries[i] = (float)(int)(sn_test_normal(&rng) * 1.5f) * 0.5f;
+  for (int i = DUP_EVERY; i < N; i += DUP_EVERY) memcpy(docs + (size_t)i * C, docs + (size_t)(i - DUP_EVERY) * C, sizeof(float) * C);
+  char **ids = malloc(sizeof(char *) * N);
+  for (int i = 0; i < N; i++) {
+    ids[i] = malloc(32);
+    snprintf(ids[i], 32, "%04u-%d", (unsigned)(sn_test_uniform(&rng) * 1e4f), i);
+  }
+  int32_t *rank = sn_doc_id_ranks((const char *const *)ids, N);
+  int32_t *ref_idx = malloc(sizeof(int32_t) * Q * N), *idx = malloc(sizeof(int32_t) * Q * N);
+  float *ref_sc = malloc(sizeof(float) * Q * N), *sc = malloc(sizeof(float) * Q * N);
+  const int ks[] = {1, 10, 100, 999, N}, blocks[] = {64, 333, N};  // k > a block, uneven last block, one block
+  for (size_t ki = 0; ki < SN_ARRAY_LEN(ks); ki++)
+    for (size_t bi = 0; bi < SN_ARRAY_LEN(blocks); bi++)
+      for (int by_id = 0; by_id < 2; by_id++) {
+        int k = ks[ki];
+        sn_topk_exact(NULL, docs, N, queries, Q, C, k, by_id ? (const char *const *)ids : NULL, ref_idx, ref_sc);
+        merge_search(docs, N, queries, Q, C, k, blocks[bi], by_id ? rank : NULL, idx, sc);
+        int bad_idx = 0, bad_score = 0;
+        for (int i = 0; i < Q * k; i++) bad_idx += idx[i] != ref_idx[i], bad_score += sc[i] != ref_sc[i];
+        CHECK(bad_idx == 0 && bad_score == 0, "merge path k=%d block=%d ties by %s: %d indices, %d scores differ from the heap search",
+              k, blocks[bi], by_id ? "id" : "index", bad_idx, bad_score);
+      }
+
+  // Lists deeper than the documents seen end in empty entries; -0.0 ties with +0.0 (then the
+  // higher index wins) and is stored as +0.0; -inf still ranks above an empty entry.
+  const sn_ops *cpu = sn_ops_cpu();
+  const float row[6] = {0.5f, -0.0f, 0.0f, -INFINITY, 0.5f, 1.0f};
+  const int32_t want_idx[8] = {5, 4, 0, 2, 1, 3, -1, -1};
+  const float want_sc[8] = {1.0f, 0.5f, 0.5f, 0.0f, 0.0f, -INFINITY, -INFINITY, -INFINITY};
+  int32_t small_idx[8];
+  float small_sc[8];
+  for (int i = 0; i < 8; i++) small_idx[i] = -1, small_sc[i] = NAN;
+  cpu->topk_merge(small_sc, small_idx, row, 1, 2, 8, 0, NULL);      // two blocks, ragged
+  cpu->topk_merge(small_sc, small_idx, row + 2, 1, 4, 8, 2, NULL);
+  int bad = 0;
+  for (int i = 0; i < 8; i++)
+    bad += small_idx[i] != want_idx[i] || memcmp(&small_sc[i], &want_sc[i], sizeof(float)) != 0;
+  CHECK(bad == 0, "topk_merge edge cases: %d of 8 entries wrong (first: idx %d score %g)", bad, small_idx[0], small_sc[0]);
+
+  for (int i = 0; i < N; i++) free(ids[i]);
+  free(ids), free(rank), free(docs), free(queries);
+  free(ref_idx), free(idx), free(ref_sc), free(sc);
+}
+
 static void test_scifact(void) {
   const char *shared = sn_test_shared_dir();
   if (!shared) {
@@ -265,6 +336,7 @@ int main(void) {
   test_bad();
   test_topk(NULL, "host");
   test_topk(sn_ops_cpu(), "cpu-ops");
+  test_topk_merge();
   test_scifact();
   test_pipeline();
   char cmd[400];
