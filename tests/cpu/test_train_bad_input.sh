@@ -30,6 +30,8 @@ expect "missing model folder" "stage1.model" --config base.json --set stage1.mod
 expect "vocabulary larger than the embedding table" "embedding table" --config base.json \
   --set 'stage1.model_desc={"arch": "qwen2", "layers": 1, "hidden": 16, "heads": 2, "vocab": 1000}'
 expect "stage 2 without a teacher" "stage-1 teacher" --config base.json --stage 2
+expect "negative replica-check interval" "dist.check_replicas_every' must be in [0," --config base.json \
+  --set dist.check_replicas_every=-1
 expect "missing training file" "data.train" --config base.json --set 'data.train=["missing.jsonl"]'
 expect "more negatives than the data has" "negative" --config base.json --set stage1.negatives_per_query=1000
 expect "batch larger than the data" "batch" --config base.json --set stage1.batch_queries=1000
