@@ -8,11 +8,11 @@
 // two stages: the next tile loads while this one is used; fragments via ldmatrix), and does the
 // online softmax in registers (log2 domain). Saves lse (Hq, T), natural log of the scaled scores.
 //
-// Backward, deterministic (no atomics): delta = rowsum(dO * O) first; then two kernels that each
-// recompute the probabilities: dQ per (query tile, sequence, query head) looping over key tiles, and
-// dK/dV per (key tile, sequence, kv head) looping over the query heads of its group and their query
-// tiles; the two run concurrently (fork/join on a side stream). That costs 7 tile products instead
-// of 5, and buys run-to-run determinism.
+// Backward, deterministic (no atomics on data): delta = rowsum(dO * O) first; then one kernel per
+// (key tile, sequence, kv head) that loops over the query tiles and the group's query heads,
+// recomputes the probabilities once, and makes dK, dV and a dQ contribution from them (5 tile
+// products). The dQ contributions of the key tiles are added into an fp32 accumulator in a fixed
+// order (key tile 0 first), each key tile waiting on a counter its predecessor releases.
 //
 // mma.sync m16n8k16 fragments (lane = 4 * g + q):
 //   A (16x16, row-major): a[0] = (g, 2q..2q+1), a[1] = (g+8, 2q..), a[2] = (g, 2q+8..), a[3] = (g+8, 2q+8..)
@@ -30,6 +30,7 @@
 #define ATTN_SMEM_PAD 8  // bf16 per row: shifts rows by 4 banks, so fragment loads are conflict-free
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
+#define DQ_POLL_NS 32  // backoff between polls of the dQ order counter
 
 // ---- tensor-core and fragment helpers -----------------------------------------------------------------
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
@@ -284,158 +285,106 @@ __global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf1
   if (lane == 0) delta[(size_t)h * T + t] = s;
 }
 
-// ---- backward: dQ ----------------------------------------------------------------------------------------
-// dQ rows of head h: dQ = scale * sum over key tiles of dS K, dS = P * (dO V^T - delta).
-// Shared memory: Q and dO tiles, then two K/V stages.
-template <int D>
-__global__ void __launch_bounds__(ATTN_THREADS) attention_backward_dq_kernel(
-    bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
-    const int32_t *cu_seqlens, attn_dims p) {
-  constexpr int LD = D + ATTN_SMEM_PAD;
-  constexpr int NK = ATTN_TILE_K / 8, ND = D / 8;
-  constexpr int STAGE = 2 * ATTN_TILE_K * LD;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw), *dOs = Qs + ATTN_TILE_Q * LD;
-  bf16 *stages = dOs + ATTN_TILE_Q * LD;
-
-  const int b = blockIdx.y, h = blockIdx.z;
-  const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
-  // Last query tiles first: under a causal mask they carry the most keys, so the long blocks start
-  // early instead of forming a tail.
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * ATTN_TILE_Q;
-  if (q0 >= L) return;
-  const int hk = h / (p.Hq / p.Hkv);
-  const size_t stride = (size_t)(p.Hq + 2 * p.Hkv) * D, o_stride = (size_t)p.Hq * D;
-  const bf16 *k_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + hk) * D;
-  const bf16 *v_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + p.Hkv + hk) * D;
-  const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
-  const int wrow = warp * ATTN_ROWS_PER_WARP;
-  const int qvalid = min(ATTN_TILE_Q, L - q0);
-  const int kv_end = p.causal ? min(L, q0 + ATTN_TILE_Q) : L;
-  const int ntiles = ceil_div_dev(kv_end, ATTN_TILE_K);
-  load_tile_async<D, ATTN_TILE_Q>(Qs, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
-  load_tile_async<D, ATTN_TILE_Q>(dOs, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
-  load_tile_async<D, ATTN_TILE_K>(stages, k_base, stride, min(ATTN_TILE_K, L));
-  load_tile_async<D, ATTN_TILE_K>(stages + ATTN_TILE_K * LD, v_base, stride, min(ATTN_TILE_K, L));
-  cp_async_commit();
-
-  const int row_abs[2] = {q0 + wrow + g, q0 + wrow + g + 8};
-  float lse2[2], dlt[2];
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    bool in = row_abs[r] < L;
-    size_t idx = (size_t)h * p.T + seq_start + row_abs[r];
-    lse2[r] = in ? lse[idx] * LOG2E : 0.0f;
-    dlt[r] = in ? delta[idx] : 0.0f;
-  }
-  float dq[ND][4];
-#pragma unroll
-  for (int n = 0; n < ND; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-
-  for (int it = 0; it < ntiles; it++) {
-    const int k0 = it * ATTN_TILE_K;
-    const bf16 *Ks = kv_tile_ready<D, LD, STAGE>(stages, it, ntiles, k_base, v_base, stride, L);
-    const bf16 *Vs = Ks + ATTN_TILE_K * LD;
-    float s[NK][4], dp[NK][4];
-#pragma unroll
-    for (int j = 0; j < NK; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) s[j][e] = dp[j][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-      uint32_t qa[4], da[4];
-      load_a_frag(qa, Qs, LD, wrow, kk * 16, lane);
-      load_a_frag(da, dOs, LD, wrow, kk * 16, lane);
-#pragma unroll
-      for (int j = 0; j < NK; j += 2) {
-        uint32_t k0f[2], k1f[2], v0f[2], v1f[2];
-        load_b2_nk(k0f, k1f, Ks, LD, kk * 16, j * 8, lane);
-        load_b2_nk(v0f, v1f, Vs, LD, kk * 16, j * 8, lane);
-        mma_bf16(s[j], qa, k0f);  // S = Q K^T
-        mma_bf16(s[j + 1], qa, k1f);
-        mma_bf16(dp[j], da, v0f);  // dP = dO V^T
-        mma_bf16(dp[j + 1], da, v1f);
-      }
-    }
-    // dS = P (dP - delta), P = exp2(S scale_log2 - lse2), zero where masked.
-#pragma unroll
-    for (int j = 0; j < NK; j++) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int key = k0 + j * 8 + 2 * q + (e & 1), r = e / 2;
-        bool ok = key < L && row_abs[r] < L && (!p.causal || key <= row_abs[r]);
-        float pr = ok ? exp2f(s[j][e] * p.scale_log2 - lse2[r]) : 0.0f;
-        dp[j][e] = pr * (dp[j][e] - dlt[r]);
-      }
-    }
-    // dQ += dS K
-#pragma unroll
-    for (int kk = 0; kk < ATTN_TILE_K / 16; kk++) {
-      uint32_t a[4];
-      c_to_a_frag(a, dp[2 * kk], dp[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < ND; n += 2) {
-        uint32_t b0[2], b1[2];
-        load_b2_kn(b0, b1, Ks, LD, kk * 16, n * 8, lane);
-        mma_bf16(dq[n], a, b0);
-        mma_bf16(dq[n + 1], a, b1);
-      }
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    if (row_abs[r] >= L) continue;
-    bf16 *dst = dqkv + (size_t)(seq_start + row_abs[r]) * stride + (size_t)h * D;
-#pragma unroll
-    for (int n = 0; n < ND; n++)
-      *reinterpret_cast<uint32_t *>(dst + n * 8 + 2 * q) =
-          pack_bf16x2(dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
-  }
-}
-
-// ---- backward: dK, dV -----------------------------------------------------------------------------------
-// One block per (key tile of DKV_TILE_K, sequence, kv head); warps own 16 keys each. Works in transposed form: S^T = K Q^T,
-// so P^T and dS^T come out in registers with keys as rows, ready as A operands of dV += P^T dO and
-// dK += dS^T Q. TQ query rows per step (fewer for D = 128 to keep the accumulators in registers).
-// Shared memory: K and V tiles, then two stages of (Q, dO, lse, delta) for TQ query rows.
+// ---- backward: query rows per step of the key-block kernel ------------------------------------------------
+// TQ query rows per step: fewer for D = 128 to keep the accumulators in registers.
 template <int D>
 struct dkv_tile {
   static constexpr int TQ = D >= 128 ? 32 : 64;
 };
 
+// ---- backward: dK, dV and dQ in one pass (5 tile products) -----------------------------------------------
+// The dK/dV kernel above plus dQ: each step's dS tile (keys x TQ queries) goes to shared memory, the
+// block multiplies it by its K tile into a dQ contribution (TQ, D) and adds that into an fp32
+// accumulator (T, Hq, D) in a fixed order. For every (sequence, query head, query tile) the key
+// blocks contribute in ascending order, each waiting on a counter that its predecessor releases; the
+// first stores, the last adds, scales and writes bf16 dQ. No atomics on data: run-to-run
+// deterministic.
+// Hiding the ordering's latency (three L2 round trips a step: counter, accumulator, fence) is what
+// makes this pay: a step's contribution is parked in shared memory and added one step later, its
+// accumulator tile fetched by cp.async while the next step's products run, and its counter released
+// at the start of the step after that, when its stores have long landed. A key block therefore runs
+// about one step behind its predecessor; under a causal mask the later key blocks have fewer steps,
+// so this lag stays off the critical path.
+// Steps run query tiles (last first) outer and the group's query heads inner, so every key block of
+// a (sequence, kv head) meets the (query head, query tile) tiles in the same order. Blocks are
+// numbered key block major (every sequence's key block 0, then 1, ...): the block waited for has the
+// lower linear index, so it was dispatched first (no deadlock), and the heaviest causal blocks start
+// first.
+// Shared memory: K and V tiles, two stages of (Q, dO, lse, delta), the dS tile, and two fp32 (TQ, D)
+// tiles: the parked contribution and the fetched accumulator.
+__device__ __forceinline__ int ld_acquire_gpu(const int *p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(int *p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+// A fragment at (m0, k0) of a tile stored transposed, [k][m] with row stride ld (dS^T for dQ = dS K).
+__device__ __forceinline__ void load_a_frag_trans(uint32_t a[4], const bf16 *s, int ld, int m0, int k0, int lane) {
+  ldsm_x4_trans(a, s + (k0 + (lane & 7) + (lane >> 4) * 8) * ld + m0 + ((lane >> 3) & 1) * 8);
+}
+
 template <int D>
-__global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_kernel(
-    bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
-    const int32_t *cu_seqlens, attn_dims p) {
+struct fused_bwd_tile {
+  static constexpr int TQ = dkv_tile<D>::TQ;
+  static constexpr int LDS = TQ + ATTN_SMEM_PAD;           // dS^T row stride (bf16)
+  static constexpr int LDQ = D + 2 * F32_PER_PACK;         // fp32 dQ tile row stride: float2 writes conflict-free
+  static constexpr int N_PAIRS = D / 16;                   // dQ column pairs of n-tiles
+  static constexpr int PAIRS_PER_WARP = (N_PAIRS + DKV_WARPS - 1) / DKV_WARPS;
+  static constexpr int M_TILES = TQ / 16;                  // dQ row tiles (all warps)
+  static constexpr int CHUNKS = TQ * D / F32_PER_PACK;     // 16-byte pieces of a dQ tile
+};
+
+// The dQ tile (query head h, rows q0..) a step contributed to, parked until the next step adds it.
+struct dq_pending {
+  int live, h, q0, qt, kb_last;
+};
+
+template <int D>
+__global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_fused_kernel(
+    bf16 *dqkv, float *dq_accum, int *dq_ready, const bf16 *dout, const bf16 *qkv, const float *lse,
+    const float *delta, const int32_t *cu_seqlens, int B, int max_q_tiles, attn_dims p) {
+  using F = fused_bwd_tile<D>;
   constexpr int LD = D + ATTN_SMEM_PAD;
-  constexpr int TQ = dkv_tile<D>::TQ;
+  constexpr int TQ = F::TQ;
   constexpr int NQ = TQ / 8, ND = D / 8;
   constexpr int STAGE_BYTES = 2 * TQ * LD * (int)sizeof(bf16) + 2 * TQ * (int)sizeof(float);
+  constexpr int CHUNKS_PER_ROW = D / F32_PER_PACK;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + DKV_TILE_K * LD;
   unsigned char *stage_base = reinterpret_cast<unsigned char *>(Vs + DKV_TILE_K * LD);
+  bf16 *dSs = reinterpret_cast<bf16 *>(stage_base + 2 * STAGE_BYTES);  // (DKV_TILE_K, TQ) dS^T
+  float *parked = reinterpret_cast<float *>(dSs + DKV_TILE_K * F::LDS);  // (TQ, D) contribution
+  float *fetched = parked + TQ * F::LDQ;                                // (TQ, D) accumulator so far
 
-  const int b = blockIdx.y, hk = blockIdx.z;
+  const int groups = B * p.Hkv;
+  const int kb = blockIdx.x / groups, b = (blockIdx.x % groups) / p.Hkv, hk = blockIdx.x % p.Hkv;
   const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
-  const int k0 = blockIdx.x * DKV_TILE_K;
+  const int k0 = kb * DKV_TILE_K;
   if (k0 >= L) return;
   const int group = p.Hq / p.Hkv;
   const size_t stride = (size_t)(p.Hq + 2 * p.Hkv) * D, o_stride = (size_t)p.Hq * D;
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
   const int wrow = warp * ATTN_ROWS_PER_WARP;
   const int kvalid = min(DKV_TILE_K, L - k0);
-  // Causal: queries before k0 see none of these keys. Steps run over (query head, query tile).
-  const int q_begin = p.causal ? (k0 / TQ) * TQ : 0;
-  const int tiles_per_head = ceil_div_dev(L - q_begin, TQ);
-  const int nsteps = group * tiles_per_head;
+  const int n_qt = ceil_div_dev(L, TQ), n_kb = ceil_div_dev(L, DKV_TILE_K);
+  // Causal: query tiles before qt_first see none of these keys.
+  const int qt_first = p.causal ? k0 / TQ : 0;
+  const int nsteps = group * (n_qt - qt_first);
 
+  auto step_head = [&](int i) { return hk * group + i % group; };
+  auto step_q0 = [&](int i) { return (n_qt - 1 - i / group) * TQ; };
+  auto counter = [&](const dq_pending &t) { return dq_ready + ((size_t)b * p.Hq + t.h) * max_q_tiles + t.qt; };
+  auto accum_row = [&](const dq_pending &t, int row) {
+    return dq_accum + ((size_t)(seq_start + t.q0 + row) * p.Hq + t.h) * D;
+  };
   // Issues the loads of step i into stage i & 1.
   auto issue = [&](int i) {
     unsigned char *st = stage_base + (i & 1) * STAGE_BYTES;
     bf16 *Qd = reinterpret_cast<bf16 *>(st), *dOd = Qd + TQ * LD;
     float *lse_d = reinterpret_cast<float *>(dOd + TQ * LD), *delta_d = lse_d + TQ;
-    const int h = hk * group + i / tiles_per_head, q0 = q_begin + (i % tiles_per_head) * TQ;
+    const int h = step_head(i), q0 = step_q0(i);
     const int qvalid = min(TQ, L - q0);
     load_tile_async<D, TQ>(Qd, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
     load_tile_async<D, TQ>(dOd, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
@@ -444,6 +393,51 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_
       size_t idx = (size_t)h * p.T + seq_start + q0 + x;
       lse_d[x] = x < qvalid ? lse[idx] * LOG2E : 0.0f;
       delta_d[x] = x < qvalid ? delta[idx] : 0.0f;
+    }
+  };
+  // Waits until key blocks 0..kb-1 have added into tile t, then starts fetching the accumulator:
+  // each thread copies the 16-byte chunks it will add (no barrier needed before its own reads).
+  auto fetch = [&](const dq_pending &t) {
+    if (kb == 0) return;
+    if (lane == 0)
+      while (ld_acquire_gpu(counter(t)) < kb) __nanosleep(DQ_POLL_NS);
+    __syncwarp();
+    for (int c = threadIdx.x; c < F::CHUNKS; c += blockDim.x) {
+      const int row = c / CHUNKS_PER_ROW, col = (c % CHUNKS_PER_ROW) * F32_PER_PACK;
+      if (t.q0 + row >= L) continue;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(fetched + row * F::LDQ + col)),
+                   "l"(accum_row(t, row) + col));
+    }
+    cp_async_commit();
+  };
+  // Adds the parked contribution of tile t (and what was fetched) and stores: fp32 for the next key
+  // block, or bf16 dQ (scaled) from the last one.
+  auto add_parked = [&](const dq_pending &t) {
+    cp_async_wait<0>();
+    for (int c = threadIdx.x; c < F::CHUNKS; c += blockDim.x) {
+      const int row = c / CHUNKS_PER_ROW, col = (c % CHUNKS_PER_ROW) * F32_PER_PACK;
+      if (t.q0 + row >= L) continue;
+      f32x4 v = load_f32x4(parked + row * F::LDQ + col);
+      if (kb > 0) {
+        const f32x4 prev = load_f32x4(fetched + row * F::LDQ + col);
+#pragma unroll
+        for (int e = 0; e < F32_PER_PACK; e++) v.v[e] += prev.v[e];
+      }
+      if (kb == t.kb_last) {
+        bf16 *dst = dqkv + (size_t)(seq_start + t.q0 + row) * stride + (size_t)t.h * D + col;
+        *reinterpret_cast<uint2 *>(dst) = make_uint2(pack_bf16x2(v.v[0] * p.scale, v.v[1] * p.scale),
+                                                     pack_bf16x2(v.v[2] * p.scale, v.v[3] * p.scale));
+      } else {
+        __stcg(reinterpret_cast<float4 *>(accum_row(t, row) + col), make_float4(v.v[0], v.v[1], v.v[2], v.v[3]));
+      }
+    }
+  };
+  // Thread 0, after a barrier that follows every thread's stores of tile t: the fence makes them
+  // visible device-wide before the counter moves (the pattern of a grid barrier).
+  auto release = [&](const dq_pending &t) {
+    if (threadIdx.x == 0 && t.live && kb < t.kb_last) {
+      __threadfence();
+      st_release_gpu(counter(t), kb + 1);
     }
   };
 
@@ -459,6 +453,8 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_
   for (int n = 0; n < ND; n++)
 #pragma unroll
     for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
+  dq_pending pend = {0, 0, 0, 0, 0};  // parked in the previous step, added in this one
+  dq_pending stored = {0, 0, 0, 0, 0};  // added in the previous step, released in this one
 
   for (int i = 0; i < nsteps; i++) {
     if (i + 1 < nsteps) {
@@ -468,10 +464,12 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_
       cp_async_wait<0>();
     }
     __syncthreads();
+    release(stored);
+    if (pend.live) fetch(pend);  // lands while this step's products run
     const unsigned char *st = stage_base + (i & 1) * STAGE_BYTES;
     const bf16 *Qs = reinterpret_cast<const bf16 *>(st), *dOs = Qs + TQ * LD;
     const float *lse2_s = reinterpret_cast<const float *>(dOs + TQ * LD), *delta_s = lse2_s + TQ;
-    const int q0 = q_begin + (i % tiles_per_head) * TQ;
+    const int h = step_head(i), q0 = step_q0(i);
 
     float st_[NQ][4], dpt[NQ][4];
 #pragma unroll
@@ -494,7 +492,7 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_
         mma_bf16(dpt[j + 1], va, o1f);
       }
     }
-    // P^T and dS^T = P^T (dP^T - delta[query]).
+    // P^T and dS^T = P^T (dP^T - delta[query]); dS^T also to shared memory for dQ.
 #pragma unroll
     for (int j = 0; j < NQ; j++) {
 #pragma unroll
@@ -505,6 +503,10 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_
         st_[j][e] = pr;
         dpt[j][e] = pr * (dpt[j][e] - delta_s[qi]);
       }
+#pragma unroll
+      for (int r = 0; r < 2; r++)
+        *reinterpret_cast<uint32_t *>(dSs + (wrow + g + 8 * r) * F::LDS + j * 8 + 2 * q) =
+            pack_bf16x2(dpt[j][2 * r], dpt[j][2 * r + 1]);
     }
     // dV += P^T dO, dK += dS^T Q
 #pragma unroll
@@ -523,8 +525,61 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_
         mma_bf16(dk[n + 1], sa, q1f);
       }
     }
-    __syncthreads();  // this stage is refilled two steps later
+    if (pend.live) add_parked(pend);
+    stored = pend;
+    __syncthreads();  // the whole dS tile is in shared memory; the parked tile has been read
+
+    // This step's dQ contribution (TQ, D) = dS K: warps split the columns in pairs of n-tiles; parked
+    // in shared memory for the next step.
+    float dq[F::M_TILES][F::PAIRS_PER_WARP][2][4];
+#pragma unroll
+    for (int m = 0; m < F::M_TILES; m++)
+#pragma unroll
+      for (int np = 0; np < F::PAIRS_PER_WARP; np++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dq[m][np][0][e] = dq[m][np][1][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DKV_TILE_K / 16; kk++) {
+#pragma unroll
+      for (int np = 0; np < F::PAIRS_PER_WARP; np++) {
+        const int pair = warp + np * DKV_WARPS;
+        if (pair >= F::N_PAIRS) break;
+        uint32_t b0[2], b1[2];
+        load_b2_kn(b0, b1, Ks, LD, kk * 16, pair * 16, lane);
+#pragma unroll
+        for (int m = 0; m < F::M_TILES; m++) {
+          uint32_t a[4];
+          load_a_frag_trans(a, dSs, F::LDS, m * 16, kk * 16, lane);
+          mma_bf16(dq[m][np][0], a, b0);
+          mma_bf16(dq[m][np][1], a, b1);
+        }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < F::M_TILES; m++)
+#pragma unroll
+      for (int np = 0; np < F::PAIRS_PER_WARP; np++) {
+        const int pair = warp + np * DKV_WARPS;
+        if (pair >= F::N_PAIRS) break;
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+#pragma unroll
+          for (int r = 0; r < 2; r++)
+            *reinterpret_cast<float2 *>(parked + (m * 16 + g + 8 * r) * F::LDQ + pair * 16 + half * 8 + 2 * q) =
+                make_float2(dq[m][np][half][2 * r], dq[m][np][half][2 * r + 1]);
+      }
+    const int qt = q0 / TQ;
+    pend.live = 1, pend.h = h, pend.q0 = q0, pend.qt = qt;
+    pend.kb_last = p.causal ? min(n_kb - 1, ((qt + 1) * TQ - 1) / DKV_TILE_K) : n_kb - 1;
+    __syncthreads();  // this stage is refilled next step; the parked tile is complete
   }
+  // The last step's contribution, then both outstanding releases.
+  release(stored);
+  fetch(pend);
+  add_parked(pend);
+  __syncthreads();
+  release(pend);
+
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     if (key_abs[r] >= L) continue;
@@ -546,14 +601,14 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_dkv_
 template <int D>
 static size_t fwd_smem(void) { return (size_t)2 * 2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16); }
 template <int D>
-static size_t dq_smem(void) {
-  return (size_t)(2 * ATTN_TILE_Q + 2 * 2 * ATTN_TILE_K) * (D + ATTN_SMEM_PAD) * sizeof(bf16);
-}
-template <int D>
-static size_t dkv_smem(void) {
-  constexpr int TQ = dkv_tile<D>::TQ;
-  return (size_t)2 * DKV_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16) +
-         2 * ((size_t)2 * TQ * (D + ATTN_SMEM_PAD) * sizeof(bf16) + 2 * TQ * sizeof(float));
+static size_t bwd_smem(void) {
+  using F = fused_bwd_tile<D>;
+  constexpr size_t LD = D + ATTN_SMEM_PAD;
+  const size_t kv = (size_t)2 * DKV_TILE_K * LD * sizeof(bf16);
+  const size_t stages = 2 * ((size_t)2 * F::TQ * LD * sizeof(bf16) + 2 * F::TQ * sizeof(float));
+  const size_t ds = (size_t)DKV_TILE_K * F::LDS * sizeof(bf16);
+  const size_t dq_tiles = (size_t)2 * F::TQ * F::LDQ * sizeof(float);
+  return kv + stages + ds + dq_tiles;
 }
 
 // Raises a kernel's dynamic shared-memory limit once (needed past 48 KB).
@@ -579,36 +634,20 @@ static void launch_forward(bf16 *out, float *lse, const bf16 *qkv, const int32_t
   launch_forward_warps<D, ATTN_FWD_WARPS>(out, lse, qkv, cu, B, max_seqlen, p);
 }
 
-// The dK/dV kernel has few blocks (B x Hkv x key tiles) of very uneven causal work; the dQ kernel
-// runs beside it on a side stream, forked from and joined back to SN_STREAM with events, so its
-// blocks fill the SMs the dK/dV tail leaves idle. They write disjoint parts of dqkv: still
-// deterministic, and the caller still sees one stream.
-static cudaStream_t side_stream;
-static cudaEvent_t fork_event, join_event;
-
 template <int D>
-static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
-                            const int32_t *cu, int B, int max_seqlen, attn_dims p) {
-  static bool ready_dq = false, ready_dkv = false;
-  allow_smem(attention_backward_dq_kernel<D>, dq_smem<D>(), &ready_dq);
-  allow_smem(attention_backward_dkv_kernel<D>, dkv_smem<D>(), &ready_dkv);
-  if (!side_stream) {
-    cudaCheck(cudaStreamCreateWithFlags(&side_stream, cudaStreamNonBlocking));
-    cudaCheck(cudaEventCreateWithFlags(&fork_event, cudaEventDisableTiming));
-    cudaCheck(cudaEventCreateWithFlags(&join_event, cudaEventDisableTiming));
-  }
-  cudaCheck(cudaEventRecord(fork_event, SN_STREAM));  // delta and the inputs are ready
-  cudaCheck(cudaStreamWaitEvent(side_stream, fork_event, 0));
-  dim3 grid_kv(ceil_div_int(max_seqlen, DKV_TILE_K), B, p.Hkv);
-  attention_backward_dkv_kernel<D><<<grid_kv, DKV_WARPS * WARP_SIZE, dkv_smem<D>(), side_stream>>>(
-      dqkv, dout, qkv, lse, delta, cu, p);
+static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse,
+                                  const float *delta, const int32_t *cu, int B, int max_seqlen, attn_dims p) {
+  static bool ready_smem = false;
+  allow_smem(attention_backward_fused_kernel<D>, bwd_smem<D>(), &ready_smem);
+  const int max_q_tiles = ceil_div_int(max_seqlen, fused_bwd_tile<D>::TQ);
+  const int n_kb = ceil_div_int(max_seqlen, DKV_TILE_K);
+  float *dq_accum = (float *)sn_cuda_scratch(SCRATCH_ATTN_DQ_ACCUM, (size_t)p.T * p.Hq * D * sizeof(float));
+  const size_t counters = (size_t)B * p.Hq * max_q_tiles * sizeof(int);
+  int *dq_ready = (int *)sn_cuda_scratch(SCRATCH_ATTN_DQ_ORDER, counters);
+  cudaCheck(cudaMemsetAsync(dq_ready, 0, counters, SN_STREAM));
+  attention_backward_fused_kernel<D><<<n_kb * B * p.Hkv, DKV_WARPS * WARP_SIZE, bwd_smem<D>(), SN_STREAM>>>(
+      dqkv, dq_accum, dq_ready, dout, qkv, lse, delta, cu, B, max_q_tiles, p);
   launchCheck();
-  dim3 grid_q(ceil_div_int(max_seqlen, ATTN_TILE_Q), B, p.Hq);
-  attention_backward_dq_kernel<D><<<grid_q, ATTN_THREADS, dq_smem<D>(), SN_STREAM>>>(dqkv, dout, qkv, lse, delta,
-                                                                                     cu, p);
-  launchCheck();
-  cudaCheck(cudaEventRecord(join_event, side_stream));
-  cudaCheck(cudaStreamWaitEvent(SN_STREAM, join_event, 0));
 }
 
 static attn_dims make_dims(int T, int Hq, int Hkv, int D, int causal, float scale) {

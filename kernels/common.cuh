@@ -114,6 +114,8 @@ int sn_cuda_sm_count(void);
 typedef enum {
   SCRATCH_REDUCE_PARTIALS = 0,  // per-block partial sums of weight-gradient / norm reductions
   SCRATCH_ATTN_DELTA,           // attention backward: rowsum(dO * O), (Hq, T)
+  SCRATCH_ATTN_DQ_ACCUM,        // attention backward: fp32 dQ accumulated over key blocks, (T, Hq, D)
+  SCRATCH_ATTN_DQ_ORDER,        // attention backward: per (sequence, head, query tile) key-block counters
   SCRATCH_SORT,                 // embedding backward: sorted ids and token order, radix workspace
   SCRATCH_LOSS_LOGITS,          // contrastive loss: logits, then their gradient (R, N)
   SCRATCH_LOSS_ROWS,            // per-row loss terms

@@ -1,22 +1,37 @@
 // RMSNorm (Qwen2) and LayerNorm (BERT), forward and backward, and the forward passes fused with the
 // residual add. Forward: one warp per row (T rows of C), fp32 statistics, the row re-read from L1
-// between passes instead of held in registers (C varies). Backward (fused, 16-byte packs): a block
-// owns a fixed range of rows, a warp per row writes dx and adds dout * xhat (and dout) into its own
-// fp32 column sums in shared memory; the block then sums its warps in order into per-block partials,
-// which sn_cuda_reduce_partials_into_bf16 adds into dweight/dbias in a fixed order: deterministic,
-// no atomics, and x/dout are read from DRAM once. Unpacked shapes, or C too wide for shared memory,
-// take a two-kernel path (dx, then the column sums re-reading x and dout).
+// between passes instead of held in registers (C varies). Backward (fused, 16-byte packs): a row is
+// spread over a group of threads, one pack each, so a thread owns the same 8 columns in every row it
+// sees and adds dout * xhat (and dout) for them in registers; a block holds a few such groups and a
+// fixed range of rows, combines its groups' column sums once at the end (in group order) into
+// per-block partials, and a second kernel adds the partials into dweight/dbias in a fixed order:
+// deterministic, no atomics, x and dout read from DRAM once. Unpacked shapes, or C too wide for one
+// pack a thread, take a two-kernel path (dx, then the column sums re-reading x and dout).
 #include "common.cuh"
 
 #define NORM_WARPS 8                      // rows in flight per block (forward, and dx in backward)
 #define NORM_THREADS (NORM_WARPS * WARP_SIZE)
 #define NORM_BWD_ROWS_PER_BLOCK 64        // two-kernel path: rows whose column sums one block adds
-// Fused path: rows per block, a function of C alone (so the summation order does not depend on the
-// device): small enough that there are several blocks per SM, large enough that the partials stay
-// a small fraction of the traffic.
-static int fused_rows_per_block(int C) { return C <= 2048 ? 16 : 32; }
-#define NORM_BWD_WARPS 4                  // fused backward: warps per block, each with C column sums
-#define NORM_BWD_MAX_SMEM (120 * 1024)    // fused backward only while its column sums fit this (sm_80: 163 KB)
+// Fused backward geometry, a function of C alone (so the summation order does not depend on the
+// device): a row over row_threads = C / 8 threads rounded up to whole warps (one 16-byte pack each),
+// max(1, NORM_BWD_BLOCK_THREADS / row_threads) row groups per block, NORM_BWD_FUSED_ROWS rows per
+// block. 64 rows: T = 16384 gives 256 blocks, which fit an H100 in one wave at 2 blocks an SM, and
+// the partials (nblocks, C) are 1/48 of the traffic (1/24 with LayerNorm's bias).
+#define NORM_BWD_BLOCK_THREADS 512        // threads per block the row groups fill
+#define NORM_BWD_MAX_THREADS 1024         // a row over at most this many threads: fused path for C <= 8192
+#define NORM_BWD_MAX_WARPS (NORM_BWD_MAX_THREADS / WARP_SIZE)
+#define NORM_BWD_FUSED_ROWS 64
+#define NORM_BWD_SMEM_DEFAULT (48 * 1024) // dynamic shared memory usable without an opt-in attribute
+static int fused_row_threads(int C) { return ceil_div_int(C / BF16_PER_PACK, WARP_SIZE) * WARP_SIZE; }
+static int fused_row_groups(int C) {
+  const int groups = NORM_BWD_BLOCK_THREADS / fused_row_threads(C);
+  return groups > 1 ? groups : 1;
+}
+// Second stage (partials (nparts, C) -> dweight/dbias): a block sums NORM_RED_COLS columns with
+// NORM_RED_SLICES slices of the parts in parallel; with 256 parts a thread issues 8 loads at once.
+#define NORM_RED_COLS 32                  // a warp's 128-byte row segment of the partials
+#define NORM_RED_SLICES 32
+static constexpr int NORM_RED_UNROLL = 8;  // loads a thread keeps in flight (#pragma unroll takes no macro)
 
 // ---- VEC-wide row access: VEC = 8 (16-byte packs, C % 8 == 0 and aligned) or 1 (anything) -------
 template <int VEC>
@@ -299,79 +314,192 @@ __global__ void norm_backward_dweight_kernel(float *partials_w, float *partials_
   if (IS_LAYERNORM) partials_b[(size_t)blockIdx.y * C + c] = acc_b;
 }
 
-// ---- backward: fused dx + column sums (VEC = 8) -------------------------------------------------------
-// Pass 1 of a pack: the row sums of g = dout * w and g * xhat.
-template <bool IS_LAYERNORM>
-__device__ __forceinline__ void bwd_row_sums(bf16x8 x8, bf16x8 d8, const bf16 *w, float mean, float rstd,
-                                             float &sum_g, float &sum_gx) {
-  bf16x8 w8 = load_bf16x8(w);
+// ---- backward: second stage, partials -> dweight (and dbias) ------------------------------------------
+// dweight (C) += sum over p of partials (nparts, C), and dbias from the next (nparts, C) when
+// blockIdx.y = 1: both in one launch. Slice k sums the parts p = k, k + NORM_RED_SLICES, ... in order,
+// then the slices are added in order: a fixed order (deterministic), rounding to bf16 once.
+__global__ void __launch_bounds__(NORM_RED_COLS *NORM_RED_SLICES) norm_reduce_partials_kernel(
+    bf16 *dweight, bf16 *dbias, const float *partials, int nparts, int C) {
+  __shared__ float slice_sums[NORM_RED_SLICES][NORM_RED_COLS];
+  const int col = threadIdx.x % NORM_RED_COLS, slice = threadIdx.x / NORM_RED_COLS;
+  const int j = blockIdx.x * NORM_RED_COLS + col;
+  const float *src = partials + (size_t)blockIdx.y * nparts * C;
+  float sum = 0.0f;
+  if (j < C) {
+#pragma unroll NORM_RED_UNROLL
+    for (int p = slice; p < nparts; p += NORM_RED_SLICES) sum += src[(size_t)p * C + j];
+  }
+  slice_sums[slice][col] = sum;
+  __syncthreads();
+  if (slice == 0 && j < C) {
+    float total = 0.0f;
 #pragma unroll
-  for (int k = 0; k < BF16_PER_PACK; k++) {
-    float g = bf2f(d8.v[k]) * bf2f(w8.v[k]);
-    sum_g += g;
-    sum_gx += g * (bf2f(x8.v[k]) - mean) * rstd;
+    for (int k = 0; k < NORM_RED_SLICES; k++) total += slice_sums[k][col];
+    bf16 *dst = blockIdx.y ? dbias : dweight;
+    dst[j] = f2bf(bf2f(dst[j]) + total);
   }
 }
-// Pass 2 of a pack at column c: dx, and this warp's column sums (16 bytes at a time: a warp's float4
-// accesses are bank-conflict free).
-template <bool IS_LAYERNORM>
-__device__ __forceinline__ void bwd_write_pack(bf16x8 x8, bf16x8 d8, const bf16 *weight, bf16 *o, float *acc_w,
-                                               float *acc_b, int c, float mean, float rstd, float mean_g,
-                                               float mean_gx, int accumulate) {
-  bf16x8 w8 = load_bf16x8(weight + c), prev, out;
-  if (accumulate) prev = load_bf16x8(o + c);
-  f32x4 aw[2] = {load_f32x4(acc_w + c), load_f32x4(acc_w + c + F32_PER_PACK)}, ab[2];
-  if (IS_LAYERNORM) ab[0] = load_f32x4(acc_b + c), ab[1] = load_f32x4(acc_b + c + F32_PER_PACK);
-#pragma unroll
-  for (int k = 0; k < BF16_PER_PACK; k++) {
-    float d = bf2f(d8.v[k]), xhat = (bf2f(x8.v[k]) - mean) * rstd;
-    aw[k / F32_PER_PACK].v[k % F32_PER_PACK] += d * xhat;
-    if (IS_LAYERNORM) ab[k / F32_PER_PACK].v[k % F32_PER_PACK] += d;
-    float v = rstd * (d * bf2f(w8.v[k]) - mean_g - xhat * mean_gx);
-    out.v[k] = f2bf(accumulate ? v + bf2f(prev.v[k]) : v);
-  }
-  store_f32x4(acc_w + c, aw[0]), store_f32x4(acc_w + c + F32_PER_PACK, aw[1]);
-  if (IS_LAYERNORM) store_f32x4(acc_b + c, ab[0]), store_f32x4(acc_b + c + F32_PER_PACK, ab[1]);
-  store_bf16x8(o + c, out);
+// partials: (nparts, C) for dweight, then (nparts, C) for dbias when dbias is non-NULL.
+static void reduce_norm_partials(bf16 *dweight, bf16 *dbias, const float *partials, int nparts, int C) {
+  dim3 grid(ceil_div_int(C, NORM_RED_COLS), dbias ? 2 : 1);
+  norm_reduce_partials_kernel<<<grid, NORM_RED_COLS * NORM_RED_SLICES, 0, SN_STREAM>>>(dweight, dbias, partials,
+                                                                                        nparts, C);
+  launchCheck();
 }
 
-// partials_w/_b (nblocks, C): this block's rows' sums of dout * xhat and dout. The row is re-read
-// for pass 2 (from L1/L2): holding x and dout in registers instead measured slower (51.3 vs 47.1 us
-// at C=896: 123-255 registers a thread cut the warps in flight more than the re-reads cost).
-template <bool IS_LAYERNORM>
-__global__ void __launch_bounds__(NORM_BWD_WARPS *WARP_SIZE) norm_backward_fused_kernel(
+// ---- backward: fused dx + column sums (16-byte packs, C <= 8192) ---------------------------------------
+// Packs held across steps stay four 32-bit words (bf16 pairs): as bf16x8 the compiler splits them
+// into eight 16-bit values of one register each (64 registers for the two row buffers: spills).
+__device__ __forceinline__ uint4 load_pack(const bf16 *p) { return *reinterpret_cast<const uint4 *>(p); }
+// The 8 floats of a pack (exact: a bf16 is the top half of an fp32; element 2j is word j's low half).
+__device__ __forceinline__ void unpack8(uint4 u, float *f) {
+  const uint32_t w[F32_PER_PACK] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int j = 0; j < F32_PER_PACK; j++) {
+    f[2 * j] = __uint_as_float(w[j] << 16);
+    f[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+  }
+}
+// Rounds 8 floats to a pack (round to nearest even, as f2bf).
+__device__ __forceinline__ uint4 pack8(const float *f) {
+  uint32_t w[F32_PER_PACK];
+#pragma unroll
+  for (int j = 0; j < F32_PER_PACK; j++) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);  // .x (low half) = f[2j]
+    w[j] = *reinterpret_cast<uint32_t *>(&h);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+// One thread's pack of one row: x and dout at its 8 columns.
+struct bwd_row {
+  uint4 x, d;
+};
+__device__ __forceinline__ void load_bwd_row(bwd_row &r, const bf16 *x, const bf16 *dout, int t, int C, int c) {
+  const size_t off = (size_t)t * C + c;
+  r.x = load_pack(x + off);
+  r.d = load_pack(dout + off);
+}
+// The column sums of one thread (8 columns) as two 16-byte stores.
+__device__ __forceinline__ void store_col_sums(float *p, const float *acc) {
+  store_f32x4(p, f32x4{{acc[0], acc[1], acc[2], acc[3]}});
+  store_f32x4(p + F32_PER_PACK, f32x4{{acc[4], acc[5], acc[6], acc[7]}});
+}
+__device__ __forceinline__ void add_col_sums(float *acc, const float *p) {
+  f32x4 lo = load_f32x4(p), hi = load_f32x4(p + F32_PER_PACK);
+#pragma unroll
+  for (int e = 0; e < F32_PER_PACK; e++) acc[e] += lo.v[e], acc[F32_PER_PACK + e] += hi.v[e];
+}
+
+// Block: `groups` row groups of row_threads threads (blockDim.x = groups * row_threads, a function of
+// C). Thread i of group g owns columns c = 8i .. 8i + 7 (idle when c >= C) and handles rows t0 + g,
+// t0 + g + groups, ... of the block's rows [t0, t1), one per step, all groups in step. Per step: the
+// row sums (thread -> warp shuffle -> the group's warps through shared memory, one barrier), dx, and
+// the column sums dout * xhat (and dout) added in registers. The next step's row is loaded before
+// this step's sums, so two rows a group are in flight across the reductions and the barrier (the two
+// row buffers alternate by unrolling steps in pairs: a register copy would wait for the loads to
+// land). The block's mean/rstd sit in shared memory, not in registers held across steps.
+// At the end group 0 adds the other groups' column sums in group order and writes the block's
+// partials: partials_w/_b (nblocks, C). Registers: at most 64 (1024-thread blocks for C = 8192).
+template <bool IS_LAYERNORM, bool ACCUMULATE>
+__global__ void __launch_bounds__(NORM_BWD_MAX_THREADS) norm_backward_fused_kernel(
     bf16 *dx, float *partials_w, float *partials_b, const bf16 *dout, const bf16 *x, const bf16 *weight,
-    const float *mean_in, const float *rstd_in, int T, int C, int accumulate, int rows_per_block) {
-  constexpr int VEC = BF16_PER_PACK, STEP = WARP_SIZE * VEC;
-  extern __shared__ __align__(16) float col_sums[];  // [NORM_BWD_WARPS][C] w, then [NORM_BWD_WARPS][C] b
+    const float *mean_in, const float *rstd_in, int T, int C, int row_threads) {
+  constexpr int VEC = BF16_PER_PACK, ROWS = NORM_BWD_FUSED_ROWS;
+  constexpr int SUM_GX = 0, SUM_G = 1;                 // the row sums of g * xhat and g (g = dout * w)
+  __shared__ float row_red[2][2][NORM_BWD_MAX_WARPS];  // [step parity][SUM_GX, SUM_G][warp]
+  __shared__ float row_mean[ROWS], row_rstd[ROWS];     // the block's rows' statistics
+  extern __shared__ __align__(16) float group_sums[];  // [groups - 1][C] w, then [groups - 1][C] b
   const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
-  const int nsum = (IS_LAYERNORM ? 2 : 1) * NORM_BWD_WARPS * C;
-  for (int i = threadIdx.x; i < nsum; i += blockDim.x) col_sums[i] = 0.0f;
-  __syncthreads();
-  float *acc_w = col_sums + warp * C, *acc_b = col_sums + (NORM_BWD_WARPS + warp) * C;
-  const int t0 = blockIdx.x * rows_per_block, t1 = min(T, t0 + rows_per_block);
-  for (int t = t0 + warp; t < t1; t += NORM_BWD_WARPS) {
-    const bf16 *xr = x + (size_t)t * C, *dr = dout + (size_t)t * C;
-    bf16 *o = dx + (size_t)t * C;
-    const float mean = IS_LAYERNORM ? mean_in[t] : 0.0f, rstd = rstd_in[t];
-    float sum_g = 0.0f, sum_gx = 0.0f;
-    for (int c = lane * VEC; c < C; c += STEP)
-      bwd_row_sums<IS_LAYERNORM>(load_bf16x8(xr + c), load_bf16x8(dr + c), weight + c, mean, rstd, sum_g, sum_gx);
-    const float mean_g = IS_LAYERNORM ? warp_sum(sum_g) / C : 0.0f, mean_gx = warp_sum(sum_gx) / C;
-    for (int c = lane * VEC; c < C; c += STEP)
-      bwd_write_pack<IS_LAYERNORM>(load_bf16x8(xr + c), load_bf16x8(dr + c), weight, o, acc_w, acc_b, c, mean, rstd,
-                                   mean_g, mean_gx, accumulate);
+  const int groups = blockDim.x / row_threads, row_warps = row_threads / WARP_SIZE;
+  const int g = threadIdx.x / row_threads, c = (threadIdx.x % row_threads) * VEC;
+  const bool active = c < C;  // C / 8 not a multiple of 32: the group's last warp is partly idle
+  const int t0 = blockIdx.x * ROWS, t1 = min(T, t0 + ROWS);
+  const int nsteps = (t1 - t0 + groups - 1) / groups;  // the same for every thread: barriers match
+  const float inv_C = 1.0f / C;                         // once, not an IEEE division per row
+
+  bwd_row rows[2];
+  int t = t0 + g;  // this group's row in the current step
+  if (active && t < t1) load_bwd_row(rows[0], x, dout, t, C, c);
+  uint4 w8 = make_uint4(0, 0, 0, 0);
+  if (active) w8 = load_pack(weight + c);
+  for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) {
+    row_rstd[i] = rstd_in[t0 + i];
+    if (IS_LAYERNORM) row_mean[i] = mean_in[t0 + i];
   }
   __syncthreads();
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float w = 0.0f, b = 0.0f;
+  float acc_w[VEC], acc_b[VEC];
 #pragma unroll
-    for (int k = 0; k < NORM_BWD_WARPS; k++) {
-      w += col_sums[k * C + c];
-      if (IS_LAYERNORM) b += col_sums[(NORM_BWD_WARPS + k) * C + c];
+  for (int k = 0; k < VEC; k++) acc_w[k] = 0.0f, acc_b[k] = 0.0f;
+
+  for (int s0 = 0; s0 < nsteps; s0 += 2) {
+#pragma unroll
+    for (int b = 0; b < 2; b++) {  // step s0 + b: row buffer b, row_red parity b
+      if (s0 + b >= nsteps) break;  // uniform over the block
+      const bwd_row &cur = rows[b];
+      const bool valid = active && t < t1;
+      if (active && t + groups < t1) load_bwd_row(rows[b ^ 1], x, dout, t + groups, C, c);
+      uint4 prev = make_uint4(0, 0, 0, 0);
+      if (ACCUMULATE && valid) prev = load_pack(dx + (size_t)t * C + c);  // issued now, used after the barrier
+      float sum_gx = 0.0f, sum_g = 0.0f;
+      if (valid) {
+        const float mean = IS_LAYERNORM ? row_mean[t - t0] : 0.0f, rstd = row_rstd[t - t0];
+        float xf[VEC], df[VEC], wf[VEC];
+        unpack8(cur.x, xf), unpack8(cur.d, df), unpack8(w8, wf);
+#pragma unroll
+        for (int k = 0; k < VEC; k++) {
+          float gk = df[k] * wf[k];
+          sum_g += gk;
+          sum_gx += gk * (xf[k] - mean) * rstd;
+        }
+      }
+      sum_gx = warp_sum(sum_gx);
+      if (IS_LAYERNORM) sum_g = warp_sum(sum_g);
+      if (row_warps > 1) {  // the group's warps through shared memory; parity b lets one barrier do
+        if (lane == 0) {
+          row_red[b][SUM_GX][warp] = sum_gx;
+          if (IS_LAYERNORM) row_red[b][SUM_G][warp] = sum_g;
+        }
+        __syncthreads();
+        const int first = g * row_warps;  // every warp of the group adds the same values in the same order
+        sum_gx = warp_sum(lane < row_warps ? row_red[b][SUM_GX][first + lane] : 0.0f);
+        if (IS_LAYERNORM) sum_g = warp_sum(lane < row_warps ? row_red[b][SUM_G][first + lane] : 0.0f);
+      }
+      if (valid) {
+        const float mean = IS_LAYERNORM ? row_mean[t - t0] : 0.0f, rstd = row_rstd[t - t0];
+        const float mean_g = IS_LAYERNORM ? sum_g * inv_C : 0.0f, mean_gx = sum_gx * inv_C;
+        float xf[VEC], df[VEC], wf[VEC], pf[VEC], out[VEC];
+        unpack8(cur.x, xf), unpack8(cur.d, df), unpack8(w8, wf), unpack8(prev, pf);
+#pragma unroll
+        for (int k = 0; k < VEC; k++) {
+          float xhat = (xf[k] - mean) * rstd;
+          acc_w[k] += df[k] * xhat;
+          if (IS_LAYERNORM) acc_b[k] += df[k];
+          float v = rstd * (df[k] * wf[k] - mean_g - xhat * mean_gx);
+          out[k] = ACCUMULATE ? v + pf[k] : v;
+        }
+        *reinterpret_cast<uint4 *>(dx + (size_t)t * C + c) = pack8(out);
+      }
+      t += groups;
     }
-    partials_w[(size_t)blockIdx.x * C + c] = w;
-    if (IS_LAYERNORM) partials_b[(size_t)blockIdx.x * C + c] = b;
+  }
+
+  // The groups' column sums in group order: groups 1.. park theirs in shared memory, group 0 adds.
+  if (groups > 1) {
+    const float *gw = group_sums, *gb = group_sums + (size_t)(groups - 1) * C;
+    if (g > 0 && active) {
+      store_col_sums(group_sums + (size_t)(g - 1) * C + c, acc_w);
+      if (IS_LAYERNORM) store_col_sums(group_sums + (size_t)(groups - 1 + g - 1) * C + c, acc_b);
+    }
+    __syncthreads();
+    if (g == 0 && active)
+      for (int k = 0; k < groups - 1; k++) {
+        add_col_sums(acc_w, gw + (size_t)k * C + c);
+        if (IS_LAYERNORM) add_col_sums(acc_b, gb + (size_t)k * C + c);
+      }
+  }
+  if (g == 0 && active) {
+    store_col_sums(partials_w + (size_t)blockIdx.x * C + c, acc_w);
+    if (IS_LAYERNORM) store_col_sums(partials_b + (size_t)blockIdx.x * C + c, acc_b);
   }
 }
 
@@ -379,26 +507,27 @@ template <bool IS_LAYERNORM>
 static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf16 *dout, const bf16 *x,
                                  const bf16 *weight, const float *mean, const float *rstd, int T, int C,
                                  int accumulate) {
-  if (T == 0) return;
+  if (T == 0 || C == 0) return;
+  const int nsum = IS_LAYERNORM ? 2 : 1;
   bool packed = C % BF16_PER_PACK == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(weight);
-  size_t fused_smem = (size_t)(IS_LAYERNORM ? 2 : 1) * NORM_BWD_WARPS * C * sizeof(float);
-  if (packed && fused_smem <= NORM_BWD_MAX_SMEM) {
-    static bool smem_raised = false;
-    if (!smem_raised) {
-      cudaCheck(cudaFuncSetAttribute(norm_backward_fused_kernel<IS_LAYERNORM>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, NORM_BWD_MAX_SMEM));
-      smem_raised = true;
+  if (packed && C / BF16_PER_PACK <= NORM_BWD_MAX_THREADS) {
+    const int row_threads = fused_row_threads(C), groups = fused_row_groups(C);
+    // groups > 1 only when groups * C <= 8 * NORM_BWD_BLOCK_THREADS: at most 32 KB with the bias
+    const size_t smem = (size_t)nsum * (groups - 1) * C * sizeof(float);
+    if (smem <= NORM_BWD_SMEM_DEFAULT) {
+      const int nparts = ceil_div_int(T, NORM_BWD_FUSED_ROWS);
+      const size_t part_floats = (size_t)nparts * C;
+      float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS, part_floats * sizeof(float) * nsum);
+      if (accumulate)
+        norm_backward_fused_kernel<IS_LAYERNORM, true><<<nparts, groups * row_threads, smem, SN_STREAM>>>(
+            dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, row_threads);
+      else
+        norm_backward_fused_kernel<IS_LAYERNORM, false><<<nparts, groups * row_threads, smem, SN_STREAM>>>(
+            dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, row_threads);
+      launchCheck();
+      reduce_norm_partials(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
+      return;
     }
-    const int rows = fused_rows_per_block(C), nparts = ceil_div_int(T, rows);
-    const size_t part_floats = (size_t)nparts * C;
-    float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS,
-                                               part_floats * sizeof(float) * (IS_LAYERNORM ? 2 : 1));
-    norm_backward_fused_kernel<IS_LAYERNORM><<<nparts, NORM_BWD_WARPS * WARP_SIZE, fused_smem, SN_STREAM>>>(
-        dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, accumulate, rows);
-    launchCheck();
-    sn_cuda_reduce_partials_into_bf16(dweight, partials, nparts, C);
-    if (IS_LAYERNORM) sn_cuda_reduce_partials_into_bf16(dbias, partials + part_floats, nparts, C);
-    return;
   }
   int grid = ceil_div_int(T, NORM_WARPS);
   if (packed)
@@ -411,14 +540,12 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
 
   const int nparts = ceil_div_int(T, NORM_BWD_ROWS_PER_BLOCK);
   const size_t part_floats = (size_t)nparts * C;
-  float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS,
-                                             part_floats * sizeof(float) * (IS_LAYERNORM ? 2 : 1));
+  float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS, part_floats * sizeof(float) * nsum);
   dim3 wgrid(ceil_div_int(C, NORM_THREADS), nparts);
   norm_backward_dweight_kernel<IS_LAYERNORM><<<wgrid, NORM_THREADS, 0, SN_STREAM>>>(
       partials, partials + part_floats, dout, x, mean, rstd, T, C);
   launchCheck();
-  sn_cuda_reduce_partials_into_bf16(dweight, partials, nparts, C);
-  if (IS_LAYERNORM) sn_cuda_reduce_partials_into_bf16(dbias, partials + part_floats, nparts, C);
+  reduce_norm_partials(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
 }
 
 void cuda_rmsnorm_backward(void *dx, void *dweight, const void *dout, const void *x, const void *weight,

@@ -6,6 +6,16 @@
 #define POOL_THREADS 256
 #define L2NORM_EPS 1e-12f  // as torch.nn.functional.normalize
 
+// acc[0..8) += the 8 bf16 of a 16-byte pack held as 4 words (exact widening: bf16 is an fp32's top half).
+__device__ __forceinline__ void add_bf16x8_words(float (&acc)[BF16_PER_PACK], uint4 v) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    acc[2 * k] += __uint_as_float(w[k] << 16);
+    acc[2 * k + 1] += __uint_as_float(w[k] & 0xffff0000u);
+  }
+}
+
 // out (B, C) from hidden (T, C). One block per sequence; threads over columns.
 __global__ void pool_forward_kernel(bf16 *out, const bf16 *hidden, const int32_t *cu_seqlens, int C, int mode) {
   int b = blockIdx.x;
@@ -24,66 +34,120 @@ __global__ void pool_forward_kernel(bf16 *out, const bf16 *hidden, const int32_t
   }
 }
 
-// Mean pooling, packed path (C % 8 == 0, 16-byte aligned): one block per sequence; thread = (pack
-// of 8 columns p, token lane r): lane r sums tokens start + r, start + r + lanes, ... with
-// POOL_MEAN_UNROLL 16-byte loads in flight, then lane 0 adds the lanes' fp32 partial sums in lane
-// order (deterministic). Several lanes per pack keep enough loads in flight with one block per
-// sequence; a C too wide for one lane per pack loops over packs.
+// Mean pooling, packed path (C % 8 == 0, 16-byte aligned). Grid (B * column chunks, splits): block
+// (b * chunks + x, s) owns the x-th chunk of POOL_MEAN_PACKS packs of 8 columns (neighbouring blocks
+// read neighbouring bytes of the same rows) over the s-th of `splits` equal token ranges of sequence
+// b. Thread = (pack p, token lane r): lane r sums tokens start + r, start + r + lanes, ... with
+// POOL_MEAN_UNROLL 16-byte loads in flight; then one thread per column adds the lanes' fp32 sums in
+// lane order. With one split (B x chunks blocks are enough: B = 128, C = 896 gives 896 blocks) that
+// is the mean, in one launch; otherwise fp32 partials (B, splits, C) and a second pass adds the splits
+// in order. Block shape and splits depend on (B, T, C) only, so the summation order is the same on
+// any GPU and every run: deterministic, no atomics.
 #define POOL_MEAN_UNROLL 8
-#define POOL_MEAN_MAX_SMEM (48 << 10)  // the default dynamic shared memory limit (C up to 12288)
+#define POOL_MEAN_PACKS 16               // packs of a block's column chunk: 256 bytes of each row
+#define POOL_MEAN_TARGET_BLOCKS 512      // below this many (sequence, chunk) blocks, sequences are split
+#define POOL_MEAN_MAX_SPLITS 16
+#define POOL_MEAN_MIN_SPLIT_TOKENS 32    // average tokens per split at least this
 
-__global__ void pool_mean_packed_kernel(bf16 *out, const bf16 *hidden, const int32_t *cu_seqlens, int C) {
-  extern __shared__ float partial[];  // (lanes, C) fp32
+__global__ void __launch_bounds__(POOL_THREADS)
+    pool_mean_packed_kernel(bf16 *out, float *partial, const bf16 *hidden, const int32_t *cu_seqlens, int C) {
+  __shared__ float4 lane_sums[POOL_THREADS * BF16_PER_PACK / F32_PER_PACK];  // (lanes, chunk packs, 8) fp32
   const int packs = C / BF16_PER_PACK;
-  const int lanes = max(1, (int)blockDim.x / packs);
-  const int b = blockIdx.x, start = cu_seqlens[b], end = cu_seqlens[b + 1];
-  const int r = threadIdx.x / packs;
+  const int chunk_packs = min(POOL_MEAN_PACKS, packs), lanes = POOL_THREADS / chunk_packs;
+  const int chunk_cols = chunk_packs * BF16_PER_PACK;
+  const int chunks = (packs + chunk_packs - 1) / chunk_packs;
+  const int b = blockIdx.x / chunks, chunk = blockIdx.x % chunks, split = blockIdx.y, splits = gridDim.y;
+  const int seq_start = cu_seqlens[b], len = cu_seqlens[b + 1] - seq_start;
+  const int per_split = (len + splits - 1) / splits;
+  const int start = seq_start + min(len, split * per_split), end = seq_start + min(len, (split + 1) * per_split);
+  const int pl = threadIdx.x % chunk_packs, r = threadIdx.x / chunk_packs;
+  const int p = chunk * chunk_packs + pl;
   if (r < lanes) {
-    for (int p = threadIdx.x % packs; p < packs; p += (lanes == 1 ? blockDim.x : packs)) {
-      float acc[BF16_PER_PACK] = {0};
+    float acc[BF16_PER_PACK] = {0};
+    if (p < packs) {
       const bf16 *col = hidden + (size_t)p * BF16_PER_PACK;
       int t = start + r;
       for (; t + (POOL_MEAN_UNROLL - 1) * lanes < end; t += POOL_MEAN_UNROLL * lanes) {
-        bf16x8 v[POOL_MEAN_UNROLL];
-#pragma unroll
-        for (int u = 0; u < POOL_MEAN_UNROLL; u++) v[u] = load_bf16x8(col + (size_t)(t + u * lanes) * C);
+        uint4 v[POOL_MEAN_UNROLL];
 #pragma unroll
         for (int u = 0; u < POOL_MEAN_UNROLL; u++)
+          v[u] = *reinterpret_cast<const uint4 *>(col + (size_t)(t + u * lanes) * C);
 #pragma unroll
-          for (int k = 0; k < BF16_PER_PACK; k++) acc[k] += bf2f(v[u].v[k]);
+        for (int u = 0; u < POOL_MEAN_UNROLL; u++) add_bf16x8_words(acc, v[u]);
       }
-      for (; t < end; t += lanes) {
-        bf16x8 v = load_bf16x8(col + (size_t)t * C);
-#pragma unroll
-        for (int k = 0; k < BF16_PER_PACK; k++) acc[k] += bf2f(v.v[k]);
-      }
-#pragma unroll
-      for (int k = 0; k < BF16_PER_PACK; k++) partial[(size_t)r * C + p * BF16_PER_PACK + k] = acc[k];
+      for (; t < end; t += lanes) add_bf16x8_words(acc, *reinterpret_cast<const uint4 *>(col + (size_t)t * C));
     }
+    float4 *mine = lane_sums + (size_t)(r * chunk_cols + pl * BF16_PER_PACK) / F32_PER_PACK;
+    mine[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    mine[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
   }
   __syncthreads();
-  const float inv_len = 1.0f / (float)(end - start);
-  for (int p = threadIdx.x; p < packs; p += blockDim.x) {
-    bf16x8 o;
-#pragma unroll
-    for (int k = 0; k < BF16_PER_PACK; k++) {
-      float sum = 0.0f;
-      for (int l = 0; l < lanes; l++) sum += partial[(size_t)l * C + p * BF16_PER_PACK + k];
-      o.v[k] = f2bf(sum * inv_len);
-    }
-    store_bf16x8(out + (size_t)b * C + p * BF16_PER_PACK, o);
-  }
+  const int cc = threadIdx.x, c = chunk * chunk_cols + cc;
+  if (cc >= chunk_cols || c >= C) return;
+  const float *sums = reinterpret_cast<const float *>(lane_sums);
+  float sum = 0.0f;
+  for (int l = 0; l < lanes; l++) sum += sums[l * chunk_cols + cc];
+  if (partial != nullptr) partial[((size_t)b * splits + split) * C + c] = sum;
+  else out[(size_t)b * C + c] = f2bf(sum * (1.0f / (float)len));
+}
+
+// out (B, C) = (sum of the splits' partials, in split order) / length. Thread per output element.
+__global__ void pool_mean_finish_kernel(bf16 *out, const float *partial, const int32_t *cu_seqlens, int B, int C,
+                                        int splits) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (size_t)B * C) return;
+  const int b = (int)(i / C), c = (int)(i % C);
+  const float *src = partial + (size_t)b * splits * C + c;
+  float sum = 0.0f;
+  for (int s = 0; s < splits; s++) sum += src[(size_t)s * C];
+  out[i] = f2bf(sum * (1.0f / (float)(cu_seqlens[b + 1] - cu_seqlens[b])));
+}
+
+// Last / first token, packed path: thread per (sequence, pack of 8 columns), one 16-byte copy.
+__global__ void pool_pick_packed_kernel(bf16 *out, const bf16 *hidden, const int32_t *cu_seqlens, int B, int C,
+                                        int mode) {
+  const int packs = C / BF16_PER_PACK;
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (size_t)B * packs) return;
+  const int b = (int)(i / packs), p = (int)(i % packs);
+  const int t = mode == SN_POOL_LAST ? cu_seqlens[b + 1] - 1 : cu_seqlens[b];
+  *reinterpret_cast<uint4 *>(out + (size_t)b * C + (size_t)p * BF16_PER_PACK) =
+      *reinterpret_cast<const uint4 *>(hidden + (size_t)t * C + (size_t)p * BF16_PER_PACK);
 }
 
 void cuda_pool_forward(void *out, const void *hidden, const int32_t *cu_seqlens, int B, int T, int C,
                        sn_pooling mode) {
   if (B == 0) return;
-  int packs = C / BF16_PER_PACK, lanes = packs >= POOL_THREADS ? 1 : POOL_THREADS / packs;
-  size_t smem = (size_t)lanes * C * sizeof(float);
-  if (mode == SN_POOL_MEAN && C % BF16_PER_PACK == 0 && aligned16(hidden) && aligned16(out) &&
-      smem <= POOL_MEAN_MAX_SMEM) {
-    pool_mean_packed_kernel<<<B, POOL_THREADS, smem, SN_STREAM>>>((bf16 *)out, (const bf16 *)hidden, cu_seqlens, C);
+  const int packed = C % BF16_PER_PACK == 0 && aligned16(hidden) && aligned16(out);
+  if (packed && mode != SN_POOL_MEAN) {
+    const size_t threads = (size_t)B * (C / BF16_PER_PACK);
+    if (threads == 0) return;
+    pool_pick_packed_kernel<<<ceil_div_int(threads, POOL_THREADS), POOL_THREADS, 0, SN_STREAM>>>(
+        (bf16 *)out, (const bf16 *)hidden, cu_seqlens, B, C, (int)mode);
     launchCheck();
+    return;
+  }
+  if (packed && C > 0) {
+    const int packs = C / BF16_PER_PACK, chunks = ceil_div_int(packs, POOL_MEAN_PACKS);
+    int splits = 1;
+    if ((long long)B * chunks < POOL_MEAN_TARGET_BLOCKS) {
+      splits = ceil_div_int(POOL_MEAN_TARGET_BLOCKS, (long long)B * chunks);
+      const int by_length = (int)(T / ((long long)B * POOL_MEAN_MIN_SPLIT_TOKENS));
+      splits = splits < by_length ? splits : by_length;
+      splits = splits < POOL_MEAN_MAX_SPLITS ? splits : POOL_MEAN_MAX_SPLITS;
+      splits = splits > 1 ? splits : 1;
+    }
+    float *partial = NULL;
+    if (splits > 1)
+      partial = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS, (size_t)B * splits * C * sizeof(float));
+    pool_mean_packed_kernel<<<dim3(B * chunks, splits), POOL_THREADS, 0, SN_STREAM>>>(
+        (bf16 *)out, partial, (const bf16 *)hidden, cu_seqlens, C);
+    launchCheck();
+    if (splits > 1) {
+      pool_mean_finish_kernel<<<ceil_div_int((long long)B * C, POOL_THREADS), POOL_THREADS, 0, SN_STREAM>>>(
+          (bf16 *)out, partial, cu_seqlens, B, C, splits);
+      launchCheck();
+    }
     return;
   }
   pool_forward_kernel<<<B, POOL_THREADS, 0, SN_STREAM>>>((bf16 *)out, (const bf16 *)hidden, cu_seqlens, C,

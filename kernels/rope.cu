@@ -1,12 +1,19 @@
 // Rotary position embedding, Hugging Face rotate-half convention, in place on the q and k heads of
 // the packed qkv tensor; fp32 math, precise sincos (angles reach hundreds of radians: the fast
-// intrinsics lose digits there). Packed path (D/2 % 8 == 0): one thread per (token, 8 pairs, group of
-// ROPE_HEADS_PER_THREAD heads), the 8 angles computed once and applied to the group's heads with
-// 16-byte loads. Otherwise one thread per pair.
+// intrinsics lose digits there). Packed path (D/2 % 8 == 0): a block per few whole tokens; each thread
+// owns one (token, head, pack of 8 pairs) and issues its two 16-byte loads first, then the block
+// computes each token's D/2 (cos, sin) once into shared memory (one powf + sincosf per (token, pair),
+// not per head), then every thread rotates its pack. Otherwise one thread per pair.
 #include "common.cuh"
 
 #define ROPE_THREADS 256
-#define ROPE_HEADS_PER_THREAD 4  // heads one thread rotates: their loads are in flight together
+#define ROPE_MAX_BLOCK 1024        // packed path: one token's (head, pack) threads must fit a block
+#define ROPE_MAX_SMEM (48 << 10)   // packed path: the angle table within the default dynamic smem limit
+
+// Two floats -> two bf16 (round to nearest even) in one word, the first in the low half.
+__device__ __forceinline__ uint32_t pack_bf16x2_rn(float lo, float hi) {
+  return (uint32_t)__bfloat16_as_ushort(f2bf(lo)) | ((uint32_t)__bfloat16_as_ushort(f2bf(hi)) << 16);
+}
 
 // qkv (T, (Hq + 2*Hkv) * D); pos (T). Rotates heads [0, Hq + Hkv) of each token by pos * theta^(-2i/D).
 __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta,
@@ -28,60 +35,58 @@ __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hk
   x[i + half] = f2bf(x2 * c + x1 * s);
 }
 
-// Packed path: thread = (token t, pairs i0..i0+7, heads h0..h0+ROPE_HEADS_PER_THREAD-1). Splitting the
-// heads over threads (instead of one thread looping over all of them) gives 4x the threads: with
-// one thread per (token, pair group) an SM had ~16 warps, too few to cover the memory latency.
-__global__ void rope_packed_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta,
-                                   float sign) {
-  const int half = D / 2, groups = half / BF16_PER_PACK;
-  const int heads = Hq + Hkv, head_groups = (heads + ROPE_HEADS_PER_THREAD - 1) / ROPE_HEADS_PER_THREAD;
-  size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= (size_t)T * groups * head_groups) return;
-  // Consecutive threads take consecutive pair groups of one head group, then the next head group:
-  // neighbouring lanes touch neighbouring 16-byte packs.
-  const int g = idx % groups, hg = (idx / groups) % head_groups;
-  const int t = idx / ((size_t)groups * head_groups), i0 = g * BF16_PER_PACK, h0 = hg * ROPE_HEADS_PER_THREAD;
-  bf16 *row = qkv + (size_t)t * (Hq + 2 * Hkv) * D;
-  // Loads of all the group's heads are issued before any store: the stores could alias the next
-  // loads as far as the compiler knows, which would otherwise serialize one head at a time.
-  bf16x8 a[ROPE_HEADS_PER_THREAD], b[ROPE_HEADS_PER_THREAD];
-#pragma unroll
-  for (int j = 0; j < ROPE_HEADS_PER_THREAD; j++) {
-    if (h0 + j < heads) {
-      const bf16 *x = row + (size_t)(h0 + j) * D + i0;
-      a[j] = load_bf16x8(x), b[j] = load_bf16x8(x + half);
+// Packed path: a block rotates `tokens` = blockDim.x / per_token whole tokens, per_token = heads * D/16
+// threads each. Thread = (token, head, pack of 8 pairs), packs fastest: a warp's loads cover
+// consecutive heads' contiguous bytes (D = 64: 8 heads = 1 KB). The loads are issued before the
+// angles are computed, so the powf/sincosf work and the barrier overlap the memory latency.
+__global__ void __launch_bounds__(ROPE_MAX_BLOCK)
+    rope_packed_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, float sign) {
+  extern __shared__ float angles[];  // (tokens, D/2) cos, then (tokens, D/2) sin
+  const int half = D / 2, groups = half / BF16_PER_PACK, heads = Hq + Hkv;
+  const int per_token = heads * groups, tokens = blockDim.x / per_token;
+  const int t0 = blockIdx.x * tokens;
+  float *cos_t = angles, *sin_t = angles + tokens * half;
+  const int local = threadIdx.x / per_token, rem = threadIdx.x % per_token;
+  const int t = t0 + local;
+  const bool active = local < tokens && t < T;
+  const int head = rem / groups, i0 = (rem % groups) * BF16_PER_PACK;
+  bf16 *x = qkv + (size_t)t * (Hq + 2 * Hkv) * D + (size_t)head * D + i0;
+  uint4 a, b;  // 8 bf16 each, as 4 words (a struct of 8 bf16 can take 8 registers)
+  if (active) a = *reinterpret_cast<const uint4 *>(x), b = *reinterpret_cast<const uint4 *>(x + half);
+  for (int j = threadIdx.x; j < tokens * half; j += blockDim.x) {
+    const int tj = t0 + j / half, i = j % half;
+    if (tj < T) {
+      const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
+      float sn, cs;
+      sincosf((float)pos[tj] * inv_freq, &sn, &cs);
+      cos_t[j] = cs, sin_t[j] = sign * sn;
     }
   }
-  float c[BF16_PER_PACK], s[BF16_PER_PACK];
+  __syncthreads();
+  if (!active) return;
+  const float *c = cos_t + local * half + i0, *sn = sin_t + local * half + i0;
+  const uint32_t wa[4] = {a.x, a.y, a.z, a.w}, wb[4] = {b.x, b.y, b.z, b.w};
+  uint32_t oa[4], ob[4];
 #pragma unroll
-  for (int k = 0; k < BF16_PER_PACK; k++) {
-    float inv_freq = 1.0f / powf(theta, (float)(2 * (i0 + k)) / (float)D);
-    sincosf((float)pos[t] * inv_freq, &s[k], &c[k]);
-    s[k] *= sign;
+  for (int w = 0; w < 4; w++) {  // word w holds pairs 2w (low half) and 2w + 1 (high half)
+    const float x1_lo = __uint_as_float(wa[w] << 16), x1_hi = __uint_as_float(wa[w] & 0xffff0000u);
+    const float x2_lo = __uint_as_float(wb[w] << 16), x2_hi = __uint_as_float(wb[w] & 0xffff0000u);
+    const int k = 2 * w;
+    oa[w] = pack_bf16x2_rn(x1_lo * c[k] - x2_lo * sn[k], x1_hi * c[k + 1] - x2_hi * sn[k + 1]);
+    ob[w] = pack_bf16x2_rn(x2_lo * c[k] + x1_lo * sn[k], x2_hi * c[k + 1] + x1_hi * sn[k + 1]);
   }
-#pragma unroll
-  for (int j = 0; j < ROPE_HEADS_PER_THREAD; j++) {
-    if (h0 + j < heads) {
-      bf16x8 oa, ob;
-#pragma unroll
-      for (int k = 0; k < BF16_PER_PACK; k++) {
-        float x1 = bf2f(a[j].v[k]), x2 = bf2f(b[j].v[k]);
-        oa.v[k] = f2bf(x1 * c[k] - x2 * s[k]);
-        ob.v[k] = f2bf(x2 * c[k] + x1 * s[k]);
-      }
-      bf16 *x = row + (size_t)(h0 + j) * D + i0;
-      store_bf16x8(x, oa);
-      store_bf16x8(x + half, ob);
-    }
-  }
+  *reinterpret_cast<uint4 *>(x) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
+  *reinterpret_cast<uint4 *>(x + half) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
 }
 
 void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, int inverse) {
   size_t n = (size_t)T * (Hq + Hkv) * (D / 2);
   if (n == 0) return;
-  if ((D / 2) % BF16_PER_PACK == 0 && aligned16(qkv)) {
-    size_t threads = (size_t)T * (D / 2 / BF16_PER_PACK) * ceil_div_int(Hq + Hkv, ROPE_HEADS_PER_THREAD);
-    rope_packed_kernel<<<ceil_div_int(threads, ROPE_THREADS), ROPE_THREADS, 0, SN_STREAM>>>(
+  const int per_token = (Hq + Hkv) * (D / 2 / BF16_PER_PACK);
+  const int tokens = per_token >= ROPE_THREADS || per_token == 0 ? 1 : ROPE_THREADS / per_token;
+  const size_t smem = (size_t)2 * tokens * (D / 2) * sizeof(float);
+  if ((D / 2) % BF16_PER_PACK == 0 && aligned16(qkv) && per_token <= ROPE_MAX_BLOCK && smem <= ROPE_MAX_SMEM) {
+    rope_packed_kernel<<<ceil_div_int(T, tokens), tokens * per_token, smem, SN_STREAM>>>(
         (bf16 *)qkv, pos, T, Hq, Hkv, D, theta, inverse ? -1.0f : 1.0f);
     launchCheck();
     return;

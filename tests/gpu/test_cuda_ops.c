@@ -124,6 +124,21 @@ static double compare(const char *what, pair p, double tol) {
 }
 
 // cu_seqlens (B+1) for the given lengths; returns T.
+// The GPU op run twice on the same inputs must give the same bits (no order-dependent float sums).
+// storage_bytes: the size of the output buffers first and again.
+static void check_repeatable(const char *what, const void *first, const void *again, size_t storage_bytes) {
+  unsigned char *a = mallocCheck(storage_bytes ? storage_bytes : 1), *b = mallocCheck(storage_bytes ? storage_bytes : 1);
+  gpu->download(a, first, storage_bytes), gpu->download(b, again, storage_bytes);
+  size_t differ = 0;
+  for (size_t i = 0; i < storage_bytes; i++) differ += a[i] != b[i];
+  CHECK(differ == 0, "%s: %zu of %zu bytes differ between two GPU runs", what, differ, storage_bytes);
+  if (verbose_rows) {
+    printf("%-58s %s\n", what, differ ? "FAIL" : "identical");
+    fflush(stdout);
+  }
+  free(a), free(b);
+}
+
 static int make_cu(int32_t *cu, const int *lens, int B) {
   cu[0] = 0;
   for (int b = 0; b < B; b++) cu[b + 1] = cu[b] + lens[b];
@@ -183,12 +198,16 @@ static void check_embedding(int T, int C, int V) {
   cpu->embedding_forward(out.c, id.c, table.c, T, C, 1), gpu->embedding_forward(out.g, id.g, table.g, T, C, 1);
   snprintf(name, sizeof name, "embedding_forward accumulate T=%d C=%d", T, C);
   compare(name, out, BF16_TOL);
-  pair dout = st_rand((size_t)T * C, 1.0f), dtable = st_rand((size_t)V * C, 1.0f);
+  float *table0 = randn((size_t)V * C, 1.0f);  // dtable accumulates: both GPU runs start from it
+  pair dout = st_rand((size_t)T * C, 1.0f), dtable = pair_new((size_t)V * C, table0, 0);
+  pair again = pair_new((size_t)V * C, table0, 0);
   cpu->embedding_backward(dtable.c, dout.c, id.c, T, C, V), gpu->embedding_backward(dtable.g, dout.g, id.g, T, C, V);
   snprintf(name, sizeof name, "embedding_backward T=%d C=%d V=%d", T, C, V);
   compare(name, dtable, BF16_TOL);
-  pair_free(&id), pair_free(&table), pair_free(&out), pair_free(&dout), pair_free(&dtable);
-  free(ids);
+  gpu->embedding_backward(again.g, dout.g, id.g, T, C, V);
+  check_repeatable("  embedding_backward run twice", dtable.g, again.g, (size_t)V * C * gpu->storage_size);
+  pair_free(&id), pair_free(&table), pair_free(&out), pair_free(&dout), pair_free(&dtable), pair_free(&again);
+  free(ids), free(table0);
 }
 
 static void check_norms(int T, int C) {
@@ -229,6 +248,17 @@ static void check_norms(int T, int C) {
     compare(name, dx, BF16_TOL);
     compare("  layernorm_backward dweight", dw, BF16_TOL);
     compare("  layernorm_backward dbias", db, BF16_TOL);
+  }
+  {  // the column sums' order is fixed: a second run gives the same bits
+    float *zeros = calloc(C, sizeof(float));  // dweight and dbias accumulate: both runs start at 0
+    pair dx2 = st_poison(n), dw2 = pair_new(C, zeros, 0), db2 = pair_new(C, zeros, 0);
+    gpu->upload_f32(dw.g, zeros, C), gpu->upload_f32(db.g, zeros, C);
+    free(zeros);
+    gpu->layernorm_backward(dx.g, dw.g, db.g, dout.g, x.g, w.g, mean.g, rstd.g, T, C, 0);
+    gpu->layernorm_backward(dx2.g, dw2.g, db2.g, dout.g, x.g, w.g, mean.g, rstd.g, T, C, 0);
+    check_repeatable("  layernorm_backward dweight run twice", dw.g, dw2.g, C * gpu->storage_size);
+    check_repeatable("  layernorm_backward dbias run twice", db.g, db2.g, C * gpu->storage_size);
+    pair_free(&dx2), pair_free(&dw2), pair_free(&db2);
   }
   cpu->add_layernorm_forward(res.c, out.c, mean.c, rstd.c, x.c, y.c, w.c, bias.c, T, C, eps);
   gpu->add_layernorm_forward(res.g, out.g, mean.g, rstd.g, x.g, y.g, w.g, bias.g, T, C, eps);
@@ -286,6 +316,10 @@ static void check_rope_attention(const int *lens, int B, int Hq, int Hkv, int D,
   gpu->attention_backward(dqkv.g, dout.g, qkv.g, out.g, lse.g, cup.g, B, T, max_len, Hq, Hkv, D, causal, scale);
   snprintf(name, sizeof name, "attention_backward B=%d T=%d Hq=%d Hkv=%d D=%d causal=%d", B, T, Hq, Hkv, D, causal);
   compare(name, dqkv, ATTN_BWD_TOL);
+  pair again = st_poison((size_t)T * row);
+  gpu->attention_backward(again.g, dout.g, qkv.g, out.g, lse.g, cup.g, B, T, max_len, Hq, Hkv, D, causal, scale);
+  check_repeatable("  attention_backward run twice", dqkv.g, again.g, (size_t)T * row * gpu->storage_size);
+  pair_free(&again);
   pair_free(&cup), pair_free(&posp), pair_free(&qkv), pair_free(&out), pair_free(&lse), pair_free(&dout);
   pair_free(&dqkv);
   free(cu), free(pos);
@@ -530,9 +564,15 @@ int main(int argc, char **argv) {
     if (!quick || elem_sizes[i] < 10000) check_elementwise(elem_sizes[i]);
   check_swiglu(1, 8), check_swiglu(3, 37), check_swiglu(65, 4864);
   check_embedding(1, 64, 10), check_embedding(129, 37, 1000);
-  if (!quick) check_embedding(16384, 896, 32000);
+  // Long runs of one id (split into segments and combined), several sort tiles, T not a multiple
+  // of a tile; one id for every token; past 32k tokens (larger tiles).
+  check_embedding(3000, 37, 5), check_embedding(20000, 64, 1);
+  if (!quick) check_embedding(16384, 896, 32000), check_embedding(40000, 64, 3);
 
-  int norm_shapes[][2] = {{1, 64}, {3, 37}, {65, 896}, {16384, 896}, {4096, 1536}, {2048, 3584}};
+  // Also: a row group with a part-idle last warp (2056, 4104), the widest packed block (8192), and
+  // packed C past it (8200: the two-kernel path).
+  int norm_shapes[][2] = {{1, 64},     {3, 37},    {65, 896},  {16384, 896}, {4096, 1536},
+                          {2048, 3584}, {129, 2056}, {33, 4104}, {70, 8192},   {3, 8200}};
   for (size_t i = 0; i < SN_ARRAY_LEN(norm_shapes); i++) {
     if (quick && norm_shapes[i][0] > 100) continue;
     check_norms(norm_shapes[i][0], norm_shapes[i][1]);
@@ -562,6 +602,11 @@ int main(int argc, char **argv) {
       int l4[32];
       for (int i = 0; i < 32; i++) l4[i] = i % 2 ? 512 : 32;  // 8.7k tokens: docs and queries
       check_rope_attention(l4, 32, 14, 2, 64, 1);
+      // Long sequences: 32 key blocks chained per query tile, with GQA and both head dims.
+      int l5[] = {2048, 1000, 1};
+      check_rope_attention(l5, 3, 14, 2, 64, 1);
+      check_rope_attention(l5, 3, 12, 2, 128, 1);
+      check_rope_attention(l5, 3, 6, 6, 64, 0);
     }
   }
   int lens[] = {1, 5, 64, 65, 3};
