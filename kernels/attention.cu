@@ -20,10 +20,7 @@
 //   C (16x8, fp32):       c[0..1] = (g, 2q..2q+1), c[2..3] = (g+8, 2q..2q+1)
 #include "common.cuh"
 
-#define ATTN_WARPS 4
-#define ATTN_THREADS (ATTN_WARPS * WARP_SIZE)
 #define ATTN_ROWS_PER_WARP 16
-#define ATTN_TILE_Q (ATTN_WARPS * ATTN_ROWS_PER_WARP)  // 64 query rows per block
 #define ATTN_TILE_K 64                                 // keys per shared-memory tile
 #define DKV_WARPS 4  // dK/dV kernel warps (16 keys each); 8 measured slower (1.72 ms vs 1.62 ms, L=2048 D=64)
 #define DKV_TILE_K (DKV_WARPS * ATTN_ROWS_PER_WARP)  // keys per dK/dV block
