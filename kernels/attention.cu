@@ -9,10 +9,11 @@
 // online softmax in registers (log2 domain). Saves lse (Hq, T), natural log of the scaled scores.
 //
 // Backward, deterministic (no atomics on data): delta = rowsum(dO * O) first; then one kernel per
-// (key tile, sequence, kv head) that loops over the query tiles and the group's query heads,
-// recomputes the probabilities once, and makes dK, dV and a dQ contribution from them (5 tile
-// products). The dQ contributions of the key tiles are added into an fp32 accumulator in a fixed
-// order (key tile 0 first), each key tile waiting on a counter its predecessor releases.
+// (key tile of 64 keys, or 128 from BWD_WIDE_MIN_SEQLEN on, sequence, kv head) that loops over the
+// query tiles and the group's query heads, recomputes the probabilities once, and makes dK, dV and
+// a dQ contribution from them (5 tile products). The dQ contributions of the key tiles are added
+// into an fp32 accumulator in a fixed order (key tile 0 first), each key tile waiting on a counter
+// its predecessor releases.
 //
 // mma.sync m16n8k16 fragments (lane = 4 * g + q):
 //   A (16x16, row-major): a[0] = (g, 2q..2q+1), a[1] = (g+8, 2q..), a[2] = (g, 2q+8..), a[3] = (g+8, 2q+8..)
@@ -22,12 +23,14 @@
 
 #define ATTN_ROWS_PER_WARP 16
 #define ATTN_TILE_K 64                                 // keys per shared-memory tile
-#define DKV_WARPS 4  // dK/dV kernel warps (16 keys each); 8 measured slower (1.72 ms vs 1.62 ms, L=2048 D=64)
-#define DKV_TILE_K (DKV_WARPS * ATTN_ROWS_PER_WARP)  // keys per dK/dV block
 #define ATTN_SMEM_PAD 8  // bf16 per row: shifts rows by 4 banks, so fragment loads are conflict-free
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 #define DQ_POLL_NS 32  // backoff between polls of the dQ order counter
+// Backward blocks of 8 warps (128 keys) from this longest sequence on, 4 warps (64 keys) below: the
+// wider block halves the dQ accumulator traffic (H100: 1343 vs 1515 us at L=2048, 662 vs 722 at
+// L=512 D=128) but leaves too few blocks for short sequences (201 vs 187 us at L=128, 94 vs 63 at L=32).
+#define BWD_WIDE_MIN_SEQLEN 512  // backoff between polls of the dQ order counter
 
 // ---- tensor-core and fragment helpers -----------------------------------------------------------------
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
@@ -40,6 +43,14 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t *>(&v);
+}
+// 2^x by the special-function unit alone (exp2f adds a range check and two multiplies for inputs
+// below -126, whose results flush to zero here: far under bf16's resolution of a probability).
+// Relative error about 2^-22; ex2(-inf) = 0, as masking needs.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 // ldmatrix x4: threads 0-7, 8-15, 16-23, 24-31 give the row addresses of matrices 0..3; r[j] is
@@ -217,7 +228,7 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_forward_kernel(bf
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
       float m_new = fmaxf(m_run[r], mx[r]);
       m_use[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at 0
-      corr[r] = exp2f(m_run[r] - m_use[r]);
+      corr[r] = fast_exp2(m_run[r] - m_use[r]);
       m_run[r] = m_new;
       l_run[r] *= corr[r];
     }
@@ -225,7 +236,7 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_forward_kernel(bf
     for (int j = 0; j < NK; j++) {
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        s[j][e] = exp2f(s[j][e] - m_use[e / 2]);
+        s[j][e] = fast_exp2(s[j][e] - m_use[e / 2]);
         l_run[e / 2] += s[j][e];
       }
     }
@@ -322,15 +333,24 @@ __device__ __forceinline__ void load_a_frag_trans(uint32_t a[4], const bf16 *s, 
   ldsm_x4_trans(a, s + (k0 + (lane & 7) + (lane >> 4) * 8) * ld + m0 + ((lane >> 3) & 1) * 8);
 }
 
-template <int D>
+// WARPS warps of 16 keys each: a block owns KEYS = 16 WARPS keys. The dQ product (TQ, D) is cut into
+// column pairs (16 columns) and, when there are more warps than pairs, into ROW_SPLIT row ranges:
+// a warp makes rows m0 * 16 .. of M_SPAN row tiles for up to PAIR_SPAN pairs (pair, pair + COL_GROUPS, ...).
+template <int D, int WARPS>
 struct fused_bwd_tile {
   static constexpr int TQ = dkv_tile<D>::TQ;
+  static constexpr int KEYS = WARPS * ATTN_ROWS_PER_WARP;  // keys per block
   static constexpr int LDS = TQ + ATTN_SMEM_PAD;           // dS^T row stride (bf16)
   static constexpr int LDQ = D + 2 * F32_PER_PACK;         // fp32 dQ tile row stride: float2 writes conflict-free
   static constexpr int N_PAIRS = D / 16;                   // dQ column pairs of n-tiles
-  static constexpr int PAIRS_PER_WARP = (N_PAIRS + DKV_WARPS - 1) / DKV_WARPS;
-  static constexpr int M_TILES = TQ / 16;                  // dQ row tiles (all warps)
-  static constexpr int CHUNKS = TQ * D / F32_PER_PACK;     // 16-byte pieces of a dQ tile
+  static constexpr int M_TILES = TQ / 16;                  // dQ row tiles
+  static constexpr int ROW_SPLIT_WANTED = WARPS > N_PAIRS ? WARPS / N_PAIRS : 1;
+  static constexpr int ROW_SPLIT = ROW_SPLIT_WANTED < M_TILES ? ROW_SPLIT_WANTED : M_TILES;
+  static constexpr int M_SPAN = M_TILES / ROW_SPLIT;
+  static constexpr int COL_GROUPS = WARPS / ROW_SPLIT;
+  static constexpr int PAIR_SPAN = (N_PAIRS + COL_GROUPS - 1) / COL_GROUPS;
+  static constexpr int CHUNKS = TQ * D / F32_PER_PACK;  // 16-byte pieces of a dQ tile
+  static_assert(M_TILES % ROW_SPLIT == 0 && WARPS % ROW_SPLIT == 0, "the dQ rows split evenly over the warps");
 };
 
 // The dQ tile (query head h, rows q0..) a step contributed to, parked until the next step adds it.
@@ -338,34 +358,35 @@ struct dq_pending {
   int live, h, q0, qt, kb_last;
 };
 
-template <int D>
-__global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_fused_kernel(
+template <int D, int WARPS>
+__global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_kernel(
     bf16 *dqkv, float *dq_accum, int *dq_ready, const bf16 *dout, const bf16 *qkv, const float *lse,
     const float *delta, const int32_t *cu_seqlens, int B, int max_q_tiles, attn_dims p) {
-  using F = fused_bwd_tile<D>;
+  using F = fused_bwd_tile<D, WARPS>;
+  constexpr int KEYS = F::KEYS;
   constexpr int LD = D + ATTN_SMEM_PAD;
   constexpr int TQ = F::TQ;
   constexpr int NQ = TQ / 8, ND = D / 8;
   constexpr int STAGE_BYTES = 2 * TQ * LD * (int)sizeof(bf16) + 2 * TQ * (int)sizeof(float);
   constexpr int CHUNKS_PER_ROW = D / F32_PER_PACK;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + DKV_TILE_K * LD;
-  unsigned char *stage_base = reinterpret_cast<unsigned char *>(Vs + DKV_TILE_K * LD);
-  bf16 *dSs = reinterpret_cast<bf16 *>(stage_base + 2 * STAGE_BYTES);  // (DKV_TILE_K, TQ) dS^T
-  float *parked = reinterpret_cast<float *>(dSs + DKV_TILE_K * F::LDS);  // (TQ, D) contribution
+  bf16 *Ks = reinterpret_cast<bf16 *>(smem_raw), *Vs = Ks + KEYS * LD;
+  unsigned char *stage_base = reinterpret_cast<unsigned char *>(Vs + KEYS * LD);
+  bf16 *dSs = reinterpret_cast<bf16 *>(stage_base + 2 * STAGE_BYTES);  // (KEYS, TQ) dS^T
+  float *parked = reinterpret_cast<float *>(dSs + KEYS * F::LDS);  // (TQ, D) contribution
   float *fetched = parked + TQ * F::LDQ;                                // (TQ, D) accumulator so far
 
   const int groups = B * p.Hkv;
   const int kb = blockIdx.x / groups, b = (blockIdx.x % groups) / p.Hkv, hk = blockIdx.x % p.Hkv;
   const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
-  const int k0 = kb * DKV_TILE_K;
+  const int k0 = kb * KEYS;
   if (k0 >= L) return;
   const int group = p.Hq / p.Hkv;
   const size_t stride = (size_t)(p.Hq + 2 * p.Hkv) * D, o_stride = (size_t)p.Hq * D;
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
   const int wrow = warp * ATTN_ROWS_PER_WARP;
-  const int kvalid = min(DKV_TILE_K, L - k0);
-  const int n_qt = ceil_div_dev(L, TQ), n_kb = ceil_div_dev(L, DKV_TILE_K);
+  const int kvalid = min(KEYS, L - k0);
+  const int n_qt = ceil_div_dev(L, TQ), n_kb = ceil_div_dev(L, KEYS);
   // Causal: query tiles before qt_first see none of these keys.
   const int qt_first = p.causal ? k0 / TQ : 0;
   const int nsteps = group * (n_qt - qt_first);
@@ -438,9 +459,9 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_fuse
     }
   };
 
-  load_tile_async<D, DKV_TILE_K>(Ks, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + hk) * D, stride,
+  load_tile_async<D, KEYS>(Ks, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + hk) * D, stride,
                                   kvalid);
-  load_tile_async<D, DKV_TILE_K>(Vs, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + p.Hkv + hk) * D,
+  load_tile_async<D, KEYS>(Vs, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + p.Hkv + hk) * D,
                                   stride, kvalid);
   issue(0);  // commits K, V and step 0 as one group
   const int key_abs[2] = {k0 + wrow + g, k0 + wrow + g + 8};
@@ -489,14 +510,17 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_fuse
         mma_bf16(dpt[j + 1], va, o1f);
       }
     }
-    // P^T and dS^T = P^T (dP^T - delta[query]); dS^T also to shared memory for dQ.
+    // P^T and dS^T = P^T (dP^T - delta[query]); dS^T also to shared memory for dQ. Every tile is
+    // masked: an unmasked path for tiles off the diagonal measured slower (1397 vs 1306-1319 us at
+    // L=2048; the loop body grows), and the exponential is a select, not a branch per element.
 #pragma unroll
     for (int j = 0; j < NQ; j++) {
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         int qi = j * 8 + 2 * q + (e & 1), qrow = q0 + qi, r = e / 2;
         bool ok = qrow < L && key_abs[r] < L && (!p.causal || key_abs[r] <= qrow);
-        float pr = ok ? exp2f(st_[j][e] * p.scale_log2 - lse2_s[qi]) : 0.0f;
+        const float e2 = fast_exp2(st_[j][e] * p.scale_log2 - lse2_s[qi]);
+        float pr = ok ? e2 : 0.0f;
         st_[j][e] = pr;
         dpt[j][e] = pr * (dpt[j][e] - delta_s[qi]);
       }
@@ -526,48 +550,49 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_fuse
     stored = pend;
     __syncthreads();  // the whole dS tile is in shared memory; the parked tile has been read
 
-    // This step's dQ contribution (TQ, D) = dS K: warps split the columns in pairs of n-tiles; parked
-    // in shared memory for the next step.
-    float dq[F::M_TILES][F::PAIRS_PER_WARP][2][4];
+    // This step's dQ contribution (TQ, D) = dS K: warps split the columns in pairs of n-tiles (and the
+    // rows, when there are more warps than pairs); parked in shared memory for the next step.
+    const int m0 = (warp % F::ROW_SPLIT) * F::M_SPAN, col_group = warp / F::ROW_SPLIT;
+    float dq[F::M_SPAN][F::PAIR_SPAN][2][4];
 #pragma unroll
-    for (int m = 0; m < F::M_TILES; m++)
+    for (int m = 0; m < F::M_SPAN; m++)
 #pragma unroll
-      for (int np = 0; np < F::PAIRS_PER_WARP; np++)
+      for (int np = 0; np < F::PAIR_SPAN; np++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dq[m][np][0][e] = dq[m][np][1][e] = 0.0f;
 #pragma unroll
-    for (int kk = 0; kk < DKV_TILE_K / 16; kk++) {
+    for (int kk = 0; kk < KEYS / 16; kk++) {
 #pragma unroll
-      for (int np = 0; np < F::PAIRS_PER_WARP; np++) {
-        const int pair = warp + np * DKV_WARPS;
+      for (int np = 0; np < F::PAIR_SPAN; np++) {
+        const int pair = col_group + np * F::COL_GROUPS;
         if (pair >= F::N_PAIRS) break;
         uint32_t b0[2], b1[2];
         load_b2_kn(b0, b1, Ks, LD, kk * 16, pair * 16, lane);
 #pragma unroll
-        for (int m = 0; m < F::M_TILES; m++) {
+        for (int m = 0; m < F::M_SPAN; m++) {
           uint32_t a[4];
-          load_a_frag_trans(a, dSs, F::LDS, m * 16, kk * 16, lane);
+          load_a_frag_trans(a, dSs, F::LDS, (m0 + m) * 16, kk * 16, lane);
           mma_bf16(dq[m][np][0], a, b0);
           mma_bf16(dq[m][np][1], a, b1);
         }
       }
     }
 #pragma unroll
-    for (int m = 0; m < F::M_TILES; m++)
+    for (int m = 0; m < F::M_SPAN; m++)
 #pragma unroll
-      for (int np = 0; np < F::PAIRS_PER_WARP; np++) {
-        const int pair = warp + np * DKV_WARPS;
+      for (int np = 0; np < F::PAIR_SPAN; np++) {
+        const int pair = col_group + np * F::COL_GROUPS;
         if (pair >= F::N_PAIRS) break;
 #pragma unroll
         for (int half = 0; half < 2; half++)
 #pragma unroll
           for (int r = 0; r < 2; r++)
-            *reinterpret_cast<float2 *>(parked + (m * 16 + g + 8 * r) * F::LDQ + pair * 16 + half * 8 + 2 * q) =
-                make_float2(dq[m][np][half][2 * r], dq[m][np][half][2 * r + 1]);
+            *reinterpret_cast<float2 *>(parked + ((m0 + m) * 16 + g + 8 * r) * F::LDQ + pair * 16 + half * 8 +
+                                        2 * q) = make_float2(dq[m][np][half][2 * r], dq[m][np][half][2 * r + 1]);
       }
     const int qt = q0 / TQ;
     pend.live = 1, pend.h = h, pend.q0 = q0, pend.qt = qt;
-    pend.kb_last = p.causal ? min(n_kb - 1, ((qt + 1) * TQ - 1) / DKV_TILE_K) : n_kb - 1;
+    pend.kb_last = p.causal ? min(n_kb - 1, ((qt + 1) * TQ - 1) / KEYS) : n_kb - 1;
     __syncthreads();  // this stage is refilled next step; the parked tile is complete
   }
   // The last step's contribution, then both outstanding releases.
@@ -597,13 +622,14 @@ __global__ void __launch_bounds__(DKV_WARPS * WARP_SIZE) attention_backward_fuse
 #define ATTN_FWD_WARPS 4
 template <int D>
 static size_t fwd_smem(void) { return (size_t)2 * 2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16); }
-template <int D>
+template <int D, int WARPS>
 static size_t bwd_smem(void) {
-  using F = fused_bwd_tile<D>;
+  using F = fused_bwd_tile<D, WARPS>;
+  constexpr size_t KEYS = F::KEYS;
   constexpr size_t LD = D + ATTN_SMEM_PAD;
-  const size_t kv = (size_t)2 * DKV_TILE_K * LD * sizeof(bf16);
+  const size_t kv = (size_t)2 * KEYS * LD * sizeof(bf16);
   const size_t stages = 2 * ((size_t)2 * F::TQ * LD * sizeof(bf16) + 2 * F::TQ * sizeof(float));
-  const size_t ds = (size_t)DKV_TILE_K * F::LDS * sizeof(bf16);
+  const size_t ds = (size_t)KEYS * F::LDS * sizeof(bf16);
   const size_t dq_tiles = (size_t)2 * F::TQ * F::LDQ * sizeof(float);
   return kv + stages + ds + dq_tiles;
 }
@@ -631,20 +657,29 @@ static void launch_forward(bf16 *out, float *lse, const bf16 *qkv, const int32_t
   launch_forward_warps<D, ATTN_FWD_WARPS>(out, lse, qkv, cu, B, max_seqlen, p);
 }
 
-template <int D>
-static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse,
+template <int D, int WARPS>
+static void launch_backward_warps(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse,
                                   const float *delta, const int32_t *cu, int B, int max_seqlen, attn_dims p) {
+  using F = fused_bwd_tile<D, WARPS>;
   static bool ready_smem = false;
-  allow_smem(attention_backward_fused_kernel<D>, bwd_smem<D>(), &ready_smem);
-  const int max_q_tiles = ceil_div_int(max_seqlen, fused_bwd_tile<D>::TQ);
-  const int n_kb = ceil_div_int(max_seqlen, DKV_TILE_K);
+  allow_smem(attention_backward_fused_kernel<D, WARPS>, bwd_smem<D, WARPS>(), &ready_smem);
+  const int max_q_tiles = ceil_div_int(max_seqlen, F::TQ);
+  const int n_kb = ceil_div_int(max_seqlen, F::KEYS);
   float *dq_accum = (float *)sn_cuda_scratch(SCRATCH_ATTN_DQ_ACCUM, (size_t)p.T * p.Hq * D * sizeof(float));
   const size_t counters = (size_t)B * p.Hq * max_q_tiles * sizeof(int);
   int *dq_ready = (int *)sn_cuda_scratch(SCRATCH_ATTN_DQ_ORDER, counters);
   cudaCheck(cudaMemsetAsync(dq_ready, 0, counters, SN_STREAM));
-  attention_backward_fused_kernel<D><<<n_kb * B * p.Hkv, DKV_WARPS * WARP_SIZE, bwd_smem<D>(), SN_STREAM>>>(
+  attention_backward_fused_kernel<D, WARPS><<<n_kb * B * p.Hkv, WARPS * WARP_SIZE, bwd_smem<D, WARPS>(), SN_STREAM>>>(
       dqkv, dq_accum, dq_ready, dout, qkv, lse, delta, cu, B, max_q_tiles, p);
   launchCheck();
+}
+template <int D>
+static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse, const float *delta,
+                            const int32_t *cu, int B, int max_seqlen, attn_dims p) {
+  if (max_seqlen >= BWD_WIDE_MIN_SEQLEN)
+    launch_backward_warps<D, 8>(dqkv, dout, qkv, lse, delta, cu, B, max_seqlen, p);
+  else
+    launch_backward_warps<D, 4>(dqkv, dout, qkv, lse, delta, cu, B, max_seqlen, p);
 }
 
 static attn_dims make_dims(int T, int Hq, int Hkv, int D, int causal, float scale) {
