@@ -128,6 +128,9 @@ void *sn_cuda_scratch(scratch_slot slot, size_t bytes);
 // Adds fp32 partial sums (nparts, n) in a fixed order into dst (n) of storage dtype, rounding once:
 // the deterministic second stage of every cross-block reduction into a bf16 weight gradient.
 void sn_cuda_reduce_partials_into_bf16(bf16 *dst, const float *partials, int nparts, int n);
+// The same for two outputs in one launch: partials (2, nparts, n), the second block into dst1 (when
+// dst1 is non-NULL).
+void sn_cuda_reduce_partials2_into_bf16(bf16 *dst0, bf16 *dst1, const float *partials, int nparts, int n);
 
 // ---- entry points of each kernel file ------------------------------------------------------------
 // memory.cu

@@ -162,30 +162,40 @@ void cuda_scale_f32(float *x, float s, size_t n) {
 }
 
 // ---- deterministic second stage of cross-block reductions -------------------------------------------
-// dst (n) += sum over p of partials (nparts, n). A block owns REDUCE_COLS columns; its REDUCE_SLICES
-// thread rows each sum the parts p = slice, slice + REDUCE_SLICES, ... in order, then the slices are
-// added in order: a fixed summation order (deterministic), with enough loads in flight that a few
-// hundred columns by a thousand parts is not latency-bound.
+// dst (n) += sum over p of partials (nparts, n); with a second output, blockIdx.y = 1 reduces the
+// next (nparts, n) block of partials into dst1 in the same launch. A block owns REDUCE_COLS columns
+// (a warp reads a 128-byte row segment); its REDUCE_SLICES thread rows each sum the parts p = slice,
+// slice + REDUCE_SLICES, ... in order, REDUCE_UNROLL loads in flight, then the slices are added in
+// order: a fixed summation order (deterministic), rounding to bf16 once.
 #define REDUCE_COLS 32
-#define REDUCE_SLICES 16
-__global__ void reduce_partials_kernel(bf16 *dst, const float *partials, int nparts, int n) {
+#define REDUCE_SLICES 32
+static constexpr int REDUCE_UNROLL = 8;  // #pragma unroll takes no macro
+__global__ void __launch_bounds__(REDUCE_COLS *REDUCE_SLICES)
+    reduce_partials_kernel(bf16 *dst0, bf16 *dst1, const float *partials, int nparts, int n) {
   __shared__ float slice_sums[REDUCE_SLICES][REDUCE_COLS];
   const int col = threadIdx.x % REDUCE_COLS, slice = threadIdx.x / REDUCE_COLS;
   const int j = blockIdx.x * REDUCE_COLS + col;
+  const float *src = partials + (size_t)blockIdx.y * nparts * n;
   float sum = 0.0f;
-  if (j < n)
-    for (int p = slice; p < nparts; p += REDUCE_SLICES) sum += partials[(size_t)p * n + j];
+  if (j < n) {
+#pragma unroll REDUCE_UNROLL
+    for (int p = slice; p < nparts; p += REDUCE_SLICES) sum += src[(size_t)p * n + j];
+  }
   slice_sums[slice][col] = sum;
   __syncthreads();
   if (slice == 0 && j < n) {
     float total = 0.0f;
 #pragma unroll
     for (int k = 0; k < REDUCE_SLICES; k++) total += slice_sums[k][col];
+    bf16 *dst = blockIdx.y ? dst1 : dst0;
     dst[j] = f2bf(bf2f(dst[j]) + total);
   }
 }
-void sn_cuda_reduce_partials_into_bf16(bf16 *dst, const float *partials, int nparts, int n) {
-  reduce_partials_kernel<<<ceil_div_int(n, REDUCE_COLS), REDUCE_COLS * REDUCE_SLICES, 0, SN_STREAM>>>(
-      dst, partials, nparts, n);
+void sn_cuda_reduce_partials2_into_bf16(bf16 *dst0, bf16 *dst1, const float *partials, int nparts, int n) {
+  dim3 grid(ceil_div_int(n, REDUCE_COLS), dst1 ? 2 : 1);
+  reduce_partials_kernel<<<grid, REDUCE_COLS * REDUCE_SLICES, 0, SN_STREAM>>>(dst0, dst1, partials, nparts, n);
   launchCheck();
+}
+void sn_cuda_reduce_partials_into_bf16(bf16 *dst, const float *partials, int nparts, int n) {
+  sn_cuda_reduce_partials2_into_bf16(dst, NULL, partials, nparts, n);
 }

@@ -27,11 +27,6 @@ static int fused_row_groups(int C) {
   const int groups = NORM_BWD_BLOCK_THREADS / fused_row_threads(C);
   return groups > 1 ? groups : 1;
 }
-// Second stage (partials (nparts, C) -> dweight/dbias): a block sums NORM_RED_COLS columns with
-// NORM_RED_SLICES slices of the parts in parallel; with 256 parts a thread issues 8 loads at once.
-#define NORM_RED_COLS 32                  // a warp's 128-byte row segment of the partials
-#define NORM_RED_SLICES 32
-static constexpr int NORM_RED_UNROLL = 8;  // loads a thread keeps in flight (#pragma unroll takes no macro)
 
 // ---- VEC-wide row access: VEC = 8 (16-byte packs, C % 8 == 0 and aligned) or 1 (anything) -------
 template <int VEC>
@@ -314,39 +309,6 @@ __global__ void norm_backward_dweight_kernel(float *partials_w, float *partials_
   if (IS_LAYERNORM) partials_b[(size_t)blockIdx.y * C + c] = acc_b;
 }
 
-// ---- backward: second stage, partials -> dweight (and dbias) ------------------------------------------
-// dweight (C) += sum over p of partials (nparts, C), and dbias from the next (nparts, C) when
-// blockIdx.y = 1: both in one launch. Slice k sums the parts p = k, k + NORM_RED_SLICES, ... in order,
-// then the slices are added in order: a fixed order (deterministic), rounding to bf16 once.
-__global__ void __launch_bounds__(NORM_RED_COLS *NORM_RED_SLICES) norm_reduce_partials_kernel(
-    bf16 *dweight, bf16 *dbias, const float *partials, int nparts, int C) {
-  __shared__ float slice_sums[NORM_RED_SLICES][NORM_RED_COLS];
-  const int col = threadIdx.x % NORM_RED_COLS, slice = threadIdx.x / NORM_RED_COLS;
-  const int j = blockIdx.x * NORM_RED_COLS + col;
-  const float *src = partials + (size_t)blockIdx.y * nparts * C;
-  float sum = 0.0f;
-  if (j < C) {
-#pragma unroll NORM_RED_UNROLL
-    for (int p = slice; p < nparts; p += NORM_RED_SLICES) sum += src[(size_t)p * C + j];
-  }
-  slice_sums[slice][col] = sum;
-  __syncthreads();
-  if (slice == 0 && j < C) {
-    float total = 0.0f;
-#pragma unroll
-    for (int k = 0; k < NORM_RED_SLICES; k++) total += slice_sums[k][col];
-    bf16 *dst = blockIdx.y ? dbias : dweight;
-    dst[j] = f2bf(bf2f(dst[j]) + total);
-  }
-}
-// partials: (nparts, C) for dweight, then (nparts, C) for dbias when dbias is non-NULL.
-static void reduce_norm_partials(bf16 *dweight, bf16 *dbias, const float *partials, int nparts, int C) {
-  dim3 grid(ceil_div_int(C, NORM_RED_COLS), dbias ? 2 : 1);
-  norm_reduce_partials_kernel<<<grid, NORM_RED_COLS * NORM_RED_SLICES, 0, SN_STREAM>>>(dweight, dbias, partials,
-                                                                                        nparts, C);
-  launchCheck();
-}
-
 // ---- backward: fused dx + column sums (16-byte packs, C <= 8192) ---------------------------------------
 // Packs held across steps stay four 32-bit words (bf16 pairs): as bf16x8 the compiler splits them
 // into eight 16-bit values of one register each (64 registers for the two row buffers: spills).
@@ -525,7 +487,7 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
         norm_backward_fused_kernel<IS_LAYERNORM, false><<<nparts, groups * row_threads, smem, SN_STREAM>>>(
             dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, row_threads);
       launchCheck();
-      reduce_norm_partials(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
+      sn_cuda_reduce_partials2_into_bf16(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
       return;
     }
   }
@@ -545,7 +507,7 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
   norm_backward_dweight_kernel<IS_LAYERNORM><<<wgrid, NORM_THREADS, 0, SN_STREAM>>>(
       partials, partials + part_floats, dout, x, mean, rstd, T, C);
   launchCheck();
-  reduce_norm_partials(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
+  sn_cuda_reduce_partials2_into_bf16(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
 }
 
 void cuda_rmsnorm_backward(void *dx, void *dweight, const void *dout, const void *x, const void *weight,
