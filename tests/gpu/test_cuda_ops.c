@@ -550,42 +550,69 @@ static void check_topk_exact(int N, int Q, int C, int k, int quantized) {
   free(ids), free(docs), free(queries), free(gi), free(hi), free(gs), free(hs), free(seen);
 }
 
+static const char *op_groups[] = {"elementwise", "embedding", "norms",     "matmul", "attention",
+                                   "pooling",     "losses",    "optimizer", "search"};
+static const char *only_group;  // run only this op group (NULL: all)
+static int wanted(const char *group) { return !only_group || !strcmp(only_group, group); }
+static int known_group(const char *group) {
+  for (size_t i = 0; i < SN_ARRAY_LEN(op_groups); i++)
+    if (!strcmp(op_groups[i], group)) return 1;
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  // --quick: small shapes only (for compute-sanitizer); --only GROUP: one op group (elementwise,
+  // embedding, norms, matmul, attention, pooling, losses, optimizer, search).
+  int quick = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--only") && i + 1 < argc && known_group(argv[i + 1])) only_group = argv[++i];
+    else {
+      fprintf(stderr, "usage: test_cuda_ops [--quick] [--only GROUP]\nGROUP:");
+      for (size_t g = 0; g < SN_ARRAY_LEN(op_groups); g++) fprintf(stderr, " %s", op_groups[g]);
+      fprintf(stderr, "\n");
+      return 2;
+    }
+  }
   const char *why = NULL;
   gpu = sn_ops_cuda(&why);
   if (!gpu) sn_test_skip(why ? why : "no CUDA backend");
   cpu = sn_ops_cpu();
-  int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;  // small shapes only
   verbose_rows = 1;
   sn_test_rng_seed(&rng, (uint64_t)sn_now_s() * 1000003u);  // fresh inputs every run
 
-  size_t elem_sizes[] = {1, 7, 4099, 1 << 20};
-  for (size_t i = 0; i < SN_ARRAY_LEN(elem_sizes); i++)
-    if (!quick || elem_sizes[i] < 10000) check_elementwise(elem_sizes[i]);
-  check_swiglu(1, 8), check_swiglu(3, 37), check_swiglu(65, 4864);
-  check_embedding(1, 64, 10), check_embedding(129, 37, 1000);
-  // Long runs of one id (split into segments and combined), several sort tiles, T not a multiple
-  // of a tile; one id for every token; past 32k tokens (larger tiles).
-  check_embedding(3000, 37, 5), check_embedding(20000, 64, 1);
-  if (!quick) check_embedding(16384, 896, 32000), check_embedding(40000, 64, 3);
-
-  // Also: a row group with a part-idle last warp (2056, 4104), the widest packed block (8192), and
-  // packed C past it (8200: the two-kernel path).
-  int norm_shapes[][2] = {{1, 64},     {3, 37},    {65, 896},  {16384, 896}, {4096, 1536},
-                          {2048, 3584}, {129, 2056}, {33, 4104}, {70, 8192},   {3, 8200}};
-  for (size_t i = 0; i < SN_ARRAY_LEN(norm_shapes); i++) {
-    if (quick && norm_shapes[i][0] > 100) continue;
-    check_norms(norm_shapes[i][0], norm_shapes[i][1]);
+  if (wanted("elementwise")) {
+    size_t elem_sizes[] = {1, 7, 4099, 1 << 20};
+    for (size_t i = 0; i < SN_ARRAY_LEN(elem_sizes); i++)
+      if (!quick || elem_sizes[i] < 10000) check_elementwise(elem_sizes[i]);
+    check_swiglu(1, 8), check_swiglu(3, 37), check_swiglu(65, 4864);
   }
-
-  check_matmul(1, 1, 1, 0, 1, 1, 0);
-  check_matmul(3, 37, 5, 0, 0, 0, 1);
-  check_matmul(65, 129, 33, 1, 0, 1, 1);
-  check_matmul(17, 64, 130, 1, 1, 0, 0);
-  if (!quick) check_matmul(16384, 896, 896, 0, 1, 1, 0);
-  if (!quick) check_matmul(512, 1536, 1536, 0, 0, 0, 1);
-
-  {
+  if (wanted("embedding")) {
+    check_embedding(1, 64, 10), check_embedding(129, 37, 1000);
+    // Long runs of one id (split into segments and combined), several sort tiles, T not a multiple
+    // of a tile; one id for every token; past 32k tokens (larger tiles).
+    check_embedding(3000, 37, 5), check_embedding(20000, 64, 1);
+    if (!quick) check_embedding(16384, 896, 32000), check_embedding(40000, 64, 3);
+  }
+  if (wanted("norms")) {
+    // Also: a row group with a part-idle last warp (2056, 4104), the widest packed block (8192), and
+    // packed C past it (8200: the two-kernel path).
+    int norm_shapes[][2] = {{1, 64},     {3, 37},    {65, 896},  {16384, 896}, {4096, 1536},
+                            {2048, 3584}, {129, 2056}, {33, 4104}, {70, 8192},   {3, 8200}};
+    for (size_t i = 0; i < SN_ARRAY_LEN(norm_shapes); i++) {
+      if (quick && norm_shapes[i][0] > 100) continue;
+      check_norms(norm_shapes[i][0], norm_shapes[i][1]);
+    }
+  }
+  if (wanted("matmul")) {
+    check_matmul(1, 1, 1, 0, 1, 1, 0);
+    check_matmul(3, 37, 5, 0, 0, 0, 1);
+    check_matmul(65, 129, 33, 1, 0, 1, 1);
+    check_matmul(17, 64, 130, 1, 1, 0, 0);
+    if (!quick) check_matmul(16384, 896, 896, 0, 1, 1, 0);
+    if (!quick) check_matmul(512, 1536, 1536, 0, 0, 0, 1);
+  }
+  if (wanted("attention")) {
     int l1[] = {1};
     check_rope_attention(l1, 1, 2, 1, 64, 1);
     int l2[] = {1, 17, 65, 3, 129};
@@ -598,6 +625,10 @@ int main(int argc, char **argv) {
     check_rope_attention(l3, 4, 12, 2, 128, 1);  // Qwen2.5-1.5B heads
     check_rope_attention(l3, 4, 14, 2, 64, 1);   // Qwen2.5-0.5B heads
     check_rope_attention(l3, 4, 6, 6, 64, 0);    // BERT-style student
+    // Past BWD_WIDE_MIN_SEQLEN: the 128-key backward blocks (128 query rows a step at D = 64).
+    int l6[] = {600, 37, 129};
+    check_rope_attention(l6, 3, 14, 2, 64, 1);
+    check_rope_attention(l6, 3, 12, 2, 128, 0);
     if (!quick) {
       int l4[32];
       for (int i = 0; i < 32; i++) l4[i] = i % 2 ? 512 : 32;  // 8.7k tokens: docs and queries
@@ -609,41 +640,48 @@ int main(int argc, char **argv) {
       check_rope_attention(l5, 3, 6, 6, 64, 0);
     }
   }
-  int lens[] = {1, 5, 64, 65, 3};
-  check_pooling(lens, 5, 37);
-  check_pooling(lens, 5, 896);
-  // Mean pooling's packed path: several token lanes per column pack (C = 8, 384, 896) or one lane
-  // looping over packs (C = 3584); sequences shorter and longer than the unrolled stride.
-  int long_lens[] = {1, 300, 5, 2049, 17};
-  check_pooling(long_lens, 5, 8);
-  check_pooling(long_lens, 5, 384);
-  check_pooling(long_lens, 5, 3584);
-  check_losses(1, 1, 8);
-  check_losses(7, 33, 37);
-  check_losses(64, 128, 896);
-  if (!quick) check_losses(512, 1024, 1536);
-  check_optimizer(1), check_optimizer(4099);
-  if (!quick) check_optimizer(3000001);
-
-  check_scores_f32(1, 1, 1);
-  check_scores_f32(7, 1000, 37);
-  check_scores_f32(300, 1000, 896);
-  if (!quick) check_scores_f32(1024, SEARCH_DOC_BLOCK + 1, 896);
-  const int merge_nq[] = {1, 7, 300}, merge_nd[] = {1, 1000, SEARCH_DOC_BLOCK + 1};
-  const int merge_k[] = {1, 10, 100, 1000, 1024, SN_TOPK_MAX_K};
-  for (size_t a = 0; a < SN_ARRAY_LEN(merge_nq); a++)
-    for (size_t b = 0; b < SN_ARRAY_LEN(merge_nd); b++)
-      for (size_t c = 0; c < SN_ARRAY_LEN(merge_k); c++) {
-        if (quick && (size_t)merge_nq[a] * merge_nd[b] > 100000) continue;
-        check_topk_merge(merge_nq[a], merge_nd[b], merge_k[c], 3, SCORES_SPREAD, 0);
-        check_topk_merge(merge_nq[a], merge_nd[b], merge_k[c], 3, SCORES_TIED, 1);
-        check_topk_merge(merge_nq[a], merge_nd[b], merge_k[c], 3, SCORES_EQUAL, 1);
-      }
-  check_topk_exact(5000, 300, 896, 100, 1);
-  check_topk_exact(5000, 300, 896, 100, 0);
-  check_topk_exact(5000, 300, 896, 1000, 0);
-  check_topk_exact(7, 3, 64, 10, 1);                 // k clamped to N
-  check_topk_exact(5000, 7, 64, SN_TOPK_MAX_K + 1, 1);  // deeper than topk_merge: the host search
-  if (!quick) check_topk_exact(40000, 1100, 32, 100, 1);  // several document and query blocks
+  if (wanted("pooling")) {
+    int lens[] = {1, 5, 64, 65, 3};
+    check_pooling(lens, 5, 37);
+    check_pooling(lens, 5, 896);
+    // Mean pooling's packed path: several token lanes per column pack (C = 8, 384, 896) or one lane
+    // looping over packs (C = 3584); sequences shorter and longer than the unrolled stride.
+    int long_lens[] = {1, 300, 5, 2049, 17};
+    check_pooling(long_lens, 5, 8);
+    check_pooling(long_lens, 5, 384);
+    check_pooling(long_lens, 5, 3584);
+  }
+  if (wanted("losses")) {
+    check_losses(1, 1, 8);
+    check_losses(7, 33, 37);
+    check_losses(64, 128, 896);
+    if (!quick) check_losses(512, 1024, 1536);
+  }
+  if (wanted("optimizer")) {
+    check_optimizer(1), check_optimizer(4099);
+    if (!quick) check_optimizer(3000001);
+  }
+  if (wanted("search")) {
+    check_scores_f32(1, 1, 1);
+    check_scores_f32(7, 1000, 37);
+    check_scores_f32(300, 1000, 896);
+    if (!quick) check_scores_f32(1024, SEARCH_DOC_BLOCK + 1, 896);
+    const int merge_nq[] = {1, 7, 300}, merge_nd[] = {1, 1000, SEARCH_DOC_BLOCK + 1};
+    const int merge_k[] = {1, 10, 100, 1000, 1024, SN_TOPK_MAX_K};
+    for (size_t a = 0; a < SN_ARRAY_LEN(merge_nq); a++)
+      for (size_t b = 0; b < SN_ARRAY_LEN(merge_nd); b++)
+        for (size_t c = 0; c < SN_ARRAY_LEN(merge_k); c++) {
+          if (quick && (size_t)merge_nq[a] * merge_nd[b] > 100000) continue;
+          check_topk_merge(merge_nq[a], merge_nd[b], merge_k[c], 3, SCORES_SPREAD, 0);
+          check_topk_merge(merge_nq[a], merge_nd[b], merge_k[c], 3, SCORES_TIED, 1);
+          check_topk_merge(merge_nq[a], merge_nd[b], merge_k[c], 3, SCORES_EQUAL, 1);
+        }
+    check_topk_exact(5000, 300, 896, 100, 1);
+    check_topk_exact(5000, 300, 896, 100, 0);
+    check_topk_exact(5000, 300, 896, 1000, 0);
+    check_topk_exact(7, 3, 64, 10, 1);                 // k clamped to N
+    check_topk_exact(5000, 7, 64, SN_TOPK_MAX_K + 1, 1);  // deeper than topk_merge: the host search
+    if (!quick) check_topk_exact(40000, 1100, 32, 100, 1);  // several document and query blocks
+  }
   return sn_test_finish("test_cuda_ops");
 }
