@@ -52,7 +52,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 // ldmatrix x4: threads 0-7, 8-15, 16-23, 24-31 give the row addresses of matrices 0..3; r[j] is
 // this lane's part of matrix j (row lane/4, columns 2(lane%4)..+1; transposed with .trans).
 __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
@@ -105,9 +104,6 @@ __device__ __forceinline__ void load_tile_async(bf16 *s, const bf16 *g, size_t s
                  "l"(src), "r"(in ? 16 : 0));
   }
 }
-__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Double-buffered K/V tiles of one sequence: starts the asynchronous copy of tile it + 1 into the
 // other stage, waits until tile it is in shared memory, and returns its K (its V follows at
@@ -428,8 +424,7 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
     for (int c = threadIdx.x; c < F::CHUNKS; c += blockDim.x) {
       const int row = c / CHUNKS_PER_ROW, col = (c % CHUNKS_PER_ROW) * F32_PER_PACK;
       if (t.q0 + row >= L) continue;
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(fetched + row * F::LDQ + col)),
-                   "l"(accum_row(t, row) + col));
+      cp_async16(fetched + row * F::LDQ + col, accum_row(t, row) + col);
     }
     cp_async_commit();
   };

@@ -66,6 +66,17 @@ __device__ __forceinline__ void store_f32x4(float *p, f32x4 v) { *reinterpret_ca
 // True when p is 16-byte aligned (packed paths need it; odd shapes fall back to scalar code).
 __host__ __device__ __forceinline__ bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+// ---- cp.async (sm_80+): 16-byte copies global -> shared memory that bypass registers ---------------
+// The "memory" clobbers keep the compiler from moving shared-memory reads above a wait: a thread
+// may read its own copies right after cp_async_wait, with no barrier in between.
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>  // waits until at most N of this thread's newest copy groups are still in flight
+__device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
 // ---- reductions (fp32) ------------------------------------------------------------------------------
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu

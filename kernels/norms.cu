@@ -22,6 +22,9 @@
 #define NORM_BWD_MAX_WARPS (NORM_BWD_MAX_THREADS / WARP_SIZE)
 #define NORM_BWD_FUSED_ROWS 64
 #define NORM_BWD_SMEM_DEFAULT (48 * 1024) // dynamic shared memory usable without an opt-in attribute
+// Fused backward ring depth: rows a thread's copies run ahead + 1. 4 stages at 512 threads is 64 KB
+// a block, two blocks an SM (T = 16384: 256 blocks, one wave) in 128 KB of the 228 KB.
+#define NORM_BWD_STAGES 4
 static int fused_row_threads(int C) { return ceil_div_int(C / BF16_PER_PACK, WARP_SIZE) * WARP_SIZE; }
 static int fused_row_groups(int C) {
   const int groups = NORM_BWD_BLOCK_THREADS / fused_row_threads(C);
@@ -310,8 +313,8 @@ __global__ void norm_backward_dweight_kernel(float *partials_w, float *partials_
 }
 
 // ---- backward: fused dx + column sums (16-byte packs, C <= 8192) ---------------------------------------
-// Packs held across steps stay four 32-bit words (bf16 pairs): as bf16x8 the compiler splits them
-// into eight 16-bit values of one register each (64 registers for the two row buffers: spills).
+// Packs stay four 32-bit words (bf16 pairs): as bf16x8 the compiler splits them into eight 16-bit
+// values of one register each.
 __device__ __forceinline__ uint4 load_pack(const bf16 *p) { return *reinterpret_cast<const uint4 *>(p); }
 // The 8 floats of a pack (exact: a bf16 is the top half of an fp32; element 2j is word j's low half).
 __device__ __forceinline__ void unpack8(uint4 u, float *f) {
@@ -336,11 +339,6 @@ __device__ __forceinline__ uint4 pack8(const float *f) {
 struct bwd_row {
   uint4 x, d;
 };
-__device__ __forceinline__ void load_bwd_row(bwd_row &r, const bf16 *x, const bf16 *dout, int t, int C, int c) {
-  const size_t off = (size_t)t * C + c;
-  r.x = load_pack(x + off);
-  r.d = load_pack(dout + off);
-}
 // The column sums of one thread (8 columns) as two 16-byte stores.
 __device__ __forceinline__ void store_col_sums(float *p, const float *acc) {
   store_f32x4(p, f32x4{{acc[0], acc[1], acc[2], acc[3]}});
@@ -356,21 +354,26 @@ __device__ __forceinline__ void add_col_sums(float *acc, const float *p) {
 // C). Thread i of group g owns columns c = 8i .. 8i + 7 (idle when c >= C) and handles rows t0 + g,
 // t0 + g + groups, ... of the block's rows [t0, t1), one per step, all groups in step. Per step: the
 // row sums (thread -> warp shuffle -> the group's warps through shared memory, one barrier), dx, and
-// the column sums dout * xhat (and dout) added in registers. The next step's row is loaded before
-// this step's sums, so two rows a group are in flight across the reductions and the barrier (the two
-// row buffers alternate by unrolling steps in pairs: a register copy would wait for the loads to
-// land). The block's mean/rstd sit in shared memory, not in registers held across steps.
-// At the end group 0 adds the other groups' column sums in group order and writes the block's
-// partials: partials_w/_b (nblocks, C). Registers: at most 64 (1024-thread blocks for C = 8192).
+// the column sums dout * xhat (and dout) added in registers. The rows stream through a ring of
+// NORM_BWD_STAGES slots of shared memory ([stage][x, dout][thread] packs): a step first issues the
+// copies of the row NORM_BWD_STAGES - 1 steps ahead into the slot the previous step consumed, so
+// NORM_BWD_STAGES - 1 rows a group are in flight across each step's reductions and barrier (three
+// times the bytes of a two-row register pipeline, at no register cost). The block's mean/rstd sit
+// in shared memory, not in registers held across steps.
+// At the end group 0 adds the other groups' column sums in group order (in the ring's memory, free
+// by then) and writes the block's partials: partials_w/_b (nblocks, C). The summation order depends
+// on C alone, not on the ring.
 template <bool IS_LAYERNORM, bool ACCUMULATE>
 __global__ void __launch_bounds__(NORM_BWD_MAX_THREADS) norm_backward_fused_kernel(
     bf16 *dx, float *partials_w, float *partials_b, const bf16 *dout, const bf16 *x, const bf16 *weight,
     const float *mean_in, const float *rstd_in, int T, int C, int row_threads) {
-  constexpr int VEC = BF16_PER_PACK, ROWS = NORM_BWD_FUSED_ROWS;
+  constexpr int VEC = BF16_PER_PACK, ROWS = NORM_BWD_FUSED_ROWS, STAGES = NORM_BWD_STAGES;
   constexpr int SUM_GX = 0, SUM_G = 1;                 // the row sums of g * xhat and g (g = dout * w)
+  constexpr int RING_X = 0, RING_D = 1, RING_ARRAYS = 2;
   __shared__ float row_red[2][2][NORM_BWD_MAX_WARPS];  // [step parity][SUM_GX, SUM_G][warp]
   __shared__ float row_mean[ROWS], row_rstd[ROWS];     // the block's rows' statistics
-  extern __shared__ __align__(16) float group_sums[];  // [groups - 1][C] w, then [groups - 1][C] b
+  extern __shared__ __align__(16) uint4 ring[];        // [STAGES][RING_X, RING_D][blockDim] packs
+  float *group_sums = (float *)ring;                   // at the end: [groups - 1][C] w, then [groups - 1][C] b
   const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
   const int groups = blockDim.x / row_threads, row_warps = row_threads / WARP_SIZE;
   const int g = threadIdx.x / row_threads, c = (threadIdx.x % row_threads) * VEC;
@@ -378,10 +381,23 @@ __global__ void __launch_bounds__(NORM_BWD_MAX_THREADS) norm_backward_fused_kern
   const int t0 = blockIdx.x * ROWS, t1 = min(T, t0 + ROWS);
   const int nsteps = (t1 - t0 + groups - 1) / groups;  // the same for every thread: barriers match
   const float inv_C = 1.0f / C;                         // once, not an IEEE division per row
+  uint4 *my_slot = ring + threadIdx.x;                  // stage s: my_slot[(s * RING_ARRAYS + array) * blockDim]
+  const int stage_stride = RING_ARRAYS * blockDim.x;
 
-  bwd_row rows[2];
+  // Element offsets walked by adding: (t, c) for this step, (t + (STAGES - 1) groups, c) ahead.
+  const size_t step_elems = (size_t)groups * C;
   int t = t0 + g;  // this group's row in the current step
-  if (active && t < t1) load_bwd_row(rows[0], x, dout, t, C, c);
+  size_t off = (size_t)t * C + c;
+  // The ring's first STAGES - 1 rows; a group is committed per row even when empty, so that the
+  // count of groups newer than row s is always STAGES - 1 at step s.
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; st++) {
+    if (active && t + st * groups < t1) {
+      cp_async16(my_slot + st * stage_stride + RING_X * blockDim.x, x + off + st * step_elems);
+      cp_async16(my_slot + st * stage_stride + RING_D * blockDim.x, dout + off + st * step_elems);
+    }
+    cp_async_commit();
+  }
   uint4 w8 = make_uint4(0, 0, 0, 0);
   if (active) w8 = load_pack(weight + c);
   for (int i = threadIdx.x; i < t1 - t0; i += blockDim.x) {
@@ -393,57 +409,69 @@ __global__ void __launch_bounds__(NORM_BWD_MAX_THREADS) norm_backward_fused_kern
 #pragma unroll
   for (int k = 0; k < VEC; k++) acc_w[k] = 0.0f, acc_b[k] = 0.0f;
 
-  for (int s0 = 0; s0 < nsteps; s0 += 2) {
-#pragma unroll
-    for (int b = 0; b < 2; b++) {  // step s0 + b: row buffer b, row_red parity b
-      if (s0 + b >= nsteps) break;  // uniform over the block
-      const bwd_row &cur = rows[b];
-      const bool valid = active && t < t1;
-      if (active && t + groups < t1) load_bwd_row(rows[b ^ 1], x, dout, t + groups, C, c);
-      uint4 prev = make_uint4(0, 0, 0, 0);
-      if (ACCUMULATE && valid) prev = load_pack(dx + (size_t)t * C + c);  // issued now, used after the barrier
-      float sum_gx = 0.0f, sum_g = 0.0f;
-      if (valid) {
-        const float mean = IS_LAYERNORM ? row_mean[t - t0] : 0.0f, rstd = row_rstd[t - t0];
-        float xf[VEC], df[VEC], wf[VEC];
-        unpack8(cur.x, xf), unpack8(cur.d, df), unpack8(w8, wf);
-#pragma unroll
-        for (int k = 0; k < VEC; k++) {
-          float gk = df[k] * wf[k];
-          sum_g += gk;
-          sum_gx += gk * (xf[k] - mean) * rstd;
-        }
-      }
-      sum_gx = warp_sum(sum_gx);
-      if (IS_LAYERNORM) sum_g = warp_sum(sum_g);
-      if (row_warps > 1) {  // the group's warps through shared memory; parity b lets one barrier do
-        if (lane == 0) {
-          row_red[b][SUM_GX][warp] = sum_gx;
-          if (IS_LAYERNORM) row_red[b][SUM_G][warp] = sum_g;
-        }
-        __syncthreads();
-        const int first = g * row_warps;  // every warp of the group adds the same values in the same order
-        sum_gx = warp_sum(lane < row_warps ? row_red[b][SUM_GX][first + lane] : 0.0f);
-        if (IS_LAYERNORM) sum_g = warp_sum(lane < row_warps ? row_red[b][SUM_G][first + lane] : 0.0f);
-      }
-      if (valid) {
-        const float mean = IS_LAYERNORM ? row_mean[t - t0] : 0.0f, rstd = row_rstd[t - t0];
-        const float mean_g = IS_LAYERNORM ? sum_g * inv_C : 0.0f, mean_gx = sum_gx * inv_C;
-        float xf[VEC], df[VEC], wf[VEC], pf[VEC], out[VEC];
-        unpack8(cur.x, xf), unpack8(cur.d, df), unpack8(w8, wf), unpack8(prev, pf);
-#pragma unroll
-        for (int k = 0; k < VEC; k++) {
-          float xhat = (xf[k] - mean) * rstd;
-          acc_w[k] += df[k] * xhat;
-          if (IS_LAYERNORM) acc_b[k] += df[k];
-          float v = rstd * (df[k] * wf[k] - mean_g - xhat * mean_gx);
-          out[k] = ACCUMULATE ? v + pf[k] : v;
-        }
-        *reinterpret_cast<uint4 *>(dx + (size_t)t * C + c) = pack8(out);
-      }
-      t += groups;
+  int stage = 0, ahead_stage = STAGES - 1;  // ring slots of this step's row and of the row issued now
+  for (int s = 0; s < nsteps; s++) {
+    const int b = s % 2;  // row_red parity
+    const bool valid = active && t < t1;
+    // The slot ahead_stage was read into registers by the previous step (whose dx depends on it):
+    // the refill cannot overtake those reads.
+    if (active && t + (STAGES - 1) * groups < t1) {
+      const size_t ahead = off + (STAGES - 1) * step_elems;
+      cp_async16(my_slot + ahead_stage * stage_stride + RING_X * blockDim.x, x + ahead);
+      cp_async16(my_slot + ahead_stage * stage_stride + RING_D * blockDim.x, dout + ahead);
     }
+    cp_async_commit();
+    uint4 prev = make_uint4(0, 0, 0, 0);
+    if (ACCUMULATE && valid) prev = load_pack(dx + off);  // issued now, used after the barrier
+    cp_async_wait<STAGES - 1>();                      // this step's row (this thread's copies) landed
+    bwd_row cur;
+    cur.x = my_slot[stage * stage_stride + RING_X * blockDim.x];
+    cur.d = my_slot[stage * stage_stride + RING_D * blockDim.x];
+    float sum_gx = 0.0f, sum_g = 0.0f;
+    if (valid) {
+      const float mean = IS_LAYERNORM ? row_mean[t - t0] : 0.0f, rstd = row_rstd[t - t0];
+      float xf[VEC], df[VEC], wf[VEC];
+      unpack8(cur.x, xf), unpack8(cur.d, df), unpack8(w8, wf);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) {
+        float gk = df[k] * wf[k];
+        sum_g += gk;
+        sum_gx += gk * (xf[k] - mean) * rstd;
+      }
+    }
+    sum_gx = warp_sum(sum_gx);
+    if (IS_LAYERNORM) sum_g = warp_sum(sum_g);
+    if (row_warps > 1) {  // the group's warps through shared memory; parity b lets one barrier do
+      if (lane == 0) {
+        row_red[b][SUM_GX][warp] = sum_gx;
+        if (IS_LAYERNORM) row_red[b][SUM_G][warp] = sum_g;
+      }
+      __syncthreads();
+      const int first = g * row_warps;  // every warp of the group adds the same values in the same order
+      sum_gx = warp_sum(lane < row_warps ? row_red[b][SUM_GX][first + lane] : 0.0f);
+      if (IS_LAYERNORM) sum_g = warp_sum(lane < row_warps ? row_red[b][SUM_G][first + lane] : 0.0f);
+    }
+    if (valid) {
+      const float mean = IS_LAYERNORM ? row_mean[t - t0] : 0.0f, rstd = row_rstd[t - t0];
+      const float mean_g = IS_LAYERNORM ? sum_g * inv_C : 0.0f, mean_gx = sum_gx * inv_C;
+      float xf[VEC], df[VEC], wf[VEC], pf[VEC], out[VEC];
+      unpack8(cur.x, xf), unpack8(cur.d, df), unpack8(w8, wf), unpack8(prev, pf);
+#pragma unroll
+      for (int k = 0; k < VEC; k++) {
+        float xhat = (xf[k] - mean) * rstd;
+        acc_w[k] += df[k] * xhat;
+        if (IS_LAYERNORM) acc_b[k] += df[k];
+        float v = rstd * (df[k] * wf[k] - mean_g - xhat * mean_gx);
+        out[k] = ACCUMULATE ? v + pf[k] : v;
+      }
+      *reinterpret_cast<uint4 *>(dx + off) = pack8(out);
+    }
+    t += groups, off += step_elems;
+    ahead_stage = stage;  // next step refills the slot just read
+    stage = stage + 1 == STAGES ? 0 : stage + 1;
   }
+  cp_async_wait<0>();  // only empty groups remain; none may write the ring once it holds group sums
+  __syncthreads();          // every thread's ring reads are done before the group sums alias it
 
   // The groups' column sums in group order: groups 1.. park theirs in shared memory, group 0 adds.
   if (groups > 1) {
@@ -465,6 +493,26 @@ __global__ void __launch_bounds__(NORM_BWD_MAX_THREADS) norm_backward_fused_kern
   }
 }
 
+// Raises a kernel's dynamic shared memory limit past the default when a launch needs more (once per
+// size; the ring takes up to NORM_BWD_STAGES * 32 KB with 1024-thread blocks).
+template <typename K>
+static void norm_bwd_allow_smem(K kernel, size_t smem, size_t *allowed) {
+  if (smem > *allowed) {
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    *allowed = smem;
+  }
+}
+template <bool IS_LAYERNORM, bool ACCUMULATE>
+static void launch_norm_backward_fused(int nparts, int threads, size_t smem, bf16 *dx, float *partials_w,
+                                       float *partials_b, const bf16 *dout, const bf16 *x, const bf16 *weight,
+                                       const float *mean, const float *rstd, int T, int C, int row_threads) {
+  static size_t allowed = NORM_BWD_SMEM_DEFAULT;
+  norm_bwd_allow_smem(norm_backward_fused_kernel<IS_LAYERNORM, ACCUMULATE>, smem, &allowed);
+  norm_backward_fused_kernel<IS_LAYERNORM, ACCUMULATE><<<nparts, threads, smem, SN_STREAM>>>(
+      dx, partials_w, partials_b, dout, x, weight, mean, rstd, T, C, row_threads);
+  launchCheck();
+}
+
 template <bool IS_LAYERNORM>
 static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf16 *dout, const bf16 *x,
                                  const bf16 *weight, const float *mean, const float *rstd, int T, int C,
@@ -473,20 +521,23 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
   const int nsum = IS_LAYERNORM ? 2 : 1;
   bool packed = C % BF16_PER_PACK == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(weight);
   if (packed && C / BF16_PER_PACK <= NORM_BWD_MAX_THREADS) {
-    const int row_threads = fused_row_threads(C), groups = fused_row_groups(C);
+    const int row_threads = fused_row_threads(C), groups = fused_row_groups(C), threads = groups * row_threads;
     // groups > 1 only when groups * C <= 8 * NORM_BWD_BLOCK_THREADS: at most 32 KB with the bias
-    const size_t smem = (size_t)nsum * (groups - 1) * C * sizeof(float);
-    if (smem <= NORM_BWD_SMEM_DEFAULT) {
+    const size_t group_smem = (size_t)nsum * (groups - 1) * C * sizeof(float);
+    if (group_smem <= NORM_BWD_SMEM_DEFAULT) {
+      // the ring (x and dout packs of every thread, NORM_BWD_STAGES rows) holds the group sums at the end
+      const size_t ring_smem = (size_t)NORM_BWD_STAGES * 2 * threads * sizeof(uint4);
+      const size_t smem = ring_smem > group_smem ? ring_smem : group_smem;
       const int nparts = ceil_div_int(T, NORM_BWD_FUSED_ROWS);
       const size_t part_floats = (size_t)nparts * C;
       float *partials = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS, part_floats * sizeof(float) * nsum);
       if (accumulate)
-        norm_backward_fused_kernel<IS_LAYERNORM, true><<<nparts, groups * row_threads, smem, SN_STREAM>>>(
-            dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, row_threads);
+        launch_norm_backward_fused<IS_LAYERNORM, true>(nparts, threads, smem, dx, partials, partials + part_floats,
+                                                       dout, x, weight, mean, rstd, T, C, row_threads);
       else
-        norm_backward_fused_kernel<IS_LAYERNORM, false><<<nparts, groups * row_threads, smem, SN_STREAM>>>(
-            dx, partials, partials + part_floats, dout, x, weight, mean, rstd, T, C, row_threads);
-      launchCheck();
+        launch_norm_backward_fused<IS_LAYERNORM, false>(nparts, threads, smem, dx, partials,
+                                                        partials + part_floats, dout, x, weight, mean, rstd, T,
+                                                        C, row_threads);
       sn_cuda_reduce_partials2_into_bf16(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
       return;
     }
