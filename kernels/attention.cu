@@ -30,7 +30,7 @@
 // Backward blocks of 8 warps (128 keys) from this longest sequence on, 4 warps (64 keys) below: the
 // wider block halves the dQ accumulator traffic (H100: 1343 vs 1515 us at L=2048, 662 vs 722 at
 // L=512 D=128) but leaves too few blocks for short sequences (201 vs 187 us at L=128, 94 vs 63 at L=32).
-#define BWD_WIDE_MIN_SEQLEN 512  // backoff between polls of the dQ order counter
+#define BWD_WIDE_MIN_SEQLEN 512
 
 // ---- tensor-core and fragment helpers -----------------------------------------------------------------
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
