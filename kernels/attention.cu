@@ -40,10 +40,6 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const 
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t *>(&v);
-}
 // 2^x by the special-function unit alone (exp2f adds a range check and two multiplies for inputs
 // below -126, whose results flush to zero here: far under bf16's resolution of a probability).
 // Relative error about 2^-22; ex2(-inf) = 0, as masking needs.

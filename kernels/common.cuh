@@ -66,6 +66,21 @@ __device__ __forceinline__ void store_f32x4(float *p, f32x4 v) { *reinterpret_ca
 // True when p is 16-byte aligned (packed paths need it; odd shapes fall back to scalar code).
 __host__ __device__ __forceinline__ bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+// A 32-bit word holding two bf16 (element 0 in the low half) <-> floats. Widening is exact (a bf16 is
+// the top half of an fp32); packing rounds to nearest even, as f2bf.
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<uint32_t *>(&v);
+}
+// acc[0..8) += the 8 bf16 of a 16-byte pack held as four words.
+__device__ __forceinline__ void add_bf16x8_words(float (&acc)[BF16_PER_PACK], uint4 v) {
+  const uint32_t w[F32_PER_PACK] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int k = 0; k < F32_PER_PACK; k++) acc[2 * k] += bf16_lo(w[k]), acc[2 * k + 1] += bf16_hi(w[k]);
+}
+
 // ---- cp.async (sm_80+): 16-byte copies global -> shared memory that bypass registers ---------------
 // The "memory" clobbers keep the compiler from moving shared-memory reads above a wait: a thread
 // may read its own copies right after cp_async_wait, with no barrier in between.

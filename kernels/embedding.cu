@@ -200,13 +200,6 @@ template <int VEC> struct emb_unit;
 template <> struct emb_unit<BF16_PER_PACK> { typedef uint4 type; };
 template <> struct emb_unit<1> { typedef bf16 type; };
 
-// bf16 pair in a 32-bit word -> two floats (exact: bf16 is the top half of an fp32).
-__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
-__device__ __forceinline__ uint32_t pack_bf16_pair(float lo, float hi) {
-  return (uint32_t)__bfloat16_as_ushort(f2bf(lo)) | ((uint32_t)__bfloat16_as_ushort(f2bf(hi)) << 16);
-}
-
 template <int VEC>
 __device__ __forceinline__ typename emb_unit<VEC>::type load_unit(const bf16 *row, int u) {
   if constexpr (VEC == BF16_PER_PACK) return *reinterpret_cast<const uint4 *>(row + (size_t)u * VEC);
@@ -215,9 +208,7 @@ __device__ __forceinline__ typename emb_unit<VEC>::type load_unit(const bf16 *ro
 template <int VEC>
 __device__ __forceinline__ void add_unit(float (&acc)[VEC], const typename emb_unit<VEC>::type &x) {
   if constexpr (VEC == BF16_PER_PACK) {
-    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) acc[2 * k] += bf16_lo(w[k]), acc[2 * k + 1] += bf16_hi(w[k]);
+    add_bf16x8_words(acc, x);
   } else {
     acc[0] += bf2f(x);
   }
@@ -228,7 +219,7 @@ __device__ __forceinline__ void store_unit(bf16 *row, int u, const float (&acc)[
   if constexpr (VEC == BF16_PER_PACK) {
     uint32_t o[4];
 #pragma unroll
-    for (int k = 0; k < 4; k++) o[k] = pack_bf16_pair(acc[2 * k], acc[2 * k + 1]);
+    for (int k = 0; k < 4; k++) o[k] = pack_bf16x2(acc[2 * k], acc[2 * k + 1]);
     *reinterpret_cast<uint4 *>(row + (size_t)u * VEC) = make_uint4(o[0], o[1], o[2], o[3]);
   } else {
     row[u] = f2bf(acc[0]);
@@ -242,7 +233,7 @@ __device__ __forceinline__ void store_unit_sum(bf16 *row, int u, const typename 
     const uint32_t w[4] = {old.x, old.y, old.z, old.w};
     uint32_t o[4];
 #pragma unroll
-    for (int k = 0; k < 4; k++) o[k] = pack_bf16_pair(bf16_lo(w[k]) + acc[2 * k], bf16_hi(w[k]) + acc[2 * k + 1]);
+    for (int k = 0; k < 4; k++) o[k] = pack_bf16x2(bf16_lo(w[k]) + acc[2 * k], bf16_hi(w[k]) + acc[2 * k + 1]);
     *reinterpret_cast<uint4 *>(row + (size_t)u * VEC) = make_uint4(o[0], o[1], o[2], o[3]);
   } else {
     row[u] = f2bf(bf2f(old) + acc[0]);

@@ -320,19 +320,13 @@ __device__ __forceinline__ uint4 load_pack(const bf16 *p) { return *reinterpret_
 __device__ __forceinline__ void unpack8(uint4 u, float *f) {
   const uint32_t w[F32_PER_PACK] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-  for (int j = 0; j < F32_PER_PACK; j++) {
-    f[2 * j] = __uint_as_float(w[j] << 16);
-    f[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-  }
+  for (int j = 0; j < F32_PER_PACK; j++) f[2 * j] = bf16_lo(w[j]), f[2 * j + 1] = bf16_hi(w[j]);
 }
 // Rounds 8 floats to a pack (round to nearest even, as f2bf).
 __device__ __forceinline__ uint4 pack8(const float *f) {
   uint32_t w[F32_PER_PACK];
 #pragma unroll
-  for (int j = 0; j < F32_PER_PACK; j++) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);  // .x (low half) = f[2j]
-    w[j] = *reinterpret_cast<uint32_t *>(&h);
-  }
+  for (int j = 0; j < F32_PER_PACK; j++) w[j] = pack_bf16x2(f[2 * j], f[2 * j + 1]);
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 // One thread's pack of one row: x and dout at its 8 columns.

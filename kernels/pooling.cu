@@ -6,16 +6,6 @@
 #define POOL_THREADS 256
 #define L2NORM_EPS 1e-12f  // as torch.nn.functional.normalize
 
-// acc[0..8) += the 8 bf16 of a 16-byte pack held as 4 words (exact widening: bf16 is an fp32's top half).
-__device__ __forceinline__ void add_bf16x8_words(float (&acc)[BF16_PER_PACK], uint4 v) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    acc[2 * k] += __uint_as_float(w[k] << 16);
-    acc[2 * k + 1] += __uint_as_float(w[k] & 0xffff0000u);
-  }
-}
-
 // out (B, C) from hidden (T, C). One block per sequence; threads over columns.
 __global__ void pool_forward_kernel(bf16 *out, const bf16 *hidden, const int32_t *cu_seqlens, int C, int mode) {
   int b = blockIdx.x;

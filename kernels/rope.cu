@@ -10,11 +10,6 @@
 #define ROPE_MAX_BLOCK 1024        // packed path: one token's (head, pack) threads must fit a block
 #define ROPE_MAX_SMEM (48 << 10)   // packed path: the angle table within the default dynamic smem limit
 
-// Two floats -> two bf16 (round to nearest even) in one word, the first in the low half.
-__device__ __forceinline__ uint32_t pack_bf16x2_rn(float lo, float hi) {
-  return (uint32_t)__bfloat16_as_ushort(f2bf(lo)) | ((uint32_t)__bfloat16_as_ushort(f2bf(hi)) << 16);
-}
-
 // qkv (T, (Hq + 2*Hkv) * D); pos (T). Rotates heads [0, Hq + Hkv) of each token by pos * theta^(-2i/D).
 __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta,
                             float sign) {
@@ -69,11 +64,11 @@ __global__ void __launch_bounds__(ROPE_MAX_BLOCK)
   uint32_t oa[4], ob[4];
 #pragma unroll
   for (int w = 0; w < 4; w++) {  // word w holds pairs 2w (low half) and 2w + 1 (high half)
-    const float x1_lo = __uint_as_float(wa[w] << 16), x1_hi = __uint_as_float(wa[w] & 0xffff0000u);
-    const float x2_lo = __uint_as_float(wb[w] << 16), x2_hi = __uint_as_float(wb[w] & 0xffff0000u);
+    const float x1_lo = bf16_lo(wa[w]), x1_hi = bf16_hi(wa[w]);
+    const float x2_lo = bf16_lo(wb[w]), x2_hi = bf16_hi(wb[w]);
     const int k = 2 * w;
-    oa[w] = pack_bf16x2_rn(x1_lo * c[k] - x2_lo * sn[k], x1_hi * c[k + 1] - x2_hi * sn[k + 1]);
-    ob[w] = pack_bf16x2_rn(x2_lo * c[k] + x1_lo * sn[k], x2_hi * c[k + 1] + x1_hi * sn[k + 1]);
+    oa[w] = pack_bf16x2(x1_lo * c[k] - x2_lo * sn[k], x1_hi * c[k + 1] - x2_hi * sn[k + 1]);
+    ob[w] = pack_bf16x2(x2_lo * c[k] + x1_lo * sn[k], x2_hi * c[k + 1] + x1_hi * sn[k + 1]);
   }
   *reinterpret_cast<uint4 *>(x) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
   *reinterpret_cast<uint4 *>(x + half) = make_uint4(ob[0], ob[1], ob[2], ob[3]);
