@@ -565,10 +565,15 @@ int main(int argc, char **argv) {
   // embedding, norms, matmul, attention, pooling, losses, optimizer, search).
   int quick = 0;
   for (int i = 1; i < argc; i++) {
+    const char *bad = NULL;  // what was wrong with argument i
     if (!strcmp(argv[i], "--quick")) quick = 1;
-    else if (!strcmp(argv[i], "--only") && i + 1 < argc && known_group(argv[i + 1])) only_group = argv[++i];
-    else {
-      fprintf(stderr, "usage: test_cuda_ops [--quick] [--only GROUP]\nGROUP:");
+    else if (strcmp(argv[i], "--only")) bad = "unknown argument";
+    else if (i + 1 >= argc) bad = "--only needs a GROUP";
+    else if (!known_group(argv[i + 1])) bad = "unknown op group", i++;
+    else only_group = argv[++i];
+    if (bad) {
+      fprintf(stderr, "error: test_cuda_ops: %s: '%s'\nusage: test_cuda_ops [--quick] [--only GROUP]\nGROUP:", bad,
+              argv[i]);
       for (size_t g = 0; g < SN_ARRAY_LEN(op_groups); g++) fprintf(stderr, " %s", op_groups[g]);
       fprintf(stderr, "\n");
       return 2;
