@@ -31,6 +31,7 @@
 // wider block halves the dQ accumulator traffic (H100: 1343 vs 1515 us at L=2048, 662 vs 722 at
 // L=512 D=128) but leaves too few blocks for short sequences (201 vs 187 us at L=128, 94 vs 63 at L=32).
 #define BWD_WIDE_MIN_SEQLEN 512
+#define DELTA_THREADS 256
 
 // ---- tensor-core and fragment helpers -----------------------------------------------------------------
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
@@ -94,10 +95,8 @@ __device__ __forceinline__ void load_tile_async(bf16 *s, const bf16 *g, size_t s
   constexpr int PACKS_PER_ROW = D / BF16_PER_PACK;
   for (int c = threadIdx.x; c < TILE * PACKS_PER_ROW; c += blockDim.x) {
     int row = c / PACKS_PER_ROW, col = (c % PACKS_PER_ROW) * BF16_PER_PACK;
-    bool in = row < valid;
-    const bf16 *src = g + (size_t)(in ? row : 0) * stride + col;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(s + row * (D + ATTN_SMEM_PAD) + col)),
-                 "l"(src), "r"(in ? 16 : 0));
+    const bool in = row < valid;
+    cp_async16_zfill(s + row * (D + ATTN_SMEM_PAD) + col, g + (size_t)(in ? row : 0) * stride + col, in);
   }
 }
 
@@ -272,17 +271,23 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_forward_kernel(bf
 }
 
 // ---- backward: delta = rowsum(dO * O) ------------------------------------------------------------------
-// delta (Hq, T); one warp per (token, head).
-__global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int T, int Hq, int D) {
-  const int lane = threadIdx.x % WARP_SIZE;
-  const size_t w = (size_t)blockIdx.x * (blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
-  if (w >= (size_t)T * Hq) return;
-  const int t = w / Hq, h = w % Hq;
-  const bf16 *a = dout + (size_t)t * Hq * D + (size_t)h * D, *b = out + (size_t)t * Hq * D + (size_t)h * D;
+// delta (Hq, T). `lanes` threads (a power of two >= D / 8) per (token, head) row, one 16-byte pack of
+// dO and of O each, summed across the row's lanes by shuffles.
+__global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int T, int Hq, int D,
+                                       int lanes) {
+  const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const size_t row = tid / lanes, rows = (size_t)T * Hq;  // row = t * Hq + h
+  const int pack = (int)(tid % lanes);
   float s = 0.0f;
-  for (int d = lane; d < D; d += WARP_SIZE) s += bf2f(a[d]) * bf2f(b[d]);
-  s = warp_sum(s);
-  if (lane == 0) delta[(size_t)h * T + t] = s;
+  if (row < rows && pack * BF16_PER_PACK < D) {
+    const size_t at = row * D + (size_t)pack * BF16_PER_PACK;
+    const uint4 a = *reinterpret_cast<const uint4 *>(dout + at), b = *reinterpret_cast<const uint4 *>(out + at);
+    const uint32_t wa[4] = {a.x, a.y, a.z, a.w}, wb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) s += bf16_lo(wa[k]) * bf16_lo(wb[k]) + bf16_hi(wa[k]) * bf16_hi(wb[k]);
+  }
+  for (int offset = lanes / 2; offset > 0; offset /= 2) s += __shfl_xor_sync(FULL_MASK, s, offset);
+  if (row < rows && pack == 0) delta[(row % Hq) * T + row / Hq] = s;
 }
 
 // ---- backward: query rows per step of the key-block kernel ------------------------------------------------
@@ -348,8 +353,10 @@ struct fused_bwd_tile {
 };
 
 // The dQ tile (query head h, rows q0..) a step contributed to, parked until the next step adds it.
+// Its query tile (q0 / TQ) and last contributing key block are derived where needed: fewer live
+// registers in a kernel at the 255 limit.
 struct dq_pending {
-  int live, h, q0, qt, kb_last;
+  int live, h, q0;
 };
 
 template <int D, int WARPS>
@@ -391,7 +398,9 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
   auto advance = [&](int &head, int &q0_) {
     if (++head == (hk + 1) * group) head = hk * group, q0_ -= TQ;
   };
-  auto counter = [&](const dq_pending &t) { return dq_ready + ((size_t)b * p.Hq + t.h) * max_q_tiles + t.qt; };
+  auto counter = [&](const dq_pending &t) { return dq_ready + ((size_t)b * p.Hq + t.h) * max_q_tiles + t.q0 / TQ; };
+  // The last key block that sees query tile q0 / TQ (under a causal mask, the one holding its last row).
+  auto kb_last = [&](const dq_pending &t) { return p.causal ? min(n_kb - 1, (t.q0 + TQ - 1) / KEYS) : n_kb - 1; };
   auto accum_row = [&](const dq_pending &t, int row) {
     return dq_accum + ((size_t)(seq_start + t.q0 + row) * p.Hq + t.h) * D;
   };
@@ -399,16 +408,19 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
   auto issue = [&](int i, int h, int q0) {
     unsigned char *st = stage_base + (i & 1) * STAGE_BYTES;
     bf16 *Qd = reinterpret_cast<bf16 *>(st), *dOd = Qd + TQ * LD;
-    float *lse_d = reinterpret_cast<float *>(dOd + TQ * LD), *delta_d = lse_d + TQ;
+    float *lse_d = reinterpret_cast<float *>(dOd + TQ * LD);  // then delta: TQ floats each
     const int qvalid = min(TQ, L - q0);
     load_tile_async<D, TQ>(Qd, qkv + (size_t)(seq_start + q0) * stride + (size_t)h * D, stride, qvalid);
     load_tile_async<D, TQ>(dOd, dout + (size_t)(seq_start + q0) * o_stride + (size_t)h * D, o_stride, qvalid);
-    cp_async_commit();
-    for (int x = threadIdx.x; x < TQ; x += blockDim.x) {  // plain stores: ordered by the loop's barrier
-      size_t idx = (size_t)h * p.T + seq_start + q0 + x;
-      lse_d[x] = x < qvalid ? lse[idx] * LOG2E : 0.0f;
-      delta_d[x] = x < qvalid ? delta[idx] : 0.0f;
+    // lse then delta (contiguous in shared memory), zero past the end; asynchronous like the tiles, so
+    // no thread waits on a global load here.
+    const size_t row0 = (size_t)h * p.T + seq_start + q0;
+    for (int x = threadIdx.x; x < 2 * TQ; x += blockDim.x) {
+      const int r = x % TQ;
+      const float *src = (x < TQ ? lse : delta) + row0 + (r < qvalid ? r : 0);
+      cp_async4_zfill(lse_d + x, src, r < qvalid);
     }
+    cp_async_commit();
   };
   // Waits until key blocks 0..kb-1 have added into tile t, then starts fetching the accumulator:
   // each thread copies the 16-byte chunks it will add (no barrier needed before its own reads).
@@ -437,7 +449,7 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
 #pragma unroll
         for (int e = 0; e < F32_PER_PACK; e++) v.v[e] += prev.v[e];
       }
-      if (kb == t.kb_last) {
+      if (kb == kb_last(t)) {
         bf16 *dst = dqkv + (size_t)(seq_start + t.q0 + row) * stride + (size_t)t.h * D + col;
         *reinterpret_cast<uint2 *>(dst) = make_uint2(pack_bf16x2(v.v[0] * p.scale, v.v[1] * p.scale),
                                                      pack_bf16x2(v.v[2] * p.scale, v.v[3] * p.scale));
@@ -446,13 +458,13 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
       }
     }
   };
-  // Thread 0, after a barrier that follows every thread's stores of tile t: the fence makes them
-  // visible device-wide before the counter moves (the pattern of a grid barrier).
+  // Thread 0, after a barrier that follows every thread's stores of tile t. The barrier orders those
+  // stores before thread 0's release (causality is transitive in the PTX memory model), and the
+  // release store (an acq_rel fence, then the store) makes them visible at gpu scope to whoever
+  // acquires the counter: the grid-barrier pattern. A sequentially consistent fence
+  // (__threadfence) in front of it is not needed and stalls warp 0 every step.
   auto release = [&](const dq_pending &t) {
-    if (threadIdx.x == 0 && t.live && kb < t.kb_last) {
-      __threadfence();
-      st_release_gpu(counter(t), kb + 1);
-    }
+    if (threadIdx.x == 0 && t.live && kb < kb_last(t)) st_release_gpu(counter(t), kb + 1);
   };
 
   load_tile_async<D, KEYS>(Ks, qkv + (size_t)(seq_start + k0) * stride + (size_t)(p.Hq + hk) * D, stride,
@@ -467,23 +479,23 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
   for (int n = 0; n < ND; n++)
 #pragma unroll
     for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.0f;
-  dq_pending pend = {0, 0, 0, 0, 0};  // parked in the previous step, added in this one
-  dq_pending stored = {0, 0, 0, 0, 0};  // added in the previous step, released in this one
+  dq_pending pend = {0, 0, 0};    // parked in the previous step, added in this one
+  dq_pending stored = {0, 0, 0};  // added in the previous step, released in this one
 
   for (int i = 0; i < nsteps; i++) {
+    cp_async_wait<0>();
+    // Step i's stage has landed, and every thread is past step i - 1: its stage, the dS tile and the
+    // fetched tile are free, the parked tile complete. One barrier a step for all of these.
+    __syncthreads();
     if (i + 1 < nsteps) {
       advance(next_head, next_q0);
       issue(i + 1, next_head, next_q0);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
     }
-    __syncthreads();
     release(stored);
     if (pend.live) fetch(pend);  // lands while this step's products run
     const unsigned char *st = stage_base + (i & 1) * STAGE_BYTES;
     const bf16 *Qs = reinterpret_cast<const bf16 *>(st), *dOs = Qs + TQ * LD;
-    const float *lse2_s = reinterpret_cast<const float *>(dOs + TQ * LD), *delta_s = lse2_s + TQ;
+    const float *lse_s = reinterpret_cast<const float *>(dOs + TQ * LD), *delta_s = lse_s + TQ;
     const int h = cur_head, q0 = cur_q0;
     cur_head = next_head, cur_q0 = next_q0;
 
@@ -508,19 +520,27 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
         mma_bf16(dpt[j + 1], va, o1f);
       }
     }
-    // P^T and dS^T = P^T (dP^T - delta[query]); dS^T also to shared memory for dQ. Every tile is
-    // masked: an unmasked path for tiles off the diagonal measured slower (1397 vs 1306-1319 us at
-    // L=2048; the loop body grows), and the exponential is a select, not a branch per element.
+    // P^T and dS^T = P^T (dP^T - delta[query]); dS^T also to shared memory for dQ. One compare a
+    // score: query qi = j * 8 + 2q + (e & 1) is visible to key row r when lim[r] <= j * 8 + (e & 1).
+    // Query rows past the end need no mask (their Q and dO rows are zero-filled and their lse and
+    // delta 0: P = 1, dS = 0); key rows past the end are masked (a score against a zero K row over
+    // a very negative lse could overflow, and dS reaches dQ). Every tile is masked: an unmasked path
+    // for tiles off the diagonal measured slower (the loop body doubles).
+    int lim[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) lim[r] = key_abs[r] >= L ? INT_MAX : (p.causal ? key_abs[r] - q0 - 2 * q : INT_MIN);
 #pragma unroll
     for (int j = 0; j < NQ; j++) {
+      const float2 lse_pair = *reinterpret_cast<const float2 *>(lse_s + j * 8 + 2 * q);
+      const float2 delta_pair = *reinterpret_cast<const float2 *>(delta_s + j * 8 + 2 * q);
+      const float lse2[2] = {lse_pair.x * LOG2E, lse_pair.y * LOG2E}, dl[2] = {delta_pair.x, delta_pair.y};
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        int qi = j * 8 + 2 * q + (e & 1), qrow = q0 + qi, r = e / 2;
-        bool ok = qrow < L && key_abs[r] < L && (!p.causal || key_abs[r] <= qrow);
-        const float e2 = fast_exp2(st_[j][e] * p.scale_log2 - lse2_s[qi]);
-        float pr = ok ? e2 : 0.0f;
+        const int c = e & 1, r = e / 2;
+        const float e2 = fast_exp2(st_[j][e] * p.scale_log2 - lse2[c]);
+        const float pr = lim[r] <= j * 8 + c ? e2 : 0.0f;
         st_[j][e] = pr;
-        dpt[j][e] = pr * (dpt[j][e] - delta_s[qi]);
+        dpt[j][e] = pr * (dpt[j][e] - dl[c]);
       }
 #pragma unroll
       for (int r = 0; r < 2; r++)
@@ -588,12 +608,11 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
             *reinterpret_cast<float2 *>(parked + ((m0 + m) * 16 + g + 8 * r) * F::LDQ + pair * 16 + half * 8 +
                                         2 * q) = make_float2(dq[m][np][half][2 * r], dq[m][np][half][2 * r + 1]);
       }
-    const int qt = q0 / TQ;
-    pend.live = 1, pend.h = h, pend.q0 = q0, pend.qt = qt;
-    pend.kb_last = p.causal ? min(n_kb - 1, ((qt + 1) * TQ - 1) / KEYS) : n_kb - 1;
-    __syncthreads();  // this stage is refilled next step; the parked tile is complete
+    pend.live = 1, pend.h = h, pend.q0 = q0;
   }
-  // The last step's contribution, then both outstanding releases.
+  // The last step's contribution (parked by every warp: a barrier first), then both outstanding
+  // releases.
+  __syncthreads();
   release(stored);
   fetch(pend);
   add_parked(pend);
@@ -680,6 +699,17 @@ static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const
     launch_backward_warps<D, 4>(dqkv, dout, qkv, lse, delta, cu, B, max_seqlen, p);
 }
 
+// The kernels copy 16-byte packs (cp.async, vector loads): every buffer must start on 16 bytes, as
+// the allocator's do.
+static void check_aligned(const void *const *buffers, int n) {
+  for (int i = 0; i < n; i++)
+    if (!aligned16(buffers[i])) {
+      fprintf(stderr, "error: %s:%d: attention buffer %d (%p) is not 16-byte aligned\n", __FILE__, __LINE__, i,
+              buffers[i]);
+      exit(1);
+    }
+}
+
 static attn_dims make_dims(int T, int Hq, int Hkv, int D, int causal, float scale) {
   if (Hkv <= 0 || Hq % Hkv != 0) {
     fprintf(stderr, "error: %s:%d: attention needs Hq (%d) to be a multiple of Hkv (%d)\n", __FILE__, __LINE__, Hq,
@@ -708,6 +738,8 @@ void cuda_attention_forward(void *out, float *lse, const void *qkv, const int32_
                             int max_seqlen, int Hq, int Hkv, int D, int causal, float scale) {
   if (T == 0 || B == 0) return;
   attn_dims p = make_dims(T, Hq, Hkv, D, causal, scale);
+  const void *buffers[] = {out, qkv};
+  check_aligned(buffers, 2);
 #define FWD(DD) launch_forward<DD>((bf16 *)out, lse, (const bf16 *)qkv, cu_seqlens, B, max_seqlen, p)
   ATTN_DISPATCH(D, FWD)
 #undef FWD
@@ -718,10 +750,14 @@ void cuda_attention_backward(void *dqkv, const void *dout, const void *qkv, cons
                              int causal, float scale) {
   if (T == 0 || B == 0) return;
   attn_dims p = make_dims(T, Hq, Hkv, D, causal, scale);
+  const void *buffers[] = {dqkv, dout, qkv, out};
+  check_aligned(buffers, 4);
   float *delta = (float *)sn_cuda_scratch(SCRATCH_ATTN_DELTA, (size_t)Hq * T * sizeof(float));
-  const int warps_per_block = 8;
-  attention_delta_kernel<<<ceil_div_int((size_t)T * Hq, warps_per_block), warps_per_block * WARP_SIZE, 0,
-                           SN_STREAM>>>(delta, (const bf16 *)dout, (const bf16 *)out, T, Hq, D);
+  int lanes = 1;  // D is a multiple of 16 and at most 128: 2..16 lanes, dividing a warp
+  while (lanes * BF16_PER_PACK < D) lanes *= 2;
+  const size_t threads = (size_t)T * Hq * lanes;
+  attention_delta_kernel<<<ceil_div_int(threads, DELTA_THREADS), DELTA_THREADS, 0, SN_STREAM>>>(
+      delta, (const bf16 *)dout, (const bf16 *)out, T, Hq, D, lanes);
   launchCheck();
 #define BWD(DD)                                                                                             \
   launch_backward<DD>((bf16 *)dqkv, (const bf16 *)dout, (const bf16 *)qkv, lse, delta, cu_seqlens, B, max_seqlen, \

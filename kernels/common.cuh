@@ -81,12 +81,21 @@ __device__ __forceinline__ void add_bf16x8_words(float (&acc)[BF16_PER_PACK], ui
   for (int k = 0; k < F32_PER_PACK; k++) acc[2 * k] += bf16_lo(w[k]), acc[2 * k + 1] += bf16_hi(w[k]);
 }
 
-// ---- cp.async (sm_80+): 16-byte copies global -> shared memory that bypass registers ---------------
+// ---- cp.async (sm_80+): copies global -> shared memory that bypass registers ---------------
 // The "memory" clobbers keep the compiler from moving shared-memory reads above a wait: a thread
 // may read its own copies right after cp_async_wait, with no barrier in between.
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
+}
+// With a source size of 0 the destination is zero-filled instead (rows past the end of a tile).
+__device__ __forceinline__ void cp_async16_zfill(void *smem, const void *gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async4_zfill(void *smem, const void *gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(valid ? 4 : 0)
+               : "memory");
 }
 __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>  // waits until at most N of this thread's newest copy groups are still in flight
