@@ -256,6 +256,10 @@ static void run_pool_mean(void *p, int r) {
   ctx_t *c = p;
   ops->pool_forward(c->out[0], c->in[r][0], c->ids, c->B, c->T, c->C, SN_POOL_MEAN);
 }
+static void run_sumsq_rotated(void *p, int r) {
+  ctx_t *c = p;
+  ops->sum_squares(c->f[1], c->in[r][0], (size_t)c->T * c->C);
+}
 static void run_pool_l2(void *p, int r) {
   ctx_t *c = p;
   ops->pool_forward(c->out[0], c->in[r][0], c->ids, c->B, c->T, c->C, SN_POOL_LAST);
@@ -486,6 +490,11 @@ static void bench_pool(int B, int L, int C) {
   snprintf(shape, sizeof shape, "mean B=%d L=%d C=%d", B, L, C);
   report("pool_mean_forward", shape, time_median_ms(run_pool_mean, &c, nrot, reps),
          (double)c.T * C * BF16_BYTES + (double)B * C * BF16_BYTES, 0);
+  // Reference: a plain read-only reduction (sum_squares) over the same buffers, what reading this
+  // many bytes in one launch costs here; at tens of MB the launch and the single wave weigh.
+  snprintf(shape, sizeof shape, "read reference: sum_squares n=%d (%.0f MB)", c.T * C, c.T * C * BF16_BYTES / 1e6);
+  if (selected("pool_mean")) report("sum_squares", shape, time_median_ms(run_sumsq_rotated, &c, nrot, reps),
+                                    (double)c.T * C * BF16_BYTES, 0);
   free_ctx(&c, nrot);
 }
 
@@ -587,7 +596,8 @@ int main(int argc, char **argv) {
   if (!quick) bench_norms(16384, 3584);
   bench_activations(16384, 4864);
   bench_rope_embed();
-  bench_pool(128, 128, 896);
+  bench_pool(128, 128, 896);    // 0.5B documents
+  bench_pool(128, 512, 1536);   // 1.5B towers, 512-token documents
   bench_optimizer(quick ? (size_t)1 << 24 : (size_t)494032768);
   bench_matmul(16384, 4864 * 2, 896, 0, "gate_up 0.5B");
   bench_matmul(16384, 896, 896, 1, "q_proj 0.5B");
