@@ -260,9 +260,13 @@ static void run_sumsq_rotated(void *p, int r) {
   ctx_t *c = p;
   ops->sum_squares(c->f[1], c->in[r][0], (size_t)c->T * c->C);
 }
-static void run_pool_l2(void *p, int r) {
+static void run_pool_last(void *p, int r) {
   ctx_t *c = p;
   ops->pool_forward(c->out[0], c->in[r][0], c->ids, c->B, c->T, c->C, SN_POOL_LAST);
+}
+static void run_pool_l2(void *p, int r) {
+  ctx_t *c = p;
+  run_pool_last(p, r);
   ops->l2norm_forward(c->f[0], c->f[1], c->out[0], c->B, c->C);
 }
 
@@ -486,6 +490,13 @@ static void bench_pool(int B, int L, int C) {
   c.f[0] = ops->alloc((size_t)B * C * sizeof(float)), c.f[1] = ops->alloc(B * sizeof(float));
   snprintf(shape, sizeof shape, "last-token + l2norm B=%d C=%d", B, C);
   report("pool_l2norm_forward", shape, time_median_ms(run_pool_l2, &c, nrot, reps), (double)B * C * (2 + 2 + 2 + 4), 0);
+  // Reference for the row above (two launches on B rows, latency-bound): one launch that moves
+  // almost nothing, timed the same way.
+  const int full_B = c.B;
+  c.B = 1;
+  snprintf(shape, sizeof shape, "launch reference: last-token B=1 C=%d", C);
+  if (selected("pool_l2norm")) report("pool_forward", shape, time_median_ms(run_pool_last, &c, nrot, reps), 4.0 * C, 0);
+  c.B = full_B;
   // Mean pooling reads every token: the memory-bound case (BERT-style students).
   snprintf(shape, sizeof shape, "mean B=%d L=%d C=%d", B, L, C);
   report("pool_mean_forward", shape, time_median_ms(run_pool_mean, &c, nrot, reps),
