@@ -6,7 +6,11 @@
 // fraction of the ceiling measured in this same run: device-to-device copy bandwidth (bytes read +
 // written) for memory-bound ops, the cuBLASLt bf16 8192^3 GEMM for matrix ops.
 //
-//   sn_bench [--csv] [--quick] [--filter SUBSTRING]
+// Calls run back to back behind a busy-wait kernel (see time_median_ms); --idle-gpu times every call
+// from an idle GPU instead, the host's launch latency included (the method of tables before
+// 2026-11-25 evening).
+//
+//   sn_bench [--csv] [--quick] [--idle-gpu] [--filter SUBSTRING]
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +32,9 @@ int main(void) {
 #define WARMUP_RUNS 5
 #define BF16_BYTES 2
 #define ROPE_BENCH_SEQLEN 2048  // positions in the rope benchmark restart every this many tokens
+#define BUSY_WAIT_MIN_US 2000.0    // queue ahead of the timed calls: at least this long
+#define BUSY_WAIT_MAX_US 200000.0  // and at most this long
+#define BUSY_WAIT_MARGIN 3.0       // times the host's enqueue time measured on the warm-up calls
 
 #define cudaCheck(call)                                                                    \
   do {                                                                                     \
@@ -36,7 +43,7 @@ int main(void) {
   } while (0)
 
 static const sn_ops *ops;
-static int csv, quick, reps = 50;
+static int csv, quick, idle_gpu, reps = 50;
 static const char *filter;
 static double copy_gbps, gemm_tflops;
 
@@ -84,18 +91,36 @@ static int cmp_float(const void *a, const void *b) {
 
 typedef void (*bench_fn)(void *ctx, int rot);
 
-// Median milliseconds of fn over `n` runs, rotating rot = 0..nrot-1.
+// Median milliseconds of fn over `n` runs, rotating rot = 0..nrot-1. The stream is first kept busy
+// (sn_cuda_busy_wait) for longer than the host takes to enqueue all n calls with their events, so
+// the GPU runs them back to back and each event pair times one call on the GPU. With an idle GPU
+// each pair would also time the host launching the call: 4-6 us here, most of a small kernel's
+// row. If the host outruns the wait (an op that synchronizes inside), the rows are timed again
+// behind a longer one; if it still does, they stand as measured, launch latency included.
 static double time_median_ms(bench_fn fn, void *ctx, int nrot, int n) {
   cudaEvent_t *ev = mallocCheck(2 * n * sizeof(cudaEvent_t));
   for (int i = 0; i < 2 * n; i++) cudaCheck(cudaEventCreate(&ev[i]));
-  for (int i = 0; i < WARMUP_RUNS; i++) fn(ctx, i % nrot);
+  fn(ctx, 0);  // first call: one-time setup (plans, scratch, attributes)
   cudaCheck(cudaDeviceSynchronize());
-  for (int i = 0; i < n; i++) {
-    cudaCheck(cudaEventRecord(ev[2 * i], 0));
-    fn(ctx, i % nrot);
-    cudaCheck(cudaEventRecord(ev[2 * i + 1], 0));
+  double t0 = sn_now_s();
+  for (int i = 1; i < WARMUP_RUNS; i++) fn(ctx, i % nrot);
+  const double enqueue_per_call_us = (sn_now_s() - t0) * 1e6 / (WARMUP_RUNS - 1);  // the host's share
+  cudaCheck(cudaDeviceSynchronize());
+  double wait_us = SN_MIN(BUSY_WAIT_MAX_US, SN_MAX(BUSY_WAIT_MIN_US, BUSY_WAIT_MARGIN * enqueue_per_call_us * n));
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (idle_gpu) wait_us = 0;  // the earlier method: every call starts from an idle GPU
+    else sn_cuda_busy_wait(wait_us);
+    t0 = sn_now_s();
+    for (int i = 0; i < n; i++) {
+      cudaCheck(cudaEventRecord(ev[2 * i], 0));
+      fn(ctx, i % nrot);
+      cudaCheck(cudaEventRecord(ev[2 * i + 1], 0));
+    }
+    const double enqueue_us = (sn_now_s() - t0) * 1e6;
+    cudaCheck(cudaDeviceSynchronize());
+    if (idle_gpu || enqueue_us < wait_us || wait_us >= BUSY_WAIT_MAX_US) break;
+    wait_us = SN_MIN(BUSY_WAIT_MAX_US, 2.0 * enqueue_us);
   }
-  cudaCheck(cudaDeviceSynchronize());
   float *ms = mallocCheck(n * sizeof(float));
   for (int i = 0; i < n; i++) cudaCheck(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
   qsort(ms, n, sizeof(float), cmp_float);
@@ -420,7 +445,8 @@ static void run_attn_bwd(void *p, int r) {
 }
 
 static void bench_attention(int B, int L, int Hq, int Hkv, int D, int causal) {
-  if (!selected("attention")) return;
+  const int fwd = selected("attention_forward"), bwd = selected("attention_backward");
+  if (!fwd && !bwd) return;
   char shape[96];
   attn_ctx a = {0};
   a.B = B, a.L = L, a.T = B * L, a.Hq = Hq, a.Hkv = Hkv, a.D = D, a.causal = causal;
@@ -438,8 +464,9 @@ static void bench_attention(int B, int L, int Hq, int Hkv, int D, int causal) {
   // FLOPs as FlashAttention counts them: 4 B L^2 Hq D forward (halved when causal), 2.5x that backward.
   double fwd_flops = 4.0 * B * (double)L * L * Hq * D * (causal ? 0.5 : 1.0);
   snprintf(shape, sizeof shape, "B=%d L=%d Hq=%d Hkv=%d D=%d %s", B, L, Hq, Hkv, D, causal ? "causal" : "bidir");
-  report("attention_forward", shape, time_median_ms(run_attn_fwd, &a, 1, reps), 0, fwd_flops);
-  report("attention_backward", shape, time_median_ms(run_attn_bwd, &a, 1, reps), 0, 2.5 * fwd_flops);
+  if (fwd) report("attention_forward", shape, time_median_ms(run_attn_fwd, &a, 1, reps), 0, fwd_flops);
+  else run_attn_fwd(&a, 0);  // the backward reads its output and lse
+  if (bwd) report("attention_backward", shape, time_median_ms(run_attn_bwd, &a, 1, reps), 0, 2.5 * fwd_flops);
   ops->free(a.qkv), ops->free(a.dout), ops->free(a.out), ops->free(a.dqkv), ops->free(a.lse), ops->free(a.cu);
 }
 
@@ -582,9 +609,10 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--csv")) csv = 1;
     else if (!strcmp(argv[i], "--quick")) quick = 1, reps = 10;
+    else if (!strcmp(argv[i], "--idle-gpu")) idle_gpu = 1;
     else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
     else {
-      fprintf(stderr, "usage: sn_bench [--csv] [--quick] [--filter SUBSTRING]\n");
+      fprintf(stderr, "usage: sn_bench [--csv] [--quick] [--idle-gpu] [--filter SUBSTRING]\n");
       return 2;
     }
   }
@@ -598,8 +626,10 @@ int main(int argc, char **argv) {
   cudaCheck(cudaGetDeviceProperties(&prop, 0));
   if (csv) printf("op,shape,median_us,GB_per_s,TFLOP_per_s,fraction_of_ceiling\n");
   else {
-    printf("# sn_bench on %s (%d SMs, %.0f MB L2); median of %d runs after %d warm-up, inputs rotated over >= %zu MB\n",
-           prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6, reps, WARMUP_RUNS, L2_FLUSH_BYTES >> 20);
+    printf("# sn_bench on %s (%d SMs, %.0f MB L2); median of %d runs after %d warm-up, inputs rotated over >= %zu MB; "
+           "%s\n",
+           prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6, reps, WARMUP_RUNS, L2_FLUSH_BYTES >> 20,
+           idle_gpu ? "each call from an idle GPU (launch latency included)" : "calls back to back from a full queue");
     printf("%-24s %-40s %10s %9s %8s %8s\n", "op", "shape", "median_us", "GB/s", "TFLOP/s", "ceiling");
   }
   measure_ceilings();

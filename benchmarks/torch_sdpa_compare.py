@@ -8,9 +8,11 @@
 2. InfoNCE unfused: logits GEMM, cross_entropy (log-softmax + NLL), backward through both
    embedding sets, fp32, the sequence that sn's fused contrastive_loss replaces.
 
-Median of CUDA-event timings after warm-up. Prints a table, or CSV with --csv.
+Median of CUDA-event timings after warm-up, the calls back to back behind a GPU sleep (as sn_bench
+does); --idle-gpu times each call from an idle GPU instead. Prints a table, or CSV with --csv.
 """
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -19,19 +21,33 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 WARMUP, REPS = 5, 50
 
 
+IDLE_GPU = "--idle-gpu" in sys.argv  # the earlier method: every call from an idle GPU
+SLEEP_CYCLES_PER_S = 2.0e9  # at least the SM clock (1.98 GHz on the H100 here): the sleep lasts long enough
+MIN_QUEUE_S = 2e-3
+
+
 def median_ms(fn):
-    for _ in range(WARMUP):
-        fn()
+    """Median of per-call CUDA-event times. As in sn_bench, the calls run back to back behind a GPU
+    sleep longer than the host needs to enqueue them all, so each event pair times the GPU's work
+    for one call, not the host launching it."""
+    fn()  # first call: one-time setup
     torch.cuda.synchronize()
-    times = []
-    for _ in range(REPS):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    for _ in range(WARMUP - 1):
+        fn()
+    enqueue_s = (time.perf_counter() - t0) / (WARMUP - 1)  # the host's share
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(REPS)]
+    if not IDLE_GPU:
+        torch.cuda._sleep(int(max(MIN_QUEUE_S, 3.0 * enqueue_s * REPS) * SLEEP_CYCLES_PER_S))
+    for a, b in events:
         a.record()
         fn()
         b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
+        if IDLE_GPU:
+            torch.cuda.synchronize()
+    torch.cuda.synchronize()
+    times = sorted(a.elapsed_time(b) for a, b in events)
     return times[len(times) // 2]
 
 

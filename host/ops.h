@@ -198,6 +198,8 @@ typedef struct sn_ops {
 // or when no GPU is present (reason in *why_not when non-NULL).
 const sn_ops *sn_ops_cpu(void);
 const sn_ops *sn_ops_cuda(const char **why_not);
+// CUDA builds only, for benchmarks: enqueues a kernel that keeps the stream busy this long.
+void sn_cuda_busy_wait(double microseconds);
 // "cpu" or "cuda": the backend, or an error naming the device string.
 const sn_ops *sn_ops_by_name(const char *device);
 

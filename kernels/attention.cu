@@ -120,24 +120,25 @@ __device__ __forceinline__ void load_tile_async(bf16 *s, const bf16 *g, size_t s
   });
 }
 
-// Double-buffered K/V tiles of one sequence: starts the asynchronous copy of tile it + 1 into the
-// other stage, waits until tile it is in shared memory, and returns its K (its V follows at
-// + ATTN_TILE_K * LD). The first tile was issued before the loop.
-template <int D, int LD, int STAGE, int THREADS>
+// K/V tiles of one sequence through NSTAGES shared-memory stages: starts the asynchronous copy of
+// tile it + NSTAGES - 1 (into the stage tile it - 1 used, free since the previous iteration's closing
+// barrier), waits until tile it is in shared memory, and returns its K (its V follows at
+// + ATTN_TILE_K * LD). Tiles 0 .. NSTAGES - 2 were issued before the loop. One commit group per
+// tile, empty past the last, so the wait count is the same every iteration.
+template <int D, int LD, int STAGE, int THREADS, int NSTAGES>
 __device__ __forceinline__ const bf16 *kv_tile_ready(bf16 *stages, int it, int ntiles, const bf16 *k_base,
                                                      const bf16 *v_base, size_t stride, int L) {
-  if (it + 1 < ntiles) {
-    bf16 *next = stages + ((it + 1) & 1) * STAGE;
-    const int nk0 = (it + 1) * ATTN_TILE_K, valid = min(ATTN_TILE_K, L - nk0);
+  const int ahead = it + NSTAGES - 1;
+  if (ahead < ntiles) {
+    bf16 *next = stages + (ahead % NSTAGES) * STAGE;
+    const int nk0 = ahead * ATTN_TILE_K, valid = min(ATTN_TILE_K, L - nk0);
     load_tile_async<D, ATTN_TILE_K, THREADS>(next, k_base + (size_t)nk0 * stride, stride, valid);
     load_tile_async<D, ATTN_TILE_K, THREADS>(next + ATTN_TILE_K * LD, v_base + (size_t)nk0 * stride, stride, valid);
-    cp_async_commit();
-    cp_async_wait<1>();
-  } else {
-    cp_async_wait<0>();
   }
+  cp_async_commit();
+  cp_async_wait<NSTAGES - 1>();
   __syncthreads();
-  return stages + (it & 1) * STAGE;
+  return stages + (it % NSTAGES) * STAGE;
 }
 
 __device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
@@ -148,17 +149,29 @@ struct attn_dims {
   float scale, scale_log2;  // scale and scale * log2(e)
 };
 
+// K/V tile stages of the forward pass (cp.async of the next tiles overlaps this tile's math), and
+// the blocks an SM its registers must allow: for D <= 64 four (at most 128 registers a thread; 130
+// otherwise, which leaves three). Measured on the H100 at L=2048 D=64: 318-320 us against 351-354;
+// deeper pipelines were slower (3 stages 342-351 us, 4 stages 369-371), as were two 16-row groups a
+// warp (415-419 us: 247 registers), 128-key tiles (409) and 8 warps a block (471-511).
+#define ATTN_FWD_STAGES 2
+template <int D>
+struct fwd_min_blocks {
+  static constexpr int N = D <= 64 ? 4 : 1;
+};
+
 // ---- forward -----------------------------------------------------------------------------------------
 // out (T, Hq*D), lse (Hq, T); qkv (T, (Hq + 2 Hkv) D). grid (query tiles, B, Hq).
-// Shared memory: two K/V stages (the next tile's cp.async overlaps this tile's math); Q passes
-// through the second stage's K buffer once on its way to registers.
+// Shared memory: ATTN_FWD_STAGES K/V stages; Q passes through the last stage's K buffer once on its
+// way to registers.
 template <int D, int WARPS>
-__global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv,
+__global__ void __launch_bounds__(WARPS * WARP_SIZE, fwd_min_blocks<D>::N) attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv,
                                                                          const int32_t *cu_seqlens, attn_dims p) {
   constexpr int LD = D + ATTN_SMEM_PAD;
   constexpr int NK = ATTN_TILE_K / 8;  // n-tiles of scores per warp
   constexpr int ND = D / 8;            // n-tiles of the output
   constexpr int STAGE = 2 * ATTN_TILE_K * LD;  // K then V of one stage
+  constexpr int NSTAGES = ATTN_FWD_STAGES;
   constexpr int TILE_Q = WARPS * ATTN_ROWS_PER_WARP;
   static_assert(TILE_Q <= 2 * ATTN_TILE_K, "the Q tile passes through one stage (K and V buffers)");
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -180,19 +193,29 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_forward_kernel(bf
   const int kv_end = p.causal ? min(L, q0 + TILE_Q) : L;
   const int ntiles = ceil_div_dev(kv_end, ATTN_TILE_K);
 
-  // Q into stage 1's K buffer, K/V tile 0 into stage 0, both in flight together.
+  // Q into the last stage (the first one the loop refills), K/V tiles 0 .. NSTAGES - 2 into the
+  // others, all in flight together; only Q is waited for here.
   constexpr int THREADS = WARPS * WARP_SIZE;
-  load_tile_async<D, TILE_Q, THREADS>(stages + STAGE, q_base + (size_t)q0 * stride, stride, min(TILE_Q, L - q0));
+  bf16 *q_stage = stages + (NSTAGES - 1) * STAGE;
+  load_tile_async<D, TILE_Q, THREADS>(q_stage, q_base + (size_t)q0 * stride, stride, min(TILE_Q, L - q0));
   cp_async_commit();
-  load_tile_async<D, ATTN_TILE_K, THREADS>(stages, k_base, stride, min(ATTN_TILE_K, L));
-  load_tile_async<D, ATTN_TILE_K, THREADS>(stages + ATTN_TILE_K * LD, v_base, stride, min(ATTN_TILE_K, L));
-  cp_async_commit();
-  cp_async_wait<1>();
+#pragma unroll
+  for (int t = 0; t < NSTAGES - 1; t++) {
+    const int valid = min(ATTN_TILE_K, L - t * ATTN_TILE_K);
+    if (t < ntiles) {
+      load_tile_async<D, ATTN_TILE_K, THREADS>(stages + t * STAGE, k_base + (size_t)t * ATTN_TILE_K * stride, stride,
+                                               valid);
+      load_tile_async<D, ATTN_TILE_K, THREADS>(stages + t * STAGE + ATTN_TILE_K * LD,
+                                               v_base + (size_t)t * ATTN_TILE_K * stride, stride, valid);
+    }
+    cp_async_commit();
+  }
+  cp_async_wait<NSTAGES - 1>();
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; kk++) load_a_frag(qf[kk], stages + STAGE, LD, wrow, kk * 16, lane);
-  __syncthreads();  // stage 1 is free for tile 1
+  for (int kk = 0; kk < D / 16; kk++) load_a_frag(qf[kk], q_stage, LD, wrow, kk * 16, lane);
+  __syncthreads();  // the last stage is free for tile NSTAGES - 1
 
   float o[ND][4];
 #pragma unroll
@@ -202,7 +225,7 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_forward_kernel(bf
 
   for (int it = 0; it < ntiles; it++) {
     const int k0 = it * ATTN_TILE_K;
-    const bf16 *Ks = kv_tile_ready<D, LD, STAGE, THREADS>(stages, it, ntiles, k_base, v_base, stride, L);
+    const bf16 *Ks = kv_tile_ready<D, LD, STAGE, THREADS, NSTAGES>(stages, it, ntiles, k_base, v_base, stride, L);
     const bf16 *Vs = Ks + ATTN_TILE_K * LD;
 
     // S (16, 64) = Q K^T for this warp's rows.
@@ -675,7 +698,9 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
 // slower at every benchmark shape (e.g. 245 vs 224 us at L=512 D=128, 28.5 vs 17.0 us at L=32).
 #define ATTN_FWD_WARPS 4
 template <int D>
-static size_t fwd_smem(void) { return (size_t)2 * 2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16); }
+static size_t fwd_smem(void) {
+  return (size_t)ATTN_FWD_STAGES * 2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16);
+}
 template <int D, int WARPS>
 static size_t bwd_smem(void) {
   using F = fused_bwd_tile<D, WARPS>;
