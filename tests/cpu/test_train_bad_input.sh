@@ -15,15 +15,8 @@ cat > base.json <<JSON
  "stage2": {"student_desc": {"arch": "bert", "layers": 1, "hidden": 16, "heads": 2, "vocab": 4096},
             "tokenizer": "$SRC/configs/default/student/tokenizer.json", "steps": 1, "batch_queries": 4}}
 JSON
-fail=0
-expect() {  # expect "what" "needle" args...
-  local what=$1 needle=$2; shift 2
-  local out rc
-  out=$("$BUILD/sn_train" "$@" 2>&1); rc=$?
-  if [ $rc != 2 ]; then echo "FAIL: $what: exit $rc, expected 2"; echo "$out" | tail -3; fail=1; return; fi
-  if ! grep -qF -- "$needle" <<<"$out"; then echo "FAIL: $what: message lacks '$needle': $out"; fail=1; return; fi
-  echo "ok: $what: $(grep -m1 error <<<"$out")"
-}
+EXPECT_BIN=$BUILD/sn_train
+source "$SRC/tests/cpu/expect_exit2.sh"
 expect "unknown key" "did you mean 'stage1.temperature'" --config base.json --set stage1.temprature=0.1
 expect "missing config" "nope.json" --config nope.json
 expect "missing model folder" "stage1.model" --config base.json --set stage1.model_desc= --set stage1.model=/nonexistent/model
