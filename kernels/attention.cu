@@ -395,7 +395,6 @@ struct fused_bwd_tile {
   static constexpr int M_SPAN = M_TILES / ROW_SPLIT;
   static constexpr int COL_GROUPS = WARPS / ROW_SPLIT;
   static constexpr int PAIR_SPAN = (N_PAIRS + COL_GROUPS - 1) / COL_GROUPS;
-  static constexpr int CHUNKS = TQ * D / F32_PER_PACK;  // 16-byte pieces of a dQ tile
   static_assert(M_TILES % ROW_SPLIT == 0 && WARPS % ROW_SPLIT == 0, "the dQ rows split evenly over the warps");
 };
 
