@@ -94,7 +94,7 @@ typedef void (*bench_fn)(void *ctx, int rot);
 // Median milliseconds of fn over `n` runs, rotating rot = 0..nrot-1. The stream is first kept busy
 // (sn_cuda_busy_wait) for longer than the host takes to enqueue all n calls with their events, so
 // the GPU runs them back to back and each event pair times one call on the GPU. With an idle GPU
-// each pair would also time the host launching the call: 4-6 us here, most of a small kernel's
+// each pair would also time the host launching the call: 4-7 us here, most of a small kernel's
 // row. If the host outruns the wait (an op that synchronizes inside), the rows are timed again
 // behind a longer one; if it still does, they stand as measured, launch latency included.
 static double time_median_ms(bench_fn fn, void *ctx, int nrot, int n) {
@@ -108,8 +108,7 @@ static double time_median_ms(bench_fn fn, void *ctx, int nrot, int n) {
   cudaCheck(cudaDeviceSynchronize());
   double wait_us = SN_MIN(BUSY_WAIT_MAX_US, SN_MAX(BUSY_WAIT_MIN_US, BUSY_WAIT_MARGIN * enqueue_per_call_us * n));
   for (int attempt = 0; attempt < 2; attempt++) {
-    if (idle_gpu) wait_us = 0;  // the earlier method: every call starts from an idle GPU
-    else sn_cuda_busy_wait(wait_us);
+    if (!idle_gpu) sn_cuda_busy_wait(wait_us);  // --idle-gpu: every call starts from an idle GPU
     t0 = sn_now_s();
     for (int i = 0; i < n; i++) {
       cudaCheck(cudaEventRecord(ev[2 * i], 0));

@@ -24,6 +24,7 @@ WARMUP, REPS = 5, 50
 IDLE_GPU = "--idle-gpu" in sys.argv  # the earlier method: every call from an idle GPU
 SLEEP_CYCLES_PER_S = 2.0e9  # at least the SM clock (1.98 GHz on the H100 here): the sleep lasts long enough
 MIN_QUEUE_S = 2e-3
+QUEUE_MARGIN = 3.0  # the sleep lasts this many times the host's enqueue time of all the calls
 
 
 def median_ms(fn):
@@ -39,7 +40,7 @@ def median_ms(fn):
     torch.cuda.synchronize()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(REPS)]
     if not IDLE_GPU:
-        torch.cuda._sleep(int(max(MIN_QUEUE_S, 3.0 * enqueue_s * REPS) * SLEEP_CYCLES_PER_S))
+        torch.cuda._sleep(int(max(MIN_QUEUE_S, QUEUE_MARGIN * enqueue_s * REPS) * SLEEP_CYCLES_PER_S))
     for a, b in events:
         a.record()
         fn()
