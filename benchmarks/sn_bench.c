@@ -611,6 +611,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--idle-gpu")) idle_gpu = 1;
     else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
     else {
+      if (!strcmp(argv[i], "--filter")) fprintf(stderr, "error: sn_bench: --filter needs a SUBSTRING\n");
+      else fprintf(stderr, "error: sn_bench: unknown argument: '%s'\n", argv[i]);
       fprintf(stderr, "usage: sn_bench [--csv] [--quick] [--idle-gpu] [--filter SUBSTRING]\n");
       return 2;
     }
