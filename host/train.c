@@ -263,7 +263,6 @@ int sn_train_main(const sn_train_args *args) {
   sn_beir eval_data;
   memset(&eval_data, 0, sizeof eval_data);
   int evaluating = load_eval_data(&t, &eval_data);
-  int status = 0;
   int fresh = t.resume_stage == 0;
   if (do1) {
     if (fresh) {
@@ -293,5 +292,5 @@ done:
   sn_train_examples_free(&t.examples);
   sn_train_log_close(&t.log);
   sn_comm_destroy(t.comm);
-  return status;
+  return 0;
 }

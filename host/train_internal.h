@@ -155,6 +155,40 @@ void sn_trainer_check_negatives(const sn_trainer *t, int k, const char *key);
 // Number of optimizer steps of a stage from its config.
 int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoch, int grad_accum);
 
-// The two stages. Return 0, or the exit status to end with.
+// ---- a stage: what sn_train_loop trains ----------------------------------------------------
+#define SN_STAGE_MAX_TERMS 3
+#define SN_STAGE_MAX_TOWERS 2
+
+typedef struct {
+  int number;            // 1, 2: in checkpoints, log lines and metrics records
+  int grad_accum;        // micro-batches per optimizer step
+  int64_t total_steps;
+  sn_sampler *sampler;
+  // The distinct parameter sets trained (one with shared towers) and their optimizers, in
+  // checkpoint order; optimizers[0]'s lr is the one logged.
+  int n_models;
+  sn_model *models[SN_STAGE_MAX_TOWERS];
+  sn_ckpt_optimizer optimizers[SN_STAGE_MAX_TOWERS];
+  // The towers saved under RUN/final/<name>; a checkpoint holds the first n_ckpt_towers (shared
+  // towers are saved as both query_tower and doc_tower, but checkpointed once).
+  int n_towers, n_ckpt_towers;
+  sn_ckpt_tower towers[SN_STAGE_MAX_TOWERS];
+  // The loss is the sum of n_terms terms; with more than one, each is logged by name.
+  int n_terms;
+  const char *term_names[SN_STAGE_MAX_TERMS];
+  // One micro-batch: forward, loss, backward, accumulating into the models' gradients. Adds this
+  // rank's share of each loss term (already divided by the global batch, not by grad_accum: the
+  // loop scales gradients and terms by 1/grad_accum) into terms; returns the batch's tokens.
+  // last_micro: the step's last micro-batch, before whose backward the overlapped all-reduce is armed.
+  int64_t (*micro_step)(void *ctx, const sn_batch *b, int last_micro, double *terms);
+  void *ctx;
+} sn_stage;
+
+// Trains a set-up stage to its total steps (after restoring the resume checkpoint when resuming),
+// then saves its final towers. Returns 0 when the stage finished, -1 when it stopped early (a
+// signal or --stop-after) after writing a checkpoint.
+int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming);
+
+// The two stages: set up, sn_train_loop, free. Return 0 when finished, -1 when stopped early.
 int sn_train_stage1(sn_trainer *t);
 int sn_train_stage2(sn_trainer *t);

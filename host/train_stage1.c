@@ -98,10 +98,11 @@ static const float *scatter_back(stage1_ctx *c, float *d_all, float *d_local, in
   return d_local;
 }
 
-// One micro-batch: forward, InfoNCE (+ symmetric term), backward. Returns this rank's share of
-// the loss (already divided by the global query count). On the step's last micro-batch the
-// gradient all-reduce is armed to start during the backward pass.
-static double micro_step(stage1_ctx *c, const sn_batch *b, int last_micro) {
+// One micro-batch (sn_stage.micro_step): forward, InfoNCE (+ symmetric term), backward. Adds this
+// rank's share of the loss (already divided by the global query count). On the step's last
+// micro-batch the gradient all-reduce is armed to start during the backward pass.
+static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *terms) {
+  stage1_ctx *c = ctx;
   sn_trainer *t = c->t;
   const sn_ops *ops = t->ops;
   const sn_cfg_stage1 *s1 = &t->cfg.stage1;
@@ -161,10 +162,9 @@ static double micro_step(stage1_ctx *c, const sn_batch *b, int last_micro) {
                     B->chunk_emb, last_micro ? c->opt_d : NULL, "documents");
   float loss = 0;
   ops->download(&loss, B->loss, sizeof loss);
-  return loss;
+  terms[0] += loss;
+  return b->n_query_tokens + b->n_doc_tokens;
 }
-
-static int64_t batch_tokens(const sn_batch *b) { return b->n_query_tokens + b->n_doc_tokens; }
 
 static void log_model(const char *what, const sn_model *m) {
   sn_log("%s: %s, %d layers, hidden %d, %d heads (%d kv), vocab %d, %.1fM parameters", what,
@@ -237,63 +237,14 @@ int sn_train_stage1(sn_trainer *t) {
   c.opt_q = &opt_q;
   c.opt_d = c.dmodel != c.qmodel ? &opt_d : &opt_q;
 
-  int64_t step = 0;
-  double elapsed_before = 0;
   int two = c.dmodel != c.qmodel;
-  sn_ckpt_optimizer opts[2] = {{"query", &opt_q}, {"doc", &opt_d}};
-  if (resuming) step = sn_trainer_restore(t, 1, sampler, opts, 1 + two, &elapsed_before);
-  const int64_t start_step = step;
-
-  double t0 = sn_now_s();
-  int stopped = 0;
-  while (step < total && !stopped) {
-    sn_model_zero_grads(c.qmodel);
-    if (c.dmodel != c.qmodel) sn_model_zero_grads(c.dmodel);
-    double totals[3] = {0, 0, 0};  // loss, tokens, stop requests — summed over ranks
-    for (int micro = 0; micro < s1->grad_accum; micro++) {
-      const sn_batch *b = sn_sampler_next_or_die(sampler);
-      totals[0] += micro_step(&c, b, micro == s1->grad_accum - 1) / s1->grad_accum;
-      totals[1] += (double)batch_tokens(b);
-    }
-    totals[2] = sn_stop_requested ? 1 : 0;
-    sn_comm_all_reduce_f64_host(t->comm, totals, 3);
-    float grad_scale = 1.0f / (float)s1->grad_accum;
-    sn_optimizer *const optimizers[2] = {&opt_q, &opt_d};
-    for (int i = 0; i < 1 + two; i++) sn_optimizer_sync_grads(optimizers[i]);
-    double grad_norm = sn_optimizers_grad_norm(optimizers, 1 + two, grad_scale);
-    float lr = sn_optimizer_step(&opt_q, grad_norm, grad_scale);
-    if (two) sn_optimizer_step(&opt_d, grad_norm, grad_scale);
-    step++;
-    double elapsed = elapsed_before + (sn_now_s() - t0);
-    sn_step_record rec = {.stage = 1, .step = step, .total_steps = total, .loss = (float)totals[0],
-                          .lr = lr, .grad_norm = (float)grad_norm, .tokens = (int64_t)totals[1],
-                          .elapsed_s = elapsed};
-    if (!isfinite(rec.loss)) sn_fatal("stage 1: the loss is %f at step %lld", rec.loss, (long long)step);
-    sn_model *const towers_trained[2] = {c.qmodel, c.dmodel};
-    sn_trainer_check_replicas(t, towers_trained, 1 + two, step, &rec);
-    sn_train_log_step(&t->log, &rec);
-    stopped = sn_trainer_should_stop(t, totals[2]) && step < total;
-    if (sn_trainer_checkpoint_due(t, step, total, stopped)) {
-      sn_ckpt_tower towers[2] = {{"query_tower", c.qmodel, tok_dir}, {"doc_tower", c.dmodel, tok_dir}};
-      sn_trainer_checkpoint(t, 1, step, elapsed, sampler, opts, 1 + two, towers, 1 + two);
-    }
-  }
-  sn_train_log_end_stage(&t->log);
-  int64_t steps_here = step - start_step;
-  if (t->rank == 0 && opt_q.overlap && steps_here > 0) {
-    int64_t buckets = opt_q.buckets_started + (two ? opt_d.buckets_started : 0);
-    sn_log("stage 1: %.1f overlapped all-reduces per step", (double)buckets / (double)steps_here);
-  }
-  if (!stopped && t->rank == 0) {
-    char dir[SN_TRAIN_PATH_MAX + 32];
-    snprintf(dir, sizeof dir, "%s/final/query_tower", t->run_dir);
-    sn_trainer_save_tower(c.qmodel, dir, tok_dir);
-    snprintf(dir, sizeof dir, "%s/final/doc_tower", t->run_dir);
-    sn_trainer_save_tower(c.dmodel, dir, tok_dir);
-    sn_plot_loss_svg(t->run_dir, 1);
-    sn_log("stage 1: done, towers in %s/final/{query_tower,doc_tower}", t->run_dir);
-  }
-  sn_comm_barrier(t->comm);  // stage 2 and the evaluation read the final towers
+  sn_stage stage = {.number = 1, .grad_accum = s1->grad_accum, .total_steps = total, .sampler = sampler,
+                    .n_models = 1 + two, .models = {c.qmodel, c.dmodel},
+                    .optimizers = {{"query", &opt_q}, {"doc", &opt_d}},
+                    .n_towers = 2, .n_ckpt_towers = 1 + two,
+                    .towers = {{"query_tower", c.qmodel, tok_dir}, {"doc_tower", c.dmodel, tok_dir}},
+                    .n_terms = 1, .term_names = {"infonce"}, .micro_step = micro_step, .ctx = &c};
+  int rc = sn_train_loop(t, &stage, resuming);
   buffers_free(&c.buf, ops);
   sn_runner_free(&c.qrun);
   sn_runner_free(&c.drun);
@@ -307,6 +258,5 @@ int sn_train_stage1(sn_trainer *t) {
   sn_token_set_close(&qset);
   sn_token_set_close(&dset);
   sn_tokenizer_free(tok);
-  t->resume_stage = 0;
-  return stopped ? -1 : 0;
+  return rc;
 }

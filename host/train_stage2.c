@@ -104,6 +104,56 @@ static void upload_rows(const sn_ops *ops, float *dst, const emb_cache *cache, c
   ops->upload(dst, host_scratch, (size_t)n * cache->dim * sizeof(float));
 }
 
+// What one micro-batch needs: the student's runner, the cached teacher (and document) embeddings
+// and the loss buffers, sized once for the rank's batch.
+typedef struct {
+  sn_trainer *t;
+  sn_tower_runner run;
+  sn_optimizer *opt;
+  const emb_cache *teacher_emb, *doc_emb;  // doc_emb NULL without the gamma term
+  int C;
+  float *s_emb, *s_raw, *ds_raw, *ds_emb;  // (Bq, C) normalised student, raw student, gradients
+  void *ds_raw_storage;                    // (Bq, C) storage dtype
+  float *t_rows;                           // (Bq, C) teacher rows of the batch
+  float *d_rows, *dd_rows;                 // (Nd, C) frozen document rows, their (unused) gradient
+  int32_t *targets;                        // (Bq) positives, for the gamma term
+  float *terms;                            // (3) mse, cos, infonce
+  float *host_rows;                        // (max(Bq, Nd), C) staging
+} stage2_ctx;
+
+// One micro-batch (sn_stage.micro_step): student forward, α·MSE + β·(1 − cos) against the teacher
+// (+ γ·InfoNCE against the frozen documents), backward.
+static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *terms) {
+  stage2_ctx *c = ctx;
+  sn_trainer *t = c->t;
+  const sn_cfg_stage2 *s2 = &t->cfg.stage2;
+  const sn_ops *ops = t->ops;
+  int n = b->n_queries, C = c->C;
+  // Each rank's means are over its own queries; dividing by the world size makes the sum over
+  // ranks (the gradient all-reduce) the mean over the global batch.
+  float per_rank = 1.0f / (float)t->world;
+  sn_runner_forward(&c->run, b->query_ids, b->query_cu_seqlens, n, 1, c->s_emb, "student queries");
+  upload_rows(ops, c->t_rows, c->teacher_emb, b->example_index, n, c->host_rows);
+  ops->memset_zero(c->terms, 3 * sizeof(float));
+  ops->storage_to_f32(c->s_raw, sn_runner_raw(&c->run), (size_t)n * C);
+  ops->distill_loss(c->terms, c->ds_raw, c->s_raw, c->t_rows, n, C, s2->alpha * per_rank, s2->beta * per_rank);
+  ops->f32_to_storage(c->ds_raw_storage, c->ds_raw, (size_t)n * C);
+  ops->memset_zero(c->ds_emb, (size_t)n * C * sizeof(float));
+  if (c->doc_emb) {
+    upload_rows(ops, c->d_rows, c->doc_emb, b->doc_index, b->n_docs, c->host_rows);
+    ops->upload(c->targets, b->pos_index, (size_t)n * sizeof(int32_t));
+    ops->memset_zero(c->dd_rows, (size_t)b->n_docs * C * sizeof(float));
+    ops->contrastive_loss(c->terms + 2, c->ds_emb, c->dd_rows, c->s_emb, c->d_rows, c->targets, n, b->n_docs, C,
+                          1.0f / s2->temperature, s2->gamma * per_rank / (float)n);
+  }
+  if (last_micro) sn_optimizer_arm_overlap(c->opt);
+  sn_runner_backward(&c->run, c->ds_emb, c->s_emb, c->ds_raw_storage);
+  float host_terms[3];
+  ops->download(host_terms, c->terms, sizeof host_terms);
+  for (int i = 0; i < 3; i++) terms[i] += host_terms[i];
+  return b->n_query_tokens;
+}
+
 int sn_train_stage2(sn_trainer *t) {
   const sn_cfg_stage2 *s2 = &t->cfg.stage2;
   const sn_ops *ops = t->ops;
@@ -173,101 +223,39 @@ int sn_train_stage2(sn_trainer *t) {
   sn_log("stage 2: %lld queries, %lld batches per epoch, %lld steps, %d queries per rank",
          (long long)t->examples.n_examples, (long long)per_epoch, (long long)total, Bq);
 
-  sn_tower_runner run;
-  sn_runner_init(&run, student, sn_pooling_from_name(s2->pooling), Bq, Bq * SN_MAX(student_set.max_seq_len, 1));
-  if (run.out_dim != Ct) sn_bad_input("stage 2: the student's output width %d differs from the teacher's %d", run.out_dim, Ct);
-  float *s_emb = ops->alloc((size_t)Bq * Ct * sizeof(float));     // normalised student
-  float *s_raw = ops->alloc((size_t)Bq * Ct * sizeof(float));     // raw student, fp32
-  float *ds_raw = ops->alloc((size_t)Bq * Ct * sizeof(float));
-  void *ds_raw_storage = ops->alloc((size_t)Bq * Ct * ops->storage_size);
-  float *ds_emb = ops->alloc((size_t)Bq * Ct * sizeof(float));
-  float *t_rows = ops->alloc((size_t)Bq * Ct * sizeof(float));
-  float *d_rows = use_docs ? ops->alloc((size_t)Nd * Ct * sizeof(float)) : NULL;
-  float *dd_rows = use_docs ? ops->alloc((size_t)Nd * Ct * sizeof(float)) : NULL;
-  int32_t *targets = use_docs ? ops->alloc((size_t)Bq * sizeof(int32_t)) : NULL;
-  float *terms = ops->alloc(3 * sizeof(float));  // mse, cos, infonce
-  float *host_rows = mallocCheck((size_t)SN_MAX(Bq, Nd) * Ct * sizeof(float));
+  stage2_ctx c = {.t = t, .C = Ct, .teacher_emb = &teacher_emb, .doc_emb = use_docs ? &doc_emb : NULL};
+  sn_runner_init(&c.run, student, sn_pooling_from_name(s2->pooling), Bq, Bq * SN_MAX(student_set.max_seq_len, 1));
+  if (c.run.out_dim != Ct) sn_bad_input("stage 2: the student's output width %d differs from the teacher's %d", c.run.out_dim, Ct);
+  c.s_emb = ops->alloc((size_t)Bq * Ct * sizeof(float));
+  c.s_raw = ops->alloc((size_t)Bq * Ct * sizeof(float));
+  c.ds_raw = ops->alloc((size_t)Bq * Ct * sizeof(float));
+  c.ds_raw_storage = ops->alloc((size_t)Bq * Ct * ops->storage_size);
+  c.ds_emb = ops->alloc((size_t)Bq * Ct * sizeof(float));
+  c.t_rows = ops->alloc((size_t)Bq * Ct * sizeof(float));
+  c.d_rows = use_docs ? ops->alloc((size_t)Nd * Ct * sizeof(float)) : NULL;
+  c.dd_rows = use_docs ? ops->alloc((size_t)Nd * Ct * sizeof(float)) : NULL;
+  c.targets = use_docs ? ops->alloc((size_t)Bq * sizeof(int32_t)) : NULL;
+  c.terms = ops->alloc(3 * sizeof(float));
+  c.host_rows = mallocCheck((size_t)SN_MAX(Bq, Nd) * Ct * sizeof(float));
 
   sn_model_alloc_grads(student);
   sn_optimizer opt;
   sn_trainer_optimizer_init(t, &opt, student, &s2->optim, total);
-  int64_t step = 0;
-  double elapsed_before = 0;
-  sn_ckpt_optimizer opts[1] = {{"student", &opt}};
-  if (resuming) step = sn_trainer_restore(t, 2, sampler, opts, 1, &elapsed_before);
-
-  // Each rank's means are over its own queries; dividing by the world size makes the sum over
-  // ranks (the gradient all-reduce) the mean over the global batch.
-  float per_rank = 1.0f / (float)t->world;
-  double t0 = sn_now_s();
-  int stopped = 0;
-  while (step < total && !stopped) {
-    sn_model_zero_grads(student);
-    double totals[5] = {0};  // mse, cos, infonce, tokens, stop
-    for (int micro = 0; micro < s2->grad_accum; micro++) {
-      const sn_batch *b = sn_sampler_next_or_die(sampler);
-      int n = b->n_queries;
-      float micro_scale = per_rank / (float)s2->grad_accum;
-      sn_runner_forward(&run, b->query_ids, b->query_cu_seqlens, n, 1, s_emb, "student queries");
-      upload_rows(ops, t_rows, &teacher_emb, b->example_index, n, host_rows);
-      ops->memset_zero(terms, 3 * sizeof(float));
-      ops->storage_to_f32(s_raw, sn_runner_raw(&run), (size_t)n * Ct);
-      ops->distill_loss(terms, ds_raw, s_raw, t_rows, n, Ct, s2->alpha * micro_scale, s2->beta * micro_scale);
-      ops->f32_to_storage(ds_raw_storage, ds_raw, (size_t)n * Ct);
-      ops->memset_zero(ds_emb, (size_t)n * Ct * sizeof(float));
-      if (use_docs) {
-        upload_rows(ops, d_rows, &doc_emb, b->doc_index, b->n_docs, host_rows);
-        ops->upload(targets, b->pos_index, (size_t)n * sizeof(int32_t));
-        ops->memset_zero(dd_rows, (size_t)b->n_docs * Ct * sizeof(float));
-        ops->contrastive_loss(terms + 2, ds_emb, dd_rows, s_emb, d_rows, targets, n, b->n_docs, Ct,
-                              1.0f / s2->temperature, s2->gamma * micro_scale / (float)n);
-      }
-      if (micro == s2->grad_accum - 1) sn_optimizer_arm_overlap(&opt);
-      sn_runner_backward(&run, ds_emb, s_emb, ds_raw_storage);
-      float host_terms[3];
-      ops->download(host_terms, terms, sizeof host_terms);
-      for (int i = 0; i < 3; i++) totals[i] += host_terms[i];
-      totals[3] += (double)b->n_query_tokens;
-    }
-    totals[4] = sn_stop_requested ? 1 : 0;
-    sn_comm_all_reduce_f64_host(t->comm, totals, 5);
-    sn_optimizer_sync_grads(&opt);
-    sn_optimizer *const optimizers[1] = {&opt};
-    double grad_norm = sn_optimizers_grad_norm(optimizers, 1, 1.0f);
-    float lr = sn_optimizer_step(&opt, grad_norm, 1.0f);
-    step++;
-    double elapsed = elapsed_before + (sn_now_s() - t0);
-    sn_step_record rec = {.stage = 2, .step = step, .total_steps = total,
-                          .loss = (float)(totals[0] + totals[1] + totals[2]), .lr = lr,
-                          .grad_norm = (float)grad_norm, .tokens = (int64_t)totals[3],
-                          .elapsed_s = elapsed, .n_terms = use_docs ? 3 : 2,
-                          .term_names = {"mse", "cos", "infonce"},
-                          .terms = {(float)totals[0], (float)totals[1], (float)totals[2]}};
-    if (!isfinite(rec.loss)) sn_fatal("stage 2: the loss is %f at step %lld", rec.loss, (long long)step);
-    sn_trainer_check_replicas(t, &student, 1, step, &rec);
-    sn_train_log_step(&t->log, &rec);
-    stopped = sn_trainer_should_stop(t, totals[4]) && step < total;
-    if (sn_trainer_checkpoint_due(t, step, total, stopped)) {
-      sn_ckpt_tower towers[1] = {{"student", student, student_tok_dir}};
-      sn_trainer_checkpoint(t, 2, step, elapsed, sampler, opts, 1, towers, 1);
-    }
-  }
-  sn_train_log_end_stage(&t->log);
-  if (!stopped && t->rank == 0) {
-    char dir[SN_TRAIN_PATH_MAX + 32];
-    snprintf(dir, sizeof dir, "%s/final/student", t->run_dir);
-    sn_trainer_save_tower(student, dir, student_tok_dir);
-    sn_plot_loss_svg(t->run_dir, 2);
-    sn_log("stage 2: done, student in %s", dir);
-  }
-  sn_comm_barrier(t->comm);  // the final student exists for every rank
-  void *bufs[] = {s_emb, s_raw, ds_raw, ds_raw_storage, ds_emb, t_rows, d_rows, dd_rows, targets, terms};
+  c.opt = &opt;
+  sn_stage stage = {.number = 2, .grad_accum = s2->grad_accum, .total_steps = total, .sampler = sampler,
+                    .n_models = 1, .models = {student}, .optimizers = {{"student", &opt}},
+                    .n_towers = 1, .n_ckpt_towers = 1, .towers = {{"student", student, student_tok_dir}},
+                    .n_terms = use_docs ? 3 : 2, .term_names = {"mse", "cos", "infonce"},
+                    .micro_step = micro_step, .ctx = &c};
+  int rc = sn_train_loop(t, &stage, resuming);
+  void *bufs[] = {c.s_emb, c.s_raw, c.ds_raw, c.ds_raw_storage, c.ds_emb, c.t_rows, c.d_rows, c.dd_rows,
+                  c.targets, c.terms};
   for (size_t i = 0; i < SN_ARRAY_LEN(bufs); i++)
     if (bufs[i]) ops->free(bufs[i]);
-  free(host_rows);
+  free(c.host_rows);
   free(teacher_emb.emb);
   free(doc_emb.emb);
-  sn_runner_free(&run);
+  sn_runner_free(&c.run);
   sn_optimizer_free(&opt);
   sn_model_free(student);
   sn_sampler_free(sampler);
@@ -276,6 +264,5 @@ int sn_train_stage2(sn_trainer *t) {
   if (use_docs) sn_token_set_close(&doc_set);
   sn_tokenizer_free(teacher_tok);
   sn_tokenizer_free(student_tok);
-  t->resume_stage = 0;
-  return stopped ? -1 : 0;
+  return rc;
 }
