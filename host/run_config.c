@@ -1,5 +1,6 @@
-// Schema-driven run config: one table lists every key with its type, place in sn_run_config,
-// default and valid range; parsing, --set overrides, validation and the resolved dump all walk it.
+// Schema-driven run config: one table row per key gives its type, place in sn_run_config, valid
+// range, default and help, so a new key is one row. Defaults, parsing, --set overrides, validation,
+// the resolved dump and --print-schema (the key table of docs/USAGE.md) all walk the table.
 #define _GNU_SOURCE
 #include "run_config.h"
 
@@ -31,142 +32,114 @@ typedef enum {
 } field_type;
 
 typedef struct {
-  const char *key;      // dotted path
+  const char *key;       // dotted path
   field_type type;
-  size_t offset;        // into sn_run_config
-  size_t size;          // bytes of string fields
-  double min, max;      // numeric range (inclusive)
-  const char *choices;  // FIELD_CHOICE
+  size_t offset;         // into sn_run_config
+  size_t size;           // bytes of string fields
+  double min, max;       // numeric range (inclusive)
+  const char *choices;   // FIELD_CHOICE
+  double def_num;        // default of numeric and bool fields (floats get (float)def_num)
+  const char *def_str;   // default of string fields; NULL = ""
   const char *help;
 } field_spec;
 
 #define OFF(member) offsetof(sn_run_config, member)
 #define SZ(member) sizeof(((sn_run_config *)0)->member)
-#define NUM(key, type, member, lo, hi, help) {key, type, OFF(member), 0, lo, hi, NULL, help}
-#define STR(key, type, member, help) {key, type, OFF(member), SZ(member), 0, 0, NULL, help}
-#define CHOICE(key, member, choices, help) {key, FIELD_CHOICE, OFF(member), SZ(member), 0, 0, choices, help}
+#define NUM(key, type, member, lo, hi, def, help) {key, type, OFF(member), 0, lo, hi, NULL, def, NULL, help}
+#define STR(key, type, member, def, help) {key, type, OFF(member), SZ(member), 0, 0, NULL, 0, def, help}
+#define CHOICE(key, member, choices, def, help) \
+  {key, FIELD_CHOICE, OFF(member), SZ(member), 0, 0, choices, 0, def, help}
 #define BIG_INT 1e9
 
-#define OPTIM_FIELDS(stage, prefix)                                                              \
-  NUM(prefix ".lr", FIELD_FLOAT, stage.optim.lr, 0, 10, "peak learning rate"),                   \
-  NUM(prefix ".min_lr_ratio", FIELD_FLOAT, stage.optim.min_lr_ratio, 0, 1, "final lr / peak"),  \
-  NUM(prefix ".weight_decay", FIELD_FLOAT, stage.optim.weight_decay, 0, 10, "AdamW decoupled"), \
-  NUM(prefix ".beta1", FIELD_FLOAT, stage.optim.beta1, 0, 0.999999, "AdamW beta1"),              \
-  NUM(prefix ".beta2", FIELD_FLOAT, stage.optim.beta2, 0, 0.999999999, "AdamW beta2"),           \
-  NUM(prefix ".eps", FIELD_FLOAT, stage.optim.eps, 1e-30, 1, "AdamW epsilon"),                   \
-  NUM(prefix ".warmup_steps", FIELD_INT, stage.optim.warmup_steps, 0, BIG_INT, "linear warm-up"),\
-  CHOICE(prefix ".schedule", stage.optim.schedule, "cosine|linear|constant", "decay after warm-up"), \
-  NUM(prefix ".clip_grad_norm", FIELD_FLOAT, stage.optim.clip_grad_norm, 0, 1e9, "0 = off")
+#define OPTIM_FIELDS(stage, prefix, peak)                                                                 \
+  NUM(prefix ".lr", FIELD_FLOAT, stage.optim.lr, 0, 10, peak, "peak learning rate"),                      \
+  NUM(prefix ".min_lr_ratio", FIELD_FLOAT, stage.optim.min_lr_ratio, 0, 1, 0.1, "final lr / peak"),       \
+  NUM(prefix ".weight_decay", FIELD_FLOAT, stage.optim.weight_decay, 0, 10, 0.01, "AdamW decoupled"),     \
+  NUM(prefix ".beta1", FIELD_FLOAT, stage.optim.beta1, 0, 0.999999, 0.9, "AdamW beta1"),                  \
+  NUM(prefix ".beta2", FIELD_FLOAT, stage.optim.beta2, 0, 0.999999999, 0.999, "AdamW beta2"),             \
+  NUM(prefix ".eps", FIELD_FLOAT, stage.optim.eps, 1e-30, 1, 1e-8, "AdamW epsilon"),                      \
+  NUM(prefix ".warmup_steps", FIELD_INT, stage.optim.warmup_steps, 0, BIG_INT, 10, "linear warm-up"),     \
+  CHOICE(prefix ".schedule", stage.optim.schedule, "cosine|linear|constant", "cosine",                    \
+         "decay after warm-up"),                                                                          \
+  NUM(prefix ".clip_grad_norm", FIELD_FLOAT, stage.optim.clip_grad_norm, 0, 1e9, 1, "0 = off")
 
 static const field_spec SCHEMA[] = {
-    STR("run_dir", FIELD_PATH, run_dir, "output folder of the run"),
-    CHOICE("device", device, "cpu|cuda", "backend"),
-    NUM("seed", FIELD_U64, seed, 0, 0, "seed of every random choice"),
-    NUM("threads", FIELD_INT, threads, 0, 4096, "CPU threads; 0 = all cores"),
-    NUM("comm_timeout_s", FIELD_DOUBLE, comm_timeout_s, 1, 1e6, "collective timeout"),
-    {"data.train", FIELD_PATH_LIST, OFF(data.train), SZ(data.train[0]), 0, 0, NULL, "training JSONL files"},
-    STR("data.cache_dir", FIELD_PATH, data.cache_dir, "token shard cache; empty = RUN/cache"),
-    NUM("data.skip_bad_lines", FIELD_BOOL, data.skip_bad_lines, 0, 1, "skip and count bad lines"),
-    NUM("data.max_line_bytes", FIELD_INT, data.max_line_bytes, 64, 1 << 30, "longest JSONL line"),
-    STR("data.query_prompt", FIELD_STRING, data.query_prompt, "template with {text}"),
-    STR("data.doc_prompt", FIELD_STRING, data.doc_prompt, "template with {title} and {text}"),
-    NUM("data.max_query_len", FIELD_INT, data.max_query_len, 2, 1 << 20, "tokens"),
-    NUM("data.max_doc_len", FIELD_INT, data.max_doc_len, 2, 1 << 20, "tokens"),
-    NUM("data.allow_random_negatives", FIELD_BOOL, data.allow_random_negatives, 0, 1,
+    STR("run_dir", FIELD_PATH, run_dir, "runs/default", "output folder of the run"),
+    CHOICE("device", device, "cpu|cuda", "cpu", "backend"),
+    NUM("seed", FIELD_U64, seed, 0, 0, 1234, "seed of every random choice"),
+    NUM("threads", FIELD_INT, threads, 0, 4096, 0, "CPU threads; 0 = all cores"),
+    NUM("comm_timeout_s", FIELD_DOUBLE, comm_timeout_s, 1, 1e6, 600, "collective timeout"),
+    {"data.train", FIELD_PATH_LIST, OFF(data.train), SZ(data.train[0]), 0, 0, NULL, 0, NULL,
+     "training JSONL files"},
+    STR("data.cache_dir", FIELD_PATH, data.cache_dir, NULL, "token shard cache; empty = RUN/cache"),
+    NUM("data.skip_bad_lines", FIELD_BOOL, data.skip_bad_lines, 0, 1, 0, "skip and count bad lines"),
+    NUM("data.max_line_bytes", FIELD_INT, data.max_line_bytes, 64, 1 << 30, 1 << 20, "longest JSONL line"),
+    STR("data.query_prompt", FIELD_STRING, data.query_prompt, "Query: {text}", "template with {text}"),
+    STR("data.doc_prompt", FIELD_STRING, data.doc_prompt, "Title: {title}\nText: {text}",
+        "template with {title} and {text}"),
+    NUM("data.max_query_len", FIELD_INT, data.max_query_len, 2, 1 << 20, 32, "tokens"),
+    NUM("data.max_doc_len", FIELD_INT, data.max_doc_len, 2, 1 << 20, 128, "tokens"),
+    NUM("data.allow_random_negatives", FIELD_BOOL, data.allow_random_negatives, 0, 1, 1,
         "examples without negatives borrow other documents"),
-    STR("stage1.model", FIELD_PATH, stage1.model, "Hugging Face folder of the LLM"),
-    STR("stage1.model_desc", FIELD_MODEL_DESC, stage1.model_desc, "fresh model description"),
-    STR("stage1.tokenizer", FIELD_PATH, stage1.tokenizer, "tokenizer file or folder"),
-    NUM("stage1.shared_towers", FIELD_BOOL, stage1.shared_towers, 0, 1, "one parameter set"),
-    CHOICE("stage1.pooling", stage1.pooling, "last|mean|cls", "embedding pooling"),
-    NUM("stage1.temperature", FIELD_FLOAT, stage1.temperature, 1e-4, 100, "InfoNCE tau"),
-    NUM("stage1.symmetric", FIELD_BOOL, stage1.symmetric, 0, 1, "add document->query term"),
-    NUM("stage1.batch_queries", FIELD_INT, stage1.batch_queries, 1, BIG_INT, "global batch"),
-    NUM("stage1.max_tokens_per_rank", FIELD_INT, stage1.max_tokens_per_rank, 0, BIG_INT,
+    STR("stage1.model", FIELD_PATH, stage1.model, NULL, "Hugging Face folder of the LLM"),
+    STR("stage1.model_desc", FIELD_MODEL_DESC, stage1.model_desc, NULL, "fresh model description"),
+    STR("stage1.tokenizer", FIELD_PATH, stage1.tokenizer, NULL, "tokenizer file or folder"),
+    NUM("stage1.shared_towers", FIELD_BOOL, stage1.shared_towers, 0, 1, 0, "one parameter set"),
+    CHOICE("stage1.pooling", stage1.pooling, "last|mean|cls", "last", "embedding pooling"),
+    NUM("stage1.temperature", FIELD_FLOAT, stage1.temperature, 1e-4, 100, 0.05, "InfoNCE tau"),
+    NUM("stage1.symmetric", FIELD_BOOL, stage1.symmetric, 0, 1, 0, "add document->query term"),
+    NUM("stage1.batch_queries", FIELD_INT, stage1.batch_queries, 1, BIG_INT, 32, "global batch"),
+    NUM("stage1.max_tokens_per_rank", FIELD_INT, stage1.max_tokens_per_rank, 0, BIG_INT, 0,
         "token budget per rank batch; 0 = fixed count"),
-    NUM("stage1.negatives_per_query", FIELD_INT, stage1.negatives_per_query, 0, 1024, "hard negatives"),
-    NUM("stage1.cross_device_negatives", FIELD_BOOL, stage1.cross_device_negatives, 0, 1, "gather docs"),
-    NUM("stage1.grad_cache_chunk", FIELD_INT, stage1.grad_cache_chunk, 0, BIG_INT, "0 = direct"),
-    NUM("stage1.grad_accum", FIELD_INT, stage1.grad_accum, 1, 1 << 16, "micro-batches per step"),
-    NUM("stage1.steps", FIELD_INT, stage1.steps, 0, BIG_INT, "0 = from epochs"),
-    NUM("stage1.epochs", FIELD_FLOAT, stage1.epochs, 0, 1e6, "used when steps = 0"),
-    OPTIM_FIELDS(stage1, "stage1.optim"),
-    STR("stage2.student", FIELD_PATH, stage2.student, "Hugging Face folder of the student"),
-    STR("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, "fresh student description"),
-    STR("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, "the student's tokenizer"),
-    CHOICE("stage2.pooling", stage2.pooling, "last|mean|cls", "student pooling"),
-    NUM("stage2.alpha", FIELD_FLOAT, stage2.alpha, 0, 1e6, "MSE weight"),
-    NUM("stage2.beta", FIELD_FLOAT, stage2.beta, 0, 1e6, "1-cos weight"),
-    NUM("stage2.gamma", FIELD_FLOAT, stage2.gamma, 0, 1e6, "InfoNCE weight"),
-    NUM("stage2.temperature", FIELD_FLOAT, stage2.temperature, 1e-4, 100, "tau of the gamma term"),
-    NUM("stage2.batch_queries", FIELD_INT, stage2.batch_queries, 1, BIG_INT, "global batch"),
-    NUM("stage2.negatives_per_query", FIELD_INT, stage2.negatives_per_query, 0, 1024, "gamma term"),
-    NUM("stage2.grad_accum", FIELD_INT, stage2.grad_accum, 1, 1 << 16, "micro-batches per step"),
-    NUM("stage2.steps", FIELD_INT, stage2.steps, 0, BIG_INT, "0 = from epochs"),
-    NUM("stage2.epochs", FIELD_FLOAT, stage2.epochs, 0, 1e6, "used when steps = 0"),
-    OPTIM_FIELDS(stage2, "stage2.optim"),
-    NUM("checkpoint.every", FIELD_INT, checkpoint.every, 0, BIG_INT, "0 = end of stage only"),
-    NUM("checkpoint.keep", FIELD_INT, checkpoint.keep, 1, 1000, "complete checkpoints kept"),
-    STR("eval.data", FIELD_PATH, eval.data, "BEIR folder; empty = no evaluation"),
-    STR("eval.split", FIELD_STRING, eval.split, "qrels split"),
-    NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, "sequences per encode batch"),
-    NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, "steps per log line (not a terminal)"),
-    NUM("dist.zero1", FIELD_BOOL, dist.zero1, 0, 1, "shard optimizer state across ranks"),
-    NUM("dist.overlap", FIELD_BOOL, dist.overlap, 0, 1, "all-reduce gradients during backward"),
-    NUM("dist.bucket_mb", FIELD_FLOAT, dist.bucket_mb, 0.001, 1e4, "MB per overlapped all-reduce"),
-    NUM("dist.check_replicas_every", FIELD_INT, dist.check_replicas_every, 0, BIG_INT,
+    NUM("stage1.negatives_per_query", FIELD_INT, stage1.negatives_per_query, 0, 1024, 1, "hard negatives"),
+    NUM("stage1.cross_device_negatives", FIELD_BOOL, stage1.cross_device_negatives, 0, 1, 1, "gather docs"),
+    NUM("stage1.grad_cache_chunk", FIELD_INT, stage1.grad_cache_chunk, 0, BIG_INT, 0, "0 = direct"),
+    NUM("stage1.grad_accum", FIELD_INT, stage1.grad_accum, 1, 1 << 16, 1, "micro-batches per step"),
+    NUM("stage1.steps", FIELD_INT, stage1.steps, 0, BIG_INT, 0, "0 = from epochs"),
+    NUM("stage1.epochs", FIELD_FLOAT, stage1.epochs, 0, 1e6, 1, "used when steps = 0"),
+    OPTIM_FIELDS(stage1, "stage1.optim", 1e-5),
+    STR("stage2.student", FIELD_PATH, stage2.student, NULL, "Hugging Face folder of the student"),
+    STR("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, NULL, "fresh student description"),
+    STR("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, NULL, "the student's tokenizer"),
+    CHOICE("stage2.pooling", stage2.pooling, "last|mean|cls", "cls", "student pooling"),
+    NUM("stage2.alpha", FIELD_FLOAT, stage2.alpha, 0, 1e6, 1, "MSE weight"),
+    NUM("stage2.beta", FIELD_FLOAT, stage2.beta, 0, 1e6, 1, "1-cos weight"),
+    NUM("stage2.gamma", FIELD_FLOAT, stage2.gamma, 0, 1e6, 0, "InfoNCE weight"),
+    NUM("stage2.temperature", FIELD_FLOAT, stage2.temperature, 1e-4, 100, 0.05, "tau of the gamma term"),
+    NUM("stage2.batch_queries", FIELD_INT, stage2.batch_queries, 1, BIG_INT, 64, "global batch"),
+    NUM("stage2.negatives_per_query", FIELD_INT, stage2.negatives_per_query, 0, 1024, 1, "gamma term"),
+    NUM("stage2.grad_accum", FIELD_INT, stage2.grad_accum, 1, 1 << 16, 1, "micro-batches per step"),
+    NUM("stage2.steps", FIELD_INT, stage2.steps, 0, BIG_INT, 0, "0 = from epochs"),
+    NUM("stage2.epochs", FIELD_FLOAT, stage2.epochs, 0, 1e6, 1, "used when steps = 0"),
+    OPTIM_FIELDS(stage2, "stage2.optim", 1e-4),
+    NUM("checkpoint.every", FIELD_INT, checkpoint.every, 0, BIG_INT, 0, "0 = end of stage only"),
+    NUM("checkpoint.keep", FIELD_INT, checkpoint.keep, 1, 1000, 2, "complete checkpoints kept"),
+    STR("eval.data", FIELD_PATH, eval.data, NULL, "BEIR folder; empty = no evaluation"),
+    STR("eval.split", FIELD_STRING, eval.split, "test", "qrels split"),
+    NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, 64, "sequences per encode batch"),
+    NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, 10, "steps per log line (not a terminal)"),
+    NUM("dist.zero1", FIELD_BOOL, dist.zero1, 0, 1, 0, "shard optimizer state across ranks"),
+    NUM("dist.overlap", FIELD_BOOL, dist.overlap, 0, 1, 1, "all-reduce gradients during backward"),
+    NUM("dist.bucket_mb", FIELD_FLOAT, dist.bucket_mb, 0.001, 1e4, 25, "MB per overlapped all-reduce"),
+    NUM("dist.check_replicas_every", FIELD_INT, dist.check_replicas_every, 0, BIG_INT, 0,
         "steps between weight checksums across ranks (0 = never)"),
 };
 
-static void set_optim_defaults(sn_cfg_optim *o, float lr) {
-  o->lr = lr;
-  o->min_lr_ratio = 0.1f;
-  o->weight_decay = 0.01f;
-  o->beta1 = 0.9f;
-  o->beta2 = 0.999f;
-  o->eps = 1e-8f;
-  o->warmup_steps = 10;
-  snprintf(o->schedule, sizeof o->schedule, "cosine");
-  o->clip_grad_norm = 1.0f;
-}
-
 void sn_run_config_defaults(sn_run_config *c) {
-  memset(c, 0, sizeof *c);
-  snprintf(c->run_dir, sizeof c->run_dir, "runs/default");
-  snprintf(c->device, sizeof c->device, "cpu");
-  c->seed = 1234;
-  c->comm_timeout_s = 600;
-  c->data.max_line_bytes = 1 << 20;
-  snprintf(c->data.query_prompt, sizeof c->data.query_prompt, "Query: {text}");
-  snprintf(c->data.doc_prompt, sizeof c->data.doc_prompt, "Title: {title}\nText: {text}");
-  c->data.max_query_len = 32;
-  c->data.max_doc_len = 128;
-  c->data.allow_random_negatives = 1;
-  snprintf(c->stage1.pooling, sizeof c->stage1.pooling, "last");
-  c->stage1.temperature = 0.05f;
-  c->stage1.batch_queries = 32;
-  c->stage1.negatives_per_query = 1;
-  c->stage1.cross_device_negatives = 1;
-  c->stage1.grad_accum = 1;
-  c->stage1.epochs = 1;
-  set_optim_defaults(&c->stage1.optim, 1e-5f);
-  snprintf(c->stage2.pooling, sizeof c->stage2.pooling, "cls");
-  c->stage2.alpha = 1;
-  c->stage2.beta = 1;
-  c->stage2.gamma = 0;
-  c->stage2.temperature = 0.05f;
-  c->stage2.batch_queries = 64;
-  c->stage2.negatives_per_query = 1;
-  c->stage2.grad_accum = 1;
-  c->stage2.epochs = 1;
-  set_optim_defaults(&c->stage2.optim, 1e-4f);
-  c->checkpoint.every = 0;
-  c->checkpoint.keep = 2;
-  snprintf(c->eval.split, sizeof c->eval.split, "test");
-  c->eval.batch = 64;
-  c->log.every = 10;
-  c->dist.overlap = 1;
-  c->dist.bucket_mb = 25;
+  memset(c, 0, sizeof *c);  // data.train: no files
+  for (size_t i = 0; i < SN_ARRAY_LEN(SCHEMA); i++) {
+    const field_spec *f = &SCHEMA[i];
+    void *dst = (char *)c + f->offset;
+    switch (f->type) {
+      case FIELD_INT:
+      case FIELD_BOOL: *(int *)dst = (int)f->def_num; break;
+      case FIELD_U64: *(uint64_t *)dst = (uint64_t)f->def_num; break;
+      case FIELD_FLOAT: *(float *)dst = (float)f->def_num; break;
+      case FIELD_DOUBLE: *(double *)dst = f->def_num; break;
+      case FIELD_PATH_LIST: break;
+      default: snprintf(dst, f->size, "%s", f->def_str ? f->def_str : ""); break;
+    }
+  }
 }
 
 // ---- error reporting ------------------------------------------------------------------------
@@ -534,4 +507,64 @@ uint64_t sn_run_config_hash(const sn_run_config *c) {
   uint64_t h = sn_hash64(text, strlen(text), 0);
   free(text);
   return h;
+}
+
+// ---- the schema as documentation ------------------------------------------------------------
+
+// A markdown table cell: '|' would end the cell and a newline the row, so both are escaped.
+static void md_cell(FILE *out, const char *s) {
+  for (; *s; s++) {
+    if (*s == '|') fputs("\\|", out);
+    else if (*s == '\n') fputs("\\n", out);
+    else fputc(*s, out);
+  }
+}
+
+static const char *type_name(field_type t) {
+  switch (t) {
+    case FIELD_INT: return "int";
+    case FIELD_U64: return "u64";
+    case FIELD_FLOAT: return "float";
+    case FIELD_DOUBLE: return "double";
+    case FIELD_BOOL: return "bool";
+    case FIELD_STRING: return "string";
+    case FIELD_PATH: return "path";
+    case FIELD_MODEL_DESC: return "path or object";
+    case FIELD_CHOICE: return "choice";
+    case FIELD_PATH_LIST: return "path list";
+  }
+  return "?";
+}
+
+void sn_run_config_print_schema(FILE *out) {
+  fprintf(out, "| key | type | default | range/choices | help |\n|---|---|---|---|---|\n");
+  for (size_t i = 0; i < SN_ARRAY_LEN(SCHEMA); i++) {
+    const field_spec *f = &SCHEMA[i];
+    fprintf(out, "| `%s` | %s | ", f->key, type_name(f->type));
+    switch (f->type) {  // the default cell, then the range cell (no range: empty)
+      case FIELD_BOOL: fputs(f->def_num ? "true |" : "false |", out); break;
+      case FIELD_U64: fprintf(out, "%.10g | [0, 2^53]", f->def_num); break;
+      case FIELD_INT:
+      case FIELD_FLOAT:
+      case FIELD_DOUBLE: fprintf(out, "%.10g | [%.10g, %.10g]", f->def_num, f->min, f->max); break;
+      case FIELD_PATH_LIST: fputs("[] |", out); break;
+      default:
+        if (f->def_str && f->def_str[0]) {
+          fputc('`', out);
+          md_cell(out, f->def_str);
+          fputc('`', out);
+        } else {
+          fputs("\"\"", out);
+        }
+        fputs(" |", out);
+        if (f->choices) {
+          fputc(' ', out);
+          md_cell(out, f->choices);
+        }
+        break;
+    }
+    fputs(" | ", out);
+    md_cell(out, f->help);
+    fputs(" |\n", out);
+  }
 }

@@ -1,9 +1,11 @@
 // The run configuration of sn_train: a JSON file validated against one schema before any work.
 // Unknown keys, wrong types and out-of-range values are errors naming the key (with the nearest
 // valid key suggested); `--set a.b=value` overrides any key by its dotted path. Every field has a
-// default, so the resolved config (written into the run folder) is complete.
+// default (in its schema row, host/run_config.c), so the resolved config (written into the run
+// folder) is complete.
 #pragma once
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #define SN_CFG_MAX_TRAIN_FILES 16
@@ -102,9 +104,12 @@ int sn_run_config_load(sn_run_config *cfg, const char *path, const char *const *
 // Same from JSON text (path used in messages and as the base for relative paths; may be NULL).
 int sn_run_config_parse(sn_run_config *cfg, const char *json, const char *path,
                         const char *const *overrides, int n_overrides, char *err, size_t errlen);
-// The built-in defaults (no file).
+// The built-in defaults (no file), each from its key's row of the schema.
 void sn_run_config_defaults(sn_run_config *cfg);
 // The resolved config as JSON text (every key, defaults filled in). Caller frees.
 char *sn_run_config_to_json(const sn_run_config *cfg);
 // A stable 64-bit hash of the settings that must match on resume (model, data, batch, seed...).
 uint64_t sn_run_config_hash(const sn_run_config *cfg);
+// Every key as a markdown table row: | key | type | default | range/choices | help | (after a header
+// row). docs/USAGE.md holds this output, checked by tests/cpu/test_usage_keys.sh.
+void sn_run_config_print_schema(FILE *out);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "run_config.h"
 #include "train.h"
 
 #define MAX_OVERRIDES 256
@@ -24,7 +25,9 @@ static void usage(FILE *out) {
           "                  stopping at the first (config key data.skip_bad_lines)\n"
           "  --stop-after N  take N optimizer steps in this run, checkpoint and exit 0, as on\n"
           "                  SIGTERM/SIGUSR1 (time-limited jobs)\n"
-          "  --print-config  print the resolved config and exit\n");
+          "  --print-config  print the resolved config and exit\n"
+          "  --print-schema  print every config key (type, default, range, help) as a markdown\n"
+          "                  table and exit\n");
 }
 
 int main(int argc, char **argv) {
@@ -53,6 +56,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--skip-bad-lines") == 0) {
       if (args.n_overrides == MAX_OVERRIDES) sn_bad_input("too many --set overrides (max %d)", MAX_OVERRIDES);
       overrides[args.n_overrides++] = "data.skip_bad_lines=true";
+    } else if (strcmp(a, "--print-schema") == 0) {
+      sn_run_config_print_schema(stdout);
+      return 0;
     } else if (strcmp(a, "--print-config") == 0) {
       args.print_config = 1;
     } else if ((strcmp(a, "--set") == 0 && has_value) || (a[0] != '-' && strchr(a, '='))) {

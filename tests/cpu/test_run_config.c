@@ -1,5 +1,5 @@
-// The run config: defaults, nested keys, --set overrides, and every kind of bad input naming the
-// key (with the nearest valid key suggested).
+// The run config: defaults (from the schema rows), nested keys, --set overrides, and every kind of
+// bad input naming the key (with the nearest valid key suggested).
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +28,22 @@ int main(void) {
   CHECK(parse(&c, "{}", NULL, 0, err) == 0, "empty config: %s", err);
   CHECK(c.stage1.temperature == 0.05f && c.stage2.alpha == 1 && c.stage2.beta == 1 && c.stage2.gamma == 0,
         "defaults");
+  // Defaults come from the schema rows: per-stage lr through OPTIM_FIELDS, floats equal to their
+  // float literals, strings (with the escape) and bools, and no training files.
+  sn_run_config d;
+  sn_run_config_defaults(&d);
+  CHECK(d.stage1.optim.lr == 1e-5f && d.stage2.optim.lr == 1e-4f, "stage lr defaults %g %g",
+        d.stage1.optim.lr, d.stage2.optim.lr);
+  CHECK(d.stage2.optim.eps == 1e-8f && d.stage1.optim.beta2 == 0.999f && d.dist.bucket_mb == 25.0f,
+        "float defaults");
+  CHECK(strcmp(d.data.doc_prompt, "Title: {title}\nText: {text}") == 0, "doc_prompt default '%s'",
+        d.data.doc_prompt);
+  CHECK(strcmp(d.stage2.optim.schedule, "cosine") == 0 && strcmp(d.stage2.pooling, "cls") == 0 &&
+            strcmp(d.run_dir, "runs/default") == 0 && d.stage1.model[0] == '\0',
+        "string defaults");
+  CHECK(d.seed == 1234 && d.data.max_line_bytes == (1 << 20) && d.dist.overlap == 1 &&
+            d.dist.zero1 == 0 && d.data.n_train == 0 && d.comm_timeout_s == 600,
+        "int, bool and path-list defaults");
   const char *json =
       "{\"run_dir\": \"out\", \"device\": \"cpu\", \"seed\": 7, \"_comment\": \"ignored\",\n"
       " \"data\": {\"train\": [\"a.jsonl\", \"/abs/b.jsonl\"], \"max_doc_len\": 64},\n"

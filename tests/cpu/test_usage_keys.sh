@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# docs/USAGE.md's config-key table (between the schema markers) is exactly `sn_train --print-schema`:
+# a key the docs list that the schema lacks, or one they miss, or a changed default, fails.
+set -euo pipefail
+BUILD=$1
+SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+USAGE="$SRC/docs/USAGE.md"
+grep -q '^<!-- schema:begin -->$' "$USAGE" && grep -q '^<!-- schema:end -->$' "$USAGE" ||
+  { echo "FAIL: $USAGE lacks the <!-- schema:begin --> / <!-- schema:end --> markers"; exit 1; }
+if diff -u <(sed -n '/^<!-- schema:begin -->$/,/^<!-- schema:end -->$/{//!p}' "$USAGE") \
+           <("$BUILD/sn_train" --print-schema); then
+  echo "ok: $USAGE matches sn_train --print-schema"
+else
+  echo "FAIL: $USAGE's config keys differ from sn_train --print-schema (-: docs, +: schema)"
+  exit 1
+fi
