@@ -192,6 +192,7 @@ static void single_all_gather_v(sn_comm *c, const float *send, float *recv, cons
 }
 static void single_nothing(sn_comm *c) {}
 static void single_all_reduce_f64_host(sn_comm *c, double *vals, int n) {}
+static void single_all_gather_u64_host(sn_comm *c, uint64_t mine, uint64_t *all) { all[0] = mine; }
 static void single_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype dtype, void *ready) {}
 static void single_set_compute_stream(sn_comm *c, void *stream) { single_of(c)->stream = stream; }
 static void single_destroy(sn_comm *c) { free(c->impl->state); }
@@ -205,6 +206,7 @@ static const sn_comm_vtable SINGLE_VTABLE = {
     .barrier = single_nothing,
     .synchronize = single_nothing,
     .all_reduce_f64_host = single_all_reduce_f64_host,
+    .all_gather_u64_host = single_all_gather_u64_host,
     .all_reduce_async = single_all_reduce_async,
     .wait = single_nothing,
     .set_compute_stream = single_set_compute_stream,
@@ -314,14 +316,16 @@ void sn_comm_all_reduce_f64_host(sn_comm *c, double *vals, int n) {
   if (n > 0) c->impl->vt->all_reduce_f64_host(c, vals, n);
 }
 
-// Through the f64 sum: every rank contributes its count in its own slot, zeros elsewhere. Exact
-// for counts below 2^53, and no backend needs its own integer gather.
+void sn_comm_all_gather_u64_host(sn_comm *c, uint64_t mine, uint64_t *all) {
+  c->impl->vt->all_gather_u64_host(c, mine, all);
+}
+
+// Through the u64 gather, so counts are exact at any size (not only below 2^53, as doubles were).
 void sn_comm_all_gather_counts_host(sn_comm *c, size_t my_count, size_t *counts) {
-  double *slots = callocCheck((size_t)c->world_size, sizeof(double));
-  slots[c->rank] = (double)my_count;
-  sn_comm_all_reduce_f64_host(c, slots, c->world_size);
-  for (int r = 0; r < c->world_size; r++) counts[r] = (size_t)slots[r];
-  free(slots);
+  uint64_t *all = mallocCheck((size_t)c->world_size * sizeof *all);
+  sn_comm_all_gather_u64_host(c, (uint64_t)my_count, all);
+  for (int r = 0; r < c->world_size; r++) counts[r] = (size_t)all[r];
+  free(all);
 }
 
 void sn_comm_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype dtype, void *ready_event) {

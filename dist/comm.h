@@ -32,6 +32,7 @@
 // evaluation or a checkpoint while the others wait): the default is SN_COMM_DEFAULT_TIMEOUT_S.
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
 
 #include "bootstrap.h"
 #include "ops.h"
@@ -90,6 +91,8 @@ void sn_comm_synchronize(sn_comm *c);
 void sn_comm_all_reduce_f64_host(sn_comm *c, double *vals, int n);
 // counts (world_size) = every rank's my_count: the sizes an sn_comm_all_gather_v needs.
 void sn_comm_all_gather_counts_host(sn_comm *c, size_t my_count, size_t *counts);
+// all (world_size) = every rank's mine, bit-exact (moved as integers: weight hashes use all 64 bits).
+void sn_comm_all_gather_u64_host(sn_comm *c, uint64_t mine, uint64_t *all);
 
 // ---- overlapped all-reduce (bucketed gradients) -------------------------------------------------
 // Starts an in-place sum all-reduce of buf and returns at once. NCCL: runs on the communicator's

@@ -1,6 +1,7 @@
 // Private to dist/: the table each communicator backend fills, and the watchdog they share.
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
 
 #include "comm.h"
 
@@ -13,6 +14,7 @@ typedef struct {
   void (*barrier)(sn_comm *c);
   void (*synchronize)(sn_comm *c);
   void (*all_reduce_f64_host)(sn_comm *c, double *vals, int n);
+  void (*all_gather_u64_host)(sn_comm *c, uint64_t mine, uint64_t *all);
   void (*all_reduce_async)(sn_comm *c, void *buf, size_t count, sn_dtype dtype, void *ready_event);
   void (*wait)(sn_comm *c);
   void (*set_compute_stream)(sn_comm *c, void *stream);

@@ -228,6 +228,11 @@ static void mpi_all_reduce_f64_host(sn_comm *c, double *vals, int n) {
   free(all);
 }
 
+static void mpi_all_gather_u64_host(sn_comm *c, uint64_t mine, uint64_t *all) {
+  mpiWatched(c, "host u64 all-gather (MPI_Allgather)", (size_t)c->world_size,
+             MPI_Allgather(&mine, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, state_of(c)->comm));
+}
+
 static void mpi_set_compute_stream(sn_comm *c, void *stream) {}
 
 static void mpi_destroy(sn_comm *c) {
@@ -254,6 +259,7 @@ static const sn_comm_vtable MPI_VTABLE = {
     .barrier = mpi_barrier,
     .synchronize = mpi_synchronize,
     .all_reduce_f64_host = mpi_all_reduce_f64_host,
+    .all_gather_u64_host = mpi_all_gather_u64_host,
     .all_reduce_async = mpi_all_reduce_async,
     .wait = mpi_wait,
     .set_compute_stream = mpi_set_compute_stream,

@@ -243,26 +243,39 @@ static void nccl_barrier(sn_comm *c) {
   nccl_synchronize(c);
 }
 
+// Host to host all-gather through the scratch buffer: out (world_size * n elements, rank order)
+// = every rank's n elements of `type` (elem bytes each) from mine. Blocks until out is filled.
+static void host_all_gather(sn_comm *c, const char *what, const void *mine, void *out, size_t n,
+                            ncclDataType_t type, size_t elem) {
+  nccl_state *s = state_of(c);
+  size_t bytes = n * elem, all = bytes * (size_t)c->world_size;
+  char *dev = scratch_of(s, all);
+  cudaCheck(cudaMemcpyAsync(dev + bytes * c->rank, mine, bytes, cudaMemcpyHostToDevice, s->comm_stream));
+  ncclCheck(c, ncclAllGather(dev + bytes * c->rank, dev, n, type, s->comm, s->comm_stream));
+  end_collective(c, what, n * c->world_size, 0);
+  cudaCheck(cudaMemcpyAsync(out, dev, all, cudaMemcpyDeviceToHost, s->comm_stream));
+  cudaCheck(cudaStreamSynchronize(s->comm_stream));
+}
+
 // Gathers every rank's values and adds them in rank order on the host, as the MPI backend does:
 // the same bits on every rank.
 static void nccl_all_reduce_f64_host(sn_comm *c, double *vals, int n) {
   nccl_state *s = state_of(c);
-  size_t mine = (size_t)n * sizeof(double), all = mine * (size_t)c->world_size;
-  char *dev = scratch_of(s, all);
-  if (all / sizeof(double) > s->host_gather_cap) {
-    s->host_gather_cap = all / sizeof(double);
-    s->host_gather = reallocCheck(s->host_gather, all);
+  size_t all = (size_t)n * (size_t)c->world_size;
+  if (all > s->host_gather_cap) {
+    s->host_gather_cap = all;
+    s->host_gather = reallocCheck(s->host_gather, all * sizeof(double));
   }
-  cudaCheck(cudaMemcpyAsync(dev + mine * c->rank, vals, mine, cudaMemcpyHostToDevice, s->comm_stream));
-  ncclCheck(c, ncclAllGather(dev + mine * c->rank, dev, (size_t)n, ncclFloat64, s->comm, s->comm_stream));
-  end_collective(c, "host all-reduce (ncclAllGather)", (size_t)n * c->world_size, 0);
-  cudaCheck(cudaMemcpyAsync(s->host_gather, dev, all, cudaMemcpyDeviceToHost, s->comm_stream));
-  cudaCheck(cudaStreamSynchronize(s->comm_stream));
+  host_all_gather(c, "host all-reduce (ncclAllGather)", vals, s->host_gather, (size_t)n, ncclFloat64, sizeof(double));
   for (int i = 0; i < n; i++) {
     double sum = s->host_gather[i];
     for (int r = 1; r < c->world_size; r++) sum += s->host_gather[(size_t)r * n + i];
     vals[i] = sum;
   }
+}
+
+static void nccl_all_gather_u64_host(sn_comm *c, uint64_t mine, uint64_t *all) {
+  host_all_gather(c, "host u64 all-gather (ncclAllGather)", &mine, all, 1, ncclUint64, sizeof(uint64_t));
 }
 
 static void nccl_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype dtype, void *ready_event) {
@@ -314,6 +327,7 @@ static const sn_comm_vtable NCCL_VTABLE = {
     .barrier = nccl_barrier,
     .synchronize = nccl_synchronize,
     .all_reduce_f64_host = nccl_all_reduce_f64_host,
+    .all_gather_u64_host = nccl_all_gather_u64_host,
     .all_reduce_async = nccl_all_reduce_async,
     .wait = nccl_wait,
     .set_compute_stream = nccl_set_compute_stream,

@@ -386,3 +386,28 @@ void sn_linear_backward(const sn_ops *ops, void *dx, void *dw, void *db, const v
   ops->matmul(dw, dy, x, NULL, out, in, T, 1, 0, 1);                      // (out, in) += dy^T @ x
   if (db) ops->bias_backward(db, dy, T, out);
 }
+
+// ---- pooling names -------------------------------------------------------------------------------
+
+int sn_pooling_parse(const char *name, sn_pooling *out) {
+  if (!strcmp(name, "last")) *out = SN_POOL_LAST;
+  else if (!strcmp(name, "mean")) *out = SN_POOL_MEAN;
+  else if (!strcmp(name, "cls") || !strcmp(name, "first")) *out = SN_POOL_FIRST;
+  else return -1;
+  return 0;
+}
+
+sn_pooling sn_pooling_from_name(const char *name, const char *what) {
+  sn_pooling p;
+  if (sn_pooling_parse(name, &p) != 0) sn_bad_input("%s: unknown pooling '%s' (valid: last|mean|cls)", what, name);
+  return p;
+}
+
+const char *sn_pooling_name(sn_pooling p) {
+  switch (p) {
+    case SN_POOL_LAST: return "last";
+    case SN_POOL_MEAN: return "mean";
+    case SN_POOL_FIRST: return "cls";
+  }
+  return "?";
+}

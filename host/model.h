@@ -89,6 +89,14 @@ void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void
 void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hidden,
                    sn_pooling pooling, int normalize, float *out);
 
+// Pooling names, parsed here only: "last" | "mean" | "cls" ("first" is accepted as an alias of
+// cls, which pools the first token). 0 with *out set, or -1 for an unknown name.
+int sn_pooling_parse(const char *name, sn_pooling *out);
+// As sn_pooling_parse, but an unknown name exits with status 2, naming `what` (a flag or config key).
+sn_pooling sn_pooling_from_name(const char *name, const char *what);
+// "last" | "mean" | "cls".
+const char *sn_pooling_name(sn_pooling p);
+
 // Output projection (stage-2 students narrower than their teacher): "projection.weight"
 // (out_dim, C) and "projection.bias" (out_dim), applied after pooling by sn_model_pool and saved
 // with the model (config key "scalingnote_projection_dim"). Returns a model with m's weights and a

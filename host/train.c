@@ -108,8 +108,8 @@ static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const 
   o.query_prompt = t->cfg.data.query_prompt;
   o.doc_prompt = t->cfg.data.doc_prompt;
   // The towers are embedded as they were trained: the student with its own pooling.
-  o.doc_pooling = sn_pooling_from_name(t->cfg.stage1.pooling);
-  o.query_pooling = sn_pooling_from_name(student ? t->cfg.stage2.pooling : t->cfg.stage1.pooling);
+  o.doc_pooling = sn_pooling_from_name(t->cfg.stage1.pooling, "stage1.pooling");
+  o.query_pooling = student ? (int)sn_pooling_from_name(t->cfg.stage2.pooling, "stage2.pooling") : o.doc_pooling;
   sn_eval_result res;
   char err[1024], path[SN_TRAIN_PATH_MAX + 64];
   if (sn_eval_run(&o, data, qm, qtok, dm, dtok, &res, err, sizeof err) != 0) sn_bad_input("evaluation: %s", err);

@@ -99,9 +99,6 @@ const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s
 void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), void *ctx, int rank);
 int sn_path_exists(const char *path, void *unused);
 
-// "last" | "mean" | "cls" (the config has validated the name).
-sn_pooling sn_pooling_from_name(const char *name);
-
 // Towers and their tokenizers.
 sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
                                 const char *what);

@@ -30,8 +30,8 @@ void sn_trainer_check_replicas(const sn_trainer *t, sn_model *const *models, int
   uint64_t h = REPLICA_HASH_SEED;
   for (int i = 0; i < n; i++) h = hash_weights(models[i], staging, h);
   free(staging);
-  size_t *all = mallocCheck((size_t)t->world * sizeof *all);
-  sn_comm_all_gather_counts_host(t->comm, (size_t)h, all);
+  uint64_t *all = mallocCheck((size_t)t->world * sizeof *all);
+  sn_comm_all_gather_u64_host(t->comm, h, all);
   for (int r = 1; r < t->world; r++)
     if (all[r] != all[0])
       sn_fatal("step %lld: the weights differ across ranks (hash %016llx on rank 0, %016llx on rank %d): "

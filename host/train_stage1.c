@@ -223,7 +223,7 @@ int sn_train_stage1(sn_trainer *t) {
   c.grad_cache = s1->grad_cache_chunk > 0;
   c.chunk_q = c.grad_cache ? SN_MIN(s1->grad_cache_chunk, Bq) : Bq;
   c.chunk_d = c.grad_cache ? SN_MIN(s1->grad_cache_chunk, Nd) : Nd;
-  sn_pooling pooling = sn_pooling_from_name(s1->pooling);
+  sn_pooling pooling = sn_pooling_from_name(s1->pooling, "stage1.pooling");
   sn_runner_init(&c.qrun, c.qmodel, pooling, c.chunk_q, c.chunk_q * SN_MAX(qset.max_seq_len, 1));
   sn_runner_init(&c.drun, c.dmodel, pooling, c.chunk_d, c.chunk_d * SN_MAX(dset.max_seq_len, 1));
   if (c.qrun.out_dim != c.drun.out_dim) sn_bad_input("stage 1: query and document towers differ in width");

@@ -193,13 +193,13 @@ int sn_train_stage2(sn_trainer *t) {
   sn_trainer_query_set(t, student_tok, student, "query-student", &student_set);
   sn_trainer_query_set(t, teacher_tok, teacher, "query-stage1", &teacher_set);
   emb_cache teacher_emb = {0}, doc_emb = {0};
-  cached_embeddings(t, teacher, sn_pooling_from_name(t->cfg.stage1.pooling), &teacher_set, "teacher-queries",
+  cached_embeddings(t, teacher, sn_pooling_from_name(t->cfg.stage1.pooling, "stage1.pooling"), &teacher_set, "teacher-queries",
                     tower_key(teacher_dir, teacher_set.cache_key), &teacher_emb);
   int use_docs = s2->gamma > 0;
   if (use_docs) {
     sn_model *doc_tower = sn_model_load(doc_dir, ops);
     sn_trainer_doc_set(t, teacher_tok, doc_tower, &doc_set);
-    cached_embeddings(t, doc_tower, sn_pooling_from_name(t->cfg.stage1.pooling), &doc_set, "stage1-docs",
+    cached_embeddings(t, doc_tower, sn_pooling_from_name(t->cfg.stage1.pooling, "stage1.pooling"), &doc_set, "stage1-docs",
                       tower_key(doc_dir, doc_set.cache_key), &doc_emb);
     sn_model_free(doc_tower);
   }
@@ -224,7 +224,7 @@ int sn_train_stage2(sn_trainer *t) {
          (long long)t->examples.n_examples, (long long)per_epoch, (long long)total, Bq);
 
   stage2_ctx c = {.t = t, .C = Ct, .teacher_emb = &teacher_emb, .doc_emb = use_docs ? &doc_emb : NULL};
-  sn_runner_init(&c.run, student, sn_pooling_from_name(s2->pooling), Bq, Bq * SN_MAX(student_set.max_seq_len, 1));
+  sn_runner_init(&c.run, student, sn_pooling_from_name(s2->pooling, "stage2.pooling"), Bq, Bq * SN_MAX(student_set.max_seq_len, 1));
   if (c.run.out_dim != Ct) sn_bad_input("stage 2: the student's output width %d differs from the teacher's %d", c.run.out_dim, Ct);
   c.s_emb = ops->alloc((size_t)Bq * Ct * sizeof(float));
   c.s_raw = ops->alloc((size_t)Bq * Ct * sizeof(float));

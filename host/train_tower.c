@@ -208,10 +208,6 @@ void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), vo
   }
 }
 
-sn_pooling sn_pooling_from_name(const char *name) {
-  return !strcmp(name, "mean") ? SN_POOL_MEAN : !strcmp(name, "cls") ? SN_POOL_FIRST : SN_POOL_LAST;
-}
-
 // ---- towers and tokenizers ------------------------------------------------------------------
 
 sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,

@@ -100,10 +100,9 @@ static embed_args parse_args(int argc, char **argv) {
 
 static sn_pooling pooling_mode(const char *name, sn_arch arch) {
   if (!name) return sn_arch_is_decoder(arch) ? SN_POOL_LAST : SN_POOL_FIRST;
-  if (strcmp(name, "last") == 0) return SN_POOL_LAST;
-  if (strcmp(name, "mean") == 0) return SN_POOL_MEAN;
-  if (strcmp(name, "cls") == 0) return SN_POOL_FIRST;
-  usage_error("unknown pooling '%s' (valid: last, mean, cls)", name);
+  sn_pooling p;
+  if (sn_pooling_parse(name, &p) != 0) usage_error("unknown pooling '%s' (valid: last|mean|cls)", name);
+  return p;
 }
 
 // ---- input ------------------------------------------------------------------------------------
@@ -303,7 +302,7 @@ int main(int argc, char **argv) {
   float *out = mallocCheck((size_t)seqs.count * D * sizeof(float));  // (N, D) host
   int32_t *cu = mallocCheck((size_t)(max_seqs + 1) * sizeof(int32_t));
   sn_log("sn_embed: %d sequences, %s model, pooling %s%s, device %s", seqs.count,
-         sn_arch_name(c->arch), args.pooling ? args.pooling : (pooling == SN_POOL_LAST ? "last" : "cls"),
+         sn_arch_name(c->arch), sn_pooling_name(pooling),
          args.normalize ? ", L2-normalised" : "", ops->name);
 
   const double t0 = sn_now_s();

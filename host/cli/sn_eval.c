@@ -42,13 +42,6 @@ static int parse_positive(const char *flag, const char *v) {
   return (int)x;
 }
 
-static int parse_pooling(const char *v) {
-  if (!strcmp(v, "last")) return SN_POOL_LAST;
-  if (!strcmp(v, "mean")) return SN_POOL_MEAN;
-  if (!strcmp(v, "cls") || !strcmp(v, "first")) return SN_POOL_FIRST;
-  sn_bad_input("--pooling: expected last, mean or cls, got '%s'", v);
-}
-
 static void parse_args(int argc, char **argv, cli_args *a) {
   memset(a, 0, sizeof *a);
   sn_eval_opts_default(&a->eval);
@@ -80,9 +73,9 @@ static void parse_args(int argc, char **argv, cli_args *a) {
     else if (!strcmp(f, "--max-doc-len")) a->eval.max_doc_len = parse_positive(f, v);
     else if (!strcmp(f, "--query-prompt")) a->eval.query_prompt = v;
     else if (!strcmp(f, "--doc-prompt")) a->eval.doc_prompt = v;
-    else if (!strcmp(f, "--pooling")) a->eval.query_pooling = a->eval.doc_pooling = parse_pooling(v);
-    else if (!strcmp(f, "--query-pooling")) a->eval.query_pooling = parse_pooling(v);
-    else if (!strcmp(f, "--doc-pooling")) a->eval.doc_pooling = parse_pooling(v);
+    else if (!strcmp(f, "--pooling")) a->eval.query_pooling = a->eval.doc_pooling = sn_pooling_from_name(v, f);
+    else if (!strcmp(f, "--query-pooling")) a->eval.query_pooling = sn_pooling_from_name(v, f);
+    else if (!strcmp(f, "--doc-pooling")) a->eval.doc_pooling = sn_pooling_from_name(v, f);
     else if (!strcmp(f, "--save-doc-emb")) a->eval.save_doc_emb = v;
     else if (!strcmp(f, "--load-doc-emb")) a->eval.load_doc_emb = v;
     else if (!strcmp(f, "--k")) a->eval.k = parse_positive(f, v);

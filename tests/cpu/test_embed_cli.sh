@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sn_embed end to end: embeds each fixture model's inputs and compares with the pooled embeddings
 # transformers computed (tests/fixtures/*/pooled.npy), then checks that bad input exits with 2 and
-# a message that names the problem.
+# a message that names the problem (sn_eval too, for the pooling names they share).
 # usage: test_embed_cli.sh BUILD_DIR
 set -u
 BUILD_DIR=${1:-build}
@@ -66,11 +66,11 @@ done
 # ---- usage ----------------------------------------------------------------------------------------
 "$EMBED" --help >"$TMP/help" 2>&1 && grep -q "usage: sn_embed" "$TMP/help" || fail "--help"
 
-# expect_bad NAME PATTERN ARGS...: exit status 2 and stderr matching PATTERN
+# expect_bad NAME PATTERN ARGS...: exit status 2 and stderr matching PATTERN (BIN: sn_embed unless set)
 expect_bad() {
   local name=$1 pattern=$2
   shift 2
-  "$EMBED" "$@" >/dev/null 2>"$TMP/err"
+  "${BIN:-$EMBED}" "$@" >/dev/null 2>"$TMP/err"
   local rc=$?
   if [ $rc -ne 2 ]; then
     fail "$name: exit $rc, expected 2 (stderr: $(head -c 300 "$TMP/err"))"
@@ -111,7 +111,15 @@ fi
 expect_bad "unknown flag" "usage: sn_embed" --model "$Q" --input "$Q/inputs.jsonl" --out "$TMP/x.npy" --frobnicate
 expect_bad "missing --out" "--out" --model "$Q" --input "$Q/inputs.jsonl"
 expect_bad "bad --batch" "--batch" --model "$Q" --input "$Q/inputs.jsonl" --out "$TMP/x.npy" --batch 0
-expect_bad "bad --pooling" "pooling" --model "$Q" --input "$Q/inputs.jsonl" --out "$TMP/x.npy" --pooling max
+expect_bad "bad --pooling" "unknown pooling 'max'" --model "$Q" --input "$Q/inputs.jsonl" --out "$TMP/x.npy" --pooling max
+# sn_eval parses pooling names with the same function (sn_pooling_parse): the flag is named.
+EVAL="$BUILD_DIR/sn_eval"
+if [ -x "$EVAL" ]; then
+  BIN=$EVAL expect_bad "sn_eval bad --pooling" "--pooling: unknown pooling 'max'" --pooling max
+  BIN=$EVAL expect_bad "sn_eval bad --doc-pooling" "--doc-pooling: unknown pooling 'avg'" --doc-pooling avg
+else
+  fail "$EVAL is not built"
+fi
 
 if [ $failures -ne 0 ]; then
   echo "test_embed_cli: $failures failure(s)"

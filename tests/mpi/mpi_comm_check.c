@@ -204,6 +204,18 @@ static void check_f64_host(sn_comm *c) {
         "all_reduce_f64_host: got %g %g %g", vals[0], vals[1], vals[2]);
 }
 
+// Values that differ only in bits below a double's 53-bit mantissa: a gather through doubles
+// would round them together (the replica check compares 64-bit weight hashes this way).
+static void check_u64_host(sn_comm *c) {
+  const uint64_t base = 0xffffffffffffff01ull;
+  uint64_t *all = mallocCheck((size_t)c->world_size * sizeof *all);
+  sn_comm_all_gather_u64_host(c, base + (uint64_t)c->rank, all);
+  for (int r = 0; r < c->world_size; r++)
+    CHECK(all[r] == base + (uint64_t)r, "all_gather_u64_host: rank %d gave %016llx, expected %016llx", r,
+          (unsigned long long)all[r], (unsigned long long)(base + (uint64_t)r));
+  free(all);
+}
+
 static void simulate_failure(sn_comm *c, const char *mode) {
   if (c->rank == FAILING_RANK) {
     fprintf(stderr, "rank %d: simulated failure (%s)\n", c->rank, mode);
@@ -254,6 +266,7 @@ int main(int argc, char **argv) {
   check_all_gather_v(c);
   if (g_ops->storage == SN_DTYPE_BF16) check_all_reduce_bf16(c);
   check_f64_host(c);
+  check_u64_host(c);
   sn_comm_barrier(c);
 
   // Every rank's verdict: one failing rank fails the job.
