@@ -215,9 +215,16 @@ int sn_remove_tree(const char *path) {
   return nftw(path, remove_entry, REMOVE_TREE_FDS, FTW_DEPTH | FTW_PHYS);
 }
 
+#define CKPT_NAME_FORMAT "%s/%sckpt-%d-%lld"
+#define CKPT_TMP_PREFIX ".tmp-"
+
+void sn_ckpt_dir(const char *run_dir, int stage, int64_t step, int temporary, char *out, size_t size) {
+  snprintf(out, size, CKPT_NAME_FORMAT, run_dir, temporary ? CKPT_TMP_PREFIX : "", stage, (long long)step);
+}
+
 int sn_ckpt_begin(const char *run_dir, int stage, int64_t step, char *tmp_dir, size_t size,
                   char *err, size_t errlen) {
-  snprintf(tmp_dir, size, "%s/.tmp-ckpt-%d-%lld", run_dir, stage, (long long)step);
+  sn_ckpt_dir(run_dir, stage, step, 1, tmp_dir, size);
   sn_remove_tree(tmp_dir);  // a leftover of an interrupted write
   if (sn_mkdir_p(tmp_dir) != 0) {
     snprintf(err, errlen, "cannot create checkpoint folder %s: %s", tmp_dir, strerror(errno));
@@ -280,7 +287,7 @@ int sn_ckpt_commit(const char *run_dir, const char *tmp_dir, int stage, int64_t 
                    char *err, size_t errlen) {
   char marker[SN_CKPT_PATH_MAX + 32], final_dir[SN_CKPT_PATH_MAX];
   snprintf(marker, sizeof marker, "%s/%s", tmp_dir, COMPLETE_MARKER);
-  snprintf(final_dir, sizeof final_dir, "%s/ckpt-%d-%lld", run_dir, stage, (long long)step);
+  sn_ckpt_dir(run_dir, stage, step, 0, final_dir, sizeof final_dir);
   const char note[] = "complete\n";
   if (sn_write_file_atomic(marker, note, sizeof note - 1) != 0) {
     snprintf(err, errlen, "cannot write %s: %s", marker, strerror(errno));

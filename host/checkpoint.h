@@ -35,6 +35,9 @@ uint64_t sn_state_get_u64(const sn_state_reader *r, const char *name);
 void sn_state_reader_free(sn_state_reader *r);
 
 // ---- checkpoint folders ---------------------------------------------------------------------
+// The folder of the checkpoint after `step` of `stage`: RUN/ckpt-<stage>-<step>, or while it is
+// written (temporary = 1) RUN/.tmp-ckpt-<stage>-<step>. The one place these names are made.
+void sn_ckpt_dir(const char *run_dir, int stage, int64_t step, int temporary, char *out, size_t size);
 // Creates (empty) the temporary folder of a new checkpoint; its path goes to tmp_dir.
 // Returns 0, or -1 with a message in err.
 int sn_ckpt_begin(const char *run_dir, int stage, int64_t step, char *tmp_dir, size_t size,

@@ -1,0 +1,206 @@
+// Checkpoint orchestration of the training loop: the final towers and the checkpoint towers as
+// Hugging Face folders, optimizer state (replicated in state.bin, or one shard file per rank under
+// ZeRO-1), the data cursor and step; the restore of all of it, whatever world size wrote it.
+// The folder mechanics (temporary folder, fsync, COMPLETE marker, rename, pruning) are checkpoint.c's.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "train_internal.h"
+
+// fp32 safetensors: the master weights on the CPU backend, so resuming from them is exact.
+static int save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir, char *err,
+                      size_t errlen) {
+  if (sn_mkdir_p(dir) != 0) {
+    snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+    return -1;
+  }
+  if (sn_model_save(m, dir, SN_DTYPE_F32, err, errlen) != 0) return -1;
+  if (tokenizer_dir && tokenizer_dir[0]) return sn_copy_tokenizer_files(tokenizer_dir, dir, err, errlen);
+  return 0;
+}
+
+void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir) {
+  char err[1024];
+  if (save_tower(m, dir, tokenizer_dir, err, sizeof err) != 0) sn_fatal("%s", err);
+}
+
+static const char *const OPT_PARTS[3] = {"master", "m", "v"};
+// Per-rank optimizer shards (ZeRO-1) in a checkpoint folder: state-rank<R>.bin.
+#define SHARD_FILE_FORMAT "%s/state-rank%05d.bin"
+
+// This rank's slice of an optimizer (the whole buffer when replicated): prefix.{master,m,v} and
+// prefix.begin, the slice's first element. host_buffers (3) keep the downloads alive until written.
+static void add_optimizer_slice(sn_state_writer *w, const char *prefix, const sn_optimizer *opt,
+                                float **host_buffers) {
+  char name[64];
+  for (int i = 0; i < 3; i++) {
+    host_buffers[i] = sn_optimizer_download(opt, i);
+    snprintf(name, sizeof name, "%s.%s", prefix, OPT_PARTS[i]);
+    sn_state_add(w, name, host_buffers[i], opt->shard_len * sizeof(float));
+  }
+  snprintf(name, sizeof name, "%s.begin", prefix);
+  sn_state_add_u64(w, name, opt->shard_begin);
+}
+
+// Copies one file's slices of prefix.{master,m,v} into the full host arrays; returns the elements.
+static size_t read_optimizer_slice(const sn_state_reader *r, const char *path, const char *prefix, size_t n,
+                                   float *full[3]) {
+  char name[64];
+  snprintf(name, sizeof name, "%s.begin", prefix);
+  size_t begin = sn_state_get_u64(r, name), len = 0;
+  for (int i = 0; i < 3; i++) {
+    snprintf(name, sizeof name, "%s.%s", prefix, OPT_PARTS[i]);
+    size_t bytes = 0;
+    const void *src = sn_state_get(r, name, &bytes);
+    if (!src) sn_bad_input("%s: section '%s' is missing", path, name);
+    len = bytes / sizeof(float);
+    if (begin + len > n)
+      sn_bad_input("%s: '%s' covers elements [%zu, %zu) of a model with %zu (another model?)", path, name,
+                   begin, begin + len, n);
+    memcpy(full[i] + begin, src, len * sizeof(float));
+  }
+  return len;
+}
+
+// The whole optimizer state of `prefix` from a checkpoint folder: from state.bin when one rank
+// wrote it all, else assembled from every rank's shard file, whatever the world size that wrote
+// them (so a run resumes on another number of ranks).
+static void load_full_optimizer(const char *dir, const sn_state_reader *global, const char *prefix, size_t n,
+                                float *full[3]) {
+  char name[64], path[SN_TRAIN_PATH_MAX + 64], err[1024];
+  snprintf(name, sizeof name, "%s.master", prefix);
+  if (sn_state_get(global, name, NULL)) {
+    snprintf(path, sizeof path, "%s/state.bin", dir);
+    if (read_optimizer_slice(global, path, prefix, n, full) != n)
+      sn_bad_input("%s: '%s' does not cover the model's %zu parameters", path, name, n);
+    return;
+  }
+  size_t covered = 0;
+  for (int rank = 0;; rank++) {
+    snprintf(path, sizeof path, SHARD_FILE_FORMAT, dir, rank);
+    if (access(path, F_OK) != 0) break;
+    sn_state_reader *r = sn_state_read(path, err, sizeof err);
+    if (!r) sn_bad_input("%s", err);
+    covered += read_optimizer_slice(r, path, prefix, n, full);
+    sn_state_reader_free(r);
+  }
+  if (covered != n)
+    sn_bad_input("%s: the optimizer state of '%s' covers %zu of %zu parameters (shard files missing?)", dir,
+                 prefix, covered, n);
+}
+
+// Rank 0 makes the temporary folder, every rank writes its shard (when sharded), rank 0 writes the
+// towers and state.bin and commits; every rank learns the outcome.
+static int write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckpt_tower *towers, int ntowers,
+                            sn_state_writer *state, sn_state_writer *shard) {
+  char tmp[SN_TRAIN_PATH_MAX], err[1024] = "";
+  double failed = 0;
+  if (t->rank == 0 && sn_ckpt_begin(t->run_dir, stage, step, tmp, sizeof tmp, err, sizeof err) != 0) failed = 1;
+  sn_ckpt_dir(t->run_dir, stage, step, 1, tmp, sizeof tmp);
+  sn_comm_all_reduce_f64_host(t->comm, &failed, 1);  // the folder exists (or not) for every rank
+  if (!failed && shard) {
+    char path[SN_TRAIN_PATH_MAX + 64];
+    snprintf(path, sizeof path, SHARD_FILE_FORMAT, tmp, t->rank);
+    if (sn_state_write(shard, path) != 0) {
+      snprintf(err, sizeof err, "rank %d: cannot write %s: %s", t->rank, path, strerror(errno));
+      failed = 1;
+    }
+    sn_comm_all_reduce_f64_host(t->comm, &failed, 1);
+  }
+  if (t->rank == 0) {
+    int rc = failed ? -1 : 0;
+    if (failed && !err[0]) snprintf(err, sizeof err, "another rank could not write its optimizer shard");
+    for (int i = 0; i < ntowers && rc == 0; i++) {
+      char dir[SN_TRAIN_PATH_MAX + 64];
+      snprintf(dir, sizeof dir, "%s/%s", tmp, towers[i].name);
+      rc = save_tower(towers[i].model, dir, towers[i].tokenizer_dir, err, sizeof err);
+    }
+    if (rc == 0) {
+      char path[SN_TRAIN_PATH_MAX + 64];
+      snprintf(path, sizeof path, "%s/state.bin", tmp);
+      if (sn_state_write(state, path) != 0) {
+        snprintf(err, sizeof err, "cannot write %s: %s", path, strerror(errno));
+        rc = -1;
+      }
+    }
+    if (rc == 0) rc = sn_ckpt_commit(t->run_dir, tmp, stage, step, t->cfg.checkpoint.keep, err, sizeof err);
+    else sn_ckpt_abort(tmp);
+    if (rc != 0)
+      sn_warn("checkpoint at stage %d step %lld failed, the previous checkpoint is kept: %s", stage,
+              (long long)step, err);
+    failed = rc != 0;
+  } else if (err[0]) {
+    sn_warn("%s", err);
+  }
+  sn_comm_all_reduce_f64_host(t->comm, &failed, 1);
+  return failed ? -1 : 0;
+}
+
+int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
+                          const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
+                          const sn_ckpt_tower *towers, int ntowers) {
+  sn_state_writer *w = sn_state_writer_new(), *shard = NULL;
+  float **host = callocCheck((size_t)nopts * 3, sizeof *host);  // downloaded optimizer state
+  sn_state_add_u64(w, "config_hash", t->config_hash);
+  sn_state_add_u64(w, "stage", (uint64_t)stage);
+  sn_state_add_u64(w, "step", (uint64_t)step);
+  sn_state_add_copy(w, "elapsed_s", &elapsed_s, sizeof elapsed_s);
+  sn_data_cursor cursor;
+  sn_sampler_get_cursor(sampler, &cursor);
+  sn_state_add_copy(w, "cursor", &cursor, sizeof cursor);
+  for (int i = 0; i < nopts; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "%s.step", opts[i].prefix);
+    sn_state_add_u64(w, name, (uint64_t)opts[i].opt->step);
+    if (opts[i].opt->zero1) {
+      if (!shard) shard = sn_state_writer_new();
+      add_optimizer_slice(shard, opts[i].prefix, opts[i].opt, host + 3 * i);
+    } else if (t->rank == 0) {
+      add_optimizer_slice(w, opts[i].prefix, opts[i].opt, host + 3 * i);
+    }
+  }
+  int rc = write_checkpoint(t, stage, step, towers, ntowers, w, shard);
+  sn_state_writer_free(w);
+  sn_state_writer_free(shard);
+  for (int i = 0; i < 3 * nopts; i++) free(host[i]);
+  free(host);
+  return rc;
+}
+
+int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const sn_ckpt_optimizer *opts,
+                           int nopts, double *elapsed_s) {
+  char path[SN_TRAIN_PATH_MAX + 32], err[1024];
+  snprintf(path, sizeof path, "%s/state.bin", t->resume_dir);
+  sn_state_reader *r = sn_state_read(path, err, sizeof err);
+  if (!r) sn_bad_input("%s", err);
+  for (int i = 0; i < nopts; i++) {
+    sn_optimizer *opt = opts[i].opt;
+    size_t n = opt->model->num_elements;
+    float *full[3];
+    for (int k = 0; k < 3; k++) full[k] = mallocCheck(n * sizeof(float));
+    load_full_optimizer(t->resume_dir, r, opts[i].prefix, n, full);
+    char name[64];
+    snprintf(name, sizeof name, "%s.step", opts[i].prefix);
+    opt->step = (int64_t)sn_state_get_u64(r, name);
+    sn_optimizer_upload_full(opt, full[0], full[1], full[2]);
+    for (int k = 0; k < 3; k++) free(full[k]);
+  }
+  sn_data_cursor cursor;
+  sn_state_get_exact(r, "cursor", &cursor, sizeof cursor);
+  if (sn_sampler_set_cursor(sampler, &cursor, err, sizeof err) != 0) sn_bad_input("%s: %s", path, err);
+  int64_t step = (int64_t)sn_state_get_u64(r, "step");
+  sn_state_get_exact(r, "elapsed_s", elapsed_s, sizeof *elapsed_s);
+  sn_state_reader_free(r);
+  sn_train_log_truncate_after(&t->log, stage, step);
+  if (t->rank == 0) sn_log("stage %d: resumed at step %lld from %s", stage, (long long)step, t->resume_dir);
+  return step;
+}
+
+int sn_trainer_checkpoint_due(const sn_trainer *t, int64_t step, int64_t total, int stopping) {
+  int periodic = t->cfg.checkpoint.every > 0 && step % t->cfg.checkpoint.every == 0;
+  return periodic || stopping || step == total;
+}
+
