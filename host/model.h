@@ -97,6 +97,15 @@ sn_pooling sn_pooling_from_name(const char *name, const char *what);
 // "last" | "mean" | "cls".
 const char *sn_pooling_name(sn_pooling p);
 
+// The embedding before L2 normalisation of the last sn_model_pool: (B, sn_model_out_dim(m)) storage.
+const void *sn_model_pool_raw(const sn_acts *a);
+// Backward of sn_model_pool with normalize = 1 (the last one, after a forward kept activations):
+// from d_emb (B, out_dim) fp32 and the normalised emb it wrote, plus d_raw_extra (B, out_dim)
+// storage when non-NULL (a gradient w.r.t. the raw embedding), through the projection (gradients
+// accumulated into m->grads) and the pooling into dhidden (T, C) storage, written.
+void sn_model_pool_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,
+                            const float *d_emb, const float *emb, const void *d_raw_extra, void *dhidden);
+
 // Output projection (stage-2 students narrower than their teacher): "projection.weight"
 // (out_dim, C) and "projection.bias" (out_dim), applied after pooling by sn_model_pool and saved
 // with the model (config key "scalingnote_projection_dim"). Returns a model with m's weights and a

@@ -93,6 +93,8 @@ static void alloc_backward_slots(sn_acts *a) {
   a->dnorm = sn_acts_alloc(a, T * C * es);
   a->dwide = sn_acts_alloc(a, T * (size_t)SN_MAX(a->qkv_dim, a->up_dim) * es);
   a->dnarrow = sn_acts_alloc(a, T * SN_MAX((size_t)a->attn_dim, I) * es);
+  a->dpooled = sn_acts_alloc(a, (size_t)a->max_seqs * C * es);
+  if (a->proj_dim) a->dprojected = sn_acts_alloc(a, (size_t)a->max_seqs * (size_t)a->proj_dim * es);
   a->have_backward_slots = 1;
 }
 
@@ -138,6 +140,8 @@ void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void
     sn_encoder_backward(m, a, tok, dhidden);
 }
 
+const void *sn_model_pool_raw(const sn_acts *a) { return a->proj_dim ? a->projected : a->pooled; }
+
 void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hidden,
                    sn_pooling pooling, int normalize, float *out) {
   check_batch(m, a, tok);
@@ -157,4 +161,20 @@ void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hi
     m->ops->l2norm_forward(out, a->pool_norm, emb, B, width);
   else
     m->ops->storage_to_f32(out, emb, (size_t)B * width);
+}
+
+void sn_model_pool_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,
+                            const float *d_emb, const float *emb, const void *d_raw_extra, void *dhidden) {
+  check_batch(m, a, tok);
+  if (!a->last_forward_backward) sn_fatal("sn_model_pool_backward needs a forward with for_backward = 1");
+  const struct sn_model_layout *lay = m->layout;
+  const sn_ops *ops = m->ops;
+  const int B = tok->B, C = m->cfg.hidden, width = lay->proj_dim ? lay->proj_dim : C;
+  void *d_raw = lay->proj_dim ? a->dprojected : a->dpooled;  // (B, width)
+  ops->l2norm_backward(d_raw, d_emb, emb, a->pool_norm, B, width);
+  if (d_raw_extra) ops->add(d_raw, d_raw, d_raw_extra, (size_t)B * width);
+  if (lay->proj_dim)  // dpooled (B, C) = dproj @ W; dW += dproj^T @ pooled; db += column sums
+    sn_linear_backward(ops, a->dpooled, sn_gptr(m, lay->proj_w), sn_gptr(m, lay->proj_b), a->dprojected,
+                       a->pooled, sn_wptr(m, lay->proj_w), B, C, lay->proj_dim, 0);
+  ops->pool_backward(dhidden, a->dpooled, tok->cu_seqlens, B, tok->T, C, pooling);  // (T, C)
 }

@@ -118,6 +118,8 @@ struct sn_acts {
   void *projected;             // (max_seqs, proj_dim) storage dtype, with a projection
   float *pool_norm;            // (max_seqs)
   int proj_dim;
+  void *dpooled;               // (max_seqs, C) storage dtype, backward
+  void *dprojected;            // (max_seqs, proj_dim) storage dtype, backward with a projection
 };
 
 // Backend allocation recorded in the workspace.

@@ -36,8 +36,9 @@ typedef struct {
   int64_t steps_this_run;
 } sn_trainer;
 
-// Runs one tower over packed sequences: forward, pooling, optional projection, L2 norm; and the
-// backward of that chain. Several runners may share one model (shared towers): each has its own
+// Runs one tower over packed sequences: forward, then sn_model_pool (pooling, optional
+// projection, L2 norm: the one embedding path that sn_embed and sn_eval use too); and the backward
+// of that chain. Several runners may share one model (shared towers): each has its own
 // activations, so a query forward and a document forward can both wait for their backward.
 typedef struct {
   sn_model *model;
@@ -47,11 +48,6 @@ typedef struct {
   sn_pooling pooling;
   int max_seqs, max_tokens;
   int out_dim;         // C, or the projection's output width
-  void *pooled;        // (max_seqs, C) storage
-  void *projected;     // (max_seqs, out_dim) storage, when the model has a projection
-  float *norms;        // (max_seqs)
-  void *dpooled;       // (max_seqs, C) storage
-  void *dprojected;    // (max_seqs, out_dim) storage
   void *dhidden;       // (max_tokens, C) storage
   int n;               // sequences of the current forward
 } sn_tower_runner;

@@ -12,32 +12,17 @@
 
 // ---- runners --------------------------------------------------------------------------------
 
-static const sn_param *projection_of(const sn_model *m) {
-  return sn_model_find_param(m, "projection.weight");
-}
-
 void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max_seqs, int max_tokens) {
   memset(r, 0, sizeof *r);
-  const sn_ops *ops = m->ops;
-  size_t es = ops->storage_size;
-  int C = m->cfg.hidden;
-  const sn_param *proj = projection_of(m);
   r->model = m;
-  r->ops = ops;
+  r->ops = m->ops;
   r->pooling = pooling;
   r->max_seqs = max_seqs;
   r->max_tokens = max_tokens;
-  r->out_dim = proj ? (int)proj->shape[0] : C;
+  r->out_dim = sn_model_out_dim(m);
   r->acts = sn_acts_new(m, max_tokens, max_seqs);
-  sn_tokens_alloc(&r->tok, ops, max_tokens, max_seqs);
-  r->pooled = ops->alloc((size_t)max_seqs * C * es);
-  r->dpooled = ops->alloc((size_t)max_seqs * C * es);
-  r->norms = ops->alloc((size_t)max_seqs * sizeof(float));
-  r->dhidden = ops->alloc((size_t)max_tokens * C * es);
-  if (proj) {
-    r->projected = ops->alloc((size_t)max_seqs * r->out_dim * es);
-    r->dprojected = ops->alloc((size_t)max_seqs * r->out_dim * es);
-  }
+  sn_tokens_alloc(&r->tok, r->ops, max_tokens, max_seqs);
+  r->dhidden = r->ops->alloc((size_t)max_tokens * m->cfg.hidden * r->ops->storage_size);
 }
 
 void sn_runner_free(sn_tower_runner *r) {
@@ -45,64 +30,28 @@ void sn_runner_free(sn_tower_runner *r) {
   if (!ops) return;
   sn_acts_free(r->acts);
   sn_tokens_free(&r->tok, ops);
-  ops->free(r->pooled);
-  ops->free(r->dpooled);
-  ops->free(r->norms);
   ops->free(r->dhidden);
-  if (r->projected) ops->free(r->projected);
-  if (r->dprojected) ops->free(r->dprojected);
   memset(r, 0, sizeof *r);
 }
 
-const void *sn_runner_raw(const sn_tower_runner *r) { return r->projected ? r->projected : r->pooled; }
-
-static const void *param_ptr(const sn_model *m, const char *name) {
-  const sn_param *p = sn_model_find_param(m, name);
-  return p ? (const char *)m->weights + p->offset * m->ops->storage_size : NULL;
-}
-
-static void *grad_ptr(const sn_model *m, const char *name) {
-  const sn_param *p = sn_model_find_param(m, name);
-  return p ? (char *)m->grads + p->offset * m->ops->storage_size : NULL;
-}
+const void *sn_runner_raw(const sn_tower_runner *r) { return sn_model_pool_raw(r->acts); }
 
 void sn_runner_forward(sn_tower_runner *r, const int32_t *ids, const int32_t *cu_seqlens, int n,
                        int for_backward, float *emb, const char *what) {
-  const sn_ops *ops = r->ops;
   sn_model *m = r->model;
-  int C = m->cfg.hidden;
   if (n > r->max_seqs || cu_seqlens[n] > r->max_tokens)
     sn_fatal("%s: batch of %d sequences / %d tokens exceeds the planned %d / %d", what, n,
              cu_seqlens[n], r->max_seqs, r->max_tokens);
-  sn_tokens_upload(&r->tok, ops, ids, cu_seqlens, n, m->cfg.vocab, what);
+  sn_tokens_upload(&r->tok, r->ops, ids, cu_seqlens, n, m->cfg.vocab, what);
   const void *hidden = sn_model_forward(m, r->acts, &r->tok, for_backward);  // (T, C)
-  ops->pool_forward(r->pooled, hidden, r->tok.cu_seqlens, n, r->tok.T, C, r->pooling);  // (n, C)
-  if (r->projected) {  // (n, out_dim) = pooled @ W^T + b
-    ops->matmul(r->projected, r->pooled, param_ptr(m, "projection.weight"),
-                param_ptr(m, "projection.bias"), n, r->out_dim, C, 0, 1, 0);
-  }
-  ops->l2norm_forward(emb, r->norms, sn_runner_raw(r), n, r->out_dim);
+  sn_model_pool(m, r->acts, &r->tok, hidden, r->pooling, 1, emb);           // (n, out_dim)
   r->n = n;
 }
 
 void sn_runner_backward(sn_tower_runner *r, const float *d_emb, const float *emb,
                         const void *d_raw_extra) {
-  const sn_ops *ops = r->ops;
-  sn_model *m = r->model;
-  int C = m->cfg.hidden, n = r->n;
-  void *d_raw = r->projected ? r->dprojected : r->dpooled;
-  ops->l2norm_backward(d_raw, d_emb, emb, r->norms, n, r->out_dim);
-  if (d_raw_extra) ops->add(d_raw, d_raw, d_raw_extra, (size_t)n * r->out_dim);
-  if (r->projected) {
-    // dW (out, C) += dproj^T @ pooled; db += column sums; dpooled (n, C) = dproj @ W
-    ops->matmul(grad_ptr(m, "projection.weight"), r->dprojected, r->pooled, NULL, r->out_dim, C, n,
-                1, 0, 1);
-    ops->bias_backward(grad_ptr(m, "projection.bias"), r->dprojected, n, r->out_dim);
-    ops->matmul(r->dpooled, r->dprojected, param_ptr(m, "projection.weight"), NULL, n, C,
-                r->out_dim, 0, 0, 0);
-  }
-  ops->pool_backward(r->dhidden, r->dpooled, r->tok.cu_seqlens, n, r->tok.T, C, r->pooling);
-  sn_model_backward(m, r->acts, &r->tok, r->dhidden);
+  sn_model_pool_backward(r->model, r->acts, &r->tok, r->pooling, d_emb, emb, d_raw_extra, r->dhidden);
+  sn_model_backward(r->model, r->acts, &r->tok, r->dhidden);
 }
 
 const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s1, int32_t *cu_out) {
