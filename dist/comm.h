@@ -35,7 +35,7 @@
 #include <stdint.h>
 
 #include "bootstrap.h"
-#include "ops.h"
+#include "dtype.h"
 
 #define SN_COMM_DEFAULT_TIMEOUT_S 600.0
 

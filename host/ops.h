@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { SN_DTYPE_F32 = 0, SN_DTYPE_BF16 = 1, SN_DTYPE_F16 = 2 } sn_dtype;
+#include "dtype.h"
 
 typedef enum { SN_POOL_LAST = 0, SN_POOL_MEAN = 1, SN_POOL_FIRST = 2 } sn_pooling;
 
@@ -203,9 +203,3 @@ void sn_cuda_busy_wait(double microseconds);
 // "cpu" or "cuda": the backend, or an error naming the device string.
 const sn_ops *sn_ops_by_name(const char *device);
 
-// Host-side helpers of every backend: learning-rate schedule.
-typedef enum { SN_SCHEDULE_COSINE = 0, SN_SCHEDULE_LINEAR = 1, SN_SCHEDULE_CONSTANT = 2 } sn_schedule;
-// Linear warm-up from 0 over warmup_steps, then decay to min_ratio * peak by total_steps.
-// step is 0-based (the step about to be taken).
-float sn_lr_at(int64_t step, int64_t warmup_steps, int64_t total_steps, float peak_lr,
-               float min_ratio, sn_schedule schedule);

@@ -15,6 +15,13 @@
 #include "model.h"
 #include "run_config.h"
 
+// The learning-rate schedule.
+typedef enum { SN_SCHEDULE_COSINE = 0, SN_SCHEDULE_LINEAR = 1, SN_SCHEDULE_CONSTANT = 2 } sn_schedule;
+// Linear warm-up from 0 over warmup_steps, then decay to min_ratio * peak by total_steps.
+// step is 0-based (the step about to be taken).
+float sn_lr_at(int64_t step, int64_t warmup_steps, int64_t total_steps, float peak_lr,
+               float min_ratio, sn_schedule schedule);
+
 typedef struct {
   sn_model *model;
   const sn_ops *ops;

@@ -1,7 +1,7 @@
 // sn_lr_at: linear warm-up, then cosine / linear decay to min_ratio * peak, or constant.
 #include <math.h>
 
-#include "ops.h"
+#include "optimizer.h"
 #include "test_util.h"
 
 #define LR_TOL 1e-6f  // relative

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "comm.h"
+#include "ops.h"
 #include "common.h"
 #include "test_util.h"
 
