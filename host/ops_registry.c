@@ -1,5 +1,4 @@
 // Backend lookup by device name, the CUDA stub of CPU-only builds, and the learning-rate schedule.
-#include <math.h>
 #include <string.h>
 
 #include "common.h"

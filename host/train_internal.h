@@ -49,7 +49,6 @@ typedef struct {
   int max_seqs, max_tokens;
   int out_dim;         // C, or the projection's output width
   void *dhidden;       // (max_tokens, C) storage
-  int n;               // sequences of the current forward
 } sn_tower_runner;
 
 void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max_seqs, int max_tokens);

@@ -45,7 +45,6 @@ void sn_runner_forward(sn_tower_runner *r, const int32_t *ids, const int32_t *cu
   sn_tokens_upload(&r->tok, r->ops, ids, cu_seqlens, n, m->cfg.vocab, what);
   const void *hidden = sn_model_forward(m, r->acts, &r->tok, for_backward);  // (T, C)
   sn_model_pool(m, r->acts, &r->tok, hidden, r->pooling, 1, emb);           // (n, out_dim)
-  r->n = n;
 }
 
 void sn_runner_backward(sn_tower_runner *r, const float *d_emb, const float *emb,
