@@ -7,7 +7,7 @@
 //   SN_COMM_NCCL    --device cuda (also at world size 1: it exercises the real path). Buffers are
 //                   device memory; bf16 and fp32. One GPU per rank: local_rank % device_count.
 //
-// Buffers are backend memory, as in host/ops.h: `void *` + a dtype (SN_DTYPE_F32 or
+// Buffers are backend memory, as in host/backend/ops.h: `void *` + a dtype (SN_DTYPE_F32 or
 // SN_DTYPE_BF16), `float *` always fp32. Counts are elements, not bytes, except in broadcast.
 //
 // Threads. One host thread drives a communicator (the watchdog thread is the communicator's own).

@@ -1,5 +1,5 @@
 // Exact top-k for evaluation: the fp32 score product and the merge of a block of candidates into
-// running per-query lists, bit-identical to the CPU twin (host/cpu/cpu_topk.c).
+// running per-query lists, bit-identical to the CPU twin (host/backend/cpu/cpu_topk.c).
 //
 // Every candidate of a row, the nd new scores and the k old entries, gets one unique 64-bit key:
 // the score's bits mapped so that unsigned order is float order (high 32 bits), then the tie key

@@ -1,6 +1,6 @@
 // sn_train --config FILE.json [--stage 1|2|all] [--resume auto|DIR] [--set key=value ...]
 // Runs ScalingNote stage 1 (dual towers, InfoNCE), stage 2 (student distillation) or both, with
-// checkpoints, exact resume and evaluation. Thin: the work is in host/train*.c.
+// checkpoints, exact resume and evaluation. Thin: the work is in host/train/.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -18,7 +18,7 @@
 #define F32_TOL 1e-4    // fp32 outputs of fp32 math (losses, optimizer state)
 #define ATTN_BWD_TOL 1e-2  // attention backward: P and dS are rounded to bf16 as tensor-core operands (seen: 2.5e-3)
 #define SCORES_TOL 1e-5    // fp32 search scores: fp32 GEMM (no TF32) vs the CPU's dot products, sum order only
-#define SEARCH_DOC_BLOCK 16384  // documents per block of the device search (host/eval_search.c)
+#define SEARCH_DOC_BLOCK 16384  // documents per block of the device search (host/eval/eval_search.c)
 
 static const sn_ops *cpu, *gpu;
 static sn_test_rng rng;

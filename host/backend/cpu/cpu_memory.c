@@ -1,0 +1,80 @@
+// CPU backend memory: backend memory is host memory and the storage dtype is fp32, so uploads,
+// downloads and dtype conversions are plain copies.
+#include <string.h>
+
+#include "common.h"
+#include "cpu_ops.h"
+
+// Cache-line (and AVX-512 vector) alignment for every buffer.
+#define SN_CPU_ALIGN 64
+
+static void *aligned_alloc_or_die(size_t bytes) {
+  void *p = NULL;
+  size_t rounded = SN_CEIL_DIV(bytes ? bytes : 1, SN_CPU_ALIGN) * SN_CPU_ALIGN;
+  if (posix_memalign(&p, SN_CPU_ALIGN, rounded) != 0 || !p)
+    sn_fatal("cpu alloc of %zu bytes failed: out of memory", bytes);
+  return p;
+}
+
+// SN_CPU_POISON_ALLOC=1 fills every new buffer with NaN bytes, so a read of memory nobody wrote
+// (a gradient buffer not zeroed before an accumulating op) shows up as NaN instead of as the
+// zeros fresh pages happen to hold.
+#define POISON_BYTE 0xFF  // 0xFFFFFFFF is a NaN
+
+void *sn_cpu_alloc(size_t bytes) {
+  static int poison = -1;  // benign race: every thread computes the same value
+  if (poison < 0) poison = getenv("SN_CPU_POISON_ALLOC") && atoi(getenv("SN_CPU_POISON_ALLOC"));
+  void *p = aligned_alloc_or_die(bytes);
+  if (poison) memset(p, POISON_BYTE, bytes);
+  return p;
+}
+
+void sn_cpu_free(void *p) { free(p); }
+
+void sn_cpu_memset_zero(void *p, size_t bytes) {
+  if (bytes) memset(p, 0, bytes);
+}
+
+// memmove rather than memcpy: callers may pass the same buffer (e.g. master == params).
+void sn_cpu_copy(void *dst, const void *src, size_t bytes) {
+  if (bytes && dst != src) memmove(dst, src, bytes);
+}
+
+void sn_cpu_upload_f32(void *dst, const float *host_src, size_t n) {
+  sn_cpu_copy(dst, host_src, n * sizeof(float));
+}
+
+void sn_cpu_download_f32(float *host_dst, const void *src, size_t n) {
+  sn_cpu_copy(host_dst, src, n * sizeof(float));
+}
+
+void sn_cpu_storage_to_f32(float *dst, const void *src, size_t n) {
+  sn_cpu_copy(dst, src, n * sizeof(float));
+}
+
+void sn_cpu_f32_to_storage(void *dst, const float *src, size_t n) {
+  sn_cpu_copy(dst, src, n * sizeof(float));
+}
+
+void sn_cpu_synchronize(void) {}  // every CPU op has finished when it returns
+
+// ---- per-thread scratch -------------------------------------------------------------------------
+typedef struct {
+  void *ptr;
+  size_t capacity;
+} scratch_buffer;
+
+static _Thread_local scratch_buffer thread_scratch[SN_CPU_SCRATCH_SLOTS];
+
+void *sn_cpu_scratch(int slot, size_t bytes) {
+  if (slot < 0 || slot >= SN_CPU_SCRATCH_SLOTS) sn_fatal("bad cpu scratch slot %d", slot);
+  scratch_buffer *s = &thread_scratch[slot];
+  if (bytes > s->capacity) {
+    // Grow by half again so a slowly growing sequence of requests does not reallocate each time.
+    size_t capacity = SN_MAX(bytes, s->capacity + s->capacity / 2);
+    free(s->ptr);
+    s->ptr = aligned_alloc_or_die(capacity);
+    s->capacity = capacity;
+  }
+  return s->ptr;
+}

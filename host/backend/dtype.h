@@ -1,0 +1,5 @@
+// Element types of tensors and of collective buffers: the one definition shared by the op table
+// (host/backend/ops.h) and the communicator (dist/), which must know dtypes but nothing of ops or models.
+#pragma once
+
+typedef enum { SN_DTYPE_F32 = 0, SN_DTYPE_BF16 = 1, SN_DTYPE_F16 = 2 } sn_dtype;

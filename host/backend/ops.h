@@ -1,0 +1,205 @@
+// The op table: one C function table that every backend fills (host/backend/cpu/ now, kernels/ for CUDA).
+// Models, losses and training loops call ops only through it, so one code path runs on CPU and GPU
+// and every CUDA op can be checked against its CPU twin.
+//
+// Conventions
+// - All tensors are row-major. Shapes are written as comments: // (T, C).
+// - Buffers are backend memory (host memory on the CPU, device memory on CUDA), allocated with
+//   ops->alloc. Pointers typed `void *` hold the backend's *storage* dtype (ops->storage: fp32 on
+//   the CPU, bf16 on CUDA): weights, activations, weight gradients. Pointers typed `float *` are
+//   always fp32 (norm statistics, pooled embeddings after L2 norm, losses, optimizer state).
+//   Pointers typed `int32_t *` are backend int buffers (token ids, positions, cu_seqlens, labels).
+// - Sequences are packed, never padded: T tokens in total, B sequences, sequence b spanning tokens
+//   [cu_seqlens[b], cu_seqlens[b+1]). cu_seqlens has B+1 entries, cu_seqlens[0] = 0,
+//   cu_seqlens[B] = T, and every sequence has at least one token.
+// - Backward ops *accumulate* (+=) into weight gradients (dweight, dbias, dtable) so gradient
+//   accumulation across micro-batches is free; into activation gradients they *write* (=) unless
+//   the parameter is called `accumulate`.
+// - Ops are asynchronous with respect to the host on CUDA (one stream); ops->synchronize() waits.
+//   Every op checks its launch; errors exit with file:line.
+// - The CPU backend is deterministic for a given OpenMP thread count; the CUDA backend is
+//   deterministic run to run (no float atomics whose order varies).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+
+typedef enum { SN_POOL_LAST = 0, SN_POOL_MEAN = 1, SN_POOL_FIRST = 2 } sn_pooling;
+
+// Deepest list topk_merge keeps (the CUDA kernel sorts the survivors of a row in shared memory).
+#define SN_TOPK_MAX_K 2048
+
+// One contiguous parameter tensor inside a flat parameter buffer, for the multi-tensor optimizer:
+// elements [offset, offset + count) get weight decay `weight_decay` (0 for norms and biases).
+typedef struct {
+  size_t offset;
+  size_t count;
+  float weight_decay;
+} sn_param_span;
+
+typedef struct {
+  float lr;
+  float beta1, beta2, eps;
+  int64_t step;      // 1-based step number, for bias correction
+  float grad_scale;  // multiplies every gradient first (1/accum_steps × clip factor)
+} sn_adamw_hparams;
+
+typedef struct sn_ops {
+  const char *name;  // "cpu" or "cuda"
+  sn_dtype storage;  // dtype behind `void *` tensors
+  size_t storage_size;
+
+  // ---- memory ---------------------------------------------------------------------------------
+  void *(*alloc)(size_t bytes);  // never NULL; contents undefined
+  void (*free)(void *p);
+  void (*memset_zero)(void *p, size_t bytes);
+  void (*copy)(void *dst, const void *src, size_t bytes);          // backend → backend
+  void (*upload)(void *dst, const void *host_src, size_t bytes);   // host → backend, raw bytes
+  void (*download)(void *host_dst, const void *src, size_t bytes); // backend → host, raw bytes
+  // host fp32 ↔ backend storage dtype, converting (round to nearest even for bf16)
+  void (*upload_f32)(void *dst, const float *host_src, size_t n);
+  void (*download_f32)(float *host_dst, const void *src, size_t n);
+  // backend fp32 ↔ backend storage dtype
+  void (*storage_to_f32)(float *dst, const void *src, size_t n);
+  void (*f32_to_storage)(void *dst, const float *src, size_t n);
+  void (*synchronize)(void);
+
+  // ---- elementwise ----------------------------------------------------------------------------
+  void (*add)(void *out, const void *a, const void *b, size_t n);  // out = a + b (out may alias)
+  void (*scale_f32)(float *x, float s, size_t n);                  // x *= s
+
+  // ---- embedding lookup -----------------------------------------------------------------------
+  // out (T, C) = table[ids] (V, C); accumulate: out += instead. Ids are checked on the host before.
+  void (*embedding_forward)(void *out, const int32_t *ids, const void *table, int T, int C,
+                            int accumulate);
+  // dtable (V, C) += scatter of dout (T, C) by ids. Deterministic.
+  void (*embedding_backward)(void *dtable, const void *dout, const int32_t *ids, int T, int C, int V);
+
+  // ---- norms ----------------------------------------------------------------------------------
+  // RMSNorm (Qwen2/Llama): out = x / sqrt(mean(x²) + eps) * weight. rstd (T) saved for backward.
+  void (*rmsnorm_forward)(void *out, float *rstd, const void *x, const void *weight, int T, int C,
+                          float eps);
+  // dx (T, C) = (accumulate ? dx + : ) d/dx; dweight (C) +=.
+  void (*rmsnorm_backward)(void *dx, void *dweight, const void *dout, const void *x,
+                           const void *weight, const float *rstd, int T, int C, int accumulate);
+  // Fused residual + RMSNorm: residual_out = a + b; out = rmsnorm(residual_out). Saves a pass.
+  void (*add_rmsnorm_forward)(void *residual_out, void *out, float *rstd, const void *a,
+                              const void *b, const void *weight, int T, int C, float eps);
+  // LayerNorm (BERT): out = (x - mean) * rstd * weight + bias; mean, rstd (T) saved.
+  void (*layernorm_forward)(void *out, float *mean, float *rstd, const void *x, const void *weight,
+                            const void *bias, int T, int C, float eps);
+  void (*layernorm_backward)(void *dx, void *dweight, void *dbias, const void *dout, const void *x,
+                             const void *weight, const float *mean, const float *rstd, int T, int C,
+                             int accumulate);
+  // Fused residual + LayerNorm (BERT post-norm): residual_out = a + b; out = layernorm(residual_out).
+  void (*add_layernorm_forward)(void *residual_out, void *out, float *mean, float *rstd,
+                                const void *a, const void *b, const void *weight, const void *bias,
+                                int T, int C, float eps);
+
+  // ---- matmul ---------------------------------------------------------------------------------
+  // C (M, N) = op(A) @ op(B) [+ bias (N)] [+ C if accumulate].
+  // op(A) is (M, K): A stored (M, K), or (K, M) when trans_a. op(B) is (K, N): B stored (K, N),
+  // or (N, K) when trans_b. A linear layer y = x W^T + b with W (out, in) as PyTorch stores it is
+  // matmul(y, x, W, b, T, out, in, 0, 1, 0). Accumulation in fp32.
+  void (*matmul)(void *C, const void *A, const void *B, const void *bias, int M, int N, int K,
+                 int trans_a, int trans_b, int accumulate);
+  // dbias (N) += column sums of dout (M, N).
+  void (*bias_backward)(void *dbias, const void *dout, int M, int N);
+
+  // ---- rotary position embedding (Hugging Face rotate-half convention) -------------------------
+  // qkv (T, (Hq + 2*Hkv) * D): per token, Hq query heads, then Hkv key heads, then Hkv value heads.
+  // Rotates the q and k heads in place by angle pos[t] * theta^(-2i/D). inverse = 1 rotates by the
+  // negative angle: that is the backward pass applied to dqkv.
+  void (*rope)(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta,
+               int inverse);
+
+  // ---- attention over packed variable-length sequences ----------------------------------------
+  // qkv as for rope; out (T, Hq * D); lse (Hq, T) log-sum-exp of the scaled scores, for backward.
+  // Grouped-query: query head h reads kv head h / (Hq / Hkv). causal = 1 for decoders.
+  // scale is usually 1/sqrt(D). max_seqlen is a bound on the longest sequence (tiling hint).
+  void (*attention_forward)(void *out, float *lse, const void *qkv, const int32_t *cu_seqlens,
+                            int B, int T, int max_seqlen, int Hq, int Hkv, int D, int causal,
+                            float scale);
+  // dqkv (T, (Hq + 2*Hkv) * D) is written (not accumulated).
+  void (*attention_backward)(void *dqkv, const void *dout, const void *qkv, const void *out,
+                             const float *lse, const int32_t *cu_seqlens, int B, int T,
+                             int max_seqlen, int Hq, int Hkv, int D, int causal, float scale);
+
+  // ---- activations ----------------------------------------------------------------------------
+  // gate_up (T, 2*I): gate = [:, :I], up = [:, I:]; out (T, I) = silu(gate) * up.
+  void (*swiglu_forward)(void *out, const void *gate_up, int T, int I);
+  void (*swiglu_backward)(void *dgate_up, const void *dout, const void *gate_up, int T, int I);
+  // GELU, erf form: out = x * 0.5 * (1 + erf(x / sqrt(2))).
+  void (*gelu_forward)(void *out, const void *x, size_t n);
+  void (*gelu_backward)(void *dx, const void *dout, const void *x, size_t n);
+
+  // ---- pooling and L2 normalisation -----------------------------------------------------------
+  // out (B, C) = one row per sequence of hidden (T, C): last token, mean over tokens, or first.
+  void (*pool_forward)(void *out, const void *hidden, const int32_t *cu_seqlens, int B, int T,
+                       int C, sn_pooling mode);
+  // dhidden (T, C) is written in full (zero at tokens the pooling does not read).
+  void (*pool_backward)(void *dhidden, const void *dout, const int32_t *cu_seqlens, int B, int T,
+                        int C, sn_pooling mode);
+  // out (B, C) fp32 = x / max(||x||, eps); norm (B) saved.
+  void (*l2norm_forward)(float *out, float *norm, const void *x, int B, int C);
+  // dx (B, C) storage = d/dx given dout (B, C) fp32 and the forward's out and norm.
+  void (*l2norm_backward)(void *dx, const float *dout, const float *out, const float *norm, int B,
+                          int C);
+
+  // ---- losses (fp32) --------------------------------------------------------------------------
+  // Contrastive cross-entropy over similarities, the core of InfoNCE:
+  //   logits (R, N) = rows (R, C) @ cols (N, C)^T * inv_temp
+  //   loss += scale * sum_r [ logsumexp(logits[r]) - logits[r, target[r]] ]
+  // drows (R, C) and dcols (N, C) are accumulated (+=) with the gradient of that sum. `loss` is one
+  // float in backend memory, accumulated. InfoNCE of queries against the batch's documents is
+  // rows = queries, cols = documents, target = index of each query's positive, scale = 1/R; the
+  // symmetric document→query term swaps the roles. Probabilities are never written out.
+  void (*contrastive_loss)(float *loss, float *drows, float *dcols, const float *rows,
+                           const float *cols, const int32_t *target, int R, int N, int C,
+                           float inv_temp, float scale);
+  // Distillation: student (B, C) and teacher (B, C) fp32.
+  //   mse = mean over B*C of (s - t)²; cos = mean over rows of (1 - cos(s_b, t_b))
+  //   loss_terms[0] += alpha * mse, loss_terms[1] += beta * cos (backend memory, 2 floats)
+  // dstudent (B, C) is written with the gradient of alpha*mse + beta*cos.
+  void (*distill_loss)(float *loss_terms, float *dstudent, const float *student,
+                       const float *teacher, int B, int C, float alpha, float beta);
+
+  // ---- exact top-k for evaluation (fp32) ------------------------------------------------------
+  // S (M, N) = A (M, K) · B (N, K)^T, all fp32 backend memory, fp32 products and accumulation (no
+  // reduced-precision tensor-core math: search scores must not depend on the backend's storage).
+  void (*scores_f32)(float *S, const float *A, const float *B, int M, int N, int K);
+  // Merges one block of candidates into running top-k lists, row by row:
+  //   best_score, best_idx (nq, k): each row best-first in trec order (score descending, then tie
+  //     key descending); entries with best_idx < 0 are empty (callers start from all -1) and rank
+  //     below every candidate; they are written back as (-INFINITY, -1)
+  //   scores (nq, nd): row i's candidates, candidate j being document col0 + j
+  //   tie_key: int32 (N) backend array indexed by document, unique keys >= 0, or NULL for the
+  //     document index itself
+  // Rows end with the k best of their old entries and the nd candidates. -0.0 ranks as +0.0 and is
+  // written back as +0.0; scores must not be NaN. Keys are unique, so the result is fully
+  // determined: every backend returns identical lists. 1 <= k <= SN_TOPK_MAX_K, nd >= 0.
+  void (*topk_merge)(float *best_score, int32_t *best_idx, const float *scores, int nq, int nd,
+                     int k, int col0, const int32_t *tie_key);
+
+  // ---- optimizer ------------------------------------------------------------------------------
+  // out[0] += sum of squares of grads (n elements of storage dtype), accumulated in fp32/fp64.
+  void (*sum_squares)(float *out, const void *grads, size_t n);
+  // AdamW with decoupled weight decay over every span of a flat parameter buffer:
+  //   g = grads * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²
+  //   master -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd * master)
+  //   params = storage(master)
+  // master, m, v are fp32 (on the CPU master may be the same buffer as params).
+  void (*adamw)(void *params, float *master, const void *grads, float *m, float *v,
+                const sn_param_span *spans, int nspans, const sn_adamw_hparams *hp);
+} sn_ops;
+
+// The backends. sn_ops_cpu() always exists; sn_ops_cuda() returns NULL when built without CUDA
+// or when no GPU is present (reason in *why_not when non-NULL).
+const sn_ops *sn_ops_cpu(void);
+const sn_ops *sn_ops_cuda(const char **why_not);
+// CUDA builds only, for benchmarks: enqueues a kernel that keeps the stream busy this long.
+void sn_cuda_busy_wait(double microseconds);
+// "cpu" or "cuda": the backend, or an error naming the device string.
+const sn_ops *sn_ops_by_name(const char *device);
+

@@ -1,0 +1,115 @@
+// The run configuration of sn_train: a JSON file validated against one schema before any work.
+// Unknown keys, wrong types and out-of-range values are errors naming the key (with the nearest
+// valid key suggested); `--set a.b=value` overrides any key by its dotted path. Every field has a
+// default (in its schema row, host/io/run_config.c), so the resolved config (written into the run
+// folder) is complete.
+#pragma once
+#include <stddef.h>
+#include <stdio.h>
+#include <stdint.h>
+
+#define SN_CFG_MAX_TRAIN_FILES 16
+#define SN_CFG_PATH_MAX 1024
+#define SN_CFG_TEXT_MAX 1024
+
+typedef struct {
+  float lr;
+  float min_lr_ratio;    // final lr = lr * min_lr_ratio
+  float weight_decay;    // decoupled; never applied to norms and biases
+  float beta1, beta2, eps;
+  int warmup_steps;
+  char schedule[16];     // "cosine" | "linear" | "constant"
+  float clip_grad_norm;  // 0 = off
+} sn_cfg_optim;
+
+typedef struct {
+  char model[SN_CFG_PATH_MAX];  // Hugging Face folder, or "" with model_desc
+  char model_desc[SN_CFG_PATH_MAX]; // JSON description file of a fresh model ("" = none)
+  char tokenizer[SN_CFG_PATH_MAX];  // "" = the model folder's tokenizer
+  int shared_towers;      // one parameter set for queries and documents
+  char pooling[8];        // "last" | "mean" | "cls"
+  float temperature;
+  int symmetric;          // add the document→query term
+  int batch_queries;      // global batch (all ranks), in queries
+  int max_tokens_per_rank; // > 0: token budget per rank batch (queries + documents), batch_queries a cap
+  int negatives_per_query;
+  int cross_device_negatives;
+  int grad_cache_chunk;   // sequences per chunk in the gradient-cache re-run; 0 = direct backward
+  int grad_accum;         // micro-batches per optimizer step
+  int steps;              // optimizer steps; 0 = derive from epochs
+  float epochs;
+  sn_cfg_optim optim;
+} sn_cfg_stage1;
+
+typedef struct {
+  char student[SN_CFG_PATH_MAX];      // Hugging Face folder of the student, or ""
+  char student_desc[SN_CFG_PATH_MAX]; // JSON description of a fresh student ("" = none)
+  char tokenizer[SN_CFG_PATH_MAX];    // the student's tokenizer ("" = the student folder's)
+  char pooling[8];
+  float alpha, beta, gamma;           // α·MSE + β·(1−cos) + γ·InfoNCE(student, frozen docs)
+  float temperature;                  // for the γ term
+  int batch_queries;
+  int negatives_per_query;            // for the γ term
+  int grad_accum;
+  int steps;
+  float epochs;
+  sn_cfg_optim optim;
+} sn_cfg_stage2;
+
+typedef struct {
+  char run_dir[SN_CFG_PATH_MAX];
+  char device[8];       // "cpu" | "cuda"
+  uint64_t seed;
+  int threads;          // OpenMP threads on the CPU backend; 0 = all cores
+  double comm_timeout_s;
+  struct {
+    int n_train;
+    char train[SN_CFG_MAX_TRAIN_FILES][SN_CFG_PATH_MAX];
+    char cache_dir[SN_CFG_PATH_MAX];  // "" = RUN/cache
+    int skip_bad_lines;
+    int max_line_bytes;
+    char query_prompt[SN_CFG_TEXT_MAX];
+    char doc_prompt[SN_CFG_TEXT_MAX];
+    int max_query_len, max_doc_len;
+    int allow_random_negatives;       // examples without hard negatives borrow other documents
+  } data;
+  sn_cfg_stage1 stage1;
+  sn_cfg_stage2 stage2;
+  struct {
+    int every;        // steps between checkpoints; 0 = only at the end of each stage
+    int keep;         // newest complete checkpoints kept
+  } checkpoint;
+  struct {
+    char data[SN_CFG_PATH_MAX];  // BEIR folder; "" = no evaluation
+    char split[32];
+    int batch;
+  } eval;
+  struct {
+    int every;        // steps between log lines when not a terminal
+  } log;
+  struct {
+    int zero1;        // shard optimizer state across ranks (ZeRO stage 1)
+    int overlap;      // start gradient all-reduces during the backward pass (replicated mode)
+    float bucket_mb;  // size of those all-reduces
+    int check_replicas_every;  // steps between cross-rank weight checksums (0 = never)
+  } dist;
+} sn_run_config;
+
+// Parses and validates a config file, applying `--set key=value` overrides (n_overrides strings of
+// the form dotted.key=value; the value is JSON when it parses as JSON, else a string). Relative
+// paths in the file are resolved against the file's folder. Returns 0, or -1 with a message in err
+// naming the file and key. Never exits.
+int sn_run_config_load(sn_run_config *cfg, const char *path, const char *const *overrides,
+                       int n_overrides, char *err, size_t errlen);
+// Same from JSON text (path used in messages and as the base for relative paths; may be NULL).
+int sn_run_config_parse(sn_run_config *cfg, const char *json, const char *path,
+                        const char *const *overrides, int n_overrides, char *err, size_t errlen);
+// The built-in defaults (no file), each from its key's row of the schema.
+void sn_run_config_defaults(sn_run_config *cfg);
+// The resolved config as JSON text (every key, defaults filled in). Caller frees.
+char *sn_run_config_to_json(const sn_run_config *cfg);
+// A stable 64-bit hash of the settings that must match on resume (model, data, batch, seed...).
+uint64_t sn_run_config_hash(const sn_run_config *cfg);
+// Every key as a markdown table row: | key | type | default | range/choices | help | (after a header
+// row). docs/USAGE.md holds this output, checked by tests/cpu/test_usage_keys.sh.
+void sn_run_config_print_schema(FILE *out);

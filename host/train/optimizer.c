@@ -1,0 +1,275 @@
+#include "optimizer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common.h"
+
+sn_schedule sn_schedule_from_name(const char *name) {
+  if (strcmp(name, "linear") == 0) return SN_SCHEDULE_LINEAR;
+  if (strcmp(name, "constant") == 0) return SN_SCHEDULE_CONSTANT;
+  return SN_SCHEDULE_COSINE;
+}
+
+static float *alloc_zeroed_f32(const sn_ops *ops, size_t n) {
+  float *p = ops->alloc(SN_MAX(n, 1) * sizeof(float));
+  ops->memset_zero(p, SN_MAX(n, 1) * sizeof(float));
+  return p;
+}
+
+static void *storage_at(const sn_optimizer *opt, void *base, size_t offset) {
+  return (char *)base + offset * opt->ops->storage_size;
+}
+
+// The model's spans clipped to [begin, begin + len), offsets made relative to begin.
+static sn_param_span *clip_spans(const sn_param_span *all, int n_all, size_t begin, size_t len, int *n) {
+  sn_param_span *out = mallocCheck((size_t)SN_MAX(n_all, 1) * sizeof *out);
+  *n = 0;
+  for (int i = 0; i < n_all; i++) {
+    size_t lo = SN_MAX(all[i].offset, begin), hi = SN_MIN(all[i].offset + all[i].count, begin + len);
+    if (lo >= hi) continue;
+    out[(*n)++] = (sn_param_span){.offset = lo - begin, .count = hi - lo, .weight_decay = all[i].weight_decay};
+  }
+  return out;
+}
+
+void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps,
+                       sn_comm *comm, int zero1) {
+  memset(opt, 0, sizeof *opt);
+  const sn_ops *ops = model->ops;
+  size_t n = model->num_elements;
+  int world = comm ? comm->world_size : 1;
+  opt->model = model;
+  opt->ops = ops;
+  opt->comm = comm;
+  opt->cfg = *cfg;
+  opt->total_steps = total_steps;
+  opt->zero1 = zero1 && world > 1;
+  opt->shard_len = n;
+  if (opt->zero1) {
+    opt->shard_stride = SN_CEIL_DIV(n, (size_t)world);
+    opt->shard_begin = SN_MIN(n, (size_t)comm->rank * opt->shard_stride);
+    opt->shard_len = SN_MIN(n, opt->shard_begin + opt->shard_stride) - opt->shard_begin;
+    opt->grad_shard = ops->alloc(opt->shard_stride * ops->storage_size);
+    opt->exchange = ops->alloc((size_t)world * opt->shard_stride * ops->storage_size);
+  }
+  opt->m = alloc_zeroed_f32(ops, opt->shard_len);
+  opt->v = alloc_zeroed_f32(ops, opt->shard_len);
+  // With ZeRO-1 the slice's master is its own buffer even on fp32 backends: the weights outside
+  // the slice are not this rank's to update in place before the all-gather.
+  if (ops->storage != SN_DTYPE_F32 || opt->zero1) {
+    opt->master = ops->alloc(SN_MAX(opt->shard_len, 1) * sizeof(float));
+    ops->storage_to_f32(opt->master, storage_at(opt, model->weights, opt->shard_begin), opt->shard_len);
+  }
+  opt->scratch = ops->alloc(sizeof(float));
+  int n_all = 0;
+  sn_param_span *all = sn_model_param_spans(model, cfg->weight_decay, &n_all);
+  opt->spans = clip_spans(all, n_all, opt->shard_begin, opt->shard_len, &opt->nspans);
+  free(all);
+}
+
+// The element range of each layer, from the parameter names ("layers.<l>." for decoders,
+// "encoder.layer.<l>." for BERT). Returns 0 unless every layer's tensors are contiguous and the
+// layers follow each other in the buffer (the layout host/model/model.c writes).
+static int find_layer_ranges(const sn_model *m, size_t *begin, size_t *len) {
+  int L = m->cfg.n_layers;
+  size_t *end = callocCheck((size_t)SN_MAX(L, 1), sizeof *end);
+  for (int l = 0; l < L; l++) begin[l] = SIZE_MAX;
+  size_t layer_elems = 0;
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    int l;
+    if (sscanf(p->name, "layers.%d.", &l) != 1 && sscanf(p->name, "encoder.layer.%d.", &l) != 1) continue;
+    if (l < 0 || l >= L) continue;
+    begin[l] = SN_MIN(begin[l], p->offset);
+    end[l] = SN_MAX(end[l], p->offset + p->count);
+    layer_elems += p->count;
+  }
+  int ok = L > 0;
+  size_t covered = 0;
+  for (int l = 0; l < L && ok; l++) {
+    ok = begin[l] != SIZE_MAX && (l == 0 || begin[l] == end[l - 1]);
+    if (ok) len[l] = end[l] - begin[l], covered += len[l];
+  }
+  free(end);
+  return ok && covered == layer_elems;
+}
+
+void sn_optimizer_enable_overlap(sn_optimizer *opt, size_t bucket_bytes) {
+  if (!opt->comm || opt->comm->world_size == 1 || opt->zero1) return;
+  int L = opt->model->cfg.n_layers;
+  opt->layer_begin = callocCheck((size_t)SN_MAX(L, 1), sizeof(size_t));
+  opt->layer_len = callocCheck((size_t)SN_MAX(L, 1), sizeof(size_t));
+  opt->overlap = find_layer_ranges(opt->model, opt->layer_begin, opt->layer_len);
+  opt->bucket_elems = SN_MAX(bucket_bytes / opt->ops->storage_size, 1);
+}
+
+static void start_bucket(sn_optimizer *opt, size_t begin, size_t end) {
+  if (end <= begin) return;
+  void *buf = storage_at(opt, opt->model->grads, begin);
+  sn_comm_all_reduce_async(opt->comm, buf, end - begin, opt->ops->storage, NULL);
+  opt->buckets_started++;
+}
+
+// The model's callback: layer l is done; layers finish from the last down, so the pending range
+// grows downwards and starts once it holds a bucket's worth.
+static void on_layer_grads(void *ctx, int l) {
+  sn_optimizer *opt = ctx;
+  if (opt->pending_end == opt->pending_begin) opt->pending_end = opt->layer_begin[l] + opt->layer_len[l];
+  opt->pending_begin = opt->layer_begin[l];
+  if (opt->pending_end - opt->pending_begin >= opt->bucket_elems) {
+    start_bucket(opt, opt->pending_begin, opt->pending_end);
+    opt->pending_end = opt->pending_begin;
+  }
+}
+
+void sn_optimizer_arm_overlap(sn_optimizer *opt) {
+  if (!opt->overlap) return;
+  int L = opt->model->cfg.n_layers;
+  opt->armed = 1;
+  opt->pending_begin = opt->pending_end = opt->layer_begin[L - 1] + opt->layer_len[L - 1];
+  opt->model->on_layer_grads = on_layer_grads;
+  opt->model->on_layer_grads_ctx = opt;
+}
+
+void sn_optimizer_flush_overlap(sn_optimizer *opt) {
+  if (opt->armed != 1) return;
+  sn_model *m = opt->model;
+  int L = m->cfg.n_layers;
+  m->on_layer_grads = NULL;
+  m->on_layer_grads_ctx = NULL;
+  opt->armed = 2;  // everything started; sync_grads only waits
+  size_t layers_end = opt->layer_begin[L - 1] + opt->layer_len[L - 1];
+  start_bucket(opt, opt->pending_begin, opt->pending_end);
+  start_bucket(opt, 0, opt->layer_begin[0]);
+  start_bucket(opt, layers_end, m->num_elements);
+}
+
+// After an armed backward: starts what flush_overlap has not, then waits for every bucket.
+static void finish_overlap(sn_optimizer *opt) {
+  sn_optimizer_flush_overlap(opt);
+  opt->armed = 0;
+  sn_comm_wait(opt->comm);
+}
+
+void sn_optimizer_free(sn_optimizer *opt) {
+  const sn_ops *ops = opt->ops;
+  if (!ops) return;
+  free(opt->layer_begin);
+  free(opt->layer_len);
+  void *bufs[] = {opt->m, opt->v, opt->master, opt->scratch, opt->grad_shard, opt->exchange};
+  for (size_t i = 0; i < SN_ARRAY_LEN(bufs); i++)
+    if (bufs[i]) ops->free(bufs[i]);
+  free(opt->spans);
+  memset(opt, 0, sizeof *opt);
+}
+
+void sn_optimizer_sync_grads(sn_optimizer *opt) {
+  sn_comm *comm = opt->comm;
+  if (!comm || comm->world_size == 1) return;
+  const sn_ops *ops = opt->ops;
+  sn_model *m = opt->model;
+  if (opt->armed) {
+    finish_overlap(opt);
+    return;
+  }
+  if (!opt->zero1) {
+    sn_comm_all_reduce_sum(comm, m->grads, m->num_elements, ops->storage);
+    return;
+  }
+  // The padded exchange buffer: the gradient, then zeros up to world * stride.
+  size_t n = m->num_elements, padded = (size_t)comm->world_size * opt->shard_stride;
+  ops->copy(opt->exchange, m->grads, n * ops->storage_size);
+  if (padded > n) ops->memset_zero(storage_at(opt, opt->exchange, n), (padded - n) * ops->storage_size);
+  sn_comm_reduce_scatter_sum(comm, opt->exchange, opt->grad_shard, opt->shard_stride, ops->storage);
+}
+
+static double local_sum_squares(sn_optimizer *opt) {
+  const sn_ops *ops = opt->ops;
+  const void *grads = opt->zero1 ? opt->grad_shard : opt->model->grads;
+  ops->memset_zero(opt->scratch, sizeof(float));
+  ops->sum_squares(opt->scratch, grads, opt->shard_len);
+  float host = 0;
+  ops->download(&host, opt->scratch, sizeof host);
+  return host;
+}
+
+double sn_optimizers_grad_norm(sn_optimizer *const *opts, int n, float grad_scale) {
+  double sumsq = 0;
+  int sharded = 0;
+  for (int i = 0; i < n; i++) {
+    sumsq += local_sum_squares(opts[i]);
+    sharded |= opts[i]->zero1;
+  }
+  if (sharded) sn_comm_all_reduce_f64_host(opts[0]->comm, &sumsq, 1);  // every rank's slice
+  return sqrt(sumsq) * grad_scale;
+}
+
+float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale) {
+  float lr = sn_lr_at(opt->step, opt->cfg.warmup_steps, opt->total_steps, opt->cfg.lr,
+                      opt->cfg.min_lr_ratio, sn_schedule_from_name(opt->cfg.schedule));
+  float clip = 1.0f;
+  if (opt->cfg.clip_grad_norm > 0 && grad_norm > opt->cfg.clip_grad_norm)
+    clip = (float)(opt->cfg.clip_grad_norm / (grad_norm + 1e-6));
+  opt->step++;
+  sn_adamw_hparams hp = {.lr = lr, .beta1 = opt->cfg.beta1, .beta2 = opt->cfg.beta2,
+                         .eps = opt->cfg.eps, .step = opt->step, .grad_scale = grad_scale * clip};
+  sn_model *m = opt->model;
+  const sn_ops *ops = opt->ops;
+  if (!opt->zero1) {
+    float *master = opt->master ? opt->master : (float *)m->weights;
+    ops->adamw(m->weights, master, m->grads, opt->m, opt->v, opt->spans, opt->nspans, &hp);
+    return lr;
+  }
+  // This rank's slice, updated in the exchange buffer at its rank position, then all-gathered.
+  sn_comm *comm = opt->comm;
+  void *mine = storage_at(opt, opt->exchange, (size_t)comm->rank * opt->shard_stride);
+  // Tensors without a span (an unused lm_head) keep their weights: start from the current slice.
+  ops->copy(mine, storage_at(opt, m->weights, opt->shard_begin), opt->shard_len * ops->storage_size);
+  if (opt->shard_len > 0)
+    ops->adamw(mine, opt->master, opt->grad_shard, opt->m, opt->v, opt->spans, opt->nspans, &hp);
+  sn_comm_all_gather(comm, mine, opt->exchange, opt->shard_stride, ops->storage);
+  ops->copy(m->weights, opt->exchange, m->num_elements * ops->storage_size);
+  return lr;
+}
+
+float *sn_optimizer_download(const sn_optimizer *opt, int which) {
+  size_t n = opt->shard_len;
+  float *host = mallocCheck(SN_MAX(n, 1) * sizeof(float));
+  if (which == 1) opt->ops->download(host, opt->m, n * sizeof(float));
+  else if (which == 2) opt->ops->download(host, opt->v, n * sizeof(float));
+  else if (opt->master) opt->ops->download(host, opt->master, n * sizeof(float));
+  else opt->ops->download_f32(host, opt->model->weights, n);
+  return host;
+}
+
+void sn_optimizer_upload_full(sn_optimizer *opt, const float *master, const float *m, const float *v) {
+  size_t b = opt->shard_begin, n = opt->shard_len;
+  const sn_ops *ops = opt->ops;
+  ops->upload(opt->m, m + b, n * sizeof(float));
+  ops->upload(opt->v, v + b, n * sizeof(float));
+  if (opt->master) ops->upload(opt->master, master + b, n * sizeof(float));
+  ops->upload_f32(opt->model->weights, master, opt->model->num_elements);
+}
+
+// Warm-up: lr rises linearly to peak, reaching peak * (step + 1) / warmup_steps on step `step`,
+// so the first step already moves (a 0 learning rate would waste it). Then decay over
+// [warmup_steps, total_steps] from peak to min_ratio * peak; at and after total_steps: the floor.
+float sn_lr_at(int64_t step, int64_t warmup_steps, int64_t total_steps, float peak_lr,
+               float min_ratio, sn_schedule schedule) {
+  if (step < 0) step = 0;
+  if (step < warmup_steps) return peak_lr * (float)(step + 1) / (float)warmup_steps;
+  if (schedule == SN_SCHEDULE_CONSTANT) return peak_lr;
+  double min_lr = (double)peak_lr * min_ratio;
+  int64_t decay_steps = total_steps - warmup_steps;
+  double progress = decay_steps > 0 ? (double)(step - warmup_steps) / (double)decay_steps : 1.0;
+  if (progress > 1.0) progress = 1.0;
+  double factor;  // 1 at the start of the decay, 0 at its end
+  switch (schedule) {
+    case SN_SCHEDULE_COSINE: factor = 0.5 * (1.0 + cos(M_PI * progress)); break;
+    case SN_SCHEDULE_LINEAR: factor = 1.0 - progress; break;
+    default: sn_bad_input("unknown learning-rate schedule %d", (int)schedule);
+  }
+  return (float)(min_lr + (peak_lr - min_lr) * factor);
+}

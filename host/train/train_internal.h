@@ -1,0 +1,186 @@
+// Shared by the stage loops and the driver (host/train/*.c); not a public API.
+#pragma once
+#include <signal.h>
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "comm.h"
+#include "data.h"
+#include "model.h"
+#include "optimizer.h"
+#include "run_config.h"
+#include "tokenizer.h"
+#include "train_log.h"
+
+#define SN_TRAIN_PATH_MAX 1200
+
+// Set by SIGTERM/SIGINT/SIGUSR1: finish the step, checkpoint, exit 0.
+extern volatile sig_atomic_t sn_stop_requested;
+
+typedef struct {
+  sn_run_config cfg;
+  const sn_ops *ops;
+  sn_comm *comm;
+  int rank, world;
+  uint64_t config_hash;
+  char run_dir[SN_TRAIN_PATH_MAX];
+  char cache_dir[SN_TRAIN_PATH_MAX];
+  sn_train_log log;
+  sn_train_examples examples;
+  int examples_loaded;
+  // resume point: the checkpoint to continue from (empty = fresh), its stage and step
+  char resume_dir[SN_TRAIN_PATH_MAX];
+  int resume_stage;
+  int64_t resume_step;
+  int64_t stop_after;     // steps this run may take before stopping as on a signal (0 = no limit)
+  int64_t steps_this_run;
+} sn_trainer;
+
+// Runs one tower over packed sequences: forward, then sn_model_pool (pooling, optional
+// projection, L2 norm: the one embedding path that sn_embed and sn_eval use too); and the backward
+// of that chain. Several runners may share one model (shared towers): each has its own
+// activations, so a query forward and a document forward can both wait for their backward.
+typedef struct {
+  sn_model *model;
+  const sn_ops *ops;
+  sn_acts *acts;
+  sn_tokens tok;
+  sn_pooling pooling;
+  int max_seqs, max_tokens;
+  int out_dim;         // C, or the projection's output width
+  void *dhidden;       // (max_tokens, C) storage
+} sn_tower_runner;
+
+void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max_seqs, int max_tokens);
+void sn_runner_free(sn_tower_runner *r);
+// The pre-normalisation embedding of the last forward: (n, out_dim) storage.
+const void *sn_runner_raw(const sn_tower_runner *r);
+// Embeds n packed sequences (host ids and cu_seqlens): emb (n, out_dim) fp32 backend memory,
+// L2-normalised. for_backward keeps what sn_runner_backward needs. `what` names the input in errors.
+void sn_runner_forward(sn_tower_runner *r, const int32_t *ids, const int32_t *cu_seqlens, int n,
+                       int for_backward, float *emb, const char *what);
+// Backward of the last forward from d_emb (n, out_dim) fp32, given the normalised emb it produced;
+// d_raw_extra (n, out_dim) storage, when non-NULL, is a gradient w.r.t. the raw (pre-norm)
+// embedding added on top. Accumulates into the model's grads.
+void sn_runner_backward(sn_tower_runner *r, const float *d_emb, const float *emb,
+                        const void *d_raw_extra);
+// The whole contrastive batch of one tower (n packed sequences): with grad_cache = 0 one forward
+// that keeps activations; else chunks of `chunk` sequences without them (gradient caching's first
+// pass). emb (n, out_dim) fp32 backend memory.
+void sn_embed_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
+                    const int32_t *cu, int n, float *emb, const char *what);
+// Backpropagates d_emb (n, out_dim) through the tower: from the kept activations, or (grad_cache)
+// chunk by chunk after re-running each chunk's forward into chunk_emb (chunk, out_dim) scratch.
+// arm (may be NULL): the optimizer whose overlapped all-reduce is armed before the last backward
+// call, when this is the step's last pass through the model.
+void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
+                       const int32_t *cu, int n, const float *d_emb, const float *emb,
+                       float *chunk_emb, sn_optimizer *arm, const char *what);
+// The optimizer of a model with overlap enabled as the config says.
+void sn_trainer_optimizer_init(const sn_trainer *t, sn_optimizer *opt, sn_model *m, const sn_cfg_optim *cfg,
+                               int64_t total_steps);
+// Embeds a whole token set in chunks of at most max_seqs sequences / max_tokens tokens into host
+// memory (n_seqs, out_dim), normalised. Used for teacher and document caches.
+float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what);
+
+// Sequences [s0, s1) of a packed host batch as their own packed batch: ids pointer and rebased
+// cu_seqlens (s1 - s0 + 1 entries written to cu_out).
+const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s1, int32_t *cu_out);
+
+// Ranks other than 0 wait for a file rank 0 writes after long work (an evaluation, an embedding
+// cache) by polling, not in a collective, so the work may outlast the collective timeout.
+#define SN_RANK0_WAIT_S (4 * 3600.0)
+// Returns when `ready(path, ctx)` is true, polling; exits after SN_RANK0_WAIT_S.
+void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), void *ctx, int rank);
+int sn_path_exists(const char *path, void *unused);
+
+// Towers and their tokenizers.
+sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
+                                const char *what);
+sn_tokenizer *sn_trainer_load_tokenizer(const char *path, const char *fallback_dir, const char *what);
+// The folder a tower's tokenizer files are copied from when it is saved: path itself when it is a
+// folder, else the folder holding it (path falls back to fallback when empty).
+void sn_tokenizer_dir_of(const char *path, const char *fallback, char *out, size_t size);
+void sn_trainer_check_vocab(const sn_tokenizer *tok, const sn_model *m, const char *what);
+// Token sets of the training data for one tower (cached shards; rank 0 builds).
+void sn_trainer_query_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, const char *name,
+                          sn_token_set *out);
+void sn_trainer_doc_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, sn_token_set *out);
+
+// A tower as a Hugging Face folder (exits on failure: for the final towers).
+void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir);
+
+// A tower written into a checkpoint folder.
+typedef struct {
+  const char *name;          // folder name inside the checkpoint: "query_tower", ...
+  const sn_model *model;
+  const char *tokenizer_dir; // where its tokenizer files come from ("" = none)
+} sn_ckpt_tower;
+// Optimizer state saved under a prefix ("query", "doc", "student").
+typedef struct {
+  const char *prefix;
+  sn_optimizer *opt;
+} sn_ckpt_optimizer;
+// A checkpoint after `step` of `stage`: the towers, the optimizers, the data cursor, the step and
+// elapsed time. Returns 0, or -1 after a warning (the previous checkpoint stays intact).
+int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
+                          const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
+                          const sn_ckpt_tower *towers, int ntowers);
+// Restores a checkpoint's optimizers (from state.bin, or assembled from the per-rank shards of a
+// ZeRO-1 run of any world size) and data cursor; returns the step and sets *elapsed_s. Also drops
+// metrics.jsonl records past that step.
+int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const sn_ckpt_optimizer *opts,
+                           int nopts, double *elapsed_s);
+// Whether a checkpoint is due after `step`: every checkpoint.every steps, when stopping, at the end.
+int sn_trainer_checkpoint_due(const sn_trainer *t, int64_t step, int64_t total, int stopping);
+
+// True when the run should stop after the step just taken (a signal on any rank, or --stop-after):
+// agreed across ranks through `requested_anywhere` (the sum of every rank's request flag).
+int sn_trainer_should_stop(sn_trainer *t, double requested_anywhere);
+// When dist.check_replicas_every divides `step`: hashes the weights of the n models on every rank
+// and compares the hashes (data parallelism must keep the replicas bit-identical); exits naming the
+// step and the ranks that differ. Fills rec's weights_hash when it checked.
+void sn_trainer_check_replicas(const sn_trainer *t, sn_model *const *models, int n, int64_t step,
+                               sn_step_record *rec);
+// Exits 2 when k negatives per query cannot be distinct documents of the data.
+void sn_trainer_check_negatives(const sn_trainer *t, int k, const char *key);
+// Number of optimizer steps of a stage from its config.
+int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoch, int grad_accum);
+
+// ---- a stage: what sn_train_loop trains ----------------------------------------------------
+#define SN_STAGE_MAX_TERMS 3
+#define SN_STAGE_MAX_TOWERS 2
+
+typedef struct {
+  int number;            // 1, 2: in checkpoints, log lines and metrics records
+  int grad_accum;        // micro-batches per optimizer step
+  int64_t total_steps;
+  sn_sampler *sampler;
+  // The distinct parameter sets trained (one with shared towers) and their optimizers, in
+  // checkpoint order; optimizers[0]'s lr is the one logged.
+  int n_models;
+  sn_model *models[SN_STAGE_MAX_TOWERS];
+  sn_ckpt_optimizer optimizers[SN_STAGE_MAX_TOWERS];
+  // The towers saved under RUN/final/<name>; a checkpoint holds the first n_ckpt_towers (shared
+  // towers are saved as both query_tower and doc_tower, but checkpointed once).
+  int n_towers, n_ckpt_towers;
+  sn_ckpt_tower towers[SN_STAGE_MAX_TOWERS];
+  // The loss is the sum of n_terms terms; with more than one, each is logged by name.
+  int n_terms;
+  const char *term_names[SN_STAGE_MAX_TERMS];
+  // One micro-batch: forward, loss, backward, accumulating into the models' gradients. Adds this
+  // rank's share of each loss term (already divided by the global batch, not by grad_accum: the
+  // loop scales gradients and terms by 1/grad_accum) into terms; returns the batch's tokens.
+  // last_micro: the step's last micro-batch, before whose backward the overlapped all-reduce is armed.
+  int64_t (*micro_step)(void *ctx, const sn_batch *b, int last_micro, double *terms);
+  void *ctx;
+} sn_stage;
+
+// Trains a set-up stage to its total steps (after restoring the resume checkpoint when resuming),
+// then saves its final towers. Returns 0 when the stage finished, -1 when it stopped early (a
+// signal or --stop-after) after writing a checkpoint.
+int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming);
+
+// The two stages: set up, sn_train_loop, free. Return 0 when finished, -1 when stopped early.
+int sn_train_stage1(sn_trainer *t);
+int sn_train_stage2(sn_trainer *t);
