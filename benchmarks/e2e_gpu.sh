@@ -3,8 +3,8 @@
 #   stage 1, Qwen2.5-0.5B-shaped towers (random init), 64 queries x 32 tokens + 128 documents x 128
 #   tokens (1 hard negative each) per step; stage 2, the 6-layer 384-wide student, 256 queries x 32.
 # usage: benchmarks/e2e_gpu.sh BUILD_DIR OUT_DIR [TORCH_BASELINE_PY]
-# Prints a table and writes OUT_DIR/e2e.json. tokens/s and MFU are computed as the baseline does:
-# MFU = (6 N tokens + causal attention FLOPs) / time / 989 TFLOP/s, N = non-embedding parameters.
+# Prints a table and writes OUT_DIR/e2e.json; tokens/s and MFU as benchmarks/throughput.py computes
+# them (the baseline's formula).
 set -euo pipefail
 BUILD=$(cd "$1" && pwd)
 OUT=$(mkdir -p "$2" && cd "$2" && pwd)
@@ -44,27 +44,12 @@ fi
 python3 - "$OUT" "$SRC" <<'PY'
 import json, os, sys
 out, src = sys.argv[1], sys.argv[2]
-PEAK = 989e12
-def nonembed(desc):
-    d = json.load(open(desc)); C, L, H = d["hidden"], d["layers"], d["heads"]
-    kv = d.get("kv_heads", H); D = d.get("head_dim", C // H); I = d["intermediate"]
-    per = C * H * D + H * D + 2 * (C * kv * D + kv * D) + H * D * C + 3 * C * I + 2 * C
-    return L * per + C, L, C
+sys.path.insert(0, f"{src}/benchmarks")
+from throughput import summarize
 rows = [json.loads(l) for l in open(f"{out}/e2e_metrics.jsonl")]
-res = {}
-for stage, desc in ((1, "qwen2.5-0.5b.json"), (2, "student-6l-384.json")):
-    r = [x for x in rows if x["stage"] == stage]
-    warm = r[4]; last = r[-1]  # the first steps include allocation and warm-up
-    steps = last["step"] - warm["step"]; secs = last["elapsed_s"] - warm["elapsed_s"]
-    toks = sum(x["tokens"] for x in r if x["step"] > warm["step"])
-    N, L, C = nonembed(f"{src}/configs/models/{desc}")
-    if stage == 1:
-        B, Lq, Ld = 64, 32, 128
-        attn = 2 * 2 * L * C * (B * Lq * Lq + 2 * B * Ld * Ld) * 3 / 2
-        flops = (6 * N * toks / steps + attn) * steps
-    else:
-        flops = 6 * N * toks  # the teacher's query embeddings are cached: no teacher forward per step
-    res[stage] = dict(step_s=secs / steps, tok_s=toks / secs, tflops=flops / secs / 1e12, mfu=flops / secs / PEAK)
+# the teacher's query embeddings are cached in stage 2: no teacher forward per step
+res = {1: summarize(rows, 1, f"{src}/configs/models/qwen2.5-0.5b.json", 64, 32, 128),
+       2: summarize(rows, 2, f"{src}/configs/models/student-6l-384.json")}
 base = {}
 p = f"{out}/e2e_torch.jsonl"
 if os.path.exists(p):

@@ -180,6 +180,8 @@ void cuda_download_f32(float *host_dst, const void *src, size_t n);
 void cuda_storage_to_f32(float *dst, const void *src, size_t n);
 void cuda_f32_to_storage(void *dst, const float *src, size_t n);
 void cuda_synchronize(void);
+sn_alloc_stats cuda_memory_stats(void);
+void cuda_memory_reset_peak(void);
 void cuda_add(void *out, const void *a, const void *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
 // embedding.cu

@@ -19,7 +19,7 @@ static void *lt_workspace;
 static void lt_init(void) {
   if (lt_handle) return;
   cublasCheck(cublasLtCreate(&lt_handle));
-  cudaCheck(cudaMalloc(&lt_workspace, CUBLASLT_WORKSPACE_BYTES));
+  lt_workspace = cuda_alloc(CUBLASLT_WORKSPACE_BYTES);
 }
 
 typedef struct {

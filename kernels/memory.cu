@@ -14,6 +14,24 @@ int sn_cuda_sm_count(void) {
   return count;
 }
 
+// ---- allocation: every cudaMalloc of the backend (buffers, scratch, workspaces) goes through
+// cuda_alloc/cuda_free, so the tracker sees all the device memory the run holds ------------------
+static sn_alloc_tracker device_tracker = SN_ALLOC_TRACKER_INIT;
+
+void *cuda_alloc(size_t bytes) {
+  void *p = NULL;
+  cudaCheck(cudaMalloc(&p, bytes ? bytes : 16));
+  sn_alloc_tracker_add(&device_tracker, p, bytes);
+  return p;
+}
+void cuda_free(void *p) {
+  if (!p) return;
+  sn_alloc_tracker_remove(&device_tracker, p);
+  cudaCheck(cudaFree(p));
+}
+sn_alloc_stats cuda_memory_stats(void) { return sn_alloc_tracker_stats(&device_tracker); }
+void cuda_memory_reset_peak(void) { sn_alloc_tracker_reset_peak(&device_tracker); }
+
 // ---- scratch ---------------------------------------------------------------------------------------
 static void *scratch_ptr[SCRATCH_SLOT_COUNT];
 static size_t scratch_bytes[SCRATCH_SLOT_COUNT];
@@ -22,22 +40,14 @@ void *sn_cuda_scratch(scratch_slot slot, size_t bytes) {
   if (bytes > scratch_bytes[slot]) {
     // Grow with headroom so a slowly growing shape does not reallocate every step.
     size_t want = bytes + bytes / 4;
-    if (scratch_ptr[slot]) cudaCheck(cudaFree(scratch_ptr[slot]));
-    cudaCheck(cudaMalloc(&scratch_ptr[slot], want));
+    cuda_free(scratch_ptr[slot]);
+    scratch_ptr[slot] = cuda_alloc(want);
     scratch_bytes[slot] = want;
   }
   return scratch_ptr[slot];
 }
 
-// ---- allocation and raw copies ---------------------------------------------------------------------
-void *cuda_alloc(size_t bytes) {
-  void *p = NULL;
-  cudaCheck(cudaMalloc(&p, bytes ? bytes : 16));
-  return p;
-}
-void cuda_free(void *p) {
-  if (p) cudaCheck(cudaFree(p));
-}
+// ---- raw copies ------------------------------------------------------------------------------------
 void cuda_memset_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, bytes, SN_STREAM)); }
 void cuda_copy(void *dst, const void *src, size_t bytes) {
   cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, SN_STREAM));

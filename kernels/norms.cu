@@ -487,8 +487,11 @@ __global__ void __launch_bounds__(NORM_BWD_MAX_THREADS) norm_backward_fused_kern
   }
 }
 
-// Raises a kernel's dynamic shared memory limit past the default when a launch needs more (once per
-// size; the ring takes up to NORM_BWD_STAGES * 32 KB with 1024-thread blocks).
+// Raises a kernel's dynamic shared memory limit to what a launch needs (once per larger size; the
+// ring takes up to NORM_BWD_STAGES * 32 KB with 1024-thread blocks). Always explicit, never "only
+// past 48 KB": the default limit covers static + dynamic shared memory, and the fused kernel's ~1 KB
+// of static statistics made a 48 KB ring (C = 1536, Qwen2.5-1.5B) an invalid launch when no wider
+// shape had raised the limit first.
 template <typename K>
 static void norm_bwd_allow_smem(K kernel, size_t smem, size_t *allowed) {
   if (smem > *allowed) {
@@ -500,7 +503,7 @@ template <bool IS_LAYERNORM, bool ACCUMULATE>
 static void launch_norm_backward_fused(int nparts, int threads, size_t smem, bf16 *dx, float *partials_w,
                                        float *partials_b, const bf16 *dout, const bf16 *x, const bf16 *weight,
                                        const float *mean, const float *rstd, int T, int C, int row_threads) {
-  static size_t allowed = NORM_BWD_SMEM_DEFAULT;
+  static size_t allowed = 0;  // this instantiation's limit as last set
   norm_bwd_allow_smem(norm_backward_fused_kernel<IS_LAYERNORM, ACCUMULATE>, smem, &allowed);
   norm_backward_fused_kernel<IS_LAYERNORM, ACCUMULATE><<<nparts, threads, smem, SN_STREAM>>>(
       dx, partials_w, partials_b, dout, x, weight, mean, rstd, T, C, row_threads);

@@ -18,6 +18,8 @@ static sn_ops make_cuda_ops(void) {
   o.storage_to_f32 = cuda_storage_to_f32;
   o.f32_to_storage = cuda_f32_to_storage;
   o.synchronize = cuda_synchronize;
+  o.memory_stats = cuda_memory_stats;
+  o.memory_reset_peak = cuda_memory_reset_peak;
   o.add = cuda_add;
   o.scale_f32 = cuda_scale_f32;
   o.embedding_forward = cuda_embedding_forward;

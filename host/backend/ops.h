@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "alloc_stats.h"
 #include "dtype.h"
 
 typedef enum { SN_POOL_LAST = 0, SN_POOL_MEAN = 1, SN_POOL_FIRST = 2 } sn_pooling;
@@ -64,6 +65,10 @@ typedef struct sn_ops {
   void (*storage_to_f32)(float *dst, const void *src, size_t n);
   void (*f32_to_storage)(void *dst, const float *src, size_t n);
   void (*synchronize)(void);
+  // Bytes this backend's allocations (buffers and scratch) hold now and at most since the start
+  // or the last reset_peak; see alloc_stats.h for what is outside it.
+  sn_alloc_stats (*memory_stats)(void);
+  void (*memory_reset_peak)(void);
 
   // ---- elementwise ----------------------------------------------------------------------------
   void (*add)(void *out, const void *a, const void *b, size_t n);  // out = a + b (out may alias)

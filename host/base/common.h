@@ -82,3 +82,4 @@ double sn_now_s(void);
 #define SN_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define SN_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define SN_CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define SN_GIB (1024.0 * 1024.0 * 1024.0)  // bytes in a GiB, as a double for reporting

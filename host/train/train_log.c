@@ -75,6 +75,7 @@ static void write_metrics(sn_train_log *log, const sn_step_record *r) {
   write_number(log->metrics, "lr", r->lr);
   write_number(log->metrics, "grad_norm", r->grad_norm);
   fprintf(log->metrics, ", \"tokens\": %lld, \"elapsed_s\": %.3f", (long long)r->tokens, r->elapsed_s);
+  fprintf(log->metrics, ", \"mem_peak_gib\": %.3f", r->mem_peak_gib);
   for (int i = 0; i < r->n_terms; i++) write_number(log->metrics, r->term_names[i], r->terms[i]);
   if (r->has_weights_hash) fprintf(log->metrics, ", \"weights_hash\": \"%016llx\"", (unsigned long long)r->weights_hash);
   fprintf(log->metrics, "}\n");
@@ -110,9 +111,10 @@ void sn_train_log_step(sn_train_log *log, const sn_step_record *r) {
   size_t used = 0;
   for (int i = 0; i < r->n_terms && used < sizeof terms; i++)
     used += (size_t)snprintf(terms + used, sizeof terms - used, " %s %.4f", r->term_names[i], r->terms[i]);
-  fprintf(stderr, "%sstage %d | step %lld/%lld | loss %.4f%s | lr %.2e | gnorm %.3f | %.0f tok/s | %s < %s%s",
+  fprintf(stderr,
+          "%sstage %d | step %lld/%lld | loss %.4f%s | lr %.2e | gnorm %.3f | %.0f tok/s | peak %.2f GiB | %s < %s%s",
           log->is_tty ? "\r\033[K" : "", r->stage, (long long)r->step, (long long)r->total_steps,
-          r->loss, terms, r->lr, r->grad_norm, log->tok_per_s, elapsed, eta,
+          r->loss, terms, r->lr, r->grad_norm, log->tok_per_s, r->mem_peak_gib, elapsed, eta,
           log->is_tty ? "" : "\n");
   fflush(stderr);
 }

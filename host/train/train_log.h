@@ -18,6 +18,7 @@ typedef struct {
   int n_terms;         // stage 2: named loss terms (mse, cos, infonce)
   const char *term_names[SN_LOG_MAX_TERMS];
   float terms[SN_LOG_MAX_TERMS];
+  double mem_peak_gib;  // this rank's backend memory high-water mark (ops->memory_stats), GiB
   int has_weights_hash;   // dist.check_replicas_every: every rank's weights hashed to this value
   uint64_t weights_hash;
 } sn_step_record;

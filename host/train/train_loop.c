@@ -81,7 +81,8 @@ int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming) {
     for (int i = 0; i < n; i++) loss += totals[i];
     sn_step_record rec = {.stage = s->number, .step = step, .total_steps = s->total_steps,
                           .loss = (float)loss, .lr = lr, .grad_norm = (float)grad_norm,
-                          .tokens = (int64_t)totals[n], .elapsed_s = elapsed};
+                          .tokens = (int64_t)totals[n], .elapsed_s = elapsed,
+                          .mem_peak_gib = (double)t->ops->memory_stats().peak / SN_GIB};
     if (n > 1) {  // a loss of several terms logs each
       rec.n_terms = n;
       for (int i = 0; i < n; i++) {

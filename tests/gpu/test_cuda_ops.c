@@ -591,6 +591,10 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < SN_ARRAY_LEN(elem_sizes); i++)
       if (!quick || elem_sizes[i] < 10000) check_elementwise(elem_sizes[i]);
     check_swiglu(1, 8), check_swiglu(3, 37), check_swiglu(65, 4864);
+    // the intermediate widths of Qwen2.5 1.5B, 3B, 7B, 14B and Llama-3-8B
+    if (!quick)
+      check_swiglu(257, 8960), check_swiglu(129, 11008), check_swiglu(65, 18944), check_swiglu(33, 13824),
+          check_swiglu(65, 14336);
   }
   if (wanted("embedding")) {
     check_embedding(1, 64, 10), check_embedding(129, 37, 1000);
@@ -600,10 +604,14 @@ int main(int argc, char **argv) {
     if (!quick) check_embedding(16384, 896, 32000), check_embedding(40000, 64, 3);
   }
   if (wanted("norms")) {
-    // Also: a row group with a part-idle last warp (2056, 4104), the widest packed block (8192), and
-    // packed C past it (8200: the two-kernel path).
-    int norm_shapes[][2] = {{1, 64},     {3, 37},    {65, 896},  {16384, 896}, {4096, 1536},
-                            {2048, 3584}, {129, 2056}, {33, 4104}, {70, 8192},   {3, 8200}};
+    // C = 1536 first: its 48 KB backward ring needs the shared-memory opt-in by itself (static +
+    // dynamic past 48 KB), which a wider shape run before it would have granted already (the
+    // Qwen2.5-1.5B crash). Also: the hidden sizes of Qwen2.5 0.5B-14B and Llama-3-8B (896, 1536,
+    // 2048, 3584, 4096, 5120), a row group with a part-idle last warp (2056, 4104), the widest packed
+    // block (8192), and packed C past it (8200: the two-kernel path).
+    int norm_shapes[][2] = {{4096, 1536}, {1, 64},     {3, 37},     {65, 896},  {16384, 896},
+                            {1024, 2048}, {2048, 3584}, {1024, 4096}, {512, 5120}, {129, 2056},
+                            {33, 4104},   {70, 8192},   {3, 8200}};
     for (size_t i = 0; i < SN_ARRAY_LEN(norm_shapes); i++) {
       if (quick && norm_shapes[i][0] > 100) continue;
       check_norms(norm_shapes[i][0], norm_shapes[i][1]);
@@ -616,6 +624,16 @@ int main(int argc, char **argv) {
     check_matmul(17, 64, 130, 1, 1, 0, 0);
     if (!quick) check_matmul(16384, 896, 896, 0, 1, 1, 0);
     if (!quick) check_matmul(512, 1536, 1536, 0, 0, 0, 1);
+    // The family's projections: 1.5B fused QKV (1536 -> 2048) and down (8960 -> 1536), 7B gate|up
+    // (3584 -> 2 * 18944) and a weight gradient (ta), 14B / Llama-3-8B widths.
+    if (!quick) {
+      check_matmul(300, 2048, 1536, 0, 1, 1, 0);
+      check_matmul(300, 1536, 8960, 0, 1, 0, 1);
+      check_matmul(129, 37888, 3584, 0, 1, 0, 0);
+      check_matmul(3584, 4608, 129, 1, 0, 0, 1);
+      check_matmul(128, 5120, 5120, 0, 1, 1, 0);
+      check_matmul(128, 4096, 14336, 0, 1, 0, 1);
+    }
   }
   if (wanted("attention")) {
     int l1[] = {1};
@@ -630,6 +648,10 @@ int main(int argc, char **argv) {
     check_rope_attention(l3, 4, 12, 2, 128, 1);  // Qwen2.5-1.5B heads
     check_rope_attention(l3, 4, 14, 2, 64, 1);   // Qwen2.5-0.5B heads
     check_rope_attention(l3, 4, 6, 6, 64, 0);    // BERT-style student
+    check_rope_attention(l3, 4, 16, 2, 128, 1);  // Qwen2.5-3B heads (GQA 8)
+    check_rope_attention(l3, 4, 28, 4, 128, 1);  // Qwen2.5-7B heads (GQA 7)
+    check_rope_attention(l3, 4, 40, 8, 128, 1);  // Qwen2.5-14B heads (GQA 5)
+    check_rope_attention(l3, 4, 32, 8, 128, 1);  // Llama-3-8B heads (GQA 4)
     // Past BWD_WIDE_MIN_SEQLEN: the 128-key backward blocks (128 query rows a step at D = 64).
     int l6[] = {600, 37, 129};
     check_rope_attention(l6, 3, 14, 2, 64, 1);
@@ -655,12 +677,13 @@ int main(int argc, char **argv) {
     check_pooling(long_lens, 5, 8);
     check_pooling(long_lens, 5, 384);
     check_pooling(long_lens, 5, 3584);
+    check_pooling(long_lens, 5, 1536), check_pooling(long_lens, 5, 5120);
   }
   if (wanted("losses")) {
     check_losses(1, 1, 8);
     check_losses(7, 33, 37);
     check_losses(64, 128, 896);
-    if (!quick) check_losses(512, 1024, 1536);
+    if (!quick) check_losses(512, 1024, 1536), check_losses(128, 256, 3584), check_losses(64, 128, 5120);
   }
   if (wanted("optimizer")) {
     check_optimizer(1), check_optimizer(4099);

@@ -25,6 +25,8 @@ static const sn_ops cpu_ops = {
     .storage_to_f32 = sn_cpu_storage_to_f32,
     .f32_to_storage = sn_cpu_f32_to_storage,
     .synchronize = sn_cpu_synchronize,
+    .memory_stats = sn_cpu_memory_stats,
+    .memory_reset_peak = sn_cpu_memory_reset_peak,
 
     .add = sn_cpu_add,
     .scale_f32 = sn_cpu_scale_f32,

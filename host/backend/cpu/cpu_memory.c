@@ -21,15 +21,24 @@ static void *aligned_alloc_or_die(size_t bytes) {
 // zeros fresh pages happen to hold.
 #define POISON_BYTE 0xFF  // 0xFFFFFFFF is a NaN
 
+static sn_alloc_tracker cpu_tracker = SN_ALLOC_TRACKER_INIT;
+
 void *sn_cpu_alloc(size_t bytes) {
   static int poison = -1;  // benign race: every thread computes the same value
   if (poison < 0) poison = getenv("SN_CPU_POISON_ALLOC") && atoi(getenv("SN_CPU_POISON_ALLOC"));
   void *p = aligned_alloc_or_die(bytes);
   if (poison) memset(p, POISON_BYTE, bytes);
+  sn_alloc_tracker_add(&cpu_tracker, p, bytes);
   return p;
 }
 
-void sn_cpu_free(void *p) { free(p); }
+void sn_cpu_free(void *p) {
+  sn_alloc_tracker_remove(&cpu_tracker, p);
+  free(p);
+}
+
+sn_alloc_stats sn_cpu_memory_stats(void) { return sn_alloc_tracker_stats(&cpu_tracker); }
+void sn_cpu_memory_reset_peak(void) { sn_alloc_tracker_reset_peak(&cpu_tracker); }
 
 void sn_cpu_memset_zero(void *p, size_t bytes) {
   if (bytes) memset(p, 0, bytes);

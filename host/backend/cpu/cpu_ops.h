@@ -94,6 +94,8 @@ void sn_cpu_download_f32(float *host_dst, const void *src, size_t n);
 void sn_cpu_storage_to_f32(float *dst, const void *src, size_t n);
 void sn_cpu_f32_to_storage(void *dst, const float *src, size_t n);
 void sn_cpu_synchronize(void);
+sn_alloc_stats sn_cpu_memory_stats(void);
+void sn_cpu_memory_reset_peak(void);
 
 // ---- elementwise --------------------------------------------------------------------------------
 void sn_cpu_add(void *out, const void *a, const void *b, size_t n);
