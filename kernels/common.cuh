@@ -184,6 +184,9 @@ sn_alloc_stats cuda_memory_stats(void);
 void cuda_memory_reset_peak(void);
 void cuda_add(void *out, const void *a, const void *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
+// init.cu
+void cuda_fill_normal(void *x, size_t n, uint64_t key, float stddev);
+void cuda_fill(void *x, size_t n, float value);
 // embedding.cu
 void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int T, int C, int accumulate);
 void cuda_embedding_backward(void *dtable, const void *dout, const int32_t *ids, int T, int C, int V);

@@ -70,6 +70,12 @@ typedef struct sn_ops {
   sn_alloc_stats (*memory_stats)(void);
   void (*memory_reset_peak)(void);
 
+  // ---- initialisation -------------------------------------------------------------------------
+  // x (n) = stddev * sn_normal_at(key, j) for j < n, in the storage dtype (counter_rng.h: the same
+  // values on every backend and thread count). fill: x (n) = value.
+  void (*fill_normal)(void *x, size_t n, uint64_t key, float stddev);
+  void (*fill)(void *x, size_t n, float value);
+
   // ---- elementwise ----------------------------------------------------------------------------
   void (*add)(void *out, const void *a, const void *b, size_t n);  // out = a + b (out may alias)
   void (*scale_f32)(float *x, float s, size_t n);                  // x *= s

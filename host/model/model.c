@@ -1,11 +1,11 @@
 // The parameter table (Hugging Face names and shapes → slices of one flat buffer), fresh seeded
 // models, gradients, optimizer spans and token batches. Loading/saving: model_io.c; activations,
 // forward/backward dispatch and pooling: model_acts.c; the passes: model_decoder.c, model_encoder.c.
-#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 
 #include "common.h"
+#include "counter_rng.h"
 #include "model_internal.h"
 
 // ---- parameter table ----------------------------------------------------------------------------
@@ -205,29 +205,6 @@ const sn_param *sn_model_find_param(const sn_model *m, const char *name) {
 
 #define SN_INIT_STD 0.02f  // normal(0, 0.02), as transformers' initializer_range
 
-// splitmix64's finaliser: a well-mixed 64-bit hash (fresh-model init only; not cryptographic).
-static uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-#define SN_GOLDEN_GAMMA 0x9E3779B97F4A7C15ull
-
-static double uniform_open01(uint64_t bits) {  // (0, 1): safe for log()
-  return ((double)(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-// Element j of the stream `key`: a counter-based normal(0, 1) (Box–Muller on two hashed counters),
-// so every element is computed independently and a 7B init runs on all cores, yet the values do
-// not depend on the thread count.
-static float normal_at(uint64_t key, size_t j) {
-  const double two_pi = 6.283185307179586;
-  double u1 = uniform_open01(mix64(key + (2 * (uint64_t)j + 1) * SN_GOLDEN_GAMMA));
-  double u2 = uniform_open01(mix64(key + (2 * (uint64_t)j + 2) * SN_GOLDEN_GAMMA));
-  return (float)(sqrt(-2.0 * log(u1)) * cos(two_pi * u2));
-}
-
 static int is_norm_weight(const sn_param *p) {
   size_t n = strlen(p->name);
   const char *suffix = ".weight";
@@ -237,25 +214,15 @@ static int is_norm_weight(const sn_param *p) {
 
 void sn_model_init_params(sn_model *m, int first, uint64_t seed) {
   const sn_ops *ops = m->ops;
-  size_t max_count = 0;
-  for (int i = first; i < m->nparams; i++) max_count = SN_MAX(max_count, m->params[i].count);
-  float *host = mallocCheck(SN_MAX(max_count, (size_t)1) * sizeof(float));
   for (int i = first; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
-    uint64_t key = mix64(seed + (uint64_t)(i + 1) * SN_GOLDEN_GAMMA);  // one stream per tensor
-    float fill = is_norm_weight(p) ? 1.0f : 0.0f;
-    ops->synchronize();  // the previous upload may still read host (asynchronous backends)
-    // 1-D tensors are norm weights (ones) or biases (zeros); everything else is a matrix/table.
-    if (p->ndim == 2) {
-#pragma omp parallel for schedule(static)
-      for (size_t j = 0; j < p->count; j++) host[j] = SN_INIT_STD * normal_at(key, j);
-    } else {
-      for (size_t j = 0; j < p->count; j++) host[j] = fill;
-    }
-    ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
+    void *x = sn_wptr(m, p->offset);
+    // 2-D tensors (matrices, tables) are normal(0, 0.02), one stream each; 1-D tensors are norm
+    // weights (ones) or biases (zeros).
+    if (p->ndim == 2) ops->fill_normal(x, p->count, sn_rng_stream_key(seed, (uint64_t)i), SN_INIT_STD);
+    else ops->fill(x, p->count, is_norm_weight(p) ? 1.0f : 0.0f);
   }
   ops->synchronize();
-  free(host);
 }
 
 sn_model *sn_model_new(const sn_model_config *cfg, const sn_ops *ops, uint64_t seed) {

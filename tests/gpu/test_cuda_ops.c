@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "eval.h"
+#include "safetensors.h"
 #include "ops.h"
 #include "test_util.h"
 
@@ -171,6 +172,28 @@ static void check_elementwise(size_t n) {
   snprintf(name, sizeof name, "gelu_backward n=%zu", n);
   compare(name, dx, BF16_TOL);
   pair_free(&a), pair_free(&b), pair_free(&out), pair_free(&x), pair_free(&f), pair_free(&s), pair_free(&dx);
+}
+
+// Fresh-tower initialisation: the GPU's bf16 values must be the CPU's fp32 normals rounded to
+// bf16, bit for bit (counter_rng.h, evaluated in double precision on both); fill is exact.
+static void check_init(size_t n) {
+  char name[128];
+  pair x = st_poison(n);
+  const uint64_t key = 0x5eed0000u + n;
+  cpu->fill_normal(x.c, n, key, 0.02f), gpu->fill_normal(x.g, n, key, 0.02f);
+  float *want = mallocCheck((n ? n : 1) * sizeof(float));
+  uint16_t *got = mallocCheck((n ? n : 1) * sizeof(uint16_t));
+  cpu->download_f32(want, x.c, n);
+  gpu->download(got, x.g, n * sizeof(uint16_t));
+  size_t differ = 0;
+  for (size_t i = 0; i < n; i++) differ += sn_f32_to_bf16(want[i]) != got[i];
+  snprintf(name, sizeof name, "fill_normal n=%zu (bf16 bits equal to the CPU's)", n);
+  CHECK(differ == 0, "%s: %zu of %zu values differ", name, differ, n);
+  if (verbose_rows) printf("%-58s %s\n", name, differ ? "FAIL" : "identical");
+  cpu->fill(x.c, n, 1.0f), gpu->fill(x.g, n, 1.0f);
+  snprintf(name, sizeof name, "fill n=%zu", n);
+  compare(name, x, 0.0);
+  free(want), free(got), pair_free(&x);
 }
 
 static void check_swiglu(int T, int I) {
@@ -591,6 +614,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < SN_ARRAY_LEN(elem_sizes); i++)
       if (!quick || elem_sizes[i] < 10000) check_elementwise(elem_sizes[i]);
     check_swiglu(1, 8), check_swiglu(3, 37), check_swiglu(65, 4864);
+    check_init(1), check_init(4099);
+    if (!quick) check_init((size_t)151936 * 896);  // the 0.5B embedding table: past one grid pass
     // the intermediate widths of Qwen2.5 1.5B, 3B, 7B, 14B and Llama-3-8B
     if (!quick)
       check_swiglu(257, 8960), check_swiglu(129, 11008), check_swiglu(65, 18944), check_swiglu(33, 13824),

@@ -28,6 +28,9 @@ static const sn_ops cpu_ops = {
     .memory_stats = sn_cpu_memory_stats,
     .memory_reset_peak = sn_cpu_memory_reset_peak,
 
+    .fill_normal = sn_cpu_fill_normal,
+    .fill = sn_cpu_fill,
+
     .add = sn_cpu_add,
     .scale_f32 = sn_cpu_scale_f32,
 

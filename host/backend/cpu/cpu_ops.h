@@ -98,6 +98,8 @@ sn_alloc_stats sn_cpu_memory_stats(void);
 void sn_cpu_memory_reset_peak(void);
 
 // ---- elementwise --------------------------------------------------------------------------------
+void sn_cpu_fill_normal(void *x, size_t n, uint64_t key, float stddev);
+void sn_cpu_fill(void *x, size_t n, float value);
 void sn_cpu_add(void *out, const void *a, const void *b, size_t n);
 void sn_cpu_scale_f32(float *x, float s, size_t n);
 
