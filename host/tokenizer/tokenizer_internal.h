@@ -104,6 +104,30 @@ struct sn_tokenizer {
   char fingerprint[64];
 };
 
+// ---- loading (tokenizer_load.c, tokenizer_json.c, tokenizer_vocab.c) ---------------------------
+
+// BERT's defaults (what `tokenizers` BertWordPieceTokenizer uses for a bare vocab.txt).
+#define BERT_MAX_INPUT_CHARS_PER_WORD 100
+
+// Writes the message into err (when there is one); returns -1.
+int sn_tok_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// A JSON object's boolean field, or fallback when it is absent or not a boolean.
+int sn_json_flag(const void *obj_cjson, const char *key, int fallback);
+
+// tokens[id] = token (copied) and the map entry; a token already present keeps its first id.
+void sn_vocab_add(sn_tokenizer *tok, const char *token, size_t len, int32_t id);
+// Fills tokens and vocab from a JSON object {token: id}. Returns 0, or -1 with err set.
+int sn_vocab_load_object(sn_tokenizer *tok, const void *vocab_cjson, const char *path, const char *field,
+                         char *err, size_t errlen);
+// Registers an added token (and puts it in the vocabulary); an empty one is ignored.
+void sn_added_token_add(sn_tokenizer *tok, const char *content, int32_t id, int special,
+                        int lstrip, int rstrip, int single_word, int normalized);
+// Normalized added tokens to their normalized form, the first-byte filter, longest first.
+void sn_added_tokens_prepare(sn_tokenizer *tok);
+// Parses tokenizer.json text into tok. Returns 0, or -1 with err set.
+int sn_tokenizer_json_parse(sn_tokenizer *tok, const char *path, const char *text, size_t len,
+                            char *err, size_t errlen);
+
 // Model loaders (tok->tokens and tok->vocab filled first). Return 0, or -1 with err set.
 int sn_bpe_load_merges_json(sn_tokenizer *tok, const void *merges_cjson, const char *path,
                             char *err, size_t errlen);
