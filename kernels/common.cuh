@@ -212,7 +212,7 @@ void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, 
                         int trans_b, float alpha, float beta);
 // rope.cu
 void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, int inverse);
-// attention.cu
+// attention_forward.cu, attention_backward.cu
 void cuda_attention_forward(void *out, float *lse, const void *qkv, const int32_t *cu_seqlens, int B, int T,
                             int max_seqlen, int Hq, int Hkv, int D, int causal, float scale);
 void cuda_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *lse,

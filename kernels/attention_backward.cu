@@ -1,12 +1,5 @@
-// Flash-style attention over packed variable-length sequences: causal or bidirectional, grouped-
-// query heads, head dims 16..128 (multiples of 16). Scores live only in registers: no (T, T) matrix
-// in memory. Matrix products use the bf16 tensor-core instruction mma.sync m16n8k16 (fp32
-// accumulation), available from sm_80 on.
-//
-// Forward: one block of 4 warps per (query tile of 64 rows, sequence, query head); each warp owns 16
-// query rows, keeps Q in registers, streams K/V tiles of 64 keys through shared memory (cp.async,
-// two stages: the next tile loads while this one is used; fragments via ldmatrix), and does the
-// online softmax in registers (log2 domain). Saves lse (Hq, T), natural log of the scaled scores.
+// Attention, backward direction (the overall design and the mma.sync fragment layout are in
+// attention_common.cuh).
 //
 // Backward, deterministic (no atomics on data): delta = rowsum(dO * O) first; then one kernel per
 // (key tile of 64 keys, or 128 from BWD_WIDE_MIN_SEQLEN on, sequence, kv head) that loops over the
@@ -14,18 +7,8 @@
 // a dQ contribution from them (5 tile products). The dQ contributions of the key tiles are added
 // into an fp32 accumulator in a fixed order (key tile 0 first), each key tile waiting on a counter
 // its predecessor releases.
-//
-// mma.sync m16n8k16 fragments (lane = 4 * g + q):
-//   A (16x16, row-major): a[0] = (g, 2q..2q+1), a[1] = (g+8, 2q..), a[2] = (g, 2q+8..), a[3] = (g+8, 2q+8..)
-//   B (16x8, k x n):      b[0] = (k = 2q..2q+1, n = g), b[1] = (k = 2q+8..2q+9, n = g)
-//   C (16x8, fp32):       c[0..1] = (g, 2q..2q+1), c[2..3] = (g+8, 2q..2q+1)
-#include "common.cuh"
+#include "attention_common.cuh"
 
-#define ATTN_ROWS_PER_WARP 16
-#define ATTN_TILE_K 64                                 // keys per shared-memory tile
-#define ATTN_SMEM_PAD 8  // bf16 per row: shifts rows by 4 banks, so fragment loads are conflict-free
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
 #define DQ_POLL_NS 32  // backoff between polls of the dQ order counter
 // Backward blocks of 8 warps (128 keys) from this longest sequence on, 4 warps (64 keys) below: the
 // wider block halves the dQ accumulator traffic (H100: 1343 vs 1515 us at L=2048, 662 vs 722 at
@@ -33,286 +16,6 @@
 // again after the chunk loops were tightened: 132 vs 127 at L=128, 107 vs 49 at L=32).
 #define BWD_WIDE_MIN_SEQLEN 512
 #define DELTA_THREADS 256
-
-// ---- tensor-core and fragment helpers -----------------------------------------------------------------
-__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-// 2^x by the special-function unit alone (exp2f adds a range check and two multiplies for inputs
-// below -126, whose results flush to zero here: far under bf16's resolution of a probability).
-// Relative error about 2^-22; ex2(-inf) = 0, as masking needs.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-// ldmatrix x4: threads 0-7, 8-15, 16-23, 24-31 give the row addresses of matrices 0..3; r[j] is
-// this lane's part of matrix j (row lane/4, columns 2(lane%4)..+1; transposed with .trans).
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16 *p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-// A fragment at (m0, k0) of a row-major [m][k] tile with row stride ld.
-__device__ __forceinline__ void load_a_frag(uint32_t a[4], const bf16 *s, int ld, int m0, int k0, int lane) {
-  ldsm_x4(a, s + (m0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8);
-}
-// B fragments of n-tiles n0 and n0 + 8 (k0..k0+15) from a tile stored [n][k] (K[key][d] for Q K^T).
-__device__ __forceinline__ void load_b2_nk(uint32_t b0[2], uint32_t b1[2], const bf16 *s, int ld, int k0, int n0,
-                                           int lane) {
-  uint32_t r[4];
-  ldsm_x4(r, s + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
-  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
-}
-// B fragments of n-tiles n0 and n0 + 8 (k0..k0+15) from a tile stored [k][n] (V[key][d] for P V).
-__device__ __forceinline__ void load_b2_kn(uint32_t b0[2], uint32_t b1[2], const bf16 *s, int ld, int k0, int n0,
-                                           int lane) {
-  uint32_t r[4];
-  ldsm_x4_trans(r, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
-  b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
-}
-// Converts the C fragments of a 16x16 block (n-tiles j and j+1) into an A fragment (bf16).
-__device__ __forceinline__ void c_to_a_frag(uint32_t a[4], const float c0[4], const float c1[4]) {
-  a[0] = pack_bf16x2(c0[0], c0[1]);
-  a[1] = pack_bf16x2(c0[2], c0[3]);
-  a[2] = pack_bf16x2(c1[0], c1[1]);
-  a[3] = pack_bf16x2(c1[2], c1[3]);
-}
-
-// Calls f(row, chunk) for the 16-byte chunks of a (ROWS, CPR chunks a row) tile that this thread
-// owns: chunk threadIdx.x + k * THREADS for k = 0, 1, ... When THREADS is a multiple of CPR, a
-// thread keeps one chunk column and its rows step by a constant, with a trip count known at compile
-// time: the loop unrolls and the caller's addresses advance by a constant instead of being
-// recomputed from a division and 64-bit products per chunk (a tenth of the backward's step time).
-template <int ROWS, int CPR, int THREADS, typename F>
-__device__ __forceinline__ void for_each_chunk(F f) {
-  if constexpr (THREADS % CPR == 0) {
-    constexpr int ROW_STEP = THREADS / CPR;
-    const int row0 = threadIdx.x / CPR, col = threadIdx.x % CPR;
-#pragma unroll
-    for (int k = 0; k < (ROWS + ROW_STEP - 1) / ROW_STEP; k++) {
-      const int row = row0 + k * ROW_STEP;
-      if (ROWS % ROW_STEP == 0 || row < ROWS) f(row, col);
-    }
-  } else {
-    for (int c = threadIdx.x; c < ROWS * CPR; c += THREADS) f(c / CPR, c % CPR);
-  }
-}
-
-// Starts copying a (TILE, D) tile from global (row stride `stride` elements) into shared memory
-// (row stride D + pad) with cp.async, 16 bytes per chunk; rows [valid, TILE) are zero-filled (source
-// size 0) so that masked products stay finite. Completes at cp_async_wait.
-template <int D, int TILE, int THREADS>
-__device__ __forceinline__ void load_tile_async(bf16 *s, const bf16 *g, size_t stride, int valid) {
-  for_each_chunk<TILE, D / BF16_PER_PACK, THREADS>([&](int row, int chunk) {
-    const bool in = row < valid;
-    const int col = chunk * BF16_PER_PACK;
-    cp_async16_zfill(s + row * (D + ATTN_SMEM_PAD) + col, g + (size_t)(in ? row : 0) * stride + col, in);
-  });
-}
-
-// K/V tiles of one sequence through NSTAGES shared-memory stages: starts the asynchronous copy of
-// tile it + NSTAGES - 1 (into the stage tile it - 1 used, free since the previous iteration's closing
-// barrier), waits until tile it is in shared memory, and returns its K (its V follows at
-// + ATTN_TILE_K * LD). Tiles 0 .. NSTAGES - 2 were issued before the loop. One commit group per
-// tile, empty past the last, so the wait count is the same every iteration.
-template <int D, int LD, int STAGE, int THREADS, int NSTAGES>
-__device__ __forceinline__ const bf16 *kv_tile_ready(bf16 *stages, int it, int ntiles, const bf16 *k_base,
-                                                     const bf16 *v_base, size_t stride, int L) {
-  const int ahead = it + NSTAGES - 1;
-  if (ahead < ntiles) {
-    bf16 *next = stages + (ahead % NSTAGES) * STAGE;
-    const int nk0 = ahead * ATTN_TILE_K, valid = min(ATTN_TILE_K, L - nk0);
-    load_tile_async<D, ATTN_TILE_K, THREADS>(next, k_base + (size_t)nk0 * stride, stride, valid);
-    load_tile_async<D, ATTN_TILE_K, THREADS>(next + ATTN_TILE_K * LD, v_base + (size_t)nk0 * stride, stride, valid);
-  }
-  cp_async_commit();
-  cp_async_wait<NSTAGES - 1>();
-  __syncthreads();
-  return stages + (it % NSTAGES) * STAGE;
-}
-
-__device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
-
-struct attn_dims {
-  int Hq, Hkv, T;
-  int causal;
-  float scale, scale_log2;  // scale and scale * log2(e)
-};
-
-// K/V tile stages of the forward pass (cp.async of the next tiles overlaps this tile's math), and
-// the blocks an SM its registers must allow: for D <= 64 four (at most 128 registers a thread; 130
-// otherwise, which leaves three). Measured on the H100 at L=2048 D=64: 318-320 us against 351-354;
-// deeper pipelines were slower (3 stages 342-351 us, 4 stages 369-371), as were two 16-row groups a
-// warp (415-419 us: 247 registers), 128-key tiles (409) and 8 warps a block (471-511).
-#define ATTN_FWD_STAGES 2
-template <int D>
-struct fwd_min_blocks {
-  static constexpr int N = D <= 64 ? 4 : 1;
-};
-
-// ---- forward -----------------------------------------------------------------------------------------
-// out (T, Hq*D), lse (Hq, T); qkv (T, (Hq + 2 Hkv) D). grid (query tiles, B, Hq).
-// Shared memory: ATTN_FWD_STAGES K/V stages; Q passes through the last stage's K buffer once on its
-// way to registers.
-template <int D, int WARPS>
-__global__ void __launch_bounds__(WARPS * WARP_SIZE, fwd_min_blocks<D>::N) attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv,
-                                                                         const int32_t *cu_seqlens, attn_dims p) {
-  constexpr int LD = D + ATTN_SMEM_PAD;
-  constexpr int NK = ATTN_TILE_K / 8;  // n-tiles of scores per warp
-  constexpr int ND = D / 8;            // n-tiles of the output
-  constexpr int STAGE = 2 * ATTN_TILE_K * LD;  // K then V of one stage
-  constexpr int NSTAGES = ATTN_FWD_STAGES;
-  constexpr int TILE_Q = WARPS * ATTN_ROWS_PER_WARP;
-  static_assert(TILE_Q <= 2 * ATTN_TILE_K, "the Q tile passes through one stage (K and V buffers)");
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16 *stages = reinterpret_cast<bf16 *>(smem_raw);
-
-  const int b = blockIdx.y, h = blockIdx.z;
-  const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
-  // Last query tiles first: under a causal mask they carry the most keys, so the long blocks start
-  // early instead of forming a tail.
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE_Q;
-  if (q0 >= L) return;
-  const int hk = h / (p.Hq / p.Hkv);
-  const size_t stride = (size_t)(p.Hq + 2 * p.Hkv) * D;
-  const bf16 *q_base = qkv + (size_t)seq_start * stride + (size_t)h * D;
-  const bf16 *k_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + hk) * D;
-  const bf16 *v_base = qkv + (size_t)seq_start * stride + (size_t)(p.Hq + p.Hkv + hk) * D;
-  const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
-  const int wrow = warp * ATTN_ROWS_PER_WARP;  // this warp's first row within the tile
-  const int kv_end = p.causal ? min(L, q0 + TILE_Q) : L;
-  const int ntiles = ceil_div_dev(kv_end, ATTN_TILE_K);
-
-  // Q into the last stage (the first one the loop refills), K/V tiles 0 .. NSTAGES - 2 into the
-  // others, all in flight together; only Q is waited for here.
-  constexpr int THREADS = WARPS * WARP_SIZE;
-  bf16 *q_stage = stages + (NSTAGES - 1) * STAGE;
-  load_tile_async<D, TILE_Q, THREADS>(q_stage, q_base + (size_t)q0 * stride, stride, min(TILE_Q, L - q0));
-  cp_async_commit();
-#pragma unroll
-  for (int t = 0; t < NSTAGES - 1; t++) {
-    const int valid = min(ATTN_TILE_K, L - t * ATTN_TILE_K);
-    if (t < ntiles) {
-      load_tile_async<D, ATTN_TILE_K, THREADS>(stages + t * STAGE, k_base + (size_t)t * ATTN_TILE_K * stride, stride,
-                                               valid);
-      load_tile_async<D, ATTN_TILE_K, THREADS>(stages + t * STAGE + ATTN_TILE_K * LD,
-                                               v_base + (size_t)t * ATTN_TILE_K * stride, stride, valid);
-    }
-    cp_async_commit();
-  }
-  cp_async_wait<NSTAGES - 1>();
-  __syncthreads();
-  uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; kk++) load_a_frag(qf[kk], q_stage, LD, wrow, kk * 16, lane);
-  __syncthreads();  // the last stage is free for tile NSTAGES - 1
-
-  float o[ND][4];
-#pragma unroll
-  for (int n = 0; n < ND; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-  const int row_abs[2] = {q0 + wrow + g, q0 + wrow + g + 8};  // rows within the sequence
-
-  for (int it = 0; it < ntiles; it++) {
-    const int k0 = it * ATTN_TILE_K;
-    const bf16 *Ks = kv_tile_ready<D, LD, STAGE, THREADS, NSTAGES>(stages, it, ntiles, k_base, v_base, stride, L);
-    const bf16 *Vs = Ks + ATTN_TILE_K * LD;
-
-    // S (16, 64) = Q K^T for this warp's rows.
-    float s[NK][4];
-#pragma unroll
-    for (int j = 0; j < NK; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-#pragma unroll
-      for (int j = 0; j < NK; j += 2) {
-        uint32_t b0[2], b1[2];
-        load_b2_nk(b0, b1, Ks, LD, kk * 16, j * 8, lane);
-        mma_bf16(s[j], qf[kk], b0);
-        mma_bf16(s[j + 1], qf[kk], b1);
-      }
-    }
-    // Scale into the log2 domain, mask, and find the new row maxima.
-    const bool need_mask = k0 + ATTN_TILE_K > L || (p.causal && k0 + ATTN_TILE_K > q0 + wrow);
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int j = 0; j < NK; j++) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int key = k0 + j * 8 + 2 * q + (e & 1);
-        int r = e / 2;
-        bool ok = !need_mask || (key < L && (!p.causal || key <= row_abs[r]));
-        s[j][e] = ok ? s[j][e] * p.scale_log2 : -INFINITY;
-        mx[r] = fmaxf(mx[r], s[j][e]);
-      }
-    }
-    float corr[2], m_use[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
-      float m_new = fmaxf(m_run[r], mx[r]);
-      m_use[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at 0
-      corr[r] = fast_exp2(m_run[r] - m_use[r]);
-      m_run[r] = m_new;
-      l_run[r] *= corr[r];
-    }
-#pragma unroll
-    for (int j = 0; j < NK; j++) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        s[j][e] = fast_exp2(s[j][e] - m_use[e / 2]);
-        l_run[e / 2] += s[j][e];
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < ND; n++) {
-      o[n][0] *= corr[0], o[n][1] *= corr[0], o[n][2] *= corr[1], o[n][3] *= corr[1];
-    }
-    // O += P V
-#pragma unroll
-    for (int kk = 0; kk < ATTN_TILE_K / 16; kk++) {
-      uint32_t pa[4];
-      c_to_a_frag(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int n = 0; n < ND; n += 2) {
-        uint32_t b0[2], b1[2];
-        load_b2_kn(b0, b1, Vs, LD, kk * 16, n * 8, lane);
-        mma_bf16(o[n], pa, b0);
-        mma_bf16(o[n + 1], pa, b1);
-      }
-    }
-    __syncthreads();  // everyone is done with this stage before it is refilled
-  }
-
-  // Normalize, write out and lse.
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    l_run[r] += __shfl_xor_sync(FULL_MASK, l_run[r], 1);
-    l_run[r] += __shfl_xor_sync(FULL_MASK, l_run[r], 2);
-  }
-  const size_t out_stride = (size_t)p.Hq * D;
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    if (row_abs[r] >= L) continue;
-    const float inv_l = 1.0f / l_run[r];
-    bf16 *dst = out + (size_t)(seq_start + row_abs[r]) * out_stride + (size_t)h * D;
-#pragma unroll
-    for (int n = 0; n < ND; n++)
-      *reinterpret_cast<uint32_t *>(dst + n * 8 + 2 * q) = pack_bf16x2(o[n][2 * r] * inv_l, o[n][2 * r + 1] * inv_l);
-    if (q == 0) lse[(size_t)h * p.T + seq_start + row_abs[r]] = (m_run[r] + log2f(l_run[r])) * LN2;
-  }
-}
 
 // ---- backward: delta = rowsum(dO * O) ------------------------------------------------------------------
 // delta (Hq, T). `lanes` threads (a power of two >= D / 8) per (token, head) row, one 16-byte pack of
@@ -693,13 +396,6 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE) attention_backward_fused_ke
 }
 
 // ---- launchers ---------------------------------------------------------------------------------------------
-// Forward warps per block (16 query rows each). 8 warps (128 rows sharing each K/V tile) measured
-// slower at every benchmark shape (e.g. 245 vs 224 us at L=512 D=128, 28.5 vs 17.0 us at L=32).
-#define ATTN_FWD_WARPS 4
-template <int D>
-static size_t fwd_smem(void) {
-  return (size_t)ATTN_FWD_STAGES * 2 * ATTN_TILE_K * (D + ATTN_SMEM_PAD) * sizeof(bf16);
-}
 template <int D, int WARPS>
 static size_t bwd_smem(void) {
   using F = fused_bwd_tile<D, WARPS>;
@@ -710,29 +406,6 @@ static size_t bwd_smem(void) {
   const size_t ds = (size_t)KEYS * F::LDS * sizeof(bf16);
   const size_t dq_tiles = (size_t)2 * F::TQ * F::LDQ * sizeof(float);
   return kv + stages + ds + dq_tiles;
-}
-
-// Raises a kernel's dynamic shared-memory limit once (needed past 48 KB).
-template <typename K>
-static void allow_smem(K kernel, size_t bytes, bool *done) {
-  if (*done) return;
-  cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-  *done = true;
-}
-
-template <int D, int WARPS>
-static void launch_forward_warps(bf16 *out, float *lse, const bf16 *qkv, const int32_t *cu, int B, int max_seqlen,
-                                 attn_dims p) {
-  static bool ready = false;
-  allow_smem(attention_forward_kernel<D, WARPS>, fwd_smem<D>(), &ready);
-  dim3 grid(ceil_div_int(max_seqlen, WARPS * ATTN_ROWS_PER_WARP), B, p.Hq);
-  attention_forward_kernel<D, WARPS><<<grid, WARPS * WARP_SIZE, fwd_smem<D>(), SN_STREAM>>>(out, lse, qkv, cu, p);
-  launchCheck();
-}
-template <int D>
-static void launch_forward(bf16 *out, float *lse, const bf16 *qkv, const int32_t *cu, int B, int max_seqlen,
-                           attn_dims p) {
-  launch_forward_warps<D, ATTN_FWD_WARPS>(out, lse, qkv, cu, B, max_seqlen, p);
 }
 
 template <int D, int WARPS>
@@ -758,52 +431,6 @@ static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const
     launch_backward_warps<D, 8>(dqkv, dout, qkv, lse, delta, cu, B, max_seqlen, p);
   else
     launch_backward_warps<D, 4>(dqkv, dout, qkv, lse, delta, cu, B, max_seqlen, p);
-}
-
-// The kernels copy 16-byte packs (cp.async, vector loads): every buffer must start on 16 bytes, as
-// the allocator's do.
-static void check_aligned(const void *const *buffers, int n) {
-  for (int i = 0; i < n; i++)
-    if (!aligned16(buffers[i])) {
-      fprintf(stderr, "error: %s:%d: attention buffer %d (%p) is not 16-byte aligned\n", __FILE__, __LINE__, i,
-              buffers[i]);
-      exit(1);
-    }
-}
-
-static attn_dims make_dims(int T, int Hq, int Hkv, int D, int causal, float scale) {
-  if (Hkv <= 0 || Hq % Hkv != 0) {
-    fprintf(stderr, "error: %s:%d: attention needs Hq (%d) to be a multiple of Hkv (%d)\n", __FILE__, __LINE__, Hq,
-            Hkv);
-    exit(1);
-  }
-  attn_dims p;
-  p.Hq = Hq, p.Hkv = Hkv, p.T = T, p.causal = causal, p.scale = scale, p.scale_log2 = scale * LOG2E;
-  return p;
-}
-
-#define ATTN_DISPATCH(D_, CALL)                                                                          \
-  switch (D_) {                                                                                          \
-    case 16: CALL(16); break;                                                                            \
-    case 32: CALL(32); break;                                                                            \
-    case 64: CALL(64); break;                                                                            \
-    case 96: CALL(96); break;                                                                            \
-    case 128: CALL(128); break;                                                                          \
-    default:                                                                                             \
-      fprintf(stderr, "error: %s:%d: attention head dim %d not built (16, 32, 64, 96, 128)\n", __FILE__, \
-              __LINE__, D_);                                                                             \
-      exit(1);                                                                                           \
-  }
-
-void cuda_attention_forward(void *out, float *lse, const void *qkv, const int32_t *cu_seqlens, int B, int T,
-                            int max_seqlen, int Hq, int Hkv, int D, int causal, float scale) {
-  if (T == 0 || B == 0) return;
-  attn_dims p = make_dims(T, Hq, Hkv, D, causal, scale);
-  const void *buffers[] = {out, qkv};
-  check_aligned(buffers, 2);
-#define FWD(DD) launch_forward<DD>((bf16 *)out, lse, (const bf16 *)qkv, cu_seqlens, B, max_seqlen, p)
-  ATTN_DISPATCH(D, FWD)
-#undef FWD
 }
 
 void cuda_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *lse,
