@@ -1,6 +1,7 @@
 #include "test_util.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 int sn_test_failures = 0;
@@ -74,4 +75,16 @@ const char *sn_test_shared_dir(void) {
   const char *d = env_or("SN_SHARED_DIR", "../shared");
   struct stat st;
   return (stat(d, &st) == 0 && S_ISDIR(st.st_mode)) ? d : NULL;
+}
+
+uint32_t sn_test_f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+float sn_test_bits_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
 }

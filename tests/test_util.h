@@ -33,6 +33,10 @@ float sn_test_uniform(sn_test_rng *r);            // [0, 1)
 float sn_test_normal(sn_test_rng *r);             // N(0, 1)
 void sn_test_fill_normal(sn_test_rng *r, float *x, size_t n, float stddev);
 
+// The bits of an fp32 value and back (memcpy, no aliasing games).
+uint32_t sn_test_f32_bits(float f);
+float sn_test_bits_f32(uint32_t u);
+
 // ||a - b|| / max(||b||, tiny) in double precision; NaN anywhere gives +inf.
 double sn_rel_err(const float *a, const float *b, size_t n);
 // Largest |a - b|.
