@@ -21,7 +21,7 @@ SHAPES=(
   "1.5b|qwen2.5-1.5b.json|32|"
   "7b-shared-gc|qwen2.5-7b.json|64|\"shared_towers\": true, \"grad_cache_chunk\": 32,"
 )
-wanted() { [ $# -eq 0 ] && return 0; local n; for n in "${@:2}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
+wanted() { local n; for n in "${@:2}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
 
 cd "$WORK"
 python3 "$SRC/tests/synth_data.py" data --examples 4096 --test-queries 8 --query-words 40 --doc-words 160 >/dev/null

@@ -490,8 +490,8 @@ __global__ void __launch_bounds__(NORM_BWD_MAX_THREADS) norm_backward_fused_kern
 // Raises a kernel's dynamic shared memory limit to what a launch needs (once per larger size; the
 // ring takes up to NORM_BWD_STAGES * 32 KB with 1024-thread blocks). Always explicit, never "only
 // past 48 KB": the default limit covers static + dynamic shared memory, and the fused kernel's ~1 KB
-// of static statistics made a 48 KB ring (C = 1536, Qwen2.5-1.5B) an invalid launch when no wider
-// shape had raised the limit first.
+// of static statistics made a 48 KB ring (C = 1536, Qwen2.5-1.5B) an invalid launch unless a shape with a larger ring
+// (C = 896: 512 threads) had raised the limit first.
 template <typename K>
 static void norm_bwd_allow_smem(K kernel, size_t smem, size_t *allowed) {
   if (smem > *allowed) {

@@ -366,7 +366,7 @@ int main(int argc, char **argv) {
   }
   if (wanted("norms")) {
     // C = 1536 first: its 48 KB backward ring needs the shared-memory opt-in by itself (static +
-    // dynamic past 48 KB), which a wider shape run before it would have granted already (the
+    // dynamic past 48 KB), which C = 896 (a larger ring) run before it would have granted already (the
     // Qwen2.5-1.5B crash). Also: the hidden sizes of Qwen2.5 0.5B-14B and Llama-3-8B (896, 1536,
     // 2048, 3584, 4096, 5120), a row group with a part-idle last warp (2056, 4104), the widest packed
     // block (8192), and packed C past it (8200: the two-kernel path).
