@@ -122,19 +122,34 @@ void cuda_storage_to_f32(float *dst, const void *src, size_t n) {
   launchCheck();
 }
 
-// Host fp32 → device bf16: upload fp32 into scratch, convert on the device (rounds to nearest even,
-// like the CPU reference would).
+// Host fp32 ↔ device bf16 through a bounded fp32 staging buffer, converted on the device (rounds to
+// nearest even, like the CPU reference would). Chunked: a whole tower at once would stage 4 bytes a
+// parameter beside the training buffers (30 GB for 7B) and ran out of memory at the end-of-stage
+// save of a 7B run. Copies are ordered on SN_STREAM with the conversions, so a chunk's staging is
+// reused only after the kernel that reads it; a pageable-host copy returns once the host side is
+// consumed (upload) and downloads wait for their chunk.
+#define CONVERT_CHUNK_ELEMS ((size_t)16 << 20)  // 64 MiB of fp32 staging
+
 void cuda_upload_f32(void *dst, const float *host_src, size_t n) {
   if (n == 0) return;
-  float *staging = (float *)sn_cuda_scratch(SCRATCH_CONVERT, n * sizeof(float));
-  cudaCheck(cudaMemcpy(staging, host_src, n * sizeof(float), cudaMemcpyHostToDevice));
-  cuda_f32_to_storage(dst, staging, n);
+  const size_t chunk = n < CONVERT_CHUNK_ELEMS ? n : CONVERT_CHUNK_ELEMS;
+  float *staging = (float *)sn_cuda_scratch(SCRATCH_CONVERT, chunk * sizeof(float));
+  for (size_t off = 0; off < n; off += chunk) {
+    const size_t m = n - off < chunk ? n - off : chunk;
+    cudaCheck(cudaMemcpyAsync(staging, host_src + off, m * sizeof(float), cudaMemcpyHostToDevice, SN_STREAM));
+    cuda_f32_to_storage((bf16 *)dst + off, staging, m);
+  }
 }
 void cuda_download_f32(float *host_dst, const void *src, size_t n) {
   if (n == 0) return;
-  float *staging = (float *)sn_cuda_scratch(SCRATCH_CONVERT, n * sizeof(float));
-  cuda_storage_to_f32(staging, src, n);
-  cudaCheck(cudaMemcpy(host_dst, staging, n * sizeof(float), cudaMemcpyDeviceToHost));
+  const size_t chunk = n < CONVERT_CHUNK_ELEMS ? n : CONVERT_CHUNK_ELEMS;
+  float *staging = (float *)sn_cuda_scratch(SCRATCH_CONVERT, chunk * sizeof(float));
+  for (size_t off = 0; off < n; off += chunk) {
+    const size_t m = n - off < chunk ? n - off : chunk;
+    cuda_storage_to_f32(staging, (const bf16 *)src + off, m);
+    cudaCheck(cudaMemcpyAsync(host_dst + off, staging, m * sizeof(float), cudaMemcpyDeviceToHost, SN_STREAM));
+    cudaCheck(cudaStreamSynchronize(SN_STREAM));
+  }
 }
 
 // ---- elementwise -------------------------------------------------------------------------------------

@@ -225,9 +225,14 @@ void sn_model_init_params(sn_model *m, int first, uint64_t seed) {
   ops->synchronize();
 }
 
-sn_model *sn_model_new(const sn_model_config *cfg, const sn_ops *ops, uint64_t seed) {
+sn_model *sn_model_plan(const sn_model_config *cfg, const sn_ops *ops) {
   sn_model *m = sn_model_shell(cfg, ops);
   sn_model_build_params(m, !cfg->tie_embeddings && sn_arch_is_decoder(cfg->arch), 0, 0);
+  return m;
+}
+
+sn_model *sn_model_new(const sn_model_config *cfg, const sn_ops *ops, uint64_t seed) {
+  sn_model *m = sn_model_plan(cfg, ops);
   m->weights = ops->alloc(m->num_elements * ops->storage_size);
   sn_model_init_params(m, 0, seed);
   return m;

@@ -74,6 +74,11 @@ typedef struct sn_acts sn_acts;
 sn_acts *sn_acts_new(const sn_model *m, int max_tokens, int max_seqs);
 void sn_acts_free(sn_acts *a);
 size_t sn_acts_bytes(const sn_acts *a);
+// The memory plan: a model's parameter table without weights (num_elements, params; free it with
+// sn_model_free), and the bytes sn_acts_new (plus the backward slots of a forward kept for
+// backward) would allocate for it, counted by the same code that allocates them.
+sn_model *sn_model_plan(const sn_model_config *cfg, const sn_ops *ops);
+size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs, int for_backward);
 
 // Forward pass: returns the last hidden state (T, C) (after the final norm for decoders, after the
 // last layer's LayerNorm for BERT), valid until the next call with the same acts. for_backward = 0

@@ -6,13 +6,14 @@
 #include "model_internal.h"
 
 void *sn_acts_alloc(sn_acts *a, size_t bytes) {
+  a->bytes += bytes;
+  if (a->count_only) return NULL;  // sn_model_plan: sizes only
   if (a->nallocs == a->cap_allocs) {
     a->cap_allocs = a->cap_allocs ? 2 * a->cap_allocs : 64;
     a->allocs = reallocCheck(a->allocs, (size_t)a->cap_allocs * sizeof(void *));
   }
   void *p = a->ops->alloc(bytes);
   a->allocs[a->nallocs++] = p;
-  a->bytes += bytes;
   return p;
 }
 
@@ -42,10 +43,12 @@ static void alloc_layer_slot(sn_acts *a, sn_layer_acts *s) {
   }
 }
 
-sn_acts *sn_acts_new(const sn_model *m, int max_tokens, int max_seqs) {
+// count_only: every buffer is counted in a->bytes and none is allocated (the memory plan).
+static sn_acts *acts_new(const sn_model *m, int max_tokens, int max_seqs, int count_only) {
   if (max_tokens <= 0 || max_seqs <= 0)
     sn_fatal("sn_acts_new: max_tokens %d and max_seqs %d must be positive", max_tokens, max_seqs);
   sn_acts *a = callocCheck(1, sizeof(sn_acts));
+  a->count_only = count_only;
   a->ops = m->ops;
   a->cfg = m->cfg;
   a->max_tokens = max_tokens;
@@ -71,13 +74,17 @@ sn_acts *sn_acts_new(const sn_model *m, int max_tokens, int max_seqs) {
     a->emb_mean = sn_acts_alloc(a, T * fs);
     a->emb_rstd = sn_acts_alloc(a, T * fs);
     a->zero_ids = sn_acts_alloc(a, T * sizeof(int32_t));
-    m->ops->memset_zero(a->zero_ids, T * sizeof(int32_t));
+    if (!count_only) m->ops->memset_zero(a->zero_ids, T * sizeof(int32_t));
   }
   a->pooled = sn_acts_alloc(a, (size_t)max_seqs * C * es);
   a->proj_dim = m->layout->proj_dim;
   if (a->proj_dim) a->projected = sn_acts_alloc(a, (size_t)max_seqs * (size_t)a->proj_dim * es);
   a->pool_norm = sn_acts_alloc(a, (size_t)max_seqs * fs);
   return a;
+}
+
+sn_acts *sn_acts_new(const sn_model *m, int max_tokens, int max_seqs) {
+  return acts_new(m, max_tokens, max_seqs, 0);
 }
 
 // Per-block slots and residual buffers for backward, plus gradient scratch: allocated once, the
@@ -108,6 +115,14 @@ void sn_acts_free(sn_acts *a) {
 }
 
 size_t sn_acts_bytes(const sn_acts *a) { return a->bytes; }
+
+size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs, int for_backward) {
+  sn_acts *a = acts_new(m, max_tokens, max_seqs, 1);
+  if (for_backward) alloc_backward_slots(a);
+  size_t bytes = a->bytes;
+  sn_acts_free(a);  // frees the bookkeeping only: nothing was allocated
+  return bytes;
+}
 
 static void check_batch(const sn_model *m, const sn_acts *a, const sn_tokens *tok) {
   if (tok->T > a->max_tokens || tok->B > a->max_seqs)

@@ -92,6 +92,7 @@ struct sn_acts {
   int max_tokens, max_seqs;
   int qkv_dim, attn_dim, up_dim;
   size_t bytes;
+  int count_only;              // sizes only (sn_model_plan_acts_bytes): nothing allocated
   void **allocs;  // everything allocated, for sn_acts_free
   int nallocs, cap_allocs;
 

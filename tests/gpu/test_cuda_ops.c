@@ -42,6 +42,22 @@ static void check_elementwise(size_t n) {
   pair_free(&a), pair_free(&b), pair_free(&out), pair_free(&x), pair_free(&f), pair_free(&s), pair_free(&dx);
 }
 
+// Host fp32 <-> device bf16 in several staging chunks (kernels/memory.cu converts 16M elements at a
+// time): bf16-exact host values must come back bit for bit, the tail chunk included.
+static void check_convert_chunks(size_t n) {
+  float *host = randn(n, 1.0f), *back = nan_array(n);
+  void *dev = gpu->alloc(n * gpu->storage_size);
+  gpu->upload_f32(dev, host, n);
+  gpu->download_f32(back, dev, n);
+  size_t differ = 0;
+  for (size_t i = 0; i < n; i++) differ += sn_test_f32_bits(back[i]) != sn_test_f32_bits(host[i]);
+  char name[128];
+  snprintf(name, sizeof name, "upload_f32 + download_f32 n=%zu (chunked)", n);
+  CHECK(differ == 0, "%s: %zu of %zu values differ", name, differ, n);
+  if (verbose_rows) printf("%-58s %s\n", name, differ ? "FAIL" : "identical");
+  gpu->free(dev), free(host), free(back);
+}
+
 // Fresh-tower initialisation: the GPU's bf16 values must be the CPU's fp32 normals rounded to
 // bf16, bit for bit (counter_rng.h, evaluated in double precision on both); fill is exact.
 static void check_init(size_t n) {
@@ -351,6 +367,7 @@ int main(int argc, char **argv) {
       if (!quick || elem_sizes[i] < 10000) check_elementwise(elem_sizes[i]);
     check_swiglu(1, 8), check_swiglu(3, 37), check_swiglu(65, 4864);
     check_init(1), check_init(4099);
+    if (!quick) check_convert_chunks(((size_t)16 << 20) * 2 + 4099);
     if (!quick) check_init((size_t)151936 * 896);  // the 0.5B embedding table: past one grid pass
     // the intermediate widths of Qwen2.5 1.5B, 3B, 7B, 14B and Llama-3-8B
     if (!quick)
