@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Stage 1 of every ready tower shape on the GPU, random init, a few steps each: step time, tokens/s,
-# MFU (benchmarks/throughput.py) and the peak device memory nvidia-smi saw during the run.
+# MFU (benchmarks/throughput.py), the memory plan's figure for the stage, the allocator's measured
+# high-water mark (what the plan predicts) and the peak device memory nvidia-smi saw (which adds the
+# CUDA context, cuBLAS and NCCL).
 # Queries are cut to 32 tokens and documents to 128 (synthetic long texts, 1 hard negative each).
 # usage: benchmarks/sizes_gpu.sh BUILD_DIR OUT_DIR [NAME ...]   (default: every shape below)
 # STEPS (default 12) steps a shape; a run that fails prints its error lines and the next one runs.
@@ -19,14 +21,14 @@ trap 'rm -rf "$WORK"' EXIT
 SHAPES=(
   "0.5b|qwen2.5-0.5b.json|64|"
   "1.5b|qwen2.5-1.5b.json|32|"
-  "7b-shared-gc|qwen2.5-7b.json|64|\"shared_towers\": true, \"grad_cache_chunk\": 32,"
+  "7b-shared-gc|qwen2.5-7b.json|64|\"shared_towers\": true, \"grad_cache_chunk\": 32, \"recompute\": \"layer\","
 )
 wanted() { local n; for n in "${@:2}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
 
 cd "$WORK"
 python3 "$SRC/tests/synth_data.py" data --examples 4096 --test-queries 8 --query-words 40 --doc-words 160 >/dev/null
 : >"$OUT/sizes.jsonl"
-printf '%-14s %8s %9s %8s %6s %9s  %s\n' shape s/step tok/s TFLOP/s MFU peak_GiB status
+printf '%-14s %8s %9s %8s %6s %8s %9s %8s  %s\n' shape s/step tok/s TFLOP/s MFU plan_GiB alloc_GiB smi_GiB status
 for spec in "${SHAPES[@]}"; do
   IFS='|' read -r name desc queries extra <<<"$spec"
   if [ $# -gt 0 ] && ! wanted "$name" "$@"; then continue; fi
@@ -49,8 +51,9 @@ JSON
   kill $watcher 2>/dev/null; wait $watcher 2>/dev/null
   peak_mib=$(sort -n memory.txt | tail -1)
   python3 - "$name" "$rc" "${peak_mib:-0}" "$SRC" "$desc" "$queries" "$OUT" <<'PY'
-import json, os, sys
+import json, os, re, sys
 name, rc, peak_mib, src, desc, queries, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:]
+GIB = 1024 ** 3
 sys.path.insert(0, f"{src}/benchmarks")
 from throughput import summarize
 row = dict(shape=name, desc=desc, queries=int(queries), rc=rc, peak_gib=peak_mib / 1024)
@@ -62,10 +65,15 @@ except SystemExit as e:
 if rc != 0:
     errs = [l.strip() for l in open(f"{out}/sizes_{name}.log") if "error" in l.lower()]
     row["error"] = errs[-1] if errs else f"exit {rc}"
+for line in open(f"{out}/sizes_{name}.log"):  # "stage 1: memory peak ... (...; MEASURED and PLANNED bytes)"
+    m = re.search(r"stage 1: memory peak .*; (\d+) and (\d+) bytes", line)
+    if m:
+        row["alloc_gib"], row["plan_gib"] = int(m.group(1)) / GIB, int(m.group(2)) / GIB
+        row["plan_vs_alloc"] = row["plan_gib"] / row["alloc_gib"] - 1
 status = row.get("error", "ok")
 f = lambda k, fmt: format(row[k], fmt) if k in row else "-"
 print(f"{name:14s} {f('step_s', '8.4f'):>8s} {f('tok_s', '9.0f'):>9s} {f('tflops', '8.1f'):>8s} "
-      f"{f('mfu', '6.3f'):>6s} {row['peak_gib']:9.1f}  {status}")
+      f"{f('mfu', '6.3f'):>6s} {f('plan_gib', '8.2f'):>8s} {f('alloc_gib', '9.2f'):>9s} {row['peak_gib']:8.1f}  {status}")
 open(f"{out}/sizes.jsonl", "a").write(json.dumps(row) + "\n")
 PY
 done

@@ -433,6 +433,16 @@ static void launch_backward(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const
     launch_backward_warps<D, 4>(dqkv, dout, qkv, lse, delta, cu, B, max_seqlen, p);
 }
 
+size_t cuda_attention_scratch_bytes(scratch_slot slot, int T, int Hq, int D) {
+  switch (slot) {
+    case SCRATCH_ATTN_DELTA: return (size_t)Hq * T * sizeof(float);
+    case SCRATCH_ATTN_DQ_ACCUM: return (size_t)T * Hq * D * sizeof(float);
+    // B * Hq * ceil(max_seqlen / TQ) counters: at most one per (token, head)
+    case SCRATCH_ATTN_DQ_ORDER: return (size_t)T * Hq * sizeof(int);
+    default: return 0;
+  }
+}
+
 void cuda_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *lse,
                              const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq, int Hkv, int D,
                              int causal, float scale) {

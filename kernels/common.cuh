@@ -159,6 +159,10 @@ typedef enum {
   SCRATCH_SLOT_COUNT
 } scratch_slot;
 void *sn_cuda_scratch(scratch_slot slot, size_t bytes);
+// A slot grows to what a request needs plus 1/SCRATCH_HEADROOM_DIV, so a slowly growing shape does
+// not reallocate every step; the memory plan counts the same headroom.
+#define SCRATCH_HEADROOM_DIV 4
+static inline size_t scratch_slot_bytes(size_t request) { return request + request / SCRATCH_HEADROOM_DIV; }
 
 // Adds fp32 partial sums (nparts, n) in a fixed order into dst (n) of storage dtype, rounding once:
 // the deterministic second stage of every cross-block reduction into a bf16 weight gradient.
@@ -166,6 +170,17 @@ void sn_cuda_reduce_partials_into_bf16(bf16 *dst, const float *partials, int npa
 // The same for two outputs in one launch: partials (2, nparts, n), the second block into dst1 (when
 // dst1 is non-NULL).
 void sn_cuda_reduce_partials2_into_bf16(bf16 *dst0, bf16 *dst1, const float *partials, int nparts, int n);
+
+// ---- scratch sizes for the memory plan: each is the largest request its kernel family makes for
+// the shape (beside the launcher that makes it), before the slot's headroom -------------------------
+size_t cuda_attention_scratch_bytes(scratch_slot slot, int T, int Hq, int D);  // DELTA, DQ_ACCUM, DQ_ORDER
+size_t cuda_embedding_scratch_bytes(int T, int C);                            // SORT
+size_t cuda_norm_scratch_bytes(int T, int C);                                 // REDUCE_PARTIALS
+size_t cuda_bias_scratch_bytes(int T, int N);                                 // REDUCE_PARTIALS
+size_t cuda_loss_scratch_bytes(scratch_slot slot, int R, int N);              // LOSS_LOGITS, LOSS_ROWS
+size_t cuda_optimizer_scratch_bytes(scratch_slot slot, int nspans);          // ADAMW_TABLE, REDUCE_PARTIALS
+size_t cuda_matmul_workspace_bytes(void);                                     // cuBLASLt, allocated once
+size_t cuda_workspace_bytes(const sn_workspace_shape *shape);
 
 // ---- entry points of each kernel file ------------------------------------------------------------
 // memory.cu
@@ -181,6 +196,7 @@ void cuda_storage_to_f32(float *dst, const void *src, size_t n);
 void cuda_f32_to_storage(void *dst, const float *src, size_t n);
 void cuda_synchronize(void);
 sn_alloc_stats cuda_memory_stats(void);
+void cuda_device_memory(size_t *free_bytes, size_t *total_bytes);
 void cuda_memory_reset_peak(void);
 void cuda_add(void *out, const void *a, const void *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);

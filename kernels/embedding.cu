@@ -459,6 +459,14 @@ static void embedding_backward_launch(bf16 *dtable, const bf16 *dout, const int3
   launchCheck();
 }
 
+size_t cuda_embedding_scratch_bytes(int T, int C) {
+  // the layout of the launch below at its largest: every level, unpacked column pieces
+  const size_t align = 256, ids = ((size_t)T * sizeof(uint32_t) + align - 1) / align * align;
+  const size_t runs = ((size_t)T * sizeof(int4) + align - 1) / align * align;
+  const size_t counters = (size_t)EMB_MAX_LEVELS * ceil_div_int(C, EMB_CHUNK) * T * sizeof(int) + align;
+  return 2 * ids + runs + counters + 2 * (size_t)ceil_div_int(T, EMB_SEG) * C * sizeof(float);
+}
+
 void cuda_embedding_backward(void *dtable, const void *dout, const int32_t *ids, int T, int C, int V) {
   if (T == 0 || C == 0) return;
   if (T <= EMB_SMALL_TILE_MAX_T)

@@ -44,6 +44,12 @@ __global__ void contrastive_rows_kernel(float *logits, float *row_loss, const in
   if (threadIdx.x == 0) row_loss[r] = lse - target_logit;
 }
 
+size_t cuda_loss_scratch_bytes(scratch_slot slot, int R, int N) {
+  if (slot == SCRATCH_LOSS_LOGITS) return (size_t)R * N * sizeof(float);
+  if (slot == SCRATCH_LOSS_ROWS) return (size_t)2 * R * sizeof(float);  // the distillation terms' pair
+  return 0;
+}
+
 void cuda_contrastive_loss(float *loss, float *drows, float *dcols, const float *rows, const float *cols,
                            const int32_t *target, int R, int N, int C, float inv_temp, float scale) {
   if (R == 0) return;

@@ -155,6 +155,11 @@ __global__ void bias_backward_partials_kernel(float *partials, const bf16 *dout,
   partials[(size_t)blockIdx.y * N + n] = acc;
 }
 
+size_t cuda_bias_scratch_bytes(int T, int N) {
+  return (size_t)ceil_div_int(T, BIAS_BWD_ROWS_PER_BLOCK) * N * sizeof(float);
+}
+size_t cuda_matmul_workspace_bytes(void) { return CUBLASLT_WORKSPACE_BYTES; }
+
 void cuda_bias_backward(void *dbias, const void *dout, int M, int N) {
   if (M == 0 || N == 0) return;
   int nparts = ceil_div_int(M, BIAS_BWD_ROWS_PER_BLOCK);

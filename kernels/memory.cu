@@ -1,8 +1,12 @@
 // Memory: allocation, copies, fp32 <-> bf16 conversion, the two elementwise ops (add, scale_f32),
 // the growable scratch buffers and the deterministic partial-sum reducer shared by the backward ops.
+#include <algorithm>
+
 #include "common.cuh"
 
 #define ELEMENTWISE_THREADS 256
+// Host fp32 <-> bf16 staging chunk (see cuda_upload_f32).
+#define CONVERT_CHUNK_ELEMS ((size_t)16 << 20)  // 64 MiB of fp32 staging
 
 int sn_cuda_sm_count(void) {
   static int count = 0;
@@ -38,13 +42,37 @@ static size_t scratch_bytes[SCRATCH_SLOT_COUNT];
 
 void *sn_cuda_scratch(scratch_slot slot, size_t bytes) {
   if (bytes > scratch_bytes[slot]) {
-    // Grow with headroom so a slowly growing shape does not reallocate every step.
-    size_t want = bytes + bytes / 4;
+    size_t want = scratch_slot_bytes(bytes);
     cuda_free(scratch_ptr[slot]);
     scratch_ptr[slot] = cuda_alloc(want);
     scratch_bytes[slot] = want;
   }
   return scratch_ptr[slot];
+}
+
+// Every slot at its largest request for the shape, with the headroom it grows by, plus the cuBLASLt
+// workspace. The reduce-partials slot serves several families: the largest of them.
+size_t cuda_workspace_bytes(const sn_workspace_shape *s) {
+  size_t slot[SCRATCH_SLOT_COUNT] = {0};
+  const int T = s->max_tokens;
+  size_t partials = cuda_norm_scratch_bytes(T, s->widest);
+  partials = std::max(partials, cuda_bias_scratch_bytes(T, s->widest));
+  partials = std::max(partials, cuda_optimizer_scratch_bytes(SCRATCH_REDUCE_PARTIALS, s->max_span_count));
+  slot[SCRATCH_REDUCE_PARTIALS] = partials;
+  for (int k = SCRATCH_ATTN_DELTA; k <= SCRATCH_ATTN_DQ_ORDER; k++)
+    slot[k] = cuda_attention_scratch_bytes((scratch_slot)k, T, s->n_heads, s->head_dim);
+  slot[SCRATCH_SORT] = cuda_embedding_scratch_bytes(T, s->widest);
+  slot[SCRATCH_LOSS_LOGITS] = cuda_loss_scratch_bytes(SCRATCH_LOSS_LOGITS, s->loss_rows, s->loss_cols);
+  slot[SCRATCH_LOSS_ROWS] = cuda_loss_scratch_bytes(SCRATCH_LOSS_ROWS, s->loss_rows, s->loss_cols);
+  slot[SCRATCH_ADAMW_TABLE] = cuda_optimizer_scratch_bytes(SCRATCH_ADAMW_TABLE, s->max_span_count);
+  slot[SCRATCH_CONVERT] = CONVERT_CHUNK_ELEMS * sizeof(float);
+  size_t total = cuda_matmul_workspace_bytes();
+  for (int k = 0; k < SCRATCH_SLOT_COUNT; k++) total += slot[k] ? scratch_slot_bytes(slot[k]) : 0;
+  return total;
+}
+
+void cuda_device_memory(size_t *free_bytes, size_t *total_bytes) {
+  cudaCheck(cudaMemGetInfo(free_bytes, total_bytes));
 }
 
 // ---- raw copies ------------------------------------------------------------------------------------
@@ -128,7 +156,6 @@ void cuda_storage_to_f32(float *dst, const void *src, size_t n) {
 // save of a 7B run. Copies are ordered on SN_STREAM with the conversions, so a chunk's staging is
 // reused only after the kernel that reads it; a pageable-host copy returns once the host side is
 // consumed (upload) and downloads wait for their chunk.
-#define CONVERT_CHUNK_ELEMS ((size_t)16 << 20)  // 64 MiB of fp32 staging
 
 void cuda_upload_f32(void *dst, const float *host_src, size_t n) {
   if (n == 0) return;

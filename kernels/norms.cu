@@ -558,6 +558,12 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
   sn_cuda_reduce_partials2_into_bf16(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
 }
 
+size_t cuda_norm_scratch_bytes(int T, int C) {
+  // two partial blocks (weight and bias) of the larger of the fused and two-kernel row groups
+  const int rows = NORM_BWD_FUSED_ROWS < NORM_BWD_ROWS_PER_BLOCK ? NORM_BWD_FUSED_ROWS : NORM_BWD_ROWS_PER_BLOCK;
+  return 2 * (size_t)ceil_div_int(T, rows) * C * sizeof(float);
+}
+
 void cuda_rmsnorm_backward(void *dx, void *dweight, const void *dout, const void *x, const void *weight,
                            const float *rstd, int T, int C, int accumulate) {
   launch_norm_backward<false>((bf16 *)dx, (bf16 *)dweight, NULL, (const bf16 *)dout, (const bf16 *)x,

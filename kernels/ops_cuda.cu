@@ -20,6 +20,8 @@ static sn_ops make_cuda_ops(void) {
   o.synchronize = cuda_synchronize;
   o.memory_stats = cuda_memory_stats;
   o.memory_reset_peak = cuda_memory_reset_peak;
+  o.device_memory = cuda_device_memory;
+  o.workspace_bytes = cuda_workspace_bytes;
   o.fill_normal = cuda_fill_normal;
   o.fill = cuda_fill;
   o.add = cuda_add;

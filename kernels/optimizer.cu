@@ -92,6 +92,12 @@ static sn_param_span *last_spans;
 static int last_nspans = -1;
 static int last_total_chunks;
 
+size_t cuda_optimizer_scratch_bytes(scratch_slot slot, int nspans) {
+  if (slot == SCRATCH_ADAMW_TABLE) return (size_t)nspans * sizeof(adamw_span);
+  if (slot == SCRATCH_REDUCE_PARTIALS) return SUMSQ_BLOCKS * sizeof(float);  // the gradient norm
+  return 0;
+}
+
 void cuda_adamw(void *params, float *master, const void *grads, float *m, float *v, const sn_param_span *spans,
                 int nspans, const sn_adamw_hparams *hp) {
   if (nspans <= 0) return;

@@ -3,3 +3,8 @@
 #pragma once
 
 typedef enum { SN_DTYPE_F32 = 0, SN_DTYPE_BF16 = 1, SN_DTYPE_F16 = 2 } sn_dtype;
+
+// "fp32" | "bf16" | "fp16", for messages.
+static inline const char *sn_dtype_name(sn_dtype d) {
+  return d == SN_DTYPE_BF16 ? "bf16" : d == SN_DTYPE_F16 ? "fp16" : "fp32";
+}

@@ -46,6 +46,16 @@ typedef struct {
   float grad_scale;  // multiplies every gradient first (1/accum_steps × clip factor)
 } sn_adamw_hparams;
 
+// The shapes that size a backend's own scratch (what it allocates inside ops, beyond the buffers
+// callers pass): the memory plan's "backend workspaces" line.
+typedef struct {
+  int max_tokens;              // the most tokens through one forward/backward (T)
+  int n_heads, head_dim;       // attention backward's fp32 dq accumulator (T, Hq, D)
+  int widest;                  // widest activation row: max(qkv, 2I, C) (bias/norm partials)
+  int loss_rows, loss_cols;    // contrastive loss logits (R, N)
+  int max_span_count;          // most parameter spans one optimizer step takes
+} sn_workspace_shape;
+
 typedef struct sn_ops {
   const char *name;  // "cpu" or "cuda"
   sn_dtype storage;  // dtype behind `void *` tensors
@@ -69,6 +79,11 @@ typedef struct sn_ops {
   // or the last reset_peak; see alloc_stats.h for what is outside it.
   sn_alloc_stats (*memory_stats)(void);
   void (*memory_reset_peak)(void);
+  // Memory the backend could still allocate, and its size (the device, or the host's available
+  // memory for the CPU backend).
+  void (*device_memory)(size_t *free_bytes, size_t *total_bytes);
+  // Most bytes of scratch the ops hold at once for work of this shape (counted by memory_stats).
+  size_t (*workspace_bytes)(const sn_workspace_shape *shape);
 
   // ---- initialisation -------------------------------------------------------------------------
   // x (n) = stddev * sn_normal_at(key, j) for j < n, in the storage dtype (counter_rng.h: the same

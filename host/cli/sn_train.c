@@ -26,6 +26,10 @@ static void usage(FILE *out) {
           "  --stop-after N  take N optimizer steps in this run, checkpoint and exit 0, as on\n"
           "                  SIGTERM/SIGUSR1 (time-limited jobs)\n"
           "  --print-config  print the resolved config and exit\n"
+          "  --plan          print the memory plan per GPU (weights, gradients, optimizer state,\n"
+          "                  activations, workspaces of each phase) and exit: 0 when it fits the\n"
+          "                  free device memory, 2 with what would make it fit when it does not\n"
+          "  --world N       with --plan: plan for N ranks (GPUs) instead of the running ones\n"
           "  --print-schema  print every config key (type, default, range, help) as a markdown\n"
           "                  table and exit\n");
 }
@@ -59,6 +63,13 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--print-schema") == 0) {
       sn_run_config_print_schema(stdout);
       return 0;
+    } else if (strcmp(a, "--plan") == 0) {
+      args.plan_only = 1;
+    } else if (strcmp(a, "--world") == 0 && has_value) {
+      char *end;
+      long w = strtol(argv[++i], &end, 10);
+      if (*end || w <= 0 || w > (1 << 20)) sn_bad_input("--world: expected a positive rank count, got '%s'", argv[i]);
+      args.plan_world = (int)w;
     } else if (strcmp(a, "--print-config") == 0) {
       args.print_config = 1;
     } else if ((strcmp(a, "--set") == 0 && has_value) || (a[0] != '-' && strchr(a, '='))) {

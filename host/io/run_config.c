@@ -94,6 +94,8 @@ static const field_spec SCHEMA[] = {
     NUM("stage1.negatives_per_query", FIELD_INT, stage1.negatives_per_query, 0, 1024, 1, "hard negatives"),
     NUM("stage1.cross_device_negatives", FIELD_BOOL, stage1.cross_device_negatives, 0, 1, 1, "gather docs"),
     NUM("stage1.grad_cache_chunk", FIELD_INT, stage1.grad_cache_chunk, 0, BIG_INT, 0, "0 = direct"),
+    CHOICE("stage1.recompute", stage1.recompute, "none|layer", "none",
+           "layer: keep block inputs only, re-run each block in backward"),
     NUM("stage1.grad_accum", FIELD_INT, stage1.grad_accum, 1, 1 << 16, 1, "micro-batches per step"),
     NUM("stage1.steps", FIELD_INT, stage1.steps, 0, BIG_INT, 0, "0 = from epochs"),
     NUM("stage1.epochs", FIELD_FLOAT, stage1.epochs, 0, 1e6, 1, "used when steps = 0"),

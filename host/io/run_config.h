@@ -35,6 +35,7 @@ typedef struct {
   int negatives_per_query;
   int cross_device_negatives;
   int grad_cache_chunk;   // sequences per chunk in the gradient-cache re-run; 0 = direct backward
+  char recompute[8];      // "none" | "layer": activation recomputation in the towers' backward
   int grad_accum;         // micro-batches per optimizer step
   int steps;              // optimizer steps; 0 = derive from epochs
   float epochs;

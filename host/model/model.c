@@ -225,14 +225,14 @@ void sn_model_init_params(sn_model *m, int first, uint64_t seed) {
   ops->synchronize();
 }
 
-sn_model *sn_model_plan(const sn_model_config *cfg, const sn_ops *ops) {
+sn_model *sn_model_plan(const sn_model_config *cfg, const sn_ops *ops, int proj_dim) {
   sn_model *m = sn_model_shell(cfg, ops);
-  sn_model_build_params(m, !cfg->tie_embeddings && sn_arch_is_decoder(cfg->arch), 0, 0);
+  sn_model_build_params(m, !cfg->tie_embeddings && sn_arch_is_decoder(cfg->arch), 0, proj_dim);
   return m;
 }
 
 sn_model *sn_model_new(const sn_model_config *cfg, const sn_ops *ops, uint64_t seed) {
-  sn_model *m = sn_model_plan(cfg, ops);
+  sn_model *m = sn_model_plan(cfg, ops, 0);
   m->weights = ops->alloc(m->num_elements * ops->storage_size);
   sn_model_init_params(m, 0, seed);
   return m;
@@ -307,6 +307,10 @@ void sn_tokens_alloc(sn_tokens *t, const sn_ops *ops, int capacity_tokens, int c
   t->cu_seqlens = ops->alloc((size_t)(capacity_seqs + 1) * sizeof(int32_t));
   t->capacity_tokens = capacity_tokens;
   t->capacity_seqs = capacity_seqs;
+}
+
+size_t sn_tokens_bytes(int capacity_tokens, int capacity_seqs) {
+  return (2 * (size_t)capacity_tokens + (size_t)capacity_seqs + 1) * sizeof(int32_t);
 }
 
 void sn_tokens_free(sn_tokens *t, const sn_ops *ops) {

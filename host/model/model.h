@@ -65,6 +65,8 @@ sn_param_span *sn_model_param_spans(const sn_model *m, float wd, int *nspans);
 // Token batches. Checks every id against the vocabulary (exit 2 naming `what` and the position).
 void sn_tokens_alloc(sn_tokens *t, const sn_ops *ops, int capacity_tokens, int capacity_seqs);
 void sn_tokens_free(sn_tokens *t, const sn_ops *ops);
+// What sn_tokens_alloc allocates (the memory plan).
+size_t sn_tokens_bytes(int capacity_tokens, int capacity_seqs);
 // ids_host: all sequences back to back; cu_seqlens_host (B + 1).
 void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
                       const int32_t *cu_seqlens_host, int B, int vocab, const char *what);
@@ -74,11 +76,26 @@ typedef struct sn_acts sn_acts;
 sn_acts *sn_acts_new(const sn_model *m, int max_tokens, int max_seqs);
 void sn_acts_free(sn_acts *a);
 size_t sn_acts_bytes(const sn_acts *a);
-// The memory plan: a model's parameter table without weights (num_elements, params; free it with
-// sn_model_free), and the bytes sn_acts_new (plus the backward slots of a forward kept for
-// backward) would allocate for it, counted by the same code that allocates them.
-sn_model *sn_model_plan(const sn_model_config *cfg, const sn_ops *ops);
-size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs, int for_backward);
+
+// Activation recomputation (decoders): a forward kept for backward stores only each block's input
+// (T, C); the backward re-runs block l's forward from it into one shared slot just before its own
+// backward. Gradients are those of the plain path (bit for bit on the CPU: the recomputation runs
+// the same ops on the same inputs); memory drops from ~(6C + qkv + 3I) to C values a token per layer,
+// for about one more forward of compute.
+typedef enum { SN_RECOMPUTE_NONE = 0, SN_RECOMPUTE_LAYER = 1 } sn_recompute;
+// Set before the workspace's first forward with for_backward = 1 (exits otherwise, and for BERT).
+void sn_acts_set_recompute(sn_acts *a, sn_recompute mode);
+// "none" | "layer"; -1 for an unknown name.
+int sn_recompute_parse(const char *name, sn_recompute *out);
+
+// The memory plan: a model's parameter table without weights (num_elements, params; with an output
+// projection of width proj_dim > 0; free it with sn_model_free), and the bytes sn_acts_new (plus, for_backward, the backward slots of a forward kept
+// for backward under `recompute`) would allocate for it, counted by the same code that allocates them.
+sn_model *sn_model_plan(const sn_model_config *cfg, const sn_ops *ops, int proj_dim);
+// The widest activation row of a block: max(qkv width, MLP input width, C) (the plan's scratch shapes).
+int sn_model_widest_row(const sn_model *m);
+size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs, int for_backward,
+                                sn_recompute recompute);
 
 // Forward pass: returns the last hidden state (T, C) (after the final norm for decoders, after the
 // last layer's LayerNorm for BERT), valid until the next call with the same acts. for_backward = 0

@@ -94,7 +94,8 @@ static void alloc_backward_slots(sn_acts *a) {
   const size_t T = (size_t)a->max_tokens, C = (size_t)a->cfg.hidden, I = (size_t)a->cfg.intermediate;
   const size_t es = a->ops->storage_size;
   const int L = a->cfg.n_layers;
-  for (int l = 1; l < L; l++) alloc_layer_slot(a, &a->layers[l]);
+  if (a->recompute == SN_RECOMPUTE_NONE)
+    for (int l = 1; l < L; l++) alloc_layer_slot(a, &a->layers[l]);
   for (int l = 1; l <= L; l++) a->hidden[l] = sn_acts_alloc(a, T * C * es);
   a->dres = sn_acts_alloc(a, T * C * es);
   a->dnorm = sn_acts_alloc(a, T * C * es);
@@ -116,8 +117,30 @@ void sn_acts_free(sn_acts *a) {
 
 size_t sn_acts_bytes(const sn_acts *a) { return a->bytes; }
 
-size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs, int for_backward) {
+int sn_model_widest_row(const sn_model *m) {
+  return SN_MAX(SN_MAX(m->layout->qkv_dim, m->layout->up_dim), m->cfg.hidden);
+}
+
+void sn_acts_set_recompute(sn_acts *a, sn_recompute mode) {
+  if (mode != SN_RECOMPUTE_NONE && !sn_arch_is_decoder(a->cfg.arch))
+    sn_bad_input("activation recomputation is implemented for decoder towers (Qwen2, Llama), not %s",
+                 sn_arch_name(a->cfg.arch));
+  if (a->have_backward_slots && mode != a->recompute)
+    sn_fatal("sn_acts_set_recompute: the backward slots are already allocated");
+  a->recompute = mode;
+}
+
+int sn_recompute_parse(const char *name, sn_recompute *out) {
+  if (strcmp(name, "none") == 0) *out = SN_RECOMPUTE_NONE;
+  else if (strcmp(name, "layer") == 0) *out = SN_RECOMPUTE_LAYER;
+  else return -1;
+  return 0;
+}
+
+size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs, int for_backward,
+                                sn_recompute recompute) {
   sn_acts *a = acts_new(m, max_tokens, max_seqs, 1);
+  sn_acts_set_recompute(a, recompute);
   if (for_backward) alloc_backward_slots(a);
   size_t bytes = a->bytes;
   sn_acts_free(a);  // frees the bookkeeping only: nothing was allocated

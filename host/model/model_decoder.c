@@ -12,13 +12,38 @@
 
 #define DECODER_CAUSAL 1
 
+// Block l up to the MLP's activation, from its input h and norm_in = rmsnorm(h) (already in s):
+//   qkv, rope, attention, o_proj; x = h + o; norm_mid = rmsnorm(x); ff_in = gate|up; ff_act = swiglu.
+// The forward then adds down(ff_act); the recomputing backward needs no more than this.
+static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int l, sn_layer_acts *s,
+                             const void *h) {
+  const sn_ops *ops = m->ops;
+  const sn_model_config *c = &m->cfg;
+  const struct sn_model_layout *lay = m->layout;
+  const sn_layer_params *p = &lay->layers[l];
+  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim;
+  const int Hq = c->n_heads, Hkv = c->n_kv_heads;
+  // attention: one fused q|k|v projection (biases adjacent too), RoPE in place
+  sn_linear_forward(ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, C,
+                    lay->qkv_dim);  // (T, (Hq + 2Hkv) D)
+  ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
+  ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
+                         D, DECODER_CAUSAL, 1.0f / sqrtf((float)D));  // (T, Hq D)
+  sn_linear_forward(ops, a->proj, s->att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), T, lay->attn_dim,
+                    C);  // (T, C)
+  ops->add_rmsnorm_forward(s->x, s->norm_mid, s->rstd_mid, h, a->proj, sn_wptr(m, p->norm_mlp_w), T, C,
+                           c->norm_eps);
+  // MLP: fused gate|up projection, SwiGLU
+  sn_linear_forward(ops, s->ff_in, s->norm_mid, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), T, C,
+                    2 * I);  // (T, 2I)
+  ops->swiglu_forward(s->ff_act, s->ff_in, T, I);  // (T, I)
+}
+
 const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward) {
   const sn_ops *ops = m->ops;
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
-  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim, L = c->n_layers;
-  const int Hq = c->n_heads, Hkv = c->n_kv_heads;
-  const float scale = 1.0f / sqrtf((float)D);
+  const int T = tok->T, C = c->hidden, I = c->intermediate, L = c->n_layers;
 
   void *h0 = sn_acts_hidden(a, 0, for_backward);
   ops->embedding_forward(h0, tok->ids, sn_wptr(m, lay->tok_embed), T, C, 0);  // (T, C)
@@ -32,21 +57,7 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
   for (int l = 0; l < L; l++) {
     const sn_layer_params *p = &lay->layers[l];
     sn_layer_acts *s = sn_acts_layer(a, l, for_backward);
-    const void *h = sn_acts_hidden(a, l, for_backward);
-    // attention: one fused q|k|v projection (biases adjacent too), RoPE in place
-    sn_linear_forward(ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, C,
-                      lay->qkv_dim);  // (T, (Hq + 2Hkv) D)
-    ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
-    ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq,
-                           Hkv, D, DECODER_CAUSAL, scale);  // (T, Hq D)
-    sn_linear_forward(ops, a->proj, s->att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), T,
-                      lay->attn_dim, C);  // (T, C)
-    ops->add_rmsnorm_forward(s->x, s->norm_mid, s->rstd_mid, h, a->proj, sn_wptr(m, p->norm_mlp_w),
-                             T, C, c->norm_eps);
-    // MLP: fused gate|up projection, SwiGLU, down
-    sn_linear_forward(ops, s->ff_in, s->norm_mid, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), T, C,
-                      2 * I);  // (T, 2I)
-    ops->swiglu_forward(s->ff_act, s->ff_in, T, I);  // (T, I)
+    block_to_mlp_act(m, a, tok, l, s, sn_acts_hidden(a, l, for_backward));
     sn_linear_forward(ops, a->proj, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), T, I, C);
     // residual + the next norm: the next block's input norm, or the final norm
     void *h_next = sn_acts_hidden(a, l + 1, for_backward);
@@ -78,6 +89,10 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
     const sn_layer_params *p = &lay->layers[l];
     sn_layer_acts *s = sn_acts_layer(a, l, for_backward);
     const void *h = sn_acts_hidden(a, l, for_backward);
+    if (a->recompute == SN_RECOMPUTE_LAYER) {  // re-run the block from its kept input into slot 0
+      ops->rmsnorm_forward(s->norm_in, s->rstd_in, h, sn_wptr(m, p->norm_attn_w), T, C, c->norm_eps);
+      block_to_mlp_act(m, a, tok, l, s, h);
+    }
     // MLP branch: h_next = x + down(swiglu(gate_up(norm_mid)))
     void *dswiglu = a->dnarrow, *dgate_up = a->dwide;
     sn_linear_backward(ops, dswiglu, sn_gptr(m, p->down_w), sn_gptr(m, p->down_b), dres, s->ff_act,

@@ -93,6 +93,7 @@ struct sn_acts {
   int qkv_dim, attn_dim, up_dim;
   size_t bytes;
   int count_only;              // sizes only (sn_model_plan_acts_bytes): nothing allocated
+  sn_recompute recompute;      // LAYER: backward slots are the block inputs only (hidden[1..L])
   void **allocs;  // everything allocated, for sn_acts_free
   int nallocs, cap_allocs;
 
@@ -125,9 +126,10 @@ struct sn_acts {
 
 // Backend allocation recorded in the workspace.
 void *sn_acts_alloc(sn_acts *a, size_t bytes);
-// Slot l of the activations: its own for backward, slot 0 otherwise.
+// Slot l of the activations: its own for backward, slot 0 otherwise (and always under
+// recomputation, where backward re-runs each block into slot 0).
 static inline sn_layer_acts *sn_acts_layer(sn_acts *a, int l, int for_backward) {
-  return &a->layers[for_backward ? l : 0];
+  return &a->layers[for_backward && a->recompute == SN_RECOMPUTE_NONE ? l : 0];
 }
 static inline void *sn_acts_hidden(sn_acts *a, int l, int for_backward) {
   return a->hidden[for_backward ? l : 0];

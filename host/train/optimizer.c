@@ -69,6 +69,17 @@ void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *c
   free(all);
 }
 
+sn_optimizer_plan sn_optimizer_plan_bytes(size_t n, const sn_ops *ops, int world, int zero1) {
+  // as sn_optimizer_init, for rank 0 (whose slice is the largest)
+  const int sharded = zero1 && world > 1;
+  const size_t stride = sharded ? SN_CEIL_DIV(n, (size_t)world) : n, shard = SN_MIN(n, stride);
+  sn_optimizer_plan p = {0};
+  p.moments = (2 * SN_MAX(shard, 1) + 1) * sizeof(float);  // m, v and the sum-of-squares scratch
+  if (ops->storage != SN_DTYPE_F32 || sharded) p.master = SN_MAX(shard, 1) * sizeof(float);
+  if (sharded) p.exchange = (1 + (size_t)world) * stride * ops->storage_size;
+  return p;
+}
+
 // The element range of each layer, from the parameter names ("layers.<l>." for decoders,
 // "encoder.layer.<l>." for BERT). Returns 0 unless every layer's tensors are contiguous and the
 // layers follow each other in the buffer (the layout host/model/model.c writes).

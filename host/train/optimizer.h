@@ -81,3 +81,11 @@ float *sn_optimizer_download(const sn_optimizer *opt, int which /* 0 master, 1 m
 // slice of master (and all the weights from the full master), m and v.
 void sn_optimizer_upload_full(sn_optimizer *opt, const float *master, const float *m, const float *v);
 sn_schedule sn_schedule_from_name(const char *name);
+
+// What sn_optimizer_init allocates for a model of n parameters (the memory plan), split into the
+// fp32 master weights, the two moments (with the one-float norm scratch), and the gradient
+// exchange buffers of ZeRO.
+typedef struct {
+  size_t master, moments, exchange;
+} sn_optimizer_plan;
+sn_optimizer_plan sn_optimizer_plan_bytes(size_t n, const sn_ops *ops, int world, int zero1);

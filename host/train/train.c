@@ -228,8 +228,8 @@ int sn_train_main(const sn_train_args *args) {
   t.config_hash = sn_run_config_hash(&t.cfg);
   t.stop_after = args->stop_after;
   int do1 = args->stage == 0 || args->stage == 1, do2 = args->stage == 0 || args->stage == 2;
-  if (t.cfg.data.n_train == 0) sn_bad_input("data.train: no training files configured");
-  for (int i = 0; i < t.cfg.data.n_train; i++)
+  if (t.cfg.data.n_train == 0 && !args->plan_only) sn_bad_input("data.train: no training files configured");
+  for (int i = 0; i < t.cfg.data.n_train && !args->plan_only; i++)
     if (!sn_exists(t.cfg.data.train[i]))
       sn_bad_input("data.train: %s does not exist", t.cfg.data.train[i]);
   if (do2 && !t.cfg.stage2.student[0] && !t.cfg.stage2.student_desc[0])
@@ -241,6 +241,14 @@ int sn_train_main(const sn_train_args *args) {
   t.ops = sn_ops_by_name(t.cfg.device);
   t.rank = t.comm->rank;
   t.world = t.comm->world_size;
+  // The memory plan, before anything is loaded or written: a run that cannot fit stops here.
+  if (args->plan_world > 0 && !args->plan_only) sn_bad_input("--world is for --plan only");
+  sn_memory_plan_check(&t.plan, &t.cfg, t.ops, args->plan_world > 0 ? args->plan_world : t.world, do1, do2,
+                       t.rank, args->plan_only);
+  if (args->plan_only) {
+    sn_comm_destroy(t.comm);
+    return 0;
+  }
   set_run_paths(&t);
   find_resume_point(&t, args->resume);
   setup_run_dir(&t);

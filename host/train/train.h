@@ -10,6 +10,8 @@ typedef struct {
   int n_overrides;
   int print_config;
   int64_t stop_after;           // > 0: stop (checkpoint, exit 0) after this many steps in this run
+  int plan_only;                // print the memory plan and exit (0 fits, 2 does not)
+  int plan_world;               // > 0: plan for this many ranks instead of the running ones
 } sn_train_args;
 
 // Returns the process exit status.

@@ -5,19 +5,22 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common.h"
 #include "train_internal.h"
 
-// fp32 safetensors: the master weights on the CPU backend, so resuming from them is exact.
+// Safetensors in the backend's storage dtype: the weights exactly as trained, half the bytes of
+// fp32 for bf16 towers (a 7B tower is 15 GB, not 30). Resuming is still exact: the fp32 master
+// weights are in the optimizer state (on the CPU backend the weights are the master).
 static int save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir, char *err,
                       size_t errlen) {
   if (sn_mkdir_p(dir) != 0) {
     snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
     return -1;
   }
-  if (sn_model_save(m, dir, SN_DTYPE_F32, err, errlen) != 0) return -1;
+  if (sn_model_save(m, dir, m->ops->storage, err, errlen) != 0) return -1;
   if (tokenizer_dir && tokenizer_dir[0]) return sn_copy_tokenizer_files(tokenizer_dir, dir, err, errlen);
   return 0;
 }
@@ -25,6 +28,28 @@ static int save_tower(const sn_model *m, const char *dir, const char *tokenizer_
 void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir) {
   char err[1024];
   if (save_tower(m, dir, tokenizer_dir, err, sizeof err) != 0) sn_fatal("%s", err);
+}
+
+// Room on dir's file system for `need` bytes plus a margin (safetensors headers, tokenizer files,
+// what other writers add meanwhile): 0, or -1 with err saying how much is missing. A write that
+// cannot fit is refused before it starts, rather than failing half-way after minutes of I/O.
+#define DISK_MARGIN_FRACTION 0.02
+int sn_trainer_disk_room(const char *dir, size_t need, const char *what, char *err, size_t errlen) {
+  struct statvfs fs;
+  if (statvfs(dir, &fs) != 0) return 0;  // unknown: let the write itself report
+  const double avail = (double)fs.f_bavail * (double)fs.f_frsize, want = need * (1 + DISK_MARGIN_FRACTION);
+  if (want <= avail) return 0;
+  snprintf(err, errlen, "%s needs %.2f GB but %s has %.2f GB free", what, want / 1e9, dir, avail / 1e9);
+  return -1;
+}
+
+// Bytes a checkpoint writes: its towers in the storage dtype and, per optimizer, three fp32 arrays
+// (master, m, v) over all ranks' shards.
+static size_t checkpoint_bytes(const sn_ckpt_optimizer *opts, int nopts, const sn_ckpt_tower *towers, int ntowers) {
+  size_t bytes = 0;
+  for (int i = 0; i < ntowers; i++) bytes += towers[i].model->num_elements * towers[i].model->ops->storage_size;
+  for (int i = 0; i < nopts; i++) bytes += 3 * opts[i].opt->model->num_elements * sizeof(float);
+  return bytes;
 }
 
 static const char *const OPT_PARTS[3] = {"master", "m", "v"};
@@ -142,6 +167,16 @@ static int write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckp
 int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers) {
+  char err[1024];
+  double no_room = 0;
+  if (t->rank == 0 && sn_trainer_disk_room(t->run_dir, checkpoint_bytes(opts, nopts, towers, ntowers), "the checkpoint",
+                                           err, sizeof err) != 0) {
+    sn_warn("checkpoint at stage %d step %lld skipped, the previous checkpoint is kept: %s", stage, (long long)step,
+            err);
+    no_room = 1;
+  }
+  sn_comm_all_reduce_f64_host(t->comm, &no_room, 1);
+  if (no_room) return -1;
   sn_state_writer *w = sn_state_writer_new(), *shard = NULL;
   float **host = callocCheck((size_t)nopts * 3, sizeof *host);  // downloaded optimizer state
   sn_state_add_u64(w, "config_hash", t->config_hash);

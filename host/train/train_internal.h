@@ -11,6 +11,7 @@
 #include "run_config.h"
 #include "tokenizer.h"
 #include "train_log.h"
+#include "train_plan.h"
 
 #define SN_TRAIN_PATH_MAX 1200
 
@@ -32,6 +33,7 @@ typedef struct {
   char resume_dir[SN_TRAIN_PATH_MAX];
   int resume_stage;
   int64_t resume_step;
+  sn_memory_plan plan;    // per-rank memory of each phase, checked before loading
   int64_t stop_after;     // steps this run may take before stopping as on a signal (0 = no limit)
   int64_t steps_this_run;
 } sn_trainer;
@@ -53,6 +55,10 @@ typedef struct {
 
 void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max_seqs, int max_tokens);
 void sn_runner_free(sn_tower_runner *r);
+// What sn_runner_init allocates, plus the backward slots of a forward kept for backward under
+// `recompute` when for_backward (the memory plan; m may be an sn_model_plan table).
+size_t sn_runner_plan_bytes(const sn_model *m, int max_seqs, int max_tokens, int for_backward,
+                            sn_recompute recompute);
 // The pre-normalisation embedding of the last forward: (n, out_dim) storage.
 const void *sn_runner_raw(const sn_tower_runner *r);
 // Embeds n packed sequences (host ids and cu_seqlens): emb (n, out_dim) fp32 backend memory,
@@ -94,7 +100,9 @@ const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s
 void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), void *ctx, int rank);
 int sn_path_exists(const char *path, void *unused);
 
-// Towers and their tokenizers.
+// Towers and their tokenizers. The architecture of a configured tower without loading it: a model
+// folder's config.json or a description (exits 2 naming `what` when neither reads).
+void sn_trainer_model_config(const char *dir, const char *desc, const char *what, sn_model_config *mc);
 sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
                                 const char *what);
 sn_tokenizer *sn_trainer_load_tokenizer(const char *path, const char *fallback_dir, const char *what);
@@ -109,6 +117,9 @@ void sn_trainer_doc_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *
 
 // A tower as a Hugging Face folder (exits on failure: for the final towers).
 void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir);
+// 0 when dir's file system has room for `need` bytes (and a margin); else -1 with err naming
+// `what`, the bytes and the free space.
+int sn_trainer_disk_room(const char *dir, size_t need, const char *what, char *err, size_t errlen);
 
 // A tower written into a checkpoint folder.
 typedef struct {

@@ -48,7 +48,11 @@ static float optimizer_step(const sn_stage *s, double *grad_norm) {
 }
 
 static void save_final(sn_trainer *t, const sn_stage *s) {
-  char names[256] = "";
+  char names[256] = "", err[1024];
+  size_t need = 0;
+  for (int i = 0; i < s->n_towers; i++) need += s->towers[i].model->num_elements * s->towers[i].model->ops->storage_size;
+  if (sn_trainer_disk_room(t->run_dir, need, "the final towers", err, sizeof err) != 0)
+    sn_fatal("stage %d: %s; the last checkpoint is kept (free space, then --resume auto)", s->number, err);
   for (int i = 0; i < s->n_towers; i++) {
     char dir[SN_TRAIN_PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s/final/%s", t->run_dir, s->towers[i].name);
@@ -67,6 +71,7 @@ int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming) {
   if (resuming) step = sn_trainer_restore(t, s->number, s->sampler, s->optimizers, s->n_models, &elapsed_before);
   const int64_t start_step = step;
   const int n = s->n_terms;
+  t->ops->memory_reset_peak();  // the stage's own high-water mark, weights included
   double t0 = sn_now_s();
   int stopped = 0;
   while (step < s->total_steps && !stopped) {
@@ -105,6 +110,12 @@ int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming) {
     int64_t buckets = 0;
     for (int i = 0; i < s->n_models; i++) buckets += s->optimizers[i].opt->buckets_started;
     sn_log("stage %d: %.1f overlapped all-reduces per step", s->number, (double)buckets / (double)steps_here);
+  }
+  const size_t planned = sn_plan_stage_bytes(&t->plan, s->number);
+  if (t->rank == 0 && planned > 0 && steps_here > 0) {
+    const double measured = (double)t->ops->memory_stats().peak;
+    sn_log("stage %d: memory peak %.3f GiB measured, %.3f GiB planned (%+.2f%%; %.0f and %zu bytes)", s->number,
+           measured / SN_GIB, planned / SN_GIB, 100.0 * ((double)planned - measured) / measured, measured, planned);
   }
   if (!stopped && t->rank == 0) save_final(t, s);
   sn_comm_barrier(t->comm);  // the next stage and the evaluation read the final towers

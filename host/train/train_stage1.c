@@ -33,26 +33,34 @@ typedef struct {
   sn_optimizer *opt_q, *opt_d;  // opt_d == opt_q with shared towers
 } stage1_ctx;
 
-static float *alloc_f32(const sn_ops *ops, size_t n) { return ops->alloc(n * sizeof(float)); }
+// Backend memory of `bytes`, or (ops NULL: the memory plan) only counted.
+static void *take(const sn_ops *ops, size_t bytes, size_t *counted) {
+  *counted += bytes;
+  return ops ? ops->alloc(bytes) : NULL;
+}
 
-static void buffers_init(contrastive_buffers *b, const sn_ops *ops, int C, int Bq, int Nd, int Bq_all,
-                         int Nd_all, int max_chunk) {
+// Allocates the buffers (ops NULL: counts them only); returns their bytes.
+static size_t buffers_init(contrastive_buffers *b, const sn_ops *ops, int C, int Bq, int Nd, int Bq_all,
+                           int Nd_all, int max_chunk) {
   memset(b, 0, sizeof *b);
   b->C = C;
-  b->q_emb = alloc_f32(ops, (size_t)Bq * C);
-  b->d_emb = alloc_f32(ops, (size_t)Nd * C);
-  b->q_all = alloc_f32(ops, (size_t)Bq_all * C);
-  b->d_all = alloc_f32(ops, (size_t)Nd_all * C);
-  b->dq = alloc_f32(ops, (size_t)Bq * C);
-  b->dd = alloc_f32(ops, (size_t)Nd * C);
-  b->dq_all = alloc_f32(ops, (size_t)Bq_all * C);
-  b->dd_all = alloc_f32(ops, (size_t)Nd_all * C);
-  b->pos_rows = alloc_f32(ops, (size_t)Bq * C);
-  b->dpos = alloc_f32(ops, (size_t)Bq * C);
-  b->chunk_emb = alloc_f32(ops, (size_t)max_chunk * C);
-  b->targets = ops->alloc((size_t)Bq * sizeof(int32_t));
-  b->targets_host = mallocCheck((size_t)Bq * sizeof(int32_t));
-  b->loss = alloc_f32(ops, 1);
+  size_t n = 0;
+  const size_t f = sizeof(float);
+  b->q_emb = take(ops, (size_t)Bq * C * f, &n);
+  b->d_emb = take(ops, (size_t)Nd * C * f, &n);
+  b->q_all = take(ops, (size_t)Bq_all * C * f, &n);
+  b->d_all = take(ops, (size_t)Nd_all * C * f, &n);
+  b->dq = take(ops, (size_t)Bq * C * f, &n);
+  b->dd = take(ops, (size_t)Nd * C * f, &n);
+  b->dq_all = take(ops, (size_t)Bq_all * C * f, &n);
+  b->dd_all = take(ops, (size_t)Nd_all * C * f, &n);
+  b->pos_rows = take(ops, (size_t)Bq * C * f, &n);
+  b->dpos = take(ops, (size_t)Bq * C * f, &n);
+  b->chunk_emb = take(ops, (size_t)max_chunk * C * f, &n);
+  b->targets = take(ops, (size_t)Bq * sizeof(int32_t), &n);
+  b->loss = take(ops, f, &n);
+  if (ops) b->targets_host = mallocCheck((size_t)Bq * sizeof(int32_t));
+  return n;
 }
 
 static void buffers_free(contrastive_buffers *b, const sn_ops *ops) {
@@ -172,6 +180,62 @@ static void log_model(const char *what, const sn_model *m) {
          m->cfg.n_kv_heads, m->cfg.vocab, (double)m->num_elements / 1e6);
 }
 
+// ---- the memory plan of this stage (what sn_train_stage1 allocates) ----------------------------
+
+// Sequences per forward: the gradient-cache chunk, or the whole local batch.
+static void chunk_sizes(const sn_cfg_stage1 *s1, int Bq, int Nd, int *chunk_q, int *chunk_d) {
+  const int grad_cache = s1->grad_cache_chunk > 0;
+  *chunk_q = grad_cache ? SN_MIN(s1->grad_cache_chunk, Bq) : Bq;
+  *chunk_d = grad_cache ? SN_MIN(s1->grad_cache_chunk, Nd) : Nd;
+}
+
+static sn_recompute recompute_mode(const sn_cfg_stage1 *s1) {
+  sn_recompute mode = SN_RECOMPUTE_NONE;
+  sn_recompute_parse(s1->recompute, &mode);  // validated by the config schema
+  return mode;
+}
+
+void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world) {
+  const sn_cfg_stage1 *s1 = &cfg->stage1;
+  sn_model_config mc;
+  sn_trainer_model_config(s1->model, s1->model_desc, "stage1.model", &mc);
+  sn_model *m = sn_model_plan(&mc, ops, 0);
+  const size_t N = m->num_elements, es = ops->storage_size;
+  const int towers = s1->shared_towers ? 1 : 2, zero = cfg->dist.zero1 && world > 1;
+  const int Bq = SN_MAX(s1->batch_queries / world, 1), Nd = Bq * (s1->negatives_per_query + 1);
+  const int cross = s1->cross_device_negatives && world > 1;
+  const int len_q = cfg->data.max_query_len, len_d = cfg->data.max_doc_len;
+  int chunk_q, chunk_d;
+  chunk_sizes(s1, Bq, Nd, &chunk_q, &chunk_d);
+  const sn_recompute rc = recompute_mode(s1);
+  const char *dtype = sn_dtype_name(ops->storage);
+
+  sn_plan_phase *ph = sn_plan_phase_new(p, "stage 1 training", 1);
+  sn_plan_add(ph, "weights", towers * N * es, "%d tower%s x %.3gB parameters x %s", towers,
+              towers > 1 ? "s" : "", (double)N / 1e9, dtype);
+  sn_plan_add(ph, "gradients", towers * N * es, "%s, full buffer", dtype);
+  sn_optimizer_plan op = sn_optimizer_plan_bytes(N, ops, world, zero);
+  if (op.master)
+    sn_plan_add(ph, "master weights", towers * op.master, "fp32%s", zero ? ", 1/world shard (ZeRO-1)" : "");
+  sn_plan_add(ph, "Adam moments", towers * op.moments, "fp32 m and v%s", zero ? ", 1/world shard (ZeRO-1)" : "");
+  if (op.exchange) sn_plan_add(ph, "ZeRO exchange", towers * op.exchange, "reduce-scatter / all-gather buffers");
+  const size_t acts_q = sn_runner_plan_bytes(m, chunk_q, chunk_q * len_q, 1, rc);
+  const size_t acts_d = sn_runner_plan_bytes(m, chunk_d, chunk_d * len_d, 1, rc);
+  sn_plan_add(ph, "activations", acts_q + acts_d, "queries %d x %d tokens, documents %d x %d%s", chunk_q, len_q,
+              chunk_d, len_d, rc == SN_RECOMPUTE_LAYER ? ", recompute = layer" : "");
+  contrastive_buffers counted;
+  const int Bq_all = cross ? Bq * world : Bq, Nd_all = cross ? Nd * world : Nd;
+  sn_plan_add(ph, "loss buffers",
+              buffers_init(&counted, NULL, sn_model_out_dim(m), Bq, Nd, Bq * world, Nd * world,
+                           SN_MAX(chunk_q, chunk_d)),  // as sn_train_stage1 sizes them
+              "%d queries x %d documents per rank", Bq, Nd);
+  sn_workspace_shape ws = {.max_tokens = SN_MAX(chunk_q * len_q, chunk_d * len_d),
+                           .n_heads = mc.n_heads, .head_dim = mc.head_dim, .widest = sn_model_widest_row(m),
+                           .loss_rows = Bq, .loss_cols = SN_MAX(Nd_all, Bq_all), .max_span_count = m->nparams};
+  sn_plan_add(ph, "backend workspaces", ops->workspace_bytes(&ws), "scratch of the ops and cuBLASLt");
+  sn_model_free(m);
+}
+
 int sn_train_stage1(sn_trainer *t) {
   const sn_cfg_stage1 *s1 = &t->cfg.stage1;
   const sn_ops *ops = t->ops;
@@ -221,11 +285,12 @@ int sn_train_stage1(sn_trainer *t) {
 
   // Runners and loss buffers, planned once.
   c.grad_cache = s1->grad_cache_chunk > 0;
-  c.chunk_q = c.grad_cache ? SN_MIN(s1->grad_cache_chunk, Bq) : Bq;
-  c.chunk_d = c.grad_cache ? SN_MIN(s1->grad_cache_chunk, Nd) : Nd;
+  chunk_sizes(s1, Bq, Nd, &c.chunk_q, &c.chunk_d);
   sn_pooling pooling = sn_pooling_from_name(s1->pooling, "stage1.pooling");
   sn_runner_init(&c.qrun, c.qmodel, pooling, c.chunk_q, c.chunk_q * SN_MAX(qset.max_seq_len, 1));
   sn_runner_init(&c.drun, c.dmodel, pooling, c.chunk_d, c.chunk_d * SN_MAX(dset.max_seq_len, 1));
+  sn_acts_set_recompute(c.qrun.acts, recompute_mode(s1));
+  sn_acts_set_recompute(c.drun.acts, recompute_mode(s1));
   if (c.qrun.out_dim != c.drun.out_dim) sn_bad_input("stage 1: query and document towers differ in width");
   buffers_init(&c.buf, ops, c.qrun.out_dim, Bq, Nd, s1->batch_queries, Nd * t->world, SN_MAX(c.chunk_q, c.chunk_d));
 

@@ -154,6 +154,51 @@ static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *
   return b->n_query_tokens;
 }
 
+// ---- the memory plan of this stage (what sn_train_stage2 allocates) ----------------------------
+
+void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world) {
+  const sn_cfg_stage2 *s2 = &cfg->stage2;
+  sn_model_config tc, sc;
+  sn_trainer_model_config(cfg->stage1.model, cfg->stage1.model_desc, "stage1.model", &tc);
+  sn_trainer_model_config(s2->student, s2->student_desc, "stage2.student", &sc);
+  sn_model *teacher = sn_model_plan(&tc, ops, 0);
+  sn_model *student = sn_model_plan(&sc, ops, sc.hidden != tc.hidden ? tc.hidden : 0);
+  const size_t es = ops->storage_size, f = sizeof(float), Nt = teacher->num_elements, Ns = student->num_elements;
+  const int use_docs = s2->gamma > 0, len_q = cfg->data.max_query_len, len_d = cfg->data.max_doc_len;
+  const int Bq = SN_MAX(s2->batch_queries / world, 1), Nd = use_docs ? Bq * (s2->negatives_per_query + 1) : 0;
+  const int Ct = tc.hidden, zero = cfg->dist.zero1 && world > 1;
+
+  // The caches: teacher, student and (for the gamma term) document tower loaded at once, one
+  // inference runner over the longest set.
+  sn_plan_phase *ph = sn_plan_phase_new(p, "stage 2 embedding caches", 2);
+  sn_plan_add(ph, "weights", (Nt * (1 + use_docs) + Ns) * es, "teacher%s and student", use_docs ? ", document tower" : "");
+  const int len = use_docs ? SN_MAX(len_q, len_d) : len_q;
+  sn_plan_add(ph, "activations", sn_runner_plan_bytes(teacher, EMBED_BATCH_SEQS, EMBED_BATCH_SEQS * len, 0,
+                                                      SN_RECOMPUTE_NONE),
+              "inference, %d sequences x %d tokens", EMBED_BATCH_SEQS, len);
+
+  ph = sn_plan_phase_new(p, "stage 2 training", 2);
+  sn_plan_add(ph, "weights", Ns * es, "student, %.3gM parameters x %s", (double)Ns / 1e6, sn_dtype_name(ops->storage));
+  sn_plan_add(ph, "gradients", Ns * es, "full buffer");
+  sn_optimizer_plan op = sn_optimizer_plan_bytes(Ns, ops, world, zero);
+  sn_plan_add(ph, "optimizer state", op.master + op.moments + op.exchange, "fp32 master, m and v%s",
+              zero ? ", 1/world shard (ZeRO-1)" : "");
+  sn_plan_add(ph, "activations", sn_runner_plan_bytes(student, Bq, Bq * len_q, 1, SN_RECOMPUTE_NONE),
+              "%d queries x %d tokens", Bq, len_q);
+  // as allocated below: s_emb, s_raw, ds_raw, ds_emb, t_rows (fp32), ds_raw_storage, the document
+  // rows and their gradient, targets, terms
+  sn_plan_add(ph, "loss buffers",
+              (size_t)Bq * Ct * (5 * f + es) + (size_t)Nd * Ct * 2 * f + (use_docs ? (size_t)Bq * sizeof(int32_t) : 0) +
+                  3 * f,
+              "%d queries, %d documents per rank", Bq, Nd);
+  sn_workspace_shape ws = {.max_tokens = Bq * len_q, .n_heads = sc.n_heads, .head_dim = sc.head_dim,
+                           .widest = sn_model_widest_row(student), .loss_rows = Bq, .loss_cols = Nd,
+                           .max_span_count = student->nparams};
+  sn_plan_add(ph, "backend workspaces", ops->workspace_bytes(&ws), "scratch of the ops and cuBLASLt");
+  sn_model_free(teacher);
+  sn_model_free(student);
+}
+
 int sn_train_stage2(sn_trainer *t) {
   const sn_cfg_stage2 *s2 = &t->cfg.stage2;
   const sn_ops *ops = t->ops;

@@ -25,6 +25,12 @@ void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max
   r->dhidden = r->ops->alloc((size_t)max_tokens * m->cfg.hidden * r->ops->storage_size);
 }
 
+size_t sn_runner_plan_bytes(const sn_model *m, int max_seqs, int max_tokens, int for_backward,
+                            sn_recompute recompute) {
+  return sn_model_plan_acts_bytes(m, max_tokens, max_seqs, for_backward, recompute) +
+         sn_tokens_bytes(max_tokens, max_seqs) + (size_t)max_tokens * m->cfg.hidden * m->ops->storage_size;
+}
+
 void sn_runner_free(sn_tower_runner *r) {
   const sn_ops *ops = r->ops;
   if (!ops) return;
@@ -158,29 +164,42 @@ void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), vo
 
 // ---- towers and tokenizers ------------------------------------------------------------------
 
-sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
-                                const char *what) {
+static void check_model_dir(const char *dir, const char *what) {
+  errno = 0;  // stat sets it when the path is missing; a plain file leaves it 0
+  if (!sn_is_dir(dir))
+    sn_bad_input("%s: model folder '%s' is missing or unreadable (%s)", what, dir,
+                 errno ? strerror(errno) : "not a folder");
+}
+
+void sn_trainer_model_config(const char *dir, const char *desc, const char *what, sn_model_config *mc) {
   if (dir && dir[0]) {
-    errno = 0;  // stat sets it when the path is missing; a plain file leaves it 0
-    if (!sn_is_dir(dir))
-      sn_bad_input("%s: model folder '%s' is missing or unreadable (%s)", what, dir,
-                   errno ? strerror(errno) : "not a folder");
-    return sn_model_load(dir, t->ops);
+    check_model_dir(dir, what);
+    sn_config_load_hf_dir(mc, dir);
+    return;
   }
   if (!desc || !desc[0]) sn_bad_input("%s: neither a model folder nor a model description is configured", what);
-  sn_model_config mc;
   char err[1024];
   int rc;
   if (desc[0] == '{') {
-    rc = sn_config_parse_desc(&mc, desc, strlen(desc), what, err, sizeof err);
+    rc = sn_config_parse_desc(mc, desc, strlen(desc), what, err, sizeof err);
   } else {
     size_t len = 0;
     char *text = sn_read_file(desc, &len);
     if (!text) sn_bad_input("%s: cannot read model description '%s': %s", what, desc, strerror(errno));
-    rc = sn_config_parse_desc(&mc, text, len, desc, err, sizeof err);
+    rc = sn_config_parse_desc(mc, text, len, desc, err, sizeof err);
     free(text);
   }
   if (rc != 0) sn_bad_input("%s", err);
+}
+
+sn_model *sn_trainer_load_model(const sn_trainer *t, const char *dir, const char *desc, uint64_t seed,
+                                const char *what) {
+  if (dir && dir[0]) {
+    check_model_dir(dir, what);
+    return sn_model_load(dir, t->ops);
+  }
+  sn_model_config mc;
+  sn_trainer_model_config(dir, desc, what, &mc);
   return sn_model_new(&mc, t->ops, seed);
 }
 

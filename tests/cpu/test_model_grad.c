@@ -277,6 +277,38 @@ static void check_projection(harness *h, const char *label, uint64_t seed) {
   check_spans(h->m, label);
 }
 
+// Recomputation re-runs each block from its kept input: the gradients must be the plain path's bit
+// for bit (the same ops on the same values), with fewer activation bytes, and the memory plan's
+// count of both workspaces must be what they allocate.
+static void check_recompute(harness *h, const char *label) {
+  sn_model *m = h->m;
+  if (!sn_arch_is_decoder(m->cfg.arch)) return;
+  const size_t n = m->num_elements;
+  float *plain = mallocCheck(n * sizeof(float)), *again = mallocCheck(n * sizeof(float));
+  analytic_grads(h);
+  m->ops->download_f32(plain, m->grads, n);
+  CHECK(sn_acts_bytes(h->acts) == sn_model_plan_acts_bytes(m, h->T, h->B, 1, SN_RECOMPUTE_NONE),
+        "%s: plan counts %zu activation bytes, the workspace holds %zu", label,
+        sn_model_plan_acts_bytes(m, h->T, h->B, 1, SN_RECOMPUTE_NONE), sn_acts_bytes(h->acts));
+  sn_acts *plain_acts = h->acts;
+  h->acts = sn_acts_new(m, h->T, h->B);
+  sn_acts_set_recompute(h->acts, SN_RECOMPUTE_LAYER);
+  analytic_grads(h);
+  m->ops->download_f32(again, m->grads, n);
+  size_t differ = 0;
+  for (size_t i = 0; i < n; i++) differ += memcmp(&plain[i], &again[i], sizeof(float)) != 0;
+  CHECK(differ == 0, "%s: recomputation changes %zu of %zu gradients", label, differ, n);
+  const size_t planned = sn_model_plan_acts_bytes(m, h->T, h->B, 1, SN_RECOMPUTE_LAYER);
+  CHECK(sn_acts_bytes(h->acts) == planned && planned < sn_acts_bytes(plain_acts),
+        "%s: recompute workspace %zu bytes, plan %zu, plain %zu", label, sn_acts_bytes(h->acts), planned,
+        sn_acts_bytes(plain_acts));
+  fprintf(stderr, "%s: recompute = layer: gradients identical, activations %zu -> %zu bytes\n", label,
+          sn_acts_bytes(plain_acts), sn_acts_bytes(h->acts));
+  sn_acts_free(h->acts);
+  h->acts = plain_acts;
+  free(plain), free(again);
+}
+
 static void run_case(const case_t *k, uint64_t seed) {
   const sn_ops *ops = sn_ops_cpu();
   sn_test_rng rng;
@@ -306,6 +338,7 @@ static void run_case(const case_t *k, uint64_t seed) {
   sn_model_alloc_grads(h.m);
 
   check_finite_differences(&h, k->label, &rng);
+  check_recompute(&h, k->label);
   check_round_trip(h.m, k->label);
   check_spans(h.m, k->label);
   check_projection(&h, k->label, seed + 1);

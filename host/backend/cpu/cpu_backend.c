@@ -27,6 +27,8 @@ static const sn_ops cpu_ops = {
     .synchronize = sn_cpu_synchronize,
     .memory_stats = sn_cpu_memory_stats,
     .memory_reset_peak = sn_cpu_memory_reset_peak,
+    .device_memory = sn_cpu_device_memory,
+    .workspace_bytes = sn_cpu_workspace_bytes,
 
     .fill_normal = sn_cpu_fill_normal,
     .fill = sn_cpu_fill,

@@ -1,5 +1,6 @@
 // CPU backend memory: backend memory is host memory and the storage dtype is fp32, so uploads,
 // downloads and dtype conversions are plain copies.
+#include <stdio.h>
 #include <string.h>
 
 #include "common.h"
@@ -39,6 +40,27 @@ void sn_cpu_free(void *p) {
 
 sn_alloc_stats sn_cpu_memory_stats(void) { return sn_alloc_tracker_stats(&cpu_tracker); }
 void sn_cpu_memory_reset_peak(void) { sn_alloc_tracker_reset_peak(&cpu_tracker); }
+
+// MemAvailable and MemTotal of /proc/meminfo (0 when it cannot be read: the plan then has nothing
+// to compare with and says so).
+void sn_cpu_device_memory(size_t *free_bytes, size_t *total_bytes) {
+  *free_bytes = *total_bytes = 0;
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (!f) return;
+  char line[256];
+  unsigned long long kib;
+  while (fgets(line, sizeof line, f)) {
+    if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) *free_bytes = (size_t)kib * 1024;
+    if (sscanf(line, "MemTotal: %llu kB", &kib) == 1) *total_bytes = (size_t)kib * 1024;
+  }
+  fclose(f);
+}
+
+// The CPU ops' scratch is transient malloc'd memory outside the tracker (see alloc_stats.h).
+size_t sn_cpu_workspace_bytes(const sn_workspace_shape *shape) {
+  (void)shape;
+  return 0;
+}
 
 void sn_cpu_memset_zero(void *p, size_t bytes) {
   if (bytes) memset(p, 0, bytes);

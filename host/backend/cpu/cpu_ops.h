@@ -96,6 +96,8 @@ void sn_cpu_f32_to_storage(void *dst, const float *src, size_t n);
 void sn_cpu_synchronize(void);
 sn_alloc_stats sn_cpu_memory_stats(void);
 void sn_cpu_memory_reset_peak(void);
+void sn_cpu_device_memory(size_t *free_bytes, size_t *total_bytes);
+size_t sn_cpu_workspace_bytes(const sn_workspace_shape *shape);
 
 // ---- elementwise --------------------------------------------------------------------------------
 void sn_cpu_fill_normal(void *x, size_t n, uint64_t key, float stddev);

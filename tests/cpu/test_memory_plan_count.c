@@ -1,0 +1,88 @@
+// The memory plan's arithmetic against a hand count for a tiny decoder (2 layers, C 32, 2 query
+// heads and 1 key/value head of 16, I 64, vocabulary 100, tied embeddings) on the CPU backend
+// (fp32, so 4 bytes an element): parameter count, the stage-1 weights, gradients and moments of two
+// towers, and the activation bytes of a T-token batch with and without recomputation.
+#include <string.h>
+
+#include "model.h"
+#include "ops.h"
+#include "run_config.h"
+#include "test_util.h"
+#include "train_plan.h"
+
+#define DESC "{\"arch\": \"qwen2\", \"layers\": 2, \"hidden\": 32, \"heads\": 2, \"kv_heads\": 1, " \
+             "\"intermediate\": 64, \"vocab\": 100, \"tie\": true}"
+enum { L = 2, C = 32, HQ = 2, HKV = 1, D = 16, I = 64, V = 100, QKV = (HQ + 2 * HKV) * D, ATT = HQ * D };
+enum { BQ = 4, NEG = 1, LEN_Q = 8, LEN_D = 16 };
+
+// Parameters: embeddings, per layer the two norms, fused qkv (+ bias), o_proj, gate|up, down, and
+// the final norm.
+static size_t hand_params(void) {
+  size_t layer = C + (size_t)QKV * C + QKV + (size_t)C * ATT + C + (size_t)2 * I * C + (size_t)C * I;
+  return (size_t)V * C + L * layer + C;
+}
+
+// Activation bytes (fp32) of sn_acts for T tokens and S sequences kept for backward.
+static size_t hand_acts(int T, int S, int recompute) {
+  const size_t f = 4;
+  size_t slot = (size_t)T * (C + 1 + QKV + ATT + HQ + C + C + 1 + 2 * I + I) * f;
+  size_t base = slot + 3 * (size_t)T * C * f + (size_t)T * f + (size_t)S * C * f + (size_t)S * f;
+  size_t backward = (recompute ? 0 : (L - 1) * slot) + (size_t)L * T * C * f + 2 * (size_t)T * C * f +
+                    (size_t)T * (QKV > 2 * I ? QKV : 2 * I) * f + (size_t)T * (ATT > I ? ATT : I) * f +
+                    (size_t)S * C * f;
+  return base + backward;
+}
+
+static size_t item(const sn_plan_phase *ph, const char *what) {
+  for (int i = 0; i < ph->n; i++)
+    if (strcmp(ph->items[i].what, what) == 0) return ph->items[i].bytes;
+  return 0;
+}
+
+int main(void) {
+  const sn_ops *ops = sn_ops_cpu();
+  sn_model_config mc;
+  char err[1024];
+  CHECK(sn_config_parse_desc(&mc, DESC, strlen(DESC), "test", err, sizeof err) == 0, "%s", err);
+  sn_model *m = sn_model_plan(&mc, ops, 0);
+  CHECK(m->num_elements == hand_params(), "parameters: plan %zu, hand %zu", m->num_elements, hand_params());
+  for (int rc = 0; rc <= 1; rc++) {
+    size_t plan = sn_model_plan_acts_bytes(m, 40, 3, 1, rc ? SN_RECOMPUTE_LAYER : SN_RECOMPUTE_NONE);
+    CHECK(plan == hand_acts(40, 3, rc), "activations (recompute %d): plan %zu, hand %zu", rc, plan,
+          hand_acts(40, 3, rc));
+  }
+
+  sn_run_config cfg;
+  sn_run_config_defaults(&cfg);
+  snprintf(cfg.stage1.model_desc, sizeof cfg.stage1.model_desc, "%s", DESC);
+  cfg.stage1.batch_queries = BQ;
+  cfg.stage1.negatives_per_query = NEG;
+  cfg.data.max_query_len = LEN_Q;
+  cfg.data.max_doc_len = LEN_D;
+  sn_memory_plan p;
+  sn_memory_plan_build(&p, &cfg, ops, 1, 1, 0);
+  CHECK(p.n == 1, "phases: %d", p.n);
+  const sn_plan_phase *s1 = &p.phases[0];
+  const size_t N = hand_params(), f = 4;
+  CHECK(item(s1, "weights") == 2 * N * f, "weights %zu, hand %zu", item(s1, "weights"), 2 * N * f);
+  CHECK(item(s1, "gradients") == 2 * N * f, "gradients %zu", item(s1, "gradients"));
+  CHECK(item(s1, "master weights") == 0, "fp32 storage needs no master copy: %zu", item(s1, "master weights"));
+  CHECK(item(s1, "Adam moments") == 2 * (2 * N + 1) * f, "moments %zu, hand %zu", item(s1, "Adam moments"),
+        2 * (2 * N + 1) * f);
+  // each tower's runner: activations + token buffers (ids, pos, cu_seqlens) + dhidden
+  const int Nd = BQ * (NEG + 1);
+  size_t runners = hand_acts(BQ * LEN_Q, BQ, 0) + (2 * BQ * LEN_Q + BQ + 1) * 4 + (size_t)BQ * LEN_Q * C * f +
+                   hand_acts(Nd * LEN_D, Nd, 0) + (2 * Nd * LEN_D + Nd + 1) * 4 + (size_t)Nd * LEN_D * C * f;
+  CHECK(item(s1, "activations") == runners, "activations %zu, hand %zu", item(s1, "activations"), runners);
+  // ZeRO-1 on 4 ranks: moments and master are a quarter (rounded up), plus the exchange buffers
+  cfg.dist.zero1 = 1;
+  sn_memory_plan_build(&p, &cfg, ops, 4, 1, 0);
+  const size_t shard = (N + 3) / 4;
+  CHECK(item(&p.phases[0], "Adam moments") == 2 * (2 * shard + 1) * f, "ZeRO-1 moments %zu",
+        item(&p.phases[0], "Adam moments"));
+  CHECK(item(&p.phases[0], "master weights") == 2 * shard * f, "ZeRO-1 master %zu", item(&p.phases[0], "master weights"));
+  CHECK(item(&p.phases[0], "ZeRO exchange") == 2 * 5 * shard * f, "ZeRO-1 exchange %zu",
+        item(&p.phases[0], "ZeRO exchange"));
+  sn_model_free(m);
+  return sn_test_finish("test_memory_plan_count");
+}
