@@ -184,6 +184,8 @@ sn_alloc_stats cuda_memory_stats(void);
 void cuda_memory_reset_peak(void);
 void cuda_add(void *out, const void *a, const void *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
+void cuda_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
+                  int accumulate);
 // init.cu
 void cuda_fill_normal(void *x, size_t n, uint64_t key, float stddev);
 void cuda_fill(void *x, size_t n, float value);

@@ -24,6 +24,7 @@ static sn_ops make_cuda_ops(void) {
   o.fill = cuda_fill;
   o.add = cuda_add;
   o.scale_f32 = cuda_scale_f32;
+  o.axpy_2d = cuda_axpy_2d;
   o.embedding_forward = cuda_embedding_forward;
   o.embedding_backward = cuda_embedding_backward;
   o.rmsnorm_forward = cuda_rmsnorm_forward;

@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "model_internal.h"
+#include "model_lora.h"
 
 void *sn_acts_alloc(sn_acts *a, size_t bytes) {
   a->bytes += bytes;
@@ -80,6 +81,18 @@ static sn_acts *acts_new(const sn_model *m, int max_tokens, int max_seqs, int co
   a->proj_dim = m->layout->proj_dim;
   if (a->proj_dim) a->projected = sn_acts_alloc(a, (size_t)max_seqs * (size_t)a->proj_dim * es);
   a->pool_norm = sn_acts_alloc(a, (size_t)max_seqs * fs);
+  if (m->lora) {
+    const size_t r = (size_t)m->lora->cfg.rank;
+    size_t widest = 0;
+    for (int t = 0; t < SN_LORA_NTARGETS; t++) {
+      int in, out;
+      sn_lora_target_dims(&m->cfg, (sn_lora_target)t, &in, &out);
+      widest = SN_MAX(widest, (size_t)out);
+    }
+    a->lora_t = sn_acts_alloc(a, T * r * es);
+    a->lora_dt = sn_acts_alloc(a, T * r * es);
+    a->lora_u = sn_acts_alloc(a, T * widest * es);
+  }
   return a;
 }
 
@@ -148,7 +161,8 @@ void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void
   check_batch(m, a, tok);
   if (!a->last_forward_backward)
     sn_fatal("sn_model_backward needs the previous forward to run with for_backward = 1");
-  if (!m->grads) sn_fatal("sn_model_backward: gradients not allocated (call sn_model_alloc_grads)");
+  if (!m->grads && !(m->lora && m->lora->params->grads))
+    sn_fatal("sn_model_backward: gradients not allocated (call sn_model_alloc_grads)");
   if (sn_arch_is_decoder(m->cfg.arch))
     sn_decoder_backward(m, a, tok, dhidden);
   else

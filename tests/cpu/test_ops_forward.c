@@ -280,6 +280,21 @@ static void test_embedding_and_elementwise(void) {
   ops->scale_f32(x, -0.25f, n);
   expect_close("scale_f32", x, want, n, FWD_TOL);
 
+  // axpy_2d: columns [2, 2 + w) of x (T, C) += 0.5 * y's first w columns (row stride C), then
+  // written (accumulate 0) into a packed (T, w) block
+  const int w = 3, col0 = 2;
+  for (size_t i = 0; i < n; i++) want[i] = x[i];
+  for (int t = 0; t < T; t++)
+    for (int c = 0; c < w; c++) want[t * C + col0 + c] += 0.5 * y[t * C + c];
+  ops->axpy_2d(x + col0, C, y, C, T, w, 0.5f, 1);
+  expect_close("axpy_2d accumulate (column slice)", x, want, n, FWD_TOL);
+  float *packed = random_array((size_t)T * w, 1.0f);
+  for (int t = 0; t < T; t++)
+    for (int c = 0; c < w; c++) want[t * w + c] = -2.0 * x[t * C + col0 + c];
+  ops->axpy_2d(packed, w, x + col0, C, T, w, -2.0f, 0);
+  expect_close("axpy_2d write (gather)", packed, want, (size_t)T * w, FWD_TOL);
+  free(packed);
+
   float ss = 1.5f;
   double ss_want = 1.5;
   for (size_t i = 0; i < n; i++) ss_want += (double)y[i] * y[i];

@@ -33,6 +33,7 @@ static const sn_ops cpu_ops = {
 
     .add = sn_cpu_add,
     .scale_f32 = sn_cpu_scale_f32,
+    .axpy_2d = sn_cpu_axpy_2d,
 
     .embedding_forward = sn_cpu_embedding_forward,
     .embedding_backward = sn_cpu_embedding_backward,
