@@ -107,15 +107,20 @@ void sn_trainer_query_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model
                           sn_token_set *out);
 void sn_trainer_doc_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, sn_token_set *out);
 
-// A tower as a Hugging Face folder (exits on failure: for the final towers).
-void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir);
-
 // A tower written into a checkpoint folder.
 typedef struct {
   const char *name;          // folder name inside the checkpoint: "query_tower", ...
   const sn_model *model;
   const char *tokenizer_dir; // where its tokenizer files come from ("" = none)
+  // LoRA towers (model->lora): checkpoints hold only the adapter, as a peft folder of this name;
+  // the final save writes the merged tower under `name` and the adapter beside it.
+  const char *adapter_name;  // "query_adapter", ...
+  const char *base_name;     // the adapter's base_model_name_or_path (stage1.model)
 } sn_ckpt_tower;
+
+// A final tower into final_dir/<name> as a Hugging Face folder (merged, for a LoRA tower, plus its
+// peft folder final_dir/<adapter_name>). Exits on failure.
+void sn_trainer_save_final_tower(const sn_ckpt_tower *tw, const char *final_dir);
 // Optimizer state saved under a prefix ("query", "doc", "student").
 typedef struct {
   const char *prefix;

@@ -2,11 +2,14 @@
 // InfoNCE over in-batch, hard and cross-device negatives. Optional gradient caching: embed the
 // whole contrastive batch without activations, take the loss gradient w.r.t. the embeddings, then
 // re-run and backpropagate chunk by chunk, so the batch is not bounded by activation memory.
+// LoRA towers (stage1.lora.rank > 0): two adapters (or one shared) over one frozen base, the towers
+// views of it (model_lora.h); the adapters are what the optimizers train and checkpoints hold.
 #define _GNU_SOURCE
 #include <math.h>
 #include <string.h>
 
 #include "common.h"
+#include "model_lora.h"
 #include "train_internal.h"
 
 // Every buffer of the contrastive loss, sized once for the largest batch.
@@ -31,6 +34,8 @@ typedef struct {
   int grad_cache;
   contrastive_buffers buf;
   sn_optimizer *opt_q, *opt_d;  // opt_d == opt_q with shared towers
+  sn_model *base;             // LoRA: the frozen base both towers view; NULL for full towers
+  sn_lora *lora_q, *lora_d;   // LoRA: the adapters (lora_d == lora_q when shared)
 } stage1_ctx;
 
 static float *alloc_f32(const sn_ops *ops, size_t n) { return ops->alloc(n * sizeof(float)); }
@@ -172,6 +177,22 @@ static void log_model(const char *what, const sn_model *m) {
          m->cfg.n_kv_heads, m->cfg.vocab, (double)m->num_elements / 1e6);
 }
 
+// LoRA towers: the base always from the LLM (a resume restores only the adapters, from the
+// optimizer state), both adapters from the same seed, so both towers start as the base.
+static void lora_towers(sn_trainer *t, stage1_ctx *c) {
+  const sn_cfg_stage1 *s1 = &t->cfg.stage1;
+  sn_lora_config lc = sn_run_config_lora(&t->cfg);
+  c->base = sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  c->lora_q = sn_lora_new(c->base, &lc, t->cfg.seed, "stage1.lora");
+  c->lora_d = s1->lora.shared ? c->lora_q : sn_lora_new(c->base, &lc, t->cfg.seed, "stage1.lora");
+  c->qmodel = sn_lora_tower(c->base, c->lora_q);
+  c->dmodel = s1->lora.shared ? c->qmodel : sn_lora_tower(c->base, c->lora_d);
+  sn_log("stage 1 LoRA: rank %d, alpha %g (scale %g), targets %s, %s, %.3fM trainable parameters per adapter",
+         lc.rank, (double)lc.alpha, (double)c->lora_q->scale, s1->lora.targets,
+         s1->lora.shared ? "one shared adapter" : "two adapters over one frozen base",
+         (double)c->lora_q->params->num_elements / 1e6);
+}
+
 int sn_train_stage1(sn_trainer *t) {
   const sn_cfg_stage1 *s1 = &t->cfg.stage1;
   const sn_ops *ops = t->ops;
@@ -186,11 +207,16 @@ int sn_train_stage1(sn_trainer *t) {
   char qdir[SN_TRAIN_PATH_MAX + 32], ddir[SN_TRAIN_PATH_MAX + 32];
   snprintf(qdir, sizeof qdir, "%s/query_tower", t->resume_dir);
   snprintf(ddir, sizeof ddir, "%s/doc_tower", t->resume_dir);
-  c.qmodel = resuming ? sn_model_load(qdir, ops)
-                      : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
-  c.dmodel = s1->shared_towers ? c.qmodel
-             : resuming        ? sn_model_load(ddir, ops)
-                               : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  const int lora = s1->lora.rank > 0;
+  if (lora) {
+    lora_towers(t, &c);
+  } else {
+    c.qmodel = resuming ? sn_model_load(qdir, ops)
+                        : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+    c.dmodel = s1->shared_towers ? c.qmodel
+               : resuming        ? sn_model_load(ddir, ops)
+                                 : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  }
   log_model("stage 1 towers", c.qmodel);
   sn_tokenizer *tok = sn_trainer_load_tokenizer(s1->tokenizer, s1->model, "stage1.tokenizer");
   sn_trainer_check_vocab(tok, c.qmodel, "stage1.tokenizer");
@@ -229,31 +255,40 @@ int sn_train_stage1(sn_trainer *t) {
   if (c.qrun.out_dim != c.drun.out_dim) sn_bad_input("stage 1: query and document towers differ in width");
   buffers_init(&c.buf, ops, c.qrun.out_dim, Bq, Nd, s1->batch_queries, Nd * t->world, SN_MAX(c.chunk_q, c.chunk_d));
 
-  sn_model_alloc_grads(c.qmodel);
-  if (c.dmodel != c.qmodel) sn_model_alloc_grads(c.dmodel);
-  sn_optimizer opt_q, opt_d;
-  sn_trainer_optimizer_init(t, &opt_q, c.qmodel, &s1->optim, total);
-  if (c.dmodel != c.qmodel) sn_trainer_optimizer_init(t, &opt_d, c.dmodel, &s1->optim, total);
-  c.opt_q = &opt_q;
-  c.opt_d = c.dmodel != c.qmodel ? &opt_d : &opt_q;
-
+  // What is trained: the towers, or their adapters (the base has no gradients or optimizer state).
+  sn_model *train_q = lora ? c.lora_q->params : c.qmodel, *train_d = lora ? c.lora_d->params : c.dmodel;
   int two = c.dmodel != c.qmodel;
+  sn_model_alloc_grads(train_q);
+  if (two) sn_model_alloc_grads(train_d);
+  sn_optimizer opt_q, opt_d;
+  sn_trainer_optimizer_init(t, &opt_q, train_q, &s1->optim, total);
+  if (two) sn_trainer_optimizer_init(t, &opt_d, train_d, &s1->optim, total);
+  c.opt_q = &opt_q;
+  c.opt_d = two ? &opt_d : &opt_q;
+
+  const char *base_name = s1->model[0] ? s1->model : "";
   sn_stage stage = {.number = 1, .grad_accum = s1->grad_accum, .total_steps = total, .sampler = sampler,
-                    .n_models = 1 + two, .models = {c.qmodel, c.dmodel},
+                    .n_models = 1 + two, .models = {train_q, train_d},
                     .optimizers = {{"query", &opt_q}, {"doc", &opt_d}},
                     .n_towers = 2, .n_ckpt_towers = 1 + two,
-                    .towers = {{"query_tower", c.qmodel, tok_dir}, {"doc_tower", c.dmodel, tok_dir}},
+                    .towers = {{"query_tower", c.qmodel, tok_dir, "query_adapter", base_name},
+                               {"doc_tower", c.dmodel, tok_dir, "doc_adapter", base_name}},
                     .n_terms = 1, .term_names = {"infonce"}, .micro_step = micro_step, .ctx = &c};
   int rc = sn_train_loop(t, &stage, resuming);
   buffers_free(&c.buf, ops);
   sn_runner_free(&c.qrun);
   sn_runner_free(&c.drun);
   sn_optimizer_free(&opt_q);
-  if (c.dmodel != c.qmodel) {
+  if (two) {
     sn_optimizer_free(&opt_d);
     sn_model_free(c.dmodel);
   }
-  sn_model_free(c.qmodel);
+  sn_model_free(c.qmodel);  // a LoRA tower: the view only
+  if (lora) {
+    if (c.lora_d != c.lora_q) sn_lora_free(c.lora_d);
+    sn_lora_free(c.lora_q);
+    sn_model_free(c.base);
+  }
   sn_sampler_free(sampler);
   sn_token_set_close(&qset);
   sn_token_set_close(&dset);
