@@ -189,6 +189,7 @@ void cuda_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, 
 // init.cu
 void cuda_fill_normal(void *x, size_t n, uint64_t key, float stddev);
 void cuda_fill(void *x, size_t n, float value);
+void cuda_dropout(void *out, const void *x, size_t n, uint64_t key, float p, int accumulate);
 // embedding.cu
 void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int T, int C, int accumulate);
 void cuda_embedding_backward(void *dtable, const void *dout, const int32_t *ids, int T, int C, int V);

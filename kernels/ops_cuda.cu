@@ -22,6 +22,7 @@ static sn_ops make_cuda_ops(void) {
   o.memory_reset_peak = cuda_memory_reset_peak;
   o.fill_normal = cuda_fill_normal;
   o.fill = cuda_fill;
+  o.dropout = cuda_dropout;
   o.add = cuda_add;
   o.scale_f32 = cuda_scale_f32;
   o.axpy_2d = cuda_axpy_2d;

@@ -75,6 +75,10 @@ typedef struct sn_ops {
   // values on every backend and thread count). fill: x (n) = value.
   void (*fill_normal)(void *x, size_t n, uint64_t key, float stddev);
   void (*fill)(void *x, size_t n, float value);
+  // Inverted dropout with a counter-based mask: out (n) (= or += when accumulate) x * keep_j / (1 - p),
+  // keep_j = sn_uniform_at(key, j) >= p. The same key gives the same mask on every backend and
+  // thread count, so a backward (or a recomputed forward) re-derives it instead of storing it.
+  void (*dropout)(void *out, const void *x, size_t n, uint64_t key, float p, int accumulate);
 
   // ---- elementwise ----------------------------------------------------------------------------
   void (*add)(void *out, const void *a, const void *b, size_t n);  // out = a + b (out may alias)

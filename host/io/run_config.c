@@ -102,7 +102,7 @@ static const field_spec SCHEMA[] = {
     NUM("stage1.lora.rank", FIELD_INT, stage1.lora.rank, 0, 65536, 0,
         "LoRA rank r: two adapters over one frozen base; 0 = full fine-tune"),
     NUM("stage1.lora.alpha", FIELD_FLOAT, stage1.lora.alpha, 1e-6, 1e6, 16, "update scale alpha / r"),
-    NUM("stage1.lora.dropout", FIELD_FLOAT, stage1.lora.dropout, 0, 0.99, 0, "peft lora_dropout (only 0 so far)"),
+    NUM("stage1.lora.dropout", FIELD_FLOAT, stage1.lora.dropout, 0, 0.99, 0, "peft lora_dropout on each adapter's input"),
     STR("stage1.lora.targets", FIELD_NAME_LIST, stage1.lora.targets, SN_LORA_ALL_TARGETS,
         "adapted linears, a list or comma string of " SN_LORA_ALL_TARGETS),
     NUM("stage1.lora.shared", FIELD_BOOL, stage1.lora.shared, 0, 1, 0, "one adapter for both towers"),
@@ -430,8 +430,6 @@ static int validate(err_sink *e, const sn_run_config *c) {
     unsigned mask;
     if (sn_lora_targets_parse(c->stage1.lora.targets, &mask, why, sizeof why) != 0)
       return fail(e, "'stage1.lora.targets': %s", why);
-    if (c->stage1.lora.dropout > 0)
-      return fail(e, "'stage1.lora.dropout' > 0 is not supported yet (set it to 0)");
     if (c->stage1.shared_towers)
       return fail(e, "'stage1.shared_towers' with 'stage1.lora': use 'stage1.lora.shared' for one adapter");
   }

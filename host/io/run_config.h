@@ -45,7 +45,7 @@ typedef struct {
   struct {
     int rank;             // 0 = full fine-tune; > 0: adapters over one frozen base
     float alpha;          // update scale alpha / rank
-    float dropout;        // only 0 so far (validated)
+    float dropout;        // on each adapter's input, while training
     char targets[SN_CFG_NAMES_MAX];  // "q,k,v,o,gate,up,down" or a subset
     int shared;           // one adapter for both towers
   } lora;

@@ -132,6 +132,12 @@ struct sn_acts {
   // or output gradient before it is added into / after it is taken out of the fused output
   void *lora_t, *lora_dt;      // (T, r)
   void *lora_u;                // (T, widest target output)
+  // LoRA dropout (adapters with dropout > 0, while training: sn_lora_set_dropout): the next forward
+  // and its backward drop x before A with masks from this key; x's dropped copy and the gradient
+  // before its mask, both recomputed rather than kept
+  int lora_dropout_on;
+  uint64_t lora_dropout_key;
+  void *lora_xd, *lora_dxd;    // (T, widest target input)
 
   // pooling scratch
   void *pooled;                // (max_seqs, C) storage dtype

@@ -146,6 +146,20 @@ static void scaled_down_projection(const sn_ops *ops, const sn_lora *l, void *t,
   ops->axpy_2d(t, r, t, r, T, r, l->scale, 0);      // in place: t *= s
 }
 
+void sn_lora_set_dropout(sn_acts *a, int on, uint64_t key) {
+  a->lora_dropout_on = on;
+  a->lora_dropout_key = key;
+}
+
+// The adapter's input: x, or its dropped copy (mask stream per layer and target) in a->lora_xd.
+static const void *adapter_input(const sn_lora *l, sn_acts *a, int layer, sn_lora_target tg, const void *x,
+                                 int T, int in, uint64_t *mask_key) {
+  if (!a->lora_dropout_on || l->cfg.dropout <= 0) return x;
+  *mask_key = sn_rng_stream_key(a->lora_dropout_key, (uint64_t)layer * SN_LORA_NTARGETS + tg);
+  a->ops->dropout(a->lora_xd, x, (size_t)T * in, *mask_key, l->cfg.dropout, 0);
+  return a->lora_xd;
+}
+
 void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, void *y, const void *x, int T) {
   const sn_ops *ops = m->ops;
   const sn_lora *l = m->lora;
@@ -160,7 +174,9 @@ void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, voi
     sn_lora_target_dims(&m->cfg, tg, &in, &out);
     target_columns(&m->cfg, tg, &ld, &col0);
     const void *A = sn_wptr(p, l->a[layer][tg]), *B = sn_wptr(p, l->b[layer][tg]);
-    scaled_down_projection(ops, l, a->lora_t, x, A, T, in);
+    uint64_t mask_key = 0;
+    const void *xin = adapter_input(l, a, layer, tg, x, T, in, &mask_key);
+    scaled_down_projection(ops, l, a->lora_t, xin, A, T, in);
     if (ld == out) {  // the linear's whole output: accumulate straight into it
       ops->matmul(y, a->lora_t, B, NULL, T, out, r, 0, 1, 1);  // (T, out) += (T, r) @ (out, r)^T
     } else {          // a column slice of a fused output: through scratch
@@ -192,13 +208,21 @@ void sn_lora_backward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, co
       ops->axpy_2d(a->lora_u, out, elem(ops, (void *)dy, (size_t)col0), ld, T, out, 1.0f, 0);
       g = a->lora_u;
     }
-    // t = s·x A^T again (r columns: cheaper to recompute than to keep per layer and target)
-    scaled_down_projection(ops, l, a->lora_t, x, A, T, in);
+    // t = s·x A^T again (r columns: cheaper to recompute than to keep per layer and target), from
+    // the dropped x when dropout is on (the same mask: the same key)
+    uint64_t mask_key = 0;
+    const void *xin = adapter_input(l, a, layer, tg, x, T, in, &mask_key);
+    scaled_down_projection(ops, l, a->lora_t, xin, A, T, in);
     ops->matmul(dB, g, a->lora_t, NULL, out, r, T, 1, 0, 1);  // (out, r) += g^T @ t
     ops->matmul(a->lora_dt, g, B, NULL, T, r, out, 0, 0, 0);  // (T, r) = g @ B
     ops->axpy_2d(a->lora_dt, r, a->lora_dt, r, T, r, l->scale, 0);  // dt = s · g B
-    ops->matmul(dA, a->lora_dt, x, NULL, r, in, T, 1, 0, 1);  // (r, in) += dt^T @ x
-    ops->matmul(dx, a->lora_dt, A, NULL, T, in, r, 0, 0, 1);  // (T, in) += dt @ A
+    ops->matmul(dA, a->lora_dt, xin, NULL, r, in, T, 1, 0, 1);  // (r, in) += dt^T @ x
+    if (xin == x) {
+      ops->matmul(dx, a->lora_dt, A, NULL, T, in, r, 0, 0, 1);  // (T, in) += dt @ A
+    } else {  // through the mask: dx += dropout(dt @ A)
+      ops->matmul(a->lora_dxd, a->lora_dt, A, NULL, T, in, r, 0, 0, 0);
+      ops->dropout(dx, a->lora_dxd, (size_t)T * in, mask_key, l->cfg.dropout, 1);
+    }
   }
 }
 

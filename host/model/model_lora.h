@@ -43,6 +43,10 @@ void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, voi
 // grads and dx (T, in) += the adapters' share (after the base linear wrote its own).
 void sn_lora_backward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, const void *dy, const void *x,
                       void *dx, int T);
+// Dropout (peft's lora_dropout, on x before A) for the next forward with a and its backward: on,
+// with masks from key (one stream per layer and target, so a recomputed forward or the backward
+// re-derives them), or off (inference: the default of a fresh workspace). No effect at dropout 0.
+void sn_lora_set_dropout(sn_acts *a, int on, uint64_t key);
 // After layer l's backward: the adapter's layer-gradient callback (overlapped all-reduce).
 void sn_lora_layer_done(sn_model *m, int layer);
 

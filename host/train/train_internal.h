@@ -49,6 +49,10 @@ typedef struct {
   int max_seqs, max_tokens;
   int out_dim;         // C, or the projection's output width
   void *dhidden;       // (max_tokens, C) storage
+  // LoRA dropout while training (off by default): the stage sets a key per micro-batch; each
+  // chunk's forward (and the backward of it) takes masks from the key and the chunk's first sequence.
+  int dropout_on;
+  uint64_t dropout_key;
 } sn_tower_runner;
 
 void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max_seqs, int max_tokens);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "counter_rng.h"
 #include "model_lora.h"
 #include "train_internal.h"
 
@@ -37,6 +38,9 @@ typedef struct {
   sn_model *base;             // LoRA: the frozen base both towers view; NULL for full towers
   sn_lora *lora_q, *lora_d;   // LoRA: the adapters (lora_d == lora_q when shared)
 } stage1_ctx;
+
+// Keeps the dropout streams apart from the initialisation streams of the same seed.
+#define SN_LORA_DROPOUT_SALT 0x4C6F5241446F7570ull  // "LoRADoup"
 
 static float *alloc_f32(const sn_ops *ops, size_t n) { return ops->alloc(n * sizeof(float)); }
 
@@ -119,6 +123,12 @@ static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *
   // The two directions are averaged when the loss is symmetric.
   float scale = (s1->symmetric ? 0.5f : 1.0f) / (float)Bq_global;
 
+  if (c->base && s1->lora.dropout > 0) {  // LoRA dropout: masks of this batch, rank and tower
+    uint64_t key = sn_rng_stream_key(t->cfg.seed ^ SN_LORA_DROPOUT_SALT, b->step * (uint64_t)t->world + (uint64_t)t->rank);
+    c->qrun.dropout_on = c->drun.dropout_on = 1;
+    c->qrun.dropout_key = sn_rng_stream_key(key, 0);
+    c->drun.dropout_key = sn_rng_stream_key(key, 1);
+  }
   sn_embed_batch(&c->qrun, c->grad_cache, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->q_emb, "queries");
   sn_embed_batch(&c->drun, c->grad_cache, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, B->d_emb, "documents");
 

@@ -1,7 +1,8 @@
 // LoRA towers on the CPU backend, over a fresh tiny Qwen2-shaped base (GQA, q/k/v biases):
 // - gradients of L = sum_b dot(normalize(pool(hidden))_b, r_b) w.r.t. every adapter tensor against
-//   central finite differences (all seven targets, then a subset), with A and B both random so
-//   neither gradient is trivially zero; the frozen base gets no gradient buffer;
+//   central finite differences (all seven targets, then subsets, and with dropout: its masks come
+//   from a key, so every forward of the difference sees the same ones), with A and B both random
+//   so neither gradient is trivially zero; the frozen base gets no gradient buffer;
 // - B = 0 (a fresh adapter): the tower equals its base;
 // - the merged export (W + s·B·A) loaded as a plain model embeds like the tower;
 // - the peft folder round trip: same adapter values bit for bit, same embeddings; and its names;
@@ -62,7 +63,16 @@ typedef struct {
   float r[NSEQ * 64];
   float *pooled_f32, *norm, *r_dev;
   void *pooled_st, *dpooled, *dhidden;
+  int dropout_on;  // LoRA dropout in every forward, masks from DROPOUT_KEY
 } harness;
+
+#define DROPOUT_KEY 31337
+
+static sn_acts *acts_for(harness *h, sn_model *m) {
+  sn_acts *a = sn_acts_new(m, h->T, h->B);
+  if (m->lora) sn_lora_set_dropout(a, h->dropout_on, DROPOUT_KEY);
+  return a;
+}
 
 static void harness_init(harness *h, const sn_model *m, sn_test_rng *rng) {
   const sn_ops *ops = m->ops;
@@ -93,7 +103,7 @@ static void harness_free(harness *h) {
 
 // emb (B, C) host: the normalised last-token embeddings of the batch.
 static void embed(harness *h, sn_model *m, float *emb) {
-  sn_acts *a = sn_acts_new(m, h->T, h->B);
+  sn_acts *a = acts_for(h, m);
   const void *hidden = sn_model_forward(m, a, &h->tok, 0);
   sn_model_pool(m, a, &h->tok, hidden, SN_POOL_LAST, 1, h->pooled_f32);
   h->ops->download(emb, h->pooled_f32, (size_t)h->B * h->C * sizeof(float));
@@ -111,7 +121,7 @@ static double loss_of(harness *h, sn_model *m) {
 static void analytic_grads(harness *h, sn_model *tower) {
   const sn_ops *ops = tower->ops;
   const int C = h->C, B = h->B, T = h->T;
-  sn_acts *a = sn_acts_new(tower, T, B);
+  sn_acts *a = acts_for(h, tower);
   const void *hidden = sn_model_forward(tower, a, &h->tok, 1);
   ops->pool_forward(h->pooled_st, hidden, h->tok.cu_seqlens, B, T, C, SN_POOL_LAST);
   ops->l2norm_forward(h->pooled_f32, h->norm, h->pooled_st, B, C);
@@ -188,6 +198,8 @@ static void check_exports(harness *h, sn_model *base, sn_model *tower, const cha
   if (!root) return;
   float want[NSEQ * 64], got[NSEQ * 64];
   const size_t n = (size_t)h->B * h->C;
+  const int dropout_on = h->dropout_on;
+  h->dropout_on = 0;  // exports are for inference
   embed(h, tower, want);
 
   snprintf(dir, sizeof dir, "%s/merged", root);
@@ -233,6 +245,7 @@ static void check_exports(harness *h, sn_model *base, sn_model *tower, const cha
     CHECK(0, "%s: %s", label, err);
   }
   rm_folder(root);
+  h->dropout_on = dropout_on;
 }
 
 // An adapter_config.json with use_rslora = true must exit 2 naming the key.
@@ -259,14 +272,14 @@ static void check_bad_peft_exit(sn_model *base, sn_lora *l) {
   rm_folder(root);
 }
 
-static void run_case(const char *label, const char *targets, uint64_t seed) {
+static void run_case(const char *label, const char *targets, float dropout, uint64_t seed) {
   const sn_ops *ops = sn_ops_cpu();
   sn_test_rng rng;
   sn_test_rng_seed(&rng, seed);
   sn_model_config cfg = tiny_qwen2();
   sn_model *base = sn_model_new(&cfg, ops, seed);
   randomise(base, WEIGHT_STD, &rng);
-  sn_lora_config lc = {.rank = RANK, .alpha = ALPHA};
+  sn_lora_config lc = {.rank = RANK, .alpha = ALPHA, .dropout = dropout};
   char err[ERR_LEN];
   CHECK(sn_lora_targets_parse(targets, &lc.targets, err, sizeof err) == 0, "%s: %s", label, err);
   sn_lora *l = sn_lora_new(base, &lc, seed, label);
@@ -282,6 +295,12 @@ static void run_case(const char *label, const char *targets, uint64_t seed) {
         label);
 
   randomise(l->params, ADAPTER_STD, &rng);
+  if (dropout > 0) {  // dropout changes the tower while training, not at inference
+    embed(&h, tower, emb_base);
+    h.dropout_on = 1;
+    embed(&h, tower, emb_tower);
+    CHECK(memcmp(emb_base, emb_tower, sizeof(float) * (size_t)h.B * h.C) != 0, "%s: dropout had no effect", label);
+  }
   sn_model_alloc_grads(l->params);
   check_finite_differences(&h, tower, label, &rng);
   check_exports(&h, base, tower, label);
@@ -294,8 +313,9 @@ static void run_case(const char *label, const char *targets, uint64_t seed) {
 }
 
 int main(void) {
-  run_case("all seven targets", SN_LORA_ALL_TARGETS, 2024);
-  run_case("k, v, up (slices of fused outputs)", "k,v,up", 2025);
-  run_case("o, down", "o_proj,down", 2026);
+  run_case("all seven targets", SN_LORA_ALL_TARGETS, 0.0f, 2024);
+  run_case("k, v, up (slices of fused outputs)", "k,v,up", 0.0f, 2025);
+  run_case("o, down", "o_proj,down", 0.0f, 2026);
+  run_case("all seven targets, dropout 0.3", SN_LORA_ALL_TARGETS, 0.3f, 2027);
   return sn_test_finish("test_lora");
 }

@@ -7,6 +7,7 @@
 # - final/: merged query_tower, doc_tower (sn_embed loads them) and query_adapter, doc_adapter
 #   whose adapter_config.json names the base;
 # - one shared adapter: checkpoints hold one adapter, the two merged towers are identical;
+# - dropout: resumes exactly, the gradient cache's re-run sees the first pass's masks;
 # - bad stage1.lora settings exit 2 naming the key;
 # - where torch + transformers + peft exist: PeftModel.from_pretrained(base, adapter) embeds like the
 #   merged tower (fp32, relative 1e-4).
@@ -72,13 +73,43 @@ grep -q "one shared adapter" shared.log || { echo "FAIL: shared adapter not used
 cmp -s shared/final/query_tower/model.safetensors shared/final/doc_tower/model.safetensors ||
   { echo "FAIL: a shared adapter gave two different towers"; fail=1; }
 
+# Dropout: masks from (seed, batch, rank, tower, chunk), so a resumed run is the straight run bit for
+# bit, and the gradient cache's re-run (one chunk here) sees its first pass's masks: the same losses
+# as the direct backward. It changes training (from step 2: B = 0 makes step 1 dropout-free).
+DROP="--set stage1.steps=4 --set checkpoint.every=0"
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=nodrop $DROP 2> nodrop.log || { cat nodrop.log; exit 1; }
+DROP="$DROP --set stage1.lora.dropout=0.2"
+for run in drop drop-cache; do
+  extra=""
+  [ $run = drop-cache ] && extra="--set stage1.grad_cache_chunk=1000"
+  # shellcheck disable=SC2086
+  "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$run $DROP $extra 2> $run.log || { cat $run.log; exit 1; }
+done
+# shellcheck disable=SC2086
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=drop-resumed $DROP --stop-after 2 2> d1.log || { cat d1.log; exit 1; }
+# shellcheck disable=SC2086
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=drop-resumed $DROP --resume auto 2> d2.log || { cat d2.log; exit 1; }
+for f in query_tower/model.safetensors doc_adapter/adapter_model.safetensors; do
+  cmp -s "drop/final/$f" "drop-resumed/final/$f" || { echo "FAIL: dropout: final/$f differs after a resume"; fail=1; }
+done
+grep -q '"lora_dropout":.*0.2' drop/final/query_adapter/adapter_config.json ||
+  { echo "FAIL: adapter_config.json lacks lora_dropout 0.2"; fail=1; }
+python3 - <<'PY' || fail=1
+import json
+def losses(d): return [json.loads(l)["loss"] for l in open(f"{d}/metrics.jsonl")]
+drop, cache, nodrop = losses("drop"), losses("drop-cache"), losses("nodrop")
+assert all(abs(a - b) <= 1e-6 * abs(a) for a, b in zip(drop, cache)), ("gradient cache differs under dropout", drop, cache)
+assert drop[0] == nodrop[0] and drop[1:] != nodrop[1:], ("dropout should change steps 2+ only", drop, nodrop)
+print("ok: dropout: resumed = straight, gradient cache = direct, training changed:", drop, nodrop)
+PY
+
 # Bad settings.
 EXPECT_BIN="$BUILD/sn_train"
 fail_before=$fail
 set +e  # expect() runs commands that must fail
 source "$SRC/tests/cpu/expect_exit2.sh"  # (sets fail=0)
 expect "unknown target" "stage1.lora.targets" --config cfg.json --set stage1.lora.targets=q,attn
-expect "dropout" "stage1.lora.dropout" --config cfg.json --set stage1.lora.dropout=0.1
+expect "dropout out of range" "stage1.lora.dropout" --config cfg.json --set stage1.lora.dropout=1.5
 expect "shared_towers with lora" "stage1.lora.shared" --config cfg.json --set stage1.shared_towers=true
 set -e
 [ $fail_before = 0 ] || fail=1

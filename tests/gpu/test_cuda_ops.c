@@ -52,6 +52,11 @@ static void check_elementwise(size_t n) {
     snprintf(name, sizeof name, "axpy_2d rows=%d (slice in, then out)", rows);
     compare(name, packed, BF16_TOL);
   }
+  // dropout: the same counter-based mask on both backends (written, then accumulated)
+  cpu->dropout(out.c, a.c, n, 1234, 0.3f, 0), gpu->dropout(out.g, a.g, n, 1234, 0.3f, 0);
+  cpu->dropout(out.c, b.c, n, 99, 0.3f, 1), gpu->dropout(out.g, b.g, n, 99, 0.3f, 1);
+  snprintf(name, sizeof name, "dropout n=%zu", n);
+  compare(name, out, BF16_TOL);
   pair_free(&a), pair_free(&b), pair_free(&out), pair_free(&x), pair_free(&f), pair_free(&s), pair_free(&dx);
 }
 
