@@ -88,9 +88,8 @@ sn_lora *sn_lora_new(const sn_model *base, const sn_lora_config *cfg, uint64_t s
   for (int i = 0; i < p->nparams; i++) {
     const sn_param *t = &p->params[i];
     void *x = sn_wptr(p, t->offset);
-    // lora_A is (r, in): normal with peft's init variance, one counter-RNG stream per tensor;
-    // lora_B zeros. Names alternate A, B.
-    if (i % 2 == 0)
+    // lora_A (r, in): normal with peft's init variance, one counter-RNG stream per tensor; lora_B zeros
+    if (strstr(t->name, ".lora_A."))
       ops->fill_normal(x, t->count, sn_rng_stream_key(seed, (uint64_t)i),
                        1.0f / sqrtf(LORA_A_VARIANCE_FANIN_DIV * (float)t->shape[1]));
     else
