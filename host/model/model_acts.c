@@ -92,10 +92,12 @@ static sn_acts *acts_new(const sn_model *m, int max_tokens, int max_seqs, int co
     }
     a->lora_t = sn_acts_alloc(a, T * r * es);
     a->lora_dt = sn_acts_alloc(a, T * r * es);
-    a->lora_u = sn_acts_alloc(a, T * widest_out * es);
-    if (m->lora->cfg.dropout > 0) {
+    const int dropout = m->lora->cfg.dropout > 0;
+    a->lora_u = sn_acts_alloc(a, T * (dropout ? SN_MAX(widest_out, widest_in) : widest_out) * es);
+    if (dropout) {
       a->lora_xd = sn_acts_alloc(a, T * widest_in * es);
-      a->lora_dxd = sn_acts_alloc(a, T * widest_in * es);
+      // the gradient before its mask is formed after the output gradient in lora_u was last read
+      a->lora_dxd = a->lora_u;
     }
   }
   return a;

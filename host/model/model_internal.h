@@ -137,7 +137,8 @@ struct sn_acts {
   // before its mask, both recomputed rather than kept
   int lora_dropout_on;
   uint64_t lora_dropout_key;
-  void *lora_xd, *lora_dxd;    // (T, widest target input)
+  void *lora_xd;               // (T, widest target input)
+  void *lora_dxd;              // (T, widest target input): lora_u's memory
 
   // pooling scratch
   void *pooled;                // (max_seqs, C) storage dtype
