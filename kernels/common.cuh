@@ -200,9 +200,12 @@ void cuda_device_memory(size_t *free_bytes, size_t *total_bytes);
 void cuda_memory_reset_peak(void);
 void cuda_add(void *out, const void *a, const void *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
+void cuda_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
+                  int accumulate);
 // init.cu
 void cuda_fill_normal(void *x, size_t n, uint64_t key, float stddev);
 void cuda_fill(void *x, size_t n, float value);
+void cuda_dropout(void *out, const void *x, size_t n, uint64_t key, float p, int accumulate);
 // embedding.cu
 void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int T, int C, int accumulate);
 void cuda_embedding_backward(void *dtable, const void *dout, const int32_t *ids, int T, int C, int V);

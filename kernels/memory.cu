@@ -213,6 +213,26 @@ void cuda_scale_f32(float *x, float s, size_t n) {
   launchCheck();
 }
 
+// dst (rows, cols) = (accumulate ? dst : 0) + alpha * src, both strided by rows; fp32 math, one
+// rounding. One thread per element (LoRA slices are narrow: r or one projection's width).
+__global__ void axpy_2d_kernel(bf16 *dst, int ld_dst, const bf16 *src, int ld_src, int rows, int cols,
+                               float alpha, int accumulate) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (size_t)rows * cols) return;
+  size_t r = i / (size_t)cols, c = i % (size_t)cols;
+  bf16 *d = dst + r * (size_t)ld_dst + c;
+  float v = alpha * bf2f(src[r * (size_t)ld_src + c]);
+  *d = f2bf(accumulate ? bf2f(*d) + v : v);
+}
+void cuda_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
+                  int accumulate) {
+  size_t n = (size_t)rows * cols;
+  if (n == 0) return;
+  axpy_2d_kernel<<<ceil_div_int(n, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS, 0, SN_STREAM>>>(
+      (bf16 *)dst, ld_dst, (const bf16 *)src, ld_src, rows, cols, alpha, accumulate);
+  launchCheck();
+}
+
 // ---- deterministic second stage of cross-block reductions -------------------------------------------
 // dst (n) += sum over p of partials (nparts, n); with a second output, blockIdx.y = 1 reduces the
 // next (nparts, n) block of partials into dst1 in the same launch. A block owns REDUCE_COLS columns

@@ -535,7 +535,8 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
         launch_norm_backward_fused<IS_LAYERNORM, false>(nparts, threads, smem, dx, partials,
                                                         partials + part_floats, dout, x, weight, mean, rstd, T,
                                                         C, row_threads);
-      sn_cuda_reduce_partials2_into_bf16(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
+      // a frozen weight (LoRA) has no gradient: the partials are left unread
+      if (dweight) sn_cuda_reduce_partials2_into_bf16(dweight, IS_LAYERNORM ? dbias : NULL, partials, nparts, C);
       return;
     }
   }
@@ -547,6 +548,7 @@ static void launch_norm_backward(bf16 *dx, bf16 *dweight, bf16 *dbias, const bf1
     norm_backward_dx_kernel<1, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(dx, dout, x, weight, mean,
                                                                                   rstd, T, C, accumulate);
   launchCheck();
+  if (!dweight) return;  // a frozen weight (LoRA): dx only
 
   const int nparts = ceil_div_int(T, NORM_BWD_ROWS_PER_BLOCK);
   const size_t part_floats = (size_t)nparts * C;

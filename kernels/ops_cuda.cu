@@ -24,8 +24,10 @@ static sn_ops make_cuda_ops(void) {
   o.workspace_bytes = cuda_workspace_bytes;
   o.fill_normal = cuda_fill_normal;
   o.fill = cuda_fill;
+  o.dropout = cuda_dropout;
   o.add = cuda_add;
   o.scale_f32 = cuda_scale_f32;
+  o.axpy_2d = cuda_axpy_2d;
   o.embedding_forward = cuda_embedding_forward;
   o.embedding_backward = cuda_embedding_backward;
   o.rmsnorm_forward = cuda_rmsnorm_forward;

@@ -3,7 +3,7 @@
 // so every element is computed independently — on all CPU cores or one GPU thread each — and the
 // values depend on neither the thread count nor the backend (the GPU evaluates the same double-
 // precision expression; tests/gpu/test_cuda_ops.c checks the bf16 bits against the CPU's).
-// Fresh-model initialisation only; not cryptographic.
+// Fresh-model initialisation and dropout masks; not cryptographic.
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -30,6 +30,11 @@ SN_RNG_FN uint64_t sn_rng_stream_key(uint64_t seed, uint64_t stream) {
 
 SN_RNG_FN double sn_uniform_open01(uint64_t bits) {  // (0, 1): safe for log()
   return ((double)(bits >> 11) + 0.5) * (1.0 / SN_TWO_POW_53);
+}
+
+// Element j of stream `key` as a uniform in (0, 1): dropout masks (ops->dropout).
+SN_RNG_FN double sn_uniform_at(uint64_t key, uint64_t j) {
+  return sn_uniform_open01(sn_mix64(key + (j + 1) * SN_GOLDEN_GAMMA));
 }
 
 SN_RNG_FN float sn_normal_at(uint64_t key, uint64_t j) {

@@ -90,10 +90,20 @@ typedef struct sn_ops {
   // values on every backend and thread count). fill: x (n) = value.
   void (*fill_normal)(void *x, size_t n, uint64_t key, float stddev);
   void (*fill)(void *x, size_t n, float value);
+  // Inverted dropout with a counter-based mask: out (n) (= or += when accumulate) x * keep_j / (1 - p),
+  // keep_j = sn_uniform_at(key, j) >= p. The same key gives the same mask on every backend and
+  // thread count, so a backward (or a recomputed forward) re-derives it instead of storing it.
+  void (*dropout)(void *out, const void *x, size_t n, uint64_t key, float p, int accumulate);
 
   // ---- elementwise ----------------------------------------------------------------------------
   void (*add)(void *out, const void *a, const void *b, size_t n);  // out = a + b (out may alias)
   void (*scale_f32)(float *x, float s, size_t n);                  // x *= s
+  // dst (rows, cols) with row stride ld_dst = (accumulate ? dst : 0) + alpha * src (rows, cols) with
+  // row stride ld_src. Moves a scaled column slice into or out of a wider matrix (a LoRA update into
+  // its q, k or v columns of the fused q|k|v output, or those columns of the gradient out). dst may
+  // be src (same strides: an in-place scale).
+  void (*axpy_2d)(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
+                  int accumulate);
 
   // ---- embedding lookup -----------------------------------------------------------------------
   // out (T, C) = table[ids] (V, C); accumulate: out += instead. Ids are checked on the host before.
@@ -106,7 +116,7 @@ typedef struct sn_ops {
   // RMSNorm (Qwen2/Llama): out = x / sqrt(mean(x²) + eps) * weight. rstd (T) saved for backward.
   void (*rmsnorm_forward)(void *out, float *rstd, const void *x, const void *weight, int T, int C,
                           float eps);
-  // dx (T, C) = (accumulate ? dx + : ) d/dx; dweight (C) +=.
+  // dx (T, C) = (accumulate ? dx + : ) d/dx; dweight (C) +=, or NULL for a frozen weight (LoRA).
   void (*rmsnorm_backward)(void *dx, void *dweight, const void *dout, const void *x,
                            const void *weight, const float *rstd, int T, int C, int accumulate);
   // Fused residual + RMSNorm: residual_out = a + b; out = rmsnorm(residual_out). Saves a pass.

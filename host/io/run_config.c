@@ -29,6 +29,7 @@ typedef enum {
   FIELD_MODEL_DESC,  // path of a JSON description, or an inline JSON object
   FIELD_CHOICE,      // one of `choices` ("a|b|c")
   FIELD_PATH_LIST,   // data.train: a path or a list of paths
+  FIELD_NAME_LIST,   // names: a comma-separated string or a list of strings, kept comma-joined
 } field_type;
 
 typedef struct {
@@ -100,6 +101,13 @@ static const field_spec SCHEMA[] = {
     NUM("stage1.steps", FIELD_INT, stage1.steps, 0, BIG_INT, 0, "0 = from epochs"),
     NUM("stage1.epochs", FIELD_FLOAT, stage1.epochs, 0, 1e6, 1, "used when steps = 0"),
     OPTIM_FIELDS(stage1, "stage1.optim", 1e-5),
+    NUM("stage1.lora.rank", FIELD_INT, stage1.lora.rank, 0, 65536, 0,
+        "LoRA rank r: two adapters over one frozen base; 0 = full fine-tune"),
+    NUM("stage1.lora.alpha", FIELD_FLOAT, stage1.lora.alpha, 1e-6, 1e6, 16, "update scale alpha / r"),
+    NUM("stage1.lora.dropout", FIELD_FLOAT, stage1.lora.dropout, 0, 0.99, 0, "peft lora_dropout on each adapter's input"),
+    STR("stage1.lora.targets", FIELD_NAME_LIST, stage1.lora.targets, SN_LORA_ALL_TARGETS,
+        "adapted linears, a list or comma string of " SN_LORA_ALL_TARGETS),
+    NUM("stage1.lora.shared", FIELD_BOOL, stage1.lora.shared, 0, 1, 0, "one adapter for both towers"),
     STR("stage2.student", FIELD_PATH, stage2.student, NULL, "Hugging Face folder of the student"),
     STR("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, NULL, "fresh student description"),
     STR("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, NULL, "the student's tokenizer"),
@@ -300,6 +308,23 @@ static int set_path_list(err_sink *e, const field_spec *f, sn_run_config *c, con
   return 0;
 }
 
+// A list of names joined by commas, or a comma string as given.
+static int set_name_list(err_sink *e, const field_spec *f, char *dst, const cJSON *v) {
+  if (cJSON_IsString(v)) return set_string(e, f, dst, v->valuestring);
+  if (!cJSON_IsArray(v)) return fail(e, "'%s' must be a list of names or a comma-separated string", f->key);
+  char joined[SN_CFG_NAMES_MAX] = "";
+  int i = 0;
+  const cJSON *item;
+  cJSON_ArrayForEach(item, v) {
+    if (!cJSON_IsString(item)) return fail(e, "'%s'[%d] must be a string", f->key, i);
+    size_t used = strlen(joined);
+    int n = snprintf(joined + used, sizeof joined - used, "%s%s", i ? "," : "", item->valuestring);
+    if (n < 0 || (size_t)n >= sizeof joined - used) return fail(e, "'%s' is too long", f->key);
+    i++;
+  }
+  return set_string(e, f, dst, joined);
+}
+
 static int set_field(err_sink *e, sn_run_config *c, const field_spec *f, const cJSON *v,
                      const char *base_dir) {
   void *dst = (char *)c + f->offset;
@@ -312,6 +337,8 @@ static int set_field(err_sink *e, sn_run_config *c, const field_spec *f, const c
       return set_number(e, f, dst, v);
     case FIELD_PATH_LIST:
       return set_path_list(e, f, c, v, base_dir);
+    case FIELD_NAME_LIST:
+      return set_name_list(e, f, dst, v);
     case FIELD_MODEL_DESC:
       if (cJSON_IsObject(v)) {
         char *text = cJSON_PrintUnformatted(v);
@@ -400,6 +427,14 @@ static int validate(err_sink *e, const sn_run_config *c) {
     return fail(e, "'data.query_prompt' must contain {text}");
   if (!strstr(c->data.doc_prompt, "{text}"))
     return fail(e, "'data.doc_prompt' must contain {text}");
+  if (c->stage1.lora.rank > 0) {
+    char why[256];
+    unsigned mask;
+    if (sn_lora_targets_parse(c->stage1.lora.targets, &mask, why, sizeof why) != 0)
+      return fail(e, "'stage1.lora.targets': %s", why);
+    if (c->stage1.shared_towers)
+      return fail(e, "'stage1.shared_towers' with 'stage1.lora': use 'stage1.lora.shared' for one adapter");
+  }
   return 0;
 }
 
@@ -511,6 +546,15 @@ uint64_t sn_run_config_hash(const sn_run_config *c) {
   return h;
 }
 
+sn_lora_config sn_run_config_lora(const sn_run_config *cfg) {
+  sn_lora_config l = {.rank = cfg->stage1.lora.rank, .alpha = cfg->stage1.lora.alpha,
+                      .dropout = cfg->stage1.lora.dropout};
+  char why[256];
+  if (l.rank > 0 && sn_lora_targets_parse(cfg->stage1.lora.targets, &l.targets, why, sizeof why) != 0)
+    sn_bad_input("stage1.lora.targets: %s", why);
+  return l;
+}
+
 // ---- the schema as documentation ------------------------------------------------------------
 
 // A markdown table cell: '|' would end the cell and a newline the row, so both are escaped.
@@ -534,6 +578,7 @@ static const char *type_name(field_type t) {
     case FIELD_MODEL_DESC: return "path or object";
     case FIELD_CHOICE: return "choice";
     case FIELD_PATH_LIST: return "path list";
+    case FIELD_NAME_LIST: return "name list";
   }
   return "?";
 }

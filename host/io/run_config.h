@@ -8,9 +8,12 @@
 #include <stdio.h>
 #include <stdint.h>
 
+#include "lora_config.h"
+
 #define SN_CFG_MAX_TRAIN_FILES 16
 #define SN_CFG_PATH_MAX 1024
 #define SN_CFG_TEXT_MAX 1024
+#define SN_CFG_NAMES_MAX 128
 
 typedef struct {
   float lr;
@@ -40,6 +43,13 @@ typedef struct {
   int steps;              // optimizer steps; 0 = derive from epochs
   float epochs;
   sn_cfg_optim optim;
+  struct {
+    int rank;             // 0 = full fine-tune; > 0: adapters over one frozen base
+    float alpha;          // update scale alpha / rank
+    float dropout;        // on each adapter's input, while training
+    char targets[SN_CFG_NAMES_MAX];  // "q,k,v,o,gate,up,down" or a subset
+    int shared;           // one adapter for both towers
+  } lora;
 } sn_cfg_stage1;
 
 typedef struct {
@@ -95,6 +105,9 @@ typedef struct {
     int check_replicas_every;  // steps between cross-rank weight checksums (0 = never)
   } dist;
 } sn_run_config;
+
+// stage1.lora as the model layer takes it (targets parsed; the config was validated).
+sn_lora_config sn_run_config_lora(const sn_run_config *cfg);
 
 // Parses and validates a config file, applying `--set key=value` overrides (n_overrides strings of
 // the form dotted.key=value; the value is JSON when it parses as JSON, else a string). Relative

@@ -10,16 +10,7 @@
 
 // ---- parameter table ----------------------------------------------------------------------------
 
-typedef struct {
-  sn_model *m;
-  int cap;
-} param_builder;
-
-// Appends a tensor and returns its offset. Tensors are packed back to back, so consecutive calls
-// give adjacent slices (q|k|v, gate|up), which the fused matmuls rely on.
-static size_t add_param(param_builder *pb, int no_decay, int64_t d0, int64_t d1, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static size_t add_param(param_builder *pb, int no_decay, int64_t d0, int64_t d1, const char *fmt, ...) {
+size_t sn_param_add(sn_param_builder *pb, int no_decay, int64_t d0, int64_t d1, const char *fmt, ...) {
   sn_model *m = pb->m;
   if (m->nparams == pb->cap) {
     pb->cap = pb->cap ? 2 * pb->cap : 64;
@@ -46,73 +37,73 @@ static size_t add_param(param_builder *pb, int no_decay, int64_t d0, int64_t d1,
 #define DECAY 0
 #define NO_DECAY 1
 
-static void build_decoder_params(param_builder *pb, sn_layer_params *L, int has_lm_head) {
+static void build_decoder_params(sn_param_builder *pb, sn_layer_params *L, int has_lm_head) {
   const sn_model_config *c = &pb->m->cfg;
   struct sn_model_layout *lay = pb->m->layout;
   const int C = c->hidden, D = c->head_dim, I = c->intermediate;
   const int q_out = c->n_heads * D, kv_out = c->n_kv_heads * D;
   // Qwen2: q/k/v biases, none on o_proj. Llama: attention_bias covers q/k/v/o, mlp_bias the MLP.
   const int o_bias = c->attn_bias && c->arch == SN_ARCH_LLAMA;
-  lay->tok_embed = add_param(pb, DECAY, c->vocab, C, "embed_tokens.weight");
+  lay->tok_embed = sn_param_add(pb, DECAY, c->vocab, C, "embed_tokens.weight");
   for (int l = 0; l < c->n_layers; l++) {
     sn_layer_params *p = &L[l];
-    p->norm_attn_w = add_param(pb, NO_DECAY, C, VECTOR, "layers.%d.input_layernorm.weight", l);
-    p->qkv_w = add_param(pb, DECAY, q_out, C, "layers.%d.self_attn.q_proj.weight", l);
-    add_param(pb, DECAY, kv_out, C, "layers.%d.self_attn.k_proj.weight", l);
-    add_param(pb, DECAY, kv_out, C, "layers.%d.self_attn.v_proj.weight", l);
+    p->norm_attn_w = sn_param_add(pb, NO_DECAY, C, VECTOR, "layers.%d.input_layernorm.weight", l);
+    p->qkv_w = sn_param_add(pb, DECAY, q_out, C, "layers.%d.self_attn.q_proj.weight", l);
+    sn_param_add(pb, DECAY, kv_out, C, "layers.%d.self_attn.k_proj.weight", l);
+    sn_param_add(pb, DECAY, kv_out, C, "layers.%d.self_attn.v_proj.weight", l);
     if (c->attn_bias) {
-      p->qkv_b = add_param(pb, NO_DECAY, q_out, VECTOR, "layers.%d.self_attn.q_proj.bias", l);
-      add_param(pb, NO_DECAY, kv_out, VECTOR, "layers.%d.self_attn.k_proj.bias", l);
-      add_param(pb, NO_DECAY, kv_out, VECTOR, "layers.%d.self_attn.v_proj.bias", l);
+      p->qkv_b = sn_param_add(pb, NO_DECAY, q_out, VECTOR, "layers.%d.self_attn.q_proj.bias", l);
+      sn_param_add(pb, NO_DECAY, kv_out, VECTOR, "layers.%d.self_attn.k_proj.bias", l);
+      sn_param_add(pb, NO_DECAY, kv_out, VECTOR, "layers.%d.self_attn.v_proj.bias", l);
     }
-    p->o_w = add_param(pb, DECAY, C, q_out, "layers.%d.self_attn.o_proj.weight", l);
-    if (o_bias) p->o_b = add_param(pb, NO_DECAY, C, VECTOR, "layers.%d.self_attn.o_proj.bias", l);
-    p->norm_mlp_w = add_param(pb, NO_DECAY, C, VECTOR, "layers.%d.post_attention_layernorm.weight", l);
-    p->up_w = add_param(pb, DECAY, I, C, "layers.%d.mlp.gate_proj.weight", l);
-    add_param(pb, DECAY, I, C, "layers.%d.mlp.up_proj.weight", l);
+    p->o_w = sn_param_add(pb, DECAY, C, q_out, "layers.%d.self_attn.o_proj.weight", l);
+    if (o_bias) p->o_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "layers.%d.self_attn.o_proj.bias", l);
+    p->norm_mlp_w = sn_param_add(pb, NO_DECAY, C, VECTOR, "layers.%d.post_attention_layernorm.weight", l);
+    p->up_w = sn_param_add(pb, DECAY, I, C, "layers.%d.mlp.gate_proj.weight", l);
+    sn_param_add(pb, DECAY, I, C, "layers.%d.mlp.up_proj.weight", l);
     if (c->mlp_bias) {
-      p->up_b = add_param(pb, NO_DECAY, I, VECTOR, "layers.%d.mlp.gate_proj.bias", l);
-      add_param(pb, NO_DECAY, I, VECTOR, "layers.%d.mlp.up_proj.bias", l);
+      p->up_b = sn_param_add(pb, NO_DECAY, I, VECTOR, "layers.%d.mlp.gate_proj.bias", l);
+      sn_param_add(pb, NO_DECAY, I, VECTOR, "layers.%d.mlp.up_proj.bias", l);
     }
-    p->down_w = add_param(pb, DECAY, C, I, "layers.%d.mlp.down_proj.weight", l);
-    if (c->mlp_bias) p->down_b = add_param(pb, NO_DECAY, C, VECTOR, "layers.%d.mlp.down_proj.bias", l);
+    p->down_w = sn_param_add(pb, DECAY, C, I, "layers.%d.mlp.down_proj.weight", l);
+    if (c->mlp_bias) p->down_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "layers.%d.mlp.down_proj.bias", l);
   }
-  lay->final_norm_w = add_param(pb, NO_DECAY, C, VECTOR, "norm.weight");
-  if (has_lm_head) lay->lm_head = add_param(pb, DECAY, c->vocab, C, "lm_head.weight");
+  lay->final_norm_w = sn_param_add(pb, NO_DECAY, C, VECTOR, "norm.weight");
+  if (has_lm_head) lay->lm_head = sn_param_add(pb, DECAY, c->vocab, C, "lm_head.weight");
 }
 
-static void build_encoder_params(param_builder *pb, sn_layer_params *L, int has_pooler) {
+static void build_encoder_params(sn_param_builder *pb, sn_layer_params *L, int has_pooler) {
   const sn_model_config *c = &pb->m->cfg;
   struct sn_model_layout *lay = pb->m->layout;
   const int C = c->hidden, I = c->intermediate;
-  lay->tok_embed = add_param(pb, DECAY, c->vocab, C, "embeddings.word_embeddings.weight");
-  lay->pos_embed = add_param(pb, DECAY, c->max_positions, C, "embeddings.position_embeddings.weight");
-  lay->type_embed = add_param(pb, DECAY, c->type_vocab, C, "embeddings.token_type_embeddings.weight");
-  lay->emb_norm_w = add_param(pb, NO_DECAY, C, VECTOR, "embeddings.LayerNorm.weight");
-  lay->emb_norm_b = add_param(pb, NO_DECAY, C, VECTOR, "embeddings.LayerNorm.bias");
+  lay->tok_embed = sn_param_add(pb, DECAY, c->vocab, C, "embeddings.word_embeddings.weight");
+  lay->pos_embed = sn_param_add(pb, DECAY, c->max_positions, C, "embeddings.position_embeddings.weight");
+  lay->type_embed = sn_param_add(pb, DECAY, c->type_vocab, C, "embeddings.token_type_embeddings.weight");
+  lay->emb_norm_w = sn_param_add(pb, NO_DECAY, C, VECTOR, "embeddings.LayerNorm.weight");
+  lay->emb_norm_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "embeddings.LayerNorm.bias");
   for (int l = 0; l < c->n_layers; l++) {
     sn_layer_params *p = &L[l];
     const char *pre = "encoder.layer";
-    p->qkv_w = add_param(pb, DECAY, C, C, "%s.%d.attention.self.query.weight", pre, l);
-    add_param(pb, DECAY, C, C, "%s.%d.attention.self.key.weight", pre, l);
-    add_param(pb, DECAY, C, C, "%s.%d.attention.self.value.weight", pre, l);
-    p->qkv_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.query.bias", pre, l);
-    add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.key.bias", pre, l);
-    add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.value.bias", pre, l);
-    p->o_w = add_param(pb, DECAY, C, C, "%s.%d.attention.output.dense.weight", pre, l);
-    p->o_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.dense.bias", pre, l);
-    p->norm_attn_w = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.LayerNorm.weight", pre, l);
-    p->norm_attn_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.LayerNorm.bias", pre, l);
-    p->up_w = add_param(pb, DECAY, I, C, "%s.%d.intermediate.dense.weight", pre, l);
-    p->up_b = add_param(pb, NO_DECAY, I, VECTOR, "%s.%d.intermediate.dense.bias", pre, l);
-    p->down_w = add_param(pb, DECAY, C, I, "%s.%d.output.dense.weight", pre, l);
-    p->down_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.output.dense.bias", pre, l);
-    p->norm_mlp_w = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.output.LayerNorm.weight", pre, l);
-    p->norm_mlp_b = add_param(pb, NO_DECAY, C, VECTOR, "%s.%d.output.LayerNorm.bias", pre, l);
+    p->qkv_w = sn_param_add(pb, DECAY, C, C, "%s.%d.attention.self.query.weight", pre, l);
+    sn_param_add(pb, DECAY, C, C, "%s.%d.attention.self.key.weight", pre, l);
+    sn_param_add(pb, DECAY, C, C, "%s.%d.attention.self.value.weight", pre, l);
+    p->qkv_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.query.bias", pre, l);
+    sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.key.bias", pre, l);
+    sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.self.value.bias", pre, l);
+    p->o_w = sn_param_add(pb, DECAY, C, C, "%s.%d.attention.output.dense.weight", pre, l);
+    p->o_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.dense.bias", pre, l);
+    p->norm_attn_w = sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.LayerNorm.weight", pre, l);
+    p->norm_attn_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.attention.output.LayerNorm.bias", pre, l);
+    p->up_w = sn_param_add(pb, DECAY, I, C, "%s.%d.intermediate.dense.weight", pre, l);
+    p->up_b = sn_param_add(pb, NO_DECAY, I, VECTOR, "%s.%d.intermediate.dense.bias", pre, l);
+    p->down_w = sn_param_add(pb, DECAY, C, I, "%s.%d.output.dense.weight", pre, l);
+    p->down_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.output.dense.bias", pre, l);
+    p->norm_mlp_w = sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.output.LayerNorm.weight", pre, l);
+    p->norm_mlp_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "%s.%d.output.LayerNorm.bias", pre, l);
   }
   if (has_pooler) {
-    lay->pooler_w = add_param(pb, DECAY, C, C, "pooler.dense.weight");
-    lay->pooler_b = add_param(pb, NO_DECAY, C, VECTOR, "pooler.dense.bias");
+    lay->pooler_w = sn_param_add(pb, DECAY, C, C, "pooler.dense.weight");
+    lay->pooler_b = sn_param_add(pb, NO_DECAY, C, VECTOR, "pooler.dense.bias");
   }
 }
 
@@ -157,7 +148,7 @@ void sn_model_build_params(sn_model *m, int has_lm_head, int has_pooler, int pro
   lay->attn_dim = c->n_heads * c->head_dim;
   lay->up_dim = sn_arch_is_decoder(c->arch) ? 2 * c->intermediate : c->intermediate;
 
-  param_builder pb = {.m = m, .cap = 0};
+  sn_param_builder pb = {.m = m, .cap = 0};
   free(m->params);
   m->params = NULL;
   m->nparams = 0;
@@ -171,8 +162,8 @@ void sn_model_build_params(sn_model *m, int has_lm_head, int has_pooler, int pro
   }
   if (proj_dim > 0) {
     lay->proj_dim = proj_dim;
-    lay->proj_w = add_param(&pb, DECAY, proj_dim, c->hidden, "projection.weight");
-    lay->proj_b = add_param(&pb, NO_DECAY, proj_dim, VECTOR, "projection.bias");
+    lay->proj_w = sn_param_add(&pb, DECAY, proj_dim, c->hidden, "projection.weight");
+    lay->proj_b = sn_param_add(&pb, NO_DECAY, proj_dim, VECTOR, "projection.bias");
   }
 }
 
@@ -187,6 +178,10 @@ sn_model *sn_model_shell(const sn_model_config *cfg, const sn_ops *ops) {
 
 void sn_model_free(sn_model *m) {
   if (!m) return;
+  if (m->is_view) {  // a LoRA tower: the base and the adapter are freed by their owners
+    free(m);
+    return;
+  }
   if (m->weights) m->ops->free(m->weights);
   if (m->grads) m->ops->free(m->grads);
   free(m->params);
@@ -359,7 +354,7 @@ void sn_linear_forward(const sn_ops *ops, void *y, const void *x, const void *w,
 void sn_linear_backward(const sn_ops *ops, void *dx, void *dw, void *db, const void *dy,
                         const void *x, const void *w, int T, int in, int out, int accumulate_dx) {
   if (dx) ops->matmul(dx, dy, w, NULL, T, in, out, 0, 0, accumulate_dx);  // (T, in) = (T, out) @ (out, in)
-  ops->matmul(dw, dy, x, NULL, out, in, T, 1, 0, 1);                      // (out, in) += dy^T @ x
+  if (dw) ops->matmul(dw, dy, x, NULL, out, in, T, 1, 0, 1);  // (out, in) += dy^T @ x; none when frozen
   if (db) ops->bias_backward(db, dy, T, out);
 }
 

@@ -34,6 +34,10 @@ typedef struct sn_model {
   // layer down), so data parallelism can start their all-reduce while lower layers still compute.
   void (*on_layer_grads)(void *ctx, int layer);
   void *on_layer_grads_ctx;
+  // A LoRA tower (model_lora.h): a view of a frozen base (weights shared, grads NULL) whose
+  // targeted linears add the adapter's low-rank update. NULL for an ordinary model.
+  struct sn_lora *lora;
+  int is_view;  // weights, params and layout belong to another model: sn_model_free frees the struct
 } sn_model;
 
 // A packed batch in backend memory: B sequences, T tokens in total.

@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "model_internal.h"
+#include "model_lora.h"
 
 void *sn_acts_alloc(sn_acts *a, size_t bytes) {
   a->bytes += bytes;
@@ -80,6 +81,25 @@ static sn_acts *acts_new(const sn_model *m, int max_tokens, int max_seqs, int co
   a->proj_dim = m->layout->proj_dim;
   if (a->proj_dim) a->projected = sn_acts_alloc(a, (size_t)max_seqs * (size_t)a->proj_dim * es);
   a->pool_norm = sn_acts_alloc(a, (size_t)max_seqs * fs);
+  if (m->lora) {
+    const size_t r = (size_t)m->lora->cfg.rank;
+    size_t widest_out = 0, widest_in = 0;
+    for (int t = 0; t < SN_LORA_NTARGETS; t++) {
+      int in, out;
+      sn_lora_target_dims(&m->cfg, (sn_lora_target)t, &in, &out);
+      widest_out = SN_MAX(widest_out, (size_t)out);
+      widest_in = SN_MAX(widest_in, (size_t)in);
+    }
+    a->lora_t = sn_acts_alloc(a, T * r * es);
+    a->lora_dt = sn_acts_alloc(a, T * r * es);
+    const int dropout = m->lora->cfg.dropout > 0;
+    a->lora_u = sn_acts_alloc(a, T * (dropout ? SN_MAX(widest_out, widest_in) : widest_out) * es);
+    if (dropout) {
+      a->lora_xd = sn_acts_alloc(a, T * widest_in * es);
+      // the gradient before its mask is formed after the output gradient in lora_u was last read
+      a->lora_dxd = a->lora_u;
+    }
+  }
   return a;
 }
 
@@ -171,7 +191,8 @@ void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void
   check_batch(m, a, tok);
   if (!a->last_forward_backward)
     sn_fatal("sn_model_backward needs the previous forward to run with for_backward = 1");
-  if (!m->grads) sn_fatal("sn_model_backward: gradients not allocated (call sn_model_alloc_grads)");
+  if (!m->grads && !(m->lora && m->lora->params->grads))
+    sn_fatal("sn_model_backward: gradients not allocated (call sn_model_alloc_grads)");
   if (sn_arch_is_decoder(m->cfg.arch))
     sn_decoder_backward(m, a, tok, dhidden);
   else

@@ -4,11 +4,14 @@
 //   per block: x = h + o_proj(attn(rope(qkv_proj(rmsnorm(h)))))
 //              h = x + down(swiglu(gate_up(rmsnorm(x))))
 //   out = rmsnorm(h)
-// Each residual add is fused with the norm that follows it (add_rmsnorm_forward).
+// Each residual add is fused with the norm that follows it (add_rmsnorm_forward). A LoRA tower
+// (m->lora) adds its adapters' low-rank updates right after each base linear (model_lora.c); its
+// base is frozen, so the weight gradients below are skipped (sn_gptr gives NULL).
 #include <math.h>
 
 #include "common.h"
 #include "model_internal.h"
+#include "model_lora.h"
 
 #define DECODER_CAUSAL 1
 
@@ -26,16 +29,19 @@ static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
   // attention: one fused q|k|v projection (biases adjacent too), RoPE in place
   sn_linear_forward(ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, C,
                     lay->qkv_dim);  // (T, (Hq + 2Hkv) D)
+  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_QKV, s->qkv, s->norm_in, T);
   ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
   ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
                          D, DECODER_CAUSAL, 1.0f / sqrtf((float)D));  // (T, Hq D)
   sn_linear_forward(ops, a->proj, s->att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), T, lay->attn_dim,
                     C);  // (T, C)
+  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_O, a->proj, s->att, T);
   ops->add_rmsnorm_forward(s->x, s->norm_mid, s->rstd_mid, h, a->proj, sn_wptr(m, p->norm_mlp_w), T, C,
                            c->norm_eps);
   // MLP: fused gate|up projection, SwiGLU
   sn_linear_forward(ops, s->ff_in, s->norm_mid, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), T, C,
                     2 * I);  // (T, 2I)
+  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_GATE_UP, s->ff_in, s->norm_mid, T);
   ops->swiglu_forward(s->ff_act, s->ff_in, T, I);  // (T, I)
 }
 
@@ -59,6 +65,7 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
     sn_layer_acts *s = sn_acts_layer(a, l, for_backward);
     block_to_mlp_act(m, a, tok, l, s, sn_acts_hidden(a, l, for_backward));
     sn_linear_forward(ops, a->proj, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), T, I, C);
+    if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_DOWN, a->proj, s->ff_act, T);
     // residual + the next norm: the next block's input norm, or the final norm
     void *h_next = sn_acts_hidden(a, l + 1, for_backward);
     if (l + 1 < L) {
@@ -97,23 +104,28 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
     void *dswiglu = a->dnarrow, *dgate_up = a->dwide;
     sn_linear_backward(ops, dswiglu, sn_gptr(m, p->down_w), sn_gptr(m, p->down_b), dres, s->ff_act,
                        sn_wptr(m, p->down_w), T, I, C, 0);
+    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_DOWN, dres, s->ff_act, dswiglu, T);
     ops->swiglu_backward(dgate_up, dswiglu, s->ff_in, T, I);
     sn_linear_backward(ops, a->dnorm, sn_gptr(m, p->up_w), sn_gptr(m, p->up_b), dgate_up, s->norm_mid,
                        sn_wptr(m, p->up_w), T, C, 2 * I, 0);
+    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_GATE_UP, dgate_up, s->norm_mid, a->dnorm, T);
     ops->rmsnorm_backward(dres, sn_gptr(m, p->norm_mlp_w), a->dnorm, s->x, sn_wptr(m, p->norm_mlp_w),
                           s->rstd_mid, T, C, 1);  // dres is now d x
     // attention branch: x = h + o_proj(attn(rope(qkv(norm_in))))
     void *datt = a->dnarrow, *dqkv = a->dwide;
     sn_linear_backward(ops, datt, sn_gptr(m, p->o_w), sn_gptr(m, p->o_b), dres, s->att,
                        sn_wptr(m, p->o_w), T, lay->attn_dim, C, 0);
+    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_O, dres, s->att, datt, T);
     ops->attention_backward(dqkv, datt, s->qkv, s->att, s->lse, tok->cu_seqlens, tok->B, T,
                             tok->max_seqlen, Hq, Hkv, D, DECODER_CAUSAL, scale);
     ops->rope(dqkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 1);  // back to pre-rotation q, k
     sn_linear_backward(ops, a->dnorm, sn_gptr(m, p->qkv_w), sn_gptr(m, p->qkv_b), dqkv, s->norm_in,
                        sn_wptr(m, p->qkv_w), T, C, lay->qkv_dim, 0);
+    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_QKV, dqkv, s->norm_in, a->dnorm, T);
     ops->rmsnorm_backward(dres, sn_gptr(m, p->norm_attn_w), a->dnorm, h, sn_wptr(m, p->norm_attn_w),
                           s->rstd_in, T, C, 1);  // dres is now d h
     if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);
+    if (m->lora) sn_lora_layer_done(m, l);
   }
-  ops->embedding_backward(sn_gptr(m, lay->tok_embed), dres, tok->ids, T, C, c->vocab);
+  if (m->grads) ops->embedding_backward(sn_gptr(m, lay->tok_embed), dres, tok->ids, T, C, c->vocab);
 }

@@ -51,6 +51,19 @@ void sn_model_build_params(sn_model *m, int has_lm_head, int has_pooler, int pro
 // zero biases).
 void sn_model_init_params(sn_model *m, int first, uint64_t seed);
 
+// Appends tensors to a parameter table: each call returns the new tensor's offset, packed right
+// after the previous one (so consecutive calls give adjacent slices: q|k|v, gate|up). d1 = 0: 1-D.
+typedef struct {
+  sn_model *m;
+  int cap;
+} sn_param_builder;
+size_t sn_param_add(sn_param_builder *pb, int no_decay, int64_t d0, int64_t d1, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+// Writes DIR/config.json and DIR/model.safetensors from host fp32 weights laid out as m's buffer
+// (sn_model_save downloads m's own; a LoRA export passes merged ones).
+int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, char *err,
+                       size_t errlen);
+
 // config.json key of the projection width (transformers ignores unknown keys).
 #define SN_PROJECTION_CONFIG_KEY "scalingnote_projection_dim"
 // Allocates an empty model shell (config copied, no params).
@@ -60,8 +73,9 @@ sn_model *sn_model_shell(const sn_model_config *cfg, const sn_ops *ops);
 static inline void *sn_wptr(const sn_model *m, size_t offset) {
   return offset == SN_NO_PARAM ? NULL : (char *)m->weights + offset * m->ops->storage_size;
 }
+// NULL too for a frozen model (a LoRA tower's base has no gradients: the backward skips them).
 static inline void *sn_gptr(const sn_model *m, size_t offset) {
-  return offset == SN_NO_PARAM ? NULL : (char *)m->grads + offset * m->ops->storage_size;
+  return offset == SN_NO_PARAM || !m->grads ? NULL : (char *)m->grads + offset * m->ops->storage_size;
 }
 
 // What one block keeps for backward (all slots alias slot 0 when the forward is for inference).
@@ -115,6 +129,18 @@ struct sn_acts {
   void *dwide;                 // (T, max(qkv_dim, up_dim)) dqkv, dgate_up, dintermediate
   void *dnarrow;               // (T, max(attn_dim, I)) datt, dswiglu, dgelu
 
+  // LoRA scratch (towers with an adapter): t = s·x A^T and its gradient, and one target's update
+  // or output gradient before it is added into / after it is taken out of the fused output
+  void *lora_t, *lora_dt;      // (T, r)
+  void *lora_u;                // (T, widest target output)
+  // LoRA dropout (adapters with dropout > 0, while training: sn_lora_set_dropout): the next forward
+  // and its backward drop x before A with masks from this key; x's dropped copy and the gradient
+  // before its mask, both recomputed rather than kept
+  int lora_dropout_on;
+  uint64_t lora_dropout_key;
+  void *lora_xd;               // (T, widest target input)
+  void *lora_dxd;              // (T, widest target input): lora_u's memory
+
   // pooling scratch
   void *pooled;                // (max_seqs, C) storage dtype
   void *projected;             // (max_seqs, proj_dim) storage dtype, with a projection
@@ -144,6 +170,7 @@ void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
 // Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:
 //   forward  y (T, out) = x (T, in) @ W^T + b
 //   backward dx (T, in) (= or +=) dy @ W; dW (out, in) += dy^T @ x; db (out) += colsum(dy)
+//            (dW, db NULL: a frozen weight, no gradient)
 void sn_linear_forward(const sn_ops *ops, void *y, const void *x, const void *w, const void *b,
                        int T, int in, int out);
 void sn_linear_backward(const sn_ops *ops, void *dx, void *dw, void *db, const void *dy,

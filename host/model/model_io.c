@@ -135,6 +135,17 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
 }
 
 int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
+  // model.safetensors from a host fp32 copy of the weights
+  float *host = mallocCheck(SN_MAX(m->num_elements, (size_t)1) * sizeof(float));
+  m->ops->download_f32(host, m->weights, m->num_elements);
+  m->ops->synchronize();
+  int rc = sn_model_save_host(m, host, dir, dtype, err, errlen);
+  free(host);
+  return rc;
+}
+
+int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, char *err,
+                       size_t errlen) {
   if (dtype != SN_DTYPE_F32 && dtype != SN_DTYPE_BF16) {
     snprintf(err, errlen, "%s: save dtype must be F32 or BF16", dir);
     return -1;
@@ -153,10 +164,6 @@ int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err,
     snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
     return -1;
   }
-  // model.safetensors from a host fp32 copy of the weights
-  float *host = mallocCheck(SN_MAX(m->num_elements, (size_t)1) * sizeof(float));
-  m->ops->download_f32(host, m->weights, m->num_elements);
-  m->ops->synchronize();
   sn_st_writer *w = sn_st_writer_new();
   sn_st_writer_metadata(w, "format", "pt");  // transformers expects the PyTorch marker
   for (int i = 0; i < m->nparams; i++) {
@@ -166,9 +173,8 @@ int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err,
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   rc = sn_st_writer_write(w, path, err, errlen);
   sn_st_writer_free(w);
-  free(host);
   if (rc != 0) return -1;
-  // A shard index left from an earlier, sharded save would shadow the new single file.
+// A shard index left from an earlier, sharded save would shadow the new single file.
   snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
   if (unlink(path) != 0 && errno != ENOENT) {
     snprintf(err, errlen, "%s: cannot remove stale shard index: %s", path, strerror(errno));

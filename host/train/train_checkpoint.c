@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "model_lora.h"
 #include "train_internal.h"
 
 // Safetensors in the backend's storage dtype: the weights exactly as trained, half the bytes of
@@ -25,9 +26,32 @@ static int save_tower(const sn_model *m, const char *dir, const char *tokenizer_
   return 0;
 }
 
-void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir) {
-  char err[1024];
-  if (save_tower(m, dir, tokenizer_dir, err, sizeof err) != 0) sn_fatal("%s", err);
+// A checkpoint's copy of a tower: the whole tower, or a LoRA tower's adapter only (fp32, exact).
+static int save_ckpt_tower(const sn_ckpt_tower *tw, const char *ckpt_dir, char *err, size_t errlen) {
+  char dir[SN_TRAIN_PATH_MAX + 64];
+  if (!tw->model->lora) {
+    snprintf(dir, sizeof dir, "%s/%s", ckpt_dir, tw->name);
+    return save_tower(tw->model, dir, tw->tokenizer_dir, err, errlen);
+  }
+  snprintf(dir, sizeof dir, "%s/%s", ckpt_dir, tw->adapter_name);
+  return sn_lora_save_peft(tw->model->lora, dir, tw->base_name, err, errlen);
+}
+
+void sn_trainer_save_final_tower(const sn_ckpt_tower *tw, const char *final_dir) {
+  char err[1024], dir[SN_TRAIN_PATH_MAX + 64];
+  snprintf(dir, sizeof dir, "%s/%s", final_dir, tw->name);
+  if (!tw->model->lora) {
+    if (save_tower(tw->model, dir, tw->tokenizer_dir, err, sizeof err) != 0) sn_fatal("%s", err);
+    return;
+  }
+  // what sn_embed, sn_eval and transformers load: W + s·B·A
+  if (sn_mkdir_p(dir) != 0) sn_fatal("cannot create %s: %s", dir, strerror(errno));
+  if (sn_lora_save_merged(tw->model, dir, tw->model->ops->storage, err, sizeof err) != 0) sn_fatal("%s", err);
+  if (tw->tokenizer_dir && tw->tokenizer_dir[0] &&
+      sn_copy_tokenizer_files(tw->tokenizer_dir, dir, err, sizeof err) != 0)
+    sn_fatal("%s", err);
+  snprintf(dir, sizeof dir, "%s/%s", final_dir, tw->adapter_name);
+  if (sn_lora_save_peft(tw->model->lora, dir, tw->base_name, err, sizeof err) != 0) sn_fatal("%s", err);
 }
 
 // Room on dir's file system for `need` bytes plus a margin (safetensors headers, tokenizer files,
@@ -138,11 +162,7 @@ static int write_checkpoint(sn_trainer *t, int stage, int64_t step, const sn_ckp
   if (t->rank == 0) {
     int rc = failed ? -1 : 0;
     if (failed && !err[0]) snprintf(err, sizeof err, "another rank could not write its optimizer shard");
-    for (int i = 0; i < ntowers && rc == 0; i++) {
-      char dir[SN_TRAIN_PATH_MAX + 64];
-      snprintf(dir, sizeof dir, "%s/%s", tmp, towers[i].name);
-      rc = save_tower(towers[i].model, dir, towers[i].tokenizer_dir, err, sizeof err);
-    }
+    for (int i = 0; i < ntowers && rc == 0; i++) rc = save_ckpt_tower(&towers[i], tmp, err, sizeof err);
     if (rc == 0) {
       char path[SN_TRAIN_PATH_MAX + 64];
       snprintf(path, sizeof path, "%s/state.bin", tmp);

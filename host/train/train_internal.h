@@ -51,6 +51,10 @@ typedef struct {
   int max_seqs, max_tokens;
   int out_dim;         // C, or the projection's output width
   void *dhidden;       // (max_tokens, C) storage
+  // LoRA dropout while training (off by default): the stage sets a key per micro-batch; each
+  // chunk's forward (and the backward of it) takes masks from the key and the chunk's first sequence.
+  int dropout_on;
+  uint64_t dropout_key;
 } sn_tower_runner;
 
 void sn_runner_init(sn_tower_runner *r, sn_model *m, sn_pooling pooling, int max_seqs, int max_tokens);
@@ -126,7 +130,15 @@ typedef struct {
   const char *name;          // folder name inside the checkpoint: "query_tower", ...
   const sn_model *model;
   const char *tokenizer_dir; // where its tokenizer files come from ("" = none)
+  // LoRA towers (model->lora): checkpoints hold only the adapter, as a peft folder of this name;
+  // the final save writes the merged tower under `name` and the adapter beside it.
+  const char *adapter_name;  // "query_adapter", ...
+  const char *base_name;     // the adapter's base_model_name_or_path (stage1.model)
 } sn_ckpt_tower;
+
+// A final tower into final_dir/<name> as a Hugging Face folder (merged, for a LoRA tower, plus its
+// peft folder final_dir/<adapter_name>). Exits on failure.
+void sn_trainer_save_final_tower(const sn_ckpt_tower *tw, const char *final_dir);
 // Optimizer state saved under a prefix ("query", "doc", "student").
 typedef struct {
   const char *prefix;

@@ -48,17 +48,20 @@ static float optimizer_step(const sn_stage *s, double *grad_norm) {
 }
 
 static void save_final(sn_trainer *t, const sn_stage *s) {
-  char names[256] = "", err[1024];
+  char names[256] = "", err[1024], final_dir[SN_TRAIN_PATH_MAX + 16];
+  snprintf(final_dir, sizeof final_dir, "%s/final", t->run_dir);
   size_t need = 0;
   for (int i = 0; i < s->n_towers; i++) need += s->towers[i].model->num_elements * s->towers[i].model->ops->storage_size;
   if (sn_trainer_disk_room(t->run_dir, need, "the final towers", err, sizeof err) != 0)
     sn_fatal("stage %d: %s; the last checkpoint is kept (free space, then --resume auto)", s->number, err);
   for (int i = 0; i < s->n_towers; i++) {
-    char dir[SN_TRAIN_PATH_MAX + 64];
-    snprintf(dir, sizeof dir, "%s/final/%s", t->run_dir, s->towers[i].name);
-    sn_trainer_save_tower(s->towers[i].model, dir, s->towers[i].tokenizer_dir);
+    sn_trainer_save_final_tower(&s->towers[i], final_dir);
     size_t used = strlen(names);
     snprintf(names + used, sizeof names - used, "%s%s", i ? "," : "", s->towers[i].name);
+    if (s->towers[i].model->lora) {
+      used = strlen(names);
+      snprintf(names + used, sizeof names - used, ",%s", s->towers[i].adapter_name);
+    }
   }
   sn_plot_loss_svg(t->run_dir, s->number);
   sn_log("stage %d: done, %s in %s/final/%s%s%s", s->number, s->n_towers > 1 ? "towers" : "tower",

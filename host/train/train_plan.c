@@ -120,7 +120,10 @@ typedef struct {
 
 static int can_zero(const sn_run_config *c, int world) { return world > 1 && !c->dist.zero1; }
 static void set_zero(sn_run_config *c) { c->dist.zero1 = 1; }
-static int can_share(const sn_run_config *c, int world) { (void)world; return !c->stage1.shared_towers; }
+static int can_share(const sn_run_config *c, int world) {
+  (void)world;
+  return !c->stage1.shared_towers && c->stage1.lora.rank == 0;  // LoRA shares through lora.shared
+}
 static void set_share(sn_run_config *c) { c->stage1.shared_towers = 1; }
 static int can_recompute(const sn_run_config *c, int world) {
   (void)world;
@@ -134,12 +137,22 @@ static int can_grad_cache(const sn_run_config *c, int world) {
 }
 static void set_grad_cache(sn_run_config *c) { c->stage1.grad_cache_chunk = PLAN_GRAD_CACHE_CHUNK; }
 
+#define PLAN_LORA_RANK 32  // the adapters suggested: rank 32 on every linear (torch + peft's usual)
+static int can_lora(const sn_run_config *c, int world) {
+  (void)world;
+  return c->stage1.lora.rank == 0 && !c->stage1.shared_towers;
+}
+static void set_lora(sn_run_config *c) { c->stage1.lora.rank = PLAN_LORA_RANK; }
+
+// Tried alone, then all together except LoRA (which trains something else: adapters, not towers).
 static const plan_variant VARIANTS[] = {
     {"dist.zero1=true", "master weights and moments sharded across ranks", can_zero, set_zero},
     {"stage1.shared_towers=true", "one parameter set for both towers", can_share, set_share},
     {"stage1.grad_cache_chunk=16", "activations of 16 sequences at a time", can_grad_cache, set_grad_cache},
     {"stage1.recompute=layer", "keep block inputs only, re-run blocks in backward", can_recompute, set_recompute},
+    {"stage1.lora.rank=32", "two adapters over one frozen base: no tower gradients or moments", can_lora, set_lora},
 };
+#define PLAN_LORA_VARIANT (SN_ARRAY_LEN(VARIANTS) - 1)
 
 static void print_variant(FILE *out, const char *setting, size_t peak, size_t usable, const char *effect) {
   char b[32];
@@ -158,22 +171,22 @@ static void print_suggestions(const sn_run_config *cfg, const sn_ops *ops, int w
     if (!VARIANTS[i].applies(cfg, world)) continue;
     sn_run_config v = *cfg;
     VARIANTS[i].apply(&v);
-    VARIANTS[i].apply(&all);
+    if (i != PLAN_LORA_VARIANT) VARIANTS[i].apply(&all);
     print_variant(out, VARIANTS[i].setting, plan_peak_bytes(&v, ops, world, do1, do2), usable, VARIANTS[i].effect);
     any = 1;
   }
-  if (any) print_variant(out, "all of the above", plan_peak_bytes(&all, ops, world, do1, do2), usable, "");
+  if (any) print_variant(out, "all but LoRA", plan_peak_bytes(&all, ops, world, do1, do2), usable, "");
   all.dist.zero1 = 1;
   for (int w = world * 2; w <= SN_PLAN_MAX_WORLD; w *= 2) {
     size_t peak = plan_peak_bytes(&all, ops, w, do1, do2);
     if (peak <= usable) {
       char setting[64];
-      snprintf(setting, sizeof setting, "%d ranks, all of the above", w);
+      snprintf(setting, sizeof setting, "%d ranks, all but LoRA", w);
       print_variant(out, setting, peak, usable, "with dist.zero1=true (sn_train --plan --world N shows it)");
       return;
     }
   }
-  fprintf(out, "  not even %d ranks with all of the above: weights and gradients alone exceed a rank\n",
+  fprintf(out, "  not even %d ranks with all but LoRA: weights and gradients alone exceed a rank\n",
           SN_PLAN_MAX_WORLD);
 }
 

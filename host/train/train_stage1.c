@@ -2,11 +2,15 @@
 // InfoNCE over in-batch, hard and cross-device negatives. Optional gradient caching: embed the
 // whole contrastive batch without activations, take the loss gradient w.r.t. the embeddings, then
 // re-run and backpropagate chunk by chunk, so the batch is not bounded by activation memory.
+// LoRA towers (stage1.lora.rank > 0): two adapters (or one shared) over one frozen base, the towers
+// views of it (model_lora.h); the adapters are what the optimizers train and checkpoints hold.
 #define _GNU_SOURCE
 #include <math.h>
 #include <string.h>
 
 #include "common.h"
+#include "counter_rng.h"
+#include "model_lora.h"
 #include "train_internal.h"
 
 // Every buffer of the contrastive loss, sized once for the largest batch.
@@ -31,7 +35,12 @@ typedef struct {
   int grad_cache;
   contrastive_buffers buf;
   sn_optimizer *opt_q, *opt_d;  // opt_d == opt_q with shared towers
+  sn_model *base;             // LoRA: the frozen base both towers view; NULL for full towers
+  sn_lora *lora_q, *lora_d;   // LoRA: the adapters (lora_d == lora_q when shared)
 } stage1_ctx;
+
+// Keeps the dropout streams apart from the initialisation streams of the same seed.
+#define SN_LORA_DROPOUT_SALT 0x4C6F5241446F7570ull  // "LoRADoup"
 
 // Backend memory of `bytes`, or (ops NULL: the memory plan) only counted.
 static void *take(const sn_ops *ops, size_t bytes, size_t *counted) {
@@ -122,6 +131,12 @@ static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *
   // The two directions are averaged when the loss is symmetric.
   float scale = (s1->symmetric ? 0.5f : 1.0f) / (float)Bq_global;
 
+  if (c->base && s1->lora.dropout > 0) {  // LoRA dropout: masks of this batch, rank and tower
+    uint64_t key = sn_rng_stream_key(t->cfg.seed ^ SN_LORA_DROPOUT_SALT, b->step * (uint64_t)t->world + (uint64_t)t->rank);
+    c->qrun.dropout_on = c->drun.dropout_on = 1;
+    c->qrun.dropout_key = sn_rng_stream_key(key, 0);
+    c->drun.dropout_key = sn_rng_stream_key(key, 1);
+  }
   sn_embed_batch(&c->qrun, c->grad_cache, c->chunk_q, b->query_ids, b->query_cu_seqlens, Bq, B->q_emb, "queries");
   sn_embed_batch(&c->drun, c->grad_cache, c->chunk_d, b->doc_ids, b->doc_cu_seqlens, Nd, B->d_emb, "documents");
 
@@ -201,7 +216,7 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   sn_trainer_model_config(s1->model, s1->model_desc, "stage1.model", &mc);
   sn_model *m = sn_model_plan(&mc, ops, 0);
   const size_t N = m->num_elements, es = ops->storage_size;
-  const int towers = s1->shared_towers ? 1 : 2, zero = cfg->dist.zero1 && world > 1;
+  const int zero = cfg->dist.zero1 && world > 1;
   const int Bq = SN_MAX(s1->batch_queries / world, 1), Nd = Bq * (s1->negatives_per_query + 1);
   const int cross = s1->cross_device_negatives && world > 1;
   const int len_q = cfg->data.max_query_len, len_d = cfg->data.max_doc_len;
@@ -209,18 +224,34 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   chunk_sizes(s1, Bq, Nd, &chunk_q, &chunk_d);
   const sn_recompute rc = recompute_mode(s1);
   const char *dtype = sn_dtype_name(ops->storage);
+  // LoRA: one frozen base and the adapters, which are what has gradients and optimizer state.
+  sn_lora *lora = NULL;
+  sn_model *tower = m;
+  int trained_sets = s1->shared_towers ? 1 : 2;
+  size_t trained = N;  // elements of each trained parameter set
+  if (s1->lora.rank > 0) {
+    sn_lora_config lc = sn_run_config_lora(cfg);
+    lora = sn_lora_plan(m, &lc, "stage1.lora");
+    tower = sn_lora_tower(m, lora);
+    trained = lora->params->num_elements;
+    trained_sets = s1->lora.shared ? 1 : 2;
+  }
 
   sn_plan_phase *ph = sn_plan_phase_new(p, "stage 1 training", 1);
-  sn_plan_add(ph, "weights", towers * N * es, "%d tower%s x %.3gB parameters x %s", towers,
-              towers > 1 ? "s" : "", (double)N / 1e9, dtype);
-  sn_plan_add(ph, "gradients", towers * N * es, "%s, full buffer", dtype);
-  sn_optimizer_plan op = sn_optimizer_plan_bytes(N, ops, world, zero);
+  if (lora)
+    sn_plan_add(ph, "weights", (N + trained_sets * trained) * es, "frozen base %.3gB + %d adapter%s of %.3gM, %s",
+                (double)N / 1e9, trained_sets, trained_sets > 1 ? "s" : "", (double)trained / 1e6, dtype);
+  else
+    sn_plan_add(ph, "weights", trained_sets * N * es, "%d tower%s x %.3gB parameters x %s", trained_sets,
+                trained_sets > 1 ? "s" : "", (double)N / 1e9, dtype);
+  sn_plan_add(ph, "gradients", trained_sets * trained * es, "%s, full buffer%s", dtype, lora ? ", adapters only" : "");
+  sn_optimizer_plan op = sn_optimizer_plan_bytes(trained, ops, world, zero);
   if (op.master)
-    sn_plan_add(ph, "master weights", towers * op.master, "fp32%s", zero ? ", 1/world shard (ZeRO-1)" : "");
-  sn_plan_add(ph, "Adam moments", towers * op.moments, "fp32 m and v%s", zero ? ", 1/world shard (ZeRO-1)" : "");
-  if (op.exchange) sn_plan_add(ph, "ZeRO exchange", towers * op.exchange, "reduce-scatter / all-gather buffers");
-  const size_t acts_q = sn_runner_plan_bytes(m, chunk_q, chunk_q * len_q, 1, rc);
-  const size_t acts_d = sn_runner_plan_bytes(m, chunk_d, chunk_d * len_d, 1, rc);
+    sn_plan_add(ph, "master weights", trained_sets * op.master, "fp32%s", zero ? ", 1/world shard (ZeRO-1)" : "");
+  sn_plan_add(ph, "Adam moments", trained_sets * op.moments, "fp32 m and v%s", zero ? ", 1/world shard (ZeRO-1)" : "");
+  if (op.exchange) sn_plan_add(ph, "ZeRO exchange", trained_sets * op.exchange, "reduce-scatter / all-gather buffers");
+  const size_t acts_q = sn_runner_plan_bytes(tower, chunk_q, chunk_q * len_q, 1, rc);
+  const size_t acts_d = sn_runner_plan_bytes(tower, chunk_d, chunk_d * len_d, 1, rc);
   sn_plan_add(ph, "activations", acts_q + acts_d, "queries %d x %d tokens, documents %d x %d%s", chunk_q, len_q,
               chunk_d, len_d, rc == SN_RECOMPUTE_LAYER ? ", recompute = layer" : "");
   contrastive_buffers counted;
@@ -231,9 +262,30 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
               "%d queries x %d documents per rank", Bq, Nd);
   sn_workspace_shape ws = {.max_tokens = SN_MAX(chunk_q * len_q, chunk_d * len_d),
                            .n_heads = mc.n_heads, .head_dim = mc.head_dim, .widest = sn_model_widest_row(m),
-                           .loss_rows = Bq, .loss_cols = SN_MAX(Nd_all, Bq_all), .max_span_count = m->nparams};
+                           .loss_rows = Bq, .loss_cols = SN_MAX(Nd_all, Bq_all),
+                           .max_span_count = lora ? lora->params->nparams : m->nparams};
   sn_plan_add(ph, "backend workspaces", ops->workspace_bytes(&ws), "scratch of the ops and cuBLASLt");
+  if (lora) {
+    free(tower);  // a view (sn_lora_tower)
+    sn_lora_free(lora);
+  }
   sn_model_free(m);
+}
+
+// LoRA towers: the base always from the LLM (a resume restores only the adapters, from the
+// optimizer state), both adapters from the same seed, so both towers start as the base.
+static void lora_towers(sn_trainer *t, stage1_ctx *c) {
+  const sn_cfg_stage1 *s1 = &t->cfg.stage1;
+  sn_lora_config lc = sn_run_config_lora(&t->cfg);
+  c->base = sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  c->lora_q = sn_lora_new(c->base, &lc, t->cfg.seed, "stage1.lora");
+  c->lora_d = s1->lora.shared ? c->lora_q : sn_lora_new(c->base, &lc, t->cfg.seed, "stage1.lora");
+  c->qmodel = sn_lora_tower(c->base, c->lora_q);
+  c->dmodel = s1->lora.shared ? c->qmodel : sn_lora_tower(c->base, c->lora_d);
+  sn_log("stage 1 LoRA: rank %d, alpha %g (scale %g), targets %s, %s, %.3fM trainable parameters per adapter",
+         lc.rank, (double)lc.alpha, (double)c->lora_q->scale, s1->lora.targets,
+         s1->lora.shared ? "one shared adapter" : "two adapters over one frozen base",
+         (double)c->lora_q->params->num_elements / 1e6);
 }
 
 int sn_train_stage1(sn_trainer *t) {
@@ -250,11 +302,16 @@ int sn_train_stage1(sn_trainer *t) {
   char qdir[SN_TRAIN_PATH_MAX + 32], ddir[SN_TRAIN_PATH_MAX + 32];
   snprintf(qdir, sizeof qdir, "%s/query_tower", t->resume_dir);
   snprintf(ddir, sizeof ddir, "%s/doc_tower", t->resume_dir);
-  c.qmodel = resuming ? sn_model_load(qdir, ops)
-                      : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
-  c.dmodel = s1->shared_towers ? c.qmodel
-             : resuming        ? sn_model_load(ddir, ops)
-                               : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  const int lora = s1->lora.rank > 0;
+  if (lora) {
+    lora_towers(t, &c);
+  } else {
+    c.qmodel = resuming ? sn_model_load(qdir, ops)
+                        : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+    c.dmodel = s1->shared_towers ? c.qmodel
+               : resuming        ? sn_model_load(ddir, ops)
+                                 : sn_trainer_load_model(t, s1->model, s1->model_desc, t->cfg.seed, "stage1.model");
+  }
   log_model("stage 1 towers", c.qmodel);
   sn_tokenizer *tok = sn_trainer_load_tokenizer(s1->tokenizer, s1->model, "stage1.tokenizer");
   sn_trainer_check_vocab(tok, c.qmodel, "stage1.tokenizer");
@@ -294,31 +351,40 @@ int sn_train_stage1(sn_trainer *t) {
   if (c.qrun.out_dim != c.drun.out_dim) sn_bad_input("stage 1: query and document towers differ in width");
   buffers_init(&c.buf, ops, c.qrun.out_dim, Bq, Nd, s1->batch_queries, Nd * t->world, SN_MAX(c.chunk_q, c.chunk_d));
 
-  sn_model_alloc_grads(c.qmodel);
-  if (c.dmodel != c.qmodel) sn_model_alloc_grads(c.dmodel);
-  sn_optimizer opt_q, opt_d;
-  sn_trainer_optimizer_init(t, &opt_q, c.qmodel, &s1->optim, total);
-  if (c.dmodel != c.qmodel) sn_trainer_optimizer_init(t, &opt_d, c.dmodel, &s1->optim, total);
-  c.opt_q = &opt_q;
-  c.opt_d = c.dmodel != c.qmodel ? &opt_d : &opt_q;
-
+  // What is trained: the towers, or their adapters (the base has no gradients or optimizer state).
+  sn_model *train_q = lora ? c.lora_q->params : c.qmodel, *train_d = lora ? c.lora_d->params : c.dmodel;
   int two = c.dmodel != c.qmodel;
+  sn_model_alloc_grads(train_q);
+  if (two) sn_model_alloc_grads(train_d);
+  sn_optimizer opt_q, opt_d;
+  sn_trainer_optimizer_init(t, &opt_q, train_q, &s1->optim, total);
+  if (two) sn_trainer_optimizer_init(t, &opt_d, train_d, &s1->optim, total);
+  c.opt_q = &opt_q;
+  c.opt_d = two ? &opt_d : &opt_q;
+
+  const char *base_name = s1->model[0] ? s1->model : "";
   sn_stage stage = {.number = 1, .grad_accum = s1->grad_accum, .total_steps = total, .sampler = sampler,
-                    .n_models = 1 + two, .models = {c.qmodel, c.dmodel},
+                    .n_models = 1 + two, .models = {train_q, train_d},
                     .optimizers = {{"query", &opt_q}, {"doc", &opt_d}},
                     .n_towers = 2, .n_ckpt_towers = 1 + two,
-                    .towers = {{"query_tower", c.qmodel, tok_dir}, {"doc_tower", c.dmodel, tok_dir}},
+                    .towers = {{"query_tower", c.qmodel, tok_dir, "query_adapter", base_name},
+                               {"doc_tower", c.dmodel, tok_dir, "doc_adapter", base_name}},
                     .n_terms = 1, .term_names = {"infonce"}, .micro_step = micro_step, .ctx = &c};
   int rc = sn_train_loop(t, &stage, resuming);
   buffers_free(&c.buf, ops);
   sn_runner_free(&c.qrun);
   sn_runner_free(&c.drun);
   sn_optimizer_free(&opt_q);
-  if (c.dmodel != c.qmodel) {
+  if (two) {
     sn_optimizer_free(&opt_d);
     sn_model_free(c.dmodel);
   }
-  sn_model_free(c.qmodel);
+  sn_model_free(c.qmodel);  // a LoRA tower: the view only
+  if (lora) {
+    if (c.lora_d != c.lora_q) sn_lora_free(c.lora_d);
+    sn_lora_free(c.lora_q);
+    sn_model_free(c.base);
+  }
   sn_sampler_free(sampler);
   sn_token_set_close(&qset);
   sn_token_set_close(&dset);

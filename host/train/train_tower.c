@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "counter_rng.h"
+#include "model_lora.h"
 #include "train_internal.h"
 
 // ---- runners --------------------------------------------------------------------------------
@@ -64,9 +66,16 @@ const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s
   return ids + cu[s0];
 }
 
+// The dropout masks of the chunk starting at sequence s0 of the batch: the same in the gradient
+// cache's first pass and in its re-run.
+static void chunk_dropout(sn_tower_runner *r, int s0) {
+  if (r->model->lora) sn_lora_set_dropout(r->acts, r->dropout_on, sn_rng_stream_key(r->dropout_key, (uint64_t)s0));
+}
+
 void sn_embed_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
                     const int32_t *cu, int n, float *emb, const char *what) {
   if (!grad_cache) {
+    chunk_dropout(r, 0);
     sn_runner_forward(r, ids, cu, n, 1, emb, what);
     return;
   }
@@ -74,6 +83,7 @@ void sn_embed_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t
   for (int s0 = 0; s0 < n; s0 += chunk) {
     int s1 = SN_MIN(n, s0 + chunk);
     const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
+    chunk_dropout(r, s0);
     sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 0, emb + (size_t)s0 * r->out_dim, what);
   }
   free(sub_cu);
@@ -92,6 +102,7 @@ void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int3
   for (int s0 = 0; s0 < n; s0 += chunk) {
     int s1 = SN_MIN(n, s0 + chunk);
     const int32_t *sub_ids = sn_sub_batch(ids, cu, s0, s1, sub_cu);
+    chunk_dropout(r, s0);
     sn_runner_forward(r, sub_ids, sub_cu, s1 - s0, 1, chunk_emb, what);
     if (arm && s1 == n) sn_optimizer_arm_overlap(arm);  // only the last chunk completes the gradients
     sn_runner_backward(r, d_emb + (size_t)s0 * r->out_dim, chunk_emb, NULL);
@@ -132,6 +143,7 @@ float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verb
       count++;
     }
     sn_token_set_pack(set, index, count, &ids, &cap, cu);
+    if (r->model->lora) sn_lora_set_dropout(r->acts, 0, 0);  // embedding a set is inference
     sn_runner_forward(r, ids, cu, count, 0, emb, what);
     ops->download(out + (size_t)start * r->out_dim, emb, (size_t)count * r->out_dim * sizeof(float));
     start += count;

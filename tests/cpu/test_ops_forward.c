@@ -280,6 +280,47 @@ static void test_embedding_and_elementwise(void) {
   ops->scale_f32(x, -0.25f, n);
   expect_close("scale_f32", x, want, n, FWD_TOL);
 
+  // axpy_2d: columns [2, 2 + w) of x (T, C) += 0.5 * y's first w columns (row stride C), then
+  // written (accumulate 0) into a packed (T, w) block
+  const int w = 3, col0 = 2;
+  for (size_t i = 0; i < n; i++) want[i] = x[i];
+  for (int t = 0; t < T; t++)
+    for (int c = 0; c < w; c++) want[t * C + col0 + c] += 0.5 * y[t * C + c];
+  ops->axpy_2d(x + col0, C, y, C, T, w, 0.5f, 1);
+  expect_close("axpy_2d accumulate (column slice)", x, want, n, FWD_TOL);
+  float *packed = random_array((size_t)T * w, 1.0f);
+  for (int t = 0; t < T; t++)
+    for (int c = 0; c < w; c++) want[t * w + c] = -2.0 * x[t * C + col0 + c];
+  ops->axpy_2d(packed, w, x + col0, C, T, w, -2.0f, 0);
+  expect_close("axpy_2d write (gather)", packed, want, (size_t)T * w, FWD_TOL);
+  free(packed);
+
+  // dropout: kept elements scaled by 1/(1-p), about 1-p of them kept, the same mask for the same
+  // key (written, then accumulated), another mask for another key
+  {
+    const size_t nd = 1 << 14;
+    const float p = 0.25f;
+    const uint64_t key = 77;
+    float *xd = random_array(nd, 1.0f), *o1 = random_array(nd, 1.0f), *o2 = random_array(nd, 1.0f);
+    ops->dropout(o1, xd, nd, key, p, 0);
+    size_t kept = 0, bad = 0, same = 0;
+    for (size_t i = 0; i < nd; i++) {
+      if (o1[i] != 0.0f) kept++, bad += fabsf(o1[i] - xd[i] / (1.0f - p)) > 1e-6f * fabsf(o1[i]);
+      o2[i] = o1[i];
+    }
+    ops->dropout(o2, xd, nd, key, p, 1);  // o2 = 2 * o1
+    for (size_t i = 0; i < nd; i++) same += o2[i] == 2.0f * o1[i];
+    double frac = (double)kept / nd;
+    printf("  %-44s kept %.3f (want %.3f)\n", "dropout", frac, 1.0 - p);
+    CHECK(bad == 0 && fabs(frac - (1.0 - p)) < 0.02 && same == nd, "dropout: %zu badly scaled, kept %.3f, "
+          "%zu of %zu equal on the same key", bad, frac, same, nd);
+    ops->dropout(o2, xd, nd, key + 1, p, 0);
+    size_t differ = 0;
+    for (size_t i = 0; i < nd; i++) differ += (o2[i] == 0.0f) != (o1[i] == 0.0f);
+    CHECK(differ > nd / 10, "dropout: another key gives nearly the same mask (%zu of %zu differ)", differ, nd);
+    free(xd), free(o1), free(o2);
+  }
+
   float ss = 1.5f;
   double ss_want = 1.5;
   for (size_t i = 0; i < n; i++) ss_want += (double)y[i] * y[i];

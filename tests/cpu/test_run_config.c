@@ -104,5 +104,27 @@ int main(void) {
   // A missing file names it.
   CHECK(sn_run_config_load(&c, "/nonexistent/cfg.json", NULL, 0, err, sizeof err) == -1 &&
             strstr(err, "/nonexistent/cfg.json"), "missing file: %s", err);
+  // stage1.lora: targets as a list or a comma string (short or peft names), parsed to a mask; bad
+  // names, non-string entries and lora with shared_towers are errors naming the key.
+  CHECK(parse(&c, "{\"stage1\": {\"lora\": {\"rank\": 8, \"targets\": [\"q\", \"v_proj\", \"down\"]}}}", NULL, 0,
+              err) == 0, "lora list: %s", err);
+  sn_lora_config lc = sn_run_config_lora(&c);
+  CHECK(lc.rank == 8 && lc.alpha == 16.0f &&
+            lc.targets == ((1u << SN_LORA_Q) | (1u << SN_LORA_V) | (1u << SN_LORA_DOWN)),
+        "lora list parsed: rank %d alpha %g targets %#x (%s)", lc.rank, lc.alpha, lc.targets, c.stage1.lora.targets);
+  const char *lora_sets[] = {"stage1.lora.rank=4", "stage1.lora.targets=gate, up"};
+  CHECK(parse(&c, "{}", lora_sets, 2, err) == 0, "lora comma string: %s", err);
+  lc = sn_run_config_lora(&c);
+  CHECK(lc.targets == ((1u << SN_LORA_GATE) | (1u << SN_LORA_UP)), "lora comma string parsed: %#x", lc.targets);
+  CHECK(parse(&c, "{}", NULL, 0, err) == 0 && strcmp(c.stage1.lora.targets, SN_LORA_ALL_TARGETS) == 0 &&
+            c.stage1.lora.rank == 0, "lora defaults: off, every target");
+  expect_error("{\"stage1\": {\"lora\": {\"rank\": 4, \"targets\": \"q,qq\"}}}", NULL, 0, "stage1.lora.targets",
+               "unknown LoRA target 'qq'");
+  expect_error("{\"stage1\": {\"lora\": {\"rank\": 4, \"targets\": [\"q\", 3]}}}", NULL, 0, "stage1.lora.targets",
+               "must be a string");
+  expect_error("{\"stage1\": {\"shared_towers\": true, \"lora\": {\"rank\": 4}}}", NULL, 0, "stage1.lora.shared",
+               NULL);
+  expect_error("{\"stage1\": {\"lora\": {\"rnak\": 4}}}", NULL, 0, "stage1.lora.rank", NULL);
+
   return sn_test_finish("test_run_config");
 }

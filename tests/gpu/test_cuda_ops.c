@@ -39,6 +39,24 @@ static void check_elementwise(size_t n) {
   cpu->gelu_backward(dx.c, b.c, a.c, n), gpu->gelu_backward(dx.g, b.g, a.g, n);
   snprintf(name, sizeof name, "gelu_backward n=%zu", n);
   compare(name, dx, BF16_TOL);
+  // axpy_2d: a column slice of a (rows, 7) view of a, scaled into out's slice, then gathered
+  if (n >= 7) {
+    int rows = (int)(n / 7), cols = 3;
+    cpu->axpy_2d((char *)out.c + 2 * cpu->storage_size, 7, a.c, 7, rows, cols, 0.37f, 0);
+    gpu->axpy_2d((char *)out.g + 2 * gpu->storage_size, 7, a.g, 7, rows, cols, 0.37f, 0);
+    cpu->axpy_2d((char *)out.c + 2 * cpu->storage_size, 7, b.c, 7, rows, cols, -1.5f, 1);
+    gpu->axpy_2d((char *)out.g + 2 * gpu->storage_size, 7, b.g, 7, rows, cols, -1.5f, 1);
+    cpu->axpy_2d(dx.c, cols, (char *)out.c + 2 * cpu->storage_size, 7, rows, cols, 2.0f, 0);
+    gpu->axpy_2d(dx.g, cols, (char *)out.g + 2 * gpu->storage_size, 7, rows, cols, 2.0f, 0);
+    pair packed = {.c = dx.c, .g = dx.g, .n = (size_t)rows * cols};
+    snprintf(name, sizeof name, "axpy_2d rows=%d (slice in, then out)", rows);
+    compare(name, packed, BF16_TOL);
+  }
+  // dropout: the same counter-based mask on both backends (written, then accumulated)
+  cpu->dropout(out.c, a.c, n, 1234, 0.3f, 0), gpu->dropout(out.g, a.g, n, 1234, 0.3f, 0);
+  cpu->dropout(out.c, b.c, n, 99, 0.3f, 1), gpu->dropout(out.g, b.g, n, 99, 0.3f, 1);
+  snprintf(name, sizeof name, "dropout n=%zu", n);
+  compare(name, out, BF16_TOL);
   pair_free(&a), pair_free(&b), pair_free(&out), pair_free(&x), pair_free(&f), pair_free(&s), pair_free(&dx);
 }
 
@@ -137,6 +155,11 @@ static void check_norms(int T, int C) {
     snprintf(name, sizeof name, "rmsnorm_backward dweight T=%d C=%d", T, C);
     compare(name, dw, BF16_TOL);
   }
+  // a frozen weight (LoRA's base): dweight NULL, dx only
+  cpu->rmsnorm_backward(dx.c, NULL, dout.c, x.c, w.c, rstd.c, T, C, 0);
+  gpu->rmsnorm_backward(dx.g, NULL, dout.g, x.g, w.g, rstd.g, T, C, 0);
+  snprintf(name, sizeof name, "rmsnorm_backward frozen weight dx T=%d C=%d", T, C);
+  compare(name, dx, BF16_TOL);
   cpu->add_rmsnorm_forward(res.c, out.c, rstd.c, x.c, y.c, w.c, T, C, eps);
   gpu->add_rmsnorm_forward(res.g, out.g, rstd.g, x.g, y.g, w.g, T, C, eps);
   snprintf(name, sizeof name, "add_rmsnorm_forward T=%d C=%d", T, C);

@@ -2,7 +2,7 @@
 # 50 training steps of stage 1 and of stage 2 on the GPU follow the CPU backend's loss curve within
 # bf16 tolerance (same config, data and seed; the CPU run is the fp32 reference): the first step
 # within 1%, 10-step averages within 5%. Stage 1 with activation recomputation (recompute = layer)
-# follows the plain GPU run: its first gradient norm within the bf16 band (1%), its curve as above.
+# follows the plain GPU run: its first gradient norm within the bf16 band (1%), its curve as above. Also stage 1 with LoRA towers.
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -32,19 +32,26 @@ JSON
 # Stage 2 on the GPU distils the CPU run's stage-1 towers, so both stage-2 runs have one teacher.
 mkdir -p gpu2/final && cp -r cpu/final/query_tower cpu/final/doc_tower gpu2/final/
 "$BUILD/sn_train" --config cfg.json --stage 2 --set run_dir=gpu2 --set device=cuda >> gpu.out 2>> gpu.log || { tail -30 gpu.log; exit 1; }
+# LoRA towers (two adapters over one frozen base, every linear): stage 1 on both backends.
+LORA="--set stage1.lora.rank=8 --set stage1.lora.alpha=16 --set stage1.optim.lr=5e-3"
+# shellcheck disable=SC2086
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=cpu-lora $LORA 2>> cpu.log || { tail cpu.log; exit 1; }
+# shellcheck disable=SC2086
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=gpu-lora --set device=cuda $LORA 2>> gpu.log ||
+  { tail -30 gpu.log; exit 1; }
 cat gpu.out
 python3 - <<'PY'
 import json
 def curve(d, stage): return [r["loss"] for r in map(json.loads, open(f"{d}/metrics.jsonl")) if r["stage"] == stage]
 WINDOW = 10  # steps: single batches differ in difficulty, so single-step losses amplify tiny weight changes
 ok = True
-for stage, gpu_dir in ((1, "gpu"), (2, "gpu2")):
-    cpu, gpu = curve("cpu", stage), curve(gpu_dir, stage)
+for stage, cpu_dir, gpu_dir in ((1, "cpu", "gpu"), (2, "cpu", "gpu2"), (1, "cpu-lora", "gpu-lora")):
+    cpu, gpu = curve(cpu_dir, stage), curve(gpu_dir, stage)
     assert len(cpu) == len(gpu) == 50, (len(cpu), len(gpu))
     first = abs(cpu[0] - gpu[0]) / cpu[0]
     avg = [abs(sum(cpu[i:i + WINDOW]) - sum(gpu[i:i + WINDOW])) / sum(cpu[i:i + WINDOW])
            for i in range(len(cpu) - WINDOW + 1)]
-    print(f"stage {stage}: step 1 cpu {cpu[0]:.5f} gpu {gpu[0]:.5f} (rel {first:.1e}); "
+    print(f"{gpu_dir} stage {stage}: step 1 cpu {cpu[0]:.5f} gpu {gpu[0]:.5f} (rel {first:.1e}); "
           f"{WINDOW}-step averages differ by at most {max(avg):.1e}; last: cpu {cpu[-1]:.4f} gpu {gpu[-1]:.4f}")
     # Same weights and data at step 1: bf16 rounding only. Over 50 steps: within a few percent.
     ok &= first < 1e-2 and max(avg) < 5e-2

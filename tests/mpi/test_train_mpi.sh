@@ -5,7 +5,8 @@
 # The same with ZeRO-1 (optimizer state sharded across ranks), whose ranks also hash their weights
 # after every step and must agree (dist.check_replicas_every). Also: a checkpoint written by 3
 # ranks resumes on 2 and on 1 (resharding ZeRO-1 state); killing one rank ends the job in bounded
-# time, and --resume auto continues from the last checkpoint.
+# time, and --resume auto continues from the last checkpoint. LoRA towers (two adapters over one
+# frozen base), overlapped and under ZeRO-1, follow their 1-rank run too.
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -59,7 +60,7 @@ fail=0
 # with gradient accumulation, gradient caching and shared towers (where only the last backward pass
 # of a step may start the buckets).
 SMALL="--set dist.bucket_mb=0.005"
-for variant in plain symmetric zero1 buckets accum-cache shared no-overlap; do
+for variant in plain symmetric zero1 buckets accum-cache shared no-overlap lora lora-zero1; do
   extra=""
   case $variant in
     symmetric) extra="--set stage1.symmetric=true" ;;
@@ -68,6 +69,9 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap; do
     accum-cache) extra="$SMALL --set stage1.grad_accum=2 --set stage1.grad_cache_chunk=5 --set stage2.grad_accum=2" ;;
     shared) extra="$SMALL --set stage1.shared_towers=true" ;;
     no-overlap) extra="--set dist.overlap=false" ;;
+    # LoRA towers: the adapters' layer buckets overlap the backward like a tower's; ZeRO-1 over them
+    lora) extra="$SMALL --set stage1.lora.rank=4 --set stage1.optim.lr=1e-2" ;;
+    lora-zero1) extra="--set stage1.lora.rank=4 --set stage1.lora.targets=q,v,down --set dist.zero1=true --set dist.check_replicas_every=1" ;;
   esac
   # shellcheck disable=SC2086
   "$BUILD/sn_train" --config cfg.json --set run_dir=np1-$variant $extra 2> np1.log || { cat np1.log; exit 1; }
@@ -80,7 +84,11 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap; do
         grep -qE "stage 1: [4-9][0-9.]* overlapped all-reduces per step" np$np.log ||
         { echo "FAIL: buckets not overlapped: $(grep -E 'gradients:|overlapped' np$np.log)"; fail=1; }
     fi
-    if [ $variant = zero1 ]; then  # every rank hashed its weights after every step, and they agreed
+    if [ $variant = lora ]; then  # the adapters' layers started their all-reduces during backward
+      grep -qE "stage 1: [2-9][0-9.]* overlapped all-reduces per step" np$np.log ||
+        { echo "FAIL: LoRA buckets not overlapped: $(grep -E 'overlapped' np$np.log)"; fail=1; }
+    fi
+    if [ $variant = zero1 ] || [ $variant = lora-zero1 ]; then  # every rank hashed its weights after every step, and they agreed
       [ "$(grep -c '"weights_hash"' np$np-$variant/metrics.jsonl)" = "$(wc -l < np$np-$variant/metrics.jsonl)" ] ||
         { echo "FAIL: replica checksums missing from np$np-$variant/metrics.jsonl"; fail=1; }
     fi

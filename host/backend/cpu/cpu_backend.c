@@ -32,9 +32,11 @@ static const sn_ops cpu_ops = {
 
     .fill_normal = sn_cpu_fill_normal,
     .fill = sn_cpu_fill,
+    .dropout = sn_cpu_dropout,
 
     .add = sn_cpu_add,
     .scale_f32 = sn_cpu_scale_f32,
+    .axpy_2d = sn_cpu_axpy_2d,
 
     .embedding_forward = sn_cpu_embedding_forward,
     .embedding_backward = sn_cpu_embedding_backward,

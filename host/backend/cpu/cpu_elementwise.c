@@ -12,3 +12,15 @@ void sn_cpu_scale_f32(float *x, float s, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= SN_CPU_PARALLEL_MIN_WORK)
   for (size_t i = 0; i < n; i++) x[i] *= s;
 }
+
+void sn_cpu_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
+                    int accumulate) {
+  float *d = dst;
+  const float *x = src;
+#pragma omp parallel for schedule(static) if ((size_t)rows * cols >= SN_CPU_PARALLEL_MIN_WORK)
+  for (int r = 0; r < rows; r++) {
+    float *dr = d + (size_t)r * ld_dst;
+    const float *xr = x + (size_t)r * ld_src;
+    for (int c = 0; c < cols; c++) dr[c] = (accumulate ? dr[c] : 0.0f) + alpha * xr[c];
+  }
+}

@@ -153,8 +153,8 @@ static void norm_backward_params(float *dweight, float *dbias, const float *dout
 
 void sn_cpu_rmsnorm_backward(void *dx, void *dweight, const void *dout, const void *x,
                              const void *weight, const float *rstd, int T, int C, int accumulate) {
-  // Parameters first: then dx may even be the dout buffer.
-  norm_backward_params(dweight, NULL, dout, x, NULL, rstd, T, C);
+  // Parameters first: then dx may even be the dout buffer. A frozen weight has no gradient.
+  if (dweight) norm_backward_params(dweight, NULL, dout, x, NULL, rstd, T, C);
   norm_backward_rows(dx, dout, x, weight, NULL, rstd, T, C, 0, accumulate);
 }
 

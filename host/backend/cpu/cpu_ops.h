@@ -102,8 +102,11 @@ size_t sn_cpu_workspace_bytes(const sn_workspace_shape *shape);
 // ---- elementwise --------------------------------------------------------------------------------
 void sn_cpu_fill_normal(void *x, size_t n, uint64_t key, float stddev);
 void sn_cpu_fill(void *x, size_t n, float value);
+void sn_cpu_dropout(void *out, const void *x, size_t n, uint64_t key, float p, int accumulate);
 void sn_cpu_add(void *out, const void *a, const void *b, size_t n);
 void sn_cpu_scale_f32(float *x, float s, size_t n);
+void sn_cpu_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
+                    int accumulate);
 
 // ---- embedding ----------------------------------------------------------------------------------
 void sn_cpu_embedding_forward(void *out, const int32_t *ids, const void *table, int T, int C,
