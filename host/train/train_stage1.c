@@ -229,8 +229,6 @@ int sn_train_stage1(sn_trainer *t) {
   if (c.qrun.out_dim != c.drun.out_dim) sn_bad_input("stage 1: query and document towers differ in width");
   buffers_init(&c.buf, ops, c.qrun.out_dim, Bq, Nd, s1->batch_queries, Nd * t->world, SN_MAX(c.chunk_q, c.chunk_d));
 
-  sn_model_alloc_grads(c.qmodel);
-  if (c.dmodel != c.qmodel) sn_model_alloc_grads(c.dmodel);
   sn_optimizer opt_q, opt_d;
   sn_trainer_optimizer_init(t, &opt_q, c.qmodel, &s1->optim, total);
   if (c.dmodel != c.qmodel) sn_trainer_optimizer_init(t, &opt_d, c.dmodel, &s1->optim, total);

@@ -238,7 +238,6 @@ int sn_train_stage2(sn_trainer *t) {
   c.terms = ops->alloc(3 * sizeof(float));
   c.host_rows = mallocCheck((size_t)SN_MAX(Bq, Nd) * Ct * sizeof(float));
 
-  sn_model_alloc_grads(student);
   sn_optimizer opt;
   sn_trainer_optimizer_init(t, &opt, student, &s2->optim, total);
   c.opt = &opt;
