@@ -196,8 +196,9 @@ void sn_optimizer_zero_grads(sn_optimizer *opt) {
 void sn_optimizer_grad_bytes(const sn_optimizer *opt, size_t *held, size_t *full) {
   size_t es = opt->ops->storage_size;
   *full = opt->model->num_elements * es;
-  *held = opt->zero == 2 ? (opt->shard_stride + opt->z2.work_len) * es
-          : opt->zero    ? *full + opt->shard_stride * es
+  size_t world = opt->comm ? (size_t)opt->comm->world_size : 1;
+  *held = opt->zero == 2 ? (opt->shard_stride + opt->z2.work_len) * es              // slice + working area
+          : opt->zero    ? *full + (1 + world) * opt->shard_stride * es             // + slice + exchange
                          : *full;
 }
 

@@ -11,7 +11,8 @@
 // - ZeRO-2: as ZeRO-1, and the model keeps no full gradient buffer either: every backward pass
 //   writes into small working buffers (two layers' worth, used alternately, and one for the
 //   tensors outside the layers) through the model's grad map; as each layer completes its buffer is
-//   all-reduced and each rank adds the part inside its slice to grad_shard. See docs/DESIGN.md.
+//   reduce-scattered (unequal parts: its intersections with the slices) and each rank adds its
+//   part to grad_shard. See docs/DESIGN.md.
 // At world size 1 every mode is the replicated one.
 #pragma once
 #include <stdint.h>
@@ -62,7 +63,8 @@ typedef struct {
     void *layer_buf[2];  // (max layer_len) layer l writes into layer_buf[l % 2]
     void *outer;         // (head_len + N - tail_begin): [0, head_len) then [tail_begin, N)
     size_t head_len, tail_begin;
-    int pending_layer;   // the layer whose all-reduce is in flight, or -1
+    int pending_layer;   // the layer whose reduce-scatter is in flight, or -1
+    size_t *counts;      // (world) the parts of the reduce-scatter being started
     size_t *region_begin;  // (L + 3) the grad map's regions: before the layers, each layer, after
     void **region_base;    // (L + 2)
     sn_grad_map map;

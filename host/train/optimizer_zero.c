@@ -4,19 +4,20 @@
 // grad map (sn_gptr) into one working area of
 //   layer buffer 0 | layer buffer 1   (max layer_len each; layer l writes into layer_buf[l % 2])
 //   outer buffer                      (the tensors before the layers, then those after them)
-// As layer l completes (on_layer_grads) its buffer's all-reduce starts, and the one started for
-// layer l + 1 is completed: each rank adds the part of that range inside its slice into grad_shard
-// and zeroes the buffer, which layer l - 1 writes next. At SN_GRADS_REST the outer buffer (whose
+// As layer l completes (on_layer_grads) its buffer's reduce-scatter starts, and the one started for
+// layer l + 1 is completed: each rank adds its summed part of that range into grad_shard and
+// zeroes the buffer, which layer l - 1 writes next. At SN_GRADS_REST the outer buffer (whose
 // gradients were written at the start of the pass — projection, final norm — and at its end —
 // embeddings) goes the same way. So a pass leaves the working area zero and its gradient summed
 // over ranks into the slices, and a step with several passes accumulates them in grad_shard.
 //
-// Why an all-reduce and not a reduce-scatter: a layer's range crosses the slices' boundaries
-// arbitrarily (a slice is ceil(N / world) elements, a layer anything), and a reduce-scatter needs
-// equal counts per rank. The all-reduce moves twice the bytes a reduce-scatter would (2 (w-1)/w
-// of the bucket per rank instead of (w-1)/w), but it is one collective with the same order on
-// every rank, overlaps the lower layers' backward on NCCL (the communicator's stream), and adds in
-// rank order on MPI, so a step of one backward pass gives the same sums as the replicated mode.
+// The reduce-scatter has unequal parts (sn_comm_reduce_scatter_v_async): a layer's range crosses
+// the slices' boundaries arbitrarily (a slice is ceil(N / world) elements, a layer anything), so
+// rank q's part is the range's intersection with slice q, usually empty for all but one or two
+// ranks. The parts lie in rank order in the buffer because the slices do. It is one collective
+// with the same order on every rank, overlaps the lower layers' backward on NCCL (the
+// communicator's stream), and adds in rank order on MPI, so a step of one backward pass gives the
+// replicated mode's gradient sums bit for bit.
 #include <string.h>
 
 #include "common.h"
@@ -33,7 +34,27 @@ static void add_own_part(sn_optimizer *opt, const void *buf, size_t begin, size_
 
 static size_t layer_end(const sn_optimizer *opt, int l) { return opt->layer_begin[l] + opt->layer_len[l]; }
 
-// Completes the in-flight layer all-reduce (if any): its own part into the shard, its buffer zeroed.
+// counts (world) += the sizes of [begin, end)'s intersections with every rank's slice.
+static void add_part_counts(const sn_optimizer *opt, size_t begin, size_t end, size_t *counts) {
+  size_t n = opt->model->num_elements, stride = opt->shard_stride;
+  for (int q = 0; q < opt->comm->world_size; q++) {
+    size_t slice_begin = SN_MIN(n, (size_t)q * stride), slice_end = SN_MIN(n, slice_begin + stride);
+    size_t lo = SN_MAX(begin, slice_begin), hi = SN_MIN(end, slice_end);
+    if (lo < hi) counts[q] += hi - lo;
+  }
+}
+
+// Starts the sum of layer l's buffer over ranks, each rank receiving its part.
+static void start_layer(sn_optimizer *opt, int l) {
+  memset(opt->z2.counts, 0, (size_t)opt->comm->world_size * sizeof(size_t));
+  add_part_counts(opt, opt->layer_begin[l], layer_end(opt, l), opt->z2.counts);
+  sn_comm_reduce_scatter_v_async(opt->comm, opt->z2.layer_buf[l % 2], opt->z2.counts, opt->ops->storage, NULL);
+  opt->buckets_started++;
+  opt->z2.pending_layer = l;
+}
+
+// Completes the in-flight layer reduce-scatter (if any): its own part into the shard, its buffer
+// zeroed.
 static void settle_pending_layer(sn_optimizer *opt) {
   int l = opt->z2.pending_layer;
   if (l < 0) return;
@@ -44,12 +65,17 @@ static void settle_pending_layer(sn_optimizer *opt) {
   opt->z2.pending_layer = -1;
 }
 
-// The outer buffer at the end of a pass: all-reduced, its two ranges' own parts into the shard.
+// The outer buffer at the end of a pass: reduce-scattered, its two ranges' own parts into the
+// shard. The parts stay in rank order in the buffer: the head's ranks come before the tail's, and
+// a rank owning both has the end of the head and the start of the tail, adjacent.
 static void reduce_outer(sn_optimizer *opt) {
   size_t n = opt->model->num_elements, head = opt->z2.head_len, tail = n - opt->z2.tail_begin;
   if (head + tail == 0) return;
   void *outer = opt->z2.outer;
-  sn_comm_all_reduce_async(opt->comm, outer, head + tail, opt->ops->storage, NULL);
+  memset(opt->z2.counts, 0, (size_t)opt->comm->world_size * sizeof(size_t));
+  add_part_counts(opt, 0, head, opt->z2.counts);
+  add_part_counts(opt, opt->z2.tail_begin, n, opt->z2.counts);
+  sn_comm_reduce_scatter_v_async(opt->comm, outer, opt->z2.counts, opt->ops->storage, NULL);
   opt->buckets_started++;
   sn_comm_wait(opt->comm);
   add_own_part(opt, outer, 0, head);
@@ -65,11 +91,9 @@ static void zero2_on_grads(void *ctx, int l) {
     reduce_outer(opt);
     return;
   }
-  // Layer l + 1's all-reduce ran while layer l computed; its buffer is the one layer l - 1 needs.
+  // Layer l + 1's reduce-scatter ran while layer l computed; its buffer is the one layer l - 1 needs.
   settle_pending_layer(opt);
-  sn_comm_all_reduce_async(opt->comm, opt->z2.layer_buf[l % 2], opt->layer_len[l], opt->ops->storage, NULL);
-  opt->buckets_started++;
-  opt->z2.pending_layer = l;
+  start_layer(opt, l);
 }
 
 void sn_opt_zero2_init(sn_optimizer *opt) {
@@ -94,6 +118,7 @@ void sn_opt_zero2_init(sn_optimizer *opt) {
   opt->z2.layer_buf[1] = sn_opt_storage_at(opt, opt->z2.work, max_layer);
   opt->z2.outer = sn_opt_storage_at(opt, opt->z2.work, 2 * max_layer);
   opt->z2.pending_layer = -1;
+  opt->z2.counts = mallocCheck((size_t)opt->comm->world_size * sizeof(size_t));
 
   // Regions: [0, head) → outer; layer l → layer_buf[l % 2]; [tail_begin, n) → after head in outer.
   size_t *begin = mallocCheck((size_t)(L + 3) * sizeof *begin);
@@ -126,6 +151,7 @@ void sn_opt_zero2_free(sn_optimizer *opt) {
     m->on_layer_grads_ctx = NULL;
   }
   if (opt->z2.work) opt->ops->free(opt->z2.work);
+  free(opt->z2.counts);
   free(opt->z2.region_begin);
   free(opt->z2.region_base);
 }

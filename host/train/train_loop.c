@@ -104,7 +104,8 @@ int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming) {
   if (t->rank == 0 && (first->overlap || first->zero == 2) && steps_here > 0) {
     int64_t buckets = 0;
     for (int i = 0; i < s->n_models; i++) buckets += s->optimizers[i].opt->buckets_started;
-    sn_log("stage %d: %.1f overlapped all-reduces per step", s->number, (double)buckets / (double)steps_here);
+    sn_log("stage %d: %.1f overlapped %s per step", s->number, (double)buckets / (double)steps_here,
+           first->zero == 2 ? "reduce-scatters" : "all-reduces");
   }
   if (!stopped && t->rank == 0) save_final(t, s);
   sn_comm_barrier(t->comm);  // the next stage and the evaluation read the final towers
