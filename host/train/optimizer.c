@@ -193,13 +193,14 @@ void sn_optimizer_zero_grads(sn_optimizer *opt) {
   else sn_model_zero_grads(opt->model);
 }
 
-void sn_optimizer_grad_bytes(const sn_optimizer *opt, size_t *held, size_t *full) {
-  size_t es = opt->ops->storage_size;
-  *full = opt->model->num_elements * es;
-  size_t world = opt->comm ? (size_t)opt->comm->world_size : 1;
-  *held = opt->zero == 2 ? (opt->shard_stride + opt->z2.work_len) * es              // slice + working area
-          : opt->zero    ? *full + (1 + world) * opt->shard_stride * es             // + slice + exchange
-                         : *full;
+sn_grad_bytes sn_optimizer_grad_bytes(const sn_optimizer *opt) {
+  size_t es = opt->ops->storage_size, world = opt->comm ? (size_t)opt->comm->world_size : 1;
+  sn_grad_bytes b = {.full_size = opt->model->num_elements * es};
+  b.full = opt->zero == 2 ? 0 : b.full_size;
+  b.exchange = opt->zero == 1 ? world * opt->shard_stride * es : 0;
+  b.slice = opt->zero ? opt->shard_stride * es : 0;
+  b.working = opt->zero == 2 ? opt->z2.work_len * es : 0;
+  return b;
 }
 
 static double local_sum_squares(sn_optimizer *opt) {

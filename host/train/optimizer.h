@@ -89,9 +89,15 @@ void sn_optimizer_arm_overlap(sn_optimizer *opt);
 void sn_optimizer_flush_overlap(sn_optimizer *opt);
 // Zeroes the step's gradients before its first backward pass (the model's buffer, or grad_shard).
 void sn_optimizer_zero_grads(sn_optimizer *opt);
-// Bytes of gradient storage this rank holds (full buffer, or shard + working buffers), and what the
-// full buffer would be: for the startup log.
-void sn_optimizer_grad_bytes(const sn_optimizer *opt, size_t *held, size_t *full);
+// Bytes of gradient storage a rank holds, by kind (0 where the mode has none): for the startup log.
+typedef struct {
+  size_t full;      // the model's full gradient buffer (replicated, ZeRO-1)
+  size_t exchange;  // ZeRO-1's padded copy of it for the reduce-scatter
+  size_t slice;     // grad_shard (ZeRO)
+  size_t working;   // ZeRO-2's layer and outer buffers
+  size_t full_size; // what one full buffer is, to compare with
+} sn_grad_bytes;
+sn_grad_bytes sn_optimizer_grad_bytes(const sn_optimizer *opt);
 // Sums the gradients over ranks: all-reduce, or reduce-scatter into grad_shard with ZeRO-1 (ZeRO-2
 // did it during the backward passes: nothing left to do); after
 // an armed backward pass, starts the buckets not yet started and waits for all of them.

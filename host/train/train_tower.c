@@ -99,15 +99,17 @@ void sn_trainer_optimizer_init(const sn_trainer *t, sn_optimizer *opt, sn_model 
   sn_optimizer_init(opt, m, cfg, total_steps, t->comm, t->cfg.dist.zero);
   if (t->cfg.dist.overlap) sn_optimizer_enable_overlap(opt, (size_t)(t->cfg.dist.bucket_mb * (1 << 20)));
   if (t->rank == 0 && t->world > 1) {
-    size_t held = 0, full = 0;
-    sn_optimizer_grad_bytes(opt, &held, &full);
-    sn_log("gradients: %s; held per rank %.4g GiB (the full buffer: %.4g GiB)",
+    sn_grad_bytes b = sn_optimizer_grad_bytes(opt);
+    sn_log("gradients: %s; per rank %.4g GiB held (full buffer %.4g, exchange %.4g, slice %.4g, working "
+           "buffers %.4g; one full buffer is %.4g GiB)",
            opt->zero == 2 ? "summed layer by layer during the backward pass into each rank's slice (ZeRO-2: "
                             "gradients and optimizer state sharded)"
            : opt->zero    ? "reduce-scattered (ZeRO-1: optimizer state sharded)"
            : opt->overlap ? "all-reduced in buckets during the backward pass"
                           : "all-reduced after the backward pass",
-           (double)held / SN_GIB, (double)full / SN_GIB);
+           (double)(b.full + b.exchange + b.slice + b.working) / SN_GIB, (double)b.full / SN_GIB,
+           (double)b.exchange / SN_GIB, (double)b.slice / SN_GIB, (double)b.working / SN_GIB,
+           (double)b.full_size / SN_GIB);
   }
 }
 
