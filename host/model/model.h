@@ -24,7 +24,9 @@ typedef struct {
 // Where gradients are written when the model keeps no full gradient buffer (ZeRO-2, see
 // host/train/optimizer.h): the flat range [0, num_elements) is cut into regions (the tensors
 // before the layers, each layer, the tensors after them), and region r's gradients are written at
-// base[r], a working buffer the optimizer empties as the region completes. Owned by its installer.
+// base[r], a working buffer the optimizer empties as the region completes. A region must not cut
+// the fused q|k|v or gate|up groups (one matmul writes each group): whole layers never do. Owned
+// by its installer.
 typedef struct {
   int n;               // regions, in buffer order
   const size_t *begin; // (n + 1) region r is elements [begin[r], begin[r + 1]); begin[n] = num_elements
