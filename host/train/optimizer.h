@@ -28,6 +28,10 @@ typedef enum { SN_SCHEDULE_COSINE = 0, SN_SCHEDULE_LINEAR = 1, SN_SCHEDULE_CONST
 float sn_lr_at(int64_t step, int64_t warmup_steps, int64_t total_steps, float peak_lr,
                float min_ratio, sn_schedule schedule);
 
+// ZeRO-2's reduce-scatters in flight at once: a layer's, or at the end of a pass layer 0's, the
+// head's and the tail's.
+#define SN_ZERO2_MAX_PENDING 3
+
 typedef struct {
   sn_model *model;
   const sn_ops *ops;
@@ -58,16 +62,15 @@ typedef struct {
   // ZeRO-2: the working gradient buffers, one allocation (also the staging area of the weights'
   // all-gather, between backward passes). They hold zeros whenever no backward pass is running.
   struct {
-    void *work;          // (work_len) storage: layer buffer 0, layer buffer 1, outer buffer
+    void *work;            // (work_len) storage: two layer slots, the head's, the tail's
     size_t work_len;
-    void *layer_buf[2];  // (max layer_len) layer l writes into layer_buf[l % 2]
-    void *outer;         // (head_len + N - tail_begin): [0, head_len) then [tail_begin, N)
-    size_t head_len, tail_begin;
-    int pending_layer;   // the layer whose reduce-scatter is in flight, or -1
-    size_t *counts;      // (world) the parts of the reduce-scatter being started
-    size_t *region_begin;  // (L + 3) the grad map's regions: before the layers, each layer, after
-    void **region_base;    // (L + 2)
-    sn_grad_map map;
+    int n_regions;         // L + 2: the head (before the layers), each layer, the tail (after them)
+    size_t *region_begin;  // (n_regions + 1) region r is elements [region_begin[r], region_begin[r + 1])
+    void **region_base;    // (n_regions) where region r's gradients are written, inside work
+    int pending[SN_ZERO2_MAX_PENDING];  // regions whose reduce-scatter is in flight
+    int n_pending;
+    size_t *counts;        // (world) the parts of the reduce-scatter being started
+    sn_grad_map map;       // the model's view of the regions
   } z2;
 } sn_optimizer;
 

@@ -1,15 +1,15 @@
 // ZeRO-2 gradients and the sharded weights' all-gather (ZeRO-1 and ZeRO-2).
 //
 // ZeRO-2 keeps no full gradient buffer. The model writes every backward pass's gradients through a
-// grad map (sn_gptr) into one working area of
-//   layer buffer 0 | layer buffer 1   (max layer_len each; layer l writes into layer_buf[l % 2])
-//   outer buffer                      (the tensors before the layers, then those after them)
-// As layer l completes (on_layer_grads) its buffer's reduce-scatter starts, and the one started for
-// layer l + 1 is completed: each rank adds its summed part of that range into grad_shard and
-// zeroes the buffer, which layer l - 1 writes next. At SN_GRADS_REST the outer buffer (whose
-// gradients were written at the start of the pass — projection, final norm — and at its end —
-// embeddings) goes the same way. So a pass leaves the working area zero and its gradient summed
-// over ranks into the slices, and a step with several passes accumulates them in grad_shard.
+// grad map (sn_gptr) whose regions are the tensors before the layers (the head: embeddings), each
+// layer, and the tensors after them (the tail: final norm, projection), into one working area:
+//   layer slot 0 | layer slot 1 | head | tail      (layer l writes into slot l % 2)
+// As layer l completes (on_layer_grads) its reduce-scatter starts, and the one started for layer
+// l + 1 is completed: each rank adds its summed part of that range into grad_shard and zeroes the
+// slot, which layer l - 1 writes next. At SN_GRADS_REST the head and the tail (written at the end
+// and at the start of the pass) go the same way. So a pass leaves the working area zero and its
+// gradient summed over ranks into the slices, and a step of several passes accumulates them in
+// grad_shard.
 //
 // The reduce-scatter has unequal parts (sn_comm_reduce_scatter_v_async): a layer's range crosses
 // the slices' boundaries arbitrarily (a slice is ceil(N / world) elements, a layer anything), so
@@ -23,118 +23,107 @@
 #include "common.h"
 #include "optimizer_internal.h"
 
-// Adds buf's elements of [begin, end) that lie in this rank's slice into grad_shard; buf holds
-// [begin, end).
-static void add_own_part(sn_optimizer *opt, const void *buf, size_t begin, size_t end) {
-  size_t lo = SN_MAX(begin, opt->shard_begin), hi = SN_MIN(end, opt->shard_begin + opt->shard_len);
-  if (lo >= hi) return;
-  void *dst = sn_opt_storage_at(opt, opt->grad_shard, lo - opt->shard_begin);
-  opt->ops->add(dst, dst, sn_opt_storage_at(opt, (void *)buf, lo - begin), hi - lo);
+// Each region sits in the working area at the same address modulo this many bytes as in a flat
+// buffer from ops->alloc (cudaMalloc's alignment), so the kernels take the same vectorised paths
+// and cuBLASLt the same algorithms as without ZeRO-2 (both depend on 16-byte alignment).
+#define GRAD_ALIGN_BYTES 256
+
+static size_t region_len(const sn_optimizer *opt, int r) {
+  return opt->z2.region_begin[r + 1] - opt->z2.region_begin[r];
 }
 
-static size_t layer_end(const sn_optimizer *opt, int l) { return opt->layer_begin[l] + opt->layer_len[l]; }
-
-// counts (world) += the sizes of [begin, end)'s intersections with every rank's slice.
-static void add_part_counts(const sn_optimizer *opt, size_t begin, size_t end, size_t *counts) {
+// counts (world) = the sizes of region r's intersections with every rank's slice.
+static void part_counts(const sn_optimizer *opt, int r, size_t *counts) {
   size_t n = opt->model->num_elements, stride = opt->shard_stride;
+  size_t begin = opt->z2.region_begin[r], end = opt->z2.region_begin[r + 1];
   for (int q = 0; q < opt->comm->world_size; q++) {
     size_t slice_begin = SN_MIN(n, (size_t)q * stride), slice_end = SN_MIN(n, slice_begin + stride);
     size_t lo = SN_MAX(begin, slice_begin), hi = SN_MIN(end, slice_end);
-    if (lo < hi) counts[q] += hi - lo;
+    counts[q] = lo < hi ? hi - lo : 0;
   }
 }
 
-// Starts the sum of layer l's buffer over ranks, each rank receiving its part.
-static void start_layer(sn_optimizer *opt, int l) {
-  memset(opt->z2.counts, 0, (size_t)opt->comm->world_size * sizeof(size_t));
-  add_part_counts(opt, opt->layer_begin[l], layer_end(opt, l), opt->z2.counts);
-  sn_comm_reduce_scatter_v_async(opt->comm, opt->z2.layer_buf[l % 2], opt->z2.counts, opt->ops->storage, NULL);
+// Starts the sum of region r's buffer over ranks, each rank receiving its part.
+static void start_region(sn_optimizer *opt, int r) {
+  if (region_len(opt, r) == 0) return;
+  part_counts(opt, r, opt->z2.counts);
+  sn_comm_reduce_scatter_v_async(opt->comm, opt->z2.region_base[r], opt->z2.counts, opt->ops->storage, NULL);
   opt->buckets_started++;
-  opt->z2.pending_layer = l;
+  opt->z2.pending[opt->z2.n_pending++] = r;
 }
 
-// Completes the in-flight layer reduce-scatter (if any): its own part into the shard, its buffer
-// zeroed.
-static void settle_pending_layer(sn_optimizer *opt) {
-  int l = opt->z2.pending_layer;
-  if (l < 0) return;
-  void *buf = opt->z2.layer_buf[l % 2];
+// Completes the reduce-scatters in flight: each region's own part (the part of its range inside
+// this rank's slice, in place in its buffer) into grad_shard, its buffer zeroed.
+static void settle_pending(sn_optimizer *opt) {
+  if (opt->z2.n_pending == 0) return;
+  const sn_ops *ops = opt->ops;
   sn_comm_wait(opt->comm);
-  add_own_part(opt, buf, opt->layer_begin[l], layer_end(opt, l));
-  opt->ops->memset_zero(buf, opt->layer_len[l] * opt->ops->storage_size);
-  opt->z2.pending_layer = -1;
-}
-
-// The outer buffer at the end of a pass: reduce-scattered, its two ranges' own parts into the
-// shard. The parts stay in rank order in the buffer: the head's ranks come before the tail's, and
-// a rank owning both has the end of the head and the start of the tail, adjacent.
-static void reduce_outer(sn_optimizer *opt) {
-  size_t n = opt->model->num_elements, head = opt->z2.head_len, tail = n - opt->z2.tail_begin;
-  if (head + tail == 0) return;
-  void *outer = opt->z2.outer;
-  memset(opt->z2.counts, 0, (size_t)opt->comm->world_size * sizeof(size_t));
-  add_part_counts(opt, 0, head, opt->z2.counts);
-  add_part_counts(opt, opt->z2.tail_begin, n, opt->z2.counts);
-  sn_comm_reduce_scatter_v_async(opt->comm, outer, opt->z2.counts, opt->ops->storage, NULL);
-  opt->buckets_started++;
-  sn_comm_wait(opt->comm);
-  add_own_part(opt, outer, 0, head);
-  add_own_part(opt, sn_opt_storage_at(opt, outer, head), opt->z2.tail_begin, n);
-  opt->ops->memset_zero(outer, (head + tail) * opt->ops->storage_size);
+  for (int i = 0; i < opt->z2.n_pending; i++) {
+    int r = opt->z2.pending[i];
+    size_t begin = opt->z2.region_begin[r], end = opt->z2.region_begin[r + 1];
+    size_t lo = SN_MAX(begin, opt->shard_begin), hi = SN_MIN(end, opt->shard_begin + opt->shard_len);
+    void *buf = opt->z2.region_base[r];
+    if (lo < hi) {
+      void *dst = sn_opt_storage_at(opt, opt->grad_shard, lo - opt->shard_begin);
+      ops->add(dst, dst, sn_opt_storage_at(opt, buf, lo - begin), hi - lo);
+    }
+    ops->memset_zero(buf, (end - begin) * ops->storage_size);
+  }
+  opt->z2.n_pending = 0;
 }
 
 // The model's callback, on every backward pass (ZeRO-2 sums each pass, not only the step's last).
 static void zero2_on_grads(void *ctx, int l) {
   sn_optimizer *opt = ctx;
-  if (l == SN_GRADS_REST) {
-    settle_pending_layer(opt);
-    reduce_outer(opt);
+  if (l == SN_GRADS_REST) {  // the head and the tail join layer 0's reduce-scatter
+    start_region(opt, 0);
+    start_region(opt, opt->z2.n_regions - 1);
+    settle_pending(opt);
     return;
   }
-  // Layer l + 1's reduce-scatter ran while layer l computed; its buffer is the one layer l - 1 needs.
-  settle_pending_layer(opt);
-  start_layer(opt, l);
+  // Layer l + 1's reduce-scatter ran while layer l computed; its slot is the one layer l - 1 needs.
+  settle_pending(opt);
+  start_region(opt, l + 1);
 }
 
 void sn_opt_zero2_init(sn_optimizer *opt) {
   sn_model *m = opt->model;
   const sn_ops *ops = opt->ops;
-  int L = m->cfg.n_layers;
+  int L = m->cfg.n_layers, R = L + 2;
   size_t n = m->num_elements;
   opt->layer_begin = callocCheck((size_t)SN_MAX(L, 1), sizeof(size_t));
   opt->layer_len = callocCheck((size_t)SN_MAX(L, 1), sizeof(size_t));
   if (L > 0 && !sn_opt_find_layer_ranges(m, opt->layer_begin, opt->layer_len))
     sn_fatal("dist.zero = 2 needs each layer's tensors contiguous in the parameter buffer");
+  // Regions: the head [0, first layer), each layer, the tail [last layer's end, n).
+  size_t *begin = mallocCheck((size_t)(R + 1) * sizeof *begin);
+  begin[0] = 0;
+  for (int l = 0; l < L; l++) begin[l + 1] = opt->layer_begin[l];
+  begin[L + 1] = L > 0 ? opt->layer_begin[L - 1] + opt->layer_len[L - 1] : n;
+  begin[R] = n;
+  opt->z2.n_regions = R;
+  opt->z2.region_begin = begin;
+
+  // The working area, in elements: A of them make GRAD_ALIGN_BYTES; a region starting at element
+  // o sits o % A elements into its slot, whose start is a multiple of A.
+  const size_t A = GRAD_ALIGN_BYTES / ops->storage_size;
   size_t max_layer = 0;
   for (int l = 0; l < L; l++) max_layer = SN_MAX(max_layer, opt->layer_len[l]);
-  opt->z2.head_len = L > 0 ? opt->layer_begin[0] : n;
-  opt->z2.tail_begin = L > 0 ? layer_end(opt, L - 1) : n;
-  size_t outer_len = opt->z2.head_len + (n - opt->z2.tail_begin);
+  size_t layer_slot = SN_CEIL_DIV(max_layer + A, A) * A;
+  size_t head_at = 2 * layer_slot, tail_slot_at = head_at + SN_CEIL_DIV(region_len(opt, 0), A) * A;
+  size_t end = tail_slot_at + SN_CEIL_DIV(region_len(opt, R - 1) + A, A) * A;
   // At least one element per rank: the all-gather stages pieces of work_len / world elements.
-  opt->z2.work_len = SN_MAX(2 * max_layer + outer_len, (size_t)opt->comm->world_size);
+  opt->z2.work_len = SN_MAX(end, (size_t)opt->comm->world_size);
   opt->z2.work = ops->alloc(opt->z2.work_len * ops->storage_size);
   ops->memset_zero(opt->z2.work, opt->z2.work_len * ops->storage_size);
-  opt->z2.layer_buf[0] = opt->z2.work;
-  opt->z2.layer_buf[1] = sn_opt_storage_at(opt, opt->z2.work, max_layer);
-  opt->z2.outer = sn_opt_storage_at(opt, opt->z2.work, 2 * max_layer);
-  opt->z2.pending_layer = -1;
-  opt->z2.counts = mallocCheck((size_t)opt->comm->world_size * sizeof(size_t));
-
-  // Regions: [0, head) → outer; layer l → layer_buf[l % 2]; [tail_begin, n) → after head in outer.
-  size_t *begin = mallocCheck((size_t)(L + 3) * sizeof *begin);
-  void **base = mallocCheck((size_t)(L + 2) * sizeof *base);
-  begin[0] = 0;
-  base[0] = opt->z2.outer;
-  for (int l = 0; l < L; l++) {
-    begin[l + 1] = opt->layer_begin[l];
-    base[l + 1] = opt->z2.layer_buf[l % 2];
-  }
-  begin[L + 1] = opt->z2.tail_begin;
-  base[L + 1] = sn_opt_storage_at(opt, opt->z2.outer, opt->z2.head_len);
-  begin[L + 2] = n;
-  opt->z2.region_begin = begin;
+  void **base = mallocCheck((size_t)R * sizeof *base);
+  base[0] = sn_opt_storage_at(opt, opt->z2.work, head_at);
+  for (int l = 0; l < L; l++) base[l + 1] = sn_opt_storage_at(opt, opt->z2.work, (l % 2) * layer_slot + begin[l + 1] % A);
+  base[R - 1] = sn_opt_storage_at(opt, opt->z2.work, tail_slot_at + begin[R - 1] % A);
   opt->z2.region_base = base;
-  opt->z2.map = (sn_grad_map){.n = L + 2, .begin = begin, .base = base};
+  opt->z2.map = (sn_grad_map){.n = R, .begin = begin, .base = base};
+  opt->z2.n_pending = 0;
+  opt->z2.counts = mallocCheck((size_t)opt->comm->world_size * sizeof(size_t));
 
   if (m->grads) ops->free(m->grads);
   m->grads = NULL;

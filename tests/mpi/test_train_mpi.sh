@@ -102,12 +102,12 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap zero2
         { echo "FAIL: replica checksums missing from np$np-$variant/metrics.jsonl"; fail=1; } ;;
     esac
     if [ $variant = zero2 ] || [ $variant = zero2-wide ]; then
-      # No full gradient buffer: each layer of both towers (and the rest) summed on its own, to
+      # No full gradient buffer: each layer of both towers, the head and the tail summed on their own, to
       # ZeRO-1's bits (one backward pass a step). The replicated mode's norm is summed over the
       # whole buffer at once, so its clipping may differ in the last bit.
       layers=$([ $variant = zero2 ] && echo 2 || echo 4)
       grep -q "ZeRO-2: gradients and optimizer state sharded" np$np.log &&
-        grep -qE "stage 1: $((2 * (layers + 1))).0 overlapped reduce-scatters per step" np$np.log ||
+        grep -qE "stage 1: $((2 * (layers + 2))).0 overlapped reduce-scatters per step" np$np.log ||
         { echo "FAIL: ZeRO-2 not layer by layer: $(grep -E 'gradients:|overlapped' np$np.log)"; fail=1; }
       zero1=np$np-zero1${variant#zero2}
       same=1
