@@ -97,7 +97,7 @@ typedef struct {
   size_t full;      // the model's full gradient buffer (replicated, ZeRO-1)
   size_t exchange;  // ZeRO-1's padded copy of it for the reduce-scatter
   size_t slice;     // grad_shard (ZeRO)
-  size_t working;   // ZeRO-2's layer and outer buffers
+  size_t working;   // ZeRO-2's layer, head and tail slots
   size_t full_size; // what one full buffer is, to compare with
 } sn_grad_bytes;
 sn_grad_bytes sn_optimizer_grad_bytes(const sn_optimizer *opt);
