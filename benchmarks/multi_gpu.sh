@@ -13,8 +13,8 @@
 # Runs, for each N (same per-GPU batch for throughput, same global batch for equivalence):
 #   ref-N      1 GPU, global batch N x BQ                   (the equivalence reference)
 #   eq-N       N GPUs, global batch N x BQ, replica checksum after every step
-#   eqz-N      the same with ZeRO-1
-#   tp-N / tpz-N / tpno-N   N GPUs timed: overlapped all-reduce / ZeRO-1 / no overlap
+#   eqz-N      the same with ZeRO-1; eqz2-N with ZeRO-2
+#   tp-N / tpz-N / tpz2-N / tpno-N   N GPUs timed: overlapped all-reduce / ZeRO-1 / ZeRO-2 / no overlap
 #   kill-N     ZeRO-1 with checkpoints, rank 1 killed mid-run, then --resume auto on N GPUs
 # and tp-1 (1 GPU, BQ queries: the throughput baseline). Writes OUT_DIR/multi_gpu.txt (summary),
 # multi_gpu.json, comm-N.txt (sn_bench_comm) and the runs' metrics.
@@ -108,11 +108,14 @@ for n in $NPS; do
     run ref-$n 1 --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS $ref_extra
     run eq-$n "$n" --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS --set dist.check_replicas_every=1
     run eqz-$n "$n" --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS --set dist.check_replicas_every=1 \
-      --set dist.zero1=true
+      --set dist.zero=1
+    run eqz2-$n "$n" --set stage1.batch_queries=$gb --set stage1.steps=$EQ_STEPS --set dist.check_replicas_every=1 \
+      --set dist.zero=2
   fi
   if part tp || part kill; then  # tpz-n is also the kill test's uninterrupted run
     part tp && run tp-$n "$n" --set stage1.batch_queries=$gb
     part tp && run tpno-$n "$n" --set stage1.batch_queries=$gb --set dist.overlap=false
+    part tp && run tpz2-$n "$n" --set stage1.batch_queries=$gb --set dist.zero=2
     run tpz-$n "$n" --set stage1.batch_queries=$gb --set dist.zero1=true
   fi
   part kill || continue
@@ -167,7 +170,7 @@ res["runs"]["tp-1"] = base
 for n in map(int, nps):
     print(f"-- {n} GPUs")
     ref = rows(f"ref-{n}")
-    for eq in (f"eq-{n}", f"eqz-{n}"):
+    for eq in (f"eq-{n}", f"eqz-{n}", f"eqz2-{n}"):
         r = rows(eq)
         if not r and not ref: continue
         if not r or len(r) != len(ref):
@@ -179,11 +182,12 @@ for n in map(int, nps):
               f"{max(rel):.2e} over {len(r)} steps (bf16 band {BF16_REL:g}); replica checksums equal on all "
               f"{n} ranks after {hashes}/{len(r)} steps")
         res["runs"][eq] = dict(max_rel_loss_diff=max(rel), steps=len(r), checked_steps=hashes, ok=ok)
-    rates = {k: rate(f"{k}-{n}") for k in ("tp", "tpno", "tpz")}
+    rates = {k: rate(f"{k}-{n}") for k in ("tp", "tpno", "tpz", "tpz2")}
     for k, v in rates.items():
         if not v or not base: continue
         eff = v["tok_s"] / (n * base["tok_s"])
-        label = {"tp": "overlapped all-reduce", "tpno": "all-reduce after backward", "tpz": "ZeRO-1"}[k]
+        label = {"tp": "overlapped all-reduce", "tpno": "all-reduce after backward", "tpz": "ZeRO-1",
+                 "tpz2": "ZeRO-2"}[k]
         print(f"{k}-{n} ({label}): {v['step_s'] * 1e3:.1f} ms/step, {v['tok_s']:.0f} tokens/s, "
               f"scaling efficiency {eff:.3f}")
         res["runs"][f"{k}-{n}"] = dict(v, efficiency=eff)

@@ -22,6 +22,7 @@ SHAPES=(
   "0.5b|qwen2.5-0.5b.json|64|"
   "1.5b|qwen2.5-1.5b.json|32|"
   "7b-shared-gc|qwen2.5-7b.json|64|\"shared_towers\": true, \"grad_cache_chunk\": 32, \"recompute\": \"layer\","
+  "7b-lora|qwen2.5-7b.json|64|\"lora\": {\"rank\": 32, \"alpha\": 64}, \"recompute\": \"layer\","
 )
 wanted() { local n; for n in "${@:2}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
 

@@ -194,6 +194,8 @@ static void single_nothing(sn_comm *c) {}
 static void single_all_reduce_f64_host(sn_comm *c, double *vals, int n) {}
 static void single_all_gather_u64_host(sn_comm *c, uint64_t mine, uint64_t *all) { all[0] = mine; }
 static void single_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype dtype, void *ready) {}
+static void single_reduce_scatter_v_async(sn_comm *c, void *buf, const size_t *counts, sn_dtype dtype,
+                                          void *ready) {}
 static void single_set_compute_stream(sn_comm *c, void *stream) { single_of(c)->stream = stream; }
 static void single_destroy(sn_comm *c) { free(c->impl->state); }
 
@@ -208,6 +210,7 @@ static const sn_comm_vtable SINGLE_VTABLE = {
     .all_reduce_f64_host = single_all_reduce_f64_host,
     .all_gather_u64_host = single_all_gather_u64_host,
     .all_reduce_async = single_all_reduce_async,
+    .reduce_scatter_v_async = single_reduce_scatter_v_async,
     .wait = single_nothing,
     .set_compute_stream = single_set_compute_stream,
     .destroy = single_destroy,
@@ -331,6 +334,14 @@ void sn_comm_all_gather_counts_host(sn_comm *c, size_t my_count, size_t *counts)
 void sn_comm_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype dtype, void *ready_event) {
   check_dtype(c, dtype, "all_reduce_async");
   if (count) c->impl->vt->all_reduce_async(c, buf, count, dtype, ready_event);
+}
+
+void sn_comm_reduce_scatter_v_async(sn_comm *c, void *buf, const size_t *counts, sn_dtype dtype,
+                                    void *ready_event) {
+  check_dtype(c, dtype, "reduce_scatter_v_async");
+  size_t total = 0;
+  for (int r = 0; r < c->world_size; r++) total += counts[r];
+  if (total) c->impl->vt->reduce_scatter_v_async(c, buf, counts, dtype, ready_event);
 }
 
 void sn_comm_wait(sn_comm *c) { c->impl->vt->wait(c); }

@@ -101,6 +101,16 @@ void sn_comm_all_gather_u64_host(sn_comm *c, uint64_t mine, uint64_t *all);
 // MPI: starts the exchange with non-blocking MPI. buf must not be touched until sn_comm_wait.
 void sn_comm_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype dtype,
                               void *ready_event);
-// Completes every started async all-reduce. NCCL: makes the compute stream wait for them (the host
-// does not block); MPI: returns with the sums in place.
+// Starts a sum over ranks of which each rank keeps only its own part, and returns at once: buf is
+// rank 0's part (counts[0] elements), then rank 1's, … (counts: world_size entries, the same on
+// every rank, any of them 0). After sn_comm_wait rank r's part of buf holds the sum of every
+// rank's buf over that part; the other parts are undefined. A reduce-scatter of unequal parts, in
+// place: ZeRO-2's layer buckets, whose parts are the layer's intersections with the ranks' slices.
+// MPI: as an all-reduce without its gather (rank order, bit for bit). NCCL: one ncclReduce to each
+// part's owner, grouped, on the communicator's stream after ready_event (as all_reduce_async).
+// buf must not be touched until sn_comm_wait.
+void sn_comm_reduce_scatter_v_async(sn_comm *c, void *buf, const size_t *counts, sn_dtype dtype,
+                                    void *ready_event);
+// Completes every started async all-reduce and reduce-scatter. NCCL: makes the compute stream wait
+// for them (the host does not block); MPI: returns with the sums in place.
 void sn_comm_wait(sn_comm *c);

@@ -16,6 +16,7 @@ typedef struct {
   void (*all_reduce_f64_host)(sn_comm *c, double *vals, int n);
   void (*all_gather_u64_host)(sn_comm *c, uint64_t mine, uint64_t *all);
   void (*all_reduce_async)(sn_comm *c, void *buf, size_t count, sn_dtype dtype, void *ready_event);
+  void (*reduce_scatter_v_async)(sn_comm *c, void *buf, const size_t *counts, sn_dtype dtype, void *ready_event);
   void (*wait)(sn_comm *c);
   void (*set_compute_stream)(sn_comm *c, void *stream);
   void (*destroy)(sn_comm *c);  // frees the backend state (not c, not the watchdog)

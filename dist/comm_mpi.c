@@ -8,7 +8,8 @@
 //   3. MPI_Iallgatherv: every rank gets every summed slice.
 // It moves the same bytes as a ring all-reduce (2(n-1)/n of the buffer per rank), is deterministic
 // run to run, gives bitwise identical results on every rank, and at n = 1 is the identity. A
-// reduce-scatter is steps 1-2.
+// reduce-scatter is steps 1-2 (the unequal one, reduce_scatter_v_async, with the caller's parts
+// as the slices).
 //
 // Timeouts: MPI has none, so every blocking MPI call runs between sn_watchdog_enter/leave; the
 // watchdog thread calls MPI_Abort when one takes longer than timeout_s. That needs
@@ -42,6 +43,7 @@
 typedef struct {
   float *buf;
   size_t count;
+  int gather;                    // 1: all-reduce (the summed slices gathered); 0: reduce-scatter
   int *slice_len, *slice_begin;  // per rank: the slice of buf that rank sums (allgatherv layout)
   int *recv_len, *recv_begin;    // per rank: where its copy of my slice lands in `partials`
   float *partials;               // (world_size, my slice length)
@@ -96,9 +98,10 @@ static void sum_in_rank_order(float *out, const float *partials, int n, size_t l
   }
 }
 
-// ---- all-reduce: started, then completed by wait ---------------------------------------------------
+// ---- all-reduce and unequal reduce-scatter: started, then completed by wait ----------------------
 
-static void start_all_reduce_segment(sn_comm *c, float *buf, int count) {
+// A free pending slot for `count` elements of buf, its per-rank arrays allocated (slices unset).
+static pending_all_reduce *new_pending(sn_comm *c, float *buf, size_t count, int gather) {
   mpi_state *s = state_of(c);
   int n = c->world_size;
   if (s->n_pending == s->cap_pending) {
@@ -109,20 +112,21 @@ static void start_all_reduce_segment(sn_comm *c, float *buf, int count) {
   }
   pending_all_reduce *p = &s->pending[s->n_pending++];
   p->buf = buf;
-  p->count = (size_t)count;
+  p->count = count;
+  p->gather = gather;
   if (!p->slice_len) {  // one allocation behind the four per-rank int arrays, kept with the slot
     p->slice_len = mallocCheck(4 * (size_t)n * sizeof(int));
     p->slice_begin = p->slice_len + n;
     p->recv_len = p->slice_len + 2 * n;
     p->recv_begin = p->slice_len + 3 * n;
   }
-  // Slices as even as possible: the first count % n ranks get one element more.
-  int base = count / n, extra = count % n;
-  for (int r = 0, begin = 0; r < n; r++) {
-    p->slice_len[r] = base + (r < extra);
-    p->slice_begin[r] = begin;
-    begin += p->slice_len[r];
-  }
+  return p;
+}
+
+// Step 1 for p's slices: every rank sends slice j of buf to rank j.
+static void start_exchange(sn_comm *c, pending_all_reduce *p) {
+  mpi_state *s = state_of(c);
+  int n = c->world_size;
   int mine = p->slice_len[c->rank];
   for (int r = 0; r < n; r++) {
     p->recv_len[r] = mine;
@@ -134,8 +138,21 @@ static void start_all_reduce_segment(sn_comm *c, float *buf, int count) {
     p->partials = mallocCheck(partials_count * sizeof(float));
     p->partials_cap = partials_count;
   }
-  mpiCheck(c, MPI_Ialltoallv(buf, p->slice_len, p->slice_begin, MPI_FLOAT, p->partials, p->recv_len,
+  mpiCheck(c, MPI_Ialltoallv(p->buf, p->slice_len, p->slice_begin, MPI_FLOAT, p->partials, p->recv_len,
                              p->recv_begin, MPI_FLOAT, s->comm, &p->request));
+}
+
+static void start_all_reduce_segment(sn_comm *c, float *buf, int count) {
+  pending_all_reduce *p = new_pending(c, buf, (size_t)count, 1);
+  int n = c->world_size;
+  // Slices as even as possible: the first count % n ranks get one element more.
+  int base = count / n, extra = count % n;
+  for (int r = 0, begin = 0; r < n; r++) {
+    p->slice_len[r] = base + (r < extra);
+    p->slice_begin[r] = begin;
+    begin += p->slice_len[r];
+  }
+  start_exchange(c, p);
 }
 
 static void mpi_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype dtype, void *ready_event) {
@@ -144,22 +161,38 @@ static void mpi_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype d
     start_all_reduce_segment(c, f + done, (int)SN_MIN(SN_MPI_MAX_SEGMENT, count - done));
 }
 
+// The caller's parts as the slices; parts past one MPI call's int counts are refused.
+static void mpi_reduce_scatter_v_async(sn_comm *c, void *buf, const size_t *counts, sn_dtype dtype,
+                                       void *ready_event) {
+  size_t total = 0;
+  for (int r = 0; r < c->world_size; r++) total += counts[r];
+  pending_all_reduce *p = new_pending(c, buf, total, 0);
+  for (int r = 0, begin = 0; r < c->world_size; r++) {
+    p->slice_len[r] = checked_int(counts[r], "reduce_scatter_v_async");
+    p->slice_begin[r] = begin;
+    begin = checked_int((size_t)begin + counts[r], "reduce_scatter_v_async");
+  }
+  start_exchange(c, p);
+}
+
 static void mpi_wait(sn_comm *c) {
   mpi_state *s = state_of(c);
   // Sum every slice as its exchange lands, then start all the gathers before waiting on any.
   for (int i = 0; i < s->n_pending; i++) {
     pending_all_reduce *p = &s->pending[i];
     int mine = p->slice_len[c->rank];
-    mpiWatched(c, "all-reduce (MPI_Ialltoallv + MPI_Wait)", p->count,
-               MPI_Wait(&p->request, MPI_STATUS_IGNORE));
+    mpiWatched(c, p->gather ? "all-reduce (MPI_Ialltoallv + MPI_Wait)" : "reduce-scatter-v (MPI_Ialltoallv + MPI_Wait)",
+               p->count, MPI_Wait(&p->request, MPI_STATUS_IGNORE));
     sum_in_rank_order(p->buf + p->slice_begin[c->rank], p->partials, c->world_size, (size_t)mine);
-    mpiCheck(c, MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p->buf, p->slice_len,
-                                p->slice_begin, MPI_FLOAT, s->comm, &p->request));
+    if (p->gather)
+      mpiCheck(c, MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p->buf, p->slice_len,
+                                  p->slice_begin, MPI_FLOAT, s->comm, &p->request));
   }
   for (int i = 0; i < s->n_pending; i++) {
     pending_all_reduce *p = &s->pending[i];
-    mpiWatched(c, "all-reduce (MPI_Iallgatherv + MPI_Wait)", p->count,
-               MPI_Wait(&p->request, MPI_STATUS_IGNORE));
+    if (p->gather)
+      mpiWatched(c, "all-reduce (MPI_Iallgatherv + MPI_Wait)", p->count,
+                 MPI_Wait(&p->request, MPI_STATUS_IGNORE));
   }
   s->n_pending = 0;
 }
@@ -261,6 +294,7 @@ static const sn_comm_vtable MPI_VTABLE = {
     .all_reduce_f64_host = mpi_all_reduce_f64_host,
     .all_gather_u64_host = mpi_all_gather_u64_host,
     .all_reduce_async = mpi_all_reduce_async,
+    .reduce_scatter_v_async = mpi_reduce_scatter_v_async,
     .wait = mpi_wait,
     .set_compute_stream = mpi_set_compute_stream,
     .destroy = mpi_destroy,

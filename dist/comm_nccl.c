@@ -285,6 +285,23 @@ static void nccl_all_reduce_async(sn_comm *c, void *buf, size_t count, sn_dtype 
   end_collective(c, "async all-reduce (ncclAllReduce)", count, 0);
 }
 
+// NCCL's reduce-scatter takes equal parts: one ncclReduce per non-empty part, to its owner, fused
+// in a group (in place: the owner's part of buf is its receive buffer too).
+static void nccl_reduce_scatter_v_async(sn_comm *c, void *buf, const size_t *counts, sn_dtype dtype,
+                                        void *ready_event) {
+  nccl_state *s = state_of(c);
+  begin_collective(s, ready_event);
+  size_t offset = 0, elem = sn_comm_dtype_size(dtype);
+  ncclCheck(c, ncclGroupStart());
+  for (int r = 0; r < c->world_size; r++) {
+    char *part = (char *)buf + offset * elem;
+    if (counts[r]) ncclCheck(c, ncclReduce(part, part, counts[r], nccl_dtype(dtype), ncclSum, r, s->comm, s->comm_stream));
+    offset += counts[r];
+  }
+  ncclCheck(c, ncclGroupEnd());
+  end_collective(c, "async reduce-scatter-v (ncclReduce group)", offset, 0);
+}
+
 static void nccl_wait(sn_comm *c) {
   nccl_state *s = state_of(c);
   cudaCheck(cudaEventRecord(s->comm_done, s->comm_stream));
@@ -329,6 +346,7 @@ static const sn_comm_vtable NCCL_VTABLE = {
     .all_reduce_f64_host = nccl_all_reduce_f64_host,
     .all_gather_u64_host = nccl_all_gather_u64_host,
     .all_reduce_async = nccl_all_reduce_async,
+    .reduce_scatter_v_async = nccl_reduce_scatter_v_async,
     .wait = nccl_wait,
     .set_compute_stream = nccl_set_compute_stream,
     .destroy = nccl_destroy,

@@ -234,8 +234,14 @@ typedef struct sn_ops {
 // or when no GPU is present (reason in *why_not when non-NULL).
 const sn_ops *sn_ops_cpu(void);
 const sn_ops *sn_ops_cuda(const char **why_not);
+// The CUDA table without a device, for sn_ops_for_plan (NULL when built without CUDA).
+const sn_ops *sn_ops_cuda_for_plan(void);
 // CUDA builds only, for benchmarks: enqueues a kernel that keeps the stream busy this long.
 void sn_cuda_busy_wait(double microseconds);
 // "cpu" or "cuda": the backend, or an error naming the device string.
 const sn_ops *sn_ops_by_name(const char *device);
+// A backend's table for the memory plan only (storage dtype, workspace arithmetic; nothing may be
+// allocated), also on a machine without its device (a login node): device_memory then reports 0.
+// Exits 2 for a backend this build lacks.
+const sn_ops *sn_ops_for_plan(const char *device);
 

@@ -10,7 +10,18 @@ const sn_ops *sn_ops_cuda(const char **why_not) {
   if (why_not) *why_not = "built without CUDA";
   return NULL;
 }
+const sn_ops *sn_ops_cuda_for_plan(void) { return NULL; }
 #endif
+
+const sn_ops *sn_ops_for_plan(const char *device) {
+  if (device && strcmp(device, "cuda") == 0) {
+    const sn_ops *ops = sn_ops_cuda(NULL);
+    if (!ops) ops = sn_ops_cuda_for_plan();
+    if (!ops) sn_bad_input("device 'cuda': this build has no CUDA backend to plan for");
+    return ops;
+  }
+  return sn_ops_by_name(device);
+}
 
 const sn_ops *sn_ops_by_name(const char *device) {
   if (!device) sn_bad_input("device is missing (valid: cpu, cuda)");

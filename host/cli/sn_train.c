@@ -29,7 +29,10 @@ static void usage(FILE *out) {
           "  --plan          print the memory plan per GPU (weights, gradients, optimizer state,\n"
           "                  activations, workspaces of each phase) and exit: 0 when it fits the\n"
           "                  free device memory, 2 with what would make it fit when it does not\n"
-          "  --world N       with --plan: plan for N ranks (GPUs) instead of the running ones\n"
+          "  --world N       with --plan: plan for N ranks (GPUs; default 1). --plan needs neither\n"
+          "                  MPI nor the device: a login node can plan a GPU job\n"
+          "  --memory GIB    with --plan: compare with a device of GIB GiB instead of this one's\n"
+          "                  free memory (e.g. --memory 80 for 80 GB GPUs)\n"
           "  --print-schema  print every config key (type, default, range, help) as a markdown\n"
           "                  table and exit\n");
 }
@@ -70,6 +73,11 @@ int main(int argc, char **argv) {
       long w = strtol(argv[++i], &end, 10);
       if (*end || w <= 0 || w > (1 << 20)) sn_bad_input("--world: expected a positive rank count, got '%s'", argv[i]);
       args.plan_world = (int)w;
+    } else if (strcmp(a, "--memory") == 0 && has_value) {
+      char *end;
+      args.plan_memory_gib = strtod(argv[++i], &end);
+      if (*end || !(args.plan_memory_gib > 0) || args.plan_memory_gib > 1e6)
+        sn_bad_input("--memory: expected a positive size in GiB, got '%s'", argv[i]);
     } else if (strcmp(a, "--print-config") == 0) {
       args.print_config = 1;
     } else if ((strcmp(a, "--set") == 0 && has_value) || (a[0] != '-' && strchr(a, '='))) {

@@ -128,7 +128,9 @@ static const field_spec SCHEMA[] = {
     STR("eval.split", FIELD_STRING, eval.split, "test", "qrels split"),
     NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, 64, "sequences per encode batch"),
     NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, 10, "steps per log line (not a terminal)"),
-    NUM("dist.zero1", FIELD_BOOL, dist.zero1, 0, 1, 0, "shard optimizer state across ranks"),
+    NUM("dist.zero", FIELD_INT, dist.zero, 0, 2, 0,
+        "ZeRO stage: 0 replicated, 1 optimizer state sharded, 2 gradients too"),
+    NUM("dist.zero1", FIELD_BOOL, dist.zero1, 0, 1, 0, "alias of dist.zero = 1"),
     NUM("dist.overlap", FIELD_BOOL, dist.overlap, 0, 1, 1, "all-reduce gradients during backward"),
     NUM("dist.bucket_mb", FIELD_FLOAT, dist.bucket_mb, 0.001, 1e4, 25, "MB per overlapped all-reduce"),
     NUM("dist.check_replicas_every", FIELD_INT, dist.check_replicas_every, 0, BIG_INT, 0,
@@ -410,6 +412,16 @@ static int apply_override(err_sink *e, sn_run_config *c, const char *assignment)
   return rc;
 }
 
+// Aliases resolved to one meaning, so that the resolved config (and its hash) does not depend on
+// which spelling a run used: dist.zero1 = true is dist.zero = 1.
+static int resolve_aliases(err_sink *e, sn_run_config *c) {
+  if (c->dist.zero1 && c->dist.zero == 2)
+    return fail(e, "'dist.zero1' is true but 'dist.zero' is 2: dist.zero1 is an alias of dist.zero = 1; give one");
+  if (c->dist.zero1) c->dist.zero = 1;
+  c->dist.zero1 = c->dist.zero == 1;
+  return 0;
+}
+
 // Cross-field checks that a single range cannot express.
 static int validate(err_sink *e, const sn_run_config *c) {
   if (c->run_dir[0] == '\0') return fail(e, "'run_dir' must not be empty");
@@ -464,6 +476,7 @@ int sn_run_config_parse(sn_run_config *cfg, const char *json, const char *path,
   err_sink set_err = {err, errlen, "--set"};
   for (int i = 0; i < n_overrides; i++)
     if (apply_override(&set_err, cfg, overrides[i]) != 0) return -1;
+  if (resolve_aliases(&e, cfg) != 0) return -1;
   return validate(&e, cfg);
 }
 

@@ -99,7 +99,8 @@ typedef struct {
     int every;        // steps between log lines when not a terminal
   } log;
   struct {
-    int zero1;        // shard optimizer state across ranks (ZeRO stage 1)
+    int zero;         // ZeRO stage: 0 replicated, 1 optimizer state sharded, 2 gradients too
+    int zero1;        // alias: true means zero = 1 (resolved: zero1 == (zero == 1))
     int overlap;      // start gradient all-reduces during the backward pass (replicated mode)
     float bucket_mb;  // size of those all-reduces
     int check_replicas_every;  // steps between cross-rank weight checksums (0 = never)

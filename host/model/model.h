@@ -21,6 +21,22 @@ typedef struct {
   int no_decay;                  // norms, biases (and embeddings when configured): no weight decay
 } sn_param;
 
+// Where gradients are written when the model keeps no full gradient buffer (ZeRO-2, see
+// host/train/optimizer.h): the flat range [0, num_elements) is cut into regions (the tensors
+// before the layers, each layer, the tensors after them), and region r's gradients are written at
+// base[r], a working buffer the optimizer empties as the region completes. A region must not cut
+// the fused q|k|v or gate|up groups (one matmul writes each group): whole layers never do. Owned
+// by its installer.
+typedef struct {
+  int n;               // regions, in buffer order
+  const size_t *begin; // (n + 1) region r is elements [begin[r], begin[r + 1]); begin[n] = num_elements
+  void *const *base;   // (n) storage of region r's gradients (element begin[r] is base[r][0])
+} sn_grad_map;
+
+// The last call of on_layer_grads in a backward pass: every gradient outside the layers (the
+// embeddings, the final norm, the projection) is complete too.
+#define SN_GRADS_REST (-1)
+
 typedef struct sn_model {
   sn_model_config cfg;
   const sn_ops *ops;
@@ -29,9 +45,11 @@ typedef struct sn_model {
   size_t num_elements;  // total parameter count
   void *weights;        // (num_elements) storage dtype
   void *grads;          // (num_elements) storage dtype; NULL until sn_model_alloc_grads
+  const sn_grad_map *grad_map;  // when set, gradients go through it instead of grads (ZeRO-2)
   struct sn_model_layout *layout;  // resolved per-layer pointers (model.c internal)
   // Called by sn_model_backward as soon as layer l's weight gradients are complete (from the last
-  // layer down), so data parallelism can start their all-reduce while lower layers still compute.
+  // layer down), so data parallelism can start their all-reduce while lower layers still compute;
+  // then once with SN_GRADS_REST when the pass is over.
   void (*on_layer_grads)(void *ctx, int layer);
   void *on_layer_grads_ctx;
   // A LoRA tower (model_lora.h): a view of a frozen base (weights shared, grads NULL) whose
@@ -106,7 +124,7 @@ size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs,
 // keeps only what the next layer needs (inference, gradient-cache embedding pass).
 const void *sn_model_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
 // Backward from dhidden (T, C) (storage dtype) after a forward with for_backward = 1: accumulates
-// into m->grads.
+// into m->grads (or where m->grad_map says).
 void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
 
 // Pooled embeddings: out (B, sn_model_out_dim(m)) fp32 in backend memory (C, or the projection's

@@ -191,12 +191,14 @@ void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void
   check_batch(m, a, tok);
   if (!a->last_forward_backward)
     sn_fatal("sn_model_backward needs the previous forward to run with for_backward = 1");
-  if (!m->grads && !(m->lora && m->lora->params->grads))
+  if (!m->grads && !m->grad_map && !(m->lora && (m->lora->params->grads || m->lora->params->grad_map)))
     sn_fatal("sn_model_backward: gradients not allocated (call sn_model_alloc_grads)");
   if (sn_arch_is_decoder(m->cfg.arch))
     sn_decoder_backward(m, a, tok, dhidden);
   else
     sn_encoder_backward(m, a, tok, dhidden);
+  if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, SN_GRADS_REST);
+  if (m->lora) sn_lora_layer_done(m, SN_GRADS_REST);  // the adapters' pass ends too (ZeRO-2 settles it)
 }
 
 const void *sn_model_pool_raw(const sn_acts *a) { return a->proj_dim ? a->projected : a->pooled; }

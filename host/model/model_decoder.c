@@ -127,5 +127,6 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
     if (m->on_layer_grads) m->on_layer_grads(m->on_layer_grads_ctx, l);
     if (m->lora) sn_lora_layer_done(m, l);
   }
-  if (m->grads) ops->embedding_backward(sn_gptr(m, lay->tok_embed), dres, tok->ids, T, C, c->vocab);
+  void *dtable = sn_gptr(m, lay->tok_embed);  // NULL for a frozen base (LoRA towers)
+  if (dtable) ops->embedding_backward(dtable, dres, tok->ids, T, C, c->vocab);
 }

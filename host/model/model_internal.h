@@ -73,9 +73,20 @@ sn_model *sn_model_shell(const sn_model_config *cfg, const sn_ops *ops);
 static inline void *sn_wptr(const sn_model *m, size_t offset) {
   return offset == SN_NO_PARAM ? NULL : (char *)m->weights + offset * m->ops->storage_size;
 }
-// NULL too for a frozen model (a LoRA tower's base has no gradients: the backward skips them).
+// NULL for a frozen model (no grads, no map). Without a grad map: into the flat grads buffer. With one: into the working buffer of the region
+// holding offset (the last region beginning at or before it; a binary search over a few regions).
 static inline void *sn_gptr(const sn_model *m, size_t offset) {
-  return offset == SN_NO_PARAM || !m->grads ? NULL : (char *)m->grads + offset * m->ops->storage_size;
+  if (offset == SN_NO_PARAM) return NULL;
+  const sn_grad_map *g = m->grad_map;
+  if (!g && !m->grads) return NULL;  // a frozen model (a LoRA tower's base): the backward skips it
+  if (!g) return (char *)m->grads + offset * m->ops->storage_size;
+  int lo = 0, hi = g->n;
+  while (hi - lo > 1) {
+    int mid = (lo + hi) / 2;
+    if (g->begin[mid] <= offset) lo = mid;
+    else hi = mid;
+  }
+  return (char *)g->base[lo] + (offset - g->begin[lo]) * m->ops->storage_size;
 }
 
 // What one block keeps for backward (all slots alias slot 0 when the forward is for inference).

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "optimizer_internal.h"
 
 sn_schedule sn_schedule_from_name(const char *name) {
   if (strcmp(name, "linear") == 0) return SN_SCHEDULE_LINEAR;
@@ -16,10 +17,6 @@ static float *alloc_zeroed_f32(const sn_ops *ops, size_t n) {
   float *p = ops->alloc(SN_MAX(n, 1) * sizeof(float));
   ops->memset_zero(p, SN_MAX(n, 1) * sizeof(float));
   return p;
-}
-
-static void *storage_at(const sn_optimizer *opt, void *base, size_t offset) {
-  return (char *)base + offset * opt->ops->storage_size;
 }
 
 // The model's spans clipped to [begin, begin + len), offsets made relative to begin.
@@ -35,7 +32,7 @@ static sn_param_span *clip_spans(const sn_param_span *all, int n_all, size_t beg
 }
 
 void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps,
-                       sn_comm *comm, int zero1) {
+                       sn_comm *comm, int zero) {
   memset(opt, 0, sizeof *opt);
   const sn_ops *ops = model->ops;
   size_t n = model->num_elements;
@@ -45,22 +42,25 @@ void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *c
   opt->comm = comm;
   opt->cfg = *cfg;
   opt->total_steps = total_steps;
-  opt->zero1 = zero1 && world > 1;
+  opt->zero = world > 1 ? zero : 0;
   opt->shard_len = n;
-  if (opt->zero1) {
+  if (opt->zero) {
     opt->shard_stride = SN_CEIL_DIV(n, (size_t)world);
     opt->shard_begin = SN_MIN(n, (size_t)comm->rank * opt->shard_stride);
     opt->shard_len = SN_MIN(n, opt->shard_begin + opt->shard_stride) - opt->shard_begin;
     opt->grad_shard = ops->alloc(opt->shard_stride * ops->storage_size);
-    opt->exchange = ops->alloc((size_t)world * opt->shard_stride * ops->storage_size);
+    ops->memset_zero(opt->grad_shard, opt->shard_stride * ops->storage_size);
   }
+  if (opt->zero == 1) opt->exchange = ops->alloc((size_t)world * opt->shard_stride * ops->storage_size);
+  if (opt->zero == 2) sn_opt_zero2_init(opt);
+  else if (!model->grads) sn_model_alloc_grads(model);
   opt->m = alloc_zeroed_f32(ops, opt->shard_len);
   opt->v = alloc_zeroed_f32(ops, opt->shard_len);
-  // With ZeRO-1 the slice's master is its own buffer even on fp32 backends: the weights outside
-  // the slice are not this rank's to update in place before the all-gather.
-  if (ops->storage != SN_DTYPE_F32 || opt->zero1) {
+  // Sharded, the slice's master is its own buffer even on fp32 backends: checkpoints download and
+  // restore it as the slice, apart from the weights every rank holds whole.
+  if (ops->storage != SN_DTYPE_F32 || opt->zero) {
     opt->master = ops->alloc(SN_MAX(opt->shard_len, 1) * sizeof(float));
-    ops->storage_to_f32(opt->master, storage_at(opt, model->weights, opt->shard_begin), opt->shard_len);
+    ops->storage_to_f32(opt->master, sn_opt_storage_at(opt, model->weights, opt->shard_begin), opt->shard_len);
   }
   opt->scratch = ops->alloc(sizeof(float));
   int n_all = 0;
@@ -69,21 +69,25 @@ void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *c
   free(all);
 }
 
-sn_optimizer_plan sn_optimizer_plan_bytes(size_t n, const sn_ops *ops, int world, int zero1) {
+sn_optimizer_plan sn_optimizer_plan_bytes(const sn_model *m, int world, int zero) {
   // as sn_optimizer_init, for rank 0 (whose slice is the largest)
-  const int sharded = zero1 && world > 1;
-  const size_t stride = sharded ? SN_CEIL_DIV(n, (size_t)world) : n, shard = SN_MIN(n, stride);
+  const sn_ops *ops = m->ops;
+  const size_t n = m->num_elements, es = ops->storage_size;
+  zero = world > 1 ? zero : 0;
+  const size_t stride = zero ? SN_CEIL_DIV(n, (size_t)world) : n, shard = SN_MIN(n, stride);
   sn_optimizer_plan p = {0};
+  p.grads = zero == 2 ? sn_optimizer_zero2_work_bytes(m, es, world) : n * es;
   p.moments = (2 * SN_MAX(shard, 1) + 1) * sizeof(float);  // m, v and the sum-of-squares scratch
-  if (ops->storage != SN_DTYPE_F32 || sharded) p.master = SN_MAX(shard, 1) * sizeof(float);
-  if (sharded) p.exchange = (1 + (size_t)world) * stride * ops->storage_size;
+  if (ops->storage != SN_DTYPE_F32 || zero) p.master = SN_MAX(shard, 1) * sizeof(float);
+  if (zero) p.exchange = stride * es;                          // the gradient slice
+  if (zero == 1) p.exchange += (size_t)world * stride * es;   // the padded all-gather buffer
   return p;
 }
 
 // The element range of each layer, from the parameter names ("layers.<l>." for decoders,
 // "encoder.layer.<l>." for BERT). Returns 0 unless every layer's tensors are contiguous and the
 // layers follow each other in the buffer (the layout host/model/model.c writes).
-static int find_layer_ranges(const sn_model *m, size_t *begin, size_t *len) {
+int sn_opt_find_layer_ranges(const sn_model *m, size_t *begin, size_t *len) {
   int L = m->cfg.n_layers;
   size_t *end = callocCheck((size_t)SN_MAX(L, 1), sizeof *end);
   for (int l = 0; l < L; l++) begin[l] = SIZE_MAX;
@@ -108,17 +112,17 @@ static int find_layer_ranges(const sn_model *m, size_t *begin, size_t *len) {
 }
 
 void sn_optimizer_enable_overlap(sn_optimizer *opt, size_t bucket_bytes) {
-  if (!opt->comm || opt->comm->world_size == 1 || opt->zero1) return;
+  if (!opt->comm || opt->comm->world_size == 1 || opt->zero) return;
   int L = opt->model->cfg.n_layers;
   opt->layer_begin = callocCheck((size_t)SN_MAX(L, 1), sizeof(size_t));
   opt->layer_len = callocCheck((size_t)SN_MAX(L, 1), sizeof(size_t));
-  opt->overlap = find_layer_ranges(opt->model, opt->layer_begin, opt->layer_len);
+  opt->overlap = sn_opt_find_layer_ranges(opt->model, opt->layer_begin, opt->layer_len);
   opt->bucket_elems = SN_MAX(bucket_bytes / opt->ops->storage_size, 1);
 }
 
 static void start_bucket(sn_optimizer *opt, size_t begin, size_t end) {
   if (end <= begin) return;
-  void *buf = storage_at(opt, opt->model->grads, begin);
+  void *buf = sn_opt_storage_at(opt, opt->model->grads, begin);
   sn_comm_all_reduce_async(opt->comm, buf, end - begin, opt->ops->storage, NULL);
   opt->buckets_started++;
 }
@@ -127,6 +131,7 @@ static void start_bucket(sn_optimizer *opt, size_t begin, size_t end) {
 // grows downwards and starts once it holds a bucket's worth.
 static void on_layer_grads(void *ctx, int l) {
   sn_optimizer *opt = ctx;
+  if (l == SN_GRADS_REST) return;  // flush_overlap starts the rest
   if (opt->pending_end == opt->pending_begin) opt->pending_end = opt->layer_begin[l] + opt->layer_len[l];
   opt->pending_begin = opt->layer_begin[l];
   if (opt->pending_end - opt->pending_begin >= opt->bucket_elems) {
@@ -167,6 +172,7 @@ static void finish_overlap(sn_optimizer *opt) {
 void sn_optimizer_free(sn_optimizer *opt) {
   const sn_ops *ops = opt->ops;
   if (!ops) return;
+  if (opt->zero == 2) sn_opt_zero2_free(opt);
   free(opt->layer_begin);
   free(opt->layer_len);
   void *bufs[] = {opt->m, opt->v, opt->master, opt->scratch, opt->grad_shard, opt->exchange};
@@ -185,20 +191,36 @@ void sn_optimizer_sync_grads(sn_optimizer *opt) {
     finish_overlap(opt);
     return;
   }
-  if (!opt->zero1) {
+  if (opt->zero == 2) return;  // summed into grad_shard during the backward passes
+  if (!opt->zero) {
     sn_comm_all_reduce_sum(comm, m->grads, m->num_elements, ops->storage);
     return;
   }
   // The padded exchange buffer: the gradient, then zeros up to world * stride.
   size_t n = m->num_elements, padded = (size_t)comm->world_size * opt->shard_stride;
   ops->copy(opt->exchange, m->grads, n * ops->storage_size);
-  if (padded > n) ops->memset_zero(storage_at(opt, opt->exchange, n), (padded - n) * ops->storage_size);
+  if (padded > n) ops->memset_zero(sn_opt_storage_at(opt, opt->exchange, n), (padded - n) * ops->storage_size);
   sn_comm_reduce_scatter_sum(comm, opt->exchange, opt->grad_shard, opt->shard_stride, ops->storage);
+}
+
+void sn_optimizer_zero_grads(sn_optimizer *opt) {
+  if (opt->zero == 2) opt->ops->memset_zero(opt->grad_shard, opt->shard_stride * opt->ops->storage_size);
+  else sn_model_zero_grads(opt->model);
+}
+
+sn_grad_bytes sn_optimizer_grad_bytes(const sn_optimizer *opt) {
+  size_t es = opt->ops->storage_size, world = opt->comm ? (size_t)opt->comm->world_size : 1;
+  sn_grad_bytes b = {.full_size = opt->model->num_elements * es};
+  b.full = opt->zero == 2 ? 0 : b.full_size;
+  b.exchange = opt->zero == 1 ? world * opt->shard_stride * es : 0;
+  b.slice = opt->zero ? opt->shard_stride * es : 0;
+  b.working = opt->zero == 2 ? opt->z2.work_len * es : 0;
+  return b;
 }
 
 static double local_sum_squares(sn_optimizer *opt) {
   const sn_ops *ops = opt->ops;
-  const void *grads = opt->zero1 ? opt->grad_shard : opt->model->grads;
+  const void *grads = opt->zero ? opt->grad_shard : opt->model->grads;
   ops->memset_zero(opt->scratch, sizeof(float));
   ops->sum_squares(opt->scratch, grads, opt->shard_len);
   float host = 0;
@@ -211,7 +233,7 @@ double sn_optimizers_grad_norm(sn_optimizer *const *opts, int n, float grad_scal
   int sharded = 0;
   for (int i = 0; i < n; i++) {
     sumsq += local_sum_squares(opts[i]);
-    sharded |= opts[i]->zero1;
+    sharded |= opts[i]->zero != 0;
   }
   if (sharded) sn_comm_all_reduce_f64_host(opts[0]->comm, &sumsq, 1);  // every rank's slice
   return sqrt(sumsq) * grad_scale;
@@ -228,20 +250,17 @@ float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale) {
                          .eps = opt->cfg.eps, .step = opt->step, .grad_scale = grad_scale * clip};
   sn_model *m = opt->model;
   const sn_ops *ops = opt->ops;
-  if (!opt->zero1) {
+  if (!opt->zero) {
     float *master = opt->master ? opt->master : (float *)m->weights;
     ops->adamw(m->weights, master, m->grads, opt->m, opt->v, opt->spans, opt->nspans, &hp);
     return lr;
   }
-  // This rank's slice, updated in the exchange buffer at its rank position, then all-gathered.
-  sn_comm *comm = opt->comm;
-  void *mine = storage_at(opt, opt->exchange, (size_t)comm->rank * opt->shard_stride);
-  // Tensors without a span (an unused lm_head) keep their weights: start from the current slice.
-  ops->copy(mine, storage_at(opt, m->weights, opt->shard_begin), opt->shard_len * ops->storage_size);
+  // This rank's slice, updated in place (tensors without a span, an unused lm_head, keep their
+  // weights), then all-gathered.
   if (opt->shard_len > 0)
-    ops->adamw(mine, opt->master, opt->grad_shard, opt->m, opt->v, opt->spans, opt->nspans, &hp);
-  sn_comm_all_gather(comm, mine, opt->exchange, opt->shard_stride, ops->storage);
-  ops->copy(m->weights, opt->exchange, m->num_elements * ops->storage_size);
+    ops->adamw(sn_opt_storage_at(opt, m->weights, opt->shard_begin), opt->master, opt->grad_shard, opt->m,
+               opt->v, opt->spans, opt->nspans, &hp);
+  sn_opt_all_gather_weights(opt);
   return lr;
 }
 

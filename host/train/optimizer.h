@@ -2,12 +2,18 @@
 // and moments in backend memory, per-tensor weight decay (none for norms and biases), global
 // gradient-norm clipping and the learning-rate schedule, and the gradient exchange between ranks.
 //
-// Data parallelism, two modes:
-// - replicated (default): gradients are summed with one all-reduce; every rank keeps the whole
-//   optimizer state and takes the same step.
+// Data parallelism, three modes (dist.zero):
+// - replicated (0, the default): gradients are summed with one all-reduce (in buckets during the
+//   backward pass); every rank keeps the whole optimizer state and takes the same step.
 // - ZeRO-1: rank r owns elements [shard_begin, shard_begin + shard_len) of the flat buffer and keeps
 //   master weights and moments for those only; gradients are reduce-scattered (each rank gets the
 //   sum of its slice), each rank updates its slice, and the weights are all-gathered.
+// - ZeRO-2: as ZeRO-1, and the model keeps no full gradient buffer either: every backward pass
+//   writes into small working buffers (two layers' worth, used alternately, and one for the
+//   tensors outside the layers) through the model's grad map; as each layer completes its buffer is
+//   reduce-scattered (unequal parts: its intersections with the slices) and each rank adds its
+//   part to grad_shard. See docs/DESIGN.md.
+// At world size 1 every mode is the replicated one.
 #pragma once
 #include <stdint.h>
 
@@ -22,6 +28,10 @@ typedef enum { SN_SCHEDULE_COSINE = 0, SN_SCHEDULE_LINEAR = 1, SN_SCHEDULE_CONST
 float sn_lr_at(int64_t step, int64_t warmup_steps, int64_t total_steps, float peak_lr,
                float min_ratio, sn_schedule schedule);
 
+// ZeRO-2's reduce-scatters in flight at once: a layer's, or at the end of a pass layer 0's, the
+// head's and the tail's.
+#define SN_ZERO2_MAX_PENDING 3
+
 typedef struct {
   sn_model *model;
   const sn_ops *ops;
@@ -29,13 +39,13 @@ typedef struct {
   sn_cfg_optim cfg;
   int64_t total_steps;
   int64_t step;          // optimizer steps taken
-  int zero1;
+  int zero;              // 0 replicated, 1 or 2 the ZeRO stage (0 at world size 1)
   size_t shard_begin;    // first element this rank updates (0 when replicated)
   size_t shard_len;      // elements this rank updates (N when replicated)
   size_t shard_stride;   // ceil(N / world): every rank's slice size in the padded exchange buffer
-  float *master;         // (shard_len) fp32, or NULL when the backend stores fp32 and not ZeRO-1
+  float *master;         // (shard_len) fp32, or NULL when the backend stores fp32 and not sharded
   float *m, *v;          // (shard_len) fp32
-  void *grad_shard;      // ZeRO-1: (shard_stride) storage, this rank's summed gradient slice
+  void *grad_shard;      // ZeRO: (shard_stride) storage, this rank's summed gradient slice
   void *exchange;        // ZeRO-1: (world * shard_stride) storage, padded copy for the collectives
   float *scratch;        // one float in backend memory for sums of squares
   sn_param_span *spans;  // for this rank's slice, offsets relative to shard_begin
@@ -49,10 +59,26 @@ typedef struct {
   size_t bucket_elems;
   size_t pending_begin, pending_end;  // finished layers whose all-reduce has not started
   int64_t buckets_started;            // during armed passes (for the log and the tests)
+  // ZeRO-2: the working gradient buffers, one allocation (also the staging area of the weights'
+  // all-gather, between backward passes). They hold zeros whenever no backward pass is running.
+  struct {
+    void *work;            // (work_len) storage: two layer slots, the head's, the tail's
+    size_t work_len;
+    int n_regions;         // L + 2: the head (before the layers), each layer, the tail (after them)
+    size_t *region_begin;  // (n_regions + 1) region r is elements [region_begin[r], region_begin[r + 1])
+    void **region_base;    // (n_regions) where region r's gradients are written, inside work
+    int pending[SN_ZERO2_MAX_PENDING];  // regions whose reduce-scatter is in flight
+    int n_pending;
+    size_t *counts;        // (world) the parts of the reduce-scatter being started
+    sn_grad_map map;       // the model's view of the regions
+  } z2;
 } sn_optimizer;
 
+// zero: dist.zero (0, 1, 2). Makes the model's gradient storage: its full grads buffer (allocated
+// here when missing), or with ZeRO-2 the working buffers and grad map (the model's full buffer,
+// if any, is freed). Free the optimizer before the model.
 void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps,
-                       sn_comm *comm, int zero1);
+                       sn_comm *comm, int zero);
 void sn_optimizer_free(sn_optimizer *opt);
 // Overlaps the gradient all-reduce with the backward pass in buckets of about bucket_bytes (no-op
 // unless replicated with several ranks). Call once after init.
@@ -64,15 +90,27 @@ void sn_optimizer_arm_overlap(sn_optimizer *opt);
 // layers, the embeddings and the tensors outside the layers), so that they overlap later work such
 // as the other tower's backward. Optional: sync_grads does it otherwise.
 void sn_optimizer_flush_overlap(sn_optimizer *opt);
-// Sums the gradients over ranks: all-reduce, or reduce-scatter into grad_shard with ZeRO-1; after
+// Zeroes the step's gradients before its first backward pass (the model's buffer, or grad_shard).
+void sn_optimizer_zero_grads(sn_optimizer *opt);
+// Bytes of gradient storage a rank holds, by kind (0 where the mode has none): for the startup log.
+typedef struct {
+  size_t full;      // the model's full gradient buffer (replicated, ZeRO-1)
+  size_t exchange;  // ZeRO-1's padded copy of it for the reduce-scatter
+  size_t slice;     // grad_shard (ZeRO)
+  size_t working;   // ZeRO-2's layer, head and tail slots
+  size_t full_size; // what one full buffer is, to compare with
+} sn_grad_bytes;
+sn_grad_bytes sn_optimizer_grad_bytes(const sn_optimizer *opt);
+// Sums the gradients over ranks: all-reduce, or reduce-scatter into grad_shard with ZeRO-1 (ZeRO-2
+// did it during the backward passes: nothing left to do); after
 // an armed backward pass, starts the buckets not yet started and waits for all of them.
 void sn_optimizer_sync_grads(sn_optimizer *opt);
 // Global gradient norm of several optimizers' models after sync_grads (over every rank's slice with
-// ZeRO-1), times grad_scale.
+// ZeRO), times grad_scale.
 double sn_optimizers_grad_norm(sn_optimizer *const *opts, int n, float grad_scale);
 // One step from the synced gradients. grad_norm is the global norm of the *averaged* gradient
 // (what clipping compares), grad_scale what turns the summed gradient into that average (e.g.
-// 1 / accumulation steps). With ZeRO-1 the updated weights are all-gathered. Returns the lr used.
+// 1 / accumulation steps). With ZeRO the updated weights are all-gathered. Returns the lr used.
 float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale);
 // Host copies of this rank's slice for checkpoints: master weights (downloaded from the weights
 // when they are the master), m and v. Caller frees.
@@ -82,10 +120,13 @@ float *sn_optimizer_download(const sn_optimizer *opt, int which /* 0 master, 1 m
 void sn_optimizer_upload_full(sn_optimizer *opt, const float *master, const float *m, const float *v);
 sn_schedule sn_schedule_from_name(const char *name);
 
-// What sn_optimizer_init allocates for a model of n parameters (the memory plan), split into the
-// fp32 master weights, the two moments (with the one-float norm scratch), and the gradient
-// exchange buffers of ZeRO.
+// What sn_optimizer_init allocates for model m (the memory plan; m may be an sn_model_plan table)
+// under ZeRO stage `zero` on `world` ranks: the gradients (the full buffer, or ZeRO-2's working
+// area), the fp32 master weights, the two moments (with the one-float norm scratch), and the
+// exchange buffers of ZeRO (the gradient slice, ZeRO-1's padded all-gather buffer).
 typedef struct {
-  size_t master, moments, exchange;
+  size_t grads, master, moments, exchange;
 } sn_optimizer_plan;
-sn_optimizer_plan sn_optimizer_plan_bytes(size_t n, const sn_ops *ops, int world, int zero1);
+sn_optimizer_plan sn_optimizer_plan_bytes(const sn_model *m, int world, int zero);
+// ZeRO-2's working gradient area for m on `world` ranks (optimizer_zero.c).
+size_t sn_optimizer_zero2_work_bytes(const sn_model *m, size_t storage_size, int world);

@@ -235,6 +235,14 @@ int sn_train_main(const sn_train_args *args) {
   if (do2 && !t.cfg.stage2.student[0] && !t.cfg.stage2.student_desc[0])
     sn_bad_input("stage 2 is to run but neither 'stage2.student' nor 'stage2.student_desc' is set");
   if (t.cfg.threads > 0) omp_set_num_threads(t.cfg.threads);
+  if ((args->plan_world > 0 || args->plan_memory_gib > 0) && !args->plan_only)
+    sn_bad_input("--world and --memory are for --plan only");
+  if (args->plan_only) {  // no communicator, no device needed: a login node can plan a GPU job
+    sn_memory_plan plan;
+    sn_memory_plan_check(&plan, &t.cfg, sn_ops_for_plan(t.cfg.device), args->plan_world > 0 ? args->plan_world : 1,
+                         do1, do2, 0, 1, (size_t)(args->plan_memory_gib * SN_GIB));
+    return 0;
+  }
 
   // The communicator first: with CUDA it picks this rank's GPU before the backend touches one.
   t.comm = sn_comm_create(t.cfg.device, t.cfg.comm_timeout_s);
@@ -242,13 +250,7 @@ int sn_train_main(const sn_train_args *args) {
   t.rank = t.comm->rank;
   t.world = t.comm->world_size;
   // The memory plan, before anything is loaded or written: a run that cannot fit stops here.
-  if (args->plan_world > 0 && !args->plan_only) sn_bad_input("--world is for --plan only");
-  sn_memory_plan_check(&t.plan, &t.cfg, t.ops, args->plan_world > 0 ? args->plan_world : t.world, do1, do2,
-                       t.rank, args->plan_only);
-  if (args->plan_only) {
-    sn_comm_destroy(t.comm);
-    return 0;
-  }
+  sn_memory_plan_check(&t.plan, &t.cfg, t.ops, t.world, do1, do2, t.rank, 0, 0);
   set_run_paths(&t);
   find_resume_point(&t, args->resume);
   setup_run_dir(&t);

@@ -11,7 +11,8 @@ typedef struct {
   int print_config;
   int64_t stop_after;           // > 0: stop (checkpoint, exit 0) after this many steps in this run
   int plan_only;                // print the memory plan and exit (0 fits, 2 does not)
-  int plan_world;               // > 0: plan for this many ranks instead of the running ones
+  int plan_world;               // > 0: plan for this many ranks (default 1)
+  double plan_memory_gib;       // > 0: compare the plan with this much device memory, not the free memory
 } sn_train_args;
 
 // Returns the process exit status.

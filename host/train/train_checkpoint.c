@@ -1,6 +1,6 @@
 // Checkpoint orchestration of the training loop: the final towers and the checkpoint towers as
 // Hugging Face folders, optimizer state (replicated in state.bin, or one shard file per rank under
-// ZeRO-1), the data cursor and step; the restore of all of it, whatever world size wrote it.
+// ZeRO-1 and ZeRO-2), the data cursor and step; the restore of all of it, whatever world size wrote it.
 // The folder mechanics (temporary folder, fsync, COMPLETE marker, rename, pruning) are checkpoint.c's.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -77,7 +77,7 @@ static size_t checkpoint_bytes(const sn_ckpt_optimizer *opts, int nopts, const s
 }
 
 static const char *const OPT_PARTS[3] = {"master", "m", "v"};
-// Per-rank optimizer shards (ZeRO-1) in a checkpoint folder: state-rank<R>.bin.
+// Per-rank optimizer shards (ZeRO-1 and ZeRO-2) in a checkpoint folder: state-rank<R>.bin.
 #define SHARD_FILE_FORMAT "%s/state-rank%05d.bin"
 
 // This rank's slice of an optimizer (the whole buffer when replicated): prefix.{master,m,v} and
@@ -210,7 +210,7 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
     char name[64];
     snprintf(name, sizeof name, "%s.step", opts[i].prefix);
     sn_state_add_u64(w, name, (uint64_t)opts[i].opt->step);
-    if (opts[i].opt->zero1) {
+    if (opts[i].opt->zero) {
       if (!shard) shard = sn_state_writer_new();
       add_optimizer_slice(shard, opts[i].prefix, opts[i].opt, host + 3 * i);
     } else if (t->rank == 0) {

@@ -150,7 +150,7 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers);
 // Restores a checkpoint's optimizers (from state.bin, or assembled from the per-rank shards of a
-// ZeRO-1 run of any world size) and data cursor; returns the step and sets *elapsed_s. Also drops
+// ZeRO run of any world size) and data cursor; returns the step and sets *elapsed_s. Also drops
 // metrics.jsonl records past that step.
 int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const sn_ckpt_optimizer *opts,
                            int nopts, double *elapsed_s);

@@ -10,7 +10,7 @@
 #include "train_internal.h"
 
 static void zero_grads(const sn_stage *s) {
-  for (int i = 0; i < s->n_models; i++) sn_model_zero_grads(s->models[i]);
+  for (int i = 0; i < s->n_models; i++) sn_optimizer_zero_grads(s->optimizers[i].opt);
 }
 
 // Sums the per-micro-batch terms (each already this rank's share of the global mean) over the
@@ -109,10 +109,11 @@ int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming) {
   sn_train_log_end_stage(&t->log);
   int64_t steps_here = step - start_step;
   const sn_optimizer *first = s->optimizers[0].opt;
-  if (t->rank == 0 && first->overlap && steps_here > 0) {
+  if (t->rank == 0 && (first->overlap || first->zero == 2) && steps_here > 0) {
     int64_t buckets = 0;
     for (int i = 0; i < s->n_models; i++) buckets += s->optimizers[i].opt->buckets_started;
-    sn_log("stage %d: %.1f overlapped all-reduces per step", s->number, (double)buckets / (double)steps_here);
+    sn_log("stage %d: %.1f overlapped %s per step", s->number, (double)buckets / (double)steps_here,
+           first->zero == 2 ? "reduce-scatters" : "all-reduces");
   }
   const size_t planned = sn_plan_stage_bytes(&t->plan, s->number);
   if (t->rank == 0 && planned > 0 && steps_here > 0) {

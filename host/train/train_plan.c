@@ -100,7 +100,8 @@ void sn_memory_plan_print(const sn_memory_plan *p, FILE *out, const char *device
             peak->name, free_bytes / SN_GIB, 100 * SN_PLAN_USABLE_FRACTION,
             free_bytes * SN_PLAN_USABLE_FRACTION / SN_GIB);
   else
-    fprintf(out, "  peak: %.2f GiB (%s); free memory unknown\n", peak->total / SN_GIB, peak->name);
+    fprintf(out, "  peak: %.2f GiB (%s); free memory unknown (no device here: --memory GIB compares with one)\n",
+            peak->total / SN_GIB, peak->name);
 }
 
 static size_t plan_peak_bytes(const sn_run_config *cfg, const sn_ops *ops, int world, int do1, int do2) {
@@ -118,8 +119,8 @@ typedef struct {
   void (*apply)(sn_run_config *c);
 } plan_variant;
 
-static int can_zero(const sn_run_config *c, int world) { return world > 1 && !c->dist.zero1; }
-static void set_zero(sn_run_config *c) { c->dist.zero1 = 1; }
+static int can_zero(const sn_run_config *c, int world) { return world > 1 && c->dist.zero < 2; }
+static void set_zero(sn_run_config *c) { c->dist.zero = 2, c->dist.zero1 = 0; }
 static int can_share(const sn_run_config *c, int world) {
   (void)world;
   return !c->stage1.shared_towers && c->stage1.lora.rank == 0;  // LoRA shares through lora.shared
@@ -146,7 +147,7 @@ static void set_lora(sn_run_config *c) { c->stage1.lora.rank = PLAN_LORA_RANK; }
 
 // Tried alone, then all together except LoRA (which trains something else: adapters, not towers).
 static const plan_variant VARIANTS[] = {
-    {"dist.zero1=true", "master weights and moments sharded across ranks", can_zero, set_zero},
+    {"dist.zero=2", "gradients, master weights and moments sharded across ranks", can_zero, set_zero},
     {"stage1.shared_towers=true", "one parameter set for both towers", can_share, set_share},
     {"stage1.grad_cache_chunk=16", "activations of 16 sequences at a time", can_grad_cache, set_grad_cache},
     {"stage1.recompute=layer", "keep block inputs only, re-run blocks in backward", can_recompute, set_recompute},
@@ -176,13 +177,13 @@ static void print_suggestions(const sn_run_config *cfg, const sn_ops *ops, int w
     any = 1;
   }
   if (any) print_variant(out, "all but LoRA", plan_peak_bytes(&all, ops, world, do1, do2), usable, "");
-  all.dist.zero1 = 1;
+  set_zero(&all);
   for (int w = world * 2; w <= SN_PLAN_MAX_WORLD; w *= 2) {
     size_t peak = plan_peak_bytes(&all, ops, w, do1, do2);
     if (peak <= usable) {
       char setting[64];
       snprintf(setting, sizeof setting, "%d ranks, all but LoRA", w);
-      print_variant(out, setting, peak, usable, "with dist.zero1=true (sn_train --plan --world N shows it)");
+      print_variant(out, setting, peak, usable, "with dist.zero=2 (sn_train --plan --world N shows it)");
       return;
     }
   }
@@ -191,12 +192,12 @@ static void print_suggestions(const sn_run_config *cfg, const sn_ops *ops, int w
 }
 
 void sn_memory_plan_check(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world,
-                          int do1, int do2, int rank, int plan_only) {
+                          int do1, int do2, int rank, int plan_only, size_t memory_bytes) {
   sn_memory_plan_build(p, cfg, ops, world, do1, do2);
   const sn_plan_phase *peak = sn_plan_peak(p);
   if (!peak) return;
-  size_t free_bytes = 0, total_bytes = 0;
-  ops->device_memory(&free_bytes, &total_bytes);
+  size_t free_bytes = memory_bytes, total_bytes = memory_bytes;
+  if (!memory_bytes) ops->device_memory(&free_bytes, &total_bytes);
   const size_t usable = (size_t)(free_bytes * SN_PLAN_USABLE_FRACTION);
   const int fits = free_bytes == 0 || peak->total <= usable;
   if (rank == 0) {

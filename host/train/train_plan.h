@@ -53,11 +53,12 @@ void sn_memory_plan_build(sn_memory_plan *p, const sn_run_config *cfg, const sn_
 void sn_memory_plan_print(const sn_memory_plan *p, FILE *out, const char *device, size_t free_bytes);
 
 // The driver's check before anything is loaded: builds the plan, prints it (in full with
-// plan_only, else one line), and when the peak does not fit what the backend can allocate, prints
+// plan_only, else one line), and when the peak does not fit what the backend can allocate (or
+// memory_bytes when non-zero: a device of that size, fully free), prints
 // the changes that would make it fit and exits 2. Fills p (for the measured-peak comparison at the
 // end of each stage).
 void sn_memory_plan_check(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world,
-                          int do1, int do2, int rank, int plan_only);
+                          int do1, int do2, int rank, int plan_only, size_t memory_bytes);
 
 // Planners of each stage (beside the code that allocates what they count).
 void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world);

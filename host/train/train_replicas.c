@@ -1,5 +1,5 @@
 // Replica check for data parallelism: after a step every rank must hold bit-identical weights
-// (replicated AdamW takes the same step everywhere; ZeRO-1 all-gathers the updated slices). A
+// (replicated AdamW takes the same step everywhere; ZeRO all-gathers the updated slices). A
 // 64-bit hash of each rank's weights is gathered and compared, so a silent divergence (a missed
 // all-reduce, a stale bucket, a nondeterministic update) stops the run at the step it happened.
 #include <string.h>

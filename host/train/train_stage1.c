@@ -216,7 +216,7 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   sn_trainer_model_config(s1->model, s1->model_desc, "stage1.model", &mc);
   sn_model *m = sn_model_plan(&mc, ops, 0);
   const size_t N = m->num_elements, es = ops->storage_size;
-  const int zero = cfg->dist.zero1 && world > 1;
+  const int zero = world > 1 ? cfg->dist.zero : 0;
   const int Bq = SN_MAX(s1->batch_queries / world, 1), Nd = Bq * (s1->negatives_per_query + 1);
   const int cross = s1->cross_device_negatives && world > 1;
   const int len_q = cfg->data.max_query_len, len_d = cfg->data.max_doc_len;
@@ -244,12 +244,13 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   else
     sn_plan_add(ph, "weights", trained_sets * N * es, "%d tower%s x %.3gB parameters x %s", trained_sets,
                 trained_sets > 1 ? "s" : "", (double)N / 1e9, dtype);
-  sn_plan_add(ph, "gradients", trained_sets * trained * es, "%s, full buffer%s", dtype, lora ? ", adapters only" : "");
-  sn_optimizer_plan op = sn_optimizer_plan_bytes(trained, ops, world, zero);
-  if (op.master)
-    sn_plan_add(ph, "master weights", trained_sets * op.master, "fp32%s", zero ? ", 1/world shard (ZeRO-1)" : "");
-  sn_plan_add(ph, "Adam moments", trained_sets * op.moments, "fp32 m and v%s", zero ? ", 1/world shard (ZeRO-1)" : "");
-  if (op.exchange) sn_plan_add(ph, "ZeRO exchange", trained_sets * op.exchange, "reduce-scatter / all-gather buffers");
+  sn_optimizer_plan op = sn_optimizer_plan_bytes(lora ? lora->params : m, world, zero);
+  const char *shard = zero ? (zero == 2 ? ", 1/world slice (ZeRO-2)" : ", 1/world slice (ZeRO-1)") : "";
+  sn_plan_add(ph, "gradients", trained_sets * op.grads, "%s, %s%s", dtype,
+              zero == 2 ? "two layers' working buffers + embeddings (ZeRO-2)" : "full buffer", lora ? ", adapters only" : "");
+  if (op.master) sn_plan_add(ph, "master weights", trained_sets * op.master, "fp32%s", shard);
+  sn_plan_add(ph, "Adam moments", trained_sets * op.moments, "fp32 m and v%s", shard);
+  if (op.exchange) sn_plan_add(ph, "ZeRO exchange", trained_sets * op.exchange, "gradient slice%s", zero == 1 ? ", all-gather buffer" : "");
   const size_t acts_q = sn_runner_plan_bytes(tower, chunk_q, chunk_q * len_q, 1, rc);
   const size_t acts_d = sn_runner_plan_bytes(tower, chunk_d, chunk_d * len_d, 1, rc);
   sn_plan_add(ph, "activations", acts_q + acts_d, "queries %d x %d tokens, documents %d x %d%s", chunk_q, len_q,
@@ -353,9 +354,7 @@ int sn_train_stage1(sn_trainer *t) {
 
   // What is trained: the towers, or their adapters (the base has no gradients or optimizer state).
   sn_model *train_q = lora ? c.lora_q->params : c.qmodel, *train_d = lora ? c.lora_d->params : c.dmodel;
-  int two = c.dmodel != c.qmodel;
-  sn_model_alloc_grads(train_q);
-  if (two) sn_model_alloc_grads(train_d);
+  int two = c.dmodel != c.qmodel;  // the optimizers allocate the gradients (or ZeRO-2's working buffers)
   sn_optimizer opt_q, opt_d;
   sn_trainer_optimizer_init(t, &opt_q, train_q, &s1->optim, total);
   if (two) sn_trainer_optimizer_init(t, &opt_d, train_d, &s1->optim, total);

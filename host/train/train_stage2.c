@@ -166,7 +166,7 @@ void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   const size_t es = ops->storage_size, f = sizeof(float), Nt = teacher->num_elements, Ns = student->num_elements;
   const int use_docs = s2->gamma > 0, len_q = cfg->data.max_query_len, len_d = cfg->data.max_doc_len;
   const int Bq = SN_MAX(s2->batch_queries / world, 1), Nd = use_docs ? Bq * (s2->negatives_per_query + 1) : 0;
-  const int Ct = tc.hidden, zero = cfg->dist.zero1 && world > 1;
+  const int Ct = tc.hidden, zero = world > 1 ? cfg->dist.zero : 0;
 
   // The caches: teacher, student and (for the gamma term) document tower loaded at once, one
   // inference runner over the longest set.
@@ -179,8 +179,8 @@ void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
 
   ph = sn_plan_phase_new(p, "stage 2 training", 2);
   sn_plan_add(ph, "weights", Ns * es, "student, %.3gM parameters x %s", (double)Ns / 1e6, sn_dtype_name(ops->storage));
-  sn_plan_add(ph, "gradients", Ns * es, "full buffer");
-  sn_optimizer_plan op = sn_optimizer_plan_bytes(Ns, ops, world, zero);
+  sn_optimizer_plan op = sn_optimizer_plan_bytes(student, world, zero);
+  sn_plan_add(ph, "gradients", op.grads, zero == 2 ? "working buffers (ZeRO-2)" : "full buffer");
   sn_plan_add(ph, "optimizer state", op.master + op.moments + op.exchange, "fp32 master, m and v%s",
               zero ? ", 1/world shard (ZeRO-1)" : "");
   sn_plan_add(ph, "activations", sn_runner_plan_bytes(student, Bq, Bq * len_q, 1, SN_RECOMPUTE_NONE),
@@ -283,7 +283,6 @@ int sn_train_stage2(sn_trainer *t) {
   c.terms = ops->alloc(3 * sizeof(float));
   c.host_rows = mallocCheck((size_t)SN_MAX(Bq, Nd) * Ct * sizeof(float));
 
-  sn_model_alloc_grads(student);
   sn_optimizer opt;
   sn_trainer_optimizer_init(t, &opt, student, &s2->optim, total);
   c.opt = &opt;

@@ -113,12 +113,21 @@ void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int3
 
 void sn_trainer_optimizer_init(const sn_trainer *t, sn_optimizer *opt, sn_model *m, const sn_cfg_optim *cfg,
                                int64_t total_steps) {
-  sn_optimizer_init(opt, m, cfg, total_steps, t->comm, t->cfg.dist.zero1);
+  sn_optimizer_init(opt, m, cfg, total_steps, t->comm, t->cfg.dist.zero);
   if (t->cfg.dist.overlap) sn_optimizer_enable_overlap(opt, (size_t)(t->cfg.dist.bucket_mb * (1 << 20)));
-  if (t->rank == 0 && t->world > 1)
-    sn_log("gradients: %s", opt->zero1     ? "reduce-scattered (ZeRO-1: optimizer state sharded)"
-                            : opt->overlap ? "all-reduced in buckets during the backward pass"
-                                           : "all-reduced after the backward pass");
+  if (t->rank == 0 && t->world > 1) {
+    sn_grad_bytes b = sn_optimizer_grad_bytes(opt);
+    sn_log("gradients: %s; per rank %.4g GiB held (full buffer %.4g, exchange %.4g, slice %.4g, working "
+           "buffers %.4g; one full buffer is %.4g GiB)",
+           opt->zero == 2 ? "summed layer by layer during the backward pass into each rank's slice (ZeRO-2: "
+                            "gradients and optimizer state sharded)"
+           : opt->zero    ? "reduce-scattered (ZeRO-1: optimizer state sharded)"
+           : opt->overlap ? "all-reduced in buckets during the backward pass"
+                          : "all-reduced after the backward pass",
+           (double)(b.full + b.exchange + b.slice + b.working) / SN_GIB, (double)b.full / SN_GIB,
+           (double)b.exchange / SN_GIB, (double)b.slice / SN_GIB, (double)b.working / SN_GIB,
+           (double)b.full_size / SN_GIB);
+  }
 }
 
 float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what) {

@@ -2,7 +2,7 @@
 # The memory plan (sn_train --plan, host/train/train_plan.c):
 # - on the CPU backend it counts exactly what the stages allocate: the planned bytes of stage 1 and
 #   stage 2 equal the allocator's high-water mark, for plain towers, shared towers, gradient caching
-#   with recomputation, LoRA towers (with dropout), and (with mpirun) ZeRO-1 on 2 ranks;
+#   with recomputation, LoRA towers (with dropout), and (with mpirun) ZeRO-1 and ZeRO-2 on 2 ranks;
 # - a run that cannot fit (7B towers on this machine) exits 2 before loading anything, with the
 #   figures and what would make it fit; --world N plans for N ranks.
 set -euo pipefail
@@ -57,6 +57,9 @@ if command -v mpirun >/dev/null; then
   timeout 300 mpirun --oversubscribe -np 2 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=z1 \
     --set dist.zero1=true --set threads=1 > z1.out 2> z1.log || { cat z1.log; exit 1; }
   check_exact "zero1-2ranks" z1.log
+  timeout 300 mpirun --oversubscribe -np 2 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=z2 \
+    --set dist.zero=2 --set threads=1 > z2.out 2> z2.log || { cat z2.log; exit 1; }
+  check_exact "zero2-2ranks" z2.log
 else
   echo "skip: ZeRO-1 plan check (mpirun not installed)"
 fi

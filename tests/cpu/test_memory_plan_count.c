@@ -75,7 +75,7 @@ int main(void) {
                    hand_acts(Nd * LEN_D, Nd, 0) + (2 * Nd * LEN_D + Nd + 1) * 4 + (size_t)Nd * LEN_D * C * f;
   CHECK(item(s1, "activations") == runners, "activations %zu, hand %zu", item(s1, "activations"), runners);
   // ZeRO-1 on 4 ranks: moments and master are a quarter (rounded up), plus the exchange buffers
-  cfg.dist.zero1 = 1;
+  cfg.dist.zero = 1, cfg.dist.zero1 = 1;
   sn_memory_plan_build(&p, &cfg, ops, 4, 1, 0);
   const size_t shard = (N + 3) / 4;
   CHECK(item(&p.phases[0], "Adam moments") == 2 * (2 * shard + 1) * f, "ZeRO-1 moments %zu",

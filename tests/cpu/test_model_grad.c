@@ -2,7 +2,8 @@
 // - gradients of L = sum_b dot(normalize(pool(hidden))_b, r_b) against central finite differences,
 //   a few random elements of every tensor (unused tensors: lm_head, pooler must get zero);
 // - save → load round trip (F32 exact, BF16 equal to the rounded weights);
-// - optimizer spans cover the buffer, norms and biases without decay.
+// - optimizer spans cover the buffer, norms and biases without decay;
+// - through a grad map (ZeRO-2), the same gradients bit for bit and the per-layer callbacks in order.
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
@@ -309,6 +310,105 @@ static void check_recompute(harness *h, const char *label) {
   free(plain), free(again);
 }
 
+#define MAX_CALLBACKS 16
+
+// The on_layer_grads calls of one backward pass.
+typedef struct {
+  int calls[MAX_CALLBACKS];
+  int n;
+} callback_log;
+
+static void log_callback(void *ctx, int layer) {
+  callback_log *g = ctx;
+  if (g->n < MAX_CALLBACKS) g->calls[g->n] = layer;
+  g->n++;
+}
+
+// One backward pass through the whole embedding path (the projection included) from d_emb.
+static void embedding_path_backward(harness *h, const float *d_emb, float *emb) {
+  const void *hidden = sn_model_forward(h->m, h->acts, &h->tok, 1);
+  sn_model_pool(h->m, h->acts, &h->tok, hidden, h->pooling, 1, emb);
+  sn_model_pool_backward(h->m, h->acts, &h->tok, h->pooling, d_emb, emb, NULL, h->dhidden);
+  sn_model_backward(h->m, h->acts, &h->tok, h->dhidden);
+}
+
+static int by_offset(const void *a, const void *b) {
+  size_t x = ((const sn_param *)a)->offset, y = ((const sn_param *)b)->offset;
+  return (x > y) - (x < y);
+}
+
+// The layer a tensor belongs to, or -1 (embeddings, final norm, projection).
+static int layer_of(const sn_param *p) {
+  int l;
+  if (sscanf(p->name, "layers.%d.", &l) == 1 || sscanf(p->name, "encoder.layer.%d.", &l) == 1) return l;
+  return -1;
+}
+
+// ZeRO-2's contract with the passes: through a grad map giving each layer and each run of
+// tensors between them its own buffer (regions must not cut the fused q|k|v or gate|up groups,
+// which one matmul writes), a backward pass writes the flat buffer's gradients bit for bit, and
+// calls back from the last layer down, then with SN_GRADS_REST.
+static void check_grad_map(harness *h, const char *label) {
+  sn_model *m = h->m;
+  const sn_ops *ops = m->ops;
+  const size_t N = m->num_elements, es = ops->storage_size;
+  const int W = sn_model_out_dim(m), L = m->cfg.n_layers, n = m->nparams;
+  float *emb = ops->alloc((size_t)h->B * W * sizeof(float)), *d_emb = ops->alloc((size_t)h->B * W * sizeof(float));
+  ops->upload(d_emb, h->r, (size_t)h->B * W * sizeof(float));
+  sn_model_zero_grads(m);
+  embedding_path_backward(h, d_emb, emb);
+  float *flat = mallocCheck(N * sizeof(float));
+  ops->download_f32(flat, m->grads, N);
+
+  sn_param *sorted = mallocCheck((size_t)n * sizeof *sorted);
+  memcpy(sorted, m->params, (size_t)n * sizeof *sorted);
+  qsort(sorted, (size_t)n, sizeof *sorted, by_offset);
+  size_t *begin = mallocCheck((size_t)(n + 1) * sizeof *begin);
+  void **base = mallocCheck((size_t)n * sizeof *base);
+  int regions = 0;
+  for (int i = 0; i < n; i++)  // a new region wherever the layer changes; the first covers 0
+    if (i == 0 || layer_of(&sorted[i]) != layer_of(&sorted[i - 1])) begin[regions++] = i ? sorted[i].offset : 0;
+  free(sorted);
+  begin[regions] = N;
+  for (int r = 0; r < regions; r++) {
+    base[r] = ops->alloc(SN_MAX(begin[r + 1] - begin[r], 1) * es);
+    ops->memset_zero(base[r], (begin[r + 1] - begin[r]) * es);
+  }
+  sn_grad_map map = {.n = regions, .begin = begin, .base = base};
+  callback_log log = {.n = 0};
+  void *grads = m->grads;
+  m->grads = NULL;  // nothing may reach the flat buffer
+  m->grad_map = &map;
+  m->on_layer_grads = log_callback;
+  m->on_layer_grads_ctx = &log;
+  embedding_path_backward(h, d_emb, emb);
+  m->grads = grads;
+  m->grad_map = NULL;
+  m->on_layer_grads = NULL;
+  m->on_layer_grads_ctx = NULL;
+
+  int same = 1;
+  float *region = mallocCheck(N * sizeof(float));
+  for (int r = 0; r < regions; r++) {
+    size_t len = begin[r + 1] - begin[r];
+    ops->download_f32(region, base[r], len);
+    same &= memcmp(region, flat + begin[r], len * sizeof(float)) == 0;
+    ops->free(base[r]);
+  }
+  CHECK(same && regions >= L + 1, "%s: gradients through a grad map of %d regions differ from the flat buffer's",
+        label, regions);
+  int order = log.n == L + 1 && log.calls[L] == SN_GRADS_REST;
+  for (int i = 0; i < L && order; i++) order = log.calls[i] == L - 1 - i;
+  CHECK(order, "%s: %d layer callbacks, not layers %d..0 then SN_GRADS_REST", label, log.n, L - 1);
+  fprintf(stderr, "%s: grad map of %d regions: gradients bit for bit, callbacks in order\n", label, regions);
+  free(region);
+  free(flat);
+  free(begin);
+  free(base);
+  ops->free(emb);
+  ops->free(d_emb);
+}
+
 static void run_case(const case_t *k, uint64_t seed) {
   const sn_ops *ops = sn_ops_cpu();
   sn_test_rng rng;
@@ -342,6 +442,7 @@ static void run_case(const case_t *k, uint64_t seed) {
   check_round_trip(h.m, k->label);
   check_spans(h.m, k->label);
   check_projection(&h, k->label, seed + 1);
+  check_grad_map(&h, k->label);
 
   ops->free(h.pooled_f32);
   ops->free(h.norm);

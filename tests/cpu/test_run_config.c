@@ -42,7 +42,7 @@ int main(void) {
             strcmp(d.run_dir, "runs/default") == 0 && d.stage1.model[0] == '\0',
         "string defaults");
   CHECK(d.seed == 1234 && d.data.max_line_bytes == (1 << 20) && d.dist.overlap == 1 &&
-            d.dist.zero1 == 0 && d.data.n_train == 0 && d.comm_timeout_s == 600,
+            d.dist.zero1 == 0 && d.dist.zero == 0 && d.data.n_train == 0 && d.comm_timeout_s == 600,
         "int, bool and path-list defaults");
   const char *json =
       "{\"run_dir\": \"out\", \"device\": \"cpu\", \"seed\": 7, \"_comment\": \"ignored\",\n"
@@ -94,6 +94,17 @@ int main(void) {
   expect_error("{\"stage2\": {\"alpha\": 0, \"beta\": 0}}", NULL, 0, "nothing to learn", NULL);
   expect_error("{\"data\": {\"query_prompt\": \"no placeholder\"}}", NULL, 0, "data.query_prompt", "{text}");
   expect_error("{\"stage1\": {\"model\": \"m\", \"model_desc\": \"d.json\"}}", NULL, 0, "exclusive", NULL);
+  // dist.zero1 is an alias of dist.zero = 1: both spellings resolve (and hash) alike.
+  sn_run_config z1, z;
+  CHECK(parse(&z1, "{\"dist\": {\"zero1\": true}}", NULL, 0, err) == 0, "%s", err);
+  CHECK(parse(&z, "{\"dist\": {\"zero\": 1}}", NULL, 0, err) == 0, "%s", err);
+  CHECK(z1.dist.zero == 1 && z.dist.zero1 == 1 && sn_run_config_hash(&z1) == sn_run_config_hash(&z),
+        "dist.zero1 = true resolves to dist.zero = 1 (zero %d, zero1 %d)", z1.dist.zero, z.dist.zero1);
+  CHECK(parse(&z, "{\"dist\": {\"zero\": 2}}", NULL, 0, err) == 0 && z.dist.zero == 2 && !z.dist.zero1,
+        "dist.zero = 2: %s", err);
+  expect_error("{\"dist\": {\"zero1\": true, \"zero\": 2}}", NULL, 0, "'dist.zero1' is true but 'dist.zero' is 2",
+               NULL);
+  expect_error("{\"dist\": {\"zero\": 3}}", NULL, 0, "dist.zero", "[0, 2]");
   const char *bad_set[] = {"stage1.temprature=0.1"};
   expect_error("{}", bad_set, 1, "--set", "stage1.temperature");
   const char *no_eq[] = {"stage1.temperature"};

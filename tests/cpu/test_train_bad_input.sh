@@ -25,6 +25,9 @@ expect "vocabulary larger than the embedding table" "embedding table" --config b
 expect "stage 2 without a teacher" "stage-1 teacher" --config base.json --stage 2
 expect "negative replica-check interval" "dist.check_replicas_every' must be in [0," --config base.json \
   --set dist.check_replicas_every=-1
+expect "ZeRO stage out of range" "dist.zero' must be in [0, 2]" --config base.json --set dist.zero=3
+expect "dist.zero1 alias contradicting dist.zero" "'dist.zero1' is true but 'dist.zero' is 2" --config base.json \
+  --set dist.zero1=true --set dist.zero=2
 expect "missing training file" "data.train" --config base.json --set 'data.train=["missing.jsonl"]'
 expect "more negatives than the data has" "negative" --config base.json --set stage1.negatives_per_query=1000
 expect "batch larger than the data" "batch" --config base.json --set stage1.batch_queries=1000

@@ -197,6 +197,39 @@ static void check_all_gather_v(sn_comm *c) {
   g_ops->free(send);
 }
 
+// Unequal parts in place (one rank's empty), in flight together with an async all-reduce: each
+// rank's own part is summed, as ZeRO-2's layer buckets need.
+static void check_reduce_scatter_v(sn_comm *c) {
+  int n = c->world_size;
+  size_t *counts = mallocCheck(n * sizeof(size_t)), total = 0, mine_at = 0;
+  for (int r = 0; r < n; r++) {
+    counts[r] = uneven_count(r);
+    if (r == c->rank) mine_at = total;
+    total += counts[r];
+  }
+  const size_t other = 257;
+  float *mine = mallocCheck(total * sizeof(float)), *want = mallocCheck(total * sizeof(float));
+  float *other_host = mallocCheck(other * sizeof(float)), *other_want = mallocCheck(other * sizeof(float));
+  rank_data(mine, total, c->rank, 600);
+  expected_sum(want, total, n, 600);
+  rank_data(other_host, other, c->rank, 601);
+  expected_sum(other_want, other, n, 601);
+  float *buf = to_backend(mine, total), *other_buf = to_backend(other_host, other);
+  sn_comm_reduce_scatter_v_async(c, buf, counts, SN_DTYPE_F32, NULL);
+  sn_comm_all_reduce_async(c, other_buf, other, SN_DTYPE_F32, NULL);
+  sn_comm_wait(c);
+  CHECK(counts[c->rank] == 0 || sums_match(buf + mine_at, want + mine_at, counts[c->rank]),
+        "reduce_scatter_v_async: rank %d's part of %zu differs", c->rank, counts[c->rank]);
+  CHECK(sums_match(other_buf, other_want, other), "async all-reduce beside a reduce-scatter-v differs");
+  g_ops->free(buf);
+  g_ops->free(other_buf);
+  free(counts);
+  free(mine);
+  free(want);
+  free(other_host);
+  free(other_want);
+}
+
 static void check_f64_host(sn_comm *c) {
   double vals[3] = {1.0, (double)c->rank, 0.25 * c->rank};
   sn_comm_all_reduce_f64_host(c, vals, 3);
@@ -265,6 +298,7 @@ int main(int argc, char **argv) {
   check_reduce_scatter(c, 4099);
   check_broadcast(c);
   check_all_gather_v(c);
+  check_reduce_scatter_v(c);
   if (g_ops->storage == SN_DTYPE_BF16) check_all_reduce_bf16(c);
   check_f64_host(c);
   check_u64_host(c);

@@ -2,11 +2,15 @@
 # Data parallelism on the CPU backend over MPI: stage 1 with cross-device negatives (plain and
 # symmetric) and stage 2 on 2 and 3 ranks must follow the 1-rank run on the same global batch:
 # the same losses and final weights up to the order of floating-point sums (relative 1e-5).
-# The same with ZeRO-1 (optimizer state sharded across ranks), whose ranks also hash their weights
-# after every step and must agree (dist.check_replicas_every). Also: a checkpoint written by 3
-# ranks resumes on 2 and on 1 (resharding ZeRO-1 state); killing one rank ends the job in bounded
-# time, and --resume auto continues from the last checkpoint. LoRA towers (two adapters over one
-# frozen base), overlapped and under ZeRO-1, follow their 1-rank run too.
+# The same with ZeRO-1 (optimizer state sharded across ranks) and ZeRO-2 (gradients sharded too,
+# summed layer by layer during backward, also with accumulation, gradient caching and shared
+# towers), whose ranks also hash their weights after every step and must agree
+# (dist.check_replicas_every); ZeRO-2 with one backward pass per step is bit for bit ZeRO-1 on as
+# many ranks (the same sums, in rank order, and the same sharded gradient norm). Also: a checkpoint written by 3 ranks resumes on 2 and on 1
+# (resharding ZeRO state, also from ZeRO-1 to ZeRO-2); killing one rank ends the job in bounded
+# time, and --resume auto continues from the last checkpoint.
+# LoRA towers (two adapters over one frozen base), overlapped and under ZeRO-1, follow their 1-rank
+# run too.
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -41,6 +45,7 @@ for x, y in zip(la, lb):
     assert (x["stage"], x["step"], x["tokens"]) == (y["stage"], y["step"], y["tokens"]), (x, y)
     assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]) + 1e-7, (x, y)
 import os
+worst = 0.0
 for tower in ("query_tower", "doc_tower", "student"):
     p = f"{a}/final/{tower}/model.safetensors"
     if not os.path.exists(p): continue
@@ -52,7 +57,9 @@ for tower in ("query_tower", "doc_tower", "student"):
     vb = np.concatenate([tb[k].ravel() for k in sorted(ta)])
     err = np.linalg.norm(va - vb) / np.linalg.norm(va)
     assert err <= 1e-5, (tower, err)
-print(f"{b} matches {a}: {len(la)} steps, final losses {la[-1]['loss']:.6f} / {lb[-1]['loss']:.6f}")
+    worst = max(worst, err)
+print(f"{b} matches {a}: {len(la)} steps, final losses {la[-1]['loss']:.6f} / {lb[-1]['loss']:.6f}, "
+      f"weights within {worst:.2e}")
 PY
 }
 fail=0
@@ -60,18 +67,30 @@ fail=0
 # with gradient accumulation, gradient caching and shared towers (where only the last backward pass
 # of a step may start the buckets).
 SMALL="--set dist.bucket_mb=0.005"
-for variant in plain symmetric zero1 buckets accum-cache shared no-overlap lora lora-zero1; do
+ACCUM_CACHE="--set stage1.grad_accum=2 --set stage1.grad_cache_chunk=5 --set stage2.grad_accum=2"
+ZERO2="--set dist.zero=2 --set dist.check_replicas_every=1"
+# Wider layers than the embedding table: the ranks' slice boundaries fall inside layers, so a
+# layer's ZeRO-2 reduce-scatter has parts on two ranks.
+WIDE='--set stage1.model_desc={"arch":"qwen2","layers":4,"hidden":32,"heads":4,"kv_heads":2,"intermediate":512,"vocab":4096}'
+for variant in plain symmetric zero1 buckets accum-cache shared no-overlap zero2 zero2-accum-cache zero2-shared \
+               zero1-wide zero2-wide lora lora-zero1 lora-zero2; do
   extra=""
   case $variant in
     symmetric) extra="--set stage1.symmetric=true" ;;
     zero1) extra="--set dist.zero1=true --set dist.check_replicas_every=1" ;;
     buckets) extra="$SMALL" ;;
-    accum-cache) extra="$SMALL --set stage1.grad_accum=2 --set stage1.grad_cache_chunk=5 --set stage2.grad_accum=2" ;;
+    accum-cache) extra="$SMALL $ACCUM_CACHE" ;;
     shared) extra="$SMALL --set stage1.shared_towers=true" ;;
     no-overlap) extra="--set dist.overlap=false" ;;
     # LoRA towers: the adapters' layer buckets overlap the backward like a tower's; ZeRO-1 over them
     lora) extra="$SMALL --set stage1.lora.rank=4 --set stage1.optim.lr=1e-2" ;;
     lora-zero1) extra="--set stage1.lora.rank=4 --set stage1.lora.targets=q,v,down --set dist.zero1=true --set dist.check_replicas_every=1" ;;
+    zero2) extra="$ZERO2" ;;
+    zero2-accum-cache) extra="$ZERO2 $ACCUM_CACHE" ;;
+    zero2-shared) extra="$ZERO2 --set stage1.shared_towers=true" ;;
+    zero1-wide) extra="--set dist.zero=1 --set dist.check_replicas_every=1 $WIDE" ;;
+    zero2-wide) extra="$ZERO2 $WIDE" ;;
+    lora-zero2) extra="--set stage1.lora.rank=4 --set stage1.lora.targets=q,v,down $ZERO2" ;;
   esac
   # shellcheck disable=SC2086
   "$BUILD/sn_train" --config cfg.json --set run_dir=np1-$variant $extra 2> np1.log || { cat np1.log; exit 1; }
@@ -88,25 +107,41 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap lora 
       grep -qE "stage 1: [2-9][0-9.]* overlapped all-reduces per step" np$np.log ||
         { echo "FAIL: LoRA buckets not overlapped: $(grep -E 'overlapped' np$np.log)"; fail=1; }
     fi
-    if [ $variant = zero1 ] || [ $variant = lora-zero1 ]; then  # every rank hashed its weights after every step, and they agreed
+    case $variant in zero*|lora-zero*)  # every rank hashed its weights after every step, and they agreed
       [ "$(grep -c '"weights_hash"' np$np-$variant/metrics.jsonl)" = "$(wc -l < np$np-$variant/metrics.jsonl)" ] ||
-        { echo "FAIL: replica checksums missing from np$np-$variant/metrics.jsonl"; fail=1; }
+        { echo "FAIL: replica checksums missing from np$np-$variant/metrics.jsonl"; fail=1; } ;;
+    esac
+    if [ $variant = zero2 ] || [ $variant = zero2-wide ]; then
+      # No full gradient buffer: each layer of both towers, the head and the tail summed on their own, to
+      # ZeRO-1's bits (one backward pass a step). The replicated mode's norm is summed over the
+      # whole buffer at once, so its clipping may differ in the last bit.
+      layers=$([ $variant = zero2 ] && echo 2 || echo 4)
+      grep -q "ZeRO-2: gradients and optimizer state sharded" np$np.log &&
+        grep -qE "stage 1: $((2 * (layers + 2))).0 overlapped reduce-scatters per step" np$np.log ||
+        { echo "FAIL: ZeRO-2 not layer by layer: $(grep -E 'gradients:|overlapped' np$np.log)"; fail=1; }
+      zero1=np$np-zero1${variant#zero2}
+      same=1
+      for f in final/query_tower/model.safetensors final/doc_tower/model.safetensors final/student/model.safetensors; do
+        cmp -s $zero1/$f np$np-$variant/$f || { echo "FAIL: $variant on $np ranks differs from $zero1 ($f)"; same=0; fail=1; }
+      done
+      [ $same = 0 ] || echo "ok: $variant on $np ranks equals $zero1 bit for bit"
     fi
     compare np1-$variant np$np-$variant || fail=1
   done
 done
 
-# Written by 3 ranks, resumed on 2 (and, with ZeRO-1's sharded optimizer state, resharded from 3
-# ranks to 2 and to 1): the same run as on 1 rank.
+# Written by 3 ranks, resumed on 2 (and, with ZeRO's sharded optimizer state, resharded from 3
+# ranks to 2 and to 1, also from ZeRO-1 shards into a ZeRO-2 run): the same run as on 1 rank.
+# Each case: ranks resuming | ZeRO stage writing | ZeRO stage resuming.
 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np1-stage1 2> /dev/null
-for resume in "2 " "2 --set dist.zero1=true" "1 "; do
-  read -r np zero <<<"$resume"
-  run=resume-$np${zero:+-zero1}
+for resume in "2|0|0" "2|1|1" "1|0|0" "2|2|2" "1|2|2" "2|1|2"; do
+  IFS='|' read -r np zw zr <<<"$resume"
+  run=resume-$np-zero$zw-$zr
   timeout 300 mpirun --oversubscribe -np 3 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$run \
-    --set checkpoint.every=2 --stop-after 2 $zero 2> w3.log || { tail w3.log; exit 1; }
-  [ -z "$zero" ] || ls $run/ckpt-1-2/state-rank00002.bin >/dev/null || { echo "FAIL: no per-rank shards"; fail=1; }
+    --set checkpoint.every=2 --stop-after 2 --set dist.zero=$zw 2> w3.log || { tail w3.log; exit 1; }
+  [ $zw = 0 ] || ls $run/ckpt-1-2/state-rank00002.bin >/dev/null || { echo "FAIL: no per-rank shards"; fail=1; }
   timeout 300 mpirun --oversubscribe -np $np "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$run \
-    --resume auto $zero 2> r.log || { tail r.log; exit 1; }
+    --resume auto --set dist.zero=$zr 2> r.log || { tail r.log; exit 1; }
   grep -q "resume: stage 1, step 2" r.log || { echo "FAIL: $np ranks did not resume the 3-rank checkpoint"; fail=1; }
   compare np1-stage1 $run || fail=1
 done
@@ -123,7 +158,7 @@ print("ok: token budget, tokens per step", [r["tokens"] for r in rows])
 PY
 
 # Stopped and resumed on the same 2 ranks: bit for bit the uninterrupted 2-rank run.
-for zero in "" "--set dist.zero1=true"; do
+for zero in "" "--set dist.zero1=true" "--set dist.zero=2"; do
   rm -rf same && mkdir same
   # shellcheck disable=SC2086
   timeout 300 mpirun --oversubscribe -np 2 "$BUILD/sn_train" --config cfg.json --set run_dir=same/a $zero \
