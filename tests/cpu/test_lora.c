@@ -17,6 +17,7 @@
 #include "model.h"
 #include "model_lora.h"
 #include "safetensors.h"
+#include "test_model_util.h"
 #include "test_util.h"
 
 #define FD_EPS 1e-2f
@@ -25,6 +26,7 @@
 #define SAMPLES_PER_TENSOR 2
 #define WEIGHT_STD 0.2f   // base matrices: larger than init's 0.02 so every path carries signal
 #define ADAPTER_STD 0.2f  // A and B alike
+#define VECTOR_STD 0.1f   // 1-D tensors (norm weights, biases) jittered by N(0, 0.1)
 #define EMB_TOL 1e-5      // same computation reordered (fused update against merged weights)
 #define ERR_LEN 1024
 #define RANK 4
@@ -132,29 +134,6 @@ static void analytic_grads(harness *h, sn_model *tower) {
   sn_acts_free(a);
 }
 
-// Test-only edit of a model's weights: matrices N(0, std), 1-D tensors (norm weights, biases) jittered.
-static void randomise(sn_model *m, float std, sn_test_rng *rng) {
-  float *w = mallocCheck(m->num_elements * sizeof(float));
-  m->ops->download_f32(w, m->weights, m->num_elements);
-  for (int i = 0; i < m->nparams; i++) {
-    const sn_param *p = &m->params[i];
-    for (size_t j = 0; j < p->count; j++)
-      w[p->offset + j] = p->ndim == 2 ? std * sn_test_normal(rng) : w[p->offset + j] + 0.1f * sn_test_normal(rng);
-  }
-  m->ops->upload_f32(m->weights, w, m->num_elements);
-  free(w);
-}
-
-static float get_elem(const sn_model *m, const void *buf, size_t i) {
-  float v;
-  m->ops->download_f32(&v, (const char *)buf + i * m->ops->storage_size, 1);
-  return v;
-}
-
-static void set_elem(sn_model *m, size_t i, float v) {
-  m->ops->upload_f32((char *)m->weights + i * m->ops->storage_size, &v, 1);
-}
-
 static void check_finite_differences(harness *h, sn_model *tower, const char *label, sn_test_rng *rng) {
   sn_model *p = tower->lora->params;
   analytic_grads(h, tower);
@@ -165,13 +144,13 @@ static void check_finite_differences(harness *h, sn_model *tower, const char *la
     const sn_param *t = &p->params[i];
     for (int s = 0; s < SAMPLES_PER_TENSOR; s++) {
       const size_t j = t->offset + (size_t)(sn_test_uniform(rng) * (float)t->count) % t->count;
-      const double analytic = get_elem(p, p->grads, j);
-      const float orig = get_elem(p, p->weights, j);
-      set_elem(p, j, orig + FD_EPS);
+      const double analytic = sn_test_get_elem(p, p->grads, j);
+      const float orig = sn_test_get_elem(p, p->weights, j);
+      sn_test_set_weight(p, j, orig + FD_EPS);
       const double lp = loss_of(h, tower);
-      set_elem(p, j, orig - FD_EPS);
+      sn_test_set_weight(p, j, orig - FD_EPS);
       const double lm = loss_of(h, tower);
-      set_elem(p, j, orig);
+      sn_test_set_weight(p, j, orig);
       const double fd = (lp - lm) / (2.0 * FD_EPS);
       const double diff = fabs(fd - analytic);
       CHECK(diff <= FD_ATOL + FD_RTOL * fabs(fd), "%s: %s[%zu]: analytic %.6g, finite difference %.6g", label,
@@ -278,7 +257,7 @@ static void run_case(const char *label, const char *targets, float dropout, uint
   sn_test_rng_seed(&rng, seed);
   sn_model_config cfg = tiny_qwen2();
   sn_model *base = sn_model_new(&cfg, ops, seed);
-  randomise(base, WEIGHT_STD, &rng);
+  sn_test_randomise(base, &rng, WEIGHT_STD, VECTOR_STD);
   sn_lora_config lc = {.rank = RANK, .alpha = ALPHA, .dropout = dropout};
   char err[ERR_LEN];
   CHECK(sn_lora_targets_parse(targets, &lc.targets, err, sizeof err) == 0, "%s: %s", label, err);
@@ -294,7 +273,7 @@ static void run_case(const char *label, const char *targets, float dropout, uint
   CHECK(memcmp(emb_base, emb_tower, sizeof(float) * (size_t)h.B * h.C) == 0, "%s: fresh adapter changes the base",
         label);
 
-  randomise(l->params, ADAPTER_STD, &rng);
+  sn_test_randomise(l->params, &rng, ADAPTER_STD, VECTOR_STD);
   if (dropout > 0) {  // dropout changes the tower while training, not at inference
     embed(&h, tower, emb_base);
     h.dropout_on = 1;

@@ -14,6 +14,7 @@
 #include "model.h"
 #include "model_lora.h"
 #include "npy.h"
+#include "test_model_util.h"
 #include "test_util.h"
 
 #define REL_TOL 1e-4        // fp32 (CPU) against the float64 reference
@@ -23,25 +24,10 @@
 #define ERR_LEN 1024
 #define FIXTURE "tests/fixtures/lora_qwen2"
 
-static void load_npy(const char *dir, const char *file, sn_npy_array *a) {
-  char path[PATH_LEN], err[ERR_LEN];
-  snprintf(path, sizeof path, "%s/%s", dir, file);
-  if (sn_npy_read(path, a, err, sizeof err) != 0) {
-    fprintf(stderr, "FAIL %s\n", err);
-    exit(1);
-  }
-}
-
-static float *download(const sn_ops *ops, const void *src, size_t n) {
-  float *h = mallocCheck(n * sizeof(float));
-  ops->download_f32(h, src, n);
-  return h;
-}
-
 // Hidden states of m over tok, compared with the reference.
 static double hidden_err(sn_model *m, const sn_tokens *tok, const float *ref, size_t n) {
   sn_acts *a = sn_acts_new(m, tok->T, tok->B);
-  float *h = download(m->ops, sn_model_forward(m, a, tok, 0), n);
+  float *h = sn_test_download(m->ops, sn_model_forward(m, a, tok, 0), n);
   double e = sn_rel_err(h, ref, n);
   free(h);
   sn_acts_free(a);
@@ -76,11 +62,11 @@ int main(void) {
   const int C = base->cfg.hidden;
 
   sn_npy_array ids, cu, hidden_ref, pooled_ref, r;
-  load_npy(root, "ids.npy", &ids);
-  load_npy(root, "cu_seqlens.npy", &cu);
-  load_npy(root, "hidden.npy", &hidden_ref);
-  load_npy(root, "pooled.npy", &pooled_ref);
-  load_npy(root, "r.npy", &r);
+  sn_test_load_npy(root, "ids.npy", &ids);
+  sn_test_load_npy(root, "cu_seqlens.npy", &cu);
+  sn_test_load_npy(root, "hidden.npy", &hidden_ref);
+  sn_test_load_npy(root, "pooled.npy", &pooled_ref);
+  sn_test_load_npy(root, "r.npy", &r);
   const int B = (int)cu.numel - 1, T = (int)ids.numel;
   CHECK(hidden_ref.numel == (int64_t)T * C && pooled_ref.numel == (int64_t)B * C, "fixture shapes");
   sn_tokens tok;
@@ -89,7 +75,7 @@ int main(void) {
   sn_acts *acts = sn_acts_new(tower, T, B);
 
   const void *hidden = sn_model_forward(tower, acts, &tok, 1);
-  float *h = download(ops, hidden, (size_t)T * C);
+  float *h = sn_test_download(ops, hidden, (size_t)T * C);
   double e_hidden = sn_rel_err(h, hidden_ref.data, (size_t)T * C);
   CHECK(e_hidden <= tol, "hidden rel err %.3g", e_hidden);
   float *pooled_dev = ops->alloc((size_t)B * C * sizeof(float));
@@ -126,10 +112,10 @@ int main(void) {
     char file[PATH_LEN];
     snprintf(file, sizeof file, "grad.%s.npy", name);
     sn_npy_array ref;
-    load_npy(root, file, &ref);
+    sn_test_load_npy(root, file, &ref);
     CHECK(ref.numel == (int64_t)p->count, "%s: %zu elements, reference %lld", name, p->count, (long long)ref.numel);
     if (ref.numel == (int64_t)p->count) {
-      float *g = download(ops, (char *)l->params->grads + p->offset * ops->storage_size, p->count);
+      float *g = sn_test_download(ops, (char *)l->params->grads + p->offset * ops->storage_size, p->count);
       double e = sn_rel_err(g, ref.data, p->count);
       CHECK(e <= grad_tol, "grad %s rel err %.3g", name, e);
       worst = SN_MAX(worst, e);

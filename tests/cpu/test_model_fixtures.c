@@ -14,6 +14,7 @@
 #include "model.h"
 #include "npy.h"
 #include "safetensors.h"
+#include "test_model_util.h"
 #include "test_util.h"
 
 #define REL_TOL 1e-4        // fp32 storage (CPU) against the float64 reference
@@ -40,21 +41,6 @@ static void join_path(char *dst, size_t len, const char *a, const char *b) {
     fprintf(stderr, "FAIL path too long: %s/%s\n", a, b);
     exit(1);
   }
-}
-
-static void load_npy(const char *dir, const char *file, sn_npy_array *a) {
-  char path[PATH_LEN], err[ERR_LEN];
-  join_path(path, sizeof path, dir, file);
-  if (sn_npy_read(path, a, err, sizeof err) != 0) {
-    fprintf(stderr, "FAIL %s\n", err);
-    exit(1);
-  }
-}
-
-static float *download(const sn_ops *ops, const void *src, size_t n) {
-  float *h = mallocCheck(n * sizeof(float));
-  ops->download_f32(h, src, n);
-  return h;
 }
 
 // Saved file: names exactly as the *Model classes write them.
@@ -99,11 +85,11 @@ static void run_fixture(const char *root, const fixture *fx, const sn_ops *ops) 
   CHECK((sn_model_find_param(m, "pooler.dense.weight") != NULL) == fx->expect_pooler, "%s: pooler", fx->name);
 
   sn_npy_array ids, cu, hidden_ref, pooled_ref, r;
-  load_npy(dir, "ids.npy", &ids);
-  load_npy(dir, "cu_seqlens.npy", &cu);
-  load_npy(dir, "hidden.npy", &hidden_ref);
-  load_npy(dir, "pooled.npy", &pooled_ref);
-  load_npy(dir, "r.npy", &r);
+  sn_test_load_npy(dir, "ids.npy", &ids);
+  sn_test_load_npy(dir, "cu_seqlens.npy", &cu);
+  sn_test_load_npy(dir, "hidden.npy", &hidden_ref);
+  sn_test_load_npy(dir, "pooled.npy", &pooled_ref);
+  sn_test_load_npy(dir, "r.npy", &r);
   const int B = (int)cu.numel - 1, T = (int)ids.numel;
   CHECK(hidden_ref.numel == (int64_t)T * C && pooled_ref.numel == (int64_t)B * C, "%s: fixture shapes", fx->name);
 
@@ -113,9 +99,9 @@ static void run_fixture(const char *root, const fixture *fx, const sn_ops *ops) 
   sn_acts *acts = sn_acts_new(m, T, B);
 
   // inference forward, then the forward that keeps activations: same numbers
-  float *h_infer = download(ops, sn_model_forward(m, acts, &tok, 0), (size_t)T * C);
+  float *h_infer = sn_test_download(ops, sn_model_forward(m, acts, &tok, 0), (size_t)T * C);
   const void *hidden = sn_model_forward(m, acts, &tok, 1);
-  float *h = download(ops, hidden, (size_t)T * C);
+  float *h = sn_test_download(ops, hidden, (size_t)T * C);
   double e_hidden = sn_rel_err(h, hidden_ref.data, (size_t)T * C);
   CHECK(e_hidden <= tol, "%s: hidden rel err %.3g", fx->name, e_hidden);
   CHECK(sn_rel_err(h_infer, h, (size_t)T * C) == 0.0, "%s: inference forward differs from training forward", fx->name);
@@ -154,11 +140,11 @@ static void run_fixture(const char *root, const fixture *fx, const sn_ops *ops) 
     char file[PATH_LEN];
     snprintf(file, sizeof file, "grad.%s.npy", name);
     sn_npy_array ref;
-    load_npy(dir, file, &ref);
+    sn_test_load_npy(dir, file, &ref);
     CHECK(ref.numel == (int64_t)p->count, "%s: %s has %zu elements, reference %lld", fx->name, name,
           p->count, (long long)ref.numel);
     if (ref.numel == (int64_t)p->count) {
-      float *g = download(ops, (char *)m->grads + p->offset * ops->storage_size, p->count);
+      float *g = sn_test_download(ops, (char *)m->grads + p->offset * ops->storage_size, p->count);
       double e = sn_rel_err(g, ref.data, p->count);
       CHECK(e <= grad_tol, "%s: grad %s rel err %.3g", fx->name, name, e);
       fprintf(stderr, "  %s grad %-48s rel err %.2e\n", fx->name, name, e);

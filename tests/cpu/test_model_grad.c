@@ -13,6 +13,7 @@
 #include "common.h"
 #include "model.h"
 #include "safetensors.h"
+#include "test_model_util.h"
 #include "test_util.h"
 
 #define FD_EPS 1e-2f
@@ -89,30 +90,6 @@ static void analytic_grads(harness *h) {
   sn_model_backward(h->m, h->acts, &h->tok, h->dhidden);
 }
 
-// Spreads the weights (download, change on the host, upload): a test-only edit of parameters.
-static void randomise(sn_model *m, sn_test_rng *rng) {
-  float *w = mallocCheck(m->num_elements * sizeof(float));
-  m->ops->download_f32(w, m->weights, m->num_elements);
-  for (int i = 0; i < m->nparams; i++) {
-    const sn_param *p = &m->params[i];
-    float *x = w + p->offset;
-    for (size_t j = 0; j < p->count; j++)
-      x[j] = p->ndim == 2 ? WEIGHT_STD * sn_test_normal(rng) : x[j] + VECTOR_STD * sn_test_normal(rng);
-  }
-  m->ops->upload_f32(m->weights, w, m->num_elements);
-  free(w);
-}
-
-static float get_elem(const sn_model *m, const void *buf, size_t i) {
-  float v;
-  m->ops->download_f32(&v, (const char *)buf + i * m->ops->storage_size, 1);
-  return v;
-}
-
-static void set_elem(sn_model *m, size_t i, float v) {
-  m->ops->upload_f32((char *)m->weights + i * m->ops->storage_size, &v, 1);
-}
-
 // An element likely to matter: rows of embedding tables that the batch reads.
 static size_t pick_element(const harness *h, const sn_param *p, sn_test_rng *rng) {
   size_t j = (size_t)(sn_test_uniform(rng) * (float)p->count) % p->count;
@@ -153,13 +130,13 @@ static void check_finite_differences(harness *h, const char *label, sn_test_rng 
     }
     for (int s = 0; s < SAMPLES_PER_TENSOR; s++) {
       const size_t j = p->offset + pick_element(h, p, rng);
-      const double analytic = get_elem(m, m->grads, j);
-      const float orig = get_elem(m, m->weights, j);
-      set_elem(m, j, orig + FD_EPS);
+      const double analytic = sn_test_get_elem(m, m->grads, j);
+      const float orig = sn_test_get_elem(m, m->weights, j);
+      sn_test_set_weight(m, j, orig + FD_EPS);
       const double lp = loss_of(h);
-      set_elem(m, j, orig - FD_EPS);
+      sn_test_set_weight(m, j, orig - FD_EPS);
       const double lm = loss_of(h);
-      set_elem(m, j, orig);
+      sn_test_set_weight(m, j, orig);
       const double fd = (lp - lm) / (2.0 * FD_EPS);
       const double diff = fabs(fd - analytic);
       CHECK(diff <= FD_ATOL + FD_RTOL * fabs(fd), "%s: %s[%zu]: analytic %.6g, finite difference %.6g",
@@ -417,7 +394,7 @@ static void run_case(const case_t *k, uint64_t seed) {
   memset(&h, 0, sizeof h);
   h.m = sn_model_new(&k->cfg, ops, seed);
   h.pooling = k->pooling;
-  randomise(h.m, &rng);
+  sn_test_randomise(h.m, &rng, WEIGHT_STD, VECTOR_STD);
   const int C = k->cfg.hidden;
   h.B = NSEQ;
   h.cu[0] = 0;

@@ -1,0 +1,48 @@
+#include "test_model_util.h"
+
+#include <stdlib.h>
+
+#include "common.h"
+
+#define TEST_PATH_MAX 4096
+#define TEST_ERR_MAX 1024
+
+float *sn_test_download(const sn_ops *ops, const void *src, size_t n) {
+  float *h = mallocCheck(SN_MAX(n, 1) * sizeof(float));
+  ops->download_f32(h, src, n);
+  return h;
+}
+
+float sn_test_get_elem(const sn_model *m, const void *buf, size_t i) {
+  float v;
+  m->ops->download_f32(&v, (const char *)buf + i * m->ops->storage_size, 1);
+  return v;
+}
+
+void sn_test_set_weight(sn_model *m, size_t i, float v) {
+  m->ops->upload_f32((char *)m->weights + i * m->ops->storage_size, &v, 1);
+}
+
+void sn_test_randomise(sn_model *m, sn_test_rng *rng, float matrix_std, float vector_std) {
+  float *w = sn_test_download(m->ops, m->weights, m->num_elements);
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    float *x = w + p->offset;
+    for (size_t j = 0; j < p->count; j++)
+      x[j] = p->ndim == 2 ? matrix_std * sn_test_normal(rng) : x[j] + vector_std * sn_test_normal(rng);
+  }
+  m->ops->upload_f32(m->weights, w, m->num_elements);
+  free(w);
+}
+
+void sn_test_load_npy(const char *dir, const char *file, sn_npy_array *a) {
+  char path[TEST_PATH_MAX], err[TEST_ERR_MAX];
+  if (snprintf(path, sizeof path, "%s/%s", dir, file) >= (int)sizeof path) {
+    fprintf(stderr, "FAIL path too long: %s/%s\n", dir, file);
+    exit(1);
+  }
+  if (sn_npy_read(path, a, err, sizeof err) != 0) {
+    fprintf(stderr, "FAIL %s\n", err);
+    exit(1);
+  }
+}

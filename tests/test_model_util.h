@@ -1,0 +1,20 @@
+// Model-level helpers shared by the C tests (test_util.h has the generic ones): single-element and
+// whole-buffer reads of backend tensors, a test-only spread of a model's weights, and the fixture
+// loader that fails the test on a missing or bad .npy file.
+#pragma once
+#include <stddef.h>
+
+#include "model.h"
+#include "npy.h"
+#include "test_util.h"
+
+// Host fp32 copy of n storage-dtype elements at src (backend memory). Caller frees.
+float *sn_test_download(const sn_ops *ops, const void *src, size_t n);
+// Element i of a storage-dtype buffer of m (weights or grads), and a write of weight i.
+float sn_test_get_elem(const sn_model *m, const void *buf, size_t i);
+void sn_test_set_weight(sn_model *m, size_t i, float v);
+// Test-only edit of m's weights: matrices N(0, matrix_std), 1-D tensors (norm weights, biases)
+// jittered by N(0, vector_std).
+void sn_test_randomise(sn_model *m, sn_test_rng *rng, float matrix_std, float vector_std);
+// DIR/FILE as an .npy array; prints FAIL and exits 1 when it cannot be read.
+void sn_test_load_npy(const char *dir, const char *file, sn_npy_array *a);
