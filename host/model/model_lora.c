@@ -164,6 +164,25 @@ static const void *adapter_input(const sn_lora *l, sn_acts *a, int layer, sn_lor
   return a->lora_xd;
 }
 
+// One adapted linear of one layer: its shapes, where its output sits in the base linear's (fused)
+// output, and its tensors' offsets in the adapter buffer.
+typedef struct {
+  int in, out;     // A (r, in), B (out, r)
+  int ld, col0;    // the base output's row width and this target's first column in it
+  size_t a, b;     // offsets of lora_A and lora_B
+} lora_site;
+
+// The site of target tg in `layer`; 0 when the adapter does not target it.
+static int target_site(const sn_model *m, int layer, sn_lora_target tg, lora_site *site) {
+  const sn_lora *l = m->lora;
+  if (l->a[layer][tg] == SN_NO_PARAM) return 0;
+  sn_lora_target_dims(&m->cfg, tg, &site->in, &site->out);
+  target_columns(&m->cfg, tg, &site->ld, &site->col0);
+  site->a = l->a[layer][tg];
+  site->b = l->b[layer][tg];
+  return 1;
+}
+
 void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, void *y, const void *x, int T) {
   const sn_ops *ops = m->ops;
   const sn_lora *l = m->lora;
@@ -171,13 +190,12 @@ void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, voi
   const int r = l->cfg.rank;
   sn_lora_target targets[3];
   const int n = linear_targets(lin, targets);
+  lora_site site;
   for (int i = 0; i < n; i++) {
     const sn_lora_target tg = targets[i];
-    if (l->a[layer][tg] == SN_NO_PARAM) continue;
-    int in, out, ld, col0;
-    sn_lora_target_dims(&m->cfg, tg, &in, &out);
-    target_columns(&m->cfg, tg, &ld, &col0);
-    const void *A = sn_wptr(p, l->a[layer][tg]), *B = sn_wptr(p, l->b[layer][tg]);
+    if (!target_site(m, layer, tg, &site)) continue;
+    const int in = site.in, out = site.out, ld = site.ld, col0 = site.col0;
+    const void *A = sn_wptr(p, site.a), *B = sn_wptr(p, site.b);
     uint64_t mask_key = 0;
     const void *xin = adapter_input(l, a, layer, tg, x, T, in, &mask_key);
     scaled_down_projection(ops, l, a->lora_t, xin, A, T, in);
@@ -198,14 +216,13 @@ void sn_lora_backward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, co
   const int r = l->cfg.rank;
   sn_lora_target targets[3];
   const int n = linear_targets(lin, targets);
+  lora_site site;
   for (int i = 0; i < n; i++) {
     const sn_lora_target tg = targets[i];
-    if (l->a[layer][tg] == SN_NO_PARAM) continue;
-    int in, out, ld, col0;
-    sn_lora_target_dims(&m->cfg, tg, &in, &out);
-    target_columns(&m->cfg, tg, &ld, &col0);
-    const void *A = sn_wptr(p, l->a[layer][tg]), *B = sn_wptr(p, l->b[layer][tg]);
-    void *dA = sn_gptr(p, l->a[layer][tg]), *dB = sn_gptr(p, l->b[layer][tg]);
+    if (!target_site(m, layer, tg, &site)) continue;
+    const int in = site.in, out = site.out, ld = site.ld, col0 = site.col0;
+    const void *A = sn_wptr(p, site.a), *B = sn_wptr(p, site.b);
+    void *dA = sn_gptr(p, site.a), *dB = sn_gptr(p, site.b);
     // g (T, out): this target's columns of dy
     const void *g = dy;
     if (ld != out) {
