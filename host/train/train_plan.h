@@ -60,6 +60,13 @@ void sn_memory_plan_print(const sn_memory_plan *p, FILE *out, const char *device
 void sn_memory_plan_check(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world,
                           int do1, int do2, int rank, int plan_only, size_t memory_bytes);
 
+// Backend memory of `bytes`, or (ops NULL) only counted: one allocation routine for a stage's
+// buffers and their plan, so the two cannot drift apart.
+static inline void *sn_plan_take(const sn_ops *ops, size_t bytes, size_t *counted) {
+  *counted += bytes;
+  return ops ? ops->alloc(bytes) : NULL;
+}
+
 // Planners of each stage (beside the code that allocates what they count).
 void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world);
 void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world);

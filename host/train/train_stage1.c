@@ -42,11 +42,6 @@ typedef struct {
 // Keeps the dropout streams apart from the initialisation streams of the same seed.
 #define SN_LORA_DROPOUT_SALT 0x4C6F5241446F7570ull  // "LoRADoup"
 
-// Backend memory of `bytes`, or (ops NULL: the memory plan) only counted.
-static void *take(const sn_ops *ops, size_t bytes, size_t *counted) {
-  *counted += bytes;
-  return ops ? ops->alloc(bytes) : NULL;
-}
 
 // Allocates the buffers (ops NULL: counts them only); returns their bytes.
 static size_t buffers_init(contrastive_buffers *b, const sn_ops *ops, int C, int Bq, int Nd, int Bq_all,
@@ -55,19 +50,19 @@ static size_t buffers_init(contrastive_buffers *b, const sn_ops *ops, int C, int
   b->C = C;
   size_t n = 0;
   const size_t f = sizeof(float);
-  b->q_emb = take(ops, (size_t)Bq * C * f, &n);
-  b->d_emb = take(ops, (size_t)Nd * C * f, &n);
-  b->q_all = take(ops, (size_t)Bq_all * C * f, &n);
-  b->d_all = take(ops, (size_t)Nd_all * C * f, &n);
-  b->dq = take(ops, (size_t)Bq * C * f, &n);
-  b->dd = take(ops, (size_t)Nd * C * f, &n);
-  b->dq_all = take(ops, (size_t)Bq_all * C * f, &n);
-  b->dd_all = take(ops, (size_t)Nd_all * C * f, &n);
-  b->pos_rows = take(ops, (size_t)Bq * C * f, &n);
-  b->dpos = take(ops, (size_t)Bq * C * f, &n);
-  b->chunk_emb = take(ops, (size_t)max_chunk * C * f, &n);
-  b->targets = take(ops, (size_t)Bq * sizeof(int32_t), &n);
-  b->loss = take(ops, f, &n);
+  b->q_emb = sn_plan_take(ops, (size_t)Bq * C * f, &n);
+  b->d_emb = sn_plan_take(ops, (size_t)Nd * C * f, &n);
+  b->q_all = sn_plan_take(ops, (size_t)Bq_all * C * f, &n);
+  b->d_all = sn_plan_take(ops, (size_t)Nd_all * C * f, &n);
+  b->dq = sn_plan_take(ops, (size_t)Bq * C * f, &n);
+  b->dd = sn_plan_take(ops, (size_t)Nd * C * f, &n);
+  b->dq_all = sn_plan_take(ops, (size_t)Bq_all * C * f, &n);
+  b->dd_all = sn_plan_take(ops, (size_t)Nd_all * C * f, &n);
+  b->pos_rows = sn_plan_take(ops, (size_t)Bq * C * f, &n);
+  b->dpos = sn_plan_take(ops, (size_t)Bq * C * f, &n);
+  b->chunk_emb = sn_plan_take(ops, (size_t)max_chunk * C * f, &n);
+  b->targets = sn_plan_take(ops, (size_t)Bq * sizeof(int32_t), &n);
+  b->loss = sn_plan_take(ops, f, &n);
   if (ops) b->targets_host = mallocCheck((size_t)Bq * sizeof(int32_t));
   return n;
 }

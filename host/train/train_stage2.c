@@ -154,6 +154,25 @@ static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *
   return b->n_query_tokens;
 }
 
+// The loss buffers of a micro-batch (ops NULL: counted only, for the plan; es the storage size);
+// returns their bytes. Without documents (gamma = 0, Nd = 0) the document rows are not allocated.
+static size_t loss_buffers(stage2_ctx *c, const sn_ops *ops, size_t es, int Bq, int Nd, int Ct) {
+  size_t n = 0;
+  const size_t rows = (size_t)Bq * Ct * sizeof(float), docs = (size_t)Nd * Ct * sizeof(float);
+  c->s_emb = sn_plan_take(ops, rows, &n);
+  c->s_raw = sn_plan_take(ops, rows, &n);
+  c->ds_raw = sn_plan_take(ops, rows, &n);
+  c->ds_raw_storage = sn_plan_take(ops, (size_t)Bq * Ct * es, &n);
+  c->ds_emb = sn_plan_take(ops, rows, &n);
+  c->t_rows = sn_plan_take(ops, rows, &n);
+  c->d_rows = Nd ? sn_plan_take(ops, docs, &n) : NULL;
+  c->dd_rows = Nd ? sn_plan_take(ops, docs, &n) : NULL;
+  c->targets = Nd ? sn_plan_take(ops, (size_t)Bq * sizeof(int32_t), &n) : NULL;
+  c->terms = sn_plan_take(ops, 3 * sizeof(float), &n);
+  if (ops) c->host_rows = mallocCheck((size_t)SN_MAX(SN_MAX(Bq, Nd), 1) * Ct * sizeof(float));
+  return n;
+}
+
 // ---- the memory plan of this stage (what sn_train_stage2 allocates) ----------------------------
 
 void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world) {
@@ -163,7 +182,7 @@ void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   sn_trainer_model_config(s2->student, s2->student_desc, "stage2.student", &sc);
   sn_model *teacher = sn_model_plan(&tc, ops, 0);
   sn_model *student = sn_model_plan(&sc, ops, sc.hidden != tc.hidden ? tc.hidden : 0);
-  const size_t es = ops->storage_size, f = sizeof(float), Nt = teacher->num_elements, Ns = student->num_elements;
+  const size_t es = ops->storage_size, Nt = teacher->num_elements, Ns = student->num_elements;
   const int use_docs = s2->gamma > 0, len_q = cfg->data.max_query_len, len_d = cfg->data.max_doc_len;
   const int Bq = SN_MAX(s2->batch_queries / world, 1), Nd = use_docs ? Bq * (s2->negatives_per_query + 1) : 0;
   const int Ct = tc.hidden, zero = world > 1 ? cfg->dist.zero : 0;
@@ -185,12 +204,9 @@ void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
               zero ? ", 1/world shard (ZeRO-1)" : "");
   sn_plan_add(ph, "activations", sn_runner_plan_bytes(student, Bq, Bq * len_q, 1, SN_RECOMPUTE_NONE),
               "%d queries x %d tokens", Bq, len_q);
-  // as allocated below: s_emb, s_raw, ds_raw, ds_emb, t_rows (fp32), ds_raw_storage, the document
-  // rows and their gradient, targets, terms
-  sn_plan_add(ph, "loss buffers",
-              (size_t)Bq * Ct * (5 * f + es) + (size_t)Nd * Ct * 2 * f + (use_docs ? (size_t)Bq * sizeof(int32_t) : 0) +
-                  3 * f,
-              "%d queries, %d documents per rank", Bq, Nd);
+  stage2_ctx counted;
+  sn_plan_add(ph, "loss buffers", loss_buffers(&counted, NULL, es, Bq, Nd, Ct), "%d queries, %d documents per rank",
+              Bq, Nd);
   sn_workspace_shape ws = {.max_tokens = Bq * len_q, .n_heads = sc.n_heads, .head_dim = sc.head_dim,
                            .widest = sn_model_widest_row(student), .loss_rows = Bq, .loss_cols = Nd,
                            .max_span_count = student->nparams};
@@ -271,17 +287,7 @@ int sn_train_stage2(sn_trainer *t) {
   stage2_ctx c = {.t = t, .C = Ct, .teacher_emb = &teacher_emb, .doc_emb = use_docs ? &doc_emb : NULL};
   sn_runner_init(&c.run, student, sn_pooling_from_name(s2->pooling, "stage2.pooling"), Bq, Bq * SN_MAX(student_set.max_seq_len, 1));
   if (c.run.out_dim != Ct) sn_bad_input("stage 2: the student's output width %d differs from the teacher's %d", c.run.out_dim, Ct);
-  c.s_emb = ops->alloc((size_t)Bq * Ct * sizeof(float));
-  c.s_raw = ops->alloc((size_t)Bq * Ct * sizeof(float));
-  c.ds_raw = ops->alloc((size_t)Bq * Ct * sizeof(float));
-  c.ds_raw_storage = ops->alloc((size_t)Bq * Ct * ops->storage_size);
-  c.ds_emb = ops->alloc((size_t)Bq * Ct * sizeof(float));
-  c.t_rows = ops->alloc((size_t)Bq * Ct * sizeof(float));
-  c.d_rows = use_docs ? ops->alloc((size_t)Nd * Ct * sizeof(float)) : NULL;
-  c.dd_rows = use_docs ? ops->alloc((size_t)Nd * Ct * sizeof(float)) : NULL;
-  c.targets = use_docs ? ops->alloc((size_t)Bq * sizeof(int32_t)) : NULL;
-  c.terms = ops->alloc(3 * sizeof(float));
-  c.host_rows = mallocCheck((size_t)SN_MAX(Bq, Nd) * Ct * sizeof(float));
+  loss_buffers(&c, ops, ops->storage_size, Bq, Nd, Ct);
 
   sn_optimizer opt;
   sn_trainer_optimizer_init(t, &opt, student, &s2->optim, total);
