@@ -199,6 +199,7 @@ sn_alloc_stats cuda_memory_stats(void);
 void cuda_device_memory(size_t *free_bytes, size_t *total_bytes);
 void cuda_memory_reset_peak(void);
 void cuda_add(void *out, const void *a, const void *b, size_t n);
+void cuda_add_f32(float *out, const float *a, const float *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
 void cuda_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
                   int accumulate);

@@ -203,6 +203,18 @@ void cuda_add(void *out, const void *a, const void *b, size_t n) {
   launchCheck();
 }
 
+// fp32 gradients of embeddings (the symmetric InfoNCE term's, cross-device slices): rows of a few
+// thousand floats, one thread an element.
+__global__ void add_f32_kernel(float *out, const float *a, const float *b, size_t n) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = a[i] + b[i];
+}
+void cuda_add_f32(float *out, const float *a, const float *b, size_t n) {
+  if (n == 0) return;
+  add_f32_kernel<<<ceil_div_int(n, ELEMENTWISE_THREADS), ELEMENTWISE_THREADS, 0, SN_STREAM>>>(out, a, b, n);
+  launchCheck();
+}
+
 __global__ void scale_f32_kernel(float *x, float s, size_t n) {
   size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) x[i] *= s;

@@ -26,6 +26,7 @@ static sn_ops make_cuda_ops(void) {
   o.fill = cuda_fill;
   o.dropout = cuda_dropout;
   o.add = cuda_add;
+  o.add_f32 = cuda_add_f32;
   o.scale_f32 = cuda_scale_f32;
   o.axpy_2d = cuda_axpy_2d;
   o.embedding_forward = cuda_embedding_forward;

@@ -97,6 +97,7 @@ typedef struct sn_ops {
 
   // ---- elementwise ----------------------------------------------------------------------------
   void (*add)(void *out, const void *a, const void *b, size_t n);  // out = a + b (out may alias)
+  void (*add_f32)(float *out, const float *a, const float *b, size_t n);  // the same on fp32 buffers
   void (*scale_f32)(float *x, float s, size_t n);                  // x *= s
   // dst (rows, cols) with row stride ld_dst = (accumulate ? dst : 0) + alpha * src (rows, cols) with
   // row stride ld_src. Moves a scaled column slice into or out of a wider matrix (a LoRA update into

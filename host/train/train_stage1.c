@@ -162,12 +162,12 @@ static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *
     if (cross) {
       // dq_all holds only the symmetric term's gradient; add this rank's slice to dq.
       scatter_back(c, B->dq_all, B->pos_rows /* scratch */, nq_all, q_off, Bq, 1);
-      ops->add(B->dq, B->dq, B->pos_rows, (size_t)Bq * C);
+      ops->add_f32(B->dq, B->dq, B->pos_rows, (size_t)Bq * C);
     }
     // The positives' rows get dpos added to their document gradient (in dd_target's local slice).
     for (int i = 0; i < Bq; i++) {
       float *row = dd_target + (size_t)(d_off + b->pos_index[i]) * C;
-      ops->add(row, row, B->dpos + (size_t)i * C, (size_t)C);
+      ops->add_f32(row, row, B->dpos + (size_t)i * C, (size_t)C);
     }
   }
   const float *dd = scatter_back(c, B->dd_all, B->dd, nd_all, d_off, Nd, cross);

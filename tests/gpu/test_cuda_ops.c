@@ -21,7 +21,13 @@ static void check_elementwise(size_t n) {
   cpu->add(out.c, a.c, b.c, n), gpu->add(out.g, a.g, b.g, n);
   snprintf(name, sizeof name, "add n=%zu", n);
   compare(name, out, BF16_TOL);
-  pair x = f32_rand(n, 1.0f);
+  pair x = f32_rand(n, 1.0f), y = f32_rand(n, 1.0f), sum = f32_poison(n);
+  cpu->add_f32(sum.c, x.c, y.c, n), gpu->add_f32(sum.g, x.g, y.g, n);
+  snprintf(name, sizeof name, "add_f32 n=%zu", n);
+  compare(name, sum, F32_TOL);
+  cpu->add_f32(y.c, y.c, x.c, n), gpu->add_f32(y.g, y.g, x.g, n);  // in place, as the loss gradients do
+  snprintf(name, sizeof name, "add_f32 in place n=%zu", n);
+  compare(name, y, F32_TOL);
   cpu->scale_f32(x.c, 0.37f, n), gpu->scale_f32(x.g, 0.37f, n);
   snprintf(name, sizeof name, "scale_f32 n=%zu", n);
   compare(name, x, F32_TOL);

@@ -35,6 +35,7 @@ static const sn_ops cpu_ops = {
     .dropout = sn_cpu_dropout,
 
     .add = sn_cpu_add,
+    .add_f32 = sn_cpu_add_f32,
     .scale_f32 = sn_cpu_scale_f32,
     .axpy_2d = sn_cpu_axpy_2d,
 

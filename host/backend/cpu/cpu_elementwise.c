@@ -1,12 +1,13 @@
 // Elementwise ops of the CPU backend.
 #include "cpu_ops.h"
 
-void sn_cpu_add(void *out, const void *a, const void *b, size_t n) {
-  float *o = out;
-  const float *x = a, *y = b;  // out may alias a or b: each element is read before it is written
+void sn_cpu_add_f32(float *out, const float *a, const float *b, size_t n) {
+  // out may alias a or b: each element is read before it is written
 #pragma omp parallel for schedule(static) if (n >= SN_CPU_PARALLEL_MIN_WORK)
-  for (size_t i = 0; i < n; i++) o[i] = x[i] + y[i];
+  for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
+// The CPU's storage is fp32: both adds are one.
+void sn_cpu_add(void *out, const void *a, const void *b, size_t n) { sn_cpu_add_f32(out, a, b, n); }
 
 void sn_cpu_scale_f32(float *x, float s, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= SN_CPU_PARALLEL_MIN_WORK)

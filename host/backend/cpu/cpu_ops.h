@@ -104,6 +104,7 @@ void sn_cpu_fill_normal(void *x, size_t n, uint64_t key, float stddev);
 void sn_cpu_fill(void *x, size_t n, float value);
 void sn_cpu_dropout(void *out, const void *x, size_t n, uint64_t key, float p, int accumulate);
 void sn_cpu_add(void *out, const void *a, const void *b, size_t n);
+void sn_cpu_add_f32(float *out, const float *a, const float *b, size_t n);
 void sn_cpu_scale_f32(float *x, float s, size_t n);
 void sn_cpu_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
                     int accumulate);
