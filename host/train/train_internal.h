@@ -36,6 +36,9 @@ typedef struct {
   sn_memory_plan plan;    // per-rank memory of each phase, checked before loading
   int64_t stop_after;     // steps this run may take before stopping as on a signal (0 = no limit)
   int64_t steps_this_run;
+  // Steps of the current stage skipped for a non-finite loss or gradient norm
+  // (train.skip_nonfinite); saved in checkpoints, so a resume continues the count.
+  int64_t skipped_nonfinite;
 } sn_trainer;
 
 // Runs one tower over packed sequences: forward, then sn_model_pool (pooling, optional
@@ -149,6 +152,11 @@ typedef struct {
 int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers);
+// 0 when every weight the towers train (a LoRA tower's adapter, else the whole tower) is finite;
+// else -1 with err naming the tower. One sum_squares pass per tower on the backend: a NaN or inf
+// (or a weight beyond ~1e19, whose square overflows) makes the sum non-finite. Every rank holds the
+// same weights, so every rank gets the same answer. Checkpoints and final towers are refused on -1.
+int sn_trainer_towers_finite(const sn_ckpt_tower *towers, int ntowers, char *err, size_t errlen);
 // Restores a checkpoint's optimizers (from state.bin, or assembled from the per-rank shards of a
 // ZeRO run of any world size) and data cursor; returns the step and sets *elapsed_s. Also drops
 // metrics.jsonl records past that step.

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -297,4 +298,22 @@ int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoc
   if (steps > 0) return steps;
   int64_t total = (int64_t)((double)epochs * (double)batches_per_epoch / grad_accum);
   return total > 0 ? total : 1;
+}
+
+// ---- finite weights ----------------------------------------------------------------------------
+
+int sn_trainer_towers_finite(const sn_ckpt_tower *towers, int ntowers, char *err, size_t errlen) {
+  for (int i = 0; i < ntowers; i++) {
+    const sn_model *m = towers[i].model->lora ? towers[i].model->lora->params : towers[i].model;
+    const sn_ops *ops = m->ops;
+    float *sum = ops->alloc(sizeof(float)), host = 0;
+    ops->memset_zero(sum, sizeof(float));
+    ops->sum_squares(sum, m->weights, m->num_elements);
+    ops->download(&host, sum, sizeof host);  // synchronous: sum is freed next
+    ops->free(sum);
+    if (!isfinite(host))
+      return sn_errorf(err, errlen, "the %s weights are not finite (their sum of squares is %f)",
+                       towers[i].model->lora ? towers[i].adapter_name : towers[i].name, host);
+  }
+  return 0;
 }
