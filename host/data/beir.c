@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #define ID_MAP_MIN_CAP 64
 #define SN_EXAMPLE_ID_MAX 128  // an id quoted in a warning
 #define INITIAL_CAPACITY 1024  // record and judgment arrays grow by doubling from here
+#define INT64_RANGE_LIMIT 0x1p63  // doubles of smaller magnitude convert to int64_t
 
 // ---- id map ------------------------------------------------------------------------------------
 
@@ -257,8 +259,10 @@ static const char *record_string(const cJSON *obj, const char *key, int required
     return NULL;
   }
   if (cJSON_IsString(v)) return v->valuestring;
-  // BEIR ids are strings, but some dumps write numeric ids; accept integers losslessly.
-  if (!strcmp(key, "_id") && cJSON_IsNumber(v) && v->valuedouble == (double)(int64_t)v->valuedouble) {
+  // BEIR ids are strings, but some dumps write numeric ids; accept integers losslessly (the range
+  // test first: casting a double outside int64's range is undefined).
+  if (!strcmp(key, "_id") && cJSON_IsNumber(v) && fabs(v->valuedouble) < INT64_RANGE_LIMIT &&
+      v->valuedouble == (double)(int64_t)v->valuedouble) {
     static _Thread_local char num[32];
     snprintf(num, sizeof num, "%lld", (long long)v->valuedouble);
     return num;

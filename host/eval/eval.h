@@ -39,7 +39,8 @@ typedef struct {
 } sn_run;
 
 // Reads a TREC run file: "qid Q0 docid rank score [tag]" per line (rank and tag are ignored, as in
-// trec_eval). A document listed twice for one query is an error. Returns 0, or -1 with err.
+// trec_eval). A document listed twice for one query is an error, and so is a file without any
+// result line. Returns 0, or -1 with err.
 int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen);
 // Writes rank = position after the trec sort; scores with 9 significant digits.
 int sn_run_write_trec(const char *path, const sn_run *run, const char *tag, char *err, size_t errlen);

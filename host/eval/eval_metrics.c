@@ -83,6 +83,9 @@ int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen) {
   }
   free(buf);
   fclose(f);
+  // A run without any result would score 0 everywhere: almost surely a failed retrieval step.
+  if (rc == 0 && n == 0)
+    rc = sn_errorf(err, errlen, "%s: no result lines (expected 'qid Q0 docid rank score [tag]' lines)", path);
   if (rc == 0) {
     qsort(lines, n, sizeof *lines, cmp_run_line);
     for (size_t i = 1; i < n; i++)

@@ -129,6 +129,7 @@ static void test_bad(void) {
   expect_bad("corpus.jsonl", "{\"_id\": \"d1\", \"title\": [], \"text\": \"x\"}\n", 1);
   expect_bad("corpus.jsonl", "{\"_id\": \"d1\", \"text\": \"a\"}\n{\"_id\": \"d2\", \"text\": \"b\"}\n{\"_id\": \"d1\", \"text\": \"c\"}\n", 3);
   expect_bad("corpus.jsonl", "[1, 2]\n", 1);
+  expect_bad("corpus.jsonl", "{\"_id\": 1e300, \"text\": \"beyond int64: not an integer id\"}\n", 1);  // fuzz_beir
   expect_bad("queries.jsonl", "{\"_id\": \"q1\"}\n", 1);
   expect_bad("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\n", 3);
   expect_bad("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\tone\n", 2);

@@ -159,6 +159,7 @@ with tempfile.TemporaryDirectory() as tmp:
         ("bad_score.trec", "q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 high t\n", "run", ":2:"),
         ("short.trec", "q1 Q0 d1\n", "run", ":1:"),
         ("dup.trec", "q1 Q0 d1 1 0.5 t\nq1 Q0 d1 2 0.4 t\n", "run", ":2:"),
+        ("empty.trec", "\n", "run", ": no result lines"),
         ("bad_rel.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\tyes\n", "qrels", ":3:"),
         ("fields.tsv", "query-id\tcorpus-id\tscore\nq1\td1\n", "qrels", ":2:"),
         ("dup.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t2\n", "qrels", ":3:"),
