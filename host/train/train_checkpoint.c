@@ -188,7 +188,7 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers) {
   char err[1024];
-  if (sn_trainer_towers_finite(towers, ntowers, err, sizeof err) != 0) {  // same answer on every rank
+  if (sn_trainer_weights_finite(opts, nopts, err, sizeof err) != 0) {  // same answer on every rank
     if (t->rank == 0)
       sn_warn("checkpoint at stage %d step %lld refused, the previous checkpoint is kept: %s", stage,
               (long long)step, err);

@@ -147,16 +147,17 @@ typedef struct {
   const char *prefix;
   sn_optimizer *opt;
 } sn_ckpt_optimizer;
+// 0 when every weight the optimizers train (a tower, or a LoRA tower's adapter) is finite; else -1
+// with err naming the optimizer's prefix. One sum_squares pass per parameter set on the backend,
+// into the optimizer's own scratch (no allocation: the memory plan stays exact): a NaN or inf (or a
+// weight beyond ~1e19, whose square overflows) makes the sum non-finite. Every rank holds the same
+// weights, so every rank gets the same answer. Checkpoints and final towers are refused on -1.
+int sn_trainer_weights_finite(const sn_ckpt_optimizer *opts, int nopts, char *err, size_t errlen);
 // A checkpoint after `step` of `stage`: the towers, the optimizers, the data cursor, the step and
 // elapsed time. Returns 0, or -1 after a warning (the previous checkpoint stays intact).
 int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers);
-// 0 when every weight the towers train (a LoRA tower's adapter, else the whole tower) is finite;
-// else -1 with err naming the tower. One sum_squares pass per tower on the backend: a NaN or inf
-// (or a weight beyond ~1e19, whose square overflows) makes the sum non-finite. Every rank holds the
-// same weights, so every rank gets the same answer. Checkpoints and final towers are refused on -1.
-int sn_trainer_towers_finite(const sn_ckpt_tower *towers, int ntowers, char *err, size_t errlen);
 // Restores a checkpoint's optimizers (from state.bin, or assembled from the per-rank shards of a
 // ZeRO run of any world size) and data cursor; returns the step and sets *elapsed_s. Also drops
 // metrics.jsonl records past that step.

@@ -104,7 +104,7 @@ static int step_is_finite(sn_trainer *t, const sn_stage *s, int64_t step, int64_
 static void save_final(sn_trainer *t, const sn_stage *s) {
   char names[256] = "", err[1024], final_dir[SN_TRAIN_PATH_MAX + 16];
   snprintf(final_dir, sizeof final_dir, "%s/final", t->run_dir);
-  if (sn_trainer_towers_finite(s->towers, s->n_towers, err, sizeof err) != 0)
+  if (sn_trainer_weights_finite(s->optimizers, s->n_models, err, sizeof err) != 0)
     sn_fatal("stage %d: refusing to write the final towers: %s", s->number, err);
   size_t need = 0;
   for (int i = 0; i < s->n_towers; i++) need += s->towers[i].model->num_elements * s->towers[i].model->ops->storage_size;

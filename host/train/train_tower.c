@@ -302,18 +302,17 @@ int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoc
 
 // ---- finite weights ----------------------------------------------------------------------------
 
-int sn_trainer_towers_finite(const sn_ckpt_tower *towers, int ntowers, char *err, size_t errlen) {
-  for (int i = 0; i < ntowers; i++) {
-    const sn_model *m = towers[i].model->lora ? towers[i].model->lora->params : towers[i].model;
-    const sn_ops *ops = m->ops;
-    float *sum = ops->alloc(sizeof(float)), host = 0;
-    ops->memset_zero(sum, sizeof(float));
-    ops->sum_squares(sum, m->weights, m->num_elements);
-    ops->download(&host, sum, sizeof host);  // synchronous: sum is freed next
-    ops->free(sum);
-    if (!isfinite(host))
-      return sn_errorf(err, errlen, "the %s weights are not finite (their sum of squares is %f)",
-                       towers[i].model->lora ? towers[i].adapter_name : towers[i].name, host);
+int sn_trainer_weights_finite(const sn_ckpt_optimizer *opts, int nopts, char *err, size_t errlen) {
+  for (int i = 0; i < nopts; i++) {
+    const sn_optimizer *opt = opts[i].opt;
+    const sn_ops *ops = opt->ops;
+    float sum = 0;
+    ops->memset_zero(opt->scratch, sizeof(float));
+    ops->sum_squares(opt->scratch, opt->model->weights, opt->model->num_elements);
+    ops->download(&sum, opt->scratch, sizeof sum);
+    if (!isfinite(sum))
+      return sn_errorf(err, errlen, "the trained %s weights are not finite (their sum of squares is %f)",
+                       opts[i].prefix, sum);
   }
   return 0;
 }

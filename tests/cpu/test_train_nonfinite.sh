@@ -58,8 +58,8 @@ has real.log "error: stage 1: the loss is -?nan at step 1; stopped before its op
 [ -z "$(ls -d real/ckpt-* real/final 2>/dev/null)" ] || bad "the NaN run wrote $(ls -d real/ckpt-* real/final)"
 run real_skip 1 --set stage1.model=huge --set stage1.model_desc= --set train.skip_nonfinite=true
 has real_skip.log "stage 1: the loss is -?nan at step 6: step skipped without an optimizer update \(6 skipped"
-has real_skip.log "checkpoint at stage 1 step 1 refused, the previous checkpoint is kept: the query_tower weights are not finite"
-has real_skip.log "error: stage 1: refusing to write the final towers: the query_tower weights are not finite"
+has real_skip.log "checkpoint at stage 1 step 1 refused, the previous checkpoint is kept: the trained query weights are not finite"
+has real_skip.log "error: stage 1: refusing to write the final towers: the trained query weights are not finite"
 [ -z "$(ls -d real_skip/ckpt-* real_skip/final 2>/dev/null)" ] || bad "non-finite weights were written: $(ls -d real_skip/ckpt-* real_skip/final)"
 
 # ---- stop at a NaN step with the last good checkpoint intact -------------------------------------
