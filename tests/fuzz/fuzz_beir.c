@@ -31,6 +31,16 @@ static void write_part(const char *name, const uint8_t *data, size_t size) {
   fclose(f);
 }
 
+// The scratch folder goes when the fuzzer exits (libFuzzer ends with exit()).
+static void remove_dir(void) {
+  static const char *const names[] = {"corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "qrels", ""};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    char path[PATH_LEN + 32];
+    snprintf(path, sizeof path, "%s/%s", g_dir, names[i]);
+    remove(path);
+  }
+}
+
 static void make_dir(void) {
   if (g_dir[0]) return;
   const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";  // RAM when there is one
@@ -39,6 +49,7 @@ static void make_dir(void) {
   snprintf(qrels, sizeof qrels, "%s/qrels", g_dir);
   mkdir(g_dir, 0700);
   mkdir(qrels, 0700);
+  atexit(remove_dir);
 }
 
 // Every query retrieves the first FUZZ_RUN_DEPTH documents with tied scores (the trec tie rule
