@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #define ID_MAP_MIN_CAP 64
 #define SN_EXAMPLE_ID_MAX 128  // an id quoted in a warning
 #define INITIAL_CAPACITY 1024  // record and judgment arrays grow by doubling from here
+#define INT64_RANGE_LIMIT 0x1p63  // doubles of smaller magnitude convert to int64_t
 
 // ---- id map ------------------------------------------------------------------------------------
 
@@ -180,6 +182,14 @@ int sn_qrels_load(const char *path, sn_qrels *out, char *err, size_t errlen) {
       }
   }
   if (rc == 0) {
+    size_t positive = 0;
+    for (size_t i = 0; i < n; i++) positive += lines[i].rel > 0;
+    // Every metric would be 0 over no query at all: a qrels file of only zero grades is not usable.
+    if (positive == 0)
+      rc = sn_errorf(err, errlen, "%s: none of its %zu judgments has a positive score; expected relevant "
+                     "documents (score > 0) for at least one query", path, n);
+  }
+  if (rc == 0) {
     // group runs of equal query ids; lines own the strings, which move into the queries
     out->queries = callocCheck(n, sizeof *out->queries);
     for (size_t i = 0; i < n;) {
@@ -249,8 +259,10 @@ static const char *record_string(const cJSON *obj, const char *key, int required
     return NULL;
   }
   if (cJSON_IsString(v)) return v->valuestring;
-  // BEIR ids are strings, but some dumps write numeric ids; accept integers losslessly.
-  if (!strcmp(key, "_id") && cJSON_IsNumber(v) && v->valuedouble == (double)(int64_t)v->valuedouble) {
+  // BEIR ids are strings, but some dumps write numeric ids; accept integers losslessly (the range
+  // test first: casting a double outside int64's range is undefined).
+  if (!strcmp(key, "_id") && cJSON_IsNumber(v) && fabs(v->valuedouble) < INT64_RANGE_LIMIT &&
+      v->valuedouble == (double)(int64_t)v->valuedouble) {
     static _Thread_local char num[32];
     snprintf(num, sizeof num, "%lld", (long long)v->valuedouble);
     return num;
@@ -259,9 +271,10 @@ static const char *record_string(const cJSON *obj, const char *key, int required
   return NULL;
 }
 
-// keep (optional): only records whose id it returns >= 0 for are kept (queries of the split).
+// keep (optional): only records whose id it judges are kept (queries of the split); *skipped (may
+// be NULL) counts the others.
 static int load_records(const char *path, int with_title, const sn_qrels *keep, sn_beir_records *out,
-                        char *err, size_t errlen) {
+                        int *skipped, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   FILE *f = fopen(path, "r");
   if (!f) return sn_errorf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
@@ -293,7 +306,9 @@ static int load_records(const char *path, int with_title, const sn_qrels *keep, 
     const char *title = (text && with_title) ? record_string(obj, "title", 0, path, lineno, err, errlen) : "";
     if (!id || !text || !title) {
       rc = -1;
-    } else if (!keep || sn_qrels_find(keep, id_copy)) {
+    } else if (keep && !sn_qrels_find(keep, id_copy)) {
+      if (skipped) ++*skipped;
+    } else {
       if ((size_t)out->n == cap) {
         cap = cap ? 2 * cap : INITIAL_CAPACITY;
         out->ids = reallocCheck(out->ids, cap * sizeof *out->ids);
@@ -352,9 +367,9 @@ int sn_beir_load(const char *dir, const char *split, sn_beir *out, char *err, si
   if (sn_qrels_load(path, &out->qrels, err, errlen)) return -1;
   char qpath[SN_PATH_MAX];
   snprintf(qpath, sizeof qpath, "%s/queries.jsonl", dir);
-  if (load_records(qpath, 0, &out->qrels, &out->queries, err, errlen)) goto fail;
+  if (load_records(qpath, 0, &out->qrels, &out->queries, &out->num_queries_unjudged, err, errlen)) goto fail;
   snprintf(path, sizeof path, "%s/corpus.jsonl", dir);
-  if (load_records(path, 1, NULL, &out->corpus, err, errlen)) goto fail;
+  if (load_records(path, 1, NULL, &out->corpus, NULL, err, errlen)) goto fail;
 
   // Judgments of unknown queries cannot be evaluated (no text): drop them. Unknown documents stay.
   int kept = 0;
@@ -376,6 +391,8 @@ int sn_beir_load(const char *dir, const char *split, sn_beir *out, char *err, si
     out->qrels.queries[kept++] = *q;
   }
   out->qrels.nqueries = kept;
+  int with_relevant = 0;
+  for (int i = 0; i < kept; i++) with_relevant += out->qrels.queries[i].num_rel > 0;
   if (out->num_qrels_unknown_queries)
     sn_warn("%s/qrels/%s.tsv: %d judgment(s) name queries absent from %s (e.g. '%s'); they are "
             "not evaluated", dir, split, out->num_qrels_unknown_queries, qpath, first_unknown_query);
@@ -387,6 +404,14 @@ int sn_beir_load(const char *dir, const char *split, sn_beir *out, char *err, si
     snprintf(err, errlen, "%s/qrels/%s.tsv: no judged query is present in %s", dir, split, qpath);
     goto fail;
   }
+  if (with_relevant == 0) {
+    snprintf(err, errlen, "%s/qrels/%s.tsv: none of the %d judged queries present in %s has a relevant document "
+             "(score > 0); expected at least one", dir, split, kept, qpath);
+    goto fail;
+  }
+  if (out->num_queries_unjudged)  // usual for BEIR: queries.jsonl holds every split's queries
+    sn_log("%s: %d of its %d queries are not judged in qrels/%s.tsv and are not evaluated", qpath,
+           out->num_queries_unjudged, out->num_queries_unjudged + out->queries.n, split);
   return 0;
 fail:
   sn_beir_free(out);

@@ -39,7 +39,8 @@ typedef struct {
 } sn_qrels;
 
 // Reads BEIR TSV qrels (header line optional) or TREC qrels (4 whitespace-separated fields).
-// A (query, doc) pair judged twice is an error.
+// A (query, doc) pair judged twice is an error, and so is a file without any positive score (no
+// query could be evaluated: every metric would be a meaningless 0).
 int sn_qrels_load(const char *path, sn_qrels *out, char *err, size_t errlen);
 void sn_qrels_free(sn_qrels *q);
 const sn_qrels_query *sn_qrels_find(const sn_qrels *q, const char *query_id);
@@ -60,10 +61,12 @@ typedef struct {
   sn_qrels qrels;           // queries unknown to queries.jsonl dropped (warned)
   int num_qrels_unknown_queries;   // judgments whose query id is not in queries.jsonl
   int num_qrels_unknown_docs;      // judgments whose doc id is not in corpus.jsonl (kept)
+  int num_queries_unjudged;        // queries.jsonl records the split does not judge (not loaded)
 } sn_beir;
 
 // Loads DIR/corpus.jsonl, DIR/queries.jsonl, DIR/qrels/<split>.tsv. Unknown corpus ids in the
 // qrels stay as relevant-but-unretrievable (they count in recall denominators, as in pytrec_eval);
 // judgments for queries missing from queries.jsonl are dropped and counted (a warning is printed).
+// An error when no judged query left has a relevant document.
 int sn_beir_load(const char *dir, const char *split, sn_beir *out, char *err, size_t errlen);
 void sn_beir_free(sn_beir *b);

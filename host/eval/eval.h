@@ -39,7 +39,8 @@ typedef struct {
 } sn_run;
 
 // Reads a TREC run file: "qid Q0 docid rank score [tag]" per line (rank and tag are ignored, as in
-// trec_eval). A document listed twice for one query is an error. Returns 0, or -1 with err.
+// trec_eval). A document listed twice for one query is an error, and so is a file without any
+// result line. Returns 0, or -1 with err.
 int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen);
 // Writes rank = position after the trec sort; scores with 9 significant digits.
 int sn_run_write_trec(const char *path, const sn_run *run, const char *tag, char *err, size_t errlen);
@@ -63,12 +64,30 @@ typedef struct {
 // Metrics of one query whose documents are already in trec order.
 void sn_metrics_query(const sn_qrels_query *qrels, const sn_run_query *ranked, sn_metrics *out);
 
+// Which queries a mean covers, as trec_eval counts them.
+typedef struct {
+  int judged;             // qrels queries
+  int evaluated;          // judged with at least one relevant document: what the mean divides by
+  int no_relevant;        // judged, every grade <= 0: left out of the mean
+  int missing_from_run;   // evaluated, but the run has no results for them: they count 0
+  int unjudged_in_run;    // run queries the qrels do not judge: ignored
+  // an example id of each kind (borrowed from the qrels or the run; NULL when the count is 0)
+  const char *first_no_relevant, *first_missing_from_run, *first_unjudged_in_run;
+} sn_eval_coverage;
+
 // Scores every query of qrels (run queries absent from the qrels are ignored; qrels queries absent
 // from the run score 0). The mean is over qrels queries with at least one relevant document.
 // per_query (optional, caller frees) gets one entry per qrels query; *num_evaluated the count the
-// mean divides by. Sorts the run's queries in place.
+// mean divides by. Sorts the run's queries in place. Reports what the mean covers on stderr
+// (sn_eval_log_coverage): every caller's user learns which queries were left out or counted 0.
 void sn_metrics_compute(const sn_qrels *qrels, sn_run *run, sn_metrics *mean, int *num_evaluated,
                         sn_query_metrics **per_query);
+// Which queries of qrels and run a mean covers.
+void sn_eval_coverage_of(const sn_qrels *qrels, const sn_run *run, sn_eval_coverage *out);
+// One line saying what the mean is averaged over (the exceptions in the same sentence), and a
+// warning for each kind of exception: judged queries without a relevant document, judged queries
+// missing from the run, run queries without judgments.
+void sn_eval_log_coverage(const sn_eval_coverage *c);
 
 // ---- exact top-k (eval_search.c) ---------------------------------------------------------------
 

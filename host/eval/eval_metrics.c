@@ -83,6 +83,9 @@ int sn_run_load_trec(const char *path, sn_run *out, char *err, size_t errlen) {
   }
   free(buf);
   fclose(f);
+  // A run without any result would score 0 everywhere: almost surely a failed retrieval step.
+  if (rc == 0 && n == 0)
+    rc = sn_errorf(err, errlen, "%s: no result lines (expected 'qid Q0 docid rank score [tag]' lines)", path);
   if (rc == 0) {
     qsort(lines, n, sizeof *lines, cmp_run_line);
     for (size_t i = 1; i < n; i++)
@@ -184,16 +187,68 @@ static int cmp_run_query_key(const void *key, const void *elem) {
   return strcmp((const char *)key, ((const sn_run_query *)elem)->query_id);
 }
 
+static sn_run_query *run_find(const sn_run *run, const char *query_id) {
+  if (!run->nqueries) return NULL;
+  return bsearch(query_id, run->queries, (size_t)run->nqueries, sizeof *run->queries, cmp_run_query_key);
+}
+
+void sn_eval_coverage_of(const sn_qrels *qrels, const sn_run *run, sn_eval_coverage *out) {
+  memset(out, 0, sizeof *out);
+  out->judged = qrels->nqueries;
+  for (int i = 0; i < qrels->nqueries; i++) {
+    const sn_qrels_query *q = &qrels->queries[i];
+    if (q->num_rel == 0) {
+      if (!out->no_relevant++) out->first_no_relevant = q->query_id;
+      continue;
+    }
+    out->evaluated++;
+    if (!run_find(run, q->query_id) && !out->missing_from_run++) out->first_missing_from_run = q->query_id;
+  }
+  for (int i = 0; i < run->nqueries; i++)
+    if (!sn_qrels_find(qrels, run->queries[i].query_id) && !out->unjudged_in_run++)
+      out->first_unjudged_in_run = run->queries[i].query_id;
+}
+
+static const char *plural(int n, const char *one, const char *many) { return n == 1 ? one : many; }
+
+void sn_eval_log_coverage(const sn_eval_coverage *c) {
+  if (c->no_relevant)
+    sn_warn("%d judged %s no relevant document (every score <= 0; e.g. '%s'): left out of the means",
+            c->no_relevant, plural(c->no_relevant, "query has", "queries have"), c->first_no_relevant);
+  if (c->missing_from_run)
+    sn_warn("%d judged %s no results in the run (e.g. '%s'): %s 0 in every mean", c->missing_from_run,
+            plural(c->missing_from_run, "query has", "queries have"), c->first_missing_from_run,
+            plural(c->missing_from_run, "it counts", "they count"));
+  if (c->unjudged_in_run)
+    sn_warn("%d %s in the run %s no judgments (e.g. '%s'): ignored", c->unjudged_in_run,
+            plural(c->unjudged_in_run, "query", "queries"), plural(c->unjudged_in_run, "has", "have"),
+            c->first_unjudged_in_run);
+  sn_strbuf line = {0};
+  sn_strbuf_printf(&line, "metrics averaged over %d %s with at least one relevant document", c->evaluated,
+                   plural(c->evaluated, "query", "queries"));
+  if (c->missing_from_run)
+    sn_strbuf_printf(&line, " (%d of them missing from the run, counted 0)", c->missing_from_run);
+  if (c->no_relevant)
+    sn_strbuf_printf(&line, "; %d judged %s without one left out", c->no_relevant,
+                     plural(c->no_relevant, "query", "queries"));
+  if (c->unjudged_in_run)
+    sn_strbuf_printf(&line, "; %d unjudged run %s ignored", c->unjudged_in_run,
+                     plural(c->unjudged_in_run, "query", "queries"));
+  sn_log("%s", line.s);
+  free(line.s);
+}
+
 void sn_metrics_compute(const sn_qrels *qrels, sn_run *run, sn_metrics *mean, int *num_evaluated,
                         sn_query_metrics **per_query) {
+  sn_eval_coverage coverage;
+  sn_eval_coverage_of(qrels, run, &coverage);
+  sn_eval_log_coverage(&coverage);
   sn_query_metrics *pq = per_query ? callocCheck((size_t)qrels->nqueries, sizeof *pq) : NULL;
   sn_metrics sum = {0};
   int counted = 0;
   for (int i = 0; i < qrels->nqueries; i++) {
     const sn_qrels_query *q = &qrels->queries[i];
-    sn_run_query *r = run->nqueries ? bsearch(q->query_id, run->queries, (size_t)run->nqueries,
-                                              sizeof *run->queries, cmp_run_query_key)
-                                    : NULL;
+    sn_run_query *r = run_find(run, q->query_id);
     if (r) sn_run_sort_query(r);
     sn_metrics m;
     sn_metrics_query(q, r, &m);

@@ -122,6 +122,8 @@ static const field_spec SCHEMA[] = {
     NUM("stage2.steps", FIELD_INT, stage2.steps, 0, BIG_INT, 0, "0 = from epochs"),
     NUM("stage2.epochs", FIELD_FLOAT, stage2.epochs, 0, 1e6, 1, "used when steps = 0"),
     OPTIM_FIELDS(stage2, "stage2.optim", 1e-4),
+    NUM("train.skip_nonfinite", FIELD_BOOL, train.skip_nonfinite, 0, 1, 0,
+        "skip and count steps whose loss or gradient norm is NaN/inf; false = stop the run"),
     NUM("checkpoint.every", FIELD_INT, checkpoint.every, 0, BIG_INT, 0, "0 = end of stage only"),
     NUM("checkpoint.keep", FIELD_INT, checkpoint.keep, 1, 1000, 2, "complete checkpoints kept"),
     STR("eval.data", FIELD_PATH, eval.data, NULL, "BEIR folder; empty = no evaluation"),

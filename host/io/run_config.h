@@ -87,6 +87,10 @@ typedef struct {
   sn_cfg_stage1 stage1;
   sn_cfg_stage2 stage2;
   struct {
+    int skip_nonfinite;  // a step with a non-finite loss or gradient norm is skipped and counted
+                         // (no optimizer update) instead of stopping the run
+  } train;
+  struct {
     int every;        // steps between checkpoints; 0 = only at the end of each stage
     int keep;         // newest complete checkpoints kept
   } checkpoint;

@@ -49,6 +49,10 @@ const sn_st_tensor *sn_st_find(const sn_st_archive *a, const char *name);
 
 // Reads a tensor into host fp32 (converting BF16/F16). Returns 0, or -1 with err.
 int sn_st_read_f32(const sn_st_archive *a, const sn_st_tensor *t, float *dst, char *err, size_t errlen);
+// The same, for weights that a model computes with: also -1 when a value is NaN or infinite, err
+// naming the file, the tensor, the first bad element's index and its value (a NaN weight would
+// otherwise give NaN embeddings and a run that "succeeds").
+int sn_st_read_f32_finite(const sn_st_archive *a, const sn_st_tensor *t, float *dst, char *err, size_t errlen);
 
 // Writer: collect tensors (host fp32 data, written as `dtype`), then write one file atomically
 // (temp file, fsync, rename), streaming the data. The header is padded with spaces so the data

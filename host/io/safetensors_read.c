@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,6 +260,18 @@ int sn_st_read_f32(const sn_st_archive *a, const sn_st_tensor *t, float *dst, ch
     return sn_st_fail(err, errlen, "%s: tensor '%s': cannot read %" PRIu64 " bytes at offset %" PRIu64 ": %s%s", path,
                       sn_st_quotable(t->name, q, sizeof q), t->nbytes, t->offset, strerror(saved),
                       saved == EIO ? " (file truncated?)" : "");
+  }
+  return 0;
+}
+
+int sn_st_read_f32_finite(const sn_st_archive *a, const sn_st_tensor *t, float *dst, char *err, size_t errlen) {
+  if (sn_st_read_f32(a, t, dst, err, errlen) != 0) return -1;
+  for (int64_t i = 0; i < t->numel; i++) {
+    if (isfinite(dst[i])) continue;
+    char q[QUOTABLE_BUF];
+    return sn_st_fail(err, errlen, "%s: tensor '%s' holds a non-finite value (%f) at element %" PRId64
+                      " of %" PRId64 "; the model cannot be used", a->files[t->file_index],
+                      sn_st_quotable(t->name, q, sizeof q), dst[i], i, t->numel);
   }
   return 0;
 }

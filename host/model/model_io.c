@@ -124,7 +124,7 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
     const sn_param *p = &m->params[i];
     const sn_st_tensor *t = sn_st_find(&ar, p->name);
     ops->synchronize();  // the previous upload may still read host (asynchronous backends)
-    if (sn_st_read_f32(&ar, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
+    if (sn_st_read_f32_finite(&ar, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
     ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
   }
   ops->synchronize();  // the host buffer is freed next; uploads may be asynchronous

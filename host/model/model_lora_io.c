@@ -226,7 +226,7 @@ sn_lora *sn_lora_load_peft(const char *dir, const sn_model *base) {
       sn_bad_input("%s: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld] (r %d and the base's shape)",
                    path, t->name, (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0),
                    (long long)q->shape[0], (long long)q->shape[1], cfg.rank);
-    if (sn_st_read_f32(&ar, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
+    if (sn_st_read_f32_finite(&ar, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
     base->ops->upload_f32(sn_wptr(p, q->offset), host, q->count);
     base->ops->synchronize();  // host is reused for the next tensor
   }

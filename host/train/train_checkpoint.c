@@ -188,6 +188,12 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers) {
   char err[1024];
+  if (sn_trainer_weights_finite(opts, nopts, err, sizeof err) != 0) {  // same answer on every rank
+    if (t->rank == 0)
+      sn_warn("checkpoint at stage %d step %lld refused, the previous checkpoint is kept: %s", stage,
+              (long long)step, err);
+    return -1;
+  }
   double no_room = 0;
   if (t->rank == 0 && sn_trainer_disk_room(t->run_dir, checkpoint_bytes(opts, nopts, towers, ntowers), "the checkpoint",
                                            err, sizeof err) != 0) {
@@ -202,6 +208,7 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
   sn_state_add_u64(w, "config_hash", t->config_hash);
   sn_state_add_u64(w, "stage", (uint64_t)stage);
   sn_state_add_u64(w, "step", (uint64_t)step);
+  sn_state_add_u64(w, "skipped_nonfinite", (uint64_t)t->skipped_nonfinite);
   sn_state_add_copy(w, "elapsed_s", &elapsed_s, sizeof elapsed_s);
   sn_data_cursor cursor;
   sn_sampler_get_cursor(sampler, &cursor);
@@ -247,6 +254,8 @@ int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const 
   sn_state_get_exact(r, "cursor", &cursor, sizeof cursor);
   if (sn_sampler_set_cursor(sampler, &cursor, err, sizeof err) != 0) sn_bad_input("%s: %s", path, err);
   int64_t step = (int64_t)sn_state_get_u64(r, "step");
+  // absent from checkpoints written before train.skip_nonfinite existed: none skipped
+  t->skipped_nonfinite = sn_state_get(r, "skipped_nonfinite", NULL) ? (int64_t)sn_state_get_u64(r, "skipped_nonfinite") : 0;
   sn_state_get_exact(r, "elapsed_s", elapsed_s, sizeof *elapsed_s);
   sn_state_reader_free(r);
   sn_train_log_truncate_after(&t->log, stage, step);

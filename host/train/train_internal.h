@@ -36,6 +36,9 @@ typedef struct {
   sn_memory_plan plan;    // per-rank memory of each phase, checked before loading
   int64_t stop_after;     // steps this run may take before stopping as on a signal (0 = no limit)
   int64_t steps_this_run;
+  // Steps of the current stage skipped for a non-finite loss or gradient norm
+  // (train.skip_nonfinite); saved in checkpoints, so a resume continues the count.
+  int64_t skipped_nonfinite;
 } sn_trainer;
 
 // Runs one tower over packed sequences: forward, then sn_model_pool (pooling, optional
@@ -144,6 +147,12 @@ typedef struct {
   const char *prefix;
   sn_optimizer *opt;
 } sn_ckpt_optimizer;
+// 0 when every weight the optimizers train (a tower, or a LoRA tower's adapter) is finite; else -1
+// with err naming the optimizer's prefix. One sum_squares pass per parameter set on the backend,
+// into the optimizer's own scratch (no allocation: the memory plan stays exact): a NaN or inf (or a
+// weight beyond ~1e19, whose square overflows) makes the sum non-finite. Every rank holds the same
+// weights, so every rank gets the same answer. Checkpoints and final towers are refused on -1.
+int sn_trainer_weights_finite(const sn_ckpt_optimizer *opts, int nopts, char *err, size_t errlen);
 // A checkpoint after `step` of `stage`: the towers, the optimizers, the data cursor, the step and
 // elapsed time. Returns 0, or -1 after a warning (the previous checkpoint stays intact).
 int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed_s,

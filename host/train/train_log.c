@@ -78,6 +78,8 @@ static void write_metrics(sn_train_log *log, const sn_step_record *r) {
   fprintf(log->metrics, ", \"mem_peak_gib\": %.3f", r->mem_peak_gib);
   for (int i = 0; i < r->n_terms; i++) write_number(log->metrics, r->term_names[i], r->terms[i]);
   if (r->has_weights_hash) fprintf(log->metrics, ", \"weights_hash\": \"%016llx\"", (unsigned long long)r->weights_hash);
+  if (r->skipped_nonfinite > 0)
+    fprintf(log->metrics, ", \"skipped_nonfinite\": %lld", (long long)r->skipped_nonfinite);
   fprintf(log->metrics, "}\n");
   fflush(log->metrics);
 }
@@ -107,14 +109,16 @@ void sn_train_log_step(sn_train_log *log, const sn_step_record *r) {
   char elapsed[32], eta[32];
   format_duration(elapsed, sizeof elapsed, r->elapsed_s);
   format_duration(eta, sizeof eta, per_step * (double)(r->total_steps - r->step));
-  char terms[128] = "";
+  char terms[128] = "", skipped[48] = "";
   size_t used = 0;
   for (int i = 0; i < r->n_terms && used < sizeof terms; i++)
     used += (size_t)snprintf(terms + used, sizeof terms - used, " %s %.4f", r->term_names[i], r->terms[i]);
+  if (r->skipped_nonfinite > 0)
+    snprintf(skipped, sizeof skipped, " | skipped %lld", (long long)r->skipped_nonfinite);
   fprintf(stderr,
-          "%sstage %d | step %lld/%lld | loss %.4f%s | lr %.2e | gnorm %.3f | %.0f tok/s | peak %.2f GiB | %s < %s%s",
+          "%sstage %d | step %lld/%lld | loss %.4f%s | lr %.2e | gnorm %.3f%s | %.0f tok/s | peak %.2f GiB | %s < %s%s",
           log->is_tty ? "\r\033[K" : "", r->stage, (long long)r->step, (long long)r->total_steps,
-          r->loss, terms, r->lr, r->grad_norm, log->tok_per_s, r->mem_peak_gib, elapsed, eta,
+          r->loss, terms, r->lr, r->grad_norm, skipped, log->tok_per_s, r->mem_peak_gib, elapsed, eta,
           log->is_tty ? "" : "\n");
   fflush(stderr);
 }

@@ -21,6 +21,7 @@ typedef struct {
   double mem_peak_gib;  // this rank's backend memory high-water mark (ops->memory_stats), GiB
   int has_weights_hash;   // dist.check_replicas_every: every rank's weights hashed to this value
   uint64_t weights_hash;
+  int64_t skipped_nonfinite;  // steps of this stage skipped so far (train.skip_nonfinite); shown when > 0
 } sn_step_record;
 
 typedef struct {

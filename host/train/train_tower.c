@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -297,4 +298,21 @@ int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoc
   if (steps > 0) return steps;
   int64_t total = (int64_t)((double)epochs * (double)batches_per_epoch / grad_accum);
   return total > 0 ? total : 1;
+}
+
+// ---- finite weights ----------------------------------------------------------------------------
+
+int sn_trainer_weights_finite(const sn_ckpt_optimizer *opts, int nopts, char *err, size_t errlen) {
+  for (int i = 0; i < nopts; i++) {
+    const sn_optimizer *opt = opts[i].opt;
+    const sn_ops *ops = opt->ops;
+    float sum = 0;
+    ops->memset_zero(opt->scratch, sizeof(float));
+    ops->sum_squares(opt->scratch, opt->model->weights, opt->model->num_elements);
+    ops->download(&sum, opt->scratch, sizeof sum);
+    if (!isfinite(sum))
+      return sn_errorf(err, errlen, "the trained %s weights are not finite (their sum of squares is %f)",
+                       opts[i].prefix, sum);
+  }
+  return 0;
 }

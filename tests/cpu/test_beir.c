@@ -69,8 +69,43 @@ static void test_good(void) {
   CHECK(q1 && q1->num_rel == 2, "q1 keeps the unretrievable relevant doc in its count");
   CHECK(q1 && sn_qrels_rel(q1, "missing_doc") == 2 && sn_qrels_rel(q1, "d2") == 0, "q1 grades");
   CHECK(sn_id_map_get(&b.corpus.index, "d2") == 1, "corpus index");
+  CHECK(b.num_queries_unjudged == 1, "q3 counted as unjudged, got %d", b.num_queries_unjudged);
+
+  // What the means cover: q1 evaluated, q2 (grade 0 only) left out; a run with q1 missing and an
+  // unjudged query counts q1 as 0.
+  sn_run_doc doc = {"d1", 1.0};
+  sn_run_query rq = {"q7", 1, &doc};
+  sn_run run = {1, &rq};
+  sn_eval_coverage c;
+  sn_eval_coverage_of(&b.qrels, &run, &c);
+  CHECK(c.judged == 2 && c.evaluated == 1 && c.no_relevant == 1 && !strcmp(c.first_no_relevant, "q2") &&
+            c.missing_from_run == 1 && !strcmp(c.first_missing_from_run, "q1") && c.unjudged_in_run == 1 &&
+            !strcmp(c.first_unjudged_in_run, "q7"),
+        "coverage: judged %d evaluated %d no_relevant %d missing %d unjudged %d", c.judged, c.evaluated,
+        c.no_relevant, c.missing_from_run, c.unjudged_in_run);
 
   sn_beir_free(&b);
+}
+
+// Qrels whose judged queries (those in queries.jsonl) have no positive grade: an error naming the
+// qrels file, not metrics of 0 over 0 queries.
+static void expect_no_relevant(const char *qrels, const char *needle) {
+  write_good();
+  write_text("qrels/test.tsv", qrels);
+  sn_beir b;
+  char err[ERR_LEN] = "";
+  int rc = sn_beir_load(g_dir, "test", &b, err, sizeof err);
+  CHECK(rc == -1 && strstr(err, "qrels/test.tsv") && strstr(err, needle), "expected an error with '%s', got rc %d: %s",
+        needle, rc, err);
+  if (rc == 0) sn_beir_free(&b);
+  else fprintf(stderr, "  (expected error) %s\n", err);
+}
+
+static void test_no_relevant(void) {
+  expect_no_relevant("query-id\tcorpus-id\tscore\nq1\td1\t0\nq2\td2\t0\n", "none of its 2 judgments has a positive score");
+  // the only positive judgment is of a query absent from queries.jsonl
+  expect_no_relevant("query-id\tcorpus-id\tscore\nq1\td1\t0\nq9\td2\t1\n",
+                     "none of the 1 judged queries present in");
 }
 
 // Each bad file must fail with "<path>:<line>:" in the message.
@@ -94,6 +129,7 @@ static void test_bad(void) {
   expect_bad("corpus.jsonl", "{\"_id\": \"d1\", \"title\": [], \"text\": \"x\"}\n", 1);
   expect_bad("corpus.jsonl", "{\"_id\": \"d1\", \"text\": \"a\"}\n{\"_id\": \"d2\", \"text\": \"b\"}\n{\"_id\": \"d1\", \"text\": \"c\"}\n", 3);
   expect_bad("corpus.jsonl", "[1, 2]\n", 1);
+  expect_bad("corpus.jsonl", "{\"_id\": 1e300, \"text\": \"beyond int64: not an integer id\"}\n", 1);  // fuzz_beir
   expect_bad("queries.jsonl", "{\"_id\": \"q1\"}\n", 1);
   expect_bad("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\n", 3);
   expect_bad("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\tone\n", 2);
@@ -334,6 +370,7 @@ int main(void) {
   sn_mkdir_p(sub);
   test_good();
   test_bad();
+  test_no_relevant();
   test_topk(NULL, "host");
   test_topk(sn_ops_cpu(), "cpu-ops");
   test_topk_merge();

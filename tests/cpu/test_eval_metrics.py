@@ -5,7 +5,9 @@ Random graded qrels (0-3), some queries without a relevant document, some missin
 runs with many tied scores (so the score desc / docid desc tie rule matters), judged documents
 that no run retrieves. Checks recall_10, recall_100, ndcg_cut_10 and recip_rank cut at 10 per
 query and on the mean, within 1e-9. Then checks that malformed run and qrels files exit 2 naming
-FILE:LINE. Usage: test_eval_metrics.py BUILD_DIR
+FILE:LINE, that stderr says over which queries the means are averaged and warns about each
+kind of query left out or counted 0, and that qrels without any positive grade exit 2.
+Usage: test_eval_metrics.py BUILD_DIR
 """
 import json
 import os
@@ -130,6 +132,19 @@ with tempfile.TemporaryDirectory() as tmp:
                 check(abs(g - v) <= TOL, f"trial {trial} query {q} {m}: sn_eval {g!r} pytrec_eval {v!r}")
         for m, v in mean.items():
             check(abs(got[m] - v) <= TOL, f"trial {trial} mean {m}: sn_eval {got[m]!r} pytrec_eval {v!r}")
+        # What the means cover, said on stderr: the counts as pytrec_eval's inputs give them.
+        no_rel = sum(1 for j in qrels.values() if not any(g > 0 for g in j.values()))
+        missing = sum(1 for q, j in qrels.items() if any(g > 0 for g in j.values()) and q not in run)
+        unjudged = sum(1 for q in run if q not in qrels)
+        want = [f"metrics averaged over {nq} queries with at least one relevant document"]
+        if missing:
+            want.append(f"warning: {missing} judged quer{'y has' if missing == 1 else 'ies have'} no results in the run")
+        if no_rel:
+            want.append(f"warning: {no_rel} judged quer{'y has' if no_rel == 1 else 'ies have'} no relevant document")
+        if unjudged:
+            want.append(f"warning: {unjudged} quer{'y' if unjudged == 1 else 'ies'} in the run ha{'s' if unjudged == 1 else 've'} no judgments")
+        for w in want:
+            check(w in p.stderr, f"trial {trial}: stderr lacks '{w}': {p.stderr.strip()}")
         print(f"trial {trial}: {len(per)} queries, {nq} evaluated, ndcg@10 {mean['ndcg@10']:.4f} "
               f"recall@100 {mean['recall@100']:.4f} mrr@10 {mean['mrr@10']:.4f}")
 
@@ -144,6 +159,7 @@ with tempfile.TemporaryDirectory() as tmp:
         ("bad_score.trec", "q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 high t\n", "run", ":2:"),
         ("short.trec", "q1 Q0 d1\n", "run", ":1:"),
         ("dup.trec", "q1 Q0 d1 1 0.5 t\nq1 Q0 d1 2 0.4 t\n", "run", ":2:"),
+        ("empty.trec", "\n", "run", ": no result lines"),
         ("bad_rel.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\tyes\n", "qrels", ":3:"),
         ("fields.tsv", "query-id\tcorpus-id\tscore\nq1\td1\n", "qrels", ":2:"),
         ("dup.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t2\n", "qrels", ":3:"),
@@ -156,6 +172,14 @@ with tempfile.TemporaryDirectory() as tmp:
         p = run_sn_eval(args)
         check(p.returncode == 2, f"{name}: expected exit 2, got {p.returncode}")
         check(path + where in p.stderr, f"{name}: expected '{path}{where}' in: {p.stderr.strip()}")
+
+    # Qrels without any positive grade: no query can be evaluated, so exit 2 instead of zeros.
+    zero_qrels = os.path.join(tmp, "zero_qrels.tsv")
+    with open(zero_qrels, "w") as f:
+        f.write("query-id\tcorpus-id\tscore\nq1\td1\t0\nq2\td2\t0\n")
+    p = run_sn_eval(["--run", good_run, "--qrels", zero_qrels])
+    check(p.returncode == 2 and f"{zero_qrels}: none of its 2 judgments has a positive score" in p.stderr,
+          f"all-zero qrels: expected exit 2 naming the file, got {p.returncode}: {p.stderr.strip()}")
 
 print("test_eval_metrics:", "FAIL" if failures else "ok", f"({failures} failures)")
 sys.exit(1 if failures else 0)
