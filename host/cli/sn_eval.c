@@ -35,12 +35,9 @@ typedef struct {
   sn_eval_opts eval;
 } cli_args;
 
-static int parse_positive(const char *flag, const char *v) {
-  char *end;
-  long x = strtol(v, &end, 10);
-  if (end == v || *end || x <= 0 || x > (1L << 30)) sn_bad_input("%s: expected a positive integer, got '%s'", flag, v);
-  return (int)x;
-}
+#define MAX_FLAG_COUNT (1 << 30)  // batch, lengths and k: the tower's limits are checked later
+
+static int parse_positive(const char *flag, const char *v) { return (int)sn_flag_i64(flag, v, 1, MAX_FLAG_COUNT); }
 
 static void parse_args(int argc, char **argv, cli_args *a) {
   memset(a, 0, sizeof *a);
