@@ -38,10 +38,9 @@ void sn_eval_opts_default(sn_eval_opts *o) {
 // One tower's encode batch: batch sequences of up to len tokens.
 static int check_tower_sizes(const sn_eval_opts *o, const sn_model *m, const char *side, int len,
                              const char *len_name, char *err, size_t errlen) {
-  const sn_model_config *c = &m->cfg;
-  if (c->max_positions > 0 && len > c->max_positions)
-    return sn_errorf(err, errlen, "%s %d is more than the %s tower's %d positions (its max_position_embeddings): "
-                     "use at most %d", len_name, len, side, c->max_positions, c->max_positions);
+  char tower[32];
+  snprintf(tower, sizeof tower, "the %s tower", side);
+  if (sn_config_check_seq_len(&m->cfg, tower, len, len_name, err, errlen) != 0) return -1;
   size_t tokens;
   if (sn_mul_size_ok((size_t)o->batch, (size_t)len, (size_t)INT_MAX, &tokens) != 0)
     return sn_errorf(err, errlen, "%s x %s (%d x %d) is more than %d tokens in one encode batch: lower one of them",

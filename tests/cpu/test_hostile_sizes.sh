@@ -64,6 +64,13 @@ expect "run_dir naming a file" "run_dir: 'base.json' is a file, expected a folde
 expect "eval.batch x data.max_doc_len overflowing an int (issue 16)" \
   "'eval.batch' x 'data.max_doc_len' (4100 x 1047553 tokens) is more than 2147483647" \
   --config base.json --set eval.batch=4100 --set data.max_doc_len=1047553
+expect "data.max_doc_len beyond the stage-1 model's positions, before training" \
+  "data.max_doc_len 1047553 is more than the 512 positions of the stage-1 model (stage1.model_desc)" \
+  --config base.json --set data.max_doc_len=1047553
+expect "data.max_query_len beyond the student's positions" \
+  "data.max_query_len 600 is more than the 512 positions of the student (stage2.student_desc)" --config base.json \
+  --set data.max_query_len=600 --set data.max_doc_len=500 \
+  --set 'stage1.model_desc={"arch": "qwen2", "layers": 1, "hidden": 16, "heads": 2, "vocab": 4096, "max_positions": 1024}'
 expect "stage-1 documents x length overflowing an int" "'stage1.batch_queries' x ('stage1.negatives_per_query' + 1)" \
   --config base.json --set stage1.batch_queries=100000 --set stage1.negatives_per_query=1000 --print-config
 
@@ -92,11 +99,11 @@ for v in 3abc 0x10 '2 7' '' 0 -5 99999999999 ' 5'; do
     "${EV[@]}" --batch "$v"
 done
 expect "sn_eval --k 1.5" "--k: expected a whole decimal integer" --query-model bert --doc-model bert "${EV[@]}" --k 1.5
-expect "the issue's --batch 5 --max-doc-len 858993460" "--max-doc-len 858993460 is more than the document tower's 128 positions" \
+expect "the issue's --batch 5 --max-doc-len 858993460" "--max-doc-len 858993460 is more than the 128 positions of the document tower" \
   --query-model bert --doc-model bert "${EV[@]}" --batch 5 --max-doc-len 858993460
 expect "--max-doc-len 999999999 names the limit" "use at most 128" --query-model bert --doc-model bert "${EV[@]}" \
   --max-doc-len 999999999
-expect "--max-query-len beyond the positions" "--max-query-len 129 is more than the query tower's 128" \
+expect "--max-query-len beyond the positions" "--max-query-len 129 is more than the 128 positions of the query tower" \
   --query-model bert --doc-model bert "${EV[@]}" --max-query-len 129
 expect "--max-doc-len beyond a RoPE tower's max_position_embeddings" "use at most 16777216" \
   --query-model rope --doc-model rope "${EV[@]}" --max-doc-len 999999999
