@@ -346,6 +346,13 @@ double sn_flag_f64(const char *flag, const char *s, double min, double max) {
   return v;
 }
 
+size_t sn_host_memory_bytes(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return 0;
+  size_t bytes;
+  return sn_mul_size_ok((size_t)pages, (size_t)page_size, SIZE_MAX, &bytes) == 0 ? bytes : SIZE_MAX;
+}
+
 int sn_check_path_kind(const char *key, const char *path, int want_dir, char *err, size_t errlen) {
   struct stat st;
   if (!path[0] || stat(path, &st) != 0) return 0;

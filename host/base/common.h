@@ -91,6 +91,10 @@ int sn_parse_f64(const char *s, double min, double max, double *out);
 int64_t sn_flag_i64(const char *flag, const char *s, int64_t min, int64_t max);
 double sn_flag_f64(const char *flag, const char *s, double min, double max);
 
+// Physical memory of this host (sysconf), 0 when unknown: the hard cap of host buffers sized by
+// the user (top-k lists).
+size_t sn_host_memory_bytes(void);
+
 // Kind checks of user paths: 0 when `path` is a `want` ("file" or "folder") or does not exist
 // (the loader reports missing files in its own words), else -1 with "KEY: 'path' is a folder,
 // expected a file" in err.

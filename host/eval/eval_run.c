@@ -58,6 +58,18 @@ static int check_tower_sizes(const sn_eval_opts *o, const sn_model *m, const cha
   return 0;
 }
 
+// Q x k ranked entries (index, score, run entry and its copied id) live in host memory at once.
+static int check_topk_sizes(const sn_eval_opts *o, int Q, int k, char *err, size_t errlen) {
+  const size_t per_entry = sizeof(int32_t) + sizeof(float) + sizeof(sn_run_doc) + sizeof(void *);
+  const size_t host_bytes = sn_host_memory_bytes();
+  size_t entries, bytes;
+  if (sn_mul_size_ok((size_t)Q, (size_t)k, SIZE_MAX, &entries) != 0 ||
+      sn_mul_size_ok(entries, per_entry, host_bytes ? host_bytes : SIZE_MAX, &bytes) != 0)
+    return sn_errorf(err, errlen, "--k %d: %d queries x %d ranked documents each need more than this host's "
+                     "%.1f GiB of memory: lower --k", o->k, Q, k, host_bytes / SN_GIB);
+  return 0;
+}
+
 int sn_eval_check_sizes(const sn_eval_opts *o, const sn_model *query_tower, const sn_model *doc_tower,
                         char *err, size_t errlen) {
   if (o->batch <= 0 || o->max_query_len <= 1 || o->max_doc_len <= 1)
@@ -162,6 +174,8 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
                 "expected equal widths", C, sn_eval_embedding_dim(doc_tower));
   if (sn_eval_check_sizes(o, query_tower, o->load_doc_emb ? NULL : doc_tower, err, errlen) != 0) return -1;
   const int N = data->corpus.n, Q = data->queries.n;
+  const int k = SN_MIN(SN_MAX(o->k, SN_EVAL_MAX_METRIC_K), N);
+  if (check_topk_sizes(o, Q, k, err, errlen) != 0) return -1;
 
   float *docs;
   if (o->load_doc_emb) {
@@ -190,7 +204,6 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
   out->seconds_embed_queries = sn_now_s() - t1;
 
   double t2 = sn_now_s();
-  int k = SN_MIN(SN_MAX(o->k, SN_EVAL_MAX_METRIC_K), N);
   int32_t *idx = mallocCheck((size_t)Q * k * sizeof *idx);
   float *scores = mallocCheck((size_t)Q * k * sizeof *scores);
   sn_topk_exact(doc_tower->ops, docs, N, queries, Q, C, k, (const char *const *)data->corpus.ids, idx, scores);
