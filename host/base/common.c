@@ -346,6 +346,11 @@ double sn_flag_f64(const char *flag, const char *s, double min, double max) {
   return v;
 }
 
+void sn_flag_path_kind(const char *flag, const char *path, int want_dir) {
+  char err[4096 + 256];
+  if (path && sn_check_path_kind(flag, path, want_dir, err, sizeof err) != 0) sn_bad_input("%s", err);
+}
+
 size_t sn_host_memory_bytes(void) {
   long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
   if (pages <= 0 || page_size <= 0) return 0;

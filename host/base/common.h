@@ -99,6 +99,8 @@ size_t sn_host_memory_bytes(void);
 // (the loader reports missing files in its own words), else -1 with "KEY: 'path' is a folder,
 // expected a file" in err.
 int sn_check_path_kind(const char *key, const char *path, int want_dir, char *err, size_t errlen);
+// The same for a command-line flag (path may be NULL: not given): exits 2 with that message.
+void sn_flag_path_kind(const char *flag, const char *path, int want_dir);
 
 // Monotonic wall clock in seconds.
 double sn_now_s(void);

@@ -275,6 +275,8 @@ static void free_sequences(sequences *s) {
 
 int main(int argc, char **argv) {
   embed_args args = parse_args(argc, argv);
+  sn_flag_path_kind("--model", args.model_dir, 1);
+  sn_flag_path_kind("--input", args.input, 0);
   if (args.threads > 0) omp_set_num_threads(args.threads);
   const sn_ops *ops = sn_ops_by_name(args.device);
   sn_model *m = sn_model_load(args.model_dir, ops);

@@ -138,6 +138,11 @@ static sn_tokenizer *load_tokenizer(const char *dir) {
 int main(int argc, char **argv) {
   cli_args a;
   parse_args(argc, argv, &a);
+  sn_flag_path_kind("--query-model", a.query_model, 1);
+  sn_flag_path_kind("--doc-model", a.doc_model, 1);
+  sn_flag_path_kind("--data", a.data, 1);
+  sn_flag_path_kind("--run", a.run, 0);
+  sn_flag_path_kind("--qrels", a.qrels, 0);
   if (a.run || a.qrels) {
     if (!a.run || !a.qrels) sn_bad_input("--run and --qrels go together (a TREC run file and its qrels)");
     return score_run_file(&a);

@@ -98,6 +98,11 @@ for v in 3abc 0x10 '2 7' '' 0 -5 99999999999 ' 5'; do
   expect "sn_eval --batch '$v'" "--batch: expected a whole decimal integer in [1, " --query-model bert --doc-model bert \
     "${EV[@]}" --batch "$v"
 done
+expect "sn_eval --data naming a file" "--data: 'base.json' is a file, expected a folder" --query-model bert \
+  --doc-model bert --data base.json
+expect "sn_eval --query-model naming a file" "--query-model: 'base.json' is a file, expected a folder" \
+  --query-model base.json --doc-model bert "${EV[@]}"
+expect "sn_eval --qrels naming a folder" "--qrels: 'data' is a folder, expected a file" --run base.json --qrels data
 expect "sn_eval --k 1.5" "--k: expected a whole decimal integer" --query-model bert --doc-model bert "${EV[@]}" --k 1.5
 expect "the issue's --batch 5 --max-doc-len 858993460" "--max-doc-len 858993460 is more than the 128 positions of the document tower" \
   --query-model bert --doc-model bert "${EV[@]}" --batch 5 --max-doc-len 858993460
@@ -116,9 +121,13 @@ expect "an encode batch larger than free memory" "GiB free: lower --batch or --m
 EXPECT_BIN=$BUILD/sn_embed
 expect "sn_embed --batch 3abc" "--batch: expected a whole decimal integer" --model bert --input x --out y.npy --batch 3abc
 expect "sn_embed --threads 0x10" "--threads: expected a whole decimal integer" --model bert --input x --out y.npy --threads 0x10
+expect "sn_embed --input naming a folder" "--input: 'data' is a folder, expected a file" --model bert --input data \
+  --out y.npy
 echo '{"text": "hello"}' > in.jsonl
 expect "sn_embed --max-len beyond the positions" "--max-len 129 is more than the model's 128 positions" \
   --model bert --input in.jsonl --out y.npy --max-len 129
+EXPECT_BIN=$BUILD/sn_tokenize
+expect "sn_tokenize --input naming a folder" "--input: 'data' is a folder, expected a file" --tokenizer "$TOK" --input data
 EXPECT_BIN=$BUILD/sn_make_dataset
 expect "sn_make_dataset --seed 1.5" "--seed: expected a whole decimal integer" --out ds --seed 1.5
 exit $fail
