@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -269,6 +270,101 @@ int sn_exists(const char *path) {
 int sn_is_dir(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+size_t sn_mul_size(size_t a, size_t b, size_t limit, const char *what) {
+  size_t out;
+  if (sn_mul_size_ok(a, b, limit, &out) != 0)
+    sn_bad_input("%s: %zu x %zu is more than %zu: choose smaller values", what, a, b, limit);
+  return out;
+}
+
+int sn_mul_size_ok(size_t a, size_t b, size_t limit, size_t *out) {
+  size_t p;
+  if (__builtin_mul_overflow(a, b, &p) || p > limit) return -1;
+  *out = p;
+  return 0;
+}
+
+static size_t skip_digits(const char *s) {
+  size_t n = 0;
+  while (s[n] >= '0' && s[n] <= '9') n++;
+  return n;
+}
+
+// Length of the decimal number at s (0 when there is none): -?D+ for integers,
+// -?(D+(.D*)?|.D+)([eE][+-]?D+)? for reals.
+static size_t decimal_length(const char *s, int real) {
+  size_t i = (s[0] == '-'), whole = skip_digits(s + i);
+  i += whole;
+  if (!real) return whole ? i : 0;
+  size_t frac = 0;
+  if (s[i] == '.') {
+    frac = skip_digits(s + i + 1);
+    i += 1 + frac;
+  }
+  if (!whole && !frac) return 0;
+  if (s[i] == 'e' || s[i] == 'E') {
+    size_t j = i + 1 + (s[i + 1] == '+' || s[i + 1] == '-'), exp = skip_digits(s + j);
+    if (!exp) return 0;
+    i = j + exp;
+  }
+  return i;
+}
+
+int sn_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out) {
+  size_t n = decimal_length(s, 0);
+  if (n == 0 || s[n] != '\0') return -1;
+  errno = 0;
+  long long v = strtoll(s, NULL, 10);
+  if (errno == ERANGE || v < min || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
+int sn_parse_f64(const char *s, double min, double max, double *out) {
+  size_t n = decimal_length(s, 1);
+  if (n == 0 || s[n] != '\0') return -1;
+  double v = strtod(s, NULL);
+  if (!isfinite(v) || v < min || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
+int64_t sn_flag_i64(const char *flag, const char *s, int64_t min, int64_t max) {
+  int64_t v;
+  if (sn_parse_i64(s, min, max, &v) != 0)
+    sn_bad_input("%s: expected a whole decimal integer in [%lld, %lld], got '%s'", flag, (long long)min,
+                 (long long)max, s);
+  return v;
+}
+
+double sn_flag_f64(const char *flag, const char *s, double min, double max) {
+  double v;
+  if (sn_parse_f64(s, min, max, &v) != 0)
+    sn_bad_input("%s: expected a decimal number in [%g, %g], got '%s'", flag, min, max, s);
+  return v;
+}
+
+void sn_flag_path_kind(const char *flag, const char *path, int want_dir) {
+  char err[4096 + 256];
+  if (path && sn_check_path_kind(flag, path, want_dir, err, sizeof err) != 0) sn_bad_input("%s", err);
+}
+
+size_t sn_host_memory_bytes(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return 0;
+  size_t bytes;
+  return sn_mul_size_ok((size_t)pages, (size_t)page_size, SIZE_MAX, &bytes) == 0 ? bytes : SIZE_MAX;
+}
+
+int sn_check_path_kind(const char *key, const char *path, int want_dir, char *err, size_t errlen) {
+  struct stat st;
+  if (!path[0] || stat(path, &st) != 0) return 0;
+  int is_dir = S_ISDIR(st.st_mode);
+  if (is_dir == want_dir) return 0;
+  return sn_errorf(err, errlen, "%s: '%s' is %s, expected a %s", key, path, is_dir ? "a folder" : S_ISREG(st.st_mode) ? "a file" : "not a folder",
+                   want_dir ? "folder" : "file");
 }
 
 double sn_now_s(void) {

@@ -75,6 +75,33 @@ uint64_t sn_hash64(const void *data, size_t len, uint64_t seed);
 int sn_exists(const char *path);
 int sn_is_dir(const char *path);
 
+// ---- sizes and numbers from the user -----------------------------------------------------------
+// A count times a length sizes many buffers; with user-chosen values the product can overflow.
+// sn_mul_size: a * b, or exits 2 naming `what` (e.g. "--batch x --max-doc-len") when it exceeds
+// `limit` (SIZE_MAX for no limit beyond the type). sn_mul_size_ok: the same as a test, 0 or -1.
+size_t sn_mul_size(size_t a, size_t b, size_t limit, const char *what);
+int sn_mul_size_ok(size_t a, size_t b, size_t limit, size_t *out);
+
+// Whole-string decimal numbers (flags, --set values): optional '-', digits, and for reals a
+// fraction and exponent; no leading space, '+', hex, "inf"/"nan" or trailing characters.
+// Return 0 and set *out, or -1 (not such a number, or outside [min, max]).
+int sn_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out);
+int sn_parse_f64(const char *s, double min, double max, double *out);
+// The same for a command-line flag: exits 2 naming the flag, the value and the range.
+int64_t sn_flag_i64(const char *flag, const char *s, int64_t min, int64_t max);
+double sn_flag_f64(const char *flag, const char *s, double min, double max);
+
+// Physical memory of this host (sysconf), 0 when unknown: the hard cap of host buffers sized by
+// the user (top-k lists).
+size_t sn_host_memory_bytes(void);
+
+// Kind checks of user paths: 0 when `path` is a `want` ("file" or "folder") or does not exist
+// (the loader reports missing files in its own words), else -1 with "KEY: 'path' is a folder,
+// expected a file" in err.
+int sn_check_path_kind(const char *key, const char *path, int want_dir, char *err, size_t errlen);
+// The same for a command-line flag (path may be NULL: not given): exits 2 with that message.
+void sn_flag_path_kind(const char *flag, const char *path, int want_dir);
+
 // Monotonic wall clock in seconds.
 double sn_now_s(void);
 

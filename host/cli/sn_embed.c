@@ -57,12 +57,9 @@ static _Noreturn void usage_error(const char *fmt, const char *what) {
   exit(SN_EXIT_BAD_INPUT);
 }
 
-static int parse_positive(const char *flag, const char *s) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (*s == '\0' || *end != '\0' || v <= 0 || v > (1 << 30)) usage_error("%s needs a positive integer", flag);
-  return (int)v;
-}
+#define MAX_FLAG_COUNT (1 << 30)  // batch, threads, length: the model's limits are checked later
+
+static int parse_positive(const char *flag, const char *s) { return (int)sn_flag_i64(flag, s, 1, MAX_FLAG_COUNT); }
 
 static embed_args parse_args(int argc, char **argv) {
   embed_args a = {.device = "cpu", .normalize = 1, .batch = DEFAULT_BATCH, .threads = 0};
@@ -278,11 +275,16 @@ static void free_sequences(sequences *s) {
 
 int main(int argc, char **argv) {
   embed_args args = parse_args(argc, argv);
+  sn_flag_path_kind("--model", args.model_dir, 1);
+  sn_flag_path_kind("--input", args.input, 0);
   if (args.threads > 0) omp_set_num_threads(args.threads);
   const sn_ops *ops = sn_ops_by_name(args.device);
   sn_model *m = sn_model_load(args.model_dir, ops);
   const sn_model_config *c = &m->cfg;
   const sn_pooling pooling = pooling_mode(args.pooling, c->arch);
+  if (args.max_len && c->max_positions > 0 && args.max_len > c->max_positions)
+    sn_bad_input("--max-len %d is more than the model's %d positions (its max_position_embeddings): use at most %d",
+                 args.max_len, c->max_positions, c->max_positions);
   const int max_len = sn_arch_is_decoder(c->arch) ? 0 : c->max_positions;
   sequences seqs = read_jsonl(args.input, &args, c, max_len);
 

@@ -35,12 +35,9 @@ typedef struct {
   sn_eval_opts eval;
 } cli_args;
 
-static int parse_positive(const char *flag, const char *v) {
-  char *end;
-  long x = strtol(v, &end, 10);
-  if (end == v || *end || x <= 0 || x > (1L << 30)) sn_bad_input("%s: expected a positive integer, got '%s'", flag, v);
-  return (int)x;
-}
+#define MAX_FLAG_COUNT (1 << 30)  // batch, lengths and k: the tower's limits are checked later
+
+static int parse_positive(const char *flag, const char *v) { return (int)sn_flag_i64(flag, v, 1, MAX_FLAG_COUNT); }
 
 static void parse_args(int argc, char **argv, cli_args *a) {
   memset(a, 0, sizeof *a);
@@ -141,6 +138,11 @@ static sn_tokenizer *load_tokenizer(const char *dir) {
 int main(int argc, char **argv) {
   cli_args a;
   parse_args(argc, argv, &a);
+  sn_flag_path_kind("--query-model", a.query_model, 1);
+  sn_flag_path_kind("--doc-model", a.doc_model, 1);
+  sn_flag_path_kind("--data", a.data, 1);
+  sn_flag_path_kind("--run", a.run, 0);
+  sn_flag_path_kind("--qrels", a.qrels, 0);
   if (a.run || a.qrels) {
     if (!a.run || !a.qrels) sn_bad_input("--run and --qrels go together (a TREC run file and its qrels)");
     return score_run_file(&a);

@@ -66,14 +66,9 @@ static void usage(FILE *f) {
           DEFAULT_MAX_DOC_CHARS, TRANSLATION_MARK, FETCH_HINT);
 }
 
-static long parse_count(const char *flag, const char *v, long min) {
-  char *end;
-  errno = 0;
-  long x = strtol(v, &end, 10);
-  if (end == v || *end || errno || x < min || x > (1L << 30))
-    sn_bad_input("%s: expected an integer >= %ld, got '%s'", flag, min, v);
-  return x;
-}
+#define MAX_FLAG_COUNT (1L << 30)
+
+static long parse_count(const char *flag, const char *v, long min) { return (long)sn_flag_i64(flag, v, min, MAX_FLAG_COUNT); }
 
 static void parse_args(int argc, char **argv, options *o) {
   *o = (options){DEFAULT_APT_LISTS, NULL, DEFAULT_TEST_QUERIES, DEFAULT_CORPUS_MAX,

@@ -42,6 +42,7 @@ int main(int argc, char **argv) {
     else usage();
   }
   if (!tokenizer_path) usage();
+  sn_flag_path_kind("--input", input, 0);
   char err[1024];
   sn_tokenizer *tok = sn_tokenizer_load(tokenizer_path, err, sizeof(err));
   if (!tok) { fprintf(stderr, "error: %s\n", err); return SN_EXIT_BAD_INPUT; }

@@ -1,6 +1,7 @@
 // sn_train --config FILE.json [--stage 1|2|all] [--resume auto|DIR] [--set key=value ...]
 // Runs ScalingNote stage 1 (dual towers, InfoNCE), stage 2 (student distillation) or both, with
 // checkpoints, exact resume and evaluation. Thin: the work is in host/train/.
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,8 @@
 #include "train.h"
 
 #define MAX_OVERRIDES 256
+#define MAX_PLAN_WORLD (1 << 20)  // --world
+#define MAX_PLAN_GIB 1e6          // --memory
 
 static void usage(FILE *out) {
   fprintf(out,
@@ -57,9 +60,7 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--resume") == 0 && has_value) {
       args.resume = argv[++i];
     } else if (strcmp(a, "--stop-after") == 0 && has_value) {
-      char *end;
-      args.stop_after = strtoll(argv[++i], &end, 10);
-      if (*end || args.stop_after <= 0) sn_bad_input("--stop-after: expected a positive step count, got '%s'", argv[i]);
+      args.stop_after = sn_flag_i64("--stop-after", argv[++i], 1, INT64_MAX);
     } else if (strcmp(a, "--skip-bad-lines") == 0) {
       if (args.n_overrides == MAX_OVERRIDES) sn_bad_input("too many --set overrides (max %d)", MAX_OVERRIDES);
       overrides[args.n_overrides++] = "data.skip_bad_lines=true";
@@ -69,15 +70,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--plan") == 0) {
       args.plan_only = 1;
     } else if (strcmp(a, "--world") == 0 && has_value) {
-      char *end;
-      long w = strtol(argv[++i], &end, 10);
-      if (*end || w <= 0 || w > (1 << 20)) sn_bad_input("--world: expected a positive rank count, got '%s'", argv[i]);
-      args.plan_world = (int)w;
+      args.plan_world = (int)sn_flag_i64("--world", argv[++i], 1, MAX_PLAN_WORLD);
     } else if (strcmp(a, "--memory") == 0 && has_value) {
-      char *end;
-      args.plan_memory_gib = strtod(argv[++i], &end);
-      if (*end || !(args.plan_memory_gib > 0) || args.plan_memory_gib > 1e6)
-        sn_bad_input("--memory: expected a positive size in GiB, got '%s'", argv[i]);
+      args.plan_memory_gib = sn_flag_f64("--memory", argv[++i], DBL_MIN, MAX_PLAN_GIB);
     } else if (strcmp(a, "--print-config") == 0) {
       args.print_config = 1;
     } else if ((strcmp(a, "--set") == 0 && has_value) || (a[0] != '-' && strchr(a, '='))) {

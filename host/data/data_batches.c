@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "data.h"
 
+#include <limits.h>
 #include <string.h>
 
 #include "common.h"
@@ -230,6 +231,14 @@ static int check_config(const sn_sampler_config *cfg, const sn_train_examples *e
       (cfg->max_tokens_per_rank == 0 && cfg->global_batch_queries == 0)) {
     sn_data_errorf(err, errlen, "sampler: set global_batch_queries > 0 or a token budget "
                          "max_tokens_per_rank > 0");
+    return -1;
+  }
+  // A rank batch counts its documents (queries x (1 + negatives)) in an int.
+  size_t docs_per_batch;
+  if (sn_mul_size_ok((size_t)cfg->global_batch_queries, 1 + (size_t)cfg->negatives_per_query, (size_t)INT_MAX,
+                     &docs_per_batch) != 0) {
+    sn_data_errorf(err, errlen, "sampler: %d queries x %d documents each is more than %d documents in a batch",
+                   cfg->global_batch_queries, 1 + cfg->negatives_per_query, INT_MAX);
     return -1;
   }
   if (cfg->global_batch_queries % cfg->world_size != 0) {

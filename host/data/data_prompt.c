@@ -74,7 +74,7 @@ static split_template split_at_text(const char *tpl) {
 static char *substitute_title(const char *tpl, const char *title) {
   size_t n_title = count_occurrences(tpl, PLACEHOLDER_TITLE);
   size_t title_len = strlen(title), ph_len = strlen(PLACEHOLDER_TITLE);
-  char *out = mallocCheck(strlen(tpl) + n_title * title_len + 1);
+  char *out = mallocCheck(strlen(tpl) + sn_mul_size(n_title, title_len, SIZE_MAX / 2, "a prompt's {title} copies") + 1);
   char *o = out;
   for (const char *p = tpl;;) {
     const char *hit = strstr(p, PLACEHOLDER_TITLE);

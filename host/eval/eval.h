@@ -123,6 +123,9 @@ typedef struct {
   int k;                      // top-k depth of the search (>= SN_EVAL_MAX_METRIC_K)
   const char *run_out;        // optional TREC run file of the search
   int verbose;                // progress lines on stderr
+  // What the user calls batch and the two lengths, for messages: sn_eval's flags by default
+  // ("--batch", ...), sn_train's config keys ("eval.batch", "data.max_doc_len", ...).
+  const char *batch_name, *max_query_len_name, *max_doc_len_name;
 } sn_eval_opts;
 
 void sn_eval_opts_default(sn_eval_opts *o);
@@ -152,8 +155,16 @@ float *sn_embed_items(sn_model *m, const sn_tokenizer *tok, const char *const *t
                       const char *const *texts, int n, const char *template_str, int max_len, int batch,
                       int pooling, int verbose, const char *what, char *err, size_t errlen);
 
-// Full evaluation of the towers on loaded BEIR data. Returns 0, or -1 with err (bad saved
-// embeddings, tower widths that differ, an unwritable output).
+// Whether one encode batch of opts->batch sequences of the longest length fits: each length at
+// most its tower's max_positions (the position table of encoders, max_position_embeddings of RoPE
+// decoders), batch x length within an int token count, and the inference workspace within the
+// backend's free memory. Returns 0, or -1 with err naming the flags or keys (opts' *_name).
+// sn_eval_run checks this first; doc_tower NULL checks the query side only.
+int sn_eval_check_sizes(const sn_eval_opts *opts, const sn_model *query_tower, const sn_model *doc_tower,
+                        char *err, size_t errlen);
+
+// Full evaluation of the towers on loaded BEIR data. Returns 0, or -1 with err (sizes that
+// sn_eval_check_sizes refuses, bad saved embeddings, tower widths that differ, an unwritable output).
 int sn_eval_run(const sn_eval_opts *opts, const sn_beir *data, sn_model *query_tower,
                 const sn_tokenizer *query_tok, sn_model *doc_tower, const sn_tokenizer *doc_tok,
                 sn_eval_result *out, char *err, size_t errlen);

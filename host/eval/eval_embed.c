@@ -2,6 +2,7 @@
 // length so each packed batch holds sequences of similar length (less wasted attention work and a
 // tight activation budget), run forward + pool, and put the rows back in input order.
 #define _GNU_SOURCE  // qsort_r
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,11 +87,14 @@ float *sn_embed_items(sn_model *m, const sn_tokenizer *tok, const char *const *t
   const int is_decoder = sn_arch_is_decoder(m->cfg.arch);
   if (pooling < 0) pooling = is_decoder ? SN_POOL_LAST : SN_POOL_FIRST;
 
-  if (!is_decoder && max_len > m->cfg.max_positions) {
-    // learned position tables end there; RoPE towers have no such limit
-    sn_warn("embed %s: max length %d exceeds the encoder's %d positions; truncating to %d", what, max_len,
-            m->cfg.max_positions, m->cfg.max_positions);
-    max_len = m->cfg.max_positions;
+  // Callers check the sizes with names the user knows (sn_eval_check_sizes); this guards the
+  // buffers below against a caller that did not.
+  size_t max_tokens_sz;
+  if (batch <= 0 || max_len <= 0 || (m->cfg.max_positions > 0 && max_len > m->cfg.max_positions) ||
+      sn_mul_size_ok((size_t)batch, (size_t)max_len, (size_t)INT_MAX, &max_tokens_sz) != 0) {
+    sn_errorf(err, errlen, "embed %s: %d sequences of up to %d tokens do not fit the tower (%d positions) or "
+              "an int token count", what, batch, max_len, m->cfg.max_positions);
+    return NULL;
   }
   token_seq *seqs = tokenize_all(m, tok, titles, texts, n, template_str, max_len, err, errlen);
   if (!seqs) return NULL;
@@ -103,7 +107,7 @@ float *sn_embed_items(sn_model *m, const sn_tokenizer *tok, const char *const *t
   for (int i = 0; i < n; i++) order[i] = i;
   qsort_r(order, (size_t)n, sizeof *order, cmp_len_desc, seqs);
 
-  const int max_tokens = batch * max_len;
+  const int max_tokens = (int)max_tokens_sz;
   sn_acts *acts = sn_acts_new(m, max_tokens, batch);
   sn_tokens tb;
   sn_tokens_alloc(&tb, ops, max_tokens, batch);

@@ -2,6 +2,7 @@
 // corpus embeddings), exact top-k, trec metrics, and the small report formats.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,58 @@ void sn_eval_opts_default(sn_eval_opts *o) {
   o->max_doc_len = EVAL_DEFAULT_MAX_DOC_LEN;
   o->query_pooling = o->doc_pooling = -1;
   o->k = SN_EVAL_MAX_METRIC_K;
+  o->batch_name = "--batch";
+  o->max_query_len_name = "--max-query-len";
+  o->max_doc_len_name = "--max-doc-len";
+}
+
+// ---- sizes -------------------------------------------------------------------------------------
+
+// One tower's encode batch: batch sequences of up to len tokens.
+static int check_tower_sizes(const sn_eval_opts *o, const sn_model *m, const char *side, int len,
+                             const char *len_name, char *err, size_t errlen) {
+  char tower[32];
+  snprintf(tower, sizeof tower, "the %s tower", side);
+  if (sn_config_check_seq_len(&m->cfg, tower, len, len_name, err, errlen) != 0) return -1;
+  size_t tokens;
+  if (sn_mul_size_ok((size_t)o->batch, (size_t)len, (size_t)INT_MAX, &tokens) != 0)
+    return sn_errorf(err, errlen, "%s x %s (%d x %d) is more than %d tokens in one encode batch: lower one of them",
+                     o->batch_name, len_name, o->batch, len, INT_MAX);
+  const int C = sn_eval_embedding_dim(m);
+  size_t need = sn_model_plan_acts_bytes(m, (int)tokens, o->batch, 0, SN_RECOMPUTE_NONE) +
+                sn_tokens_bytes((int)tokens, o->batch) + tokens * sizeof(int32_t) +
+                2 * (size_t)o->batch * C * sizeof(float);  // + host ids, pooled rows on both sides
+  size_t free_bytes = 0, total_bytes = 0;
+  m->ops->device_memory(&free_bytes, &total_bytes);
+  if (free_bytes > 0 && need > free_bytes)  // 0: the backend cannot tell
+    return sn_errorf(err, errlen, "%s %d x %s %d needs %.2f GiB for the %s tower's encode batch, but %s has "
+                     "%.2f GiB free: lower %s or %s", o->batch_name, o->batch, len_name, len, need / SN_GIB,
+                     side, m->ops->name, free_bytes / SN_GIB, o->batch_name, len_name);
+  return 0;
+}
+
+// Q x k ranked entries (index, score, run entry and its copied id) live in host memory at once.
+static int check_topk_sizes(const sn_eval_opts *o, int Q, int k, char *err, size_t errlen) {
+  const size_t per_entry = sizeof(int32_t) + sizeof(float) + sizeof(sn_run_doc) + sizeof(void *);
+  const size_t host_bytes = sn_host_memory_bytes();
+  size_t entries, bytes;
+  if (sn_mul_size_ok((size_t)Q, (size_t)k, SIZE_MAX, &entries) != 0 ||
+      sn_mul_size_ok(entries, per_entry, host_bytes ? host_bytes : SIZE_MAX, &bytes) != 0)
+    return sn_errorf(err, errlen, "--k %d: %d queries x %d ranked documents each need more than this host's "
+                     "%.1f GiB of memory: lower --k", o->k, Q, k, host_bytes / SN_GIB);
+  return 0;
+}
+
+int sn_eval_check_sizes(const sn_eval_opts *o, const sn_model *query_tower, const sn_model *doc_tower,
+                        char *err, size_t errlen) {
+  if (o->batch <= 0 || o->max_query_len <= 1 || o->max_doc_len <= 1)
+    return sn_errorf(err, errlen, "expected %s > 0, %s > 1 and %s > 1 (got %d, %d, %d)", o->batch_name,
+                     o->max_query_len_name, o->max_doc_len_name, o->batch, o->max_query_len, o->max_doc_len);
+  if (check_tower_sizes(o, query_tower, "query", o->max_query_len, o->max_query_len_name, err, errlen) != 0)
+    return -1;
+  if (doc_tower && check_tower_sizes(o, doc_tower, "document", o->max_doc_len, o->max_doc_len_name, err, errlen) != 0)
+    return -1;
+  return 0;
 }
 
 // ---- saved corpus embeddings: PREFIX.npy (N, C) float32 + PREFIX.ids.txt -----------------------
@@ -119,10 +172,10 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
   if (sn_eval_embedding_dim(doc_tower) != C)
     return sn_errorf(err, errlen, "the query tower embeds into %d dimensions but the document tower into %d; "
                 "expected equal widths", C, sn_eval_embedding_dim(doc_tower));
-  if (o->batch <= 0 || o->max_query_len <= 1 || o->max_doc_len <= 1)
-    return sn_errorf(err, errlen, "expected batch > 0 and max lengths > 1 (got %d, %d, %d)", o->batch,
-                o->max_query_len, o->max_doc_len);
+  if (sn_eval_check_sizes(o, query_tower, o->load_doc_emb ? NULL : doc_tower, err, errlen) != 0) return -1;
   const int N = data->corpus.n, Q = data->queries.n;
+  const int k = SN_MIN(SN_MAX(o->k, SN_EVAL_MAX_METRIC_K), N);
+  if (check_topk_sizes(o, Q, k, err, errlen) != 0) return -1;
 
   float *docs;
   if (o->load_doc_emb) {
@@ -151,7 +204,6 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
   out->seconds_embed_queries = sn_now_s() - t1;
 
   double t2 = sn_now_s();
-  int k = SN_MIN(SN_MAX(o->k, SN_EVAL_MAX_METRIC_K), N);
   int32_t *idx = mallocCheck((size_t)Q * k * sizeof *idx);
   float *scores = mallocCheck((size_t)Q * k * sizeof *scores);
   sn_topk_exact(doc_tower->ops, docs, N, queries, Q, C, k, (const char *const *)data->corpus.ids, idx, scores);

@@ -530,3 +530,11 @@ int64_t sn_config_num_params(const sn_model_config *cfg) {
   int64_t layer = attn + mlp + 2 * C /* RMSNorm weights */;
   return V * C + cfg->n_layers * layer + C /* final norm */;
 }
+
+int sn_config_check_seq_len(const sn_model_config *cfg, const char *model, int len, const char *len_name,
+                            char *err, size_t errlen) {
+  if (cfg->max_positions <= 0 || len <= cfg->max_positions) return 0;
+  snprintf(err, errlen, "%s %d is more than the %d positions of %s (its max_position_embeddings): use at most %d",
+           len_name, len, cfg->max_positions, model, cfg->max_positions);
+  return -1;
+}

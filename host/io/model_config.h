@@ -40,6 +40,11 @@ int sn_config_parse_desc(sn_model_config *cfg, const char *json, size_t len, con
 void sn_config_load_hf_dir(sn_model_config *cfg, const char *dir);
 // config.json text for `transformers` (caller frees).
 char *sn_config_to_hf_json(const sn_model_config *cfg);
+// A model takes sequences of at most max_positions tokens: the position table of encoders, the
+// max_position_embeddings (context it was trained for) of RoPE decoders. Returns 0 when len fits,
+// else -1 with "LEN_NAME LEN is more than the N positions of MODEL ..." in err.
+int sn_config_check_seq_len(const sn_model_config *cfg, const char *model, int len, const char *len_name,
+                            char *err, size_t errlen);
 // Number of parameters.
 int64_t sn_config_num_params(const sn_model_config *cfg);
 const char *sn_arch_name(sn_arch arch);

@@ -32,6 +32,9 @@ typedef enum {
   FIELD_NAME_LIST,   // names: a comma-separated string or a list of strings, kept comma-joined
 } field_type;
 
+// What a path key names: checked when the path exists (a missing one is the loader's to report).
+typedef enum { PATH_ANY, PATH_FILE, PATH_DIR } path_kind;
+
 typedef struct {
   const char *key;       // dotted path
   field_type type;
@@ -42,14 +45,16 @@ typedef struct {
   double def_num;        // default of numeric and bool fields (floats get (float)def_num)
   const char *def_str;   // default of string fields; NULL = ""
   const char *help;
+  path_kind kind;        // path fields: what the path must name when it exists
 } field_spec;
 
 #define OFF(member) offsetof(sn_run_config, member)
 #define SZ(member) sizeof(((sn_run_config *)0)->member)
-#define NUM(key, type, member, lo, hi, def, help) {key, type, OFF(member), 0, lo, hi, NULL, def, NULL, help}
-#define STR(key, type, member, def, help) {key, type, OFF(member), SZ(member), 0, 0, NULL, 0, def, help}
+#define NUM(key, type, member, lo, hi, def, help) {key, type, OFF(member), 0, lo, hi, NULL, def, NULL, help, PATH_ANY}
+#define STR(key, type, member, def, help) {key, type, OFF(member), SZ(member), 0, 0, NULL, 0, def, help, PATH_ANY}
+#define PATH(key, type, member, kind, help) {key, type, OFF(member), SZ(member), 0, 0, NULL, 0, NULL, help, kind}
 #define CHOICE(key, member, choices, def, help) \
-  {key, FIELD_CHOICE, OFF(member), SZ(member), 0, 0, choices, 0, def, help}
+  {key, FIELD_CHOICE, OFF(member), SZ(member), 0, 0, choices, 0, def, help, PATH_ANY}
 #define BIG_INT 1e9
 
 #define OPTIM_FIELDS(stage, prefix, peak)                                                                 \
@@ -65,14 +70,15 @@ typedef struct {
   NUM(prefix ".clip_grad_norm", FIELD_FLOAT, stage.optim.clip_grad_norm, 0, 1e9, 1, "0 = off")
 
 static const field_spec SCHEMA[] = {
-    STR("run_dir", FIELD_PATH, run_dir, "runs/default", "output folder of the run"),
+    {"run_dir", FIELD_PATH, OFF(run_dir), SZ(run_dir), 0, 0, NULL, 0, "runs/default", "output folder of the run",
+     PATH_DIR},
     CHOICE("device", device, "cpu|cuda", "cpu", "backend"),
     NUM("seed", FIELD_U64, seed, 0, 0, 1234, "seed of every random choice"),
     NUM("threads", FIELD_INT, threads, 0, 4096, 0, "CPU threads; 0 = all cores"),
     NUM("comm_timeout_s", FIELD_DOUBLE, comm_timeout_s, 1, 1e6, 600, "collective timeout"),
     {"data.train", FIELD_PATH_LIST, OFF(data.train), SZ(data.train[0]), 0, 0, NULL, 0, NULL,
-     "training JSONL files"},
-    STR("data.cache_dir", FIELD_PATH, data.cache_dir, NULL, "token shard cache; empty = RUN/cache"),
+     "training JSONL files", PATH_FILE},
+    PATH("data.cache_dir", FIELD_PATH, data.cache_dir, PATH_DIR, "token shard cache; empty = RUN/cache"),
     NUM("data.skip_bad_lines", FIELD_BOOL, data.skip_bad_lines, 0, 1, 0, "skip and count bad lines"),
     NUM("data.max_line_bytes", FIELD_INT, data.max_line_bytes, 64, 1 << 30, 1 << 20, "longest JSONL line"),
     STR("data.query_prompt", FIELD_STRING, data.query_prompt, "Query: {text}", "template with {text}"),
@@ -82,9 +88,9 @@ static const field_spec SCHEMA[] = {
     NUM("data.max_doc_len", FIELD_INT, data.max_doc_len, 2, 1 << 20, 128, "tokens"),
     NUM("data.allow_random_negatives", FIELD_BOOL, data.allow_random_negatives, 0, 1, 1,
         "examples without negatives borrow other documents"),
-    STR("stage1.model", FIELD_PATH, stage1.model, NULL, "Hugging Face folder of the LLM"),
-    STR("stage1.model_desc", FIELD_MODEL_DESC, stage1.model_desc, NULL, "fresh model description"),
-    STR("stage1.tokenizer", FIELD_PATH, stage1.tokenizer, NULL, "tokenizer file or folder"),
+    PATH("stage1.model", FIELD_PATH, stage1.model, PATH_DIR, "Hugging Face folder of the LLM"),
+    PATH("stage1.model_desc", FIELD_MODEL_DESC, stage1.model_desc, PATH_FILE, "fresh model description"),
+    PATH("stage1.tokenizer", FIELD_PATH, stage1.tokenizer, PATH_ANY, "tokenizer file or folder"),
     NUM("stage1.shared_towers", FIELD_BOOL, stage1.shared_towers, 0, 1, 0, "one parameter set"),
     CHOICE("stage1.pooling", stage1.pooling, "last|mean|cls", "last", "embedding pooling"),
     NUM("stage1.temperature", FIELD_FLOAT, stage1.temperature, 1e-4, 100, 0.05, "InfoNCE tau"),
@@ -108,9 +114,9 @@ static const field_spec SCHEMA[] = {
     STR("stage1.lora.targets", FIELD_NAME_LIST, stage1.lora.targets, SN_LORA_ALL_TARGETS,
         "adapted linears, a list or comma string of " SN_LORA_ALL_TARGETS),
     NUM("stage1.lora.shared", FIELD_BOOL, stage1.lora.shared, 0, 1, 0, "one adapter for both towers"),
-    STR("stage2.student", FIELD_PATH, stage2.student, NULL, "Hugging Face folder of the student"),
-    STR("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, NULL, "fresh student description"),
-    STR("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, NULL, "the student's tokenizer"),
+    PATH("stage2.student", FIELD_PATH, stage2.student, PATH_DIR, "Hugging Face folder of the student"),
+    PATH("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, PATH_FILE, "fresh student description"),
+    PATH("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, PATH_ANY, "the student's tokenizer"),
     CHOICE("stage2.pooling", stage2.pooling, "last|mean|cls", "cls", "student pooling"),
     NUM("stage2.alpha", FIELD_FLOAT, stage2.alpha, 0, 1e6, 1, "MSE weight"),
     NUM("stage2.beta", FIELD_FLOAT, stage2.beta, 0, 1e6, 1, "1-cos weight"),
@@ -126,7 +132,7 @@ static const field_spec SCHEMA[] = {
         "skip and count steps whose loss or gradient norm is NaN/inf; false = stop the run"),
     NUM("checkpoint.every", FIELD_INT, checkpoint.every, 0, BIG_INT, 0, "0 = end of stage only"),
     NUM("checkpoint.keep", FIELD_INT, checkpoint.keep, 1, 1000, 2, "complete checkpoints kept"),
-    STR("eval.data", FIELD_PATH, eval.data, NULL, "BEIR folder; empty = no evaluation"),
+    PATH("eval.data", FIELD_PATH, eval.data, PATH_DIR, "BEIR folder; empty = no evaluation"),
     STR("eval.split", FIELD_STRING, eval.split, "test", "qrels split"),
     NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, 64, "sequences per encode batch"),
     NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, 10, "steps per log line (not a terminal)"),
@@ -239,11 +245,18 @@ static int unknown_key(err_sink *e, const char *key) {
 
 // ---- setting one field from a JSON value ----------------------------------------------------
 
-static void resolve_path(char *dst, size_t size, const char *value, const char *base_dir) {
+// A path value relative to the config file's folder; one that does not fit dst is an error, never
+// cut (a cut path names another file).
+static int resolve_path(err_sink *e, const field_spec *f, char *dst, size_t size, const char *value,
+                        const char *base_dir) {
+  int n;
   if (value[0] == '\0' || value[0] == '/' || !base_dir || strcmp(base_dir, ".") == 0)
-    snprintf(dst, size, "%s", value);
+    n = snprintf(dst, size, "%s", value);
   else
-    snprintf(dst, size, "%s/%s", base_dir, value);
+    n = snprintf(dst, size, "%s/%s", base_dir, value);
+  if (n < 0 || (size_t)n >= size)
+    return fail(e, "'%s' is too long (%d bytes as a path; at most %zu)", f->key, n, size - 1);
+  return 0;
 }
 
 static int set_string(err_sink *e, const field_spec *f, char *dst, const char *s) {
@@ -271,6 +284,8 @@ static int set_number(err_sink *e, const field_spec *f, void *dst, const cJSON *
     *(int *)dst = cJSON_IsTrue(v);
     return 0;
   }
+  if (cJSON_IsString(v))  // a --set value that is not wholly a JSON number ("3abc", "0x10", "2 7")
+    return fail(e, "'%s' must be a number (%s), got \"%s\"", f->key, f->help, v->valuestring);
   if (!cJSON_IsNumber(v)) return fail(e, "'%s' must be a number (%s)", f->key, f->help);
   double x = v->valuedouble;
   if (!isfinite(x)) return fail(e, "'%s' must be finite", f->key);
@@ -294,8 +309,7 @@ static int set_path_list(err_sink *e, const field_spec *f, sn_run_config *c, con
                          const char *base_dir) {
   if (cJSON_IsString(v)) {
     c->data.n_train = 1;
-    resolve_path(c->data.train[0], f->size, v->valuestring, base_dir);
-    return 0;
+    return resolve_path(e, f, c->data.train[0], f->size, v->valuestring, base_dir);
   }
   if (!cJSON_IsArray(v)) return fail(e, "'%s' must be a path or a list of paths", f->key);
   int n = cJSON_GetArraySize(v);
@@ -305,7 +319,7 @@ static int set_path_list(err_sink *e, const field_spec *f, sn_run_config *c, con
   const cJSON *item;
   cJSON_ArrayForEach(item, v) {
     if (!cJSON_IsString(item)) return fail(e, "'%s'[%d] must be a string path", f->key, i);
-    resolve_path(c->data.train[i], f->size, item->valuestring, base_dir);
+    if (resolve_path(e, f, c->data.train[i], f->size, item->valuestring, base_dir) != 0) return -1;
     i++;
   }
   c->data.n_train = n;
@@ -352,9 +366,7 @@ static int set_field(err_sink *e, sn_run_config *c, const field_spec *f, const c
       }
       if (cJSON_IsNull(v)) return set_string(e, f, dst, "");
       if (!cJSON_IsString(v)) return fail(e, "'%s' must be a path or an object", f->key);
-      char resolved[SN_CFG_PATH_MAX * 2];
-      resolve_path(resolved, sizeof resolved, v->valuestring, base_dir);
-      return set_string(e, f, dst, resolved);
+      return resolve_path(e, f, dst, f->size, v->valuestring, base_dir);
     case FIELD_PATH:
     case FIELD_STRING:
     case FIELD_CHOICE:
@@ -362,9 +374,7 @@ static int set_field(err_sink *e, sn_run_config *c, const field_spec *f, const c
       if (!cJSON_IsString(v)) return fail(e, "'%s' must be a string (%s)", f->key, f->help);
       if (f->type == FIELD_CHOICE) return set_choice(e, f, dst, v->valuestring);
       if (f->type == FIELD_STRING) return set_string(e, f, dst, v->valuestring);
-      char path[SN_CFG_PATH_MAX * 2];
-      resolve_path(path, sizeof path, v->valuestring, base_dir);
-      return set_string(e, f, dst, path);
+      return resolve_path(e, f, dst, f->size, v->valuestring, base_dir);
   }
   return fail(e, "'%s': internal error: unknown field type", f->key);
 }
@@ -392,6 +402,72 @@ static int apply_object(err_sink *e, sn_run_config *c, const cJSON *obj, const c
   return 0;
 }
 
+// ---- NUL characters in JSON strings ---------------------------------------------------------
+
+// cJSON decodes "\u0000" into a NUL that ends its C string, so "a\u0000b" would silently become
+// "a". The text is scanned for that escape before it is applied; the dotted key path of the string
+// holding it goes into the message.
+#define NUL_SCAN_MAX_DEPTH 32  // sections nest 3 deep; deeper names are left out of the message
+#define NUL_SCAN_KEY_MAX 64
+
+typedef struct {
+  int depth;
+  int is_object[NUL_SCAN_MAX_DEPTH];
+  char key[NUL_SCAN_MAX_DEPTH][NUL_SCAN_KEY_MAX];  // the key being read at each object level
+  int expect_key[NUL_SCAN_MAX_DEPTH];
+} nul_scan;
+
+static void nul_scan_where(const nul_scan *st, int in_key, char *where, size_t wlen) {
+  where[0] = '\0';
+  int last = SN_MIN(st->depth, NUL_SCAN_MAX_DEPTH);
+  for (int d = 0; d < last; d++) {
+    if (!st->is_object[d] || (d == last - 1 && in_key)) continue;
+    size_t used = strlen(where);
+    snprintf(where + used, wlen - used, "%s%s", used ? "." : "", st->key[d]);
+  }
+  if (in_key) {
+    size_t used = strlen(where);
+    snprintf(where + used, wlen - used, "%s(a key)", used ? "." : "");
+  }
+  if (!where[0]) snprintf(where, wlen, "(top level)");
+}
+
+// Returns 1 with the key path in `where` when valid JSON text has a string with "\u0000".
+static int find_nul_escape(const char *json, char *where, size_t wlen) {
+  nul_scan st = {0};
+  for (const char *p = json; *p; p++) {
+    int top = st.depth - 1, tracked = top >= 0 && top < NUL_SCAN_MAX_DEPTH;
+    if (*p == '{' || *p == '[') {
+      if (st.depth < NUL_SCAN_MAX_DEPTH) {
+        st.is_object[st.depth] = *p == '{';
+        st.expect_key[st.depth] = 1;
+        st.key[st.depth][0] = '\0';
+      }
+      st.depth++;
+    } else if (*p == '}' || *p == ']') {
+      st.depth--;
+    } else if (*p == ',' && tracked) {
+      st.expect_key[top] = 1;
+    } else if (*p == ':' && tracked) {
+      st.expect_key[top] = 0;
+    } else if (*p == '"') {
+      const int in_key = tracked && st.is_object[top] && st.expect_key[top];
+      const char *start = ++p;
+      for (; *p && *p != '"'; p++) {
+        if (*p != '\\') continue;
+        if (strncmp(p, "\\u0000", 6) == 0) {
+          nul_scan_where(&st, in_key, where, wlen);
+          return 1;
+        }
+        p++;  // the escaped character (a quote or backslash does not end the string)
+      }
+      if (in_key) snprintf(st.key[top], NUL_SCAN_KEY_MAX, "%.*s", (int)(p - start), start);
+      if (!*p) return 0;
+    }
+  }
+  return 0;
+}
+
 static int apply_override(err_sink *e, sn_run_config *c, const char *assignment) {
   const char *eq = strchr(assignment, '=');
   if (!eq || eq == assignment)
@@ -406,8 +482,14 @@ static int apply_override(err_sink *e, sn_run_config *c, const char *assignment)
     if (is_section(key)) return fail(e, "'%s' is a section; set one of its keys", key);
     return unknown_key(e, key);
   }
-  // The value is JSON when it parses as JSON (numbers, true, [..], {..}), else a plain string.
-  cJSON *v = cJSON_Parse(eq + 1);
+  // The value is JSON when the whole of it parses as JSON (numbers, true, [..], {..}), else a
+  // plain string: "3abc" is the string "3abc" (which a number key refuses), never the number 3.
+  cJSON *v = cJSON_ParseWithOpts(eq + 1, NULL, 1);
+  char where[256];
+  if (v && find_nul_escape(eq + 1, where, sizeof where)) {
+    cJSON_Delete(v);
+    return fail(e, "'%s': a string holds \\u0000 (a NUL character), which no key accepts", key);
+  }
   if (!v) v = cJSON_CreateString(eq + 1);
   int rc = set_field(e, c, f, v, ".");
   cJSON_Delete(v);
@@ -424,8 +506,54 @@ static int resolve_aliases(err_sink *e, sn_run_config *c) {
   return 0;
 }
 
+// Every path key that exists names what its row says: data.train naming a folder is refused here,
+// naming the key, not by an mmap error deep in the data loader.
+static int check_path_kinds(err_sink *e, const sn_run_config *c) {
+  char why[SN_CFG_PATH_MAX + 128];
+  for (size_t i = 0; i < SN_ARRAY_LEN(SCHEMA); i++) {
+    const field_spec *f = &SCHEMA[i];
+    if (f->kind == PATH_ANY) continue;
+    const char *value = (const char *)c + f->offset;
+    if (f->type == FIELD_MODEL_DESC && value[0] == '{') continue;  // an inline description
+    const int n = f->type == FIELD_PATH_LIST ? c->data.n_train : 1;
+    for (int k = 0; k < n; k++) {
+      const char *path = f->type == FIELD_PATH_LIST ? c->data.train[k] : value;
+      if (sn_check_path_kind(f->key, path, f->kind == PATH_DIR, why, sizeof why) != 0) return fail(e, "%s", why);
+    }
+  }
+  return 0;
+}
+
+// The model layer counts the tokens of one forward pass in an int, and the trainer sizes its
+// batch buffers by sequences x length: every such product of the settings must fit, whatever the
+// rank count (a rank's batch is a slice of the global one).
+#define SN_CFG_MAX_BATCH_TOKENS ((size_t)INT_MAX)
+
+static int check_tokens(err_sink *e, size_t seqs, const char *seqs_what, size_t len, const char *len_key) {
+  size_t tokens;
+  if (sn_mul_size_ok(seqs, len, SN_CFG_MAX_BATCH_TOKENS, &tokens) != 0)
+    return fail(e, "%s x '%s' (%zu x %zu tokens) is more than %zu tokens in one batch: lower one of them",
+                seqs_what, len_key, seqs, len, SN_CFG_MAX_BATCH_TOKENS);
+  return 0;
+}
+
+static int check_batch_sizes(err_sink *e, const sn_run_config *c) {
+  const size_t lq = (size_t)c->data.max_query_len, ld = (size_t)c->data.max_doc_len;
+  const size_t docs1 = (size_t)c->stage1.batch_queries * ((size_t)c->stage1.negatives_per_query + 1);
+  const size_t docs2 = (size_t)c->stage2.batch_queries * ((size_t)c->stage2.negatives_per_query + 1);
+  if (check_tokens(e, (size_t)c->eval.batch, "'eval.batch'", lq, "data.max_query_len") ||
+      check_tokens(e, (size_t)c->eval.batch, "'eval.batch'", ld, "data.max_doc_len") ||
+      check_tokens(e, (size_t)c->stage1.batch_queries, "'stage1.batch_queries'", lq, "data.max_query_len") ||
+      check_tokens(e, docs1, "'stage1.batch_queries' x ('stage1.negatives_per_query' + 1)", ld, "data.max_doc_len") ||
+      check_tokens(e, (size_t)c->stage2.batch_queries, "'stage2.batch_queries'", lq, "data.max_query_len") ||
+      check_tokens(e, docs2, "'stage2.batch_queries' x ('stage2.negatives_per_query' + 1)", ld, "data.max_doc_len"))
+    return -1;
+  return 0;
+}
+
 // Cross-field checks that a single range cannot express.
 static int validate(err_sink *e, const sn_run_config *c) {
+  if (check_path_kinds(e, c) != 0 || check_batch_sizes(e, c) != 0) return -1;
   if (c->run_dir[0] == '\0') return fail(e, "'run_dir' must not be empty");
   if (c->stage1.model[0] && c->stage1.model_desc[0])
     return fail(e, "'stage1.model' and 'stage1.model_desc' are exclusive: give one");
@@ -457,21 +585,32 @@ int sn_run_config_parse(sn_run_config *cfg, const char *json, const char *path,
   sn_run_config_defaults(cfg);
   err_sink e = {err, errlen, path ? path : "config"};
   if (json) {
-    cJSON *root = cJSON_Parse(json);
+    // require_null_terminated: text after the object (a second object, a stray brace) is an
+    // error, not ignored
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
     if (!root) {
       const char *at = cJSON_GetErrorPtr();
       int line = 1;
       for (const char *p = json; at && p < at; p++) line += (*p == '\n');
+      cJSON *prefix = cJSON_ParseWithOpts(json, &end, 0);  // valid JSON followed by more text?
+      cJSON_Delete(prefix);
+      if (prefix) return fail(&e, "line %d: text after the JSON object (one object per config file)", line);
       return fail(&e, "line %d: not valid JSON", line);
     }
     if (!cJSON_IsObject(root)) {
       cJSON_Delete(root);
       return fail(&e, "the top level must be a JSON object");
     }
-    char dir_buf[SN_CFG_PATH_MAX];
-    snprintf(dir_buf, sizeof dir_buf, "%s", path ? path : ".");
+    char where[256];
+    if (find_nul_escape(json, where, sizeof where)) {
+      cJSON_Delete(root);
+      return fail(&e, "'%s': a string holds \\u0000 (a NUL character), which no key accepts", where);
+    }
+    char *dir_buf = strdupCheck(path ? path : ".");  // dirname() writes into its argument
     const char *base_dir = path ? dirname(dir_buf) : ".";
     int rc = apply_object(&e, cfg, root, "", base_dir);
+    free(dir_buf);
     cJSON_Delete(root);
     if (rc != 0) return -1;
   }

@@ -115,9 +115,10 @@ typedef struct {
 sn_lora_config sn_run_config_lora(const sn_run_config *cfg);
 
 // Parses and validates a config file, applying `--set key=value` overrides (n_overrides strings of
-// the form dotted.key=value; the value is JSON when it parses as JSON, else a string). Relative
-// paths in the file are resolved against the file's folder. Returns 0, or -1 with a message in err
-// naming the file and key. Never exits.
+// the form dotted.key=value; the value is JSON when all of it parses as JSON, else a string). Relative
+// paths in the file are resolved against the file's folder. Validation also stats every path that
+// exists for its kind (file or folder, per key) and checks that sequences x length of every batch
+// fits an int token count. Returns 0, or -1 with a message in err naming the file and key. Never exits.
 int sn_run_config_load(sn_run_config *cfg, const char *path, const char *const *overrides,
                        int n_overrides, char *err, size_t errlen);
 // Same from JSON text (path used in messages and as the base for relative paths; may be NULL).

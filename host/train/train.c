@@ -105,6 +105,9 @@ static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const 
   o.batch = t->cfg.eval.batch;
   o.max_query_len = t->cfg.data.max_query_len;
   o.max_doc_len = t->cfg.data.max_doc_len;
+  o.batch_name = "eval.batch";  // messages name the config keys, not sn_eval's flags
+  o.max_query_len_name = "data.max_query_len";
+  o.max_doc_len_name = "data.max_doc_len";
   o.query_prompt = t->cfg.data.query_prompt;
   o.doc_prompt = t->cfg.data.doc_prompt;
   // The towers are embedded as they were trained: the student with its own pooling.

@@ -67,8 +67,27 @@ static void eval_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops 
   sn_model_free(m);
 }
 
+// Hard caps from the models, before any work: the stage-1 towers (and stage 2's teacher and
+// document tower) take queries and documents, the student queries; none takes more tokens than its
+// max_position_embeddings.
+static void check_lengths(const sn_run_config *cfg, int do2) {
+  char err[1024];
+  sn_model_config mc;
+  sn_trainer_model_config(cfg->stage1.model, cfg->stage1.model_desc, "stage1.model", &mc);
+  const char *towers = cfg->stage1.model[0] ? "the stage-1 model (stage1.model)" : "the stage-1 model (stage1.model_desc)";
+  if (sn_config_check_seq_len(&mc, towers, cfg->data.max_query_len, "data.max_query_len", err, sizeof err) != 0 ||
+      sn_config_check_seq_len(&mc, towers, cfg->data.max_doc_len, "data.max_doc_len", err, sizeof err) != 0)
+    sn_bad_input("%s", err);
+  if (!do2) return;
+  sn_trainer_model_config(cfg->stage2.student, cfg->stage2.student_desc, "stage2.student", &mc);
+  const char *student = cfg->stage2.student[0] ? "the student (stage2.student)" : "the student (stage2.student_desc)";
+  if (sn_config_check_seq_len(&mc, student, cfg->data.max_query_len, "data.max_query_len", err, sizeof err) != 0)
+    sn_bad_input("%s", err);
+}
+
 void sn_memory_plan_build(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world,
                           int do1, int do2) {
+  check_lengths(cfg, do2);
   memset(p, 0, sizeof *p);
   p->world = world;
   if (do1) sn_stage1_plan(p, cfg, ops, world);

@@ -79,8 +79,8 @@ source "$SRC/tests/cpu/expect_exit2.sh"
 fail=$fail_before
 EXPECT_BIN="$BUILD/sn_train"
 SEVEN_B='{"arch": "qwen2", "layers": 28, "hidden": 3584, "heads": 28, "kv_heads": 4, "intermediate": 18944, "vocab": 152064}'
-expect "--world 0" "--world: expected a positive rank count" --config cfg.json --plan --world 0
-expect "--memory abc" "--memory: expected a positive size in GiB" --config cfg.json --plan --memory abc
+expect "--world 0" "--world: expected a whole decimal integer in [1," --config cfg.json --plan --world 0
+expect "--memory abc" "--memory: expected a decimal number in" --config cfg.json --plan --memory abc
 expect "--world without --plan" "--world and --memory are for --plan only" --config cfg.json --world 8
 expect "stage1.recompute = sometimes" "stage1.recompute" --config cfg.json --plan --set stage1.recompute=sometimes
 expect "7B towers on this machine" "what would fit" --config cfg.json --stage 1 --set "stage1.model_desc=$SEVEN_B"

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
 #include "run_config.h"
 #include "test_util.h"
 
@@ -136,6 +137,62 @@ int main(void) {
   expect_error("{\"stage1\": {\"shared_towers\": true, \"lora\": {\"rank\": 4}}}", NULL, 0, "stage1.lora.shared",
                NULL);
   expect_error("{\"stage1\": {\"lora\": {\"rnak\": 4}}}", NULL, 0, "stage1.lora.rank", NULL);
+
+  // Strict parsing (issue 16): a --set value is a number only when all of it is one; text after the
+  // object, \u0000 in any string and paths too long for their key are errors naming the key.
+  const char *bad_numbers[] = {"stage1.steps=3abc", "stage1.steps=0x10", "stage1.steps=2 7", "stage1.steps=",
+                               "stage1.optim.lr=0.5xyz", "stage1.steps=1.5", "stage1.steps=1e400"};
+  for (size_t i = 0; i < sizeof bad_numbers / sizeof *bad_numbers; i++)
+    expect_error("{}", &bad_numbers[i], 1, bad_numbers[i][7] == 'o' ? "'stage1.optim.lr'" : "'stage1.steps'", "must");
+  const char *good_number[] = {"stage1.steps=12"};
+  CHECK(parse(&c, "{}", good_number, 1, err) == 0 && c.stage1.steps == 12, "--set stage1.steps=12: %s", err);
+  expect_error("{\"seed\": 1} {\"seed\": 2}", NULL, 0, "cfg.json: line 1: text after the JSON object", NULL);
+  expect_error("{\"seed\": 1}\n]", NULL, 0, "line 2", "text after");
+  expect_error("{\"eval\": {\"split\": \"te\\u0000st\"}}", NULL, 0, "'eval.split'", "\\u0000");
+  expect_error("{\"run_dir\\u0000x\": 1}", NULL, 0, "(a key)", "\\u0000");
+  const char *nul_set[] = {"stage1.lora.targets=[\"q\\u0000\"]"};
+  expect_error("{}", nul_set, 1, "'stage1.lora.targets'", "\\u0000");
+  CHECK(parse(&c, "{\"eval\": {\"split\": \"a\\\\u0000\"}}", NULL, 0, err) == 0 &&
+            strcmp(c.eval.split, "a\\u0000") == 0, "an escaped backslash before u0000 is no NUL: %s", err);
+  char long_path[SN_CFG_PATH_MAX + 16], long_json[SN_CFG_PATH_MAX + 64];
+  memset(long_path, 'x', sizeof long_path - 1);
+  long_path[sizeof long_path - 1] = '\0';
+  snprintf(long_json, sizeof long_json, "{\"data\": {\"train\": [\"a\", \"%s\"]}}", long_path);
+  expect_error(long_json, NULL, 0, "'data.train' is too long", NULL);
+  long_path[SN_CFG_PATH_MAX - 3] = '\0';  // 1021 bytes: fits alone, but not below the config file's folder "dir/"
+  snprintf(long_json, sizeof long_json, "{\"eval\": {\"data\": \"%s\"}}", long_path);
+  CHECK(sn_run_config_parse(&c, long_json, "dir/cfg.json", NULL, 0, err, sizeof err) == -1 &&
+            strstr(err, "'eval.data' is too long"), "relative path cut below its folder: %s", err);
+  // Kinds: an existing path must be what its key takes; a missing one is the loader's to report.
+  expect_error("{\"data\": {\"train\": \"/\"}}", NULL, 0, "data.train: '/' is a folder, expected a file", NULL);
+  expect_error("{\"eval\": {\"data\": \"/dev/null\"}}", NULL, 0, "eval.data: '/dev/null' is not a folder", NULL);
+  CHECK(parse(&c, "{\"data\": {\"train\": \"/nonexistent.jsonl\"}}", NULL, 0, err) == 0, "missing path: %s", err);
+  // Sizes: sequences x length of one batch within an int.
+  const char *huge_eval[] = {"eval.batch=4100", "data.max_doc_len=1047553"};
+  expect_error("{}", huge_eval, 2, "'eval.batch' x 'data.max_doc_len'", "2147483647");
+  const char *huge_stage2[] = {"stage2.batch_queries=1000000", "stage2.negatives_per_query=1000"};
+  expect_error("{}", huge_stage2, 2, "'stage2.batch_queries' x ('stage2.negatives_per_query' + 1)", NULL);
+
+  // The shared number parsers: whole decimal strings only.
+  int64_t i64;
+  double f64;
+  CHECK(sn_parse_i64("42", 0, 100, &i64) == 0 && i64 == 42, "42");
+  CHECK(sn_parse_i64("-7", -10, 10, &i64) == 0 && i64 == -7, "-7");
+  const char *bad_ints[] = {"", "3abc", "0x10", "2 7", " 5", "5 ", "+5", "1e3", "1.0", "-", "99999999999999999999"};
+  for (size_t i = 0; i < sizeof bad_ints / sizeof *bad_ints; i++)
+    CHECK(sn_parse_i64(bad_ints[i], INT64_MIN, INT64_MAX, &i64) == -1, "'%s' taken as an integer", bad_ints[i]);
+  CHECK(sn_parse_i64("101", 0, 100, &i64) == -1, "101 outside [0, 100]");
+  CHECK(sn_parse_f64("0.5", 0, 1, &f64) == 0 && f64 == 0.5, "0.5");
+  CHECK(sn_parse_f64("1e-3", 0, 1, &f64) == 0 && f64 == 1e-3, "1e-3");
+  CHECK(sn_parse_f64(".25", 0, 1, &f64) == 0 && f64 == 0.25, ".25");
+  CHECK(sn_parse_f64("2.", 0, 3, &f64) == 0 && f64 == 2, "2.");
+  const char *bad_reals[] = {"", "0.5xyz", "0x1p3", "inf", "nan", "1e", "1e+", ".", "-.", " 1", "1e400", "+1"};
+  for (size_t i = 0; i < sizeof bad_reals / sizeof *bad_reals; i++)
+    CHECK(sn_parse_f64(bad_reals[i], -1e300, 1e300, &f64) == -1, "'%s' taken as a number", bad_reals[i]);
+  size_t product;
+  CHECK(sn_mul_size_ok(4100, 1047553, (size_t)INT32_MAX, &product) == -1, "4100 x 1047553 within an int");
+  CHECK(sn_mul_size_ok(SIZE_MAX / 2, 3, SIZE_MAX, &product) == -1, "size_t overflow not caught");
+  CHECK(sn_mul_size_ok(5, 7, 35, &product) == 0 && product == 35, "5 x 7");
 
   return sn_test_finish("test_run_config");
 }
