@@ -365,3 +365,18 @@ int sn_copy_tokenizer_files(const char *src_dir, const char *dst_dir, char *err,
   }
   return 0;
 }
+
+int sn_tokenizer_files_checksum(const char *dir, uint64_t *checksum) {
+  uint64_t h = 0;
+  for (size_t i = 0; i < SN_ARRAY_LEN(TOKENIZER_FILES); i++) {
+    char path[SN_CKPT_PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, TOKENIZER_FILES[i]);
+    uint64_t file[2];
+    if (access(path, F_OK) != 0) continue;
+    if (sn_file_checksum(path, &file[0], &file[1]) != 0) return -1;
+    h = sn_hash64(TOKENIZER_FILES[i], strlen(TOKENIZER_FILES[i]), h);
+    h = sn_hash64(file, sizeof file, h);
+  }
+  *checksum = h;
+  return 0;
+}

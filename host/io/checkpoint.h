@@ -88,5 +88,8 @@ int sn_file_checksum(const char *path, uint64_t *size, uint64_t *checksum);
 // Copies the tokenizer files of src_dir (tokenizer.json, tokenizer_config.json, vocab files,
 // special_tokens_map.json) that exist into dst_dir. Returns 0, or -1 with err.
 int sn_copy_tokenizer_files(const char *src_dir, const char *dst_dir, char *err, size_t errlen);
+// A checksum over the tokenizer files of dir (those sn_copy_tokenizer_files copies, by name and
+// content). Returns 0, or -1 with errno set when one exists but cannot be read.
+int sn_tokenizer_files_checksum(const char *dir, uint64_t *checksum);
 // rm -rf for a folder this program wrote (no symlinks followed).
 int sn_remove_tree(const char *path);
