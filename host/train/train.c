@@ -237,7 +237,7 @@ int sn_train_main(const sn_train_args *args) {
   // The memory plan, before anything is loaded or written: a run that cannot fit stops here.
   sn_memory_plan_check(&t.plan, &t.cfg, t.ops, t.world, do1, do2, t.rank, 0, 0);
   set_run_paths(&t);
-  sn_trainer_fingerprint(&t);
+  sn_trainer_fingerprint(&t, do1, do2);
   claim_run_dir(&t, args, do1);
   setup_run_dir(&t);
   install_signal_handlers();

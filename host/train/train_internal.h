@@ -49,8 +49,9 @@ void sn_run_dir_lock(const char *run_dir);
 // A fresh start: exits 2 when run_dir holds an earlier run (metrics.jsonl, checkpoints), unless
 // overwrite, which removes what sn_train wrote there first.
 void sn_run_dir_claim_fresh(const char *run_dir, int overwrite);
-// Fills t->fingerprints from the config (model descriptions, tokenizer and data file contents).
-void sn_trainer_fingerprint(sn_trainer *t);
+// Fills t->fingerprints from the config (model descriptions, tokenizer and data file contents) for
+// the stages the run trains (do1, do2); the others stay 0 (unknown, not compared).
+void sn_trainer_fingerprint(sn_trainer *t, int do1, int do2);
 // The fingerprints and the resolved config, as state.bin sections.
 void sn_trainer_add_fingerprints(const sn_trainer *t, sn_state_writer *w);
 // The checkpoint `resume` names ("auto": the newest valid one of run_dir, NULL: none): sets

@@ -58,12 +58,18 @@ static const fingerprint_kind FINGERPRINTS[SN_FINGERPRINTS] = {
     {"fingerprint.data", "data.train (the training data)", 0},
 };
 
-void sn_trainer_fingerprint(sn_trainer *t) {
+void sn_trainer_fingerprint(sn_trainer *t, int do1, int do2) {
   const sn_run_config *c = &t->cfg;
-  t->fingerprints[0] = architecture_fingerprint(c->stage1.model, c->stage1.model_desc, "stage1.model");
-  t->fingerprints[1] = tokenizer_fingerprint(c->stage1.tokenizer, c->stage1.model);
-  t->fingerprints[2] = architecture_fingerprint(c->stage2.student, c->stage2.student_desc, "stage2.student");
-  t->fingerprints[3] = tokenizer_fingerprint(c->stage2.tokenizer, c->stage2.student);
+  memset(t->fingerprints, 0, sizeof t->fingerprints);
+  // Only the stages this run trains: a --stage 2 run need not find stage 1's model any more.
+  if (do1) {
+    t->fingerprints[0] = architecture_fingerprint(c->stage1.model, c->stage1.model_desc, "stage1.model");
+    t->fingerprints[1] = tokenizer_fingerprint(c->stage1.tokenizer, c->stage1.model);
+  }
+  if (do2) {
+    t->fingerprints[2] = architecture_fingerprint(c->stage2.student, c->stage2.student_desc, "stage2.student");
+    t->fingerprints[3] = tokenizer_fingerprint(c->stage2.tokenizer, c->stage2.student);
+  }
   t->fingerprints[4] = data_fingerprint(c);
 }
 
@@ -140,7 +146,8 @@ static void check_compatible(const sn_trainer *t, const sn_state_reader *r, int 
     uint64_t value;
     memcpy(&value, saved, sizeof value);
     int depends = FINGERPRINTS[i].stage == 0 || FINGERPRINTS[i].stage <= ckpt_stage;
-    if (depends && value != t->fingerprints[i]) list_key(&refused, FINGERPRINTS[i].keys);
+    int known = value != 0 && t->fingerprints[i] != 0;  // 0: not configured, or not computed by that run
+    if (depends && known && value != t->fingerprints[i]) list_key(&refused, FINGERPRINTS[i].keys);
   }
   size_t bytes = 0;
   const char *text = sn_state_get(r, SN_STATE_CONFIG_SECTION, &bytes);
