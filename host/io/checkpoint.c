@@ -258,6 +258,13 @@ static int parse_ckpt_name(const char *name, int *stage, int64_t *step) {
   return 1;
 }
 
+int sn_ckpt_is_name(const char *name) {
+  int stage;
+  int64_t step;
+  if (strncmp(name, CKPT_TMP_PREFIX, strlen(CKPT_TMP_PREFIX)) == 0) name += strlen(CKPT_TMP_PREFIX);
+  return parse_ckpt_name(name, &stage, &step);
+}
+
 static int compare_ckpt_newest_first(const void *a, const void *b) {
   const ckpt_entry *x = a, *y = b;
   if (x->stage != y->stage) return y->stage - x->stage;

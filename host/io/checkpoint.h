@@ -47,6 +47,8 @@ void sn_state_reader_free(sn_state_reader *r);
 // The folder of the checkpoint after `step` of `stage`: RUN/ckpt-<stage>-<step>, or while it is
 // written (temporary = 1) RUN/.tmp-ckpt-<stage>-<step>. The one place these names are made.
 void sn_ckpt_dir(const char *run_dir, int stage, int64_t step, int temporary, char *out, size_t size);
+// Whether a folder name is a checkpoint's, complete or temporary (ckpt-<stage>-<step>, .tmp-ckpt-...).
+int sn_ckpt_is_name(const char *name);
 // Creates (empty) the temporary folder of a new checkpoint; its path goes to tmp_dir.
 // Returns 0, or -1 with a message in err.
 int sn_ckpt_begin(const char *run_dir, int stage, int64_t step, char *tmp_dir, size_t size,

@@ -41,24 +41,26 @@ void sn_run_dir_lock(const char *run_dir) {
 
 // What sn_train writes into a run folder; --overwrite removes exactly these (never other files,
 // and not the token cache, whose shards validate themselves by content key).
+#define METRICS_FILE "metrics.jsonl"
+#define LOSS_PLOT_PREFIX "loss_stage"  // loss_stage<N>.svg
+
 static int is_run_output(const char *name) {
-  static const char *const FILES[] = {"metrics.jsonl", "config.resolved.json", "final", "eval"};
+  static const char *const FILES[] = {METRICS_FILE, "config.resolved.json", "final", "eval"};
   for (size_t i = 0; i < SN_ARRAY_LEN(FILES); i++)
     if (strcmp(name, FILES[i]) == 0) return 1;
-  return strncmp(name, "ckpt-", 5) == 0 || strncmp(name, ".tmp-ckpt-", 10) == 0 ||
-         (strncmp(name, "loss_stage", 10) == 0 && strstr(name, ".svg"));
+  return sn_ckpt_is_name(name) || strncmp(name, LOSS_PLOT_PREFIX, strlen(LOSS_PLOT_PREFIX)) == 0;
 }
 
 // What marks a folder as holding a run: a metrics record or a checkpoint. (A run that stopped on
 // bad input before its first step leaves an empty metrics.jsonl: nothing to lose.)
 static int marks_a_run(const char *run_dir, const char *name) {
-  if (strcmp(name, "metrics.jsonl") == 0) {
+  if (strcmp(name, METRICS_FILE) == 0) {
     char path[SN_TRAIN_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/%s", run_dir, name);
     struct stat st;
     return stat(path, &st) == 0 && st.st_size > 0;
   }
-  return strncmp(name, "ckpt-", 5) == 0 || strncmp(name, ".tmp-ckpt-", 10) == 0;
+  return sn_ckpt_is_name(name);
 }
 
 void sn_run_dir_claim_fresh(const char *run_dir, int overwrite) {

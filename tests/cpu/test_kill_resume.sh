@@ -12,7 +12,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 source "$SRC/tests/cpu/tiny_run.sh"
-tiny_run_setup 150 100
+tiny_run_setup 100 60
 start_ns=$(date +%s%N)
 "$BUILD/sn_train" --config cfg.json --set run_dir=straight 2> straight.log || { tail straight.log; exit 1; }
 # A kill comes 0..MAX_DELAY_MS after a start: KILLS kills average half a straight run, so
