@@ -16,12 +16,15 @@
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: sn_train [--config FILE.json] [--stage 1|2|all] [--resume auto|DIR]\n"
+          "usage: sn_train [--config FILE.json] [--stage 1|2|all] [--resume auto|DIR] [--overwrite]\n"
           "                [--set key=value ...] [key=value ...]\n"
           "  --config FILE   run config (JSON); without it the built-in defaults are used\n"
           "  --stage S       1, 2 or all (default all)\n"
           "  --resume R      auto: continue from the newest complete checkpoint of run_dir;\n"
           "                  DIR: continue from that checkpoint folder\n"
+          "  --overwrite     start afresh in a run_dir that holds an earlier run (its metrics,\n"
+          "                  checkpoints, final towers and evaluations are removed first); without\n"
+          "                  it such a start exits 2\n"
           "  --set k=v       override any config key by its dotted path, e.g.\n"
           "                  --set stage1.temperature=0.02 --set device=cuda\n"
           "  --skip-bad-lines  skip malformed training lines (counted and reported) instead of\n"
@@ -57,6 +60,8 @@ int main(int argc, char **argv) {
       else if (strcmp(s, "2") == 0) args.stage = 2;
       else if (strcmp(s, "all") == 0) args.stage = 0;
       else sn_bad_input("--stage: expected 1, 2 or all, got '%s'", s);
+    } else if (strcmp(a, "--overwrite") == 0) {
+      args.overwrite = 1;
     } else if (strcmp(a, "--resume") == 0 && has_value) {
       args.resume = argv[++i];
     } else if (strcmp(a, "--stop-after") == 0 && has_value) {

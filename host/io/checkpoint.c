@@ -13,7 +13,7 @@
 #include "common.h"
 
 #define STATE_NAME_MAX 64
-#define COMPLETE_MARKER "COMPLETE"
+#define COMPLETE_MARKER SN_CKPT_MARKER
 #define REMOVE_TREE_FDS 16
 
 // ---- state container ------------------------------------------------------------------------
@@ -124,6 +124,10 @@ sn_state_reader *sn_state_read(const char *path, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
     return NULL;
   }
+  return sn_state_parse(buf, len, path, err, errlen);
+}
+
+sn_state_reader *sn_state_parse(char *buf, size_t len, const char *path, char *err, size_t errlen) {
   sn_state_reader *r = callocCheck(1, sizeof *r);
   r->buf = buf;
   snprintf(r->path, sizeof r->path, "%s", path);
@@ -140,6 +144,10 @@ sn_state_reader *sn_state_read(const char *path, char *err, size_t errlen) {
     goto fail;
   }
   p += 16;
+  if (count > (len - 16) / (STATE_NAME_MAX + 16)) {  // before allocating: count is untrusted
+    snprintf(err, errlen, "%s: truncated: it claims %u sections, more than its %zu bytes can hold", path, count, len);
+    goto fail;
+  }
   r->sections = callocCheck(count ? count : 1, sizeof *r->sections);
   for (uint32_t i = 0; i < count; i++) {
     state_section *s = &r->sections[i];
@@ -250,6 +258,13 @@ static int parse_ckpt_name(const char *name, int *stage, int64_t *step) {
   return 1;
 }
 
+int sn_ckpt_is_name(const char *name) {
+  int stage;
+  int64_t step;
+  if (strncmp(name, CKPT_TMP_PREFIX, strlen(CKPT_TMP_PREFIX)) == 0) name += strlen(CKPT_TMP_PREFIX);
+  return parse_ckpt_name(name, &stage, &step);
+}
+
 static int compare_ckpt_newest_first(const void *a, const void *b) {
   const ckpt_entry *x = a, *y = b;
   if (x->stage != y->stage) return y->stage - x->stage;
@@ -289,6 +304,10 @@ int sn_ckpt_commit(const char *run_dir, const char *tmp_dir, int stage, int64_t 
   snprintf(marker, sizeof marker, "%s/%s", tmp_dir, COMPLETE_MARKER);
   sn_ckpt_dir(run_dir, stage, step, 0, final_dir, sizeof final_dir);
   const char note[] = "complete\n";
+  if (sn_manifest_write(tmp_dir, err, errlen) != 0) {
+    sn_ckpt_abort(tmp_dir);
+    return -1;
+  }
   if (sn_write_file_atomic(marker, note, sizeof note - 1) != 0) {
     snprintf(err, errlen, "cannot write %s: %s", marker, strerror(errno));
     sn_ckpt_abort(tmp_dir);
@@ -316,19 +335,12 @@ int sn_ckpt_find_latest(const char *run_dir, char *path, size_t size, int *stage
   int n = 0, found = -1;
   ckpt_entry *list = list_checkpoints(run_dir, &n);
   for (int i = 0; i < n && found < 0; i++) {
-    char dir[SN_CKPT_PATH_MAX], state[SN_CKPT_PATH_MAX + 16], err[512];
+    char dir[SN_CKPT_PATH_MAX], err[1024];
     snprintf(dir, sizeof dir, "%s/%s", run_dir, list[i].name);
-    if (!has_marker(dir)) {
-      sn_warn("skipping %s: no %s marker (a checkpoint torn by a crash)", dir, COMPLETE_MARKER);
-      continue;
-    }
-    snprintf(state, sizeof state, "%s/state.bin", dir);
-    sn_state_reader *r = sn_state_read(state, err, sizeof err);
-    if (!r) {
+    if (sn_ckpt_validate(dir, err, sizeof err) != 0) {
       sn_warn("skipping %s: %s", dir, err);
       continue;
     }
-    sn_state_reader_free(r);
     snprintf(path, size, "%s", dir);
     *stage = list[i].stage;
     *step = list[i].step;
@@ -358,5 +370,20 @@ int sn_copy_tokenizer_files(const char *src_dir, const char *dst_dir, char *err,
       return -1;
     }
   }
+  return 0;
+}
+
+int sn_tokenizer_files_checksum(const char *dir, uint64_t *checksum) {
+  uint64_t h = 0;
+  for (size_t i = 0; i < SN_ARRAY_LEN(TOKENIZER_FILES); i++) {
+    char path[SN_CKPT_PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, TOKENIZER_FILES[i]);
+    uint64_t file[2];
+    if (access(path, F_OK) != 0) continue;
+    if (sn_file_checksum(path, &file[0], &file[1]) != 0) return -1;
+    h = sn_hash64(TOKENIZER_FILES[i], strlen(TOKENIZER_FILES[i]), h);
+    h = sn_hash64(file, sizeof file, h);
+  }
+  *checksum = h;
   return 0;
 }

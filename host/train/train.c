@@ -35,43 +35,6 @@ static void install_signal_handlers(void) {
   sigaction(SIGINT, &sa, NULL);
 }
 
-// ---- resume point ----------------------------------------------------------------------------
-
-static void find_resume_point(sn_trainer *t, const char *resume) {
-  t->resume_dir[0] = '\0';
-  t->resume_stage = 0;
-  if (!resume) return;
-  if (strcmp(resume, "auto") == 0) {
-    if (sn_ckpt_find_latest(t->run_dir, t->resume_dir, sizeof t->resume_dir, &t->resume_stage,
-                            &t->resume_step) != 0) {
-      sn_log("resume: no complete checkpoint in %s, starting fresh", t->run_dir);
-      t->resume_dir[0] = '\0';
-      t->resume_stage = 0;
-    }
-  } else {
-    char state[SN_TRAIN_PATH_MAX + 32], err[1024];
-    snprintf(state, sizeof state, "%s/state.bin", resume);
-    sn_state_reader *r = sn_state_read(state, err, sizeof err);
-    if (!r) sn_bad_input("--resume %s: not a complete checkpoint: %s", resume, err);
-    t->resume_stage = (int)sn_state_get_u64(r, "stage");
-    t->resume_step = (int64_t)sn_state_get_u64(r, "step");
-    sn_state_reader_free(r);
-    snprintf(t->resume_dir, sizeof t->resume_dir, "%s", resume);
-  }
-  if (!t->resume_dir[0]) return;
-  char state[SN_TRAIN_PATH_MAX + 32], err[1024];
-  snprintf(state, sizeof state, "%s/state.bin", t->resume_dir);
-  sn_state_reader *r = sn_state_read(state, err, sizeof err);
-  if (!r) sn_bad_input("%s", err);
-  uint64_t saved_hash = sn_state_get_u64(r, "config_hash");
-  sn_state_reader_free(r);
-  if (saved_hash != t->config_hash)
-    sn_warn("the config differs from the one %s was written with: the run continues, but not as an "
-            "exact replay", t->resume_dir);
-  if (t->rank == 0)
-    sn_log("resume: stage %d, step %lld, from %s", t->resume_stage, (long long)t->resume_step, t->resume_dir);
-}
-
 // ---- evaluation ------------------------------------------------------------------------------
 
 typedef struct {
@@ -194,10 +157,32 @@ static void set_run_paths(sn_trainer *t) {
   else snprintf(t->cache_dir, sizeof t->cache_dir, "%s/cache", t->run_dir);
 }
 
-// Creates the run folder and writes the resolved config (rank 0), then all ranks meet.
-static void setup_run_dir(sn_trainer *t) {
+// Rank 0 creates the run folder and takes its lock before anything else is written there; then
+// every rank finds the checkpoint to resume from. A run that trains stage 1 from scratch must not
+// mix with an earlier run's metrics and checkpoints: it refuses a used folder unless overwrite.
+static void claim_run_dir(sn_trainer *t, const sn_train_args *args, int do1) {
+  if (args->overwrite && args->resume) sn_bad_input("--overwrite starts afresh: it cannot go with --resume");
   if (t->rank == 0) {
     if (sn_mkdir_p(t->run_dir) != 0) sn_bad_input("run_dir: cannot create %s: %s", t->run_dir, strerror(errno));
+    if (!sn_is_dir(t->run_dir)) sn_bad_input("run_dir: %s is not a folder", t->run_dir);
+    sn_run_dir_lock(t->run_dir);
+    if (do1 && !args->resume) sn_run_dir_claim_fresh(t->run_dir, args->overwrite);
+  }
+  sn_comm_barrier(t->comm);  // no rank reads the folder before rank 0 owns (and maybe cleared) it
+  sn_trainer_find_resume_point(t, args->resume);
+}
+
+// metrics.jsonl keeps the records before where this run starts: up to the checkpoint's step, or
+// the stages before the first one trained afresh (none, for stage 1).
+static void open_metrics(sn_trainer *t, int do1) {
+  sn_train_log_open(&t->log, t->run_dir, t->rank == 0, t->cfg.log.every);
+  if (t->resume_dir[0]) sn_train_log_truncate_after(&t->log, t->resume_stage, t->resume_step);
+  else sn_train_log_truncate_after(&t->log, do1 ? 0 : 1, INT64_MAX);
+}
+
+// Writes the resolved config (rank 0), then all ranks meet.
+static void setup_run_dir(sn_trainer *t) {
+  if (t->rank == 0) {
     if (sn_mkdir_p(t->cache_dir) != 0) sn_bad_input("cannot create %s: %s", t->cache_dir, strerror(errno));
     char path[SN_TRAIN_PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/config.resolved.json", t->run_dir);
@@ -255,14 +240,15 @@ int sn_train_main(const sn_train_args *args) {
   // The memory plan, before anything is loaded or written: a run that cannot fit stops here.
   sn_memory_plan_check(&t.plan, &t.cfg, t.ops, t.world, do1, do2, t.rank, 0, 0);
   set_run_paths(&t);
-  find_resume_point(&t, args->resume);
+  sn_trainer_fingerprint(&t, do1, do2);
+  claim_run_dir(&t, args, do1);
   setup_run_dir(&t);
   install_signal_handlers();
   if (t.rank == 0)
     sn_log("sn_train: run %s, device %s, %d rank%s (%s), %d CPU threads per rank", t.run_dir,
            t.ops->name, t.world, t.world > 1 ? "s" : "", sn_comm_backend_name(t.comm->backend),
            omp_get_max_threads());
-  sn_train_log_open(&t.log, t.run_dir, t.rank == 0, t.cfg.log.every);
+  open_metrics(&t, do1);
 
   const char *paths[SN_CFG_MAX_TRAIN_FILES];
   for (int i = 0; i < t.cfg.data.n_train; i++) paths[i] = t.cfg.data.train[i];

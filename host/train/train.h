@@ -6,6 +6,7 @@ typedef struct {
   const char *config_path;      // NULL: built-in defaults
   int stage;                    // 0 = all, 1, 2
   const char *resume;           // NULL, "auto" or a checkpoint folder
+  int overwrite;                // a fresh start may replace an earlier run in run_dir
   const char *const *overrides; // "key=value"
   int n_overrides;
   int print_config;

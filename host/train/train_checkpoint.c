@@ -206,6 +206,7 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
   sn_state_writer *w = sn_state_writer_new(), *shard = NULL;
   float **host = callocCheck((size_t)nopts * 3, sizeof *host);  // downloaded optimizer state
   sn_state_add_u64(w, "config_hash", t->config_hash);
+  sn_trainer_add_fingerprints(t, w);
   sn_state_add_u64(w, "stage", (uint64_t)stage);
   sn_state_add_u64(w, "step", (uint64_t)step);
   sn_state_add_u64(w, "skipped_nonfinite", (uint64_t)t->skipped_nonfinite);
@@ -258,7 +259,6 @@ int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const 
   t->skipped_nonfinite = sn_state_get(r, "skipped_nonfinite", NULL) ? (int64_t)sn_state_get_u64(r, "skipped_nonfinite") : 0;
   sn_state_get_exact(r, "elapsed_s", elapsed_s, sizeof *elapsed_s);
   sn_state_reader_free(r);
-  sn_train_log_truncate_after(&t->log, stage, step);
   if (t->rank == 0) sn_log("stage %d: resumed at step %lld from %s", stage, (long long)step, t->resume_dir);
   return step;
 }

@@ -14,6 +14,8 @@
 #include "train_plan.h"
 
 #define SN_TRAIN_PATH_MAX 1200
+#define SN_FINGERPRINTS 5
+#define SN_STATE_CONFIG_SECTION "config"  // state.bin: the resolved config the checkpoint was written with
 
 // Set by SIGTERM/SIGINT/SIGUSR1: finish the step, checkpoint, exit 0.
 extern volatile sig_atomic_t sn_stop_requested;
@@ -39,7 +41,26 @@ typedef struct {
   // Steps of the current stage skipped for a non-finite loss or gradient norm
   // (train.skip_nonfinite); saved in checkpoints, so a resume continues the count.
   int64_t skipped_nonfinite;
+  // What checkpoints depend on (train_resume.c): each stage's architecture and tokenizer, the data.
+  uint64_t fingerprints[SN_FINGERPRINTS];
 } sn_trainer;
+
+// ---- run folder and resume point (train_run_dir.c, train_resume.c) ------------------------
+// Takes run_dir's lock for this process's lifetime; exits 2 naming the holder's pid when another
+// process has it. Rank 0, before anything else is written.
+void sn_run_dir_lock(const char *run_dir);
+// A fresh start: exits 2 when run_dir holds an earlier run (metrics.jsonl, checkpoints), unless
+// overwrite, which removes what sn_train wrote there first.
+void sn_run_dir_claim_fresh(const char *run_dir, int overwrite);
+// Fills t->fingerprints from the config (model descriptions, tokenizer and data file contents) for
+// the stages the run trains (do1, do2); the others stay 0 (unknown, not compared).
+void sn_trainer_fingerprint(sn_trainer *t, int do1, int do2);
+// The fingerprints and the resolved config, as state.bin sections.
+void sn_trainer_add_fingerprints(const sn_trainer *t, sn_state_writer *w);
+// The checkpoint `resume` names ("auto": the newest valid one of run_dir, NULL: none): sets
+// resume_dir/stage/step from its state.bin; exits 2 when it does not validate or was written for
+// another architecture, tokenizer or data; warns when other keys that change the numbers differ.
+void sn_trainer_find_resume_point(sn_trainer *t, const char *resume);
 
 // Runs one tower over packed sequences: forward, then sn_model_pool (pooling, optional
 // projection, L2 norm: the one embedding path that sn_embed and sn_eval use too); and the backward
@@ -159,8 +180,7 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
                           const sn_sampler *sampler, const sn_ckpt_optimizer *opts, int nopts,
                           const sn_ckpt_tower *towers, int ntowers);
 // Restores a checkpoint's optimizers (from state.bin, or assembled from the per-rank shards of a
-// ZeRO run of any world size) and data cursor; returns the step and sets *elapsed_s. Also drops
-// metrics.jsonl records past that step.
+// ZeRO run of any world size) and data cursor; returns the step and sets *elapsed_s.
 int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const sn_ckpt_optimizer *opts,
                            int nopts, double *elapsed_s);
 // Whether a checkpoint is due after `step`: every checkpoint.every steps, when stopping, at the end.

@@ -36,9 +36,10 @@ typedef struct {
   float tok_per_s;
 } sn_train_log;
 
-// Opens RUN/metrics.jsonl for appending (records past `resume_step` of the stage are dropped first,
-// so a resumed run's file has no duplicates). active = 0 makes every call a no-op.
+// Opens RUN/metrics.jsonl for appending. active = 0 makes every call a no-op.
 void sn_train_log_open(sn_train_log *log, const char *run_dir, int active, int every);
+// Drops the records after `step` of `stage` and those of later stages, so a resumed (or restarted)
+// run's file has no duplicated steps.
 void sn_train_log_truncate_after(sn_train_log *log, int stage, int64_t step);
 void sn_train_log_step(sn_train_log *log, const sn_step_record *r);
 // Ends the in-place line (a newline on a terminal).

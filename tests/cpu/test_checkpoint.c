@@ -1,5 +1,7 @@
 // Checkpoint folders and state files: round trip, corruption detected by checksums, torn
-// checkpoints skipped, only the newest K kept, and a failed write leaving the previous one intact.
+// checkpoints skipped, only the newest K kept, and a failed write leaving the previous one intact;
+// manifests: every file's damage (truncated, deleted, rewritten, unparsable JSON, a damaged
+// manifest) makes --resume auto fall back, and checkpoints without a manifest still load.
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,13 +21,112 @@ static void write_state(const char *path, uint64_t step, const float *data, size
   sn_state_writer_free(w);
 }
 
+static void write_text(const char *path, const char *text) {
+  CHECK(sn_write_file_atomic(path, text, strlen(text)) == 0, "write %s", path);
+}
+
+// A checkpoint shaped like sn_train's: state.bin and a tower folder (config.json, weights).
 static int make_checkpoint(const char *run, int stage, int64_t step, int keep, char *err) {
   char tmp[1200], path[1300];
   if (sn_ckpt_begin(run, stage, step, tmp, sizeof tmp, err, 1024) != 0) return -1;
   float payload[4] = {1, 2, 3, (float)step};
   snprintf(path, sizeof path, "%s/state.bin", tmp);
   write_state(path, (uint64_t)step, payload, 4);
+  snprintf(path, sizeof path, "%s/query_tower", tmp);
+  sn_mkdir_p(path);
+  snprintf(path, sizeof path, "%s/query_tower/config.json", tmp);
+  write_text(path, "{\"model_type\": \"qwen2\"}");
+  snprintf(path, sizeof path, "%s/query_tower/model.safetensors", tmp);
+  write_text(path, "weights weights weights weights weights");
   return sn_ckpt_commit(run, tmp, stage, step, keep, err, 1024);
+}
+
+// Damages one file of run/ckpt-1-<step> by `how`; find_latest must skip it with a warning.
+typedef enum { TRUNCATE, DELETE, REWRITE_SAME_SIZE, MANIFEST_EDIT } damage;
+
+static void damage_file(const char *run, int64_t step, const char *file, damage how) {
+  char path[1300];
+  snprintf(path, sizeof path, "%s/ckpt-1-%lld/%s", run, (long long)step, file);
+  if (how == TRUNCATE) CHECK(truncate(path, 5) == 0, "truncate %s", path);
+  if (how == DELETE) CHECK(unlink(path) == 0, "unlink %s", path);
+  if (how == REWRITE_SAME_SIZE || how == MANIFEST_EDIT) {
+    size_t len = 0;
+    char *text = sn_read_file(path, &len);
+    CHECK(text && len > (how == MANIFEST_EDIT ? 40u : 0u), "read %s", path);
+    if (!text) return;
+    text[how == MANIFEST_EDIT ? 40 : 0] ^= 1;  // past the manifest's first line
+    CHECK(sn_write_file_atomic(path, text, len) == 0, "rewrite %s", path);
+    free(text);
+  }
+}
+
+static void check_manifests(const char *run) {
+  char err[1024], path[1300];
+  int stage;
+  int64_t step;
+  static const struct {
+    const char *file;
+    damage how;
+    const char *said;
+  } cases[] = {
+      {"query_tower/model.safetensors", TRUNCATE, "query_tower/model.safetensors has 5 bytes"},
+      {"query_tower/config.json", DELETE, "query_tower/config.json is missing"},
+      {"query_tower/config.json", REWRITE_SAME_SIZE, "query_tower/config.json fails its checksum"},
+      {"state.bin", DELETE, "state.bin is missing"},
+      {"MANIFEST", MANIFEST_EDIT, "MANIFEST"},
+      {"MANIFEST", TRUNCATE, "MANIFEST"},
+  };
+  for (size_t i = 0; i < SN_ARRAY_LEN(cases); i++) {
+    CHECK(make_checkpoint(run, 1, 10, 3, err) == 0 && make_checkpoint(run, 1, 11, 3, err) == 0, "ckpts: %s", err);
+    snprintf(path, sizeof path, "%s/ckpt-1-11", run);
+    CHECK(sn_ckpt_validate(path, err, sizeof err) == 0, "intact checkpoint validates: %s", err);
+    damage_file(run, 11, cases[i].file, cases[i].how);
+    CHECK(sn_ckpt_validate(path, err, sizeof err) != 0 && strstr(err, cases[i].said), "%s damaged: '%s' lacks '%s'",
+          cases[i].file, err, cases[i].said);
+    CHECK(sn_ckpt_find_latest(run, path, sizeof path, &stage, &step) == 0 && step == 10,
+          "damaged %s: fell back to step 10 (got %lld)", cases[i].file, (long long)step);
+    snprintf(path, sizeof path, "%s/ckpt-1-11", run);
+    sn_remove_tree(path);
+  }
+  // A valid config.json rewritten into invalid JSON, with the manifest rewritten to match: the
+  // JSON check catches what the checksums cannot.
+  snprintf(path, sizeof path, "%s/ckpt-1-10/query_tower/config.json", run);
+  write_text(path, "{\"model_type\": ");
+  snprintf(path, sizeof path, "%s/ckpt-1-10", run);
+  CHECK(sn_manifest_write(path, err, sizeof err) == 0, "manifest rewrite: %s", err);
+  CHECK(sn_ckpt_validate(path, err, sizeof err) != 0 && strstr(err, "config.json does not parse as JSON"),
+        "unparsable config.json: %s", err);
+  // A checkpoint of an older build (no manifest) keeps the old validation: marker and state.bin.
+  CHECK(make_checkpoint(run, 1, 12, 3, err) == 0, "ckpt 12: %s", err);
+  snprintf(path, sizeof path, "%s/ckpt-1-12/MANIFEST", run);
+  CHECK(unlink(path) == 0, "drop the manifest");
+  snprintf(path, sizeof path, "%s/ckpt-1-12", run);
+  CHECK(sn_ckpt_validate(path, err, sizeof err) == 0, "no manifest: still valid: %s", err);
+
+  // The parser: a written manifest round-trips; malformed ones are refused.
+  snprintf(path, sizeof path, "%s/ckpt-1-12", run);
+  CHECK(sn_manifest_write(path, err, sizeof err) == 0, "write: %s", err);
+  snprintf(path, sizeof path, "%s/ckpt-1-12/MANIFEST", run);
+  size_t len = 0;
+  char *text = sn_read_file(path, &len);
+  sn_manifest m;
+  CHECK(text && sn_manifest_parse(text, len, &m, err, sizeof err) == 0 && m.n == 3 &&
+            strcmp(m.entries[0].path, "query_tower/config.json") == 0 && strcmp(m.entries[2].path, "state.bin") == 0,
+        "manifest round trip: %s", err);
+  sn_manifest_free(&m);
+  free(text);
+  static const char *const bad[] = {
+      "",
+      "scalingnote checkpoint manifest 1\n",
+      "scalingnote checkpoint manifest 1\n0123456789abcdef 12 ../escape\nend 0000000000000000\n",
+      "scalingnote checkpoint manifest 1\n0123456789abcdef 12 /abs\nend 0000000000000000\n",
+      "scalingnote checkpoint manifest 1\n0123456789abcdef -12 a\nend 0000000000000000\n",
+      "scalingnote checkpoint manifest 1\n0123456789ABCDEF 12 a\nend 0000000000000000\n",
+      "scalingnote checkpoint manifest 1\nend 0000000000000000\n",  // self-checksum wrong
+  };
+  for (size_t i = 0; i < SN_ARRAY_LEN(bad); i++) {
+    CHECK(sn_manifest_parse(bad[i], strlen(bad[i]), &m, err, sizeof err) != 0 && m.n == 0, "bad manifest %zu refused", i);
+  }
 }
 
 int main(void) {
@@ -109,6 +210,9 @@ int main(void) {
     CHECK(strstr(err, "cannot") != NULL, "says why: %s", err);
     CHECK(sn_ckpt_find_latest(run, path, sizeof path, &stage, &step) == 0 && step == 4, "previous kept");
   }
+  sn_remove_tree(run);
+  CHECK(mkdtemp(strcpy(run, "/tmp/sn_test_ckpt_XXXXXX")) != NULL, "mkdtemp");
+  check_manifests(run);
   sn_remove_tree(run);
   return sn_test_finish("test_checkpoint");
 }

@@ -55,7 +55,7 @@ cmp -s straight/final/query_tower/model.safetensors straight/final/doc_tower/mod
 cmp -s straight/final/query_tower/model.safetensors "$BASE/model.safetensors" &&
   { echo "FAIL: the merged tower equals its base"; fail=1; }
 for ck in straight/ckpt-*; do
-  [ "$(ls "$ck" | tr '\n' ' ')" = "COMPLETE doc_adapter query_adapter state.bin " ] ||
+  [ "$(ls "$ck" | tr '\n' ' ')" = "COMPLETE MANIFEST doc_adapter query_adapter state.bin " ] ||
     { echo "FAIL: $ck holds $(ls "$ck" | tr '\n' ' ') (adapters and state only expected)"; fail=1; }
 done
 grep -q "\"base_model_name_or_path\":.*$BASE" straight/final/query_adapter/adapter_config.json ||
@@ -68,7 +68,7 @@ printf '%s\n' '{"text": "apple river stone"}' '{"text": "x"}' > texts.jsonl
 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=shared --set stage1.lora.shared=true \
   --set stage1.steps=2 --set stage1.lora.targets=q,v 2> shared.log || { cat shared.log; exit 1; }
 grep -q "one shared adapter" shared.log || { echo "FAIL: shared adapter not used"; fail=1; }
-[ "$(ls shared/ckpt-1-2 | tr '\n' ' ')" = "COMPLETE query_adapter state.bin " ] ||
+[ "$(ls shared/ckpt-1-2 | tr '\n' ' ')" = "COMPLETE MANIFEST query_adapter state.bin " ] ||
   { echo "FAIL: shared checkpoint holds $(ls shared/ckpt-1-2 | tr '\n' ' ')"; fail=1; }
 cmp -s shared/final/query_tower/model.safetensors shared/final/doc_tower/model.safetensors ||
   { echo "FAIL: a shared adapter gave two different towers"; fail=1; }

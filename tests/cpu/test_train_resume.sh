@@ -37,16 +37,10 @@ grep -q "resume: stage 1, step" r2.log || { echo "FAIL: did not resume stage 1";
 grep -q "resume: stage 2, step" r3.log || { echo "FAIL: did not resume stage 2"; cat r3.log; exit 1; }
 
 fail=0
-for f in final/query_tower/model.safetensors final/doc_tower/model.safetensors final/student/model.safetensors; do
-  if ! cmp -s "straight/$f" "resumed/$f"; then echo "FAIL: $f differs between straight and resumed runs"; fail=1; fi
-done
-# elapsed_s and mem_peak_gib describe the process (a resumed one allocates differently), not the training.
-strip() { python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    r=json.loads(l); r.pop("elapsed_s"); r.pop("mem_peak_gib"); print(json.dumps(r, sort_keys=True))' "$1"; }
-if ! diff <(strip straight/metrics.jsonl) <(strip resumed/metrics.jsonl); then
-  echo "FAIL: metrics differ between straight and resumed runs"; fail=1
-fi
+# Final towers byte for byte; metrics step for step (without elapsed_s and mem_peak_gib, which
+# describe the process, not the training).
+source "$SRC/tests/cpu/tiny_run.sh"
+same_run straight resumed "straight vs resumed" || fail=1
 [ "$(wc -l < straight/metrics.jsonl)" = 14 ] || { echo "FAIL: expected 14 metric lines"; fail=1; }
 for f in loss_stage1.svg loss_stage2.svg config.resolved.json eval/untrained.json eval/stage1.json eval/student.json; do
   [ -s "straight/$f" ] || { echo "FAIL: straight/$f missing"; fail=1; }
