@@ -6,15 +6,7 @@ SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-python3 "$SRC/tests/synth_data.py" data --examples 16 --test-queries 4
-TOK=$SRC/configs/default/decoder/tokenizer.json
-DESC='{"arch": "qwen2", "layers": 1, "hidden": 16, "heads": 2, "kv_heads": 1, "intermediate": 32, "vocab": 4096}'
-cat > base.json <<JSON
-{"run_dir": "run", "data": {"train": ["data/train.jsonl"], "max_query_len": 12, "max_doc_len": 24},
- "stage1": {"model_desc": $DESC, "tokenizer": "$TOK", "batch_queries": 4, "steps": 1},
- "stage2": {"student_desc": {"arch": "bert", "layers": 1, "hidden": 16, "heads": 2, "vocab": 4096},
-            "tokenizer": "$SRC/configs/default/student/tokenizer.json", "steps": 1, "batch_queries": 4}}
-JSON
+source "$SRC/tests/cpu/bad_input_setup.sh"
 EXPECT_BIN=$BUILD/sn_train
 source "$SRC/tests/cpu/expect_exit2.sh"
 expect "unknown key" "did you mean 'stage1.temperature'" --config base.json --set stage1.temprature=0.1
