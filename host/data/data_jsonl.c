@@ -290,6 +290,37 @@ static int read_prompt(const cJSON *root, char **out, char *err, size_t errlen) 
   return 0;
 }
 
+// Python's json.dumps writes NaN and Infinity bare, which JSON does not allow: when the parse
+// stopped at one, names it and the key it belongs to (the last "key": before it). 1 when it did.
+static int describe_non_json_number(const char *line, size_t at, size_t len, char *err, size_t errlen) {
+  static const char *const words[] = {"NaN", "Infinity", "-Infinity"};
+  const char *word = NULL;
+  for (size_t i = 0; i < SN_ARRAY_LEN(words) && !word; i++)
+    if (len - at >= strlen(words[i]) && memcmp(line + at, words[i], strlen(words[i])) == 0) word = words[i];
+  if (!word) return 0;
+  // The key: the quoted string before the last ':' ahead of the word (keys have no escapes here).
+  const char *key = NULL;
+  int key_len = 0;
+  for (size_t i = at; i-- > 0;) {
+    if (line[i] != ':') continue;
+    size_t close = i;
+    while (close > 0 && line[close - 1] == ' ') close--;
+    if (close == 0 || line[close - 1] != '"') break;
+    size_t open = close - 1;
+    while (open > 0 && line[open - 1] != '"') open--;
+    if (open == 0) break;
+    key = line + open;
+    key_len = (int)(close - 1 - open);
+    break;
+  }
+  if (key)
+    sn_data_errorf(err, errlen, "\"%.*s\": %s at byte %zu is not JSON (expected finite numbers)", key_len,
+                   key, word, at + 1);
+  else
+    sn_data_errorf(err, errlen, "%s at byte %zu is not JSON (expected finite numbers)", word, at + 1);
+  return 1;
+}
+
 // Validates one non-blank line and appends its example; nothing is appended on error.
 static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32_t file_index,
                       int64_t line_no, char *err, size_t errlen) {
@@ -305,6 +336,7 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   cJSON *root = cJSON_ParseWithLengthOpts(line, len, &end, 0);
   if (!root) {
     size_t at = (end && end >= line && end <= line + len) ? (size_t)(end - line) + 1 : 0;
+    if (at && describe_non_json_number(line, at - 1, len, err, errlen)) return -1;
     sn_data_errorf(err, errlen, "malformed JSON near byte %zu (expected one JSON object per line)", at);
     return -1;
   }

@@ -134,7 +134,7 @@ static void test_flag_fields(void) {
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [1, 2]}", "\"pos_scores\" has 2 scores but \"pos\" has 1"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"neg\": [\"y\"], \"neg_scores\": []}", "\"neg_scores\" has 0 scores"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"neg_scores\": [1]}", "\"neg_scores\" has 1 scores but \"neg\" has 0"},
-      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [NaN]}", "malformed JSON"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [NaN]}", "\"pos_scores\": NaN at byte 45 is not JSON"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [1e999]}", "\"pos_scores\"[0] must be a finite number"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"neg\": [\"y\"], \"neg_scores\": [null]}", "\"neg_scores\"[0] must be"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"prompt\": 3}", "\"prompt\" must be a non-empty string"},
