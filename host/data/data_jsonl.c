@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
@@ -251,8 +252,9 @@ static int read_scores(const cJSON *root, const char *field, const char *docs_fi
   float *scores = mallocCheck((size_t)(n ? n : 1) * sizeof *scores);
   int i = 0;
   for (const cJSON *item = arr->child; item; item = item->next, i++) {
-    // cJSON parses overflowing literals (1e999) to inf; a teacher score must be finite as a float.
-    if (!cJSON_IsNumber(item) || !isfinite((float)item->valuedouble)) {
+    // cJSON parses overflowing literals (1e999) to inf; a teacher score must be finite as a float
+    // (compared in double first: converting an out-of-range double to float is not to be relied on).
+    if (!cJSON_IsNumber(item) || !isfinite(item->valuedouble) || fabs(item->valuedouble) > FLT_MAX) {
       sn_data_errorf(err, errlen, "\"%s\"[%d] must be a finite number (a teacher score)", field, i);
       free(scores);
       return -1;
@@ -505,6 +507,14 @@ void sn_train_examples_load(sn_train_examples *ex, const char *const *paths, int
             ex->first_skipped);
   sn_log("data: %lld examples, %lld unique documents from %d file(s)", (long long)ex->n_examples,
          (long long)ex->n_docs, n_paths);
+  int64_t n_prompted = 0, n_scored = 0;
+  for (int64_t i = 0; i < ex->n_examples; i++) {
+    n_prompted += ex->examples[i].query_template != NULL;
+    n_scored += ex->examples[i].has_scores;
+  }
+  if (n_prompted || n_scored)
+    sn_log("data: %lld examples with their own \"prompt\", %lld with teacher scores", (long long)n_prompted,
+           (long long)n_scored);
 }
 
 const char *sn_train_example_where(const sn_train_examples *ex, int64_t i) {

@@ -136,6 +136,7 @@ static void test_flag_fields(void) {
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"neg_scores\": [1]}", "\"neg_scores\" has 1 scores but \"neg\" has 0"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [NaN]}", "\"pos_scores\": NaN at byte 45 is not JSON"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [1e999]}", "\"pos_scores\"[0] must be a finite number"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [-1e300]}", "\"pos_scores\"[0] must be a finite number"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"neg\": [\"y\"], \"neg_scores\": [null]}", "\"neg_scores\"[0] must be"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"prompt\": 3}", "\"prompt\" must be a non-empty string"},
       {"{\"query\": \"a\", \"pos\": [\"x\"], \"prompt\": \"\"}", "\"prompt\" must be a non-empty string"},
