@@ -255,6 +255,8 @@ void cuda_contrastive_loss(float *loss, float *drows, float *dcols, const float 
                            const int32_t *target, int R, int N, int C, float inv_temp, float scale);
 void cuda_distill_loss(float *loss_terms, float *dstudent, const float *student, const float *teacher, int B,
                        int C, float alpha, float beta);
+void cuda_kl_distill_loss(float *loss, float *dq, float *dd, const float *q, const float *d, const float *teacher,
+                          int B, int G, int C, float inv_temp_student, float inv_temp_teacher, float scale);
 // topk.cu
 void cuda_scores_f32(float *S, const float *A, const float *B, int M, int N, int K);
 void cuda_topk_merge(float *best_score, int32_t *best_idx, const float *scores, int nq, int nd, int k, int col0,

@@ -7,6 +7,10 @@
 // Unfused, the same work is GEMM, softmax (writes P), CE (reads P), grad (reads P, writes dlogits).
 //
 // Distillation loss: one block per row computes the MSE and cosine terms and writes the gradient.
+//
+// Score distillation (KL over each query's G candidates): one block per query keeps the row's G
+// logits in shared memory, a warp per candidate takes the dot products, one thread the softmaxes
+// (G is small), then the block accumulates dq and dd; the loss sum is reduced in fixed order.
 #include "common.cuh"
 
 #define LOSS_THREADS 256
@@ -104,5 +108,63 @@ void cuda_distill_loss(float *loss_terms, float *dstudent, const float *student,
   ordered_sum_kernel<<<1, LOSS_THREADS, 0, SN_STREAM>>>(loss_terms, terms, B, 2, alpha / ((float)B * C));
   launchCheck();
   ordered_sum_kernel<<<1, LOSS_THREADS, 0, SN_STREAM>>>(loss_terms + 1, terms + 1, B, 2, beta / (float)B);
+  launchCheck();
+}
+
+// Query b: row_kl[b] = KL(p_t || p_s); dq_b += sum_g grad_g d_bg, dd_bg += grad_g q_b with
+// grad_g = grad_factor * (p_s - p_t)_g. Dynamic shared memory: G floats.
+__global__ void kl_distill_rows_kernel(float *row_kl, float *dq, float *dd, const float *q, const float *d,
+                                       const float *teacher, int G, int C, float inv_ts, float inv_tt,
+                                       float grad_factor) {
+  extern __shared__ float grad[];  // (G): the logits, then their gradients
+  const int b = blockIdx.x, lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int n_warps = blockDim.x / WARP_SIZE;
+  const float *qb = q + (size_t)b * C, *db = d + (size_t)b * G * C, *tb = teacher + (size_t)b * G;
+  for (int g = warp; g < G; g += n_warps) {
+    float dot = 0.0f;
+    for (int c = lane; c < C; c += WARP_SIZE) dot += qb[c] * db[(size_t)g * C + c];
+    dot = warp_sum(dot);
+    if (lane == 0) grad[g] = dot * inv_ts;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s_max = -INFINITY, t_max = -INFINITY;
+    for (int g = 0; g < G; g++) s_max = fmaxf(s_max, grad[g]), t_max = fmaxf(t_max, tb[g] * inv_tt);
+    float s_sum = 0.0f, t_sum = 0.0f;
+    for (int g = 0; g < G; g++) s_sum += expf(grad[g] - s_max), t_sum += expf(tb[g] * inv_tt - t_max);
+    const float s_lse = s_max + logf(s_sum), t_lse = t_max + logf(t_sum);
+    float kl = 0.0f;
+    for (int g = 0; g < G; g++) {
+      const float log_ps = grad[g] - s_lse, log_pt = tb[g] * inv_tt - t_lse, pt = expf(log_pt);
+      kl += pt * (log_pt - log_ps);  // pt = 0 (underflow) contributes 0
+      grad[g] = grad_factor * (expf(log_ps) - pt);
+    }
+    row_kl[b] = kl;
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float qc = qb[c];
+    float acc = 0.0f;
+    for (int g = 0; g < G; g++) {
+      acc += grad[g] * db[(size_t)g * C + c];
+      dd[((size_t)b * G + g) * C + c] += grad[g] * qc;
+    }
+    dq[(size_t)b * C + c] += acc;
+  }
+}
+
+void cuda_kl_distill_loss(float *loss, float *dq, float *dd, const float *q, const float *d, const float *teacher,
+                          int B, int G, int C, float inv_temp_student, float inv_temp_teacher, float scale) {
+  if (G < 1 || G > SN_KL_MAX_CANDIDATES) {
+    fprintf(stderr, "error: %s:%d: kl_distill_loss: %d candidates per query (expected 1..%d)\n", __FILE__,
+            __LINE__, G, SN_KL_MAX_CANDIDATES);
+    exit(1);
+  }
+  if (B == 0) return;
+  float *row_kl = (float *)sn_cuda_scratch(SCRATCH_LOSS_ROWS, (size_t)B * sizeof(float));
+  kl_distill_rows_kernel<<<B, LOSS_THREADS, (size_t)G * sizeof(float), SN_STREAM>>>(
+      row_kl, dq, dd, q, d, teacher, G, C, inv_temp_student, inv_temp_teacher, scale * inv_temp_student);
+  launchCheck();
+  ordered_sum_kernel<<<1, LOSS_THREADS, 0, SN_STREAM>>>(loss, row_kl, B, 1, scale);
   launchCheck();
 }

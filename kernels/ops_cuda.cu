@@ -52,6 +52,7 @@ static sn_ops make_cuda_ops(void) {
   o.l2norm_backward = cuda_l2norm_backward;
   o.contrastive_loss = cuda_contrastive_loss;
   o.distill_loss = cuda_distill_loss;
+  o.kl_distill_loss = cuda_kl_distill_loss;
   o.scores_f32 = cuda_scores_f32;
   o.topk_merge = cuda_topk_merge;
   o.sum_squares = cuda_sum_squares;

@@ -28,6 +28,9 @@
 
 typedef enum { SN_POOL_LAST = 0, SN_POOL_MEAN = 1, SN_POOL_FIRST = 2 } sn_pooling;
 
+// Most candidates per query kl_distill_loss takes (the CUDA kernel keeps a row's in shared memory).
+#define SN_KL_MAX_CANDIDATES 4096
+
 // Deepest list topk_merge keeps (the CUDA kernel sorts the survivors of a row in shared memory).
 #define SN_TOPK_MAX_K 2048
 
@@ -201,6 +204,17 @@ typedef struct sn_ops {
   // dstudent (B, C) is written with the gradient of alpha*mse + beta*cos.
   void (*distill_loss)(float *loss_terms, float *dstudent, const float *student,
                        const float *teacher, int B, int C, float alpha, float beta);
+  // Score distillation (FlagEmbedding's kl_div), each query over its own G candidates:
+  //   q (B, C) queries; d (B*G, C) documents, rows [b*G, (b+1)*G) query b's candidates; teacher
+  //   (B, G) teacher scores; all fp32 backend memory. With s_bg = q_b . d_bg,
+  //   p_t = softmax_g(teacher_b * inv_temp_teacher), p_s = softmax_g(s_b * inv_temp_student),
+  //   *loss += scale * sum_b KL(p_t || p_s) (backend memory, 1 float);
+  //   dq (B, C) and dd (B*G, C) are *accumulated* (+=) with the term's gradient
+  //   (d/ds_bg = scale * inv_temp_student * (p_s - p_t)), so it adds onto the InfoNCE gradients.
+  // G ≤ SN_KL_MAX_CANDIDATES.
+  void (*kl_distill_loss)(float *loss, float *dq, float *dd, const float *q, const float *d,
+                          const float *teacher, int B, int G, int C, float inv_temp_student,
+                          float inv_temp_teacher, float scale);
 
   // ---- exact top-k for evaluation (fp32) ------------------------------------------------------
   // S (M, N) = A (M, K) · B (N, K)^T, all fp32 backend memory, fp32 products and accumulation (no

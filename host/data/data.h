@@ -32,10 +32,17 @@ void sn_data_errorf(char *err, size_t errlen, const char *fmt, ...) __attribute_
 // A line is FlagEmbedding's {"query": str, "pos": [doc, …], "neg": [doc, …]} ("neg" optional, may
 // be empty; other keys are ignored). A doc is a string (its text; title "") or an object
 // {"title": str (optional, "" when absent), "text": str}. Blank lines are ignored.
+// FlagEmbedding's optional fields: "prompt" (a non-empty string) replaces data.query_prompt for
+// this line's query: a template when it holds "{text}" (exactly once), else an instruction put in
+// front of the query (FlagEmbedding's default query_instruction_format "{}{}"). "pos_scores" and
+// "neg_scores" are teacher scores: arrays of finite numbers as long as "pos" / "neg" (a missing
+// "neg" counts as empty); stage1.kd_weight > 0 distils them (each kept doc keeps its score).
 // Rejected (one error naming file:line): malformed JSON or trailing characters after the object,
 // invalid UTF-8 or a NUL byte anywhere in the line, a missing/non-string/empty "query", a missing,
 // non-array or empty "pos", a non-array "neg", a doc that is neither a string nor an object with a
-// string "text" (and a string "title" if present), a line longer than max_line_bytes.
+// string "text" (and a string "title" if present), a line longer than max_line_bytes, a "prompt"
+// that is not a non-empty string or holds "{text}" more than once, and "pos_scores"/"neg_scores"
+// that are not arrays of finite numbers of the length of "pos"/"neg".
 // Documents are deduplicated by (title, text): examples refer to indices into `docs`, so a doc that
 // appears in many examples is tokenized once. A negative equal to one of the same example's
 // positives is dropped (it would be a false negative), as are repeated positives within a line.
@@ -51,6 +58,8 @@ typedef struct {
 
 typedef struct {
   char *query;
+  char *query_template;  // from the line's "prompt" (always with "{text}"); NULL: data.query_prompt
+  int has_scores;        // the line had "pos_scores" and, unless it has no negatives, "neg_scores"
   int64_t refs_begin;  // into sn_train_examples.doc_refs: n_pos positives, then n_neg negatives
   int32_t n_pos, n_neg;
   int32_t file_index;  // into sn_train_examples.files
@@ -63,6 +72,7 @@ typedef struct {
   sn_doc *docs;  // deduplicated
   int64_t n_docs, cap_docs;
   int64_t *doc_refs;  // doc indices of all examples' positives and negatives
+  float *ref_scores;  // teacher score of each doc_refs entry; NAN where the line had none
   int64_t n_refs, cap_refs;
   char **files;  // names used in messages, one per parsed file/buffer
   int n_files;
@@ -77,6 +87,12 @@ static inline const int64_t *sn_example_pos(const sn_train_examples *ex, int64_t
 }
 static inline const int64_t *sn_example_neg(const sn_train_examples *ex, int64_t i) {
   return ex->doc_refs + ex->examples[i].refs_begin + ex->examples[i].n_pos;
+}
+static inline const float *sn_example_pos_scores(const sn_train_examples *ex, int64_t i) {
+  return ex->ref_scores + ex->examples[i].refs_begin;
+}
+static inline const float *sn_example_neg_scores(const sn_train_examples *ex, int64_t i) {
+  return ex->ref_scores + ex->examples[i].refs_begin + ex->examples[i].n_pos;
 }
 
 void sn_train_examples_init(sn_train_examples *ex);
@@ -173,7 +189,8 @@ size_t sn_prompt_encode(const sn_prompt *p, const char *title, const char *text,
 // The checksum is a 64-bit multiply-rotate hash (4 lanes, xxhash-like) over the payload; a file
 // whose magic, version, sizes, key or checksums disagree is stale or corrupt and is rebuilt.
 // Cache key: a hash of the format version, the encoder fingerprint, the template, max_len,
-// add_special, append_eos, and the item texts themselves (title and text of every item, in order).
+// add_special, append_eos, and the item texts themselves (title and text of every item, in order,
+// and an item's own template when it has one).
 // Hashing the texts rather than file paths/mtimes makes a cache hit exact: it covers the files'
 // content, the skip-bad-lines choice and the dedup order, and survives copying the data elsewhere.
 // File name: <cache_dir>/<name>-<key as 16 hex digits>.snshard.
@@ -208,10 +225,12 @@ typedef struct {
 } sn_shard_cache_opts;
 #define SN_SHARD_DEFAULT_WAIT_S 3600.0  // tokenizing a large corpus takes a while
 
-// Items to encode: (title, text) pairs. Queries use title "".
+// Items to encode: (title, text) pairs. Queries use title "". template_str, when non-NULL,
+// replaces the spec's template for this item (a line's own "prompt"); it goes into the cache key.
 typedef struct {
   const char *title;
   const char *text;
+  const char *template_str;
 } sn_text_item;
 // Arrays the caller frees (free()); they point into ex, which must outlive them.
 sn_text_item *sn_train_examples_query_items(const sn_train_examples *ex);  // n_examples items
@@ -304,6 +323,8 @@ typedef struct {
   int64_t *example_index;    // [n_queries] index into sn_train_examples (and the query set)
   int32_t *pos_index;        // [n_queries] index of each query's positive among this rank's docs
   int64_t *doc_index;        // [n_docs] deduplicated doc index of each doc slot (mask duplicates)
+  float *teacher_scores;     // [n_docs] the line's pos_scores/neg_scores entry of each doc slot;
+                             // NAN for a slot whose line had none (or a random negative)
   int32_t *query_ids;        // packed query tokens
   int32_t *query_cu_seqlens; // [n_queries + 1]
   int64_t n_query_tokens;

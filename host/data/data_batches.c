@@ -5,6 +5,7 @@
 #include "data.h"
 
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 
 #include "common.h"
@@ -28,9 +29,10 @@ struct sn_sampler {
   uint64_t epoch, position, steps;
   // The planned global batch: examples, their docs, and where each rank's queries start.
   int64_t *plan_examples, *plan_docs;
+  float *plan_scores;  // teacher score of each plan_docs slot (NAN: none)
   int64_t plan_cap;
   int *rank_begin;  // [world_size + 1]
-  int64_t *neg_scratch;
+  int64_t *neg_scratch;  // positions among an example's negatives, shuffled
   int64_t neg_scratch_cap;
   // This rank's batch and the capacities of its buffers.
   sn_batch batch;
@@ -84,16 +86,20 @@ static int is_positive_of(const sn_train_examples *ex, int64_t e, int64_t doc) {
   return 0;
 }
 
-// Writes [positive, neg_1..neg_k] of example e for this epoch into out.
-static void choose_docs(sn_sampler *s, uint64_t epoch, int64_t e, int64_t *out) {
+// Writes [positive, neg_1..neg_k] of example e for this epoch into out, and their teacher scores
+// (NAN where the line had none) into scores.
+static void choose_docs(sn_sampler *s, uint64_t epoch, int64_t e, int64_t *out, float *scores) {
   const sn_train_examples *ex = s->ex;
   const sn_train_example *x = &ex->examples[e];
   const int k = s->cfg.negatives_per_query;
   rng_stream pr = open_stream(s->cfg.seed, epoch, (uint64_t)e, STREAM_POSITIVE);
-  out[0] = sn_example_pos(ex, e)[x->n_pos > 1 ? rng_below(&pr, (uint64_t)x->n_pos) : 0];
+  uint64_t pos_at = x->n_pos > 1 ? rng_below(&pr, (uint64_t)x->n_pos) : 0;
+  out[0] = sn_example_pos(ex, e)[pos_at];
+  scores[0] = sn_example_pos_scores(ex, e)[pos_at];
   if (k == 0) return;
   rng_stream nr = open_stream(s->cfg.seed, epoch, (uint64_t)e, STREAM_NEGATIVES);
   int64_t *negs = out + 1;
+  float *neg_scores = scores + 1;
   if (x->n_neg == 0) {
     // No hard negatives: random positives of other examples (with replacement; the pool is large).
     for (int i = 0; i < k; i++) {
@@ -101,6 +107,7 @@ static void choose_docs(sn_sampler *s, uint64_t epoch, int64_t e, int64_t *out) 
       do d = s->random_pool[rng_below(&nr, (uint64_t)s->n_random_pool)];
       while (is_positive_of(ex, e, d));  // terminates: create() checked another doc exists
       negs[i] = d;
+      neg_scores[i] = NAN;  // no teacher scored it
     }
     return;
   }
@@ -109,17 +116,25 @@ static void choose_docs(sn_sampler *s, uint64_t epoch, int64_t e, int64_t *out) 
     s->neg_scratch_cap = x->n_neg;
     s->neg_scratch = reallocCheck(s->neg_scratch, (size_t)s->neg_scratch_cap * sizeof *s->neg_scratch);
   }
-  memcpy(s->neg_scratch, sn_example_neg(ex, e), (size_t)x->n_neg * sizeof *s->neg_scratch);
+  // Positions, not doc ids, are shuffled so each pick keeps its score; the draws are the same.
+  for (int32_t i = 0; i < x->n_neg; i++) s->neg_scratch[i] = i;
+  const int64_t *neg_docs = sn_example_neg(ex, e);
+  const float *neg_teacher = sn_example_neg_scores(ex, e);
   int distinct = SN_MIN(k, x->n_neg);
-  for (int i = 0; i < distinct; i++) {
-    int64_t j = i + (int64_t)rng_below(&nr, (uint64_t)(x->n_neg - i));
-    int64_t t = s->neg_scratch[i];
-    s->neg_scratch[i] = s->neg_scratch[j];
-    s->neg_scratch[j] = t;
-    negs[i] = s->neg_scratch[i];
+  for (int i = 0; i < k; i++) {
+    int64_t at;
+    if (i < distinct) {
+      int64_t j = i + (int64_t)rng_below(&nr, (uint64_t)(x->n_neg - i));
+      int64_t t = s->neg_scratch[i];
+      s->neg_scratch[i] = s->neg_scratch[j];
+      s->neg_scratch[j] = t;
+      at = s->neg_scratch[i];
+    } else {  // fewer than k: reuse
+      at = s->neg_scratch[rng_below(&nr, (uint64_t)x->n_neg)];
+    }
+    negs[i] = neg_docs[at];
+    neg_scores[i] = neg_teacher[at];
   }
-  for (int i = distinct; i < k; i++)  // fewer than k: reuse
-    negs[i] = s->neg_scratch[rng_below(&nr, (uint64_t)x->n_neg)];
 }
 
 // Tokens a query brings to its rank batch: its own and its docs'.
@@ -135,6 +150,8 @@ static void ensure_plan_capacity(sn_sampler *s, int64_t n_queries) {
   s->plan_examples = reallocCheck(s->plan_examples, (size_t)s->plan_cap * sizeof *s->plan_examples);
   s->plan_docs = reallocCheck(s->plan_docs,
                               (size_t)(s->plan_cap * SN_MAX(s->docs_per_query, 1)) * sizeof *s->plan_docs);
+  s->plan_scores = reallocCheck(s->plan_scores,
+                                (size_t)(s->plan_cap * SN_MAX(s->docs_per_query, 1)) * sizeof *s->plan_scores);
 }
 
 // Plans the global batch that starts at `position` of `epoch`'s permutation: fills plan_examples,
@@ -155,7 +172,7 @@ static int64_t plan_global_batch(sn_sampler *s, uint64_t epoch, uint64_t positio
       int64_t e = s->perm[position + q];
       ensure_plan_capacity(s, q + 1);
       int64_t *docs = s->plan_docs + q * dpq;
-      if (dpq > 0) choose_docs(s, epoch, e, docs);
+      if (dpq > 0) choose_docs(s, epoch, e, docs, s->plan_scores + q * dpq);
       if (budget > 0) {
         int64_t cost = query_cost(s, e, docs);
         if (count > 0 && tokens + cost > budget) break;  // this query opens the next rank batch
@@ -189,6 +206,7 @@ static void fill_rank_batch(sn_sampler *s) {
   if (n_d > s->batch_docs_cap) {
     s->batch_docs_cap = n_d;
     b->doc_index = reallocCheck(b->doc_index, (size_t)n_d * sizeof *b->doc_index);
+    b->teacher_scores = reallocCheck(b->teacher_scores, (size_t)n_d * sizeof *b->teacher_scores);
     b->doc_cu_seqlens = reallocCheck(b->doc_cu_seqlens, (size_t)(n_d + 1) * sizeof *b->doc_cu_seqlens);
   }
   b->n_queries = n_q;
@@ -204,6 +222,7 @@ static void fill_rank_batch(sn_sampler *s) {
   b->max_doc_len = 0;
   if (n_d > 0) {
     memcpy(b->doc_index, s->plan_docs + (int64_t)begin * dpq, (size_t)n_d * sizeof *b->doc_index);
+    memcpy(b->teacher_scores, s->plan_scores + (int64_t)begin * dpq, (size_t)n_d * sizeof *b->teacher_scores);
     b->n_doc_tokens = sn_token_set_pack(s->docs, b->doc_index, n_d, &b->doc_ids, &s->doc_ids_cap,
                                         b->doc_cu_seqlens);
     for (int i = 0; i < n_d; i++)
@@ -402,6 +421,7 @@ void sn_sampler_free(sn_sampler *s) {
   free(b->example_index);
   free(b->pos_index);
   free(b->doc_index);
+  free(b->teacher_scores);
   free(b->query_ids);
   free(b->query_cu_seqlens);
   free(b->doc_ids);
@@ -412,6 +432,7 @@ void sn_sampler_free(sn_sampler *s) {
   free(s->perm);
   free(s->plan_examples);
   free(s->plan_docs);
+  free(s->plan_scores);
   free(s->rank_begin);
   free(s->neg_scratch);
   free(s);

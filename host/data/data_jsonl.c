@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -19,6 +21,7 @@
 #define MAX_NAME_IN_MESSAGE 200   // characters of a file name quoted in a message
 #define MAX_SKIP_WARNINGS 10       // skipped lines warned one by one; the rest only counted
 #define HASH_SEED_DOC 0x646f63u    // "doc": separates doc hashes from other uses of sn_hash64
+#define TEXT_PLACEHOLDER "{text}"  // a line's "prompt" with it is a template, else a prefix
 
 void sn_data_errorf(char *err, size_t errlen, const char *fmt, ...) {
   if (!err || errlen == 0) return;
@@ -31,7 +34,10 @@ void sn_data_errorf(char *err, size_t errlen, const char *fmt, ...) {
 void sn_train_examples_init(sn_train_examples *ex) { memset(ex, 0, sizeof *ex); }
 
 void sn_train_examples_free(sn_train_examples *ex) {
-  for (int64_t i = 0; i < ex->n_examples; i++) free(ex->examples[i].query);
+  for (int64_t i = 0; i < ex->n_examples; i++) {
+    free(ex->examples[i].query);
+    free(ex->examples[i].query_template);
+  }
   for (int64_t i = 0; i < ex->n_docs; i++) {
     free(ex->docs[i].title);
     free(ex->docs[i].text);
@@ -40,6 +46,7 @@ void sn_train_examples_free(sn_train_examples *ex) {
   free(ex->examples);
   free(ex->docs);
   free(ex->doc_refs);
+  free(ex->ref_scores);
   free(ex->files);
   free(ex->doc_table);
   memset(ex, 0, sizeof *ex);
@@ -142,11 +149,13 @@ static int64_t intern_doc(sn_train_examples *ex, const char *title, const char *
   return index;
 }
 
-static void push_ref(sn_train_examples *ex, int64_t doc) {
+static void push_ref(sn_train_examples *ex, int64_t doc, float score) {
   if (ex->n_refs == ex->cap_refs) {
     ex->cap_refs = ex->cap_refs ? 2 * ex->cap_refs : 1024;
     ex->doc_refs = reallocCheck(ex->doc_refs, (size_t)ex->cap_refs * sizeof *ex->doc_refs);
+    ex->ref_scores = reallocCheck(ex->ref_scores, (size_t)ex->cap_refs * sizeof *ex->ref_scores);
   }
+  ex->ref_scores[ex->n_refs] = score;
   ex->doc_refs[ex->n_refs++] = doc;
 }
 
@@ -222,6 +231,98 @@ static int read_doc_list(const cJSON *root, const char *field, int required, doc
   return 0;
 }
 
+// Reads the optional teacher scores `field` (FlagEmbedding's pos_scores/neg_scores): an array of
+// n_docs finite numbers. *out is a malloc'd copy, or NULL when the field is absent.
+static int read_scores(const cJSON *root, const char *field, const char *docs_field, int n_docs,
+                       float **out, char *err, size_t errlen) {
+  *out = NULL;
+  const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, field);
+  if (!arr) return 0;
+  if (!cJSON_IsArray(arr)) {
+    sn_data_errorf(err, errlen, "\"%s\" must be an array of numbers (teacher scores, one per \"%s\" entry)",
+                   field, docs_field);
+    return -1;
+  }
+  int n = cJSON_GetArraySize(arr);
+  if (n != n_docs) {
+    sn_data_errorf(err, errlen, "\"%s\" has %d scores but \"%s\" has %d documents (expected one score each)",
+                   field, n, docs_field, n_docs);
+    return -1;
+  }
+  float *scores = mallocCheck((size_t)(n ? n : 1) * sizeof *scores);
+  int i = 0;
+  for (const cJSON *item = arr->child; item; item = item->next, i++) {
+    // cJSON parses overflowing literals (1e999) to inf; a teacher score must be finite as a float
+    // (compared in double first: converting an out-of-range double to float is not to be relied on).
+    if (!cJSON_IsNumber(item) || !isfinite(item->valuedouble) || fabs(item->valuedouble) > FLT_MAX) {
+      sn_data_errorf(err, errlen, "\"%s\"[%d] must be a finite number (a teacher score)", field, i);
+      free(scores);
+      return -1;
+    }
+    scores[i] = (float)item->valuedouble;
+  }
+  *out = scores;
+  return 0;
+}
+
+// The line's own query template from its "prompt": the prompt itself when it holds "{text}", else
+// the prompt as a prefix. *out is NULL when the line has no "prompt".
+static int read_prompt(const cJSON *root, char **out, char *err, size_t errlen) {
+  *out = NULL;
+  const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+  if (!prompt) return 0;
+  if (!cJSON_IsString(prompt) || prompt->valuestring[0] == '\0') {
+    sn_data_errorf(err, errlen, "\"prompt\" must be a non-empty string (the query's instruction)");
+    return -1;
+  }
+  const char *p = prompt->valuestring, *at = strstr(p, TEXT_PLACEHOLDER);
+  if (at && strstr(at + strlen(TEXT_PLACEHOLDER), TEXT_PLACEHOLDER)) {
+    sn_data_errorf(err, errlen, "\"prompt\" has \"%s\" more than once (expected a prefix or a template "
+                   "with exactly one)", TEXT_PLACEHOLDER);
+    return -1;
+  }
+  if (at) {
+    *out = strdupCheck(p);
+  } else {
+    size_t len = strlen(p);
+    *out = mallocCheck(len + sizeof TEXT_PLACEHOLDER);
+    memcpy(*out, p, len);
+    memcpy(*out + len, TEXT_PLACEHOLDER, sizeof TEXT_PLACEHOLDER);
+  }
+  return 0;
+}
+
+// Python's json.dumps writes NaN and Infinity bare, which JSON does not allow: when the parse
+// stopped at one, names it and the key it belongs to (the last "key": before it). 1 when it did.
+static int describe_non_json_number(const char *line, size_t at, size_t len, char *err, size_t errlen) {
+  static const char *const words[] = {"NaN", "Infinity", "-Infinity"};
+  const char *word = NULL;
+  for (size_t i = 0; i < SN_ARRAY_LEN(words) && !word; i++)
+    if (len - at >= strlen(words[i]) && memcmp(line + at, words[i], strlen(words[i])) == 0) word = words[i];
+  if (!word) return 0;
+  // The key: the quoted string before the last ':' ahead of the word (keys have no escapes here).
+  const char *key = NULL;
+  int key_len = 0;
+  for (size_t i = at; i-- > 0;) {
+    if (line[i] != ':') continue;
+    size_t close = i;
+    while (close > 0 && line[close - 1] == ' ') close--;
+    if (close == 0 || line[close - 1] != '"') break;
+    size_t open = close - 1;
+    while (open > 0 && line[open - 1] != '"') open--;
+    if (open == 0) break;
+    key = line + open;
+    key_len = (int)(close - 1 - open);
+    break;
+  }
+  if (key)
+    sn_data_errorf(err, errlen, "\"%.*s\": %s at byte %zu is not JSON (expected finite numbers)", key_len,
+                   key, word, at + 1);
+  else
+    sn_data_errorf(err, errlen, "%s at byte %zu is not JSON (expected finite numbers)", word, at + 1);
+  return 1;
+}
+
 // Validates one non-blank line and appends its example; nothing is appended on error.
 static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32_t file_index,
                       int64_t line_no, char *err, size_t errlen) {
@@ -237,12 +338,15 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   cJSON *root = cJSON_ParseWithLengthOpts(line, len, &end, 0);
   if (!root) {
     size_t at = (end && end >= line && end <= line + len) ? (size_t)(end - line) + 1 : 0;
+    if (at && describe_non_json_number(line, at - 1, len, err, errlen)) return -1;
     sn_data_errorf(err, errlen, "malformed JSON near byte %zu (expected one JSON object per line)", at);
     return -1;
   }
   int rc = -1;
   doc_view *pos = NULL, *neg = NULL;
   int n_pos = 0, n_neg = 0;
+  float *pos_scores = NULL, *neg_scores = NULL;
+  char *query_template = NULL;
   for (const char *p = end; p < line + len; p++) {
     if (*p != ' ' && *p != '\t' && *p != '\r') {
       sn_data_errorf(err, errlen, "unexpected characters after the JSON object at byte %zu",
@@ -265,6 +369,9 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   }
   if (read_doc_list(root, "pos", 1, &pos, &n_pos, err, errlen) != 0) goto done;
   if (read_doc_list(root, "neg", 0, &neg, &n_neg, err, errlen) != 0) goto done;
+  if (read_scores(root, "pos_scores", "pos", n_pos, &pos_scores, err, errlen) != 0) goto done;
+  if (read_scores(root, "neg_scores", "neg", n_neg, &neg_scores, err, errlen) != 0) goto done;
+  if (read_prompt(root, &query_template, err, errlen) != 0) goto done;
 
   if (ex->n_examples == ex->cap_examples) {
     ex->cap_examples = ex->cap_examples ? 2 * ex->cap_examples : 256;
@@ -272,6 +379,9 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   }
   sn_train_example *e = &ex->examples[ex->n_examples++];
   e->query = strdupCheck(query->valuestring);
+  e->query_template = query_template;
+  query_template = NULL;
+  e->has_scores = pos_scores && (neg_scores || n_neg == 0);
   e->refs_begin = ex->n_refs;
   e->file_index = file_index;
   e->line = line_no;
@@ -279,20 +389,23 @@ static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32
   for (int i = 0; i < n_pos; i++) {
     int64_t d = intern_doc(ex, pos[i].title, pos[i].text);
     if (refs_contain(ex, e->refs_begin, e->n_pos, d)) continue;  // repeated positive
-    push_ref(ex, d);
+    push_ref(ex, d, pos_scores ? pos_scores[i] : NAN);
     e->n_pos++;
   }
   for (int i = 0; i < n_neg; i++) {
     int64_t d = intern_doc(ex, neg[i].title, neg[i].text);
     // A negative that is also a positive would be a false negative; a repeat adds nothing.
     if (refs_contain(ex, e->refs_begin, e->n_pos + e->n_neg, d)) continue;
-    push_ref(ex, d);
+    push_ref(ex, d, neg_scores ? neg_scores[i] : NAN);
     e->n_neg++;
   }
   rc = 0;
 done:
   free(pos);
   free(neg);
+  free(pos_scores);
+  free(neg_scores);
+  free(query_template);
   cJSON_Delete(root);
   return rc;
 }
@@ -394,6 +507,14 @@ void sn_train_examples_load(sn_train_examples *ex, const char *const *paths, int
             ex->first_skipped);
   sn_log("data: %lld examples, %lld unique documents from %d file(s)", (long long)ex->n_examples,
          (long long)ex->n_docs, n_paths);
+  int64_t n_prompted = 0, n_scored = 0;
+  for (int64_t i = 0; i < ex->n_examples; i++) {
+    n_prompted += ex->examples[i].query_template != NULL;
+    n_scored += ex->examples[i].has_scores;
+  }
+  if (n_prompted || n_scored)
+    sn_log("data: %lld examples with their own \"prompt\", %lld with teacher scores", (long long)n_prompted,
+           (long long)n_scored);
 }
 
 const char *sn_train_example_where(const sn_train_examples *ex, int64_t i) {

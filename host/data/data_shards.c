@@ -16,6 +16,7 @@
 #define ENCODE_CHUNK_ITEMS 8192      // items encoded in parallel before their ids are appended
 #define WAIT_POLL_INTERVAL_S 0.2     // non-builders re-check the cache this often
 #define CACHE_KEY_SEED 0x534e4b4559ull  // "SNKEY"
+#define ITEM_TEMPLATE_MARK (-1)  // precedes an item's own template in the key (no length is -1)
 #define CHECKSUM_SEED 0x534e53554dull   // "SNSUM"
 
 
@@ -23,13 +24,13 @@
 
 sn_text_item *sn_train_examples_query_items(const sn_train_examples *ex) {
   sn_text_item *items = mallocCheck((size_t)(ex->n_examples + 1) * sizeof *items);
-  for (int64_t i = 0; i < ex->n_examples; i++) items[i] = (sn_text_item){"", ex->examples[i].query};
+  for (int64_t i = 0; i < ex->n_examples; i++) items[i] = (sn_text_item){"", ex->examples[i].query, ex->examples[i].query_template};
   return items;
 }
 
 sn_text_item *sn_train_examples_doc_items(const sn_train_examples *ex) {
   sn_text_item *items = mallocCheck((size_t)(ex->n_docs + 1) * sizeof *items);
-  for (int64_t i = 0; i < ex->n_docs; i++) items[i] = (sn_text_item){ex->docs[i].title, ex->docs[i].text};
+  for (int64_t i = 0; i < ex->n_docs; i++) items[i] = (sn_text_item){ex->docs[i].title, ex->docs[i].text, NULL};
   return items;
 }
 
@@ -55,6 +56,8 @@ uint64_t sn_token_set_cache_key(const sn_text_item *items, int64_t n, const sn_p
   for (int64_t i = 0; i < n; i++) {
     h = hash_str(items[i].title, h);
     h = hash_str(items[i].text, h);
+    // Only items with their own template add to the key, so keys of plain data stay as they were.
+    if (items[i].template_str) h = hash_str(items[i].template_str, hash_i64(ITEM_TEMPLATE_MARK, h));
   }
   return h ? h : 1;  // 0 means "any key" to sn_token_set_map
 }
@@ -86,8 +89,18 @@ int sn_token_set_build(sn_token_set *set, const sn_text_item *items, int64_t n,
       int32_t *buf = NULL;
       size_t len = 0, cap = 0;
       int truncated = 0;
-      sn_prompt_encode(prompt, items[start + j].title, items[start + j].text, &buf, &len, &cap,
-                       &truncated);
+      const sn_text_item *item = &items[start + j];
+      // An item's own template (a line's "prompt") gets its own prompt: the specials are the same.
+      sn_prompt *own = NULL;
+      if (item->template_str) {
+        sn_prompt_spec own_spec = *spec;
+        own_spec.template_str = item->template_str;
+        own = sn_prompt_create(&own_spec, enc, NULL, 0);
+        if (!own) sn_fatal("item %lld: its prompt template was accepted by the parser but not here",
+                           (long long)(start + j));
+      }
+      sn_prompt_encode(own ? own : prompt, item->title, item->text, &buf, &len, &cap, &truncated);
+      sn_prompt_free(own);
       chunk_ids[j] = buf;
       chunk_len[j] = len;
       chunk_truncated += truncated;

@@ -95,6 +95,11 @@ static const field_spec SCHEMA[] = {
     CHOICE("stage1.pooling", stage1.pooling, "last|mean|cls", "last", "embedding pooling"),
     NUM("stage1.temperature", FIELD_FLOAT, stage1.temperature, 1e-4, 100, 0.05, "InfoNCE tau"),
     NUM("stage1.symmetric", FIELD_BOOL, stage1.symmetric, 0, 1, 0, "add document->query term"),
+    NUM("stage1.kd_weight", FIELD_FLOAT, stage1.kd_weight, 0, 1e6, 0,
+        "> 0: add kd_weight x KL(teacher || student) over each query's positive and hard negatives, "
+        "teacher = the data's pos_scores/neg_scores (FlagEmbedding's kl_div); 0 = off"),
+    NUM("stage1.kd_temperature", FIELD_FLOAT, stage1.kd_temperature, 1e-4, 100, 1,
+        "softmax temperature of the teacher scores (the student's is stage1.temperature)"),
     NUM("stage1.batch_queries", FIELD_INT, stage1.batch_queries, 1, BIG_INT, 32, "global batch"),
     NUM("stage1.max_tokens_per_rank", FIELD_INT, stage1.max_tokens_per_rank, 0, BIG_INT, 0,
         "token budget per rank batch; 0 = fixed count"),

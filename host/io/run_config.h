@@ -33,6 +33,8 @@ typedef struct {
   char pooling[8];        // "last" | "mean" | "cls"
   float temperature;
   int symmetric;          // add the document→query term
+  float kd_weight;        // > 0: KL term toward the data's pos_scores/neg_scores (teacher scores)
+  float kd_temperature;   // the teacher scores' softmax temperature
   int batch_queries;      // global batch (all ranks), in queries
   int max_tokens_per_rank; // > 0: token budget per rank batch (queries + documents), batch_queries a cap
   int negatives_per_query;

@@ -2,6 +2,8 @@
 // InfoNCE over in-batch, hard and cross-device negatives. Optional gradient caching: embed the
 // whole contrastive batch without activations, take the loss gradient w.r.t. the embeddings, then
 // re-run and backpropagate chunk by chunk, so the batch is not bounded by activation memory.
+// With stage1.kd_weight > 0 a KL term pulls each query's distribution over its own candidates (its
+// positive and hard negatives) toward the data's teacher scores (FlagEmbedding's kl_div).
 // LoRA towers (stage1.lora.rank > 0): two adapters (or one shared) over one frozen base, the towers
 // views of it (model_lora.h); the adapters are what the optimizers train and checkpoints hold.
 #define _GNU_SOURCE
@@ -25,6 +27,8 @@ typedef struct {
   int32_t *targets;          // (Bq) backend
   int32_t *targets_host;
   float *loss;               // (1) backend
+  float *teacher;            // (Bq, 1 + k) teacher scores of each query's candidates; kd only
+  float *kd_loss;            // (1) backend; kd only
 } contrastive_buffers;
 
 typedef struct {
@@ -43,9 +47,9 @@ typedef struct {
 #define SN_LORA_DROPOUT_SALT 0x4C6F5241446F7570ull  // "LoRADoup"
 
 
-// Allocates the buffers (ops NULL: counts them only); returns their bytes.
+// Allocates the buffers (ops NULL: counts them only); returns their bytes. kd: the distillation's.
 static size_t buffers_init(contrastive_buffers *b, const sn_ops *ops, int C, int Bq, int Nd, int Bq_all,
-                           int Nd_all, int max_chunk) {
+                           int Nd_all, int max_chunk, int kd) {
   memset(b, 0, sizeof *b);
   b->C = C;
   size_t n = 0;
@@ -63,14 +67,19 @@ static size_t buffers_init(contrastive_buffers *b, const sn_ops *ops, int C, int
   b->chunk_emb = sn_plan_take(ops, (size_t)max_chunk * C * f, &n);
   b->targets = sn_plan_take(ops, (size_t)Bq * sizeof(int32_t), &n);
   b->loss = sn_plan_take(ops, f, &n);
+  if (kd) {
+    b->teacher = sn_plan_take(ops, (size_t)Nd * f, &n);  // one score per candidate slot
+    b->kd_loss = sn_plan_take(ops, f, &n);
+  }
   if (ops) b->targets_host = mallocCheck((size_t)Bq * sizeof(int32_t));
   return n;
 }
 
 static void buffers_free(contrastive_buffers *b, const sn_ops *ops) {
   float *f32[] = {b->q_emb, b->d_emb, b->q_all, b->d_all, b->dq, b->dd, b->dq_all, b->dd_all,
-                  b->pos_rows, b->dpos, b->chunk_emb, b->loss};
-  for (size_t i = 0; i < SN_ARRAY_LEN(f32); i++) ops->free(f32[i]);
+                  b->pos_rows, b->dpos, b->chunk_emb, b->loss, b->teacher, b->kd_loss};
+  for (size_t i = 0; i < SN_ARRAY_LEN(f32); i++)
+    if (f32[i]) ops->free(f32[i]);
   ops->free(b->targets);
   free(b->targets_host);
 }
@@ -170,6 +179,15 @@ static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *
       ops->add_f32(row, row, B->dpos + (size_t)i * C, (size_t)C);
     }
   }
+  if (s1->kd_weight > 0) {
+    // Each query against its own candidates, local rows [i (k+1), (i+1)(k+1)) even when the
+    // InfoNCE gathered every rank's; its document gradient goes into this rank's slice.
+    int G = s1->negatives_per_query + 1;
+    ops->upload(B->teacher, b->teacher_scores, (size_t)Nd * sizeof(float));
+    ops->memset_zero(B->kd_loss, sizeof(float));
+    ops->kl_distill_loss(B->kd_loss, B->dq, dd_target + (size_t)d_off * C, B->q_emb, B->d_emb, B->teacher, Bq,
+                         G, C, inv_temp, 1.0f / s1->kd_temperature, s1->kd_weight / (float)Bq_global);
+  }
   const float *dd = scatter_back(c, B->dd_all, B->dd, nd_all, d_off, Nd, cross);
 
   // With shared towers the query pass is not the model's last: only the document pass arms.
@@ -181,7 +199,27 @@ static int64_t micro_step(void *ctx, const sn_batch *b, int last_micro, double *
   float loss = 0;
   ops->download(&loss, B->loss, sizeof loss);
   terms[0] += loss;
+  if (s1->kd_weight > 0) {
+    ops->download(&loss, B->kd_loss, sizeof loss);
+    terms[1] += loss;
+  }
   return b->n_query_tokens + b->n_doc_tokens;
+}
+
+// Distillation needs a teacher score for every candidate: each line's pos_scores, and neg_scores
+// over hard negatives (random negatives from other lines have no score).
+static void check_teacher_scores(const sn_train_examples *ex, int negatives_per_query) {
+  for (int64_t i = 0; i < ex->n_examples; i++) {
+    const sn_train_example *e = &ex->examples[i];
+    if (!e->has_scores)
+      sn_bad_input("%s: missing \"%s\" (stage1.kd_weight > 0 distils teacher scores: expected "
+                   "\"pos_scores\" and \"neg_scores\", one number per \"pos\" / \"neg\" entry)",
+                   sn_train_example_where(ex, i), isnan(sn_example_pos_scores(ex, i)[0]) ? "pos_scores" : "neg_scores");
+    if (e->n_neg == 0 && negatives_per_query > 0)
+      sn_bad_input("%s: \"neg\" is empty (stage1.kd_weight > 0 with negatives_per_query %d needs scored hard "
+                   "negatives on every line: random negatives have no teacher score)",
+                   sn_train_example_where(ex, i), negatives_per_query);
+  }
 }
 
 static void log_model(const char *what, const sn_model *m) {
@@ -254,7 +292,7 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   const int Bq_all = cross ? Bq * world : Bq, Nd_all = cross ? Nd * world : Nd;
   sn_plan_add(ph, "loss buffers",
               buffers_init(&counted, NULL, sn_model_out_dim(m), Bq, Nd, Bq * world, Nd * world,
-                           SN_MAX(chunk_q, chunk_d)),  // as sn_train_stage1 sizes them
+                           SN_MAX(chunk_q, chunk_d), s1->kd_weight > 0),  // as sn_train_stage1 sizes them
               "%d queries x %d documents per rank", Bq, Nd);
   sn_workspace_shape ws = {.max_tokens = SN_MAX(chunk_q * len_q, chunk_d * len_d),
                            .n_heads = mc.n_heads, .head_dim = mc.head_dim, .widest = sn_model_widest_row(m),
@@ -325,6 +363,7 @@ int sn_train_stage1(sn_trainer *t) {
                           .rank = t->rank,
                           .max_tokens_per_rank = s1->max_tokens_per_rank,
                           .forbid_random_negatives = !t->cfg.data.allow_random_negatives};
+  if (s1->kd_weight > 0) check_teacher_scores(&t->examples, s1->negatives_per_query);
   if (s1->batch_queries % t->world != 0)
     sn_bad_input("stage1.batch_queries (%d) must be a multiple of the number of ranks (%d)",
                  s1->batch_queries, t->world);
@@ -345,7 +384,8 @@ int sn_train_stage1(sn_trainer *t) {
   sn_acts_set_recompute(c.qrun.acts, recompute_mode(s1));
   sn_acts_set_recompute(c.drun.acts, recompute_mode(s1));
   if (c.qrun.out_dim != c.drun.out_dim) sn_bad_input("stage 1: query and document towers differ in width");
-  buffers_init(&c.buf, ops, c.qrun.out_dim, Bq, Nd, s1->batch_queries, Nd * t->world, SN_MAX(c.chunk_q, c.chunk_d));
+  buffers_init(&c.buf, ops, c.qrun.out_dim, Bq, Nd, s1->batch_queries, Nd * t->world, SN_MAX(c.chunk_q, c.chunk_d),
+               s1->kd_weight > 0);
 
   // What is trained: the towers, or their adapters (the base has no gradients or optimizer state).
   sn_model *train_q = lora ? c.lora_q->params : c.qmodel, *train_d = lora ? c.lora_d->params : c.dmodel;
@@ -363,7 +403,8 @@ int sn_train_stage1(sn_trainer *t) {
                     .n_towers = 2, .n_ckpt_towers = 1 + two,
                     .towers = {{"query_tower", c.qmodel, tok_dir, "query_adapter", base_name},
                                {"doc_tower", c.dmodel, tok_dir, "doc_adapter", base_name}},
-                    .n_terms = 1, .term_names = {"infonce"}, .micro_step = micro_step, .ctx = &c};
+                    .n_terms = s1->kd_weight > 0 ? 2 : 1, .term_names = {"infonce", "kd"},
+                    .micro_step = micro_step, .ctx = &c};
   int rc = sn_train_loop(t, &stage, resuming);
   buffers_free(&c.buf, ops);
   sn_runner_free(&c.qrun);

@@ -2,6 +2,7 @@
 // to the single-process global batch, token budgets, stage-2 query-only batches, config errors,
 // and exact resumption from a saved cursor.
 #define _GNU_SOURCE
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,7 +32,11 @@ typedef struct {
   sn_token_set queries, docs;
 } dataset;
 
-// Example i: 1 + i%3 positives; i%4 == 0: no negatives, 1: two (< k), else six (two shared).
+// Teacher scores that tell every (example, list, position) apart.
+static int pos_score(int example, int j) { return 100 * example + j; }
+static int neg_score(int example, int j) { return -100 * example - j - 1; }
+
+// Example i: 1 + i%3 positives (all scored); i%4 == 0: no negatives, 1: two (< k), else six (two shared).
 static void make_dataset(dataset *d, int n_examples) {
   size_t cap = 1 << 16, len = 0;
   char *buf = mallocCheck(cap);
@@ -41,6 +46,8 @@ static void make_dataset(dataset *d, int n_examples) {
     for (int j = 0; j <= i % 3; j++)
       len += (size_t)snprintf(buf + len, cap - len, "%s\"pos %d.%d%.*s\"", j ? ", " : "", i, j,
                               (i * 7 + j) % 11, "yyyyyyyyyyy");
+    len += (size_t)snprintf(buf + len, cap - len, "], \"pos_scores\": [");
+    for (int j = 0; j <= i % 3; j++) len += (size_t)snprintf(buf + len, cap - len, "%s%d", j ? ", " : "", pos_score(i, j));
     len += (size_t)snprintf(buf + len, cap - len, "]");
     int n_neg = i % 4 == 0 ? 0 : i % 4 == 1 ? 2 : 6;
     if (n_neg) len += (size_t)snprintf(buf + len, cap - len, ", \"neg\": [");
@@ -50,6 +57,8 @@ static void make_dataset(dataset *d, int n_examples) {
       else
         len += (size_t)snprintf(buf + len, cap - len, "%s\"neg %d.%d\"", j ? ", " : "", i, j);
     }
+    if (n_neg) len += (size_t)snprintf(buf + len, cap - len, "], \"neg_scores\": [");
+    for (int j = 0; j < n_neg; j++) len += (size_t)snprintf(buf + len, cap - len, "%s%d", j ? ", " : "", neg_score(i, j));
     len += (size_t)snprintf(buf + len, cap - len, "%s}\n", n_neg ? "]" : "");
   }
   sn_train_examples_init(&d->ex);
@@ -378,6 +387,34 @@ static void test_errors(dataset *d) {
   free_dataset(&one);
 }
 
+// Each doc slot carries its line's score of that doc (NAN for a random negative).
+static void test_teacher_scores(dataset *d) {
+  sn_sampler_config c = base_config();
+  sn_sampler *s = make_sampler(&c, d);
+  int checked = 0, random_slots = 0;
+  for (int step = 0; step < 6; step++) {
+    const sn_batch *b = next(s);
+    for (int i = 0; i < b->n_queries; i++) {
+      int64_t e = b->example_index[i];
+      const sn_train_example *x = &d->ex.examples[e];
+      for (int slot = 0; slot <= K_NEG; slot++) {
+        int at = b->pos_index[i] + slot;
+        int64_t doc = b->doc_index[at];
+        const int64_t *list = slot == 0 ? sn_example_pos(&d->ex, e) : sn_example_neg(&d->ex, e);
+        int n = slot == 0 ? x->n_pos : x->n_neg, j = 0;
+        while (j < n && list[j] != doc) j++;
+        float want = j == n ? NAN : (float)(slot == 0 ? pos_score((int)e, j) : neg_score((int)e, j));
+        if (j == n) random_slots++;
+        CHECK(isnan(want) ? isnan(b->teacher_scores[at]) : b->teacher_scores[at] == want,
+              "step %d query %d slot %d: score %g, want %g", step, i, slot, b->teacher_scores[at], want);
+        checked++;
+      }
+    }
+  }
+  CHECK(checked > 0 && random_slots > 0, "teacher scores: %d slots checked, %d random", checked, random_slots);
+  sn_sampler_free(s);
+}
+
 int main(void) {
   dataset d;
   make_dataset(&d, N_EXAMPLES);
@@ -388,6 +425,7 @@ int main(void) {
   test_token_budget(&d);
   test_queries_only(&d);
   test_errors(&d);
+  test_teacher_scores(&d);
   free_dataset(&d);
   return sn_test_finish("test_data_batches");
 }

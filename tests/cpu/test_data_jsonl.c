@@ -1,6 +1,7 @@
 // JSONL training examples: valid forms, every kind of bad line (error names file:line and what
 // was expected), skip mode with counts, files without a valid line, and the exiting loader (exit 2).
 #define _GNU_SOURCE
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -99,6 +100,57 @@ static const bad_case bad_cases[] = {
 static const char *case_text(const bad_case *c) {
   if (c->line != LONG_LINE_MARK) return c->line;
   return "{\"query\": \"a long query that goes on and on\", \"pos\": [\"and a long document\"]}";
+}
+
+// FlagEmbedding's fields: "prompt" → the query's template; pos_scores/neg_scores kept per doc
+// (through dedup), and every kind of bad value named by field.
+static void test_flag_fields(void) {
+  const char *text =
+      "{\"query\": \"q\", \"pos\": [\"a\", \"a\"], \"neg\": [\"b\", \"a\", \"c\"], \"prompt\": \"Find: \", "
+      "\"pos_scores\": [1.5, 9], \"neg_scores\": [-2, 7, 0.25]}\n"
+      "{\"query\": \"r\", \"pos\": [\"a\"], \"prompt\": \"<{text}>\", \"pos_scores\": [3]}\n"
+      "{\"query\": \"s\", \"pos\": [\"a\"], \"neg\": [\"b\"], \"pos_scores\": [3]}\n";
+  sn_train_examples ex;
+  sn_train_examples_init(&ex);
+  char err[SN_DATA_ERR_LEN];
+  CHECK(parse(&ex, text, "f.jsonl", 0, 0, err) == 0 && ex.n_examples == 3, "flag fields: %s", err);
+  if (ex.n_examples == 3) {
+    CHECK(ex.examples[0].query_template && strcmp(ex.examples[0].query_template, "Find: {text}") == 0,
+          "a prompt without {text} is a prefix: %s", ex.examples[0].query_template);
+    CHECK(strcmp(ex.examples[1].query_template, "<{text}>") == 0, "a prompt with {text} is the template");
+    CHECK(ex.examples[2].query_template == NULL, "no prompt: data.query_prompt");
+    // Repeated positive and the negative equal to it dropped together with their scores.
+    CHECK(ex.examples[0].n_pos == 1 && ex.examples[0].n_neg == 2, "counts");
+    const float *ps = sn_example_pos_scores(&ex, 0), *ns = sn_example_neg_scores(&ex, 0);
+    CHECK(ps[0] == 1.5f && ns[0] == -2.0f && ns[1] == 0.25f, "scores %g %g %g", ps[0], ns[0], ns[1]);
+    CHECK(ex.examples[0].has_scores && ex.examples[1].has_scores, "scored lines");
+    CHECK(!ex.examples[2].has_scores && isnan(sn_example_neg_scores(&ex, 2)[0]),
+          "negatives without neg_scores have none");
+  }
+  sn_train_examples_free(&ex);
+  static const bad_case cases[] = {
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [\"1\"]}", "\"pos_scores\"[0] must be a finite number"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": 1}", "\"pos_scores\" must be an array of numbers"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [1, 2]}", "\"pos_scores\" has 2 scores but \"pos\" has 1"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"neg\": [\"y\"], \"neg_scores\": []}", "\"neg_scores\" has 0 scores"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"neg_scores\": [1]}", "\"neg_scores\" has 1 scores but \"neg\" has 0"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [NaN]}", "\"pos_scores\": NaN at byte 45 is not JSON"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [1e999]}", "\"pos_scores\"[0] must be a finite number"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"pos_scores\": [-1e300]}", "\"pos_scores\"[0] must be a finite number"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"neg\": [\"y\"], \"neg_scores\": [null]}", "\"neg_scores\"[0] must be"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"prompt\": 3}", "\"prompt\" must be a non-empty string"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"prompt\": \"\"}", "\"prompt\" must be a non-empty string"},
+      {"{\"query\": \"a\", \"pos\": [\"x\"], \"prompt\": \"{text}{text}\"}", "more than once"},
+  };
+  for (size_t i = 0; i < SN_ARRAY_LEN(cases); i++) {
+    char buf[1024];
+    snprintf(buf, sizeof buf, "{\"query\": \"fine\", \"pos\": [\"ok\"]}\n%s\n", cases[i].line);
+    sn_train_examples_init(&ex);
+    int rc = parse(&ex, buf, "bad.jsonl", 0, 0, err);
+    CHECK(rc == -1 && strncmp(err, "bad.jsonl:2: ", 13) == 0 && strstr(err, cases[i].expect),
+          "flag case %zu: expected \"%s\" in: %s", i, cases[i].expect, err);
+    sn_train_examples_free(&ex);
+  }
 }
 
 static void test_bad_lines(void) {
@@ -214,6 +266,7 @@ static void test_exiting_loader(void) {
 int main(void) {
   test_valid_forms();
   test_bad_lines();
+  test_flag_fields();
   test_skip_mode();
   test_exiting_loader();
   return sn_test_finish("test_data_jsonl");

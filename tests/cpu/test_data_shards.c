@@ -151,7 +151,8 @@ static void test_encode_truncation(void) {
 // ---- token sets ----------------------------------------------------------------------------------
 
 static const sn_text_item ITEMS[] = {
-    {"", "alpha"}, {"T", "beta"}, {"", ""}, {"Long", "a text that is longer than the max"},
+    {"", "alpha", NULL}, {"T", "beta", NULL}, {"", "", NULL},
+    {"Long", "a text that is longer than the max", NULL},
 };
 #define N_ITEMS ((int64_t)SN_ARRAY_LEN(ITEMS))
 static const sn_prompt_spec DOC_SPEC = {"Title: {title}\nText: {text}", 24, 0, 1};
@@ -160,6 +161,36 @@ static int sets_equal(const sn_token_set *a, const sn_token_set *b) {
   if (a->n_seqs != b->n_seqs || a->n_tokens != b->n_tokens) return 0;
   return memcmp(a->offsets, b->offsets, (size_t)(a->n_seqs + 1) * sizeof *a->offsets) == 0 &&
          memcmp(a->ids, b->ids, (size_t)a->n_tokens * sizeof *a->ids) == 0;
+}
+
+// An item's own template (a line's "prompt"): changes the key and that item's ids only, which are
+// those of a set built with the template as the spec's.
+static void test_item_template(const sn_token_set *plain, const sn_text_encoder *enc, uint64_t k0) {
+  static const char own_template[] = "Q: {text}";
+  char err[SN_DATA_ERR_LEN];
+  sn_text_item own[N_ITEMS];
+  memcpy(own, ITEMS, sizeof own);
+  own[1].template_str = own_template;
+  uint64_t k_own = sn_token_set_cache_key(own, N_ITEMS, &DOC_SPEC, enc);
+  CHECK(k_own != k0, "an item's own template is not in the key");
+  own[1].template_str = "Q:{text}";
+  CHECK(sn_token_set_cache_key(own, N_ITEMS, &DOC_SPEC, enc) != k_own, "the item template's text is not in the key");
+  own[1].template_str = own_template;
+  sn_token_set with, ref;
+  CHECK(sn_token_set_build(&with, own, N_ITEMS, &DOC_SPEC, enc, err, sizeof err) == 0, "%s", err);
+  sn_prompt_spec as_spec = DOC_SPEC;
+  as_spec.template_str = own_template;
+  CHECK(sn_token_set_build(&ref, ITEMS, N_ITEMS, &as_spec, enc, err, sizeof err) == 0, "%s", err);
+  CHECK(with.cache_key == k_own, "built set's key");
+  for (int64_t i = 0; i < N_ITEMS; i++) {
+    const sn_token_set *want = i == 1 ? &ref : plain;
+    int n = sn_token_set_len(&with, i);
+    CHECK(n == sn_token_set_len(want, i) &&
+              memcmp(with.ids + with.offsets[i], want->ids + want->offsets[i], (size_t)n * sizeof(int32_t)) == 0,
+          "item %lld: ids not those of %s", (long long)i, i == 1 ? "its own template" : "the spec's template");
+  }
+  sn_token_set_close(&with);
+  sn_token_set_close(&ref);
 }
 
 static void test_build_write_map(const char *dir) {
@@ -209,8 +240,9 @@ static void test_build_write_map(const char *dir) {
   CHECK(sn_token_set_cache_key(ITEMS, N_ITEMS - 1, &DOC_SPEC, &enc) != k0, "item count in key");
   sn_text_item moved[N_ITEMS];
   memcpy(moved, ITEMS, sizeof moved);
-  moved[0] = (sn_text_item){"alph", "a"};  // same bytes, other split between title and text
+  moved[0] = (sn_text_item){"alph", "a", NULL};  // same bytes, other split between title and text
   CHECK(sn_token_set_cache_key(moved, N_ITEMS, &DOC_SPEC, &enc) != k0, "title/text split in key");
+  test_item_template(&mem, &enc, k0);
   sn_token_set_close(&mem);
   unlink(path);
 }

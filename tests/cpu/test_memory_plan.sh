@@ -2,7 +2,7 @@
 # The memory plan (sn_train --plan, host/train/train_plan.c):
 # - on the CPU backend it counts exactly what the stages allocate: the planned bytes of stage 1 and
 #   stage 2 equal the allocator's high-water mark, for plain towers, shared towers, gradient caching
-#   with recomputation, LoRA towers (with dropout), and (with mpirun) ZeRO-1 and ZeRO-2 on 2 ranks;
+#   with recomputation, LoRA towers (with dropout), score distillation (kd_weight), and (with mpirun) ZeRO-1 and ZeRO-2 on 2 ranks;
 # - a run that cannot fit (7B towers on this machine) exits 2 before loading anything, with the
 #   figures and what would make it fit; --world N plans for N ranks.
 set -euo pipefail
@@ -45,6 +45,17 @@ run plain
 run shared --stage 1 --set stage1.shared_towers=true
 run gc-recompute --stage 1 --set stage1.grad_cache_chunk=4 --set stage1.recompute=layer
 run lora --stage 1 --set stage1.lora.rank=4 --set stage1.lora.dropout=0.1
+# Score distillation's buffers (teacher scores, its loss): every line scored, with a hard negative.
+python3 - <<'PY'
+import json
+lines = [json.loads(l) for l in open("data/train.jsonl")]
+with open("scored.jsonl", "w") as f:
+    for i, ex in enumerate(lines):
+        ex["neg"] = ex.get("neg") or [lines[(i + 1) % len(lines)]["pos"][0]]
+        ex["pos_scores"], ex["neg_scores"] = [1.0] * len(ex["pos"]), [0.5] * len(ex["neg"])
+        f.write(json.dumps(ex) + "\n")
+PY
+run kd --stage 1 --set stage1.kd_weight=1 --set 'data.train=["scored.jsonl"]'
 grep -q "memory plan: peak" plain.log || { echo "FAIL: no plan line in the run's log"; fail=1; }
 # recomputation must hold less than the plain towers
 plain_b=$(sed -n 's/.*stage 1: memory peak .*; \([0-9]*\) and.*/\1/p' plain.log)

@@ -436,6 +436,70 @@ static void test_distill(void) {
   free(d.student), free(d.teacher), free(d.dscratch), free(ds);
 }
 
+typedef struct {
+  int B, G, C;
+  float *q, *d, *teacher, *dq_scratch, *dd_scratch;
+  float inv_ts, inv_tt, scale;
+} kl_ctx;
+
+static void kl_fwd(void *c, float *out) {
+  kl_ctx *k = c;
+  out[0] = 0.0f;
+  ops->kl_distill_loss(out, k->dq_scratch, k->dd_scratch, k->q, k->d, k->teacher, k->B, k->G, k->C,
+                       k->inv_ts, k->inv_tt, k->scale);
+}
+
+// Finite differences of both inputs; the gradients accumulate onto what the buffers held.
+static void test_kl_distill(int B, int G, int C) {
+  kl_ctx k = {B, G, C, random_array((size_t)B * C, 0.5f), random_array((size_t)B * G * C, 0.5f),
+              random_array((size_t)B * G, 2.0f), random_array((size_t)B * C, 0),
+              random_array((size_t)B * G * C, 0), 3.0f, 0.5f, 1.0f / B};
+  float *dq0 = random_array((size_t)B * C, 1.0f), *dd0 = random_array((size_t)B * G * C, 1.0f);
+  float *dq = mallocCheck((size_t)B * C * sizeof(float)), *dd = mallocCheck((size_t)B * G * C * sizeof(float));
+  memcpy(dq, dq0, (size_t)B * C * sizeof(float));
+  memcpy(dd, dd0, (size_t)B * G * C * sizeof(float));
+  float loss = 0.5f, one = 1.0f;  // accumulated onto 0.5
+  ops->kl_distill_loss(&loss, dq, dd, k.q, k.d, k.teacher, B, G, C, k.inv_ts, k.inv_tt, k.scale);
+  float fresh;
+  kl_fwd(&k, &fresh);
+  CHECK(fabsf(loss - 0.5f - fresh) <= 1e-6f * (1.0f + fabsf(fresh)), "kl_distill_loss: loss not accumulated");
+  CHECK(fresh >= 0.0f, "KL %g < 0", fresh);
+  for (int i = 0; i < B * C; i++) dq[i] -= dq0[i];
+  for (int i = 0; i < B * G * C; i++) dd[i] -= dd0[i];
+  char name[64];
+  snprintf(name, sizeof name, "kl_distill_loss B=%d G=%d C=%d", B, G, C);
+  fd_problem p = {name, kl_fwd, &k, 1, &one, EPS_SMOOTH};
+  if (G > 1) {  // one candidate: the loss is 0 whatever the inputs, and so are the gradients
+    check_input(&p, "q", k.q, (size_t)B * C, dq);
+    check_input(&p, "d", k.d, (size_t)B * G * C, dd);
+  } else {
+    float zeros[B * G * C];
+    memset(zeros, 0, sizeof zeros);
+    CHECK(fresh == 0.0f && sn_max_abs_err(dq, zeros, (size_t)B * C) == 0.0 &&
+              sn_max_abs_err(dd, zeros, (size_t)B * G * C) == 0.0,
+          "one candidate: loss %g", fresh);
+  }
+  free(k.q), free(k.d), free(k.teacher), free(k.dq_scratch), free(k.dd_scratch);
+  free(dq0), free(dd0), free(dq), free(dd);
+}
+
+// The loss value against numpy on fixed inputs. Reference (float64):
+//   s = einsum('bc,bgc->bg', q, d.reshape(2, 3, 3)) / 0.5; lpt = log_softmax(t / 2); lps = log_softmax(s)
+//   0.75 * sum(exp(lpt) * (lpt - lps))  = 1.7688736420668463
+static void test_kl_distill_value(void) {
+  enum { B = 2, G = 3, C = 3 };
+  const float q[B * C] = {0.5f, -1.0f, 0.25f, 1.0f, 0.5f, -0.5f};
+  const float d[B * G * C] = {0.2f, 0.1f, 0.3f, -0.4f, 0.6f, 0.0f, 1.0f, -1.0f, 0.5f,
+                              0.3f, 0.3f, 0.3f, -0.2f, 0.9f, -0.7f, 0.6f, 0.0f, -0.1f};
+  const float t[B * G] = {2.0f, 0.5f, -1.0f, 0.0f, 1.5f, 3.0f};
+  const double want = 1.7688736420668463;
+  float dq[B * C] = {0}, dd[B * G * C] = {0}, loss = 0.0f;
+  ops->kl_distill_loss(&loss, dq, dd, q, d, t, B, G, C, 1.0f / 0.5f, 1.0f / 2.0f, 0.75f);
+  double err = fabs(loss - want) / want;
+  printf("  %-44s rel err %.2e\n", "kl_distill_loss vs numpy", err);
+  CHECK(err < 1e-6, "kl_distill_loss %.9g, numpy %.9g", loss, want);
+}
+
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);  // keep the report in order with stderr's FAIL lines
   ops = sn_ops_cpu();
@@ -462,5 +526,9 @@ int main(void) {
   test_l2norm();
   test_contrastive();
   test_distill();
+  test_kl_distill(3, 4, 5);
+  test_kl_distill(2, 1, 3);
+  test_kl_distill(1, 7, 2);
+  test_kl_distill_value();
   return sn_test_finish("test_ops_grad");
 }

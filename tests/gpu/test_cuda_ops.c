@@ -320,6 +320,24 @@ static void check_losses(int R, int N, int C) {
   pair_free(&s), pair_free(&t), pair_free(&ds), pair_free(&terms);
 }
 
+// Score distillation: B queries x G candidates each. The loss and gradients accumulate, so they
+// start from random values (an element the kernel forgets keeps them and fails the comparison).
+static void check_kl_distill(int B, int G, int C) {
+  char name[160];
+  pair q = f32_rand((size_t)B * C, 1.0f / sqrtf((float)C)), d = f32_rand((size_t)B * G * C, 1.0f / sqrtf((float)C));
+  pair t = f32_rand((size_t)B * G, 3.0f);
+  float l0 = 0.5f;
+  pair loss = pair_new(1, &l0, 1);
+  pair dq = f32_rand((size_t)B * C, 0.01f), dd = f32_rand((size_t)B * G * C, 0.01f);
+  cpu->kl_distill_loss(loss.c, dq.c, dd.c, q.c, d.c, t.c, B, G, C, 20.0f, 1.0f, 1.0f / B);
+  gpu->kl_distill_loss(loss.g, dq.g, dd.g, q.g, d.g, t.g, B, G, C, 20.0f, 1.0f, 1.0f / B);
+  snprintf(name, sizeof name, "kl_distill_loss loss B=%d G=%d C=%d", B, G, C);
+  compare(name, loss, F32_TOL);
+  compare("  kl_distill_loss dq", dq, F32_TOL);
+  compare("  kl_distill_loss dd", dd, F32_TOL);
+  pair_free(&q), pair_free(&d), pair_free(&t), pair_free(&loss), pair_free(&dq), pair_free(&dd);
+}
+
 static void check_optimizer(size_t n) {
   char name[160];
   pair g = st_rand(n, 1.0f);
@@ -491,6 +509,9 @@ int main(int argc, char **argv) {
     check_losses(7, 33, 37);
     check_losses(64, 128, 896);
     if (!quick) check_losses(512, 1024, 1536), check_losses(128, 256, 3584), check_losses(64, 128, 5120);
+    // One candidate (the loss is 0), odd counts and widths, a wide group, a large batch.
+    check_kl_distill(1, 1, 8), check_kl_distill(3, 1, 37), check_kl_distill(7, 5, 33), check_kl_distill(5, 67, 129);
+    if (!quick) check_kl_distill(64, 16, 896), check_kl_distill(33, 8, 3584);
   }
   if (wanted("optimizer")) {
     check_optimizer(1), check_optimizer(4099);

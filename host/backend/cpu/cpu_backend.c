@@ -67,6 +67,7 @@ static const sn_ops cpu_ops = {
     .l2norm_backward = sn_cpu_l2norm_backward,
 
     .contrastive_loss = sn_cpu_contrastive_loss,
+    .kl_distill_loss = sn_cpu_kl_distill_loss,
     .distill_loss = sn_cpu_distill_loss,
 
     .scores_f32 = sn_cpu_scores_f32,

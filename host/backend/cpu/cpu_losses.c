@@ -1,5 +1,5 @@
-// Losses (fp32): contrastive cross-entropy over similarities (InfoNCE) and embedding
-// distillation (MSE + cosine). Per-row terms are summed in row order, in double, so the loss does
+// Losses (fp32): contrastive cross-entropy over similarities (InfoNCE), embedding distillation
+// (MSE + cosine) and score distillation (KL over each query's candidates). Per-row terms are summed in row order, in double, so the loss does
 // not depend on the thread count.
 #include <math.h>
 
@@ -94,4 +94,63 @@ void sn_cpu_distill_loss(float *loss_terms, float *dstudent, const float *studen
   }
   loss_terms[0] += (float)(alpha * sq_err / count);
   loss_terms[1] += (float)(beta * one_minus_cos / B);
+}
+
+// ---- score distillation (KL over each query's candidates) ---------------------------------------
+// Query b: logits (G) in, d loss / d (q_b . d_bg) out in place; returns KL(p_t || p_s) of the row.
+static double kl_row(float *logits, const float *teacher, int G, float inv_ts, float inv_tt,
+                     float grad_scale) {
+  double s_max = -INFINITY, t_max = -INFINITY;
+  for (int g = 0; g < G; g++) {
+    s_max = fmax(s_max, (double)logits[g] * inv_ts);
+    t_max = fmax(t_max, (double)teacher[g] * inv_tt);
+  }
+  double s_sum = 0.0, t_sum = 0.0;
+  for (int g = 0; g < G; g++) {
+    s_sum += exp((double)logits[g] * inv_ts - s_max);
+    t_sum += exp((double)teacher[g] * inv_tt - t_max);
+  }
+  double s_lse = s_max + log(s_sum), t_lse = t_max + log(t_sum), kl = 0.0;
+  for (int g = 0; g < G; g++) {
+    double log_ps = (double)logits[g] * inv_ts - s_lse, log_pt = (double)teacher[g] * inv_tt - t_lse;
+    double pt = exp(log_pt);
+    kl += pt * (log_pt - log_ps);  // pt = 0 (underflow) contributes 0
+    logits[g] = (float)(grad_scale * (exp(log_ps) - pt));
+  }
+  return kl;
+}
+
+void sn_cpu_kl_distill_loss(float *loss, float *dq, float *dd, const float *q, const float *d,
+                            const float *teacher, int B, int G, int C, float inv_temp_student,
+                            float inv_temp_teacher, float scale) {
+  if (G < 1 || G > SN_KL_MAX_CANDIDATES)
+    sn_fatal("kl_distill_loss: %d candidates per query (expected 1..%d)", G, SN_KL_MAX_CANDIDATES);
+  // per query: its G logits, then gradients, in place; row_kl (B)
+  float *grads = sn_cpu_scratch(SN_CPU_SCRATCH_OP, ((size_t)B * G + B) * sizeof(float));
+  float *row_kl = grads + (size_t)B * G;
+  float grad_scale = scale * inv_temp_student;  // d logit / d (q . d) = inv_temp_student
+  size_t work = (size_t)B * G * C;
+#pragma omp parallel for schedule(static) if (work >= SN_CPU_PARALLEL_MIN_WORK)
+  for (int b = 0; b < B; b++) {
+    const float *qb = q + (size_t)b * C, *db = d + (size_t)b * G * C;
+    float *g_row = grads + (size_t)b * G;
+    for (int g = 0; g < G; g++) {
+      double dot = 0.0;
+      for (int c = 0; c < C; c++) dot += (double)qb[c] * db[(size_t)g * C + c];
+      g_row[g] = (float)dot;
+    }
+    row_kl[b] = (float)kl_row(g_row, teacher + (size_t)b * G, G, inv_temp_student, inv_temp_teacher,
+                              grad_scale);
+    // Rows of query b and of its candidates are its own: no two iterations write the same row.
+    float *dqb = dq + (size_t)b * C, *ddb = dd + (size_t)b * G * C;
+    for (int g = 0; g < G; g++) {
+      for (int c = 0; c < C; c++) {
+        dqb[c] += g_row[g] * db[(size_t)g * C + c];
+        ddb[(size_t)g * C + c] += g_row[g] * qb[c];
+      }
+    }
+  }
+  double total = 0.0;
+  for (int b = 0; b < B; b++) total += row_kl[b];
+  *loss += (float)(scale * total);
 }

@@ -177,6 +177,9 @@ void sn_cpu_contrastive_loss(float *loss, float *drows, float *dcols, const floa
                              float inv_temp, float scale);
 void sn_cpu_distill_loss(float *loss_terms, float *dstudent, const float *student,
                          const float *teacher, int B, int C, float alpha, float beta);
+void sn_cpu_kl_distill_loss(float *loss, float *dq, float *dd, const float *q, const float *d,
+                            const float *teacher, int B, int G, int C, float inv_temp_student,
+                            float inv_temp_teacher, float scale);
 
 // ---- exact top-k for evaluation (cpu_topk.c) ----------------------------------------------------
 void sn_cpu_scores_f32(float *S, const float *A, const float *B, int M, int N, int K);
