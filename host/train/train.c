@@ -152,9 +152,12 @@ static void print_eval_summary(const sn_trainer *t) {
 // ---- main --------------------------------------------------------------------------------------
 
 static void set_run_paths(sn_trainer *t) {
+  // Normalised ("runs/x/" -> "runs/x"): every path derived from these and printed reads as typed.
   snprintf(t->run_dir, sizeof t->run_dir, "%s", t->cfg.run_dir);
+  sn_path_normalize(t->run_dir);
   if (t->cfg.data.cache_dir[0]) snprintf(t->cache_dir, sizeof t->cache_dir, "%s", t->cfg.data.cache_dir);
   else snprintf(t->cache_dir, sizeof t->cache_dir, "%s/cache", t->run_dir);
+  sn_path_normalize(t->cache_dir);
 }
 
 // Rank 0 creates the run folder and takes its lock before anything else is written there; then
