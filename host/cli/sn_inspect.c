@@ -56,6 +56,7 @@ static int find_config(const char *path, char *out, size_t outlen) {
   snprintf(copy, sizeof copy, "%s", path);
   const char *dir = sn_is_dir(path) ? path : dirname(copy);
   snprintf(out, outlen, "%s/config.json", dir);
+  sn_path_normalize(out);  // printed: "model/" gives model/config.json, not model//config.json
   struct stat st;
   return stat(out, &st) == 0 && S_ISREG(st.st_mode);
 }
