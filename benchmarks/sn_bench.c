@@ -18,8 +18,42 @@
 #include "common.h"
 #include "ops.h"
 
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: sn_bench [--csv] [--quick] [--idle-gpu] [--filter SUBSTRING]\n"
+          "Kernel microbenchmarks of the CUDA backend (prints a note and exits 0 without a GPU).\n"
+          "  --csv              CSV rows instead of a table\n"
+          "  --quick            fewer repetitions per op\n"
+          "  --idle-gpu         time each call from an idle GPU (launch latency included)\n"
+          "  --filter SUBSTR    only the ops whose name contains SUBSTR\n"
+          "  --help, -h         this text\n"
+          "  --version          the scalingnote version\n");
+}
+
+typedef struct {
+  int csv, quick, idle_gpu;
+  const char *filter;
+} bench_args;
+
+// Parsed in both builds, so that --help, --version and bad flags behave the same without CUDA.
+static bench_args parse_args(int argc, char **argv) {
+  bench_args a = {0};
+  sn_cli_init("sn_bench", usage);
+  for (int i = 1; i < argc; i++) {
+    sn_cli_std_flag(argv[i]);
+    if (!strcmp(argv[i], "--csv")) a.csv = 1;
+    else if (!strcmp(argv[i], "--quick")) a.quick = 1;
+    else if (!strcmp(argv[i], "--idle-gpu")) a.idle_gpu = 1;
+    else if (!strcmp(argv[i], "--filter") && i + 1 < argc) a.filter = argv[++i];
+    else if (!strcmp(argv[i], "--filter")) sn_usage_error("--filter needs a SUBSTRING");
+    else sn_usage_error("unknown argument: '%s'", argv[i]);
+  }
+  return a;
+}
+
 #ifndef SN_WITH_CUDA
-int main(void) {
+int main(int argc, char **argv) {
+  parse_args(argc, argv);
   printf("sn_bench: built without CUDA; the kernel microbenchmarks need the CUDA backend.\n");
   return 0;
 }
@@ -43,6 +77,7 @@ int main(void) {
   } while (0)
 
 static const sn_ops *ops;
+#define QUICK_REPS 10  // --quick
 static int csv, quick, idle_gpu, reps = 50;
 static const char *filter;
 static double copy_gbps, gemm_tflops;
@@ -605,18 +640,9 @@ static void bench_topk(int nq, int nd, int C) {
 }
 
 int main(int argc, char **argv) {
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--csv")) csv = 1;
-    else if (!strcmp(argv[i], "--quick")) quick = 1, reps = 10;
-    else if (!strcmp(argv[i], "--idle-gpu")) idle_gpu = 1;
-    else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
-    else {
-      if (!strcmp(argv[i], "--filter")) fprintf(stderr, "error: sn_bench: --filter needs a SUBSTRING\n");
-      else fprintf(stderr, "error: sn_bench: unknown argument: '%s'\n", argv[i]);
-      fprintf(stderr, "usage: sn_bench [--csv] [--quick] [--idle-gpu] [--filter SUBSTRING]\n");
-      return 2;
-    }
-  }
+  bench_args a = parse_args(argc, argv);
+  csv = a.csv, quick = a.quick, idle_gpu = a.idle_gpu, filter = a.filter;
+  if (quick) reps = QUICK_REPS;
   const char *why = NULL;
   ops = sn_ops_cuda(&why);
   if (!ops) {

@@ -79,19 +79,34 @@ static void parse_ops(const char *list, int *run_op) {
   free(copy);
 }
 
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: [mpirun -np N] sn_bench_comm [--device cpu|cuda] [--min-bytes 1K] [--max-bytes 256M]\n"
+          "       [--step-factor 4] [--iters 20] [--warmup 5] [--dtype f32|bf16]\n"
+          "       [--ops all_reduce,all_gather,reduce_scatter] [--timeout S]\n"
+          "Collective bandwidth of the communicator over message sizes.\n"
+          "  --device DEV       cpu or cuda buffers\n"
+          "  --min-bytes B      smallest message (K, M, G suffixes)\n"
+          "  --max-bytes B      largest message\n"
+          "  --step-factor F    each size is F times the previous (at least 2)\n"
+          "  --iters N          timed calls per size\n"
+          "  --warmup N         untimed calls first\n"
+          "  --dtype D          element type, f32 or bf16\n"
+          "  --ops LIST         the collectives to time, comma-separated\n"
+          "  --timeout S        give up on a hung collective after S seconds\n"
+          "  --help, -h         this text\n"
+          "  --version          the scalingnote version\n");
+}
+
 static bench_args parse_args(int argc, char **argv) {
+  sn_cli_init("sn_bench_comm", usage);
   bench_args a = {.device = "cpu", .min_bytes = DEFAULT_MIN_BYTES, .max_bytes = DEFAULT_MAX_BYTES,
                   .step_factor = DEFAULT_STEP_FACTOR, .iters = DEFAULT_ITERS, .warmup = DEFAULT_WARMUP,
                   .run_op = {1, 1, 1}};
   for (int i = 1; i < argc; i++) {
     const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
-    if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
-      printf("usage: [mpirun -np N] sn_bench_comm [--device cpu|cuda] [--min-bytes 1K] [--max-bytes 256M]\n"
-             "       [--step-factor 4] [--iters 20] [--warmup 5] [--dtype f32|bf16]\n"
-             "       [--ops all_reduce,all_gather,reduce_scatter] [--timeout S]\n");
-      exit(0);
-    }
-    if (!value) sn_bad_input("%s needs a value (see --help)", flag);
+    sn_cli_std_flag(flag);
+    if (!value) sn_usage_error("%s needs a value", flag);
     i++;
     if (strcmp(flag, "--device") == 0) a.device = value;
     else if (strcmp(flag, "--min-bytes") == 0) a.min_bytes = parse_bytes(value, flag);
@@ -106,7 +121,7 @@ static bench_args parse_args(int argc, char **argv) {
       if (strcmp(value, "f32") == 0) a.dtype = SN_DTYPE_F32;
       else if (strcmp(value, "bf16") == 0) a.dtype = SN_DTYPE_BF16;
       else sn_bad_input("--dtype '%s': expected f32 or bf16", value);
-    } else sn_bad_input("unknown option '%s' (see --help)", flag);
+    } else sn_usage_error("unknown option '%s'", flag);
   }
   if (a.step_factor < 2) sn_bad_input("--step-factor must be at least 2");
   if (a.min_bytes > a.max_bytes) sn_bad_input("--min-bytes is larger than --max-bytes");

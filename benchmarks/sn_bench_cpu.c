@@ -76,8 +76,23 @@ static double bench_attention(const sn_ops *ops, int B, int L, int Hq, int Hkv, 
   return 2.0 * D * pairs * (4 + 10) * calls / elapsed * 1e-9;
 }
 
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: sn_bench_cpu [--quick]\n"
+          "CPU backend microbenchmark: matmul GFLOP/s (OMP_NUM_THREADS picks the thread count).\n"
+          "  --quick            only the four square shapes\n"
+          "  --help, -h         this text\n"
+          "  --version          the scalingnote version\n");
+}
+
 int main(int argc, char **argv) {
-  int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+  sn_cli_init("sn_bench_cpu", usage);
+  int quick = 0;
+  for (int i = 1; i < argc; i++) {
+    sn_cli_std_flag(argv[i]);
+    if (strcmp(argv[i], "--quick") == 0) quick = 1;
+    else sn_usage_error("unknown argument '%s'", argv[i]);
+  }
   const sn_ops *ops = sn_ops_cpu();
   const matmul_shape shapes[] = {
       {"square NN", 512, 512, 512, 0, 0},

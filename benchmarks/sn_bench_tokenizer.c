@@ -53,17 +53,30 @@ static text_set read_texts(const char *path) {
   return set;
 }
 
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: sn_bench_tokenizer --tokenizer FILE_OR_DIR --input FILE.jsonl [--repeat N]\n"
+          "Encoding speed of one thread, in MB/s of text.\n"
+          "  --tokenizer PATH   tokenizer.json, or a model folder holding one\n"
+          "  --input FILE       JSONL whose \"text\" (and \"title\") fields are encoded\n"
+          "  --repeat N         passes over the file (default %d; the first fills the word cache)\n"
+          "  --help, -h         this text\n"
+          "  --version          the scalingnote version\n",
+          DEFAULT_REPEAT);
+}
+
 int main(int argc, char **argv) {
   const char *tokenizer_path = NULL, *input = NULL;
   int repeat = DEFAULT_REPEAT;
+  sn_cli_init("sn_bench_tokenizer", usage);
   for (int i = 1; i < argc; i++) {
+    sn_cli_std_flag(argv[i]);
     if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc) tokenizer_path = argv[++i];
     else if (strcmp(argv[i], "--input") == 0 && i + 1 < argc) input = argv[++i];
-    else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) repeat = atoi(argv[++i]);
-    else sn_bad_input("usage: sn_bench_tokenizer --tokenizer FILE_OR_DIR --input FILE.jsonl [--repeat N]");
+    else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) repeat = (int)sn_flag_i64("--repeat", argv[++i], 1, INT32_MAX);
+    else sn_usage_error("unknown or incomplete argument '%s'", argv[i]);
   }
-  if (!tokenizer_path || !input || repeat < 1)
-    sn_bad_input("usage: sn_bench_tokenizer --tokenizer FILE_OR_DIR --input FILE.jsonl [--repeat N]");
+  if (!tokenizer_path || !input) sn_usage_error("--tokenizer and --input are required");
   char err[1024];
   double t0 = sn_now_s();
   sn_tokenizer *tok = sn_tokenizer_load(tokenizer_path, err, sizeof(err));

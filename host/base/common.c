@@ -334,21 +334,21 @@ int sn_parse_f64(const char *s, double min, double max, double *out) {
 int64_t sn_flag_i64(const char *flag, const char *s, int64_t min, int64_t max) {
   int64_t v;
   if (sn_parse_i64(s, min, max, &v) != 0)
-    sn_bad_input("%s: expected a whole decimal integer in [%lld, %lld], got '%s'", flag, (long long)min,
-                 (long long)max, s);
+    sn_usage_error("%s: expected a whole decimal integer in [%lld, %lld], got '%s'", flag, (long long)min,
+                   (long long)max, s);
   return v;
 }
 
 double sn_flag_f64(const char *flag, const char *s, double min, double max) {
   double v;
   if (sn_parse_f64(s, min, max, &v) != 0)
-    sn_bad_input("%s: expected a decimal number in [%g, %g], got '%s'", flag, min, max, s);
+    sn_usage_error("%s: expected a decimal number in [%g, %g], got '%s'", flag, min, max, s);
   return v;
 }
 
 void sn_flag_path_kind(const char *flag, const char *path, int want_dir) {
   char err[4096 + 256];
-  if (path && sn_check_path_kind(flag, path, want_dir, err, sizeof err) != 0) sn_bad_input("%s", err);
+  if (path && sn_check_path_kind(flag, path, want_dir, err, sizeof err) != 0) sn_usage_error("%s", err);
 }
 
 size_t sn_host_memory_bytes(void) {

@@ -19,6 +19,22 @@ _Noreturn void sn_die_at(const char *src_file, int src_line, int status, const c
 // Internal failure (out of memory, a failed system call): exits with SN_EXIT_FAILURE.
 #define sn_fatal(...) sn_die_at(__FILE__, __LINE__, SN_EXIT_FAILURE, __VA_ARGS__)
 
+// ---- command lines (cli.c) ----------------------------------------------------------------------
+// A usage error is the user's command line (an unknown flag, a missing or malformed value), not a
+// place in our source: it prints "error: <message>" without [file:line], then the usage that
+// sn_cli_init registered, on stderr, and exits SN_EXIT_BAD_INPUT. The sn_flag_* checks use it.
+_Noreturn void sn_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// Registers the program's name and usage printer (for --help, --version and usage errors).
+void sn_cli_init(const char *prog, void (*usage)(FILE *out));
+// --help / -h: the usage on stdout, exit 0. --version: "<prog> (scalingnote) <version>" on stdout,
+// exit 0. Any other argument: returns. Call it on each flag before matching the program's own.
+void sn_cli_std_flag(const char *arg);
+// The project version (CMake's project(VERSION)).
+const char *sn_version(void);
+// Rewrites path in place as a user would type it: "a//b" -> "a/b", "./a/./b/" -> "a/b", "." for
+// the current folder ("..", which depends on links, stays). Returns path.
+char *sn_path_normalize(char *path);
+
 // Formats a message into err (errlen bytes) and returns -1: for functions that report errors
 // instead of exiting.
 int sn_errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

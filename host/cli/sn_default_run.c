@@ -4,6 +4,7 @@
 // and the student, printed side by side. Extra arguments go to sn_train.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <spawn.h>
@@ -23,10 +24,27 @@
 
 extern char **environ;
 
-// Runs argv[0] (a path) and waits; returns its exit status.
-static int run(char *const argv[]) {
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: sn_default_run [ARGS...]\n"
+          "Builds runs/default-data from Debian's package descriptions (needs the English\n"
+          "translation lists: apt-get update -o Acquire::Languages=en), then trains and evaluates\n"
+          "with %s/configs/default.json.\n"
+          "  ARGS...            passed to sn_train (see sn_train --help), e.g. --set stage1.steps=50;\n"
+          "                     checked before the dataset is built\n"
+          "  --help, -h         this text\n"
+          "  --version          the scalingnote version\n",
+          SN_SOURCE_DIR);
+}
+
+// Runs argv[0] (a path) and waits; returns its exit status. quiet: its stdout goes to /dev/null.
+static int run(char *const argv[], int quiet) {
   pid_t pid;
-  int rc = posix_spawn(&pid, argv[0], NULL, NULL, argv, environ);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (quiet) posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  int rc = posix_spawn(&pid, argv[0], &actions, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) sn_fatal("cannot start %s: %s", argv[0], strerror(rc));
   int status;
   while (waitpid(pid, &status, 0) < 0)
@@ -36,14 +54,9 @@ static int run(char *const argv[]) {
 }
 
 int main(int argc, char **argv) {
-  if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-    printf("usage: sn_default_run [sn_train arguments, e.g. --set stage1.steps=50]\n"
-           "Builds runs/default-data from Debian's package descriptions (needs the English\n"
-           "translation lists: apt-get update -o Acquire::Languages=en), then trains and evaluates\n"
-           "with %s/configs/default.json.\n", SN_SOURCE_DIR);
-    return 0;
-  }
-  if (argc > MAX_ARGS - 8) sn_bad_input("too many arguments");
+  sn_cli_init("sn_default_run", usage);
+  for (int i = 1; i < argc; i++) sn_cli_std_flag(argv[i]);
+  if (argc > MAX_ARGS - 8) sn_usage_error("too many arguments");
   char exe[PATH_MAX], bindir[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n < 0) sn_fatal("readlink /proc/self/exe: %s", strerror(errno));
@@ -58,21 +71,27 @@ int main(int argc, char **argv) {
   snprintf(train, sizeof train, "%s/sn_train", bindir);
   snprintf(config, sizeof config, "%s/configs/default.json", SN_SOURCE_DIR);
 
-  struct stat st;
-  if (stat(train_file, &st) != 0) {
-    sn_log("sn_default_run: building the dataset in %s", data_dir);
-    char *make_argv[] = {make, "--out", data_dir, NULL};
-    int rc = run(make_argv);
-    if (rc != 0) return rc;
-  } else {
-    sn_log("sn_default_run: dataset %s exists (delete it to rebuild)", data_dir);
-  }
   char *train_argv[MAX_ARGS];
   int k = 0;
   train_argv[k++] = train;
   train_argv[k++] = "--config";
   train_argv[k++] = config;
   for (int i = 1; i < argc; i++) train_argv[k++] = argv[i];
+  // sn_train's own check of the arguments (its usage on a bad one), before minutes of dataset work.
+  train_argv[k] = "--print-config";
+  train_argv[k + 1] = NULL;
+  int rc = run(train_argv, 1);
+  if (rc != 0) return rc;
   train_argv[k] = NULL;
-  return run(train_argv);
+
+  struct stat st;
+  if (stat(train_file, &st) != 0) {
+    sn_log("sn_default_run: building the dataset in %s", data_dir);
+    char *make_argv[] = {make, "--out", data_dir, NULL};
+    rc = run(make_argv, 0);
+    if (rc != 0) return rc;
+  } else {
+    sn_log("sn_default_run: dataset %s exists (delete it to rebuild)", data_dir);
+  }
+  return run(train_argv, 0);
 }

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <cJSON.h>
 #include <omp.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,16 +46,9 @@ static void usage(FILE *f) {
           "  --prompt TEMPLATE    template of \"text\" lines, with {text} and {title} (default {text})\n"
           "  --max-len N          tokens of a \"text\" line, specials included (default: the\n"
           "                       model's max_position_embeddings)\n"
-          "  --help               this text\n",
+          "  --help, -h           this text\n"
+          "  --version            the scalingnote version\n",
           DEFAULT_BATCH);
-}
-
-static _Noreturn void usage_error(const char *fmt, const char *what) {
-  fprintf(stderr, "error: ");
-  fprintf(stderr, fmt, what);
-  fprintf(stderr, "\n");
-  usage(stderr);
-  exit(SN_EXIT_BAD_INPUT);
 }
 
 #define MAX_FLAG_COUNT (1 << 30)  // batch, threads, length: the model's limits are checked later
@@ -63,12 +57,10 @@ static int parse_positive(const char *flag, const char *s) { return (int)sn_flag
 
 static embed_args parse_args(int argc, char **argv) {
   embed_args a = {.device = "cpu", .normalize = 1, .batch = DEFAULT_BATCH, .threads = 0};
+  sn_cli_init("sn_embed", usage);
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
-    if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) {
-      usage(stdout);
-      exit(0);
-    }
+    sn_cli_std_flag(f);
     if (strcmp(f, "--no-normalize") == 0) {
       a.normalize = 0;
       continue;
@@ -81,24 +73,24 @@ static embed_args parse_args(int argc, char **argv) {
                             : strcmp(f, "--prompt") == 0  ? &a.prompt
                                                           : NULL;
     int is_int = strcmp(f, "--batch") == 0 || strcmp(f, "--threads") == 0 || strcmp(f, "--max-len") == 0;
-    if (!str_slot && !is_int) usage_error("unknown argument '%s'", f);
-    if (i + 1 >= argc) usage_error("%s needs a value", f);
+    if (!str_slot && !is_int) sn_usage_error("unknown argument '%s'", f);
+    if (i + 1 >= argc) sn_usage_error("%s needs a value", f);
     const char *v = argv[++i];
     if (str_slot) *str_slot = v;
     else if (strcmp(f, "--batch") == 0) a.batch = parse_positive(f, v);
     else if (strcmp(f, "--max-len") == 0) a.max_len = parse_positive(f, v);
     else a.threads = parse_positive(f, v);
   }
-  if (!a.model_dir) usage_error("%s is required", "--model");
-  if (!a.input) usage_error("%s is required", "--input");
-  if (!a.out) usage_error("%s is required", "--out");
+  if (!a.model_dir) sn_usage_error("%s is required", "--model");
+  if (!a.input) sn_usage_error("%s is required", "--input");
+  if (!a.out) sn_usage_error("%s is required", "--out");
   return a;
 }
 
 static sn_pooling pooling_mode(const char *name, sn_arch arch) {
   if (!name) return sn_arch_is_decoder(arch) ? SN_POOL_LAST : SN_POOL_FIRST;
   sn_pooling p;
-  if (sn_pooling_parse(name, &p) != 0) usage_error("unknown pooling '%s' (valid: last|mean|cls)", name);
+  if (sn_pooling_parse(name, &p) != 0) sn_usage_error("unknown pooling '%s' (valid: last|mean|cls)", name);
   return p;
 }
 
@@ -326,7 +318,9 @@ int main(int argc, char **argv) {
   char err[ERR_LEN];
   const int64_t shape[2] = {seqs.count, D};
   if (sn_npy_write(args.out, SN_NPY_F32, 2, shape, out, err, sizeof err) != 0) sn_fatal("%s", err);
-  sn_log("sn_embed: wrote %s (%d, %d)", args.out, seqs.count, D);
+  char shown[PATH_MAX];
+  snprintf(shown, sizeof shown, "%s", args.out);
+  sn_log("sn_embed: wrote %s (%d, %d)", sn_path_normalize(shown), seqs.count, D);
 
   free(cu);
   free(out);

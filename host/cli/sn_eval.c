@@ -27,7 +27,29 @@ static void usage(FILE *f) {
           "       sn_eval --run RUN.trec --qrels QRELS.tsv [--out metrics.json]\n"
           "Prompts: the query prompt replaces {text} (or is a prefix); the document prompt replaces\n"
           "{title} and {text} (default: title + \" \" + text). Tokenized as training tokenizes.\n"
-          "Pooling defaults: last token for decoders, CLS for encoders.\n");
+          "Pooling defaults: last token for decoders, CLS for encoders.\n"
+          "  --query-model DIR    the query tower (model folder with its tokenizer)\n"
+          "  --doc-model DIR      the document tower (may be the same folder)\n"
+          "  --data BEIR_DIR      corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv\n"
+          "  --split NAME         the qrels split to evaluate\n"
+          "  --out FILE           metrics as JSON (ours and MTEB's key names)\n"
+          "  --device DEV         cpu | cuda\n"
+          "  --batch N            sequences per forward pass\n"
+          "  --max-query-len N    tokens of a query, specials included\n"
+          "  --max-doc-len N      tokens of a document, specials included\n"
+          "  --query-prompt STR   query template ({text}) or prefix\n"
+          "  --doc-prompt STR     document template ({title}, {text})\n"
+          "  --pooling P          pooling of both towers: last | mean | cls\n"
+          "  --query-pooling P    pooling of the query tower\n"
+          "  --doc-pooling P      pooling of the document tower\n"
+          "  --save-doc-emb PFX   write the corpus embeddings to PFX.npy and PFX.ids.txt\n"
+          "  --load-doc-emb PFX   read them instead of embedding the corpus\n"
+          "  --k N                depth of the top-k search (at least 100)\n"
+          "  --run-out FILE       write the ranking as a TREC run file\n"
+          "  --quiet              no progress lines\n"
+          "  --run FILE --qrels FILE  score a TREC run file against qrels instead\n"
+          "  --help, -h           this text\n"
+          "  --version            the scalingnote version\n");
 }
 
 typedef struct {
@@ -39,25 +61,26 @@ typedef struct {
 
 static int parse_positive(const char *flag, const char *v) { return (int)sn_flag_i64(flag, v, 1, MAX_FLAG_COUNT); }
 
+static int parse_pooling(const char *flag, const char *v) {
+  sn_pooling p;
+  if (sn_pooling_parse(v, &p) != 0) sn_usage_error("%s: unknown pooling '%s' (valid: last|mean|cls)", flag, v);
+  return (int)p;
+}
+
 static void parse_args(int argc, char **argv, cli_args *a) {
   memset(a, 0, sizeof *a);
   sn_eval_opts_default(&a->eval);
   a->eval.verbose = 1;
   a->device = "cpu";
+  sn_cli_init("sn_eval", usage);
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
-    if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
-      usage(stdout);
-      exit(0);
-    }
+    sn_cli_std_flag(f);
     if (!strcmp(f, "--quiet")) {
       a->eval.verbose = 0;
       continue;
     }
-    if (i + 1 >= argc) {
-      usage(stderr);
-      sn_bad_input("%s: expected a value after it", f);
-    }
+    if (i + 1 >= argc) sn_usage_error("%s: expected a value after it", f);
     const char *v = argv[++i];
     if (!strcmp(f, "--query-model")) a->query_model = v;
     else if (!strcmp(f, "--doc-model")) a->doc_model = v;
@@ -70,28 +93,22 @@ static void parse_args(int argc, char **argv, cli_args *a) {
     else if (!strcmp(f, "--max-doc-len")) a->eval.max_doc_len = parse_positive(f, v);
     else if (!strcmp(f, "--query-prompt")) a->eval.query_prompt = v;
     else if (!strcmp(f, "--doc-prompt")) a->eval.doc_prompt = v;
-    else if (!strcmp(f, "--pooling")) a->eval.query_pooling = a->eval.doc_pooling = sn_pooling_from_name(v, f);
-    else if (!strcmp(f, "--query-pooling")) a->eval.query_pooling = sn_pooling_from_name(v, f);
-    else if (!strcmp(f, "--doc-pooling")) a->eval.doc_pooling = sn_pooling_from_name(v, f);
+    else if (!strcmp(f, "--pooling")) a->eval.query_pooling = a->eval.doc_pooling = parse_pooling(f, v);
+    else if (!strcmp(f, "--query-pooling")) a->eval.query_pooling = parse_pooling(f, v);
+    else if (!strcmp(f, "--doc-pooling")) a->eval.doc_pooling = parse_pooling(f, v);
     else if (!strcmp(f, "--save-doc-emb")) a->eval.save_doc_emb = v;
     else if (!strcmp(f, "--load-doc-emb")) a->eval.load_doc_emb = v;
     else if (!strcmp(f, "--k")) a->eval.k = parse_positive(f, v);
     else if (!strcmp(f, "--run-out")) a->eval.run_out = v;
     else if (!strcmp(f, "--run")) a->run = v;
     else if (!strcmp(f, "--qrels")) a->qrels = v;
-    else {
-      usage(stderr);
-      sn_bad_input("unknown option '%s'", f);
-    }
+    else sn_usage_error("unknown option '%s'", f);
   }
 }
 
 static cJSON *metrics_json(const sn_metrics *m) {
   cJSON *j = cJSON_CreateObject();
-  cJSON_AddNumberToObject(j, "recall@10", m->recall_10);
-  cJSON_AddNumberToObject(j, "recall@100", m->recall_100);
-  cJSON_AddNumberToObject(j, "ndcg@10", m->ndcg_10);
-  cJSON_AddNumberToObject(j, "mrr@10", m->mrr_10);
+  sn_metrics_add_json(j, m);
   return j;
 }
 
@@ -144,13 +161,11 @@ int main(int argc, char **argv) {
   sn_flag_path_kind("--run", a.run, 0);
   sn_flag_path_kind("--qrels", a.qrels, 0);
   if (a.run || a.qrels) {
-    if (!a.run || !a.qrels) sn_bad_input("--run and --qrels go together (a TREC run file and its qrels)");
+    if (!a.run || !a.qrels) sn_usage_error("--run and --qrels go together (a TREC run file and its qrels)");
     return score_run_file(&a);
   }
-  if (!a.query_model || !a.doc_model || !a.data) {
-    usage(stderr);
-    sn_bad_input("expected --query-model DIR, --doc-model DIR and --data BEIR_DIR");
-  }
+  if (!a.query_model || !a.doc_model || !a.data)
+    sn_usage_error("expected --query-model DIR, --doc-model DIR and --data BEIR_DIR");
   char err[ERR_LEN];
   sn_beir data;
   if (sn_beir_load(a.data, a.eval.split, &data, err, sizeof err)) sn_bad_input("%s", err);

@@ -21,7 +21,13 @@
 static void usage(FILE *out) {
   fprintf(out,
           "usage: sn_inspect PATH                 (model folder or .safetensors file)\n"
-          "       sn_inspect --rewrite IN OUT.safetensors [--dtype f32|bf16|f16]\n");
+          "       sn_inspect --rewrite IN OUT.safetensors [--dtype f32|bf16|f16]\n"
+          "  PATH             prints the config summary and every tensor (name, dtype, shape)\n"
+          "  --rewrite IN OUT copies the tensors of IN (a .safetensors file) to OUT\n"
+          "  --dtype D        with --rewrite: convert floating tensors to f32, bf16 or f16\n"
+          "                   (default: keep each tensor's dtype)\n"
+          "  --help, -h       this text\n"
+          "  --version        the scalingnote version\n");
 }
 
 static const char *dtype_text(sn_dtype d) {
@@ -50,6 +56,7 @@ static int find_config(const char *path, char *out, size_t outlen) {
   snprintf(copy, sizeof copy, "%s", path);
   const char *dir = sn_is_dir(path) ? path : dirname(copy);
   snprintf(out, outlen, "%s/config.json", dir);
+  sn_path_normalize(out);  // printed: "model/" gives model/config.json, not model//config.json
   struct stat st;
   return stat(out, &st) == 0 && S_ISREG(st.st_mode);
 }
@@ -140,23 +147,19 @@ static int rewrite(const char *in, const char *out, int force_dtype, sn_dtype dt
 }
 
 int main(int argc, char **argv) {
-  if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
-    usage(stdout);
-    return 0;
-  }
+  sn_cli_init("sn_inspect", usage);
+  for (int i = 1; i < argc; i++) sn_cli_std_flag(argv[i]);
   if (argc == 2 && argv[1][0] != '-') return inspect(argv[1]);
   if (argc >= 4 && strcmp(argv[1], "--rewrite") == 0) {
     sn_dtype dtype = SN_DTYPE_F32;
     int force = 0;
     if (argc == 6 && strcmp(argv[4], "--dtype") == 0) {
-      if (parse_dtype_arg(argv[5], &dtype) != 0) sn_bad_input("--dtype '%s': expected f32, bf16 or f16", argv[5]);
+      if (parse_dtype_arg(argv[5], &dtype) != 0) sn_usage_error("--dtype '%s': expected f32, bf16 or f16", argv[5]);
       force = 1;
     } else if (argc != 4) {
-      usage(stderr);
-      return SN_EXIT_BAD_INPUT;
+      sn_usage_error("--rewrite IN OUT takes only --dtype D after it");
     }
     return rewrite(argv[2], argv[3], force, dtype);
   }
-  usage(stderr);
-  return SN_EXIT_BAD_INPUT;
+  sn_usage_error(argc == 1 ? "expected a PATH" : "unknown or incomplete arguments (first: '%s')", argv[argc > 1]);
 }

@@ -26,6 +26,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +62,18 @@ static void usage(FILE *f) {
           "usage: sn_make_dataset --out DIR [--apt-lists %s] [--test-queries %d]\n"
           "                       [--corpus-max %d] [--seed 0] [--min-doc-chars %d]\n"
           "                       [--max-doc-chars %d]\n"
-          "Reads <apt-lists>/*%s* (plain, .gz, .xz, .lz4, .zst, .bz2); %s.\n",
+          "Reads <apt-lists>/*%s* (plain, .gz, .xz, .lz4, .zst, .bz2); %s.\n"
+          "Writes DIR/train.jsonl (query-document pairs), a BEIR test set DIR/test/ (corpus.jsonl,\n"
+          "queries.jsonl, qrels/test.tsv) and DIR/stats.json.\n"
+          "  --out DIR            the dataset folder (required)\n"
+          "  --apt-lists DIR      where apt keeps its package lists\n"
+          "  --test-queries N     test queries held out of training\n"
+          "  --corpus-max N       documents of the test corpus at most (positives + distractors)\n"
+          "  --seed N             seed of the split and the shuffle\n"
+          "  --min-doc-chars N    shorter descriptions are skipped\n"
+          "  --max-doc-chars N    longer descriptions are cut at a word boundary\n"
+          "  --help, -h           this text\n"
+          "  --version            the scalingnote version\n",
           DEFAULT_APT_LISTS, DEFAULT_TEST_QUERIES, DEFAULT_CORPUS_MAX, DEFAULT_MIN_DOC_CHARS,
           DEFAULT_MAX_DOC_CHARS, TRANSLATION_MARK, FETCH_HINT);
 }
@@ -73,16 +85,11 @@ static long parse_count(const char *flag, const char *v, long min) { return (lon
 static void parse_args(int argc, char **argv, options *o) {
   *o = (options){DEFAULT_APT_LISTS, NULL, DEFAULT_TEST_QUERIES, DEFAULT_CORPUS_MAX,
                  DEFAULT_MIN_DOC_CHARS, DEFAULT_MAX_DOC_CHARS, 0};
+  sn_cli_init("sn_make_dataset", usage);
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
-    if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
-      usage(stdout);
-      exit(0);
-    }
-    if (i + 1 >= argc) {
-      usage(stderr);
-      sn_bad_input("%s: expected a value after it", f);
-    }
+    sn_cli_std_flag(f);
+    if (i + 1 >= argc) sn_usage_error("%s: expected a value after it", f);
     const char *v = argv[++i];
     if (!strcmp(f, "--apt-lists")) o->apt_lists = v;
     else if (!strcmp(f, "--out")) o->out = v;
@@ -91,17 +98,11 @@ static void parse_args(int argc, char **argv, options *o) {
     else if (!strcmp(f, "--seed")) o->seed = (uint64_t)parse_count(f, v, 0);
     else if (!strcmp(f, "--min-doc-chars")) o->min_doc_chars = (int)parse_count(f, v, 1);
     else if (!strcmp(f, "--max-doc-chars")) o->max_doc_chars = (int)parse_count(f, v, 1);
-    else {
-      usage(stderr);
-      sn_bad_input("unknown option '%s'", f);
-    }
+    else sn_usage_error("unknown option '%s'", f);
   }
-  if (!o->out) {
-    usage(stderr);
-    sn_bad_input("expected --out DIR");
-  }
+  if (!o->out) sn_usage_error("expected --out DIR");
   if (o->max_doc_chars < o->min_doc_chars)
-    sn_bad_input("--max-doc-chars %d is below --min-doc-chars %d", o->max_doc_chars, o->min_doc_chars);
+    sn_usage_error("--max-doc-chars %d is below --min-doc-chars %d", o->max_doc_chars, o->min_doc_chars);
 }
 
 // ---- finding and opening the Translation files -------------------------------------------------
@@ -551,7 +552,9 @@ int main(int argc, char **argv) {
   sn_log("%d descriptions parsed from %d file(s); %d pairs after dedup and length limits "
          "(dropped: %d repeated packages, %d too short, %d identical long descriptions; %d truncated)",
          parsed, nfiles, pairs.n, cs.dropped_same_package, cs.dropped_short_doc, cs.dropped_same_doc, cs.truncated);
-  sn_log("wrote %s: %d training pairs, test: %d queries over a corpus of %d", o.out, ntrain, ntest, ncorpus);
+  char shown[PATH_MAX];
+  snprintf(shown, sizeof shown, "%s", o.out);
+  sn_log("wrote %s: %d training pairs, test: %d queries over a corpus of %d", sn_path_normalize(shown), ntrain, ntest, ncorpus);
 
   for (int i = 0; i < pairs.n; i++) {
     free_pair(&pairs.items[i]);

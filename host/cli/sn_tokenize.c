@@ -14,9 +14,15 @@
 #include "common.h"
 #include "tokenizer.h"
 
-static void usage(void) {
-  fprintf(stderr, "usage: sn_tokenize --tokenizer FILE_OR_DIR [--input FILE] [--no-special]\n");
-  exit(SN_EXIT_BAD_INPUT);
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: sn_tokenize --tokenizer FILE_OR_DIR [--input FILE] [--no-special]\n"
+          "Writes one JSON array of token ids per input line.\n"
+          "  --tokenizer PATH  tokenizer.json, or a model folder holding one\n"
+          "  --input FILE      texts, one per line: {\"text\": ...} JSONL or plain lines (default stdin)\n"
+          "  --no-special      add no BOS/EOS/CLS/SEP (add_special_tokens=False)\n"
+          "  --help, -h        this text\n"
+          "  --version         the scalingnote version\n");
 }
 
 // If line is {"text": "..."}, returns the parsed object (text in *text, *len); else NULL.
@@ -35,13 +41,15 @@ static cJSON *parse_jsonl(const char *line, size_t n, const char **text, size_t 
 int main(int argc, char **argv) {
   const char *tokenizer_path = NULL, *input = NULL;
   int add_special = 1;
+  sn_cli_init("sn_tokenize", usage);
   for (int i = 1; i < argc; i++) {
+    sn_cli_std_flag(argv[i]);
     if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc) tokenizer_path = argv[++i];
     else if (strcmp(argv[i], "--input") == 0 && i + 1 < argc) input = argv[++i];
     else if (strcmp(argv[i], "--no-special") == 0) add_special = 0;
-    else usage();
+    else sn_usage_error("unknown or incomplete argument '%s'", argv[i]);
   }
-  if (!tokenizer_path) usage();
+  if (!tokenizer_path) sn_usage_error("--tokenizer is required");
   sn_flag_path_kind("--input", input, 0);
   char err[1024];
   sn_tokenizer *tok = sn_tokenizer_load(tokenizer_path, err, sizeof(err));

@@ -39,6 +39,8 @@ static void usage(FILE *out) {
           "                  MPI nor the device: a login node can plan a GPU job\n"
           "  --memory GIB    with --plan: compare with a device of GIB GiB instead of this one's\n"
           "                  free memory (e.g. --memory 80 for 80 GB GPUs)\n"
+          "  --help, -h      this text\n"
+          "  --version       the scalingnote version\n"
           "  --print-schema  print every config key (type, default, range, help) as a markdown\n"
           "                  table and exit\n");
 }
@@ -46,20 +48,19 @@ static void usage(FILE *out) {
 int main(int argc, char **argv) {
   sn_train_args args = {.stage = 0};
   static const char *overrides[MAX_OVERRIDES];
+  sn_cli_init("sn_train", usage);
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     int has_value = i + 1 < argc;
-    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-      usage(stdout);
-      return 0;
-    } else if (strcmp(a, "--config") == 0 && has_value) {
+    sn_cli_std_flag(a);
+    if (strcmp(a, "--config") == 0 && has_value) {
       args.config_path = argv[++i];
     } else if (strcmp(a, "--stage") == 0 && has_value) {
       const char *s = argv[++i];
       if (strcmp(s, "1") == 0) args.stage = 1;
       else if (strcmp(s, "2") == 0) args.stage = 2;
       else if (strcmp(s, "all") == 0) args.stage = 0;
-      else sn_bad_input("--stage: expected 1, 2 or all, got '%s'", s);
+      else sn_usage_error("--stage: expected 1, 2 or all, got '%s'", s);
     } else if (strcmp(a, "--overwrite") == 0) {
       args.overwrite = 1;
     } else if (strcmp(a, "--resume") == 0 && has_value) {
@@ -67,7 +68,7 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--stop-after") == 0 && has_value) {
       args.stop_after = sn_flag_i64("--stop-after", argv[++i], 1, INT64_MAX);
     } else if (strcmp(a, "--skip-bad-lines") == 0) {
-      if (args.n_overrides == MAX_OVERRIDES) sn_bad_input("too many --set overrides (max %d)", MAX_OVERRIDES);
+      if (args.n_overrides == MAX_OVERRIDES) sn_usage_error("too many --set overrides (max %d)", MAX_OVERRIDES);
       overrides[args.n_overrides++] = "data.skip_bad_lines=true";
     } else if (strcmp(a, "--print-schema") == 0) {
       sn_run_config_print_schema(stdout);
@@ -81,11 +82,10 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--print-config") == 0) {
       args.print_config = 1;
     } else if ((strcmp(a, "--set") == 0 && has_value) || (a[0] != '-' && strchr(a, '='))) {
-      if (args.n_overrides == MAX_OVERRIDES) sn_bad_input("too many --set overrides (max %d)", MAX_OVERRIDES);
+      if (args.n_overrides == MAX_OVERRIDES) sn_usage_error("too many --set overrides (max %d)", MAX_OVERRIDES);
       overrides[args.n_overrides++] = (a[0] == '-') ? argv[++i] : a;
     } else {
-      usage(stderr);
-      sn_bad_input("unknown or incomplete argument '%s'", a);
+      sn_usage_error("unknown or incomplete argument '%s'", a);
     }
   }
   args.overrides = overrides;

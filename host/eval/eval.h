@@ -169,8 +169,15 @@ int sn_eval_run(const sn_eval_opts *opts, const sn_beir *data, sn_model *query_t
                 const sn_tokenizer *query_tok, sn_model *doc_tower, const sn_tokenizer *doc_tok,
                 sn_eval_result *out, char *err, size_t errlen);
 
-// {"split", "num_queries", "num_docs", "recall@10", "recall@100", "ndcg@10", "mrr@10", "seconds"}
-// written durably to path. Returns 0, or -1 with err.
+// Adds a metrics object's keys to j (a cJSON object): ours ("recall@10", "recall@100", "ndcg@10",
+// "mrr@10") and MTEB's names of the same values ("recall_at_10", "recall_at_100", "ndcg_at_10",
+// "mrr_at_10", and "main_score" = ndcg_at_10, MTEB's main score of retrieval tasks), so that
+// scripts written for either read our files.
+struct cJSON;
+void sn_metrics_add_json(struct cJSON *j, const sn_metrics *m);
+
+// {"split", "num_queries", "num_docs", the keys of sn_metrics_add_json, "seconds"} written durably
+// to path. Returns 0, or -1 with err.
 int sn_eval_write_json(const char *path, const char *split, const sn_eval_result *r, char *err,
                        size_t errlen);
 // A small table on stdout.

@@ -227,15 +227,24 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
 
 // ---- reports -----------------------------------------------------------------------------------
 
+void sn_metrics_add_json(cJSON *j, const sn_metrics *m) {
+  cJSON_AddNumberToObject(j, "recall@10", m->recall_10);
+  cJSON_AddNumberToObject(j, "recall@100", m->recall_100);
+  cJSON_AddNumberToObject(j, "ndcg@10", m->ndcg_10);
+  cJSON_AddNumberToObject(j, "mrr@10", m->mrr_10);
+  cJSON_AddNumberToObject(j, "recall_at_10", m->recall_10);
+  cJSON_AddNumberToObject(j, "recall_at_100", m->recall_100);
+  cJSON_AddNumberToObject(j, "ndcg_at_10", m->ndcg_10);
+  cJSON_AddNumberToObject(j, "mrr_at_10", m->mrr_10);
+  cJSON_AddNumberToObject(j, "main_score", m->ndcg_10);
+}
+
 int sn_eval_write_json(const char *path, const char *split, const sn_eval_result *r, char *err, size_t errlen) {
   cJSON *j = cJSON_CreateObject();
   cJSON_AddStringToObject(j, "split", split);
   cJSON_AddNumberToObject(j, "num_queries", r->num_queries);
   cJSON_AddNumberToObject(j, "num_docs", r->num_docs);
-  cJSON_AddNumberToObject(j, "recall@10", r->mean.recall_10);
-  cJSON_AddNumberToObject(j, "recall@100", r->mean.recall_100);
-  cJSON_AddNumberToObject(j, "ndcg@10", r->mean.ndcg_10);
-  cJSON_AddNumberToObject(j, "mrr@10", r->mean.mrr_10);
+  sn_metrics_add_json(j, &r->mean);
   cJSON_AddNumberToObject(j, "seconds", r->seconds);
   char *text = cJSON_Print(j);
   cJSON_Delete(j);

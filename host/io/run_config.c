@@ -141,6 +141,8 @@ static const field_spec SCHEMA[] = {
     STR("eval.split", FIELD_STRING, eval.split, "test", "qrels split"),
     NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, 64, "sequences per encode batch"),
     NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, 10, "steps per log line (not a terminal)"),
+    CHOICE("export.dtype", export.dtype, "source|f32|bf16", "source",
+           "weights of the final towers (RUN/final/*); source = as trained: bf16 on CUDA, f32 on the CPU"),
     NUM("dist.zero", FIELD_INT, dist.zero, 0, 2, 0,
         "ZeRO stage: 0 replicated, 1 optimizer state sharded, 2 gradients too"),
     NUM("dist.zero1", FIELD_BOOL, dist.zero1, 0, 1, 0, "alias of dist.zero = 1"),

@@ -105,6 +105,9 @@ typedef struct {
     int every;        // steps between log lines when not a terminal
   } log;
   struct {
+    char dtype[8];    // "source" (the backend's storage: bf16 on CUDA, f32 on the CPU) | "f32" | "bf16"
+  } export;
+  struct {
     int zero;         // ZeRO stage: 0 replicated, 1 optimizer state sharded, 2 gradients too
     int zero1;        // alias: true means zero = 1 (resolved: zero1 == (zero == 1))
     int overlap;      // start gradient all-reduces during the backward pass (replicated mode)

@@ -75,6 +75,9 @@ sn_model *sn_model_new(const sn_model_config *cfg, const sn_ops *ops, uint64_t s
 // Writes DIR/config.json and DIR/model.safetensors (dtype F32 or BF16), durably. Returns 0, or
 // -1 with err.
 int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen);
+// The same for an exported embedding tower: without an untied lm_head.weight, which the towers
+// never read (half the file of a small decoder). sn_model_load accepts folders with or without it.
+int sn_model_export(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen);
 void sn_model_free(sn_model *m);
 const sn_param *sn_model_find_param(const sn_model *m, const char *name);
 void sn_model_alloc_grads(sn_model *m);

@@ -61,7 +61,8 @@ size_t sn_param_add(sn_param_builder *pb, int no_decay, int64_t d0, int64_t d1, 
     __attribute__((format(printf, 5, 6)));
 // Writes DIR/config.json and DIR/model.safetensors from host fp32 weights laid out as m's buffer
 // (sn_model_save downloads m's own; a LoRA export passes merged ones).
-int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, char *err,
+// drop_lm_head: an export (sn_model_export) leaves the untied lm_head.weight out.
+int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int drop_lm_head, char *err,
                        size_t errlen);
 
 // config.json key of the projection width (transformers ignores unknown keys).

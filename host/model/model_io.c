@@ -134,17 +134,26 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
   return m;
 }
 
-int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
+static int save_model(const sn_model *m, const char *dir, sn_dtype dtype, int drop_lm_head, char *err,
+                      size_t errlen) {
   // model.safetensors from a host fp32 copy of the weights
   float *host = mallocCheck(SN_MAX(m->num_elements, (size_t)1) * sizeof(float));
   m->ops->download_f32(host, m->weights, m->num_elements);
   m->ops->synchronize();
-  int rc = sn_model_save_host(m, host, dir, dtype, err, errlen);
+  int rc = sn_model_save_host(m, host, dir, dtype, drop_lm_head, err, errlen);
   free(host);
   return rc;
 }
 
-int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, char *err,
+int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
+  return save_model(m, dir, dtype, 0, err, errlen);
+}
+
+int sn_model_export(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
+  return save_model(m, dir, dtype, 1, err, errlen);
+}
+
+int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int drop_lm_head, char *err,
                        size_t errlen) {
   if (dtype != SN_DTYPE_F32 && dtype != SN_DTYPE_BF16) {
     snprintf(err, errlen, "%s: save dtype must be F32 or BF16", dir);
@@ -168,6 +177,7 @@ int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn
   sn_st_writer_metadata(w, "format", "pt");  // transformers expects the PyTorch marker
   for (int i = 0; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
+    if (drop_lm_head && p->offset == m->layout->lm_head) continue;
     sn_st_writer_add(w, p->name, dtype, p->ndim, p->shape, host + p->offset);
   }
   snprintf(path, sizeof path, "%s/model.safetensors", dir);

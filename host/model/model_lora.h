@@ -55,7 +55,7 @@ void sn_lora_layer_done(sn_model *m, int layer);
 
 // ---- export and import (model_lora_io.c) ----------------------------------------------------------
 // The merged tower W + s·B·A (every other tensor the base's) as a Hugging Face folder, in dtype.
-// Merges one tensor at a time in a backend scratch of that tensor's size: no second copy of the base
+// Written as sn_model_export writes (no untied lm_head). Merges one tensor at a time in a backend scratch of that tensor's size: no second copy of the base
 // on the device. Returns 0, or -1 with err.
 int sn_lora_save_merged(const sn_model *tower, const char *dir, sn_dtype dtype, char *err, size_t errlen);
 // A peft adapter folder: adapter_config.json and adapter_model.safetensors (fp32), loadable by

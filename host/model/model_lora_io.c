@@ -31,7 +31,7 @@ static const sn_param *target_weight(const sn_model *m, int layer, sn_lora_targe
 
 int sn_lora_save_merged(const sn_model *tower, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
   const sn_lora *l = tower->lora;
-  if (!l) return sn_model_save(tower, dir, dtype, err, errlen);
+  if (!l) return sn_model_export(tower, dir, dtype, err, errlen);
   const sn_ops *ops = tower->ops;
   const sn_model *p = l->params;
   const int r = l->cfg.rank;
@@ -63,7 +63,7 @@ int sn_lora_save_merged(const sn_model *tower, const char *dir, sn_dtype dtype, 
   ops->free(scaled_b);
   ops->free(delta);
   free(delta_host);
-  int rc = sn_model_save_host(tower, host, dir, dtype, err, errlen);
+  int rc = sn_model_save_host(tower, host, dir, dtype, 1, err, errlen);
   free(host);
   return rc;
 }

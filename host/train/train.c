@@ -113,6 +113,11 @@ static void eval_final(sn_trainer *t, const sn_beir *data, int student) {
   sn_tokenizer *qtok = sn_trainer_load_tokenizer(NULL, qdir, qdir);
   sn_tokenizer *dtok = sn_trainer_load_tokenizer(NULL, ddir, ddir);
   eval_towers(t, data, qm, qtok, dm, dtok, student ? "student" : "stage1", student);
+  // The model cards, written with the towers, get the metrics now.
+  char err[1024];
+  const char *const cards[2] = {student ? "student" : "query_tower", "doc_tower"};
+  for (int i = 0; i < (student ? 1 : 2); i++)
+    if (sn_train_write_card(t, student ? 2 : 1, cards[i], err, sizeof err) != 0) sn_fatal("%s", err);
   sn_tokenizer_free(qtok);
   sn_tokenizer_free(dtok);
   sn_model_free(qm);
@@ -152,9 +157,12 @@ static void print_eval_summary(const sn_trainer *t) {
 // ---- main --------------------------------------------------------------------------------------
 
 static void set_run_paths(sn_trainer *t) {
+  // Normalised ("runs/x/" -> "runs/x"): every path derived from these and printed reads as typed.
   snprintf(t->run_dir, sizeof t->run_dir, "%s", t->cfg.run_dir);
+  sn_path_normalize(t->run_dir);
   if (t->cfg.data.cache_dir[0]) snprintf(t->cache_dir, sizeof t->cache_dir, "%s", t->cfg.data.cache_dir);
   else snprintf(t->cache_dir, sizeof t->cache_dir, "%s/cache", t->run_dir);
+  sn_path_normalize(t->cache_dir);
 }
 
 // Rank 0 creates the run folder and takes its lock before anything else is written there; then

@@ -37,19 +37,21 @@ static int save_ckpt_tower(const sn_ckpt_tower *tw, const char *ckpt_dir, char *
   return sn_lora_save_peft(tw->model->lora, dir, tw->base_name, err, errlen);
 }
 
-void sn_trainer_save_final_tower(const sn_ckpt_tower *tw, const char *final_dir) {
+sn_dtype sn_trainer_export_dtype(const sn_trainer *t) {
+  const char *d = t->cfg.export.dtype;
+  return !strcmp(d, "f32") ? SN_DTYPE_F32 : !strcmp(d, "bf16") ? SN_DTYPE_BF16 : t->ops->storage;
+}
+
+void sn_trainer_save_final_tower(const sn_ckpt_tower *tw, const char *final_dir, sn_dtype dtype) {
   char err[1024], dir[SN_TRAIN_PATH_MAX + 64];
   snprintf(dir, sizeof dir, "%s/%s", final_dir, tw->name);
-  if (!tw->model->lora) {
-    if (save_tower(tw->model, dir, tw->tokenizer_dir, err, sizeof err) != 0) sn_fatal("%s", err);
-    return;
-  }
-  // what sn_embed, sn_eval and transformers load: W + s·B·A
+  // what sn_embed, sn_eval and transformers load: the tower (W + s·B·A for LoRA), no lm_head
   if (sn_mkdir_p(dir) != 0) sn_fatal("cannot create %s: %s", dir, strerror(errno));
-  if (sn_lora_save_merged(tw->model, dir, tw->model->ops->storage, err, sizeof err) != 0) sn_fatal("%s", err);
+  if (sn_lora_save_merged(tw->model, dir, dtype, err, sizeof err) != 0) sn_fatal("%s", err);
   if (tw->tokenizer_dir && tw->tokenizer_dir[0] &&
       sn_copy_tokenizer_files(tw->tokenizer_dir, dir, err, sizeof err) != 0)
     sn_fatal("%s", err);
+  if (!tw->model->lora) return;
   snprintf(dir, sizeof dir, "%s/%s", final_dir, tw->adapter_name);
   if (sn_lora_save_peft(tw->model->lora, dir, tw->base_name, err, sizeof err) != 0) sn_fatal("%s", err);
 }

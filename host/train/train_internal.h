@@ -161,8 +161,15 @@ typedef struct {
 } sn_ckpt_tower;
 
 // A final tower into final_dir/<name> as a Hugging Face folder (merged, for a LoRA tower, plus its
-// peft folder final_dir/<adapter_name>). Exits on failure.
-void sn_trainer_save_final_tower(const sn_ckpt_tower *tw, const char *final_dir);
+// peft folder final_dir/<adapter_name>), its weights in `dtype` (export.dtype), without an untied
+// lm_head (sn_model_export). Exits on failure.
+void sn_trainer_save_final_tower(const sn_ckpt_tower *tw, const char *final_dir, sn_dtype dtype);
+// export.dtype as a dtype: "source" is the backend's storage dtype.
+sn_dtype sn_trainer_export_dtype(const sn_trainer *t);
+// RUN/final/<tower>/README.md, the model card (train_card.c): base model, stage, data, steps, loss
+// settings, prompt, pooling and length, RUN/eval's metrics when present, usage with
+// sentence-transformers and sn_embed. Rewritten after the evaluation. Returns 0, or -1 with err.
+int sn_train_write_card(const sn_trainer *t, int stage, const char *tower, char *err, size_t errlen);
 // Optimizer state saved under a prefix ("query", "doc", "student").
 typedef struct {
   const char *prefix;

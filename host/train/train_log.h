@@ -30,10 +30,12 @@ typedef struct {
   int is_tty;
   int every;            // plain-line interval when not a terminal
   int active;           // rank 0 logs; the others are silent
-  double tokens_window; // for tokens/s over recent steps
-  double window_start_s;
-  int64_t window_start_step;
-  float tok_per_s;
+  // tok/s of the progress line: the tokens of the steps since the previous printed line over the
+  // time they took (differences of elapsed_s, the stage's own clock).
+  int have_base;          // base_elapsed_s is set (from the first record of a stage or a resume)
+  double base_elapsed_s;  // elapsed_s at the previous printed line
+  double interval_tokens; // tokens of the steps since then
+  float tok_per_s;        // shown; 0 until the first interval is measured
 } sn_train_log;
 
 // Opens RUN/metrics.jsonl for appending. active = 0 makes every call a no-op.
@@ -46,6 +48,8 @@ void sn_train_log_step(sn_train_log *log, const sn_step_record *r);
 void sn_train_log_end_stage(sn_train_log *log);
 void sn_train_log_close(sn_train_log *log);
 
-// Reads RUN/metrics.jsonl and writes RUN/loss_stage<N>.svg with the loss (and its terms) against
-// step. Returns 0, or -1 when there is nothing to plot or the file cannot be written.
+// Reads RUN/metrics.jsonl and writes RUN/loss_stage<N>.svg: the loss against step and, for a loss
+// of several terms (stage 2: mse, cos, infonce), one panel per term below it, each with its own
+// scale, axis titles and value ticks. Returns 0, or -1 when there is nothing to plot or the file
+// cannot be written.
 int sn_plot_loss_svg(const char *run_dir, int stage);

@@ -111,7 +111,8 @@ static void save_final(sn_trainer *t, const sn_stage *s) {
   if (sn_trainer_disk_room(t->run_dir, need, "the final towers", err, sizeof err) != 0)
     sn_fatal("stage %d: %s; the last checkpoint is kept (free space, then --resume auto)", s->number, err);
   for (int i = 0; i < s->n_towers; i++) {
-    sn_trainer_save_final_tower(&s->towers[i], final_dir);
+    sn_trainer_save_final_tower(&s->towers[i], final_dir, sn_trainer_export_dtype(t));
+    if (sn_train_write_card(t, s->number, s->towers[i].name, err, sizeof err) != 0) sn_fatal("%s", err);
     size_t used = strlen(names);
     snprintf(names + used, sizeof names - used, "%s%s", i ? "," : "", s->towers[i].name);
     if (s->towers[i].model->lora) {

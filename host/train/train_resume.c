@@ -85,7 +85,7 @@ void sn_trainer_add_fingerprints(const sn_trainer *t, sn_state_writer *w) {
 // Keys that never change the numbers, or whose content the fingerprints compare instead of their
 // path (a moved data file or run folder resumes exactly). A trailing '.' matches a whole section.
 static const char *const KEYS_WITHOUT_EFFECT[] = {
-    "run_dir", "data.cache_dir", "comm_timeout_s", "log.", "checkpoint.", "eval.", "dist.check_replicas_every",
+    "run_dir", "data.cache_dir", "comm_timeout_s", "log.", "checkpoint.", "eval.", "export.", "dist.check_replicas_every",
     "data.train", "stage1.model", "stage1.model_desc", "stage1.tokenizer", "stage2.student",
     "stage2.student_desc", "stage2.tokenizer",
 };

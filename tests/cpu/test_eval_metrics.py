@@ -132,6 +132,13 @@ with tempfile.TemporaryDirectory() as tmp:
                 check(abs(g - v) <= TOL, f"trial {trial} query {q} {m}: sn_eval {g!r} pytrec_eval {v!r}")
         for m, v in mean.items():
             check(abs(got[m] - v) <= TOL, f"trial {trial} mean {m}: sn_eval {got[m]!r} pytrec_eval {v!r}")
+        # MTEB's names of the same values, beside ours (main_score: nDCG@10 as MTEB's retrieval).
+        mteb = {"ndcg_at_10": "ndcg@10", "recall_at_10": "recall@10", "recall_at_100": "recall@100",
+                "mrr_at_10": "mrr@10", "main_score": "ndcg@10"}
+        for k, ours in mteb.items():
+            check(k in got and got[k] == got[ours], f"trial {trial}: MTEB key {k} missing or != {ours}")
+            q0 = next(iter(got["per_query"].values()), None)
+            check(q0 is None or q0.get(k) == q0[ours], f"trial {trial}: per-query MTEB key {k}")
         # What the means cover, said on stderr: the counts as pytrec_eval's inputs give them.
         no_rel = sum(1 for j in qrels.values() if not any(g > 0 for g in j.values()))
         missing = sum(1 for q, j in qrels.items() if any(g > 0 for g in j.values()) and q not in run)
