@@ -12,6 +12,9 @@
 // Our key in config_sentence_transformers.json: the whole prompt templates ({title}, a suffix),
 // which sentence-transformers' prefix prompts cannot hold.
 #define SN_EXPORT_TEMPLATES_KEY "scalingnote_prompt_templates"
+// And what the tower encodes (SN_EXPORT_ROLE_*): sn_embed's default prompt. Not sentence-transformers'
+// default_prompt_name, whose every load logs a warning; its users call encode_query/encode_document.
+#define SN_EXPORT_ROLE_KEY "scalingnote_role"
 
 // dir + "/" + name into out; -1 with err when it does not fit.
 int sn_export_join(char *out, size_t size, const char *dir, const char *name, char *err, size_t errlen);

@@ -80,7 +80,8 @@ static void read_prompt(const char *dir, const char *role, sn_export_settings *o
   char path[SN_EXPORT_PATH_LEN];
   cJSON *cfg = load(dir, SN_EXPORT_ST_CONFIG, path, sizeof path);
   if (!cfg) return;
-  const char *dflt = string_at(cfg, "default_prompt_name", path, "");
+  const char *dflt = string_at(cfg, SN_EXPORT_ROLE_KEY, path, "");
+  if (!dflt) dflt = string_at(cfg, "default_prompt_name", path, "");
   if (dflt) snprintf(out->role, sizeof out->role, "%s", dflt);
   if (!role) role = dflt;
   const char *tpl = role ? string_at(cJSON_GetObjectItemCaseSensitive(cfg, SN_EXPORT_TEMPLATES_KEY), role, path,

@@ -78,8 +78,7 @@ static int write_st_config(const char *dir, const sn_export_info *info, char *er
   cJSON *prompts = cJSON_AddObjectToObject(root, "prompts");
   cJSON_AddStringToObject(prompts, SN_EXPORT_ROLE_QUERY, info->query_prefix);
   cJSON_AddStringToObject(prompts, SN_EXPORT_ROLE_DOCUMENT, info->doc_prefix);
-  // SentenceTransformer(dir).encode(texts) applies the prompt of what this tower encodes.
-  cJSON_AddStringToObject(root, "default_prompt_name", info->role);
+  cJSON_AddStringToObject(root, SN_EXPORT_ROLE_KEY, info->role);
   cJSON_AddStringToObject(root, "similarity_fn_name", "cosine");
   cJSON *templates = cJSON_AddObjectToObject(root, SN_EXPORT_TEMPLATES_KEY);
   cJSON_AddStringToObject(templates, SN_EXPORT_ROLE_QUERY, template_or_default(info->query_prompt));
