@@ -280,6 +280,7 @@ static void free_sequences(sequences *s) {
 
 int main(int argc, char **argv) {
   embed_args args = parse_args(argc, argv);
+  sn_flag_path_kind("--model", args.model_dir, 1);
   sn_export_check_model_folder(args.model_dir, "--model");
   // Defaults from the export's sentence-transformers files: as the tower was trained.
   sn_export_settings exported;

@@ -158,6 +158,8 @@ static sn_tokenizer *load_tokenizer(const char *dir) {
 int main(int argc, char **argv) {
   cli_args a;
   parse_args(argc, argv, &a);
+  sn_flag_path_kind("--query-model", a.query_model, 1);
+  sn_flag_path_kind("--doc-model", a.doc_model, 1);
   if (a.query_model) sn_export_check_model_folder(a.query_model, "--query-model");
   if (a.doc_model) sn_export_check_model_folder(a.doc_model, "--doc-model");
   sn_flag_path_kind("--data", a.data, 1);

@@ -43,9 +43,14 @@ static void read_pooling(const char *dir, const char *sub, sn_export_settings *o
   if (!cfg) return;
   for (size_t i = 0; i < SN_ARRAY_LEN(MODES); i++)
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, MODES[i][0]))) snprintf(out->pooling, sizeof out->pooling, "%s", MODES[i][1]);
+  // Newer sentence-transformers also write the mode as one string.
+  static const char *const NAMED[][2] = {{"lasttoken", "last"}, {"mean", "mean"}, {"cls", "cls"}};
+  const cJSON *mode = cJSON_GetObjectItemCaseSensitive(cfg, "pooling_mode");
+  for (size_t i = 0; cJSON_IsString(mode) && i < SN_ARRAY_LEN(NAMED); i++)
+    if (strcmp(mode->valuestring, NAMED[i][0]) == 0) snprintf(out->pooling, sizeof out->pooling, "%s", NAMED[i][1]);
   if (!out->pooling[0])
     sn_bad_input("%s: no pooling mode sn supports is on (pooling_mode_lasttoken, pooling_mode_mean_tokens or "
-                 "pooling_mode_cls_token)", path);
+                 "pooling_mode_cls_token, or pooling_mode lasttoken, mean or cls)", path);
   cJSON_Delete(cfg);
 }
 
