@@ -85,6 +85,16 @@ static char *config_json(const sn_model *m) {
   return json;
 }
 
+// Where parameter p is stored: model.safetensors, or for the projection of a newer export, 2_Dense
+// under sentence-transformers' name (*src: the archive holding it; NULL when missing).
+static const sn_st_tensor *find_stored(const sn_param *p, const sn_st_archive *ar, const sn_st_archive *dense,
+                                       int in_dense, const sn_st_archive **src, const char **stored_name) {
+  const int from_dense = in_dense && sn_export_is_dense_tensor(p->name);
+  *src = from_dense ? dense : ar;
+  *stored_name = from_dense ? sn_export_dense_name(p->name) : p->name;
+  return sn_st_find(*src, *stored_name);
+}
+
 sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
   sn_model_config cfg;
   sn_config_load_hf_dir(&cfg, dir);
@@ -117,19 +127,19 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
   size_t max_count = 0;
   for (int i = 0; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
-    const int from_dense = in_dense && sn_export_is_dense_tensor(p->name);
-    const sn_st_archive *src = from_dense ? &dense : &ar;
-    const sn_st_tensor *t = sn_st_find(src, from_dense ? sn_export_dense_name(p->name) : p->name);
+    const sn_st_archive *src;
+    const char *stored_name;
+    const sn_st_tensor *t = find_stored(p, &ar, &dense, in_dense, &src, &stored_name);
     char want[96], got[96];
     format_shape(want, sizeof want, p->ndim, p->shape);
-    if (!t) sn_bad_input("%s: missing tensor '%s' (expected shape %s)", from_dense ? dense.files[0] : dir,
-                         from_dense ? sn_export_dense_name(p->name) : p->name, want);
+    if (!t) sn_bad_input("%s: missing tensor '%s' (expected shape %s)", src == &dense ? dense.files[0] : dir,
+                         stored_name, want);
     if (!same_shape(p, t)) {
       format_shape(got, sizeof got, t->ndim, t->shape);
       sn_bad_input("%s: tensor '%s' in %s has shape %s, expected %s (from config.json)", dir, t->name,
                    src->files[t->file_index], got, want);
     }
-    if (!from_dense) used[t - ar.tensors] = 1;
+    if (src == &ar) used[t - ar.tensors] = 1;
     max_count = SN_MAX(max_count, p->count);
   }
   int unknown = 0;
@@ -148,9 +158,9 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
   float *host = mallocCheck(max_count * sizeof(float));
   for (int i = 0; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
-    const int from_dense = in_dense && sn_export_is_dense_tensor(p->name);
-    const sn_st_archive *src = from_dense ? &dense : &ar;
-    const sn_st_tensor *t = sn_st_find(src, from_dense ? sn_export_dense_name(p->name) : p->name);
+    const sn_st_archive *src;
+    const char *stored_name;
+    const sn_st_tensor *t = find_stored(p, &ar, &dense, in_dense, &src, &stored_name);
     ops->synchronize();  // the previous upload may still read host (asynchronous backends)
     if (sn_st_read_f32_finite(src, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
     ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
