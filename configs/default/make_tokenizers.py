@@ -11,7 +11,10 @@ Re-run: apt-get update -o Acquire::Languages=en && pip install tokenizers &&
 """
 import glob, os, subprocess, sys
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VOCAB = 4096
@@ -45,7 +48,13 @@ def main():
     print(f"{len(texts)} descriptions", file=sys.stderr)
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Qwen2's normaliser and pre-tokenizer: transformers 5 loads a qwen2 model's tokenizer as
+    # Qwen2Tokenizer, which builds these whatever tokenizer.json says, so any other pipeline would
+    # give AutoTokenizer other ids than training.
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     bpe.decoder = decoders.ByteLevel()
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     bpe.train_from_iterator(texts, trainers.BpeTrainer(

@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "data.h"
+#include "export.h"
 #include "model.h"
 #include "npy.h"
 #include "tokenizer.h"
@@ -27,9 +28,10 @@
 
 typedef struct {
   const char *model_dir, *input, *out, *device;
-  const char *pooling;  // NULL: the architecture's default
-  const char *prompt;   // template for "text" lines
-  int normalize, batch, threads, max_len;
+  const char *pooling;  // NULL: the export's (1_Pooling), else the architecture's default
+  const char *prompt;   // template for "text" lines; NULL: the export's prompt, else "{text}"
+  int normalize;        // -1: as the export says (a Normalize module), else 1
+  int batch, threads, max_len;
 } embed_args;
 
 static void usage(FILE *f) {
@@ -38,14 +40,17 @@ static void usage(FILE *f) {
           "  --model DIR          Hugging Face model folder (config.json + safetensors)\n"
           "  --input FILE         JSONL, one {\"input_ids\": [...]} or {\"text\": ...} per line\n"
           "  --out FILE           (N, D) float32 .npy, row i for input line i\n"
-          "  --pooling MODE       last | mean | cls (default: last for decoders, cls for encoders)\n"
-          "  --no-normalize       write raw pooled vectors instead of L2-normalised ones\n"
+          "  --pooling MODE       last | mean | cls (default: the export's 1_Pooling, else last for\n"
+          "                       decoders, cls for encoders)\n"
+          "  --no-normalize       write raw pooled vectors instead of L2-normalised ones (default:\n"
+          "                       normalised unless the export's modules.json has no Normalize)\n"
           "  --device DEV         cpu | cuda (default cpu)\n"
           "  --batch N            sequences per forward pass (default %d)\n"
           "  --threads N          CPU threads (default: OpenMP's)\n"
-          "  --prompt TEMPLATE    template of \"text\" lines, with {text} and {title} (default {text})\n"
-          "  --max-len N          tokens of a \"text\" line, specials included (default: the\n"
-          "                       model's max_position_embeddings)\n"
+          "  --prompt TEMPLATE    template of \"text\" lines, with {text} and {title} (default: the\n"
+          "                       prompt the tower was trained with, from its export, else {text})\n"
+          "  --max-len N          tokens of a \"text\" line, specials included (default: the export's\n"
+          "                       max_seq_length, else the model's max_position_embeddings)\n"
           "  --help, -h           this text\n"
           "  --version            the scalingnote version\n",
           DEFAULT_BATCH);
@@ -56,7 +61,7 @@ static void usage(FILE *f) {
 static int parse_positive(const char *flag, const char *s) { return (int)sn_flag_i64(flag, s, 1, MAX_FLAG_COUNT); }
 
 static embed_args parse_args(int argc, char **argv) {
-  embed_args a = {.device = "cpu", .normalize = 1, .batch = DEFAULT_BATCH, .threads = 0};
+  embed_args a = {.device = "cpu", .normalize = -1, .batch = DEFAULT_BATCH, .threads = 0};
   sn_cli_init("sn_embed", usage);
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
@@ -268,6 +273,14 @@ static void free_sequences(sequences *s) {
 int main(int argc, char **argv) {
   embed_args args = parse_args(argc, argv);
   sn_flag_path_kind("--model", args.model_dir, 1);
+  sn_export_check_model_folder(args.model_dir, "--model");
+  // Defaults from the export's sentence-transformers files: as the tower was trained.
+  sn_export_settings exported;
+  sn_export_read(args.model_dir, NULL, &exported);
+  if (!args.pooling && exported.pooling[0]) args.pooling = exported.pooling;
+  if (!args.prompt) args.prompt = exported.prompt;
+  if (!args.max_len) args.max_len = exported.max_seq_length;
+  if (args.normalize < 0) args.normalize = exported.normalize != 0;
   sn_flag_path_kind("--input", args.input, 0);
   if (args.threads > 0) omp_set_num_threads(args.threads);
   const sn_ops *ops = sn_ops_by_name(args.device);
@@ -329,5 +342,6 @@ int main(int argc, char **argv) {
   sn_acts_free(acts);
   sn_model_free(m);
   free_sequences(&seqs);
+  sn_export_settings_free(&exported);
   return 0;
 }

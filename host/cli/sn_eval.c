@@ -10,6 +10,7 @@
 #include "cJSON.h"
 #include "common.h"
 #include "eval.h"
+#include "export.h"
 #include "model.h"
 #include "ops.h"
 #include "tokenizer.h"
@@ -26,8 +27,11 @@ static void usage(FILE *f) {
           "               [--k 100] [--run-out RUN.trec] [--quiet]\n"
           "       sn_eval --run RUN.trec --qrels QRELS.tsv [--out metrics.json]\n"
           "Prompts: the query prompt replaces {text} (or is a prefix); the document prompt replaces\n"
-          "{title} and {text} (default: title + \" \" + text). Tokenized as training tokenizes.\n"
-          "Pooling defaults: last token for decoders, CLS for encoders.\n"
+          "{title} and {text}. Tokenized as training tokenizes.\n"
+          "Defaults: each tower's prompt, pooling and maximum length are read from its export (the\n"
+          "sentence-transformers files sn_train writes), so a trained pair needs no flags; for other\n"
+          "folders: no query prompt, title + \" \" + text for documents, last-token pooling for\n"
+          "decoders and CLS for encoders, lengths 64 and 256.\n"
           "  --query-model DIR    the query tower (model folder with its tokenizer)\n"
           "  --doc-model DIR      the document tower (may be the same folder)\n"
           "  --data BEIR_DIR      corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv\n"
@@ -70,6 +74,7 @@ static int parse_pooling(const char *flag, const char *v) {
 static void parse_args(int argc, char **argv, cli_args *a) {
   memset(a, 0, sizeof *a);
   sn_eval_opts_default(&a->eval);
+  a->eval.max_query_len = a->eval.max_doc_len = 0;  // 0: from the export, else the default (apply_export)
   a->eval.verbose = 1;
   a->device = "cpu";
   sn_cli_init("sn_eval", usage);
@@ -145,6 +150,21 @@ static int score_run_file(const cli_args *a) {
   return 0;
 }
 
+// What the flags leave unset, from a tower's export (its role's prompt, its pooling and length),
+// else sn_eval_opts_default's. *exported keeps the prompt's memory until the evaluation ends.
+static void apply_export(const char *dir, const char *role, const char **prompt, int *pooling, int *max_len,
+                         sn_export_settings *exported) {
+  sn_eval_opts defaults;
+  sn_eval_opts_default(&defaults);
+  sn_export_read(dir, role, exported);
+  char what[4096 + 64];
+  snprintf(what, sizeof what, "%s/1_Pooling/config.json", dir);
+  if (!*prompt) *prompt = exported->prompt;
+  if (*pooling < 0 && exported->pooling[0]) *pooling = sn_pooling_from_name(exported->pooling, what);
+  if (!*max_len) *max_len = exported->max_seq_length;
+  if (!*max_len) *max_len = strcmp(role, SN_EXPORT_ROLE_QUERY) == 0 ? defaults.max_query_len : defaults.max_doc_len;
+}
+
 static sn_tokenizer *load_tokenizer(const char *dir) {
   char err[ERR_LEN];
   sn_tokenizer *tok = sn_tokenizer_load(dir, err, sizeof err);
@@ -157,6 +177,8 @@ int main(int argc, char **argv) {
   parse_args(argc, argv, &a);
   sn_flag_path_kind("--query-model", a.query_model, 1);
   sn_flag_path_kind("--doc-model", a.doc_model, 1);
+  if (a.query_model) sn_export_check_model_folder(a.query_model, "--query-model");
+  if (a.doc_model) sn_export_check_model_folder(a.doc_model, "--doc-model");
   sn_flag_path_kind("--data", a.data, 1);
   sn_flag_path_kind("--run", a.run, 0);
   sn_flag_path_kind("--qrels", a.qrels, 0);
@@ -166,6 +188,11 @@ int main(int argc, char **argv) {
   }
   if (!a.query_model || !a.doc_model || !a.data)
     sn_usage_error("expected --query-model DIR, --doc-model DIR and --data BEIR_DIR");
+  sn_export_settings query_export, doc_export;
+  apply_export(a.query_model, SN_EXPORT_ROLE_QUERY, &a.eval.query_prompt, &a.eval.query_pooling,
+               &a.eval.max_query_len, &query_export);
+  apply_export(a.doc_model, SN_EXPORT_ROLE_DOCUMENT, &a.eval.doc_prompt, &a.eval.doc_pooling, &a.eval.max_doc_len,
+               &doc_export);
   char err[ERR_LEN];
   sn_beir data;
   if (sn_beir_load(a.data, a.eval.split, &data, err, sizeof err)) sn_bad_input("%s", err);
@@ -191,5 +218,7 @@ int main(int argc, char **argv) {
   sn_model_free(query_tower);
   sn_tokenizer_free(query_tok);
   sn_beir_free(&data);
+  sn_export_settings_free(&query_export);
+  sn_export_settings_free(&doc_export);
   return 0;
 }

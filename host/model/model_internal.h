@@ -67,6 +67,8 @@ int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn
 
 // config.json key of the projection width (transformers ignores unknown keys).
 #define SN_PROJECTION_CONFIG_KEY "scalingnote_projection_dim"
+// config.json key saying model.safetensors' pooler.* is a zero placeholder for transformers.
+#define SN_POOLER_PLACEHOLDER_KEY "scalingnote_pooler_placeholder"
 // Allocates an empty model shell (config copied, no params).
 sn_model *sn_model_shell(const sn_model_config *cfg, const sn_ops *ops);
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "export.h"
 #include "model_internal.h"
 #include "safetensors.h"
 
@@ -37,8 +38,9 @@ static int is_known_buffer(const char *name) {
   return 0;
 }
 
-// Our one config.json key beyond transformers': the output projection's width (0: none).
-static int read_projection_dim(const char *dir) {
+// Our config.json keys beyond transformers': the output projection's width (0: none), and whether
+// the pooler in model.safetensors is only there for transformers (see export_extras).
+static int read_projection_dim(const char *dir, int *pooler_placeholder) {
   char path[PATH_LEN];
   if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path) sn_bad_input("%s: path too long", dir);
   size_t len;
@@ -55,24 +57,42 @@ static int read_projection_dim(const char *dir) {
       sn_bad_input("%s: \"%s\" must be a positive integer", path, SN_PROJECTION_CONFIG_KEY);
     dim = (int)v->valuedouble;
   }
+  *pooler_placeholder = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, SN_POOLER_PLACEHOLDER_KEY));
   cJSON_Delete(root);
   return dim;
+}
+
+// An encoder without a pooler gets a zero one in its export: transformers' BertModel builds one
+// and would warn that its weights are missing. sn does not load it back.
+static int needs_pooler_placeholder(const sn_model *m) {
+  return !sn_arch_is_decoder(m->cfg.arch) && !m->layout->has_pooler;
 }
 
 // config.json text with the projection width added when the model has one (caller frees).
 static char *config_json(const sn_model *m) {
   char *json = sn_config_to_hf_json(&m->cfg);
-  if (!m->layout->proj_dim) return json;
+  if (!m->layout->proj_dim && !needs_pooler_placeholder(m)) return json;
   cJSON *root = cJSON_Parse(json);
   if (!root) sn_fatal("sn_config_to_hf_json produced invalid JSON");
   free(json);
-  cJSON_AddNumberToObject(root, SN_PROJECTION_CONFIG_KEY, m->layout->proj_dim);
+  if (m->layout->proj_dim) cJSON_AddNumberToObject(root, SN_PROJECTION_CONFIG_KEY, m->layout->proj_dim);
+  if (needs_pooler_placeholder(m)) cJSON_AddTrueToObject(root, SN_POOLER_PLACEHOLDER_KEY);
   char *printed = cJSON_Print(root);
   cJSON_Delete(root);
   if (!printed) sn_fatal("out of memory printing config.json");
   json = strdupCheck(printed);  // cJSON's allocator may differ from ours: hand back our own copy
   cJSON_free(printed);
   return json;
+}
+
+// Where parameter p is stored: model.safetensors, or for the projection of a newer export, 2_Dense
+// under sentence-transformers' name (*src: the archive holding it; NULL when missing).
+static const sn_st_tensor *find_stored(const sn_param *p, const sn_st_archive *ar, const sn_st_archive *dense,
+                                       int in_dense, const sn_st_archive **src, const char **stored_name) {
+  const int from_dense = in_dense && sn_export_is_dense_tensor(p->name);
+  *src = from_dense ? dense : ar;
+  *stored_name = from_dense ? sn_export_dense_name(p->name) : p->name;
+  return sn_st_find(*src, *stored_name);
 }
 
 sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
@@ -86,31 +106,47 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
   // Optional tensors follow the checkpoint: an untied lm_head, BERT's pooler.
   const int decoder = sn_arch_is_decoder(cfg.arch);
   const int has_lm_head = decoder && !cfg.tie_embeddings && sn_st_find(&ar, "lm_head.weight") != NULL;
-  const int has_pooler = !decoder && sn_st_find(&ar, "pooler.dense.weight") != NULL;
+  int pooler_placeholder;
+  const int proj_dim = read_projection_dim(dir, &pooler_placeholder);
+  const int has_pooler = !decoder && !pooler_placeholder && sn_st_find(&ar, "pooler.dense.weight") != NULL;
   sn_model *m = sn_model_shell(&cfg, ops);
-  sn_model_build_params(m, has_lm_head, has_pooler, read_projection_dim(dir));
+  sn_model_build_params(m, has_lm_head, has_pooler, proj_dim);
+  // The projection: in 2_Dense (sentence-transformers' Dense) since exports put it there, in
+  // model.safetensors in older ones.
+  sn_st_archive dense;
+  memset(&dense, 0, sizeof dense);
+  const int in_dense = proj_dim > 0 && !sn_st_find(&ar, "projection.weight");
+  if (in_dense) {
+    char dense_dir[PATH_LEN];
+    snprintf(dense_dir, sizeof dense_dir, "%s/" SN_EXPORT_DENSE_DIR, dir);
+    if (sn_st_open(&dense, dense_dir, err, sizeof err) != 0) sn_bad_input("%s (config.json has a projection)", err);
+  }
 
   // Shapes first: a wrong checkpoint fails before any memory is spent on it.
   unsigned char *used = callocCheck((size_t)SN_MAX(ar.ntensors, 1), 1);
   size_t max_count = 0;
   for (int i = 0; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
-    const sn_st_tensor *t = sn_st_find(&ar, p->name);
+    const sn_st_archive *src;
+    const char *stored_name;
+    const sn_st_tensor *t = find_stored(p, &ar, &dense, in_dense, &src, &stored_name);
     char want[96], got[96];
     format_shape(want, sizeof want, p->ndim, p->shape);
-    if (!t) sn_bad_input("%s: missing tensor '%s' (expected shape %s)", dir, p->name, want);
+    if (!t) sn_bad_input("%s: missing tensor '%s' (expected shape %s)", src == &dense ? dense.files[0] : dir,
+                         stored_name, want);
     if (!same_shape(p, t)) {
       format_shape(got, sizeof got, t->ndim, t->shape);
       sn_bad_input("%s: tensor '%s' in %s has shape %s, expected %s (from config.json)", dir, t->name,
-                   ar.files[t->file_index], got, want);
+                   src->files[t->file_index], got, want);
     }
-    used[t - ar.tensors] = 1;
+    if (src == &ar) used[t - ar.tensors] = 1;
     max_count = SN_MAX(max_count, p->count);
   }
   int unknown = 0;
   const char *first_unknown = NULL;
   for (int i = 0; i < ar.ntensors; i++) {
     if (used[i] || is_known_buffer(ar.tensors[i].name)) continue;
+    if (pooler_placeholder && strncmp(ar.tensors[i].name, "pooler.", strlen("pooler.")) == 0) continue;
     if (!first_unknown) first_unknown = ar.tensors[i].name;
     unknown++;
   }
@@ -122,15 +158,18 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
   float *host = mallocCheck(max_count * sizeof(float));
   for (int i = 0; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
-    const sn_st_tensor *t = sn_st_find(&ar, p->name);
+    const sn_st_archive *src;
+    const char *stored_name;
+    const sn_st_tensor *t = find_stored(p, &ar, &dense, in_dense, &src, &stored_name);
     ops->synchronize();  // the previous upload may still read host (asynchronous backends)
-    if (sn_st_read_f32_finite(&ar, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
+    if (sn_st_read_f32_finite(src, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
     ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
   }
   ops->synchronize();  // the host buffer is freed next; uploads may be asynchronous
   free(host);
   free(used);
   sn_st_close(&ar);
+  if (in_dense) sn_st_close(&dense);
   return m;
 }
 
@@ -151,6 +190,25 @@ int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err,
 
 int sn_model_export(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
   return save_model(m, dir, dtype, 1, err, errlen);
+}
+
+// What an export holds beyond the tower's own tensors (see export.h): the projection as
+// 2_Dense, a zero pooler for an encoder without one. *zeros (the pooler's data, kept until w is
+// written) is freed by the caller.
+static int export_extras(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, sn_st_writer *w,
+                         float **zeros, char *err, size_t errlen) {
+  static const char *const POOLER[2] = {"pooler.dense.weight", "pooler.dense.bias"};
+  const int64_t C = m->cfg.hidden, shapes[2][2] = {{C, C}, {C, 0}};
+  *zeros = NULL;
+  if (needs_pooler_placeholder(m)) {
+    *zeros = callocCheck((size_t)(C * C), sizeof(float));
+    for (int k = 0; k < 2; k++) sn_st_writer_add(w, POOLER[k], dtype, 2 - k, shapes[k], *zeros);
+  }
+  if (!m->layout->proj_dim) return 0;
+  const sn_param *pw = sn_model_find_param(m, "projection.weight"), *pb = sn_model_find_param(m, "projection.bias");
+  if (!pw || !pb) sn_fatal("a model with a projection has no projection tensors");
+  return sn_export_write_dense(dir, (int)pw->shape[1], (int)pw->shape[0], dtype, host + pw->offset,
+                               host + pb->offset, err, errlen);
 }
 
 int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int drop_lm_head, char *err,
@@ -178,11 +236,15 @@ int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn
   for (int i = 0; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
     if (drop_lm_head && p->offset == m->layout->lm_head) continue;
+    if (sn_export_is_dense_tensor(p->name)) continue;  // written into 2_Dense by export_extras
     sn_st_writer_add(w, p->name, dtype, p->ndim, p->shape, host + p->offset);
   }
+  float *zeros;
+  rc = export_extras(m, host, dir, dtype, w, &zeros, err, errlen);
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  rc = sn_st_writer_write(w, path, err, errlen);
+  if (rc == 0) rc = sn_st_writer_write(w, path, err, errlen);
   sn_st_writer_free(w);
+  free(zeros);
   if (rc != 0) return -1;
 // A shard index left from an earlier, sharded save would shadow the new single file.
   snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);

@@ -15,15 +15,16 @@
 // Safetensors in the backend's storage dtype: the weights exactly as trained, half the bytes of
 // fp32 for bf16 towers (a 7B tower is 15 GB, not 30). Resuming is still exact: the fp32 master
 // weights are in the optimizer state (on the CPU backend the weights are the master).
-static int save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir, char *err,
-                      size_t errlen) {
+// The tower's folder also gets the sentence-transformers files (export.h) when export_info is set.
+static int save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir, const sn_export_info *export_info,
+                      char *err, size_t errlen) {
   if (sn_mkdir_p(dir) != 0) {
     snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
     return -1;
   }
   if (sn_model_save(m, dir, m->ops->storage, err, errlen) != 0) return -1;
-  if (tokenizer_dir && tokenizer_dir[0]) return sn_copy_tokenizer_files(tokenizer_dir, dir, err, errlen);
-  return 0;
+  if (tokenizer_dir && tokenizer_dir[0] && sn_copy_tokenizer_files(tokenizer_dir, dir, err, errlen) != 0) return -1;
+  return export_info ? sn_export_write(dir, export_info, err, errlen) : 0;
 }
 
 // A checkpoint's copy of a tower: the whole tower, or a LoRA tower's adapter only (fp32, exact).
@@ -31,7 +32,7 @@ static int save_ckpt_tower(const sn_ckpt_tower *tw, const char *ckpt_dir, char *
   char dir[SN_TRAIN_PATH_MAX + 64];
   if (!tw->model->lora) {
     snprintf(dir, sizeof dir, "%s/%s", ckpt_dir, tw->name);
-    return save_tower(tw->model, dir, tw->tokenizer_dir, err, errlen);
+    return save_tower(tw->model, dir, tw->tokenizer_dir, tw->export_info, err, errlen);
   }
   snprintf(dir, sizeof dir, "%s/%s", ckpt_dir, tw->adapter_name);
   return sn_lora_save_peft(tw->model->lora, dir, tw->base_name, err, errlen);
@@ -51,6 +52,7 @@ void sn_trainer_save_final_tower(const sn_ckpt_tower *tw, const char *final_dir,
   if (tw->tokenizer_dir && tw->tokenizer_dir[0] &&
       sn_copy_tokenizer_files(tw->tokenizer_dir, dir, err, sizeof err) != 0)
     sn_fatal("%s", err);
+  if (tw->export_info && sn_export_write(dir, tw->export_info, err, sizeof err) != 0) sn_fatal("%s", err);
   if (!tw->model->lora) return;
   snprintf(dir, sizeof dir, "%s/%s", final_dir, tw->adapter_name);
   if (sn_lora_save_peft(tw->model->lora, dir, tw->base_name, err, sizeof err) != 0) sn_fatal("%s", err);

@@ -6,6 +6,7 @@
 #include "checkpoint.h"
 #include "comm.h"
 #include "data.h"
+#include "export.h"
 #include "model.h"
 #include "optimizer.h"
 #include "run_config.h"
@@ -158,7 +159,14 @@ typedef struct {
   // the final save writes the merged tower under `name` and the adapter beside it.
   const char *adapter_name;  // "query_adapter", ...
   const char *base_name;     // the adapter's base_model_name_or_path (stage1.model)
+  // How the tower was trained, for the sentence-transformers files of its folder (NULL: none).
+  const sn_export_info *export_info;
 } sn_ckpt_tower;
+
+// What a tower's export says about its training: the pooling, the data prompts, the tower's role
+// (SN_EXPORT_ROLE_*) with its length limit, the tokenizer's EOS and padding.
+void sn_trainer_export_info(const sn_trainer *t, const sn_model *m, const sn_tokenizer *tok, const char *pooling,
+                            const char *role, sn_export_info *out);
 
 // A final tower into final_dir/<name> as a Hugging Face folder (merged, for a LoRA tower, plus its
 // peft folder final_dir/<adapter_name>), its weights in `dtype` (export.dtype), without an untied

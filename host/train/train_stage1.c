@@ -397,12 +397,15 @@ int sn_train_stage1(sn_trainer *t) {
   c.opt_d = two ? &opt_d : &opt_q;
 
   const char *base_name = s1->model[0] ? s1->model : "";
+  sn_export_info query_export, doc_export;
+  sn_trainer_export_info(t, c.qmodel, tok, s1->pooling, SN_EXPORT_ROLE_QUERY, &query_export);
+  sn_trainer_export_info(t, c.dmodel, tok, s1->pooling, SN_EXPORT_ROLE_DOCUMENT, &doc_export);
   sn_stage stage = {.number = 1, .grad_accum = s1->grad_accum, .total_steps = total, .sampler = sampler,
                     .n_models = 1 + two, .models = {train_q, train_d},
                     .optimizers = {{"query", &opt_q}, {"doc", &opt_d}},
                     .n_towers = 2, .n_ckpt_towers = 1 + two,
-                    .towers = {{"query_tower", c.qmodel, tok_dir, "query_adapter", base_name},
-                               {"doc_tower", c.dmodel, tok_dir, "doc_adapter", base_name}},
+                    .towers = {{"query_tower", c.qmodel, tok_dir, "query_adapter", base_name, &query_export},
+                               {"doc_tower", c.dmodel, tok_dir, "doc_adapter", base_name, &doc_export}},
                     .n_terms = s1->kd_weight > 0 ? 2 : 1, .term_names = {"infonce", "kd"},
                     .micro_step = micro_step, .ctx = &c};
   int rc = sn_train_loop(t, &stage, resuming);

@@ -292,9 +292,11 @@ int sn_train_stage2(sn_trainer *t) {
   sn_optimizer opt;
   sn_trainer_optimizer_init(t, &opt, student, &s2->optim, total);
   c.opt = &opt;
+  sn_export_info student_export;
+  sn_trainer_export_info(t, student, student_tok, s2->pooling, SN_EXPORT_ROLE_QUERY, &student_export);
   sn_stage stage = {.number = 2, .grad_accum = s2->grad_accum, .total_steps = total, .sampler = sampler,
                     .n_models = 1, .models = {student}, .optimizers = {{"student", &opt}},
-                    .n_towers = 1, .n_ckpt_towers = 1, .towers = {{"student", student, student_tok_dir}},
+                    .n_towers = 1, .n_ckpt_towers = 1, .towers = {{"student", student, student_tok_dir, .export_info = &student_export}},
                     .n_terms = use_docs ? 3 : 2, .term_names = {"mse", "cos", "infonce"},
                     .micro_step = micro_step, .ctx = &c};
   int rc = sn_train_loop(t, &stage, resuming);

@@ -186,12 +186,7 @@ void sn_wait_for(const char *path, int (*ready)(const char *path, void *ctx), vo
 
 // ---- towers and tokenizers ------------------------------------------------------------------
 
-static void check_model_dir(const char *dir, const char *what) {
-  errno = 0;  // stat sets it when the path is missing; a plain file leaves it 0
-  if (!sn_is_dir(dir))
-    sn_bad_input("%s: model folder '%s' is missing or unreadable (%s)", what, dir,
-                 errno ? strerror(errno) : "not a folder");
-}
+static void check_model_dir(const char *dir, const char *what) { sn_export_check_model_folder(dir, what); }
 
 void sn_trainer_model_config(const char *dir, const char *desc, const char *what, sn_model_config *mc) {
   if (dir && dir[0]) {
@@ -315,4 +310,46 @@ int sn_trainer_weights_finite(const sn_ckpt_optimizer *opts, int nopts, char *er
                        opts[i].prefix, sum);
   }
   return 0;
+}
+
+// What tpl puts before an untitled text, for sentence-transformers' prefix prompts; a warning when
+// the template also puts something after the text (sentence-transformers cannot).
+#define TEXT_SENTINEL "\x01"
+static void prompt_prefix(const char *tpl, const char *key, char *out, size_t size) {
+  const sn_text_encoder none = {.eos_id = -1};
+  const sn_prompt_spec spec = {.template_str = tpl, .max_len = 1};
+  char err[256];
+  sn_prompt *p = sn_prompt_create(&spec, &none, err, sizeof err);
+  if (!p) sn_bad_input("%s: %s", key, err);
+  char *rendered = sn_prompt_render(p, "", TEXT_SENTINEL);
+  char *at = strstr(rendered, TEXT_SENTINEL);
+  if (at[strlen(TEXT_SENTINEL)] != '\0')
+    sn_warn("%s \"%s\" puts text after {text}: the export's sentence-transformers prompt is the part "
+            "before it only (sn_embed and sn_eval use the whole template)", key, tpl);
+  *at = '\0';
+  snprintf(out, size, "%s", rendered);
+  free(rendered);
+  sn_prompt_free(p);
+}
+
+void sn_trainer_export_info(const sn_trainer *t, const sn_model *m, const sn_tokenizer *tok, const char *pooling,
+                            const char *role, sn_export_info *out) {
+  const sn_run_config *c = &t->cfg;
+  memset(out, 0, sizeof *out);
+  out->decoder = sn_arch_is_decoder(m->cfg.arch);
+  out->pooling = pooling;
+  out->query_prompt = c->data.query_prompt;
+  out->doc_prompt = c->data.doc_prompt;
+  out->role = role;
+  prompt_prefix(c->data.query_prompt, "data.query_prompt", out->query_prefix, sizeof out->query_prefix);
+  prompt_prefix(c->data.doc_prompt, "data.doc_prompt", out->doc_prefix, sizeof out->doc_prefix);
+  out->max_seq_length = strcmp(role, SN_EXPORT_ROLE_QUERY) == 0 ? c->data.max_query_len : c->data.max_doc_len;
+  out->hidden = m->cfg.hidden;
+  out->proj_dim = sn_model_find_param(m, "projection.weight") ? sn_model_out_dim(m) : 0;
+  const int32_t eos = sn_tokenizer_eos_id(tok), pad = sn_tokenizer_pad_id(tok);
+  const char *eos_token = eos >= 0 ? sn_tokenizer_id_to_token(tok, eos) : NULL;
+  const char *pad_token = pad >= 0 ? sn_tokenizer_id_to_token(tok, pad) : NULL;
+  out->eos_id = eos;
+  if (out->decoder && eos_token) snprintf(out->eos_token, sizeof out->eos_token, "%s", eos_token);
+  if (pad_token) snprintf(out->pad_token, sizeof out->pad_token, "%s", pad_token);
 }

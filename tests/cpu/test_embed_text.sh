@@ -24,7 +24,8 @@ python3 - > rendered.txt <<'PY'
 for title, text in (("", "apple river stone"), ("t", "héllo wörld, ünïcode — 123"), ("", "x")):
     print(f"{title} {text}")
 PY
-"$BUILD/sn_tokenize" --tokenizer $TOWER --input rendered.txt > ids.txt
+# (--no-special: the export's tokenizer appends EOS itself, as AutoTokenizer does; it is added below)
+"$BUILD/sn_tokenize" --tokenizer $TOWER --no-special --input rendered.txt > ids.txt
 python3 - <<'PY' > ids.jsonl
 import json
 for line in open("ids.txt"):

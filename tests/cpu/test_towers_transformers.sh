@@ -25,28 +25,30 @@ JSON
 printf '%s\n' '{"text": "apple river stone under the bridge"}' '{"text": "x"}' \
   '{"text": "Debian package for the quick brown fox, version 1.2"}' > texts.jsonl
 for tower in query_tower doc_tower student; do
-  "$BUILD/sn_embed" --model run/final/$tower --input texts.jsonl --out $tower.npy 2>> embed.log
+  # --prompt: the bare texts (without it sn_embed applies the prompt the tower was trained with)
+  "$BUILD/sn_embed" --model run/final/$tower --input texts.jsonl --out $tower.npy --prompt "{text}" 2>> embed.log
 done
 python3 - <<'PY'
-import json, numpy as np, torch
+import json, os, numpy as np, torch
 from safetensors.numpy import load_file
 from transformers import AutoModel
 from tokenizers import Tokenizer
 texts = [json.loads(l)["text"] for l in open("texts.jsonl")]
 def check(tower, pool):
     d = f"run/final/{tower}"
-    model = AutoModel.from_pretrained(d, torch_dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(d, dtype=torch.float32).eval()
     tok = Tokenizer.from_file(f"{d}/tokenizer.json")
     rows = []
     for t in texts:
         ids = tok.encode(t).ids
-        if pool == "last": ids = ids + [tok.token_to_id("<|endoftext|>")]  # EOS, as sn_embed appends
+        if pool == "last":  # the export's post-processor appends EOS, as training does
+            assert ids[-1] == tok.token_to_id("<|endoftext|>"), ids
         with torch.no_grad():
             h = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
         v = (h[-1] if pool == "last" else h[0]).double().numpy()
-        w = load_file(f"{d}/model.safetensors")
-        if "projection.weight" in w:
-            v = w["projection.weight"].astype(np.float64) @ v + w["projection.bias"]
+        if os.path.exists(f"{d}/2_Dense"):  # the projection, as sentence-transformers' Dense
+            w = load_file(f"{d}/2_Dense/model.safetensors")
+            v = w["linear.weight"].astype(np.float64) @ v + w["linear.bias"]
         rows.append(v / np.linalg.norm(v))
     ref = np.stack(rows)
     ours = np.load(f"{tower}.npy").astype(np.float64)
