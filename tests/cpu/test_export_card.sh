@@ -30,7 +30,8 @@ for dtype in source bf16; do
     st=$run/final/$tower/model.safetensors
     tensor_dtypes $st > dtypes.txt || { bad "$st unreadable"; continue; }
     grep -q '^lm_head.weight ' dtypes.txt && bad "$dtype: $tower exports lm_head.weight"
-    grep -v " $want\$" dtypes.txt | grep -q . && bad "$dtype: $tower has tensors not in $want: $(grep -v " $want\$" dtypes.txt | head -2)"
+    grep -v " $want\$" dtypes.txt > other_dtypes.txt
+    [ -s other_dtypes.txt ] && bad "$dtype: $tower has tensors not in $want: $(head -2 other_dtypes.txt)"
     card=$run/final/$tower/README.md
     [ -s $card ] || { bad "$dtype: no $card"; continue; }
     for needle in "SentenceTransformer(\"path/to/$tower\")" "sn_embed --model path/to/$tower" "data/train.jsonl" \
@@ -41,8 +42,9 @@ for dtype in source bf16; do
   # The stage-1 checkpoint keeps the head: resuming needs every trained tensor.
   ckpt=$(ls -d $run/ckpt-1-* 2>/dev/null | tail -1)
   [ -n "$ckpt" ] || bad "$run: no stage-1 checkpoint"
-  [ -n "$ckpt" ] && { tensor_dtypes $ckpt/query_tower/model.safetensors | grep -q '^lm_head.weight ' ||
-                      bad "$ckpt/query_tower lost lm_head.weight"; }
+  # (listed to a file first: grep -q closing the pipe early would fail the lister under pipefail)
+  [ -n "$ckpt" ] && { tensor_dtypes $ckpt/query_tower/model.safetensors > ckpt_tensors.txt
+                      grep -q '^lm_head.weight ' ckpt_tensors.txt || bad "$ckpt/query_tower lost lm_head.weight"; }
 done
 card=run_source/final
 grep -qF 'temperature 0.05' $card/query_tower/README.md || bad "query card lacks the InfoNCE temperature"
