@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common.h"
 
@@ -44,6 +45,17 @@ void sn_usage_error(const char *fmt, ...) {
   exit(SN_EXIT_BAD_INPUT);
 }
 
+// Whether "prefix/.." (prefix: path[0, end)) is the folder above prefix's last component: that
+// component is a real folder, not a link (whose ".." is above its target) nor a missing name.
+static int parent_is_lexical(char *path, char *end) {
+  char saved = *end;  // end <= the reader's position: the character is restored at once
+  *end = '\0';
+  struct stat st;
+  int real_dir = lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
+  *end = saved;
+  return real_dir;
+}
+
 char *sn_path_normalize(char *path) {
   char *out = path;
   const char *in = path;
@@ -54,6 +66,16 @@ char *sn_path_normalize(char *path) {
     if (in[0] == '.' && (in[1] == '/' || in[1] == '\0')) {     // "./a", "a/./b", "a/.": no "."
       in++;
       continue;
+    }
+    if (in[0] == '.' && in[1] == '.' && (in[2] == '/' || in[2] == '\0')) {  // "a/..": gone where a is a folder
+      char *last = out;  // the last component written
+      while (last > path + absolute && last[-1] != '/') last--;
+      int is_dotdot = out - last == 2 && last[0] == '.' && last[1] == '.';
+      if (out > last && !is_dotdot && parent_is_lexical(path, out)) {
+        out = last > path + absolute ? last - 1 : last;  // the component and the separator before it
+        in += 2;
+        continue;
+      }
     }
     if (!*in) break;
     if (out > path && out[-1] != '/') *out++ = '/';

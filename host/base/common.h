@@ -32,7 +32,8 @@ void sn_cli_std_flag(const char *arg);
 // The project version (CMake's project(VERSION)).
 const char *sn_version(void);
 // Rewrites path in place as a user would type it: "a//b" -> "a/b", "./a/./b/" -> "a/b", "." for
-// the current folder ("..", which depends on links, stays). Returns path.
+// the current folder, "a/../b" -> "b" where a is a folder (it stays where a is a link, whose ".."
+// is above its target, or does not exist). Returns path.
 char *sn_path_normalize(char *path);
 
 // Formats a message into err (errlen bytes) and returns -1: for functions that report errors
