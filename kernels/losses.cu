@@ -111,8 +111,10 @@ void cuda_distill_loss(float *loss_terms, float *dstudent, const float *student,
   launchCheck();
 }
 
+#define KL_SMEM_PAD_FLOATS 4  // the widest shared load ptxas makes of grad[] (see the launch)
+
 // Query b: row_kl[b] = KL(p_t || p_s); dq_b += sum_g grad_g d_bg, dd_bg += grad_g q_b with
-// grad_g = grad_factor * (p_s - p_t)_g. Dynamic shared memory: G floats.
+// grad_g = grad_factor * (p_s - p_t)_g. Dynamic shared memory: G floats, padded to a multiple of 4.
 __global__ void kl_distill_rows_kernel(float *row_kl, float *dq, float *dd, const float *q, const float *d,
                                        const float *teacher, int G, int C, float inv_ts, float inv_tt,
                                        float grad_factor) {
@@ -162,7 +164,12 @@ void cuda_kl_distill_loss(float *loss, float *dq, float *dd, const float *q, con
   }
   if (B == 0) return;
   float *row_kl = (float *)sn_cuda_scratch(SCRATCH_LOSS_ROWS, (size_t)B * sizeof(float));
-  kl_distill_rows_kernel<<<B, LOSS_THREADS, (size_t)G * sizeof(float), SN_STREAM>>>(
+  // ptxas merges the unrolled loop's remainder reads of grad[] into one 12-byte shared load, which
+  // reads past G floats when G % 4 != 0 (compute-sanitizer memcheck flagged it at G = 1); the
+  // padding keeps that load inside the block's allocation.
+  const int padded_g = (G + KL_SMEM_PAD_FLOATS - 1) / KL_SMEM_PAD_FLOATS * KL_SMEM_PAD_FLOATS;
+  const size_t smem_bytes = (size_t)padded_g * sizeof(float);
+  kl_distill_rows_kernel<<<B, LOSS_THREADS, smem_bytes, SN_STREAM>>>(
       row_kl, dq, dd, q, d, teacher, G, C, inv_temp_student, inv_temp_teacher, scale * inv_temp_student);
   launchCheck();
   ordered_sum_kernel<<<1, LOSS_THREADS, 0, SN_STREAM>>>(loss, row_kl, B, 1, scale);
