@@ -8,8 +8,8 @@
 //   sweep 2, per vocabulary block: the same GEMM again, xent_grad_kernel writes scale * (softmax -
 //     onehot) as bf16, and two GEMMs take it into dhidden (fp32 rows, accumulated over the blocks,
 //     rounded once at the end) and dweight (bf16, += as every weight gradient).
-// Recomputing the logits in sweep 2 costs one GEMM more than keeping them, which is what bounds
-// the memory by one block; the GEMMs (3 of 2 N V C flops each) are the whole cost.
+// Recomputing the logits in sweep 2 costs one GEMM more than keeping them (4 of 2 N V C flops each
+// instead of 3), which is what bounds the memory by one block; the GEMMs are the whole cost.
 #include "common.cuh"
 
 #define LM_ROW_THREADS 256
