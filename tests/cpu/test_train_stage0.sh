@@ -2,7 +2,7 @@
 # Stage 0 (causal-LM pretraining) end to end on the CPU backend:
 #   - a run from a fresh untied description writes RUN/final/lm (Qwen2ForCausalLM with
 #     lm_head.weight), metrics with perplexity, and the held-out perplexity in RUN/eval/stage0.json;
-#   - transformers loads RUN/final/lm with AutoModelForCausalLM and gets that perplexity on the same
+#   - transformers loads RUN/final/lm with AutoModelForCausalLM (Qwen2, and a tied Llama run) and gets that perplexity on the same
 #     windows within 1e-4 relative (where torch + transformers are installed);
 #   - exact resume: 3 steps + --resume auto equals the straight run (final weights byte for byte,
 #     metrics step for step);
@@ -54,26 +54,33 @@ assert "lm_head.weight" in names and "model.embed_tokens.weight" in names, sorte
 print("ok: metrics with perplexity, Qwen2ForCausalLM names:", len(names), "tensors")
 PY
 
-# transformers: the same perplexity on the same windows (read from the eval token shard).
+# transformers: the same perplexity on the same windows (read from the eval token shard), for the
+# Qwen2 run and a Llama one (tied head).
+"$BUILD/sn_train" --config cfg.json --stage 0 --set run_dir=llama --set stage0.steps=2 \
+  --set 'stage0.model_desc={"arch": "llama", "layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "intermediate": 64, "vocab": 4096}' \
+  2> llama.log || { cat llama.log; exit 1; }
 if python3 -c "import torch, transformers, numpy" 2>/dev/null; then
-  python3 - <<'PY' || fail=1
-import glob, json, math, struct, numpy as np, torch
+  python3 - straight:Qwen2ForCausalLM llama:LlamaForCausalLM <<'PY' || fail=1
+import glob, json, math, struct, sys, numpy as np, torch
 from transformers import AutoModelForCausalLM
-ours = json.load(open("straight/eval/stage0.json"))
-path = glob.glob("straight/cache/stage0-eval-*.snshard")[0]
-head = open(path, "rb").read(128)
-n_seqs, n_tokens, offsets_at, ids_at = struct.unpack_from("<4Q", head, 16)
-ids = np.fromfile(path, dtype="<i4", count=n_tokens, offset=ids_at)
-L = ours["seq_len"]
-windows = torch.tensor(ids[: (n_tokens // L) * L].reshape(-1, L).astype(np.int64))
-assert len(windows) == ours["windows"], (len(windows), ours["windows"])
-model = AutoModelForCausalLM.from_pretrained("straight/final/lm", dtype=torch.float32).eval()
-with torch.no_grad():
-    loss = model(input_ids=windows, labels=windows).loss.item()  # every window has L - 1 targets
-ppl = math.exp(loss)
-rel = abs(ppl - ours["perplexity"]) / ppl
-print(f"transformers perplexity {ppl:.6f}, ours {ours['perplexity']:.6f} (rel {rel:.2e})")
-assert rel <= 1e-4, "perplexity differs"
+for arg in sys.argv[1:]:
+    run, cls = arg.split(":")
+    ours = json.load(open(f"{run}/eval/stage0.json"))
+    path = glob.glob(f"{run}/cache/stage0-eval-*.snshard")[0]
+    head = open(path, "rb").read(128)
+    n_seqs, n_tokens, offsets_at, ids_at = struct.unpack_from("<4Q", head, 16)
+    ids = np.fromfile(path, dtype="<i4", count=n_tokens, offset=ids_at)
+    L = ours["seq_len"]
+    windows = torch.tensor(ids[: (n_tokens // L) * L].reshape(-1, L).astype(np.int64))
+    assert len(windows) == ours["windows"], (len(windows), ours["windows"])
+    model = AutoModelForCausalLM.from_pretrained(f"{run}/final/lm", dtype=torch.float32).eval()
+    assert type(model).__name__ == cls, type(model).__name__
+    with torch.no_grad():
+        loss = model(input_ids=windows, labels=windows).loss.item()  # every window has L - 1 targets
+    ppl = math.exp(loss)
+    rel = abs(ppl - ours["perplexity"]) / ppl
+    print(f"{cls}: transformers perplexity {ppl:.6f}, ours {ours['perplexity']:.6f} (rel {rel:.2e})")
+    assert rel <= 1e-4, "perplexity differs"
 PY
 else
   echo "note: torch/transformers not installed: the transformers perplexity check is skipped"
