@@ -535,6 +535,37 @@ static void bench_losses(int R, int N, int C) {
   ops->free(l.rows), ops->free(l.cols), ops->free(l.drows), ops->free(l.dcols), ops->free(l.loss), ops->free(l.target);
 }
 
+// The fused LM head + cross-entropy of stage 0: T positions over a V-entry vocabulary, backward included.
+typedef struct {
+  void *hidden, *weight, *dhidden, *dweight;
+  float *loss;
+  int32_t *target;
+  int T, V, C;
+} lm_head_ctx;
+static void run_lm_head(void *p, int r) {
+  lm_head_ctx *l = p;
+  (void)r;
+  ops->lm_head_xent(l->loss, l->dhidden, l->dweight, l->hidden, l->weight, l->target, l->T, l->V, l->C, 1.0f / l->T);
+}
+static void bench_lm_head(int T, int V, int C) {
+  if (!selected("lm_head_xent")) return;
+  char shape[96];
+  lm_head_ctx l = {.T = T, .V = V, .C = C};
+  l.hidden = rand_st((size_t)T * C, 1.0f), l.weight = rand_st((size_t)V * C, 0.05f);
+  l.dhidden = rand_st((size_t)T * C, 0.0f), l.dweight = rand_st((size_t)V * C, 0.0f);
+  l.loss = rand_f32(1, 0.0f);
+  int32_t *t = mallocCheck((size_t)T * sizeof(int32_t));
+  for (int i = 0; i < T; i++) t[i] = (int32_t)(((int64_t)i * 7919) % V);
+  l.target = ops->alloc((size_t)T * sizeof(int32_t));
+  ops->upload(l.target, t, (size_t)T * sizeof(int32_t));
+  free(t);
+  snprintf(shape, sizeof shape, "T=%d V=%d C=%d (4 GEMMs, chunked)", T, V, C);
+  // the logits twice (both sweeps), dhidden, dweight
+  report("lm_head_xent", shape, time_median_ms(run_lm_head, &l, 1, reps), 0, 4 * 2.0 * T * (double)V * C);
+  ops->free(l.hidden), ops->free(l.weight), ops->free(l.dhidden), ops->free(l.dweight), ops->free(l.loss);
+  ops->free(l.target);
+}
+
 static void bench_pool(int B, int L, int C) {
   if (!selected("pool")) return;
   char shape[96];
@@ -676,6 +707,7 @@ int main(int argc, char **argv) {
   bench_attention(256, 32, 6, 6, 64, 0);
   bench_losses(64, 128, 896);
   bench_losses(512, 1024, 1536);
+  bench_lm_head(8192, 151936, 896);  // stage 0 of a Qwen2.5-0.5B-sized model, 8k tokens a micro-batch
   bench_topk(1024, 65536, 896);  // a query block against a document block of an eval search
   return 0;
 }

@@ -154,6 +154,9 @@ typedef enum {
   SCRATCH_SORT,                 // embedding backward: sorted ids and token order, radix workspace
   SCRATCH_LOSS_LOGITS,          // contrastive loss: logits, then their gradient (R, N)
   SCRATCH_LOSS_ROWS,            // per-row loss terms
+  SCRATCH_LM_LOGITS,            // lm_head_xent: one fp32 logits block (row chunk, vocab chunk)
+  SCRATCH_LM_GRAD,              // lm_head_xent: that block's bf16 gradient
+  SCRATCH_LM_ROWS,              // lm_head_xent: fp32 dhidden rows (row chunk, C) and row statistics
   SCRATCH_ADAMW_TABLE,          // adamw: block → span table
   SCRATCH_CONVERT,              // host upload/download staging
   SCRATCH_SLOT_COUNT
@@ -178,6 +181,7 @@ size_t cuda_embedding_scratch_bytes(int T, int C);                            //
 size_t cuda_norm_scratch_bytes(int T, int C);                                 // REDUCE_PARTIALS
 size_t cuda_bias_scratch_bytes(int T, int N);                                 // REDUCE_PARTIALS
 size_t cuda_loss_scratch_bytes(scratch_slot slot, int R, int N);              // LOSS_LOGITS, LOSS_ROWS
+size_t cuda_lm_head_scratch_bytes(scratch_slot slot, int N, int V, int C);     // LM_LOGITS, LM_GRAD, LM_ROWS
 size_t cuda_optimizer_scratch_bytes(scratch_slot slot, int nspans);          // ADAMW_TABLE, REDUCE_PARTIALS
 size_t cuda_matmul_workspace_bytes(void);                                     // cuBLASLt, allocated once
 size_t cuda_workspace_bytes(const sn_workspace_shape *shape);
@@ -230,6 +234,9 @@ void cuda_bias_backward(void *dbias, const void *dout, int M, int N);
 // fp32 GEMM with the same row-major convention, C = alpha * op(A) op(B) + beta * C (losses use it).
 void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, int K, int trans_a,
                         int trans_b, float alpha, float beta);
+// bf16 A and B, fp32 C: the same convention and fp32 accumulation (the LM head's logits and dhidden).
+void sn_cuda_matmul_bf16_f32(float *C, const bf16 *A, const bf16 *B, int M, int N, int K, int trans_a,
+                             int trans_b, float alpha, float beta);
 // rope.cu
 void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, int inverse);
 // attention_forward.cu, attention_backward.cu
@@ -257,6 +264,11 @@ void cuda_distill_loss(float *loss_terms, float *dstudent, const float *student,
                        int C, float alpha, float beta);
 void cuda_kl_distill_loss(float *loss, float *dq, float *dd, const float *q, const float *d, const float *teacher,
                           int B, int G, int C, float inv_temp_student, float inv_temp_teacher, float scale);
+// *acc += factor * sum of x[i * stride] for i < n, in a fixed order (one block): deterministic loss sums.
+void sn_cuda_ordered_sum(float *acc, const float *x, int n, int stride, float factor);
+// lm_head.cu
+void cuda_lm_head_xent(float *loss, void *dhidden, void *dweight, const void *hidden, const void *weight,
+                       const int32_t *targets, int N, int V, int C, float scale);
 // topk.cu
 void cuda_scores_f32(float *S, const float *A, const float *B, int M, int N, int K);
 void cuda_topk_merge(float *best_score, int32_t *best_idx, const float *scores, int nq, int nd, int k, int col0,

@@ -25,6 +25,11 @@ __global__ void ordered_sum_kernel(float *acc, const float *x, int n, int stride
   if (threadIdx.x == 0) *acc += factor * s;
 }
 
+void sn_cuda_ordered_sum(float *acc, const float *x, int n, int stride, float factor) {
+  ordered_sum_kernel<<<1, LOSS_THREADS, 0, SN_STREAM>>>(acc, x, n, stride, factor);
+  launchCheck();
+}
+
 // logits (R, N) in, gradient out, in place; row_loss (R) = logsumexp(row) - row[target].
 __global__ void contrastive_rows_kernel(float *logits, float *row_loss, const int32_t *target, int N,
                                         float grad_factor) {

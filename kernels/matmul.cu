@@ -1,6 +1,7 @@
 // Matmul through cuBLASLt (bf16 inputs and output, fp32 compute), with the bias fused into the
 // epilogue; the handle and workspace are created once and the descriptors and chosen algorithm are
-// cached per shape. Also: the fp32 GEMM the losses use, and the deterministic bias gradient.
+// cached per shape. Also: the fp32 GEMM the losses use, the bf16 x bf16 -> fp32 GEMM of the LM head's
+// logits and gradients, and the deterministic bias gradient.
 //
 // Row-major ↔ column-major: a row-major (M, N) matrix is a column-major (N, M) one. So the
 // row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T: cuBLAS's first
@@ -24,7 +25,8 @@ static void lt_init(void) {
 
 typedef struct {
   int M, N, K, trans_a, trans_b, has_bias, accumulate;
-  cudaDataType_t dtype;
+  cudaDataType_t dtype;   // of A and B (and C unless ctype differs)
+  cudaDataType_t ctype;   // of C
   int align_mask;  // which of A, B, C, bias are 16-byte aligned: the heuristic depends on it
 } matmul_key;
 
@@ -62,7 +64,7 @@ static matmul_plan *get_plan(const matmul_key *key) {
   }
   memset(p, 0, sizeof *p);
   p->key = *key;
-  const bool f32 = key->dtype == CUDA_R_32F;
+  const bool f32 = key->dtype == CUDA_R_32F, c_f32 = key->ctype == CUDA_R_32F;
   // cuBLAS operand 1 = our B (column-major view (N, K) after op), operand 2 = our A ((K, M)).
   cublasOperation_t op1 = key->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasOperation_t op2 = key->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -82,7 +84,7 @@ static matmul_plan *get_plan(const matmul_key *key) {
                                          key->trans_b ? K : N));
   cublasCheck(cublasLtMatrixLayoutCreate(&p->b_layout, key->dtype, key->trans_a ? M : K, key->trans_a ? K : M,
                                          key->trans_a ? M : K));
-  cublasCheck(cublasLtMatrixLayoutCreate(&p->c_layout, key->dtype, N, M, N));
+  cublasCheck(cublasLtMatrixLayoutCreate(&p->c_layout, key->ctype, N, M, N));
 
   cublasLtMatmulPreference_t pref;
   cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
@@ -94,7 +96,8 @@ static matmul_plan *get_plan(const matmul_key *key) {
   // Our B is cuBLAS's A; alignment bits: 1 = A, 2 = B, 4 = C.
   const int bits[4] = {2, 1, 4, 4};
   for (int i = 0; i < 4; i++) {
-    uint32_t a = (key->align_mask & bits[i]) ? 16 : (f32 ? 4 : 2);
+    const bool elem_f32 = bits[i] == 4 ? c_f32 : f32;
+    uint32_t a = (key->align_mask & bits[i]) ? 16 : (elem_f32 ? 4 : 2);
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &a, sizeof a));
   }
   cublasLtMatmulHeuristicResult_t heur;
@@ -112,18 +115,18 @@ static matmul_plan *get_plan(const matmul_key *key) {
   return p;
 }
 
-static void run_matmul(cudaDataType_t dtype, void *C, const void *A, const void *B, const void *bias, int M,
-                       int N, int K, int trans_a, int trans_b, float alpha, float beta) {
+static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, const void *A, const void *B,
+                       const void *bias, int M, int N, int K, int trans_a, int trans_b, float alpha, float beta) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // empty sum: C = beta*C (+ bias); only the plain cases occur
-    if (beta == 0.0f && !bias) cudaCheck(cudaMemsetAsync(C, 0, (size_t)M * N * (dtype == CUDA_R_32F ? 4 : 2),
+    if (beta == 0.0f && !bias) cudaCheck(cudaMemsetAsync(C, 0, (size_t)M * N * (ctype == CUDA_R_32F ? 4 : 2),
                                                          SN_STREAM));
     return;
   }
   matmul_key key;
   memset(&key, 0, sizeof key);
   key.M = M, key.N = N, key.K = K, key.trans_a = trans_a, key.trans_b = trans_b;
-  key.has_bias = bias != NULL, key.accumulate = beta != 0.0f, key.dtype = dtype;
+  key.has_bias = bias != NULL, key.accumulate = beta != 0.0f, key.dtype = dtype, key.ctype = ctype;
   key.align_mask = (aligned16(A) ? 1 : 0) | (aligned16(B) ? 2 : 0) |
                    (aligned16(C) && (!bias || aligned16(bias)) ? 4 : 0);
   matmul_plan *p = get_plan(&key);
@@ -136,12 +139,17 @@ static void run_matmul(cudaDataType_t dtype, void *C, const void *A, const void 
 // C (M, N) = op(A) @ op(B) [+ bias] [+ C]
 void cuda_matmul(void *C, const void *A, const void *B, const void *bias, int M, int N, int K, int trans_a,
                  int trans_b, int accumulate) {
-  run_matmul(CUDA_R_16BF, C, A, B, bias, M, N, K, trans_a, trans_b, 1.0f, accumulate ? 1.0f : 0.0f);
+  run_matmul(CUDA_R_16BF, CUDA_R_16BF, C, A, B, bias, M, N, K, trans_a, trans_b, 1.0f, accumulate ? 1.0f : 0.0f);
 }
 
 void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, int K, int trans_a, int trans_b,
                         float alpha, float beta) {
-  run_matmul(CUDA_R_32F, C, A, B, NULL, M, N, K, trans_a, trans_b, alpha, beta);
+  run_matmul(CUDA_R_32F, CUDA_R_32F, C, A, B, NULL, M, N, K, trans_a, trans_b, alpha, beta);
+}
+
+void sn_cuda_matmul_bf16_f32(float *C, const bf16 *A, const bf16 *B, int M, int N, int K, int trans_a, int trans_b,
+                             float alpha, float beta) {
+  run_matmul(CUDA_R_16BF, CUDA_R_32F, C, A, B, NULL, M, N, K, trans_a, trans_b, alpha, beta);
 }
 
 // ---- bias gradient -------------------------------------------------------------------------------------

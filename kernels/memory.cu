@@ -64,6 +64,8 @@ size_t cuda_workspace_bytes(const sn_workspace_shape *s) {
   slot[SCRATCH_SORT] = cuda_embedding_scratch_bytes(T, s->widest);
   slot[SCRATCH_LOSS_LOGITS] = cuda_loss_scratch_bytes(SCRATCH_LOSS_LOGITS, s->loss_rows, s->loss_cols);
   slot[SCRATCH_LOSS_ROWS] = cuda_loss_scratch_bytes(SCRATCH_LOSS_ROWS, s->loss_rows, s->loss_cols);
+  for (int k = SCRATCH_LM_LOGITS; k <= SCRATCH_LM_ROWS; k++)
+    slot[k] = s->lm_vocab > 0 ? cuda_lm_head_scratch_bytes((scratch_slot)k, T, s->lm_vocab, s->lm_width) : 0;
   slot[SCRATCH_ADAMW_TABLE] = cuda_optimizer_scratch_bytes(SCRATCH_ADAMW_TABLE, s->max_span_count);
   slot[SCRATCH_CONVERT] = CONVERT_CHUNK_ELEMS * sizeof(float);
   size_t total = cuda_matmul_workspace_bytes();

@@ -53,6 +53,7 @@ static sn_ops make_cuda_ops(void) {
   o.contrastive_loss = cuda_contrastive_loss;
   o.distill_loss = cuda_distill_loss;
   o.kl_distill_loss = cuda_kl_distill_loss;
+  o.lm_head_xent = cuda_lm_head_xent;
   o.scores_f32 = cuda_scores_f32;
   o.topk_merge = cuda_topk_merge;
   o.sum_squares = cuda_sum_squares;

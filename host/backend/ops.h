@@ -31,6 +31,15 @@ typedef enum { SN_POOL_LAST = 0, SN_POOL_MEAN = 1, SN_POOL_FIRST = 2 } sn_poolin
 // Most candidates per query kl_distill_loss takes (the CUDA kernel keeps a row's in shared memory).
 #define SN_KL_MAX_CANDIDATES 4096
 
+// lm_head_xent works on blocks of SN_LM_HEAD_ROW_CHUNK positions x SN_LM_HEAD_VOCAB_CHUNK vocabulary
+// entries: one block of fp32 logits (1024 x 8192 x 4 bytes = 32 MiB, plus its bf16 gradient on CUDA)
+// is all it holds, where the whole (N, V) logits of a 16k-token batch over Qwen2's 151,936 entries
+// would be 9.3 GiB. 8192 columns keep each block's GEMMs large enough to run at full speed.
+#define SN_LM_HEAD_ROW_CHUNK 1024
+#define SN_LM_HEAD_VOCAB_CHUNK 8192
+// A target that lm_head_xent skips (padding; PyTorch's ignore_index). Every negative target is skipped.
+#define SN_IGNORE_TARGET (-100)
+
 // Deepest list topk_merge keeps (the CUDA kernel sorts the survivors of a row in shared memory).
 #define SN_TOPK_MAX_K 2048
 
@@ -57,6 +66,7 @@ typedef struct {
   int widest;                  // widest activation row: max(qkv, 2I, C) (bias/norm partials)
   int loss_rows, loss_cols;    // contrastive loss logits (R, N)
   int max_span_count;          // most parameter spans one optimizer step takes
+  int lm_vocab, lm_width;      // lm_head_xent's V and C (0: no LM head); rows are max_tokens
 } sn_workspace_shape;
 
 typedef struct sn_ops {
@@ -215,6 +225,20 @@ typedef struct sn_ops {
   void (*kl_distill_loss)(float *loss, float *dq, float *dd, const float *q, const float *d,
                           const float *teacher, int B, int G, int C, float inv_temp_student,
                           float inv_temp_teacher, float scale);
+
+  // Fused LM head and next-token cross-entropy (causal-LM pretraining), never holding (N, V) logits:
+  //   logits (N, V) = hidden (N, C) @ weight (V, C)^T   (the lm_head, or the tied embedding table)
+  //   *loss += scale * sum over n with targets[n] >= 0 of [logsumexp(logits[n]) - logits[n, targets[n]]]
+  // A negative target (SN_IGNORE_TARGET) is skipped: no loss, a zero gradient row. Logits are made
+  // one block of SN_LM_HEAD_ROW_CHUNK rows x SN_LM_HEAD_VOCAB_CHUNK columns at a time: a first sweep
+  // over a row chunk's vocabulary keeps each row's running max and sum of exponentials (online
+  // log-sum-exp), a second recomputes each block and turns it into its gradient
+  // scale * (softmax - onehot), which two GEMMs take into dhidden and dweight before the next block.
+  // hidden, weight, dhidden, dweight are storage; targets (N) int32 backend, each < V (the caller
+  // checks); loss one fp32 float in backend memory. dhidden (N, C) is written (NULL: no backward);
+  // dweight (V, C) is accumulated (+=; NULL: not wanted).
+  void (*lm_head_xent)(float *loss, void *dhidden, void *dweight, const void *hidden, const void *weight,
+                       const int32_t *targets, int N, int V, int C, float scale);
 
   // ---- exact top-k for evaluation (fp32) ------------------------------------------------------
   // S (M, N) = A (M, K) · B (N, K)^T, all fp32 backend memory, fp32 products and accumulation (no

@@ -1,5 +1,6 @@
-// sn_train --config FILE.json [--stage 1|2|all] [--resume auto|DIR] [--set key=value ...]
-// Runs ScalingNote stage 1 (dual towers, InfoNCE), stage 2 (student distillation) or both, with
+// sn_train --config FILE.json [--stage 0|1|2|all] [--resume auto|DIR] [--set key=value ...]
+// Runs ScalingNote stage 1 (dual towers, InfoNCE), stage 2 (student distillation) or both, or
+// stage 0 (causal-LM pretraining of the LLM that stage 1 starts from), with
 // checkpoints, exact resume and evaluation. Thin: the work is in host/train/.
 #include <float.h>
 #include <stdio.h>
@@ -16,10 +17,11 @@
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: sn_train [--config FILE.json] [--stage 1|2|all] [--resume auto|DIR] [--overwrite]\n"
+          "usage: sn_train [--config FILE.json] [--stage 0|1|2|all] [--resume auto|DIR] [--overwrite]\n"
           "                [--set key=value ...] [key=value ...]\n"
           "  --config FILE   run config (JSON); without it the built-in defaults are used\n"
-          "  --stage S       1, 2 or all (default all)\n"
+          "  --stage S       1, 2 or all (default all: stage 1, then stage 2); 0: causal-LM\n"
+          "                  pretraining (stage0.* keys) into RUN/final/lm, run only when asked\n"
           "  --resume R      auto: continue from the newest complete checkpoint of run_dir;\n"
           "                  DIR: continue from that checkpoint folder\n"
           "  --overwrite     start afresh in a run_dir that holds an earlier run (its metrics,\n"
@@ -46,7 +48,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
-  sn_train_args args = {.stage = 0};
+  sn_train_args args = {.stage = SN_TRAIN_STAGES_ALL};
   static const char *overrides[MAX_OVERRIDES];
   sn_cli_init("sn_train", usage);
   for (int i = 1; i < argc; i++) {
@@ -57,10 +59,11 @@ int main(int argc, char **argv) {
       args.config_path = argv[++i];
     } else if (strcmp(a, "--stage") == 0 && has_value) {
       const char *s = argv[++i];
-      if (strcmp(s, "1") == 0) args.stage = 1;
+      if (strcmp(s, "0") == 0) args.stage = 0;
+      else if (strcmp(s, "1") == 0) args.stage = 1;
       else if (strcmp(s, "2") == 0) args.stage = 2;
-      else if (strcmp(s, "all") == 0) args.stage = 0;
-      else sn_usage_error("--stage: expected 1, 2 or all, got '%s'", s);
+      else if (strcmp(s, "all") == 0) args.stage = SN_TRAIN_STAGES_ALL;
+      else sn_usage_error("--stage: expected 0, 1, 2 or all, got '%s'", s);
     } else if (strcmp(a, "--overwrite") == 0) {
       args.overwrite = 1;
     } else if (strcmp(a, "--resume") == 0 && has_value) {

@@ -117,6 +117,10 @@ void sn_train_examples_load(sn_train_examples *ex, const char *const *paths, int
 // "FILE:LINE" of example i, for messages (static buffer, valid until the next call).
 const char *sn_train_example_where(const sn_train_examples *ex, int64_t i);
 
+// Strict UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF) and no NUL byte: the
+// offset of the first bad byte (*is_nul when it is a NUL), or len when all is well.
+size_t sn_first_bad_utf8(const unsigned char *s, size_t len, int *is_nul);
+
 // ================================================================================================
 // Prompts and truncation (data_prompt.c)
 // ================================================================================================
@@ -265,6 +269,39 @@ void sn_token_set_close(sn_token_set *set);
 // n+1 cumulative lengths into cu_seqlens (caller's array). Returns the number of tokens.
 int64_t sn_token_set_pack(const sn_token_set *set, const int64_t *index, int n, int32_t **ids,
                           int64_t *cap, int32_t *cu_seqlens);
+
+// ================================================================================================
+// Pretraining text (data_text.c): stage 0's documents and their packing
+// ================================================================================================
+// A file whose name ends in ".jsonl" holds one document per line, {"text": str} (other keys are
+// ignored, blank lines skipped); any other file is one document, its whole content. Text must be
+// UTF-8 without NUL bytes; a JSONL line that is not an object with a string "text" is an error
+// naming FILE:LINE. Empty documents are kept (they still add their EOS).
+// Packing (sn_token_windows): each document is encoded without the tokenizer's specials, EOS is
+// appended, and the documents are concatenated in file order and cut into windows of seq_len
+// tokens; the last, incomplete window is dropped. A window's position t predicts token t + 1 of
+// the same window (its last token predicts nothing), so documents meet inside windows as in GPT
+// pretraining, and the loss of a window is what transformers computes with labels = input_ids.
+typedef struct {
+  sn_text_item *items;  // (n) title "", text, no template
+  int64_t n, cap;
+  char **buffers;       // the files' texts the items point into
+  int n_buffers;
+} sn_text_docs;
+
+// Appends the documents of one file's bytes (buf is taken over and freed by sn_text_docs_free; it
+// must end with a NUL after len bytes). Never exits: 0, or -1 with err = "NAME:LINE: expected ...".
+int sn_text_docs_parse(sn_text_docs *d, char *buf, size_t len, const char *name, int jsonl, char *err,
+                       size_t errlen);
+// Loads the files (".jsonl" by name, else plain text); bad input: "error: ...", exit 2 naming `what`.
+void sn_text_docs_load(sn_text_docs *d, const char *const *paths, int n_paths, const char *what);
+void sn_text_docs_free(sn_text_docs *d);
+
+// The windows of seq_len tokens over a set's sequences laid back to back (see Pretraining text):
+// out is a view of docs' ids with its own offsets (sn_token_windows_close frees them; docs must
+// outlive it). Returns the number of windows (0: less text than one window).
+int64_t sn_token_windows(const sn_token_set *docs, int seq_len, sn_token_set *out);
+void sn_token_windows_close(sn_token_set *windows);
 
 // sn_hash64 (host/base/common.h) is the content hash of checksums and cache keys.
 

@@ -56,7 +56,7 @@ void sn_train_examples_free(sn_train_examples *ex) {
 
 // Strict UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF) and no NUL byte, which
 // would silently cut a C string. Returns the offset of the first bad byte, or len when all is well.
-static size_t first_bad_utf8(const unsigned char *s, size_t len, int *is_nul) {
+size_t sn_first_bad_utf8(const unsigned char *s, size_t len, int *is_nul) {
   size_t i = 0;
   *is_nul = 0;
   while (i < len) {
@@ -327,7 +327,7 @@ static int describe_non_json_number(const char *line, size_t at, size_t len, cha
 static int parse_line(sn_train_examples *ex, const char *line, size_t len, int32_t file_index,
                       int64_t line_no, char *err, size_t errlen) {
   int is_nul;
-  size_t bad = first_bad_utf8((const unsigned char *)line, len, &is_nul);
+  size_t bad = sn_first_bad_utf8((const unsigned char *)line, len, &is_nul);
   if (bad < len) {
     sn_data_errorf(err, errlen, is_nul ? "NUL byte at byte %zu (expected UTF-8 text)"
                                 : "invalid UTF-8 at byte %zu",

@@ -28,7 +28,7 @@ typedef enum {
   FIELD_PATH,        // file path, resolved against the config file's folder
   FIELD_MODEL_DESC,  // path of a JSON description, or an inline JSON object
   FIELD_CHOICE,      // one of `choices` ("a|b|c")
-  FIELD_PATH_LIST,   // data.train: a path or a list of paths
+  FIELD_PATH_LIST,   // data.train, stage0.data: a path or a list of paths
   FIELD_NAME_LIST,   // names: a comma-separated string or a list of strings, kept comma-joined
 } field_type;
 
@@ -88,6 +88,22 @@ static const field_spec SCHEMA[] = {
     NUM("data.max_doc_len", FIELD_INT, data.max_doc_len, 2, 1 << 20, 128, "tokens"),
     NUM("data.allow_random_negatives", FIELD_BOOL, data.allow_random_negatives, 0, 1, 1,
         "examples without negatives borrow other documents"),
+    PATH("stage0.model", FIELD_PATH, stage0.model, PATH_DIR,
+         "Hugging Face folder to continue pretraining (sn_train --stage 0 only)"),
+    PATH("stage0.model_desc", FIELD_MODEL_DESC, stage0.model_desc, PATH_FILE, "fresh model description"),
+    PATH("stage0.tokenizer", FIELD_PATH, stage0.tokenizer, PATH_ANY, "tokenizer file or folder"),
+    {"stage0.data", FIELD_PATH_LIST, OFF(stage0.data), SZ(stage0.data[0]), 0, 0, NULL, 0, NULL,
+     "pretraining text: JSONL files of {\"text\": ...} lines, or plain text files (one document each)", PATH_FILE},
+    PATH("stage0.eval_data", FIELD_PATH, stage0.eval_data, PATH_FILE,
+         "held-out text (same formats): its perplexity after training, in RUN/eval/stage0.json; empty = none"),
+    NUM("stage0.seq_len", FIELD_INT, stage0.seq_len, 2, 1 << 20, 512, "tokens per packed window"),
+    NUM("stage0.batch_seqs", FIELD_INT, stage0.batch_seqs, 1, BIG_INT, 8, "global batch, in windows"),
+    CHOICE("stage0.recompute", stage0.recompute, "none|layer", "none",
+           "layer: keep block inputs only, re-run each block in backward"),
+    NUM("stage0.grad_accum", FIELD_INT, stage0.grad_accum, 1, 1 << 16, 1, "micro-batches per step"),
+    NUM("stage0.steps", FIELD_INT, stage0.steps, 0, BIG_INT, 0, "0 = from epochs"),
+    NUM("stage0.epochs", FIELD_FLOAT, stage0.epochs, 0, 1e6, 1, "used when steps = 0"),
+    OPTIM_FIELDS(stage0, "stage0.optim", 3e-4),
     PATH("stage1.model", FIELD_PATH, stage1.model, PATH_DIR, "Hugging Face folder of the LLM"),
     PATH("stage1.model_desc", FIELD_MODEL_DESC, stage1.model_desc, PATH_FILE, "fresh model description"),
     PATH("stage1.tokenizer", FIELD_PATH, stage1.tokenizer, PATH_ANY, "tokenizer file or folder"),
@@ -312,11 +328,21 @@ static int set_number(err_sink *e, const field_spec *f, void *dst, const cJSON *
   return 0;
 }
 
+// A path-list key's paths (SN_CFG_MAX_TRAIN_FILES of SN_CFG_PATH_MAX) and their count.
+typedef char cfg_path_array[SN_CFG_MAX_TRAIN_FILES][SN_CFG_PATH_MAX];
+static cfg_path_array *path_list(const sn_run_config *c, const field_spec *f) {
+  return (cfg_path_array *)((char *)c + f->offset);
+}
+static int *path_list_count(const sn_run_config *c, const field_spec *f) {
+  return (int *)(f->offset == OFF(stage0.data) ? &c->stage0.n_data : &c->data.n_train);
+}
+
 static int set_path_list(err_sink *e, const field_spec *f, sn_run_config *c, const cJSON *v,
                          const char *base_dir) {
+  cfg_path_array *paths = path_list(c, f);
   if (cJSON_IsString(v)) {
-    c->data.n_train = 1;
-    return resolve_path(e, f, c->data.train[0], f->size, v->valuestring, base_dir);
+    *path_list_count(c, f) = 1;
+    return resolve_path(e, f, (*paths)[0], f->size, v->valuestring, base_dir);
   }
   if (!cJSON_IsArray(v)) return fail(e, "'%s' must be a path or a list of paths", f->key);
   int n = cJSON_GetArraySize(v);
@@ -326,10 +352,10 @@ static int set_path_list(err_sink *e, const field_spec *f, sn_run_config *c, con
   const cJSON *item;
   cJSON_ArrayForEach(item, v) {
     if (!cJSON_IsString(item)) return fail(e, "'%s'[%d] must be a string path", f->key, i);
-    if (resolve_path(e, f, c->data.train[i], f->size, item->valuestring, base_dir) != 0) return -1;
+    if (resolve_path(e, f, (*paths)[i], f->size, item->valuestring, base_dir) != 0) return -1;
     i++;
   }
-  c->data.n_train = n;
+  *path_list_count(c, f) = n;
   return 0;
 }
 
@@ -522,9 +548,9 @@ static int check_path_kinds(err_sink *e, const sn_run_config *c) {
     if (f->kind == PATH_ANY) continue;
     const char *value = (const char *)c + f->offset;
     if (f->type == FIELD_MODEL_DESC && value[0] == '{') continue;  // an inline description
-    const int n = f->type == FIELD_PATH_LIST ? c->data.n_train : 1;
+    const int n = f->type == FIELD_PATH_LIST ? *path_list_count(c, f) : 1;
     for (int k = 0; k < n; k++) {
-      const char *path = f->type == FIELD_PATH_LIST ? c->data.train[k] : value;
+      const char *path = f->type == FIELD_PATH_LIST ? (*path_list(c, f))[k] : value;
       if (sn_check_path_kind(f->key, path, f->kind == PATH_DIR, why, sizeof why) != 0) return fail(e, "%s", why);
     }
   }
@@ -548,7 +574,8 @@ static int check_batch_sizes(err_sink *e, const sn_run_config *c) {
   const size_t lq = (size_t)c->data.max_query_len, ld = (size_t)c->data.max_doc_len;
   const size_t docs1 = (size_t)c->stage1.batch_queries * ((size_t)c->stage1.negatives_per_query + 1);
   const size_t docs2 = (size_t)c->stage2.batch_queries * ((size_t)c->stage2.negatives_per_query + 1);
-  if (check_tokens(e, (size_t)c->eval.batch, "'eval.batch'", lq, "data.max_query_len") ||
+  if (check_tokens(e, (size_t)c->stage0.batch_seqs, "'stage0.batch_seqs'", (size_t)c->stage0.seq_len, "stage0.seq_len") ||
+      check_tokens(e, (size_t)c->eval.batch, "'eval.batch'", lq, "data.max_query_len") ||
       check_tokens(e, (size_t)c->eval.batch, "'eval.batch'", ld, "data.max_doc_len") ||
       check_tokens(e, (size_t)c->stage1.batch_queries, "'stage1.batch_queries'", lq, "data.max_query_len") ||
       check_tokens(e, docs1, "'stage1.batch_queries' x ('stage1.negatives_per_query' + 1)", ld, "data.max_doc_len") ||
@@ -562,6 +589,10 @@ static int check_batch_sizes(err_sink *e, const sn_run_config *c) {
 static int validate(err_sink *e, const sn_run_config *c) {
   if (check_path_kinds(e, c) != 0 || check_batch_sizes(e, c) != 0) return -1;
   if (c->run_dir[0] == '\0') return fail(e, "'run_dir' must not be empty");
+  if (c->stage0.model[0] && c->stage0.model_desc[0])
+    return fail(e, "'stage0.model' and 'stage0.model_desc' are exclusive: give one");
+  if (c->stage0.steps == 0 && c->stage0.epochs <= 0)
+    return fail(e, "'stage0.steps' or 'stage0.epochs' must be positive");
   if (c->stage1.model[0] && c->stage1.model_desc[0])
     return fail(e, "'stage1.model' and 'stage1.model_desc' are exclusive: give one");
   if (c->stage2.student[0] && c->stage2.student_desc[0])
@@ -674,8 +705,8 @@ char *sn_run_config_to_json(const sn_run_config *c) {
       case FIELD_BOOL: cJSON_AddBoolToObject(obj, leaf, *(const int *)src); break;
       case FIELD_PATH_LIST: {
         cJSON *arr = cJSON_AddArrayToObject(obj, leaf);
-        for (int k = 0; k < c->data.n_train; k++)
-          cJSON_AddItemToArray(arr, cJSON_CreateString(c->data.train[k]));
+        for (int k = 0; k < *path_list_count(c, f); k++)
+          cJSON_AddItemToArray(arr, cJSON_CreateString((*path_list(c, f))[k]));
         break;
       }
       case FIELD_MODEL_DESC: {

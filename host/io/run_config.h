@@ -25,6 +25,23 @@ typedef struct {
   float clip_grad_norm;  // 0 = off
 } sn_cfg_optim;
 
+// Stage 0: causal-LM pretraining (next-token loss over packed raw text), run only by sn_train --stage 0.
+typedef struct {
+  char model[SN_CFG_PATH_MAX];       // Hugging Face folder to continue pretraining, or "" with model_desc
+  char model_desc[SN_CFG_PATH_MAX];  // JSON description file of a fresh model ("" = none)
+  char tokenizer[SN_CFG_PATH_MAX];   // "" = the model folder's tokenizer
+  int n_data;
+  char data[SN_CFG_MAX_TRAIN_FILES][SN_CFG_PATH_MAX];  // JSONL {"text": ...} or plain text files
+  char eval_data[SN_CFG_PATH_MAX];   // held-out text (one file, same formats): perplexity at the end
+  int seq_len;            // tokens per packed window
+  int batch_seqs;         // global batch (all ranks), in windows
+  char recompute[8];      // "none" | "layer"
+  int grad_accum;         // micro-batches per optimizer step
+  int steps;              // optimizer steps; 0 = derive from epochs
+  float epochs;
+  sn_cfg_optim optim;
+} sn_cfg_stage0;
+
 typedef struct {
   char model[SN_CFG_PATH_MAX];  // Hugging Face folder, or "" with model_desc
   char model_desc[SN_CFG_PATH_MAX]; // JSON description file of a fresh model ("" = none)
@@ -86,6 +103,7 @@ typedef struct {
     int max_query_len, max_doc_len;
     int allow_random_negatives;       // examples without hard negatives borrow other documents
   } data;
+  sn_cfg_stage0 stage0;
   sn_cfg_stage1 stage1;
   sn_cfg_stage2 stage2;
   struct {

@@ -268,7 +268,17 @@ void sn_model_zero_grads(sn_model *m) {
 // pooler): the forward never reads them, so their gradient is zero.
 static int is_unused_by_forward(const sn_model *m, const sn_param *p) {
   const struct sn_model_layout *lay = m->layout;
-  return p->offset == lay->lm_head || p->offset == lay->pooler_w || p->offset == lay->pooler_b;
+  return (p->offset == lay->lm_head && !m->trains_lm_head) || p->offset == lay->pooler_w || p->offset == lay->pooler_b;
+}
+
+int sn_model_lm_head(const sn_model *m, const void **weight, void **grad) {
+  const struct sn_model_layout *lay = m->layout;
+  if (!sn_arch_is_decoder(m->cfg.arch)) return -1;
+  size_t offset = lay->has_lm_head ? lay->lm_head : m->cfg.tie_embeddings ? lay->tok_embed : SN_NO_PARAM;
+  if (offset == SN_NO_PARAM) return -1;
+  *weight = sn_wptr(m, offset);
+  *grad = sn_gptr(m, offset);
+  return 0;
 }
 
 sn_param_span *sn_model_param_spans(const sn_model *m, float wd, int *nspans) {

@@ -56,6 +56,9 @@ typedef struct sn_model {
   // targeted linears add the adapter's low-rank update. NULL for an ordinary model.
   struct sn_lora *lora;
   int is_view;  // weights, params and layout belong to another model: sn_model_free frees the struct
+  // Causal-LM training (stage 0): the untied lm_head is trained (it gets an optimizer span), where
+  // the towers only carry it along.
+  int trains_lm_head;
 } sn_model;
 
 // A packed batch in backend memory: B sequences, T tokens in total.
@@ -78,7 +81,14 @@ int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err,
 // The same for an exported embedding tower: without an untied lm_head.weight, which the towers
 // never read (half the file of a small decoder). sn_model_load accepts folders with or without it.
 int sn_model_export(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen);
+// A decoder as a Hugging Face *ForCausalLM folder (Qwen2ForCausalLM / LlamaForCausalLM): tensors
+// under "model." and lm_head.weight (absent when tied), as transformers saves one. 0 or -1 with err.
+int sn_model_save_causal_lm(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen);
 void sn_model_free(sn_model *m);
+// The vocabulary projection of a decoder: *weight (V, C) the untied lm_head, or the embedding table
+// when tie_word_embeddings; *grad where its gradient goes (NULL for a frozen model). 0, or -1 when
+// the model has neither (an exported tower without lm_head.weight, an encoder).
+int sn_model_lm_head(const sn_model *m, const void **weight, void **grad);
 const sn_param *sn_model_find_param(const sn_model *m, const char *name);
 void sn_model_alloc_grads(sn_model *m);
 void sn_model_zero_grads(sn_model *m);

@@ -61,8 +61,11 @@ size_t sn_param_add(sn_param_builder *pb, int no_decay, int64_t d0, int64_t d1, 
     __attribute__((format(printf, 5, 6)));
 // Writes DIR/config.json and DIR/model.safetensors from host fp32 weights laid out as m's buffer
 // (sn_model_save downloads m's own; a LoRA export passes merged ones).
-// drop_lm_head: an export (sn_model_export) leaves the untied lm_head.weight out.
-int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int drop_lm_head, char *err,
+// How sn_model_save_host writes a model: whole (sn_model_save), as an embedding tower without the
+// untied lm_head.weight (sn_model_export), or as a *ForCausalLM (sn_model_save_causal_lm: the
+// decoder's tensors under "model.", lm_head.weight at the top, architectures "Qwen2ForCausalLM").
+enum { SN_SAVE_WHOLE = 0, SN_SAVE_DROP_LM_HEAD = 1, SN_SAVE_CAUSAL_LM = 2 };
+int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int mode, char *err,
                        size_t errlen);
 
 // config.json key of the projection width (transformers ignores unknown keys).

@@ -68,15 +68,21 @@ static int needs_pooler_placeholder(const sn_model *m) {
   return !sn_arch_is_decoder(m->cfg.arch) && !m->layout->has_pooler;
 }
 
-// config.json text with the projection width added when the model has one (caller frees).
-static char *config_json(const sn_model *m) {
+// config.json text with the projection width added when the model has one (caller frees); a
+// causal LM names its *ForCausalLM class.
+static char *config_json(const sn_model *m, int causal_lm) {
   char *json = sn_config_to_hf_json(&m->cfg);
-  if (!m->layout->proj_dim && !needs_pooler_placeholder(m)) return json;
+  if (!m->layout->proj_dim && !needs_pooler_placeholder(m) && !causal_lm) return json;
   cJSON *root = cJSON_Parse(json);
   if (!root) sn_fatal("sn_config_to_hf_json produced invalid JSON");
   free(json);
   if (m->layout->proj_dim) cJSON_AddNumberToObject(root, SN_PROJECTION_CONFIG_KEY, m->layout->proj_dim);
   if (needs_pooler_placeholder(m)) cJSON_AddTrueToObject(root, SN_POOLER_PLACEHOLDER_KEY);
+  if (causal_lm) {
+    cJSON *archs = cJSON_CreateArray();
+    cJSON_AddItemToArray(archs, cJSON_CreateString(m->cfg.arch == SN_ARCH_LLAMA ? "LlamaForCausalLM" : "Qwen2ForCausalLM"));
+    cJSON_ReplaceItemInObject(root, "architectures", archs);
+  }
   char *printed = cJSON_Print(root);
   cJSON_Delete(root);
   if (!printed) sn_fatal("out of memory printing config.json");
@@ -173,23 +179,31 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
   return m;
 }
 
-static int save_model(const sn_model *m, const char *dir, sn_dtype dtype, int drop_lm_head, char *err,
+static int save_model(const sn_model *m, const char *dir, sn_dtype dtype, int mode, char *err,
                       size_t errlen) {
   // model.safetensors from a host fp32 copy of the weights
   float *host = mallocCheck(SN_MAX(m->num_elements, (size_t)1) * sizeof(float));
   m->ops->download_f32(host, m->weights, m->num_elements);
   m->ops->synchronize();
-  int rc = sn_model_save_host(m, host, dir, dtype, drop_lm_head, err, errlen);
+  int rc = sn_model_save_host(m, host, dir, dtype, mode, err, errlen);
   free(host);
   return rc;
 }
 
 int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
-  return save_model(m, dir, dtype, 0, err, errlen);
+  return save_model(m, dir, dtype, SN_SAVE_WHOLE, err, errlen);
+}
+
+int sn_model_save_causal_lm(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
+  if (!sn_arch_is_decoder(m->cfg.arch) || m->layout->proj_dim || m->lora) {
+    snprintf(err, errlen, "%s: only a plain decoder saves as a causal LM", dir);
+    return -1;
+  }
+  return save_model(m, dir, dtype, SN_SAVE_CAUSAL_LM, err, errlen);
 }
 
 int sn_model_export(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
-  return save_model(m, dir, dtype, 1, err, errlen);
+  return save_model(m, dir, dtype, SN_SAVE_DROP_LM_HEAD, err, errlen);
 }
 
 // What an export holds beyond the tower's own tensors (see export.h): the projection as
@@ -211,7 +225,7 @@ static int export_extras(const sn_model *m, const float *host, const char *dir, 
                                host + pb->offset, err, errlen);
 }
 
-int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int drop_lm_head, char *err,
+int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int mode, char *err,
                        size_t errlen) {
   if (dtype != SN_DTYPE_F32 && dtype != SN_DTYPE_BF16) {
     snprintf(err, errlen, "%s: save dtype must be F32 or BF16", dir);
@@ -223,7 +237,7 @@ int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn
   }
   char path[PATH_LEN];
   // config.json
-  char *json = config_json(m);
+  char *json = config_json(m, mode == SN_SAVE_CAUSAL_LM);
   snprintf(path, sizeof path, "%s/config.json", dir);
   int rc = sn_write_file_atomic(path, json, strlen(json));
   free(json);
@@ -235,9 +249,13 @@ int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn
   sn_st_writer_metadata(w, "format", "pt");  // transformers expects the PyTorch marker
   for (int i = 0; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
-    if (drop_lm_head && p->offset == m->layout->lm_head) continue;
+    const int is_lm_head = p->offset == m->layout->lm_head;
+    if (mode == SN_SAVE_DROP_LM_HEAD && is_lm_head) continue;
     if (sn_export_is_dense_tensor(p->name)) continue;  // written into 2_Dense by export_extras
-    sn_st_writer_add(w, p->name, dtype, p->ndim, p->shape, host + p->offset);
+    char prefixed[SN_PARAM_NAME_MAX + 8];
+    snprintf(prefixed, sizeof prefixed, "model.%s", p->name);
+    const int prefix = mode == SN_SAVE_CAUSAL_LM && !is_lm_head;
+    sn_st_writer_add(w, prefix ? prefixed : p->name, dtype, p->ndim, p->shape, host + p->offset);
   }
   float *zeros;
   rc = export_extras(m, host, dir, dtype, w, &zeros, err, errlen);

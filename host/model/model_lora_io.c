@@ -63,7 +63,7 @@ int sn_lora_save_merged(const sn_model *tower, const char *dir, sn_dtype dtype, 
   ops->free(scaled_b);
   ops->free(delta);
   free(delta_host);
-  int rc = sn_model_save_host(tower, host, dir, dtype, 1, err, errlen);
+  int rc = sn_model_save_host(tower, host, dir, dtype, SN_SAVE_DROP_LM_HEAD, err, errlen);
   free(host);
   return rc;
 }

@@ -1,5 +1,5 @@
 // sn_train's driver: config, run folder, backend and communicator, resume point, signals, the two
-// stages and the evaluations around them.
+// stages and the evaluations around them; or stage 0 (pretraining), a run of its own.
 #define _GNU_SOURCE
 #include "train.h"
 
@@ -168,23 +168,29 @@ static void set_run_paths(sn_trainer *t) {
 // Rank 0 creates the run folder and takes its lock before anything else is written there; then
 // every rank finds the checkpoint to resume from. A run that trains stage 1 from scratch must not
 // mix with an earlier run's metrics and checkpoints: it refuses a used folder unless overwrite.
-static void claim_run_dir(sn_trainer *t, const sn_train_args *args, int do1) {
+static void claim_run_dir(sn_trainer *t, const sn_train_args *args, int do0, int do1) {
   if (args->overwrite && args->resume) sn_bad_input("--overwrite starts afresh: it cannot go with --resume");
   if (t->rank == 0) {
     if (sn_mkdir_p(t->run_dir) != 0) sn_bad_input("run_dir: cannot create %s: %s", t->run_dir, strerror(errno));
     if (!sn_is_dir(t->run_dir)) sn_bad_input("run_dir: %s is not a folder", t->run_dir);
     sn_run_dir_lock(t->run_dir);
-    if (do1 && !args->resume) sn_run_dir_claim_fresh(t->run_dir, args->overwrite);
+    if ((do0 || do1) && !args->resume) sn_run_dir_claim_fresh(t->run_dir, args->overwrite);
   }
   sn_comm_barrier(t->comm);  // no rank reads the folder before rank 0 owns (and maybe cleared) it
   sn_trainer_find_resume_point(t, args->resume);
+  // Stage 0 is a run of its own: its checkpoints and the towers' do not continue each other.
+  if (t->resume_dir[0] && do0 != (t->resume_stage == 0))
+    sn_bad_input("%s is a checkpoint of stage %d, but this run trains %s: stage 0 (pretraining) and stages 1-2 "
+                 "use separate run folders (stage1.model takes stage 0's RUN/final/" SN_STAGE0_FINAL_NAME ")",
+                 t->resume_dir, t->resume_stage, do0 ? "stage 0" : "stages 1-2");
 }
 
 // metrics.jsonl keeps the records before where this run starts: up to the checkpoint's step, or
 // the stages before the first one trained afresh (none, for stage 1).
-static void open_metrics(sn_trainer *t, int do1) {
+static void open_metrics(sn_trainer *t, int do0, int do1) {
   sn_train_log_open(&t->log, t->run_dir, t->rank == 0, t->cfg.log.every);
   if (t->resume_dir[0]) sn_train_log_truncate_after(&t->log, t->resume_stage, t->resume_step);
+  else if (do0) sn_train_log_truncate_after(&t->log, 0, 0);
   else sn_train_log_truncate_after(&t->log, do1 ? 0 : 1, INT64_MAX);
 }
 
@@ -223,9 +229,16 @@ int sn_train_main(const sn_train_args *args) {
   }
   t.config_hash = sn_run_config_hash(&t.cfg);
   t.stop_after = args->stop_after;
-  int do1 = args->stage == 0 || args->stage == 1, do2 = args->stage == 0 || args->stage == 2;
-  if (t.cfg.data.n_train == 0 && !args->plan_only) sn_bad_input("data.train: no training files configured");
-  for (int i = 0; i < t.cfg.data.n_train && !args->plan_only; i++)
+  const int all = args->stage == SN_TRAIN_STAGES_ALL;
+  int do0 = args->stage == 0, do1 = all || args->stage == 1, do2 = all || args->stage == 2;
+  if (do0 && !t.cfg.stage0.model[0] && !t.cfg.stage0.model_desc[0])
+    sn_bad_input("stage 0 is to run but neither 'stage0.model' nor 'stage0.model_desc' is set");
+  if (do0 && t.cfg.stage0.n_data == 0 && !args->plan_only)
+    sn_bad_input("stage0.data: no pretraining text configured (JSONL {\"text\"} or plain text files)");
+  for (int i = 0; i < t.cfg.stage0.n_data && do0 && !args->plan_only; i++)
+    if (!sn_exists(t.cfg.stage0.data[i])) sn_bad_input("stage0.data: %s does not exist", t.cfg.stage0.data[i]);
+  if (!do0 && t.cfg.data.n_train == 0 && !args->plan_only) sn_bad_input("data.train: no training files configured");
+  for (int i = 0; i < t.cfg.data.n_train && !do0 && !args->plan_only; i++)
     if (!sn_exists(t.cfg.data.train[i]))
       sn_bad_input("data.train: %s does not exist", t.cfg.data.train[i]);
   if (do2 && !t.cfg.stage2.student[0] && !t.cfg.stage2.student_desc[0])
@@ -236,7 +249,7 @@ int sn_train_main(const sn_train_args *args) {
   if (args->plan_only) {  // no communicator, no device needed: a login node can plan a GPU job
     sn_memory_plan plan;
     sn_memory_plan_check(&plan, &t.cfg, sn_ops_for_plan(t.cfg.device), args->plan_world > 0 ? args->plan_world : 1,
-                         do1, do2, 0, 1, (size_t)(args->plan_memory_gib * SN_GIB));
+                         do0, do1, do2, 0, 1, (size_t)(args->plan_memory_gib * SN_GIB));
     return 0;
   }
 
@@ -246,21 +259,29 @@ int sn_train_main(const sn_train_args *args) {
   t.rank = t.comm->rank;
   t.world = t.comm->world_size;
   // The memory plan, before anything is loaded or written: a run that cannot fit stops here.
-  sn_memory_plan_check(&t.plan, &t.cfg, t.ops, t.world, do1, do2, t.rank, 0, 0);
+  sn_memory_plan_check(&t.plan, &t.cfg, t.ops, t.world, do0, do1, do2, t.rank, 0, 0);
   set_run_paths(&t);
-  sn_trainer_fingerprint(&t, do1, do2);
-  claim_run_dir(&t, args, do1);
+  sn_trainer_fingerprint(&t, do0, do1, do2);
+  claim_run_dir(&t, args, do0, do1);
   setup_run_dir(&t);
   install_signal_handlers();
   if (t.rank == 0)
     sn_log("sn_train: run %s, device %s, %d rank%s (%s), %d CPU threads per rank", t.run_dir,
            t.ops->name, t.world, t.world > 1 ? "s" : "", sn_comm_backend_name(t.comm->backend),
            omp_get_max_threads());
-  open_metrics(&t, do1);
+  open_metrics(&t, do0, do1);
+  sn_train_examples_init(&t.examples);
+  if (do0) {
+    int rc = sn_train_stage0(&t);
+    sn_train_log_close(&t.log);
+    if (rc < 0 && t.rank == 0)
+      sn_log("stopped before the end (signal or --stop-after): checkpoint written; continue with --resume auto");
+    sn_comm_destroy(t.comm);
+    return 0;
+  }
 
   const char *paths[SN_CFG_MAX_TRAIN_FILES];
   for (int i = 0; i < t.cfg.data.n_train; i++) paths[i] = t.cfg.data.train[i];
-  sn_train_examples_init(&t.examples);
   sn_train_examples_load(&t.examples, paths, t.cfg.data.n_train, t.cfg.data.skip_bad_lines,
                          (size_t)t.cfg.data.max_line_bytes);
 

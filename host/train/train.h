@@ -1,10 +1,14 @@
-// The two ScalingNote stages and their driver (sn_train).
+// The ScalingNote stages and their driver (sn_train): stage 0 (causal-LM pretraining, only when
+// asked), stage 1 (towers), stage 2 (student).
 #pragma once
 #include <stdint.h>
 
+// --stage all: stages 1 then 2. Stage 0 (pretraining) runs only as --stage 0.
+#define SN_TRAIN_STAGES_ALL (-1)
+
 typedef struct {
   const char *config_path;      // NULL: built-in defaults
-  int stage;                    // 0 = all, 1, 2
+  int stage;                    // SN_TRAIN_STAGES_ALL (stages 1 then 2), 0, 1 or 2
   const char *resume;           // NULL, "auto" or a checkpoint folder
   int overwrite;                // a fresh start may replace an earlier run in run_dir
   const char *const *overrides; // "key=value"

@@ -15,7 +15,7 @@
 #include "train_plan.h"
 
 #define SN_TRAIN_PATH_MAX 1200
-#define SN_FINGERPRINTS 5
+#define SN_FINGERPRINTS 8
 #define SN_STATE_CONFIG_SECTION "config"  // state.bin: the resolved config the checkpoint was written with
 
 // Set by SIGTERM/SIGINT/SIGUSR1: finish the step, checkpoint, exit 0.
@@ -54,8 +54,8 @@ void sn_run_dir_lock(const char *run_dir);
 // overwrite, which removes what sn_train wrote there first.
 void sn_run_dir_claim_fresh(const char *run_dir, int overwrite);
 // Fills t->fingerprints from the config (model descriptions, tokenizer and data file contents) for
-// the stages the run trains (do1, do2); the others stay 0 (unknown, not compared).
-void sn_trainer_fingerprint(sn_trainer *t, int do1, int do2);
+// the stages the run trains (do0, do1, do2); the others stay 0 (unknown, not compared).
+void sn_trainer_fingerprint(sn_trainer *t, int do0, int do1, int do2);
 // The fingerprints and the resolved config, as state.bin sections.
 void sn_trainer_add_fingerprints(const sn_trainer *t, sn_state_writer *w);
 // The checkpoint `resume` names ("auto": the newest valid one of run_dir, NULL: none): sets
@@ -219,7 +219,7 @@ int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoc
 #define SN_STAGE_MAX_TOWERS 2
 
 typedef struct {
-  int number;            // 1, 2: in checkpoints, log lines and metrics records
+  int number;            // 0, 1, 2: in checkpoints, log lines and metrics records
   int grad_accum;        // micro-batches per optimizer step
   int64_t total_steps;
   sn_sampler *sampler;
@@ -241,6 +241,10 @@ typedef struct {
   // last_micro: the step's last micro-batch, before whose backward the overlapped all-reduce is armed.
   int64_t (*micro_step)(void *ctx, const sn_batch *b, int last_micro, double *terms);
   void *ctx;
+  // The final save into RUN/final when it is not the towers' (stage 0 writes a causal LM);
+  // NULL: each tower as an embedding model with its card.
+  void (*save_final)(void *ctx, const char *final_dir);
+  void *save_final_ctx;
 } sn_stage;
 
 // Trains a set-up stage to its total steps (after restoring the resume checkpoint when resuming),
@@ -248,6 +252,11 @@ typedef struct {
 // signal or --stop-after) after writing a checkpoint.
 int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming);
 
-// The two stages: set up, sn_train_loop, free. Return 0 when finished, -1 when stopped early.
+// RUN/final/<this>: stage 0's causal LM (and its checkpoint folder's name for the model).
+#define SN_STAGE0_FINAL_NAME "lm"
+
+// The stages: set up, sn_train_loop, free. Return 0 when finished, -1 when stopped early.
+// Stage 0 (pretraining) also evaluates stage0.eval_data's perplexity when it finishes.
+int sn_train_stage0(sn_trainer *t);
 int sn_train_stage1(sn_trainer *t);
 int sn_train_stage2(sn_trainer *t);

@@ -70,6 +70,7 @@ static void write_number(FILE *f, const char *key, double v) {
 static void write_metrics(sn_train_log *log, const sn_step_record *r) {
   fprintf(log->metrics, "{\"stage\": %d, \"step\": %lld", r->stage, (long long)r->step);
   write_number(log->metrics, "loss", r->loss);
+  if (r->stage == 0) write_number(log->metrics, "perplexity", expf(r->loss));  // next-token loss
   write_number(log->metrics, "lr", r->lr);
   write_number(log->metrics, "grad_norm", r->grad_norm);
   fprintf(log->metrics, ", \"tokens\": %lld, \"elapsed_s\": %.3f", (long long)r->tokens, r->elapsed_s);

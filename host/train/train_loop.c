@@ -110,6 +110,12 @@ static void save_final(sn_trainer *t, const sn_stage *s) {
   for (int i = 0; i < s->n_towers; i++) need += s->towers[i].model->num_elements * s->towers[i].model->ops->storage_size;
   if (sn_trainer_disk_room(t->run_dir, need, "the final towers", err, sizeof err) != 0)
     sn_fatal("stage %d: %s; the last checkpoint is kept (free space, then --resume auto)", s->number, err);
+  if (s->save_final) {  // not towers (stage 0's causal LM)
+    s->save_final(s->save_final_ctx, final_dir);
+    sn_plot_loss_svg(t->run_dir, s->number);
+    sn_log("stage %d: done, %s/final/%s", s->number, t->run_dir, s->towers[0].name);
+    return;
+  }
   for (int i = 0; i < s->n_towers; i++) {
     sn_trainer_save_final_tower(&s->towers[i], final_dir, sn_trainer_export_dtype(t));
     if (sn_train_write_card(t, s->number, s->towers[i].name, err, sizeof err) != 0) sn_fatal("%s", err);

@@ -57,7 +57,7 @@ static void eval_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops 
   sn_trainer_model_config(cfg->stage1.model, cfg->stage1.model_desc, "stage1.model", &mc);
   sn_model *m = sn_model_plan(&mc, ops, 0);
   const int batch = cfg->eval.batch, len = SN_MAX(cfg->data.max_query_len, cfg->data.max_doc_len);
-  sn_plan_phase *ph = sn_plan_phase_new(p, "evaluation", 0);
+  sn_plan_phase *ph = sn_plan_phase_new(p, "evaluation", -1);
   sn_plan_add(ph, "weights", 2 * m->num_elements * ops->storage_size, "query and document towers, %.3gB each",
               (double)m->num_elements / 1e9);
   sn_plan_add(ph, "activations",
@@ -86,10 +86,12 @@ static void check_lengths(const sn_run_config *cfg, int do2) {
 }
 
 void sn_memory_plan_build(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world,
-                          int do1, int do2) {
-  check_lengths(cfg, do2);
+                          int do0, int do1, int do2) {
   memset(p, 0, sizeof *p);
   p->world = world;
+  if (do0) sn_stage0_plan(p, cfg, ops, world);  // runs alone: no towers, no retrieval evaluation
+  if (!do1 && !do2) return;
+  check_lengths(cfg, do2);
   if (do1) sn_stage1_plan(p, cfg, ops, world);
   if (do2) sn_stage2_plan(p, cfg, ops, world);
   eval_plan(p, cfg, ops);
@@ -125,7 +127,7 @@ void sn_memory_plan_print(const sn_memory_plan *p, FILE *out, const char *device
 
 static size_t plan_peak_bytes(const sn_run_config *cfg, const sn_ops *ops, int world, int do1, int do2) {
   sn_memory_plan p;
-  sn_memory_plan_build(&p, cfg, ops, world, do1, do2);
+  sn_memory_plan_build(&p, cfg, ops, world, 0, do1, do2);
   const sn_plan_phase *peak = sn_plan_peak(&p);
   return peak ? peak->total : 0;
 }
@@ -211,8 +213,8 @@ static void print_suggestions(const sn_run_config *cfg, const sn_ops *ops, int w
 }
 
 void sn_memory_plan_check(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world,
-                          int do1, int do2, int rank, int plan_only, size_t memory_bytes) {
-  sn_memory_plan_build(p, cfg, ops, world, do1, do2);
+                          int do0, int do1, int do2, int rank, int plan_only, size_t memory_bytes) {
+  sn_memory_plan_build(p, cfg, ops, world, do0, do1, do2);
   const sn_plan_phase *peak = sn_plan_peak(p);
   if (!peak) return;
   size_t free_bytes = memory_bytes, total_bytes = memory_bytes;
@@ -224,7 +226,10 @@ void sn_memory_plan_check(sn_memory_plan *p, const sn_run_config *cfg, const sn_
     else
       sn_log("memory plan: peak %.2f GiB per %s (%s) of %.2f GiB free", peak->total / SN_GIB, ops->name,
              peak->name, free_bytes / SN_GIB);
-    if (!fits) print_suggestions(cfg, ops, world, do1, do2, usable, stdout);
+    if (!fits && do0)
+      fprintf(stdout, "what would make it fit: a smaller stage0.batch_seqs (with stage0.grad_accum for the same "
+                      "batch) or stage0.seq_len, stage0.recompute=layer, more ranks with dist.zero=2\n");
+    else if (!fits) print_suggestions(cfg, ops, world, do1, do2, usable, stdout);
     fflush(stdout);
   }
   if (!fits)

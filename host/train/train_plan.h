@@ -24,7 +24,7 @@ typedef struct {
 
 typedef struct {
   char name[48];            // "stage 1 training"
-  int stage;                // 1, 2; 0 for evaluation
+  int stage;                // 0 (pretraining), 1, 2; -1 for evaluation
   int n;
   sn_plan_item items[SN_PLAN_MAX_ITEMS];
   size_t total;
@@ -48,7 +48,7 @@ size_t sn_plan_stage_bytes(const sn_memory_plan *p, int stage);
 // The plan of the stages to run (do1, do2) on `world` ranks. Exits 2 naming the key when a model
 // config cannot be read.
 void sn_memory_plan_build(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world,
-                          int do1, int do2);
+                          int do0, int do1, int do2);
 // Every phase and item, then the peak against free_bytes (0 = unknown).
 void sn_memory_plan_print(const sn_memory_plan *p, FILE *out, const char *device, size_t free_bytes);
 
@@ -58,7 +58,7 @@ void sn_memory_plan_print(const sn_memory_plan *p, FILE *out, const char *device
 // the changes that would make it fit and exits 2. Fills p (for the measured-peak comparison at the
 // end of each stage).
 void sn_memory_plan_check(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world,
-                          int do1, int do2, int rank, int plan_only, size_t memory_bytes);
+                          int do0, int do1, int do2, int rank, int plan_only, size_t memory_bytes);
 
 // Backend memory of `bytes`, or (ops NULL) only counted: one allocation routine for a stage's
 // buffers and their plan, so the two cannot drift apart.
@@ -68,5 +68,6 @@ static inline void *sn_plan_take(const sn_ops *ops, size_t bytes, size_t *counte
 }
 
 // Planners of each stage (beside the code that allocates what they count).
+void sn_stage0_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world);
 void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world);
 void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *ops, int world);

@@ -32,33 +32,39 @@ static uint64_t tokenizer_fingerprint(const char *path, const char *fallback) {
   return sn_file_checksum(src, &size, &h) == 0 ? h : 0;  // unreadable: the tokenizer load says so
 }
 
-static uint64_t data_fingerprint(const sn_run_config *c) {
+static uint64_t data_fingerprint(const char (*paths)[SN_CFG_PATH_MAX], int n) {
   uint64_t h = 0;
-  for (int i = 0; i < c->data.n_train; i++) {
+  for (int i = 0; i < n; i++) {
     uint64_t file[2] = {0, 0};
-    if (sn_file_checksum(c->data.train[i], &file[0], &file[1]) != 0) return 0;
+    if (sn_file_checksum(paths[i], &file[0], &file[1]) != 0) return 0;
     h = sn_hash64(file, sizeof file, h);
   }
   return h;
 }
 
-// What a fingerprint covers: its state.bin section, the keys named when it differs, the stage
-// whose checkpoints depend on it (0: all).
+// What a fingerprint covers: its state.bin section, the keys named when it differs, the stages
+// whose checkpoints depend on it (a bit per stage: 1 << stage).
 typedef struct {
   const char *section;
   const char *keys;
-  int stage;
+  unsigned stages;
 } fingerprint_kind;
 
+#define FP_STAGE0 (1u << 0)
+#define FP_STAGE1 (1u << 1)
+#define FP_STAGE2 (1u << 2)
 static const fingerprint_kind FINGERPRINTS[SN_FINGERPRINTS] = {
-    {"fingerprint.stage1.architecture", "stage1.model / stage1.model_desc (the towers' architecture)", 1},
-    {"fingerprint.stage1.tokenizer", "stage1.tokenizer (the towers' tokenizer)", 1},
-    {"fingerprint.stage2.architecture", "stage2.student / stage2.student_desc (the student's architecture)", 2},
-    {"fingerprint.stage2.tokenizer", "stage2.tokenizer (the student's tokenizer)", 2},
-    {"fingerprint.data", "data.train (the training data)", 0},
+    {"fingerprint.stage1.architecture", "stage1.model / stage1.model_desc (the towers' architecture)", FP_STAGE1 | FP_STAGE2},
+    {"fingerprint.stage1.tokenizer", "stage1.tokenizer (the towers' tokenizer)", FP_STAGE1 | FP_STAGE2},
+    {"fingerprint.stage2.architecture", "stage2.student / stage2.student_desc (the student's architecture)", FP_STAGE2},
+    {"fingerprint.stage2.tokenizer", "stage2.tokenizer (the student's tokenizer)", FP_STAGE2},
+    {"fingerprint.data", "data.train (the training data)", FP_STAGE1 | FP_STAGE2},
+    {"fingerprint.stage0.architecture", "stage0.model / stage0.model_desc (the architecture)", FP_STAGE0},
+    {"fingerprint.stage0.tokenizer", "stage0.tokenizer (the tokenizer)", FP_STAGE0},
+    {"fingerprint.stage0.data", "stage0.data (the pretraining text)", FP_STAGE0},
 };
 
-void sn_trainer_fingerprint(sn_trainer *t, int do1, int do2) {
+void sn_trainer_fingerprint(sn_trainer *t, int do0, int do1, int do2) {
   const sn_run_config *c = &t->cfg;
   memset(t->fingerprints, 0, sizeof t->fingerprints);
   // Only the stages this run trains: a --stage 2 run need not find stage 1's model any more.
@@ -70,7 +76,12 @@ void sn_trainer_fingerprint(sn_trainer *t, int do1, int do2) {
     t->fingerprints[2] = architecture_fingerprint(c->stage2.student, c->stage2.student_desc, "stage2.student");
     t->fingerprints[3] = tokenizer_fingerprint(c->stage2.tokenizer, c->stage2.student);
   }
-  t->fingerprints[4] = data_fingerprint(c);
+  if (!do0) t->fingerprints[4] = data_fingerprint((const char (*)[SN_CFG_PATH_MAX])c->data.train, c->data.n_train);
+  if (do0) {
+    t->fingerprints[5] = architecture_fingerprint(c->stage0.model, c->stage0.model_desc, "stage0.model");
+    t->fingerprints[6] = tokenizer_fingerprint(c->stage0.tokenizer, c->stage0.model);
+    t->fingerprints[7] = data_fingerprint((const char (*)[SN_CFG_PATH_MAX])c->stage0.data, c->stage0.n_data);
+  }
 }
 
 void sn_trainer_add_fingerprints(const sn_trainer *t, sn_state_writer *w) {
@@ -87,7 +98,8 @@ void sn_trainer_add_fingerprints(const sn_trainer *t, sn_state_writer *w) {
 static const char *const KEYS_WITHOUT_EFFECT[] = {
     "run_dir", "data.cache_dir", "comm_timeout_s", "log.", "checkpoint.", "eval.", "export.", "dist.check_replicas_every",
     "data.train", "stage1.model", "stage1.model_desc", "stage1.tokenizer", "stage2.student",
-    "stage2.student_desc", "stage2.tokenizer",
+    "stage2.student_desc", "stage2.tokenizer", "stage0.model", "stage0.model_desc", "stage0.tokenizer", "stage0.data",
+    "stage0.eval_data",
 };
 // Keys that decide the shapes of what a checkpoint holds: a change cannot be resumed.
 static const char *const ARCHITECTURE_KEYS[] = {
@@ -110,7 +122,11 @@ static int key_in(const char *key, const char *const *list, size_t n) {
 static int key_without_effect(const char *key, const sn_run_config *cfg, int ckpt_stage) {
   if (key_in(key, KEYS_WITHOUT_EFFECT, SN_ARRAY_LEN(KEYS_WITHOUT_EFFECT))) return 1;
   if (strcmp(key, "threads") == 0) return strcmp(cfg->device, "cpu") != 0;  // OpenMP threads: CPU only
-  // A stage-1 checkpoint does not depend on stage 2, which has not started.
+  // A stage-1 checkpoint does not depend on stage 2, which has not started; stages 1 and 2 not on
+  // stage 0 (a run of its own), nor stage 0 on the towers' keys and data.
+  if (ckpt_stage == 0)
+    return strncmp(key, "stage1.", 7) == 0 || strncmp(key, "stage2.", 7) == 0 || strncmp(key, "data.", 5) == 0;
+  if (strncmp(key, "stage0.", 7) == 0) return 1;
   return ckpt_stage == 1 && strncmp(key, "stage2.", strlen("stage2.")) == 0;
 }
 
@@ -145,7 +161,7 @@ static void check_compatible(const sn_trainer *t, const sn_state_reader *r, int 
     if (!saved || bytes != sizeof(uint64_t)) continue;  // a checkpoint of an older build
     uint64_t value;
     memcpy(&value, saved, sizeof value);
-    int depends = FINGERPRINTS[i].stage == 0 || FINGERPRINTS[i].stage <= ckpt_stage;
+    int depends = (FINGERPRINTS[i].stages >> ckpt_stage) & 1u;
     int known = value != 0 && t->fingerprints[i] != 0;  // 0: not configured, or not computed by that run
     if (depends && known && value != t->fingerprints[i]) list_key(&refused, FINGERPRINTS[i].keys);
   }
@@ -203,7 +219,7 @@ void sn_trainer_find_resume_point(sn_trainer *t, const char *resume) {
   if (!r) sn_bad_input("%s", err);
   t->resume_stage = (int)sn_state_get_u64(r, "stage");
   t->resume_step = (int64_t)sn_state_get_u64(r, "step");
-  if (t->resume_stage < 1 || t->resume_stage > 2 || t->resume_step < 0)
+  if (t->resume_stage < 0 || t->resume_stage > 2 || t->resume_step < 0)
     sn_bad_input("%s: stage %d, step %lld: not a checkpoint of sn_train", state, t->resume_stage,
                  (long long)t->resume_step);
   check_compatible(t, r, t->resume_stage);

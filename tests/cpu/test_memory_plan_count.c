@@ -60,7 +60,7 @@ int main(void) {
   cfg.data.max_query_len = LEN_Q;
   cfg.data.max_doc_len = LEN_D;
   sn_memory_plan p;
-  sn_memory_plan_build(&p, &cfg, ops, 1, 1, 0);
+  sn_memory_plan_build(&p, &cfg, ops, 1, 0, 1, 0);
   CHECK(p.n == 1, "phases: %d", p.n);
   const sn_plan_phase *s1 = &p.phases[0];
   const size_t N = hand_params(), f = 4;
@@ -76,7 +76,7 @@ int main(void) {
   CHECK(item(s1, "activations") == runners, "activations %zu, hand %zu", item(s1, "activations"), runners);
   // ZeRO-1 on 4 ranks: moments and master are a quarter (rounded up), plus the exchange buffers
   cfg.dist.zero = 1, cfg.dist.zero1 = 1;
-  sn_memory_plan_build(&p, &cfg, ops, 4, 1, 0);
+  sn_memory_plan_build(&p, &cfg, ops, 4, 0, 1, 0);
   const size_t shard = (N + 3) / 4;
   CHECK(item(&p.phases[0], "Adam moments") == 2 * (2 * shard + 1) * f, "ZeRO-1 moments %zu",
         item(&p.phases[0], "Adam moments"));

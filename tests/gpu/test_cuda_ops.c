@@ -338,6 +338,32 @@ static void check_kl_distill(int B, int G, int C) {
   pair_free(&q), pair_free(&d), pair_free(&t), pair_free(&loss), pair_free(&dq), pair_free(&dd);
 }
 
+// The fused LM head + cross-entropy: N positions over a V-entry vocabulary, every 5th target ignored.
+// dhidden is poisoned (written in full); loss and dweight start random (accumulated).
+static void check_lm_head(int N, int V, int C) {
+  char name[160];
+  pair h = st_rand((size_t)N * C, 1.0f), w = st_rand((size_t)V * C, 1.0f / sqrtf((float)C));
+  int32_t *tg = mallocCheck((size_t)N * sizeof(int32_t));
+  for (int n = 0; n < N; n++) tg[n] = n % 5 == 2 ? SN_IGNORE_TARGET : (int)(sn_test_uniform(&rng) * V) % V;
+  tg[N - 1] = V - 1;  // the last column of the last, partial, vocabulary chunk
+  pair target = i32_new(N, tg);
+  float l0 = 0.5f;
+  pair loss = pair_new(1, &l0, 1);
+  pair dh = st_poison((size_t)N * C), dw = st_rand((size_t)V * C, 0.01f);
+  cpu->lm_head_xent(loss.c, dh.c, dw.c, h.c, w.c, target.c, N, V, C, 1.0f / N);
+  gpu->lm_head_xent(loss.g, dh.g, dw.g, h.g, w.g, target.g, N, V, C, 1.0f / N);
+  snprintf(name, sizeof name, "lm_head_xent loss N=%d V=%d C=%d", N, V, C);
+  compare(name, loss, F32_TOL);
+  compare("  lm_head_xent dhidden", dh, BF16_TOL);
+  compare("  lm_head_xent dweight", dw, BF16_TOL);
+  // forward only (evaluation): the loss alone
+  cpu->lm_head_xent(loss.c, NULL, NULL, h.c, w.c, target.c, N, V, C, 1.0f / N);
+  gpu->lm_head_xent(loss.g, NULL, NULL, h.g, w.g, target.g, N, V, C, 1.0f / N);
+  compare("  lm_head_xent forward-only loss", loss, F32_TOL);
+  pair_free(&h), pair_free(&w), pair_free(&target), pair_free(&loss), pair_free(&dh), pair_free(&dw);
+  free(tg);
+}
+
 static void check_optimizer(size_t n) {
   char name[160];
   pair g = st_rand(n, 1.0f);
@@ -512,6 +538,10 @@ int main(int argc, char **argv) {
     // One candidate (the loss is 0), odd counts and widths, a wide group, a large batch.
     check_kl_distill(1, 1, 8), check_kl_distill(3, 1, 37), check_kl_distill(7, 5, 33), check_kl_distill(5, 67, 129);
     if (!quick) check_kl_distill(64, 16, 896), check_kl_distill(33, 8, 3584);
+    // LM head: one row, odd shapes, both chunk edges crossed, Qwen2's vocabulary at 0.5B's width.
+    check_lm_head(1, 5, 8), check_lm_head(33, 300, 37);
+    check_lm_head(SN_LM_HEAD_ROW_CHUNK + 7, SN_LM_HEAD_VOCAB_CHUNK + 37, 64);
+    if (!quick) check_lm_head(SN_LM_HEAD_ROW_CHUNK + 100, 151936, 896);
   }
   if (wanted("optimizer")) {
     check_optimizer(1), check_optimizer(4099);

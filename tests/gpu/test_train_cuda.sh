@@ -3,7 +3,8 @@
 # bf16 tolerance (same config, data and seed; the CPU run is the fp32 reference): the first step
 # within 1%, 10-step averages within 5%. Stage 1 with activation recomputation (recompute = layer)
 # follows the plain GPU run: its first gradient norm within the bf16 band (1%), its curve as above. Also stage 1 with LoRA towers,
-# and stage 1 with FlagEmbedding teacher scores distilled by the KL term (stage1.kd_weight).
+# and stage 1 with FlagEmbedding teacher scores distilled by the KL term (stage1.kd_weight), and
+# stage 0 (causal-LM pretraining through the fused lm_head_xent kernels) on the training documents.
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -58,6 +59,16 @@ KD="--set stage1.kd_weight=0.5 --set stage1.kd_temperature=2 --set data.train=[\
 # shellcheck disable=SC2086
 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=gpu-kd --set device=cuda $KD 2>> gpu.log ||
   { tail -30 gpu.log; exit 1; }
+# Stage 0: the documents of the training data as pretraining text, an untied LM head.
+python3 -c 'import json
+with open("text.jsonl", "w") as f:
+    for l in open("data/train.jsonl"):
+        for d in json.loads(l)["pos"]: f.write(json.dumps({"text": d if isinstance(d, str) else d["text"]}) + "\n")'
+S0=(--stage 0 --set 'stage0.model_desc={"arch": "qwen2", "layers": 2, "hidden": 128, "heads": 4, "kv_heads": 2, "intermediate": 256, "vocab": 4096, "tie": false}'
+    --set stage0.tokenizer="$SRC/configs/default/decoder/tokenizer.json" --set 'stage0.data=["text.jsonl"]'
+    --set stage0.seq_len=64 --set stage0.batch_seqs=16 --set stage0.steps=50 --set stage0.optim.lr=1e-3)
+"$BUILD/sn_train" --config cfg.json "${S0[@]}" --set run_dir=cpu-s0 2>> cpu.log || { tail cpu.log; exit 1; }
+"$BUILD/sn_train" --config cfg.json "${S0[@]}" --set run_dir=gpu-s0 --set device=cuda 2>> gpu.log || { tail -30 gpu.log; exit 1; }
 cat gpu.out
 python3 - <<'PY'
 import json
@@ -65,7 +76,8 @@ def rows(d, stage): return [r for r in map(json.loads, open(f"{d}/metrics.jsonl"
 def curve(d, stage): return [r["loss"] for r in rows(d, stage)]
 WINDOW = 10  # steps: single batches differ in difficulty, so single-step losses amplify tiny weight changes
 ok = True
-for stage, cpu_dir, gpu_dir in ((1, "cpu", "gpu"), (2, "cpu", "gpu2"), (1, "cpu-lora", "gpu-lora"), (1, "cpu-kd", "gpu-kd")):
+for stage, cpu_dir, gpu_dir in ((1, "cpu", "gpu"), (2, "cpu", "gpu2"), (1, "cpu-lora", "gpu-lora"), (1, "cpu-kd", "gpu-kd"),
+                                (0, "cpu-s0", "gpu-s0")):
     cpu, gpu = curve(cpu_dir, stage), curve(gpu_dir, stage)
     assert len(cpu) == len(gpu) == 50, (len(cpu), len(gpu))
     first = abs(cpu[0] - gpu[0]) / cpu[0]

@@ -69,6 +69,7 @@ static const sn_ops cpu_ops = {
     .contrastive_loss = sn_cpu_contrastive_loss,
     .kl_distill_loss = sn_cpu_kl_distill_loss,
     .distill_loss = sn_cpu_distill_loss,
+    .lm_head_xent = sn_cpu_lm_head_xent,
 
     .scores_f32 = sn_cpu_scores_f32,
     .topk_merge = sn_cpu_topk_merge,

@@ -180,6 +180,8 @@ void sn_cpu_distill_loss(float *loss_terms, float *dstudent, const float *studen
 void sn_cpu_kl_distill_loss(float *loss, float *dq, float *dd, const float *q, const float *d,
                             const float *teacher, int B, int G, int C, float inv_temp_student,
                             float inv_temp_teacher, float scale);
+void sn_cpu_lm_head_xent(float *loss, void *dhidden, void *dweight, const void *hidden, const void *weight,
+                         const int32_t *targets, int N, int V, int C, float scale);  // cpu_lm_head.c
 
 // ---- exact top-k for evaluation (cpu_topk.c) ----------------------------------------------------
 void sn_cpu_scores_f32(float *S, const float *A, const float *B, int M, int N, int K);
