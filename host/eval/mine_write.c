@@ -1,0 +1,103 @@
+// Mining in one process, end to end, into training lines (mine.h): stage 1's mining rounds.
+#define _GNU_SOURCE
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "eval.h"
+#include "mine.h"
+
+static cJSON *doc_json(const char *title, const char *text) {
+  if (!title || !title[0]) return cJSON_CreateString(text);
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "title", title);
+  cJSON_AddStringToObject(o, "text", text);
+  return o;
+}
+
+// One example's line with its mined negatives.
+static void append_line(sn_strbuf *out, const sn_train_examples *ex, int64_t i, const sn_beir_records *corpus,
+                        const int32_t *neg, const float *neg_scores, int n, const float *pos_scores) {
+  const sn_train_example *e = &ex->examples[i];
+  cJSON *line = cJSON_CreateObject();
+  cJSON_AddStringToObject(line, "query", e->query);
+  if (e->query_template) cJSON_AddStringToObject(line, "prompt", e->query_template);
+  cJSON *pos = cJSON_AddArrayToObject(line, "pos"), *ps = cJSON_CreateArray();
+  const int64_t *p = sn_example_pos(ex, i);
+  for (int32_t j = 0; j < e->n_pos; j++) {
+    cJSON_AddItemToArray(pos, doc_json(ex->docs[p[j]].title, ex->docs[p[j]].text));
+    cJSON_AddItemToArray(ps, cJSON_CreateNumber(pos_scores[j]));
+  }
+  cJSON *jn = cJSON_AddArrayToObject(line, "neg"), *jid = cJSON_AddArrayToObject(line, "neg_ids");
+  cJSON *js = cJSON_CreateArray();
+  for (int j = 0; j < n; j++) {
+    cJSON_AddItemToArray(jn, doc_json(corpus->titles ? corpus->titles[neg[j]] : "", corpus->texts[neg[j]]));
+    cJSON_AddItemToArray(jid, cJSON_CreateString(corpus->ids[neg[j]]));
+    cJSON_AddItemToArray(js, cJSON_CreateNumber(neg_scores[j]));
+  }
+  cJSON_AddItemToObject(line, "pos_scores", ps);
+  cJSON_AddItemToObject(line, "neg_scores", js);
+  char *s = cJSON_PrintUnformatted(line);
+  sn_strbuf_printf(out, "%s\n", s);
+  free(s);
+  cJSON_Delete(line);
+}
+
+int sn_mine_dense_write(const sn_mine_opts *o, const sn_mine_tower *query, const sn_mine_tower *doc,
+                        const sn_train_examples *ex, const sn_beir_records *corpus, int batch, int verbose,
+                        sn_strbuf *out, int64_t *n_short, char *err, size_t errlen) {
+  *n_short = 0;
+  if (sn_mine_check_opts(o, corpus->n, "range", "negatives", "margin", err, errlen)) return -1;
+  sn_mine_positives pos;
+  if (sn_mine_match_positives(ex, corpus, NULL, NULL, &pos, err, errlen)) return -1;
+  const int Q = (int)ex->n_examples, k = sn_mine_search_depth(o, &pos, corpus->n);
+  int rc = -1;
+  float *q_emb = sn_mine_embed_queries(query, ex, batch, verbose, err, errlen);
+  int32_t *idx = mallocCheck((size_t)Q * k * sizeof *idx);
+  float *scores = mallocCheck((size_t)Q * k * sizeof *scores);
+  float *pos_scores = mallocCheck((size_t)(pos.n_positives + 1) * sizeof *pos_scores);
+  int32_t *neg = mallocCheck((size_t)o->negatives * sizeof *neg);
+  float *neg_scores = mallocCheck((size_t)o->negatives * sizeof *neg_scores);
+  if (q_emb && !sn_mine_dense_shard(doc, corpus, 0, corpus->n, q_emb, Q, k, batch, verbose, idx, scores, err, errlen) &&
+      !sn_mine_dense_positive_scores(doc, ex, q_emb, batch, verbose, pos_scores, err, errlen)) {
+    for (int64_t i = 0; i < Q; i++) {
+      float best = -INFINITY;
+      for (int64_t p = pos.pos_begin[i]; p < pos.pos_begin[i + 1]; p++) best = fmaxf(best, pos_scores[p]);
+      int n = sn_mine_pick(o, i, idx + (size_t)i * k, scores + (size_t)i * k, k, pos.excl + pos.excl_begin[i],
+                           (int)(pos.excl_begin[i + 1] - pos.excl_begin[i]), best, neg, neg_scores);
+      *n_short += n < o->negatives;
+      append_line(out, ex, i, corpus, neg, neg_scores, n, pos_scores + pos.pos_begin[i]);
+    }
+    rc = 0;
+  }
+  free(q_emb);
+  free(idx);
+  free(scores);
+  free(pos_scores);
+  free(neg);
+  free(neg_scores);
+  sn_mine_positives_free(&pos);
+  return rc;
+}
+
+void sn_mine_corpus_of_examples(const sn_train_examples *ex, sn_beir_records *out) {
+  memset(out, 0, sizeof *out);
+  const int64_t n = ex->n_docs;
+  if (n > INT32_MAX) sn_fatal("%lld training documents: more than a corpus holds", (long long)n);
+  out->n = (int)n;
+  out->ids = mallocCheck((size_t)(n > 0 ? n : 1) * sizeof(char *));
+  out->titles = mallocCheck((size_t)(n > 0 ? n : 1) * sizeof(char *));
+  out->texts = mallocCheck((size_t)(n > 0 ? n : 1) * sizeof(char *));
+  sn_id_map_init(&out->index, (size_t)n);
+  for (int32_t i = 0; i < (int32_t)n; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "doc%d", i);
+    out->ids[i] = strdupCheck(id);
+    out->titles[i] = strdupCheck(ex->docs[i].title);
+    out->texts[i] = strdupCheck(ex->docs[i].text);
+    sn_id_map_put(&out->index, out->ids[i], i);
+  }
+}
