@@ -29,12 +29,12 @@
 #include "model.h"
 #include "ops.h"
 #include "tokenizer.h"
+#include "train.h"
 
 #define ERR_LEN 1024
 #define DEFAULT_BATCH 32
 #define DEFAULT_SEED 0
 #define MAX_FLAG_COUNT (1 << 30)
-#define MERGE_CHUNK_QUERIES 1024  // queries per host all-reduce when gathering the ranks' lists
 
 typedef struct {
   const char *query_model, *doc_model, *data, *corpus, *out, *device;
@@ -254,45 +254,6 @@ static sn_mine_tower load_tower(const char *dir, const char *role, const sn_ops 
   return t;
 }
 
-// Gathers every rank's (Q, k) lists on all ranks (a host sum of zero-padded slots: exact, and it
-// works on every communicator) and merges them in trec order.
-static void gather_and_merge(sn_comm *comm, const sn_beir_records *corpus, int Q, int k, int32_t *idx,
-                             float *scores) {
-  const int R = comm->world_size;
-  double *slots = mallocCheck((size_t)R * 2 * MERGE_CHUNK_QUERIES * k * sizeof(double));
-  int32_t **ri = mallocCheck((size_t)R * sizeof *ri);
-  float **rs = mallocCheck((size_t)R * sizeof *rs);
-  for (int r = 0; r < R; r++) {
-    ri[r] = mallocCheck((size_t)MERGE_CHUNK_QUERIES * k * sizeof(int32_t));
-    rs[r] = mallocCheck((size_t)MERGE_CHUNK_QUERIES * k * sizeof(float));
-  }
-  for (int q0 = 0; q0 < Q; q0 += MERGE_CHUNK_QUERIES) {
-    const int nq = SN_MIN(MERGE_CHUNK_QUERIES, Q - q0);
-    const size_t per = (size_t)nq * k;
-    memset(slots, 0, (size_t)R * 2 * per * sizeof(double));
-    double *mine = slots + (size_t)comm->rank * 2 * per;
-    for (size_t j = 0; j < per; j++) {
-      mine[j] = idx[(size_t)q0 * k + j];
-      mine[per + j] = scores[(size_t)q0 * k + j];
-    }
-    sn_comm_all_reduce_f64_host(comm, slots, (int)(R * 2 * per));
-    for (int r = 0; r < R; r++)
-      for (size_t j = 0; j < per; j++) {
-        ri[r][j] = (int32_t)slots[(size_t)r * 2 * per + j];
-        rs[r][j] = (float)slots[(size_t)r * 2 * per + per + j];
-      }
-    sn_mine_merge(R, (const int32_t *const *)ri, (const float *const *)rs, nq, k,
-                  (const char *const *)corpus->ids, idx + (size_t)q0 * k, scores + (size_t)q0 * k);
-  }
-  for (int r = 0; r < R; r++) {
-    free(ri[r]);
-    free(rs[r]);
-  }
-  free(ri);
-  free(rs);
-  free(slots);
-}
-
 static void dense_rank(const mine_args *a, sn_comm *comm, const sn_train_examples *ex,
                        const sn_beir_records *corpus, int k, int32_t *idx, float *scores, float *pos_scores) {
   const sn_ops *ops = sn_ops_by_name(a->device);
@@ -313,7 +274,7 @@ static void dense_rank(const mine_args *a, sn_comm *comm, const sn_train_example
   if (sn_mine_dense_shard(&dt, corpus, lo, hi, q_emb, (int)ex->n_examples, k, a->batch, verbose, idx, scores,
                           err, sizeof err))
     sn_bad_input("--doc-model %s: %s", a->doc_model, err);
-  if (R > 1) gather_and_merge(comm, corpus, (int)ex->n_examples, k, idx, scores);
+  if (R > 1) sn_mine_gather_merge(comm, (const char *const *)corpus->ids, (int)ex->n_examples, k, idx, scores);
   if (comm->rank == 0 &&
       sn_mine_dense_positive_scores(&dt, ex, q_emb, a->batch, verbose, pos_scores, err, sizeof err))
     sn_bad_input("--doc-model %s: %s", a->doc_model, err);

@@ -109,16 +109,15 @@ int sn_mine_dense_shard(const sn_mine_tower *doc, const sn_beir_records *corpus,
                         const float *q_emb, int Q, int k, int batch, int verbose, int32_t *out_idx,
                         float *out_scores, char *err, size_t errlen);
 
-// ---- one process, end to end (mine_write.c) ------------------------------------------------------
-// The dense mining of every example of ex against the corpus in one process (stage 1's rounds):
-// the whole corpus embedded and searched, each positive scored, the draw. Appends one JSONL line
-// per example to out, in order: {"query", "prompt" (the line's own template, when it had one),
-// "pos", "neg" (strings, or {"title", "text"} for titled records), "neg_ids", "pos_scores",
-// "neg_scores"}, a file the data layer reads back. *n_short counts examples given fewer than N.
-// Returns 0, or -1 with err.
-int sn_mine_dense_write(const sn_mine_opts *o, const sn_mine_tower *query, const sn_mine_tower *doc,
-                        const sn_train_examples *ex, const sn_beir_records *corpus, int batch, int verbose,
-                        sn_strbuf *out, int64_t *n_short, char *err, size_t errlen);
+// ---- training lines (mine_write.c) --------------------------------------------------------------
+// The draw for every example from its merged list (Q, k) and its positives' scores
+// (p->n_positives), appended to out as one JSONL line per example, in order: {"query", "prompt"
+// (the line's own template, when it had one), "pos", "neg" (strings, or {"title", "text"} for
+// titled records), "neg_ids", "pos_scores", "neg_scores"}, a file the data layer reads back (stage
+// 1's mining rounds). Returns the number of examples given fewer than N negatives.
+int64_t sn_mine_write_lines(const sn_mine_opts *o, const sn_train_examples *ex, const sn_beir_records *corpus,
+                            const sn_mine_positives *p, int k, const int32_t *idx, const float *scores,
+                            const float *pos_scores, sn_strbuf *out);
 // The training data's own documents as a corpus: record i is ex->docs[i], id "doc<i>". Caller frees
 // with sn_beir_records_free.
 void sn_mine_corpus_of_examples(const sn_train_examples *ex, sn_beir_records *out);

@@ -1,4 +1,4 @@
-// Mining in one process, end to end, into training lines (mine.h): stage 1's mining rounds.
+// Mined negatives as training lines (mine.h): stage 1's mining rounds.
 #define _GNU_SOURCE
 #include <cJSON.h>
 #include <math.h>
@@ -46,41 +46,23 @@ static void append_line(sn_strbuf *out, const sn_train_examples *ex, int64_t i, 
   cJSON_Delete(line);
 }
 
-int sn_mine_dense_write(const sn_mine_opts *o, const sn_mine_tower *query, const sn_mine_tower *doc,
-                        const sn_train_examples *ex, const sn_beir_records *corpus, int batch, int verbose,
-                        sn_strbuf *out, int64_t *n_short, char *err, size_t errlen) {
-  *n_short = 0;
-  if (sn_mine_check_opts(o, corpus->n, "range", "negatives", "margin", err, errlen)) return -1;
-  sn_mine_positives pos;
-  if (sn_mine_match_positives(ex, corpus, NULL, NULL, &pos, err, errlen)) return -1;
-  const int Q = (int)ex->n_examples, k = sn_mine_search_depth(o, &pos, corpus->n);
-  int rc = -1;
-  float *q_emb = sn_mine_embed_queries(query, ex, batch, verbose, err, errlen);
-  int32_t *idx = mallocCheck((size_t)Q * k * sizeof *idx);
-  float *scores = mallocCheck((size_t)Q * k * sizeof *scores);
-  float *pos_scores = mallocCheck((size_t)(pos.n_positives + 1) * sizeof *pos_scores);
+int64_t sn_mine_write_lines(const sn_mine_opts *o, const sn_train_examples *ex, const sn_beir_records *corpus,
+                            const sn_mine_positives *p, int k, const int32_t *idx, const float *scores,
+                            const float *pos_scores, sn_strbuf *out) {
   int32_t *neg = mallocCheck((size_t)o->negatives * sizeof *neg);
   float *neg_scores = mallocCheck((size_t)o->negatives * sizeof *neg_scores);
-  if (q_emb && !sn_mine_dense_shard(doc, corpus, 0, corpus->n, q_emb, Q, k, batch, verbose, idx, scores, err, errlen) &&
-      !sn_mine_dense_positive_scores(doc, ex, q_emb, batch, verbose, pos_scores, err, errlen)) {
-    for (int64_t i = 0; i < Q; i++) {
-      float best = -INFINITY;
-      for (int64_t p = pos.pos_begin[i]; p < pos.pos_begin[i + 1]; p++) best = fmaxf(best, pos_scores[p]);
-      int n = sn_mine_pick(o, i, idx + (size_t)i * k, scores + (size_t)i * k, k, pos.excl + pos.excl_begin[i],
-                           (int)(pos.excl_begin[i + 1] - pos.excl_begin[i]), best, neg, neg_scores);
-      *n_short += n < o->negatives;
-      append_line(out, ex, i, corpus, neg, neg_scores, n, pos_scores + pos.pos_begin[i]);
-    }
-    rc = 0;
+  int64_t n_short = 0;
+  for (int64_t i = 0; i < ex->n_examples; i++) {
+    float best = -INFINITY;
+    for (int64_t j = p->pos_begin[i]; j < p->pos_begin[i + 1]; j++) best = fmaxf(best, pos_scores[j]);
+    int n = sn_mine_pick(o, i, idx + (size_t)i * k, scores + (size_t)i * k, k, p->excl + p->excl_begin[i],
+                         (int)(p->excl_begin[i + 1] - p->excl_begin[i]), best, neg, neg_scores);
+    n_short += n < o->negatives;
+    append_line(out, ex, i, corpus, neg, neg_scores, n, pos_scores + p->pos_begin[i]);
   }
-  free(q_emb);
-  free(idx);
-  free(scores);
-  free(pos_scores);
   free(neg);
   free(neg_scores);
-  sn_mine_positives_free(&pos);
-  return rc;
+  return n_short;
 }
 
 void sn_mine_corpus_of_examples(const sn_train_examples *ex, sn_beir_records *out) {

@@ -267,7 +267,8 @@ int sn_stage1_round_in_use(const sn_stage1_mining *m, int64_t steps_done);
 int sn_stage1_round_due(const sn_stage1_mining *m, int64_t steps_done, int *round);
 // Replaces t->examples by round `round`'s file (exits 2 when it is missing or unreadable).
 void sn_stage1_load_round(sn_trainer *t, int round);
-// Mines round `round` with the towers (rank 0; the others wait for the file), then loads it.
+// Mines round `round` with the towers (every rank searches a slice of the corpus, rank 0 writes the
+// file, the others wait for it), then loads it.
 void sn_stage1_mine_round(sn_trainer *t, const sn_stage1_mining *m, int round, sn_model *query, sn_model *doc,
                           const sn_tokenizer *tok);
 
