@@ -121,6 +121,8 @@ static const field_spec SCHEMA[] = {
     NUM("stage1.lora.shared", FIELD_BOOL, stage1.lora.shared, 0, 1, 0, "one adapter for both towers"),
     NUM("stage1.mine.every_steps", FIELD_INT, stage1.mine.every_steps, 0, BIG_INT, 0,
         "> 0: after every N steps the current towers mine new negatives for the training data; 0 = off"),
+    NUM("stage1.mine.rounds", FIELD_INT, stage1.mine.rounds, 0, BIG_INT, 0,
+        "> 0: this many mining rounds, evenly spaced (every total_steps / (rounds + 1) steps); 0 = off"),
     PATH("stage1.mine.corpus", FIELD_PATH, stage1.mine.corpus, PATH_FILE,
          "BEIR corpus.jsonl mined from; empty = the training data's own documents"),
     NUM("stage1.mine.range_lo", FIELD_INT, stage1.mine.range_lo, 0, BIG_INT, 10,
@@ -587,7 +589,9 @@ static int validate(err_sink *e, const sn_run_config *c) {
     return fail(e, "'data.query_prompt' must contain {text}");
   if (!strstr(c->data.doc_prompt, "{text}"))
     return fail(e, "'data.doc_prompt' must contain {text}");
-  if (c->stage1.mine.every_steps > 0) {
+  if (c->stage1.mine.every_steps > 0 && c->stage1.mine.rounds > 0)
+    return fail(e, "'stage1.mine.every_steps' and 'stage1.mine.rounds' are exclusive: give one");
+  if (c->stage1.mine.every_steps > 0 || c->stage1.mine.rounds > 0) {
     if (c->stage1.mine.range_hi <= c->stage1.mine.range_lo)
       return fail(e, "'stage1.mine.range_hi' (%d) must exceed 'stage1.mine.range_lo' (%d)", c->stage1.mine.range_hi,
                   c->stage1.mine.range_lo);

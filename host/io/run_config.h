@@ -54,6 +54,7 @@ typedef struct {
   } lora;
   struct {                // mining rounds (ANCE-style): the towers mine new negatives as they train
     int every_steps;      // 0 = off; else a round after every `every_steps` optimizer steps
+    int rounds;           // or: this many rounds, evenly spaced over the stage (0 = off)
     char corpus[SN_CFG_PATH_MAX];  // BEIR corpus.jsonl; "" = the training data's own documents
     int range_lo, range_hi;        // ranks [lo, hi) to draw from (mine.h)
     int negatives;                 // per example

@@ -248,18 +248,22 @@ typedef struct sn_stage_s {
 } sn_stage;
 
 // ---- stage 1's mining rounds (train_mine.c) --------------------------------------------------
-// With stage1.mine.every_steps = S > 0, round r (r = 1, 2, ...) is mined before step r*S + 1 by the
+// With stage1.mine.every_steps = S > 0 (or .rounds = R: S = total / (R + 1), R rounds), round r (r = 1, 2, ...) is mined before step r*S + 1 by the
 // towers of step r*S and written to RUN/mined/round_<r>.jsonl; from then on the training data is
 // that file's lines (the same examples in the same order, with the mined negatives), the sampler
 // continuing from its cursor. A checkpoint of step P trains on round (P - 1) / S, so a resume
 // reloads that file and reproduces the uninterrupted run.
 typedef struct {
-  int every;               // S; 0 = off
+  int on;                  // stage1.mine.every_steps or .rounds is set
+  int every;               // S (with .rounds: set by sn_stage1_mining_space once the steps are known)
+  int max_rounds;          // .rounds, or 0: no cap
   sn_beir_records corpus;  // stage1.mine.corpus, or the original training documents
   sn_mine_opts opts;       // the seed is set per round
 } sn_stage1_mining;
 
 void sn_stage1_mining_init(const sn_trainer *t, sn_stage1_mining *m);
+// With stage1.mine.rounds = R: S = max(1, total_steps / (R + 1)), at most R rounds.
+void sn_stage1_mining_space(sn_stage1_mining *m, int64_t total_steps);
 void sn_stage1_mining_free(sn_stage1_mining *m);
 // The round whose data trains step steps_done + 1 (0: the configured data).
 int sn_stage1_round_in_use(const sn_stage1_mining *m, int64_t steps_done);

@@ -57,8 +57,10 @@ void sn_mine_gather_merge(sn_comm *comm, const char *const *doc_ids, int Q, int 
 void sn_stage1_mining_init(const sn_trainer *t, sn_stage1_mining *m) {
   memset(m, 0, sizeof *m);
   const sn_cfg_stage1 *s1 = &t->cfg.stage1;
+  m->on = s1->mine.every_steps > 0 || s1->mine.rounds > 0;
   m->every = s1->mine.every_steps;
-  if (m->every <= 0) return;
+  m->max_rounds = s1->mine.rounds;
+  if (!m->on) return;
   m->opts = (sn_mine_opts){.range_lo = s1->mine.range_lo, .range_hi = s1->mine.range_hi,
                            .negatives = s1->mine.negatives, .margin = s1->mine.margin,
                            .margin_kind = !strcmp(s1->mine.margin_kind, "absolute")   ? SN_MINE_MARGIN_ABSOLUTE
@@ -75,19 +77,24 @@ void sn_stage1_mining_init(const sn_trainer *t, sn_stage1_mining *m) {
     sn_bad_input("%s (%s)", err, s1->mine.corpus[0] ? s1->mine.corpus : "the training data's documents");
 }
 
+void sn_stage1_mining_space(sn_stage1_mining *m, int64_t total_steps) {
+  if (m->on && m->max_rounds > 0) m->every = (int)SN_MAX(1, total_steps / (m->max_rounds + 1));
+}
+
 void sn_stage1_mining_free(sn_stage1_mining *m) {
-  if (m->every > 0) sn_beir_records_free(&m->corpus);
+  if (m->on) sn_beir_records_free(&m->corpus);
 }
 
 int sn_stage1_round_in_use(const sn_stage1_mining *m, int64_t steps_done) {
-  if (m->every <= 0 || steps_done <= 0) return 0;
-  return (int)((steps_done - 1) / m->every);
+  if (!m->on || m->every <= 0 || steps_done <= 0) return 0;
+  int64_t r = (steps_done - 1) / m->every;
+  return (int)(m->max_rounds > 0 ? SN_MIN(r, m->max_rounds) : r);
 }
 
 int sn_stage1_round_due(const sn_stage1_mining *m, int64_t steps_done, int *round) {
-  if (m->every <= 0 || steps_done <= 0 || steps_done % m->every != 0) return 0;
+  if (!m->on || m->every <= 0 || steps_done <= 0 || steps_done % m->every != 0) return 0;
   *round = (int)(steps_done / m->every);
-  return 1;
+  return m->max_rounds <= 0 || *round <= m->max_rounds;
 }
 
 static void round_path(const sn_trainer *t, int round, char *out, size_t size) {

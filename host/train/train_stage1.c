@@ -406,9 +406,10 @@ int sn_train_stage1(sn_trainer *t) {
                  s1->batch_queries, t->world);
   sn_sampler *sampler = sn_sampler_init(&sc, &t->examples, qset, dset);
   int64_t per_epoch = sn_sampler_steps_in_epoch(sampler, 0);
+  int64_t total = sn_trainer_total_steps(s1->steps, s1->epochs, per_epoch, s1->grad_accum);
+  sn_stage1_mining_space(&c.mining, total);
   const int resume_round = resuming ? sn_stage1_round_in_use(&c.mining, t->resume_step) : 0;
   if (resume_round > 0) sampler = switch_round(&c, sampler, resume_round, 0);
-  int64_t total = sn_trainer_total_steps(s1->steps, s1->epochs, per_epoch, s1->grad_accum);
   int Bq = s1->batch_queries / t->world, k = s1->negatives_per_query, Nd = Bq * (k + 1);
   sn_log("stage 1: %lld examples, %lld documents, %lld batches per epoch, %lld steps, %d queries x %d docs per rank",
          (long long)t->examples.n_examples, (long long)t->examples.n_docs, (long long)per_epoch,
@@ -419,7 +420,7 @@ int sn_train_stage1(sn_trainer *t) {
   chunk_sizes(s1, Bq, Nd, &c.chunk_q, &c.chunk_d);
   sn_pooling pooling = sn_pooling_from_name(s1->pooling, "stage1.pooling");
   // Mining rounds bring other documents: size the document runner for the longest allowed.
-  const int doc_len = c.mining.every > 0 ? t->cfg.data.max_doc_len : SN_MAX(dset->max_seq_len, 1);
+  const int doc_len = c.mining.on ? t->cfg.data.max_doc_len : SN_MAX(dset->max_seq_len, 1);
   sn_runner_init(&c.qrun, c.qmodel, pooling, c.chunk_q, c.chunk_q * SN_MAX(qset->max_seq_len, 1));
   sn_runner_init(&c.drun, c.dmodel, pooling, c.chunk_d, c.chunk_d * doc_len);
   sn_acts_set_recompute(c.qrun.acts, recompute_mode(s1));

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mining rounds inside stage 1 (stage1.mine): every 3 steps the towers mine new negatives for the
 # training data (RUN/mined/round_<r>.jsonl, never a positive, the configured count, ranks and
-# margin), and training continues on them; runs stopped mid-round (step 4), exactly at a round's
+# margin), and training continues on them (also with stage1.mine.rounds); runs stopped mid-round (step 4), exactly at a round's
 # boundary (step 3, so the resume mines it) and resumed give byte-identical final towers and the
 # same metrics as an uninterrupted run; the mined rounds are byte-identical too. Against a corpus
 # file as well, and bad mining keys exit 2.
@@ -81,6 +81,11 @@ ids = {json.loads(l)['_id'] for l in open('corpus.jsonl')}
 for l in open('corpus/mined/round_1.jsonl'):
     assert set(json.loads(l)['neg_ids']) <= ids
 print('ok: the corpus file round')" || FAIL "corpus round ids"
+# stage1.mine.rounds = 2 over 8 steps: rounds before steps 3 and 5 (every 8 / 3 = 2 steps), no third.
+train --set run_dir=rounds --set stage1.mine.every_steps=0 --set stage1.mine.rounds=2 2> rounds.log || FAIL "rounds run: $(tail -3 rounds.log)"
+[ -s rounds/mined/round_1.jsonl ] && [ -s rounds/mined/round_2.jsonl ] && [ ! -e rounds/mined/round_3.jsonl ] \
+  || FAIL "stage1.mine.rounds=2: $(ls rounds/mined)"
+grep -q "mining round 1" rounds.log && ! grep -q "mining round 3" rounds.log || FAIL "rounds log: $(grep mining rounds.log)"
 
 EXPECT_BIN=$BUILD/sn_train
 f=$fail
@@ -88,6 +93,7 @@ source "$SRC/tests/cpu/expect_exit2.sh"
 fail=$f
 expect "range" "'stage1.mine.range_hi' (2) must exceed" --config cfg.json --set stage1.mine.every_steps=1 --set stage1.mine.range_lo=2 --set stage1.mine.range_hi=2
 expect "negatives" "'stage1.mine.negatives' (9) exceeds" --config cfg.json --set stage1.mine.every_steps=1 --set stage1.mine.range_lo=0 --set stage1.mine.range_hi=5 --set stage1.mine.negatives=9
+expect "every and rounds" "are exclusive" --config cfg.json --set stage1.mine.every_steps=1 --set stage1.mine.rounds=2
 expect "kd" "use one or the other" --config cfg.json --set stage1.mine.every_steps=1 --set stage1.kd_weight=1
 expect "past the corpus" "ends past the corpus" --config cfg.json --set run_dir=past --set stage1.mine.every_steps=1 --set stage1.mine.range_hi=100000
 exit $fail
