@@ -174,19 +174,6 @@ static raw_lines read_lines(const char *path, const sn_train_examples *ex) {
   return r;
 }
 
-static cJSON *doc_json(const sn_beir_records *c, int32_t d) {
-  if (!c->titles[d][0]) return cJSON_CreateString(c->texts[d]);
-  cJSON *o = cJSON_CreateObject();
-  cJSON_AddStringToObject(o, "title", c->titles[d]);
-  cJSON_AddStringToObject(o, "text", c->texts[d]);
-  return o;
-}
-
-static void replace(cJSON *obj, const char *key, cJSON *value) {
-  cJSON_DeleteItemFromObjectCaseSensitive(obj, key);
-  cJSON_AddItemToObject(obj, key, value);
-}
-
 // ---- scorers: (Q, k) ranked lists and each positive's score ------------------------------------
 
 // BM25 on rank 0. A positive's score is its best-scoring corpus record's: found in the list, else by
@@ -293,43 +280,13 @@ static void write_output(const mine_args *a, const sn_train_examples *ex, raw_li
                          const sn_beir_records *corpus, const sn_mine_positives *p, int k, const int32_t *idx,
                          const float *scores, const float *pos_scores) {
   sn_strbuf out = {0};
-  int32_t *neg = mallocCheck((size_t)a->mine.negatives * sizeof *neg);
-  float *neg_scores = mallocCheck((size_t)a->mine.negatives * sizeof *neg_scores);
-  int64_t short_lines = 0, total = 0;
-  for (int64_t i = 0; i < ex->n_examples; i++) {
-    float best = -INFINITY;
-    for (int64_t pp = p->pos_begin[i]; pp < p->pos_begin[i + 1]; pp++) best = fmaxf(best, pos_scores[pp]);
-    int m = sn_mine_pick(&a->mine, i, idx + (size_t)i * k, scores + (size_t)i * k, k,
-                         p->excl + p->excl_begin[i], (int)(p->excl_begin[i + 1] - p->excl_begin[i]), best, neg,
-                         neg_scores);
-    short_lines += m < a->mine.negatives;
-    total += m;
-    cJSON *line = raw->lines[i];
-    cJSON *jn = cJSON_CreateArray(), *jid = cJSON_CreateArray(), *js = cJSON_CreateArray(),
-          *jp = cJSON_CreateArray();
-    for (int j = 0; j < m; j++) {
-      cJSON_AddItemToArray(jn, doc_json(corpus, neg[j]));
-      cJSON_AddItemToArray(jid, cJSON_CreateString(corpus->ids[neg[j]]));
-      cJSON_AddItemToArray(js, cJSON_CreateNumber(neg_scores[j]));
-    }
-    for (int64_t pp = p->pos_begin[i]; pp < p->pos_begin[i + 1]; pp++)
-      cJSON_AddItemToArray(jp, cJSON_CreateNumber(pos_scores[pp]));
-    replace(line, "neg", jn);
-    replace(line, "neg_ids", jid);
-    replace(line, "neg_scores", js);
-    replace(line, "pos_scores", jp);
-    char *s = cJSON_PrintUnformatted(line);
-    sn_strbuf_printf(&out, "%s\n", s);
-    free(s);
-  }
+  int64_t n_short = sn_mine_write_lines(&a->mine, ex, corpus, p, k, idx, scores, pos_scores, raw->lines, &out);
   if (sn_write_file_atomic(a->out, out.s, out.len)) sn_fatal("%s: cannot write", a->out);
-  sn_log("wrote %s: %lld lines, %lld negatives", a->out, (long long)ex->n_examples, (long long)total);
-  if (short_lines)
-    sn_warn("%lld line(s) got fewer than %d negatives: ranks %d:%d had too few candidates%s", (long long)short_lines,
+  sn_log("wrote %s: %lld lines", a->out, (long long)ex->n_examples);
+  if (n_short)
+    sn_warn("%lld line(s) got fewer than %d negatives: ranks %d:%d had too few candidates%s", (long long)n_short,
             a->mine.negatives, a->mine.range_lo, a->mine.range_hi, a->margin_flag ? " under the margin" : "");
   free(out.s);
-  free(neg);
-  free(neg_scores);
 }
 
 int main(int argc, char **argv) {

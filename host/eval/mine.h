@@ -111,13 +111,16 @@ int sn_mine_dense_shard(const sn_mine_tower *doc, const sn_beir_records *corpus,
 
 // ---- training lines (mine_write.c) --------------------------------------------------------------
 // The draw for every example from its merged list (Q, k) and its positives' scores
-// (p->n_positives), appended to out as one JSONL line per example, in order: {"query", "prompt"
-// (the line's own template, when it had one), "pos", "neg" (strings, or {"title", "text"} for
-// titled records), "neg_ids", "pos_scores", "neg_scores"}, a file the data layer reads back (stage
-// 1's mining rounds). Returns the number of examples given fewer than N negatives.
+// (p->n_positives), appended to out as one JSONL line per example, in order. base (optional): the
+// examples' own parsed lines (sn_mine), kept with every field but "neg", "neg_ids", "neg_scores"
+// and "pos_scores", which are replaced; without it each line is rebuilt from the example (stage
+// 1's rounds): {"query", "prompt" (the line's own template, when it had one), "pos", ...}. "neg"
+// holds strings, or {"title", "text"} for titled records: a file the data layer reads back.
+// Returns the number of examples given fewer than N negatives.
+struct cJSON;
 int64_t sn_mine_write_lines(const sn_mine_opts *o, const sn_train_examples *ex, const sn_beir_records *corpus,
                             const sn_mine_positives *p, int k, const int32_t *idx, const float *scores,
-                            const float *pos_scores, sn_strbuf *out);
+                            const float *pos_scores, struct cJSON *const *base, sn_strbuf *out);
 // The training data's own documents as a corpus: record i is ex->docs[i], id "doc<i>". Caller frees
 // with sn_beir_records_free.
 void sn_mine_corpus_of_examples(const sn_train_examples *ex, sn_beir_records *out);

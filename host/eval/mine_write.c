@@ -18,37 +18,45 @@ static cJSON *doc_json(const char *title, const char *text) {
   return o;
 }
 
-// One example's line with its mined negatives.
-static void append_line(sn_strbuf *out, const sn_train_examples *ex, int64_t i, const sn_beir_records *corpus,
-                        const int32_t *neg, const float *neg_scores, int n, const float *pos_scores) {
+static void replace(cJSON *obj, const char *key, cJSON *value) {
+  cJSON_DeleteItemFromObjectCaseSensitive(obj, key);
+  cJSON_AddItemToObject(obj, key, value);
+}
+
+// The example's own fields, when there is no parsed line to start from.
+static cJSON *line_of_example(const sn_train_examples *ex, int64_t i) {
   const sn_train_example *e = &ex->examples[i];
   cJSON *line = cJSON_CreateObject();
   cJSON_AddStringToObject(line, "query", e->query);
   if (e->query_template) cJSON_AddStringToObject(line, "prompt", e->query_template);
-  cJSON *pos = cJSON_AddArrayToObject(line, "pos"), *ps = cJSON_CreateArray();
+  cJSON *pos = cJSON_AddArrayToObject(line, "pos");
   const int64_t *p = sn_example_pos(ex, i);
-  for (int32_t j = 0; j < e->n_pos; j++) {
-    cJSON_AddItemToArray(pos, doc_json(ex->docs[p[j]].title, ex->docs[p[j]].text));
-    cJSON_AddItemToArray(ps, cJSON_CreateNumber(pos_scores[j]));
-  }
-  cJSON *jn = cJSON_AddArrayToObject(line, "neg"), *jid = cJSON_AddArrayToObject(line, "neg_ids");
-  cJSON *js = cJSON_CreateArray();
+  for (int32_t j = 0; j < e->n_pos; j++) cJSON_AddItemToArray(pos, doc_json(ex->docs[p[j]].title, ex->docs[p[j]].text));
+  return line;
+}
+
+// One example's line with its mined negatives.
+static void append_line(sn_strbuf *out, cJSON *line, const sn_beir_records *corpus, const int32_t *neg,
+                        const float *neg_scores, int n, const float *pos_scores, int n_pos) {
+  cJSON *jn = cJSON_CreateArray(), *jid = cJSON_CreateArray(), *js = cJSON_CreateArray(), *jp = cJSON_CreateArray();
   for (int j = 0; j < n; j++) {
     cJSON_AddItemToArray(jn, doc_json(corpus->titles ? corpus->titles[neg[j]] : "", corpus->texts[neg[j]]));
     cJSON_AddItemToArray(jid, cJSON_CreateString(corpus->ids[neg[j]]));
     cJSON_AddItemToArray(js, cJSON_CreateNumber(neg_scores[j]));
   }
-  cJSON_AddItemToObject(line, "pos_scores", ps);
-  cJSON_AddItemToObject(line, "neg_scores", js);
+  for (int j = 0; j < n_pos; j++) cJSON_AddItemToArray(jp, cJSON_CreateNumber(pos_scores[j]));
+  replace(line, "neg", jn);
+  replace(line, "neg_ids", jid);
+  replace(line, "neg_scores", js);
+  replace(line, "pos_scores", jp);
   char *s = cJSON_PrintUnformatted(line);
   sn_strbuf_printf(out, "%s\n", s);
   free(s);
-  cJSON_Delete(line);
 }
 
 int64_t sn_mine_write_lines(const sn_mine_opts *o, const sn_train_examples *ex, const sn_beir_records *corpus,
                             const sn_mine_positives *p, int k, const int32_t *idx, const float *scores,
-                            const float *pos_scores, sn_strbuf *out) {
+                            const float *pos_scores, cJSON *const *base, sn_strbuf *out) {
   int32_t *neg = mallocCheck((size_t)o->negatives * sizeof *neg);
   float *neg_scores = mallocCheck((size_t)o->negatives * sizeof *neg_scores);
   int64_t n_short = 0;
@@ -58,7 +66,10 @@ int64_t sn_mine_write_lines(const sn_mine_opts *o, const sn_train_examples *ex, 
     int n = sn_mine_pick(o, i, idx + (size_t)i * k, scores + (size_t)i * k, k, p->excl + p->excl_begin[i],
                          (int)(p->excl_begin[i + 1] - p->excl_begin[i]), best, neg, neg_scores);
     n_short += n < o->negatives;
-    append_line(out, ex, i, corpus, neg, neg_scores, n, pos_scores + p->pos_begin[i]);
+    cJSON *line = base ? base[i] : line_of_example(ex, i);
+    append_line(out, line, corpus, neg, neg_scores, n, pos_scores + p->pos_begin[i],
+                (int)(p->pos_begin[i + 1] - p->pos_begin[i]));
+    if (!base) cJSON_Delete(line);
   }
   free(neg);
   free(neg_scores);

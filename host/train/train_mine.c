@@ -146,7 +146,7 @@ void sn_stage1_mine_round(sn_trainer *t, const sn_stage1_mining *m, int round, s
     if (sn_mine_dense_positive_scores(&dt, ex, q_emb, batch, 0, pos_scores, err, sizeof err))
       sn_bad_input("stage1.mine round %d: %s", round, err);
     sn_strbuf out = {0};
-    const int64_t n_short = sn_mine_write_lines(&o, ex, &m->corpus, &pos, k, idx, scores, pos_scores, &out);
+    const int64_t n_short = sn_mine_write_lines(&o, ex, &m->corpus, &pos, k, idx, scores, pos_scores, NULL, &out);
     char dir[SN_TRAIN_PATH_MAX + 16];
     snprintf(dir, sizeof dir, "%s/" MINED_DIR, t->run_dir);
     if (sn_mkdir_p(dir) || sn_write_file_atomic(path, out.s, out.len)) sn_fatal("%s: cannot write", path);
