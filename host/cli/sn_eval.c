@@ -74,7 +74,7 @@ static int parse_pooling(const char *flag, const char *v) {
 static void parse_args(int argc, char **argv, cli_args *a) {
   memset(a, 0, sizeof *a);
   sn_eval_opts_default(&a->eval);
-  a->eval.max_query_len = a->eval.max_doc_len = 0;  // 0: from the export, else the default (apply_export)
+  a->eval.max_query_len = a->eval.max_doc_len = 0;  // 0: from the export, else the default (sn_eval_apply_export)
   a->eval.verbose = 1;
   a->device = "cpu";
   sn_cli_init("sn_eval", usage);
@@ -150,21 +150,6 @@ static int score_run_file(const cli_args *a) {
   return 0;
 }
 
-// What the flags leave unset, from a tower's export (its role's prompt, its pooling and length),
-// else sn_eval_opts_default's. *exported keeps the prompt's memory until the evaluation ends.
-static void apply_export(const char *dir, const char *role, const char **prompt, int *pooling, int *max_len,
-                         sn_export_settings *exported) {
-  sn_eval_opts defaults;
-  sn_eval_opts_default(&defaults);
-  sn_export_read(dir, role, exported);
-  char what[4096 + 64];
-  snprintf(what, sizeof what, "%s/1_Pooling/config.json", dir);
-  if (!*prompt) *prompt = exported->prompt;
-  if (*pooling < 0 && exported->pooling[0]) *pooling = sn_pooling_from_name(exported->pooling, what);
-  if (!*max_len) *max_len = exported->max_seq_length;
-  if (!*max_len) *max_len = strcmp(role, SN_EXPORT_ROLE_QUERY) == 0 ? defaults.max_query_len : defaults.max_doc_len;
-}
-
 static sn_tokenizer *load_tokenizer(const char *dir) {
   char err[ERR_LEN];
   sn_tokenizer *tok = sn_tokenizer_load(dir, err, sizeof err);
@@ -189,9 +174,9 @@ int main(int argc, char **argv) {
   if (!a.query_model || !a.doc_model || !a.data)
     sn_usage_error("expected --query-model DIR, --doc-model DIR and --data BEIR_DIR");
   sn_export_settings query_export, doc_export;
-  apply_export(a.query_model, SN_EXPORT_ROLE_QUERY, &a.eval.query_prompt, &a.eval.query_pooling,
+  sn_eval_apply_export(a.query_model, SN_EXPORT_ROLE_QUERY, &a.eval.query_prompt, &a.eval.query_pooling,
                &a.eval.max_query_len, &query_export);
-  apply_export(a.doc_model, SN_EXPORT_ROLE_DOCUMENT, &a.eval.doc_prompt, &a.eval.doc_pooling, &a.eval.max_doc_len,
+  sn_eval_apply_export(a.doc_model, SN_EXPORT_ROLE_DOCUMENT, &a.eval.doc_prompt, &a.eval.doc_pooling, &a.eval.max_doc_len,
                &doc_export);
   char err[ERR_LEN];
   sn_beir data;

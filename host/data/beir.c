@@ -345,7 +345,7 @@ static int load_records(const char *path, int with_title, const sn_qrels *keep, 
   return rc;
 }
 
-static void free_records(sn_beir_records *r) {
+void sn_beir_records_free(sn_beir_records *r) {
   for (int i = 0; i < r->n; i++) {
     free(r->ids[i]);
     free(r->texts[i]);
@@ -356,6 +356,10 @@ static void free_records(sn_beir_records *r) {
   free(r->titles);
   sn_id_map_free(&r->index);
   memset(r, 0, sizeof *r);
+}
+
+int sn_beir_corpus_load(const char *path, sn_beir_records *out, char *err, size_t errlen) {
+  return load_records(path, 1, NULL, out, NULL, err, errlen);
 }
 
 // ---- the dataset -------------------------------------------------------------------------------
@@ -419,8 +423,8 @@ fail:
 }
 
 void sn_beir_free(sn_beir *b) {
-  free_records(&b->corpus);
-  free_records(&b->queries);
+  sn_beir_records_free(&b->corpus);
+  sn_beir_records_free(&b->queries);
   sn_qrels_free(&b->qrels);
   memset(b, 0, sizeof *b);
 }

@@ -70,3 +70,7 @@ typedef struct {
 // An error when no judged query left has a relevant document.
 int sn_beir_load(const char *dir, const char *split, sn_beir *out, char *err, size_t errlen);
 void sn_beir_free(sn_beir *b);
+// Loads one corpus.jsonl on its own (sn_mine's --corpus): the records as sn_beir_load reads them
+// (duplicate ids and a file without records are errors). Returns 0, or -1 with err.
+int sn_beir_corpus_load(const char *path, sn_beir_records *out, char *err, size_t errlen);
+void sn_beir_records_free(sn_beir_records *r);

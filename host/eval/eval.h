@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "beir.h"
+#include "export.h"
 #include "model.h"
 #include "ops.h"
 #include "tokenizer.h"
@@ -180,5 +181,12 @@ void sn_metrics_add_json(struct cJSON *j, const sn_metrics *m);
 // to path. Returns 0, or -1 with err.
 int sn_eval_write_json(const char *path, const char *split, const sn_eval_result *r, char *err,
                        size_t errlen);
+// What a program's flags leave unset (NULL prompt, pooling < 0, max_len 0), from the export of the
+// tower in dir (its role's prompt, its pooling and length; sn_export_read), else
+// sn_eval_opts_default's. *exported keeps the prompt's memory; free it with
+// sn_export_settings_free once done. sn_eval and sn_mine share it.
+void sn_eval_apply_export(const char *dir, const char *role, const char **prompt, int *pooling,
+                          int *max_len, sn_export_settings *exported);
+
 // A small table on stdout.
 void sn_eval_print_table(const char *split, const sn_eval_result *r);

@@ -135,6 +135,19 @@ static const field_spec SCHEMA[] = {
     STR("stage1.lora.targets", FIELD_NAME_LIST, stage1.lora.targets, SN_LORA_ALL_TARGETS,
         "adapted linears, a list or comma string of " SN_LORA_ALL_TARGETS),
     NUM("stage1.lora.shared", FIELD_BOOL, stage1.lora.shared, 0, 1, 0, "one adapter for both towers"),
+    NUM("stage1.mine.every_steps", FIELD_INT, stage1.mine.every_steps, 0, BIG_INT, 0,
+        "> 0: after every N steps the current towers mine new negatives for the training data; 0 = off"),
+    NUM("stage1.mine.rounds", FIELD_INT, stage1.mine.rounds, 0, BIG_INT, 0,
+        "> 0: this many mining rounds, evenly spaced (every total_steps / (rounds + 1) steps); 0 = off"),
+    PATH("stage1.mine.corpus", FIELD_PATH, stage1.mine.corpus, PATH_FILE,
+         "BEIR corpus.jsonl mined from; empty = the training data's own documents"),
+    NUM("stage1.mine.range_lo", FIELD_INT, stage1.mine.range_lo, 0, BIG_INT, 10,
+        "first rank (0-based, positives removed) negatives are drawn from"),
+    NUM("stage1.mine.range_hi", FIELD_INT, stage1.mine.range_hi, 1, BIG_INT, 100, "end of the ranks (excluded)"),
+    NUM("stage1.mine.negatives", FIELD_INT, stage1.mine.negatives, 1, 1024, 7, "negatives mined per example"),
+    CHOICE("stage1.mine.margin_kind", stage1.mine.margin_kind, "none|absolute|relative", "none",
+           "absolute: keep scores <= pos - margin; relative: <= pos x (1 - margin)"),
+    NUM("stage1.mine.margin", FIELD_FLOAT, stage1.mine.margin, -1e6, 1e6, 0, "the margin of margin_kind"),
     PATH("stage2.student", FIELD_PATH, stage2.student, PATH_DIR, "Hugging Face folder of the student"),
     PATH("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, PATH_FILE, "fresh student description"),
     PATH("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, PATH_ANY, "the student's tokenizer"),
@@ -607,6 +620,25 @@ static int validate(err_sink *e, const sn_run_config *c) {
     return fail(e, "'data.query_prompt' must contain {text}");
   if (!strstr(c->data.doc_prompt, "{text}"))
     return fail(e, "'data.doc_prompt' must contain {text}");
+  if (c->stage1.mine.every_steps > 0 && c->stage1.mine.rounds > 0)
+    return fail(e, "'stage1.mine.every_steps' and 'stage1.mine.rounds' are exclusive: give one");
+  if (c->stage1.mine.every_steps > 0 || c->stage1.mine.rounds > 0) {
+    if (c->stage1.mine.range_hi <= c->stage1.mine.range_lo)
+      return fail(e, "'stage1.mine.range_hi' (%d) must exceed 'stage1.mine.range_lo' (%d)", c->stage1.mine.range_hi,
+                  c->stage1.mine.range_lo);
+    if (c->stage1.mine.negatives > c->stage1.mine.range_hi - c->stage1.mine.range_lo)
+      return fail(e, "'stage1.mine.negatives' (%d) exceeds the %d ranks of 'stage1.mine.range_lo'..'range_hi'",
+                  c->stage1.mine.negatives, c->stage1.mine.range_hi - c->stage1.mine.range_lo);
+    if (c->stage1.mine.negatives < c->stage1.negatives_per_query)
+      return fail(e, "'stage1.mine.negatives' (%d) is below 'stage1.negatives_per_query' (%d)",
+                  c->stage1.mine.negatives, c->stage1.negatives_per_query);
+    if (!strcmp(c->stage1.mine.margin_kind, "relative") && (c->stage1.mine.margin < 0 || c->stage1.mine.margin >= 1))
+      return fail(e, "'stage1.mine.margin' (%g) must be in [0, 1) with margin_kind relative",
+                  (double)c->stage1.mine.margin);
+    if (c->stage1.kd_weight > 0)
+      return fail(e, "'stage1.mine' with 'stage1.kd_weight': mined rounds replace the data's teacher scores; "
+                  "use one or the other");
+  }
   if (c->stage1.lora.rank > 0) {
     char why[256];
     unsigned mask;

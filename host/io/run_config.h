@@ -69,6 +69,15 @@ typedef struct {
     char targets[SN_CFG_NAMES_MAX];  // "q,k,v,o,gate,up,down" or a subset
     int shared;           // one adapter for both towers
   } lora;
+  struct {                // mining rounds (ANCE-style): the towers mine new negatives as they train
+    int every_steps;      // 0 = off; else a round after every `every_steps` optimizer steps
+    int rounds;           // or: this many rounds, evenly spaced over the stage (0 = off)
+    char corpus[SN_CFG_PATH_MAX];  // BEIR corpus.jsonl; "" = the training data's own documents
+    int range_lo, range_hi;        // ranks [lo, hi) to draw from (mine.h)
+    int negatives;                 // per example
+    char margin_kind[12];          // "none" | "absolute" | "relative"
+    float margin;
+  } mine;
 } sn_cfg_stage1;
 
 typedef struct {

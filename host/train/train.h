@@ -22,3 +22,10 @@ typedef struct {
 
 // Returns the process exit status.
 int sn_train_main(const sn_train_args *args);
+
+// Mining under several ranks (sn_mine and stage 1's mining rounds): every rank's (Q, k) ranked
+// lists of its corpus slice (trec order, global record indices, -1 padded) gathered on every rank
+// and merged in trec order (ties by doc_ids descending), in place. Collective.
+struct sn_comm;
+void sn_mine_gather_merge(struct sn_comm *comm, const char *const *doc_ids, int Q, int k, int32_t *idx,
+                          float *scores);

@@ -7,6 +7,7 @@
 #include "comm.h"
 #include "data.h"
 #include "export.h"
+#include "mine.h"
 #include "model.h"
 #include "optimizer.h"
 #include "run_config.h"
@@ -218,7 +219,7 @@ int64_t sn_trainer_total_steps(int steps, float epochs, int64_t batches_per_epoc
 #define SN_STAGE_MAX_TERMS 3
 #define SN_STAGE_MAX_TOWERS 2
 
-typedef struct {
+typedef struct sn_stage_s {
   int number;            // 0, 1, 2: in checkpoints, log lines and metrics records
   int grad_accum;        // micro-batches per optimizer step
   int64_t total_steps;
@@ -240,12 +241,44 @@ typedef struct {
   // loop scales gradients and terms by 1/grad_accum) into terms; returns the batch's tokens.
   // last_micro: the step's last micro-batch, before whose backward the overlapped all-reduce is armed.
   int64_t (*micro_step)(void *ctx, const sn_batch *b, int last_micro, double *terms);
+  // Optional: called before each step's micro-batches with the steps done so far (stage 1's
+  // mining rounds swap the training data here, and s->sampler with it).
+  void (*before_step)(void *ctx, struct sn_stage_s *s, int64_t steps_done);
   void *ctx;
   // The final save into RUN/final when it is not the towers' (stage 0 writes a causal LM);
   // NULL: each tower as an embedding model with its card.
   void (*save_final)(void *ctx, const char *final_dir);
   void *save_final_ctx;
 } sn_stage;
+
+// ---- stage 1's mining rounds (train_mine.c) --------------------------------------------------
+// With stage1.mine.every_steps = S > 0 (or .rounds = R: S = total / (R + 1), R rounds), round r (r = 1, 2, ...) is mined before step r*S + 1 by the
+// towers of step r*S and written to RUN/mined/round_<r>.jsonl; from then on the training data is
+// that file's lines (the same examples in the same order, with the mined negatives), the sampler
+// continuing from its cursor. A checkpoint of step P trains on round (P - 1) / S, so a resume
+// reloads that file and reproduces the uninterrupted run.
+typedef struct {
+  int on;                  // stage1.mine.every_steps or .rounds is set
+  int every;               // S (with .rounds: set by sn_stage1_mining_space once the steps are known)
+  int max_rounds;          // .rounds, or 0: no cap
+  sn_beir_records corpus;  // stage1.mine.corpus, or the original training documents
+  sn_mine_opts opts;       // the seed is set per round
+} sn_stage1_mining;
+
+void sn_stage1_mining_init(const sn_trainer *t, sn_stage1_mining *m);
+// With stage1.mine.rounds = R: S = max(1, total_steps / (R + 1)), at most R rounds.
+void sn_stage1_mining_space(sn_stage1_mining *m, int64_t total_steps);
+void sn_stage1_mining_free(sn_stage1_mining *m);
+// The round whose data trains step steps_done + 1 (0: the configured data).
+int sn_stage1_round_in_use(const sn_stage1_mining *m, int64_t steps_done);
+// Whether round `round` is mined before step steps_done + 1 (steps_done a positive multiple of S).
+int sn_stage1_round_due(const sn_stage1_mining *m, int64_t steps_done, int *round);
+// Replaces t->examples by round `round`'s file (exits 2 when it is missing or unreadable).
+void sn_stage1_load_round(sn_trainer *t, int round);
+// Mines round `round` with the towers (every rank searches a slice of the corpus, rank 0 writes the
+// file, the others wait for it), then loads it.
+void sn_stage1_mine_round(sn_trainer *t, const sn_stage1_mining *m, int round, sn_model *query, sn_model *doc,
+                          const sn_tokenizer *tok);
 
 // Trains a set-up stage to its total steps (after restoring the resume checkpoint when resuming),
 // then saves its final towers. Returns 0 when the stage finished, -1 when it stopped early (a

@@ -143,6 +143,7 @@ int sn_train_loop(sn_trainer *t, sn_stage *s, int resuming) {
   double t0 = sn_now_s();
   int stopped = 0;
   while (step < s->total_steps && !stopped) {
+    if (s->before_step) s->before_step(s->ctx, s, step);
     zero_grads(s);
     double totals[SN_STAGE_MAX_TERMS + 2];
     run_micro_batches(t, s, step + 1, totals);

@@ -45,7 +45,7 @@ void sn_run_dir_lock(const char *run_dir) {
 #define LOSS_PLOT_PREFIX "loss_stage"  // loss_stage<N>.svg
 
 static int is_run_output(const char *name) {
-  static const char *const FILES[] = {METRICS_FILE, "config.resolved.json", "final", "eval"};
+  static const char *const FILES[] = {METRICS_FILE, "config.resolved.json", "final", "eval", "mined"};
   for (size_t i = 0; i < SN_ARRAY_LEN(FILES); i++)
     if (strcmp(name, FILES[i]) == 0) return 1;
   return sn_ckpt_is_name(name) || strncmp(name, LOSS_PLOT_PREFIX, strlen(LOSS_PLOT_PREFIX)) == 0;

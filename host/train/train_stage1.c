@@ -41,6 +41,11 @@ typedef struct {
   sn_optimizer *opt_q, *opt_d;  // opt_d == opt_q with shared towers
   sn_model *base;             // LoRA: the frozen base both towers view; NULL for full towers
   sn_lora *lora_q, *lora_d;   // LoRA: the adapters (lora_d == lora_q when shared)
+  // The training data (replaced by each mining round) and what rebuilds it.
+  const sn_tokenizer *tok;
+  sn_token_set qset, dset;
+  sn_sampler_config sc;
+  sn_stage1_mining mining;
 } stage1_ctx;
 
 // Keeps the dropout streams apart from the initialisation streams of the same seed.
@@ -322,6 +327,35 @@ static void lora_towers(sn_trainer *t, stage1_ctx *c) {
          (double)c->lora_q->params->num_elements / 1e6);
 }
 
+static void build_data(stage1_ctx *c) {
+  sn_trainer_query_set(c->t, c->tok, c->qmodel, "query-stage1", &c->qset);
+  sn_trainer_doc_set(c->t, c->tok, c->dmodel, &c->dset);
+}
+
+// The sampler over mining round `round`'s data (mined now when `mine`, else read back), continuing
+// from the old sampler's cursor: the same path for a running stage and for a resume.
+static sn_sampler *switch_round(stage1_ctx *c, sn_sampler *old, int round, int mine) {
+  sn_data_cursor cursor;
+  sn_sampler_get_cursor(old, &cursor);
+  sn_sampler_free(old);
+  sn_token_set_close(&c->qset);
+  sn_token_set_close(&c->dset);
+  if (mine) sn_stage1_mine_round(c->t, &c->mining, round, c->qmodel, c->dmodel, c->tok);
+  else sn_stage1_load_round(c->t, round);
+  build_data(c);
+  sn_sampler *s = sn_sampler_init(&c->sc, &c->t->examples, &c->qset, &c->dset);
+  char err[1024];
+  if (sn_sampler_set_cursor(s, &cursor, err, sizeof err))
+    sn_fatal("stage 1: mining round %d: the data cursor does not carry over: %s", round, err);
+  return s;
+}
+
+static void before_step(void *ctx, sn_stage *s, int64_t steps_done) {
+  stage1_ctx *c = ctx;
+  int round;
+  if (sn_stage1_round_due(&c->mining, steps_done, &round)) s->sampler = switch_round(c, s->sampler, round, 1);
+}
+
 int sn_train_stage1(sn_trainer *t) {
   const sn_cfg_stage1 *s1 = &t->cfg.stage1;
   const sn_ops *ops = t->ops;
@@ -352,24 +386,30 @@ int sn_train_stage1(sn_trainer *t) {
   char tok_dir[SN_TRAIN_PATH_MAX];
   sn_tokenizer_dir_of(s1->tokenizer, s1->model, tok_dir, sizeof tok_dir);
 
-  // Data.
-  sn_token_set qset, dset;
-  sn_trainer_query_set(t, tok, c.qmodel, "query-stage1", &qset);
-  sn_trainer_doc_set(t, tok, c.dmodel, &dset);
-  sn_sampler_config sc = {.global_batch_queries = s1->batch_queries,
+  // Data: the configured files (which size the epochs), then, on a resume past a mining round,
+  // that round's file.
+  c.tok = tok;
+  sn_stage1_mining_init(t, &c.mining);
+  build_data(&c);
+  sn_token_set *const qset = &c.qset, *const dset = &c.dset;
+  c.sc = (sn_sampler_config){.global_batch_queries = s1->batch_queries,
                           .negatives_per_query = s1->negatives_per_query,
                           .seed = t->cfg.seed,
                           .world_size = t->world,
                           .rank = t->rank,
                           .max_tokens_per_rank = s1->max_tokens_per_rank,
                           .forbid_random_negatives = !t->cfg.data.allow_random_negatives};
+  const sn_sampler_config sc = c.sc;
   if (s1->kd_weight > 0) check_teacher_scores(&t->examples, s1->negatives_per_query);
   if (s1->batch_queries % t->world != 0)
     sn_bad_input("stage1.batch_queries (%d) must be a multiple of the number of ranks (%d)",
                  s1->batch_queries, t->world);
-  sn_sampler *sampler = sn_sampler_init(&sc, &t->examples, &qset, &dset);
+  sn_sampler *sampler = sn_sampler_init(&sc, &t->examples, qset, dset);
   int64_t per_epoch = sn_sampler_steps_in_epoch(sampler, 0);
   int64_t total = sn_trainer_total_steps(s1->steps, s1->epochs, per_epoch, s1->grad_accum);
+  sn_stage1_mining_space(&c.mining, total);
+  const int resume_round = resuming ? sn_stage1_round_in_use(&c.mining, t->resume_step) : 0;
+  if (resume_round > 0) sampler = switch_round(&c, sampler, resume_round, 0);
   int Bq = s1->batch_queries / t->world, k = s1->negatives_per_query, Nd = Bq * (k + 1);
   sn_log("stage 1: %lld examples, %lld documents, %lld batches per epoch, %lld steps, %d queries x %d docs per rank",
          (long long)t->examples.n_examples, (long long)t->examples.n_docs, (long long)per_epoch,
@@ -379,8 +419,10 @@ int sn_train_stage1(sn_trainer *t) {
   c.grad_cache = s1->grad_cache_chunk > 0;
   chunk_sizes(s1, Bq, Nd, &c.chunk_q, &c.chunk_d);
   sn_pooling pooling = sn_pooling_from_name(s1->pooling, "stage1.pooling");
-  sn_runner_init(&c.qrun, c.qmodel, pooling, c.chunk_q, c.chunk_q * SN_MAX(qset.max_seq_len, 1));
-  sn_runner_init(&c.drun, c.dmodel, pooling, c.chunk_d, c.chunk_d * SN_MAX(dset.max_seq_len, 1));
+  // Mining rounds bring other documents: size the document runner for the longest allowed.
+  const int doc_len = c.mining.on ? t->cfg.data.max_doc_len : SN_MAX(dset->max_seq_len, 1);
+  sn_runner_init(&c.qrun, c.qmodel, pooling, c.chunk_q, c.chunk_q * SN_MAX(qset->max_seq_len, 1));
+  sn_runner_init(&c.drun, c.dmodel, pooling, c.chunk_d, c.chunk_d * doc_len);
   sn_acts_set_recompute(c.qrun.acts, recompute_mode(s1));
   sn_acts_set_recompute(c.drun.acts, recompute_mode(s1));
   if (c.qrun.out_dim != c.drun.out_dim) sn_bad_input("stage 1: query and document towers differ in width");
@@ -407,7 +449,7 @@ int sn_train_stage1(sn_trainer *t) {
                     .towers = {{"query_tower", c.qmodel, tok_dir, "query_adapter", base_name, &query_export},
                                {"doc_tower", c.dmodel, tok_dir, "doc_adapter", base_name, &doc_export}},
                     .n_terms = s1->kd_weight > 0 ? 2 : 1, .term_names = {"infonce", "kd"},
-                    .micro_step = micro_step, .ctx = &c};
+                    .micro_step = micro_step, .before_step = before_step, .ctx = &c};
   int rc = sn_train_loop(t, &stage, resuming);
   buffers_free(&c.buf, ops);
   sn_runner_free(&c.qrun);
@@ -423,9 +465,10 @@ int sn_train_stage1(sn_trainer *t) {
     sn_lora_free(c.lora_q);
     sn_model_free(c.base);
   }
-  sn_sampler_free(sampler);
-  sn_token_set_close(&qset);
-  sn_token_set_close(&dset);
+  sn_sampler_free(stage.sampler);
+  sn_token_set_close(&c.qset);
+  sn_token_set_close(&c.dset);
+  sn_stage1_mining_free(&c.mining);
   sn_tokenizer_free(tok);
   return rc;
 }
