@@ -105,9 +105,10 @@ static const char *const STOP_WORDS[] = {
     "the",  "their", "then", "there", "these", "they", "this", "to",   "was",  "will", "with",
 };
 #define STOP_WORD_MAX_LEN 5
+#define STOP_WORD_FIRST_LETTERS "abfinostw"  // a quick no for most words
 
 int sn_bm25_is_stopword(const char *word, int len) {
-  if (len <= 0 || len > STOP_WORD_MAX_LEN) return 0;
+  if (len <= 0 || len > STOP_WORD_MAX_LEN || !strchr(STOP_WORD_FIRST_LETTERS, word[0])) return 0;
   int lo = 0, hi = (int)(sizeof STOP_WORDS / sizeof STOP_WORDS[0]) - 1;
   while (lo <= hi) {
     const int mid = (lo + hi) / 2;
@@ -142,8 +143,8 @@ void sn_bm25_analyze(const char *text, const sn_bm25_opts *o, sn_bm25_term_fn em
   int len = 0;
   const unsigned char *s = (const unsigned char *)(text ? text : "");
   while (*s) {
-    int n;
-    uint32_t c = decode_utf8(s, &n);
+    int n = 1;
+    uint32_t c = *s < ASCII_END ? *s : decode_utf8(s, &n);
     s += n;
     if (!is_word_code_point(c)) {
       finish_word(word, len, o, emit, ctx);
@@ -152,7 +153,7 @@ void sn_bm25_analyze(const char *text, const sn_bm25_opts *o, sn_bm25_term_fn em
     }
     if (o->lowercase) c = to_lower(c);
     char bytes[4];
-    const int nb = encode_utf8(c, bytes);
+    const int nb = c < ASCII_END ? (bytes[0] = (char)c, 1) : encode_utf8(c, bytes);
     if (len + nb > SN_BM25_MAX_TERM_BYTES) {  // an overlong word goes out in pieces
       finish_word(word, len, o, emit, ctx);
       len = 0;

@@ -54,8 +54,11 @@ typedef enum { ALWAYS, M_ABOVE_0, M_ABOVE_1, HAS_VOWEL, M_ABOVE_1_AND_S_OR_T } c
 
 typedef struct {
   const char *suffix, *replacement;
+  int suffix_len, replacement_len;
   condition cond;
 } rule;
+
+#define R(suffix, replacement, cond) {suffix, replacement, sizeof(suffix) - 1, sizeof(replacement) - 1, cond}
 
 static int holds(condition c, const char *w, int stem_len) {
   switch (c) {
@@ -72,12 +75,15 @@ static int holds(condition c, const char *w, int stem_len) {
 // Where suffixes of a list overlap, the longer comes first, so the first match is the longest.
 // Returns the index of the rule applied, or -1 (no suffix matched, or its condition failed).
 static int apply_first(char *w, int *n, const rule *rules, int count) {
+  if (*n == 0) return -1;
+  const char last = w[*n - 1];
   for (int r = 0; r < count; r++) {
-    const int len = (int)strlen(rules[r].suffix);
-    if (len > *n || memcmp(w + *n - len, rules[r].suffix, (size_t)len) != 0) continue;
+    const int len = rules[r].suffix_len;
+    if (len > *n || rules[r].suffix[len - 1] != last || memcmp(w + *n - len, rules[r].suffix, (size_t)len) != 0)
+      continue;
     const int stem = *n - len;
     if (!holds(rules[r].cond, w, stem)) return -1;
-    const int rep = (int)strlen(rules[r].replacement);
+    const int rep = rules[r].replacement_len;
     memcpy(w + stem, rules[r].replacement, (size_t)rep);  // at most one byte longer (1b's tidy-up),
                                                          // after "ed"/"ing" left room
     *n = stem + rep;
@@ -88,31 +94,31 @@ static int apply_first(char *w, int *n, const rule *rules, int count) {
 
 #define RULES(list) list, (int)(sizeof(list) / sizeof(list[0]))
 
-static const rule STEP_1A[] = {{"sses", "ss", ALWAYS}, {"ies", "i", ALWAYS}, {"ss", "ss", ALWAYS}, {"s", "", ALWAYS}};
+static const rule STEP_1A[] = {R("sses", "ss", ALWAYS), R("ies", "i", ALWAYS), R("ss", "ss", ALWAYS), R("s", "", ALWAYS)};
 enum { STEP_1B_EED, STEP_1B_ED, STEP_1B_ING };
-static const rule STEP_1B[] = {{"eed", "ee", M_ABOVE_0}, {"ed", "", HAS_VOWEL}, {"ing", "", HAS_VOWEL}};
-static const rule STEP_1B_TIDY[] = {{"at", "ate", ALWAYS}, {"bl", "ble", ALWAYS}, {"iz", "ize", ALWAYS}};
-static const rule STEP_1C[] = {{"y", "i", HAS_VOWEL}};
+static const rule STEP_1B[] = {R("eed", "ee", M_ABOVE_0), R("ed", "", HAS_VOWEL), R("ing", "", HAS_VOWEL)};
+static const rule STEP_1B_TIDY[] = {R("at", "ate", ALWAYS), R("bl", "ble", ALWAYS), R("iz", "ize", ALWAYS)};
+static const rule STEP_1C[] = {R("y", "i", HAS_VOWEL)};
 static const rule STEP_2[] = {
-    {"ational", "ate", M_ABOVE_0}, {"tional", "tion", M_ABOVE_0}, {"enci", "ence", M_ABOVE_0},
-    {"anci", "ance", M_ABOVE_0},   {"izer", "ize", M_ABOVE_0},    {"abli", "able", M_ABOVE_0},
-    {"alli", "al", M_ABOVE_0},     {"entli", "ent", M_ABOVE_0},   {"eli", "e", M_ABOVE_0},
-    {"ousli", "ous", M_ABOVE_0},   {"ization", "ize", M_ABOVE_0}, {"ation", "ate", M_ABOVE_0},
-    {"ator", "ate", M_ABOVE_0},    {"alism", "al", M_ABOVE_0},    {"iveness", "ive", M_ABOVE_0},
-    {"fulness", "ful", M_ABOVE_0}, {"ousness", "ous", M_ABOVE_0}, {"aliti", "al", M_ABOVE_0},
-    {"iviti", "ive", M_ABOVE_0},   {"biliti", "ble", M_ABOVE_0},
+    R("ational", "ate", M_ABOVE_0), R("tional", "tion", M_ABOVE_0), R("enci", "ence", M_ABOVE_0),
+    R("anci", "ance", M_ABOVE_0),   R("izer", "ize", M_ABOVE_0),    R("abli", "able", M_ABOVE_0),
+    R("alli", "al", M_ABOVE_0),     R("entli", "ent", M_ABOVE_0),   R("eli", "e", M_ABOVE_0),
+    R("ousli", "ous", M_ABOVE_0),   R("ization", "ize", M_ABOVE_0), R("ation", "ate", M_ABOVE_0),
+    R("ator", "ate", M_ABOVE_0),    R("alism", "al", M_ABOVE_0),    R("iveness", "ive", M_ABOVE_0),
+    R("fulness", "ful", M_ABOVE_0), R("ousness", "ous", M_ABOVE_0), R("aliti", "al", M_ABOVE_0),
+    R("iviti", "ive", M_ABOVE_0),   R("biliti", "ble", M_ABOVE_0),
 };
 static const rule STEP_3[] = {
-    {"icate", "ic", M_ABOVE_0}, {"ative", "", M_ABOVE_0}, {"alize", "al", M_ABOVE_0}, {"iciti", "ic", M_ABOVE_0},
-    {"ical", "ic", M_ABOVE_0},  {"ful", "", M_ABOVE_0},   {"ness", "", M_ABOVE_0},
+    R("icate", "ic", M_ABOVE_0), R("ative", "", M_ABOVE_0), R("alize", "al", M_ABOVE_0), R("iciti", "ic", M_ABOVE_0),
+    R("ical", "ic", M_ABOVE_0),  R("ful", "", M_ABOVE_0),   R("ness", "", M_ABOVE_0),
 };
 static const rule STEP_4[] = {
-    {"al", "", M_ABOVE_1},   {"ance", "", M_ABOVE_1}, {"ence", "", M_ABOVE_1}, {"er", "", M_ABOVE_1},
-    {"ic", "", M_ABOVE_1},   {"able", "", M_ABOVE_1}, {"ible", "", M_ABOVE_1}, {"ant", "", M_ABOVE_1},
-    {"ement", "", M_ABOVE_1}, {"ment", "", M_ABOVE_1}, {"ent", "", M_ABOVE_1},
-    {"ion", "", M_ABOVE_1_AND_S_OR_T},                 {"ou", "", M_ABOVE_1},   {"ism", "", M_ABOVE_1},
-    {"ate", "", M_ABOVE_1},  {"iti", "", M_ABOVE_1},  {"ous", "", M_ABOVE_1},  {"ive", "", M_ABOVE_1},
-    {"ize", "", M_ABOVE_1},
+    R("al", "", M_ABOVE_1),   R("ance", "", M_ABOVE_1), R("ence", "", M_ABOVE_1), R("er", "", M_ABOVE_1),
+    R("ic", "", M_ABOVE_1),   R("able", "", M_ABOVE_1), R("ible", "", M_ABOVE_1), R("ant", "", M_ABOVE_1),
+    R("ement", "", M_ABOVE_1), R("ment", "", M_ABOVE_1), R("ent", "", M_ABOVE_1),
+    R("ion", "", M_ABOVE_1_AND_S_OR_T),                 R("ou", "", M_ABOVE_1),   R("ism", "", M_ABOVE_1),
+    R("ate", "", M_ABOVE_1),  R("iti", "", M_ABOVE_1),  R("ous", "", M_ABOVE_1),  R("ive", "", M_ABOVE_1),
+    R("ize", "", M_ABOVE_1),
 };
 
 static void step_1b(char *w, int *n) {

@@ -11,7 +11,7 @@ trap 'rm -rf "$WORK"' EXIT
 VERSION=$(sed -n 's/^project(scalingnote VERSION \([0-9.]*\).*/\1/p' "$SRC/CMakeLists.txt")
 [ -n "$VERSION" ] || { echo "FAIL: no project(VERSION) in CMakeLists.txt"; exit 1; }
 PROGRAMS="sn_train sn_embed sn_eval sn_tokenize sn_make_dataset sn_inspect sn_default_run
-          sn_bench sn_bench_cpu sn_bench_comm sn_bench_tokenizer"
+          sn_bench sn_bench_cpu sn_bench_comm sn_bench_tokenizer sn_bench_bm25"
 fail=0
 bad() { echo "FAIL: $*"; fail=1; this_fail=1; }
 for p in $PROGRAMS; do
@@ -23,7 +23,7 @@ for p in $PROGRAMS; do
   grep -q "^usage: \|^usage: \[mpirun" "$WORK/out" || bad "$p --help: no usage on stdout"
   [ -s "$WORK/err" ] && bad "$p --help: wrote to stderr: $(head -2 "$WORK/err")"
   # Each --flag of the usage line(s) is described on a line of its own ("  --flag ...").
-  for flag in $(sed -n '/^usage:/,/^[^ ]/p' "$WORK/out" | grep -o -- '--[a-z][a-z-]*' | sort -u); do
+  for flag in $(sed -n '/^usage:/,/^[^ ]/p' "$WORK/out" | grep -o -- '--[a-z][a-z0-9-]*' | sort -u); do
     grep -qE -- "^  (-[a-z], )?$flag([ ,]|$)|^  --[a-z-]+ [A-Z]+ $flag " "$WORK/out" || bad "$p --help: $flag not described"
   done
   "$bin" --version >"$WORK/out" 2>"$WORK/err"; rc=$?
