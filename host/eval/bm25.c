@@ -49,7 +49,8 @@ static const char *arena_copy(term_arena *a, const char *s, int len) {
 
 // Moves src's chunks to the end of dst's list (src is left empty).
 static void arena_take(term_arena *dst, term_arena *src) {
-  dst->chunks = reallocCheck(dst->chunks, (size_t)(dst->nchunks + src->nchunks + 1) * sizeof *dst->chunks);
+  if (src->nchunks == 0) return;  // a slice without a single term
+  dst->chunks = reallocCheck(dst->chunks, (size_t)(dst->nchunks + src->nchunks) * sizeof *dst->chunks);
   memcpy(dst->chunks + dst->nchunks, src->chunks, (size_t)src->nchunks * sizeof *src->chunks);
   dst->nchunks += src->nchunks;
   dst->used = ARENA_CHUNK_BYTES;  // the last chunk may be another's: never write into it again
