@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # sn_eval --bm25's refusals exit 2 naming the flag: an empty corpus, a model flag or a run file with
-# --bm25, BM25 options without it, k1 and b out of range or not numbers, no --data.
+# --bm25, BM25 options without it, k1 and b out of range or not numbers, no --data. Then
+# sn_bench_bm25's (bad counts, a missing folder) and one small run of it.
 set -uo pipefail
 BUILD=$1
 EXPECT_BIN=$BUILD/sn_eval
@@ -32,4 +33,14 @@ expect "k1 without a value" "--bm25-k1: expected a value after it" --bm25 --data
 # and the good case runs
 "$EXPECT_BIN" --bm25 --data "$D" --quiet --bm25-k1 0 --bm25-b 1 > "$TMP/out.txt" 2>&1 ||
   { echo "FAIL: a good --bm25 run: $(cat "$TMP/out.txt")"; fail=1; }
+
+EXPECT_BIN=$BUILD/sn_bench_bm25
+[ -x "$EXPECT_BIN" ] || { echo "FAIL: $EXPECT_BIN not built"; exit 1; }
+expect "bench: negative --docs" "--docs: expected" --docs -5
+expect "bench: --threads 0" "--threads: expected" --threads 0
+expect "bench: --data a file" "expected a folder" --docs 0 --data "$D/corpus.jsonl"
+expect "bench: --data missing" "no_such_dir" --docs 0 --data "$TMP/no_such_dir"
+"$EXPECT_BIN" --docs 500 --threads 2 --data "$D" > "$TMP/bench.txt" 2>&1 &&
+  grep -q "^synthetic .* 500 docs" "$TMP/bench.txt" && grep -q "^beir .* 1 docs" "$TMP/bench.txt" ||
+  { echo "FAIL: a small sn_bench_bm25 run: $(cat "$TMP/bench.txt")"; fail=1; }
 exit $fail
