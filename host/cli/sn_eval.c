@@ -83,12 +83,25 @@ static const char *const MODEL_FLAGS[] = {"--query-model", "--doc-model", "--dev
                                           "--max-doc-len", "--query-prompt", "--doc-prompt", "--pooling",
                                           "--query-pooling", "--doc-pooling", "--save-doc-emb", "--load-doc-emb"};
 
+// BM25's options: refused without --bm25.
+static const char *const BM25_FLAGS[] = {"--bm25-k1", "--bm25-b", "--no-stem", "--no-stopwords", "--no-lowercase"};
+
 static void note_flag_kind(cli_args *a, const char *f) {
   for (size_t i = 0; i < SN_ARRAY_LEN(MODEL_FLAGS); i++)
     if (!strcmp(f, MODEL_FLAGS[i]) && !a->model_flag) a->model_flag = MODEL_FLAGS[i];
-  if (!strncmp(f, "--bm25-", strlen("--bm25-")) || !strcmp(f, "--no-stem") || !strcmp(f, "--no-stopwords") ||
-      !strcmp(f, "--no-lowercase"))
-    if (!a->bm25_flag) a->bm25_flag = f;
+  for (size_t i = 0; i < SN_ARRAY_LEN(BM25_FLAGS); i++)
+    if (!strcmp(f, BM25_FLAGS[i]) && !a->bm25_flag) a->bm25_flag = BM25_FLAGS[i];
+}
+
+// Flags without a value: 1 when f is one (and applied).
+static int parse_switch(cli_args *a, const char *f) {
+  if (!strcmp(f, "--quiet")) a->eval.verbose = 0;
+  else if (!strcmp(f, "--bm25")) a->bm25 = 1;
+  else if (!strcmp(f, "--no-stem")) a->bm25_opts.stem = 0;
+  else if (!strcmp(f, "--no-stopwords")) a->bm25_opts.stopwords = 0;
+  else if (!strcmp(f, "--no-lowercase")) a->bm25_opts.lowercase = 0;
+  else return 0;
+  return 1;
 }
 
 #define MAX_FLAG_COUNT (1 << 30)  // batch, lengths and k: the tower's limits are checked later
@@ -113,14 +126,7 @@ static void parse_args(int argc, char **argv, cli_args *a) {
     const char *f = argv[i];
     sn_cli_std_flag(f);
     note_flag_kind(a, f);
-    if (!strcmp(f, "--quiet")) a->eval.verbose = 0;
-    else if (!strcmp(f, "--bm25")) a->bm25 = 1;
-    else if (!strcmp(f, "--no-stem")) a->bm25_opts.stem = 0;
-    else if (!strcmp(f, "--no-stopwords")) a->bm25_opts.stopwords = 0;
-    else if (!strcmp(f, "--no-lowercase")) a->bm25_opts.lowercase = 0;
-    if (!strcmp(f, "--quiet") || !strcmp(f, "--bm25") || !strcmp(f, "--no-stem") || !strcmp(f, "--no-stopwords") ||
-        !strcmp(f, "--no-lowercase"))
-      continue;
+    if (parse_switch(a, f)) continue;
     if (i + 1 >= argc) sn_usage_error("%s: expected a value after it", f);
     const char *v = argv[++i];
     if (!strcmp(f, "--query-model")) a->query_model = v;
