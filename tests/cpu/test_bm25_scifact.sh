@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # sn_eval --bm25 on SciFact (../shared/data/scifact; skipped when absent): nDCG@10 of the default
 # analyzer and of the plain one (lower-cased words only, as a plain Lucene-style BM25 scores it)
-# pinned to the values measured when BM25 was written (docs/PERFORMANCE.md), within PIN_TOL.
+# pinned to the values measured when BM25 was written (docs/PERFORMANCE.md), within PIN_TOL; and
+# its run file, scored again by sn_eval --run, gives the same means.
 set -uo pipefail
 BUILD=$1
 SHARED=${SN_SHARED_DIR:-$(dirname "$0")/../../../shared}
@@ -27,4 +28,15 @@ PY
 }
 check "default analyzer (stop words, Porter)" 0.6768
 check "plain (lower-case only)" 0.6618 --no-stem --no-stopwords
+"$BUILD/sn_eval" --bm25 --data "$DATA" --quiet --out "$TMP/bm25.json" --run-out "$TMP/run.trec" > /dev/null 2>&1 &&
+  "$BUILD/sn_eval" --run "$TMP/run.trec" --qrels "$DATA/qrels/test.tsv" --out "$TMP/rescored.json" > /dev/null 2>&1 ||
+  { echo "FAIL: --run-out and scoring it again"; fail=1; }
+python3 - "$TMP/bm25.json" "$TMP/rescored.json" <<'PY' || fail=1
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+keys = ["ndcg@10", "recall@10", "recall@100", "mrr@10"]
+ok = all(abs(a[k] - b[k]) < 1e-9 for k in keys)
+print(f"{'ok' if ok else 'FAIL'}: the run file scored again: " + ", ".join(f"{k} {a[k]:.4f}/{b[k]:.4f}" for k in keys))
+sys.exit(0 if ok else 1)
+PY
 exit $fail
