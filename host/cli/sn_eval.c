@@ -1,7 +1,9 @@
 // sn_eval: retrieval evaluation on BEIR data.
 //   sn_eval --query-model DIR --doc-model DIR --data BEIR_DIR [options]   embed, search, score
+//   sn_eval --bm25 --data BEIR_DIR [options]                               BM25 (no model)
 //   sn_eval --run RUN.trec --qrels QRELS.tsv [--out metrics.json]          score a TREC run file
 // Exit status 2 on bad input, with the file (and line) and what was expected.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,9 @@ static void usage(FILE *f) {
           "               [--pooling last|mean|cls] [--query-pooling P] [--doc-pooling P]\n"
           "               [--save-doc-emb PREFIX] [--load-doc-emb PREFIX]\n"
           "               [--k 100] [--run-out RUN.trec] [--quiet]\n"
+          "       sn_eval --bm25 --data BEIR_DIR [--split test] [--out metrics.json] [--k 100]\n"
+          "               [--run-out RUN.trec] [--bm25-k1 0.9] [--bm25-b 0.4] [--no-stem]\n"
+          "               [--no-stopwords] [--no-lowercase] [--quiet]\n"
           "       sn_eval --run RUN.trec --qrels QRELS.tsv [--out metrics.json]\n"
           "Prompts: the query prompt replaces {text} (or is a prefix); the document prompt replaces\n"
           "{title} and {text}. Tokenized as training tokenizes.\n"
@@ -51,6 +56,14 @@ static void usage(FILE *f) {
           "  --k N                depth of the top-k search (at least 100)\n"
           "  --run-out FILE       write the ranking as a TREC run file\n"
           "  --quiet              no progress lines\n"
+          "  --bm25               rank with BM25 instead of a model (Lucene's scoring; words are runs\n"
+          "                       of letters and digits, lower-cased, Lucene's English stop words\n"
+          "                       removed, Porter-stemmed; document = title + \" \" + text)\n"
+          "  --bm25-k1 X          BM25 term-frequency saturation, >= 0 (default 0.9)\n"
+          "  --bm25-b X           BM25 length normalisation, in [0, 1] (default 0.4)\n"
+          "  --no-stem            BM25 without the Porter stemmer\n"
+          "  --no-stopwords       BM25 keeping the stop words\n"
+          "  --no-lowercase       BM25 keeping the case of words\n"
           "  --run FILE --qrels FILE  score a TREC run file against qrels instead\n"
           "  --help, -h           this text\n"
           "  --version            the scalingnote version\n");
@@ -59,7 +72,37 @@ static void usage(FILE *f) {
 typedef struct {
   const char *query_model, *doc_model, *data, *out, *device, *run, *qrels;
   sn_eval_opts eval;
+  int bm25;
+  sn_bm25_opts bm25_opts;
+  const char *model_flag;  // the first flag given that only a model evaluation reads
+  const char *bm25_flag;   // the first BM25 option given
 } cli_args;
+
+// Flags of the model evaluation (towers, their inputs, saved embeddings): refused with --bm25.
+static const char *const MODEL_FLAGS[] = {"--query-model", "--doc-model", "--device", "--batch", "--max-query-len",
+                                          "--max-doc-len", "--query-prompt", "--doc-prompt", "--pooling",
+                                          "--query-pooling", "--doc-pooling", "--save-doc-emb", "--load-doc-emb"};
+
+// BM25's options: refused without --bm25.
+static const char *const BM25_FLAGS[] = {"--bm25-k1", "--bm25-b", "--no-stem", "--no-stopwords", "--no-lowercase"};
+
+static void note_flag_kind(cli_args *a, const char *f) {
+  for (size_t i = 0; i < SN_ARRAY_LEN(MODEL_FLAGS); i++)
+    if (!strcmp(f, MODEL_FLAGS[i]) && !a->model_flag) a->model_flag = MODEL_FLAGS[i];
+  for (size_t i = 0; i < SN_ARRAY_LEN(BM25_FLAGS); i++)
+    if (!strcmp(f, BM25_FLAGS[i]) && !a->bm25_flag) a->bm25_flag = BM25_FLAGS[i];
+}
+
+// Flags without a value: 1 when f is one (and applied).
+static int parse_switch(cli_args *a, const char *f) {
+  if (!strcmp(f, "--quiet")) a->eval.verbose = 0;
+  else if (!strcmp(f, "--bm25")) a->bm25 = 1;
+  else if (!strcmp(f, "--no-stem")) a->bm25_opts.stem = 0;
+  else if (!strcmp(f, "--no-stopwords")) a->bm25_opts.stopwords = 0;
+  else if (!strcmp(f, "--no-lowercase")) a->bm25_opts.lowercase = 0;
+  else return 0;
+  return 1;
+}
 
 #define MAX_FLAG_COUNT (1 << 30)  // batch, lengths and k: the tower's limits are checked later
 
@@ -77,14 +120,13 @@ static void parse_args(int argc, char **argv, cli_args *a) {
   a->eval.max_query_len = a->eval.max_doc_len = 0;  // 0: from the export, else the default (sn_eval_apply_export)
   a->eval.verbose = 1;
   a->device = "cpu";
+  sn_bm25_opts_default(&a->bm25_opts);
   sn_cli_init("sn_eval", usage);
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
     sn_cli_std_flag(f);
-    if (!strcmp(f, "--quiet")) {
-      a->eval.verbose = 0;
-      continue;
-    }
+    note_flag_kind(a, f);
+    if (parse_switch(a, f)) continue;
     if (i + 1 >= argc) sn_usage_error("%s: expected a value after it", f);
     const char *v = argv[++i];
     if (!strcmp(f, "--query-model")) a->query_model = v;
@@ -107,6 +149,8 @@ static void parse_args(int argc, char **argv, cli_args *a) {
     else if (!strcmp(f, "--run-out")) a->eval.run_out = v;
     else if (!strcmp(f, "--run")) a->run = v;
     else if (!strcmp(f, "--qrels")) a->qrels = v;
+    else if (!strcmp(f, "--bm25-k1")) a->bm25_opts.k1 = (float)sn_flag_f64(f, v, 0, HUGE_VAL);
+    else if (!strcmp(f, "--bm25-b")) a->bm25_opts.b = (float)sn_flag_f64(f, v, 0, 1);
     else sn_usage_error("unknown option '%s'", f);
   }
 }
@@ -150,6 +194,21 @@ static int score_run_file(const cli_args *a) {
   return 0;
 }
 
+// sn_eval --bm25: no towers, the same data loading, metrics and reports.
+static int evaluate_bm25(cli_args *a) {
+  char err[ERR_LEN];
+  if (sn_bm25_opts_check(&a->bm25_opts, "--bm25-k1", "--bm25-b", err, sizeof err)) sn_usage_error("%s", err);
+  sn_beir data;
+  if (sn_beir_load(a->data, a->eval.split, &data, err, sizeof err)) sn_bad_input("%s", err);
+  sn_log("data: %d documents, %d queries judged in qrels/%s.tsv", data.corpus.n, data.queries.n, a->eval.split);
+  sn_eval_result r;
+  if (sn_eval_bm25_run(&a->eval, &a->bm25_opts, &data, &r, err, sizeof err)) sn_bad_input("%s", err);
+  sn_eval_print_table(a->eval.split, &r);
+  if (a->out && sn_eval_write_json(a->out, a->eval.split, &r, err, sizeof err)) sn_fatal("%s", err);
+  sn_beir_free(&data);
+  return 0;
+}
+
 static sn_tokenizer *load_tokenizer(const char *dir) {
   char err[ERR_LEN];
   sn_tokenizer *tok = sn_tokenizer_load(dir, err, sizeof err);
@@ -160,6 +219,11 @@ static sn_tokenizer *load_tokenizer(const char *dir) {
 int main(int argc, char **argv) {
   cli_args a;
   parse_args(argc, argv, &a);
+  if (a.bm25 && a.model_flag)
+    sn_usage_error("--bm25 ranks without a model: %s does not go with it (drop one of them)", a.model_flag);
+  if (a.bm25 && (a.run || a.qrels))
+    sn_usage_error("--bm25 ranks the corpus of --data: it does not go with --run/--qrels (a run file to score)");
+  if (!a.bm25 && a.bm25_flag) sn_usage_error("%s is a BM25 option: it goes with --bm25", a.bm25_flag);
   sn_flag_path_kind("--query-model", a.query_model, 1);
   sn_flag_path_kind("--doc-model", a.doc_model, 1);
   if (a.query_model) sn_export_check_model_folder(a.query_model, "--query-model");
@@ -170,6 +234,10 @@ int main(int argc, char **argv) {
   if (a.run || a.qrels) {
     if (!a.run || !a.qrels) sn_usage_error("--run and --qrels go together (a TREC run file and its qrels)");
     return score_run_file(&a);
+  }
+  if (a.bm25) {
+    if (!a.data) sn_usage_error("--bm25 expects --data BEIR_DIR (corpus.jsonl, queries.jsonl, qrels/)");
+    return evaluate_bm25(&a);
   }
   if (!a.query_model || !a.doc_model || !a.data)
     sn_usage_error("expected --query-model DIR, --doc-model DIR and --data BEIR_DIR");

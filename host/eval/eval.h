@@ -10,6 +10,7 @@
 
 #include "beir.h"
 #include "export.h"
+#include "bm25.h"
 #include "model.h"
 #include "ops.h"
 #include "tokenizer.h"
@@ -169,6 +170,25 @@ int sn_eval_check_sizes(const sn_eval_opts *opts, const sn_model *query_tower, c
 int sn_eval_run(const sn_eval_opts *opts, const sn_beir *data, sn_model *query_tower,
                 const sn_tokenizer *query_tok, sn_model *doc_tower, const sn_tokenizer *doc_tok,
                 sn_eval_result *out, char *err, size_t errlen);
+
+// Whether Q x k ranked entries fit in this host's memory. Returns 0, or -1 with err naming --k.
+int sn_eval_check_topk_sizes(const sn_eval_opts *opts, int Q, int k, char *err, size_t errlen);
+
+// The tail of every evaluation: the (Q, k) top-k lists of data's queries as a run (an index of -1
+// ends a shorter list; a query without any result is left out of the run, so it is reported as
+// missing from it and counts 0), written to opts->run_out when set, scored into out->mean,
+// out->num_queries and out->num_docs. Returns 0, or -1 with err when the run file cannot be written.
+int sn_eval_score_topk(const sn_eval_opts *opts, const sn_beir *data, const int32_t *idx, const float *scores,
+                       int k, sn_eval_result *out, char *err, size_t errlen);
+
+// ---- BM25 (eval_bm25.c) ------------------------------------------------------------------------
+
+// BM25 evaluation on loaded BEIR data: the corpus indexed (title + " " + text), data's queries
+// searched to depth max(opts->k, SN_EVAL_MAX_METRIC_K), scored as sn_eval_run scores. Reads only
+// opts' split, k, run_out and verbose; out->seconds_embed_docs is the index build,
+// out->seconds_search the search. Returns 0, or -1 with err (bad options, an unwritable run file).
+int sn_eval_bm25_run(const sn_eval_opts *opts, const sn_bm25_opts *bm25, const sn_beir *data, sn_eval_result *out,
+                     char *err, size_t errlen);
 
 // Adds a metrics object's keys to j (a cJSON object): ours ("recall@10", "recall@100", "ndcg@10",
 // "mrr@10") and MTEB's names of the same values ("recall_at_10", "recall_at_100", "ndcg_at_10",

@@ -59,7 +59,7 @@ static int check_tower_sizes(const sn_eval_opts *o, const sn_model *m, const cha
 }
 
 // Q x k ranked entries (index, score, run entry and its copied id) live in host memory at once.
-static int check_topk_sizes(const sn_eval_opts *o, int Q, int k, char *err, size_t errlen) {
+int sn_eval_check_topk_sizes(const sn_eval_opts *o, int Q, int k, char *err, size_t errlen) {
   const size_t per_entry = sizeof(int32_t) + sizeof(float) + sizeof(sn_run_doc) + sizeof(void *);
   const size_t host_bytes = sn_host_memory_bytes();
   size_t entries, bytes;
@@ -149,18 +149,35 @@ static int cmp_run_query_id(const void *a, const void *b) {
 }
 
 // The search result as a run (owning copies of the ids), sorted by query id for the metrics.
+// Entries with index -1 (BM25's short lists) are not part of it, nor a query left without any.
 static void build_run(sn_run *run, const sn_beir *data, const int32_t *idx, const float *scores, int k) {
-  run->nqueries = data->queries.n;
-  run->queries = callocCheck((size_t)run->nqueries, sizeof *run->queries);
-  for (int q = 0; q < run->nqueries; q++) {
-    sn_run_query *rq = &run->queries[q];
+  run->nqueries = 0;
+  run->queries = callocCheck((size_t)SN_MAX(data->queries.n, 1), sizeof *run->queries);
+  for (int q = 0; q < data->queries.n; q++) {
+    const int32_t *qidx = idx + (size_t)q * k;
+    const float *qscores = scores + (size_t)q * k;
+    int ndocs = 0;
+    while (ndocs < k && qidx[ndocs] >= 0) ndocs++;
+    if (ndocs == 0) continue;
+    sn_run_query *rq = &run->queries[run->nqueries++];
     rq->query_id = strdupCheck(data->queries.ids[q]);
-    rq->ndocs = k;
-    rq->docs = mallocCheck((size_t)k * sizeof *rq->docs);
-    for (int r = 0; r < k; r++)
-      rq->docs[r] = (sn_run_doc){strdupCheck(data->corpus.ids[idx[(size_t)q * k + r]]), scores[(size_t)q * k + r]};
+    rq->ndocs = ndocs;
+    rq->docs = mallocCheck((size_t)ndocs * sizeof *rq->docs);
+    for (int r = 0; r < ndocs; r++) rq->docs[r] = (sn_run_doc){strdupCheck(data->corpus.ids[qidx[r]]), qscores[r]};
   }
   qsort(run->queries, (size_t)run->nqueries, sizeof *run->queries, cmp_run_query_id);
+}
+
+int sn_eval_score_topk(const sn_eval_opts *o, const sn_beir *data, const int32_t *idx, const float *scores, int k,
+                       sn_eval_result *out, char *err, size_t errlen) {
+  sn_run run;
+  build_run(&run, data, idx, scores, k);
+  int rc = 0;
+  if (o->run_out) rc = sn_run_write_trec(o->run_out, &run, RUN_TAG, err, errlen);
+  sn_metrics_compute(&data->qrels, &run, &out->mean, &out->num_queries, NULL);
+  out->num_docs = data->corpus.n;
+  sn_run_free(&run);
+  return rc;
 }
 
 int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_tower,
@@ -175,7 +192,7 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
   if (sn_eval_check_sizes(o, query_tower, o->load_doc_emb ? NULL : doc_tower, err, errlen) != 0) return -1;
   const int N = data->corpus.n, Q = data->queries.n;
   const int k = SN_MIN(SN_MAX(o->k, SN_EVAL_MAX_METRIC_K), N);
-  if (check_topk_sizes(o, Q, k, err, errlen) != 0) return -1;
+  if (sn_eval_check_topk_sizes(o, Q, k, err, errlen) != 0) return -1;
 
   float *docs;
   if (o->load_doc_emb) {
@@ -209,15 +226,9 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
   sn_topk_exact(doc_tower->ops, docs, N, queries, Q, C, k, (const char *const *)data->corpus.ids, idx, scores);
   out->seconds_search = sn_now_s() - t2;
 
-  sn_run run;
-  build_run(&run, data, idx, scores, k);
-  int rc = 0;
-  if (o->run_out) rc = sn_run_write_trec(o->run_out, &run, RUN_TAG, err, errlen);
-  sn_metrics_compute(&data->qrels, &run, &out->mean, &out->num_queries, NULL);
-  out->num_docs = N;
+  const int rc = sn_eval_score_topk(o, data, idx, scores, k, out, err, errlen);
   out->seconds = sn_now_s() - t0;
 
-  sn_run_free(&run);
   free(idx);
   free(scores);
   free(queries);

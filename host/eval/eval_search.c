@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "eval.h"
+#include "topk_heap.h"
 
 #define QUERY_BLOCK 256
 #define DOC_BLOCK 4096
@@ -20,57 +21,6 @@
 #define DEVICE_QUERY_BLOCK 1024
 #define DEVICE_DOC_BLOCK 16384
 #define EMPTY_IDX (-1)  // topk_merge's empty list entry
-
-typedef struct {
-  float score;
-  int32_t idx;
-} scored;
-
-typedef struct {
-  const char *const *ids;  // NULL: ties broken by index
-} tie_rule;
-
-// 1 when a ranks above b in trec order (score desc, then id desc).
-static inline int ranks_above(scored a, scored b, const tie_rule *t) {
-  if (a.score != b.score) return a.score > b.score;
-  if (t->ids) return strcmp(t->ids[a.idx], t->ids[b.idx]) > 0;
-  return a.idx > b.idx;
-}
-
-// Min-heap on trec order: the root is the worst of the k kept.
-static void heap_sift_down(scored *h, int n, int i, const tie_rule *t) {
-  for (;;) {
-    int l = 2 * i + 1, r = l + 1, w = i;
-    if (l < n && ranks_above(h[w], h[l], t)) w = l;
-    if (r < n && ranks_above(h[w], h[r], t)) w = r;
-    if (w == i) return;
-    scored tmp = h[i];
-    h[i] = h[w];
-    h[w] = tmp;
-    i = w;
-  }
-}
-
-static void heap_sift_up(scored *h, int i, const tie_rule *t) {
-  while (i > 0) {
-    int p = (i - 1) / 2;
-    if (!ranks_above(h[p], h[i], t)) return;
-    scored tmp = h[i];
-    h[i] = h[p];
-    h[p] = tmp;
-    i = p;
-  }
-}
-
-static void heap_offer(scored *h, int *n, int k, scored x, const tie_rule *t) {
-  if (*n < k) {
-    h[*n] = x;
-    heap_sift_up(h, (*n)++, t);
-  } else if (ranks_above(x, h[0], t)) {
-    h[0] = x;
-    heap_sift_down(h, k, 0, t);
-  }
-}
 
 // The CPU backend's buffers are host memory in fp32, so its matmul can read ours directly.
 static int ops_reads_host_f32(const sn_ops *ops) {
@@ -150,9 +100,9 @@ void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float 
     return;
   }
   const sn_ops *host = sn_ops_cpu();  // its buffers are host memory: its ops read ours directly
-  const tie_rule tie = {doc_ids};
+  const sn_tie_rule tie = {doc_ids};
   float *S = mallocCheck((size_t)QUERY_BLOCK * DOC_BLOCK * sizeof *S);
-  scored *heaps = mallocCheck((size_t)QUERY_BLOCK * (size_t)k * sizeof *heaps);
+  sn_scored *heaps = mallocCheck((size_t)QUERY_BLOCK * (size_t)k * sizeof *heaps);
   int *heap_len = mallocCheck(QUERY_BLOCK * sizeof *heap_len);
   for (int q0 = 0; q0 < Q; q0 += QUERY_BLOCK) {
     int nq = SN_MIN(QUERY_BLOCK, Q - q0);
@@ -166,24 +116,15 @@ void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float 
         host->scores_f32(S, qb, db, nq, nd, C);
 #pragma omp parallel for schedule(static)
       for (int i = 0; i < nq; i++) {
-        scored *h = heaps + (size_t)i * k;
+        sn_scored *h = heaps + (size_t)i * k;
         const float *row = S + (size_t)i * nd;
-        for (int j = 0; j < nd; j++) heap_offer(h, &heap_len[i], k, (scored){row[j], (int32_t)(d0 + j)}, &tie);
+        for (int j = 0; j < nd; j++) sn_heap_offer(h, &heap_len[i], k, (sn_scored){row[j], (int32_t)(d0 + j)}, &tie);
       }
     }
-    // Pop the worst into the back: the heap empties into best-first order.
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < nq; i++) {
-      scored *h = heaps + (size_t)i * k;
-      int32_t *idx = out_idx + (size_t)(q0 + i) * k;
-      float *sc = out_scores + (size_t)(q0 + i) * k;
-      for (int n = heap_len[i]; n > 0; n--) {
-        idx[n - 1] = h[0].idx;
-        sc[n - 1] = h[0].score;
-        h[0] = h[n - 1];
-        heap_sift_down(h, n - 1, 0, &tie);
-      }
-    }
+    for (int i = 0; i < nq; i++)
+      sn_heap_drain(heaps + (size_t)i * k, heap_len[i], &tie, out_idx + (size_t)(q0 + i) * k,
+                    out_scores + (size_t)(q0 + i) * k);
   }
   free(S);
   free(heaps);
