@@ -16,10 +16,23 @@ SLURM_CLUSTER_STOP_WAIT_S=10       # a daemon that ignores SIGTERM this long get
 
 slurm_cluster_pids=()
 
-# Every daemon we started gets SIGTERM, then SIGKILL if it lingers. Idempotent.
+# Jobs still queued or running are cancelled first (their tasks and slurmstepd must not outlive
+# the cluster); then every daemon we started gets SIGTERM, and SIGKILL if it lingers. Idempotent.
 slurm_cluster_stop() {
-  local pid waited
+  local pid waited jobs
   [[ -n ${SLURM_CLUSTER_DIR:-} ]] || return 0
+  if [[ -s $SLURM_CLUSTER_DIR/slurmctld.pid ]]; then
+    jobs=$(squeue -h -o %i 2>/dev/null || true)
+    if [[ -n $jobs ]]; then
+      # shellcheck disable=SC2086  # one id a word
+      scancel $jobs 2>/dev/null || true
+      waited=0
+      while squeue -h -o %i 2>/dev/null | grep -q . && ((waited < SLURM_CLUSTER_STOP_WAIT_S * 10)); do
+        sleep 0.1
+        waited=$((waited + 1))
+      done
+    fi
+  fi
   for pidfile in "$SLURM_CLUSTER_DIR"/slurmd.pid "$SLURM_CLUSTER_DIR"/slurmctld.pid "$SLURM_CLUSTER_DIR"/munged.pid; do
     [[ -s $pidfile ]] || continue
     slurm_cluster_pids+=("$(cat "$pidfile")")
@@ -75,6 +88,8 @@ slurm_cluster_start() {
   SLURM_CLUSTER_DIR=$1
   slurm_cluster_check
   trap slurm_cluster_stop EXIT
+  trap 'exit 143' TERM  # ctest's timeout: exit, so that the EXIT trap stops the daemons
+  trap 'exit 130' INT
   local d=$SLURM_CLUSTER_DIR
   mkdir -p "$d"/{log,state,spool,munge}
   chmod 755 "$d"/munge  # munged wants its socket folder searchable by all; the key stays 0400
