@@ -32,7 +32,7 @@
 // within S s ..." (MPI_Abort on MPI; ncclCommAbort then exit on NCCL). A rank that exits while
 // the others wait makes mpirun kill the job at once (Open MPI aborts a job when a rank exits
 // non-zero or without MPI_Finalize); under srun/NCCL the survivors see an NCCL error or the
-// timeout. timeout_s must exceed the longest legitimate wait at a collective (a rank doing an
+// timeout; on TCP its connection closes, and rank 0 ends the job naming it. timeout_s must exceed the longest legitimate wait at a collective (a rank doing an
 // evaluation or a checkpoint while the others wait): the default is SN_COMM_DEFAULT_TIMEOUT_S.
 #pragma once
 #include <stddef.h>

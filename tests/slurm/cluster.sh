@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # A one-host Slurm cluster for the tests: munged, slurmctld and slurmd started directly (no
 # systemd), every state, spool, log and socket file under one folder, stopped by a trap whatever
 # happens. Sourced by the tests of tests/slurm/, never run on its own:
@@ -82,12 +83,12 @@ slurm_cluster_check() {
 }
 
 # slurm_cluster_start DIR: writes munge.key and slurm.conf into DIR, starts the three daemons and
-# waits until the node is idle. Installs an EXIT trap that stops them (chain your own cleanup by
-# calling slurm_cluster_stop from it).
+# waits until the node is idle. Installs an EXIT trap that stops them, then runs the command in
+# SLURM_CLUSTER_AT_EXIT (the caller's own cleanup), if any.
 slurm_cluster_start() {
   SLURM_CLUSTER_DIR=$1
   slurm_cluster_check
-  trap slurm_cluster_stop EXIT
+  trap 'slurm_cluster_stop; eval "${SLURM_CLUSTER_AT_EXIT:-}"' EXIT
   trap 'exit 143' TERM  # ctest's timeout: exit, so that the EXIT trap stops the daemons
   trap 'exit 130' INT
   local d=$SLURM_CLUSTER_DIR

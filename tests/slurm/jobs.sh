@@ -1,8 +1,25 @@
+# shellcheck shell=bash
 # Submitting dist/slurm/sn_train.sbatch to the test cluster and following its jobs. Sourced by the
-# tests of tests/slurm/ after cluster.sh; needs SRC, BUILD and the current folder (the jobs' run
-# folders, logs and config are there).
+# tests of tests/slurm/ (it sources cluster.sh and tiny_run.sh's same_run); needs SRC and BUILD.
+#
+#   source "$SRC/tests/slurm/jobs.sh"
+#   slurm_test_begin   # skip (77) or: a work folder (the current one from now on), the cluster up
+source "$SRC/tests/slurm/cluster.sh"
+source "$SRC/tests/cpu/tiny_run.sh"  # same_run
 
 SLURM_JOB_POLL_S=0.2
+
+# Skips the test (exit 77) where it cannot run; else makes WORK, changes into it and starts the
+# cluster in WORK/cluster. At exit the cluster stops and WORK goes, whatever happened.
+slurm_test_begin() {
+  slurm_cluster_check
+  python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
+  WORK=$(mktemp -d)
+  # shellcheck disable=SC2016  # expanded at exit
+  SLURM_CLUSTER_AT_EXIT='rm -rf "$WORK"'
+  cd "$WORK" || exit 1
+  slurm_cluster_start "$WORK/cluster"
+}
 
 # job_config STEPS1 STEPS2: training data in data/ and cfg.json: tiny towers, one thread a rank, a
 # communicator timeout well below the test's, and no periodic checkpoint within the run (a
@@ -104,5 +121,9 @@ two_ranks() {
       "$BUILD/sn_train" --config cfg.json --set run_dir="$name" "$@" 2> "$name-$rank.log" &
     pids+=($!)
   done
-  wait "${pids[0]}" && wait "${pids[1]}" || { tail "$name"-*.log; return 1; }
+  local status=0
+  wait "${pids[0]}" || status=1
+  wait "${pids[1]}" || status=1
+  [[ $status == 0 ]] || tail "$name"-*.log
+  return $status
 }

@@ -8,20 +8,13 @@
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-source "$SRC/tests/slurm/cluster.sh"
 source "$SRC/tests/slurm/jobs.sh"
-source "$SRC/tests/cpu/tiny_run.sh"  # same_run
-slurm_cluster_check
-python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
 
 TARGET_JOB_S=40        # uninterrupted job length: past Slurm's first time-limit check (30 s)
 CALIBRATION_STEPS=200 CALIBRATION_SKIP=20
 MIN_STEPS=1000 MAX_STEPS=40000
 
-WORK=$(mktemp -d)
-cleanup() { slurm_cluster_stop; rm -rf "$WORK"; }
-trap cleanup EXIT
-cd "$WORK"
+slurm_test_begin
 job_config 1 1
 # The step time, from the training's own clock (metrics' elapsed_s), past the first steps' warm-up.
 two_ranks calibration --stage 1 --set stage1.steps=$CALIBRATION_STEPS || exit 1
@@ -33,9 +26,6 @@ print(min($MAX_STEPS, max($MIN_STEPS, int($TARGET_JOB_S / step_s))))
 PY
 )
 STAGE1=(--stage 1 --set stage1.steps="$steps")
-
-slurm_cluster_start "$WORK/cluster"
-trap cleanup EXIT  # slurm_cluster_start set its own
 id=$(submit_job limit --time=1 -- "${STAGE1[@]}")
 submitted=$SECONDS
 wait_job "$id" 300

@@ -14,20 +14,11 @@
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-source "$SRC/tests/slurm/cluster.sh"
 source "$SRC/tests/slurm/jobs.sh"
-source "$SRC/tests/cpu/tiny_run.sh"  # same_run
-slurm_cluster_check
-python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
 
 KILL_FAILS_WITHIN_S=30  # a killed rank must end the job this fast (the comm timeout is 60 s)
 
-WORK=$(mktemp -d)
-cleanup() { slurm_cluster_stop; rm -rf "$WORK"; }
-trap cleanup EXIT
-cd "$WORK"
-slurm_cluster_start "$WORK/cluster"
-trap cleanup EXIT  # slurm_cluster_start set its own
+slurm_test_begin
 
 job_config 200 20  # stage 1 steps, stage 2 steps: a few seconds, long enough to signal mid-run
 SHORT=(--set stage1.steps=4 --set stage2.steps=3)  # as the MPI tests: losses still within 1e-5
