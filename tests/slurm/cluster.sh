@@ -80,6 +80,11 @@ slurm_cluster_check() {
     echo "SKIP: the one-host Slurm cluster runs its daemons as root (SlurmUser=root)"
     exit 77
   fi
+  # The daemons and the job's rendezvous (MASTER_ADDR is the node's name) look the name up.
+  if ! getent hosts "$(hostname -s)" >/dev/null; then
+    echo "SKIP: this host's name '$(hostname -s)' does not resolve (add it to /etc/hosts)"
+    exit 77
+  fi
 }
 
 # slurm_cluster_start DIR: writes munge.key and slurm.conf into DIR, starts the three daemons and
