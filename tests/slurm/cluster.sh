@@ -153,6 +153,7 @@ NodeName=$node CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=test Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
   export SLURM_CONF=$d/slurm.conf
+  SLURM_CLUSTER_STARTED_AT=$(date +%s.%N)  # slurmctld's periodic checks count from here
   slurmctld -f "$SLURM_CONF" >"$d"/log/slurmctld.out 2>&1 || slurm_cluster_fail "slurmctld did not start"
   slurmd -f "$SLURM_CONF" >"$d"/log/slurmd.out 2>&1 || slurm_cluster_fail "slurmd did not start"
 

@@ -12,7 +12,7 @@
 #              requeued, it resumes from the last complete checkpoint and ends byte-identical too.
 # The real time limit is test_slurm_time_limit.sh (it costs a minute of waiting).
 set -euo pipefail
-BUILD=$1
+BUILD=$(cd "$1" && pwd)  # absolute: the test works in its own folder
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 source "$SRC/tests/slurm/jobs.sh"
 
