@@ -283,8 +283,9 @@ static int listen_on_port(int port, char *err, size_t err_len) {
   return fd;
 }
 
+// kept (world entries) or NULL: where the connections of a successful round stay open, else closed.
 static int rank0_serve(int port, const char *addr, int world, const void *blob, size_t bytes,
-                       double timeout_s, char *err, size_t err_len) {
+                       double timeout_s, int *kept, char *err, size_t err_len) {
   int listen_fd = listen_on_port(port, err, err_len);
   if (listen_fd < 0) return -1;
   double deadline = sn_now_s() + timeout_s;
@@ -348,8 +349,10 @@ static int rank0_serve(int port, const char *addr, int world, const void *blob, 
       status = -1;
     }
   }
-  for (int r = 1; r < world; r++)
-    if (peer_fd[r] >= 0) close(peer_fd[r]);
+  for (int r = 1; r < world; r++) {
+    if (kept && status == 0) kept[r] = peer_fd[r];
+    else if (peer_fd[r] >= 0) close(peer_fd[r]);
+  }
   free(peer_fd);
   return status;
 }
@@ -388,8 +391,9 @@ static int connect_once(const char *addr, int port, double deadline, char *why, 
   return fd;
 }
 
+// kept or NULL: where the connection to rank 0 stays open after a successful round, else closed.
 static int peer_join(const char *addr, int port, int rank, int world, void *blob, size_t bytes,
-                     double timeout_s, char *err, size_t err_len) {
+                     double timeout_s, int *kept, char *err, size_t err_len) {
   double deadline = sn_now_s() + timeout_s;
   char why[256] = "no attempt";
   int fd = -1;
@@ -428,12 +432,13 @@ static int peer_join(const char *addr, int port, int rank, int world, void *blob
               rank, addr, port, strerror(errno));
     status = -1;
   }
-  close(fd);
+  if (kept && status == 0) *kept = fd;
+  else close(fd);
   return status;
 }
 
-int sn_rendezvous(const char *addr, int port, int rank, int world_size, void *blob, size_t bytes,
-                  double timeout_s, char *err, size_t err_len) {
+static int rendezvous(const char *addr, int port, int rank, int world_size, void *blob, size_t bytes,
+                      double timeout_s, int *kept, char *err, size_t err_len) {
   if (world_size <= 1) return 0;
   if (!addr || !*addr || port <= 0 || port > SN_MAX_PORT) {
     set_err(err, err_len,
@@ -442,6 +447,28 @@ int sn_rendezvous(const char *addr, int port, int rank, int world_size, void *bl
             world_size, addr ? addr : "", port);
     return -1;
   }
-  if (rank == 0) return rank0_serve(port, addr, world_size, blob, bytes, timeout_s, err, err_len);
-  return peer_join(addr, port, rank, world_size, blob, bytes, timeout_s, err, err_len);
+  if (rank == 0) return rank0_serve(port, addr, world_size, blob, bytes, timeout_s, kept, err, err_len);
+  return peer_join(addr, port, rank, world_size, blob, bytes, timeout_s, kept, err, err_len);
+}
+
+int sn_rendezvous(const char *addr, int port, int rank, int world_size, void *blob, size_t bytes,
+                  double timeout_s, char *err, size_t err_len) {
+  return rendezvous(addr, port, rank, world_size, blob, bytes, timeout_s, NULL, err, err_len);
+}
+
+int sn_rendezvous_connect(const char *addr, int port, int rank, int world_size, double timeout_s,
+                          int *fds, char *err, size_t err_len) {
+  for (int r = 0; r < world_size; r++) fds[r] = -1;
+  int *kept = rank == 0 ? fds : &fds[0];
+  if (rendezvous(addr, port, rank, world_size, NULL, 0, timeout_s, kept, err, err_len) != 0) return -1;
+  // Blocking from here on (the connecting side's socket was non-blocking for its timed connect);
+  // no Nagle delay: collectives are request/response.
+  for (int r = 0; r < world_size; r++) {
+    if (fds[r] < 0) continue;
+    int flags = fcntl(fds[r], F_GETFL);
+    if (flags >= 0) fcntl(fds[r], F_SETFL, flags & ~O_NONBLOCK);
+    int one = 1;
+    setsockopt(fds[r], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
+  return 0;
 }

@@ -36,3 +36,11 @@ sn_dist_env sn_dist_detect(void);
 // -1 with a message in err naming the address and, on rank 0, the missing ranks. Returns 0.
 int sn_rendezvous(const char *addr, int port, int rank, int world_size, void *blob, size_t bytes,
                   double timeout_s, char *err, size_t err_len);
+
+// The same round with bytes == 0, the connections kept open: the links of a communicator whose
+// collectives go through rank 0 (comm_tcp.c). fds has world_size entries: on rank 0, fds[r] is the
+// connection to rank r (fds[0] = -1); on the other ranks fds[0] is the connection to rank 0 and
+// the rest are -1. The sockets are blocking, with TCP_NODELAY. Returns 0, or -1 with err (as
+// sn_rendezvous), no connection left open.
+int sn_rendezvous_connect(const char *addr, int port, int rank, int world_size, double timeout_s,
+                          int *fds, char *err, size_t err_len);

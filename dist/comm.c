@@ -30,6 +30,7 @@ const char *sn_comm_backend_name(sn_comm_backend backend) {
     case SN_COMM_SINGLE: return "single";
     case SN_COMM_MPI: return "mpi";
     case SN_COMM_NCCL: return "nccl";
+    case SN_COMM_TCP: return "tcp";
   }
   return "?";
 }
@@ -58,6 +59,15 @@ _Noreturn void sn_comm_abort_job(sn_comm *c, sn_watchdog_abort_fn abort_fn, cons
   alarm(SN_ABORT_GRACE_S);
   if (abort_fn) abort_fn(c);
   _exit(SN_EXIT_FAILURE);  // not exit(): atexit handlers of CUDA/MPI may block on the dead peer
+}
+
+void sn_comm_sum_in_rank_order(float *out, const float *partials, int n, size_t len) {
+  if (len == 0) return;  // a slice can be empty when the buffer has fewer elements than ranks
+  memcpy(out, partials, len * sizeof(float));
+  for (int r = 1; r < n; r++) {
+    const float *p = partials + (size_t)r * len;
+    for (size_t i = 0; i < len; i++) out[i] += p[i];
+  }
 }
 
 // ---- watchdog ----------------------------------------------------------------------------------
@@ -228,6 +238,12 @@ static void single_init(sn_comm *c, int on_device) {
 
 // ---- creation ----------------------------------------------------------------------------------
 
+// mpirun and PMI launchers say so by their variables; srun --mpi=pmix sets PMIX_RANK beside
+// Slurm's own. Anything else (srun --mpi=none, RANK/WORLD_SIZE) has no MPI to talk through.
+static int started_by_mpi(const sn_dist_env *env) {
+  return strcmp(env->launcher, "mpirun") == 0 || strcmp(env->launcher, "pmi") == 0 || getenv("PMIX_RANK");
+}
+
 sn_comm *sn_comm_create(const char *device, double timeout_s) {
   sn_dist_env env = sn_dist_detect();
   sn_comm *c = callocCheck(1, sizeof(*c));
@@ -241,7 +257,7 @@ sn_comm *sn_comm_create(const char *device, double timeout_s) {
   if (device && strcmp(device, "cpu") == 0) {
     if (env.world_size == 1) {
       single_init(c, 0);
-    } else {
+    } else if (started_by_mpi(&env)) {
 #ifdef SN_WITH_MPI
       sn_comm_mpi_init(c);
 #else
@@ -249,6 +265,13 @@ sn_comm *sn_comm_create(const char *device, double timeout_s) {
                    "(rebuild with MPI installed and SN_WITH_MPI=ON)",
                    env.world_size, env.launcher);
 #endif
+    } else {
+      if (!env.master_addr[0] || env.master_port == 0)
+        sn_bad_input("--device cpu with %d ranks (launcher %s) and no MPI launcher: set MASTER_ADDR "
+                     "and MASTER_PORT (rank 0's node and a free port) for the TCP communicator, or "
+                     "start the ranks with mpirun (or srun --mpi=pmix)",
+                     env.world_size, env.launcher);
+      sn_comm_tcp_init(c, &env);
     }
   } else if (device && strcmp(device, "cuda") == 0) {
 #ifdef SN_WITH_NCCL
@@ -281,8 +304,9 @@ void sn_comm_destroy(sn_comm *c) {
 static void check_dtype(sn_comm *c, sn_dtype dtype, const char *op) {
   if (dtype != SN_DTYPE_F32 && dtype != SN_DTYPE_BF16)
     sn_fatal("communicator %s: dtype %d is not supported (f32 or bf16)", op, (int)dtype);
-  if (dtype == SN_DTYPE_BF16 && c->backend == SN_COMM_MPI)
-    sn_fatal("communicator %s: bf16 on the MPI backend: the CPU backend is fp32 only", op);
+  if (dtype == SN_DTYPE_BF16 && (c->backend == SN_COMM_MPI || c->backend == SN_COMM_TCP))
+    sn_fatal("communicator %s: bf16 on the %s backend: the CPU backend is fp32 only", op,
+             sn_comm_backend_name(c->backend));
 }
 
 void sn_comm_set_compute_stream(sn_comm *c, void *stream) { c->impl->vt->set_compute_stream(c, stream); }

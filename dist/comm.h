@@ -3,7 +3,11 @@
 // Backends (chosen by sn_comm_create from the device and the launcher, see bootstrap.h):
 //   SN_COMM_SINGLE  world size 1: collectives are copies (or nothing). --device cpu, and cuda in
 //                   builds without NCCL.
-//   SN_COMM_MPI     --device cpu with world size > 1. Buffers are host memory, fp32 only.
+//   SN_COMM_MPI     --device cpu with world size > 1 under an MPI launcher (mpirun, PMI, PMIx).
+//                   Buffers are host memory, fp32 only.
+//   SN_COMM_TCP     --device cpu with world size > 1 without MPI (srun --mpi=none, RANK/WORLD_SIZE):
+//                   the TCP rendezvous's connections, every collective through rank 0. Host
+//                   memory, fp32 only, the same bits as MPI (comm_tcp.c).
 //   SN_COMM_NCCL    --device cuda (also at world size 1: it exercises the real path). Buffers are
 //                   device memory; bf16 and fp32. One GPU per rank: local_rank % device_count.
 //
@@ -19,7 +23,7 @@
 // every backend.
 //
 // Determinism. Sums are exact-order: every all-reduce and reduce-scatter adds the ranks'
-// contributions in rank order (0, 1, …, n-1) in fp32 on MPI, so results are the same run to run
+// contributions in rank order (0, 1, …, n-1) in fp32 on MPI and TCP, so results are the same run to run
 // and bitwise identical on every rank. NCCL's order is fixed for a given world size, topology and
 // NCCL version (NCCL_ALGO/NCCL_PROTO pinned by the environment if needed).
 //
@@ -28,7 +32,7 @@
 // within S s ..." (MPI_Abort on MPI; ncclCommAbort then exit on NCCL). A rank that exits while
 // the others wait makes mpirun kill the job at once (Open MPI aborts a job when a rank exits
 // non-zero or without MPI_Finalize); under srun/NCCL the survivors see an NCCL error or the
-// timeout. timeout_s must exceed the longest legitimate wait at a collective (a rank doing an
+// timeout; on TCP its connection closes, and rank 0 ends the job naming it. timeout_s must exceed the longest legitimate wait at a collective (a rank doing an
 // evaluation or a checkpoint while the others wait): the default is SN_COMM_DEFAULT_TIMEOUT_S.
 #pragma once
 #include <stddef.h>
@@ -39,7 +43,7 @@
 
 #define SN_COMM_DEFAULT_TIMEOUT_S 600.0
 
-typedef enum { SN_COMM_SINGLE = 0, SN_COMM_MPI = 1, SN_COMM_NCCL = 2 } sn_comm_backend;
+typedef enum { SN_COMM_SINGLE = 0, SN_COMM_MPI = 1, SN_COMM_NCCL = 2, SN_COMM_TCP = 3 } sn_comm_backend;
 
 typedef struct sn_comm_impl sn_comm_impl;  // backend state, private to dist/
 
@@ -58,7 +62,7 @@ typedef struct sn_comm {
 // (cudaSetDevice(local_rank % device_count)): create it before any CUDA allocation.
 sn_comm *sn_comm_create(const char *device, double timeout_s);
 void sn_comm_destroy(sn_comm *c);  // waits for outstanding work; collective (every rank calls it)
-const char *sn_comm_backend_name(sn_comm_backend backend);  // "single", "mpi", "nccl"
+const char *sn_comm_backend_name(sn_comm_backend backend);  // "single", "mpi", "nccl", "tcp"
 size_t sn_comm_dtype_size(sn_dtype dtype);
 
 // NCCL: the cudaStream_t (as void *) the trainer's ops run on; collectives are ordered on it.

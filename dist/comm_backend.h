@@ -30,10 +30,15 @@ struct sn_comm_impl {
   void *state;            // the backend's own
 };
 
+// out (len) = partials[0] + partials[1] + … + partials[n-1] (partials: (n, len)), added in rank
+// order in fp32: the one sum of the host backends (MPI, TCP), so both give the same bits.
+void sn_comm_sum_in_rank_order(float *out, const float *partials, int n, size_t len);
+
 // Backend constructors: fill c->impl (c's rank fields are already set from the environment).
 #ifdef SN_WITH_MPI
 void sn_comm_mpi_init(sn_comm *c);
 #endif
+void sn_comm_tcp_init(sn_comm *c, const sn_dist_env *env);
 #ifdef SN_WITH_NCCL
 void sn_comm_nccl_init(sn_comm *c, const sn_dist_env *env);
 #endif

@@ -88,16 +88,6 @@ static int checked_int(size_t n, const char *what) {
   return (int)n;
 }
 
-// out (len) = partials[0] + partials[1] + … + partials[n-1], added in rank order.
-static void sum_in_rank_order(float *out, const float *partials, int n, size_t len) {
-  if (len == 0) return;  // a slice can be empty when the buffer has fewer elements than ranks
-  memcpy(out, partials, len * sizeof(float));
-  for (int r = 1; r < n; r++) {
-    const float *p = partials + (size_t)r * len;
-    for (size_t i = 0; i < len; i++) out[i] += p[i];
-  }
-}
-
 // ---- all-reduce and unequal reduce-scatter: started, then completed by wait ----------------------
 
 // A free pending slot for `count` elements of buf, its per-rank arrays allocated (slices unset).
@@ -183,7 +173,7 @@ static void mpi_wait(sn_comm *c) {
     int mine = p->slice_len[c->rank];
     mpiWatched(c, p->gather ? "all-reduce (MPI_Ialltoallv + MPI_Wait)" : "reduce-scatter-v (MPI_Ialltoallv + MPI_Wait)",
                p->count, MPI_Wait(&p->request, MPI_STATUS_IGNORE));
-    sum_in_rank_order(p->buf + p->slice_begin[c->rank], p->partials, c->world_size, (size_t)mine);
+    sn_comm_sum_in_rank_order(p->buf + p->slice_begin[c->rank], p->partials, c->world_size, (size_t)mine);
     if (p->gather)
       mpiCheck(c, MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p->buf, p->slice_len,
                                   p->slice_begin, MPI_FLOAT, s->comm, &p->request));
@@ -209,7 +199,7 @@ static void mpi_reduce_scatter_sum(sn_comm *c, const void *send, void *recv, siz
   float *partials = scratch_of(state_of(c), (size_t)c->world_size * count_per_rank);
   mpiWatched(c, "reduce-scatter (MPI_Alltoall)", count_per_rank * c->world_size,
              MPI_Alltoall(send, count, MPI_FLOAT, partials, count, MPI_FLOAT, state_of(c)->comm));
-  sum_in_rank_order(recv, partials, c->world_size, count_per_rank);
+  sn_comm_sum_in_rank_order(recv, partials, c->world_size, count_per_rank);
 }
 
 static void mpi_all_gather(sn_comm *c, const void *send, void *recv, size_t count_per_rank, sn_dtype dtype) {

@@ -35,6 +35,18 @@ static void install_signal_handlers(void) {
   sigaction(SIGINT, &sa, NULL);
 }
 
+// Every rank of a multi-rank run says where it runs, one line each: which host, which local slot,
+// which process (the job log of a multi-node run then shows the layout and whom to look at).
+static void log_rank_placement(const sn_trainer *t) {
+  if (t->world == 1) return;
+  char host[256] = "?";
+  if (gethostname(host, sizeof host) != 0) strcpy(host, "?");
+  host[sizeof host - 1] = '\0';
+  sn_log("sn_train: rank %d/%d on host %s, local rank %d/%d, pid %d (launcher %s, %s backend)", t->rank,
+         t->world, host, t->comm->local_rank, t->comm->local_size, (int)getpid(), t->comm->launcher,
+         sn_comm_backend_name(t->comm->backend));
+}
+
 // ---- evaluation ------------------------------------------------------------------------------
 
 typedef struct {
@@ -265,6 +277,7 @@ int sn_train_main(const sn_train_args *args) {
   claim_run_dir(&t, args, do0, do1);
   setup_run_dir(&t);
   install_signal_handlers();
+  log_rank_placement(&t);
   if (t.rank == 0)
     sn_log("sn_train: run %s, device %s, %d rank%s (%s), %d CPU threads per rank", t.run_dir,
            t.ops->name, t.world, t.world > 1 ? "s" : "", sn_comm_backend_name(t.comm->backend),

@@ -15,6 +15,8 @@ expect "missing model folder" "stage1.model" --config base.json --set stage1.mod
 expect "vocabulary larger than the embedding table" "embedding table" --config base.json \
   --set 'stage1.model_desc={"arch": "qwen2", "layers": 1, "hidden": 16, "heads": 2, "vocab": 1000}'
 expect "stage 2 without a teacher" "stage-1 teacher" --config base.json --stage 2
+# two CPU ranks started without MPI and without the TCP communicator's rendezvous address
+RANK=0 WORLD_SIZE=2 expect "CPU ranks without MPI or MASTER_ADDR" "set MASTER_ADDR and MASTER_PORT" --config base.json
 expect "negative replica-check interval" "dist.check_replicas_every' must be in [0," --config base.json \
   --set dist.check_replicas_every=-1
 expect "ZeRO stage out of range" "dist.zero' must be in [0, 2]" --config base.json --set dist.zero=3

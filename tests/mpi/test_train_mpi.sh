@@ -33,35 +33,7 @@ cat > cfg.json <<JSON
             "tokenizer": "$SRC/configs/default/student/tokenizer.json",
             "batch_queries": 12, "steps": 3, "optim": {"lr": 1e-3, "warmup_steps": 1}}}
 JSON
-compare() {  # compare RUN_A RUN_B
-  python3 - "$1" "$2" <<'PY'
-import json, sys, numpy as np
-from safetensors.numpy import load_file
-a, b = sys.argv[1], sys.argv[2]
-la = [json.loads(l) for l in open(f"{a}/metrics.jsonl")]
-lb = [json.loads(l) for l in open(f"{b}/metrics.jsonl")]
-assert len(la) == len(lb), (len(la), len(lb))
-for x, y in zip(la, lb):
-    assert (x["stage"], x["step"], x["tokens"]) == (y["stage"], y["step"], y["tokens"]), (x, y)
-    assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]) + 1e-7, (x, y)
-import os
-worst = 0.0
-for tower in ("query_tower", "doc_tower", "student"):
-    p = f"{a}/final/{tower}/model.safetensors"
-    if not os.path.exists(p): continue
-    ta, tb = load_file(p), load_file(f"{b}/final/{tower}/model.safetensors")
-    # Relative to the whole tower: a tensor whose exact gradient is zero (the key bias, to which
-    # softmax is invariant) gets rounding noise that Adam scales to lr-sized steps, so its own
-    # relative error says nothing about the reduction.
-    va = np.concatenate([ta[k].ravel() for k in sorted(ta)])
-    vb = np.concatenate([tb[k].ravel() for k in sorted(ta)])
-    err = np.linalg.norm(va - vb) / np.linalg.norm(va)
-    assert err <= 1e-5, (tower, err)
-    worst = max(worst, err)
-print(f"{b} matches {a}: {len(la)} steps, final losses {la[-1]['loss']:.6f} / {lb[-1]['loss']:.6f}, "
-      f"weights within {worst:.2e}")
-PY
-}
+compare() { python3 "$SRC/tests/compare_runs.py" "$1" "$2"; }  # compare RUN_A RUN_B
 fail=0
 # Overlapped gradient all-reduce is on by default; tiny buckets make every layer its own bucket, also
 # with gradient accumulation, gradient caching and shared towers (where only the last backward pass
