@@ -265,6 +265,10 @@ int sn_train_main(const sn_train_args *args) {
     return 0;
   }
 
+  // Before the communicator's rendezvous, which can take seconds: a SIGUSR1 or SIGTERM that comes
+  // during start-up then stops the run at its first step check (checkpoint, requeue) instead of
+  // killing the rank with the default action.
+  install_signal_handlers();
   // The communicator first: with CUDA it picks this rank's GPU before the backend touches one.
   t.comm = sn_comm_create(t.cfg.device, t.cfg.comm_timeout_s);
   t.ops = sn_ops_by_name(t.cfg.device);
@@ -276,7 +280,6 @@ int sn_train_main(const sn_train_args *args) {
   sn_trainer_fingerprint(&t, do0, do1, do2);
   claim_run_dir(&t, args, do0, do1);
   setup_run_dir(&t);
-  install_signal_handlers();
   log_rank_placement(&t);
   if (t.rank == 0)
     sn_log("sn_train: run %s, device %s, %d rank%s (%s), %d CPU threads per rank", t.run_dir,
