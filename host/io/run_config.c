@@ -169,6 +169,7 @@ static const field_spec SCHEMA[] = {
     PATH("eval.data", FIELD_PATH, eval.data, PATH_DIR, "BEIR folder; empty = no evaluation"),
     STR("eval.split", FIELD_STRING, eval.split, "test", "qrels split"),
     NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, 64, "sequences per encode batch"),
+    NUM("eval.bm25", FIELD_BOOL, eval.bm25, 0, 1, 0, "also score BM25 on eval.data (a row in the summary)"),
     NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, 10, "steps per log line (not a terminal)"),
     CHOICE("export.dtype", export.dtype, "source|f32|bf16", "source",
            "weights of the final towers (RUN/final/*); source = as trained: bf16 on CUDA, f32 on the CPU"),

@@ -127,6 +127,7 @@ typedef struct {
     char data[SN_CFG_PATH_MAX];  // BEIR folder; "" = no evaluation
     char split[32];
     int batch;
+    int bm25;         // also score BM25 (bm25.h's defaults) on the eval data: a row beside the towers
   } eval;
   struct {
     int every;        // steps between log lines when not a terminal

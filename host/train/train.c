@@ -58,6 +58,7 @@ static const eval_row EVAL_ROWS[] = {
     {"untrained", "untrained towers"},
     {"stage1", "stage-1 towers (teacher)"},
     {"student", "student + stage-1 docs"},
+    {"bm25", "BM25 (k1 0.9, b 0.4)"},
 };
 
 static void eval_result_path(const sn_trainer *t, const char *name, char *path, size_t size) {
@@ -70,6 +71,18 @@ static void wait_for_eval(const sn_trainer *t, const char *name) {
   char path[SN_TRAIN_PATH_MAX + 64];
   eval_result_path(t, name, path, sizeof path);
   sn_wait_for(path, sn_path_exists, NULL, t->rank);
+}
+
+// RUN/eval/NAME.json and one log line.
+static void record_eval(const sn_trainer *t, const char *name, const sn_eval_result *res) {
+  char err[1024], path[SN_TRAIN_PATH_MAX + 64];
+  snprintf(path, sizeof path, "%s/eval", t->run_dir);
+  sn_mkdir_p(path);
+  eval_result_path(t, name, path, sizeof path);
+  if (sn_eval_write_json(path, t->cfg.eval.split, res, err, sizeof err) != 0) sn_fatal("%s", err);
+  sn_log("eval %-10s nDCG@10 %.4f  R@10 %.4f  R@100 %.4f  MRR@10 %.4f  (%d queries, %d docs, %.1f s)",
+         name, res->mean.ndcg_10, res->mean.recall_10, res->mean.recall_100, res->mean.mrr_10,
+         res->num_queries, res->num_docs, res->seconds);
 }
 
 static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const sn_tokenizer *qtok,
@@ -89,15 +102,9 @@ static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const 
   o.doc_pooling = sn_pooling_from_name(t->cfg.stage1.pooling, "stage1.pooling");
   o.query_pooling = student ? (int)sn_pooling_from_name(t->cfg.stage2.pooling, "stage2.pooling") : o.doc_pooling;
   sn_eval_result res;
-  char err[1024], path[SN_TRAIN_PATH_MAX + 64];
+  char err[1024];
   if (sn_eval_run(&o, data, qm, qtok, dm, dtok, &res, err, sizeof err) != 0) sn_bad_input("evaluation: %s", err);
-  snprintf(path, sizeof path, "%s/eval", t->run_dir);
-  sn_mkdir_p(path);
-  eval_result_path(t, name, path, sizeof path);
-  if (sn_eval_write_json(path, o.split, &res, err, sizeof err) != 0) sn_fatal("%s", err);
-  sn_log("eval %-10s nDCG@10 %.4f  R@10 %.4f  R@100 %.4f  MRR@10 %.4f  (%d queries, %d docs, %.1f s)",
-         name, res.mean.ndcg_10, res.mean.recall_10, res.mean.recall_100, res.mean.mrr_10,
-         res.num_queries, res.num_docs, res.seconds);
+  record_eval(t, name, &res);
 }
 
 static int load_eval_data(sn_trainer *t, sn_beir *data) {
@@ -106,6 +113,21 @@ static int load_eval_data(sn_trainer *t, sn_beir *data) {
   if (sn_beir_load(t->cfg.eval.data, t->cfg.eval.split, data, err, sizeof err) != 0)
     sn_bad_input("eval.data: %s", err);
   return 1;
+}
+
+// eval.bm25: the lexical baseline on the same data and metrics (no towers; well under a second for
+// the default run's 10k documents), so the summary answers "does it beat BM25?".
+static void eval_bm25(sn_trainer *t, const sn_beir *data) {
+  sn_eval_opts o;
+  sn_eval_opts_default(&o);
+  o.split = t->cfg.eval.split;
+  o.verbose = 0;
+  sn_bm25_opts bm25;
+  sn_bm25_opts_default(&bm25);
+  sn_eval_result res;
+  char err[1024];
+  if (sn_eval_bm25_run(&o, &bm25, data, &res, err, sizeof err) != 0) sn_bad_input("eval.bm25: %s", err);
+  record_eval(t, "bm25", &res);
 }
 
 static void eval_untrained(sn_trainer *t, const sn_beir *data) {
@@ -327,6 +349,7 @@ int sn_train_main(const sn_train_args *args) {
     if (evaluating) eval_final(&t, &eval_data, 1);
     wait_for_eval(&t, "student");
   }
+  if (evaluating && t.cfg.eval.bm25) eval_bm25(&t, &eval_data);
   if (t.rank == 0) print_eval_summary(&t);
   goto done;
 stopped:

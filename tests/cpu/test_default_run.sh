@@ -11,7 +11,7 @@ trap 'rm -rf "$WORK"' EXIT
   --set stage1.optim.warmup_steps=1 --set stage2.optim.warmup_steps=1 > "$WORK/out" 2> "$WORK/log" || {
   tail -20 "$WORK/log"; exit 1; }
 cat "$WORK/out"
-for row in "untrained towers" "stage-1 towers" "student + stage-1 docs" "student / teacher"; do
+for row in "untrained towers" "stage-1 towers" "student + stage-1 docs" "BM25" "student / teacher"; do
   grep -q "$row" "$WORK/out" || { echo "FAIL: the summary lacks '$row'"; exit 1; }
 done
 for f in final/query_tower/model.safetensors final/doc_tower/model.safetensors final/student/model.safetensors \
