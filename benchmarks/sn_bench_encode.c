@@ -4,7 +4,7 @@
 // torch.compile(mode="reduce-overhead") anchor run in the same process tree.
 //
 //   sn_bench_encode [--device cpu|cuda] [--model DIR]... [--model-desc FILE]... [--batches 1,8,64]
-//                   [--len T] [--queries N] [--warmup N] [--threads N] [--anchor SCRIPT]
+//                   [--len T] [--queries N] [--warmup N] [--threads N] [--no-graphs] [--anchor SCRIPT]
 //
 // A --model-desc tower is random-initialised on the device (seeded) and exported in bf16 to a
 // temporary folder, which the library opens like any export; it is removed afterwards. Queries
@@ -52,6 +52,7 @@ static void usage(FILE *out) {
           "  --queries N        queries streamed per batch size (default %d)\n"
           "  --warmup N         untimed calls before each batch size (default %d)\n"
           "  --threads N        CPU threads of the library's calls (default: OpenMP's)\n"
+          "  --no-graphs        CUDA: launch every op instead of replaying a recorded graph a shape\n"
           "  --anchor SCRIPT    then run `python3 SCRIPT` (../shared/bench/torch_compiled_extra.py) and\n"
           "                     print its figures beside ours\n"
           "  --help, -h         this text\n"
@@ -67,7 +68,7 @@ typedef struct {
 typedef struct {
   const char *device, *anchor;
   subject subjects[MAX_SUBJECTS];
-  int nsubjects, batches[MAX_BATCHES], nbatches, len, queries, warmup, threads;
+  int nsubjects, batches[MAX_BATCHES], nbatches, len, queries, warmup, threads, no_graphs;
 } bench_args;
 
 static void parse_batches(const char *flag, const char *v, bench_args *a) {
@@ -94,6 +95,10 @@ static bench_args parse_args(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
     sn_cli_std_flag(f);
+    if (!strcmp(f, "--no-graphs")) {
+      a.no_graphs = 1;
+      continue;
+    }
     if (i + 1 >= argc) sn_usage_error("unknown argument or missing value: '%s'", f);
     const char *v = argv[++i];
     if (!strcmp(f, "--device")) a.device = v;
@@ -242,6 +247,7 @@ int main(int argc, char **argv) {
     o.max_batch = max_batch;
     o.max_length = a.len;
     o.threads = a.threads;
+    o.graphs = !a.no_graphs;
     sn_encoder *enc;
     char err[SN_ENCODER_ERR_LEN];
     if (sn_encoder_open(dir, &o, &enc, err, sizeof err) != SN_OK) sn_bad_input("%s: %s", sub->path, err);
@@ -250,8 +256,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < a.nbatches; i++) {
       const int B = a.batches[i];
       batch_result r = time_batch(enc, &a, B, cfg.vocab);
-      printf("encode  %s  %s  batch %d x %d tokens: p50 %.3f ms, p99 %.3f ms a call; %.3f ms a query; "
-             "%.0f queries/s\n", ops->name, sub->path, B, a.len, r.p50_ms, r.p99_ms, r.p50_ms / B, r.queries_per_s);
+      printf("encode  %s%s  %s  batch %d x %d tokens: p50 %.3f ms, p99 %.3f ms a call; %.3f ms a query; "
+             "%.0f queries/s\n", ops->name, ops->graph_begin && !a.no_graphs ? "+graphs" : "", sub->path, B, a.len,
+             r.p50_ms, r.p99_ms, r.p50_ms / B, r.queries_per_s);
       fflush(stdout);
       rows[nrows++] = (our_row){sub->is_desc ? anchor_size_of(sub->path) : NULL, B, r.p50_ms};
     }

@@ -163,6 +163,8 @@ typedef struct {
   int batch;                 // sequences per forward pass
   int pooling;               // sn_pooling, or -1: the architecture's default
   int normalize;             // L2-normalise the pooled (projected) vectors
+  int graphs;                // backends with graphs (CUDA): record each repeated batch shape's
+                             //   forward once and replay it (embed_graphs.h); same results
 } sn_embedder_opts;
 typedef struct sn_embedder sn_embedder;
 // tok NULL: token ids only (sn_embedder_ids). NULL with err for sizes the tower cannot take or a

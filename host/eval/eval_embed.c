@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "data.h"
+#include "embed_graphs.h"
 #include "eval.h"
 
 #define PROGRESS_STEPS 10  // progress lines per embedding pass when verbose
@@ -34,6 +35,7 @@ struct sn_embedder {
   int32_t *ids_host, *cu_host;  // (batch * max_len), (batch + 1)
   float *pooled;                // (batch, dim) fp32, backend
   float *pooled_host;           // (batch, dim)
+  sn_graph_cache *graphs;       // recorded forwards by batch shape; NULL: every op launched
 };
 
 // The prompt of the texts a tower sees, as training tokenizes them (data_prompt.c: the tokenizer's
@@ -123,12 +125,14 @@ sn_embedder *sn_embedder_new(sn_model *m, const sn_tokenizer *tok, const sn_embe
   e->cu_host = mallocCheck(((size_t)e->batch + 1) * sizeof *e->cu_host);
   e->pooled = ops->alloc((size_t)e->batch * e->dim * sizeof(float));
   e->pooled_host = mallocCheck((size_t)e->batch * e->dim * sizeof *e->pooled_host);
+  if (o->graphs) e->graphs = sn_graph_cache_new(ops);
   return e;
 }
 
 void sn_embedder_free(sn_embedder *e) {
   if (!e) return;
   const sn_ops *ops = e->m->ops;
+  sn_graph_cache_free(e->graphs);
   if (e->pooled) ops->free(e->pooled);
   free(e->pooled_host);
   free(e->ids_host);
@@ -144,6 +148,13 @@ void sn_embedder_free(sn_embedder *e) {
 }
 
 int sn_embedder_dim(const sn_embedder *e) { return e->dim; }
+
+// The ops of one batch after its upload: forward, pool (project, normalise) into e->pooled.
+static void forward_and_pool(void *ctx) {
+  sn_embedder *e = ctx;
+  const void *hidden = sn_model_forward(e->m, e->acts, &e->tb, 0);
+  sn_model_pool(e->m, e->acts, &e->tb, hidden, (sn_pooling)e->pooling, e->normalize, e->pooled);
+}
 
 // n sequences (each 1..max_len tokens of the vocabulary) → out (n, dim): sorted by length so each
 // packed batch holds sequences of similar length, rows put back in input order.
@@ -166,8 +177,9 @@ static void embed_seqs(sn_embedder *e, const token_seq *seqs, int n, float *out,
       e->cu_host[b + 1] = e->cu_host[b] + s->n;
     }
     sn_tokens_upload(&e->tb, ops, e->ids_host, e->cu_host, B, m->cfg.vocab, what);
-    const void *hidden = sn_model_forward(m, e->acts, &e->tb, 0);
-    sn_model_pool(m, e->acts, &e->tb, hidden, (sn_pooling)e->pooling, e->normalize, e->pooled);
+    const int key[SN_GRAPH_KEY_LEN] = {e->tb.B, e->tb.T, e->tb.max_seqlen};
+    if (e->graphs) sn_graph_cache_run(e->graphs, key, forward_and_pool, e);
+    else forward_and_pool(e);
     ops->download(e->pooled_host, e->pooled, (size_t)B * C * sizeof(float));
     for (int b = 0; b < B; b++)
       memcpy(out + (size_t)order[first + b] * C, e->pooled_host + (size_t)b * C, (size_t)C * sizeof *out);

@@ -15,6 +15,7 @@ void sn_encoder_options_init(sn_encoder_options *o) {
   memset(o, 0, sizeof *o);
   o->device = "cpu";
   o->normalize = -1;
+  o->graphs = 1;
 }
 
 sn_status sn_encoder_pick_backend(const char *device, const sn_ops **ops, char *err, size_t errlen) {
@@ -81,7 +82,8 @@ sn_status sn_encoder_resolve(const char *dir, const sn_model *m, const sn_encode
                                   .max_len = max_len,
                                   .batch = o->max_batch ? o->max_batch : DEFAULT_MAX_BATCH,
                                   .pooling = o->pooling ? (int)pooling : (int)d.pooling,
-                                  .normalize = o->normalize >= 0 ? o->normalize : d.normalize};
+                                  .normalize = o->normalize >= 0 ? o->normalize : d.normalize,
+                                  .graphs = o->graphs != 0};
   return SN_OK;
 }
 

@@ -68,6 +68,8 @@ typedef struct {
                        //   export, else "{text}"); a template without {text} is a prefix
   const char *pooling; // "last" | "mean" | "cls" (NULL: the export's, else the architecture's)
   int normalize;       // 1 / 0: L2-normalise or not (-1: as the export's modules.json says)
+  int graphs;          // CUDA: 1 (default) records the forward of each batch shape seen twice as a
+                       //   CUDA graph and replays it (one launch, the same results); 0: none
 } sn_encoder_options;
 
 // Fills o with the defaults above (everything from the export, CPU).

@@ -32,7 +32,7 @@ class EncoderError(RuntimeError):
 class _Options(ctypes.Structure):  # sn_encoder_options
     _fields_ = [("device", ctypes.c_char_p), ("max_batch", ctypes.c_int), ("max_length", ctypes.c_int),
                 ("threads", ctypes.c_int), ("prompt", ctypes.c_char_p), ("pooling", ctypes.c_char_p),
-                ("normalize", ctypes.c_int)]
+                ("normalize", ctypes.c_int), ("graphs", ctypes.c_int)]
 
 
 def library_path():
@@ -89,7 +89,7 @@ class Encoder:
     """An exported tower, open for embedding. Settings left None come from the export (as sn_embed)."""
 
     def __init__(self, model_dir, device="cpu", max_batch=0, max_length=0, threads=0, prompt=None,
-                 pooling=None, normalize=None):
+                 pooling=None, normalize=None, graphs=True):
         lib = _load()
         self._lib, self._handle = lib, None
         opts = _Options()
@@ -98,6 +98,7 @@ class Encoder:
         opts.device, opts.prompt, opts.pooling = self._keep
         opts.max_batch, opts.max_length, opts.threads = int(max_batch), int(max_length), int(threads)
         opts.normalize = -1 if normalize is None else int(bool(normalize))
+        opts.graphs = int(bool(graphs))
         handle, err = ctypes.c_void_p(), ctypes.create_string_buffer(_ERR_LEN)
         status = lib.sn_encoder_open(_bytes(os.fspath(model_dir)), ctypes.byref(opts), ctypes.byref(handle), err,
                                      _ERR_LEN)
