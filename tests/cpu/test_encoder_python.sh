@@ -12,27 +12,8 @@ python3 -c "import numpy" 2>/dev/null || { echo "SKIP: numpy not installed"; exi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
-python3 "$SRC/tests/synth_data.py" data --examples 32 --test-queries 2 > /dev/null
-cat > cfg.json <<JSON
-{"run_dir": "run", "data": {"train": ["data/train.jsonl"], "query_prompt": "Query: {text}",
-                            "max_query_len": 16, "max_doc_len": 24},
- "stage1": {"model_desc": {"arch": "qwen2", "layers": 2, "hidden": 32, "heads": 4, "kv_heads": 2,
-                           "intermediate": 64, "vocab": 4096},
-            "tokenizer": "$SRC/configs/default/decoder/tokenizer.json", "pooling": "last", "batch_queries": 8,
-            "steps": 2},
- "stage2": {"student_desc": {"arch": "bert", "layers": 2, "hidden": 16, "heads": 2, "intermediate": 32,
-                             "vocab": 4096, "max_positions": 64},
-            "tokenizer": "$SRC/configs/default/student/tokenizer.json", "pooling": "cls", "batch_queries": 8,
-            "steps": 2}}
-JSON
-"$BUILD/sn_train" --config cfg.json 2> train.log || { cat train.log; exit 1; }
-# Queries of every length, one longer than max_query_len (cut as training cuts it), unicode, one char.
-python3 - > texts.jsonl <<'PY'
-import json
-texts = ["apple river stone", "x", "héllo wörld, ünïcode — 123", "what is the bridge under the water made of",
-         "a long query " + " ".join(f"word{i}" for i in range(40)), " 500 B", "tab\there"]
-for t in texts: print(json.dumps({"text": t}))
-PY
+source "$SRC/tests/encoder_towers.sh"
+make_encoder_towers 16
 python3 -c "
 import json
 for i, n in enumerate((1, 3, 7, 16)): print(json.dumps({'input_ids': [(7 * i + k) % 4096 for k in range(n)]}))
