@@ -116,6 +116,11 @@ static void test_open_errors(const char *dir, const char *tmp) {
   sn_encoder_options_init(&o);
   o.device = "tpu";
   expect_open_error(dir, &o, SN_ERR_ARGUMENT, "tpu");
+  if (!sn_ops_cuda(NULL)) {  // a build without CUDA, or no GPU: a status, not an exit
+    sn_encoder_options_init(&o);
+    o.device = "cuda";
+    expect_open_error(dir, &o, SN_ERR_DEVICE, "device 'cuda' is not available");
+  }
   sn_encoder_options_init(&o);
   o.pooling = "max";
   expect_open_error(dir, &o, SN_ERR_ARGUMENT, "pooling");
