@@ -131,9 +131,13 @@ static void test_open_errors(const char *dir, const char *tmp) {
   char path[1200], broken[1100];
   snprintf(path, sizeof path, "%s/missing", tmp);
   expect_open_error(path, NULL, SN_ERR_MODEL, "missing");
-  // A copy whose weights are cut short, then one whose config.json is not JSON.
+  // A copy with a malformed side file, then weights cut short, then a config.json that is not JSON.
   snprintf(broken, sizeof broken, "%s/broken", tmp);
   save_tower(broken);
+  snprintf(path, sizeof path, "%s/modules.json", broken);
+  CHECK(sn_write_file_atomic(path, "{}", 2) == 0, "write %s", path);
+  expect_open_error(broken, NULL, SN_ERR_MODEL, "modules.json: expected an array of modules");
+  CHECK(unlink(path) == 0, "unlink %s", path);
   snprintf(path, sizeof path, "%s/model.safetensors", broken);
   CHECK(truncate(path, 100) == 0, "truncate %s", path);
   expect_open_error(broken, NULL, SN_ERR_MODEL, "model.safetensors");
