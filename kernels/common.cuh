@@ -39,8 +39,11 @@ static inline void cublas_check_at(cublasStatus_t st, const char *call, const ch
 #define launchCheck() cudaCheck(cudaGetLastError())
 #endif
 
-// Every op runs on this stream (the legacy default stream: ordered with cudaMemcpy).
-#define SN_STREAM ((cudaStream_t)0)
+// Every op runs on the calling thread's current stream: the legacy default stream (ordered with
+// cudaMemcpy), except between graph_begin and graph_end (graphs.cu), when it is the thread's
+// capture stream, a blocking stream, so graph launches there stay ordered with the legacy stream.
+cudaStream_t sn_cuda_stream(void);
+#define SN_STREAM (sn_cuda_stream())
 
 typedef __nv_bfloat16 bf16;
 
@@ -162,6 +165,8 @@ typedef enum {
   SCRATCH_SLOT_COUNT
 } scratch_slot;
 void *sn_cuda_scratch(scratch_slot slot, size_t bytes);
+// Changes whenever a scratch slot moves (a graph recorded before then names freed memory).
+uint64_t cuda_scratch_epoch(void);
 // A slot grows to what a request needs plus 1/SCRATCH_HEADROOM_DIV, so a slowly growing shape does
 // not reallocate every step; the memory plan counts the same headroom.
 #define SCRATCH_HEADROOM_DIV 4
@@ -207,6 +212,11 @@ void cuda_add_f32(float *out, const float *a, const float *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
 void cuda_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
                   int accumulate);
+// graphs.cu
+void cuda_graph_begin(void);
+void *cuda_graph_end(void);
+void cuda_graph_launch(void *graph);
+void cuda_graph_free(void *graph);
 // init.cu
 void cuda_fill_normal(void *x, size_t n, uint64_t key, float stddev);
 void cuda_fill(void *x, size_t n, float value);

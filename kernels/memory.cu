@@ -39,6 +39,7 @@ void cuda_memory_reset_peak(void) { sn_alloc_tracker_reset_peak(&device_tracker)
 // ---- scratch ---------------------------------------------------------------------------------------
 static void *scratch_ptr[SCRATCH_SLOT_COUNT];
 static size_t scratch_bytes[SCRATCH_SLOT_COUNT];
+static uint64_t scratch_moves;  // reallocations so far: the epoch graphs are checked against
 
 void *sn_cuda_scratch(scratch_slot slot, size_t bytes) {
   if (bytes > scratch_bytes[slot]) {
@@ -46,9 +47,12 @@ void *sn_cuda_scratch(scratch_slot slot, size_t bytes) {
     cuda_free(scratch_ptr[slot]);
     scratch_ptr[slot] = cuda_alloc(want);
     scratch_bytes[slot] = want;
+    scratch_moves++;
   }
   return scratch_ptr[slot];
 }
+
+uint64_t cuda_scratch_epoch(void) { return scratch_moves; }
 
 // Every slot at its largest request for the shape, with the headroom it grows by, plus the cuBLASLt
 // workspace. The reduce-partials slot serves several families: the largest of them.

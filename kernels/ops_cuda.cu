@@ -58,6 +58,11 @@ static sn_ops make_cuda_ops(void) {
   o.topk_merge = cuda_topk_merge;
   o.sum_squares = cuda_sum_squares;
   o.adamw = cuda_adamw;
+  o.graph_begin = cuda_graph_begin;
+  o.graph_end = cuda_graph_end;
+  o.graph_launch = cuda_graph_launch;
+  o.graph_free = cuda_graph_free;
+  o.scratch_epoch = cuda_scratch_epoch;
   return o;
 }
 

@@ -267,6 +267,20 @@ typedef struct sn_ops {
   // master, m, v are fp32 (on the CPU master may be the same buffer as params).
   void (*adamw)(void *params, float *master, const void *grads, float *m, float *v,
                 const sn_param_span *spans, int nspans, const sn_adamw_hparams *hp);
+
+  // ---- graphs: a fixed sequence of ops recorded once, replayed with one launch -------------------
+  // NULL on backends without them (the CPU, where a launch costs nothing to save). Between
+  // graph_begin and graph_end the ops the calling thread enqueues are recorded, not run (no
+  // upload, download or synchronize in between); graph_end returns the executable graph. A replay
+  // reads and writes the buffers the recording named, with the shapes and scalars it was given:
+  // replaying with other contents of those buffers is the point, other sizes are not. Run once
+  // outside a recording first, so the backend's scratch already fits the shape; a graph is stale
+  // once scratch_epoch() differs from its value at recording (the backend's scratch moved).
+  void (*graph_begin)(void);
+  void *(*graph_end)(void);
+  void (*graph_launch)(void *graph);  // ordered with the ops and copies before and after it
+  void (*graph_free)(void *graph);
+  uint64_t (*scratch_epoch)(void);
 } sn_ops;
 
 // The backends. sn_ops_cpu() always exists; sn_ops_cuda() returns NULL when built without CUDA

@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "data.h"
+#include "embed_defaults.h"
 #include "export.h"
 #include "model.h"
 #include "npy.h"
@@ -92,8 +93,8 @@ static embed_args parse_args(int argc, char **argv) {
   return a;
 }
 
-static sn_pooling pooling_mode(const char *name, sn_arch arch) {
-  if (!name) return sn_arch_is_decoder(arch) ? SN_POOL_LAST : SN_POOL_FIRST;
+static sn_pooling pooling_mode(const char *name, sn_pooling exported) {
+  if (!name) return exported;
   sn_pooling p;
   if (sn_pooling_parse(name, &p) != 0) sn_usage_error("unknown pooling '%s' (valid: last|mean|cls)", name);
   return p;
@@ -176,9 +177,6 @@ static void read_input_ids(sequences *s, const cJSON *arr, const line_ctx *c, in
   }
 }
 
-// Default token limit of a "text" line for models without a position table.
-#define DEFAULT_TEXT_MAX_LEN 8192
-
 static void text_encoder_init(text_encoder *te, const line_ctx *c) {
   char err[ERR_LEN];
   te->tok = sn_tokenizer_load(te->args->model_dir, err, sizeof err);
@@ -189,9 +187,7 @@ static void text_encoder_init(text_encoder *te, const line_ctx *c) {
   }
   te->enc = sn_text_encoder_from_tokenizer(te->tok);
   int decoder = sn_arch_is_decoder(te->cfg->arch);
-  int limit = te->args->max_len ? te->args->max_len
-              : te->cfg->max_positions > 0 ? te->cfg->max_positions : DEFAULT_TEXT_MAX_LEN;
-  sn_prompt_spec spec = {.template_str = te->args->prompt, .max_len = limit, .add_special = 1,
+  sn_prompt_spec spec = {.template_str = te->args->prompt, .max_len = te->args->max_len, .add_special = 1,
                          .append_eos = decoder};
   te->prompt = sn_prompt_create(&spec, &te->enc, err, sizeof err);
   if (!te->prompt) sn_bad_input("--prompt: %s", err);
@@ -274,20 +270,20 @@ int main(int argc, char **argv) {
   embed_args args = parse_args(argc, argv);
   sn_flag_path_kind("--model", args.model_dir, 1);
   sn_export_check_model_folder(args.model_dir, "--model");
-  // Defaults from the export's sentence-transformers files: as the tower was trained.
-  sn_export_settings exported;
-  sn_export_read(args.model_dir, NULL, &exported);
-  if (!args.pooling && exported.pooling[0]) args.pooling = exported.pooling;
-  if (!args.prompt) args.prompt = exported.prompt;
-  if (!args.max_len) args.max_len = exported.max_seq_length;
-  if (args.normalize < 0) args.normalize = exported.normalize != 0;
   sn_flag_path_kind("--input", args.input, 0);
   if (args.threads > 0) omp_set_num_threads(args.threads);
   const sn_ops *ops = sn_ops_by_name(args.device);
   sn_model *m = sn_model_load(args.model_dir, ops);
   const sn_model_config *c = &m->cfg;
-  const sn_pooling pooling = pooling_mode(args.pooling, c->arch);
-  if (args.max_len && c->max_positions > 0 && args.max_len > c->max_positions)
+  // Defaults from the export's sentence-transformers files: as the tower was trained.
+  char derr[ERR_LEN];
+  sn_embed_defaults exported;
+  if (sn_embed_defaults_read(args.model_dir, c, &exported, derr, sizeof derr) != 0) sn_bad_input("%s", derr);
+  const sn_pooling pooling = pooling_mode(args.pooling, exported.pooling);
+  if (!args.prompt) args.prompt = exported.prompt;
+  if (!args.max_len) args.max_len = exported.max_len;
+  if (args.normalize < 0) args.normalize = exported.normalize;
+  if (c->max_positions > 0 && args.max_len > c->max_positions)
     sn_bad_input("--max-len %d is more than the model's %d positions (its max_position_embeddings): use at most %d",
                  args.max_len, c->max_positions, c->max_positions);
   const int max_len = sn_arch_is_decoder(c->arch) ? 0 : c->max_positions;
@@ -342,6 +338,6 @@ int main(int argc, char **argv) {
   sn_acts_free(acts);
   sn_model_free(m);
   free_sequences(&seqs);
-  sn_export_settings_free(&exported);
+  sn_embed_defaults_free(&exported);
   return 0;
 }

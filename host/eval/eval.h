@@ -157,6 +157,34 @@ float *sn_embed_items(sn_model *m, const sn_tokenizer *tok, const char *const *t
                       const char *const *texts, int n, const char *template_str, int max_len, int batch,
                       int pooling, int verbose, const char *what, char *err, size_t errlen);
 
+// The same pass kept open between calls (the encoder library, host/serve/): the prompts and the
+// workspace of batches of up to `batch` sequences of up to max_len tokens are made once.
+typedef struct {
+  const char *template_str;  // as sn_embed_items' (copied)
+  int max_len;               // tokens, specials included (at most the tower's max_positions)
+  int batch;                 // sequences per forward pass
+  int pooling;               // sn_pooling, or -1: the architecture's default
+  int normalize;             // L2-normalise the pooled (projected) vectors
+  int graphs;                // backends with graphs (CUDA): record each repeated batch shape's
+                             //   forward once and replay it (embed_graphs.h); same results
+} sn_embedder_opts;
+typedef struct sn_embedder sn_embedder;
+// tok NULL: token ids only (sn_embedder_ids). NULL with err for sizes the tower cannot take or a
+// template the prompt code refuses. Never exits on bad input (allocation failure aborts).
+sn_embedder *sn_embedder_new(sn_model *m, const sn_tokenizer *tok, const sn_embedder_opts *o, char *err,
+                             size_t errlen);
+void sn_embedder_free(sn_embedder *e);
+// Width of the rows it writes: sn_eval_embedding_dim of its tower.
+int sn_embedder_dim(const sn_embedder *e);
+// n items (titles may be NULL) → out (n, dim) fp32 host memory, tokenized and batched as
+// sn_embed_items. 0, or -1 with err (a tokenizer id outside the tower's vocabulary).
+int sn_embedder_texts(sn_embedder *e, const char *const *titles, const char *const *texts, int n, float *out,
+                      int verbose, const char *what, char *err, size_t errlen);
+// n token sequences (ids[i] of lens[i] tokens, used as given) → out (n, dim). 0, or -1 with err
+// for an empty or too long sequence or an id outside the vocabulary.
+int sn_embedder_ids(sn_embedder *e, const int32_t *const *ids, const int *lens, int n, float *out,
+                    const char *what, char *err, size_t errlen);
+
 // Whether one encode batch of opts->batch sequences of the longest length fits: each length at
 // most its tower's max_positions (the position table of encoders, max_position_embeddings of RoPE
 // decoders), batch x length within an int token count, and the inference workspace within the

@@ -62,6 +62,8 @@ typedef struct {
 // Reads dir's side files for `role` (NULL: the folder's default role). Missing files leave the
 // fields unset; a present but malformed file exits 2 naming it and the key.
 void sn_export_read(const char *dir, const char *role, sn_export_settings *out);
+// The same for callers that must not exit (the encoder library): 0, or -1 with err (out freed).
+int sn_export_read_try(const char *dir, const char *role, sn_export_settings *out, char *err, size_t errlen);
 void sn_export_settings_free(sn_export_settings *s);
 
 // A model folder that does not exist: exits 2 saying models are read from local folders and, when

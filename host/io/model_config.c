@@ -420,20 +420,24 @@ static int is_description(const char *json, size_t len) {
   return desc;
 }
 
-void sn_config_load_hf_dir(sn_model_config *cfg, const char *dir) {
+int sn_config_load_hf_dir_try(sn_model_config *cfg, const char *dir, char *err, size_t errlen) {
   struct stat st;
   char path[4096];
   int is_dir = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
   if (snprintf(path, sizeof path, is_dir ? "%s/config.json" : "%s", dir) >= (int)sizeof path)
-    sn_bad_input("%s: path too long", dir);
+    return sn_errorf(err, errlen, "%s: path too long", dir);
   size_t len;
   char *text = sn_read_file(path, &len);
-  if (!text) sn_bad_input("%s: cannot read the model config: %s", path, strerror(errno));
-  char err[1024];
-  int rc = is_description(text, len) ? sn_config_parse_desc(cfg, text, len, path, err, sizeof err)
-                                     : sn_config_parse_hf(cfg, text, len, path, err, sizeof err);
+  if (!text) return sn_errorf(err, errlen, "%s: cannot read the model config: %s", path, strerror(errno));
+  int rc = is_description(text, len) ? sn_config_parse_desc(cfg, text, len, path, err, errlen)
+                                     : sn_config_parse_hf(cfg, text, len, path, err, errlen);
   free(text);
-  if (rc) sn_bad_input("%s", err);
+  return rc ? -1 : 0;
+}
+
+void sn_config_load_hf_dir(sn_model_config *cfg, const char *dir) {
+  char err[1024];
+  if (sn_config_load_hf_dir_try(cfg, dir, err, sizeof err) != 0) sn_bad_input("%s", err);
 }
 
 // The shortest decimal that reads back as the same float, so 1e-6f is written "1e-06", not

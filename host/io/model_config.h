@@ -38,6 +38,8 @@ int sn_config_parse_desc(sn_model_config *cfg, const char *json, size_t len, con
                          char *err, size_t errlen);
 // Loads DIR/config.json (or a description file); exits with status 2 and a clear message on error.
 void sn_config_load_hf_dir(sn_model_config *cfg, const char *dir);
+// The same for callers that must not exit (the encoder library): 0, or -1 with err.
+int sn_config_load_hf_dir_try(sn_model_config *cfg, const char *dir, char *err, size_t errlen);
 // config.json text for `transformers` (caller frees).
 char *sn_config_to_hf_json(const sn_model_config *cfg);
 // A model takes sequences of at most max_positions tokens: the position table of encoders, the

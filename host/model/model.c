@@ -107,23 +107,29 @@ static void build_encoder_params(sn_param_builder *pb, sn_layer_params *L, int h
   }
 }
 
-static void check_config(const sn_model_config *c) {
+int sn_model_config_check(const sn_model_config *c, char *err, size_t errlen) {
   if (c->n_layers < 0 || c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
       c->head_dim <= 0 || c->intermediate <= 0 || c->vocab <= 0)
-    sn_bad_input("model config: non-positive size (layers %d, hidden %d, heads %d, kv_heads %d, "
-                 "head_dim %d, intermediate %d, vocab %d)", c->n_layers, c->hidden, c->n_heads,
-                 c->n_kv_heads, c->head_dim, c->intermediate, c->vocab);
+    return sn_errorf(err, errlen, "model config: non-positive size (layers %d, hidden %d, heads %d, kv_heads %d, "
+                     "head_dim %d, intermediate %d, vocab %d)", c->n_layers, c->hidden, c->n_heads,
+                     c->n_kv_heads, c->head_dim, c->intermediate, c->vocab);
   if (c->n_heads % c->n_kv_heads != 0)
-    sn_bad_input("model config: heads %d not a multiple of kv_heads %d", c->n_heads, c->n_kv_heads);
+    return sn_errorf(err, errlen, "model config: heads %d not a multiple of kv_heads %d", c->n_heads, c->n_kv_heads);
   if (c->arch == SN_ARCH_BERT) {
     if (c->n_kv_heads != c->n_heads || c->n_heads * c->head_dim != c->hidden)
-      sn_bad_input("model config: BERT needs kv_heads == heads and heads*head_dim == hidden "
-                   "(heads %d, kv_heads %d, head_dim %d, hidden %d)", c->n_heads, c->n_kv_heads,
-                   c->head_dim, c->hidden);
+      return sn_errorf(err, errlen, "model config: BERT needs kv_heads == heads and heads*head_dim == hidden "
+                       "(heads %d, kv_heads %d, head_dim %d, hidden %d)", c->n_heads, c->n_kv_heads,
+                       c->head_dim, c->hidden);
     if (c->max_positions <= 0 || c->type_vocab <= 0)
-      sn_bad_input("model config: BERT needs max_position_embeddings > 0 and type_vocab_size > 0 "
-                   "(got %d, %d)", c->max_positions, c->type_vocab);
+      return sn_errorf(err, errlen, "model config: BERT needs max_position_embeddings > 0 and type_vocab_size > 0 "
+                       "(got %d, %d)", c->max_positions, c->type_vocab);
   }
+  return 0;
+}
+
+static void check_config(const sn_model_config *c) {
+  char err[512];
+  if (sn_model_config_check(c, err, sizeof err) != 0) sn_bad_input("%s", err);
 }
 
 void sn_model_build_params(sn_model *m, int has_lm_head, int has_pooler, int proj_dim) {

@@ -73,6 +73,11 @@ typedef struct {
 // Loads a Hugging Face folder (config.json + safetensors). Exits with status 2 and a message
 // naming the file and tensor/field on bad input.
 sn_model *sn_model_load(const char *dir, const sn_ops *ops);
+// The same for callers that must not exit (the encoder library): NULL with err on bad input.
+// Allocation failures (host or backend) still abort, as everywhere.
+sn_model *sn_model_load_try(const char *dir, const sn_ops *ops, char *err, size_t errlen);
+// Whether a config describes a tower the builders can assemble: 0, or -1 with err.
+int sn_model_config_check(const sn_model_config *cfg, char *err, size_t errlen);
 // Fresh model with a seeded initialisation (normal(0, 0.02) matrices, unit norms, zero biases).
 sn_model *sn_model_new(const sn_model_config *cfg, const sn_ops *ops, uint64_t seed);
 // Writes DIR/config.json and DIR/model.safetensors (dtype F32 or BF16), durably. Returns 0, or

@@ -39,23 +39,26 @@ static int is_known_buffer(const char *name) {
 }
 
 // Our config.json keys beyond transformers': the output projection's width (0: none), and whether
-// the pooler in model.safetensors is only there for transformers (see export_extras).
-static int read_projection_dim(const char *dir, int *pooler_placeholder) {
+// the pooler in model.safetensors is only there for transformers (see export_extras). -1 with err
+// for an unreadable or malformed file.
+static int read_projection_dim(const char *dir, int *pooler_placeholder, char *err, size_t errlen) {
   char path[PATH_LEN];
-  if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path) sn_bad_input("%s: path too long", dir);
+  if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+    return sn_errorf(err, errlen, "%s: path too long", dir);
   size_t len;
   char *text = sn_read_file(path, &len);
-  if (!text) sn_bad_input("%s: cannot read: %s", path, strerror(errno));
+  if (!text) return sn_errorf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
   cJSON *root = cJSON_ParseWithLength(text, len);
   free(text);
-  if (!root) sn_bad_input("%s: not valid JSON", path);
+  if (!root) return sn_errorf(err, errlen, "%s: not valid JSON", path);
   int dim = 0;
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, SN_PROJECTION_CONFIG_KEY);
   if (v && !cJSON_IsNull(v)) {
     if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > INT32_MAX ||
         v->valuedouble != (double)(int)v->valuedouble)
-      sn_bad_input("%s: \"%s\" must be a positive integer", path, SN_PROJECTION_CONFIG_KEY);
-    dim = (int)v->valuedouble;
+      dim = sn_errorf(err, errlen, "%s: \"%s\" must be a positive integer", path, SN_PROJECTION_CONFIG_KEY);
+    else
+      dim = (int)v->valuedouble;
   }
   *pooler_placeholder = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, SN_POOLER_PLACEHOLDER_KEY));
   cJSON_Delete(root);
@@ -101,81 +104,117 @@ static const sn_st_tensor *find_stored(const sn_param *p, const sn_st_archive *a
   return sn_st_find(*src, *stored_name);
 }
 
-sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
+// Every tensor of the tower present with its shape (unused ones are warned about); *max_count the
+// largest. 0, or -1 with err.
+static int check_stored_shapes(const sn_model *m, const sn_st_archive *ar, const sn_st_archive *dense, int in_dense,
+                               int pooler_placeholder, const char *dir, size_t *max_count, char *err, size_t errlen) {
+  unsigned char *used = callocCheck((size_t)SN_MAX(ar->ntensors, 1), 1);
+  *max_count = 0;
+  for (int i = 0; i < m->nparams; i++) {
+    const sn_param *p = &m->params[i];
+    const sn_st_archive *src;
+    const char *stored_name;
+    const sn_st_tensor *t = find_stored(p, ar, dense, in_dense, &src, &stored_name);
+    char want[96], got[96];
+    format_shape(want, sizeof want, p->ndim, p->shape);
+    if (!t) {
+      free(used);
+      return sn_errorf(err, errlen, "%s: missing tensor '%s' (expected shape %s)",
+                       src == dense ? dense->files[0] : dir, stored_name, want);
+    }
+    if (!same_shape(p, t)) {
+      format_shape(got, sizeof got, t->ndim, t->shape);
+      free(used);
+      return sn_errorf(err, errlen, "%s: tensor '%s' in %s has shape %s, expected %s (from config.json)", dir,
+                       t->name, src->files[t->file_index], got, want);
+    }
+    if (src == ar) used[t - ar->tensors] = 1;
+    *max_count = SN_MAX(*max_count, p->count);
+  }
+  int unknown = 0;
+  const char *first_unknown = NULL;
+  for (int i = 0; i < ar->ntensors; i++) {
+    if (used[i] || is_known_buffer(ar->tensors[i].name)) continue;
+    if (pooler_placeholder && strncmp(ar->tensors[i].name, "pooler.", strlen("pooler.")) == 0) continue;
+    if (!first_unknown) first_unknown = ar->tensors[i].name;
+    unknown++;
+  }
+  if (unknown)
+    sn_warn("%s: ignoring %d tensor(s) the %s tower does not use (first: '%s')", dir, unknown,
+            sn_arch_name(m->cfg.arch), first_unknown);
+  free(used);
+  return 0;
+}
+
+// The weights into m->weights (allocated here), fp32 through one host buffer. 0, or -1 with err.
+static int upload_weights(sn_model *m, const sn_st_archive *ar, const sn_st_archive *dense, int in_dense,
+                          size_t max_count, char *err, size_t errlen) {
+  const sn_ops *ops = m->ops;
+  m->weights = ops->alloc(m->num_elements * ops->storage_size);
+  float *host = mallocCheck(SN_MAX(max_count, (size_t)1) * sizeof(float));
+  int rc = 0;
+  for (int i = 0; i < m->nparams && rc == 0; i++) {
+    const sn_param *p = &m->params[i];
+    const sn_st_archive *src;
+    const char *stored_name;
+    const sn_st_tensor *t = find_stored(p, ar, dense, in_dense, &src, &stored_name);
+    ops->synchronize();  // the previous upload may still read host (asynchronous backends)
+    rc = sn_st_read_f32_finite(src, t, host, err, errlen);
+    if (rc == 0) ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
+  }
+  ops->synchronize();  // the host buffer is freed next; uploads may be asynchronous
+  free(host);
+  return rc ? -1 : 0;
+}
+
+sn_model *sn_model_load_try(const char *dir, const sn_ops *ops, char *err, size_t errlen) {
   sn_model_config cfg;
-  sn_config_load_hf_dir(&cfg, dir);
-  sn_st_archive ar;
+  if (sn_config_load_hf_dir_try(&cfg, dir, err, errlen) != 0) return NULL;
+  if (sn_model_config_check(&cfg, err, errlen) != 0) return NULL;
+  int pooler_placeholder = 0;
+  const int proj_dim = read_projection_dim(dir, &pooler_placeholder, err, errlen);
+  if (proj_dim < 0) return NULL;
+  sn_st_archive ar, dense;
   memset(&ar, 0, sizeof ar);
-  char err[ERR_LEN];
-  if (sn_st_open(&ar, dir, err, sizeof err) != 0) sn_bad_input("%s", err);
+  memset(&dense, 0, sizeof dense);
+  if (sn_st_open(&ar, dir, err, errlen) != 0) return NULL;
 
   // Optional tensors follow the checkpoint: an untied lm_head, BERT's pooler.
   const int decoder = sn_arch_is_decoder(cfg.arch);
   const int has_lm_head = decoder && !cfg.tie_embeddings && sn_st_find(&ar, "lm_head.weight") != NULL;
-  int pooler_placeholder;
-  const int proj_dim = read_projection_dim(dir, &pooler_placeholder);
   const int has_pooler = !decoder && !pooler_placeholder && sn_st_find(&ar, "pooler.dense.weight") != NULL;
   sn_model *m = sn_model_shell(&cfg, ops);
   sn_model_build_params(m, has_lm_head, has_pooler, proj_dim);
   // The projection: in 2_Dense (sentence-transformers' Dense) since exports put it there, in
   // model.safetensors in older ones.
-  sn_st_archive dense;
-  memset(&dense, 0, sizeof dense);
   const int in_dense = proj_dim > 0 && !sn_st_find(&ar, "projection.weight");
+  int rc = 0;
   if (in_dense) {
     char dense_dir[PATH_LEN];
     snprintf(dense_dir, sizeof dense_dir, "%s/" SN_EXPORT_DENSE_DIR, dir);
-    if (sn_st_open(&dense, dense_dir, err, sizeof err) != 0) sn_bad_input("%s (config.json has a projection)", err);
-  }
-
-  // Shapes first: a wrong checkpoint fails before any memory is spent on it.
-  unsigned char *used = callocCheck((size_t)SN_MAX(ar.ntensors, 1), 1);
-  size_t max_count = 0;
-  for (int i = 0; i < m->nparams; i++) {
-    const sn_param *p = &m->params[i];
-    const sn_st_archive *src;
-    const char *stored_name;
-    const sn_st_tensor *t = find_stored(p, &ar, &dense, in_dense, &src, &stored_name);
-    char want[96], got[96];
-    format_shape(want, sizeof want, p->ndim, p->shape);
-    if (!t) sn_bad_input("%s: missing tensor '%s' (expected shape %s)", src == &dense ? dense.files[0] : dir,
-                         stored_name, want);
-    if (!same_shape(p, t)) {
-      format_shape(got, sizeof got, t->ndim, t->shape);
-      sn_bad_input("%s: tensor '%s' in %s has shape %s, expected %s (from config.json)", dir, t->name,
-                   src->files[t->file_index], got, want);
+    rc = sn_st_open(&dense, dense_dir, err, errlen);
+    if (rc != 0) {
+      size_t n = strlen(err);
+      snprintf(err + n, errlen > n ? errlen - n : 0, " (config.json has a projection)");
     }
-    if (src == &ar) used[t - ar.tensors] = 1;
-    max_count = SN_MAX(max_count, p->count);
   }
-  int unknown = 0;
-  const char *first_unknown = NULL;
-  for (int i = 0; i < ar.ntensors; i++) {
-    if (used[i] || is_known_buffer(ar.tensors[i].name)) continue;
-    if (pooler_placeholder && strncmp(ar.tensors[i].name, "pooler.", strlen("pooler.")) == 0) continue;
-    if (!first_unknown) first_unknown = ar.tensors[i].name;
-    unknown++;
-  }
-  if (unknown)
-    sn_warn("%s: ignoring %d tensor(s) the %s tower does not use (first: '%s')", dir, unknown,
-            sn_arch_name(cfg.arch), first_unknown);
-
-  m->weights = ops->alloc(m->num_elements * ops->storage_size);
-  float *host = mallocCheck(max_count * sizeof(float));
-  for (int i = 0; i < m->nparams; i++) {
-    const sn_param *p = &m->params[i];
-    const sn_st_archive *src;
-    const char *stored_name;
-    const sn_st_tensor *t = find_stored(p, &ar, &dense, in_dense, &src, &stored_name);
-    ops->synchronize();  // the previous upload may still read host (asynchronous backends)
-    if (sn_st_read_f32_finite(src, t, host, err, sizeof err) != 0) sn_bad_input("%s", err);
-    ops->upload_f32(sn_wptr(m, p->offset), host, p->count);
-  }
-  ops->synchronize();  // the host buffer is freed next; uploads may be asynchronous
-  free(host);
-  free(used);
+  // Shapes first: a wrong checkpoint fails before any memory is spent on it.
+  size_t max_count = 0;
+  if (rc == 0) rc = check_stored_shapes(m, &ar, &dense, in_dense, pooler_placeholder, dir, &max_count, err, errlen);
+  if (rc == 0) rc = upload_weights(m, &ar, &dense, in_dense, max_count, err, errlen);
   sn_st_close(&ar);
   if (in_dense) sn_st_close(&dense);
+  if (rc != 0) {
+    sn_model_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
+  char err[ERR_LEN];
+  sn_model *m = sn_model_load_try(dir, ops, err, sizeof err);
+  if (!m) sn_bad_input("%s", err);
   return m;
 }
 

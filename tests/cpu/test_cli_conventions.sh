@@ -11,7 +11,7 @@ trap 'rm -rf "$WORK"' EXIT
 VERSION=$(sed -n 's/^project(scalingnote VERSION \([0-9.]*\).*/\1/p' "$SRC/CMakeLists.txt")
 [ -n "$VERSION" ] || { echo "FAIL: no project(VERSION) in CMakeLists.txt"; exit 1; }
 PROGRAMS="sn_train sn_embed sn_eval sn_mine sn_tokenize sn_make_dataset sn_inspect sn_default_run
-          sn_bench sn_bench_cpu sn_bench_comm sn_bench_tokenizer sn_bench_retrieval sn_bench_bm25"
+          sn_bench sn_bench_cpu sn_bench_comm sn_bench_tokenizer sn_bench_retrieval sn_bench_bm25 sn_bench_encode"
 fail=0
 bad() { echo "FAIL: $*"; fail=1; this_fail=1; }
 for p in $PROGRAMS; do
