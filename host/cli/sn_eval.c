@@ -24,7 +24,7 @@ static void usage(FILE *f) {
           "               [--max-doc-len 256] [--query-prompt STR] [--doc-prompt STR]\n"
           "               [--pooling last|mean|cls] [--query-pooling P] [--doc-pooling P]\n"
           "               [--save-doc-emb PREFIX] [--load-doc-emb PREFIX]\n"
-          "               [--k 100] [--run-out RUN.trec] [--quiet]\n"
+          "               [--k 100] [--run-out RUN.trec] [--contrastive-loss TAU] [--quiet]\n"
           "       sn_eval --run RUN.trec --qrels QRELS.tsv [--out metrics.json]\n"
           "Prompts: the query prompt replaces {text} (or is a prefix); the document prompt replaces\n"
           "{title} and {text}. Tokenized as training tokenizes.\n"
@@ -50,6 +50,9 @@ static void usage(FILE *f) {
           "  --load-doc-emb PFX   read them instead of embedding the corpus\n"
           "  --k N                depth of the top-k search (at least 100)\n"
           "  --run-out FILE       write the ranking as a TREC run file\n"
+          "  --contrastive-loss TAU  also the held-out InfoNCE at temperature TAU (training's\n"
+          "                       stage1.temperature): each judged relevant pair against the whole\n"
+          "                       corpus, mean over pairs\n"
           "  --quiet              no progress lines\n"
           "  --run FILE --qrels FILE  score a TREC run file against qrels instead\n"
           "  --help, -h           this text\n"
@@ -61,6 +64,8 @@ typedef struct {
   sn_eval_opts eval;
 } cli_args;
 
+#define MIN_TEMPERATURE 1e-4  // stage1.temperature's range
+#define MAX_TEMPERATURE 100.0
 #define MAX_FLAG_COUNT (1 << 30)  // batch, lengths and k: the tower's limits are checked later
 
 static int parse_positive(const char *flag, const char *v) { return (int)sn_flag_i64(flag, v, 1, MAX_FLAG_COUNT); }
@@ -105,6 +110,7 @@ static void parse_args(int argc, char **argv, cli_args *a) {
     else if (!strcmp(f, "--load-doc-emb")) a->eval.load_doc_emb = v;
     else if (!strcmp(f, "--k")) a->eval.k = parse_positive(f, v);
     else if (!strcmp(f, "--run-out")) a->eval.run_out = v;
+    else if (!strcmp(f, "--contrastive-loss")) a->eval.contrastive_temperature = (float)sn_flag_f64(f, v, MIN_TEMPERATURE, MAX_TEMPERATURE);
     else if (!strcmp(f, "--run")) a->run = v;
     else if (!strcmp(f, "--qrels")) a->qrels = v;
     else sn_usage_error("unknown option '%s'", f);
