@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""The scaling study: model sizes x init (random, pretrained), each through stage 0 (pretrained
+only), stage 1 at the same steps and batch (so the same tokens) and the evaluation; then a table,
+the fit of the held-out contrastive loss L(N) = A N^-alpha + L_inf and of nDCG@10 against log N,
+and an SVG plot. See docs/SCALING.md.
+
+usage: sweep.py --config SWEEP.json [--bin BUILD_DIR] [--max-cells N] [--report-only]
+
+Every (size, init) cell runs in OUT/cells/<size>-<init>/ (stage0/ and stage1/ run folders of
+sn_train). OUT/sweep_state.json (written atomically) records each finished phase and cell, so a
+rerun skips them; an interrupted phase is continued with sn_train --resume auto from its newest
+complete checkpoint (or restarted with --overwrite when it has none). Outputs: OUT/results.json,
+OUT/results.md, OUT/loss_vs_size.svg. Bad config: exit 2 naming the field.
+"""
+import argparse
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import scaling_fit  # noqa: E402
+import scaling_plot  # noqa: E402
+
+INITS = ("random", "pretrained")
+SIZE_KEYS = {"name": str, "layers": int, "hidden": int, "heads": int, "kv_heads": int,
+             "intermediate": int, "head_dim": int}
+STATE_FILE = "sweep_state.json"
+EMBEDDING_TENSORS = ("embed_tokens", "lm_head", "embeddings.")  # not counted in N
+MIN_SIZES_FOR_FIT = 3
+
+
+class ConfigError(Exception):
+    pass
+
+
+def bad(field, what):
+    raise ConfigError(f"{field}: {what}")
+
+
+# ---- the sweep config --------------------------------------------------------------------------
+
+def load_sweep(path):
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read: {e.strerror}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: not JSON: {e.msg}")
+    if not isinstance(cfg, dict):
+        bad(path, "expected a JSON object")
+    here = os.path.dirname(os.path.abspath(path))
+    known = {"_comment", "base_config", "out_dir", "set", "stage1_steps", "eval_data", "sizes", "inits",
+             "stage0"}
+    for k in cfg:
+        if k not in known:
+            bad(f"{path}: '{k}'", f"unknown key (expected {', '.join(sorted(known - {'_comment'}))})")
+
+    def path_of(field, required=True):
+        v = cfg.get(field)
+        if v is None and not required:
+            return None
+        if not isinstance(v, str) or not v:
+            bad(f"{path}: '{field}'", "expected a path (relative to the sweep file)")
+        return os.path.normpath(os.path.join(here, v))
+
+    out = {"base_config": path_of("base_config"), "out_dir": path_of("out_dir"),
+           "eval_data": path_of("eval_data", required=False)}
+    if not os.path.isfile(out["base_config"]):
+        bad(f"{path}: 'base_config'", f"{out['base_config']} is not a file")
+    steps = cfg.get("stage1_steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        bad(f"{path}: 'stage1_steps'", f"expected an integer >= 1, got {steps!r}")
+    out["stage1_steps"] = steps
+    sets = cfg.get("set", {})
+    if not isinstance(sets, dict):
+        bad(f"{path}: 'set'", "expected an object of dotted sn_train config keys")
+    out["set"] = sets
+
+    sizes = cfg.get("sizes")
+    if not isinstance(sizes, list) or len(sizes) < 1:
+        bad(f"{path}: 'sizes'", "expected a non-empty list of {name, layers, hidden, heads, ...}")
+    names = set()
+    for i, s in enumerate(sizes):
+        where = f"{path}: 'sizes[{i}]'"
+        if not isinstance(s, dict):
+            bad(where, "expected an object")
+        for k, v in s.items():
+            if k not in SIZE_KEYS:
+                bad(f"{where}.{k}", f"unknown key (expected {', '.join(SIZE_KEYS)})")
+            if SIZE_KEYS[k] is int and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                bad(f"{where}.{k}", f"expected an integer >= 1, got {v!r}")
+        name = s.get("name")
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+            bad(f"{where}.name", f"expected a name of letters, digits, '-', '_', '.', got {name!r}")
+        if name in names:
+            bad(f"{where}.name", f"'{name}' is used twice")
+        names.add(name)
+    out["sizes"] = sizes
+
+    inits = cfg.get("inits", list(INITS))
+    if not isinstance(inits, list) or not inits or any(i not in INITS for i in inits) or len(set(inits)) != len(inits):
+        bad(f"{path}: 'inits'", f"expected a list of distinct values among {list(INITS)}, got {inits!r}")
+    out["inits"] = inits
+    stage0 = cfg.get("stage0", {})
+    if not isinstance(stage0, dict):
+        bad(f"{path}: 'stage0'", "expected an object of stage0.* settings")
+    if "pretrained" in inits:
+        data = stage0.get("data")
+        data = [data] if isinstance(data, str) else data
+        if not isinstance(data, list) or not data or not all(isinstance(d, str) and d for d in data):
+            bad(f"{path}: 'stage0.data'", "expected the pretraining text (a path or a list), needed by 'pretrained'")
+        stage0 = dict(stage0, data=[os.path.normpath(os.path.join(here, d)) for d in data])
+        for k in ("model", "model_desc"):
+            if k in stage0:
+                bad(f"{path}: 'stage0.{k}'", "is set by the sweep (each size's model)")
+        if "eval_data" in stage0:
+            stage0["eval_data"] = os.path.normpath(os.path.join(here, stage0["eval_data"]))
+    out["stage0"] = stage0
+    return out
+
+
+# ---- running sn_train --------------------------------------------------------------------------
+
+def resolved_base(bin_dir, base_config):
+    """The base config with every key resolved (absolute paths), as sn_train prints it."""
+    r = subprocess.run([os.path.join(bin_dir, "sn_train"), "--config", base_config, "--print-config"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ConfigError(f"base_config {base_config}: sn_train --print-config failed:\n{r.stderr.strip()}")
+    return json.loads(r.stdout)
+
+
+def set_dotted(cfg, key, value):
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def merge(dst, src):
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def base_model_desc(base):
+    desc = base["stage1"]["model_desc"]
+    if isinstance(desc, str):
+        if not desc:
+            raise ConfigError("base_config: stage1.model_desc: the sweep needs a model description to resize")
+        with open(desc) as f:
+            desc = json.load(f)
+    return dict(desc)
+
+
+def size_desc(base_desc, size):
+    desc = dict(base_desc)
+    desc.pop("head_dim", None)  # follows hidden / heads unless the size names it
+    desc.update({k: v for k, v in size.items() if k != "name"})
+    return desc
+
+
+def atomic_write(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_phase(bin_dir, config, stage, log_path):
+    """Runs sn_train on a written config; resumes an interrupted run folder."""
+    run_dir = config["run_dir"]
+    cfg_path = os.path.join(os.path.dirname(run_dir), f"{os.path.basename(run_dir)}.json")
+    atomic_write(cfg_path, json.dumps(config, indent=1) + "\n")
+    cmd = [os.path.join(bin_dir, "sn_train"), "--config", cfg_path, "--stage", str(stage)]
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        has_ckpt = any(n.startswith("ckpt-") for n in os.listdir(run_dir))
+        cmd.append("--resume" if has_ckpt else "--overwrite")
+        if has_ckpt:
+            cmd.append("auto")
+    t0 = time.time()
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log_path}")
+    return time.time() - t0
+
+
+def count_params(model_dir):
+    """(total, non-embedding) parameters of one tower from its safetensors header."""
+    total = non_embedding = 0
+    for name in sorted(os.listdir(model_dir)):
+        if not name.endswith(".safetensors"):
+            continue
+        with open(os.path.join(model_dir, name), "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for tensor, info in header.items():
+            if tensor == "__metadata__":
+                continue
+            n = math.prod(info["shape"])
+            total += n
+            if not any(e in tensor for e in EMBEDDING_TENSORS):
+                non_embedding += n
+    return total, non_embedding
+
+
+def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
+    cell_dir = os.path.join(sweep["out_dir"], "cells", f"{size['name']}-{init}")
+    os.makedirs(cell_dir, exist_ok=True)
+    log_path = os.path.join(cell_dir, "sn_train.log")
+    desc = size_desc(base_model_desc(base), size)
+    phases = cell_state.setdefault("phases", {})
+
+    if init == "pretrained" and "stage0" not in phases:
+        c0 = json.loads(json.dumps(base))
+        c0["run_dir"] = os.path.join(cell_dir, "stage0")
+        merge(c0["stage0"], {"model": "", "model_desc": desc, "tokenizer": base["stage1"]["tokenizer"]})
+        merge(c0["stage0"], sweep["stage0"])
+        c0["eval"]["data"] = ""
+        phases["stage0"] = {"seconds": run_phase(bin_dir, c0, 0, log_path)}
+        save_state()
+
+    if "stage1" not in phases:
+        c1 = json.loads(json.dumps(base))
+        for k, v in sweep["set"].items():
+            set_dotted(c1, k, v)
+        c1["run_dir"] = os.path.join(cell_dir, "stage1")
+        if init == "pretrained":
+            c1["stage1"]["model"] = os.path.join(cell_dir, "stage0", "final", "lm")
+            c1["stage1"]["model_desc"] = ""
+        else:
+            c1["stage1"]["model"] = ""
+            c1["stage1"]["model_desc"] = desc
+        c1["stage1"]["steps"] = sweep["stage1_steps"]
+        if sweep["eval_data"]:
+            c1["eval"]["data"] = sweep["eval_data"]
+        if not c1["eval"]["data"]:
+            raise ConfigError("eval_data: the sweep needs test data (eval_data, or eval.data in base_config)")
+        c1["eval"]["contrastive_loss"] = True
+        phases["stage1"] = {"seconds": run_phase(bin_dir, c1, 1, log_path)}
+        save_state()
+
+    stage1_dir = os.path.join(cell_dir, "stage1")
+    with open(os.path.join(stage1_dir, "eval", "stage1.json")) as f:
+        ev = json.load(f)
+    total, non_embedding = count_params(os.path.join(stage1_dir, "final", "query_tower"))
+    return {"size": size["name"], "init": init, "layers": desc["layers"], "hidden": desc["hidden"],
+            "params": total, "params_non_embedding": non_embedding,
+            "contrastive_loss": ev["contrastive_loss"], "ndcg@10": ev["ndcg@10"], "recall@100": ev["recall@100"],
+            "seconds_stage0": phases.get("stage0", {}).get("seconds", 0.0),
+            "seconds_stage1": phases["stage1"]["seconds"],
+            "seconds": phases.get("stage0", {}).get("seconds", 0.0) + phases["stage1"]["seconds"]}
+
+
+# ---- reports -----------------------------------------------------------------------------------
+
+def fits(cells, inits):
+    out = {}
+    for init in inits:
+        rows = sorted((c for c in cells if c["init"] == init), key=lambda c: c["params_non_embedding"])
+        if len(rows) < MIN_SIZES_FOR_FIT:
+            continue
+        n = [c["params_non_embedding"] for c in rows]
+        entry = {}
+        try:
+            entry["loss"] = scaling_fit.fit_loss_law(n, [c["contrastive_loss"] for c in rows])
+        except ValueError as e:
+            entry["loss_error"] = str(e)
+        entry["ndcg@10"] = scaling_fit.fit_log_linear(n, [c["ndcg@10"] for c in rows])
+        out[init] = entry
+    return out
+
+
+def markdown(cells, fit):
+    lines = ["| size | init | layers | hidden | params | non-embedding params | held-out contrastive loss | "
+             "nDCG@10 | R@100 | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        lines.append(f"| {c['size']} | {c['init']} | {c['layers']} | {c['hidden']} | {c['params']:,} | "
+                     f"{c['params_non_embedding']:,} | {c['contrastive_loss']:.4f} | {c['ndcg@10']:.4f} | "
+                     f"{c['recall@100']:.4f} | {c['seconds']:.1f} |")
+    lines.append("")
+    for init, f in fit.items():
+        if "loss" in f:
+            l = f["loss"]
+            lines.append(f"- {init}: L(N) = {l['A']:.4g} · N^({-l['alpha']:.4f}) + {l['L_inf']:.4f} "
+                         f"(α = {l['alpha']:.4f}, R² = {l['r2']:.4f})")
+        n = f["ndcg@10"]
+        lines.append(f"- {init}: nDCG@10 = {n['intercept']:.4f} {n['slope_per_decade']:+.4f} · log10 N "
+                     f"(R² = {n['r2']:.4f})")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(sweep, cells):
+    out = sweep["out_dir"]
+    fit = fits(cells, sweep["inits"])
+    atomic_write(os.path.join(out, "results.json"), json.dumps({"cells": cells, "fits": fit}, indent=1) + "\n")
+    atomic_write(os.path.join(out, "results.md"), markdown(cells, fit))
+    atomic_write(os.path.join(out, "loss_vs_size.svg"), scaling_plot.loss_vs_size_svg(cells, fit, sweep["inits"]))
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="the sweep config (JSON; docs/SCALING.md)")
+    ap.add_argument("--bin", default="build", help="folder of sn_train (default: build)")
+    ap.add_argument("--max-cells", type=int, default=0,
+                    help="run at most N unfinished cells, then stop (0 = all); a rerun continues")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the reports from the finished cells")
+    args = ap.parse_args()
+    try:
+        sweep = load_sweep(args.config)
+        base = resolved_base(args.bin, sweep["base_config"])
+    except ConfigError as e:
+        print(f"sweep.py: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(sweep["out_dir"], exist_ok=True)
+    state_path = os.path.join(sweep["out_dir"], STATE_FILE)
+    state = {"cells": {}}
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+
+    def save_state():
+        atomic_write(state_path, json.dumps(state, indent=1) + "\n")
+
+    cells, ran = [], 0
+    for size in sweep["sizes"]:
+        for init in sweep["inits"]:
+            key = f"{size['name']}-{init}"
+            cell = state["cells"].setdefault(key, {})
+            if "result" in cell:
+                cells.append(cell["result"])
+                continue
+            if args.report_only or (args.max_cells and ran >= args.max_cells):
+                continue
+            print(f"sweep: cell {key}", file=sys.stderr, flush=True)
+            try:
+                cell["result"] = run_cell(args.bin, sweep, base, size, init, cell, save_state)
+            except ConfigError as e:
+                print(f"sweep.py: {e}", file=sys.stderr)
+                return 2
+            except RuntimeError as e:
+                print(f"sweep.py: {e}", file=sys.stderr)
+                return 1
+            save_state()
+            cells.append(cell["result"])
+            ran += 1
+    write_reports(sweep, cells)
+    total = len(sweep["sizes"]) * len(sweep["inits"])
+    print(f"sweep: {len(cells)} of {total} cells finished; {os.path.join(sweep['out_dir'], 'results.md')}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
