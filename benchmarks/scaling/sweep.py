@@ -126,13 +126,25 @@ def load_sweep(path):
 
 # ---- running sn_train --------------------------------------------------------------------------
 
-def resolved_base(bin_dir, base_config):
-    """The base config with every key resolved (absolute paths), as sn_train prints it."""
+def resolved_base(bin_dir, sweep):
+    """The base config with every key resolved (absolute paths), as sn_train prints it, with the
+    sweep's 'set' applied and, unless it names one, a token cache shared by every cell."""
+    base_config = sweep["base_config"]
     r = subprocess.run([os.path.join(bin_dir, "sn_train"), "--config", base_config, "--print-config"],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise ConfigError(f"base_config {base_config}: sn_train --print-config failed:\n{r.stderr.strip()}")
-    return json.loads(r.stdout)
+    base = json.loads(r.stdout)
+    for k, v in sweep["set"].items():
+        set_dotted(base, k, v)
+    if not base["data"]["cache_dir"]:
+        base["data"]["cache_dir"] = os.path.join(sweep["out_dir"], "cache")
+    if not sweep["eval_data"]:
+        sweep["eval_data"] = base["eval"]["data"]
+    if not sweep["eval_data"]:
+        raise ConfigError("eval_data: the sweep needs test data (eval_data, or eval.data in base_config)")
+    base_model_desc(base)  # checked now, not when the first cell starts
+    return base
 
 
 def set_dotted(cfg, key, value):
@@ -198,6 +210,24 @@ def run_phase(bin_dir, config, stage, log_path):
     return time.time() - t0
 
 
+def run_eval(bin_dir, sweep, base, stage1_dir, eval_path, log_path):
+    """sn_eval of the final towers on the test data, with the held-out contrastive loss at the
+    stage-1 temperature; prompts, pooling and lengths come from the towers' export."""
+    final = os.path.join(stage1_dir, "final")
+    cmd = [os.path.join(bin_dir, "sn_eval"), "--query-model", os.path.join(final, "query_tower"),
+           "--doc-model", os.path.join(final, "doc_tower"), "--data", sweep["eval_data"],
+           "--split", base["eval"]["split"], "--batch", str(base["eval"]["batch"]), "--device", base["device"],
+           "--contrastive-loss", repr(base["stage1"]["temperature"]), "--quiet", "--out", eval_path]
+    t0 = time.time()
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log_path}")
+    return time.time() - t0
+
+
 def count_params(model_dir):
     """(total, non-embedding) parameters of one tower from its safetensors header."""
     total = non_embedding = 0
@@ -234,8 +264,6 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
 
     if "stage1" not in phases:
         c1 = json.loads(json.dumps(base))
-        for k, v in sweep["set"].items():
-            set_dotted(c1, k, v)
         c1["run_dir"] = os.path.join(cell_dir, "stage1")
         if init == "pretrained":
             c1["stage1"]["model"] = os.path.join(cell_dir, "stage0", "final", "lm")
@@ -244,24 +272,25 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
             c1["stage1"]["model"] = ""
             c1["stage1"]["model_desc"] = desc
         c1["stage1"]["steps"] = sweep["stage1_steps"]
-        if sweep["eval_data"]:
-            c1["eval"]["data"] = sweep["eval_data"]
-        if not c1["eval"]["data"]:
-            raise ConfigError("eval_data: the sweep needs test data (eval_data, or eval.data in base_config)")
-        c1["eval"]["contrastive_loss"] = True
+        c1["eval"]["data"] = ""  # evaluated below, once (sn_train would embed the untrained towers too)
         phases["stage1"] = {"seconds": run_phase(bin_dir, c1, 1, log_path)}
         save_state()
 
     stage1_dir = os.path.join(cell_dir, "stage1")
-    with open(os.path.join(stage1_dir, "eval", "stage1.json")) as f:
+    eval_path = os.path.join(cell_dir, "eval.json")
+    if "eval" not in phases:
+        phases["eval"] = {"seconds": run_eval(bin_dir, sweep, base, stage1_dir, eval_path, log_path)}
+        save_state()
+    with open(eval_path) as f:
         ev = json.load(f)
     total, non_embedding = count_params(os.path.join(stage1_dir, "final", "query_tower"))
+    train_seconds = phases.get("stage0", {}).get("seconds", 0.0) + phases["stage1"]["seconds"]
     return {"size": size["name"], "init": init, "layers": desc["layers"], "hidden": desc["hidden"],
             "params": total, "params_non_embedding": non_embedding,
             "contrastive_loss": ev["contrastive_loss"], "ndcg@10": ev["ndcg@10"], "recall@100": ev["recall@100"],
             "seconds_stage0": phases.get("stage0", {}).get("seconds", 0.0),
-            "seconds_stage1": phases["stage1"]["seconds"],
-            "seconds": phases.get("stage0", {}).get("seconds", 0.0) + phases["stage1"]["seconds"]}
+            "seconds_stage1": phases["stage1"]["seconds"], "seconds_eval": phases["eval"]["seconds"],
+            "seconds": train_seconds + phases["eval"]["seconds"]}
 
 
 # ---- reports -----------------------------------------------------------------------------------
@@ -323,7 +352,7 @@ def main():
     args = ap.parse_args()
     try:
         sweep = load_sweep(args.config)
-        base = resolved_base(args.bin, sweep["base_config"])
+        base = resolved_base(args.bin, sweep)
     except ConfigError as e:
         print(f"sweep.py: {e}", file=sys.stderr)
         return 2
@@ -350,9 +379,6 @@ def main():
             print(f"sweep: cell {key}", file=sys.stderr, flush=True)
             try:
                 cell["result"] = run_cell(args.bin, sweep, base, size, init, cell, save_state)
-            except ConfigError as e:
-                print(f"sweep.py: {e}", file=sys.stderr)
-                return 2
             except RuntimeError as e:
                 print(f"sweep.py: {e}", file=sys.stderr)
                 return 1

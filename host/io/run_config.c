@@ -156,8 +156,6 @@ static const field_spec SCHEMA[] = {
     PATH("eval.data", FIELD_PATH, eval.data, PATH_DIR, "BEIR folder; empty = no evaluation"),
     STR("eval.split", FIELD_STRING, eval.split, "test", "qrels split"),
     NUM("eval.batch", FIELD_INT, eval.batch, 1, 1 << 20, 64, "sequences per encode batch"),
-    NUM("eval.contrastive_loss", FIELD_BOOL, eval.contrastive_loss, 0, 1, 0,
-        "also the held-out InfoNCE (judged pairs against the whole corpus, at stage1.temperature) of the untrained and stage-1 towers"),
     NUM("log.every", FIELD_INT, log.every, 1, BIG_INT, 10, "steps per log line (not a terminal)"),
     CHOICE("export.dtype", export.dtype, "source|f32|bf16", "source",
            "weights of the final towers (RUN/final/*); source = as trained: bf16 on CUDA, f32 on the CPU"),

@@ -116,7 +116,6 @@ typedef struct {
   } checkpoint;
   struct {
     char data[SN_CFG_PATH_MAX];  // BEIR folder; "" = no evaluation
-    int contrastive_loss;        // also the held-out InfoNCE of the towers, at stage1.temperature
     char split[32];
     int batch;
   } eval;

@@ -76,7 +76,6 @@ static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const 
   // The towers are embedded as they were trained: the student with its own pooling.
   o.doc_pooling = sn_pooling_from_name(t->cfg.stage1.pooling, "stage1.pooling");
   o.query_pooling = student ? (int)sn_pooling_from_name(t->cfg.stage2.pooling, "stage2.pooling") : o.doc_pooling;
-  if (t->cfg.eval.contrastive_loss && !student) o.contrastive_temperature = (float)t->cfg.stage1.temperature;
   sn_eval_result res;
   char err[1024], path[SN_TRAIN_PATH_MAX + 64];
   if (sn_eval_run(&o, data, qm, qtok, dm, dtok, &res, err, sizeof err) != 0) sn_bad_input("evaluation: %s", err);
@@ -87,9 +86,6 @@ static void eval_towers(sn_trainer *t, const sn_beir *data, sn_model *qm, const 
   sn_log("eval %-10s nDCG@10 %.4f  R@10 %.4f  R@100 %.4f  MRR@10 %.4f  (%d queries, %d docs, %.1f s)",
          name, res.mean.ndcg_10, res.mean.recall_10, res.mean.recall_100, res.mean.mrr_10,
          res.num_queries, res.num_docs, res.seconds);
-  if (res.contrastive_pairs)
-    sn_log("eval %-10s held-out contrastive loss %.6f (%d pairs against the corpus, tau %g)", name,
-           res.contrastive_loss, res.contrastive_pairs, res.contrastive_temperature);
 }
 
 static int load_eval_data(sn_trainer *t, sn_beir *data) {

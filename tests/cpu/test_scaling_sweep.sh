@@ -101,6 +101,7 @@ grep -q '"Qwen2ForCausalLM"' straight/cells/h32-pretrained/stage0/final/lm/confi
 
 # the held-out contrastive loss against numpy's
 cell=straight/cells/h48-pretrained/stage1
+cp straight/cells/h48-pretrained/eval.json sweep_eval.json
 python3 -c "
 import json
 with open('queries.jsonl', 'w') as f:
@@ -110,8 +111,8 @@ with open('queries.jsonl', 'w') as f:
 "$BUILD/sn_eval" --query-model $cell/final/query_tower --doc-model $cell/final/doc_tower --data data/test \
   --contrastive-loss 0.05 --save-doc-emb docs --quiet --out eval.json > eval.txt 2> eval.log || { cat eval.log; exit 1; }
 grep -q "contrastive loss" eval.txt || { echo "FAIL: sn_eval printed no contrastive loss"; fail=1; }
-python3 - "$cell" <<'PY' || fail=1
-import json, sys
+python3 - <<'PY' || fail=1
+import json
 import numpy as np
 q, d = np.load("queries.npy").astype(np.float64), np.load("docs.npy").astype(np.float64)
 doc_row = {l.strip(): i for i, l in enumerate(open("docs.ids.txt"))}
@@ -127,7 +128,7 @@ for i, qid in enumerate(qids):
     terms += [lse - logits[doc_row[did]] for did in rel[qid]]
 want = float(np.mean(terms))
 ours = json.load(open("eval.json"))
-trained = json.load(open(f"{sys.argv[1]}/eval/stage1.json"))
+trained = json.load(open("sweep_eval.json"))  # the sweep's own evaluation of the cell
 assert ours["contrastive_pairs"] == len(terms) and abs(ours["contrastive_loss"] - want) < 1e-5 * want, (ours, want)
 assert abs(trained["contrastive_loss"] - want) < 1e-5 * want, (trained, want)
 print("ok: held-out contrastive loss", want)
