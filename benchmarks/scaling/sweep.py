@@ -37,6 +37,15 @@ class ConfigError(Exception):
     pass
 
 
+class Stopped(Exception):
+    """The deadline came during a phase: sn_train checkpointed (SIGTERM) or sn_eval was stopped."""
+
+
+EXIT_STOPPED = 3  # stopped before the end (--deadline-s, --stop-after-steps): a rerun continues
+deadline = None   # time.time() after which the running phase is stopped
+stop_after_steps = None  # --stop-after-steps: the next sn_train phase takes this many steps and stops
+
+
 def bad(field, what):
     raise ConfigError(f"{field}: {what}")
 
@@ -189,7 +198,32 @@ def atomic_write(path, text):
     os.replace(tmp, path)
 
 
-def run_phase(bin_dir, config, stage, log_path):
+def run_logged(cmd, log_path, done_marker):
+    """Runs cmd with its output appended to log_path; returns its wall time in seconds. At the
+    deadline it gets SIGTERM (sn_train finishes its step, checkpoints and exits 0); done_marker, a
+    file the finished program writes, tells a finished phase from a stopped one."""
+    t0 = time.time()
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            rc = proc.wait()
+    if not os.path.exists(done_marker):
+        if rc == 0 and "--stop-after" in cmd:
+            raise Stopped(f"{' '.join(cmd)} stopped after the steps asked for")
+        if deadline is not None and time.time() >= deadline:
+            raise Stopped(f"{' '.join(cmd)} stopped at the deadline")
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc} without writing {done_marker}; see {log_path}")
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log_path}")
+    return time.time() - t0
+
+
+def run_phase(bin_dir, config, stage, log_path, done_marker):
     """Runs sn_train on a written config; resumes an interrupted run folder."""
     run_dir = config["run_dir"]
     cfg_path = os.path.join(os.path.dirname(run_dir), f"{os.path.basename(run_dir)}.json")
@@ -200,14 +234,11 @@ def run_phase(bin_dir, config, stage, log_path):
         cmd.append("--resume" if has_ckpt else "--overwrite")
         if has_ckpt:
             cmd.append("auto")
-    t0 = time.time()
-    with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log_path}")
-    return time.time() - t0
+    global stop_after_steps
+    if stop_after_steps:
+        cmd += ["--stop-after", str(stop_after_steps)]
+        stop_after_steps = None
+    return run_logged(cmd, log_path, done_marker)
 
 
 def run_eval(bin_dir, sweep, base, stage1_dir, eval_path, log_path):
@@ -218,14 +249,9 @@ def run_eval(bin_dir, sweep, base, stage1_dir, eval_path, log_path):
            "--doc-model", os.path.join(final, "doc_tower"), "--data", sweep["eval_data"],
            "--split", base["eval"]["split"], "--batch", str(base["eval"]["batch"]), "--device", base["device"],
            "--contrastive-loss", repr(base["stage1"]["temperature"]), "--quiet", "--out", eval_path]
-    t0 = time.time()
-    with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log_path}")
-    return time.time() - t0
+    if os.path.exists(eval_path):
+        os.remove(eval_path)
+    return run_logged(cmd, log_path, eval_path)
 
 
 def count_params(model_dir):
@@ -259,7 +285,8 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
         merge(c0["stage0"], {"model": "", "model_desc": desc, "tokenizer": base["stage1"]["tokenizer"]})
         merge(c0["stage0"], sweep["stage0"])
         c0["eval"]["data"] = ""
-        phases["stage0"] = {"seconds": run_phase(bin_dir, c0, 0, log_path)}
+        lm_config = os.path.join(c0["run_dir"], "final", "lm", "config.json")
+        phases["stage0"] = {"seconds": run_phase(bin_dir, c0, 0, log_path, lm_config)}
         save_state()
 
     if "stage1" not in phases:
@@ -273,7 +300,8 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
             c1["stage1"]["model_desc"] = desc
         c1["stage1"]["steps"] = sweep["stage1_steps"]
         c1["eval"]["data"] = ""  # evaluated below, once (sn_train would embed the untrained towers too)
-        phases["stage1"] = {"seconds": run_phase(bin_dir, c1, 1, log_path)}
+        doc_tower = os.path.join(c1["run_dir"], "final", "doc_tower", "config.json")
+        phases["stage1"] = {"seconds": run_phase(bin_dir, c1, 1, log_path, doc_tower)}
         save_state()
 
     stage1_dir = os.path.join(cell_dir, "stage1")
@@ -342,14 +370,40 @@ def write_reports(sweep, cells):
 
 # ---- main --------------------------------------------------------------------------------------
 
+def project_version():
+    cmake = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "CMakeLists.txt")
+    with open(cmake) as f:
+        for line in f:
+            if line.startswith("project(scalingnote VERSION "):
+                return line.split()[2].rstrip(")")
+    return "unknown"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="version", version=f"sweep.py (scalingnote) {project_version()}")
     ap.add_argument("--config", required=True, help="the sweep config (JSON; docs/SCALING.md)")
     ap.add_argument("--bin", default="build", help="folder of sn_train (default: build)")
     ap.add_argument("--max-cells", type=int, default=0,
                     help="run at most N unfinished cells, then stop (0 = all); a rerun continues")
     ap.add_argument("--report-only", action="store_true", help="rewrite the reports from the finished cells")
+    ap.add_argument("--deadline-s", type=float, default=0,
+                    help="stop after S seconds (the running sn_train checkpoints), exit 3; a rerun "
+                         "continues (0 = no limit)")
+    ap.add_argument("--stop-after-steps", type=int, default=0,
+                    help="the next sn_train phase takes N steps, checkpoints and the sweep stops, exit 3 "
+                         "(an interruption on purpose: tests, time-limited jobs); 0 = off")
     args = ap.parse_args()
+    if args.stop_after_steps < 0:
+        ap.error(f"--stop-after-steps {args.stop_after_steps}: expected 0 or more")
+    global stop_after_steps
+    stop_after_steps = args.stop_after_steps or None
+    if args.max_cells < 0:
+        ap.error(f"--max-cells {args.max_cells}: expected 0 or more")
+    if args.deadline_s < 0:
+        ap.error(f"--deadline-s {args.deadline_s}: expected 0 or more")
+    global deadline
+    deadline = time.time() + args.deadline_s if args.deadline_s else None
     try:
         sweep = load_sweep(args.config)
         base = resolved_base(args.bin, sweep)
@@ -366,27 +420,38 @@ def main():
     def save_state():
         atomic_write(state_path, json.dumps(state, indent=1) + "\n")
 
-    cells, ran = [], 0
+    keys = [f"{size['name']}-{init}" for size in sweep["sizes"] for init in sweep["inits"]]
+
+    def finished_cells():  # in config order
+        return [state["cells"][k]["result"] for k in keys if "result" in state["cells"].get(k, {})]
+
+    ran = 0
     for size in sweep["sizes"]:
         for init in sweep["inits"]:
             key = f"{size['name']}-{init}"
             cell = state["cells"].setdefault(key, {})
             if "result" in cell:
-                cells.append(cell["result"])
                 continue
             if args.report_only or (args.max_cells and ran >= args.max_cells):
                 continue
             print(f"sweep: cell {key}", file=sys.stderr, flush=True)
             try:
+                if deadline is not None and time.time() >= deadline:
+                    raise Stopped(f"deadline reached before cell {key}")
                 cell["result"] = run_cell(args.bin, sweep, base, size, init, cell, save_state)
+            except Stopped as e:
+                save_state()
+                write_reports(sweep, finished_cells())
+                print(f"sweep.py: {e}; {len(finished_cells())} cells finished; rerun to continue", file=sys.stderr)
+                return EXIT_STOPPED
             except RuntimeError as e:
                 print(f"sweep.py: {e}", file=sys.stderr)
                 return 1
             save_state()
-            cells.append(cell["result"])
             ran += 1
+    cells = finished_cells()
     write_reports(sweep, cells)
-    total = len(sweep["sizes"]) * len(sweep["inits"])
+    total = len(keys)
     print(f"sweep: {len(cells)} of {total} cells finished; {os.path.join(sweep['out_dir'], 'results.md')}",
           file=sys.stderr)
     return 0

@@ -6,8 +6,9 @@
 #   the SVG with every cell;
 # - the held-out contrastive loss of a cell equals numpy's InfoNCE over sn_embed's query and
 #   sn_eval's corpus embeddings;
-# - a sweep stopped after 3 cells (--max-cells) and rerun does not rerun them and ends with the
-#   same numbers as the uninterrupted one;
+# - a sweep stopped after 3 cells (--max-cells), then at a deadline inside a phase (--deadline-s:
+#   sn_train checkpoints), and rerun, does not rerun finished cells and ends with the same numbers
+#   as the uninterrupted one;
 # - bad sweep configs exit 2 naming the field.
 # Usage: test_scaling_sweep.sh BUILD_DIR
 set -euo pipefail
@@ -141,7 +142,19 @@ n_done=$(python3 -c "import json; print(sum('result' in c for c in json.load(ope
 [ "$n_done" = 3 ] || { echo "FAIL: --max-cells 3 finished $n_done cells"; fail=1; }
 [ "$(grep -c '^| h' parts/results.md)" = 3 ] || { echo "FAIL: the partial table is not 3 rows"; fail=1; }
 for c in h16-random h16-pretrained h32-random; do cp "parts/cells/$c/sn_train.log" "$c.before"; done
-python3 "$SWEEP" --config sweep-parts.json --bin "$BUILD" 2> parts2.log || { cat parts2.log; exit 1; }
+# then stopped inside a phase (exit 3): h32-pretrained's stage 0 after 2 of its 4 steps, and at a
+# deadline (wherever it falls); sn_train checkpoints, the rerun resumes
+for how in "--stop-after-steps 2" "--deadline-s 2"; do
+  set +e
+  python3 "$SWEEP" --config sweep-parts.json --bin "$BUILD" $how 2>> parts2.log
+  rc=$?
+  set -e
+  [ "$rc" = 3 ] || [ "$how" = "--deadline-s 2" ] || { echo "FAIL: $how: exit $rc, expected 3"; cat parts2.log; fail=1; }
+done
+grep -q "rerun to continue" parts2.log || { echo "FAIL: no 'rerun to continue' in: $(cat parts2.log)"; fail=1; }
+grep -q "stage0.json --stage 0 --resume auto" parts/cells/h32-pretrained/sn_train.log \
+  || { echo "FAIL: the stopped stage 0 was not resumed"; cat parts/cells/h32-pretrained/sn_train.log; fail=1; }
+python3 "$SWEEP" --config sweep-parts.json --bin "$BUILD" 2>> parts2.log || { cat parts2.log; exit 1; }
 for c in h16-random h16-pretrained h32-random; do
   cmp -s "$c.before" "parts/cells/$c/sn_train.log" || { echo "FAIL: finished cell $c was run again"; fail=1; }
   grep -q "cell $c" parts2.log && { echo "FAIL: the rerun started finished cell $c"; fail=1; }
