@@ -22,8 +22,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import scaling_fit  # noqa: E402
-import scaling_plot  # noqa: E402
 
 INITS = ("random", "pretrained")
 SIZE_KEYS = {"name": str, "layers": int, "hidden": int, "heads": int, "kv_heads": int,
@@ -324,6 +322,7 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
 # ---- reports -----------------------------------------------------------------------------------
 
 def fits(cells, inits):
+    import scaling_fit  # numpy: needed for the reports only, not to run the cells
     out = {}
     for init in inits:
         rows = sorted((c for c in cells if c["init"] == init), key=lambda c: c["params_non_embedding"])
@@ -361,6 +360,11 @@ def markdown(cells, fit):
 
 
 def write_reports(sweep, cells):
+    try:
+        import scaling_plot
+    except ImportError as e:
+        print(f"sweep.py: no reports here ({e}): run --report-only where numpy is installed", file=sys.stderr)
+        return
     out = sweep["out_dir"]
     fit = fits(cells, sweep["inits"])
     atomic_write(os.path.join(out, "results.json"), json.dumps({"cells": cells, "fits": fit}, indent=1) + "\n")
