@@ -9,7 +9,9 @@ import scaling_fit
 
 COLORS = {"random": "#1f77b4", "pretrained": "#d62728"}
 PANEL_W, PANEL_H = 420, 300
-MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 64, 20, 40, 52
+MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 76, 20, 56, 52
+LEGEND_Y = 44        # the legend's row, between the title and the plot
+LEGEND_STEP = 120    # horizontal space of one legend entry
 CURVE_POINTS = 64
 Y_TICKS = 5
 
@@ -46,7 +48,7 @@ def _panel(svg, x_off, title, ylabel, cells, inits, key, curve_of):
     svg.append(f'<rect x="{px0}" y="{py0}" width="{px1 - px0}" height="{py1 - py0}" fill="none" stroke="#666"/>')
     svg.append(f'<text x="{(px0 + px1) / 2:.1f}" y="{PANEL_H - 14}" text-anchor="middle">'
                'non-embedding parameters N (log scale)</text>')
-    svg.append(f'<text transform="translate({x_off + 16},{(py0 + py1) / 2:.1f}) rotate(-90)" '
+    svg.append(f'<text transform="translate({x_off + 14},{(py0 + py1) / 2:.1f}) rotate(-90)" '
                f'text-anchor="middle">{ylabel}</text>')
     for j, init in enumerate(inits):
         color = COLORS.get(init, "#333")
@@ -58,9 +60,13 @@ def _panel(svg, x_off, title, ylabel, cells, inits, key, curve_of):
             if c["init"] == init:
                 svg.append(f'<circle cx="{sx(c["params_non_embedding"]):.1f}" cy="{sy(c[key]):.1f}" r="4" '
                            f'fill="{color}"/>')
-        ly = py0 + 14 + 16 * j
-        svg.append(f'<circle cx="{px1 - 110}" cy="{ly - 4}" r="4" fill="{color}"/>')
-        svg.append(f'<text x="{px1 - 100}" y="{ly}">{init} init</text>')
+        lx = px0 + LEGEND_STEP * j
+        svg.append(f'<circle cx="{lx + 4}" cy="{LEGEND_Y - 4}" r="4" fill="{color}"/>')
+        svg.append(f'<text x="{lx + 12}" y="{LEGEND_Y}">{init} init</text>')
+    lx = px0 + LEGEND_STEP * len(inits)
+    svg.append(f'<line x1="{lx}" y1="{LEGEND_Y - 4}" x2="{lx + 20}" y2="{LEGEND_Y - 4}" stroke="#333" '
+               'stroke-dasharray="5,3"/>')
+    svg.append(f'<text x="{lx + 26}" y="{LEGEND_Y}">fit</text>')
 
 
 def loss_vs_size_svg(cells, fit, inits):
