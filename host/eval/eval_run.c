@@ -171,7 +171,7 @@ static void build_run(sn_run *run, const sn_beir *data, const int32_t *idx, cons
 static void heldout_contrastive_loss(const sn_beir *data, const float *queries, const float *docs, int C,
                                      float temperature, sn_eval_result *out) {
   const int N = data->corpus.n, Q = data->queries.n;
-  int npairs = 0, cap = Q;
+  int npairs = 0, cap = SN_MAX(Q, 1);
   float *rows = mallocCheck((size_t)cap * C * sizeof *rows);  // (pairs, C)
   int32_t *target = mallocCheck((size_t)cap * sizeof *target);
   for (int q = 0; q < Q; q++) {
