@@ -276,6 +276,15 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
     log_path = os.path.join(cell_dir, "sn_train.log")
     desc = size_desc(base_model_desc(base), size)
     phases = cell_state.setdefault("phases", {})
+    lm_config = os.path.join(cell_dir, "stage0", "final", "lm", "config.json")
+    doc_tower = os.path.join(cell_dir, "stage1", "final", "doc_tower", "config.json")
+    eval_path = os.path.join(cell_dir, "eval.json")
+    # A phase recorded as done whose output is gone (a state file carried to a fresh machine
+    # without the cell folders) runs again, and so does every phase after it.
+    for name, output in (("stage0", lm_config), ("stage1", doc_tower), ("eval", eval_path)):
+        if name in phases and not os.path.exists(output):
+            for later in ("stage0", "stage1", "eval")[("stage0", "stage1", "eval").index(name):]:
+                phases.pop(later, None)
 
     if init == "pretrained" and "stage0" not in phases:
         c0 = json.loads(json.dumps(base))
@@ -283,8 +292,9 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
         merge(c0["stage0"], {"model": "", "model_desc": desc, "tokenizer": base["stage1"]["tokenizer"]})
         merge(c0["stage0"], sweep["stage0"])
         c0["eval"]["data"] = ""
-        lm_config = os.path.join(c0["run_dir"], "final", "lm", "config.json")
         phases["stage0"] = {"seconds": run_phase(bin_dir, c0, 0, log_path, lm_config)}
+        phases.pop("stage1", None)  # a new LM: its towers are to be trained again
+        phases.pop("eval", None)
         save_state()
 
     if "stage1" not in phases:
@@ -298,12 +308,11 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
             c1["stage1"]["model_desc"] = desc
         c1["stage1"]["steps"] = sweep["stage1_steps"]
         c1["eval"]["data"] = ""  # evaluated below, once (sn_train would embed the untrained towers too)
-        doc_tower = os.path.join(c1["run_dir"], "final", "doc_tower", "config.json")
         phases["stage1"] = {"seconds": run_phase(bin_dir, c1, 1, log_path, doc_tower)}
+        phases.pop("eval", None)
         save_state()
 
     stage1_dir = os.path.join(cell_dir, "stage1")
-    eval_path = os.path.join(cell_dir, "eval.json")
     if "eval" not in phases:
         phases["eval"] = {"seconds": run_eval(bin_dir, sweep, base, stage1_dir, eval_path, log_path)}
         save_state()
