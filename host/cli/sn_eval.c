@@ -26,7 +26,7 @@ static void usage(FILE *f) {
           "               [--max-doc-len 256] [--query-prompt STR] [--doc-prompt STR]\n"
           "               [--pooling last|mean|cls] [--query-pooling P] [--doc-pooling P]\n"
           "               [--save-doc-emb PREFIX] [--load-doc-emb PREFIX]\n"
-          "               [--k 100] [--run-out RUN.trec] [--quiet]\n"
+          "               [--k 100] [--run-out RUN.trec] [--contrastive-loss TAU] [--quiet]\n"
           "       sn_eval --bm25 --data BEIR_DIR [--split test] [--out metrics.json] [--k 100]\n"
           "               [--run-out RUN.trec] [--bm25-k1 0.9] [--bm25-b 0.4] [--no-stem]\n"
           "               [--no-stopwords] [--no-lowercase] [--quiet]\n"
@@ -55,6 +55,9 @@ static void usage(FILE *f) {
           "  --load-doc-emb PFX   read them instead of embedding the corpus\n"
           "  --k N                depth of the top-k search (at least 100)\n"
           "  --run-out FILE       write the ranking as a TREC run file\n"
+          "  --contrastive-loss TAU  also the held-out InfoNCE at temperature TAU (training's\n"
+          "                       stage1.temperature): each judged relevant pair against the whole\n"
+          "                       corpus, mean over pairs\n"
           "  --quiet              no progress lines\n"
           "  --bm25               rank with BM25 instead of a model (Lucene's scoring; words are runs\n"
           "                       of letters and digits, lower-cased, Lucene's English stop words\n"
@@ -81,7 +84,8 @@ typedef struct {
 // Flags of the model evaluation (towers, their inputs, saved embeddings): refused with --bm25.
 static const char *const MODEL_FLAGS[] = {"--query-model", "--doc-model", "--device", "--batch", "--max-query-len",
                                           "--max-doc-len", "--query-prompt", "--doc-prompt", "--pooling",
-                                          "--query-pooling", "--doc-pooling", "--save-doc-emb", "--load-doc-emb"};
+                                          "--query-pooling", "--doc-pooling", "--save-doc-emb", "--load-doc-emb",
+                                          "--contrastive-loss"};
 
 // BM25's options: refused without --bm25.
 static const char *const BM25_FLAGS[] = {"--bm25-k1", "--bm25-b", "--no-stem", "--no-stopwords", "--no-lowercase"};
@@ -104,6 +108,8 @@ static int parse_switch(cli_args *a, const char *f) {
   return 1;
 }
 
+#define MIN_TEMPERATURE 1e-4  // stage1.temperature's range
+#define MAX_TEMPERATURE 100.0
 #define MAX_FLAG_COUNT (1 << 30)  // batch, lengths and k: the tower's limits are checked later
 
 static int parse_positive(const char *flag, const char *v) { return (int)sn_flag_i64(flag, v, 1, MAX_FLAG_COUNT); }
@@ -147,6 +153,7 @@ static void parse_args(int argc, char **argv, cli_args *a) {
     else if (!strcmp(f, "--load-doc-emb")) a->eval.load_doc_emb = v;
     else if (!strcmp(f, "--k")) a->eval.k = parse_positive(f, v);
     else if (!strcmp(f, "--run-out")) a->eval.run_out = v;
+    else if (!strcmp(f, "--contrastive-loss")) a->eval.contrastive_temperature = (float)sn_flag_f64(f, v, MIN_TEMPERATURE, MAX_TEMPERATURE);
     else if (!strcmp(f, "--run")) a->run = v;
     else if (!strcmp(f, "--qrels")) a->qrels = v;
     else if (!strcmp(f, "--bm25-k1")) a->bm25_opts.k1 = (float)sn_flag_f64(f, v, 0, HUGE_VAL);

@@ -8,6 +8,8 @@
 //   test/corpus.jsonl           {"_id": package, "title": "", "text": long}
 //   test/queries.jsonl          {"_id": package, "text": short}
 //   test/qrels/test.tsv         query-id corpus-id score (1 for the query's own package)
+//   pretrain.jsonl              {"text": short + "\n" + long} per training package: in-domain text
+//                               for stage 0 (sn_train --stage 0, stage0.data)
 //   stats.json                  counts and the options used
 // Choices, and why:
 // - The package name is the id but never part of the text (title ""): short descriptions often
@@ -21,6 +23,12 @@
 //   distractors here, never judged, so seeing them in training leaks nothing about the answers).
 //   Near-duplicates (libfoo1 vs libfoo-dev share a first paragraph) stay; they make the task
 //   harder, not easier.
+// - The pretraining text is the training packages' descriptions only: the test packages (their
+//   short and long descriptions both) are left out entirely, so a model pretrained on it has
+//   never read a test query or a test positive. Exact duplicates after whitespace is collapsed are
+//   kept once. Other text on a Debian machine was considered and left out: the Packages lists'
+//   own Description fields repeat the translations, and /usr/share/doc's copyright files are
+//   mostly the same few licences.
 // - Everything is deterministic for a given set of input files and --seed.
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -64,7 +72,8 @@ static void usage(FILE *f) {
           "                       [--max-doc-chars %d]\n"
           "Reads <apt-lists>/*%s* (plain, .gz, .xz, .lz4, .zst, .bz2); %s.\n"
           "Writes DIR/train.jsonl (query-document pairs), a BEIR test set DIR/test/ (corpus.jsonl,\n"
-          "queries.jsonl, qrels/test.tsv) and DIR/stats.json.\n"
+          "queries.jsonl, qrels/test.tsv), DIR/pretrain.jsonl (the training packages' descriptions\n"
+          "as {\"text\"} lines, stage 0's input; no test package's text) and DIR/stats.json.\n"
           "  --out DIR            the dataset folder (required)\n"
           "  --apt-lists DIR      where apt keeps its package lists\n"
           "  --test-queries N     test queries held out of training\n"
@@ -301,15 +310,16 @@ static void parse_translation(const char *path, pair_list *out) {
 
 // ---- selection ---------------------------------------------------------------------------------
 
-// Lower-cased, spaces collapsed: the key under which two short descriptions count as the same.
-static char *normalized_key(const char *s) {
+// Spaces collapsed (runs of whitespace become one space, none at the ends) and, with fold_case,
+// lower-cased: the key under which two texts count as the same.
+static char *normalized_text(const char *s, int fold_case) {
   char *k = mallocCheck(strlen(s) + 1);
   size_t n = 0;
   for (; *s; s++) {
     if (isspace((unsigned char)*s)) {
       if (n && k[n - 1] != ' ') k[n++] = ' ';
     } else {
-      k[n++] = (char)tolower((unsigned char)*s);
+      k[n++] = fold_case ? (char)tolower((unsigned char)*s) : *s;
     }
   }
   while (n && k[n - 1] == ' ') n--;
@@ -428,6 +438,46 @@ static void close_out(FILE *f, char *tmp_path) {
   if (rename(tmp_path, final_path) != 0) sn_fatal("rename %s → %s: %s", tmp_path, final_path, strerror(errno));
 }
 
+typedef struct {
+  int documents, dropped_duplicates, excluded_test;
+  size_t chars;  // bytes of UTF-8 text
+} pretrain_stats;
+
+// pretrain.jsonl: each training package's short and long description as one document, in
+// package order; test packages excluded; exact duplicates (whitespace collapsed) kept once.
+static void write_pretrain(const options *o, const pair *P, int n, const char *is_test, pretrain_stats *ps) {
+  memset(ps, 0, sizeof *ps);
+  char path[SN_PATH_MAX];
+  FILE *f = open_out(path, sizeof path, o->out, "pretrain.jsonl");
+  sn_id_map seen;
+  sn_id_map_init(&seen, (size_t)n);
+  char **keys = callocCheck((size_t)n, sizeof *keys);  // the map borrows them
+  for (int i = 0; i < n; i++) {
+    if (is_test[i]) {
+      ps->excluded_test++;
+      continue;
+    }
+    size_t len = strlen(P[i].short_desc) + 1 + strlen(P[i].long_desc);
+    char *text = mallocCheck(len + 1);
+    snprintf(text, len + 1, "%s\n%s", P[i].short_desc, P[i].long_desc);
+    keys[i] = normalized_text(text, 0);
+    if (sn_id_map_put(&seen, keys[i], i) >= 0) {
+      ps->dropped_duplicates++;
+    } else {
+      cJSON *j = cJSON_CreateObject();
+      cJSON_AddStringToObject(j, "text", text);
+      write_json_line(f, j, path);
+      ps->documents++;
+      ps->chars += len;
+    }
+    free(text);
+  }
+  close_out(f, path);
+  sn_id_map_free(&seen);
+  for (int i = 0; i < n; i++) free(keys[i]);
+  free(keys);
+}
+
 static int cmp_int_by_package(const void *a, const void *b, void *items) {
   const pair *p = items;
   return strcmp(p[*(const int *)a].package, p[*(const int *)b].package);
@@ -451,7 +501,7 @@ int main(int argc, char **argv) {
   char **keys = mallocCheck((size_t)pairs.n * sizeof *keys);
   int *ambiguous = callocCheck((size_t)pairs.n, sizeof *ambiguous);
   for (int i = 0; i < pairs.n; i++) {
-    keys[i] = normalized_key(P[i].short_desc);
+    keys[i] = normalized_text(P[i].short_desc, 1);  // short descriptions: case ignored too
     int32_t prev = sn_id_map_put(&key_count, keys[i], i);
     if (prev >= 0) ambiguous[prev] = ambiguous[i] = 1;
   }
@@ -514,6 +564,9 @@ int main(int argc, char **argv) {
   for (int i = 0; i < ntest; i++) fprintf(f, "%s\t%s\t1\n", P[test_q[i]].package, P[test_q[i]].package);
   close_out(f, path);
 
+  pretrain_stats ps;
+  write_pretrain(&o, P, pairs.n, is_test, &ps);
+
   cJSON *st = cJSON_CreateObject();
   cJSON_AddStringToObject(st, "apt_lists", o.apt_lists);
   cJSON_AddNumberToObject(st, "translation_files", nfiles);
@@ -527,6 +580,10 @@ int main(int argc, char **argv) {
   cJSON_AddNumberToObject(st, "train_pairs", ntrain);
   cJSON_AddNumberToObject(st, "test_queries", ntest);
   cJSON_AddNumberToObject(st, "test_corpus", ncorpus);
+  cJSON_AddNumberToObject(st, "pretrain_documents", ps.documents);
+  cJSON_AddNumberToObject(st, "pretrain_chars", (double)ps.chars);
+  cJSON_AddNumberToObject(st, "pretrain_dropped_duplicates", ps.dropped_duplicates);
+  cJSON_AddNumberToObject(st, "pretrain_excluded_test", ps.excluded_test);
   cJSON_AddNumberToObject(st, "seed", (double)o.seed);
   cJSON_AddNumberToObject(st, "min_doc_chars", o.min_doc_chars);
   cJSON_AddNumberToObject(st, "max_doc_chars", o.max_doc_chars);
@@ -554,7 +611,9 @@ int main(int argc, char **argv) {
          parsed, nfiles, pairs.n, cs.dropped_same_package, cs.dropped_short_doc, cs.dropped_same_doc, cs.truncated);
   char shown[PATH_MAX];
   snprintf(shown, sizeof shown, "%s", o.out);
-  sn_log("wrote %s: %d training pairs, test: %d queries over a corpus of %d", sn_path_normalize(shown), ntrain, ntest, ncorpus);
+  sn_log("wrote %s: %d training pairs, test: %d queries over a corpus of %d; pretraining text: %d "
+         "documents, %zu bytes (%d duplicates dropped, %d test packages left out)", sn_path_normalize(shown),
+         ntrain, ntest, ncorpus, ps.documents, ps.chars, ps.dropped_duplicates, ps.excluded_test);
 
   for (int i = 0; i < pairs.n; i++) {
     free_pair(&pairs.items[i]);

@@ -125,6 +125,7 @@ typedef struct {
   int k;                      // top-k depth of the search (>= SN_EVAL_MAX_METRIC_K)
   const char *run_out;        // optional TREC run file of the search
   int verbose;                // progress lines on stderr
+  float contrastive_temperature;  // > 0: also the held-out contrastive loss at this tau
   // What the user calls batch and the two lengths, for messages: sn_eval's flags by default
   // ("--batch", ...), sn_train's config keys ("eval.batch", "data.max_doc_len", ...).
   const char *batch_name, *max_query_len_name, *max_doc_len_name;
@@ -140,6 +141,14 @@ typedef struct {
   double seconds_embed_docs;
   double seconds_embed_queries;
   double seconds_search;
+  // The held-out contrastive loss (opts->contrastive_temperature > 0, else pairs = 0): InfoNCE of
+  // every judged relevant (query, document) pair against the whole corpus as negatives,
+  //   mean over pairs of  logsumexp_d(q.d / tau) - q.d+ / tau,
+  // the training loss with the corpus for the batch (no batch size to choose, same for every run
+  // on the data). Pairs whose document is not in the corpus are left out.
+  double contrastive_loss;
+  int contrastive_pairs;
+  float contrastive_temperature;
 } sn_eval_result;
 
 // Width of a tower's embeddings: its projection's output width when it has one (stage-2
@@ -225,8 +234,9 @@ int sn_eval_bm25_run(const sn_eval_opts *opts, const sn_bm25_opts *bm25, const s
 struct cJSON;
 void sn_metrics_add_json(struct cJSON *j, const sn_metrics *m);
 
-// {"split", "num_queries", "num_docs", the keys of sn_metrics_add_json, "seconds"} written durably
-// to path. Returns 0, or -1 with err.
+// {"split", "num_queries", "num_docs", the keys of sn_metrics_add_json, "seconds", and with a
+// contrastive loss "contrastive_loss", "contrastive_pairs", "contrastive_temperature"} written
+// durably to path. Returns 0, or -1 with err.
 int sn_eval_write_json(const char *path, const char *split, const sn_eval_result *r, char *err,
                        size_t errlen);
 // What a program's flags leave unset (NULL prompt, pooling < 0, max_len 0), from the export of the

@@ -18,6 +18,8 @@
 #define EVAL_DEFAULT_MAX_DOC_LEN 256
 #define SN_PATH_MAX 4096
 #define RUN_TAG "scalingnote"
+// Logits held at once by the contrastive loss: rows are taken in chunks of this many / N.
+#define CONTRASTIVE_CHUNK_LOGITS ((size_t)1 << 24)
 
 
 void sn_eval_opts_default(sn_eval_opts *o) {
@@ -180,6 +182,45 @@ int sn_eval_score_topk(const sn_eval_opts *o, const sn_beir *data, const int32_t
   return rc;
 }
 
+// The held-out contrastive loss (sn_eval_result's comment), with the training loss's op on the
+// host: the CPU backend's contrastive_loss (rows = the pairs' queries, cols = the whole corpus,
+// no gradients), in chunks of rows so that the logits stay within CONTRASTIVE_CHUNK_LOGITS.
+static void heldout_contrastive_loss(const sn_beir *data, const float *queries, const float *docs, int C,
+                                     float temperature, sn_eval_result *out) {
+  const int N = data->corpus.n, Q = data->queries.n;
+  int npairs = 0, cap = SN_MAX(Q, 1);
+  float *rows = mallocCheck((size_t)cap * C * sizeof *rows);  // (pairs, C)
+  int32_t *target = mallocCheck((size_t)cap * sizeof *target);
+  for (int q = 0; q < Q; q++) {
+    const sn_qrels_query *judged = sn_qrels_find(&data->qrels, data->queries.ids[q]);
+    for (int j = 0; judged && j < judged->ndocs; j++) {
+      int32_t d = sn_id_map_get(&data->corpus.index, judged->doc_ids[j]);
+      if (judged->rels[j] <= 0 || d < 0) continue;
+      if (npairs == cap) {
+        cap *= 2;
+        rows = reallocCheck(rows, (size_t)cap * C * sizeof *rows);
+        target = reallocCheck(target, (size_t)cap * sizeof *target);
+      }
+      memcpy(rows + (size_t)npairs * C, queries + (size_t)q * C, (size_t)C * sizeof *rows);
+      target[npairs++] = d;
+    }
+  }
+  const sn_ops *host = sn_ops_cpu();  // its buffers are host memory: it reads ours directly
+  int chunk = (int)SN_MAX((size_t)1, CONTRASTIVE_CHUNK_LOGITS / (size_t)N);
+  for (int r0 = 0; r0 < npairs; r0 += chunk) {
+    float part = 0.0f;  // the op accumulates into one float: chunks are summed in double
+    int R = SN_MIN(chunk, npairs - r0);
+    host->contrastive_loss(&part, NULL, NULL, rows + (size_t)r0 * C, docs, target + r0, R, N, C,
+                           1.0f / temperature, 1.0f);
+    out->contrastive_loss += part;
+  }
+  if (npairs) out->contrastive_loss /= npairs;
+  out->contrastive_pairs = npairs;
+  out->contrastive_temperature = temperature;
+  free(rows);
+  free(target);
+}
+
 int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_tower,
                 const sn_tokenizer *query_tok, sn_model *doc_tower, const sn_tokenizer *doc_tok,
                 sn_eval_result *out, char *err, size_t errlen) {
@@ -225,6 +266,8 @@ int sn_eval_run(const sn_eval_opts *o, const sn_beir *data, sn_model *query_towe
   float *scores = mallocCheck((size_t)Q * k * sizeof *scores);
   sn_topk_exact(doc_tower->ops, docs, N, queries, Q, C, k, (const char *const *)data->corpus.ids, idx, scores);
   out->seconds_search = sn_now_s() - t2;
+  if (o->contrastive_temperature > 0)
+    heldout_contrastive_loss(data, queries, docs, C, o->contrastive_temperature, out);
 
   const int rc = sn_eval_score_topk(o, data, idx, scores, k, out, err, errlen);
   out->seconds = sn_now_s() - t0;
@@ -257,6 +300,11 @@ int sn_eval_write_json(const char *path, const char *split, const sn_eval_result
   cJSON_AddNumberToObject(j, "num_docs", r->num_docs);
   sn_metrics_add_json(j, &r->mean);
   cJSON_AddNumberToObject(j, "seconds", r->seconds);
+  if (r->contrastive_pairs) {
+    cJSON_AddNumberToObject(j, "contrastive_loss", r->contrastive_loss);
+    cJSON_AddNumberToObject(j, "contrastive_pairs", r->contrastive_pairs);
+    cJSON_AddNumberToObject(j, "contrastive_temperature", r->contrastive_temperature);
+  }
   char *text = cJSON_Print(j);
   cJSON_Delete(j);
   size_t len = strlen(text);
@@ -273,4 +321,7 @@ void sn_eval_print_table(const char *split, const sn_eval_result *r) {
   printf("  %-10s %-10s %-10s %-10s\n", "recall@10", "recall@100", "ndcg@10", "mrr@10");
   printf("  %-10.4f %-10.4f %-10.4f %-10.4f\n", r->mean.recall_10, r->mean.recall_100, r->mean.ndcg_10,
          r->mean.mrr_10);
+  if (r->contrastive_pairs)
+    printf("  contrastive loss %.6f (%d pairs, tau %g)\n", r->contrastive_loss, r->contrastive_pairs,
+           r->contrastive_temperature);
 }

@@ -30,6 +30,9 @@ mkdir -p "$tmp/lists"
     printf 'Package: %s\nDescription-md5: 0\nDescription-en: Transitional  Package\n' "$name"
     printf ' This is a transitional package for %s; it can safely be removed after the upgrade.\n\n' "$name"
   done
+  # long descriptions equal but for spacing, same short description: one pretraining document
+  printf 'Package: twin1\nDescription-md5: 0\nDescription-en: spacing twin\n These two packages say the same thing, only the spacing differs.\n\n'
+  printf 'Package: twin2\nDescription-md5: 0\nDescription-en: spacing  twin\n These two packages say  the same thing, only the spacing   differs.\n\n'
   # too short a long description
   printf 'Package: tiny\nDescription-md5: 0\nDescription-en: tiny thing\n short.\n'
 } > "$tmp/lists/example.org_dists_x_main_i18n_Translation-en"
@@ -63,7 +66,7 @@ for q, d, s in qrels:
     assert s == "1" and d in docs, (q, d)
 assert all(set(t) == {"query", "pos"} and len(t["pos"]) == 1 for t in train)
 pairs = len(train) + len(queries)
-assert pairs == 40 + 1 + 2, pairs  # 40 ordinary + one of the duplicates + both ambiguous
+assert pairs == 40 + 1 + 2 + 2, pairs  # 40 ordinary + one of the duplicates + both ambiguous + twins
 assert stats["pairs"] == pairs and stats["test_queries"] == ntest, stats
 # test queries: unique short descriptions, excluded from training
 test_texts = {docs[d]["text"] for _, d, _ in qrels}
@@ -78,6 +81,18 @@ assert not any("duplicate dupb" == t["query"] for t in train) and "dupb" not in 
 # format: paragraphs joined by newlines, verbatim lines kept on their own line
 sample = next(t for t in alltext if "marker1 " in t)
 assert "\n" in sample and "\n  $ pkg01 --run" in sample, repr(sample)
+# pretraining text: the training packages' descriptions, no test query or positive, deduplicated
+pre = [json.loads(l)["text"] for l in open(f"{out}/pretrain.jsonl")]
+assert len(pre) == len(train) - 1 == stats["pretrain_documents"], (len(pre), len(train), stats)
+assert stats["pretrain_dropped_duplicates"] == 1 and stats["pretrain_excluded_test"] == ntest, stats
+assert stats["pretrain_chars"] == sum(len(t.encode()) for t in pre), stats
+assert sum("only the spacing" in t for t in pre) == 1
+for t in pre:
+    assert not any(x in t for x in test_texts), "a test positive is in the pretraining text"
+    assert not any(q["text"] in t for q in queries), "a test query is in the pretraining text"
+norm = [" ".join(t.split()) for t in pre]
+assert len(set(norm)) == len(norm), "duplicates in the pretraining text"
+assert {t["query"] + "\n" + t["pos"][0] for t in train} >= set(pre)
 print("synthetic dataset ok:", len(train), "train pairs,", len(queries), "queries,", len(corpus), "docs")
 PY
 
