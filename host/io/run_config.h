@@ -84,6 +84,13 @@ typedef struct {
   int steps;
   float epochs;
   sn_cfg_optim optim;
+  struct {                  // extra distillation texts from the training documents (data.h)
+    char from[16];          // "none" | "titles" | "short_texts" | "both"
+    int max;                // most pseudo-queries kept; 0 = all
+    int per_batch;          // added to each global batch, after its batch_queries real ones
+    int words;              // a short text's longest, in words
+    float weight;           // of their MSE and 1-cos terms, relative to the real queries'
+  } pseudo_queries;
 } sn_cfg_stage2;
 
 typedef struct {
