@@ -137,6 +137,8 @@ static const field_spec SCHEMA[] = {
     NUM("stage1.lora.shared", FIELD_BOOL, stage1.lora.shared, 0, 1, 0, "one adapter for both towers"),
     PATH("stage2.student", FIELD_PATH, stage2.student, PATH_DIR, "Hugging Face folder of the student"),
     PATH("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, PATH_FILE, "fresh student description"),
+    NUM("stage2.student_from_teacher", FIELD_INT, stage2.student_from_teacher, 0, 1024, 0,
+        "student = the stage-1 query tower's first N blocks (and its tokenizer); 0 = off"),
     PATH("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, PATH_ANY, "the student's tokenizer"),
     CHOICE("stage2.pooling", stage2.pooling, "last|mean|cls", "cls", "student pooling"),
     NUM("stage2.alpha", FIELD_FLOAT, stage2.alpha, 0, 1e6, 1, "MSE weight"),
@@ -609,6 +611,12 @@ static int validate(err_sink *e, const sn_run_config *c) {
     return fail(e, "'stage1.model' and 'stage1.model_desc' are exclusive: give one");
   if (c->stage2.student[0] && c->stage2.student_desc[0])
     return fail(e, "'stage2.student' and 'stage2.student_desc' are exclusive: give one");
+  if (c->stage2.student_from_teacher > 0 && (c->stage2.student[0] || c->stage2.student_desc[0] || c->stage2.tokenizer[0]))
+    return fail(e, "'stage2.student_from_teacher' takes the student and its tokenizer from the teacher: leave "
+                   "'stage2.student', 'stage2.student_desc' and 'stage2.tokenizer' empty");
+  if (c->stage2.student_from_teacher > 0 && strcmp(c->stage2.pooling, c->stage1.pooling) != 0)
+    return fail(e, "'stage2.student_from_teacher': the student pools like the teacher: set 'stage2.pooling' to "
+                   "'stage1.pooling' (%s), not %s", c->stage1.pooling, c->stage2.pooling);
   if (c->stage1.steps == 0 && c->stage1.epochs <= 0)
     return fail(e, "'stage1.steps' or 'stage1.epochs' must be positive");
   if (c->stage2.steps == 0 && c->stage2.epochs <= 0)

@@ -74,6 +74,7 @@ typedef struct {
 typedef struct {
   char student[SN_CFG_PATH_MAX];      // Hugging Face folder of the student, or ""
   char student_desc[SN_CFG_PATH_MAX]; // JSON description of a fresh student ("" = none)
+  int student_from_teacher;           // > 0: the student is the teacher's first N blocks (0 = off)
   char tokenizer[SN_CFG_PATH_MAX];    // the student's tokenizer ("" = the student folder's)
   char pooling[8];
   float alpha, beta, gamma;           // α·MSE + β·(1−cos) + γ·InfoNCE(student, frozen docs)

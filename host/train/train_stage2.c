@@ -220,6 +220,26 @@ static size_t loss_buffers(stage2_ctx *c, const sn_ops *ops, size_t es, int Bs, 
   return n;
 }
 
+// ---- the student -------------------------------------------------------------------------------
+
+// A student cut from the teacher (DistilBERT's initialisation): the teacher's architecture with its
+// first `layers` blocks, each tensor a copy of the teacher's tensor of the same name.
+static sn_model *student_from_teacher(const sn_model *teacher, int layers, const sn_ops *ops) {
+  if (layers > teacher->cfg.n_layers)
+    sn_bad_input("stage2.student_from_teacher = %d, but the stage-1 query tower has %d blocks", layers,
+                 teacher->cfg.n_layers);
+  sn_model_config mc = teacher->cfg;
+  mc.n_layers = layers;
+  sn_model *student = sn_model_new(&mc, ops, 0);
+  const size_t es = ops->storage_size;
+  for (int i = 0; i < student->nparams; i++) {
+    const sn_param *p = &student->params[i], *from = sn_model_find_param(teacher, p->name);
+    if (!from || from->count != p->count) sn_fatal("stage 2: the teacher has no tensor %s of %zu elements", p->name, p->count);
+    ops->copy((char *)student->weights + p->offset * es, (const char *)teacher->weights + from->offset * es, p->count * es);
+  }
+  return student;
+}
+
 // ---- pseudo-queries ----------------------------------------------------------------------------
 
 // A rank's pseudo-queries per micro-batch: 0 without them.
@@ -258,7 +278,12 @@ void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   const sn_cfg_stage2 *s2 = &cfg->stage2;
   sn_model_config tc, sc;
   sn_trainer_model_config(cfg->stage1.model, cfg->stage1.model_desc, "stage1.model", &tc);
-  sn_trainer_model_config(s2->student, s2->student_desc, "stage2.student", &sc);
+  if (s2->student_from_teacher > 0) {
+    sc = tc;
+    sc.n_layers = s2->student_from_teacher;
+  } else {
+    sn_trainer_model_config(s2->student, s2->student_desc, "stage2.student", &sc);
+  }
   sn_model *teacher = sn_model_plan(&tc, ops, 0);
   sn_model *student = sn_model_plan(&sc, ops, sc.hidden != tc.hidden ? tc.hidden : 0);
   const size_t es = ops->storage_size, Nt = teacher->num_elements, Ns = student->num_elements;
@@ -305,8 +330,8 @@ int sn_train_stage2(sn_trainer *t) {
   if (!sn_is_dir(teacher_dir))
     sn_bad_input("stage 2 needs the stage-1 teacher, but %s does not exist: run stage 1 first "
                  "(sn_train --stage 1, or --stage all)", teacher_dir);
-  if (!s2->student[0] && !s2->student_desc[0])
-    sn_bad_input("stage 2: set 'stage2.student' (a model folder) or 'stage2.student_desc'");
+  if (!s2->student[0] && !s2->student_desc[0] && s2->student_from_teacher == 0)
+    sn_bad_input("stage 2: set 'stage2.student' (a model folder), 'stage2.student_desc' or 'stage2.student_from_teacher'");
 
   // Teacher (frozen) and its tokenizer (copied into its folder by stage 1).
   sn_model *teacher = sn_model_load(teacher_dir, ops);
@@ -316,14 +341,17 @@ int sn_train_stage2(sn_trainer *t) {
   // Student: fresh or from a folder; a projection to the teacher's width when they differ.
   char sdir[SN_TRAIN_PATH_MAX + 32];
   snprintf(sdir, sizeof sdir, "%s/student", t->resume_dir);
-  sn_model *student = resuming ? sn_model_load(sdir, ops)
-                               : sn_trainer_load_model(t, s2->student, s2->student_desc,
-                                                       t->cfg.seed + 1, "stage2.student");
+  const int from_teacher = s2->student_from_teacher > 0;
+  sn_model *student = resuming       ? sn_model_load(sdir, ops)
+                      : from_teacher ? student_from_teacher(teacher, s2->student_from_teacher, ops)
+                                     : sn_trainer_load_model(t, s2->student, s2->student_desc,
+                                                             t->cfg.seed + 1, "stage2.student");
   if (!resuming && student->cfg.hidden != Ct) student = sn_model_add_projection(student, Ct, t->cfg.seed + 2);
-  sn_tokenizer *student_tok = sn_trainer_load_tokenizer(s2->tokenizer, s2->student, "stage2.tokenizer");
+  const char *student_dir = from_teacher ? teacher_dir : s2->student;  // where the tokenizer lies
+  sn_tokenizer *student_tok = sn_trainer_load_tokenizer(s2->tokenizer, student_dir, "stage2.tokenizer");
   sn_trainer_check_vocab(student_tok, student, "stage2.tokenizer");
   char student_tok_dir[SN_TRAIN_PATH_MAX];
-  sn_tokenizer_dir_of(s2->tokenizer, s2->student, student_tok_dir, sizeof student_tok_dir);
+  sn_tokenizer_dir_of(s2->tokenizer, student_dir, student_tok_dir, sizeof student_tok_dir);
   sn_log("stage 2 student: %s, %d layers, hidden %d%s, %.1fM parameters", sn_arch_name(student->cfg.arch),
          student->cfg.n_layers, student->cfg.hidden,
          sn_model_find_param(student, "projection.weight") ? " + projection" : "",
