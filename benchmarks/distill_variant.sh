@@ -14,16 +14,15 @@ RUN="$ROOT/runs/distill/$NAME"
 rm -rf "$RUN" && mkdir -p "$RUN/final" "$RUN/eval"
 cp -r "$TEACHER/final/query_tower" "$TEACHER/final/doc_tower" "$RUN/final/"
 cp -r "$TEACHER/cache" "$RUN/"
-cp "$TEACHER/eval/stage1.json" "$RUN/eval/"
 grep '"stage": 1' "$TEACHER/metrics.jsonl" > "$RUN/metrics.jsonl"
 TIMEFORMAT='%R %U %S'
 { time "$BUILD/sn_train" --config "$ROOT/configs/default.json" --stage 2 --set run_dir="$RUN" "$@" \
   > "$RUN/stdout" 2> "$RUN/log" || { tail -20 "$RUN/log"; exit 1; }; } 2> "$RUN/time"
-python3 - "$RUN" "$NAME" $(cat "$RUN/time") <<'PY'
+python3 - "$RUN" "$TEACHER" "$NAME" $(cat "$RUN/time") <<'PY'
 import json, sys
-run, name = sys.argv[1], sys.argv[2]
-wall, cpu = float(sys.argv[3]), float(sys.argv[4]) + float(sys.argv[5])
-t = json.load(open(f"{run}/eval/stage1.json"))
+run, teacher, name = sys.argv[1], sys.argv[2], sys.argv[3]
+wall, cpu = float(sys.argv[4]), float(sys.argv[5]) + float(sys.argv[6])
+t = json.load(open(f"{teacher}/eval/stage1.json"))
 s = json.load(open(f"{run}/eval/student.json"))
 print(f"{name:32s} nDCG@10 {s['ndcg@10']:.4f} R@100 {s['recall@100']:.3f} "
       f"ratio {s['ndcg@10'] / t['ndcg@10'] * 100:.1f}% R@100 {s['recall@100'] / t['recall@100'] * 100:.1f}% "
