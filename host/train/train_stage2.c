@@ -338,7 +338,8 @@ int sn_train_stage2(sn_trainer *t) {
   sn_tokenizer *teacher_tok = sn_trainer_load_tokenizer(NULL, teacher_dir, "stage-1 query tower tokenizer");
   int Ct = teacher->cfg.hidden;
 
-  // Student: fresh or from a folder; a projection to the teacher's width when they differ.
+  // Student: fresh, from a folder or cut from the teacher; a projection to the teacher's width when
+  // they differ.
   char sdir[SN_TRAIN_PATH_MAX + 32];
   snprintf(sdir, sizeof sdir, "%s/student", t->resume_dir);
   const int from_teacher = s2->student_from_teacher > 0;
