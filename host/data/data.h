@@ -396,3 +396,27 @@ void sn_sampler_free(sn_sampler *s);
 sn_sampler *sn_sampler_init(const sn_sampler_config *cfg, const sn_train_examples *ex,
                             const sn_token_set *queries, const sn_token_set *docs);
 const sn_batch *sn_sampler_next_or_die(sn_sampler *s);
+
+// ================================================================================================
+// Pseudo-queries (data_pseudo.c): stage 2's extra distillation texts
+// ================================================================================================
+// Query-like texts drawn from the deduplicated training documents (never from evaluation data): a
+// document's title, and its "short text": its first sentence (up to the first line break, or up to
+// a word ending in '.', '!' or '?'), cut to at most max_words words (runs of white space between
+// words become one space). Empty ones are skipped. The candidates (document by document: the
+// title, then the short text, as `sources` asks) are put in a seeded order (by a hash of their
+// candidate number) and the first `max` kept (0 = all): the set and its order are a function of
+// the data, the sources, max_words, max and seed alone.
+enum { SN_PSEUDO_TITLES = 1, SN_PSEUDO_SHORT_TEXTS = 2 };  // sources: a bit mask
+
+typedef struct {
+  sn_text_item *items;  // n query items (title "", no template); titles point into ex
+  int64_t n;
+  char *text;           // the short texts, NUL-separated, which items point into
+} sn_pseudo_queries;
+
+void sn_pseudo_queries_build(sn_pseudo_queries *pq, const sn_train_examples *ex, unsigned sources,
+                             int max_words, int64_t max, uint64_t seed);
+void sn_pseudo_queries_free(sn_pseudo_queries *pq);
+// The short text of `text` into out (room for strlen(text) + 1 bytes); returns its length.
+size_t sn_short_text(const char *text, int max_words, char *out);

@@ -150,6 +150,8 @@ static const field_spec SCHEMA[] = {
     NUM("stage1.mine.margin", FIELD_FLOAT, stage1.mine.margin, -1e6, 1e6, 0, "the margin of margin_kind"),
     PATH("stage2.student", FIELD_PATH, stage2.student, PATH_DIR, "Hugging Face folder of the student"),
     PATH("stage2.student_desc", FIELD_MODEL_DESC, stage2.student_desc, PATH_FILE, "fresh student description"),
+    NUM("stage2.student_from_teacher", FIELD_INT, stage2.student_from_teacher, 0, 1024, 0,
+        "student = the stage-1 query tower's first N blocks (and its tokenizer); 0 = off"),
     PATH("stage2.tokenizer", FIELD_PATH, stage2.tokenizer, PATH_ANY, "the student's tokenizer"),
     CHOICE("stage2.pooling", stage2.pooling, "last|mean|cls", "cls", "student pooling"),
     NUM("stage2.alpha", FIELD_FLOAT, stage2.alpha, 0, 1e6, 1, "MSE weight"),
@@ -162,6 +164,16 @@ static const field_spec SCHEMA[] = {
     NUM("stage2.steps", FIELD_INT, stage2.steps, 0, BIG_INT, 0, "0 = from epochs"),
     NUM("stage2.epochs", FIELD_FLOAT, stage2.epochs, 0, 1e6, 1, "used when steps = 0"),
     OPTIM_FIELDS(stage2, "stage2.optim", 1e-4),
+    CHOICE("stage2.pseudo_queries.from", stage2.pseudo_queries.from, "none|titles|short_texts|both", "none",
+           "pseudo-queries from the training documents: titles, first sentences, both"),
+    NUM("stage2.pseudo_queries.max", FIELD_INT, stage2.pseudo_queries.max, 0, BIG_INT, 0,
+        "most pseudo-queries kept; 0 = all"),
+    NUM("stage2.pseudo_queries.per_batch", FIELD_INT, stage2.pseudo_queries.per_batch, 1, BIG_INT, 64,
+        "pseudo-queries added to each global batch"),
+    NUM("stage2.pseudo_queries.words", FIELD_INT, stage2.pseudo_queries.words, 1, 1024, 16,
+        "a short text: the first sentence, at most this many words"),
+    NUM("stage2.pseudo_queries.weight", FIELD_FLOAT, stage2.pseudo_queries.weight, 0, 1e6, 1,
+        "weight of their MSE and 1-cos terms"),
     NUM("train.skip_nonfinite", FIELD_BOOL, train.skip_nonfinite, 0, 1, 0,
         "skip and count steps whose loss or gradient norm is NaN/inf; false = stop the run"),
     NUM("checkpoint.every", FIELD_INT, checkpoint.every, 0, BIG_INT, 0, "0 = end of stage only"),
@@ -588,12 +600,14 @@ static int check_batch_sizes(err_sink *e, const sn_run_config *c) {
   const size_t lq = (size_t)c->data.max_query_len, ld = (size_t)c->data.max_doc_len;
   const size_t docs1 = (size_t)c->stage1.batch_queries * ((size_t)c->stage1.negatives_per_query + 1);
   const size_t docs2 = (size_t)c->stage2.batch_queries * ((size_t)c->stage2.negatives_per_query + 1);
+  const size_t pseudo2 = strcmp(c->stage2.pseudo_queries.from, "none") ? (size_t)c->stage2.pseudo_queries.per_batch : 0;
   if (check_tokens(e, (size_t)c->stage0.batch_seqs, "'stage0.batch_seqs'", (size_t)c->stage0.seq_len, "stage0.seq_len") ||
       check_tokens(e, (size_t)c->eval.batch, "'eval.batch'", lq, "data.max_query_len") ||
       check_tokens(e, (size_t)c->eval.batch, "'eval.batch'", ld, "data.max_doc_len") ||
       check_tokens(e, (size_t)c->stage1.batch_queries, "'stage1.batch_queries'", lq, "data.max_query_len") ||
       check_tokens(e, docs1, "'stage1.batch_queries' x ('stage1.negatives_per_query' + 1)", ld, "data.max_doc_len") ||
-      check_tokens(e, (size_t)c->stage2.batch_queries, "'stage2.batch_queries'", lq, "data.max_query_len") ||
+      check_tokens(e, (size_t)c->stage2.batch_queries + pseudo2,
+                   "'stage2.batch_queries' + 'stage2.pseudo_queries.per_batch'", lq, "data.max_query_len") ||
       check_tokens(e, docs2, "'stage2.batch_queries' x ('stage2.negatives_per_query' + 1)", ld, "data.max_doc_len"))
     return -1;
   return 0;
@@ -611,6 +625,12 @@ static int validate(err_sink *e, const sn_run_config *c) {
     return fail(e, "'stage1.model' and 'stage1.model_desc' are exclusive: give one");
   if (c->stage2.student[0] && c->stage2.student_desc[0])
     return fail(e, "'stage2.student' and 'stage2.student_desc' are exclusive: give one");
+  if (c->stage2.student_from_teacher > 0 && (c->stage2.student[0] || c->stage2.student_desc[0] || c->stage2.tokenizer[0]))
+    return fail(e, "'stage2.student_from_teacher' takes the student and its tokenizer from the teacher: leave "
+                   "'stage2.student', 'stage2.student_desc' and 'stage2.tokenizer' empty");
+  if (c->stage2.student_from_teacher > 0 && strcmp(c->stage2.pooling, c->stage1.pooling) != 0)
+    return fail(e, "'stage2.student_from_teacher': the student pools like the teacher: set 'stage2.pooling' to "
+                   "'stage1.pooling' (%s), not %s", c->stage1.pooling, c->stage2.pooling);
   if (c->stage1.steps == 0 && c->stage1.epochs <= 0)
     return fail(e, "'stage1.steps' or 'stage1.epochs' must be positive");
   if (c->stage2.steps == 0 && c->stage2.epochs <= 0)

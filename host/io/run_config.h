@@ -83,6 +83,7 @@ typedef struct {
 typedef struct {
   char student[SN_CFG_PATH_MAX];      // Hugging Face folder of the student, or ""
   char student_desc[SN_CFG_PATH_MAX]; // JSON description of a fresh student ("" = none)
+  int student_from_teacher;           // > 0: the student is the teacher's first N blocks (0 = off)
   char tokenizer[SN_CFG_PATH_MAX];    // the student's tokenizer ("" = the student folder's)
   char pooling[8];
   float alpha, beta, gamma;           // α·MSE + β·(1−cos) + γ·InfoNCE(student, frozen docs)
@@ -93,6 +94,13 @@ typedef struct {
   int steps;
   float epochs;
   sn_cfg_optim optim;
+  struct {                  // extra distillation texts from the training documents (data.h)
+    char from[16];          // "none" | "titles" | "short_texts" | "both"
+    int max;                // most pseudo-queries kept; 0 = all
+    int per_batch;          // added to each global batch, after its batch_queries real ones
+    int words;              // a short text's longest, in words
+    float weight;           // of their MSE and 1-cos terms, relative to the real queries'
+  } pseudo_queries;
 } sn_cfg_stage2;
 
 typedef struct {

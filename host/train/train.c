@@ -275,8 +275,9 @@ int sn_train_main(const sn_train_args *args) {
   for (int i = 0; i < t.cfg.data.n_train && !do0 && !args->plan_only; i++)
     if (!sn_exists(t.cfg.data.train[i]))
       sn_bad_input("data.train: %s does not exist", t.cfg.data.train[i]);
-  if (do2 && !t.cfg.stage2.student[0] && !t.cfg.stage2.student_desc[0])
-    sn_bad_input("stage 2 is to run but neither 'stage2.student' nor 'stage2.student_desc' is set");
+  if (do2 && !t.cfg.stage2.student[0] && !t.cfg.stage2.student_desc[0] && t.cfg.stage2.student_from_teacher == 0)
+    sn_bad_input("stage 2 is to run but none of 'stage2.student', 'stage2.student_desc' and "
+                 "'stage2.student_from_teacher' is set");
   if (t.cfg.threads > 0) omp_set_num_threads(t.cfg.threads);
   if ((args->plan_world > 0 || args->plan_memory_gib > 0) && !args->plan_only)
     sn_bad_input("--world and --memory are for --plan only");

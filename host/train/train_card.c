@@ -80,6 +80,8 @@ static void put_training(sn_strbuf *b, const sn_trainer *t, int stage) {
                      c->stage1.lora.rank > 0 ? " as LoRA adapters, merged into these weights" : "");
   } else {
     if (c->stage2.student[0]) put_inline(b, c->stage2.student);
+    else if (c->stage2.student_from_teacher > 0)
+      sn_strbuf_printf(b, "the first %d blocks of the stage-1 query tower", c->stage2.student_from_teacher);
     else {
       sn_strbuf_printf(b, "none, freshly initialised from the description ");
       put_inline(b, c->stage2.student_desc);

@@ -144,6 +144,9 @@ void sn_trainer_check_vocab(const sn_tokenizer *tok, const sn_model *m, const ch
 void sn_trainer_query_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, const char *name,
                           sn_token_set *out);
 void sn_trainer_doc_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, sn_token_set *out);
+// Other texts as queries (data.query_prompt, data.max_query_len): stage 2's pseudo-queries.
+void sn_trainer_query_text_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, const char *name,
+                               const sn_text_item *items, int64_t n, sn_token_set *out);
 
 // A tower as a Hugging Face folder (exits on failure: for the final towers).
 void sn_trainer_save_tower(const sn_model *m, const char *dir, const char *tokenizer_dir);

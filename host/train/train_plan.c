@@ -78,7 +78,7 @@ static void check_lengths(const sn_run_config *cfg, int do2) {
   if (sn_config_check_seq_len(&mc, towers, cfg->data.max_query_len, "data.max_query_len", err, sizeof err) != 0 ||
       sn_config_check_seq_len(&mc, towers, cfg->data.max_doc_len, "data.max_doc_len", err, sizeof err) != 0)
     sn_bad_input("%s", err);
-  if (!do2) return;
+  if (!do2 || cfg->stage2.student_from_teacher > 0) return;  // a student cut from the teacher: checked above
   sn_trainer_model_config(cfg->stage2.student, cfg->stage2.student_desc, "stage2.student", &mc);
   const char *student = cfg->stage2.student[0] ? "the student (stage2.student)" : "the student (stage2.student_desc)";
   if (sn_config_check_seq_len(&mc, student, cfg->data.max_query_len, "data.max_query_len", err, sizeof err) != 0)

@@ -268,6 +268,11 @@ void sn_trainer_query_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model
   free(items);
 }
 
+void sn_trainer_query_text_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, const char *name,
+                               const sn_text_item *items, int64_t n, sn_token_set *out) {
+  build_set(t, tok, m, name, items, n, t->cfg.data.query_prompt, t->cfg.data.max_query_len, out);
+}
+
 void sn_trainer_doc_set(sn_trainer *t, const sn_tokenizer *tok, const sn_model *m, sn_token_set *out) {
   sn_text_item *items = sn_train_examples_doc_items(&t->examples);
   build_set(t, tok, m, "docs", items, t->examples.n_docs, t->cfg.data.doc_prompt,

@@ -2,7 +2,8 @@
 # The memory plan (sn_train --plan, host/train/train_plan.c):
 # - on the CPU backend it counts exactly what the stages allocate: the planned bytes of stage 1 and
 #   stage 2 equal the allocator's high-water mark, for plain towers, shared towers, gradient caching
-#   with recomputation, LoRA towers (with dropout), score distillation (kd_weight), and (with mpirun) ZeRO-1 and ZeRO-2 on 2 ranks;
+#   with recomputation, LoRA towers (with dropout), score distillation (kd_weight), stage 2's
+#   pseudo-queries and a student cut from the teacher, and (with mpirun) ZeRO-1 and ZeRO-2 on 2 ranks;
 # - a run that cannot fit (7B towers on this machine) exits 2 before loading anything, with the
 #   figures and what would make it fit; --world N plans for N ranks.
 set -euo pipefail
@@ -45,6 +46,9 @@ run plain
 run shared --stage 1 --set stage1.shared_towers=true
 run gc-recompute --stage 1 --set stage1.grad_cache_chunk=4 --set stage1.recompute=layer
 run lora --stage 1 --set stage1.lora.rank=4 --set stage1.lora.dropout=0.1
+# Stage 2's pseudo-queries (rows beside the queries) and a student cut from the teacher.
+run pseudo --set stage2.pseudo_queries.from=both --set stage2.pseudo_queries.per_batch=4
+run cut --set stage2.student_desc= --set stage2.tokenizer= --set stage2.pooling=last --set stage2.student_from_teacher=1
 # Score distillation's buffers (teacher scores, its loss): every line scored, with a hard negative.
 python3 - <<'PY'
 import json

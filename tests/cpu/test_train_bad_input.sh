@@ -26,6 +26,20 @@ expect "missing training file" "data.train" --config base.json --set 'data.train
 expect "more negatives than the data has" "negative" --config base.json --set stage1.negatives_per_query=1000
 expect "batch larger than the data" "batch" --config base.json --set stage1.batch_queries=1000
 expect "bad --stage" "--stage" --config base.json --stage 3
+expect "misspelt pseudo-query key" "did you mean 'stage2.pseudo_queries.from'" --config base.json \
+  --set stage2.pseudo_queries.form=titles
+expect "unknown pseudo-query source" "stage2.pseudo_queries.from" --config base.json \
+  --set stage2.pseudo_queries.from=headings
+expect "no pseudo-queries a batch" "'stage2.pseudo_queries.per_batch' must be in [1," --config base.json \
+  --set stage2.pseudo_queries.per_batch=0
+# Titles asked of documents that have none: stage 1 runs (1 step), stage 2 exits 2 naming the key.
+python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    ex = json.loads(line)
+    ex["pos"] = [d["text"] if isinstance(d, dict) else d for d in ex["pos"]]
+    print(json.dumps(ex))' data/train.jsonl > untitled.jsonl
+expect "titles of untitled documents" "stage2.pseudo_queries.from = titles" --config base.json \
+  --set run_dir=untitled --set 'data.train=["untitled.jsonl"]' --set stage2.pseudo_queries.from=titles
 printf '{"query": "x", "pos": []}\n' > bad.jsonl
 expect "empty pos list" "bad.jsonl:1" --config base.json --set 'data.train=["bad.jsonl"]'
 # --skip-bad-lines: bad lines are skipped and counted; a file with no valid line stays an error.

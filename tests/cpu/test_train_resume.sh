@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Both stages end to end on the CPU backend, and exact resume: N steps + resume + N steps must equal
 # 2N steps straight (same losses in metrics.jsonl, byte-identical final weights), for stage 1 and
-# stage 2; the towers written must load in transformers where it is installed.
+# stage 2 (with pseudo-queries, which are picked by the step alone); the towers written must load in
+# transformers where it is installed.
 set -euo pipefail
 BUILD=$1
 SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -20,7 +21,8 @@ cat > "$WORK/cfg.json" <<JSON
  "stage2": {"student_desc": {"arch": "bert", "layers": 1, "hidden": 16, "heads": 2, "intermediate": 32,
                              "vocab": 4096, "max_positions": 64},
             "tokenizer": "$SRC/configs/default/student/tokenizer.json",
-            "batch_queries": 8, "steps": 6, "gamma": 0.5, "optim": {"lr": 1e-3, "warmup_steps": 2}},
+            "batch_queries": 8, "steps": 6, "gamma": 0.5, "optim": {"lr": 1e-3, "warmup_steps": 2},
+            "pseudo_queries": {"from": "both", "per_batch": 6, "max": 100, "words": 6}},
  "checkpoint": {"every": 2, "keep": 2},
  "eval": {"data": "data/test"}}
 JSON
@@ -45,6 +47,7 @@ same_run straight resumed "straight vs resumed" || fail=1
 for f in loss_stage1.svg loss_stage2.svg config.resolved.json eval/untrained.json eval/stage1.json eval/student.json; do
   [ -s "straight/$f" ] || { echo "FAIL: straight/$f missing"; fail=1; }
 done
+grep -q "stage 2: 100 pseudo-queries (both), 6 a batch" straight.log || { echo "FAIL: no pseudo-queries"; fail=1; }
 grep -q "student / teacher" straight.out || { echo "FAIL: no side-by-side eval table"; cat straight.out; fail=1; }
 # Only the newest 2 checkpoints are kept.
 [ "$(ls -d resumed/ckpt-* | wc -l)" = 2 ] || { echo "FAIL: expected 2 checkpoints kept: $(ls resumed)"; fail=1; }

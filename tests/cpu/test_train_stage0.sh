@@ -6,7 +6,8 @@
 #     windows within 1e-4 relative (where torch + transformers are installed);
 #   - exact resume: 3 steps + --resume auto equals the straight run (final weights byte for byte,
 #     metrics step for step);
-#   - continued pretraining from that folder (stage0.model), and stage 1 taking it as stage1.model;
+#   - continued pretraining from that folder (stage0.model), stage 1 taking it as stage1.model and
+#     stage 2 as stage2.student (a decoder student);
 #   - bad stage-0 input exits 2 naming the key, file or line.
 set -euo pipefail
 BUILD=$1
@@ -109,6 +110,11 @@ cat > s1.json <<JSON
 JSON
 "$BUILD/sn_train" --config s1.json --stage 1 2> s1.log || { cat s1.log; echo "FAIL: stage 1 from stage 0's folder"; fail=1; }
 [ -s s1/final/query_tower/model.safetensors ] || { echo "FAIL: no stage-1 towers"; fail=1; }
+# Stage 2 with stage 0's decoder as the student (last-token pooling, the folder's own tokenizer).
+"$BUILD/sn_train" --config s1.json --stage 2 --set stage2.student=straight/final/lm --set stage2.pooling=last \
+  --set stage2.batch_queries=4 --set stage2.steps=2 2> s2.log || { cat s2.log; echo "FAIL: stage 2 with stage 0's student"; fail=1; }
+grep -q "stage 2 student: qwen2, 2 layers, hidden 32," s2.log || { echo "FAIL: not stage 0's decoder as the student"; fail=1; }
+[ -s s1/final/student/model.safetensors ] || { echo "FAIL: no student"; fail=1; }
 
 # Bad input: exit 2 naming what is wrong.
 set +e
