@@ -51,12 +51,13 @@ void sn_cpu_lm_head_xent(float *loss, void *dhidden, void *dweight, const void *
   const float *h = hidden, *w = weight;
   float *dh = dhidden, *dw = dweight;
   const int row_chunk = SN_MIN(N, SN_LM_HEAD_ROW_CHUNK), vocab_chunk = SN_MIN(V, SN_LM_HEAD_VOCAB_CHUNK);
-  // one logits block (row_chunk, vocab_chunk), then the row statistics and log-sum-exps
+  // the row statistics and log-sum-exps (doubles: first, where the scratch's alignment holds), then
+  // one logits block (row_chunk, vocab_chunk), whose byte count may be any multiple of 4
   size_t block_bytes = (size_t)row_chunk * vocab_chunk * sizeof(float);
   char *scratch = sn_cpu_scratch(SN_CPU_SCRATCH_OP, block_bytes + (size_t)row_chunk * (sizeof(row_stats) + sizeof(double)));
-  float *logits = (float *)scratch;
-  row_stats *st = (row_stats *)(scratch + block_bytes);
+  row_stats *st = (row_stats *)scratch;
   double *lse = (double *)(st + row_chunk);
+  float *logits = (float *)(lse + row_chunk);
   double total = 0.0;
   for (int r0 = 0; r0 < N; r0 += row_chunk) {
     const int rn = SN_MIN(row_chunk, N - r0);
