@@ -57,6 +57,12 @@ typedef struct {
   {key, FIELD_CHOICE, OFF(member), SZ(member), 0, 0, choices, 0, def, help, PATH_ANY}
 #define BIG_INT 1e9
 
+// What the one training loop reads of every stage: accumulation and length.
+#define LOOP_FIELDS(stage, prefix)                                                                           \
+  NUM(prefix ".grad_accum", FIELD_INT, stage.grad_accum, 1, 1 << 16, 1, "micro-batches per step"),           \
+  NUM(prefix ".steps", FIELD_INT, stage.steps, 0, BIG_INT, 0, "0 = from epochs"),                            \
+  NUM(prefix ".epochs", FIELD_FLOAT, stage.epochs, 0, 1e6, 1, "used when steps = 0")
+
 #define OPTIM_FIELDS(stage, prefix, peak)                                                                 \
   NUM(prefix ".lr", FIELD_FLOAT, stage.optim.lr, 0, 10, peak, "peak learning rate"),                      \
   NUM(prefix ".min_lr_ratio", FIELD_FLOAT, stage.optim.min_lr_ratio, 0, 1, 0.1, "final lr / peak"),       \
@@ -100,9 +106,7 @@ static const field_spec SCHEMA[] = {
     NUM("stage0.batch_seqs", FIELD_INT, stage0.batch_seqs, 1, BIG_INT, 8, "global batch, in windows"),
     CHOICE("stage0.recompute", stage0.recompute, "none|layer", "none",
            "layer: keep block inputs only, re-run each block in backward"),
-    NUM("stage0.grad_accum", FIELD_INT, stage0.grad_accum, 1, 1 << 16, 1, "micro-batches per step"),
-    NUM("stage0.steps", FIELD_INT, stage0.steps, 0, BIG_INT, 0, "0 = from epochs"),
-    NUM("stage0.epochs", FIELD_FLOAT, stage0.epochs, 0, 1e6, 1, "used when steps = 0"),
+    LOOP_FIELDS(stage0, "stage0"),
     OPTIM_FIELDS(stage0, "stage0.optim", 3e-4),
     PATH("stage1.model", FIELD_PATH, stage1.model, PATH_DIR, "Hugging Face folder of the LLM"),
     PATH("stage1.model_desc", FIELD_MODEL_DESC, stage1.model_desc, PATH_FILE, "fresh model description"),
@@ -124,9 +128,7 @@ static const field_spec SCHEMA[] = {
     NUM("stage1.grad_cache_chunk", FIELD_INT, stage1.grad_cache_chunk, 0, BIG_INT, 0, "0 = direct"),
     CHOICE("stage1.recompute", stage1.recompute, "none|layer", "none",
            "layer: keep block inputs only, re-run each block in backward"),
-    NUM("stage1.grad_accum", FIELD_INT, stage1.grad_accum, 1, 1 << 16, 1, "micro-batches per step"),
-    NUM("stage1.steps", FIELD_INT, stage1.steps, 0, BIG_INT, 0, "0 = from epochs"),
-    NUM("stage1.epochs", FIELD_FLOAT, stage1.epochs, 0, 1e6, 1, "used when steps = 0"),
+    LOOP_FIELDS(stage1, "stage1"),
     OPTIM_FIELDS(stage1, "stage1.optim", 1e-5),
     NUM("stage1.lora.rank", FIELD_INT, stage1.lora.rank, 0, 65536, 0,
         "LoRA rank r: two adapters over one frozen base; 0 = full fine-tune"),
@@ -160,9 +162,7 @@ static const field_spec SCHEMA[] = {
     NUM("stage2.temperature", FIELD_FLOAT, stage2.temperature, 1e-4, 100, 0.05, "tau of the gamma term"),
     NUM("stage2.batch_queries", FIELD_INT, stage2.batch_queries, 1, BIG_INT, 64, "global batch"),
     NUM("stage2.negatives_per_query", FIELD_INT, stage2.negatives_per_query, 0, 1024, 1, "gamma term"),
-    NUM("stage2.grad_accum", FIELD_INT, stage2.grad_accum, 1, 1 << 16, 1, "micro-batches per step"),
-    NUM("stage2.steps", FIELD_INT, stage2.steps, 0, BIG_INT, 0, "0 = from epochs"),
-    NUM("stage2.epochs", FIELD_FLOAT, stage2.epochs, 0, 1e6, 1, "used when steps = 0"),
+    LOOP_FIELDS(stage2, "stage2"),
     OPTIM_FIELDS(stage2, "stage2.optim", 1e-4),
     CHOICE("stage2.pseudo_queries.from", stage2.pseudo_queries.from, "none|titles|short_texts|both", "none",
            "pseudo-queries from the training documents: titles, first sentences, both"),
