@@ -3,7 +3,7 @@
 # tokenized with ../shared/tokenizers/qwen3, queries cut to 64 tokens and documents to 512 (title and
 # text, 1 random negative each). sn_train packs the sequences; the PyTorch + transformers baseline
 # (benchmarks/torch_real_lengths.py) pads each batch to its longest one. Both count real tokens only.
-# usage: benchmarks/real_lengths_gpu.sh BUILD_DIR OUT_DIR [SHAPE ...]   (shapes: 0.5b 1.5b; default both)
+# usage: benchmarks/real_lengths_gpu.sh BUILD_DIR OUT_DIR [SHAPE ...]   (shapes below; default 0.5b 1.5b)
 # SHARED (default: the repo's sibling ../shared, else ./shared) holds data/scifact and tokenizers/qwen3.
 # STEPS (default 20) timed steps a run; RUN_TIMEOUT_S (default 130) caps each of the four runs.
 # Writes OUT_DIR/real_lengths.jsonl (one line a shape and trainer), the sn_train logs and metrics.
@@ -29,10 +29,14 @@ MAX_DOC_LEN=512
 # allocation and warm-up. (torch_real_lengths.py runs its own 3 untimed steps.)
 SN_UNTIMED_STEPS=5
 
-# name | tower description | queries a step
+# name | tower description | queries a step | recompute (stage1.recompute; PyTorch's gradient
+# checkpointing when "layer"). 0.5b and 1.5b need the H200's 141 GB; the -80g shapes fit an 80 GB card
+# (sn_train --plan: 48.2 and 54 GiB), where PyTorch ran out of memory at 0.5b and 1.5b.
 SHAPES=(
-  "0.5b|qwen2.5-0.5b.json|64"
-  "1.5b|qwen2.5-1.5b.json|32"
+  "0.5b|qwen2.5-0.5b.json|64|none"
+  "1.5b|qwen2.5-1.5b.json|32|none"
+  "0.5b-80g|qwen2.5-0.5b.json|32|none"
+  "1.5b-80g|qwen2.5-1.5b.json|32|layer"
 )
 [ $# -gt 0 ] || set -- 0.5b 1.5b
 for want in "$@"; do  # before any work: a typo should not cost a GPU call's minutes
@@ -49,7 +53,9 @@ rc=0; python3 "$SRC/benchmarks/scifact_train.py" train.jsonl || rc=$?
 : >"$OUT/real_lengths.jsonl"
 for want in "$@"; do
   spec=$(printf '%s\n' "${SHAPES[@]}" | grep "^$want|")
-  IFS='|' read -r name desc queries <<<"$spec"
+  IFS='|' read -r name desc queries recompute <<<"$spec"
+  torch_ckpt=()
+  [ "$recompute" = none ] || torch_ckpt=(--gradient-checkpointing)
 
   # ---- sn_train: SN_UNTIMED_STEPS + STEPS steps, the last STEPS timed by throughput.py
   rm -rf run
@@ -58,7 +64,7 @@ for want in "$@"; do
  "data": {"train": ["train.jsonl"], "query_prompt": "{text}", "doc_prompt": "{title} {text}",
           "max_query_len": $MAX_QUERY_LEN, "max_doc_len": $MAX_DOC_LEN},
  "stage1": {"model_desc": "$SRC/configs/models/$desc", "tokenizer": "$TOKENIZER",
-            "batch_queries": $queries, "negatives_per_query": 1, "steps": $((SN_UNTIMED_STEPS + STEPS)),
+            "batch_queries": $queries, "recompute": "$recompute", "negatives_per_query": 1, "steps": $((SN_UNTIMED_STEPS + STEPS)),
             "optim": {"lr": 1e-5, "warmup_steps": 2}},
  "checkpoint": {"every": 0}, "log": {"every": 1}}
 JSON
@@ -73,7 +79,7 @@ JSON
   timeout -k $KILL_GRACE_S "$RUN_TIMEOUT_S" python3 "$SRC/benchmarks/torch_real_lengths.py" \
     --data train.jsonl --desc "$SRC/configs/models/$desc" --tokenizer "$TOKENIZER" \
     --batch-queries "$queries" --max-query-len $MAX_QUERY_LEN --max-doc-len $MAX_DOC_LEN \
-    --steps "$STEPS" --name "$name" >torch.json 2>"$OUT/real_lengths_${name}_torch.log" || torch_rc=$?
+    --steps "$STEPS" --name "$name" "${torch_ckpt[@]}" >torch.json 2>"$OUT/real_lengths_${name}_torch.log" || torch_rc=$?
 
   python3 - "$name" "$desc" "$queries" "$sn_rc" "$torch_rc" "$SRC" "$OUT" "$RUN_TIMEOUT_S" <<'PY'
 import json, os, sys

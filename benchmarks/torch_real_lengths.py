@@ -133,6 +133,8 @@ def run(args, examples, eos_id):
     import torch
     import torch.nn.functional as F
     qt = build_model(args.desc)
+    if args.gradient_checkpointing:  # recompute each layer in backward, as stage1.recompute = layer
+        qt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dt = copy.deepcopy(qt)
     opt = torch.optim.AdamW(list(qt.parameters()) + list(dt.parameters()), lr=LR, fused=True)
 
@@ -175,12 +177,14 @@ def main():
     ap.add_argument("--max-doc-len", type=int, default=DEFAULT_MAX_DOC_LEN)
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--name", default="")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute each decoder layer in backward (sn_train's stage1.recompute = layer)")
     ap.add_argument("--lengths-only", action="store_true")
     args = ap.parse_args()
     tok, eos_id = load_tokenizer(args.tokenizer)
     examples = read_examples(args.data, tok, eos_id, args.max_query_len, args.max_doc_len)
     row = dict(shape=args.name, desc=os.path.basename(args.desc), queries=args.batch_queries, steps=args.steps,
-               examples=len(examples))
+               examples=len(examples), gradient_checkpointing=args.gradient_checkpointing)
     if args.lengths_only:
         timed = list(batches(examples, args.batch_queries, WARMUP_STEPS + args.steps))[WARMUP_STEPS:]
     else:
