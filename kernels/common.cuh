@@ -240,6 +240,8 @@ void cuda_add_layernorm_forward(void *residual_out, void *out, float *mean, floa
 // matmul.cu
 void cuda_matmul(void *C, const void *A, const void *B, const void *bias, int M, int N, int K, int trans_a,
                  int trans_b, int accumulate);
+void cuda_matmul_strided(void *C, int ldc, const void *A, int lda, const void *B, int ldb, const void *bias, int M,
+                         int N, int K, int trans_a, int trans_b, int accumulate);
 void cuda_bias_backward(void *dbias, const void *dout, int M, int N);
 // fp32 GEMM with the same row-major convention, C = alpha * op(A) op(B) + beta * C (losses use it).
 void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, int K, int trans_a,

@@ -25,6 +25,7 @@ static void lt_init(void) {
 
 typedef struct {
   int M, N, K, trans_a, trans_b, has_bias, accumulate;
+  int lda, ldb, ldc;      // row strides of the stored A, B, C (elements)
   cudaDataType_t dtype;   // of A and B (and C unless ctype differs)
   cudaDataType_t ctype;   // of C
   int align_mask;  // which of A, B, C, bias are 16-byte aligned: the heuristic depends on it
@@ -78,13 +79,14 @@ static matmul_plan *get_plan(const matmul_key *key) {
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                sizeof bias_type));
   }
-  // Stored shapes, column-major view: our B stored (K, N) → (N, K) ld N; stored (N, K) → (K, N) ld K.
+  // Stored shapes, column-major view: our B stored (K, N) → (N, K); stored (N, K) → (K, N). The
+  // leading dimension is the stored row stride (the width, unless a slice of a wider matrix).
   const int M = key->M, N = key->N, K = key->K;
   cublasCheck(cublasLtMatrixLayoutCreate(&p->a_layout, key->dtype, key->trans_b ? K : N, key->trans_b ? N : K,
-                                         key->trans_b ? K : N));
+                                         key->ldb));
   cublasCheck(cublasLtMatrixLayoutCreate(&p->b_layout, key->dtype, key->trans_a ? M : K, key->trans_a ? K : M,
-                                         key->trans_a ? M : K));
-  cublasCheck(cublasLtMatrixLayoutCreate(&p->c_layout, key->ctype, N, M, N));
+                                         key->lda));
+  cublasCheck(cublasLtMatrixLayoutCreate(&p->c_layout, key->ctype, N, M, key->ldc));
 
   cublasLtMatmulPreference_t pref;
   cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
@@ -115,17 +117,20 @@ static matmul_plan *get_plan(const matmul_key *key) {
   return p;
 }
 
-static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, const void *A, const void *B,
-                       const void *bias, int M, int N, int K, int trans_a, int trans_b, float alpha, float beta) {
+static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, int ldc, const void *A, int lda,
+                       const void *B, int ldb, const void *bias, int M, int N, int K, int trans_a, int trans_b,
+                       float alpha, float beta) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // empty sum: C = beta*C (+ bias); only the plain cases occur
-    if (beta == 0.0f && !bias) cudaCheck(cudaMemsetAsync(C, 0, (size_t)M * N * (ctype == CUDA_R_32F ? 4 : 2),
-                                                         SN_STREAM));
+    const size_t esize = ctype == CUDA_R_32F ? 4 : 2;
+    if (beta == 0.0f && !bias)
+      cudaCheck(cudaMemset2DAsync(C, (size_t)ldc * esize, 0, (size_t)N * esize, M, SN_STREAM));
     return;
   }
   matmul_key key;
   memset(&key, 0, sizeof key);
   key.M = M, key.N = N, key.K = K, key.trans_a = trans_a, key.trans_b = trans_b;
+  key.lda = lda, key.ldb = ldb, key.ldc = ldc;
   key.has_bias = bias != NULL, key.accumulate = beta != 0.0f, key.dtype = dtype, key.ctype = ctype;
   key.align_mask = (aligned16(A) ? 1 : 0) | (aligned16(B) ? 2 : 0) |
                    (aligned16(C) && (!bias || aligned16(bias)) ? 4 : 0);
@@ -136,20 +141,34 @@ static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, cons
                              C, p->c_layout, &p->algo, lt_workspace, CUBLASLT_WORKSPACE_BYTES, SN_STREAM));
 }
 
+// The row strides of packed operands: op(A) (M, K) is stored (M, K), or (K, M) when transposed.
+#define PACKED_LDA(M, K, trans_a) ((trans_a) ? (M) : (K))
+#define PACKED_LDB(K, N, trans_b) ((trans_b) ? (K) : (N))
+
 // C (M, N) = op(A) @ op(B) [+ bias] [+ C]
 void cuda_matmul(void *C, const void *A, const void *B, const void *bias, int M, int N, int K, int trans_a,
                  int trans_b, int accumulate) {
-  run_matmul(CUDA_R_16BF, CUDA_R_16BF, C, A, B, bias, M, N, K, trans_a, trans_b, 1.0f, accumulate ? 1.0f : 0.0f);
+  run_matmul(CUDA_R_16BF, CUDA_R_16BF, C, N, A, PACKED_LDA(M, K, trans_a), B, PACKED_LDB(K, N, trans_b), bias, M,
+             N, K, trans_a, trans_b, 1.0f, accumulate ? 1.0f : 0.0f);
+}
+
+// The same on slices: row strides ldc, lda, ldb of the stored C, A, B
+void cuda_matmul_strided(void *C, int ldc, const void *A, int lda, const void *B, int ldb, const void *bias, int M,
+                         int N, int K, int trans_a, int trans_b, int accumulate) {
+  run_matmul(CUDA_R_16BF, CUDA_R_16BF, C, ldc, A, lda, B, ldb, bias, M, N, K, trans_a, trans_b, 1.0f,
+             accumulate ? 1.0f : 0.0f);
 }
 
 void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, int K, int trans_a, int trans_b,
                         float alpha, float beta) {
-  run_matmul(CUDA_R_32F, CUDA_R_32F, C, A, B, NULL, M, N, K, trans_a, trans_b, alpha, beta);
+  run_matmul(CUDA_R_32F, CUDA_R_32F, C, N, A, PACKED_LDA(M, K, trans_a), B, PACKED_LDB(K, N, trans_b), NULL, M, N,
+             K, trans_a, trans_b, alpha, beta);
 }
 
 void sn_cuda_matmul_bf16_f32(float *C, const bf16 *A, const bf16 *B, int M, int N, int K, int trans_a, int trans_b,
                              float alpha, float beta) {
-  run_matmul(CUDA_R_16BF, CUDA_R_32F, C, A, B, NULL, M, N, K, trans_a, trans_b, alpha, beta);
+  run_matmul(CUDA_R_16BF, CUDA_R_32F, C, N, A, PACKED_LDA(M, K, trans_a), B, PACKED_LDB(K, N, trans_b), NULL, M, N,
+             K, trans_a, trans_b, alpha, beta);
 }
 
 // ---- bias gradient -------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ static sn_ops make_cuda_ops(void) {
   o.layernorm_backward = cuda_layernorm_backward;
   o.add_layernorm_forward = cuda_add_layernorm_forward;
   o.matmul = cuda_matmul;
+  o.matmul_strided = cuda_matmul_strided;
   o.bias_backward = cuda_bias_backward;
   o.rope = cuda_rope;
   o.attention_forward = cuda_attention_forward;

@@ -154,6 +154,12 @@ typedef struct sn_ops {
   // matmul(y, x, W, b, T, out, in, 0, 1, 0). Accumulation in fp32.
   void (*matmul)(void *C, const void *A, const void *B, const void *bias, int M, int N, int K,
                  int trans_a, int trans_b, int accumulate);
+  // The same with the stored A, B and C's row strides given (in elements; matmul's are the widths):
+  // a column slice of a wider matrix as an operand or the output, read and written in place (LoRA's
+  // update into the q, k, v or gate, up columns of a fused projection, and those columns of its
+  // gradient) where a copy through scratch would move the whole slice twice more.
+  void (*matmul_strided)(void *C, int ldc, const void *A, int lda, const void *B, int ldb, const void *bias,
+                         int M, int N, int K, int trans_a, int trans_b, int accumulate);
   // dbias (N) += column sums of dout (M, N).
   void (*bias_backward)(void *dbias, const void *dout, int M, int N);
 

@@ -83,21 +83,17 @@ static sn_acts *acts_new(const sn_model *m, int max_tokens, int max_seqs, int co
   a->pool_norm = sn_acts_alloc(a, (size_t)max_seqs * fs);
   if (m->lora) {
     const size_t r = (size_t)m->lora->cfg.rank;
-    size_t widest_out = 0, widest_in = 0;
+    size_t widest_in = 0;
     for (int t = 0; t < SN_LORA_NTARGETS; t++) {
       int in, out;
       sn_lora_target_dims(&m->cfg, (sn_lora_target)t, &in, &out);
-      widest_out = SN_MAX(widest_out, (size_t)out);
       widest_in = SN_MAX(widest_in, (size_t)in);
     }
     a->lora_t = sn_acts_alloc(a, T * r * es);
     a->lora_dt = sn_acts_alloc(a, T * r * es);
-    const int dropout = m->lora->cfg.dropout > 0;
-    a->lora_u = sn_acts_alloc(a, T * (dropout ? SN_MAX(widest_out, widest_in) : widest_out) * es);
-    if (dropout) {
+    if (m->lora->cfg.dropout > 0) {
       a->lora_xd = sn_acts_alloc(a, T * widest_in * es);
-      // the gradient before its mask is formed after the output gradient in lora_u was last read
-      a->lora_dxd = a->lora_u;
+      a->lora_dxd = sn_acts_alloc(a, T * widest_in * es);
     }
   }
   return a;

@@ -146,17 +146,16 @@ struct sn_acts {
   void *dwide;                 // (T, max(qkv_dim, up_dim)) dqkv, dgate_up, dintermediate
   void *dnarrow;               // (T, max(attn_dim, I)) datt, dswiglu, dgelu
 
-  // LoRA scratch (towers with an adapter): t = s·x A^T and its gradient, and one target's update
-  // or output gradient before it is added into / after it is taken out of the fused output
+  // LoRA scratch (towers with an adapter): t = s·x A^T and its gradient (a target's update and
+  // output gradient are read and written in place in the fused output: ops->matmul_strided)
   void *lora_t, *lora_dt;      // (T, r)
-  void *lora_u;                // (T, widest target output)
   // LoRA dropout (adapters with dropout > 0, while training: sn_lora_set_dropout): the next forward
   // and its backward drop x before A with masks from this key; x's dropped copy and the gradient
   // before its mask, both recomputed rather than kept
   int lora_dropout_on;
   uint64_t lora_dropout_key;
   void *lora_xd;               // (T, widest target input)
-  void *lora_dxd;              // (T, widest target input): lora_u's memory
+  void *lora_dxd;              // (T, widest target input)
 
   // pooling scratch
   void *pooled;                // (max_seqs, C) storage dtype

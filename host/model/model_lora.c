@@ -199,12 +199,8 @@ void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, voi
     uint64_t mask_key = 0;
     const void *xin = adapter_input(l, a, layer, tg, x, T, in, &mask_key);
     scaled_down_projection(ops, l, a->lora_t, xin, A, T, in);
-    if (ld == out) {  // the linear's whole output: accumulate straight into it
-      ops->matmul(y, a->lora_t, B, NULL, T, out, r, 0, 1, 1);  // (T, out) += (T, r) @ (out, r)^T
-    } else {          // a column slice of a fused output: through scratch
-      ops->matmul(a->lora_u, a->lora_t, B, NULL, T, out, r, 0, 1, 0);
-      ops->axpy_2d(elem(ops, y, (size_t)col0), ld, a->lora_u, out, T, out, 1.0f, 1);
-    }
+    // y[:, col0 : col0 + out] (T, out; row stride ld) += (T, r) @ (out, r)^T, in place
+    ops->matmul_strided(elem(ops, y, (size_t)col0), ld, a->lora_t, r, B, r, NULL, T, out, r, 0, 1, 1);
   }
 }
 
@@ -223,19 +219,15 @@ void sn_lora_backward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, co
     const int in = site.in, out = site.out, ld = site.ld, col0 = site.col0;
     const void *A = sn_wptr(p, site.a), *B = sn_wptr(p, site.b);
     void *dA = sn_gptr(p, site.a), *dB = sn_gptr(p, site.b);
-    // g (T, out): this target's columns of dy
-    const void *g = dy;
-    if (ld != out) {
-      ops->axpy_2d(a->lora_u, out, elem(ops, (void *)dy, (size_t)col0), ld, T, out, 1.0f, 0);
-      g = a->lora_u;
-    }
+    // g (T, out; row stride ld): this target's columns of dy, read in place
+    const void *g = elem(ops, (void *)dy, (size_t)col0);
     // t = s·x A^T again (r columns: cheaper to recompute than to keep per layer and target), from
     // the dropped x when dropout is on (the same mask: the same key)
     uint64_t mask_key = 0;
     const void *xin = adapter_input(l, a, layer, tg, x, T, in, &mask_key);
     scaled_down_projection(ops, l, a->lora_t, xin, A, T, in);
-    ops->matmul(dB, g, a->lora_t, NULL, out, r, T, 1, 0, 1);  // (out, r) += g^T @ t
-    ops->matmul(a->lora_dt, g, B, NULL, T, r, out, 0, 0, 0);  // (T, r) = g @ B
+    ops->matmul_strided(dB, r, g, ld, a->lora_t, r, NULL, out, r, T, 1, 0, 1);  // (out, r) += g^T @ t
+    ops->matmul_strided(a->lora_dt, r, g, ld, B, r, NULL, T, r, out, 0, 0, 0);  // (T, r) = g @ B
     ops->axpy_2d(a->lora_dt, r, a->lora_dt, r, T, r, l->scale, 0);  // dt = s · g B
     ops->matmul(dA, a->lora_dt, xin, NULL, r, in, T, 1, 0, 1);  // (r, in) += dt^T @ x
     if (xin == x) {

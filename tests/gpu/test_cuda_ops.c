@@ -222,6 +222,25 @@ static void check_matmul(int M, int N, int K, int ta, int tb, int with_bias, int
   pair_free(&A), pair_free(&B), pair_free(&bias), pair_free(&C), pair_free(&dout), pair_free(&db);
 }
 
+// matmul_strided on column slices: A, B and C each a slice starting `pad` columns into a matrix
+// `pad` columns wider than the slice on both sides; the columns around C's slice must not change.
+static void check_matmul_strided(int M, int N, int K, int ta, int tb, int accumulate, int pad) {
+  char name[160];
+  const int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+  const int lda = a_cols + 2 * pad, ldb = b_cols + 2 * pad, ldc = N + 2 * pad;
+  pair A = st_rand((size_t)a_rows * lda, 1.0f), B = st_rand((size_t)b_rows * ldb, 1.0f);
+  pair C = st_rand((size_t)M * ldc, 1.0f);  // random around the slice: a stray write shows
+  const size_t off = (size_t)pad * cpu->storage_size, goff = (size_t)pad * gpu->storage_size;
+  cpu->matmul_strided((char *)C.c + off, ldc, (char *)A.c + off, lda, (char *)B.c + off, ldb, NULL, M, N, K, ta,
+                      tb, accumulate);
+  gpu->matmul_strided((char *)C.g + goff, ldc, (char *)A.g + goff, lda, (char *)B.g + goff, ldb, NULL, M, N, K,
+                      ta, tb, accumulate);
+  snprintf(name, sizeof name, "matmul_strided M=%d N=%d K=%d ta=%d tb=%d acc=%d pad=%d", M, N, K, ta, tb,
+           accumulate, pad);
+  compare(name, C, BF16_TOL);  // the whole (M, ldc): the slice and the untouched columns around it
+  pair_free(&A), pair_free(&B), pair_free(&C);
+}
+
 static void check_rope_attention(const int *lens, int B, int Hq, int Hkv, int D, int causal) {
   char name[200];
   int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
@@ -473,6 +492,12 @@ int main(int argc, char **argv) {
     check_matmul(3, 37, 5, 0, 0, 0, 1);
     check_matmul(65, 129, 33, 1, 0, 1, 1);
     check_matmul(17, 64, 130, 1, 1, 0, 0);
+    // LoRA's shapes on fused outputs: update into a slice (tb), dB += g^T t (ta), dt = g B
+    check_matmul_strided(37, 24, 8, 0, 1, 1, 16);
+    check_matmul_strided(24, 8, 37, 1, 0, 1, 8);
+    check_matmul_strided(37, 8, 24, 0, 0, 0, 8);
+    check_matmul_strided(5, 3, 7, 0, 0, 0, 1);  // odd strides: unaligned rows
+    if (!quick) check_matmul_strided(2048, 4864, 32, 0, 1, 1, 4864);  // 0.5B up slice of gate|up
     if (!quick) check_matmul(16384, 896, 896, 0, 1, 1, 0);
     if (!quick) check_matmul(512, 1536, 1536, 0, 0, 0, 1);
     // The family's projections: 1.5B fused QKV (1536 -> 2048) and down (8960 -> 1536), 7B gate|up

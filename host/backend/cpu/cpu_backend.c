@@ -50,6 +50,7 @@ static const sn_ops cpu_ops = {
     .add_layernorm_forward = sn_cpu_add_layernorm_forward,
 
     .matmul = sn_cpu_matmul,
+    .matmul_strided = sn_cpu_matmul_strided,
     .bias_backward = sn_cpu_bias_backward,
 
     .rope = sn_cpu_rope,

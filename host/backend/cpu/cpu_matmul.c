@@ -250,6 +250,12 @@ void sn_cpu_matmul(void *C, const void *A, const void *B, const void *bias, int 
               accumulate, 1);
 }
 
+void sn_cpu_matmul_strided(void *C, int ldc, const void *A, int lda, const void *B, int ldb,
+                           const void *bias, int M, int N, int K, int trans_a, int trans_b,
+                           int accumulate) {
+  sn_cpu_gemm(C, ldc, A, lda, trans_a, B, ldb, trans_b, bias, M, N, K, accumulate, 1);
+}
+
 // dbias (N) += column sums of dout (M, N): threads own column blocks and sum the rows in order.
 void sn_cpu_bias_backward(void *dbiasv, const void *doutv, int M, int N) {
   float *dbias = dbiasv;

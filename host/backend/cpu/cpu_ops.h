@@ -134,6 +134,9 @@ void sn_cpu_add_layernorm_forward(void *residual_out, void *out, float *mean, fl
 // ---- matmul -------------------------------------------------------------------------------------
 void sn_cpu_matmul(void *C, const void *A, const void *B, const void *bias, int M, int N, int K,
                    int trans_a, int trans_b, int accumulate);
+void sn_cpu_matmul_strided(void *C, int ldc, const void *A, int lda, const void *B, int ldb,
+                           const void *bias, int M, int N, int K, int trans_a, int trans_b,
+                           int accumulate);
 void sn_cpu_bias_backward(void *dbias, const void *dout, int M, int N);
 // The matmul with row strides (lda, ldb, ldc: floats between consecutive rows of each *stored*
 // matrix), for operands that are slices of wider rows (attention heads inside qkv rows).
