@@ -22,7 +22,9 @@ def _panel(svg, x_off, title, ylabel, cells, inits, key, curve_of):
     lx0, lx1 = math.floor(math.log10(min(ns))), math.ceil(math.log10(max(ns)))
     if lx1 == lx0:
         lx1 += 1
-    curves = {i: curve_of(i, lx0, lx1) for i in inits}
+    # fits drawn over the measured sizes only: extrapolated, a law of negative exponent would set
+    # the scale and flatten the points
+    curves = {i: curve_of(i, math.log10(min(ns)), math.log10(max(ns))) for i in inits}
     all_y = ys + [y for c in curves.values() if c for _, y in c]
     y0, y1 = min(all_y), max(all_y)
     pad = 0.05 * (y1 - y0 or abs(y1) or 1.0)

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 INITS = ("random", "pretrained")
 SIZE_KEYS = {"name": str, "layers": int, "hidden": int, "heads": int, "kv_heads": int,
-             "intermediate": int, "head_dim": int}
+             "intermediate": int, "head_dim": int, "set": dict}
+SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "intermediate", "head_dim")  # into the model description
 STATE_FILE = "sweep_state.json"
 EMBEDDING_TENSORS = ("embed_tokens", "lm_head", "embeddings.")  # not counted in N
 MIN_SIZES_FOR_FIT = 3
@@ -101,6 +102,8 @@ def load_sweep(path):
                 bad(f"{where}.{k}", f"unknown key (expected {', '.join(SIZE_KEYS)})")
             if SIZE_KEYS[k] is int and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 bad(f"{where}.{k}", f"expected an integer >= 1, got {v!r}")
+            if SIZE_KEYS[k] is dict and (not isinstance(v, dict) or not all(isinstance(key, str) and key for key in v)):
+                bad(f"{where}.{k}", f"expected an object of dotted sn_train config keys, got {v!r}")
         name = s.get("name")
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
             bad(f"{where}.name", f"expected a name of letters, digits, '-', '_', '.', got {name!r}")
@@ -154,6 +157,12 @@ def resolved_base(bin_dir, sweep):
     return base
 
 
+def apply_size_set(cfg, size):
+    """The size's own dotted keys (a learning rate for its depth, say), over the sweep's."""
+    for k, v in size.get("set", {}).items():
+        set_dotted(cfg, k, v)
+
+
 def set_dotted(cfg, key, value):
     node = cfg
     parts = key.split(".")
@@ -183,7 +192,7 @@ def base_model_desc(base):
 def size_desc(base_desc, size):
     desc = dict(base_desc)
     desc.pop("head_dim", None)  # follows hidden / heads unless the size names it
-    desc.update({k: v for k, v in size.items() if k != "name"})
+    desc.update({k: v for k, v in size.items() if k in SHAPE_KEYS})
     return desc
 
 
@@ -291,6 +300,7 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
         c0["run_dir"] = os.path.join(cell_dir, "stage0")
         merge(c0["stage0"], {"model": "", "model_desc": desc, "tokenizer": base["stage1"]["tokenizer"]})
         merge(c0["stage0"], sweep["stage0"])
+        apply_size_set(c0, size)
         c0["eval"]["data"] = ""
         phases["stage0"] = {"seconds": run_phase(bin_dir, c0, 0, log_path, lm_config)}
         phases.pop("stage1", None)  # a new LM: its towers are to be trained again
@@ -307,6 +317,7 @@ def run_cell(bin_dir, sweep, base, size, init, cell_state, save_state):
             c1["stage1"]["model"] = ""
             c1["stage1"]["model_desc"] = desc
         c1["stage1"]["steps"] = sweep["stage1_steps"]
+        apply_size_set(c1, size)
         c1["eval"]["data"] = ""  # evaluated below, once (sn_train would embed the untrained towers too)
         phases["stage1"] = {"seconds": run_phase(bin_dir, c1, 1, log_path, doc_tower)}
         phases.pop("eval", None)

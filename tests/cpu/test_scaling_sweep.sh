@@ -66,7 +66,8 @@ write_sweep() {  # OUT_DIR
  "sizes": [{"name": "h16", "layers": 1, "hidden": 16, "heads": 2, "kv_heads": 1, "intermediate": 32},
            {"name": "h32", "layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1, "intermediate": 64},
            {"name": "h48", "layers": 2, "hidden": 48, "heads": 4, "kv_heads": 2, "intermediate": 96},
-           {"name": "h96", "layers": 3, "hidden": 96, "heads": 4, "kv_heads": 2, "intermediate": 192}],
+           {"name": "h96", "layers": 3, "hidden": 96, "heads": 4, "kv_heads": 2, "intermediate": 192,
+            "set": {"stage1.optim.lr": 1e-3, "stage0.optim.lr": 2e-3}}],
  "inits": ["random", "pretrained"],
  "stage0": {"data": "data/pretrain.jsonl", "steps": 4, "seq_len": 32, "batch_seqs": 4,
             "optim": {"lr": 3e-3, "warmup_steps": 1}}}
@@ -95,6 +96,16 @@ svg = ET.parse("straight/loss_vs_size.svg").getroot()
 circles = [e for e in svg.iter() if e.tag.endswith("circle")]
 assert len(circles) == 2 * (8 + 2), len(circles)  # 8 cells + 2 legend marks, two panels
 print("ok: 8 cells, N from", n[0], "to", n[-1])
+PY
+# a size's own keys reach its cells' configs, and only theirs
+python3 - <<'PY' || fail=1
+import json
+def lr(cell, stage):  # as sn_train resolved it (a float32, printed)
+    return json.load(open(f"straight/cells/{cell}/{stage}/config.resolved.json"))[stage]["optim"]["lr"]
+near = lambda a, b: abs(a - b) < 1e-6 * b
+assert near(lr("h96-random", "stage1"), 1e-3) and near(lr("h96-pretrained", "stage0"), 2e-3), "h96's set not applied"
+assert near(lr("h48-random", "stage1"), 2e-3) and near(lr("h48-pretrained", "stage0"), 3e-3), "h96's set leaked"
+print("ok: per-size set")
 PY
 # the pretrained towers started from stage 0's causal LM
 grep -q '"Qwen2ForCausalLM"' straight/cells/h32-pretrained/stage0/final/lm/config.json \
@@ -183,6 +194,8 @@ expect_bad() {  # FIELD JSON
 expect_bad "'stage1_steps'" '{"base_config": "base.json", "out_dir": "x", "sizes": [{"name": "a", "layers": 1}]}'
 expect_bad "'sizes[1]'.hidden" '{"base_config": "base.json", "out_dir": "x", "stage1_steps": 2,
   "sizes": [{"name": "a", "hidden": 16}, {"name": "b", "hidden": "big"}], "inits": ["random"]}'
+expect_bad "'sizes[0]'.set" '{"base_config": "base.json", "out_dir": "x", "stage1_steps": 2,
+  "sizes": [{"name": "a", "set": ["stage1.optim.lr", 1]}], "inits": ["random"]}'
 expect_bad "'inits'" '{"base_config": "base.json", "out_dir": "x", "stage1_steps": 2,
   "sizes": [{"name": "a"}], "inits": ["random", "warm"]}'
 expect_bad "'stage0.data'" '{"base_config": "base.json", "out_dir": "x", "stage1_steps": 2,
