@@ -92,6 +92,20 @@ void cuda_upload(void *dst, const void *host_src, size_t bytes) {
 void cuda_download(void *host_dst, const void *src, size_t bytes) {
   cudaCheck(cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
 }
+void *cuda_host_alloc(size_t bytes) {
+  void *p = NULL;
+  cudaCheck(cudaMallocHost(&p, bytes ? bytes : 1));
+  return p;
+}
+void cuda_host_free(void *p) {
+  if (p) cudaCheck(cudaFreeHost(p));
+}
+void cuda_upload_async(void *dst, const void *host_src, size_t bytes) {
+  cudaCheck(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, SN_STREAM));
+}
+void cuda_download_async(void *host_dst, const void *src, size_t bytes) {
+  cudaCheck(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, SN_STREAM));
+}
 void cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize()); }
 
 // ---- conversion --------------------------------------------------------------------------------------

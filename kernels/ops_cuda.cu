@@ -13,6 +13,10 @@ static sn_ops make_cuda_ops(void) {
   o.copy = cuda_copy;
   o.upload = cuda_upload;
   o.download = cuda_download;
+  o.host_alloc = cuda_host_alloc;
+  o.host_free = cuda_host_free;
+  o.upload_async = cuda_upload_async;
+  o.download_async = cuda_download_async;
   o.upload_f32 = cuda_upload_f32;
   o.download_f32 = cuda_download_f32;
   o.storage_to_f32 = cuda_storage_to_f32;

@@ -81,6 +81,14 @@ typedef struct sn_ops {
   void (*copy)(void *dst, const void *src, size_t bytes);          // backend → backend
   void (*upload)(void *dst, const void *host_src, size_t bytes);   // host → backend, raw bytes
   void (*download)(void *host_dst, const void *src, size_t bytes); // backend → host, raw bytes
+  // Page-locked host memory (CUDA: pinned; the CPU: plain) and copies that are only enqueued, for
+  // the small per-call transfers of query encoding, where a pageable copy costs more than the
+  // bytes: the host buffer must come from host_alloc and be left alone until ops->synchronize()
+  // (after which a download's bytes are there). The CPU backend copies at once.
+  void *(*host_alloc)(size_t bytes);
+  void (*host_free)(void *p);
+  void (*upload_async)(void *dst, const void *host_src, size_t bytes);
+  void (*download_async)(void *host_dst, const void *src, size_t bytes);
   // host fp32 ↔ backend storage dtype, converting (round to nearest even for bf16)
   void (*upload_f32)(void *dst, const float *host_src, size_t n);
   void (*download_f32)(float *host_dst, const void *src, size_t n);

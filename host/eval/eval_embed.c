@@ -124,7 +124,7 @@ sn_embedder *sn_embedder_new(sn_model *m, const sn_tokenizer *tok, const sn_embe
   e->ids_host = mallocCheck((size_t)max_tokens * sizeof *e->ids_host);
   e->cu_host = mallocCheck(((size_t)e->batch + 1) * sizeof *e->cu_host);
   e->pooled = ops->alloc((size_t)e->batch * e->dim * sizeof(float));
-  e->pooled_host = mallocCheck((size_t)e->batch * e->dim * sizeof *e->pooled_host);
+  e->pooled_host = ops->host_alloc((size_t)e->batch * e->dim * sizeof *e->pooled_host);
   if (o->graphs) e->graphs = sn_graph_cache_new(ops);
   return e;
 }
@@ -134,7 +134,7 @@ void sn_embedder_free(sn_embedder *e) {
   const sn_ops *ops = e->m->ops;
   sn_graph_cache_free(e->graphs);
   if (e->pooled) ops->free(e->pooled);
-  free(e->pooled_host);
+  if (e->pooled_host) ops->host_free(e->pooled_host);
   free(e->ids_host);
   free(e->cu_host);
   if (e->acts) {
@@ -180,7 +180,11 @@ static void embed_seqs(sn_embedder *e, const token_seq *seqs, int n, float *out,
     const int key[SN_GRAPH_KEY_LEN] = {e->tb.B, e->tb.T, e->tb.max_seqlen};
     if (e->graphs) sn_graph_cache_run(e->graphs, key, forward_and_pool, e);
     else forward_and_pool(e);
-    ops->download(e->pooled_host, e->pooled, (size_t)B * C * sizeof(float));
+    // one call's copies enqueued behind its kernels, then one wait (pinned buffers: a pageable copy
+    // costs several microseconds more each, a query's whole budget is ~100)
+    ops->download_async(e->pooled_host, e->pooled, (size_t)B * C * sizeof(float));
+    ops->synchronize();
+    e->tb.copies_pending = 0;  // the synchronisation covered the batch's uploads
     for (int b = 0; b < B; b++)
       memcpy(out + (size_t)order[first + b] * C, e->pooled_host + (size_t)b * C, (size_t)C * sizeof *out);
     if (verbose && (bi + 1) % SN_MAX(1, nbatches / PROGRESS_STEPS) == 0)

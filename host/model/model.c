@@ -318,6 +318,7 @@ void sn_tokens_alloc(sn_tokens *t, const sn_ops *ops, int capacity_tokens, int c
   t->cu_seqlens = ops->alloc((size_t)(capacity_seqs + 1) * sizeof(int32_t));
   t->capacity_tokens = capacity_tokens;
   t->capacity_seqs = capacity_seqs;
+  t->staging = ops->host_alloc(sn_tokens_bytes(capacity_tokens, capacity_seqs));
 }
 
 size_t sn_tokens_bytes(int capacity_tokens, int capacity_seqs) {
@@ -328,6 +329,10 @@ void sn_tokens_free(sn_tokens *t, const sn_ops *ops) {
   if (t->ids) ops->free(t->ids);
   if (t->pos) ops->free(t->pos);
   if (t->cu_seqlens) ops->free(t->cu_seqlens);
+  if (t->staging) {
+    if (t->copies_pending) ops->synchronize();
+    ops->host_free(t->staging);
+  }
   memset(t, 0, sizeof *t);
 }
 
@@ -338,7 +343,8 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
   if (cu_seqlens_host[0] != 0) sn_fatal("%s: cu_seqlens[0] = %d, expected 0", what, cu_seqlens_host[0]);
   const int T = cu_seqlens_host[B];
   if (T > t->capacity_tokens) sn_fatal("%s: %d tokens, capacity %d", what, T, t->capacity_tokens);
-  int32_t *pos = mallocCheck((size_t)SN_MAX(T, 1) * sizeof(int32_t));
+  if (t->copies_pending) ops->synchronize();  // the staging may still be read by the last upload
+  int32_t *ids = t->staging, *pos = ids + t->capacity_tokens, *cu = pos + t->capacity_tokens;
   int max_seqlen = 0;
   for (int b = 0; b < B; b++) {
     const int start = cu_seqlens_host[b], end = cu_seqlens_host[b + 1];
@@ -351,10 +357,12 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
     }
     max_seqlen = SN_MAX(max_seqlen, end - start);
   }
-  ops->upload(t->ids, ids_host, (size_t)T * sizeof(int32_t));
-  ops->upload(t->pos, pos, (size_t)T * sizeof(int32_t));
-  ops->upload(t->cu_seqlens, cu_seqlens_host, (size_t)(B + 1) * sizeof(int32_t));
-  free(pos);
+  memcpy(ids, ids_host, (size_t)T * sizeof(int32_t));
+  memcpy(cu, cu_seqlens_host, (size_t)(B + 1) * sizeof(int32_t));
+  ops->upload_async(t->ids, ids, (size_t)T * sizeof(int32_t));
+  ops->upload_async(t->pos, pos, (size_t)T * sizeof(int32_t));
+  ops->upload_async(t->cu_seqlens, cu, (size_t)(B + 1) * sizeof(int32_t));
+  t->copies_pending = 1;
   t->B = B;
   t->T = T;
   t->max_seqlen = max_seqlen;

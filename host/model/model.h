@@ -68,6 +68,10 @@ typedef struct {
   int32_t *pos;         // (T) position of each token inside its sequence
   int32_t *cu_seqlens;  // (B + 1)
   int capacity_tokens, capacity_seqs;
+  // Page-locked host copies the uploads go through, laid out (ids | pos | cu_seqlens) at capacity;
+  // copies_pending: enqueued and not yet known done, so the next upload synchronises first.
+  int32_t *staging;
+  int copies_pending;
 } sn_tokens;
 
 // Loads a Hugging Face folder (config.json + safetensors). Exits with status 2 and a message

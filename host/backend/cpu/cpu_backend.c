@@ -1,4 +1,7 @@
 // The CPU reference backend's op table: fp32 storage in host memory, OpenMP over rows and tiles.
+#include <stdlib.h>
+
+#include "common.h"
 #include "cpu_ops.h"
 
 // Host memory in both directions: raw uploads and downloads are copies.
@@ -8,6 +11,10 @@ static void cpu_upload(void *dst, const void *host_src, size_t bytes) {
 static void cpu_download(void *host_dst, const void *src, size_t bytes) {
   sn_cpu_copy(host_dst, src, bytes);
 }
+
+// No device: "page-locked" host memory is heap memory.
+static void *cpu_host_alloc(size_t bytes) { return mallocCheck(bytes ? bytes : 1); }
+static void cpu_host_free(void *p) { free(p); }
 
 static const sn_ops cpu_ops = {
     .name = "cpu",
@@ -20,6 +27,10 @@ static const sn_ops cpu_ops = {
     .copy = sn_cpu_copy,
     .upload = cpu_upload,
     .download = cpu_download,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .upload_async = cpu_upload,
+    .download_async = cpu_download,
     .upload_f32 = sn_cpu_upload_f32,
     .download_f32 = sn_cpu_download_f32,
     .storage_to_f32 = sn_cpu_storage_to_f32,
