@@ -2,6 +2,7 @@
 // models, gradients, optimizer spans and token batches. Loading/saving: model_io.c; activations,
 // forward/backward dispatch and pooling: model_acts.c; the passes: model_decoder.c, model_encoder.c.
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -361,6 +362,26 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
 }
 
 // ---- linear layers ------------------------------------------------------------------------------
+
+// The environment switch of the small-batch path: 1 (allowed) unless SN_SMALL_BATCH=0.
+static int small_batch_allowed(void) {
+  const char *v = getenv("SN_SMALL_BATCH");
+  if (!v || !strcmp(v, "1")) return 1;
+  if (!strcmp(v, "0")) return 0;
+  sn_usage_error("environment variable SN_SMALL_BATCH: expected 0 or 1, got '%s'", v);
+}
+
+int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
+  const sn_model_config *c = &m->cfg;
+  const struct sn_model_layout *lay = m->layout;
+  const int widths_packed = c->hidden % 8 == 0 && c->intermediate % 8 == 0 && lay->attn_dim % 8 == 0;
+  const int head_fits = c->head_dim % 2 == 0 && c->head_dim <= SN_ATTENTION_SHORT_MAX_HEAD_DIM;
+  _Static_assert(SN_LINEAR_SMALL_MAX_ROWS <= SN_ATTENTION_SHORT_MAX_SEQLEN,
+                 "a batch small enough for linear_small has only short sequences");
+  return !for_backward && !m->lora && m->ops->linear_small && m->ops->attention_rope_forward &&
+         tok->T >= 1 && tok->T <= SN_LINEAR_SMALL_MAX_ROWS && widths_packed && head_fits &&
+         small_batch_allowed();
+}
 
 void sn_linear_forward(const sn_ops *ops, void *y, const void *x, const void *w, const void *b,
                        int T, int in, int out) {

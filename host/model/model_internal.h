@@ -184,6 +184,14 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
 const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
 void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
 
+// The small-batch inference path (ops.h: linear_small, attention_rope_forward) of a forward:
+// taken when the forward is for inference (for_backward = 0), the tower has no LoRA adapter, the
+// backend has both ops, the batch has at most SN_LINEAR_SMALL_MAX_ROWS tokens (so every sequence is
+// within SN_ATTENTION_SHORT_MAX_SEQLEN), the widths are multiples of 8, the head dim even and at
+// most SN_ATTENTION_SHORT_MAX_HEAD_DIM, and the environment does not say SN_SMALL_BATCH=0
+// (SN_SMALL_BATCH=1, or unset, allows it; any other value exits 2).
+int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward);
+
 // Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:
 //   forward  y (T, out) = x (T, in) @ W^T + b
 //   backward dx (T, in) (= or +=) dy @ W; dW (out, in) += dy^T @ x; db (out) += colsum(dy)
