@@ -363,12 +363,22 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
 
 // ---- linear layers ------------------------------------------------------------------------------
 
-// The environment switch of the small-batch path: 1 (allowed) unless SN_SMALL_BATCH=0.
+// The environment switch of the small-batch path: 1 (allowed) unless SN_SMALL_BATCH=0. Another
+// value is warned about once and ignored rather than fatal: the encoder library never exits on bad
+// input, and the path gives the same embeddings either way.
 static int small_batch_allowed(void) {
+  static int warned;
   const char *v = getenv("SN_SMALL_BATCH");
   if (!v || !strcmp(v, "1")) return 1;
   if (!strcmp(v, "0")) return 0;
-  sn_usage_error("environment variable SN_SMALL_BATCH: expected 0 or 1, got '%s'", v);
+  if (!warned) {
+    warned = 1;
+    fprintf(stderr,
+            "warning: environment variable SN_SMALL_BATCH='%s' is neither 0 nor 1; the small-batch "
+            "path stays on\n",
+            v);
+  }
+  return 1;
 }
 
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {

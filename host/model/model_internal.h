@@ -189,7 +189,7 @@ void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
 // backend has both ops, the batch has at most SN_LINEAR_SMALL_MAX_ROWS tokens (so every sequence is
 // within SN_ATTENTION_SHORT_MAX_SEQLEN), the widths are multiples of 8, the head dim even and at
 // most SN_ATTENTION_SHORT_MAX_HEAD_DIM, and the environment does not say SN_SMALL_BATCH=0
-// (SN_SMALL_BATCH=1, or unset, allows it; any other value exits 2).
+// (SN_SMALL_BATCH=1, or unset, allows it; any other value is warned about once and ignored).
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward);
 
 // Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:

@@ -222,14 +222,24 @@ static void check_matmul(int M, int N, int K, int ta, int tb, int with_bias, int
   pair_free(&A), pair_free(&B), pair_free(&bias), pair_free(&C), pair_free(&dout), pair_free(&db);
 }
 
+// Packed sequences of these lengths: *cu (B + 1) and *pos (T, each token's place in its sequence),
+// host arrays the caller frees; returns T, the longest length in *max_len.
+static int packed_positions(const int *lens, int B, int32_t **cu, int32_t **pos, int *max_len) {
+  *cu = mallocCheck((B + 1) * sizeof(int32_t));
+  const int T = make_cu(*cu, lens, B);
+  *max_len = 0;
+  for (int b = 0; b < B; b++) *max_len = SN_MAX(*max_len, lens[b]);
+  *pos = mallocCheck(T * sizeof(int32_t));
+  for (int b = 0; b < B; b++)
+    for (int i = 0; i < lens[b]; i++) (*pos)[(*cu)[b] + i] = i;
+  return T;
+}
+
 static void check_rope_attention(const int *lens, int B, int Hq, int Hkv, int D, int causal) {
   char name[200];
-  int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
-  int T = make_cu(cu, lens, B), max_len = 0;
-  for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
-  int32_t *pos = mallocCheck(T * sizeof(int32_t));
-  for (int b = 0; b < B; b++)
-    for (int i = 0; i < lens[b]; i++) pos[cu[b] + i] = i;
+  int32_t *cu, *pos;
+  int max_len;
+  const int T = packed_positions(lens, B, &cu, &pos, &max_len);
   size_t row = (size_t)(Hq + 2 * Hkv) * D;
   pair cup = i32_new(B + 1, cu), posp = i32_new(T, pos);
   pair qkv = st_rand((size_t)T * row, 1.0f);
@@ -308,12 +318,9 @@ static void check_linear_small_layer(int M, int C, int qkv_dim, int I, int decod
 // attention_rope_forward against the CPU's rope + attention_forward on a copy; qkv must stay unrotated.
 static void check_attention_rope_short(const int *lens, int B, int Hq, int Hkv, int D, int causal) {
   char name[200];
-  int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
-  int T = make_cu(cu, lens, B), max_len = 0;
-  for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
-  int32_t *pos = mallocCheck(T * sizeof(int32_t));
-  for (int b = 0; b < B; b++)
-    for (int i = 0; i < lens[b]; i++) pos[cu[b] + i] = i;
+  int32_t *cu, *pos;
+  int max_len;
+  const int T = packed_positions(lens, B, &cu, &pos, &max_len);
   size_t row = (size_t)(Hq + 2 * Hkv) * D;
   pair cup = i32_new(B + 1, cu), posp = i32_new(T, pos), qkv = st_rand((size_t)T * row, 1.0f);
   pair out = st_poison((size_t)T * Hq * D);
