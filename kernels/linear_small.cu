@@ -27,6 +27,7 @@
 #define LS_TILE 16        // rows of an mma m-tile and k of an mma sub-step
 #define LS_NTILE 8        // columns of an mma n-tile
 #define LS_RED_PAD 4      // floats appended to a reduction row (spreads the fragment stores over banks)
+#define LS_TILES_IN_FLIGHT 4  // n-tile steps of weight packs a warp loads before using them (4 x 1 KB)
 static_assert(SN_LINEAR_SMALL_MAX_ROWS % LS_TILE == 0, "rows are padded to whole m-tiles");
 #define LS_MAX_MTILES (SN_LINEAR_SMALL_MAX_ROWS / LS_TILE)
 
@@ -113,40 +114,52 @@ __global__ void __launch_bounds__(LS_THREADS) linear_small_kernel(bf16 *out, con
 #pragma unroll
     for (int t = 0; t < TILES; t++) acc[mt][t][0] = acc[mt][t][1] = acc[mt][t][2] = acc[mt][t][3] = 0.0f;
 
+  // A warp's weight loads for AHEAD of its k steps are issued together before any of them is used,
+  // so each warp keeps LS_TILES_IN_FLIGHT n-tiles' packs (4 KB) in flight: with one n-tile a block,
+  // a step alone would leave too few bytes in flight to cover the memory latency.
+  constexpr int AHEAD = TILES >= LS_TILES_IN_FLIGHT ? 1 : LS_TILES_IN_FLIGHT / TILES;
+  constexpr int WARP_STRIDE = LS_WARPS * LS_K_STEP;  // k between a warp's consecutive steps
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  for (int k0 = warp * LS_K_STEP; k0 < K; k0 += LS_WARPS * LS_K_STEP) {
-    const int kl = k0 + q * LS_K_PER_LANE;  // this lane's first k; packs at kl and kl + 8
-    uint4 wb[TILES][2];
+  for (int k_first = warp * LS_K_STEP; k_first < K; k_first += AHEAD * WARP_STRIDE) {
+    uint4 wb[AHEAD][TILES][2];  // weight packs past K (or past N) are zeros
 #pragma unroll
-    for (int t = 0; t < TILES; t++)
+    for (int u = 0; u < AHEAD; u++)
 #pragma unroll
-      for (int p = 0; p < 2; p++) {
-        const int k = kl + p * BF16_PER_PACK;
-        wb[t][p] = w_ok[t] && k < K ? __ldg(reinterpret_cast<const uint4 *>(w_row[t] + k)) : zero;
-      }
-    uint4 xa[MT][2][2];  // (m-tile, row g / g + 8, pack)
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int row = mt * LS_TILE + g + 8 * h;
+      for (int t = 0; t < TILES; t++)
 #pragma unroll
         for (int p = 0; p < 2; p++) {
-          const int k = kl + p * BF16_PER_PACK;
-          xa[mt][h][p] = row < M && k < K ? load_x_pack<NORM>(x, norm_w, rstd_r[mt][h], K, row, k) : zero;
+          const int k = k_first + u * WARP_STRIDE + q * LS_K_PER_LANE + p * BF16_PER_PACK;
+          wb[u][t][p] = w_ok[t] && k < K ? __ldg(reinterpret_cast<const uint4 *>(w_row[t] + k)) : zero;
         }
-      }
 #pragma unroll
-    for (int s = 0; s < LS_K_STEP / LS_TILE; s++) {  // k 16q + 4s .. + 3 of each lane
-      const int p = s / 2, wd = (s % 2) * 2;
+    for (int u = 0; u < AHEAD; u++) {
+      const int k0 = k_first + u * WARP_STRIDE;
+      if (k0 >= K) break;  // the warp's step is past K (uniform across the warp)
+      const int kl = k0 + q * LS_K_PER_LANE;  // this lane's first k; packs at kl and kl + 8
+      uint4 xa[MT][2][2];  // (m-tile, row g / g + 8, pack)
 #pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        const uint32_t a[4] = {pack_word(xa[mt][0][p], wd), pack_word(xa[mt][1][p], wd),
-                               pack_word(xa[mt][0][p], wd + 1), pack_word(xa[mt][1][p], wd + 1)};
+      for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int t = 0; t < TILES; t++) {
-          const uint32_t b[2] = {pack_word(wb[t][p], wd), pack_word(wb[t][p], wd + 1)};
-          mma_bf16(acc[mt][t], a, b);
+        for (int h = 0; h < 2; h++) {
+          const int row = mt * LS_TILE + g + 8 * h;
+#pragma unroll
+          for (int p = 0; p < 2; p++) {
+            const int k = kl + p * BF16_PER_PACK;
+            xa[mt][h][p] = row < M && k < K ? load_x_pack<NORM>(x, norm_w, rstd_r[mt][h], K, row, k) : zero;
+          }
+        }
+#pragma unroll
+      for (int s = 0; s < LS_K_STEP / LS_TILE; s++) {  // k 16q + 4s .. + 3 of each lane
+        const int p = s / 2, wd = (s % 2) * 2;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          const uint32_t a[4] = {pack_word(xa[mt][0][p], wd), pack_word(xa[mt][1][p], wd),
+                                 pack_word(xa[mt][0][p], wd + 1), pack_word(xa[mt][1][p], wd + 1)};
+#pragma unroll
+          for (int t = 0; t < TILES; t++) {
+            const uint32_t b[2] = {pack_word(wb[u][t][p], wd), pack_word(wb[u][t][p], wd + 1)};
+            mma_bf16(acc[mt][t], a, b);
+          }
         }
       }
     }
@@ -210,12 +223,15 @@ static void dispatch_segs(bf16 *out, const bf16 *x, const bf16 *norm_w, float ep
   if (epilogue == SN_EPILOGUE_SWIGLU) dispatch_norm<MT, NT, 2>(out, x, norm_w, eps, w, bias, residual, M, N, K, epilogue);
   else dispatch_norm<MT, NT, 1>(out, x, norm_w, eps, w, bias, residual, M, N, K, epilogue);
 }
-// Column tiles of 16 (two n-tiles) halve the re-reads of x (every block reads all of it) where
-// there are enough of them to fill the GPU; below one a multiprocessor, tiles of 8.
+// Every block reads all of x (from L2): M / columns times the weight's bytes. Column tiles of 16
+// (two n-tiles) halve that against tiles of 8, which give twice the blocks. Tiles of 16 where they
+// alone fill the GPU, or where x is more than one m-tile (its re-reads would outweigh the weight's
+// own bytes at 8 columns); tiles of 8 for a few rows on narrow layers.
+#define LS_WIDE_TILE_MIN_ROWS (LS_TILE + 1)
 template <int MT>
 static void dispatch_tile(bf16 *out, const bf16 *x, const bf16 *norm_w, float eps, const bf16 *w, const bf16 *bias,
                           const bf16 *residual, int M, int N, int K, int epilogue) {
-  if (ceil_div_int(N, 2 * LS_NTILE) >= sn_cuda_sm_count())
+  if (ceil_div_int(N, 2 * LS_NTILE) >= sn_cuda_sm_count() || M >= LS_WIDE_TILE_MIN_ROWS)
     dispatch_segs<MT, 2>(out, x, norm_w, eps, w, bias, residual, M, N, K, epilogue);
   else
     dispatch_segs<MT, 1>(out, x, norm_w, eps, w, bias, residual, M, N, K, epilogue);
