@@ -11,6 +11,7 @@
 #define SHORT_WARPS 8
 #define SHORT_THREADS (SHORT_WARPS * WARP_SIZE)
 #define SHORT_KEYS_PER_LANE (SN_ATTENTION_SHORT_MAX_SEQLEN / WARP_SIZE)
+#define SHORT_DEFAULT_SMEM (48 << 10)  // dynamic shared memory a kernel gets without opting in
 #define SHORT_K_PAD 1  // floats appended to a key row: lane j reads key j's element d, banks (j + d) % 32
 static_assert(SN_ATTENTION_SHORT_MAX_SEQLEN % WARP_SIZE == 0, "keys are spread evenly over the lanes");
 
@@ -107,11 +108,16 @@ void cuda_attention_rope_forward(void *out, const void *qkv, const int32_t *pos,
             __FILE__, __LINE__, max_seqlen, D, Hq, Hkv, SN_ATTENTION_SHORT_MAX_SEQLEN, SN_ATTENTION_SHORT_MAX_HEAD_DIM);
     exit(1);
   }
-  static bool ready = false;
-  allow_smem(attention_rope_short_kernel,
-             short_smem_bytes(SN_ATTENTION_SHORT_MAX_SEQLEN, SN_ATTENTION_SHORT_MAX_HEAD_DIM), &ready);
+  // The shared-memory limit is raised to what the launch needs only (the longest sequences at
+  // D = 128 take 137 KB: more than some GPUs allow, where short queries still fit).
+  static size_t granted = SHORT_DEFAULT_SMEM;
+  const size_t smem = short_smem_bytes(max_seqlen, D);
+  if (smem > granted) {
+    cudaCheck(cudaFuncSetAttribute(attention_rope_short_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    granted = smem;
+  }
   dim3 grid(Hq, B);
-  attention_rope_short_kernel<<<grid, SHORT_THREADS, short_smem_bytes(max_seqlen, D), SN_STREAM>>>(
+  attention_rope_short_kernel<<<grid, SHORT_THREADS, smem, SN_STREAM>>>(
       (bf16 *)out, (const bf16 *)qkv, pos, cu_seqlens, Hq, Hkv, D, max_seqlen, theta, causal, scale);
   launchCheck();
 }

@@ -179,7 +179,9 @@ typedef struct sn_ops {
   //   out (M, N) = epilogue(y)                           N_w = 2N for SWIGLU (gate rows [0, N), up
   //                                                      rows [N, 2N), bias likewise), else N
   // residual (M, N) is read for SN_EPILOGUE_RESIDUAL only (NULL otherwise); out may alias residual
-  // but not x. bias may be NULL. 1 <= M <= SN_LINEAR_SMALL_MAX_ROWS, K a multiple of 8. The result
+  // but not x. bias may be NULL. 1 <= M <= SN_LINEAR_SMALL_MAX_ROWS, K a multiple of 8, and x, W,
+  // norm_w start on 16 bytes (allocations and tensors of a model whose widths are multiples of 8 do:
+  // the CUDA kernel reads 16-byte packs). The result
   // equals the unfused ops (rmsnorm_forward, matmul, swiglu_forward / gelu_forward / add): on the
   // CPU bit for bit, on CUDA within bf16 rounding (no intermediate is rounded to storage there).
   void (*linear_small)(void *out, const void *x, const void *norm_w, float eps, const void *w,
