@@ -184,12 +184,16 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
 const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
 void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
 
-// The small-batch inference path (ops.h: linear_small, attention_rope_forward) of a forward:
-// taken when the forward is for inference (for_backward = 0), the tower has no LoRA adapter, the
-// backend has both ops, the batch has at most SN_LINEAR_SMALL_MAX_ROWS tokens (so every sequence is
-// within SN_ATTENTION_SHORT_MAX_SEQLEN), the widths are multiples of 8, the head dim even and at
-// most SN_ATTENTION_SHORT_MAX_HEAD_DIM, and the environment does not say SN_SMALL_BATCH=0
-// (SN_SMALL_BATCH=1, or unset, allows it; any other value is warned about once and ignored).
+// The small-batch inference paths (ops.h: linear_small, attention_rope_forward), both for an
+// inference forward (for_backward = 0) of a tower without LoRA, unless the environment says
+// SN_SMALL_BATCH=0 (1, or unset, allows them; another value is warned about once and ignored).
+// Short attention (decoders: rope + attention_forward become attention_rope_forward): the backend
+// has the op, every sequence is within SN_ATTENTION_SHORT_MAX_SEQLEN, the head dim is even and at
+// most SN_ATTENTION_SHORT_MAX_HEAD_DIM.
+int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_backward);
+// The whole small-batch forward (every linear through linear_small): short attention's conditions,
+// and the backend has linear_small, the batch at most SN_LINEAR_SMALL_MAX_ROWS tokens, the widths
+// multiples of 8.
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward);
 
 // Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:

@@ -5,7 +5,7 @@
 // - a fresh decoder and BERT tower encode small batches with the path on and off (SN_SMALL_BATCH):
 //   the last hidden state and the pooled embeddings must be identical bit for bit on the CPU, and
 //   within bf16 rounding on CUDA (`test_small_batch cuda`, the gpu/test_small_batch_cuda test);
-//   a counting op table proves the path ran (on) and did not (off, and past the row limit).
+//   a counting op table proves the ops ran (on) and did not (off, and past their limits).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,15 +124,15 @@ static void check_attention_rope_twin(const int *lens, int B, int Hq, int Hkv, i
 // ---- the model path on and off --------------------------------------------------------------------
 // An op table that counts the small-batch ops it forwards to the real backend.
 static const sn_ops *real_ops;
-static int small_calls;
+static int linear_calls, attention_calls;
 static void counting_linear_small(void *out, const void *x, const void *norm_w, float eps, const void *w,
                                   const void *bias, const void *residual, int M, int N, int K, sn_epilogue e) {
-  small_calls++;
+  linear_calls++;
   real_ops->linear_small(out, x, norm_w, eps, w, bias, residual, M, N, K, e);
 }
 static void counting_attention_rope(void *out, const void *qkv, const int32_t *pos, const int32_t *cu, int B, int T,
                                     int max_seqlen, int Hq, int Hkv, int D, float theta, int causal, float scale) {
-  small_calls++;
+  attention_calls++;
   real_ops->attention_rope_forward(out, qkv, pos, cu, B, T, max_seqlen, Hq, Hkv, D, theta, causal, scale);
 }
 
@@ -147,7 +147,7 @@ static sn_model_config tower_config(sn_arch arch) {
   c.head_dim = 16;
   c.intermediate = 96;
   c.vocab = 50;
-  c.max_positions = 80;
+  c.max_positions = 160;
   c.type_vocab = 2;
   c.rope_theta = 10000.0f;
   c.norm_eps = 1e-6f;
@@ -159,18 +159,18 @@ static sn_model_config tower_config(sn_arch arch) {
 }
 
 typedef struct {
-  float *hidden, *pooled;  // host copies (T, C) and (B, C)
-  int calls;               // small-batch op calls during the forward
+  float *hidden, *pooled;            // host copies (T, C) and (B, C)
+  int linear_calls, attention_calls;  // small-batch op calls during the forward
 } encoded;
 
 static encoded encode(sn_model *m, sn_acts *a, const sn_tokens *tok, const char *small_batch) {
   const sn_ops *ops = m->ops;
   const int C = m->cfg.hidden;
   setenv("SN_SMALL_BATCH", small_batch, 1);
-  small_calls = 0;
+  linear_calls = attention_calls = 0;
   encoded e;
   const void *hidden = sn_model_forward(m, a, tok, 0);
-  e.calls = small_calls;
+  e.linear_calls = linear_calls, e.attention_calls = attention_calls;
   e.hidden = mallocCheck((size_t)tok->T * C * sizeof(float));
   ops->download_f32(e.hidden, hidden, (size_t)tok->T * C);
   float *pooled = ops->alloc((size_t)tok->B * C * sizeof(float));
@@ -187,6 +187,9 @@ static int bits_equal(const float *a, const float *b, size_t n) {
   return 1;
 }
 
+// The forward with the small-batch ops allowed and not: which ran (linear_small up to
+// SN_LINEAR_SMALL_MAX_ROWS tokens; attention_rope_forward in decoders with sequences up to
+// SN_ATTENTION_SHORT_MAX_SEQLEN) and what came out.
 static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *lens, int B) {
   sn_ops counting = *backend;
   real_ops = backend;
@@ -207,10 +210,17 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   sn_acts *a = sn_acts_new(m, T, B);
   encoded off = encode(m, a, &tok, "0"), on = encode(m, a, &tok, "1");
   const char *arch_name = arch == SN_ARCH_BERT ? "bert" : "qwen2";
+  int max_len = 0;
+  for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
   const int small = T <= SN_LINEAR_SMALL_MAX_ROWS;
-  CHECK(off.calls == 0, "%s T=%d: SN_SMALL_BATCH=0 still ran %d small-batch ops", arch_name, T, off.calls);
-  CHECK(small ? on.calls > 0 : on.calls == 0, "%s T=%d: %d small-batch ops (expected %s)", arch_name, T, on.calls,
-        small ? "some" : "none past the row limit");
+  const int short_attention = arch != SN_ARCH_BERT && max_len <= SN_ATTENTION_SHORT_MAX_SEQLEN;
+  CHECK(off.linear_calls == 0 && off.attention_calls == 0, "%s T=%d: SN_SMALL_BATCH=0 still ran %d + %d small-batch ops",
+        arch_name, T, off.linear_calls, off.attention_calls);
+  CHECK(small ? on.linear_calls > 0 : on.linear_calls == 0, "%s T=%d: %d linear_small calls (expected %s)", arch_name,
+        T, on.linear_calls, small ? "some" : "none past the row limit");
+  CHECK(short_attention ? on.attention_calls > 0 : on.attention_calls == 0,
+        "%s T=%d longest %d: %d attention_rope_forward calls (expected %s)", arch_name, T, max_len, on.attention_calls,
+        short_attention ? "some" : "none");
   const size_t nh = (size_t)T * cfg.hidden, np = (size_t)B * cfg.hidden;
   if (!strcmp(backend->name, "cpu")) {
     CHECK(bits_equal(on.hidden, off.hidden, nh), "%s T=%d: last hidden state differs with the small path (rel %.3g)",
@@ -256,12 +266,15 @@ int main(int argc, char **argv) {
     }
   }
   const int one[] = {32}, some[] = {1, 9, 20, 7}, limit[] = {40, 24}, past[] = {40, 25};
+  const int longest[] = {3, SN_ATTENTION_SHORT_MAX_SEQLEN}, too_long[] = {SN_ATTENTION_SHORT_MAX_SEQLEN + 1};
   for (int arch = 0; arch < 2; arch++) {
     const sn_arch a = arch ? SN_ARCH_BERT : SN_ARCH_QWEN2;
     check_model_on_off(backend, a, one, 1);
     check_model_on_off(backend, a, some, 4);
     check_model_on_off(backend, a, limit, 2);  // T = SN_LINEAR_SMALL_MAX_ROWS
-    check_model_on_off(backend, a, past, 2);   // one token past: the unfused path
+    check_model_on_off(backend, a, past, 2);   // one token past: unfused linears, short attention
+    check_model_on_off(backend, a, longest, 2);
+    check_model_on_off(backend, a, too_long, 1);  // the unfused path
   }
   return sn_test_finish("test_small_batch");
 }
