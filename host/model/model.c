@@ -385,15 +385,18 @@ int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_bac
   const sn_model_config *c = &m->cfg;
   const int head_fits = c->head_dim % 2 == 0 && c->head_dim <= SN_ATTENTION_SHORT_MAX_HEAD_DIM;
   return !for_backward && !m->lora && m->ops->attention_rope_forward && tok->max_seqlen >= 1 &&
-         tok->max_seqlen <= SN_ATTENTION_SHORT_MAX_SEQLEN && head_fits && small_batch_allowed();
+         tok->max_seqlen <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
+         (long long)tok->T * tok->max_seqlen <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS && head_fits &&
+         small_batch_allowed();
 }
 
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
   const int widths_packed = c->hidden % 8 == 0 && c->intermediate % 8 == 0 && lay->attn_dim % 8 == 0;
-  _Static_assert(SN_LINEAR_SMALL_MAX_ROWS <= SN_ATTENTION_SHORT_MAX_SEQLEN,
-                 "a batch small enough for linear_small has only short sequences");
+  _Static_assert(SN_LINEAR_SMALL_MAX_ROWS <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
+                     SN_LINEAR_SMALL_MAX_ROWS * SN_LINEAR_SMALL_MAX_ROWS <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS,
+                 "a batch small enough for linear_small takes the short attention");
   return m->ops->linear_small && tok->T >= 1 && tok->T <= SN_LINEAR_SMALL_MAX_ROWS && widths_packed &&
          sn_short_attention_path(m, tok, for_backward);
 }

@@ -198,7 +198,7 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   sn_model_config cfg = tower_config(arch);
   sn_model *m = sn_model_new(&cfg, &counting, 77 + (uint64_t)arch);
   sn_test_randomise(m, &rng, 0.1f, 0.1f);  // biases and norm weights away from 0 and 1
-  int32_t cu[16];
+  int32_t *cu = mallocCheck((size_t)(B + 1) * sizeof(int32_t));
   cu[0] = 0;
   for (int b = 0; b < B; b++) cu[b + 1] = cu[b] + lens[b];
   const int T = cu[B];
@@ -213,7 +213,8 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   int max_len = 0;
   for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
   const int small = T <= SN_LINEAR_SMALL_MAX_ROWS;
-  const int short_attention = arch != SN_ARCH_BERT && max_len <= SN_ATTENTION_SHORT_MAX_SEQLEN;
+  const int short_attention = arch != SN_ARCH_BERT && max_len <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
+                              T * max_len <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS;
   CHECK(off.linear_calls == 0 && off.attention_calls == 0, "%s T=%d: SN_SMALL_BATCH=0 still ran %d + %d small-batch ops",
         arch_name, T, off.linear_calls, off.attention_calls);
   CHECK(small ? on.linear_calls > 0 : on.linear_calls == 0, "%s T=%d: %d linear_small calls (expected %s)", arch_name,
@@ -234,7 +235,7 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
     printf("%s T=%d B=%d on %s: small path vs unfused: hidden %.3g, pooled %.3g\n", arch_name, T, B, backend->name,
            eh, ep);
   }
-  free(on.hidden), free(on.pooled), free(off.hidden), free(off.pooled), free(ids);
+  free(on.hidden), free(on.pooled), free(off.hidden), free(off.pooled), free(ids), free(cu);
   sn_acts_free(a);
   sn_tokens_free(&tok, &counting);
   sn_model_free(m);
@@ -267,6 +268,10 @@ int main(int argc, char **argv) {
   }
   const int one[] = {32}, some[] = {1, 9, 20, 7}, limit[] = {40, 24}, past[] = {40, 25};
   const int longest[] = {3, SN_ATTENTION_SHORT_MAX_SEQLEN}, too_long[] = {SN_ATTENTION_SHORT_MAX_SEQLEN + 1};
+  // Sequences of 64: n of them reach the short attention's work bound (n x 64 tokens x 64), n + 1 pass it.
+  const int at_bound = SN_SHORT_ATTENTION_MAX_TOKEN_KEYS / 64 / 64;
+  int many[SN_SHORT_ATTENTION_MAX_TOKEN_KEYS / 64 / 64 + 1];
+  for (size_t i = 0; i < SN_ARRAY_LEN(many); i++) many[i] = 64;
   for (int arch = 0; arch < 2; arch++) {
     const sn_arch a = arch ? SN_ARCH_BERT : SN_ARCH_QWEN2;
     check_model_on_off(backend, a, one, 1);
@@ -275,6 +280,8 @@ int main(int argc, char **argv) {
     check_model_on_off(backend, a, past, 2);   // one token past: unfused linears, short attention
     check_model_on_off(backend, a, longest, 2);
     check_model_on_off(backend, a, too_long, 1);  // the unfused path
+    check_model_on_off(backend, a, many, at_bound);      // short attention, unfused linears
+    check_model_on_off(backend, a, many, at_bound + 1);  // the unfused path, past the work bound
   }
   return sn_test_finish("test_small_batch");
 }
