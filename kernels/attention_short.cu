@@ -71,6 +71,7 @@ __global__ void __launch_bounds__(SHORT_THREADS)
       s[u] = -INFINITY;
       if (j < visible) {
         float dot = 0.0f;
+#pragma unroll 8
         for (int d = 0; d < D; d++) dot += q_row[d] * Ks[j * KLD + d];
         s[u] = dot * scale;
       }
@@ -90,6 +91,7 @@ __global__ void __launch_bounds__(SHORT_THREADS)
     bf16 *dst = out + (size_t)(seq_start + r) * Hq * D + (size_t)h * D;
     for (int d = lane; d < D; d += WARP_SIZE) {
       float o = 0.0f;
+#pragma unroll 8
       for (int j = 0; j < visible; j++) o += p_row[j] * Vs[j * D + d];
       dst[d] = f2bf(o * inv_sum);
     }
