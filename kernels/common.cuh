@@ -1,6 +1,7 @@
 // Shared by every kernel file: error checks that print file:line and the failing call, bf16
-// helpers, 128-bit packed loads/stores, warp/block reductions, the growable scratch buffers, and
-// the entry points of each op family (ops_cuda.cu puts them into the sn_ops table).
+// helpers, 128-bit packed loads/stores, the bf16 tensor-core product (mma.sync), RoPE's angles,
+// warp/block reductions, the growable scratch buffers, and the entry points of each op family
+// (ops_cuda.cu puts them into the sn_ops table).
 #pragma once
 #include <cublasLt.h>
 #include <cuda_bf16.h>
