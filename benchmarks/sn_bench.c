@@ -458,6 +458,66 @@ static void bench_matmul(int M, int N, int K, int with_bias, const char *label) 
   if (bias) ops->free(bias);
 }
 
+// ---- small-batch inference (linear_small, attention_rope_forward) -------------------------------------------
+// The weights rotate over enough copies to exceed L2 (more than MAX_ROT: one projection is a few MB),
+// so each call streams its weight from HBM as the 0.5B tower's layers do; the row's bytes are the
+// weight's alone (x, the output and the residual are a few KB). The same product through the
+// unfused ops (matmul [+ the op the epilogue replaces]) follows as linear_small_unfused.
+#define LINEAR_SMALL_MAX_ROT 256
+typedef struct {
+  void *x, *norm_w, *bias, *residual, *out, *tmp;
+  void *w[LINEAR_SMALL_MAX_ROT];
+  float *rstd;
+  int M, N, K, n_w;
+  sn_epilogue epilogue;
+} small_ctx;
+static void run_linear_small(void *p, int r) {
+  small_ctx *c = p;
+  ops->linear_small(c->out, c->x, c->norm_w, 1e-6f, c->w[r], c->bias, c->residual, c->M, c->N, c->K, c->epilogue);
+}
+static void run_linear_unfused(void *p, int r) {
+  small_ctx *c = p;
+  const void *a = c->x;
+  if (c->norm_w) ops->rmsnorm_forward(c->tmp, c->rstd, c->x, c->norm_w, c->M, c->K, 1e-6f), a = c->tmp;
+  void *y = c->epilogue == SN_EPILOGUE_NONE ? c->out : (char *)c->tmp + (size_t)c->M * c->K * BF16_BYTES;
+  ops->matmul(y, a, c->w[r], c->bias, c->M, c->n_w, c->K, 0, 1, 0);
+  if (c->epilogue == SN_EPILOGUE_SWIGLU) ops->swiglu_forward(c->out, y, c->M, c->N);
+  if (c->epilogue == SN_EPILOGUE_GELU) ops->gelu_forward(c->out, y, (size_t)c->M * c->N);
+  if (c->epilogue == SN_EPILOGUE_RESIDUAL) ops->add(c->out, c->residual, y, (size_t)c->M * c->N);
+}
+static void bench_linear_small(int M, int N, int K, sn_epilogue epilogue, int with_norm, const char *label) {
+  if (!selected("linear_small")) return;
+  static const char *epi_name[] = {"", " swiglu", " gelu", " +residual"};
+  small_ctx c = {0};
+  c.M = M, c.N = N, c.K = K, c.epilogue = epilogue, c.n_w = epilogue == SN_EPILOGUE_SWIGLU ? 2 * N : N;
+  const size_t w_bytes = (size_t)c.n_w * K * BF16_BYTES;
+  const int nrot = (int)SN_MIN(LINEAR_SMALL_MAX_ROT, (L2_FLUSH_BYTES + w_bytes - 1) / w_bytes);
+  for (int r = 0; r < nrot; r++) c.w[r] = rand_st((size_t)c.n_w * K, 1.0f / sqrtf((float)K));
+  c.x = rand_st((size_t)M * K, 1.0f);
+  c.norm_w = with_norm ? rand_st(K, 1.0f) : NULL;
+  c.bias = rand_st(c.n_w, 1.0f);
+  c.residual = epilogue == SN_EPILOGUE_RESIDUAL ? rand_st((size_t)M * N, 1.0f) : NULL;
+  c.out = ops->alloc((size_t)M * N * BF16_BYTES);
+  c.tmp = ops->alloc(((size_t)M * K + (size_t)M * c.n_w) * BF16_BYTES);
+  c.rstd = ops->alloc((size_t)M * sizeof(float));
+  char shape[96];
+  snprintf(shape, sizeof shape, "%s M=%d N=%d K=%d%s%s", label, M, c.n_w, K, with_norm ? " norm" : "",
+           epi_name[epilogue]);
+  report("linear_small", shape, time_median_ms(run_linear_small, &c, nrot, reps), (double)w_bytes, 0);
+  report("linear_small_unfused", shape, time_median_ms(run_linear_unfused, &c, nrot, reps), (double)w_bytes, 0);
+  for (int r = 0; r < nrot; r++) ops->free(c.w[r]);
+  ops->free(c.x), ops->free(c.bias), ops->free(c.out), ops->free(c.tmp), ops->free(c.rstd);
+  if (c.norm_w) ops->free(c.norm_w);
+  if (c.residual) ops->free(c.residual);
+}
+// A tower's layer at M rows: QKV with the norm, o_proj and down with the residual, the MLP's input.
+static void bench_linear_small_layer(int M, int C, int qkv_dim, int I, int decoder, const char *label) {
+  bench_linear_small(M, qkv_dim, C, SN_EPILOGUE_NONE, decoder, label);
+  bench_linear_small(M, C, C, SN_EPILOGUE_RESIDUAL, 0, label);  // o_proj: Hq D = C in both towers
+  bench_linear_small(M, I, C, decoder ? SN_EPILOGUE_SWIGLU : SN_EPILOGUE_GELU, decoder, label);
+  bench_linear_small(M, C, I, SN_EPILOGUE_RESIDUAL, 0, label);
+}
+
 // ---- attention -------------------------------------------------------------------------------------------
 typedef struct {
   void *qkv, *out, *dout, *dqkv;
@@ -502,6 +562,52 @@ static void bench_attention(int B, int L, int Hq, int Hkv, int D, int causal) {
   else run_attn_fwd(&a, 0);  // the backward reads its output and lse
   if (bwd) report("attention_backward", shape, time_median_ms(run_attn_bwd, &a, 1, reps), 0, 2.5 * fwd_flops);
   ops->free(a.qkv), ops->free(a.dout), ops->free(a.out), ops->free(a.dqkv), ops->free(a.lse), ops->free(a.cu);
+}
+
+// attention_rope_forward against rope + attention_forward at query lengths (FLOPs as bench_attention).
+typedef struct {
+  attn_ctx a;
+  int32_t *pos;
+  void *rotated;
+} rope_attn_ctx;
+static void run_attn_rope(void *p, int r) {
+  rope_attn_ctx *c = p;
+  (void)r;
+  ops->attention_rope_forward(c->a.out, c->a.qkv, c->pos, c->a.cu, c->a.B, c->a.T, c->a.L, c->a.Hq, c->a.Hkv, c->a.D,
+                              1000000.0f, c->a.causal, 1.0f / sqrtf((float)c->a.D));
+}
+static void run_rope_then_attn(void *p, int r) {
+  rope_attn_ctx *c = p;
+  (void)r;
+  // rotates in place, further each run: the values do not change the time
+  ops->rope(c->rotated, c->pos, c->a.T, c->a.Hq, c->a.Hkv, c->a.D, 1000000.0f, 0);
+  ops->attention_forward(c->a.out, c->a.lse, c->rotated, c->a.cu, c->a.B, c->a.T, c->a.L, c->a.Hq, c->a.Hkv, c->a.D,
+                         c->a.causal, 1.0f / sqrtf((float)c->a.D));
+}
+static void bench_attention_rope(int B, int L, int Hq, int Hkv, int D, int causal) {
+  if (!selected("attention_rope")) return;
+  rope_attn_ctx c = {0};
+  attn_ctx *a = &c.a;
+  a->B = B, a->L = L, a->T = B * L, a->Hq = Hq, a->Hkv = Hkv, a->D = D, a->causal = causal;
+  const size_t row = (size_t)(Hq + 2 * Hkv) * D;
+  a->qkv = rand_st((size_t)a->T * row, 1.0f);
+  c.rotated = rand_st((size_t)a->T * row, 1.0f);
+  a->out = ops->alloc((size_t)a->T * Hq * D * BF16_BYTES);
+  a->lse = ops->alloc((size_t)Hq * a->T * sizeof(float));
+  int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t)), *pos = mallocCheck((size_t)a->T * sizeof(int32_t));
+  for (int b = 0; b <= B; b++) cu[b] = b * L;
+  for (int t = 0; t < a->T; t++) pos[t] = t % L;
+  a->cu = ops->alloc((B + 1) * sizeof(int32_t));
+  c.pos = ops->alloc((size_t)a->T * sizeof(int32_t));
+  ops->upload(a->cu, cu, (B + 1) * sizeof(int32_t));
+  ops->upload(c.pos, pos, (size_t)a->T * sizeof(int32_t));
+  free(cu), free(pos);
+  const double flops = 4.0 * B * (double)L * L * Hq * D * (causal ? 0.5 : 1.0);
+  char shape[96];
+  snprintf(shape, sizeof shape, "B=%d L=%d Hq=%d Hkv=%d D=%d %s", B, L, Hq, Hkv, D, causal ? "causal" : "bidir");
+  report("attention_rope_forward", shape, time_median_ms(run_attn_rope, &c, 1, reps), 0, flops);
+  report("attention_rope_unfused", shape, time_median_ms(run_rope_then_attn, &c, 1, reps), 0, flops);
+  ops->free(a->qkv), ops->free(c.rotated), ops->free(a->out), ops->free(a->lse), ops->free(a->cu), ops->free(c.pos);
 }
 
 // ---- losses and pooling ------------------------------------------------------------------------------------
@@ -701,6 +807,14 @@ int main(int argc, char **argv) {
   bench_matmul(16384, 4864 * 2, 896, 0, "gate_up 0.5B");
   bench_matmul(16384, 896, 896, 1, "q_proj 0.5B");
   bench_matmul(8192, 1536, 1536, 1, "q_proj 1.5B");
+  bench_linear_small_layer(32, 896, 1152, 4864, 1, "0.5B");      // a 32-token query
+  bench_linear_small_layer(32, 384, 1152, 1536, 0, "student");  // the 384-wide student
+  if (!quick) bench_linear_small_layer(SN_LINEAR_SMALL_MAX_ROWS, 896, 1152, 4864, 1, "0.5B");
+  bench_attention_rope(1, 32, 14, 2, 64, 1);
+  bench_attention_rope(8, 32, 14, 2, 64, 1);
+  bench_attention_rope(4, 64, 14, 2, 64, 1);    // SN_SHORT_ATTENTION_MAX_TOKEN_KEYS (16384)
+  bench_attention_rope(1, 128, 14, 2, 64, 1);   // the same work, one sequence
+  bench_attention_rope(64, 128, 14, 2, 64, 1);  // far past it: where the flash kernel should win
   bench_attention(128, 128, 14, 2, 64, 1);
   bench_attention(32, 512, 12, 2, 128, 1);
   bench_attention(8, 2048, 14, 2, 64, 1);

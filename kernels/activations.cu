@@ -1,12 +1,8 @@
 // SwiGLU (Qwen2 MLP) and GELU, erf form (BERT), forward and backward. Memory-bound: 16-byte packs
 // where shapes and alignment allow, fp32 math, one rounding per output.
-#include "common.cuh"
+#include "activations.cuh"
 
 #define ACT_THREADS 256
-#define INV_SQRT2 0.70710678118654752f
-#define INV_SQRT_2PI 0.39894228040143268f
-
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // ---- SwiGLU --------------------------------------------------------------------------------------------
 // gate_up (T, 2I); out (T, I) = silu(gate) * up. Thread j handles VEC consecutive columns of a row.
@@ -94,11 +90,6 @@ void cuda_swiglu_backward(void *dgate_up, const void *dout, const void *gate_up,
 }
 
 // ---- GELU (erf) -----------------------------------------------------------------------------------------
-__device__ __forceinline__ float gelu_f(float x) { return 0.5f * x * (1.0f + erff(x * INV_SQRT2)); }
-__device__ __forceinline__ float gelu_grad_f(float x) {
-  return 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
-}
-
 // Packs of 8 first, then the n % 8 tail one element per thread (same layout as memory.cu).
 __global__ void gelu_forward_kernel(bf16 *out, const bf16 *x, size_t n, int packed) {
   size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;

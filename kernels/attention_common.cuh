@@ -23,14 +23,7 @@
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
-// ---- tensor-core and fragment helpers -----------------------------------------------------------------
-__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+// ---- tensor-core and fragment helpers (mma_bf16 is in common.cuh) ---------------------------------------
 // 2^x by the special-function unit alone (exp2f adds a range check and two multiplies for inputs
 // below -126, whose results flush to zero here: far under bf16's resolution of a probability).
 // Relative error about 2^-22; ex2(-inf) = 0, as masking needs.
@@ -116,14 +109,6 @@ struct attn_dims {
   int causal;
   float scale, scale_log2;  // scale and scale * log2(e)
 };
-
-// Raises a kernel's dynamic shared-memory limit once (needed past 48 KB).
-template <typename K>
-static void allow_smem(K kernel, size_t bytes, bool *done) {
-  if (*done) return;
-  cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-  *done = true;
-}
 
 // The kernels copy 16-byte packs (cp.async, vector loads): every buffer must start on 16 bytes, as
 // the allocator's do.

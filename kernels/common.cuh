@@ -1,6 +1,7 @@
 // Shared by every kernel file: error checks that print file:line and the failing call, bf16
-// helpers, 128-bit packed loads/stores, warp/block reductions, the growable scratch buffers, and
-// the entry points of each op family (ops_cuda.cu puts them into the sn_ops table).
+// helpers, 128-bit packed loads/stores, the bf16 tensor-core product (mma.sync), RoPE's angles,
+// warp/block reductions, the growable scratch buffers, and the entry points of each op family
+// (ops_cuda.cu puts them into the sn_ops table).
 #pragma once
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -104,6 +105,29 @@ __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.c
 template <int N>  // waits until at most N of this thread's newest copy groups are still in flight
 __device__ __forceinline__ void cp_async_wait(void) { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
+// ---- tensor cores (sm_80+) -----------------------------------------------------------------------
+// c (16x8 fp32) += a (16x16 bf16, row-major) b (16x8 bf16), mma.sync m16n8k16; fragment layout
+// (lane = 4 * g + q):
+//   a[0] = (g, 2q..2q+1), a[1] = (g+8, 2q..), a[2] = (g, 2q+8..), a[3] = (g+8, 2q+8..)
+//   b[0] = (k = 2q..2q+1, n = g), b[1] = (k = 2q+8..2q+9, n = g)
+//   c[0..1] = (g, 2q..2q+1), c[2..3] = (g+8, 2q..2q+1)
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// ---- rotary position embedding ---------------------------------------------------------------------
+// cos and sin of pair i's angle pos * theta^(-2i/D) of a D-wide head (Hugging Face rotate-half), the
+// angle in fp32 as transformers forms it; precise sincosf (angles reach hundreds of radians: the
+// fast intrinsics lose digits there). Shared by rope.cu and the short attention's on-the-fly RoPE.
+__device__ __forceinline__ void rope_cos_sin(int pos, int i, int D, float theta, float *c, float *s) {
+  const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
+  sincosf((float)pos * inv_freq, s, c);
+}
+
 // ---- reductions (fp32) ------------------------------------------------------------------------------
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu
@@ -142,6 +166,14 @@ __device__ __forceinline__ float block_max(float v, float *shared) {
 }
 
 static inline int ceil_div_int(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+// Raises a kernel's dynamic shared-memory limit once (needed past 48 KB).
+template <typename K>
+static void allow_smem(K kernel, size_t bytes, bool *done) {
+  if (*done) return;
+  cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  *done = true;
+}
 
 // ---- device facts and scratch -------------------------------------------------------------------
 // Multiprocessor count of the current device (read once).
@@ -253,11 +285,17 @@ void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, 
 // bf16 A and B, fp32 C: the same convention and fp32 accumulation (the LM head's logits and dhidden).
 void sn_cuda_matmul_bf16_f32(float *C, const bf16 *A, const bf16 *B, int M, int N, int K, int trans_a,
                              int trans_b, float alpha, float beta);
+// linear_small.cu
+void cuda_linear_small(void *out, const void *x, const void *norm_w, float eps, const void *w, const void *bias,
+                       const void *residual, int M, int N, int K, sn_epilogue epilogue);
 // rope.cu
 void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, int inverse);
 // attention_forward.cu, attention_backward.cu
 void cuda_attention_forward(void *out, float *lse, const void *qkv, const int32_t *cu_seqlens, int B, int T,
                             int max_seqlen, int Hq, int Hkv, int D, int causal, float scale);
+// attention_short.cu
+void cuda_attention_rope_forward(void *out, const void *qkv, const int32_t *pos, const int32_t *cu_seqlens, int B,
+                                 int T, int max_seqlen, int Hq, int Hkv, int D, float theta, int causal, float scale);
 void cuda_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *lse,
                              const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq, int Hkv,
                              int D, int causal, float scale);

@@ -44,8 +44,10 @@ static sn_ops make_cuda_ops(void) {
   o.matmul = cuda_matmul;
   o.matmul_strided = cuda_matmul_strided;
   o.bias_backward = cuda_bias_backward;
+  o.linear_small = cuda_linear_small;
   o.rope = cuda_rope;
   o.attention_forward = cuda_attention_forward;
+  o.attention_rope_forward = cuda_attention_rope_forward;
   o.attention_backward = cuda_attention_backward;
   o.swiglu_forward = cuda_swiglu_forward;
   o.swiglu_backward = cuda_swiglu_backward;

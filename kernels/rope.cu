@@ -1,9 +1,9 @@
 // Rotary position embedding, Hugging Face rotate-half convention, in place on the q and k heads of
-// the packed qkv tensor; fp32 math, precise sincos (angles reach hundreds of radians: the fast
-// intrinsics lose digits there). Packed path (D/2 % 8 == 0): a block per few whole tokens; each thread
-// owns one (token, head, pack of 8 pairs) and issues its two 16-byte loads first, then the block
-// computes each token's D/2 (cos, sin) once into shared memory (one powf + sincosf per (token, pair),
-// not per head), then every thread rotates its pack. Otherwise one thread per pair.
+// the packed qkv tensor; fp32 math, the angles from rope_cos_sin (common.cuh). Packed path
+// (D/2 % 8 == 0): a block per few whole tokens; each thread owns one (token, head, pack of 8
+// pairs) and issues its two 16-byte loads first, then the block computes each token's D/2
+// (cos, sin) once into shared memory (one powf + sincosf per (token, pair), not per head), then
+// every thread rotates its pack. Otherwise one thread per pair.
 #include "common.cuh"
 
 #define ROPE_THREADS 256
@@ -20,9 +20,8 @@ __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hk
   int i = idx % half;
   int head = (idx / half) % rotated_heads;
   int t = idx / ((size_t)half * rotated_heads);
-  float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
   float s, c;
-  sincosf((float)pos[t] * inv_freq, &s, &c);
+  rope_cos_sin(pos[t], i, D, theta, &c, &s);
   s *= sign;
   bf16 *x = qkv + (size_t)t * (Hq + 2 * Hkv) * D + (size_t)head * D;
   float x1 = bf2f(x[i]), x2 = bf2f(x[i + half]);
@@ -51,9 +50,8 @@ __global__ void __launch_bounds__(ROPE_MAX_BLOCK)
   for (int j = threadIdx.x; j < tokens * half; j += blockDim.x) {
     const int tj = t0 + j / half, i = j % half;
     if (tj < T) {
-      const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
       float sn, cs;
-      sincosf((float)pos[tj] * inv_freq, &sn, &cs);
+      rope_cos_sin(pos[tj], i, D, theta, &cs, &sn);
       cos_t[j] = cs, sin_t[j] = sign * sn;
     }
   }

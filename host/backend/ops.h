@@ -40,6 +40,23 @@ typedef enum { SN_POOL_LAST = 0, SN_POOL_MEAN = 1, SN_POOL_FIRST = 2 } sn_poolin
 // A target that lm_head_xent skips (padding; PyTorch's ignore_index). Every negative target is skipped.
 #define SN_IGNORE_TARGET (-100)
 
+// Small-batch inference kernels (query encoding at a batch of one or a few queries, where every GEMM
+// reads far more weight bytes than activations): linear_small takes at most
+// SN_LINEAR_SMALL_MAX_ROWS rows, attention_rope_forward sequences of at most
+// SN_ATTENTION_SHORT_MAX_SEQLEN tokens and heads of at most SN_ATTENTION_SHORT_MAX_HEAD_DIM
+// (even). Callers fall back to matmul / rope + attention_forward past them.
+#define SN_LINEAR_SMALL_MAX_ROWS 64
+#define SN_ATTENTION_SHORT_MAX_SEQLEN 128
+#define SN_ATTENTION_SHORT_MAX_HEAD_DIM 128
+
+// What linear_small does to the product after the bias (see the op).
+typedef enum {
+  SN_EPILOGUE_NONE = 0,      // out = y
+  SN_EPILOGUE_SWIGLU = 1,    // W is gate rows then up rows: out = silu(y_gate) * y_up
+  SN_EPILOGUE_GELU = 2,      // out = gelu(y), erf form
+  SN_EPILOGUE_RESIDUAL = 3,  // out = residual + y
+} sn_epilogue;
+
 // Deepest list topk_merge keeps (the CUDA kernel sorts the survivors of a row in shared memory).
 #define SN_TOPK_MAX_K 2048
 
@@ -170,6 +187,20 @@ typedef struct sn_ops {
                          int M, int N, int K, int trans_a, int trans_b, int accumulate);
   // dbias (N) += column sums of dout (M, N).
   void (*bias_backward)(void *dbias, const void *dout, int M, int N);
+  // Small-batch linear layer with its neighbours fused, for inference (no gradients):
+  //   xn = norm_w ? rmsnorm(x, norm_w, eps) : x          x (M, K), norm_w (K) or NULL
+  //   y  = xn · W^T + bias                               W (N_w, K) as PyTorch stores it, bias (N_w)
+  //   out (M, N) = epilogue(y)                           N_w = 2N for SWIGLU (gate rows [0, N), up
+  //                                                      rows [N, 2N), bias likewise), else N
+  // residual (M, N) is read for SN_EPILOGUE_RESIDUAL only (NULL otherwise); out may alias residual
+  // but not x. bias may be NULL. 1 <= M <= SN_LINEAR_SMALL_MAX_ROWS, K a multiple of 8, and x, W,
+  // norm_w start on 16 bytes (allocations and tensors of a model whose widths are multiples of 8 do:
+  // the CUDA kernel reads 16-byte packs). The result
+  // equals the unfused ops (rmsnorm_forward, matmul, swiglu_forward / gelu_forward / add): on the
+  // CPU bit for bit, on CUDA within bf16 rounding (no intermediate is rounded to storage there).
+  void (*linear_small)(void *out, const void *x, const void *norm_w, float eps, const void *w,
+                       const void *bias, const void *residual, int M, int N, int K,
+                       sn_epilogue epilogue);
 
   // ---- rotary position embedding (Hugging Face rotate-half convention) -------------------------
   // qkv (T, (Hq + 2*Hkv) * D): per token, Hq query heads, then Hkv key heads, then Hkv value heads.
@@ -185,6 +216,14 @@ typedef struct sn_ops {
   void (*attention_forward)(void *out, float *lse, const void *qkv, const int32_t *cu_seqlens,
                             int B, int T, int max_seqlen, int Hq, int Hkv, int D, int causal,
                             float scale);
+  // Inference attention over short sequences with RoPE applied on the fly: out (T, Hq * D) =
+  // attention_forward(rope(qkv)) without lse, qkv left unchanged (rope's arguments, rotation by
+  // pos[t] * theta^(-2i/D)). max_seqlen <= SN_ATTENTION_SHORT_MAX_SEQLEN, D even and at most
+  // SN_ATTENTION_SHORT_MAX_HEAD_DIM. Equals rope + attention_forward: on the CPU bit for bit, on
+  // CUDA within bf16 rounding.
+  void (*attention_rope_forward)(void *out, const void *qkv, const int32_t *pos,
+                                 const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq,
+                                 int Hkv, int D, float theta, int causal, float scale);
   // dqkv (T, (Hq + 2*Hkv) * D) is written (not accumulated).
   void (*attention_backward)(void *dqkv, const void *dout, const void *qkv, const void *out,
                              const float *lse, const int32_t *cu_seqlens, int B, int T,

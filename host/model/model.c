@@ -2,6 +2,7 @@
 // models, gradients, optimizer spans and token batches. Loading/saving: model_io.c; activations,
 // forward/backward dispatch and pooling: model_acts.c; the passes: model_decoder.c, model_encoder.c.
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -369,6 +370,44 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
 }
 
 // ---- linear layers ------------------------------------------------------------------------------
+
+// The environment switch of the small-batch path: 1 (allowed) unless SN_SMALL_BATCH=0. Another
+// value is warned about once and ignored rather than fatal: the encoder library never exits on bad
+// input, and the path gives the same embeddings either way.
+static int small_batch_allowed(void) {
+  static int warned;
+  const char *v = getenv("SN_SMALL_BATCH");
+  if (!v || !strcmp(v, "1")) return 1;
+  if (!strcmp(v, "0")) return 0;
+  if (!warned) {
+    warned = 1;
+    fprintf(stderr,
+            "warning: environment variable SN_SMALL_BATCH='%s' is neither 0 nor 1; the small-batch "
+            "path stays on\n",
+            v);
+  }
+  return 1;
+}
+
+int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
+  const sn_model_config *c = &m->cfg;
+  const int head_fits = c->head_dim % 2 == 0 && c->head_dim <= SN_ATTENTION_SHORT_MAX_HEAD_DIM;
+  return !for_backward && !m->lora && m->ops->attention_rope_forward && tok->max_seqlen >= 1 &&
+         tok->max_seqlen <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
+         (long long)tok->T * tok->max_seqlen <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS && head_fits &&
+         small_batch_allowed();
+}
+
+int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
+  const sn_model_config *c = &m->cfg;
+  const struct sn_model_layout *lay = m->layout;
+  const int widths_packed = c->hidden % 8 == 0 && c->intermediate % 8 == 0 && lay->attn_dim % 8 == 0;
+  _Static_assert(SN_LINEAR_SMALL_MAX_ROWS <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
+                     SN_LINEAR_SMALL_MAX_ROWS * SN_LINEAR_SMALL_MAX_ROWS <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS,
+                 "a batch small enough for linear_small takes the short attention");
+  return m->ops->linear_small && tok->T >= 1 && tok->T <= SN_LINEAR_SMALL_MAX_ROWS && widths_packed &&
+         sn_short_attention_path(m, tok, for_backward);
+}
 
 void sn_linear_forward(const sn_ops *ops, void *y, const void *x, const void *w, const void *b,
                        int T, int in, int out) {

@@ -141,6 +141,10 @@ int sn_model_widest_row(const sn_model *m);
 size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs, int for_backward,
                                 sn_recompute recompute);
 
+// An inference forward runs a decoder's attention as attention_rope_forward (ops.h; no tensor
+// cores: its work grows with tokens x longest sequence) only up to this many of them; above, rope
+// + attention_forward (an evaluation pass over many documents stays on the flash kernel).
+#define SN_SHORT_ATTENTION_MAX_TOKEN_KEYS 16384
 // Forward pass: returns the last hidden state (T, C) (after the final norm for decoders, after the
 // last layer's LayerNorm for BERT), valid until the next call with the same acts. for_backward = 0
 // keeps only what the next layer needs (inference, gradient-cache embedding pass).

@@ -6,7 +6,8 @@
 //   out = rmsnorm(h)
 // Each residual add is fused with the norm that follows it (add_rmsnorm_forward). A LoRA tower
 // (m->lora) adds its adapters' low-rank updates right after each base linear (model_lora.c); its
-// base is frozen, so the weight gradients below are skipped (sn_gptr gives NULL).
+// base is frozen, so the weight gradients below are skipped (sn_gptr gives NULL). An inference
+// forward of a few tokens takes the small-batch path instead (decoder_forward_small).
 #include <math.h>
 
 #include "common.h"
@@ -18,8 +19,9 @@
 // Block l up to the MLP's activation, from its input h and norm_in = rmsnorm(h) (already in s):
 //   qkv, rope, attention, o_proj; x = h + o; norm_mid = rmsnorm(x); ff_in = gate|up; ff_act = swiglu.
 // The forward then adds down(ff_act); the recomputing backward needs no more than this.
+// short_attention (inference, sn_short_attention_path): rope and attention in one op, qkv unrotated.
 static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int l, sn_layer_acts *s,
-                             const void *h) {
+                             const void *h, int short_attention) {
   const sn_ops *ops = m->ops;
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
@@ -30,9 +32,14 @@ static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
   sn_linear_forward(ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, C,
                     lay->qkv_dim);  // (T, (Hq + 2Hkv) D)
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_QKV, s->qkv, s->norm_in, T);
-  ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
-  ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
-                         D, DECODER_CAUSAL, 1.0f / sqrtf((float)D));  // (T, Hq D)
+  if (short_attention) {
+    ops->attention_rope_forward(s->att, s->qkv, tok->pos, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq,
+                                Hkv, D, c->rope_theta, DECODER_CAUSAL, 1.0f / sqrtf((float)D));  // (T, Hq D)
+  } else {
+    ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
+    ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
+                           D, DECODER_CAUSAL, 1.0f / sqrtf((float)D));  // (T, Hq D)
+  }
   sn_linear_forward(ops, a->proj, s->att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), T, lay->attn_dim,
                     C);  // (T, C)
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_O, a->proj, s->att, T);
@@ -43,6 +50,37 @@ static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
                     2 * I);  // (T, 2I)
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_GATE_UP, s->ff_in, s->norm_mid, T);
   ops->swiglu_forward(s->ff_act, s->ff_in, T, I);  // (T, I)
+}
+
+// The inference forward of a small batch (sn_small_batch_path), from h = embed(ids): the same
+// maths in five ops a block instead of nine, each norm fused into the projection that reads it,
+// RoPE into attention, each residual add into the projection that feeds it:
+//   qkv = rmsnorm(h) W_qkv^T + b;  att = attn(rope(qkv));  x = h + o_proj(att)
+//   ff = swiglu(rmsnorm(x) W_gate|up^T + b);  h = x + down(ff)
+// then out = rmsnorm(h). The CPU's fused ops are the unfused ones in the same order: the same bits.
+static const void *decoder_forward_small(sn_model *m, sn_acts *a, const sn_tokens *tok, void *h) {
+  const sn_ops *ops = m->ops;
+  const sn_model_config *c = &m->cfg;
+  const struct sn_model_layout *lay = m->layout;
+  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim, L = c->n_layers;
+  const int Hq = c->n_heads, Hkv = c->n_kv_heads;
+  const float eps = c->norm_eps, scale = 1.0f / sqrtf((float)D);
+  sn_layer_acts *s = sn_acts_layer(a, 0, 0);
+  for (int l = 0; l < L; l++) {
+    const sn_layer_params *p = &lay->layers[l];
+    ops->linear_small(s->qkv, h, sn_wptr(m, p->norm_attn_w), eps, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b),
+                      NULL, T, lay->qkv_dim, C, SN_EPILOGUE_NONE);  // (T, (Hq + 2Hkv) D), unrotated
+    ops->attention_rope_forward(s->att, s->qkv, tok->pos, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
+                                D, c->rope_theta, DECODER_CAUSAL, scale);  // (T, Hq D)
+    ops->linear_small(s->x, s->att, NULL, 0.0f, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), h, T, C, lay->attn_dim,
+                      SN_EPILOGUE_RESIDUAL);  // (T, C)
+    ops->linear_small(s->ff_act, s->x, sn_wptr(m, p->norm_mlp_w), eps, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b),
+                      NULL, T, I, C, SN_EPILOGUE_SWIGLU);  // (T, I)
+    ops->linear_small(h, s->ff_act, NULL, 0.0f, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), s->x, T, C, I,
+                      SN_EPILOGUE_RESIDUAL);  // (T, C)
+  }
+  ops->rmsnorm_forward(a->out, a->rstd_final, h, sn_wptr(m, lay->final_norm_w), T, C, eps);
+  return a->out;
 }
 
 const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward) {
@@ -57,13 +95,15 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
     ops->rmsnorm_forward(a->out, a->rstd_final, h0, sn_wptr(m, lay->final_norm_w), T, C, c->norm_eps);
     return a->out;
   }
+  if (sn_small_batch_path(m, tok, for_backward)) return decoder_forward_small(m, a, tok, h0);
+  const int short_attention = sn_short_attention_path(m, tok, for_backward);
   sn_layer_acts *first = sn_acts_layer(a, 0, for_backward);
   ops->rmsnorm_forward(first->norm_in, first->rstd_in, h0, sn_wptr(m, lay->layers[0].norm_attn_w),
                        T, C, c->norm_eps);
   for (int l = 0; l < L; l++) {
     const sn_layer_params *p = &lay->layers[l];
     sn_layer_acts *s = sn_acts_layer(a, l, for_backward);
-    block_to_mlp_act(m, a, tok, l, s, sn_acts_hidden(a, l, for_backward));
+    block_to_mlp_act(m, a, tok, l, s, sn_acts_hidden(a, l, for_backward), short_attention);
     sn_linear_forward(ops, a->proj, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), T, I, C);
     if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_DOWN, a->proj, s->ff_act, T);
     // residual + the next norm: the next block's input norm, or the final norm
@@ -98,7 +138,7 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
     const void *h = sn_acts_hidden(a, l, for_backward);
     if (a->recompute == SN_RECOMPUTE_LAYER) {  // re-run the block from its kept input into slot 0
       ops->rmsnorm_forward(s->norm_in, s->rstd_in, h, sn_wptr(m, p->norm_attn_w), T, C, c->norm_eps);
-      block_to_mlp_act(m, a, tok, l, s, h);
+      block_to_mlp_act(m, a, tok, l, s, h, 0);  // qkv rotated in place: what the backward reads
     }
     // MLP branch: h_next = x + down(swiglu(gate_up(norm_mid)))
     void *dswiglu = a->dnarrow, *dgate_up = a->dwide;

@@ -3,13 +3,46 @@
 //   h = LayerNorm(word[ids] + position[pos] + token_type[0])
 //   per block: a = LayerNorm(h + dense(attn(qkv(h))))
 //              h = LayerNorm(a + output(gelu(intermediate(a))))
-// Each residual add is fused with the LayerNorm that follows it (add_layernorm_forward).
+// Each residual add is fused with the LayerNorm that follows it (add_layernorm_forward). An inference
+// forward of a few tokens (sn_small_batch_path) runs the linears through linear_small instead: the
+// residual adds in the projections' epilogues (a plain LayerNorm follows), GELU in intermediate's.
 #include <math.h>
 
 #include "common.h"
 #include "model_internal.h"
 
 #define ENCODER_CAUSAL 0
+
+// The blocks of an inference forward of a small batch (sn_small_batch_path), after the embeddings:
+//   x = h + dense(attn(qkv(h)));  a = LN(x);  y = a + output(gelu(intermediate(a)));  h = LN(y)
+// The CPU's fused ops are the unfused ones in the same order: the same bits.
+static const void *encoder_forward_small(sn_model *m, sn_acts *a, const sn_tokens *tok) {
+  const sn_ops *ops = m->ops;
+  const sn_model_config *c = &m->cfg;
+  const struct sn_model_layout *lay = m->layout;
+  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim, L = c->n_layers;
+  const int H = c->n_heads;
+  void *h = sn_acts_hidden(a, 0, 0);  // the block's input and output
+  sn_layer_acts *s = sn_acts_layer(a, 0, 0);
+  for (int l = 0; l < L; l++) {
+    const sn_layer_params *p = &lay->layers[l];
+    ops->linear_small(s->qkv, h, NULL, 0.0f, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), NULL, T, lay->qkv_dim, C,
+                      SN_EPILOGUE_NONE);  // (T, 3C)
+    ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, H, H, D,
+                           ENCODER_CAUSAL, 1.0f / sqrtf((float)D));  // (T, C)
+    ops->linear_small(s->x, s->att, NULL, 0.0f, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), h, T, C, lay->attn_dim,
+                      SN_EPILOGUE_RESIDUAL);
+    ops->layernorm_forward(s->norm_mid, s->mean_mid, s->rstd_mid, s->x, sn_wptr(m, p->norm_attn_w),
+                           sn_wptr(m, p->norm_attn_b), T, C, c->norm_eps);
+    ops->linear_small(s->ff_act, s->norm_mid, NULL, 0.0f, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), NULL, T, I, C,
+                      SN_EPILOGUE_GELU);  // (T, I)
+    ops->linear_small(s->y, s->ff_act, NULL, 0.0f, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), s->norm_mid, T, C,
+                      I, SN_EPILOGUE_RESIDUAL);
+    ops->layernorm_forward(h, s->mean_out, s->rstd_out, s->y, sn_wptr(m, p->norm_mlp_w), sn_wptr(m, p->norm_mlp_b),
+                           T, C, c->norm_eps);
+  }
+  return h;
+}
 
 const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward) {
   const sn_ops *ops = m->ops;
@@ -25,6 +58,7 @@ const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
   ops->embedding_forward(a->emb, a->zero_ids, sn_wptr(m, lay->type_embed), T, C, 1);
   ops->layernorm_forward(sn_acts_hidden(a, 0, for_backward), a->emb_mean, a->emb_rstd, a->emb,
                          sn_wptr(m, lay->emb_norm_w), sn_wptr(m, lay->emb_norm_b), T, C, c->norm_eps);
+  if (sn_small_batch_path(m, tok, for_backward)) return encoder_forward_small(m, a, tok);
   for (int l = 0; l < L; l++) {
     const sn_layer_params *p = &lay->layers[l];
     sn_layer_acts *s = sn_acts_layer(a, l, for_backward);

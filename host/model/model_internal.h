@@ -183,6 +183,19 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
 const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
 void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
 
+// The small-batch inference paths (ops.h: linear_small, attention_rope_forward), both for an
+// inference forward (for_backward = 0) of a tower without LoRA, unless the environment says
+// SN_SMALL_BATCH=0 (1, or unset, allows them; another value is warned about once and ignored).
+// Short attention (decoders: rope + attention_forward become attention_rope_forward): the backend
+// has the op, every sequence is within SN_ATTENTION_SHORT_MAX_SEQLEN, tokens x longest sequence
+// within SN_SHORT_ATTENTION_MAX_TOKEN_KEYS (model.h), the head dim is even and at most
+// SN_ATTENTION_SHORT_MAX_HEAD_DIM.
+int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_backward);
+// The whole small-batch forward (every linear through linear_small): short attention's conditions,
+// and the backend has linear_small, the batch at most SN_LINEAR_SMALL_MAX_ROWS tokens, the widths
+// multiples of 8.
+int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward);
+
 // Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:
 //   forward  y (T, out) = x (T, in) @ W^T + b
 //   backward dx (T, in) (= or +=) dy @ W; dW (out, in) += dy^T @ x; db (out) += colsum(dy)

@@ -241,14 +241,24 @@ static void check_matmul_strided(int M, int N, int K, int ta, int tb, int accumu
   pair_free(&A), pair_free(&B), pair_free(&C);
 }
 
+// Packed sequences of these lengths: *cu (B + 1) and *pos (T, each token's place in its sequence),
+// host arrays the caller frees; returns T, the longest length in *max_len.
+static int packed_positions(const int *lens, int B, int32_t **cu, int32_t **pos, int *max_len) {
+  *cu = mallocCheck((B + 1) * sizeof(int32_t));
+  const int T = make_cu(*cu, lens, B);
+  *max_len = 0;
+  for (int b = 0; b < B; b++) *max_len = SN_MAX(*max_len, lens[b]);
+  *pos = mallocCheck(T * sizeof(int32_t));
+  for (int b = 0; b < B; b++)
+    for (int i = 0; i < lens[b]; i++) (*pos)[(*cu)[b] + i] = i;
+  return T;
+}
+
 static void check_rope_attention(const int *lens, int B, int Hq, int Hkv, int D, int causal) {
   char name[200];
-  int32_t *cu = mallocCheck((B + 1) * sizeof(int32_t));
-  int T = make_cu(cu, lens, B), max_len = 0;
-  for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
-  int32_t *pos = mallocCheck(T * sizeof(int32_t));
-  for (int b = 0; b < B; b++)
-    for (int i = 0; i < lens[b]; i++) pos[cu[b] + i] = i;
+  int32_t *cu, *pos;
+  int max_len;
+  const int T = packed_positions(lens, B, &cu, &pos, &max_len);
   size_t row = (size_t)(Hq + 2 * Hkv) * D;
   pair cup = i32_new(B + 1, cu), posp = i32_new(T, pos);
   pair qkv = st_rand((size_t)T * row, 1.0f);
@@ -277,6 +287,70 @@ static void check_rope_attention(const int *lens, int B, int Hq, int Hkv, int D,
   pair_free(&again);
   pair_free(&cup), pair_free(&posp), pair_free(&qkv), pair_free(&out), pair_free(&lse), pair_free(&dout);
   pair_free(&dqkv);
+  free(cu), free(pos);
+}
+
+// linear_small with one epilogue, with and without the RMSNorm prologue and the bias. The output
+// has a guard row past M holding a known value on both sides (a write past M changes it); the rest
+// is poisoned. RESIDUAL is run a second time in place (out = residual), as the decoder's o_proj may.
+static void check_linear_small(int M, int N, int K, sn_epilogue epilogue) {
+  static const char *epi_name[] = {"none", "swiglu", "gelu", "residual"};
+  char name[200];
+  const int n_w = epilogue == SN_EPILOGUE_SWIGLU ? 2 * N : N;
+  pair x = st_rand((size_t)M * K, 1.0f), w = st_rand((size_t)n_w * K, 1.0f / sqrtf((float)K));
+  pair bias = st_rand(n_w, 1.0f), norm_w = st_rand(K, 1.0f), res = st_rand((size_t)M * N, 1.0f);
+  float *init = nan_array((size_t)(M + 1) * N);
+  for (int n = 0; n < N; n++) init[(size_t)M * N + n] = 7.0f;  // the guard row
+  for (int with_norm = 0; with_norm < 2; with_norm++)
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+      pair out = pair_new((size_t)(M + 1) * N, init, 0);
+      const void *rc = epilogue == SN_EPILOGUE_RESIDUAL ? res.c : NULL;
+      const void *rg = epilogue == SN_EPILOGUE_RESIDUAL ? res.g : NULL;
+      cpu->linear_small(out.c, x.c, with_norm ? norm_w.c : NULL, 1e-6f, w.c, with_bias ? bias.c : NULL, rc, M, N, K,
+                        epilogue);
+      gpu->linear_small(out.g, x.g, with_norm ? norm_w.g : NULL, 1e-6f, w.g, with_bias ? bias.g : NULL, rg, M, N, K,
+                        epilogue);
+      snprintf(name, sizeof name, "linear_small %s M=%d N=%d K=%d norm=%d bias=%d", epi_name[epilogue], M, N, K,
+               with_norm, with_bias);
+      compare(name, out, BF16_TOL);
+      pair_free(&out);
+    }
+  if (epilogue == SN_EPILOGUE_RESIDUAL) {  // in place: out = residual
+    cpu->linear_small(res.c, x.c, norm_w.c, 1e-6f, w.c, bias.c, res.c, M, N, K, epilogue);
+    gpu->linear_small(res.g, x.g, norm_w.g, 1e-6f, w.g, bias.g, res.g, M, N, K, epilogue);
+    snprintf(name, sizeof name, "  linear_small residual in place M=%d N=%d K=%d", M, N, K);
+    compare(name, res, BF16_TOL);
+  }
+  pair_free(&x), pair_free(&w), pair_free(&bias), pair_free(&norm_w), pair_free(&res);
+  free(init);
+}
+
+// The shapes of one model's layer through linear_small at M rows: QKV with the norm prologue,
+// o_proj and down with the residual, gate|up with SwiGLU (decoder) or intermediate with GELU (BERT).
+static void check_linear_small_layer(int M, int C, int qkv_dim, int I, int decoder) {
+  check_linear_small(M, qkv_dim, C, SN_EPILOGUE_NONE);
+  check_linear_small(M, C, C, SN_EPILOGUE_RESIDUAL);
+  check_linear_small(M, I, C, decoder ? SN_EPILOGUE_SWIGLU : SN_EPILOGUE_GELU);
+  check_linear_small(M, C, I, SN_EPILOGUE_RESIDUAL);
+}
+
+// attention_rope_forward against the CPU's rope + attention_forward on a copy; qkv must stay unrotated.
+static void check_attention_rope_short(const int *lens, int B, int Hq, int Hkv, int D, int causal) {
+  char name[200];
+  int32_t *cu, *pos;
+  int max_len;
+  const int T = packed_positions(lens, B, &cu, &pos, &max_len);
+  size_t row = (size_t)(Hq + 2 * Hkv) * D;
+  pair cup = i32_new(B + 1, cu), posp = i32_new(T, pos), qkv = st_rand((size_t)T * row, 1.0f);
+  pair out = st_poison((size_t)T * Hq * D);
+  const float scale = 1.0f / sqrtf((float)D), theta = 1000000.0f;  // Qwen2's theta
+  cpu->attention_rope_forward(out.c, qkv.c, posp.c, cup.c, B, T, max_len, Hq, Hkv, D, theta, causal, scale);
+  gpu->attention_rope_forward(out.g, qkv.g, posp.g, cup.g, B, T, max_len, Hq, Hkv, D, theta, causal, scale);
+  snprintf(name, sizeof name, "attention_rope_forward B=%d T=%d max=%d Hq=%d Hkv=%d D=%d causal=%d", B, T, max_len,
+           Hq, Hkv, D, causal);
+  compare(name, out, BF16_TOL);
+  compare("  attention_rope_forward leaves qkv unrotated", qkv, 0.0);
+  pair_free(&cup), pair_free(&posp), pair_free(&qkv), pair_free(&out);
   free(cu), free(pos);
 }
 
@@ -418,7 +492,7 @@ static void check_optimizer(size_t n) {
 }
 
 static const char *op_groups[] = {"elementwise", "embedding", "norms",     "matmul", "attention",
-                                   "pooling",     "losses",    "optimizer", "search"};
+                                   "pooling",     "losses",    "optimizer", "search", "small"};
 static const char *only_group;  // run only this op group (NULL: all)
 static int wanted(const char *group) { return !only_group || !strcmp(only_group, group); }
 static int known_group(const char *group) {
@@ -429,7 +503,7 @@ static int known_group(const char *group) {
 
 int main(int argc, char **argv) {
   // --quick: small shapes only (for compute-sanitizer); --only GROUP: one op group (elementwise,
-  // embedding, norms, matmul, attention, pooling, losses, optimizer, search).
+  // embedding, norms, matmul, attention, pooling, losses, optimizer, search, small).
   int quick = 0;
   for (int i = 1; i < argc; i++) {
     const char *bad = NULL;  // what was wrong with argument i
@@ -593,6 +667,41 @@ int main(int argc, char **argv) {
     check_topk_exact(7, 3, 64, 10, 1);                 // k clamped to N
     check_topk_exact(5000, 7, 64, SN_TOPK_MAX_K + 1, 1);  // deeper than topk_merge: the host search
     if (!quick) check_topk_exact(40000, 1100, 32, 100, 1);  // several document and query blocks
+  }
+  if (wanted("small")) {
+    // linear_small: every epilogue at the tile edges: M of 1, part of an m-tile, exactly one, one
+    // past two (M = 33: four m-tiles), the limit; N and K off the column tiles (72, 40) and on them.
+    const int rows[] = {1, 7, 16, 33, SN_LINEAR_SMALL_MAX_ROWS};
+    const int nk[][2] = {{72, 40}, {1152, 896}, {896, 4864}, {8, 8}, {13, 384}};
+    for (size_t r = 0; r < SN_ARRAY_LEN(rows); r++)
+      for (size_t s = 0; s < SN_ARRAY_LEN(nk); s++)
+        for (int e = SN_EPILOGUE_NONE; e <= SN_EPILOGUE_RESIDUAL; e++) {
+          if (quick && (size_t)nk[s][0] * nk[s][1] > 100000) continue;
+          check_linear_small(rows[r], nk[s][0], nk[s][1], (sn_epilogue)e);
+        }
+    // The 0.5B's layer (gate|up of 2 x 4864 = 9728 weight rows) and the 384-wide student's, at a
+    // query of 32 tokens, a batch of two and the limit.
+    const int layer_rows[] = {32, 2 * 32, 1};
+    for (size_t r = 0; r < SN_ARRAY_LEN(layer_rows); r++) {
+      if (!quick) check_linear_small_layer(layer_rows[r], 896, (14 + 2 * 2) * 64, 4864, 1);
+      check_linear_small_layer(layer_rows[r], 384, 3 * 384, 1536, 0);
+    }
+    // attention_rope_forward: one token, uneven packed lengths up to the limit, GQA 14/2 and 6/6,
+    // D 64 and 128, B 1..8.
+    int l1[] = {1};
+    int l2[] = {32};
+    int l3[] = {1, 17, 65, 3, 128, 31, 64, 2};
+    int l4[] = {SN_ATTENTION_SHORT_MAX_SEQLEN, 100, 33};
+    for (int causal = 1; causal >= 0; causal--) {
+      check_attention_rope_short(l1, 1, 14, 2, 64, causal);
+      check_attention_rope_short(l2, 1, 14, 2, 64, causal);
+      check_attention_rope_short(l2, 1, 6, 6, 64, causal);
+      for (int B = 1; B <= 8; B++) check_attention_rope_short(l3, B, 14, 2, 64, causal);
+      check_attention_rope_short(l3, 8, 6, 6, 64, causal);
+      check_attention_rope_short(l3, 8, 14, 2, 128, causal);
+      check_attention_rope_short(l4, 3, 6, 6, 128, causal);
+      check_attention_rope_short(l4, 3, 12, 2, 128, causal);  // Qwen2.5-1.5B heads
+    }
   }
   return sn_test_finish("test_cuda_ops");
 }

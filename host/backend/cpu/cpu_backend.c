@@ -63,9 +63,11 @@ static const sn_ops cpu_ops = {
     .matmul = sn_cpu_matmul,
     .matmul_strided = sn_cpu_matmul_strided,
     .bias_backward = sn_cpu_bias_backward,
+    .linear_small = sn_cpu_linear_small,
 
     .rope = sn_cpu_rope,
     .attention_forward = sn_cpu_attention_forward,
+    .attention_rope_forward = sn_cpu_attention_rope_forward,
     .attention_backward = sn_cpu_attention_backward,
 
     .swiglu_forward = sn_cpu_swiglu_forward,

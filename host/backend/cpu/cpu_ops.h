@@ -81,7 +81,14 @@ static inline sn_v4f sn_cpu_exp_v4(sn_v4f x) {
 // Grows-on-demand scratch owned by the calling thread, so hot ops do not mmap/munmap large
 // buffers every call. `slot` separates scratch users that can be live at the same time.
 // Returns 64-byte aligned memory of at least `bytes`; contents undefined.
-enum { SN_CPU_SCRATCH_MATMUL = 0, SN_CPU_SCRATCH_OP = 1, SN_CPU_SCRATCH_SLOTS = 2 };
+// SN_CPU_SCRATCH_FUSED holds the intermediates of the fused small-batch ops (cpu_small_batch.c),
+// which call ops that use the other two slots.
+enum {
+  SN_CPU_SCRATCH_MATMUL = 0,
+  SN_CPU_SCRATCH_OP = 1,
+  SN_CPU_SCRATCH_FUSED = 2,
+  SN_CPU_SCRATCH_SLOTS = 3
+};
 void *sn_cpu_scratch(int slot, size_t bytes);
 
 // ---- memory -------------------------------------------------------------------------------------
@@ -138,6 +145,13 @@ void sn_cpu_matmul_strided(void *C, int ldc, const void *A, int lda, const void 
                            const void *bias, int M, int N, int K, int trans_a, int trans_b,
                            int accumulate);
 void sn_cpu_bias_backward(void *dbias, const void *dout, int M, int N);
+// The fused small-batch ops (cpu_small_batch.c): the unfused ops above, composed in their order.
+void sn_cpu_linear_small(void *out, const void *x, const void *norm_w, float eps, const void *w,
+                         const void *bias, const void *residual, int M, int N, int K,
+                         sn_epilogue epilogue);
+void sn_cpu_attention_rope_forward(void *out, const void *qkv, const int32_t *pos,
+                                   const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq,
+                                   int Hkv, int D, float theta, int causal, float scale);
 // The matmul with row strides (lda, ldb, ldc: floats between consecutive rows of each *stored*
 // matrix), for operands that are slices of wider rows (attention heads inside qkv rows).
 // allow_threads = 0, or a call from inside a parallel region, runs on the calling thread only.
