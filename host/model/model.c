@@ -371,22 +371,24 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
 
 // ---- linear layers ------------------------------------------------------------------------------
 
-// The environment switch of the small-batch path: 1 (allowed) unless SN_SMALL_BATCH=0. Another
-// value is warned about once and ignored rather than fatal: the encoder library never exits on bad
-// input, and the path gives the same embeddings either way.
+// The environment switch of the small-batch path: off unless SN_SMALL_BATCH=1. Off by default
+// because it measured slower than the general path on the H100 (docs/PERFORMANCE.md, "Serving
+// queries": 1.62 against 1.00 ms for a 0.5B query; cuBLASLt's small-M GEMMs beat linear_small at
+// the QKV and gate|up shapes). Another value is warned about once and ignored rather than fatal:
+// the encoder library never exits on bad input, and the path gives the same embeddings either way.
 static int small_batch_allowed(void) {
   static int warned;
   const char *v = getenv("SN_SMALL_BATCH");
-  if (!v || !strcmp(v, "1")) return 1;
-  if (!strcmp(v, "0")) return 0;
+  if (!v || !strcmp(v, "0")) return 0;
+  if (!strcmp(v, "1")) return 1;
   if (!warned) {
     warned = 1;
     fprintf(stderr,
             "warning: environment variable SN_SMALL_BATCH='%s' is neither 0 nor 1; the small-batch "
-            "path stays on\n",
+            "path stays off\n",
             v);
   }
-  return 1;
+  return 0;
 }
 
 int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_backward) {

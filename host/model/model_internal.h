@@ -184,8 +184,9 @@ const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
 void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
 
 // The small-batch inference paths (ops.h: linear_small, attention_rope_forward), both for an
-// inference forward (for_backward = 0) of a tower without LoRA, unless the environment says
-// SN_SMALL_BATCH=0 (1, or unset, allows them; another value is warned about once and ignored).
+// inference forward (for_backward = 0) of a tower without LoRA, when the environment says
+// SN_SMALL_BATCH=1 (0, or unset, keeps them off: slower on the H100 as measured; another value is
+// warned about once and ignored).
 // Short attention (decoders: rope + attention_forward become attention_rope_forward): the backend
 // has the op, every sequence is within SN_ATTENTION_SHORT_MAX_SEQLEN, tokens x longest sequence
 // within SN_SHORT_ATTENTION_MAX_TOKEN_KEYS (model.h), the head dim is even and at most
