@@ -35,5 +35,6 @@ TIMEFORMAT='stage 0: wall %R s, CPU %U + %S s'
 time "$BUILD/sn_train" --config "$LM/pretrain.json" --stage 0 --overwrite > "$LM/stdout" 2> "$LM/log" ||
   { tail -20 "$LM/log"; exit 1; }
 grep -o "loss [0-9.]*" "$LM/log" | tail -1
-"$ROOT/benchmarks/distill_variant.sh" "$BUILD" "$TEACHER" "$NAME" --set stage2.student_desc= \
-  --set stage2.student="$LM/run/final/lm" --set stage2.tokenizer= --set stage2.pooling=last "$@"
+# student_from_teacher off: the default cuts the student from the teacher, exclusive with a student folder
+"$ROOT/benchmarks/distill_variant.sh" "$BUILD" "$TEACHER" "$NAME" --set stage2.student_from_teacher=0 \
+  --set stage2.student_desc= --set stage2.student="$LM/run/final/lm" --set stage2.tokenizer= --set stage2.pooling=last "$@"
