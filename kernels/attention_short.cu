@@ -6,6 +6,9 @@
 // each warp then takes query rows in turn: rotates the row, scores it against every visible key
 // (a lane per key), softmax over the warp, and P V (a lane per output column). At these lengths the
 // work is a few microseconds of latency, not of throughput; no lse is written (nothing backward).
+// Measured on the H100 (sn_bench --filter attention_rope): 18.8 µs for one 32-token query of the
+// 0.5B's 14 heads, where rope + the flash kernel take 9.8: the scalar fp32 loops cost more than the
+// launch saved, so the model uses it only when SN_SMALL_BATCH=1 (a tensor-core version is the fix).
 #include "common.cuh"
 
 #define SHORT_WARPS 8
