@@ -12,8 +12,7 @@
 # Needs torch, transformers, sentence-transformers and peft; skips (77) without them.
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
-python3 -c "import torch, transformers, sentence_transformers, peft, numpy, safetensors" 2>/dev/null || {
-  echo "SKIP: torch/transformers/sentence-transformers/peft not installed"; exit 77; }
+sn_test_needs_python torch transformers sentence_transformers peft numpy safetensors
 python3 "$SRC/tests/synth_data.py" data --examples 32 --test-queries 2 > /dev/null
 DECODER_TOKENIZER="$SRC/configs/default/decoder/tokenizer.json"
 STUDENT_TOKENIZER="$SRC/configs/default/student/tokenizer.json"

@@ -5,8 +5,7 @@
 # Needs torch + transformers (the GPU machine has them); skips otherwise.
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
-python3 -c "import torch, transformers, numpy, safetensors" 2>/dev/null || {
-  echo "SKIP: torch/transformers not installed"; exit 77; }
+sn_test_needs_python torch transformers numpy safetensors
 python3 "$SRC/tests/synth_data.py" data --examples 32 --test-queries 2
 cat > cfg.json <<JSON
 {"run_dir": "run", "data": {"train": ["data/train.jsonl"], "max_query_len": 16, "max_doc_len": 24},
