@@ -3,12 +3,8 @@
 # batch sizes, a line of p50/p99/throughput each; an anchor script's rows are printed beside ours of
 # the same shape and batch (a stand-in for ../shared/bench/torch_compiled_extra.py, whose shape names
 # the description's file name gives); the temporary export of the fresh tower is removed.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 mkdir tmp shapes
 # Named as the 0.5B description, so that the anchor's "0.5B" rows match it.
 echo '{"arch": "qwen2", "layers": 2, "hidden": 32, "heads": 4, "kv_heads": 2, "intermediate": 64, "vocab": 512}' \

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # sn_bench_retrieval at toy sizes on the CPU backend: both modes run and pass their own checks
 # (unit-norm embeddings, plausible top-k scores), and bad arguments exit 2 naming them.
-set -uo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 BIN=$BUILD/sn_bench_retrieval
 [ -x "$BIN" ] || { echo "SKIP: $BIN not built"; exit 77; }
 fail=0
@@ -14,7 +14,7 @@ for mode in "search  cpu  16 queries x 3000 docs x 64 dims, k 10" "embed   cpu  
   grep -qF "$mode" <<< "$out" || { echo "FAIL: no '$mode' line"; fail=1; }
 done
 EXPECT_BIN=$BIN
-source "$(dirname "$0")/expect_exit2.sh"
+source "$SRC/tests/cpu/expect_exit2.sh"
 expect "unknown argument" "unknown argument" --fast
 expect "a count that is not a number" "--docs" --docs 1e6
 expect "a missing model description" "--model-desc" --embed --model-desc /nonexistent/desc.json

@@ -3,20 +3,19 @@
 # analyzer and of the plain one (lower-cased words only, as a plain Lucene-style BM25 scores it)
 # pinned to the values measured when BM25 was written (docs/PERFORMANCE.md), within PIN_TOL; and
 # its run file, scored again by sn_eval --run, gives the same means.
-set -uo pipefail
-BUILD=$1
-SHARED=${SN_SHARED_DIR:-$(dirname "$0")/../../../shared}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
+SHARED=${SN_SHARED_DIR:-$SRC/../shared}
 DATA=$SHARED/data/scifact
 [ -f "$DATA/corpus.jsonl" ] || { echo "SKIP: $DATA absent"; exit 77; }
 PIN_TOL=0.001
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
 fail=0
 check() {
   local what=$1 want=$2; shift 2
-  "$BUILD/sn_eval" --bm25 --data "$DATA" --out "$TMP/m.json" --quiet "$@" > "$TMP/log" 2>&1 ||
-    { echo "FAIL: $what: $(tail -3 "$TMP/log")"; fail=1; return; }
-  python3 - "$TMP/m.json" "$want" "$PIN_TOL" "$what" <<'PY' || fail=1
+  "$BUILD/sn_eval" --bm25 --data "$DATA" --out "$WORK/m.json" --quiet "$@" > "$WORK/log" 2>&1 ||
+    { echo "FAIL: $what: $(tail -3 "$WORK/log")"; fail=1; return; }
+  python3 - "$WORK/m.json" "$want" "$PIN_TOL" "$what" <<'PY' || fail=1
 import json, sys
 m = json.load(open(sys.argv[1]))
 want, tol, what = float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
@@ -28,10 +27,10 @@ PY
 }
 check "default analyzer (stop words, Porter)" 0.6768
 check "plain (lower-case only)" 0.6618 --no-stem --no-stopwords
-"$BUILD/sn_eval" --bm25 --data "$DATA" --quiet --out "$TMP/bm25.json" --run-out "$TMP/run.trec" > /dev/null 2>&1 &&
-  "$BUILD/sn_eval" --run "$TMP/run.trec" --qrels "$DATA/qrels/test.tsv" --out "$TMP/rescored.json" > /dev/null 2>&1 ||
+"$BUILD/sn_eval" --bm25 --data "$DATA" --quiet --out "$WORK/bm25.json" --run-out "$WORK/run.trec" > /dev/null 2>&1 &&
+  "$BUILD/sn_eval" --run "$WORK/run.trec" --qrels "$DATA/qrels/test.tsv" --out "$WORK/rescored.json" > /dev/null 2>&1 ||
   { echo "FAIL: --run-out and scoring it again"; fail=1; }
-python3 - "$TMP/bm25.json" "$TMP/rescored.json" <<'PY' || fail=1
+python3 - "$WORK/bm25.json" "$WORK/rescored.json" <<'PY' || fail=1
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 keys = ["ndcg@10", "recall@10", "recall@100", "mrr@10"]

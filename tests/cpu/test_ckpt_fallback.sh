@@ -2,12 +2,8 @@
 # A damaged newest checkpoint: --resume auto warns naming the damaged file, falls back to the
 # previous checkpoint, and the run still ends identical to an uninterrupted one. One case for each
 # kind of damage the manifest catches; a checkpoint without a manifest (an older build's) resumes.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 source "$SRC/tests/cpu/tiny_run.sh"
 tiny_run_setup 8 6
 "$BUILD/sn_train" --config cfg.json --set run_dir=straight 2> straight.log || { tail straight.log; exit 1; }

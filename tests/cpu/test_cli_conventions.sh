@@ -3,11 +3,9 @@
 # --help: exit 0, the usage on stdout (nothing on stderr), each option of the usage line described;
 # --version: exit 0, "<prog> (scalingnote) <CMake project version>" on stdout;
 # a bad flag: exit 2, "error: ..." and the usage on stderr, no source location ("file.c:line").
-set -uo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 VERSION=$(sed -n 's/^project(scalingnote VERSION \([0-9.]*\).*/\1/p' "$SRC/CMakeLists.txt")
 [ -n "$VERSION" ] || { echo "FAIL: no project(VERSION) in CMakeLists.txt"; exit 1; }
 PROGRAMS="sn_train sn_embed sn_eval sn_mine sn_tokenize sn_make_dataset sn_inspect sn_default_run

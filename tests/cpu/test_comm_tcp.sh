@@ -6,15 +6,14 @@
 #   exit: rank 1 exits(1) mid-run -> rank 0 sees its connection close and names it;
 #   hang: rank 1 stops calling collectives -> the watchdog ends the others after --timeout (the
 #         test then kills rank 1, as the launcher would).
-set -uo pipefail
-BUILD=$1
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 check=$BUILD/tests/mpi_comm_check
 [[ -x $check ]] || { echo "FAIL: $check not built"; exit 1; }
 export OMP_NUM_THREADS=1
 JOB_LIMIT_S=60     # the bound a failed job must end within
 HANG_TIMEOUT_S=3   # the communicator's timeout in the hang test
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 

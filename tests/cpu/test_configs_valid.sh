@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Every shipped run config and model description parses and validates.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 fail=0
 for cfg in "$SRC"/configs/*.json; do
   if "$BUILD/sn_train" --config "$cfg" --print-config > /dev/null; then echo "ok: $cfg"; else echo "FAIL: $cfg"; fail=1; fi

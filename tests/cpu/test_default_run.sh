@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
 # README's first command, shortened: sn_default_run builds the Debian dataset and runs both stages
 # and the three evaluations (a few steps each; the full run is measured in docs/PERFORMANCE.md).
-set -euo pipefail
-BUILD=$1
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1 || {
   echo "SKIP: no English translation lists (apt-get update -o Acquire::Languages=en)"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 "$BUILD/sn_default_run" --set run_dir="$WORK/run" --set stage1.steps=4 --set stage2.steps=4 \
   --set stage1.optim.warmup_steps=1 --set stage2.optim.warmup_steps=1 > "$WORK/out" 2> "$WORK/log" || {
   tail -20 "$WORK/log"; exit 1; }

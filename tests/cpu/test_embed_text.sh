@@ -2,13 +2,9 @@
 # sn_embed with {"text": ...} lines: tokenized with the model folder's tokenizer as training does
 # (EOS appended for decoders), it must equal sn_embed of the same ids given as input_ids; a text line
 # against a folder without a tokenizer is a clear error.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-python3 -c "import numpy" 2>/dev/null || { echo "SKIP: numpy not installed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_python numpy
 python3 "$SRC/tests/synth_data.py" data --examples 16 --test-queries 2
 # A tower folder with its tokenizer: one training step writes it.
 "$BUILD/sn_train" --set run_dir=run --set 'data.train=["data/train.jsonl"]' \

@@ -4,13 +4,9 @@
 # shared library, pkg-config --static with libscalingnote.a, and a CMake project that calls
 # find_package(scalingnote) — and each build embeds texts exactly as the in-tree example does. The
 # shared library exports encoder.h's functions only.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-command -v pkg-config > /dev/null || { echo "SKIP: pkg-config not installed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_command pkg-config
 cmake --install "$BUILD" --prefix "$WORK/prefix" > install.log
 PC_DIR=$(dirname "$(find "$WORK/prefix" -name scalingnote.pc)")
 export PKG_CONFIG_PATH=$PC_DIR

@@ -5,13 +5,9 @@
 # a query prompt) and a BERT student (CLS + projection), for texts and for ids, whatever max_batch.
 # Errors are exceptions carrying the library's message: a missing folder, a folder without weights,
 # a malformed config.json (named), an id outside the vocabulary, a too long id sequence.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-python3 -c "import numpy" 2>/dev/null || { echo "SKIP: numpy not installed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_python numpy
 source "$SRC/tests/encoder_towers.sh"
 make_encoder_towers 16
 python3 -c "

@@ -16,7 +16,9 @@ import subprocess
 import sys
 import tempfile
 
-SKIP = 77
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testlib import SKIP, check, failures  # noqa: E402  (after the path insert)
+
 TOL = 1e-9
 NUM_TRIALS = 4
 
@@ -103,16 +105,6 @@ def run_sn_eval(args):
     return subprocess.run([sn_eval] + args, capture_output=True, text=True)
 
 
-failures = 0
-
-
-def check(cond, msg):
-    global failures
-    if not cond:
-        failures += 1
-        print("FAIL", msg)
-
-
 rng = random.Random(1234)
 with tempfile.TemporaryDirectory() as tmp:
     for trial in range(NUM_TRIALS):
@@ -188,5 +180,5 @@ with tempfile.TemporaryDirectory() as tmp:
     check(p.returncode == 2 and f"{zero_qrels}: none of its 2 judgments has a positive score" in p.stderr,
           f"all-zero qrels: expected exit 2 naming the file, got {p.returncode}: {p.stderr.strip()}")
 
-print("test_eval_metrics:", "FAIL" if failures else "ok", f"({failures} failures)")
-sys.exit(1 if failures else 0)
+print("test_eval_metrics:", "FAIL" if failures() else "ok", f"({failures()} failures)")
+sys.exit(1 if failures() else 0)

@@ -2,12 +2,9 @@
 # The final towers as exports: export.dtype (source = the backend's storage, f32 on the CPU; or
 # bf16), no untied lm_head.weight (checkpoints keep it for resuming), and a model card README.md
 # in each tower folder with the run's settings, its evaluation and usage snippets.
-set -uo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 source "$SRC/tests/cpu/tiny_run.sh"
 tiny_run_setup 3 2
 fail=0

@@ -10,13 +10,9 @@
 # - sn_embed and sn_eval without flags equal the same runs with the trained prompt, pooling and
 #   lengths given as flags;
 # - a Hub-style model name exits 2 saying how to download it.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_python numpy safetensors
 python3 "$SRC/tests/synth_data.py" data --examples 32 --test-queries 4 > /dev/null
 cat > cfg.json <<JSON
 {"run_dir": "run", "data": {"train": ["data/train.jsonl"], "query_prompt": "Query: {text}",

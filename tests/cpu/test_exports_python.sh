@@ -10,14 +10,9 @@
 # - a LoRA run's peft adapter: PeftModel over the base folder gives the merged tower's embeddings.
 # Towers: stage 1's query and doc towers (Qwen2, last token), the stage-2 BERT student (CLS + projection).
 # Needs torch, transformers, sentence-transformers and peft; skips (77) without them.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-python3 -c "import torch, transformers, sentence_transformers, peft, numpy, safetensors" 2>/dev/null || {
-  echo "SKIP: torch/transformers/sentence-transformers/peft not installed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_python torch transformers sentence_transformers peft numpy safetensors
 python3 "$SRC/tests/synth_data.py" data --examples 32 --test-queries 2 > /dev/null
 DECODER_TOKENIZER="$SRC/configs/default/decoder/tokenizer.json"
 STUDENT_TOKENIZER="$SRC/configs/default/student/tokenizer.json"

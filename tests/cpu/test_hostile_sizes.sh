@@ -2,12 +2,9 @@
 # Hostile sizes, numbers, strings and paths (issue 16): each case exits 2 before any work with a
 # message naming the flag or config key, instead of overflowing a buffer size, allocating hundreds
 # of GB, reading "3abc" as 3 or cutting a path.
-set -uo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 source "$SRC/tests/cpu/bad_input_setup.sh"
 source "$SRC/tests/cpu/expect_exit2.sh"
 

@@ -4,14 +4,10 @@
 # must equal an uninterrupted one byte for byte (final towers) and step for step (metrics.jsonl).
 # SN_KILL_SEED picks the moments (printed with the result; the machine's timing makes a replay close,
 # not exact).
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 KILLS=${SN_KILLS:-20}
 SEED=${SN_KILL_SEED:-$RANDOM}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
 source "$SRC/tests/cpu/tiny_run.sh"
 tiny_run_setup 100 60
 "$BUILD/sn_train" --config cfg.json --set run_dir=straight 2> straight.log || { tail straight.log; exit 1; }

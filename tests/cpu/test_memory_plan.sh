@@ -6,12 +6,8 @@
 #   pseudo-queries and a student cut from the teacher, and (with mpirun) ZeRO-1 and ZeRO-2 on 2 ranks;
 # - a run that cannot fit (7B towers on this machine) exits 2 before loading anything, with the
 #   figures and what would make it fit; --world N plans for N ranks.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 # Long texts: every query and document fills its max length, the length the plan assumes.
 python3 "$SRC/tests/synth_data.py" data --examples 64 --test-queries 4 --query-words 40 --doc-words 160 >/dev/null
 cat > cfg.json <<JSON

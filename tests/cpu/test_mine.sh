@@ -5,12 +5,9 @@
 # count and another seed another file; margins filter; the other fields of a line are kept and the
 # output trains (stage1.kd_weight reads its pos_scores/neg_scores). Bad input exits 2, naming it.
 # Only the BM25 contract (a ranking, -1 padding) is relied on, never one analyzer's scores.
-set -uo pipefail
-BUILD=$(cd "$1" && pwd)
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 export OMP_NUM_THREADS=1
 source "$SRC/tests/mine_setup.sh"
 MINE=$BUILD/sn_mine

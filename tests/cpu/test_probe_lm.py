@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 
-SKIP = 77
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testlib import SKIP, check, failures  # noqa: E402  (after the path insert)
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 PROBE = os.path.join(ROOT, "benchmarks", "scaling", "probe_lm.py")
 TOKENIZER = os.path.join(ROOT, "configs", "default", "decoder", "tokenizer.json")
@@ -28,16 +30,6 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the machine
     print(f"SKIP: python torch/transformers/tokenizers not available ({e})")
     sys.exit(SKIP)
-
-failures = 0
-
-
-def check(cond, msg):
-    global failures
-    if not cond:
-        failures += 1
-        print(f"FAIL: {msg}", file=sys.stderr)
-
 
 WORDS = ("library tool server client font theme driver kernel module python perl rust game editor "
          "viewer converter daemon plugin documentation compiler parser network audio video image").split()
@@ -105,5 +97,5 @@ with tempfile.TemporaryDirectory() as tmp:
     r = subprocess.run([sys.executable, PROBE, "--help"], capture_output=True, text=True)
     check(r.returncode == 0 and "--pretrain" in r.stdout, "--help")
 
-print("FAIL" if failures else "OK: probe_lm")
-sys.exit(1 if failures else 0)
+print("FAIL" if failures() else "OK: probe_lm")
+sys.exit(1 if failures() else 0)

@@ -5,12 +5,9 @@
 # resume compatibility: a changed architecture, tokenizer or training data exits 2 naming the keys,
 # a changed learning rate warns naming it, a moved run folder or changed logging resumes silently,
 # and the resume step is state.bin's, not the folder name's.
-set -uo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 source "$SRC/tests/cpu/tiny_run.sh"
 EXPECT_BIN=$BUILD/sn_train
 source "$SRC/tests/cpu/expect_exit2.sh"

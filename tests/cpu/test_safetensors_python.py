@@ -13,7 +13,9 @@ import subprocess
 import sys
 import tempfile
 
-SKIP = 77
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testlib import SKIP, check, failures  # noqa: E402  (after the path insert)
+
 BAD_INPUT = 2
 
 try:
@@ -23,16 +25,6 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the machine
     print(f"SKIP: python safetensors/numpy not available ({e})")
     sys.exit(SKIP)
-
-failures = 0
-
-
-def check(cond, msg):
-    global failures
-    if not cond:
-        failures += 1
-        print(f"FAIL: {msg}", file=sys.stderr)
-
 
 def run(*args):
     return subprocess.run([SN_INSPECT, *args], capture_output=True, text=True)
@@ -232,8 +224,8 @@ def main():
         test_handmade_bf16(tmp)
         test_sharded_folder(tmp, rng)
         test_bad_files(tmp)
-    print(f"test_safetensors_python: {'%d check(s) failed' % failures if failures else 'all checks passed'}")
-    return 1 if failures else 0
+    print(f"test_safetensors_python: {'%d check(s) failed' % failures() if failures() else 'all checks passed'}")
+    return 1 if failures() else 0
 
 
 if __name__ == "__main__":

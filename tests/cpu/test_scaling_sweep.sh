@@ -11,14 +11,10 @@
 #   as the uninterrupted one;
 # - bad sweep configs exit 2 naming the field.
 # Usage: test_scaling_sweep.sh BUILD_DIR
-set -euo pipefail
-BUILD=$(cd "${1:-build}" && pwd)
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 SWEEP="$SRC/benchmarks/scaling/sweep.py"
-python3 -c "import numpy" 2>/dev/null || { echo "skip: numpy is needed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+sn_test_needs_python numpy
 fail=0
 
 PYTHONPATH="$SRC/benchmarks/scaling" python3 - <<'PY' || fail=1

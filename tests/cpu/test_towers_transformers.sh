@@ -3,14 +3,9 @@
 # transformers computes the same embeddings from them as sn_embed (fp32, relative 1e-4): the two
 # Qwen2 towers (last-token pooling) and the BERT student (CLS pooling, then the projection).
 # Needs torch + transformers (the GPU machine has them); skips otherwise.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-python3 -c "import torch, transformers, numpy, safetensors" 2>/dev/null || {
-  echo "SKIP: torch/transformers not installed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_python torch transformers numpy safetensors
 python3 "$SRC/tests/synth_data.py" data --examples 32 --test-queries 2
 cat > cfg.json <<JSON
 {"run_dir": "run", "data": {"train": ["data/train.jsonl"], "max_query_len": 16, "max_doc_len": 24},

@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # sn_train's bad input: each case exits 2 before training with a message naming the problem.
-set -uo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 source "$SRC/tests/cpu/bad_input_setup.sh"
 EXPECT_BIN=$BUILD/sn_train
 source "$SRC/tests/cpu/expect_exit2.sh"

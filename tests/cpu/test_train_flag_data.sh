@@ -3,12 +3,9 @@
 # metrics.jsonl, the InfoNCE unchanged beside it), bad or missing scores exit 2 naming
 # FILE:LINE and the field, and a line's own "prompt" changes its query's tokens (a new shard, a
 # different loss) without a stale cache hit.
-set -uo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 python3 "$SRC/tests/synth_data.py" data --examples 16 --test-queries 4 > /dev/null
 # Every line gets a hard negative (another line's positive when it has none) and teacher scores.
 python3 - <<'PY'

@@ -11,12 +11,8 @@
 # - bad stage1.lora settings exit 2 naming the key;
 # - where torch + transformers + peft exist: PeftModel.from_pretrained(base, adapter) embeds like the
 #   merged tower (fp32, relative 1e-4).
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 python3 "$SRC/tests/synth_data.py" data --examples 96 --test-queries 8 > /dev/null
 TOKENIZER="$SRC/configs/default/decoder/tokenizer.json"
 cat > base.json <<JSON

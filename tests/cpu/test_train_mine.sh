@@ -5,12 +5,9 @@
 # boundary (step 3, so the resume mines it) and resumed give byte-identical final towers and the
 # same metrics as an uninterrupted run; the mined rounds are byte-identical too. Against a corpus
 # file as well, and bad mining keys exit 2.
-set -uo pipefail
-BUILD=$(cd "$1" && pwd)
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
 source "$SRC/tests/cpu/tiny_run.sh"
 tiny_run_setup 8 1
 MINE='--set stage1.mine.every_steps=3 --set stage1.mine.range_lo=2 --set stage1.mine.range_hi=12 --set stage1.mine.negatives=3'

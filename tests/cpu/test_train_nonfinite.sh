@@ -8,13 +8,9 @@
 #    intact: resuming from it ends bit-identical to an uninterrupted run (the NaN step made no update).
 #  - with train.skip_nonfinite the NaN steps 2 and 5 are skipped (lr 0 logged), counted in
 #    metrics.jsonl and on the progress line, and the count survives a resume (state.bin).
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_python numpy safetensors
 python3 "$SRC/tests/synth_data.py" data --examples 48 --test-queries 4 >/dev/null
 cat > cfg.json <<JSON
 {"run_dir": "run", "seed": 5, "threads": 1,

@@ -3,11 +3,8 @@
 # 2N steps straight (same losses in metrics.jsonl, byte-identical final weights), for stage 1 and
 # stage 2 (with pseudo-queries, which are picked by the step alone); the towers written must load in
 # transformers where it is installed.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 python3 "$SRC/tests/synth_data.py" "$WORK/data" --examples 96 --test-queries 16
 
 cat > "$WORK/cfg.json" <<JSON
@@ -26,7 +23,6 @@ cat > "$WORK/cfg.json" <<JSON
  "checkpoint": {"every": 2, "keep": 2},
  "eval": {"data": "data/test"}}
 JSON
-cd "$WORK"
 # Straight run.
 "$BUILD/sn_train" --config cfg.json --set run_dir=straight > straight.out 2> straight.log || { cat straight.log; exit 1; }
 # Interrupted in stage 1 (after 3 steps), resumed, interrupted in stage 2, resumed.

@@ -2,12 +2,8 @@
 # Preemption: SIGTERM (or SIGUSR1, as Slurm sends before the time limit) finishes the step in
 # progress, writes a checkpoint and exits 0; --resume auto then completes the run, which ends
 # identical to an uninterrupted one.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 python3 "$SRC/tests/synth_data.py" data --examples 256 --test-queries 2
 cat > cfg.json <<JSON
 {"seed": 4, "threads": 1, "data": {"train": ["data/train.jsonl"], "max_query_len": 12, "max_doc_len": 24},

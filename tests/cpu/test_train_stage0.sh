@@ -9,12 +9,8 @@
 #   - continued pretraining from that folder (stage0.model), stage 1 taking it as stage1.model and
 #     stage 2 as stage2.student (a decoder student);
 #   - bad stage-0 input exits 2 naming the key, file or line.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 python3 - <<'PY'
 import json, random
 random.seed(3)

@@ -2,12 +2,8 @@
 # stage2.student_from_teacher: the student is the stage-1 query tower's first N blocks. With all of
 # them it *is* the teacher, so stage 2's first step (its losses are taken before the update) has
 # MSE and 1 - cos of zero; the student is exported with the teacher's tokenizer; bad settings exit 2.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 source "$SRC/tests/cpu/tiny_run.sh"
 tiny_run_setup 2 2
 FROM=(--set stage2.student_desc= --set stage2.tokenizer= --set stage2.pooling=last)

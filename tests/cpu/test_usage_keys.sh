@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # docs/USAGE.md's config-key table (between the schema markers) is exactly `sn_train --print-schema`:
 # a key the docs list that the schema lacks, or one they miss, or a changed default, fails.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 USAGE="$SRC/docs/USAGE.md"
 grep -q '^<!-- schema:begin -->$' "$USAGE" && grep -q '^<!-- schema:end -->$' "$USAGE" ||
   { echo "FAIL: $USAGE lacks the <!-- schema:begin --> / <!-- schema:end --> markers"; exit 1; }

@@ -4,14 +4,10 @@
 # batch and shape after shape; those are within the bf16 band of sn_embed --device cuda and of the
 # fp32 CPU reference (max abs 3e-2 on unit vectors); the CPU library still equals sn_embed bit for
 # bit. A decoder tower (Qwen2, last token) and a BERT student (CLS + projection).
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 nvidia-smi -L >/dev/null 2>&1 || { echo "SKIP: no GPU"; exit 77; }
-python3 -c "import numpy" 2>/dev/null || { echo "SKIP: numpy not installed"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
+sn_test_needs_python numpy
 source "$SRC/tests/encoder_towers.sh"
 make_encoder_towers 32
 for tower in query_tower student; do

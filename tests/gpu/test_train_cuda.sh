@@ -5,13 +5,9 @@
 # follows the plain GPU run: its first gradient norm within the bf16 band (1%), its curve as above. Also stage 1 with LoRA towers,
 # and stage 1 with FlagEmbedding teacher scores distilled by the KL term (stage1.kd_weight), and
 # stage 0 (causal-LM pretraining through the fused lm_head_xent kernels) on the training documents.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 nvidia-smi -L >/dev/null 2>&1 || { echo "SKIP: no GPU"; exit 77; }
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
 python3 "$SRC/tests/synth_data.py" data --examples 1024 --test-queries 32
 cat > cfg.json <<JSON
 {"seed": 21, "threads": 8,

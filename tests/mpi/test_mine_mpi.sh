@@ -4,14 +4,11 @@
 # 2 and 3 ranks (3 does not divide the corpus), with a margin too. Stage 1's mining rounds on 2 ranks
 # (each searching its slice): stopped at a round's boundary and resumed, the run is the
 # uninterrupted 2-rank run bit for bit, mined rounds included.
-set -uo pipefail
-BUILD=$(cd "$1" && pwd)
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 77; }
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+set +e  # each check records its failure and the test goes on
+sn_test_needs_command mpirun
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
 source "$SRC/tests/mine_setup.sh"
 fail=0
 for extra in "" "--margin 0.0005"; do

@@ -11,15 +11,11 @@
 # time, and --resume auto continues from the last checkpoint.
 # LoRA towers (two adapters over one frozen base), overlapped and under ZeRO-1, follow their 1-rank
 # run too.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 77; }
-python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_command mpirun
+sn_test_needs_python numpy safetensors
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
 python3 "$SRC/tests/synth_data.py" data --examples 72 --test-queries 4
 cat > cfg.json <<JSON
 {"seed": 9, "threads": 1, "comm_timeout_s": 120,

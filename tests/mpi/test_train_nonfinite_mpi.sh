@@ -3,14 +3,10 @@
 # SN_TEST_NAN_LOSS_STEPS / SN_TEST_NAN_LOSS_RANK) reaches every rank through the loss all-reduce.
 # With train.skip_nonfinite both ranks skip step 2 and stay identical (dist.check_replicas_every=1,
 # under ZeRO-2 and replicated); without it the job stops with the message instead of hanging.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 77; }
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_command mpirun
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
 python3 "$SRC/tests/synth_data.py" data --examples 48 --test-queries 4 >/dev/null
 cat > cfg.json <<JSON
 {"seed": 9, "threads": 1, "comm_timeout_s": 60,

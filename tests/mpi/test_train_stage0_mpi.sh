@@ -4,15 +4,11 @@
 # RUN/final/lm up to the order of floating-point sums, relative 1e-5), replicated with the
 # overlapped all-reduce and under ZeRO-2 (the LM head's gradient joins the last region's
 # reduce-scatter), with gradient accumulation, an untied head and a tied one.
-set -euo pipefail
-BUILD=$1
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-command -v mpirun >/dev/null || { echo "SKIP: mpirun not installed"; exit 77; }
-python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
+sn_test_needs_command mpirun
+sn_test_needs_python numpy safetensors
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
 python3 - <<'PY'
 import json, random
 random.seed(5)

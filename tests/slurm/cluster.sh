@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # A one-host Slurm cluster for the tests: munged, slurmctld and slurmd started directly (no
-# systemd), every state, spool, log and socket file under one folder, stopped by a trap whatever
-# happens. Sourced by the tests of tests/slurm/, never run on its own:
+# systemd), every state, spool, log and socket file under one folder, stopped at exit whatever
+# happens (tests/test_env.sh's sn_test_on_exit). Sourced by the tests of tests/slurm/ after
+# sn_test_env, never run on its own:
 #
 #   source tests/slurm/cluster.sh
-#   slurm_cluster_start "$work/cluster"   # exits 77 when Slurm is not installed
+#   slurm_cluster_start "$WORK/cluster"   # exits 77 when Slurm is not installed
 #   sbatch ...                            # SLURM_CONF points at the generated slurm.conf
 #
 # The node is this machine (its short host name), with the CPUs and memory it has, no GPUs.
@@ -88,12 +89,11 @@ slurm_cluster_check() {
 }
 
 # slurm_cluster_start DIR: writes munge.key and slurm.conf into DIR, starts the three daemons and
-# waits until the node is idle. Installs an EXIT trap that stops them, then runs the command in
-# SLURM_CLUSTER_AT_EXIT (the caller's own cleanup), if any.
+# waits until the node is idle. Stops them at exit (sn_test_on_exit: before the test's WORK goes).
 slurm_cluster_start() {
   SLURM_CLUSTER_DIR=$1
   slurm_cluster_check
-  trap 'slurm_cluster_stop; eval "${SLURM_CLUSTER_AT_EXIT:-}"' EXIT
+  sn_test_on_exit slurm_cluster_stop
   trap 'exit 143' TERM  # ctest's timeout: exit, so that the EXIT trap stops the daemons
   trap 'exit 130' INT
   local d=$SLURM_CLUSTER_DIR

@@ -1,23 +1,20 @@
 # shellcheck shell=bash
 # Submitting dist/slurm/sn_train.sbatch to the test cluster and following its jobs. Sourced by the
-# tests of tests/slurm/ (it sources cluster.sh and tiny_run.sh's same_run); needs SRC and BUILD.
+# tests of tests/slurm/ (it sources cluster.sh and tiny_run.sh's same_run), after tests/test_env.sh's
+# sn_test_env (SRC, BUILD, WORK as the current folder):
 #
 #   source "$SRC/tests/slurm/jobs.sh"
-#   slurm_test_begin   # skip (77) or: a work folder (the current one from now on), the cluster up
+#   slurm_test_begin   # skip (77) or: the cluster up in WORK/cluster
 source "$SRC/tests/slurm/cluster.sh"
 source "$SRC/tests/cpu/tiny_run.sh"  # same_run
 
 SLURM_JOB_POLL_S=0.2
 
-# Skips the test (exit 77) where it cannot run; else makes WORK, changes into it and starts the
-# cluster in WORK/cluster. At exit the cluster stops and WORK goes, whatever happened.
+# Skips the test (exit 77) where it cannot run; else starts the cluster in WORK/cluster. At exit
+# the cluster stops, then WORK goes (sn_test_env's cleanup), whatever happened.
 slurm_test_begin() {
   slurm_cluster_check
-  python3 -c "import numpy, safetensors" 2>/dev/null || { echo "SKIP: numpy/safetensors not installed"; exit 77; }
-  WORK=$(mktemp -d)
-  # shellcheck disable=SC2016  # expanded at exit
-  SLURM_CLUSTER_AT_EXIT='rm -rf "$WORK"'
-  cd "$WORK" || exit 1
+  sn_test_needs_python numpy safetensors
   slurm_cluster_start "$WORK/cluster"
 }
 

@@ -7,9 +7,8 @@
 # slurmctld checks time limits every 30 s from its start: the job is submitted shortly before the
 # first check (SUBMIT_AT_S), so that it is signalled a few seconds in, and its length (set from the
 # step time measured here, TARGET_JOB_S) leaves a wide margin for a machine whose speed changes.
-set -euo pipefail
-BUILD=$(cd "$1" && pwd)  # absolute: the test works in its own folder
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 source "$SRC/tests/slurm/jobs.sh"
 
 SLURMCTLD_CHECK_S=30   # slurmctld's period of time-limit checks (PERIODIC_TIMEOUT, not configurable)

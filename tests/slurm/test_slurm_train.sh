@@ -11,9 +11,8 @@
 #  4. kill:    SIGKILL to rank 1 mid-run: the job fails within a bound with a message naming the rank;
 #              requeued, it resumes from the last complete checkpoint and ends byte-identical too.
 # The real time limit is test_slurm_time_limit.sh (it costs a minute of waiting).
-set -euo pipefail
-BUILD=$(cd "$1" && pwd)  # absolute: the test works in its own folder
-SRC=${SN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+source "$(dirname "$0")/../test_env.sh"
+sn_test_env "$@"
 source "$SRC/tests/slurm/jobs.sh"
 
 KILL_FAILS_WITHIN_S=30  # a killed rank must end the job this fast (the comm timeout is 60 s)
