@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 INITS = ("random", "pretrained")
 SIZE_KEYS = {"name": str, "layers": int, "hidden": int, "heads": int, "kv_heads": int,
              "intermediate": int, "head_dim": int, "set": dict}
-SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "intermediate", "head_dim")  # into the model description
+SHAPE_KEYS = tuple(k for k, kind in SIZE_KEYS.items() if kind is int)  # into the model description
 STATE_FILE = "sweep_state.json"
 EMBEDDING_TENSORS = ("embed_tokens", "lm_head", "embeddings.")  # not counted in N
 MIN_SIZES_FOR_FIT = 3
