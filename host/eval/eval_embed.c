@@ -181,7 +181,7 @@ static void embed_seqs(sn_embedder *e, const token_seq *seqs, int n, float *out,
     if (e->graphs) sn_graph_cache_run(e->graphs, key, forward_and_pool, e);
     else forward_and_pool(e);
     // one call's copies enqueued behind its kernels, then one wait (pinned buffers: a pageable copy
-    // costs several microseconds more each, a query's whole budget is ~100)
+    // costs several microseconds more each, a query's whole budget is ~100 µs)
     ops->download_async(e->pooled_host, e->pooled, (size_t)B * C * sizeof(float));
     ops->synchronize();
     e->tb.copies_pending = 0;  // the synchronisation covered the batch's uploads
