@@ -8,6 +8,7 @@
 // gate_up (T, 2I); out (T, I) = silu(gate) * up. Thread j handles VEC consecutive columns of a row.
 template <int VEC>
 __global__ void swiglu_forward_kernel(bf16 *out, const bf16 *gate_up, int T, int I) {
+  pdl_wait();  // gate_up comes from the projection before
   const int per_row = I / VEC;
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= (size_t)T * per_row) return;
@@ -65,12 +66,12 @@ void cuda_swiglu_forward(void *out, const void *gate_up, int T, int I) {
   if ((size_t)T * I == 0) return;
   if (swiglu_packed(I, out, gate_up, gate_up)) {
     size_t n = (size_t)T * I / BF16_PER_PACK;
-    swiglu_forward_kernel<BF16_PER_PACK><<<ceil_div_int(n, ACT_THREADS), ACT_THREADS, 0, SN_STREAM>>>(
-        (bf16 *)out, (const bf16 *)gate_up, T, I);
+    launch_pdl(swiglu_forward_kernel<BF16_PER_PACK>, dim3(ceil_div_int(n, ACT_THREADS)), dim3(ACT_THREADS), 0,
+               (bf16 *)out, (const bf16 *)gate_up, T, I);
   } else {
     size_t n = (size_t)T * I;
-    swiglu_forward_kernel<1><<<ceil_div_int(n, ACT_THREADS), ACT_THREADS, 0, SN_STREAM>>>(
-        (bf16 *)out, (const bf16 *)gate_up, T, I);
+    launch_pdl(swiglu_forward_kernel<1>, dim3(ceil_div_int(n, ACT_THREADS)), dim3(ACT_THREADS), 0, (bf16 *)out,
+               (const bf16 *)gate_up, T, I);
   }
   launchCheck();
 }

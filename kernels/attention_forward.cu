@@ -46,6 +46,7 @@ struct fwd_min_blocks {
 template <int D, int WARPS>
 __global__ void __launch_bounds__(WARPS * WARP_SIZE, fwd_min_blocks<D>::N) attention_forward_kernel(bf16 *out, float *lse, const bf16 *qkv,
                                                                          const int32_t *cu_seqlens, attn_dims p) {
+  pdl_wait();  // qkv comes from the kernels before
   constexpr int LD = D + ATTN_SMEM_PAD;
   constexpr int NK = ATTN_TILE_K / 8;  // n-tiles of scores per warp
   constexpr int ND = D / 8;            // n-tiles of the output
@@ -208,7 +209,7 @@ static void launch_forward_warps(bf16 *out, float *lse, const bf16 *qkv, const i
   static bool ready = false;
   allow_smem(attention_forward_kernel<D, WARPS>, fwd_smem<D>(), &ready);
   dim3 grid(ceil_div_int(max_seqlen, WARPS * ATTN_ROWS_PER_WARP), B, p.Hq);
-  attention_forward_kernel<D, WARPS><<<grid, WARPS * WARP_SIZE, fwd_smem<D>(), SN_STREAM>>>(out, lse, qkv, cu, p);
+  launch_pdl(attention_forward_kernel<D, WARPS>, grid, dim3(WARPS * WARP_SIZE), fwd_smem<D>(), out, lse, qkv, cu, p);
   launchCheck();
 }
 template <int D>

@@ -1,14 +1,18 @@
 // attention_rope_forward: inference attention over short sequences (at most
 // SN_ATTENTION_SHORT_MAX_SEQLEN tokens: queries) with RoPE applied while loading, so the separate
 // rope pass (a launch, and a read and write of q and k) disappears and qkv stays unrotated.
-// One block per (query head, sequence): it rotates its kv head's keys once into shared memory
-// (fp32, rounded through bf16 as the unfused rope stores them), copies the values beside them, and
-// each warp then takes query rows in turn: rotates the row, scores it against every visible key
-// (a lane per key), softmax over the warp, and P V (a lane per output column). At these lengths the
-// work is a few microseconds of latency, not of throughput; no lse is written (nothing backward).
-// Measured on the H100 (sn_bench --filter attention_rope): 18.8 µs for one 32-token query of the
-// 0.5B's 14 heads, where rope + the flash kernel take 9.8: the scalar fp32 loops cost more than the
-// launch saved, so the model uses it only when SN_SMALL_BATCH=1 (a tensor-core version is the fix).
+// One block per (query head, sequence, SHORT_WARPS query rows): it rotates the keys its rows can see
+// once into shared memory (fp32, rounded through bf16 as the unfused rope stores them), copies the
+// values beside them, and each warp takes one query row: rotates it, scores it against every visible
+// key (a lane per key), softmax over the warp, and P V (a lane per output column). At these lengths
+// the work is a few microseconds of latency, not of throughput, so the rows are spread over blocks
+// (a 32-token query of 14 heads is 56 blocks, each warp one row) rather than looped over by warps;
+// no lse is written (nothing backward). Launched with programmatic dependent launch (common.cuh).
+// Measured slower than rope + the flash kernel, so the model runs it only with SN_SHORT_ATTENTION=1:
+// ncu on the H100 (2026-12-06), one 32-token query of the 0.5B's 14 heads: 17.3 µs against 4.3 +
+// 6.4. The blocks are instruction-bound (about one instruction a cycle with 8 warps on 56 SMs): each
+// key pair's angle is a precise powf + sincosf, and every warp walks its dot products serially. A
+// table of angles per position and tensor-core scores are what it needs.
 #include "common.cuh"
 
 #define SHORT_WARPS 8
@@ -35,13 +39,18 @@ __device__ __forceinline__ void rotate_pair(const bf16 *head, int i, int half, i
   *r2 = bf2f(f2bf(x2 * c + x1 * s));
 }
 
-// out (T, Hq D); qkv (T, (Hq + 2 Hkv) D) unrotated; pos (T). grid (Hq, B); L_cap = max_seqlen sizes smem.
+// out (T, Hq D); qkv (T, (Hq + 2 Hkv) D) unrotated; pos (T). grid (Hq, B, row chunks of SHORT_WARPS);
+// L_cap = max_seqlen sizes smem.
 __global__ void __launch_bounds__(SHORT_THREADS)
     attention_rope_short_kernel(bf16 *out, const bf16 *qkv, const int32_t *pos, const int32_t *cu_seqlens, int Hq,
                                 int Hkv, int D, int L_cap, float theta, int causal, float scale) {
   extern __shared__ __align__(16) float short_smem[];
-  const int h = blockIdx.x, b = blockIdx.y;
+  pdl_wait();  // qkv comes from the kernel before
+  pdl_launch_dependents();  // the next projection may start loading its weights
+  const int h = blockIdx.x, b = blockIdx.y, row_first = blockIdx.z * SHORT_WARPS;
   const int seq_start = cu_seqlens[b], L = cu_seqlens[b + 1] - seq_start;
+  if (row_first >= L) return;
+  const int row_end = min(L, row_first + SHORT_WARPS), keys = causal ? row_end : L;  // keys the rows see
   const int hk = h / (Hq / Hkv), half = D / 2, KLD = D + SHORT_K_PAD;
   float *Ks = short_smem, *Vs = Ks + (size_t)L_cap * KLD;
   float *qs = Vs + (size_t)L_cap * D, *ps = qs + SHORT_WARPS * D;
@@ -50,23 +59,23 @@ __global__ void __launch_bounds__(SHORT_THREADS)
   const size_t stride = (size_t)(Hq + 2 * Hkv) * D;
   const bf16 *base = qkv + (size_t)seq_start * stride;
 
-  for (int e = threadIdx.x; e < L * half; e += SHORT_THREADS) {  // rotated keys
+  for (int e = threadIdx.x; e < keys * half; e += SHORT_THREADS) {  // rotated keys
     const int t = e / half, i = e % half;
     rotate_pair(base + t * stride + (size_t)(Hq + hk) * D, i, half, pos[seq_start + t], D, theta, &Ks[t * KLD + i],
                 &Ks[t * KLD + i + half]);
   }
-  for (int e = threadIdx.x; e < L * D; e += SHORT_THREADS) {  // values
+  for (int e = threadIdx.x; e < keys * D; e += SHORT_THREADS) {  // values
     const int t = e / D, d = e % D;
     Vs[t * D + d] = bf2f(base[t * stride + (size_t)(Hq + Hkv + hk) * D + d]);
   }
   __syncthreads();
 
-  for (int r = warp; r < L; r += SHORT_WARPS) {
+  for (int r = row_first + warp; r < row_end; r += SHORT_WARPS) {  // one row a warp
     for (int i = lane; i < half; i += WARP_SIZE)
       rotate_pair(base + r * stride + (size_t)h * D, i, half, pos[seq_start + r], D, theta, &q_row[i],
                   &q_row[i + half]);
     __syncwarp();
-    const int visible = causal ? r + 1 : L;
+    const int visible = causal ? r + 1 : L;  // <= keys
     float s[SHORT_KEYS_PER_LANE], mx = -INFINITY;
 #pragma unroll
     for (int u = 0; u < SHORT_KEYS_PER_LANE; u++) {
@@ -121,8 +130,7 @@ void cuda_attention_rope_forward(void *out, const void *qkv, const int32_t *pos,
     cudaCheck(cudaFuncSetAttribute(attention_rope_short_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     granted = smem;
   }
-  dim3 grid(Hq, B);
-  attention_rope_short_kernel<<<grid, SHORT_THREADS, smem, SN_STREAM>>>(
-      (bf16 *)out, (const bf16 *)qkv, pos, cu_seqlens, Hq, Hkv, D, max_seqlen, theta, causal, scale);
+  launch_pdl(attention_rope_short_kernel, dim3(Hq, B, ceil_div_int(max_seqlen, SHORT_WARPS)), dim3(SHORT_THREADS), smem,
+             (bf16 *)out, (const bf16 *)qkv, pos, cu_seqlens, Hq, Hkv, D, max_seqlen, theta, causal, scale);
   launchCheck();
 }

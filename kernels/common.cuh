@@ -119,6 +119,52 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// ---- programmatic dependent launch (sm_90+) ----------------------------------------------------------
+// A kernel launched with launch_pdl may start while the kernel before it in the stream is still
+// running: what it does before pdl_wait() (loading weights, which no kernel writes during a forward)
+// overlaps that kernel's tail, and its launch latency is hidden. pdl_wait() returns once the previous
+// kernel has completed and its writes are visible; every such kernel must call it, also on paths that
+// read nothing, so that completion stays transitive down the stream (a kernel two launches back is
+// done once the one before it is). pdl_launch_dependents() lets the next kernel start now, instead of
+// when this one's blocks exit. Both are no-ops before sm_90, and for a kernel launched normally.
+__device__ __forceinline__ void pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Whether launch_pdl asks for the overlap: a device of compute capability 9.0 or later, and the
+// environment does not say SN_PDL=0 (to time the same kernels without it).
+bool sn_cuda_pdl_enabled(void);
+// Launches on SN_STREAM with programmatic dependent launch (when enabled) and, where cluster_blocks
+// > 1, thread-block clusters of (1, cluster_blocks, 1) (sm_90+: the caller checks).
+template <typename... KernelArgs, typename... Args>
+static void launch_pdl_cluster(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, int cluster_blocks,
+                               Args... args) {
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (sn_cuda_pdl_enabled()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_blocks > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1, attr[n].val.clusterDim.y = cluster_blocks, attr[n++].val.clusterDim.z = 1;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = SN_STREAM;
+  cfg.attrs = attr, cfg.numAttrs = n;
+  cudaCheck(cudaLaunchKernelEx(&cfg, kernel, ((KernelArgs)args)...));
+}
+template <typename... KernelArgs, typename... Args>
+static void launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
+  launch_pdl_cluster(kernel, grid, block, smem, 1, args...);
+}
+
 // ---- rotary position embedding ---------------------------------------------------------------------
 // cos and sin of pair i's angle pos * theta^(-2i/D) of a D-wide head (Hugging Face rotate-half), the
 // angle in fp32 as transformers forms it; precise sincosf (angles reach hundreds of radians: the
@@ -176,8 +222,9 @@ static void allow_smem(K kernel, size_t bytes, bool *done) {
 }
 
 // ---- device facts and scratch -------------------------------------------------------------------
-// Multiprocessor count of the current device (read once).
+// Multiprocessor count and compute-capability major of the current device (read once).
 int sn_cuda_sm_count(void);
+int sn_cuda_cc_major(void);
 
 // Growable device scratch buffers, one per slot: the first call of a shape allocates, later calls of
 // the same or smaller size reuse it, so the step loop does no cudaMalloc after the first step.

@@ -8,14 +8,31 @@
 // Host fp32 <-> bf16 staging chunk (see cuda_upload_f32).
 #define CONVERT_CHUNK_ELEMS ((size_t)16 << 20)  // 64 MiB of fp32 staging
 
-int sn_cuda_sm_count(void) {
-  static int count = 0;
-  if (count == 0) {
+// A positive attribute of the current device, read once into *cache.
+static int device_attribute(cudaDeviceAttr attr, int *cache) {
+  if (*cache == 0) {
     int dev;
     cudaCheck(cudaGetDevice(&dev));
-    cudaCheck(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
+    cudaCheck(cudaDeviceGetAttribute(cache, attr, dev));
   }
-  return count;
+  return *cache;
+}
+int sn_cuda_sm_count(void) {
+  static int count = 0;
+  return device_attribute(cudaDevAttrMultiProcessorCount, &count);
+}
+int sn_cuda_cc_major(void) {
+  static int major = 0;
+  return device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
+}
+
+bool sn_cuda_pdl_enabled(void) {
+  static int enabled = -1;
+  if (enabled < 0) {
+    const char *v = getenv("SN_PDL");
+    enabled = sn_cuda_cc_major() >= 9 && !(v && strcmp(v, "0") == 0);
+  }
+  return enabled;
 }
 
 // ---- allocation: every cudaMalloc of the backend (buffers, scratch, workspaces) goes through

@@ -12,6 +12,9 @@
 #define NORM_WARPS 8                      // rows in flight per block (forward, and dx in backward)
 #define NORM_THREADS (NORM_WARPS * WARP_SIZE)
 #define NORM_BWD_ROWS_PER_BLOCK 64        // two-kernel path: rows whose column sums one block adds
+// Cached forward: the weight's packs ride with the row's up to this many packs a lane (C <= 2048);
+// past it (C = 3584: 14 packs) they would spill (380 bytes a thread for LayerNorm at -O3, sm_90).
+#define NORM_EARLY_WEIGHT_PACKS 8
 // Fused backward geometry, a function of C alone (so the summation order does not depend on the
 // device): a row over row_threads = C / 8 threads rounded up to whole warps (one 16-byte pack each),
 // max(1, NORM_BWD_BLOCK_THREADS / row_threads) row groups per block, NORM_BWD_FUSED_ROWS rows per
@@ -64,6 +67,7 @@ template <int VEC, bool IS_LAYERNORM>
 __global__ void __launch_bounds__(NORM_THREADS) norm_forward_kernel(
     bf16 *out, bf16 *residual_out, float *mean_out, float *rstd_out, const bf16 *a, const bf16 *b_in,
     const bf16 *weight, const bf16 *bias, int T, int C, float eps) {
+  pdl_wait();  // a and b_in come from the kernels before
   const int lane = threadIdx.x % WARP_SIZE;
   const int t = blockIdx.x * NORM_WARPS + threadIdx.x / WARP_SIZE;
   if (t >= T) return;
@@ -131,16 +135,24 @@ __global__ void __launch_bounds__(NORM_THREADS) norm_forward_cached_kernel(
     bf16 *out, bf16 *residual_out, float *mean_out, float *rstd_out, const bf16 *a, const bf16 *b_in,
     const bf16 *weight, const bf16 *bias, int T, int C, float eps) {
   constexpr int STEP = WARP_SIZE * BF16_PER_PACK;
+  pdl_wait();  // a and b_in come from the kernels before
   const int lane = threadIdx.x % WARP_SIZE;
   const int t = blockIdx.x * NORM_WARPS + threadIdx.x / WARP_SIZE;
   if (t >= T) return;
   const size_t row = (size_t)t * C;
-  bf16x8 xc[MAXP];
+  // The row, and (up to NORM_EARLY_WEIGHT_PACKS) the weight and bias loaded beside it: one round trip
+  // to memory before the statistics instead of two.
+  constexpr bool EARLY = MAXP <= NORM_EARLY_WEIGHT_PACKS;
+  bf16x8 xc[MAXP], wc[EARLY ? MAXP : 1], bc[EARLY ? MAXP : 1];
   float sum = 0.0f;
 #pragma unroll
   for (int p = 0; p < MAXP; p++) {
     int c = p * STEP + lane * BF16_PER_PACK;
     if (c < C) {
+      if constexpr (EARLY) {
+        wc[p] = load_bf16x8(weight + c);
+        if (IS_LAYERNORM) bc[p] = load_bf16x8(bias + c);
+      }
       bf16x8 v = load_bf16x8(a + row + c);
       if (b_in) {  // fused residual: x = a + b, stored as it is normalized (bf16)
         bf16x8 y = load_bf16x8(b_in + row + c);
@@ -176,8 +188,9 @@ __global__ void __launch_bounds__(NORM_THREADS) norm_forward_cached_kernel(
   for (int p = 0; p < MAXP; p++) {
     int c = p * STEP + lane * BF16_PER_PACK;
     if (c < C) {
-      bf16x8 w = load_bf16x8(weight + c), bb, o;
-      if (IS_LAYERNORM) bb = load_bf16x8(bias + c);
+      bf16x8 w, bb, o;
+      if constexpr (EARLY) w = wc[p], bb = bc[p];
+      else w = load_bf16x8(weight + c), bb = IS_LAYERNORM ? load_bf16x8(bias + c) : w;
 #pragma unroll
       for (int k = 0; k < BF16_PER_PACK; k++)
         o.v[k] = f2bf((bf2f(xc[p].v[k]) - mean) * rstd * bf2f(w.v[k]) + (IS_LAYERNORM ? bf2f(bb.v[k]) : 0.0f));
@@ -210,19 +223,19 @@ static void launch_norm_forward(bf16 *out, bf16 *residual_out, float *mean, floa
                 (!b || (aligned16(b) && aligned16(residual_out))) && (!bias || aligned16(bias));
   int grid = ceil_div_int(T, NORM_WARPS);
   const int cache = packed ? norm_cache_packs(C) : 0;
-#define CACHED_FWD(P)                                                                                  \
-  norm_forward_cached_kernel<P, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(out, residual_out, mean, \
-                                                                                  rstd, a, b, weight, bias, T, C, eps)
+#define CACHED_FWD(P)                                                                                    \
+  launch_pdl(norm_forward_cached_kernel<P, IS_LAYERNORM>, dim3(grid), dim3(NORM_THREADS), 0, out, residual_out, mean, \
+             rstd, a, b, weight, bias, T, C, eps)
   if (cache == NORM_CACHE_SMALL) CACHED_FWD(NORM_CACHE_SMALL);
   else if (cache == NORM_CACHE_MEDIUM) CACHED_FWD(NORM_CACHE_MEDIUM);
   else if (cache == NORM_CACHE_LARGE) CACHED_FWD(NORM_CACHE_LARGE);
 #undef CACHED_FWD
   else if (packed)
-    norm_forward_kernel<BF16_PER_PACK, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(
-        out, residual_out, mean, rstd, a, b, weight, bias, T, C, eps);
+    launch_pdl(norm_forward_kernel<BF16_PER_PACK, IS_LAYERNORM>, dim3(grid), dim3(NORM_THREADS), 0, out, residual_out,
+               mean, rstd, a, b, weight, bias, T, C, eps);
   else
-    norm_forward_kernel<1, IS_LAYERNORM><<<grid, NORM_THREADS, 0, SN_STREAM>>>(out, residual_out, mean, rstd,
-                                                                              a, b, weight, bias, T, C, eps);
+    launch_pdl(norm_forward_kernel<1, IS_LAYERNORM>, dim3(grid), dim3(NORM_THREADS), 0, out, residual_out, mean, rstd,
+               a, b, weight, bias, T, C, eps);
   launchCheck();
 }
 

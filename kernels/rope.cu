@@ -13,6 +13,7 @@
 // qkv (T, (Hq + 2*Hkv) * D); pos (T). Rotates heads [0, Hq + Hkv) of each token by pos * theta^(-2i/D).
 __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta,
                             float sign) {
+  pdl_wait();  // qkv comes from the projection before
   const int half = D / 2;
   const int rotated_heads = Hq + Hkv;
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -36,6 +37,8 @@ __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hk
 __global__ void __launch_bounds__(ROPE_MAX_BLOCK)
     rope_packed_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, float sign) {
   extern __shared__ float angles[];  // (tokens, D/2) cos, then (tokens, D/2) sin
+  pdl_wait();                        // qkv comes from the projection before
+  pdl_launch_dependents();           // attention may get its blocks resident meanwhile
   const int half = D / 2, groups = half / BF16_PER_PACK, heads = Hq + Hkv;
   const int per_token = heads * groups, tokens = blockDim.x / per_token;
   const int t0 = blockIdx.x * tokens;
@@ -79,12 +82,12 @@ void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, flo
   const int tokens = per_token >= ROPE_THREADS || per_token == 0 ? 1 : ROPE_THREADS / per_token;
   const size_t smem = (size_t)2 * tokens * (D / 2) * sizeof(float);
   if ((D / 2) % BF16_PER_PACK == 0 && aligned16(qkv) && per_token <= ROPE_MAX_BLOCK && smem <= ROPE_MAX_SMEM) {
-    rope_packed_kernel<<<ceil_div_int(T, tokens), tokens * per_token, smem, SN_STREAM>>>(
-        (bf16 *)qkv, pos, T, Hq, Hkv, D, theta, inverse ? -1.0f : 1.0f);
+    launch_pdl(rope_packed_kernel, dim3(ceil_div_int(T, tokens)), dim3(tokens * per_token), smem, (bf16 *)qkv, pos, T,
+               Hq, Hkv, D, theta, inverse ? -1.0f : 1.0f);
     launchCheck();
     return;
   }
-  rope_kernel<<<ceil_div_int(n, ROPE_THREADS), ROPE_THREADS, 0, SN_STREAM>>>((bf16 *)qkv, pos, T, Hq, Hkv, D,
-                                                                            theta, inverse ? -1.0f : 1.0f);
+  launch_pdl(rope_kernel, dim3(ceil_div_int(n, ROPE_THREADS)), dim3(ROPE_THREADS), 0, (bf16 *)qkv, pos, T, Hq, Hkv, D,
+             theta, inverse ? -1.0f : 1.0f);
   launchCheck();
 }

@@ -371,33 +371,38 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
 
 // ---- linear layers ------------------------------------------------------------------------------
 
-// The environment switch of the small-batch path: off unless SN_SMALL_BATCH=1. Off by default
-// because it measured slower than the general path on the H100 (docs/PERFORMANCE.md, "Serving
-// queries": 1.62 against 1.00 ms for a 0.5B query; cuBLASLt's small-M GEMMs beat linear_small at
-// the QKV and gate|up shapes). Another value is warned about once and ignored rather than fatal:
-// the encoder library never exits on bad input, and the path gives the same embeddings either way.
-static int small_batch_allowed(void) {
-  static int warned;
-  const char *v = getenv("SN_SMALL_BATCH");
-  if (!v || !strcmp(v, "0")) return 0;
-  if (!strcmp(v, "1")) return 1;
-  if (!warned) {
-    warned = 1;
-    fprintf(stderr,
-            "warning: environment variable SN_SMALL_BATCH='%s' is neither 0 nor 1; the small-batch "
-            "path stays off\n",
-            v);
+// An environment switch of the small-batch path: 0 or 1, `fallback` when unset. Another value is
+// warned about once and read as 0 rather than fatal: the encoder library never exits on bad input,
+// and the path gives the same embeddings either way.
+static int env_switch(const char *name, int fallback, int *warned) {
+  const char *v = getenv(name);
+  if (!v) return fallback;
+  if (!strcmp(v, "0") || !strcmp(v, "1")) return v[0] == '1';
+  if (!*warned) {
+    *warned = 1;
+    fprintf(stderr, "warning: environment variable %s='%s' is neither 0 nor 1; read as 0\n", name, v);
   }
   return 0;
 }
 
+// SN_SMALL_BATCH: the small-batch ops at all. Off by default: on the H100 the path measured slower
+// than the general one (docs/PERFORMANCE.md, "Serving queries").
+static int small_batch_allowed(void) {
+  static int warned;
+  return env_switch("SN_SMALL_BATCH", 0, &warned);
+}
+
+// SN_SHORT_ATTENTION (with the small-batch path on): 1 runs a decoder's rope + attention as the fused
+// attention_rope_forward. Off by default: on the H100 it took 17.3 µs for a 32-token 0.5B query
+// under ncu where rope + the flash kernel took 4.3 + 6.4 (kernels/attention_short.cu says why).
 int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
+  static int warned;
   const sn_model_config *c = &m->cfg;
   const int head_fits = c->head_dim % 2 == 0 && c->head_dim <= SN_ATTENTION_SHORT_MAX_HEAD_DIM;
   return !for_backward && !m->lora && m->ops->attention_rope_forward && tok->max_seqlen >= 1 &&
          tok->max_seqlen <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
          (long long)tok->T * tok->max_seqlen <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS && head_fits &&
-         small_batch_allowed();
+         small_batch_allowed() && env_switch("SN_SHORT_ATTENTION", 0, &warned);
 }
 
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
@@ -406,9 +411,9 @@ int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backwar
   const int widths_packed = c->hidden % 8 == 0 && c->intermediate % 8 == 0 && lay->attn_dim % 8 == 0;
   _Static_assert(SN_LINEAR_SMALL_MAX_ROWS <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
                      SN_LINEAR_SMALL_MAX_ROWS * SN_LINEAR_SMALL_MAX_ROWS <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS,
-                 "a batch small enough for linear_small takes the short attention");
+                 "a batch small enough for linear_small may take the short attention");
   return m->ops->linear_small && tok->T >= 1 && tok->T <= SN_LINEAR_SMALL_MAX_ROWS && widths_packed &&
-         sn_short_attention_path(m, tok, for_backward);
+         !for_backward && !m->lora && small_batch_allowed();
 }
 
 void sn_linear_forward(const sn_ops *ops, void *y, const void *x, const void *w, const void *b,

@@ -58,6 +58,7 @@ static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
 //   qkv = rmsnorm(h) W_qkv^T + b;  att = attn(rope(qkv));  x = h + o_proj(att)
 //   ff = swiglu(rmsnorm(x) W_gate|up^T + b);  h = x + down(ff)
 // then out = rmsnorm(h). The CPU's fused ops are the unfused ones in the same order: the same bits.
+// With SN_SHORT_ATTENTION=0 (sn_short_attention_path) rope and the flash kernel stay two ops.
 static const void *decoder_forward_small(sn_model *m, sn_acts *a, const sn_tokens *tok, void *h) {
   const sn_ops *ops = m->ops;
   const sn_model_config *c = &m->cfg;
@@ -66,12 +67,19 @@ static const void *decoder_forward_small(sn_model *m, sn_acts *a, const sn_token
   const int Hq = c->n_heads, Hkv = c->n_kv_heads;
   const float eps = c->norm_eps, scale = 1.0f / sqrtf((float)D);
   sn_layer_acts *s = sn_acts_layer(a, 0, 0);
+  const int short_attention = sn_short_attention_path(m, tok, 0);
   for (int l = 0; l < L; l++) {
     const sn_layer_params *p = &lay->layers[l];
     ops->linear_small(s->qkv, h, sn_wptr(m, p->norm_attn_w), eps, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b),
                       NULL, T, lay->qkv_dim, C, SN_EPILOGUE_NONE);  // (T, (Hq + 2Hkv) D), unrotated
-    ops->attention_rope_forward(s->att, s->qkv, tok->pos, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
-                                D, c->rope_theta, DECODER_CAUSAL, scale);  // (T, Hq D)
+    if (short_attention) {
+      ops->attention_rope_forward(s->att, s->qkv, tok->pos, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
+                                  D, c->rope_theta, DECODER_CAUSAL, scale);  // (T, Hq D)
+    } else {
+      ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
+      ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv, D,
+                             DECODER_CAUSAL, scale);  // (T, Hq D)
+    }
     ops->linear_small(s->x, s->att, NULL, 0.0f, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), h, T, C, lay->attn_dim,
                       SN_EPILOGUE_RESIDUAL);  // (T, C)
     ops->linear_small(s->ff_act, s->x, sn_wptr(m, p->norm_mlp_w), eps, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b),

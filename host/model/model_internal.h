@@ -186,15 +186,15 @@ void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
 // The small-batch inference paths (ops.h: linear_small, attention_rope_forward), both for an
 // inference forward (for_backward = 0) of a tower without LoRA, when the environment says
 // SN_SMALL_BATCH=1 (0, or unset, keeps them off: slower on the H100 as measured; another value is
-// warned about once and ignored).
+// warned about once and read as 0).
 // Short attention (decoders: rope + attention_forward become attention_rope_forward): the backend
 // has the op, every sequence is within SN_ATTENTION_SHORT_MAX_SEQLEN, tokens x longest sequence
 // within SN_SHORT_ATTENTION_MAX_TOKEN_KEYS (model.h), the head dim is even and at most
-// SN_ATTENTION_SHORT_MAX_HEAD_DIM.
+// SN_ATTENTION_SHORT_MAX_HEAD_DIM, and SN_SHORT_ATTENTION=1 (off by default: measured slower).
 int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_backward);
-// The whole small-batch forward (every linear through linear_small): short attention's conditions,
-// and the backend has linear_small, the batch at most SN_LINEAR_SMALL_MAX_ROWS tokens, the widths
-// multiples of 8.
+// The whole small-batch forward (every linear through linear_small; a decoder's attention as short
+// attention's conditions say): the backend has linear_small, the batch is at most
+// SN_LINEAR_SMALL_MAX_ROWS tokens (so within short attention's limits), the widths multiples of 8.
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward);
 
 // Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:

@@ -72,11 +72,11 @@ failure() {
   fi
   if [[ $status -eq 0 ]]; then fail "--fail $mode: every rank ended with status 0"
   elif [[ $status -eq 124 ]]; then fail "--fail $mode: a rank hung past ${JOB_LIMIT_S}s"
-  elif ! cat "$WORK"/rank-*.log | grep -q -- "$message"; then
+  elif ! grep -q -- "$message" "$WORK"/rank-*.log; then  # not cat | grep -q: under pipefail, cat's SIGPIPE fails it
     fail "--fail $mode: no '$message' in the output"
     tail -n 5 "$WORK"/rank-*.log
   else
-    echo "ok: np=$np --fail $mode ended within $((SECONDS - start)) s: $(cat "$WORK"/rank-*.log | grep -m1 -- "$message")"
+    echo "ok: np=$np --fail $mode ended within $((SECONDS - start)) s: $(grep -h -m1 -- "$message" "$WORK"/rank-*.log | head -1)"
   fi
 }
 failure 3 exit "the connection to rank 1 was closed"

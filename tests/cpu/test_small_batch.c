@@ -208,7 +208,12 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   sn_tokens_alloc(&tok, &counting, T, B);
   sn_tokens_upload(&tok, &counting, ids, cu, B, cfg.vocab, "test tokens");
   sn_acts *a = sn_acts_new(m, T, B);
-  encoded off = encode(m, a, &tok, "0"), on = encode(m, a, &tok, "1");
+  encoded off = encode(m, a, &tok, "0");
+  setenv("SN_SHORT_ATTENTION", "1", 1);  // linear_small and the fused rope + attention
+  encoded on = encode(m, a, &tok, "1");
+  setenv("SN_SHORT_ATTENTION", "0", 1);  // linear_small with rope and the flash kernel (the default)
+  encoded split = encode(m, a, &tok, "1");
+  unsetenv("SN_SHORT_ATTENTION");
   const char *arch_name = arch == SN_ARCH_BERT ? "bert" : "qwen2";
   int max_len = 0;
   for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
@@ -222,8 +227,13 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   CHECK(short_attention ? on.attention_calls > 0 : on.attention_calls == 0,
         "%s T=%d longest %d: %d attention_rope_forward calls (expected %s)", arch_name, T, max_len, on.attention_calls,
         short_attention ? "some" : "none");
+  CHECK(split.linear_calls == on.linear_calls && split.attention_calls == 0,
+        "%s T=%d: SN_SHORT_ATTENTION=0 ran %d linear_small (expected %d) and %d attention_rope_forward calls", arch_name,
+        T, split.linear_calls, on.linear_calls, split.attention_calls);
   const size_t nh = (size_t)T * cfg.hidden, np = (size_t)B * cfg.hidden;
   if (!strcmp(backend->name, "cpu")) {
+    CHECK(bits_equal(split.hidden, off.hidden, nh) && bits_equal(split.pooled, off.pooled, np),
+          "%s T=%d: the small path with SN_SHORT_ATTENTION=0 differs from the unfused one", arch_name, T);
     CHECK(bits_equal(on.hidden, off.hidden, nh), "%s T=%d: last hidden state differs with the small path (rel %.3g)",
           arch_name, T, sn_rel_err(on.hidden, off.hidden, nh));
     CHECK(bits_equal(on.pooled, off.pooled, np), "%s T=%d: pooled embeddings differ with the small path (rel %.3g)",
@@ -235,7 +245,8 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
     printf("%s T=%d B=%d on %s: small path vs unfused: hidden %.3g, pooled %.3g\n", arch_name, T, B, backend->name,
            eh, ep);
   }
-  free(on.hidden), free(on.pooled), free(off.hidden), free(off.pooled), free(ids), free(cu);
+  free(on.hidden), free(on.pooled), free(off.hidden), free(off.pooled), free(split.hidden), free(split.pooled);
+  free(ids), free(cu);
   sn_acts_free(a);
   sn_tokens_free(&tok, &counting);
   sn_model_free(m);
