@@ -128,6 +128,8 @@ sn_model *sn_lora_tower(sn_model *base, sn_lora *l) {
 // ---- the fused update ---------------------------------------------------------------------------
 
 // The targets of each base linear.
+#define LORA_TARGETS_A_LINEAR 3  // the most targets one base linear holds: q, k, v of the fused projection
+
 static int linear_targets(sn_lora_linear lin, sn_lora_target *out) {
   switch (lin) {
     case SN_LORA_LINEAR_QKV: out[0] = SN_LORA_Q, out[1] = SN_LORA_K, out[2] = SN_LORA_V; return 3;
@@ -164,23 +166,32 @@ static const void *adapter_input(const sn_lora *l, sn_acts *a, int layer, sn_lor
   return a->lora_xd;
 }
 
-// One adapted linear of one layer: its shapes, where its output sits in the base linear's (fused)
-// output, and its tensors' offsets in the adapter buffer.
+// One adapted linear of one layer: its target, shapes, where its output sits in the base linear's
+// (fused) output, and its tensors' offsets in the adapter buffer.
 typedef struct {
+  sn_lora_target tg;
   int in, out;     // A (r, in), B (out, r)
   int ld, col0;    // the base output's row width and this target's first column in it
   size_t a, b;     // offsets of lora_A and lora_B
 } lora_site;
 
-// The site of target tg in `layer`; 0 when the adapter does not target it.
-static int target_site(const sn_model *m, int layer, sn_lora_target tg, lora_site *site) {
+// The sites of base linear `lin` in `layer` that the adapter targets; their count.
+static int linear_sites(const sn_model *m, int layer, sn_lora_linear lin, lora_site sites[LORA_TARGETS_A_LINEAR]) {
   const sn_lora *l = m->lora;
-  if (l->a[layer][tg] == SN_NO_PARAM) return 0;
-  sn_lora_target_dims(&m->cfg, tg, &site->in, &site->out);
-  target_columns(&m->cfg, tg, &site->ld, &site->col0);
-  site->a = l->a[layer][tg];
-  site->b = l->b[layer][tg];
-  return 1;
+  sn_lora_target targets[LORA_TARGETS_A_LINEAR];
+  const int n = linear_targets(lin, targets);
+  int count = 0;
+  for (int i = 0; i < n; i++) {
+    const sn_lora_target tg = targets[i];
+    if (l->a[layer][tg] == SN_NO_PARAM) continue;
+    lora_site *site = &sites[count++];
+    site->tg = tg;
+    sn_lora_target_dims(&m->cfg, tg, &site->in, &site->out);
+    target_columns(&m->cfg, tg, &site->ld, &site->col0);
+    site->a = l->a[layer][tg];
+    site->b = l->b[layer][tg];
+  }
+  return count;
 }
 
 void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, void *y, const void *x, int T) {
@@ -188,12 +199,11 @@ void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, voi
   const sn_lora *l = m->lora;
   sn_model *p = l->params;
   const int r = l->cfg.rank;
-  sn_lora_target targets[3];
-  const int n = linear_targets(lin, targets);
-  lora_site site;
+  lora_site sites[LORA_TARGETS_A_LINEAR];
+  const int n = linear_sites(m, layer, lin, sites);
   for (int i = 0; i < n; i++) {
-    const sn_lora_target tg = targets[i];
-    if (!target_site(m, layer, tg, &site)) continue;
+    const lora_site site = sites[i];
+    const sn_lora_target tg = site.tg;
     const int in = site.in, out = site.out, ld = site.ld, col0 = site.col0;
     const void *A = sn_wptr(p, site.a), *B = sn_wptr(p, site.b);
     uint64_t mask_key = 0;
@@ -210,12 +220,11 @@ void sn_lora_backward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, co
   const sn_lora *l = m->lora;
   sn_model *p = l->params;
   const int r = l->cfg.rank;
-  sn_lora_target targets[3];
-  const int n = linear_targets(lin, targets);
-  lora_site site;
+  lora_site sites[LORA_TARGETS_A_LINEAR];
+  const int n = linear_sites(m, layer, lin, sites);
   for (int i = 0; i < n; i++) {
-    const sn_lora_target tg = targets[i];
-    if (!target_site(m, layer, tg, &site)) continue;
+    const lora_site site = sites[i];
+    const sn_lora_target tg = site.tg;
     const int in = site.in, out = site.out, ld = site.ld, col0 = site.col0;
     const void *A = sn_wptr(p, site.a), *B = sn_wptr(p, site.b);
     void *dA = sn_gptr(p, site.a), *dB = sn_gptr(p, site.b);
