@@ -74,7 +74,7 @@ __device__ __forceinline__ uint4 normalize_pack(uint4 v, uint4 wv, float rstd) {
 }
 
 // Shared memory of a block: the weight ring (LS_RING, LS_COLS, LS_W_LD) bf16, staged x (MT*16, chunk +
-// pad) bf16, the reduction (MT*16, LS_COLS + pad) fp32, the bias (2 * LS_COLS) fp32, the row
+// pad) bf16, the reduction (MT*16, LS_COLS + pad) fp32, the bias (LS_COLS) fp32, the row
 // statistics (MT*16) fp32.
 __host__ __device__ constexpr int ls_x_ld(void) { return LS_X_CHUNK * LS_K_STEP + LS_X_PAD; }
 __host__ __device__ constexpr int ls_red_ld(void) { return LS_COLS + LS_RED_PAD; }
