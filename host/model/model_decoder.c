@@ -16,6 +16,23 @@
 
 #define DECODER_CAUSAL 1
 
+// att (T, Hq D) = attention(rope(qkv)), causal: rope in place on qkv and the flash kernel, or with
+// short_attention (inference, sn_short_attention_path) both in one op that leaves qkv unrotated.
+static void decoder_attention(const sn_model *m, const sn_tokens *tok, sn_layer_acts *s, int short_attention) {
+  const sn_ops *ops = m->ops;
+  const sn_model_config *c = &m->cfg;
+  const int T = tok->T, D = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
+  const float scale = 1.0f / sqrtf((float)D);
+  if (short_attention) {
+    ops->attention_rope_forward(s->att, s->qkv, tok->pos, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv, D,
+                                c->rope_theta, DECODER_CAUSAL, scale);
+  } else {
+    ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
+    ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv, D,
+                           DECODER_CAUSAL, scale);
+  }
+}
+
 // Block l up to the MLP's activation, from its input h and norm_in = rmsnorm(h) (already in s):
 //   qkv, rope, attention, o_proj; x = h + o; norm_mid = rmsnorm(x); ff_in = gate|up; ff_act = swiglu.
 // The forward then adds down(ff_act); the recomputing backward needs no more than this.
@@ -26,20 +43,12 @@ static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
   const sn_layer_params *p = &lay->layers[l];
-  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim;
-  const int Hq = c->n_heads, Hkv = c->n_kv_heads;
+  const int T = tok->T, C = c->hidden, I = c->intermediate;
   // attention: one fused q|k|v projection (biases adjacent too), RoPE in place
   sn_linear_forward(ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, C,
                     lay->qkv_dim);  // (T, (Hq + 2Hkv) D)
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_QKV, s->qkv, s->norm_in, T);
-  if (short_attention) {
-    ops->attention_rope_forward(s->att, s->qkv, tok->pos, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq,
-                                Hkv, D, c->rope_theta, DECODER_CAUSAL, 1.0f / sqrtf((float)D));  // (T, Hq D)
-  } else {
-    ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
-    ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
-                           D, DECODER_CAUSAL, 1.0f / sqrtf((float)D));  // (T, Hq D)
-  }
+  decoder_attention(m, tok, s, short_attention);  // (T, Hq D)
   sn_linear_forward(ops, a->proj, s->att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), T, lay->attn_dim,
                     C);  // (T, C)
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_O, a->proj, s->att, T);
@@ -53,33 +62,24 @@ static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
 }
 
 // The inference forward of a small batch (sn_small_batch_path), from h = embed(ids): the same
-// maths in five ops a block instead of nine, each norm fused into the projection that reads it,
-// RoPE into attention, each residual add into the projection that feeds it:
+// maths in six ops a block instead of nine (five with SN_SHORT_ATTENTION=1, RoPE fused into attention),
+// each norm fused into the projection that reads it, each residual add into the projection that feeds it:
 //   qkv = rmsnorm(h) W_qkv^T + b;  att = attn(rope(qkv));  x = h + o_proj(att)
 //   ff = swiglu(rmsnorm(x) W_gate|up^T + b);  h = x + down(ff)
 // then out = rmsnorm(h). The CPU's fused ops are the unfused ones in the same order: the same bits.
-// With SN_SHORT_ATTENTION=0 (sn_short_attention_path) rope and the flash kernel stay two ops.
 static const void *decoder_forward_small(sn_model *m, sn_acts *a, const sn_tokens *tok, void *h) {
   const sn_ops *ops = m->ops;
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
-  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim, L = c->n_layers;
-  const int Hq = c->n_heads, Hkv = c->n_kv_heads;
-  const float eps = c->norm_eps, scale = 1.0f / sqrtf((float)D);
+  const int T = tok->T, C = c->hidden, I = c->intermediate, L = c->n_layers;
+  const float eps = c->norm_eps;
   sn_layer_acts *s = sn_acts_layer(a, 0, 0);
   const int short_attention = sn_short_attention_path(m, tok, 0);
   for (int l = 0; l < L; l++) {
     const sn_layer_params *p = &lay->layers[l];
     ops->linear_small(s->qkv, h, sn_wptr(m, p->norm_attn_w), eps, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b),
                       NULL, T, lay->qkv_dim, C, SN_EPILOGUE_NONE);  // (T, (Hq + 2Hkv) D), unrotated
-    if (short_attention) {
-      ops->attention_rope_forward(s->att, s->qkv, tok->pos, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv,
-                                  D, c->rope_theta, DECODER_CAUSAL, scale);  // (T, Hq D)
-    } else {
-      ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
-      ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv, D,
-                             DECODER_CAUSAL, scale);  // (T, Hq D)
-    }
+    decoder_attention(m, tok, s, short_attention);  // (T, Hq D)
     ops->linear_small(s->x, s->att, NULL, 0.0f, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), h, T, C, lay->attn_dim,
                       SN_EPILOGUE_RESIDUAL);  // (T, C)
     ops->linear_small(s->ff_act, s->x, sn_wptr(m, p->norm_mlp_w), eps, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b),
