@@ -118,22 +118,31 @@ __device__ void row_rstd(float *rstd_s, const bf16 *x, int M, int K, float eps, 
   }
 }
 
+// Block row r (0 .. LS_COLS - 1) of column tile `tile`: its output column (the return value; past the
+// layer when >= N) and its row of W in *w_row. SwiGLU: rows 0..31 are gate rows, 32..63 the matching
+// up rows, which W holds N rows further on.
+template <bool SWIGLU>
+__device__ __forceinline__ int block_row_column(int tile, int r, int N, size_t *w_row) {
+  constexpr int OUT_COLS = SWIGLU ? LS_COLS / 2 : LS_COLS;
+  const int col = tile * OUT_COLS + (SWIGLU ? r % OUT_COLS : r);
+  *w_row = (size_t)(SWIGLU && r >= OUT_COLS ? N : 0) + col;
+  return col;
+}
+
 // Issues the copies of k step `step` of the block's weight rows into ring slot `slot` (zeros past K
 // and for rows past N), as one cp.async group (an empty group past the slice, so the count stays
-// uniform). Row r of the block: SwiGLU rows 0..31 are gate rows, 32..63 the matching up rows.
+// uniform).
 template <bool SWIGLU>
 __device__ __forceinline__ void issue_weight_step(bf16 *ring, const bf16 *w, int tile, int N, int K, int k_begin,
                                                   int step, int steps, int slot) {
   if (step < steps) {
-    constexpr int OUT_COLS = SWIGLU ? LS_COLS / 2 : LS_COLS;
 #pragma unroll
     for (int i = 0; i < LS_PACKS_PER_STEP / LS_THREADS; i++) {
       const int idx = threadIdx.x + i * LS_THREADS, r = idx / (LS_K_STEP / BF16_PER_PACK);
       const int kp = (idx % (LS_K_STEP / BF16_PER_PACK)) * BF16_PER_PACK, k = k_begin + step * LS_K_STEP + kp;
-      const int col = tile * OUT_COLS + (SWIGLU ? r % OUT_COLS : r);
-      const bool ok = col < N && k < K;
-      const size_t row = (size_t)(SWIGLU && r >= OUT_COLS ? N : 0) + (ok ? col : 0);
-      cp_async16_zfill(ring + ((size_t)slot * LS_COLS + r) * LS_W_LD + kp, w + row * K + (ok ? k : 0), ok);
+      size_t row;
+      const bool ok = block_row_column<SWIGLU>(tile, r, N, &row) < N && k < K;
+      cp_async16_zfill(ring + ((size_t)slot * LS_COLS + r) * LS_W_LD + kp, ok ? w + row * K + k : w, ok);
     }
   }
   cp_async_commit();
@@ -166,8 +175,8 @@ __global__ void __launch_bounds__(LS_THREADS, LS_MIN_BLOCKS)
   for (int s = 0; s < LS_RING; s++) issue_weight_step<SWIGLU>(ring, w, tile, N, K, k_begin, s, steps, s);
   float bias_r = 0.0f;
   if (threadIdx.x < LS_COLS && bias) {
-    const int r = threadIdx.x, col = tile * OUT_COLS + (SWIGLU ? r % OUT_COLS : r);
-    if (col < N) bias_r = bf2f(bias[(SWIGLU && r >= OUT_COLS ? N : 0) + col]);
+    size_t row;  // W's row and the bias's element
+    if (block_row_column<SWIGLU>(tile, threadIdx.x, N, &row) < N) bias_r = bf2f(bias[row]);
   }
   pdl_launch_dependents();
   pdl_wait();  // x (and the residual) come from the kernels before
