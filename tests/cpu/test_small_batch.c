@@ -213,7 +213,10 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   encoded on = encode(m, a, &tok, "1");
   setenv("SN_SHORT_ATTENTION", "0", 1);  // linear_small with rope and the flash kernel (the default)
   encoded split = encode(m, a, &tok, "1");
+  setenv("SN_SHORT_ATTENTION", "yes", 1);  // neither 0 nor 1: warned about, read as 0
+  encoded bad_attention = encode(m, a, &tok, "1");
   unsetenv("SN_SHORT_ATTENTION");
+  encoded bad_small = encode(m, a, &tok, "on");  // likewise: the small-batch path stays off
   const char *arch_name = arch == SN_ARCH_BERT ? "bert" : "qwen2";
   int max_len = 0;
   for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
@@ -230,6 +233,12 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   CHECK(split.linear_calls == on.linear_calls && split.attention_calls == 0,
         "%s T=%d: SN_SHORT_ATTENTION=0 ran %d linear_small (expected %d) and %d attention_rope_forward calls", arch_name,
         T, split.linear_calls, on.linear_calls, split.attention_calls);
+  CHECK(bad_attention.linear_calls == split.linear_calls && bad_attention.attention_calls == 0,
+        "%s T=%d: SN_SHORT_ATTENTION=yes ran %d attention_rope_forward calls (expected it read as 0)", arch_name, T,
+        bad_attention.attention_calls);
+  CHECK(bad_small.linear_calls == 0 && bad_small.attention_calls == 0,
+        "%s T=%d: SN_SMALL_BATCH=on ran %d + %d small-batch ops (expected it read as 0)", arch_name, T,
+        bad_small.linear_calls, bad_small.attention_calls);
   const size_t nh = (size_t)T * cfg.hidden, np = (size_t)B * cfg.hidden;
   if (!strcmp(backend->name, "cpu")) {
     CHECK(bits_equal(split.hidden, off.hidden, nh) && bits_equal(split.pooled, off.pooled, np),
@@ -246,6 +255,7 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
            eh, ep);
   }
   free(on.hidden), free(on.pooled), free(off.hidden), free(off.pooled), free(split.hidden), free(split.pooled);
+  free(bad_attention.hidden), free(bad_attention.pooled), free(bad_small.hidden), free(bad_small.pooled);
   free(ids), free(cu);
   sn_acts_free(a);
   sn_tokens_free(&tok, &counting);
