@@ -1,6 +1,7 @@
 // Matmul through cuBLASLt (bf16 inputs and output, fp32 compute), with the bias fused into the
 // epilogue; the handle and workspace are created once and the descriptors and chosen algorithm are
-// cached per shape. Also: the fp32 GEMM the losses use, the bf16 x bf16 -> fp32 GEMM of the LM head's
+// cached per shape (with SN_MATMUL_AUTOTUNE=1, the fastest of cuBLASLt's first candidates, timed on
+// the first call of the shape, rather than its first pick). Also: the fp32 GEMM the losses use, the bf16 x bf16 -> fp32 GEMM of the LM head's
 // logits and gradients, and the deterministic bias gradient.
 //
 // Row-major ↔ column-major: a row-major (M, N) matrix is a column-major (N, M) one. So the
@@ -13,6 +14,17 @@
 #define MATMUL_CACHE_SIZE 256
 #define BIAS_BWD_THREADS 256
 #define BIAS_BWD_ROWS_PER_BLOCK 128
+// Autotuning: cuBLASLt's heuristic ranks algorithms by a model, not by a clock, and at the few-row
+// shapes of serving its first pick can be a split-K kernel plus a separate reduction. With
+// SN_MATMUL_AUTOTUNE=1 the first call of a shape times this many candidates, each run
+// AUTOTUNE_TIMED_RUNS times after one warm-up, and keeps the fastest. Off by default: the choice
+// depends on a clock, so two processes (two ranks of one run) could pick different algorithms and
+// round differently, and data-parallel replicas must stay bit-identical (dist/comm.h).
+#define AUTOTUNE_CANDIDATES 8
+#define AUTOTUNE_TIMED_RUNS 5
+// The timing writes a scratch output, not C (C may be accumulated into); above this size a shape is
+// a training-scale GEMM, whose heuristic pick is already good, and is not tuned.
+#define AUTOTUNE_MAX_OUTPUT_BYTES ((size_t)64 << 20)
 
 static cublasLtHandle_t lt_handle;
 static void *lt_workspace;
@@ -42,6 +54,64 @@ static matmul_plan plans[MATMUL_CACHE_SIZE];
 static int nplans;
 static int next_evict;  // packed batches change M every step: the cache is a ring, oldest out first
 
+// What a call multiplies: the autotuning runs the candidates on these (into a scratch output).
+typedef struct {
+  const void *A, *B, *bias;
+  float alpha, beta;
+} matmul_operands;
+
+static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
+
+static bool autotune_wanted(const matmul_key *key) {
+  static int enabled = -1;
+  if (enabled < 0) {
+    const char *v = getenv("SN_MATMUL_AUTOTUNE");
+    enabled = v && strcmp(v, "1") == 0;
+  }
+  if (!enabled || (size_t)key->M * key->ldc * element_bytes(key->ctype) > AUTOTUNE_MAX_OUTPUT_BYTES) return false;
+  cudaStreamCaptureStatus capturing;
+  cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
+  return capturing == cudaStreamCaptureStatusNone;  // nothing can be timed while a graph records
+}
+
+// The index of the fastest of the n candidates, timed on the call's operands into a scratch output.
+// A candidate cuBLASLt refuses at run time (its status) is skipped; the first one is known to run.
+static int fastest_candidate(const matmul_plan *p, const cublasLtMatmulHeuristicResult_t *cand, int n,
+                             const matmul_operands *op) {
+  const matmul_key *key = &p->key;
+  const size_t out_bytes = (size_t)key->M * key->ldc * element_bytes(key->ctype);
+  void *out = cuda_alloc(out_bytes);
+  cudaCheck(cudaMemsetAsync(out, 0, out_bytes, SN_STREAM));  // read when beta != 0
+  if (op->bias)
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &op->bias,
+                                               sizeof op->bias));
+  cudaEvent_t start, stop;
+  cudaCheck(cudaEventCreate(&start));
+  cudaCheck(cudaEventCreate(&stop));
+  int best = 0;
+  float best_ms = -1.0f;  // none timed yet
+  for (int i = 0; i < n; i++) {
+    if (cand[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    bool runs = true;
+    for (int r = 0; r <= AUTOTUNE_TIMED_RUNS && runs; r++) {  // run 0 warms up
+      if (r == 1) cudaCheck(cudaEventRecord(start, SN_STREAM));
+      runs = cublasLtMatmul(lt_handle, p->desc, &op->alpha, op->B, p->a_layout, op->A, p->b_layout, &op->beta,
+                            out, p->c_layout, out, p->c_layout, &cand[i].algo, lt_workspace,
+                            CUBLASLT_WORKSPACE_BYTES, SN_STREAM) == CUBLAS_STATUS_SUCCESS;
+    }
+    if (!runs) continue;
+    cudaCheck(cudaEventRecord(stop, SN_STREAM));
+    cudaCheck(cudaEventSynchronize(stop));
+    float ms;
+    cudaCheck(cudaEventElapsedTime(&ms, start, stop));
+    if (best_ms < 0.0f || ms < best_ms) best = i, best_ms = ms;
+  }
+  cudaCheck(cudaEventDestroy(start));
+  cudaCheck(cudaEventDestroy(stop));
+  cuda_free(out);
+  return best;
+}
+
 static void destroy_plan(matmul_plan *p) {
   cublasCheck(cublasLtMatrixLayoutDestroy(p->a_layout));
   cublasCheck(cublasLtMatrixLayoutDestroy(p->b_layout));
@@ -49,7 +119,7 @@ static void destroy_plan(matmul_plan *p) {
   cublasCheck(cublasLtMatmulDescDestroy(p->desc));
 }
 
-static matmul_plan *get_plan(const matmul_key *key) {
+static matmul_plan *get_plan(const matmul_key *key, const matmul_operands *operands) {
   for (int i = 0; i < nplans; i++)
     if (memcmp(&plans[i].key, key, sizeof *key) == 0) return &plans[i];
   lt_init();
@@ -102,17 +172,18 @@ static matmul_plan *get_plan(const matmul_key *key) {
     uint32_t a = (key->align_mask & bits[i]) ? 16 : (elem_f32 ? 4 : 2);
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &a, sizeof a));
   }
-  cublasLtMatmulHeuristicResult_t heur;
+  cublasLtMatmulHeuristicResult_t heur[AUTOTUNE_CANDIDATES];
   int found = 0;
   cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->a_layout, p->b_layout, p->c_layout,
-                                             p->c_layout, pref, 1, &heur, &found));
+                                             p->c_layout, pref, autotune_wanted(key) ? AUTOTUNE_CANDIDATES : 1,
+                                             heur, &found));
   cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
   if (found == 0) {
     fprintf(stderr, "error: %s:%d: no cuBLASLt algorithm for M=%d N=%d K=%d ta=%d tb=%d bias=%d\n", __FILE__,
             __LINE__, M, N, K, key->trans_a, key->trans_b, key->has_bias);
     exit(1);
   }
-  p->algo = heur.algo;
+  p->algo = heur[found > 1 ? fastest_candidate(p, heur, found, operands) : 0].algo;
   if (nplans < MATMUL_CACHE_SIZE) nplans++;
   return p;
 }
@@ -134,7 +205,8 @@ static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, int 
   key.has_bias = bias != NULL, key.accumulate = beta != 0.0f, key.dtype = dtype, key.ctype = ctype;
   key.align_mask = (aligned16(A) ? 1 : 0) | (aligned16(B) ? 2 : 0) |
                    (aligned16(C) && (!bias || aligned16(bias)) ? 4 : 0);
-  matmul_plan *p = get_plan(&key);
+  const matmul_operands operands = {A, B, bias, alpha, beta};
+  matmul_plan *p = get_plan(&key, &operands);
   if (bias)
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
   cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, B, p->a_layout, A, p->b_layout, &beta, C, p->c_layout,

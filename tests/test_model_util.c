@@ -1,6 +1,7 @@
 #include "test_model_util.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "common.h"
 
@@ -21,6 +22,27 @@ float sn_test_get_elem(const sn_model *m, const void *buf, size_t i) {
 
 void sn_test_set_weight(sn_model *m, size_t i, float v) {
   m->ops->upload_f32((char *)m->weights + i * m->ops->storage_size, &v, 1);
+}
+
+sn_model_config sn_test_tiny_config(sn_arch arch, int hidden, int heads, int kv_heads, int head_dim, int intermediate,
+                                    int max_positions) {
+  sn_model_config c;
+  memset(&c, 0, sizeof c);
+  c.arch = arch;
+  c.n_layers = 2;
+  c.hidden = hidden;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.intermediate = intermediate;
+  c.vocab = 50;
+  c.max_positions = max_positions;
+  c.type_vocab = 2;
+  c.rope_theta = 10000.0f;
+  c.norm_eps = 1e-6f;
+  c.bos_id = c.eos_id = c.pad_id = -1;
+  snprintf(c.hidden_act, sizeof c.hidden_act, "%s", arch == SN_ARCH_BERT ? "gelu" : "silu");
+  return c;
 }
 
 void sn_test_randomise(sn_model *m, sn_test_rng *rng, float matrix_std, float vector_std) {

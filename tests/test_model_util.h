@@ -13,6 +13,11 @@ float *sn_test_download(const sn_ops *ops, const void *src, size_t n);
 // Element i of a storage-dtype buffer of m (weights or grads), and a write of weight i.
 float sn_test_get_elem(const sn_model *m, const void *buf, size_t i);
 void sn_test_set_weight(sn_model *m, size_t i, float v);
+// A tiny tower of two layers and a vocabulary of 50 for model tests: the given widths, the family's
+// activation (GELU for BERT, SiLU otherwise), RoPE theta 1e4, norm eps 1e-6, 2 token types, no
+// biases, untied, no special tokens. Tests set what they vary on the result.
+sn_model_config sn_test_tiny_config(sn_arch arch, int hidden, int heads, int kv_heads, int head_dim, int intermediate,
+                                    int max_positions);
 // Test-only edit of m's weights: matrices N(0, matrix_std), 1-D tensors (norm weights, biases)
 // jittered by N(0, vector_std).
 void sn_test_randomise(sn_model *m, sn_test_rng *rng, float matrix_std, float vector_std);

@@ -315,8 +315,7 @@ int main(int argc, char **argv) {
     char what[512];
     snprintf(what, sizeof what, "%s (lines %d-%d)", args.input, seqs.lines[b0], seqs.lines[b1 - 1]);
     sn_tokens_upload(&tok, ops, seqs.ids + seqs.starts[b0], cu, B, c->vocab, what);
-    const void *hidden = sn_model_forward(m, acts, &tok, 0);
-    sn_model_pool(m, acts, &tok, hidden, pooling, args.normalize, pooled);
+    sn_model_embed(m, acts, &tok, pooling, args.normalize, pooled);
     ops->download(out + (size_t)b0 * D, pooled, (size_t)B * D * sizeof(float));
   }
   ops->synchronize();

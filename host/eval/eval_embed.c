@@ -152,8 +152,7 @@ int sn_embedder_dim(const sn_embedder *e) { return e->dim; }
 // The ops of one batch after its upload: forward, pool (project, normalise) into e->pooled.
 static void forward_and_pool(void *ctx) {
   sn_embedder *e = ctx;
-  const void *hidden = sn_model_forward(e->m, e->acts, &e->tb, 0);
-  sn_model_pool(e->m, e->acts, &e->tb, hidden, (sn_pooling)e->pooling, e->normalize, e->pooled);
+  sn_model_embed(e->m, e->acts, &e->tb, (sn_pooling)e->pooling, e->normalize, e->pooled);
 }
 
 // n sequences (each 1..max_len tokens of the vocabulary) → out (n, dim): sorted by length so each

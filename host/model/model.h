@@ -159,6 +159,16 @@ void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void
 void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hidden,
                    sn_pooling pooling, int normalize, float *out);
 
+// Inference embeddings of a batch, what sn_model_forward (for_backward = 0) then sn_model_pool give,
+// in one call that may skip work they do not need: a decoder pooled at one token a sequence (last or
+// cls) runs its last block's o_proj, MLP and final norm on those B rows only (causal attention: no
+// other row's output reaches them). The same embeddings bit for bit on the CPU; on CUDA the GEMMs of
+// B rows may pick other cuBLASLt kernels than those of T rows (the bf16 band). The hidden state is
+// not left in a: use forward + pool to read it. Not pruned: mean pooling, BERT, and LoRA dropout on
+// (sn_lora_set_dropout: its mask is drawn by element index).
+void sn_model_embed(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, int normalize,
+                    float *out);
+
 // Pooling names, parsed here only: "last" | "mean" | "cls" ("first" is accepted as an alias of
 // cls, which pools the first token). 0 with *out set, or -1 for an unknown name.
 int sn_pooling_parse(const char *name, sn_pooling *out);

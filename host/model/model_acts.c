@@ -179,7 +179,7 @@ const void *sn_model_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
   check_batch(m, a, tok);
   if (for_backward) alloc_backward_slots(a);
   a->last_forward_backward = for_backward;
-  return sn_arch_is_decoder(m->cfg.arch) ? sn_decoder_forward(m, a, tok, for_backward)
+  return sn_arch_is_decoder(m->cfg.arch) ? sn_decoder_forward(m, a, tok, for_backward, NULL)
                                          : sn_encoder_forward(m, a, tok, for_backward);
 }
 
@@ -199,13 +199,12 @@ void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void
 
 const void *sn_model_pool_raw(const sn_acts *a) { return a->proj_dim ? a->projected : a->pooled; }
 
-void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hidden,
-                   sn_pooling pooling, int normalize, float *out) {
-  check_batch(m, a, tok);
+// From the pooled rows a->pooled (B, C): the projection when the model has one, then out (B, width)
+// fp32, L2-normalised or not.
+static void pooled_to_embeddings(sn_model *m, sn_acts *a, int B, int normalize, float *out) {
   const struct sn_model_layout *lay = m->layout;
-  const int B = tok->B, C = m->cfg.hidden;
+  const int C = m->cfg.hidden;
   if (a->proj_dim != lay->proj_dim) sn_fatal("activation workspace was made before the projection was added");
-  m->ops->pool_forward(a->pooled, hidden, tok->cu_seqlens, B, tok->T, C, pooling);  // (B, C)
   const void *emb = a->pooled;
   int width = C;
   if (lay->proj_dim) {  // (B, P) = pooled @ W^T + b
@@ -218,6 +217,30 @@ void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hi
     m->ops->l2norm_forward(out, a->pool_norm, emb, B, width);
   else
     m->ops->storage_to_f32(out, emb, (size_t)B * width);
+}
+
+void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hidden,
+                   sn_pooling pooling, int normalize, float *out) {
+  check_batch(m, a, tok);
+  m->ops->pool_forward(a->pooled, hidden, tok->cu_seqlens, tok->B, tok->T, m->cfg.hidden, pooling);  // (B, C)
+  pooled_to_embeddings(m, a, tok->B, normalize, out);
+}
+
+void sn_model_embed(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, int normalize,
+                    float *out) {
+  const int one_row_a_sequence = pooling == SN_POOL_LAST || pooling == SN_POOL_FIRST;
+  // LoRA dropout while training (the gradient cache's first pass) draws its mask by element index:
+  // on B gathered rows it would not be the mask the re-run with gradients draws on T rows.
+  const int dropout_by_row = m->lora && a->lora_dropout_on;
+  if (!sn_arch_is_decoder(m->cfg.arch) || !one_row_a_sequence || tok->T == tok->B || dropout_by_row) {
+    sn_model_pool(m, a, tok, sn_model_forward(m, a, tok, 0), pooling, normalize, out);
+    return;
+  }
+  check_batch(m, a, tok);
+  a->last_forward_backward = 0;
+  const sn_pooled_rows pooled = {pooling, a->pooled};
+  sn_decoder_forward(m, a, tok, 0, &pooled);  // (B, C) into a->pooled
+  pooled_to_embeddings(m, a, tok->B, normalize, out);
 }
 
 void sn_model_pool_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,

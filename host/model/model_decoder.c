@@ -33,32 +33,75 @@ static void decoder_attention(const sn_model *m, const sn_tokens *tok, sn_layer_
   }
 }
 
-// Block l up to the MLP's activation, from its input h and norm_in = rmsnorm(h) (already in s):
-//   qkv, rope, attention, o_proj; x = h + o; norm_mid = rmsnorm(x); ff_in = gate|up; ff_act = swiglu.
-// The forward then adds down(ff_act); the recomputing backward needs no more than this.
+// Block l's attention half, from norm_in = rmsnorm(h) (already in s): qkv, then rope + attention.
 // short_attention (inference, sn_short_attention_path): rope and attention in one op, qkv unrotated.
-static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int l, sn_layer_acts *s,
-                             const void *h, int short_attention) {
+static void block_attention(sn_model *m, sn_acts *a, const sn_tokens *tok, int l, sn_layer_acts *s,
+                            int short_attention) {
+  const sn_layer_params *p = &m->layout->layers[l];
+  const int T = tok->T;
+  // one fused q|k|v projection (biases adjacent too)
+  sn_linear_forward(m->ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, m->cfg.hidden,
+                    m->layout->qkv_dim);  // (T, (Hq + 2Hkv) D)
+  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_QKV, s->qkv, s->norm_in, T);
+  decoder_attention(m, tok, s, short_attention);  // (T, Hq D)
+}
+
+// Block l from its attention output att and its input h, on `rows` rows: o_proj; x = h + o;
+// norm_mid = rmsnorm(x); ff_in = gate|up; ff_act = swiglu. The forward then adds down(ff_act).
+static void block_mlp_act(sn_model *m, sn_acts *a, int l, sn_layer_acts *s, const void *att, const void *h,
+                          int rows) {
   const sn_ops *ops = m->ops;
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
   const sn_layer_params *p = &lay->layers[l];
-  const int T = tok->T, C = c->hidden, I = c->intermediate;
-  // attention: one fused q|k|v projection (biases adjacent too), RoPE in place
-  sn_linear_forward(ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, C,
-                    lay->qkv_dim);  // (T, (Hq + 2Hkv) D)
-  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_QKV, s->qkv, s->norm_in, T);
-  decoder_attention(m, tok, s, short_attention);  // (T, Hq D)
-  sn_linear_forward(ops, a->proj, s->att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), T, lay->attn_dim,
-                    C);  // (T, C)
-  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_O, a->proj, s->att, T);
-  ops->add_rmsnorm_forward(s->x, s->norm_mid, s->rstd_mid, h, a->proj, sn_wptr(m, p->norm_mlp_w), T, C,
+  const int C = c->hidden, I = c->intermediate;
+  sn_linear_forward(ops, a->proj, att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), rows, lay->attn_dim,
+                    C);  // (rows, C)
+  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_O, a->proj, att, rows);
+  ops->add_rmsnorm_forward(s->x, s->norm_mid, s->rstd_mid, h, a->proj, sn_wptr(m, p->norm_mlp_w), rows, C,
                            c->norm_eps);
   // MLP: fused gate|up projection, SwiGLU
-  sn_linear_forward(ops, s->ff_in, s->norm_mid, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), T, C,
-                    2 * I);  // (T, 2I)
-  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_GATE_UP, s->ff_in, s->norm_mid, T);
-  ops->swiglu_forward(s->ff_act, s->ff_in, T, I);  // (T, I)
+  sn_linear_forward(ops, s->ff_in, s->norm_mid, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), rows, C,
+                    2 * I);  // (rows, 2I)
+  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_GATE_UP, s->ff_in, s->norm_mid, rows);
+  ops->swiglu_forward(s->ff_act, s->ff_in, rows, I);  // (rows, I)
+}
+
+// a->proj (rows, C) = down(ff_act) of block l.
+static void block_down(sn_model *m, sn_acts *a, int l, sn_layer_acts *s, int rows) {
+  const sn_layer_params *p = &m->layout->layers[l];
+  const int C = m->cfg.hidden, I = m->cfg.intermediate;
+  sn_linear_forward(m->ops, a->proj, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), rows, I, C);
+  if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_DOWN, a->proj, s->ff_act, rows);
+}
+
+// Block l up to the MLP's activation, from its input h and norm_in = rmsnorm(h) (already in s); the
+// recomputing backward needs no more than this.
+static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int l, sn_layer_acts *s,
+                             const void *h, int short_attention) {
+  block_attention(m, a, tok, l, s, short_attention);
+  block_mlp_act(m, a, l, s, s->att, h, tok->T);
+}
+
+// The last block of an inference forward that is pooled at one token a sequence (pooling last or
+// cls): every row's keys and values are needed, so the attention half runs on all T rows, but with
+// causal attention no row reads another's attention output, so o_proj, the MLP and the final norm run
+// on the B pooled rows only, gathered from the attention output and the block's input h. They go
+// out (B, C) in sequence order: the pooled rows, ~1/L of the forward's work less at T >> B.
+static void last_block_pooled_rows(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_layer_acts *s, void *h,
+                                   sn_pooling pooling, int short_attention, void *out) {
+  const sn_ops *ops = m->ops;
+  const int B = tok->B, T = tok->T, C = m->cfg.hidden, l = m->cfg.n_layers - 1;
+  block_attention(m, a, tok, l, s, short_attention);
+  // Both gathers go to buffers the attention half is done with: qkv for att's rows, norm_in for h's.
+  void *att_rows = s->qkv, *h_rows = s->norm_in;
+  ops->pool_forward(att_rows, s->att, tok->cu_seqlens, B, T, m->layout->attn_dim, pooling);  // (B, Hq D)
+  ops->pool_forward(h_rows, h, tok->cu_seqlens, B, T, C, pooling);                           // (B, C)
+  block_mlp_act(m, a, l, s, att_rows, h_rows, B);
+  block_down(m, a, l, s, B);
+  // the residual sum goes back into h's first B rows: nothing reads h after this forward
+  ops->add_rmsnorm_forward(h, out, a->rstd_final, s->x, a->proj, sn_wptr(m, m->layout->final_norm_w), B, C,
+                           m->cfg.norm_eps);
 }
 
 // The inference forward of a small batch (sn_small_batch_path), from h = embed(ids): the same
@@ -91,29 +134,39 @@ static const void *decoder_forward_small(sn_model *m, sn_acts *a, const sn_token
   return a->out;
 }
 
-const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward) {
+// pooled->out (B, C) = the pooled rows of hidden (T, C).
+static const void *pool_rows(const sn_model *m, const sn_tokens *tok, const void *hidden,
+                             const sn_pooled_rows *pooled) {
+  m->ops->pool_forward(pooled->out, hidden, tok->cu_seqlens, tok->B, tok->T, m->cfg.hidden, pooled->pooling);
+  return pooled->out;
+}
+
+const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward,
+                               const sn_pooled_rows *pooled) {
   const sn_ops *ops = m->ops;
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
-  const int T = tok->T, C = c->hidden, I = c->intermediate, L = c->n_layers;
+  const int T = tok->T, C = c->hidden, L = c->n_layers;
 
   void *h0 = sn_acts_hidden(a, 0, for_backward);
   ops->embedding_forward(h0, tok->ids, sn_wptr(m, lay->tok_embed), T, C, 0);  // (T, C)
   if (L == 0) {
     ops->rmsnorm_forward(a->out, a->rstd_final, h0, sn_wptr(m, lay->final_norm_w), T, C, c->norm_eps);
-    return a->out;
+    return pooled ? pool_rows(m, tok, a->out, pooled) : a->out;
   }
-  if (sn_small_batch_path(m, tok, for_backward)) return decoder_forward_small(m, a, tok, h0);
+  if (sn_small_batch_path(m, tok, for_backward)) {
+    const void *out = decoder_forward_small(m, a, tok, h0);
+    return pooled ? pool_rows(m, tok, out, pooled) : out;
+  }
   const int short_attention = sn_short_attention_path(m, tok, for_backward);
   sn_layer_acts *first = sn_acts_layer(a, 0, for_backward);
   ops->rmsnorm_forward(first->norm_in, first->rstd_in, h0, sn_wptr(m, lay->layers[0].norm_attn_w),
                        T, C, c->norm_eps);
-  for (int l = 0; l < L; l++) {
-    const sn_layer_params *p = &lay->layers[l];
+  const int last_full = pooled ? L - 1 : L;  // blocks run on every row
+  for (int l = 0; l < last_full; l++) {
     sn_layer_acts *s = sn_acts_layer(a, l, for_backward);
     block_to_mlp_act(m, a, tok, l, s, sn_acts_hidden(a, l, for_backward), short_attention);
-    sn_linear_forward(ops, a->proj, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), T, I, C);
-    if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_DOWN, a->proj, s->ff_act, T);
+    block_down(m, a, l, s, T);
     // residual + the next norm: the next block's input norm, or the final norm
     void *h_next = sn_acts_hidden(a, l + 1, for_backward);
     if (l + 1 < L) {
@@ -125,7 +178,10 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
                                sn_wptr(m, lay->final_norm_w), T, C, c->norm_eps);
     }
   }
-  return a->out;
+  if (!pooled) return a->out;
+  last_block_pooled_rows(m, a, tok, sn_acts_layer(a, L - 1, 0), sn_acts_hidden(a, L - 1, 0), pooled->pooling,
+                         short_attention, pooled->out);
+  return pooled->out;
 }
 
 void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden) {

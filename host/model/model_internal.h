@@ -177,8 +177,18 @@ static inline void *sn_acts_hidden(sn_acts *a, int l, int for_backward) {
   return a->hidden[for_backward ? l : 0];
 }
 
-// The passes (tok already checked; a sized for tok).
-const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
+// An inference forward that ends at the pooled rows (sn_model_embed): the pooling, last or cls (one
+// token a sequence), and where its (B, C) rows go (storage dtype).
+typedef struct {
+  sn_pooling pooling;
+  void *out;
+} sn_pooled_rows;
+
+// The passes (tok already checked; a sized for tok). A decoder's forward with pooled (inference
+// only) returns pooled->out, the pooled rows of the final hidden state, and computes no more of the
+// last block than they need; without, the final hidden state (T, C).
+const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward,
+                               const sn_pooled_rows *pooled);
 void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
 const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
 void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);

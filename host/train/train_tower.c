@@ -52,8 +52,10 @@ void sn_runner_forward(sn_tower_runner *r, const int32_t *ids, const int32_t *cu
     sn_fatal("%s: batch of %d sequences / %d tokens exceeds the planned %d / %d", what, n,
              cu_seqlens[n], r->max_seqs, r->max_tokens);
   sn_tokens_upload(&r->tok, r->ops, ids, cu_seqlens, n, m->cfg.vocab, what);
-  const void *hidden = sn_model_forward(m, r->acts, &r->tok, for_backward);  // (T, C)
-  sn_model_pool(m, r->acts, &r->tok, hidden, r->pooling, 1, emb);           // (n, out_dim)
+  if (for_backward)
+    sn_model_pool(m, r->acts, &r->tok, sn_model_forward(m, r->acts, &r->tok, 1), r->pooling, 1, emb);  // (n, out_dim)
+  else
+    sn_model_embed(m, r->acts, &r->tok, r->pooling, 1, emb);
 }
 
 void sn_runner_backward(sn_tower_runner *r, const float *d_emb, const float *emb,

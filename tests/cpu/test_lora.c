@@ -37,23 +37,9 @@ static const int SEQ_LENS[] = {1, 4, 9};
 #define NSEQ ((int)SN_ARRAY_LEN(SEQ_LENS))
 
 static sn_model_config tiny_qwen2(void) {
-  sn_model_config c;
-  memset(&c, 0, sizeof c);
-  c.arch = SN_ARCH_QWEN2;
-  c.n_layers = 2;
-  c.hidden = 32;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 8;
-  c.intermediate = 48;
-  c.vocab = 50;
-  c.max_positions = 32;
+  sn_model_config c = sn_test_tiny_config(SN_ARCH_QWEN2, 32, 4, 2, 8, 48, 32);
   c.attn_bias = 1;
   c.tie_embeddings = 1;
-  c.rope_theta = 10000.0f;
-  c.norm_eps = 1e-6f;
-  c.bos_id = c.eos_id = c.pad_id = -1;
-  snprintf(c.hidden_act, sizeof c.hidden_act, "silu");
   return c;
 }
 

@@ -28,25 +28,7 @@
 static const int SEQ_LENS[] = {1, 4, 9};
 #define NSEQ ((int)SN_ARRAY_LEN(SEQ_LENS))
 
-static sn_model_config base_config(sn_arch arch) {
-  sn_model_config c;
-  memset(&c, 0, sizeof c);
-  c.arch = arch;
-  c.n_layers = 2;
-  c.hidden = 32;
-  c.n_heads = 4;
-  c.n_kv_heads = 4;
-  c.head_dim = 8;
-  c.intermediate = 48;
-  c.vocab = 50;
-  c.max_positions = 32;
-  c.type_vocab = 2;
-  c.rope_theta = 10000.0f;
-  c.norm_eps = 1e-6f;
-  c.bos_id = c.eos_id = c.pad_id = -1;
-  snprintf(c.hidden_act, sizeof c.hidden_act, "%s", arch == SN_ARCH_BERT ? "gelu" : "silu");
-  return c;
-}
+static sn_model_config base_config(sn_arch arch) { return sn_test_tiny_config(arch, 32, 4, 4, 8, 48, 32); }
 
 typedef struct {
   const char *label;

@@ -137,24 +137,9 @@ static void counting_attention_rope(void *out, const void *qkv, const int32_t *p
 }
 
 static sn_model_config tower_config(sn_arch arch) {
-  sn_model_config c;
-  memset(&c, 0, sizeof c);
-  c.arch = arch;
-  c.n_layers = 2;
-  c.hidden = 64;
-  c.n_heads = 4;
-  c.n_kv_heads = arch == SN_ARCH_BERT ? 4 : 2;
-  c.head_dim = 16;
-  c.intermediate = 96;
-  c.vocab = 50;
-  c.max_positions = 160;
-  c.type_vocab = 2;
-  c.rope_theta = 10000.0f;
-  c.norm_eps = 1e-6f;
+  sn_model_config c = sn_test_tiny_config(arch, 64, 4, arch == SN_ARCH_BERT ? 4 : 2, 16, 96, 160);
   c.attn_bias = 1;
   c.mlp_bias = arch == SN_ARCH_BERT;
-  c.bos_id = c.eos_id = c.pad_id = -1;
-  snprintf(c.hidden_act, sizeof c.hidden_act, "%s", arch == SN_ARCH_BERT ? "gelu" : "silu");
   return c;
 }
 
