@@ -24,6 +24,18 @@ void sn_test_set_weight(sn_model *m, size_t i, float v) {
   m->ops->upload_f32((char *)m->weights + i * m->ops->storage_size, &v, 1);
 }
 
+const sn_ops *sn_test_backend_from_args(int argc, char **argv, const char *program) {
+  if (argc < 2) return sn_ops_cpu();
+  if (argc > 2 || strcmp(argv[1], "cuda") != 0) {
+    fprintf(stderr, "usage: %s [cuda]\n", program);
+    exit(2);
+  }
+  const char *why = NULL;
+  const sn_ops *cuda = sn_ops_cuda(&why);
+  if (!cuda) sn_test_skip(why ? why : "no CUDA backend");
+  return cuda;
+}
+
 sn_model_config sn_test_tiny_config(sn_arch arch, int hidden, int heads, int kv_heads, int head_dim, int intermediate,
                                     int max_positions) {
   sn_model_config c;

@@ -8,6 +8,9 @@
 #include "npy.h"
 #include "test_util.h"
 
+// The backend a model test runs on, from its arguments: none → the CPU; "cuda" → the CUDA backend,
+// or a skip (exit 77) without one; anything else → usage on stderr and exit 2.
+const sn_ops *sn_test_backend_from_args(int argc, char **argv, const char *program);
 // Host fp32 copy of n storage-dtype elements at src (backend memory). Caller frees.
 float *sn_test_download(const sn_ops *ops, const void *src, size_t n);
 // Element i of a storage-dtype buffer of m (weights or grads), and a write of weight i.

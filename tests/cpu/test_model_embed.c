@@ -126,15 +126,7 @@ static void check_case(const sn_ops *backend, const embed_case *ec, const int *l
 
 int main(int argc, char **argv) {
   sn_test_rng_seed(&rng, 20261206);
-  const sn_ops *backend = sn_ops_cpu();
-  if (argc > 1 && !strcmp(argv[1], "cuda")) {
-    const char *why = NULL;
-    backend = sn_ops_cuda(&why);
-    if (!backend) sn_test_skip(why ? why : "no CUDA backend");
-  } else if (argc > 1) {
-    fprintf(stderr, "usage: test_model_embed [cuda]\n");
-    return 2;
-  }
+  const sn_ops *backend = sn_test_backend_from_args(argc, argv, "test_model_embed");
   const embed_case cases[] = {
       {"qwen2 last", SN_ARCH_QWEN2, 0, 0, 0, SN_POOL_LAST, 1, "0"},
       {"qwen2 cls, raw", SN_ARCH_QWEN2, 0, 0, 0, SN_POOL_FIRST, 0, "0"},

@@ -249,15 +249,7 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
 
 int main(int argc, char **argv) {
   sn_test_rng_seed(&rng, 20261206);
-  const sn_ops *backend = sn_ops_cpu();
-  if (argc > 1 && !strcmp(argv[1], "cuda")) {
-    const char *why = NULL;
-    backend = sn_ops_cuda(&why);
-    if (!backend) sn_test_skip(why ? why : "no CUDA backend");
-  } else if (argc > 1) {
-    fprintf(stderr, "usage: test_small_batch [cuda]\n");
-    return 2;
-  }
+  const sn_ops *backend = sn_test_backend_from_args(argc, argv, "test_small_batch");
   if (backend == sn_ops_cpu()) {
     const int shapes[][3] = {{1, 13, 40}, {7, 72, 64}, {33, 24, 8}, {SN_LINEAR_SMALL_MAX_ROWS, 9, 136}};
     for (size_t s = 0; s < SN_ARRAY_LEN(shapes); s++)
