@@ -36,6 +36,19 @@ const sn_ops *sn_test_backend_from_args(int argc, char **argv, const char *progr
   return cuda;
 }
 
+int sn_test_random_tokens(sn_tokens *tok, const sn_ops *ops, const int *lens, int B, int vocab, sn_test_rng *rng) {
+  int32_t *cu = mallocCheck((size_t)(B + 1) * sizeof(int32_t));
+  cu[0] = 0;
+  for (int b = 0; b < B; b++) cu[b + 1] = cu[b] + lens[b];
+  const int T = cu[B];
+  int32_t *ids = mallocCheck((size_t)(T ? T : 1) * sizeof(int32_t));
+  for (int t = 0; t < T; t++) ids[t] = (int)(sn_test_uniform(rng) * vocab) % vocab;
+  sn_tokens_alloc(tok, ops, T, B);
+  sn_tokens_upload(tok, ops, ids, cu, B, vocab, "test tokens");
+  free(ids), free(cu);
+  return T;
+}
+
 sn_model_config sn_test_tiny_config(sn_arch arch, int hidden, int heads, int kv_heads, int head_dim, int intermediate,
                                     int max_positions) {
   sn_model_config c;

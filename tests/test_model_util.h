@@ -11,6 +11,9 @@
 // The backend a model test runs on, from its arguments: none → the CPU; "cuda" → the CUDA backend,
 // or a skip (exit 77) without one; anything else → usage on stderr and exit 2.
 const sn_ops *sn_test_backend_from_args(int argc, char **argv, const char *program);
+// tok allocated on ops and filled with B packed sequences of lens[b] random ids below vocab; returns
+// the token count T. Free with sn_tokens_free.
+int sn_test_random_tokens(sn_tokens *tok, const sn_ops *ops, const int *lens, int B, int vocab, sn_test_rng *rng);
 // Host fp32 copy of n storage-dtype elements at src (backend memory). Caller frees.
 float *sn_test_download(const sn_ops *ops, const void *src, size_t n);
 // Element i of a storage-dtype buffer of m (weights or grads), and a write of weight i.

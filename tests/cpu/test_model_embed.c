@@ -74,15 +74,8 @@ static void check_case(const sn_ops *backend, const embed_case *ec, const int *l
     m = sn_lora_tower(base, lora);
   }
   if (ec->proj) m = sn_model_add_projection(m, PROJ_DIM, 9);
-  int32_t *cu = mallocCheck((size_t)(B + 1) * sizeof(int32_t));
-  cu[0] = 0;
-  for (int b = 0; b < B; b++) cu[b + 1] = cu[b] + lens[b];
-  const int T = cu[B], width = sn_model_out_dim(m);
-  int32_t *ids = mallocCheck((size_t)T * sizeof(int32_t));
-  for (int t = 0; t < T; t++) ids[t] = (int)(sn_test_uniform(&rng) * cfg.vocab) % cfg.vocab;
   sn_tokens tok;
-  sn_tokens_alloc(&tok, &counting, T, B);
-  sn_tokens_upload(&tok, &counting, ids, cu, B, cfg.vocab, "test tokens");
+  const int T = sn_test_random_tokens(&tok, &counting, lens, B, cfg.vocab, &rng), width = sn_model_out_dim(m);
   sn_acts *a = sn_acts_new(m, T, B);
   float *dev = counting.alloc((size_t)B * width * sizeof(float));
   setenv("SN_SMALL_BATCH", ec->small_batch, 1);
@@ -115,7 +108,7 @@ static void check_case(const sn_ops *backend, const embed_case *ec, const int *l
     printf("%s T=%d B=%d on %s: sn_model_embed vs forward + pool: rel err %.3g\n", ec->label, T, B, backend->name,
            err);
   }
-  free(want), free(got), free(ids), free(cu);
+  free(want), free(got);
   counting.free(dev);
   sn_acts_free(a);
   sn_tokens_free(&tok, &counting);

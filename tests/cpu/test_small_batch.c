@@ -183,15 +183,8 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   sn_model_config cfg = tower_config(arch);
   sn_model *m = sn_model_new(&cfg, &counting, 77 + (uint64_t)arch);
   sn_test_randomise(m, &rng, 0.1f, 0.1f);  // biases and norm weights away from 0 and 1
-  int32_t *cu = mallocCheck((size_t)(B + 1) * sizeof(int32_t));
-  cu[0] = 0;
-  for (int b = 0; b < B; b++) cu[b + 1] = cu[b] + lens[b];
-  const int T = cu[B];
-  int32_t *ids = mallocCheck((size_t)T * sizeof(int32_t));
-  for (int t = 0; t < T; t++) ids[t] = (int)(sn_test_uniform(&rng) * cfg.vocab) % cfg.vocab;
   sn_tokens tok;
-  sn_tokens_alloc(&tok, &counting, T, B);
-  sn_tokens_upload(&tok, &counting, ids, cu, B, cfg.vocab, "test tokens");
+  const int T = sn_test_random_tokens(&tok, &counting, lens, B, cfg.vocab, &rng);
   sn_acts *a = sn_acts_new(m, T, B);
   encoded off = encode(m, a, &tok, "0");
   setenv("SN_SHORT_ATTENTION", "1", 1);  // linear_small and the fused rope + attention
@@ -241,7 +234,6 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   }
   free(on.hidden), free(on.pooled), free(off.hidden), free(off.pooled), free(split.hidden), free(split.pooled);
   free(bad_attention.hidden), free(bad_attention.pooled), free(bad_small.hidden), free(bad_small.pooled);
-  free(ids), free(cu);
   sn_acts_free(a);
   sn_tokens_free(&tok, &counting);
   sn_model_free(m);
