@@ -815,6 +815,8 @@ int main(int argc, char **argv) {
   bench_attention_rope(4, 64, 14, 2, 64, 1);    // SN_SHORT_ATTENTION_MAX_TOKEN_KEYS (16384)
   bench_attention_rope(1, 128, 14, 2, 64, 1);   // the same work, one sequence
   bench_attention_rope(64, 128, 14, 2, 64, 1);  // far past it: where the flash kernel should win
+  bench_attention(1, 32, 14, 2, 64, 1);   // a 0.5B query
+  bench_attention(64, 32, 14, 2, 64, 1);  // a batch of 64 of them
   bench_attention(128, 128, 14, 2, 64, 1);
   bench_attention(32, 512, 12, 2, 128, 1);
   bench_attention(8, 2048, 14, 2, 64, 1);

@@ -602,6 +602,12 @@ int main(int argc, char **argv) {
     check_rope_attention(l3, 4, 28, 4, 128, 1);  // Qwen2.5-7B heads (GQA 7)
     check_rope_attention(l3, 4, 40, 8, 128, 1);  // Qwen2.5-14B heads (GQA 5)
     check_rope_attention(l3, 4, 32, 8, 128, 1);  // Llama-3-8B heads (GQA 4)
+    // Queries: at most 16 or 32 tokens take forward blocks of one or two warps.
+    int l7[] = {32, 5, 17}, l8[] = {16, 1, 9};
+    check_rope_attention(l7, 3, 14, 2, 64, 1);
+    check_rope_attention(l7, 3, 6, 6, 64, 0);
+    check_rope_attention(l8, 3, 12, 2, 128, 1);
+    check_rope_attention(l8, 3, 4, 4, 128, 0);
     // Past BWD_WIDE_MIN_SEQLEN: the 128-key backward blocks (128 query rows a step at D = 64).
     int l6[] = {600, 37, 129};
     check_rope_attention(l6, 3, 14, 2, 64, 1);
