@@ -197,6 +197,11 @@ __global__ void __launch_bounds__(WARPS * WARP_SIZE, fwd_min_blocks<D>::N) atten
 // ---- launchers ---------------------------------------------------------------------------------------------
 // Forward warps per block (16 query rows each). 8 warps (128 rows sharing each K/V tile) measured
 // slower at every benchmark shape (e.g. 245 vs 224 us at L=512 D=128, 28.5 vs 17.0 us at L=32).
+// Fewer for short sequences did not pay either (H100, 2026-12-06, docs/gpu_notes.md): blocks of one
+// or two warps with one K/V stage when every sequence has at most 16 or 32 tokens took 64 queries
+// of 32 tokens from 12.8 to 10.4 us but one query from 6.7 to 7.3, and the encoder end to end no
+// faster (0.5B batch 1 0.957 against 0.948 ms, batch 64 3.25 against 3.27, student batch 64 0.328
+// against 0.318).
 #define ATTN_FWD_WARPS 4
 template <int D>
 static size_t fwd_smem(void) {
