@@ -69,6 +69,8 @@ static bool autotune_wanted(const matmul_key *key) {
   if (enabled < 0) {
     const char *v = getenv("SN_MATMUL_AUTOTUNE");
     enabled = v && strcmp(v, "1") == 0;
+    if (v && !enabled && strcmp(v, "0") != 0)  // as host/model/model.c's switches: warned once, read as 0
+      fprintf(stderr, "warning: environment variable SN_MATMUL_AUTOTUNE='%s' is neither 0 nor 1; read as 0\n", v);
   }
   if (!enabled || (size_t)key->M * key->ldc * element_bytes(key->ctype) > AUTOTUNE_MAX_OUTPUT_BYTES) return false;
   cudaStreamCaptureStatus capturing;
