@@ -183,6 +183,9 @@ typedef struct sn_embedder sn_embedder;
 sn_embedder *sn_embedder_new(sn_model *m, const sn_tokenizer *tok, const sn_embedder_opts *o, char *err,
                              size_t errlen);
 void sn_embedder_free(sn_embedder *e);
+// The backend bytes sn_embedder_new allocates for m (the memory plan): the inference workspace of
+// `batch` sequences of up to max_len tokens, their token buffers and the pooled fp32 rows.
+size_t sn_embedder_plan_bytes(const sn_model *m, int batch, int max_len);
 // Width of the rows it writes: sn_eval_embedding_dim of its tower.
 int sn_embedder_dim(const sn_embedder *e);
 // n items (titles may be NULL) → out (n, dim) fp32 host memory, tokenized and batched as

@@ -129,6 +129,12 @@ sn_embedder *sn_embedder_new(sn_model *m, const sn_tokenizer *tok, const sn_embe
   return e;
 }
 
+size_t sn_embedder_plan_bytes(const sn_model *m, int batch, int max_len) {
+  const int max_tokens = batch * max_len;
+  return sn_model_plan_acts_bytes(m, max_tokens, batch, 0, SN_RECOMPUTE_NONE) + sn_tokens_bytes(max_tokens, batch) +
+         (size_t)batch * sn_eval_embedding_dim(m) * sizeof(float);
+}
+
 void sn_embedder_free(sn_embedder *e) {
   if (!e) return;
   const sn_ops *ops = e->m->ops;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "eval.h"
 #include "train_internal.h"
 
 // Free memory the plan may fill: the rest is for what it does not count (allocator rounding,
@@ -60,10 +61,8 @@ static void eval_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops 
   sn_plan_phase *ph = sn_plan_phase_new(p, "evaluation", -1);
   sn_plan_add(ph, "weights", 2 * m->num_elements * ops->storage_size, "query and document towers, %.3gB each",
               (double)m->num_elements / 1e9);
-  sn_plan_add(ph, "activations",
-              sn_model_plan_acts_bytes(m, batch * len, batch, 0, SN_RECOMPUTE_NONE) +
-                  sn_tokens_bytes(batch * len, batch) + (size_t)batch * mc.hidden * sizeof(float),
-              "inference, %d sequences x %d tokens", batch, len);
+  sn_plan_add(ph, "activations", sn_embedder_plan_bytes(m, batch, len), "inference, %d sequences x %d tokens", batch,
+              len);
   sn_model_free(m);
 }
 

@@ -12,6 +12,7 @@
 
 #include "common.h"
 #include "counter_rng.h"
+#include "eval.h"
 #include "model_lora.h"
 #include "train_internal.h"
 
@@ -299,6 +300,12 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
               buffers_init(&counted, NULL, sn_model_out_dim(m), Bq, Nd, Bq * world, Nd * world,
                            SN_MAX(chunk_q, chunk_d), s1->kd_weight > 0),  // as sn_train_stage1 sizes them
               "%d queries x %d documents per rank", Bq, Nd);
+  if (s1->mine.every_steps > 0 || s1->mine.rounds > 0) {  // while the training buffers stay allocated
+    const int batch = cfg->eval.batch, len = SN_MAX(len_q, len_d);
+    sn_plan_add(ph, "mining embedder", sn_embedder_plan_bytes(tower, batch, len),
+                "a mining round's encode batch, %d x %d tokens (its search buffers, which grow with the "
+                "examples and the corpus, are not counted)", batch, len);
+  }
   sn_workspace_shape ws = {.max_tokens = SN_MAX(chunk_q * len_q, chunk_d * len_d),
                            .n_heads = mc.n_heads, .head_dim = mc.head_dim, .widest = sn_model_widest_row(m),
                            .loss_rows = Bq, .loss_cols = SN_MAX(Nd_all, Bq_all),

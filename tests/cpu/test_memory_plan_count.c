@@ -1,7 +1,8 @@
 // The memory plan's arithmetic against a hand count for a tiny decoder (2 layers, C 32, 2 query
 // heads and 1 key/value head of 16, I 64, vocabulary 100, tied embeddings) on the CPU backend
 // (fp32, so 4 bytes an element): parameter count, the stage-1 weights, gradients and moments of two
-// towers, and the activation bytes of a T-token batch with and without recomputation.
+// towers, the activation bytes of a T-token batch with and without recomputation and for inference,
+// and the encode batch a mining round adds to stage 1.
 #include <string.h>
 
 #include "model.h"
@@ -22,11 +23,19 @@ static size_t hand_params(void) {
   return (size_t)V * C + L * layer + C;
 }
 
-// Activation bytes (fp32) of sn_acts for T tokens and S sequences kept for backward.
+// Activation bytes (fp32) of sn_acts for T tokens and S sequences, inference only: one layer slot,
+// the hidden state, projection and output rows, the final norm's statistics, the pooled rows.
+static size_t hand_infer_acts(int T, int S) {
+  const size_t f = 4;
+  size_t slot = (size_t)T * (C + 1 + QKV + ATT + HQ + C + C + 1 + 2 * I + I) * f;
+  return slot + 3 * (size_t)T * C * f + (size_t)T * f + (size_t)S * C * f + (size_t)S * f;
+}
+
+// The same kept for backward.
 static size_t hand_acts(int T, int S, int recompute) {
   const size_t f = 4;
   size_t slot = (size_t)T * (C + 1 + QKV + ATT + HQ + C + C + 1 + 2 * I + I) * f;
-  size_t base = slot + 3 * (size_t)T * C * f + (size_t)T * f + (size_t)S * C * f + (size_t)S * f;
+  size_t base = hand_infer_acts(T, S);
   size_t backward = (recompute ? 0 : (L - 1) * slot) + (size_t)L * T * C * f + 2 * (size_t)T * C * f +
                     (size_t)T * (QKV > 2 * I ? QKV : 2 * I) * f + (size_t)T * (ATT > I ? ATT : I) * f +
                     (size_t)S * C * f;
@@ -52,6 +61,9 @@ int main(void) {
           hand_acts(40, 3, rc));
   }
 
+  size_t infer = sn_model_plan_acts_bytes(m, 40, 3, 0, SN_RECOMPUTE_NONE);
+  CHECK(infer == hand_infer_acts(40, 3), "inference activations: plan %zu, hand %zu", infer, hand_infer_acts(40, 3));
+
   sn_run_config cfg;
   sn_run_config_defaults(&cfg);
   snprintf(cfg.stage1.model_desc, sizeof cfg.stage1.model_desc, "%s", DESC);
@@ -74,6 +86,20 @@ int main(void) {
   size_t runners = hand_acts(BQ * LEN_Q, BQ, 0) + (2 * BQ * LEN_Q + BQ + 1) * 4 + (size_t)BQ * LEN_Q * C * f +
                    hand_acts(Nd * LEN_D, Nd, 0) + (2 * Nd * LEN_D + Nd + 1) * 4 + (size_t)Nd * LEN_D * C * f;
   CHECK(item(s1, "activations") == runners, "activations %zu, hand %zu", item(s1, "activations"), runners);
+  const size_t s1_total = s1->total;
+  CHECK(item(s1, "mining embedder") == 0, "no mining rounds, yet %zu planned for them", item(s1, "mining embedder"));
+  // Mining rounds embed with an encode batch (eval.batch) of the longer length while training buffers
+  // stay: its workspace, token buffers (ids, pos, cu_seqlens) and pooled fp32 rows.
+  cfg.stage1.mine.rounds = 2;
+  cfg.eval.batch = 3;
+  sn_memory_plan_build(&p, &cfg, ops, 1, 0, 1, 0);
+  const int mine_tokens = 3 * LEN_D;
+  const size_t mining = hand_infer_acts(mine_tokens, 3) + (2 * mine_tokens + 3 + 1) * 4 + (size_t)3 * C * f;
+  CHECK(item(&p.phases[0], "mining embedder") == mining, "mining embedder %zu, hand %zu",
+        item(&p.phases[0], "mining embedder"), mining);
+  CHECK(p.phases[0].total == s1_total + mining, "stage 1 with mining %zu, without %zu + %zu", p.phases[0].total,
+        s1_total, mining);
+  cfg.stage1.mine.rounds = 0;
   // ZeRO-1 on 4 ranks: moments and master are a quarter (rounded up), plus the exchange buffers
   cfg.dist.zero = 1, cfg.dist.zero1 = 1;
   sn_memory_plan_build(&p, &cfg, ops, 4, 0, 1, 0);
