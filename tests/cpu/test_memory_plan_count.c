@@ -23,18 +23,20 @@ static size_t hand_params(void) {
   return (size_t)V * C + L * layer + C;
 }
 
+// One layer's activation slot (fp32) for T tokens.
+static size_t hand_slot(int T) { return (size_t)T * (C + 1 + QKV + ATT + HQ + C + C + 1 + 2 * I + I) * 4; }
+
 // Activation bytes (fp32) of sn_acts for T tokens and S sequences, inference only: one layer slot,
 // the hidden state, projection and output rows, the final norm's statistics, the pooled rows.
 static size_t hand_infer_acts(int T, int S) {
   const size_t f = 4;
-  size_t slot = (size_t)T * (C + 1 + QKV + ATT + HQ + C + C + 1 + 2 * I + I) * f;
-  return slot + 3 * (size_t)T * C * f + (size_t)T * f + (size_t)S * C * f + (size_t)S * f;
+  return hand_slot(T) + 3 * (size_t)T * C * f + (size_t)T * f + (size_t)S * C * f + (size_t)S * f;
 }
 
 // The same kept for backward.
 static size_t hand_acts(int T, int S, int recompute) {
   const size_t f = 4;
-  size_t slot = (size_t)T * (C + 1 + QKV + ATT + HQ + C + C + 1 + 2 * I + I) * f;
+  size_t slot = hand_slot(T);
   size_t base = hand_infer_acts(T, S);
   size_t backward = (recompute ? 0 : (L - 1) * slot) + (size_t)L * T * C * f + 2 * (size_t)T * C * f +
                     (size_t)T * (QKV > 2 * I ? QKV : 2 * I) * f + (size_t)T * (ATT > I ? ATT : I) * f +
