@@ -166,12 +166,22 @@ static void launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, siz
 }
 
 // ---- rotary position embedding ---------------------------------------------------------------------
-// cos and sin of pair i's angle pos * theta^(-2i/D) of a D-wide head (Hugging Face rotate-half), the
+// Pair i of a D-wide head turns by the angle pos * theta^(-2i/D) (Hugging Face rotate-half), the
 // angle in fp32 as transformers forms it; precise sincosf (angles reach hundreds of radians: the
-// fast intrinsics lose digits there). Shared by rope.cu and the short attention's on-the-fly RoPE.
+// fast intrinsics lose digits there). Shared by rope.cu and the attention that rotates while it
+// loads (attention_forward.cu), so both rotate to the same bits.
+__device__ __forceinline__ float rope_inv_freq(int i, int D, float theta) {
+  return 1.0f / powf(theta, (float)(2 * i) / (float)D);
+}
 __device__ __forceinline__ void rope_cos_sin(int pos, int i, int D, float theta, float *c, float *s) {
-  const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
-  sincosf((float)pos * inv_freq, s, c);
+  sincosf((float)pos * rope_inv_freq(i, D, theta), s, c);
+}
+// (x1, x2) turned by the angle of cosine c and sine s: (x1 c - x2 s, x2 c + x1 s), each product
+// rounded before the sum (no fused multiply-add, whose choice the compiler makes per kernel), so the
+// kernels that rotate agree bit for bit.
+__device__ __forceinline__ void rope_rotate(float x1, float x2, float c, float s, float *r1, float *r2) {
+  *r1 = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+  *r2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
 }
 
 // ---- reductions (fp32) ------------------------------------------------------------------------------
@@ -340,7 +350,6 @@ void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, flo
 // attention_forward.cu, attention_backward.cu
 void cuda_attention_forward(void *out, float *lse, const void *qkv, const int32_t *cu_seqlens, int B, int T,
                             int max_seqlen, int Hq, int Hkv, int D, int causal, float scale);
-// attention_short.cu
 void cuda_attention_rope_forward(void *out, const void *qkv, const int32_t *pos, const int32_t *cu_seqlens, int B,
                                  int T, int max_seqlen, int Hq, int Hkv, int D, float theta, int causal, float scale);
 void cuda_attention_backward(void *dqkv, const void *dout, const void *qkv, const void *out, const float *lse,

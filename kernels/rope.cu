@@ -1,9 +1,9 @@
 // Rotary position embedding, Hugging Face rotate-half convention, in place on the q and k heads of
-// the packed qkv tensor; fp32 math, the angles from rope_cos_sin (common.cuh). Packed path
-// (D/2 % 8 == 0): a block per few whole tokens; each thread owns one (token, head, pack of 8
-// pairs) and issues its two 16-byte loads first, then the block computes each token's D/2
-// (cos, sin) once into shared memory (one powf + sincosf per (token, pair), not per head), then
-// every thread rotates its pack. Otherwise one thread per pair.
+// the packed qkv tensor; fp32 math, the angles from rope_cos_sin and the rotation from rope_rotate
+// (common.cuh). Packed path (D/2 % 8 == 0): a block per few whole tokens; each thread owns one
+// (token, head, pack of 8 pairs) and issues its two 16-byte loads first, then the block computes each
+// token's D/2 (cos, sin) once into shared memory (one powf + sincosf per (token, pair), not per
+// head), then every thread rotates its pack. Otherwise one thread per pair.
 #include "common.cuh"
 
 #define ROPE_THREADS 256
@@ -25,9 +25,10 @@ __global__ void rope_kernel(bf16 *qkv, const int32_t *pos, int T, int Hq, int Hk
   rope_cos_sin(pos[t], i, D, theta, &c, &s);
   s *= sign;
   bf16 *x = qkv + (size_t)t * (Hq + 2 * Hkv) * D + (size_t)head * D;
-  float x1 = bf2f(x[i]), x2 = bf2f(x[i + half]);
-  x[i] = f2bf(x1 * c - x2 * s);
-  x[i + half] = f2bf(x2 * c + x1 * s);
+  float r1, r2;
+  rope_rotate(bf2f(x[i]), bf2f(x[i + half]), c, s, &r1, &r2);
+  x[i] = f2bf(r1);
+  x[i + half] = f2bf(r2);
 }
 
 // Packed path: a block rotates `tokens` = blockDim.x / per_token whole tokens, per_token = heads * D/16
@@ -65,11 +66,12 @@ __global__ void __launch_bounds__(ROPE_MAX_BLOCK)
   uint32_t oa[4], ob[4];
 #pragma unroll
   for (int w = 0; w < 4; w++) {  // word w holds pairs 2w (low half) and 2w + 1 (high half)
-    const float x1_lo = bf16_lo(wa[w]), x1_hi = bf16_hi(wa[w]);
-    const float x2_lo = bf16_lo(wb[w]), x2_hi = bf16_hi(wb[w]);
     const int k = 2 * w;
-    oa[w] = pack_bf16x2(x1_lo * c[k] - x2_lo * sn[k], x1_hi * c[k + 1] - x2_hi * sn[k + 1]);
-    ob[w] = pack_bf16x2(x2_lo * c[k] + x1_lo * sn[k], x2_hi * c[k + 1] + x1_hi * sn[k + 1]);
+    float lo1, lo2, hi1, hi2;
+    rope_rotate(bf16_lo(wa[w]), bf16_lo(wb[w]), c[k], sn[k], &lo1, &lo2);
+    rope_rotate(bf16_hi(wa[w]), bf16_hi(wb[w]), c[k + 1], sn[k + 1], &hi1, &hi2);
+    oa[w] = pack_bf16x2(lo1, hi1);
+    ob[w] = pack_bf16x2(lo2, hi2);
   }
   *reinterpret_cast<uint4 *>(x) = make_uint4(oa[0], oa[1], oa[2], oa[3]);
   *reinterpret_cast<uint4 *>(x + half) = make_uint4(ob[0], ob[1], ob[2], ob[3]);

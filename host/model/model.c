@@ -309,27 +309,28 @@ sn_param_span *sn_model_param_spans(const sn_model *m, float wd, int *nspans) {
 
 // ---- token batches ------------------------------------------------------------------------------
 
+// Elements of an int32 array of n padded to 16 bytes (where the next array of sn_tokens starts).
+#define TOKENS_ALIGN 4
+static size_t tokens_padded(size_t n) { return (n + TOKENS_ALIGN - 1) / TOKENS_ALIGN * TOKENS_ALIGN; }
+
 void sn_tokens_alloc(sn_tokens *t, const sn_ops *ops, int capacity_tokens, int capacity_seqs) {
   if (capacity_tokens <= 0 || capacity_seqs <= 0)
     sn_fatal("sn_tokens_alloc: capacities must be positive (%d tokens, %d seqs)", capacity_tokens,
              capacity_seqs);
   memset(t, 0, sizeof *t);
-  t->ids = ops->alloc((size_t)capacity_tokens * sizeof(int32_t));
-  t->pos = ops->alloc((size_t)capacity_tokens * sizeof(int32_t));
-  t->cu_seqlens = ops->alloc((size_t)(capacity_seqs + 1) * sizeof(int32_t));
+  const size_t bytes = sn_tokens_bytes(capacity_tokens, capacity_seqs);
+  t->packed = ops->alloc(bytes);
   t->capacity_tokens = capacity_tokens;
   t->capacity_seqs = capacity_seqs;
-  t->staging = ops->host_alloc(sn_tokens_bytes(capacity_tokens, capacity_seqs));
+  t->staging = ops->host_alloc(bytes);
 }
 
 size_t sn_tokens_bytes(int capacity_tokens, int capacity_seqs) {
-  return (2 * (size_t)capacity_tokens + (size_t)capacity_seqs + 1) * sizeof(int32_t);
+  return (2 * tokens_padded((size_t)capacity_tokens) + (size_t)capacity_seqs + 1) * sizeof(int32_t);
 }
 
 void sn_tokens_free(sn_tokens *t, const sn_ops *ops) {
-  if (t->ids) ops->free(t->ids);
-  if (t->pos) ops->free(t->pos);
-  if (t->cu_seqlens) ops->free(t->cu_seqlens);
+  if (t->packed) ops->free(t->packed);
   if (t->staging) {
     if (t->copies_pending) ops->synchronize();
     ops->host_free(t->staging);
@@ -345,7 +346,9 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
   const int T = cu_seqlens_host[B];
   if (T > t->capacity_tokens) sn_fatal("%s: %d tokens, capacity %d", what, T, t->capacity_tokens);
   if (t->copies_pending) ops->synchronize();  // the staging may still be read by the last upload
-  int32_t *ids = t->staging, *pos = ids + t->capacity_tokens, *cu = pos + t->capacity_tokens;
+  // (ids | pos | cu_seqlens) packed for this T, the same offsets in the staging and on the backend
+  const size_t pos_at = tokens_padded((size_t)T), cu_at = pos_at + tokens_padded((size_t)T);
+  int32_t *ids = t->staging, *pos = ids + pos_at, *cu = ids + cu_at;
   int max_seqlen = 0;
   for (int b = 0; b < B; b++) {
     const int start = cu_seqlens_host[b], end = cu_seqlens_host[b + 1];
@@ -360,9 +363,11 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
   }
   memcpy(ids, ids_host, (size_t)T * sizeof(int32_t));
   memcpy(cu, cu_seqlens_host, (size_t)(B + 1) * sizeof(int32_t));
-  ops->upload_async(t->ids, ids, (size_t)T * sizeof(int32_t));
-  ops->upload_async(t->pos, pos, (size_t)T * sizeof(int32_t));
-  ops->upload_async(t->cu_seqlens, cu, (size_t)(B + 1) * sizeof(int32_t));
+  // one copy: a serving call is ~100 µs, and each small copy costs a few of them
+  ops->upload_async(t->packed, t->staging, (cu_at + (size_t)B + 1) * sizeof(int32_t));
+  t->ids = t->packed;
+  t->pos = t->packed + pos_at;
+  t->cu_seqlens = t->packed + cu_at;
   t->copies_pending = 1;
   t->B = B;
   t->T = T;
@@ -371,18 +376,18 @@ void sn_tokens_upload(sn_tokens *t, const sn_ops *ops, const int32_t *ids_host,
 
 // ---- linear layers ------------------------------------------------------------------------------
 
-// An environment switch of the small-batch path: 0 or 1, `fallback` when unset. Another value is
-// warned about once and read as 0 rather than fatal: the encoder library never exits on bad input,
-// and the path gives the same embeddings either way.
+// An environment switch of the inference paths: 0 or 1, `fallback` when unset. Another value is
+// warned about once and read as the fallback rather than fatal: the encoder library never exits on
+// bad input, and the paths give the same embeddings either way.
 static int env_switch(const char *name, int fallback, int *warned) {
   const char *v = getenv(name);
   if (!v) return fallback;
   if (!strcmp(v, "0") || !strcmp(v, "1")) return v[0] == '1';
   if (!*warned) {
     *warned = 1;
-    fprintf(stderr, "warning: environment variable %s='%s' is neither 0 nor 1; read as 0\n", name, v);
+    fprintf(stderr, "warning: environment variable %s='%s' is neither 0 nor 1; read as %d\n", name, v, fallback);
   }
-  return 0;
+  return fallback;
 }
 
 // SN_SMALL_BATCH: the small-batch ops at all. Off by default: on the H100 the path measured slower
@@ -392,25 +397,25 @@ static int small_batch_allowed(void) {
   return env_switch("SN_SMALL_BATCH", 0, &warned);
 }
 
-// SN_SHORT_ATTENTION (with the small-batch path on): 1 runs a decoder's rope + attention as the fused
-// attention_rope_forward. Off by default: on the H100 it took 17.3 µs for a 32-token 0.5B query
-// under ncu where rope + the flash kernel took 4.3 + 6.4 (kernels/attention_short.cu says why).
+// SN_SHORT_ATTENTION=1 runs a decoder's inference attention over short sequences as
+// attention_rope_forward (RoPE while the flash kernel loads q and k) instead of rope +
+// attention_forward. Off by default: on the H100 the 0.5B query took 0.972 ms with it against 0.955
+// and 0.948 without (docs/PERFORMANCE.md): the rope pass's launch overlaps the projection's tail
+// (programmatic dependent launch), while the fused rotation's sincosf sits on the attention's path.
 int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
   static int warned;
   const sn_model_config *c = &m->cfg;
   const int head_fits = c->head_dim % 2 == 0 && c->head_dim <= SN_ATTENTION_SHORT_MAX_HEAD_DIM;
   return !for_backward && !m->lora && m->ops->attention_rope_forward && tok->max_seqlen >= 1 &&
-         tok->max_seqlen <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
-         (long long)tok->T * tok->max_seqlen <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS && head_fits &&
-         small_batch_allowed() && env_switch("SN_SHORT_ATTENTION", 0, &warned);
+         tok->max_seqlen <= SN_ATTENTION_SHORT_MAX_SEQLEN && head_fits &&
+         env_switch("SN_SHORT_ATTENTION", 0, &warned);
 }
 
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
   const int widths_packed = c->hidden % 8 == 0 && c->intermediate % 8 == 0 && lay->attn_dim % 8 == 0;
-  _Static_assert(SN_LINEAR_SMALL_MAX_ROWS <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
-                     SN_LINEAR_SMALL_MAX_ROWS * SN_LINEAR_SMALL_MAX_ROWS <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS,
+  _Static_assert(SN_LINEAR_SMALL_MAX_ROWS <= SN_ATTENTION_SHORT_MAX_SEQLEN,
                  "a batch small enough for linear_small may take the short attention");
   return m->ops->linear_small && tok->T >= 1 && tok->T <= SN_LINEAR_SMALL_MAX_ROWS && widths_packed &&
          !for_backward && !m->lora && small_batch_allowed();

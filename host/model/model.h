@@ -68,9 +68,12 @@ typedef struct {
   int32_t *pos;         // (T) position of each token inside its sequence
   int32_t *cu_seqlens;  // (B + 1)
   int capacity_tokens, capacity_seqs;
-  // Page-locked host copies the uploads go through, laid out (ids | pos | cu_seqlens) at capacity;
-  // copies_pending: enqueued and not yet known done, so the next upload synchronises first.
-  int32_t *staging;
+  // ids, pos and cu_seqlens lie in one backend buffer (`packed`), packed for the batch at hand
+  // (sn_tokens_upload: pos and cu_seqlens start where the previous ends, on 16 bytes), so a batch
+  // is one copy from `staging`, page-locked host memory laid out the same way. The pointers depend
+  // on T only (what a recorded graph keys on). copies_pending: enqueued and not yet known done, so
+  // the next upload synchronises first.
+  int32_t *packed, *staging;
   int copies_pending;
 } sn_tokens;
 
@@ -141,10 +144,6 @@ int sn_model_widest_row(const sn_model *m);
 size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs, int for_backward,
                                 sn_recompute recompute);
 
-// An inference forward runs a decoder's attention as attention_rope_forward (ops.h; no tensor
-// cores: its work grows with tokens x longest sequence) only up to this many of them; above, rope
-// + attention_forward (an evaluation pass over many documents stays on the flash kernel).
-#define SN_SHORT_ATTENTION_MAX_TOKEN_KEYS 16384
 // Forward pass: returns the last hidden state (T, C) (after the final norm for decoders, after the
 // last layer's LayerNorm for BERT), valid until the next call with the same acts. for_backward = 0
 // keeps only what the next layer needs (inference, gradient-cache embedding pass).

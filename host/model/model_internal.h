@@ -193,14 +193,14 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
 const void *sn_encoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
 void sn_encoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
 
-// The small-batch inference paths (ops.h: linear_small, attention_rope_forward), both for an
-// inference forward (for_backward = 0) of a tower without LoRA, when the environment says
-// SN_SMALL_BATCH=1 (0, or unset, keeps them off: slower on the H100 as measured; another value is
-// warned about once and read as 0).
-// Short attention (decoders: rope + attention_forward become attention_rope_forward): the backend
-// has the op, every sequence is within SN_ATTENTION_SHORT_MAX_SEQLEN, tokens x longest sequence
-// within SN_SHORT_ATTENTION_MAX_TOKEN_KEYS (model.h), the head dim is even and at most
-// SN_ATTENTION_SHORT_MAX_HEAD_DIM, and SN_SHORT_ATTENTION=1 (off by default: measured slower).
+// The inference paths for short inputs (ops.h: attention_rope_forward, linear_small), both for an
+// inference forward (for_backward = 0) of a tower without LoRA.
+// Short attention (decoders: rope + attention_forward become attention_rope_forward, RoPE applied
+// while the attention loads q and k): the backend has the op, every sequence is within
+// SN_ATTENTION_SHORT_MAX_SEQLEN, the head dim is even and at most SN_ATTENTION_SHORT_MAX_HEAD_DIM,
+// and the environment says SN_SHORT_ATTENTION=1 (off by default: measured slower end to end; another
+// value is warned about once and read as 0). Longer sequences keep the rope pass: each query tile
+// would rotate every key tile again.
 int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_backward);
 // The whole small-batch forward (every linear through linear_small; a decoder's attention as short
 // attention's conditions say): the backend has linear_small, the batch is at most

@@ -2,10 +2,12 @@
 // with at most SN_LINEAR_SMALL_MAX_ROWS tokens):
 // - the CPU twins against naive double-precision references (every epilogue, with and without the
 //   RMSNorm prologue and the bias; attention with RoPE, GQA, causal and not, packed lengths);
-// - a fresh decoder and BERT tower encode small batches with the path on and off (SN_SMALL_BATCH):
-//   the last hidden state and the pooled embeddings must be identical bit for bit on the CPU, and
-//   within bf16 rounding on CUDA (`test_small_batch cuda`, the gpu/test_small_batch_cuda test);
-//   a counting op table proves the ops ran (on) and did not (off, and past their limits).
+// - a fresh decoder and BERT tower encode small batches with linear_small on and off (SN_SMALL_BATCH)
+//   and the fused rope + attention on and off (SN_SHORT_ATTENTION; both off by default): the last
+//   hidden state and the pooled embeddings must be identical bit for bit on the CPU, and within bf16
+//   rounding on CUDA (`test_small_batch cuda`, the gpu/test_small_batch_cuda test), the fused
+//   attention alone bit for bit on both; a counting op table proves the ops ran (on) and did not
+//   (off, and past their limits).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,12 +188,13 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   sn_tokens tok;
   const int T = sn_test_random_tokens(&tok, &counting, lens, B, cfg.vocab, &rng);
   sn_acts *a = sn_acts_new(m, T, B);
-  encoded off = encode(m, a, &tok, "0");
-  setenv("SN_SHORT_ATTENTION", "1", 1);  // linear_small and the fused rope + attention
-  encoded on = encode(m, a, &tok, "1");
-  setenv("SN_SHORT_ATTENTION", "0", 1);  // linear_small with rope and the flash kernel (the default)
-  encoded split = encode(m, a, &tok, "1");
-  setenv("SN_SHORT_ATTENTION", "yes", 1);  // neither 0 nor 1: warned about, read as 0
+  encoded plain = encode(m, a, &tok, "0");  // the default: neither (the reference)
+  setenv("SN_SHORT_ATTENTION", "1", 1);
+  encoded on = encode(m, a, &tok, "1");              // linear_small and the fused rope + attention
+  encoded attention_only = encode(m, a, &tok, "0");  // the fused attention does not need SN_SMALL_BATCH
+  setenv("SN_SHORT_ATTENTION", "0", 1);
+  encoded split = encode(m, a, &tok, "1");  // linear_small with rope and the flash kernel
+  setenv("SN_SHORT_ATTENTION", "yes", 1);   // neither 0 nor 1: warned about, read as 0
   encoded bad_attention = encode(m, a, &tok, "1");
   unsetenv("SN_SHORT_ATTENTION");
   encoded bad_small = encode(m, a, &tok, "on");  // likewise: the small-batch path stays off
@@ -199,15 +202,17 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   int max_len = 0;
   for (int b = 0; b < B; b++) max_len = SN_MAX(max_len, lens[b]);
   const int small = T <= SN_LINEAR_SMALL_MAX_ROWS;
-  const int short_attention = arch != SN_ARCH_BERT && max_len <= SN_ATTENTION_SHORT_MAX_SEQLEN &&
-                              T * max_len <= SN_SHORT_ATTENTION_MAX_TOKEN_KEYS;
-  CHECK(off.linear_calls == 0 && off.attention_calls == 0, "%s T=%d: SN_SMALL_BATCH=0 still ran %d + %d small-batch ops",
-        arch_name, T, off.linear_calls, off.attention_calls);
+  const int short_attention = arch != SN_ARCH_BERT && max_len <= SN_ATTENTION_SHORT_MAX_SEQLEN;
+  CHECK(plain.linear_calls == 0 && plain.attention_calls == 0, "%s T=%d: by default %d + %d small-batch ops ran",
+        arch_name, T, plain.linear_calls, plain.attention_calls);
   CHECK(small ? on.linear_calls > 0 : on.linear_calls == 0, "%s T=%d: %d linear_small calls (expected %s)", arch_name,
         T, on.linear_calls, small ? "some" : "none past the row limit");
   CHECK(short_attention ? on.attention_calls > 0 : on.attention_calls == 0,
         "%s T=%d longest %d: %d attention_rope_forward calls (expected %s)", arch_name, T, max_len, on.attention_calls,
         short_attention ? "some" : "none");
+  CHECK(attention_only.linear_calls == 0 && attention_only.attention_calls == on.attention_calls,
+        "%s T=%d: SN_SHORT_ATTENTION=1 alone ran %d linear_small (expected none) and %d attention_rope_forward calls "
+        "(expected %d)", arch_name, T, attention_only.linear_calls, attention_only.attention_calls, on.attention_calls);
   CHECK(split.linear_calls == on.linear_calls && split.attention_calls == 0,
         "%s T=%d: SN_SHORT_ATTENTION=0 ran %d linear_small (expected %d) and %d attention_rope_forward calls", arch_name,
         T, split.linear_calls, on.linear_calls, split.attention_calls);
@@ -218,22 +223,27 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
         "%s T=%d: SN_SMALL_BATCH=on ran %d + %d small-batch ops (expected it read as 0)", arch_name, T,
         bad_small.linear_calls, bad_small.attention_calls);
   const size_t nh = (size_t)T * cfg.hidden, np = (size_t)B * cfg.hidden;
+  // The fused attention rotates as rope does and then runs the same flash kernel: the same bits on
+  // either backend.
+  CHECK(bits_equal(attention_only.hidden, plain.hidden, nh) && bits_equal(attention_only.pooled, plain.pooled, np),
+        "%s T=%d on %s: the fused rope + attention differs from rope + attention_forward (rel %.3g)", arch_name, T,
+        backend->name, sn_rel_err(attention_only.hidden, plain.hidden, nh));
   if (!strcmp(backend->name, "cpu")) {
-    CHECK(bits_equal(split.hidden, off.hidden, nh) && bits_equal(split.pooled, off.pooled, np),
+    CHECK(bits_equal(split.hidden, plain.hidden, nh) && bits_equal(split.pooled, plain.pooled, np),
           "%s T=%d: the small path with SN_SHORT_ATTENTION=0 differs from the unfused one", arch_name, T);
-    CHECK(bits_equal(on.hidden, off.hidden, nh), "%s T=%d: last hidden state differs with the small path (rel %.3g)",
-          arch_name, T, sn_rel_err(on.hidden, off.hidden, nh));
-    CHECK(bits_equal(on.pooled, off.pooled, np), "%s T=%d: pooled embeddings differ with the small path (rel %.3g)",
-          arch_name, T, sn_rel_err(on.pooled, off.pooled, np));
+    CHECK(bits_equal(on.hidden, plain.hidden, nh), "%s T=%d: last hidden state differs with the small path (rel %.3g)",
+          arch_name, T, sn_rel_err(on.hidden, plain.hidden, nh));
+    CHECK(bits_equal(on.pooled, plain.pooled, np), "%s T=%d: pooled embeddings differ with the small path (rel %.3g)",
+          arch_name, T, sn_rel_err(on.pooled, plain.pooled, np));
   } else {
-    double eh = sn_rel_err(on.hidden, off.hidden, nh), ep = sn_rel_err(on.pooled, off.pooled, np);
+    double eh = sn_rel_err(on.hidden, plain.hidden, nh), ep = sn_rel_err(on.pooled, plain.pooled, np);
     CHECK(eh < CUDA_ON_OFF_TOL && ep < CUDA_ON_OFF_TOL, "%s T=%d on %s: small path off by %.3g (hidden), %.3g (pooled)",
           arch_name, T, backend->name, eh, ep);
     printf("%s T=%d B=%d on %s: small path vs unfused: hidden %.3g, pooled %.3g\n", arch_name, T, B, backend->name,
            eh, ep);
   }
-  free(on.hidden), free(on.pooled), free(off.hidden), free(off.pooled), free(split.hidden), free(split.pooled);
-  free(bad_attention.hidden), free(bad_attention.pooled), free(bad_small.hidden), free(bad_small.pooled);
+  encoded *runs[] = {&plain, &on, &attention_only, &split, &bad_attention, &bad_small};
+  for (size_t i = 0; i < SN_ARRAY_LEN(runs); i++) free(runs[i]->hidden), free(runs[i]->pooled);
   sn_acts_free(a);
   sn_tokens_free(&tok, &counting);
   sn_model_free(m);
@@ -258,10 +268,7 @@ int main(int argc, char **argv) {
   }
   const int one[] = {32}, some[] = {1, 9, 20, 7}, limit[] = {40, 24}, past[] = {40, 25};
   const int longest[] = {3, SN_ATTENTION_SHORT_MAX_SEQLEN}, too_long[] = {SN_ATTENTION_SHORT_MAX_SEQLEN + 1};
-  // Sequences of 64: n of them reach the short attention's work bound (n x 64 tokens x 64), n + 1 pass it.
-  const int at_bound = SN_SHORT_ATTENTION_MAX_TOKEN_KEYS / 64 / 64;
-  int many[SN_SHORT_ATTENTION_MAX_TOKEN_KEYS / 64 / 64 + 1];
-  for (size_t i = 0; i < SN_ARRAY_LEN(many); i++) many[i] = 64;
+  const int many[] = {64, 64, 64, 64, 64, 64, 64, 64};  // 512 tokens: short attention, unfused linears
   for (int arch = 0; arch < 2; arch++) {
     const sn_arch a = arch ? SN_ARCH_BERT : SN_ARCH_QWEN2;
     check_model_on_off(backend, a, one, 1);
@@ -270,8 +277,7 @@ int main(int argc, char **argv) {
     check_model_on_off(backend, a, past, 2);   // one token past: unfused linears, short attention
     check_model_on_off(backend, a, longest, 2);
     check_model_on_off(backend, a, too_long, 1);  // the unfused path
-    check_model_on_off(backend, a, many, at_bound);      // short attention, unfused linears
-    check_model_on_off(backend, a, many, at_bound + 1);  // the unfused path, past the work bound
+    check_model_on_off(backend, a, many, (int)SN_ARRAY_LEN(many));
   }
   return sn_test_finish("test_small_batch");
 }

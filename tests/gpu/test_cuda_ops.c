@@ -334,7 +334,9 @@ static void check_linear_small_layer(int M, int C, int qkv_dim, int I, int decod
   check_linear_small(M, C, I, SN_EPILOGUE_RESIDUAL);
 }
 
-// attention_rope_forward against the CPU's rope + attention_forward on a copy; qkv must stay unrotated.
+// attention_rope_forward against the CPU's rope + attention_forward on a copy; qkv must stay unrotated;
+// and bit for bit the GPU's own rope + attention_forward (the same rotation and kernel: an inference
+// pass through it and a training pass through the unfused ops see the same embeddings).
 static void check_attention_rope_short(const int *lens, int B, int Hq, int Hkv, int D, int causal) {
   char name[200];
   int32_t *cu, *pos;
@@ -350,6 +352,14 @@ static void check_attention_rope_short(const int *lens, int B, int Hq, int Hkv, 
            Hq, Hkv, D, causal);
   compare(name, out, BF16_TOL);
   compare("  attention_rope_forward leaves qkv unrotated", qkv, 0.0);
+  const size_t qkv_bytes = (size_t)T * row * gpu->storage_size, out_bytes = (size_t)T * Hq * D * gpu->storage_size;
+  void *rotated = gpu->alloc(qkv_bytes), *unfused = gpu->alloc(out_bytes);
+  float *lse = gpu->alloc((size_t)Hq * T * sizeof(float));
+  gpu->copy(rotated, qkv.g, qkv_bytes);
+  gpu->rope(rotated, posp.g, T, Hq, Hkv, D, theta, 0);
+  gpu->attention_forward(unfused, lse, rotated, cup.g, B, T, max_len, Hq, Hkv, D, causal, scale);
+  check_repeatable("  attention_rope_forward equals rope + attention_forward", out.g, unfused, out_bytes);
+  gpu->free(rotated), gpu->free(unfused), gpu->free(lse);
   pair_free(&cup), pair_free(&posp), pair_free(&qkv), pair_free(&out);
   free(cu), free(pos);
 }
