@@ -93,6 +93,7 @@ void cuda_swiglu_backward(void *dgate_up, const void *dout, const void *gate_up,
 // ---- GELU (erf) -----------------------------------------------------------------------------------------
 // Packs of 8 first, then the n % 8 tail one element per thread (same layout as memory.cu).
 __global__ void gelu_forward_kernel(bf16 *out, const bf16 *x, size_t n, int packed) {
+  pdl_wait();  // x comes from the projection before
   size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   size_t npacks = packed ? n / BF16_PER_PACK : 0;
   if (i < npacks) {
@@ -123,8 +124,8 @@ void cuda_gelu_forward(void *out, const void *x, size_t n) {
   if (n == 0) return;
   int packed = aligned16(out) && aligned16(x);
   size_t threads = packed ? n / BF16_PER_PACK + n % BF16_PER_PACK : n;
-  gelu_forward_kernel<<<ceil_div_int(threads, ACT_THREADS), ACT_THREADS, 0, SN_STREAM>>>((bf16 *)out,
-                                                                                        (const bf16 *)x, n, packed);
+  launch_pdl(gelu_forward_kernel, dim3(ceil_div_int(threads, ACT_THREADS)), dim3(ACT_THREADS), 0, (bf16 *)out,
+             (const bf16 *)x, n, packed);
   launchCheck();
 }
 void cuda_gelu_backward(void *dx, const void *dout, const void *x, size_t n) {

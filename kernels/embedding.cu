@@ -23,9 +23,11 @@
 
 #define EMBED_THREADS 128
 
-// out (T, C) = table[ids] (V, C), or += when accumulate. One block per token.
+// out (T, C) = table[ids] (V, C), or += when accumulate. One block per token. Launched with
+// programmatic dependent launch: BERT adds three tables in a row, each a few microseconds.
 __global__ void embedding_forward_kernel(bf16 *out, const int32_t *ids, const bf16 *table, int C,
                                          int accumulate, int packed) {
+  pdl_wait();  // out (when accumulating) and the uploaded ids come before
   int t = blockIdx.x;
   const bf16 *row = table + (size_t)ids[t] * C;
   bf16 *dst = out + (size_t)t * C;
@@ -48,8 +50,8 @@ __global__ void embedding_forward_kernel(bf16 *out, const int32_t *ids, const bf
 void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int T, int C, int accumulate) {
   if (T == 0) return;
   int packed = C % BF16_PER_PACK == 0 && aligned16(out) && aligned16(table);
-  embedding_forward_kernel<<<T, EMBED_THREADS, 0, SN_STREAM>>>((bf16 *)out, ids, (const bf16 *)table, C,
-                                                               accumulate, packed);
+  launch_pdl(embedding_forward_kernel, dim3(T), dim3(EMBED_THREADS), 0, (bf16 *)out, ids, (const bf16 *)table, C,
+             accumulate, packed);
   launchCheck();
 }
 

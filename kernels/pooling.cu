@@ -1,6 +1,8 @@
 // Sequence pooling (last token, mean, first token) over packed sequences, and L2 normalisation of
 // the pooled rows into fp32 embeddings; forward and backward. Small (B rows) except the pool
-// backward, which writes all of dhidden (T, C).
+// backward, which writes all of dhidden (T, C). The forward kernels end a serving forward, a few
+// microseconds each: launched with programmatic dependent launch (common.cuh) so their launch
+// overlaps the kernel before.
 #include "common.cuh"
 
 #define POOL_THREADS 256
@@ -8,6 +10,7 @@
 
 // out (B, C) from hidden (T, C). One block per sequence; threads over columns.
 __global__ void pool_forward_kernel(bf16 *out, const bf16 *hidden, const int32_t *cu_seqlens, int C, int mode) {
+  pdl_wait();  // hidden comes from the kernels before
   int b = blockIdx.x;
   int start = cu_seqlens[b], end = cu_seqlens[b + 1];
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -42,6 +45,7 @@ __global__ void pool_forward_kernel(bf16 *out, const bf16 *hidden, const int32_t
 __global__ void __launch_bounds__(POOL_THREADS)
     pool_mean_packed_kernel(bf16 *out, float *partial, const bf16 *hidden, const int32_t *cu_seqlens, int C) {
   __shared__ float4 lane_sums[POOL_THREADS * BF16_PER_PACK / F32_PER_PACK];  // (lanes, chunk packs, 8) fp32
+  pdl_wait();  // hidden comes from the kernels before
   const int packs = C / BF16_PER_PACK;
   const int chunk_packs = min(POOL_MEAN_PACKS, packs), lanes = POOL_THREADS / chunk_packs;
   const int chunk_cols = chunk_packs * BF16_PER_PACK;
@@ -84,6 +88,7 @@ __global__ void __launch_bounds__(POOL_THREADS)
 // out (B, C) = (sum of the splits' partials, in split order) / length. Thread per output element.
 __global__ void pool_mean_finish_kernel(bf16 *out, const float *partial, const int32_t *cu_seqlens, int B, int C,
                                         int splits) {
+  pdl_wait();  // the partials come from the kernel before
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= (size_t)B * C) return;
   const int b = (int)(i / C), c = (int)(i % C);
@@ -96,6 +101,7 @@ __global__ void pool_mean_finish_kernel(bf16 *out, const float *partial, const i
 // Last / first token, packed path: thread per (sequence, pack of 8 columns), one 16-byte copy.
 __global__ void pool_pick_packed_kernel(bf16 *out, const bf16 *hidden, const int32_t *cu_seqlens, int B, int C,
                                         int mode) {
+  pdl_wait();  // hidden comes from the kernels before
   const int packs = C / BF16_PER_PACK;
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= (size_t)B * packs) return;
@@ -112,8 +118,8 @@ void cuda_pool_forward(void *out, const void *hidden, const int32_t *cu_seqlens,
   if (packed && mode != SN_POOL_MEAN) {
     const size_t threads = (size_t)B * (C / BF16_PER_PACK);
     if (threads == 0) return;
-    pool_pick_packed_kernel<<<ceil_div_int(threads, POOL_THREADS), POOL_THREADS, 0, SN_STREAM>>>(
-        (bf16 *)out, (const bf16 *)hidden, cu_seqlens, B, C, (int)mode);
+    launch_pdl(pool_pick_packed_kernel, dim3(ceil_div_int(threads, POOL_THREADS)), dim3(POOL_THREADS), 0, (bf16 *)out,
+               (const bf16 *)hidden, cu_seqlens, B, C, (int)mode);
     launchCheck();
     return;
   }
@@ -130,18 +136,18 @@ void cuda_pool_forward(void *out, const void *hidden, const int32_t *cu_seqlens,
     float *partial = NULL;
     if (splits > 1)
       partial = (float *)sn_cuda_scratch(SCRATCH_REDUCE_PARTIALS, (size_t)B * splits * C * sizeof(float));
-    pool_mean_packed_kernel<<<dim3(B * chunks, splits), POOL_THREADS, 0, SN_STREAM>>>(
-        (bf16 *)out, partial, (const bf16 *)hidden, cu_seqlens, C);
+    launch_pdl(pool_mean_packed_kernel, dim3(B * chunks, splits), dim3(POOL_THREADS), 0, (bf16 *)out, partial,
+               (const bf16 *)hidden, cu_seqlens, C);
     launchCheck();
     if (splits > 1) {
-      pool_mean_finish_kernel<<<ceil_div_int((long long)B * C, POOL_THREADS), POOL_THREADS, 0, SN_STREAM>>>(
-          (bf16 *)out, partial, cu_seqlens, B, C, splits);
+      launch_pdl(pool_mean_finish_kernel, dim3(ceil_div_int((long long)B * C, POOL_THREADS)), dim3(POOL_THREADS), 0,
+                 (bf16 *)out, (const float *)partial, cu_seqlens, B, C, splits);
       launchCheck();
     }
     return;
   }
-  pool_forward_kernel<<<B, POOL_THREADS, 0, SN_STREAM>>>((bf16 *)out, (const bf16 *)hidden, cu_seqlens, C,
-                                                         (int)mode);
+  launch_pdl(pool_forward_kernel, dim3(B), dim3(POOL_THREADS), 0, (bf16 *)out, (const bf16 *)hidden, cu_seqlens, C,
+             (int)mode);
   launchCheck();
 }
 
@@ -174,6 +180,7 @@ void cuda_pool_backward(void *dhidden, const void *dout, const int32_t *cu_seqle
 // out (B, C) fp32 = x / max(||x||, eps); norm (B) = ||x||. One block per row.
 __global__ void l2norm_forward_kernel(float *out, float *norm, const bf16 *x, int C) {
   __shared__ float red[WARP_SIZE];
+  pdl_wait();  // x comes from the kernels before
   int b = blockIdx.x;
   const bf16 *row = x + (size_t)b * C;
   float ss = 0.0f;
@@ -186,7 +193,7 @@ __global__ void l2norm_forward_kernel(float *out, float *norm, const bf16 *x, in
 
 void cuda_l2norm_forward(float *out, float *norm, const void *x, int B, int C) {
   if (B == 0) return;
-  l2norm_forward_kernel<<<B, POOL_THREADS, 0, SN_STREAM>>>(out, norm, (const bf16 *)x, C);
+  launch_pdl(l2norm_forward_kernel, dim3(B), dim3(POOL_THREADS), 0, out, norm, (const bf16 *)x, C);
   launchCheck();
 }
 
