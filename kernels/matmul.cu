@@ -22,6 +22,10 @@
 // round differently, and data-parallel replicas must stay bit-identical (dist/comm.h). Measured on
 // the H100 (docs/PERFORMANCE.md): a 0.5B query 0.98 against 0.96 ms (the kernel fastest alone is not
 // the fastest inside a graph with programmatic dependent launch), a batch of 64 1-4% faster.
+// The separate split-K reduction kernel cuBLASLt adds at those shapes (the 0.5B query's down
+// projection: 7.6 + 3.8 us under ncu) stays: measured on the H100 (2026-12-06) through the
+// preference's reduction-scheme mask, allowing no split of K took the 0.5B query from 0.943 to 3.27
+// ms, and only in-kernel (in-place) reductions left it unchanged (0.948, 0.943 ms).
 #define AUTOTUNE_CANDIDATES 8
 #define AUTOTUNE_TIMED_RUNS 5
 // The timing writes a scratch output, not C (C may be accumulated into); above this size a shape is
@@ -63,24 +67,6 @@ typedef struct {
 } matmul_operands;
 
 static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
-
-// SN_MATMUL_SPLITK (an experiment: docs/PERFORMANCE.md): cuBLASLt picks, for few-row shapes with a
-// long K (the 0.5B query's down projection: 8.6 + 4.2 us under ncu), algorithms that split K and add
-// the parts in a separate reduction kernel. 0 allows no split of K; `inplace` only splits added in
-// order inside the GEMM kernel (in the output's bf16, counters keeping the order); unset or 1: any.
-// The reduction schemes cuBLASLt may return, read once; another value warns and allows any.
-static uint32_t reduction_schemes(void) {
-  static int64_t schemes = -1;
-  if (schemes < 0) {
-    const char *v = getenv("SN_MATMUL_SPLITK");
-    schemes = CUBLASLT_REDUCTION_SCHEME_MASK;
-    if (v && strcmp(v, "0") == 0) schemes = CUBLASLT_REDUCTION_SCHEME_NONE;
-    else if (v && strcmp(v, "inplace") == 0) schemes = CUBLASLT_REDUCTION_SCHEME_INPLACE;
-    else if (v && strcmp(v, "1") != 0)
-      fprintf(stderr, "warning: environment variable SN_MATMUL_SPLITK='%s' is not 0, 1 or inplace; read as 1\n", v);
-  }
-  return (uint32_t)schemes;
-}
 
 static bool autotune_wanted(const matmul_key *key) {
   static int enabled = -1;
@@ -184,9 +170,6 @@ static matmul_plan *get_plan(const matmul_key *key, const matmul_operands *opera
   cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
   size_t ws = CUBLASLT_WORKSPACE_BYTES;
   cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-  const uint32_t schemes = reduction_schemes();
-  cublasCheck(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes));
   static const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
