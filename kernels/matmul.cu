@@ -68,6 +68,39 @@ typedef struct {
 
 static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
 
+// SN_PDL_GEMM=1 (an experiment, off by default): while a graph records, the GEMM's kernel hangs on the
+// kernel before it by a programmatic edge (as launch_pdl gives our own kernels), so it may be
+// launched while that kernel drains. Sound only if cuBLASLt's kernels wait for their producer
+// (griddepcontrol.wait) before reading it: docs/gpu_notes.md records what their code shows.
+static bool pdl_gemm_wanted(void) {
+  static int enabled = -1;
+  if (enabled < 0) {
+    const char *v = getenv("SN_PDL_GEMM");
+    enabled = sn_cuda_pdl_enabled() && v && strcmp(v, "1") == 0;
+  }
+  return enabled;
+}
+
+// Makes the next node captured on SN_STREAM depend on the one kernel node before it programmatically;
+// nothing when the stream is not recording or the node before is not a single kernel.
+static void programmatic_edge_to_next(void) {
+  cudaStreamCaptureStatus status;
+  const cudaGraphNode_t *deps;
+  const cudaGraphEdgeData *edges;
+  size_t ndeps = 0;
+  cudaCheck(cudaStreamGetCaptureInfo(SN_STREAM, &status, NULL, NULL, &deps, &edges, &ndeps));
+  if (status != cudaStreamCaptureStatusActive || ndeps != 1) return;
+  cudaGraphNodeType type;
+  cudaCheck(cudaGraphNodeGetType(deps[0], &type));
+  if (type != cudaGraphNodeTypeKernel) return;
+  cudaGraphNode_t producer = deps[0];
+  cudaGraphEdgeData edge;
+  memset(&edge, 0, sizeof edge);
+  edge.from_port = cudaGraphKernelNodePortProgrammatic;
+  edge.type = cudaGraphDependencyTypeProgrammatic;
+  cudaCheck(cudaStreamUpdateCaptureDependencies(SN_STREAM, &producer, &edge, 1, cudaStreamSetCaptureDependencies));
+}
+
 static bool autotune_wanted(const matmul_key *key) {
   static int enabled = -1;
   if (enabled < 0) {
@@ -217,6 +250,7 @@ static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, int 
   matmul_plan *p = get_plan(&key, &operands);
   if (bias)
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  if (pdl_gemm_wanted()) programmatic_edge_to_next();
   cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, B, p->a_layout, A, p->b_layout, &beta, C, p->c_layout,
                              C, p->c_layout, &p->algo, lt_workspace, CUBLASLT_WORKSPACE_BYTES, SN_STREAM));
 }
