@@ -105,6 +105,10 @@ void sn_eval_log_coverage(const sn_eval_coverage *c);
 // orders); the device stores a -0.0 score as +0.0.
 void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float *queries, int Q,
                    int C, int k, const char *const *doc_ids, int32_t *out_idx, float *out_scores);
+// The most device memory sn_topk_exact holds on a device backend for C-wide vectors, whatever the
+// number of queries (they go through in slices) and the depth, plus 4 bytes a document (the tie
+// keys): the memory plan's mining term.
+size_t sn_topk_device_bound(int C);
 // rank (N): each id's position in ascending strcmp order (duplicates by index), so that ordering by
 // rank is the trec tie rule: the tie keys that topk_merge takes. Caller frees.
 int32_t *sn_doc_id_ranks(const char *const *ids, int N);

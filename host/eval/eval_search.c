@@ -3,9 +3,12 @@
 // Host: score blocks (queries × documents) from a matrix product, then a per-query min-heap of the
 // k best seen so far. Blocks bound memory (QUERY_BLOCK × DOC_BLOCK floats) whatever the corpus
 // size; queries of a block are spread over OpenMP threads.
-// Device: all queries and their running lists stay on the device; each document block is uploaded
-// once, and every query block gets scores_f32 then topk_merge against it. Ties go by each id's
-// rank in strcmp order, so the lists come out in the same trec order as the host's.
+// Device: a slice of the queries (DEVICE_QUERY_SLICE at most, fewer for deep lists) and their
+// running lists stay on the device while every document block is uploaded and each query block gets
+// scores_f32 then topk_merge against it; then the next slice. Ties go by each id's rank in strcmp
+// order, so the lists come out in the same trec order as the host's. The device memory is bounded
+// whatever the number of queries (a mining round searches with every training example):
+// sn_topk_device_bound.
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +23,11 @@
 // per block should be well above k.
 #define DEVICE_QUERY_BLOCK 1024
 #define DEVICE_DOC_BLOCK 16384
+// Queries resident on the device at once, and the bytes their lists (score + index per entry) may
+// take: a slice of 32768 queries of 3584 dims is 470 MB, and costs one more upload of the documents
+// (a 1M x 896 corpus: 3.6 GB, ~0.2 s, against ~3 s of scoring the slice against it).
+#define DEVICE_QUERY_SLICE 32768
+#define DEVICE_LIST_BYTES ((size_t)64 << 20)
 #define EMPTY_IDX (-1)  // topk_merge's empty list entry
 
 // The CPU backend's buffers are host memory in fp32, so its matmul can read ours directly.
@@ -54,38 +62,56 @@ int32_t *sn_doc_id_ranks(const char *const *ids, int N) {
   return rank;
 }
 
+// Queries of one device slice for lists of k entries.
+static int device_slice(int k) {
+  const size_t by_lists = DEVICE_LIST_BYTES / ((size_t)k * (sizeof(float) + sizeof(int32_t)));
+  return (int)SN_MIN((size_t)DEVICE_QUERY_SLICE, SN_MAX(by_lists, (size_t)1));
+}
+
+size_t sn_topk_device_bound(int C) {
+  return (size_t)DEVICE_QUERY_SLICE * C * sizeof(float) +  // a slice's queries
+         DEVICE_LIST_BYTES +                                // their running lists (device_slice keeps them within)
+         (size_t)DEVICE_DOC_BLOCK * C * sizeof(float) +     // a document block
+         (size_t)DEVICE_QUERY_BLOCK * DEVICE_DOC_BLOCK * sizeof(float);  // a score block
+}
+
 static void topk_on_device(const sn_ops *ops, const float *docs, int N, const float *queries, int Q,
                            int C, int k, const char *const *doc_ids, int32_t *out_idx,
                            float *out_scores) {
-  const int qb = SN_MIN(Q, DEVICE_QUERY_BLOCK), db = SN_MIN(N, DEVICE_DOC_BLOCK);
-  float *d_queries = ops->alloc((size_t)Q * C * sizeof(float));       // (Q, C)
-  float *d_docs = ops->alloc((size_t)db * C * sizeof(float));         // (db, C)
-  float *d_scores = ops->alloc((size_t)qb * db * sizeof(float));      // (qb, db)
-  float *d_best_score = ops->alloc((size_t)Q * k * sizeof(float));    // (Q, k)
-  int32_t *d_best_idx = ops->alloc((size_t)Q * k * sizeof(int32_t));  // (Q, k)
-  int32_t *d_tie = NULL;                                              // (N), NULL: by index
+  const int slice = SN_MIN(Q, device_slice(k));
+  const int qb = SN_MIN(slice, DEVICE_QUERY_BLOCK), db = SN_MIN(N, DEVICE_DOC_BLOCK);
+  float *d_queries = ops->alloc((size_t)slice * C * sizeof(float));       // (slice, C)
+  float *d_docs = ops->alloc((size_t)db * C * sizeof(float));             // (db, C)
+  float *d_scores = ops->alloc((size_t)qb * db * sizeof(float));          // (qb, db)
+  float *d_best_score = ops->alloc((size_t)slice * k * sizeof(float));    // (slice, k)
+  int32_t *d_best_idx = ops->alloc((size_t)slice * k * sizeof(int32_t));  // (slice, k)
+  int32_t *d_tie = NULL;                                                  // (N), NULL: by index
   if (doc_ids) {
     int32_t *rank = sn_doc_id_ranks(doc_ids, N);
     d_tie = ops->alloc((size_t)N * sizeof(int32_t));
     ops->upload(d_tie, rank, (size_t)N * sizeof(int32_t));
     free(rank);
   }
-  ops->upload(d_queries, queries, (size_t)Q * C * sizeof(float));
-  // every list starts empty; out_idx is the staging buffer (it is overwritten at the end)
-  for (size_t i = 0; i < (size_t)Q * k; i++) out_idx[i] = EMPTY_IDX;
-  ops->upload(d_best_idx, out_idx, (size_t)Q * k * sizeof(int32_t));
-  for (int d0 = 0; d0 < N; d0 += db) {
-    const int nd = SN_MIN(db, N - d0);
-    ops->upload(d_docs, docs + (size_t)d0 * C, (size_t)nd * C * sizeof(float));
-    for (int q0 = 0; q0 < Q; q0 += qb) {
-      const int nq = SN_MIN(qb, Q - q0);
-      ops->scores_f32(d_scores, d_queries + (size_t)q0 * C, d_docs, nq, nd, C);
-      ops->topk_merge(d_best_score + (size_t)q0 * k, d_best_idx + (size_t)q0 * k, d_scores, nq, nd, k,
-                      d0, d_tie);
+  for (int s0 = 0; s0 < Q; s0 += slice) {
+    const int ns = SN_MIN(slice, Q - s0);
+    int32_t *idx = out_idx + (size_t)s0 * k;
+    ops->upload(d_queries, queries + (size_t)s0 * C, (size_t)ns * C * sizeof(float));
+    // every list starts empty; the slice's rows of out_idx are the staging (overwritten at the end)
+    for (size_t i = 0; i < (size_t)ns * k; i++) idx[i] = EMPTY_IDX;
+    ops->upload(d_best_idx, idx, (size_t)ns * k * sizeof(int32_t));
+    for (int d0 = 0; d0 < N; d0 += db) {
+      const int nd = SN_MIN(db, N - d0);
+      ops->upload(d_docs, docs + (size_t)d0 * C, (size_t)nd * C * sizeof(float));
+      for (int q0 = 0; q0 < ns; q0 += qb) {
+        const int nq = SN_MIN(qb, ns - q0);
+        ops->scores_f32(d_scores, d_queries + (size_t)q0 * C, d_docs, nq, nd, C);
+        ops->topk_merge(d_best_score + (size_t)q0 * k, d_best_idx + (size_t)q0 * k, d_scores, nq, nd, k,
+                        d0, d_tie);
+      }
     }
+    ops->download(idx, d_best_idx, (size_t)ns * k * sizeof(int32_t));
+    ops->download(out_scores + (size_t)s0 * k, d_best_score, (size_t)ns * k * sizeof(float));
   }
-  ops->download(out_idx, d_best_idx, (size_t)Q * k * sizeof(int32_t));
-  ops->download(out_scores, d_best_score, (size_t)Q * k * sizeof(float));
   ops->free(d_queries), ops->free(d_docs), ops->free(d_scores);
   ops->free(d_best_score), ops->free(d_best_idx);
   if (d_tie) ops->free(d_tie);

@@ -303,8 +303,10 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   if (s1->mine.every_steps > 0 || s1->mine.rounds > 0) {  // while the training buffers stay allocated
     const int batch = cfg->eval.batch, len = SN_MAX(len_q, len_d);
     sn_plan_add(ph, "mining embedder", sn_embedder_plan_bytes(tower, batch, len),
-                "a mining round's encode batch, %d x %d tokens (its search buffers, which grow with the "
-                "examples and the corpus, are not counted)", batch, len);
+                "a mining round's encode batch, %d x %d tokens", batch, len);
+    if (strcmp(ops->name, "cpu"))  // the CPU searches in host blocks
+      sn_plan_add(ph, "mining search", sn_topk_device_bound(sn_model_out_dim(m)),
+                  "exact top-k over %d-wide vectors, at most, + 4 bytes a corpus document", sn_model_out_dim(m));
   }
   sn_workspace_shape ws = {.max_tokens = SN_MAX(chunk_q * len_q, chunk_d * len_d),
                            .n_heads = mc.n_heads, .head_dim = mc.head_dim, .widest = sn_model_widest_row(m),

@@ -2,7 +2,7 @@
 // heads and 1 key/value head of 16, I 64, vocabulary 100, tied embeddings) on the CPU backend
 // (fp32, so 4 bytes an element): parameter count, the stage-1 weights, gradients and moments of two
 // towers, the activation bytes of a T-token batch with and without recomputation and for inference,
-// and the encode batch a mining round adds to stage 1.
+// and the encode batch and (on a device backend) the search buffers a mining round adds to stage 1.
 #include <string.h>
 
 #include "model.h"
@@ -101,6 +101,16 @@ int main(void) {
         item(&p.phases[0], "mining embedder"), mining);
   CHECK(p.phases[0].total == s1_total + mining, "stage 1 with mining %zu, without %zu + %zu", p.phases[0].total,
         s1_total, mining);
+  CHECK(item(&p.phases[0], "mining search") == 0, "the CPU searches in host memory, yet %zu planned",
+        item(&p.phases[0], "mining search"));
+  // A device backend also holds the exact search's buffers (host/eval/eval_search.c), at most: a slice
+  // of 32768 queries, 64 MiB of running lists, a block of 16384 documents, a 1024 x 16384 score block.
+  sn_ops device = *ops;
+  device.name = "device";
+  sn_memory_plan_build(&p, &cfg, &device, 1, 0, 1, 0);
+  const size_t search = (size_t)32768 * C * 4 + ((size_t)64 << 20) + (size_t)16384 * C * 4 + (size_t)1024 * 16384 * 4;
+  CHECK(item(&p.phases[0], "mining search") == search, "mining search %zu, hand %zu", item(&p.phases[0], "mining search"),
+        search);
   cfg.stage1.mine.rounds = 0;
   // ZeRO-1 on 4 ranks: moments and master are a quarter (rounded up), plus the exchange buffers
   cfg.dist.zero = 1, cfg.dist.zero1 = 1;
