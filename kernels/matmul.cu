@@ -68,15 +68,22 @@ typedef struct {
 
 static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
 
-// SN_PDL_GEMM=1 (an experiment, off by default): while a graph records, the GEMM's kernel hangs on the
-// kernel before it by a programmatic edge (as launch_pdl gives our own kernels), so it may be
-// launched while that kernel drains. Sound only if cuBLASLt's kernels wait for their producer
-// (griddepcontrol.wait) before reading it: docs/gpu_notes.md records what their code shows.
+// SN_PDL_GEMM=1 (opt-in): while a graph records, the GEMM's kernel hangs on the kernel before it by
+// a programmatic edge (as launch_pdl gives our own kernels), so it is launched while that kernel
+// drains instead of after. Measured on the H100 (docs/PERFORMANCE.md): a 0.5B query 0.904, 0.908
+// against 0.956, 0.951 ms, the student's 0.151, 0.150 against 0.165, 0.160, and the graphs give the
+// direct launches' embeddings exactly (test_encoder_cuda). Off by default because it is sound only if
+// cuBLASLt's kernels wait for their producer (griddepcontrol.wait) before reading its output, which
+// their documentation does not promise and their code could not be inspected for (cuobjdump does not
+// list them); without that wait a GEMM could read its input before the producer's last stores land.
+// Another value than 0 or 1 is warned about once and read as 0.
 static bool pdl_gemm_wanted(void) {
   static int enabled = -1;
   if (enabled < 0) {
     const char *v = getenv("SN_PDL_GEMM");
     enabled = sn_cuda_pdl_enabled() && v && strcmp(v, "1") == 0;
+    if (v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
+      fprintf(stderr, "warning: environment variable SN_PDL_GEMM='%s' is neither 0 nor 1; read as 0\n", v);
   }
   return enabled;
 }

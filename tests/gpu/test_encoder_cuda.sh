@@ -4,7 +4,9 @@
 # batch and shape after shape; those are within the bf16 band of sn_embed --device cuda and of the
 # fp32 CPU reference (max abs 3e-2 on unit vectors); the CPU library still equals sn_embed bit for
 # bit; with SN_MATMUL_AUTOTUNE=1 sn_embed stays within the band of the CPU, and a bad value of it is
-# warned about and read as 0. A decoder tower (Qwen2, last token) and a BERT student (CLS + projection).
+# warned about and read as 0; with SN_PDL_GEMM=1 (programmatic edges into the GEMMs of a recorded
+# graph) the graphs still give the direct launches' embeddings exactly. A decoder tower (Qwen2, last
+# token) and a BERT student (CLS + projection).
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
 nvidia-smi -L >/dev/null 2>&1 || { echo "SKIP: no GPU"; exit 77; }
@@ -25,8 +27,10 @@ SN_MATMUL_AUTOTUNE=yes "$BUILD/sn_embed" --model run/final/query_tower --input t
   { echo "FAIL: SN_MATMUL_AUTOTUNE=yes was not warned about once"; cat bad_switch.log; exit 1; }
 python3 -c "import numpy as np, sys; sys.exit(not np.array_equal(np.load('bad_switch.npy'), np.load('query_tower.cuda.npy')))" ||
   { echo "FAIL: SN_MATMUL_AUTOTUNE=yes changed the embeddings"; exit 1; }
+check_library() {
 SCALINGNOTE_LIB="$BUILD/libscalingnote.so" PYTHONPATH="$SRC/python" python3 - <<'PY'
 import json
+import os
 import numpy as np
 from scalingnote import Encoder
 
@@ -52,6 +56,9 @@ for tower in ("query_tower", "student"):
             for i, t in enumerate(texts):
                 a, b = g.encode([t]), plain.encode([t])
                 assert np.array_equal(a, b), (tower, rnd, i, np.abs(a - b).max())
-    print(f"ok: {tower}: graphs give the direct launches' embeddings; max abs vs sn_embed cuda {gpu_err:.2e}, "
+    print(f"ok: {tower} (SN_PDL_GEMM={os.environ.get('SN_PDL_GEMM', 'unset')}): graphs give the direct launches' embeddings; max abs vs sn_embed cuda {gpu_err:.2e}, "
           f"vs the CPU {cpu_err:.2e}; autotuned GEMMs vs the CPU {tuned_err:.2e}")
 PY
+}
+check_library
+SN_PDL_GEMM=1 check_library
