@@ -29,7 +29,8 @@ __device__ __forceinline__ void rope_tile(bf16 *tile, int rows, const int32_t *p
   static_assert(HALF % 2 == 0, "pairs are rotated two at a time");
   for (int e = threadIdx.x; e < rows * WORDS; e += THREADS) {
     const int r = e / WORDS, i = (e % WORDS) * 2;
-    uint32_t *w1 = reinterpret_cast<uint32_t *>(tile + r * LD + i), *w2 = reinterpret_cast<uint32_t *>(tile + r * LD + i + HALF);
+    uint32_t *w1 = reinterpret_cast<uint32_t *>(tile + r * LD + i);
+    uint32_t *w2 = reinterpret_cast<uint32_t *>(tile + r * LD + i + HALF);
     const float p = (float)pos[r];
     float c0, s0, c1, s1, lo1, lo2, hi1, hi2;
     sincosf(p * inv_freq[i], &s0, &c0);

@@ -109,8 +109,8 @@ int main(void) {
   device.name = "device";
   sn_memory_plan_build(&p, &cfg, &device, 1, 0, 1, 0);
   const size_t search = (size_t)32768 * C * 4 + ((size_t)64 << 20) + (size_t)16384 * C * 4 + (size_t)1024 * 16384 * 4;
-  CHECK(item(&p.phases[0], "mining search") == search, "mining search %zu, hand %zu", item(&p.phases[0], "mining search"),
-        search);
+  CHECK(item(&p.phases[0], "mining search") == search, "mining search %zu, hand %zu",
+        item(&p.phases[0], "mining search"), search);
   cfg.stage1.mine.rounds = 0;
   // ZeRO-1 on 4 ranks: moments and master are a quarter (rounded up), plus the exchange buffers
   cfg.dist.zero = 1, cfg.dist.zero1 = 1;
