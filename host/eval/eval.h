@@ -109,6 +109,10 @@ void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float 
 // number of queries (they go through in slices) and the depth, plus 4 bytes a document (the tie
 // keys): the memory plan's mining term.
 size_t sn_topk_device_bound(int C);
+// The device search itself through any backend with scores_f32 and topk_merge (sn_topk_exact takes it
+// on CUDA; the CPU twins run it in tests), `slice` queries resident at a time. 1 <= k <= N.
+void sn_topk_exact_sliced(const sn_ops *ops, const float *docs, int N, const float *queries, int Q, int C, int k,
+                          const char *const *doc_ids, int32_t *out_idx, float *out_scores, int slice);
 // rank (N): each id's position in ascending strcmp order (duplicates by index), so that ordering by
 // rank is the trec tie rule: the tie keys that topk_merge takes. Caller frees.
 int32_t *sn_doc_id_ranks(const char *const *ids, int N);

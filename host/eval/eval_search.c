@@ -75,10 +75,9 @@ size_t sn_topk_device_bound(int C) {
          (size_t)DEVICE_QUERY_BLOCK * DEVICE_DOC_BLOCK * sizeof(float);  // a score block
 }
 
-static void topk_on_device(const sn_ops *ops, const float *docs, int N, const float *queries, int Q,
-                           int C, int k, const char *const *doc_ids, int32_t *out_idx,
-                           float *out_scores) {
-  const int slice = SN_MIN(Q, device_slice(k));
+void sn_topk_exact_sliced(const sn_ops *ops, const float *docs, int N, const float *queries, int Q, int C, int k,
+                          const char *const *doc_ids, int32_t *out_idx, float *out_scores, int slice) {
+  slice = SN_MAX(1, SN_MIN(Q, slice));
   const int qb = SN_MIN(slice, DEVICE_QUERY_BLOCK), db = SN_MIN(N, DEVICE_DOC_BLOCK);
   float *d_queries = ops->alloc((size_t)slice * C * sizeof(float));       // (slice, C)
   float *d_docs = ops->alloc((size_t)db * C * sizeof(float));             // (db, C)
@@ -122,7 +121,7 @@ void sn_topk_exact(const sn_ops *ops, const float *docs, int64_t N, const float 
   if (k > N) k = (int)N;
   if (k <= 0 || Q <= 0) return;
   if (runs_on_device(ops, N, k)) {
-    topk_on_device(ops, docs, (int)N, queries, Q, C, k, doc_ids, out_idx, out_scores);
+    sn_topk_exact_sliced(ops, docs, (int)N, queries, Q, C, k, doc_ids, out_idx, out_scores, device_slice(k));
     return;
   }
   const sn_ops *host = sn_ops_cpu();  // its buffers are host memory: its ops read ours directly

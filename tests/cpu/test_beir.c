@@ -247,6 +247,21 @@ static void test_topk_merge(void) {
         CHECK(bad_idx == 0 && bad_score == 0, "merge path k=%d block=%d ties by %s: %d indices, %d scores differ from the heap search",
               k, blocks[bi], by_id ? "id" : "index", bad_idx, bad_score);
       }
+  // The device search itself (queries resident a slice at a time) through the CPU twins: one query a
+  // slice, a slice that leaves a short last one, and all at once.
+  const int slices[] = {1, 5, Q};
+  for (size_t si = 0; si < SN_ARRAY_LEN(slices); si++)
+    for (int by_id = 0; by_id < 2; by_id++) {
+      const int k = 100;
+      const char *const *tie_ids = by_id ? (const char *const *)ids : NULL;
+      sn_topk_exact(NULL, docs, N, queries, Q, C, k, tie_ids, ref_idx, ref_sc);
+      for (int i = 0; i < Q * k; i++) idx[i] = -7, sc[i] = NAN;  // poison
+      sn_topk_exact_sliced(sn_ops_cpu(), docs, N, queries, Q, C, k, tie_ids, idx, sc, slices[si]);
+      int bad_idx = 0, bad_score = 0;
+      for (int i = 0; i < Q * k; i++) bad_idx += idx[i] != ref_idx[i], bad_score += sc[i] != ref_sc[i];
+      CHECK(bad_idx == 0 && bad_score == 0, "sliced search, %d queries a slice, ties by %s: %d indices, %d scores differ",
+            slices[si], by_id ? "id" : "index", bad_idx, bad_score);
+    }
 
   // Lists deeper than the documents seen end in empty entries; -0.0 ties with +0.0 (then the
   // higher index wins) and is stored as +0.0; -inf still ranks above an empty entry.
