@@ -68,6 +68,15 @@ typedef struct {
 
 static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
 
+// An opt-in environment switch of this file, read once by its caller: 1 on, unset or 0 off; another
+// value is warned about and read as 0 (as host/model/model.c's switches).
+static bool env_switch_on(const char *name) {
+  const char *v = getenv(name);
+  if (v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
+    fprintf(stderr, "warning: environment variable %s='%s' is neither 0 nor 1; read as 0\n", name, v);
+  return v && strcmp(v, "1") == 0;
+}
+
 // SN_PDL_GEMM=1 (opt-in): while a graph records, the GEMM's kernel hangs on the kernel before it by
 // a programmatic edge (as launch_pdl gives our own kernels), so it is launched while that kernel
 // drains instead of after. Measured on the H100 (docs/PERFORMANCE.md): a 0.5B query 0.904, 0.908
@@ -76,15 +85,9 @@ static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; 
 // cuBLASLt's kernels wait for their producer (griddepcontrol.wait) before reading its output, which
 // their documentation does not promise and their code could not be inspected for (cuobjdump does not
 // list them); without that wait a GEMM could read its input before the producer's last stores land.
-// Another value than 0 or 1 is warned about once and read as 0.
 static bool pdl_gemm_wanted(void) {
   static int enabled = -1;
-  if (enabled < 0) {
-    const char *v = getenv("SN_PDL_GEMM");
-    enabled = sn_cuda_pdl_enabled() && v && strcmp(v, "1") == 0;
-    if (v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
-      fprintf(stderr, "warning: environment variable SN_PDL_GEMM='%s' is neither 0 nor 1; read as 0\n", v);
-  }
+  if (enabled < 0) enabled = env_switch_on("SN_PDL_GEMM") && sn_cuda_pdl_enabled();
   return enabled;
 }
 
@@ -93,7 +96,7 @@ static bool pdl_gemm_wanted(void) {
 static void programmatic_edge_to_next(void) {
   cudaStreamCaptureStatus status;
   const cudaGraphNode_t *deps;
-  const cudaGraphEdgeData *edges;
+  const cudaGraphEdgeData *edges;  // asked for although unused: without it the query fails on annotated edges
   size_t ndeps = 0;
   cudaCheck(cudaStreamGetCaptureInfo(SN_STREAM, &status, NULL, NULL, &deps, &edges, &ndeps));
   if (status != cudaStreamCaptureStatusActive || ndeps != 1) return;
@@ -110,12 +113,7 @@ static void programmatic_edge_to_next(void) {
 
 static bool autotune_wanted(const matmul_key *key) {
   static int enabled = -1;
-  if (enabled < 0) {
-    const char *v = getenv("SN_MATMUL_AUTOTUNE");
-    enabled = v && strcmp(v, "1") == 0;
-    if (v && !enabled && strcmp(v, "0") != 0)  // as host/model/model.c's switches: warned once, read as 0
-      fprintf(stderr, "warning: environment variable SN_MATMUL_AUTOTUNE='%s' is neither 0 nor 1; read as 0\n", v);
-  }
+  if (enabled < 0) enabled = env_switch_on("SN_MATMUL_AUTOTUNE");
   if (!enabled || (size_t)key->M * key->ldc * element_bytes(key->ctype) > AUTOTUNE_MAX_OUTPUT_BYTES) return false;
   cudaStreamCaptureStatus capturing;
   cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
