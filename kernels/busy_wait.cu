@@ -6,12 +6,6 @@
 
 #define BUSY_WAIT_SLEEP_NS 1000  // between reads of the clock: the other SMs' work is not disturbed
 
-__device__ __forceinline__ uint64_t global_ns(void) {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-
 __global__ void busy_wait_kernel(uint64_t ns) {
   const uint64_t start = global_ns();
   while (global_ns() - start < ns) __nanosleep(BUSY_WAIT_SLEEP_NS);

@@ -120,6 +120,7 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const 
 }
 
 // ---- programmatic dependent launch (sm_90+) ----------------------------------------------------------
+#define PDL_PROBE_MAX_INPUTS 4  // A, B, C (when accumulated into) and the bias of a GEMM
 // A kernel launched with launch_pdl may start while the kernel before it in the stream is still
 // running: what it does before pdl_wait() (loading weights, which no kernel writes during a forward)
 // overlaps that kernel's tail, and its launch latency is hidden. pdl_wait() returns once the previous
@@ -163,6 +164,30 @@ static void launch_pdl_cluster(void (*kernel)(KernelArgs...), dim3 grid, dim3 bl
 template <typename... KernelArgs, typename... Args>
 static void launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
   launch_pdl_cluster(kernel, grid, block, smem, 1, args...);
+}
+
+// Programmatic edges into kernels we did not write (cuBLASLt's), while a graph records: sound only
+// for a consumer that waits for its producer (griddepcontrol.wait) before reading, which is probed
+// rather than assumed (pdl_probe.cu). capture_programmatic_edge makes the next node recorded on
+// `stream` hang on the one kernel node before it by a programmatic edge (nothing when the stream is
+// not recording or that node is not a single kernel). pdl_consumer_waits runs `run` (which enqueues
+// the consumer on the stream it is given) after a producer that lets it launch at once and writes
+// its inputs only later, and tells whether the output came out as after a plain launch.
+typedef void (*pdl_consumer_fn)(cudaStream_t stream, const void *ctx);
+typedef struct {
+  void *inputs[PDL_PROBE_MAX_INPUTS];  // every buffer the consumer reads
+  size_t input_bytes[PDL_PROBE_MAX_INPUTS];
+  int n_inputs;
+  const void *output;  // what it writes: (rows, cols) of bf16, or of fp32 when output_f32, row stride ld
+  int output_rows, output_cols, output_ld, output_f32;
+} pdl_probe_buffers;
+void capture_programmatic_edge(cudaStream_t stream);
+bool pdl_consumer_waits(const pdl_probe_buffers *buffers, pdl_consumer_fn run, const void *ctx);
+// The device's clock in nanoseconds (the same on every multiprocessor).
+__device__ __forceinline__ uint64_t global_ns(void) {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
 }
 
 // ---- rotary position embedding ---------------------------------------------------------------------
@@ -336,6 +361,8 @@ void cuda_matmul(void *C, const void *A, const void *B, const void *bias, int M,
 void cuda_matmul_strided(void *C, int ldc, const void *A, int lda, const void *B, int ldb, const void *bias, int M,
                          int N, int K, int trans_a, int trans_b, int accumulate);
 void cuda_bias_backward(void *dbias, const void *dout, int M, int N);
+// Probes the GEMM plans not yet probed for the programmatic edge (SN_PDL_GEMM); graph_begin calls it.
+void cuda_matmul_probe_plans(void);
 // fp32 GEMM with the same row-major convention, C = alpha * op(A) op(B) + beta * C (losses use it).
 void sn_cuda_matmul_f32(float *C, const float *A, const float *B, int M, int N, int K, int trans_a,
                         int trans_b, float alpha, float beta);

@@ -27,6 +27,7 @@ void cuda_graph_begin(void) {
     fprintf(stderr, "%s:%d: graph_begin inside a recording\n", __FILE__, __LINE__);
     exit(EXIT_FAILURE);
   }
+  cuda_matmul_probe_plans();  // before recording: the probe runs and synchronises (matmul.cu)
   current_stream = thread_capture_stream();
   cudaCheck(cudaStreamBeginCapture(current_stream, cudaStreamCaptureModeRelaxed));
 }

@@ -49,11 +49,18 @@ typedef struct {
   int align_mask;  // which of A, B, C, bias are 16-byte aligned: the heuristic depends on it
 } matmul_key;
 
+typedef enum {
+  PRODUCER_WAIT_UNPROBED = 0,  // a fresh plan (zeroed)
+  PRODUCER_WAIT_SEEN,          // the probe saw the algorithm wait: the plan gets the programmatic edge
+  PRODUCER_WAIT_NOT_SEEN,      // it did not, or the plan is too large to probe: no edge
+} producer_wait;
+
 typedef struct {
   matmul_key key;
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t a_layout, b_layout, c_layout;
   cublasLtMatmulAlgo_t algo;
+  producer_wait waits;
 } matmul_plan;
 
 static matmul_plan plans[MATMUL_CACHE_SIZE];
@@ -68,52 +75,37 @@ typedef struct {
 
 static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
 
-// An opt-in environment switch of this file, read once by its caller: 1 on, unset or 0 off; another
-// value is warned about and read as 0 (as host/model/model.c's switches).
-static bool env_switch_on(const char *name) {
+// An environment switch of this file, read once by its caller: 1 on, 0 off, unset the default;
+// another value is warned about and read as the default (as host/model/model.c's switches).
+static bool env_switch(const char *name, bool fallback) {
   const char *v = getenv(name);
-  if (v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
-    fprintf(stderr, "warning: environment variable %s='%s' is neither 0 nor 1; read as 0\n", name, v);
-  return v && strcmp(v, "1") == 0;
+  if (!v) return fallback;
+  if (strcmp(v, "0") == 0 || strcmp(v, "1") == 0) return v[0] == '1';
+  fprintf(stderr, "warning: environment variable %s='%s' is neither 0 nor 1; read as %d\n", name, v, (int)fallback);
+  return fallback;
 }
 
-// SN_PDL_GEMM=1 (opt-in): while a graph records, the GEMM's kernel hangs on the kernel before it by
-// a programmatic edge (as launch_pdl gives our own kernels), so it is launched while that kernel
-// drains instead of after. Measured on the H100 (docs/PERFORMANCE.md): a 0.5B query 0.904, 0.908
-// against 0.956, 0.951 ms, the student's 0.151, 0.150 against 0.165, 0.160, and the graphs give the
-// direct launches' embeddings exactly (test_encoder_cuda). Off by default because it is sound only if
-// cuBLASLt's kernels wait for their producer (griddepcontrol.wait) before reading its output, which
-// their documentation does not promise and their code could not be inspected for (cuobjdump does not
-// list them); without that wait a GEMM could read its input before the producer's last stores land.
+// SN_PDL_GEMM (default 1; 0 turns it off): while a graph records, a GEMM hangs on the kernel before
+// it by a programmatic edge (as launch_pdl gives our own kernels), so it is launched while that
+// kernel drains instead of after. Measured on the H100 (docs/PERFORMANCE.md): a 0.5B query 0.904,
+// 0.908 against 0.956, 0.951 ms, the student's 0.151, 0.150 against 0.165, 0.160. Sound only for a
+// cuBLASLt kernel that waits for its producer before reading (griddepcontrol.wait), which its
+// documentation does not promise: so a plan gets the edge only once the probe (pdl_probe.cu) has
+// seen its algorithm wait. Plans are probed when a recording begins (cuda_matmul_probe_plans, from
+// graph_begin): a shape runs directly before it is recorded (ops.h), so its plans exist then, and
+// nothing records yet. A plan first made while recording, or whose operands pass PROBE_MAX_BYTES
+// (the probe allocates its own; a GEMM that large takes tens of microseconds, beside which the
+// launch gap the edge hides is small), is not probed and gets no edge.
+#define PROBE_MAX_BYTES ((size_t)64 << 20)
 static bool pdl_gemm_wanted(void) {
   static int enabled = -1;
-  if (enabled < 0) enabled = env_switch_on("SN_PDL_GEMM") && sn_cuda_pdl_enabled();
+  if (enabled < 0) enabled = env_switch("SN_PDL_GEMM", true) && sn_cuda_pdl_enabled();
   return enabled;
-}
-
-// Makes the next node captured on SN_STREAM depend on the one kernel node before it programmatically;
-// nothing when the stream is not recording or the node before is not a single kernel.
-static void programmatic_edge_to_next(void) {
-  cudaStreamCaptureStatus status;
-  const cudaGraphNode_t *deps;
-  const cudaGraphEdgeData *edges;  // asked for although unused: without it the query fails on annotated edges
-  size_t ndeps = 0;
-  cudaCheck(cudaStreamGetCaptureInfo(SN_STREAM, &status, NULL, NULL, &deps, &edges, &ndeps));
-  if (status != cudaStreamCaptureStatusActive || ndeps != 1) return;
-  cudaGraphNodeType type;
-  cudaCheck(cudaGraphNodeGetType(deps[0], &type));
-  if (type != cudaGraphNodeTypeKernel) return;
-  cudaGraphNode_t producer = deps[0];
-  cudaGraphEdgeData edge;
-  memset(&edge, 0, sizeof edge);
-  edge.from_port = cudaGraphKernelNodePortProgrammatic;
-  edge.type = cudaGraphDependencyTypeProgrammatic;
-  cudaCheck(cudaStreamUpdateCaptureDependencies(SN_STREAM, &producer, &edge, 1, cudaStreamSetCaptureDependencies));
 }
 
 static bool autotune_wanted(const matmul_key *key) {
   static int enabled = -1;
-  if (enabled < 0) enabled = env_switch_on("SN_MATMUL_AUTOTUNE");
+  if (enabled < 0) enabled = env_switch("SN_MATMUL_AUTOTUNE", false);
   if (!enabled || (size_t)key->M * key->ldc * element_bytes(key->ctype) > AUTOTUNE_MAX_OUTPUT_BYTES) return false;
   cudaStreamCaptureStatus capturing;
   cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
@@ -221,7 +213,7 @@ static matmul_plan *get_plan(const matmul_key *key, const matmul_operands *opera
   cublasLtMatmulHeuristicResult_t heur[AUTOTUNE_CANDIDATES];
   int found = 0;
   cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->a_layout, p->b_layout, p->c_layout,
-                                             p->c_layout, pref, autotune_wanted(key) ? AUTOTUNE_CANDIDATES : 1,
+                                             p->c_layout, pref, autotune_wanted(key) && operands->A ? AUTOTUNE_CANDIDATES : 1,
                                              heur, &found));
   cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
   if (found == 0) {
@@ -232,6 +224,84 @@ static matmul_plan *get_plan(const matmul_key *key, const matmul_operands *opera
   p->algo = heur[found > 1 ? fastest_candidate(p, heur, found, operands) : 0].algo;
   if (nplans < MATMUL_CACHE_SIZE) nplans++;
   return p;
+}
+
+// Enqueues the plan's GEMM on `stream`: C = alpha op(A) op(B) (+ bias) + beta C.
+static void enqueue_plan(const matmul_plan *p, const matmul_operands *op, void *C, cudaStream_t stream) {
+  if (op->bias)
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &op->bias,
+                                               sizeof op->bias));
+  cublasCheck(cublasLtMatmul(lt_handle, p->desc, &op->alpha, op->B, p->a_layout, op->A, p->b_layout, &op->beta, C,
+                             p->c_layout, C, p->c_layout, &p->algo, lt_workspace, CUBLASLT_WORKSPACE_BYTES, stream));
+}
+
+// ---- the programmatic-edge probe of a plan (SN_PDL_GEMM above) ----------------------------------------
+typedef struct {
+  const matmul_plan *plan;
+  matmul_operands operands;
+  void *C;
+} plan_call;
+
+static void run_plan_call(cudaStream_t stream, const void *ctx) {
+  const plan_call *call = (const plan_call *)ctx;
+  enqueue_plan(call->plan, &call->operands, call->C, stream);
+}
+
+// Whether the plan's algorithm waits for the kernel before it, on operands of its own (every input
+// late: A, B, the bias and, when accumulated into, C).
+static bool plan_waits_for_producer(const matmul_plan *p) {
+  const matmul_key *k = &p->key;
+  const size_t in_size = element_bytes(k->dtype), out_size = element_bytes(k->ctype);
+  const size_t a_bytes = (size_t)(k->trans_a ? k->K : k->M) * k->lda * in_size;
+  const size_t b_bytes = (size_t)(k->trans_b ? k->N : k->K) * k->ldb * in_size;
+  const size_t c_bytes = (size_t)k->M * k->ldc * out_size, bias_bytes = k->has_bias ? (size_t)k->N * in_size : 0;
+  if (a_bytes + b_bytes + c_bytes + bias_bytes > PROBE_MAX_BYTES) return false;
+  plan_call call;
+  memset(&call, 0, sizeof call);
+  call.plan = p;
+  call.operands.A = cuda_alloc(a_bytes), call.operands.B = cuda_alloc(b_bytes);
+  call.operands.bias = k->has_bias ? cuda_alloc(bias_bytes) : NULL;
+  call.operands.alpha = 1.0f, call.operands.beta = k->accumulate ? 1.0f : 0.0f;
+  call.C = cuda_alloc(c_bytes);
+  cudaCheck(cudaMemset(call.C, 0, c_bytes));  // the columns past N (ldc > N) are never written
+  pdl_probe_buffers buf;
+  memset(&buf, 0, sizeof buf);
+  void *inputs[PDL_PROBE_MAX_INPUTS] = {(void *)call.operands.A, (void *)call.operands.B, (void *)call.operands.bias,
+                                        k->accumulate ? call.C : NULL};
+  const size_t bytes[PDL_PROBE_MAX_INPUTS] = {a_bytes, b_bytes, bias_bytes, c_bytes};
+  for (int i = 0; i < PDL_PROBE_MAX_INPUTS; i++)
+    if (inputs[i]) buf.inputs[buf.n_inputs] = inputs[i], buf.input_bytes[buf.n_inputs++] = bytes[i];
+  buf.output = call.C, buf.output_rows = k->M, buf.output_cols = k->N, buf.output_ld = k->ldc;
+  buf.output_f32 = k->ctype == CUDA_R_32F;
+  const bool waits = pdl_consumer_waits(&buf, run_plan_call, &call);
+  cuda_free((void *)call.operands.A), cuda_free((void *)call.operands.B), cuda_free((void *)call.operands.bias);
+  cuda_free(call.C);
+  return waits;
+}
+
+void cuda_matmul_probe_plans(void) {
+  if (!pdl_gemm_wanted()) return;
+  for (int i = 0; i < nplans; i++)
+    if (plans[i].waits == PRODUCER_WAIT_UNPROBED)
+      plans[i].waits = plan_waits_for_producer(&plans[i]) ? PRODUCER_WAIT_SEEN : PRODUCER_WAIT_NOT_SEEN;
+}
+
+// The row strides of packed operands: op(A) (M, K) is stored (M, K), or (K, M) when transposed.
+#define PACKED_LDA(M, K, trans_a) ((trans_a) ? (M) : (K))
+#define PACKED_LDB(K, N, trans_b) ((trans_b) ? (K) : (N))
+
+// For test_cuda_ops --only pdl: whether the plan cuda_matmul makes for this shape (16-byte aligned
+// operands) waits for its producer; probed now.
+extern "C" int sn_cuda_matmul_waits_for_producer(int M, int N, int K, int trans_a, int trans_b, int has_bias,
+                                                 int accumulate) {
+  matmul_key key;
+  memset(&key, 0, sizeof key);
+  key.M = M, key.N = N, key.K = K, key.trans_a = trans_a, key.trans_b = trans_b;
+  key.lda = PACKED_LDA(M, K, trans_a), key.ldb = PACKED_LDB(K, N, trans_b), key.ldc = N;
+  key.has_bias = has_bias, key.accumulate = accumulate, key.dtype = key.ctype = CUDA_R_16BF;
+  key.align_mask = 1 | 2 | 4;
+  const matmul_operands none = {NULL, NULL, NULL, 1.0f, 0.0f};  // no autotuning without operands
+  return plan_waits_for_producer(get_plan(&key, &none));
 }
 
 static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, int ldc, const void *A, int lda,
@@ -253,16 +323,9 @@ static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, int 
                    (aligned16(C) && (!bias || aligned16(bias)) ? 4 : 0);
   const matmul_operands operands = {A, B, bias, alpha, beta};
   matmul_plan *p = get_plan(&key, &operands);
-  if (bias)
-    cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-  if (pdl_gemm_wanted()) programmatic_edge_to_next();
-  cublasCheck(cublasLtMatmul(lt_handle, p->desc, &alpha, B, p->a_layout, A, p->b_layout, &beta, C, p->c_layout,
-                             C, p->c_layout, &p->algo, lt_workspace, CUBLASLT_WORKSPACE_BYTES, SN_STREAM));
+  if (p->waits == PRODUCER_WAIT_SEEN && pdl_gemm_wanted()) capture_programmatic_edge(SN_STREAM);
+  enqueue_plan(p, &operands, C, SN_STREAM);
 }
-
-// The row strides of packed operands: op(A) (M, K) is stored (M, K), or (K, M) when transposed.
-#define PACKED_LDA(M, K, trans_a) ((trans_a) ? (M) : (K))
-#define PACKED_LDB(K, N, trans_b) ((trans_b) ? (K) : (N))
 
 // C (M, N) = op(A) @ op(B) [+ bias] [+ C]
 void cuda_matmul(void *C, const void *A, const void *B, const void *bias, int M, int N, int K, int trans_a,

@@ -501,8 +501,38 @@ static void check_optimizer(size_t n) {
   free(master_h);
 }
 
-static const char *op_groups[] = {"elementwise", "embedding", "norms",     "matmul", "attention",
-                                   "pooling",     "losses",    "optimizer", "search", "small"};
+// The programmatic-edge probe (kernels/pdl_probe.cu) must catch a copy kernel that does not wait
+// for its producer and pass the same kernel when it waits. Then, for the GEMMs of a 0.5B and a
+// 384-wide student forward at serving row counts, whether cuBLASLt's pick waits: reported, not
+// required (a GEMM not seen to wait gets no edge), but two probes of one GEMM must agree.
+static void check_pdl_probe(int quick) {
+  const int copy_waits = sn_cuda_pdl_probe_selftest(1);
+  if (copy_waits < 0) {
+    printf("pdl: skipped (programmatic dependent launch needs sm_90 and SN_PDL unset or 1)\n");
+    return;
+  }
+  CHECK(copy_waits == 1, "pdl probe: a copy kernel that waits for its producer was not seen to wait");
+  CHECK(sn_cuda_pdl_probe_selftest(0) == 0, "pdl probe: a copy kernel that does not wait was seen to wait");
+  printf("pdl probe: a copy that waits passes, one that does not is caught\n");
+  // (N, K, bias) of each linear of the two towers' layers: QKV, o, gate|up, down
+  const int shapes[][3] = {{1152, 896, 1}, {896, 896, 0}, {9728, 896, 0}, {896, 4864, 0},
+                           {1152, 384, 1}, {384, 384, 0}, {3072, 384, 0}, {384, 1536, 0}};
+  const int rows[] = {32, 256, 2048};
+  for (size_t r = 0; r < SN_ARRAY_LEN(rows); r++)
+    for (size_t i = 0; i < SN_ARRAY_LEN(shapes); i++) {
+      if (quick && rows[r] > 32) continue;
+      const int M = rows[r], N = shapes[i][0], K = shapes[i][1], bias = shapes[i][2];
+      const int waits = sn_cuda_matmul_waits_for_producer(M, N, K, 0, 1, bias, 0);
+      const double t0 = sn_now_s();  // the second probe: the plan exists, so this is the probe's cost
+      CHECK(waits == sn_cuda_matmul_waits_for_producer(M, N, K, 0, 1, bias, 0),
+            "pdl probe of the GEMM M=%d N=%d K=%d: two probes disagree", M, N, K);
+      printf("  GEMM M=%d N=%d K=%d bias=%d: %s (probe %.2f ms)\n", M, N, K, bias,
+             waits ? "waits for its producer (gets the edge)" : "not seen to wait (no edge)", 1e3 * (sn_now_s() - t0));
+    }
+}
+
+static const char *op_groups[] = {"elementwise", "embedding", "norms",  "matmul", "attention", "pooling",
+                                   "losses",      "optimizer", "search", "small",  "pdl"};
 static const char *only_group;  // run only this op group (NULL: all)
 static int wanted(const char *group) { return !only_group || !strcmp(only_group, group); }
 static int known_group(const char *group) {
@@ -513,7 +543,7 @@ static int known_group(const char *group) {
 
 int main(int argc, char **argv) {
   // --quick: small shapes only (for compute-sanitizer); --only GROUP: one op group (elementwise,
-  // embedding, norms, matmul, attention, pooling, losses, optimizer, search, small).
+  // embedding, norms, matmul, attention, pooling, losses, optimizer, search, small, pdl).
   int quick = 0;
   for (int i = 1; i < argc; i++) {
     const char *bad = NULL;  // what was wrong with argument i
@@ -721,5 +751,6 @@ int main(int argc, char **argv) {
       check_attention_rope_short(l4, 3, 12, 2, 128, causal);  // Qwen2.5-1.5B heads
     }
   }
+  if (wanted("pdl")) check_pdl_probe(quick);
   return sn_test_finish("test_cuda_ops");
 }
