@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common.h"
 
@@ -34,6 +35,27 @@ const sn_ops *sn_test_backend_from_args(int argc, char **argv, const char *progr
   const sn_ops *cuda = sn_ops_cuda(&why);
   if (!cuda) sn_test_skip(why ? why : "no CUDA backend");
   return cuda;
+}
+
+const sn_ops *sn_test_backend_from_env(void) {
+  const char *device = getenv("SN_TEST_DEVICE");
+  if (!device || strcmp(device, "cuda") != 0) return sn_ops_cpu();
+  const char *why = NULL;
+  const sn_ops *cuda = sn_ops_cuda(&why);
+  if (!cuda) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "SN_TEST_DEVICE=cuda but no CUDA backend: %s", why ? why : "unknown");
+    sn_test_skip(msg);
+  }
+  return cuda;
+}
+
+void sn_test_require_fixture(const char *path, const char *maker) {
+  struct stat st;
+  if (stat(path, &st) == 0) return;
+  char why[TEST_PATH_MAX + 128];
+  snprintf(why, sizeof why, "fixture %s missing (run %s)", path, maker);
+  sn_test_skip(why);
 }
 
 int sn_test_random_tokens(sn_tokens *tok, const sn_ops *ops, const int *lens, int B, int vocab, sn_test_rng *rng) {

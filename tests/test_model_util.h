@@ -11,6 +11,11 @@
 // The backend a model test runs on, from its arguments: none → the CPU; "cuda" → the CUDA backend,
 // or a skip (exit 77) without one; anything else → usage on stderr and exit 2.
 const sn_ops *sn_test_backend_from_args(int argc, char **argv, const char *program);
+// The backend a fixture test runs on, from the environment: SN_TEST_DEVICE=cuda → the CUDA backend,
+// or a skip (exit 77) without one; unset or anything else → the CPU.
+const sn_ops *sn_test_backend_from_env(void);
+// Skips the test (exit 77) when the fixture file `path` is missing, saying which script makes it.
+void sn_test_require_fixture(const char *path, const char *maker);
 // tok allocated on ops and filled with B packed sequences of lens[b] random ids below vocab; returns
 // the token count T. Free with sn_tokens_free.
 int sn_test_random_tokens(sn_tokens *tok, const sn_ops *ops, const int *lens, int B, int vocab, sn_test_rng *rng);

@@ -7,7 +7,6 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -37,20 +36,9 @@ static double hidden_err(sn_model *m, const sn_tokens *tok, const float *ref, si
 int main(void) {
   char root[PATH_LEN], dir[PATH_LEN], err[ERR_LEN];
   snprintf(root, sizeof root, "%s/%s", sn_test_source_dir(), FIXTURE);
-  struct stat st;
   snprintf(dir, sizeof dir, "%s/adapter/adapter_model.safetensors", root);
-  if (stat(dir, &st) != 0) {
-    char why[PATH_LEN + 96];
-    snprintf(why, sizeof why, "fixture %s missing (run tests/make_lora_fixture.py where torch and peft exist)", dir);
-    sn_test_skip(why);
-  }
-  const char *device = getenv("SN_TEST_DEVICE");
-  const sn_ops *ops = sn_ops_cpu();
-  if (device && strcmp(device, "cuda") == 0) {
-    const char *why_not = "unknown";
-    ops = sn_ops_cuda(&why_not);
-    if (!ops) sn_test_skip("SN_TEST_DEVICE=cuda but no CUDA backend");
-  }
+  sn_test_require_fixture(dir, "tests/make_lora_fixture.py where torch and peft exist");
+  const sn_ops *ops = sn_test_backend_from_env();
   const double tol = ops->storage == SN_DTYPE_F32 ? REL_TOL : BF16_REL_TOL;
   const double grad_tol = ops->storage == SN_DTYPE_F32 ? REL_TOL : BF16_GRAD_TOL;
 

@@ -7,7 +7,6 @@
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -184,27 +183,12 @@ int main(void) {
   char root[PATH_LEN], probe[PATH_LEN];
   join_path(root, sizeof root, sn_test_source_dir(), "tests/fixtures");
   for (size_t i = 0; i < SN_ARRAY_LEN(FIXTURES); i++) {
-    struct stat st;
     char model_dir[PATH_LEN];
     join_path(model_dir, sizeof model_dir, root, FIXTURES[i].name);
     join_path(probe, sizeof probe, model_dir, "model.safetensors");
-    if (stat(probe, &st) != 0) {
-      char why[PATH_LEN + 64];
-      snprintf(why, sizeof why, "fixture %s missing (run tests/make_fixtures.py where torch exists)", probe);
-      sn_test_skip(why);
-    }
+    sn_test_require_fixture(probe, "tests/make_fixtures.py where torch exists");
   }
-  const char *device = getenv("SN_TEST_DEVICE");
-  const sn_ops *ops = sn_ops_cpu();
-  if (device && strcmp(device, "cuda") == 0) {
-    const char *why_not = "unknown";
-    ops = sn_ops_cuda(&why_not);
-    if (!ops) {
-      char why[256];
-      snprintf(why, sizeof why, "SN_TEST_DEVICE=cuda but no CUDA backend: %s", why_not);
-      sn_test_skip(why);
-    }
-  }
+  const sn_ops *ops = sn_test_backend_from_env();
   fprintf(stderr, "backend %s\n", ops->name);
   for (size_t i = 0; i < SN_ARRAY_LEN(FIXTURES); i++) run_fixture(root, &FIXTURES[i], ops);
   return sn_test_finish("test_model_fixtures");
