@@ -85,9 +85,9 @@ static bool env_switch(const char *name, bool fallback) {
   return fallback;
 }
 
-// SN_PDL_GEMM (default 1; 0 turns it off): while a graph records, a GEMM hangs on the kernel before
-// it by a programmatic edge (as launch_pdl gives our own kernels), so it is launched while that
-// kernel drains instead of after. Measured on the H100 (docs/PERFORMANCE.md): a 0.5B query 0.904,
+// SN_PDL_GEMM=1 (opt-in until the probe below has run on a GPU: docs/gpu_notes.md, session 8): while
+// a graph records, a GEMM hangs on the kernel before it by a programmatic edge (as launch_pdl gives
+// our own kernels), so it is launched while that kernel drains instead of after. Measured on the H100 (docs/PERFORMANCE.md): a 0.5B query 0.904,
 // 0.908 against 0.956, 0.951 ms, the student's 0.151, 0.150 against 0.165, 0.160. Sound only for a
 // cuBLASLt kernel that waits for its producer before reading (griddepcontrol.wait), which its
 // documentation does not promise: so a plan gets the edge only once the probe (pdl_probe.cu) has
@@ -99,7 +99,7 @@ static bool env_switch(const char *name, bool fallback) {
 #define PROBE_MAX_BYTES ((size_t)64 << 20)
 static bool pdl_gemm_wanted(void) {
   static int enabled = -1;
-  if (enabled < 0) enabled = env_switch("SN_PDL_GEMM", true) && sn_cuda_pdl_enabled();
+  if (enabled < 0) enabled = env_switch("SN_PDL_GEMM", false) && sn_cuda_pdl_enabled();
   return enabled;
 }
 

@@ -4,7 +4,7 @@
 # batch and shape after shape; those are within the bf16 band of sn_embed --device cuda and of the
 # fp32 CPU reference (max abs 3e-2 on unit vectors); the CPU library still equals sn_embed bit for
 # bit; with SN_MATMUL_AUTOTUNE=1 sn_embed stays within the band of the CPU, and a bad value of it is
-# warned about and read as 0; with and without (SN_PDL_GEMM=0) the programmatic edges into the
+# warned about and read as 0; with (SN_PDL_GEMM=1) and without the programmatic edges into the
 # GEMMs of a recorded graph that the probe saw wait (kernels/pdl_probe.cu) the graphs give the direct
 # launches' embeddings exactly. A decoder tower (Qwen2, last token) and a BERT student (CLS +
 # projection).
@@ -62,4 +62,4 @@ for tower in ("query_tower", "student"):
 PY
 }
 check_library
-SN_PDL_GEMM=0 check_library
+SN_PDL_GEMM=1 check_library
