@@ -344,10 +344,10 @@ const sn_ops *sn_ops_cuda(const char **why_not);
 const sn_ops *sn_ops_cuda_for_plan(void);
 // CUDA builds only, for benchmarks: enqueues a kernel that keeps the stream busy this long.
 void sn_cuda_busy_wait(double microseconds);
-// CUDA builds only, for tests of the programmatic edge into cuBLASLt's GEMMs (kernels/pdl_probe.cu):
-// whether the probe sees a copy kernel that does (consumer_waits = 1) or does not wait for its
-// producer as waiting (-1: no programmatic launch here: before sm_90, or SN_PDL=0), and whether the
-// GEMM ops->matmul runs for this shape waits (1) or not (0).
+// For tests of the programmatic edge into cuBLASLt's GEMMs (kernels/pdl_probe.cu): whether the
+// probe sees a copy kernel that does (consumer_waits = 1) or does not wait for its producer as
+// waiting (-1: no programmatic launch here: before sm_90, SN_PDL=0, or a build without CUDA), and
+// whether the GEMM ops->matmul runs for this shape waits (1) or not (0; also without CUDA).
 int sn_cuda_pdl_probe_selftest(int consumer_waits);
 int sn_cuda_matmul_waits_for_producer(int M, int N, int K, int trans_a, int trans_b, int has_bias, int accumulate);
 // "cpu" or "cuda": the backend, or an error naming the device string.
