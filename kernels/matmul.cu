@@ -87,8 +87,9 @@ static bool env_switch(const char *name, bool fallback) {
 
 // SN_PDL_GEMM=1 (opt-in until the probe below has run on a GPU: docs/gpu_notes.md, session 8): while
 // a graph records, a GEMM hangs on the kernel before it by a programmatic edge (as launch_pdl gives
-// our own kernels), so it is launched while that kernel drains instead of after. Measured on the H100 (docs/PERFORMANCE.md): a 0.5B query 0.904,
-// 0.908 against 0.956, 0.951 ms, the student's 0.151, 0.150 against 0.165, 0.160. Sound only for a
+// our own kernels), so it is launched while that kernel drains instead of after. Measured on the
+// H100 (docs/PERFORMANCE.md): a 0.5B query 0.904, 0.908 against 0.956, 0.951 ms, the student's
+// 0.151, 0.150 against 0.165, 0.160 (then every GEMM got the edge, unprobed). Sound only for a
 // cuBLASLt kernel that waits for its producer before reading (griddepcontrol.wait), which its
 // documentation does not promise: so a plan gets the edge only once the probe (pdl_probe.cu) has
 // seen its algorithm wait. Plans are probed when a recording begins (cuda_matmul_probe_plans, from
@@ -212,9 +213,9 @@ static matmul_plan *get_plan(const matmul_key *key, const matmul_operands *opera
   }
   cublasLtMatmulHeuristicResult_t heur[AUTOTUNE_CANDIDATES];
   int found = 0;
+  const int candidates = autotune_wanted(key) && operands->A ? AUTOTUNE_CANDIDATES : 1;  // no operands: no timing
   cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->a_layout, p->b_layout, p->c_layout,
-                                             p->c_layout, pref, autotune_wanted(key) && operands->A ? AUTOTUNE_CANDIDATES : 1,
-                                             heur, &found));
+                                             p->c_layout, pref, candidates, heur, &found));
   cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
   if (found == 0) {
     fprintf(stderr, "error: %s:%d: no cuBLASLt algorithm for M=%d N=%d K=%d ta=%d tb=%d bias=%d\n", __FILE__,

@@ -259,8 +259,9 @@ static void test_topk_merge(void) {
       sn_topk_exact_sliced(sn_ops_cpu(), docs, N, queries, Q, C, k, tie_ids, idx, sc, slices[si]);
       int bad_idx = 0, bad_score = 0;
       for (int i = 0; i < Q * k; i++) bad_idx += idx[i] != ref_idx[i], bad_score += sc[i] != ref_sc[i];
-      CHECK(bad_idx == 0 && bad_score == 0, "sliced search, %d queries a slice, ties by %s: %d indices, %d scores differ",
-            slices[si], by_id ? "id" : "index", bad_idx, bad_score);
+      CHECK(bad_idx == 0 && bad_score == 0,
+            "sliced search, %d queries a slice, ties by %s: %d indices, %d scores differ", slices[si],
+            by_id ? "id" : "index", bad_idx, bad_score);
     }
 
   // Lists deeper than the documents seen end in empty entries; -0.0 ties with +0.0 (then the
