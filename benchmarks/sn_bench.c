@@ -518,6 +518,63 @@ static void bench_linear_small_layer(int M, int C, int qkv_dim, int I, int decod
   bench_linear_small(M, C, I, SN_EPILOGUE_RESIDUAL, 0, label);
 }
 
+// ---- the whole student in one kernel (decoder_fused_forward) ---------------------------------------------
+// A query through a random decoder of the student's shape, its weights rotated over copies that
+// together exceed L2 (each call streams them from HBM, as the first query after other work does);
+// the row's bytes are the blocks' weights (the embedding rows read are a few KB).
+#define FUSED_BENCH_VOCAB 1024
+#define FUSED_BENCH_MAX_ROT 16
+typedef struct {
+  sn_decoder_block *blocks[FUSED_BENCH_MAX_ROT];
+  sn_decoder_weights w[FUSED_BENCH_MAX_ROT];
+  void *tensors[FUSED_BENCH_MAX_ROT][SN_DECODER_FUSED_MAX_LAYERS][6];
+  void *embed, *final_norm, *out;
+  int32_t *ids, *pos, *cu;
+  int T;
+} fused_ctx;
+static void run_decoder_fused(void *p, int r) {
+  fused_ctx *c = p;
+  ops->decoder_fused_forward(c->out, c->ids, c->pos, c->cu, 1, c->T, &c->w[r]);
+}
+static void bench_decoder_fused(int L, int C, int I, int Hq, int Hkv, int T, const char *label) {
+  if (!selected("decoder_fused")) return;
+  const int D = C / Hq, qkv_dim = (Hq + 2 * Hkv) * D;
+  const size_t block_elems = (size_t)qkv_dim * C + (size_t)C * C + 2 * (size_t)I * C + (size_t)C * I;
+  const size_t w_bytes = (size_t)L * block_elems * BF16_BYTES;
+  const int nrot = (int)SN_MIN(FUSED_BENCH_MAX_ROT, (L2_FLUSH_BYTES + w_bytes - 1) / w_bytes);
+  fused_ctx c = {0};
+  c.T = T;
+  c.embed = rand_st((size_t)FUSED_BENCH_VOCAB * C, 1.0f), c.final_norm = rand_st(C, 1.0f);
+  for (int r = 0; r < nrot; r++) {
+    c.blocks[r] = mallocCheck(L * sizeof(sn_decoder_block));
+    for (int l = 0; l < L; l++) {
+      void **t = c.tensors[r][l];
+      t[0] = rand_st((size_t)qkv_dim * C, 1.0f / sqrtf((float)C)), t[1] = rand_st(qkv_dim, 0.1f);
+      t[2] = rand_st((size_t)C * C, 1.0f / sqrtf((float)C)), t[3] = rand_st((size_t)2 * I * C, 1.0f / sqrtf((float)C));
+      t[4] = rand_st((size_t)C * I, 1.0f / sqrtf((float)I)), t[5] = rand_st(C, 1.0f);  // t[5]: both norms
+      c.blocks[r][l] = (sn_decoder_block){t[5], t[0], t[1], t[2], NULL, t[5], t[3], NULL, t[4], NULL};
+    }
+    c.w[r] = (sn_decoder_weights){L, C, I, Hq, Hkv, D, 1e-6f, 1e6f, c.embed, c.final_norm, c.blocks[r]};
+  }
+  int32_t ids[SN_DECODER_FUSED_MAX_ROWS], pos[SN_DECODER_FUSED_MAX_ROWS], cu[2] = {0, T};
+  for (int t = 0; t < T; t++) ids[t] = (t * 37) % FUSED_BENCH_VOCAB, pos[t] = t;
+  c.ids = ops->alloc(sizeof ids), c.pos = ops->alloc(sizeof pos), c.cu = ops->alloc(sizeof cu);
+  ops->upload(c.ids, ids, sizeof ids), ops->upload(c.pos, pos, sizeof pos), ops->upload(c.cu, cu, sizeof cu);
+  c.out = ops->alloc((size_t)T * C * BF16_BYTES);
+  char shape[96];
+  snprintf(shape, sizeof shape, "%s L=%d C=%d I=%d T=%d", label, L, C, I, T);
+  if (ops->decoder_fused_supports(&c.w[0], T))
+    report("decoder_fused", shape, time_median_ms(run_decoder_fused, &c, nrot, reps), (double)w_bytes, 0);
+  else
+    printf("decoder_fused %s: not supported on this device\n", shape);
+  for (int r = 0; r < nrot; r++) {
+    for (int l = 0; l < L; l++)
+      for (int k = 0; k < 6; k++) ops->free(c.tensors[r][l][k]);
+    free(c.blocks[r]);
+  }
+  ops->free(c.embed), ops->free(c.final_norm), ops->free(c.out), ops->free(c.ids), ops->free(c.pos), ops->free(c.cu);
+}
+
 // ---- attention -------------------------------------------------------------------------------------------
 typedef struct {
   void *qkv, *out, *dout, *dqkv;
@@ -810,6 +867,8 @@ int main(int argc, char **argv) {
   bench_linear_small_layer(32, 896, 1152, 4864, 1, "0.5B");      // a 32-token query
   bench_linear_small_layer(32, 384, 1152, 1536, 0, "student");  // the 384-wide student
   if (!quick) bench_linear_small_layer(SN_LINEAR_SMALL_MAX_ROWS, 896, 1152, 4864, 1, "0.5B");
+  bench_decoder_fused(6, 384, 1536, 6, 2, 32, "student");  // a 32-token query, every block
+  bench_decoder_fused(6, 384, 1536, 6, 2, 1, "student");
   bench_attention_rope(1, 32, 14, 2, 64, 1);
   bench_attention_rope(8, 32, 14, 2, 64, 1);
   bench_attention_rope(4, 64, 14, 2, 64, 1);    // SN_SHORT_ATTENTION_MAX_TOKEN_KEYS (16384)

@@ -372,6 +372,10 @@ void sn_cuda_matmul_bf16_f32(float *C, const bf16 *A, const bf16 *B, int M, int 
 // linear_small.cu
 void cuda_linear_small(void *out, const void *x, const void *norm_w, float eps, const void *w, const void *bias,
                        const void *residual, int M, int N, int K, sn_epilogue epilogue);
+// decoder_fused.cu
+int cuda_decoder_fused_supports(const sn_decoder_weights *w, int T);
+void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens, int B,
+                                int T, const sn_decoder_weights *w);
 // rope.cu
 void cuda_rope(void *qkv, const int32_t *pos, int T, int Hq, int Hkv, int D, float theta, int inverse);
 // attention_forward.cu, attention_backward.cu

@@ -48,6 +48,8 @@ static sn_ops make_cuda_ops(void) {
   o.rope = cuda_rope;
   o.attention_forward = cuda_attention_forward;
   o.attention_rope_forward = cuda_attention_rope_forward;
+  o.decoder_fused_supports = cuda_decoder_fused_supports;
+  o.decoder_fused_forward = cuda_decoder_fused_forward;
   o.attention_backward = cuda_attention_backward;
   o.swiglu_forward = cuda_swiglu_forward;
   o.swiglu_backward = cuda_swiglu_backward;

@@ -57,6 +57,25 @@ typedef enum {
   SN_EPILOGUE_RESIDUAL = 3,  // out = residual + y
 } sn_epilogue;
 
+// The weights of one decoder block (Qwen2/Llama) as a model lays them out: norm weights (C), the
+// fused q|k|v projection ((Hq + 2Hkv) D, C) and its bias, o_proj (C, Hq D), the fused gate|up
+// projection (2I, C: gate rows, then up rows) and down (C, I). Any bias may be NULL.
+typedef struct {
+  const void *norm_attn_w, *qkv_w, *qkv_b, *o_w, *o_b, *norm_mlp_w, *up_w, *up_b, *down_w, *down_b;
+} sn_decoder_block;
+// A whole decoder for decoder_fused_forward: its shape, embedding table (V, C), blocks (layers of
+// them, in host memory; the tensors they point at are the backend's) and final norm weight.
+typedef struct {
+  int layers, hidden, intermediate, heads, kv_heads, head_dim;
+  float norm_eps, rope_theta;
+  const void *tok_embed, *final_norm_w;
+  const sn_decoder_block *blocks;
+} sn_decoder_weights;
+// decoder_fused_forward takes at most this many tokens (a query or two of a student's batch) and
+// this many blocks.
+#define SN_DECODER_FUSED_MAX_ROWS 32
+#define SN_DECODER_FUSED_MAX_LAYERS 32
+
 // Deepest list topk_merge keeps (the CUDA kernel sorts the survivors of a row in shared memory).
 #define SN_TOPK_MAX_K 2048
 
@@ -224,6 +243,20 @@ typedef struct sn_ops {
   void (*attention_rope_forward)(void *out, const void *qkv, const int32_t *pos,
                                  const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq,
                                  int Hkv, int D, float theta, int causal, float scale);
+  // The inference forward of a whole small decoder (a distilled query student) over at most
+  // SN_DECODER_FUSED_MAX_ROWS tokens in one op: out (T, C) =
+  //   h = embed(ids); per block: x = h + o_proj(attn(rope(rmsnorm(h) W_qkv^T + b_qkv)))
+  //                              h = x + down(swiglu(rmsnorm(x) W_gate|up^T + b_gate|up))
+  //   out = rmsnorm(h, final_norm_w)
+  // the causal attention over the packed sequences of cu_seqlens (B + 1) with pos (T), as the
+  // unfused ops compute it. decoder_fused_supports says whether this backend takes the shape (the
+  // CPU takes any; the CUDA kernel the shapes it is built for, docs/DESIGN.md); only then may
+  // decoder_fused_forward be called. On the CPU the unfused ops in order: the same bits as the
+  // model's forward; on CUDA within bf16 rounding of it.
+  int (*decoder_fused_supports)(const sn_decoder_weights *w, int T);
+  void (*decoder_fused_forward)(void *out, const int32_t *ids, const int32_t *pos,
+                                const int32_t *cu_seqlens, int B, int T,
+                                const sn_decoder_weights *w);
   // dqkv (T, (Hq + 2*Hkv) * D) is written (not accumulated).
   void (*attention_backward)(void *dqkv, const void *dout, const void *qkv, const void *out,
                              const float *lse, const int32_t *cu_seqlens, int B, int T,

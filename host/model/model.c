@@ -411,6 +411,16 @@ int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_bac
          env_switch("SN_SHORT_ATTENTION", 0, &warned);
 }
 
+// SN_FUSED_DECODER=1 runs a small decoder's inference forward over a few tokens as one op
+// (decoder_fused_forward) where the backend takes the shape. Off by default until it has been
+// measured on a GPU (docs/PERFORMANCE.md).
+int sn_fused_decoder_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
+  static int warned;
+  return !for_backward && !m->lora && m->ops->decoder_fused_forward && m->cfg.n_layers >= 1 &&
+         m->cfg.n_layers <= SN_DECODER_FUSED_MAX_LAYERS && tok->T >= 1 && tok->T <= SN_DECODER_FUSED_MAX_ROWS &&
+         env_switch("SN_FUSED_DECODER", 0, &warned);
+}
+
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;

@@ -7,7 +7,8 @@
 // Each residual add is fused with the norm that follows it (add_rmsnorm_forward). A LoRA tower
 // (m->lora) adds its adapters' low-rank updates right after each base linear (model_lora.c); its
 // base is frozen, so the weight gradients below are skipped (sn_gptr gives NULL). An inference
-// forward of a few tokens takes the small-batch path instead (decoder_forward_small).
+// forward of a few tokens takes the small-batch path instead (decoder_forward_small), or, with
+// SN_FUSED_DECODER=1, runs as one op (decoder_fused_forward).
 #include <math.h>
 
 #include "common.h"
@@ -134,6 +135,22 @@ static const void *decoder_forward_small(sn_model *m, sn_acts *a, const sn_token
   return a->out;
 }
 
+// The decoder's tensors as decoder_fused_forward takes them; blocks has room for every layer.
+static sn_decoder_weights fused_weights(const sn_model *m, sn_decoder_block *blocks) {
+  const sn_model_config *c = &m->cfg;
+  const struct sn_model_layout *lay = m->layout;
+  for (int l = 0; l < c->n_layers; l++) {
+    const sn_layer_params *p = &lay->layers[l];
+    blocks[l] = (sn_decoder_block){sn_wptr(m, p->norm_attn_w), sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b),
+                                   sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), sn_wptr(m, p->norm_mlp_w),
+                                   sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), sn_wptr(m, p->down_w),
+                                   sn_wptr(m, p->down_b)};
+  }
+  return (sn_decoder_weights){c->n_layers, c->hidden, c->intermediate, c->n_heads, c->n_kv_heads, c->head_dim,
+                              c->norm_eps, c->rope_theta, sn_wptr(m, lay->tok_embed),
+                              sn_wptr(m, lay->final_norm_w), blocks};
+}
+
 // pooled->out (B, C) = the pooled rows of hidden (T, C).
 static const void *pool_rows(const sn_model *m, const sn_tokens *tok, const void *hidden,
                              const sn_pooled_rows *pooled) {
@@ -148,6 +165,14 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
   const struct sn_model_layout *lay = m->layout;
   const int T = tok->T, C = c->hidden, L = c->n_layers;
 
+  if (sn_fused_decoder_path(m, tok, for_backward)) {  // the whole forward as one op
+    sn_decoder_block blocks[SN_DECODER_FUSED_MAX_LAYERS];
+    const sn_decoder_weights w = fused_weights(m, blocks);
+    if (ops->decoder_fused_supports(&w, T)) {
+      ops->decoder_fused_forward(a->out, tok->ids, tok->pos, tok->cu_seqlens, tok->B, T, &w);  // (T, C)
+      return pooled ? pool_rows(m, tok, a->out, pooled) : a->out;
+    }
+  }
   void *h0 = sn_acts_hidden(a, 0, for_backward);
   ops->embedding_forward(h0, tok->ids, sn_wptr(m, lay->tok_embed), T, C, 0);  // (T, C)
   if (L == 0) {

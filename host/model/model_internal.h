@@ -206,6 +206,9 @@ int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_bac
 // attention's conditions say): the backend has linear_small, the batch is at most
 // SN_LINEAR_SMALL_MAX_ROWS tokens (so within short attention's limits), the widths multiples of 8.
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward);
+// Whether a decoder's inference forward may run as one decoder_fused_forward (SN_FUSED_DECODER=1, a
+// backend with the op, a few tokens); the backend then says whether it takes the shape.
+int sn_fused_decoder_path(const sn_model *m, const sn_tokens *tok, int for_backward);
 
 // Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:
 //   forward  y (T, out) = x (T, in) @ W^T + b

@@ -173,6 +173,7 @@ typedef struct {
   int in, out;     // A (r, in), B (out, r)
   int ld, col0;    // the base output's row width and this target's first column in it
   size_t a, b;     // offsets of lora_A and lora_B
+  const void *A, *B;  // lora_A and lora_B in the adapter's weights
 } lora_site;
 
 // The sites of base linear `lin` in `layer` that the adapter targets; their count.
@@ -190,6 +191,8 @@ static int linear_sites(const sn_model *m, int layer, sn_lora_linear lin, lora_s
     target_columns(&m->cfg, tg, &site->ld, &site->col0);
     site->a = l->a[layer][tg];
     site->b = l->b[layer][tg];
+    site->A = sn_wptr(l->params, site->a);
+    site->B = sn_wptr(l->params, site->b);
   }
   return count;
 }
@@ -197,20 +200,17 @@ static int linear_sites(const sn_model *m, int layer, sn_lora_linear lin, lora_s
 void sn_lora_forward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, void *y, const void *x, int T) {
   const sn_ops *ops = m->ops;
   const sn_lora *l = m->lora;
-  sn_model *p = l->params;
   const int r = l->cfg.rank;
   lora_site sites[LORA_TARGETS_A_LINEAR];
   const int n = linear_sites(m, layer, lin, sites);
   for (int i = 0; i < n; i++) {
     const lora_site site = sites[i];
-    const sn_lora_target tg = site.tg;
     const int in = site.in, out = site.out, ld = site.ld, col0 = site.col0;
-    const void *A = sn_wptr(p, site.a), *B = sn_wptr(p, site.b);
     uint64_t mask_key = 0;
-    const void *xin = adapter_input(l, a, layer, tg, x, T, in, &mask_key);
-    scaled_down_projection(ops, l, a->lora_t, xin, A, T, in);
+    const void *xin = adapter_input(l, a, layer, site.tg, x, T, in, &mask_key);
+    scaled_down_projection(ops, l, a->lora_t, xin, site.A, T, in);
     // y[:, col0 : col0 + out] (T, out; row stride ld) += (T, r) @ (out, r)^T, in place
-    ops->matmul_strided(elem(ops, y, (size_t)col0), ld, a->lora_t, r, B, r, NULL, T, out, r, 0, 1, 1);
+    ops->matmul_strided(elem(ops, y, (size_t)col0), ld, a->lora_t, r, site.B, r, NULL, T, out, r, 0, 1, 1);
   }
 }
 
@@ -224,16 +224,15 @@ void sn_lora_backward(sn_model *m, sn_acts *a, int layer, sn_lora_linear lin, co
   const int n = linear_sites(m, layer, lin, sites);
   for (int i = 0; i < n; i++) {
     const lora_site site = sites[i];
-    const sn_lora_target tg = site.tg;
     const int in = site.in, out = site.out, ld = site.ld, col0 = site.col0;
-    const void *A = sn_wptr(p, site.a), *B = sn_wptr(p, site.b);
+    const void *A = site.A, *B = site.B;
     void *dA = sn_gptr(p, site.a), *dB = sn_gptr(p, site.b);
     // g (T, out; row stride ld): this target's columns of dy, read in place
     const void *g = elem(ops, (void *)dy, (size_t)col0);
     // t = s·x A^T again (r columns: cheaper to recompute than to keep per layer and target), from
     // the dropped x when dropout is on (the same mask: the same key)
     uint64_t mask_key = 0;
-    const void *xin = adapter_input(l, a, layer, tg, x, T, in, &mask_key);
+    const void *xin = adapter_input(l, a, layer, site.tg, x, T, in, &mask_key);
     scaled_down_projection(ops, l, a->lora_t, xin, A, T, in);
     ops->matmul_strided(dB, r, g, ld, a->lora_t, r, NULL, out, r, T, 1, 0, 1);  // (out, r) += g^T @ t
     ops->matmul_strided(a->lora_dt, r, g, ld, B, r, NULL, T, r, out, 0, 0, 0);  // (T, r) = g @ B

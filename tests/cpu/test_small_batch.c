@@ -7,7 +7,11 @@
 //   hidden state and the pooled embeddings must be identical bit for bit on the CPU, and within bf16
 //   rounding on CUDA (`test_small_batch cuda`, the gpu/test_small_batch_cuda test), the fused
 //   attention alone bit for bit on both; a counting op table proves the ops ran (on) and did not
-//   (off, and past their limits).
+//   (off, and past their limits);
+// - a decoder of the student's shape (and a tiny one on the CPU) encodes with the whole forward as
+//   one op on and off (SN_FUSED_DECODER, off by default): the same bits on the CPU, within bf16
+//   rounding on CUDA, one decoder_fused_forward call a forward at most SN_DECODER_FUSED_MAX_ROWS
+//   tokens and none past it.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +142,13 @@ static void counting_attention_rope(void *out, const void *qkv, const int32_t *p
   real_ops->attention_rope_forward(out, qkv, pos, cu, B, T, max_seqlen, Hq, Hkv, D, theta, causal, scale);
 }
 
+static int fused_calls;
+static void counting_decoder_fused(void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu, int B, int T,
+                                   const sn_decoder_weights *w) {
+  fused_calls++;
+  real_ops->decoder_fused_forward(out, ids, pos, cu, B, T, w);
+}
+
 static sn_model_config tower_config(sn_arch arch) {
   sn_model_config c = sn_test_tiny_config(arch, 64, 4, arch == SN_ARCH_BERT ? 4 : 2, 16, 96, 160);
   c.attn_bias = 1;
@@ -249,6 +260,52 @@ static void check_model_on_off(const sn_ops *backend, sn_arch arch, const int *l
   sn_model_free(m);
 }
 
+// The forward and the pooled embeddings (sn_model_embed: the last block pruned to the pooled rows
+// on the unfused path) of a decoder with SN_FUSED_DECODER unset and 1.
+static void check_fused_decoder_on_off(const sn_ops *backend, const sn_model_config *cfg, const int *lens, int B) {
+  sn_ops counting = *backend;
+  real_ops = backend;
+  counting.decoder_fused_forward = counting_decoder_fused;
+  sn_model *m = sn_model_new(cfg, &counting, 91);
+  sn_test_randomise(m, &rng, 0.1f, 0.1f);
+  sn_tokens tok;
+  const int T = sn_test_random_tokens(&tok, &counting, lens, B, cfg->vocab, &rng), C = cfg->hidden;
+  sn_acts *a = sn_acts_new(m, T, B);
+  float *embedded[2];
+  encoded runs[2];
+  int calls[2];
+  for (int on = 0; on < 2; on++) {
+    if (on) setenv("SN_FUSED_DECODER", "1", 1);
+    fused_calls = 0;
+    runs[on] = encode(m, a, &tok, "0");
+    embedded[on] = mallocCheck((size_t)B * C * sizeof(float));
+    sn_model_embed(m, a, &tok, SN_POOL_LAST, 1, embedded[on]);
+    calls[on] = fused_calls;
+    unsetenv("SN_FUSED_DECODER");
+  }
+  const int taken = T <= SN_DECODER_FUSED_MAX_ROWS;  // the CPU takes every shape; CUDA the student's
+  CHECK(calls[0] == 0 && calls[1] == (taken ? 2 : 0), "fused decoder C=%d T=%d on %s: %d calls off, %d on (expected 0, %d)",
+        C, T, backend->name, calls[0], calls[1], taken ? 2 : 0);
+  const size_t nh = (size_t)T * C, np = (size_t)B * C;
+  const double eh = sn_rel_err(runs[1].hidden, runs[0].hidden, nh), ep = sn_rel_err(runs[1].pooled, runs[0].pooled, np);
+  const double ee = sn_rel_err(embedded[1], embedded[0], np);
+  if (!strcmp(backend->name, "cpu"))
+    CHECK(bits_equal(runs[1].hidden, runs[0].hidden, nh) && bits_equal(runs[1].pooled, runs[0].pooled, np) &&
+              bits_equal(embedded[1], embedded[0], np),
+          "fused decoder C=%d T=%d: differs from the unfused forward (hidden %.3g, pooled %.3g, embedded %.3g)", C, T,
+          eh, ep, ee);
+  else
+    CHECK(eh < CUDA_ON_OFF_TOL && ep < CUDA_ON_OFF_TOL && ee < CUDA_ON_OFF_TOL,
+          "fused decoder C=%d T=%d on %s: off by %.3g (hidden), %.3g (pooled), %.3g (embedded)", C, T, backend->name, eh,
+          ep, ee);
+  printf("fused decoder C=%d T=%d B=%d on %s: %d calls; vs unfused: hidden %.3g, pooled %.3g, embedded %.3g\n", C, T,
+         B, backend->name, calls[1], eh, ep, ee);
+  for (int on = 0; on < 2; on++) free(runs[on].hidden), free(runs[on].pooled), free(embedded[on]);
+  sn_acts_free(a);
+  sn_tokens_free(&tok, &counting);
+  sn_model_free(m);
+}
+
 int main(int argc, char **argv) {
   sn_test_rng_seed(&rng, 20261206);
   const sn_ops *backend = sn_test_backend_from_args(argc, argv, "test_small_batch");
@@ -278,6 +335,19 @@ int main(int argc, char **argv) {
     check_model_on_off(backend, a, longest, 2);
     check_model_on_off(backend, a, too_long, 1);  // the unfused path
     check_model_on_off(backend, a, many, (int)SN_ARRAY_LEN(many));
+  }
+  // The student's shape (configs/models/student-6l-384.json, two blocks, a small vocabulary), which
+  // the CUDA kernel is built for, and on the CPU a tiny decoder too.
+  sn_model_config student = sn_test_tiny_config(SN_ARCH_QWEN2, 384, 6, 2, 64, 1536, 160);
+  student.attn_bias = 1;
+  const int query[] = {32}, two[] = {9, 14}, past_fused[] = {20, 13};
+  check_fused_decoder_on_off(backend, &student, query, 1);
+  check_fused_decoder_on_off(backend, &student, two, 2);
+  check_fused_decoder_on_off(backend, &student, past_fused, 2);  // 33 tokens: the unfused forward
+  if (backend == sn_ops_cpu()) {
+    const sn_model_config tiny = tower_config(SN_ARCH_QWEN2);
+    const int three[] = {5, 1, 12};
+    check_fused_decoder_on_off(backend, &tiny, three, 3);
   }
   return sn_test_finish("test_small_batch");
 }

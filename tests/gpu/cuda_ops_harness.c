@@ -124,3 +124,14 @@ int make_cu(int32_t *cu, const int *lens, int B) {
   for (int b = 0; b < B; b++) cu[b + 1] = cu[b] + lens[b];
   return cu[B];
 }
+
+int packed_positions(const int *lens, int B, int32_t **cu, int32_t **pos, int *max_len) {
+  *cu = mallocCheck((B + 1) * sizeof(int32_t));
+  const int T = make_cu(*cu, lens, B);
+  *max_len = 0;
+  for (int b = 0; b < B; b++) *max_len = SN_MAX(*max_len, lens[b]);
+  *pos = mallocCheck(T * sizeof(int32_t));
+  for (int b = 0; b < B; b++)
+    for (int i = 0; i < lens[b]; i++) (*pos)[(*cu)[b] + i] = i;
+  return T;
+}

@@ -40,6 +40,9 @@ double compare(const char *what, pair p, double tol);
 // The GPU op run twice on the same inputs must give the same bits (storage_bytes of each output).
 void check_repeatable(const char *what, const void *first, const void *again, size_t storage_bytes);
 int make_cu(int32_t *cu, const int *lens, int B);  // cu_seqlens (B+1) of the lengths; returns T
+// Packed sequences of these lengths: *cu (B + 1) and *pos (T, each token's place in its sequence),
+// host arrays the caller frees; returns T, the longest length in *max_len.
+int packed_positions(const int *lens, int B, int32_t **cu, int32_t **pos, int *max_len);
 
 // ---- search checks (cuda_ops_search.c) ------------------------------------------------------------
 typedef enum {
@@ -50,3 +53,10 @@ typedef enum {
 void check_scores_f32(int M, int N, int K);
 void check_topk_merge(int nq, int nd, int k, int nblocks, score_kind kind, int with_tie_key);
 void check_topk_exact(int N, int Q, int C, int k, int quantized);
+
+// ---- the fused decoder (cuda_ops_fused.c) ---------------------------------------------------------
+// decoder_fused_forward of a random decoder of L blocks (C wide, MLP I, Hq/Hkv heads of 64) over
+// packed sequences of these lengths against the CPU; with_bias: q|k|v biases (Qwen2) or none (Llama).
+// bench_calls > 0: also times that many calls and prints the microseconds a call.
+void check_decoder_fused(const int *lens, int B, int L, int C, int I, int Hq, int Hkv, int with_bias,
+                         int bench_calls);

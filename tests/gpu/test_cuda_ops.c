@@ -241,19 +241,6 @@ static void check_matmul_strided(int M, int N, int K, int ta, int tb, int accumu
   pair_free(&A), pair_free(&B), pair_free(&C);
 }
 
-// Packed sequences of these lengths: *cu (B + 1) and *pos (T, each token's place in its sequence),
-// host arrays the caller frees; returns T, the longest length in *max_len.
-static int packed_positions(const int *lens, int B, int32_t **cu, int32_t **pos, int *max_len) {
-  *cu = mallocCheck((B + 1) * sizeof(int32_t));
-  const int T = make_cu(*cu, lens, B);
-  *max_len = 0;
-  for (int b = 0; b < B; b++) *max_len = SN_MAX(*max_len, lens[b]);
-  *pos = mallocCheck(T * sizeof(int32_t));
-  for (int b = 0; b < B; b++)
-    for (int i = 0; i < lens[b]; i++) (*pos)[(*cu)[b] + i] = i;
-  return T;
-}
-
 static void check_rope_attention(const int *lens, int B, int Hq, int Hkv, int D, int causal) {
   char name[200];
   int32_t *cu, *pos;
@@ -532,7 +519,7 @@ static void check_pdl_probe(int quick) {
 }
 
 static const char *op_groups[] = {"elementwise", "embedding", "norms",  "matmul", "attention", "pooling",
-                                   "losses",      "optimizer", "search", "small",  "pdl"};
+                                   "losses",      "optimizer", "search", "small",  "pdl",     "fused"};
 static const char *only_group;  // run only this op group (NULL: all)
 static int wanted(const char *group) { return !only_group || !strcmp(only_group, group); }
 static int known_group(const char *group) {
@@ -543,7 +530,7 @@ static int known_group(const char *group) {
 
 int main(int argc, char **argv) {
   // --quick: small shapes only (for compute-sanitizer); --only GROUP: one op group (elementwise,
-  // embedding, norms, matmul, attention, pooling, losses, optimizer, search, small, pdl).
+  // embedding, norms, matmul, attention, pooling, losses, optimizer, search, small, pdl, fused).
   int quick = 0;
   for (int i = 1; i < argc; i++) {
     const char *bad = NULL;  // what was wrong with argument i
@@ -752,5 +739,19 @@ int main(int argc, char **argv) {
     }
   }
   if (wanted("pdl")) check_pdl_probe(quick);
+  if (wanted("fused")) {
+    // The student's shape (C 384, I 1536, 6/2 heads): one token, one m-tile and one past it, the
+    // limit; uneven packed sequences; one block and six; Qwen2's, Llama's and every bias; GQA 6/6
+    // and 6/1. The 6-block query of 32 tokens is timed.
+    int one[] = {1}, query[] = {32}, edge[] = {16}, past[] = {17}, mixed[] = {5, 1, 12, 9}, pair2[] = {16, 16};
+    check_decoder_fused(one, 1, 1, 384, 1536, 6, 2, 1, 0);
+    check_decoder_fused(edge, 1, 2, 384, 1536, 6, 2, 1, 0);
+    check_decoder_fused(past, 1, 2, 384, 1536, 6, 2, 0, 0);
+    check_decoder_fused(mixed, 4, 2, 384, 1536, 6, 2, 2, 0);
+    check_decoder_fused(pair2, 2, 2, 384, 1536, 6, 6, 1, 0);
+    check_decoder_fused(query, 1, 2, 384, 1536, 6, 1, 1, 0);
+    check_decoder_fused(query, 1, 6, 384, 1536, 6, 2, 1, quick ? 0 : 2000);
+    check_decoder_fused(one, 1, 6, 384, 1536, 6, 2, 1, quick ? 0 : 2000);
+  }
   return sn_test_finish("test_cuda_ops");
 }

@@ -68,6 +68,8 @@ static const sn_ops cpu_ops = {
     .rope = sn_cpu_rope,
     .attention_forward = sn_cpu_attention_forward,
     .attention_rope_forward = sn_cpu_attention_rope_forward,
+    .decoder_fused_supports = sn_cpu_decoder_fused_supports,
+    .decoder_fused_forward = sn_cpu_decoder_fused_forward,
     .attention_backward = sn_cpu_attention_backward,
 
     .swiglu_forward = sn_cpu_swiglu_forward,

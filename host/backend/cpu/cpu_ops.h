@@ -152,6 +152,9 @@ void sn_cpu_linear_small(void *out, const void *x, const void *norm_w, float eps
 void sn_cpu_attention_rope_forward(void *out, const void *qkv, const int32_t *pos,
                                    const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq,
                                    int Hkv, int D, float theta, int causal, float scale);
+int sn_cpu_decoder_fused_supports(const sn_decoder_weights *w, int T);
+void sn_cpu_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *pos,
+                                  const int32_t *cu_seqlens, int B, int T, const sn_decoder_weights *w);
 // The matmul with row strides (lda, ldb, ldc: floats between consecutive rows of each *stored*
 // matrix), for operands that are slices of wider rows (attention heads inside qkv rows).
 // allow_threads = 0, or a call from inside a parallel region, runs on the calling thread only.
