@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The serving checks and figures on the GPU, in one go (issue 20): the fused student decoder against
+# its CPU twin and its weight-stream rate (sn_bench), the model on and off (test_small_batch cuda), the
+# programmatic-edge probe (test_cuda_ops --only pdl, with and without SN_PDL), the encoder library's
+# tests, and sn_bench_encode with each opt-in switch off and on, two rounds, beside the
+# torch.compile anchor when one is given.
+# usage: benchmarks/serving_gpu.sh BUILD_DIR OUT_DIR [ANCHOR_PY]   (ANCHOR_PY: ../shared/bench/torch_compiled_extra.py)
+# QUICK=1 stops after the student's encode (no encoder tests, no 0.5B encode, no anchor).
+# Writes OUT_DIR/serving.log (a section a step, each with its exit status) and the tests' own logs.
+set -uo pipefail
+BUILD=$(cd "$1" && pwd)
+OUT=$(mkdir -p "$2" && cd "$2" && pwd)
+ANCHOR=${3:+$(cd "$(dirname "$3")" && pwd)/$(basename "$3")}
+LOG=$OUT/serving.log
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+STUDENT=$SRC/configs/models/student-6l-384.json
+t0=$(date +%s)
+section() { echo "===== [$(( $(date +%s) - t0 )) s] $*" | tee -a "$LOG"; }
+step() {  # step SECONDS COMMAND...: runs it under a time limit, its output to the log, its status after
+  local limit=$1
+  shift
+  timeout "$limit" "$@" >> "$LOG" 2>&1
+  echo "exit $? <- $*" | tee -a "$LOG"
+}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
+section "the fused decoder against the CPU"
+step 90 "$BUILD/tests/test_cuda_ops" --only fused
+step 60 "$BUILD/sn_bench" --filter decoder_fused
+section "the model with SN_FUSED_DECODER on and off"
+step 90 "$BUILD/tests/test_small_batch" cuda
+section "the programmatic-edge probe (then without programmatic launch)"
+step 90 "$BUILD/tests/test_cuda_ops" --only pdl
+SN_PDL=0 step 60 "$BUILD/tests/test_cuda_ops" --only pdl
+for round in 1 2; do
+  for fused in 0 1; do
+    section "student encode, SN_FUSED_DECODER=$fused, round $round"
+    SN_FUSED_DECODER=$fused step 60 "$BUILD/sn_bench_encode" --device cuda --model-desc "$STUDENT" --batches 1,8
+  done
+done
+[ "${QUICK:-0}" = 1 ] && { section done; exit 0; }
+section "the encoder library's GPU tests"
+(cd "$BUILD" && step 120 ctest -R "encoder_cuda|model_embed_cuda" --output-on-failure)
+for round in 1 2; do
+  for edges in 0 1; do
+    section "encode, SN_PDL_GEMM=$edges, round $round"
+    SN_PDL_GEMM=$edges step 90 "$BUILD/sn_bench_encode" --device cuda --batches 1,8,64
+  done
+done
+if [ -n "$ANCHOR" ]; then
+  section "the torch.compile anchor"
+  step 200 python3 "$ANCHOR"
+fi
+section done
