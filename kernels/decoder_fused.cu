@@ -34,7 +34,8 @@ namespace cg = cooperative_groups;
 #define DF_HEAD_DIM 64        // the attention's lane layout: a lane holds one rotation pair of a head
 #define DF_ROW_PAD 8          // bf16 appended to an activation row: at C = 384 a row is 196 words, so
                               // the fragment loads of rows g = 0..7 (4 words each) hit 32 banks
-#define DF_KEY_PAD 2          // bf16 appended to a rotated key row: 33 words, lanes reading keys 0..31 at one column hit 32 banks
+#define DF_KEY_PAD 2          // bf16 appended to a rotated key row: 33 words, so lanes reading keys
+                              // 0..31 at one column hit 32 banks
 #define DF_TABLE_PAD 1        // floats appended to a row of the angle table
 #define DF_CLUSTER_MAX 16     // the largest (non-portable) cluster sm_90 schedules
 #define DF_CLUSTER_PORTABLE 8
@@ -349,7 +350,8 @@ __global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __gr
     });
     uint32_t w_up[KC][2];
     preload(w, blk.up_w, C, ff_tiles, warp, g, q);
-    if (ff_tiles.begin + warp < ff_tiles.end) load_tile(w_up, blk.up_w, C, I + (ff_tiles.begin + warp) * DF_NTILE, 0, g, q);
+    if (ff_tiles.begin + warp < ff_tiles.end)
+      load_tile(w_up, blk.up_w, C, I + (ff_tiles.begin + warp) * DF_NTILE, 0, g, q);
     cluster.sync();  // (3)
     norm_rows(S.xn, S.ld, S.x, S.ld, blk.norm_mlp_w, warp, DF_WARPS, T, C, p.eps, lane);
     __syncthreads();
@@ -390,7 +392,8 @@ __global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __gr
       for (int i = 0; i < DOWN_ROUND; i++) {
         float acc[MT][4];
         tile_product<KD, MT>(acc, S.ff, S.ff_ld, w_down[i], g, q);
-        for_each_pair<MT>(acc, (warp + (r0 + i) * DF_WARPS) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
+        const int n0 = (warp + (r0 + i) * DF_WARPS) * DF_NTILE;
+        for_each_pair<MT>(acc, n0, T, g, q, [&](int row, int col, float v0, float v1) {
           *reinterpret_cast<float2 *>(S.partial + (size_t)row * C + col) = make_float2(v0, v1);
         });
       }
@@ -403,13 +406,15 @@ __global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __gr
       float2 part[DF_CLUSTER_MAX];
 #pragma unroll
       for (int r = 0; r < DF_CLUSTER_MAX; r++)
-        if (r < blocks) part[r] = *reinterpret_cast<const float2 *>(cluster.map_shared_rank(S.partial, r) + (size_t)row * C + col);
+        if (r < blocks)
+          part[r] = *reinterpret_cast<const float2 *>(cluster.map_shared_rank(S.partial, r) + (size_t)row * C + col);
       float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
       for (int r = 0; r < DF_CLUSTER_MAX; r++)
         if (r < blocks) s0 += part[r].x, s1 += part[r].y;
       const uint32_t x = lds32(S.x + (size_t)row * S.ld + col);
-      const float d0 = round_bf16(s0 + bias_at(blk.down_b, col)), d1 = round_bf16(s1 + bias_at(blk.down_b, col + 1));
+      const float d0 = round_bf16(s0 + bias_at(blk.down_b, col));
+      const float d1 = round_bf16(s1 + bias_at(blk.down_b, col + 1));
       broadcast_pair(cluster, S.h, (size_t)row * S.ld + col, bf16_lo(x) + d0, bf16_hi(x) + d1);
     }
     if (l + 1 < p.layers) preload(w, p.blocks[l + 1].qkv_w, C, qkv_tiles, warp, g, q);

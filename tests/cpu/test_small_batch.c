@@ -284,8 +284,9 @@ static void check_fused_decoder_on_off(const sn_ops *backend, const sn_model_con
     unsetenv("SN_FUSED_DECODER");
   }
   const int taken = T <= SN_DECODER_FUSED_MAX_ROWS;  // the CPU takes every shape; CUDA the student's
-  CHECK(calls[0] == 0 && calls[1] == (taken ? 2 : 0), "fused decoder C=%d T=%d on %s: %d calls off, %d on (expected 0, %d)",
-        C, T, backend->name, calls[0], calls[1], taken ? 2 : 0);
+  CHECK(calls[0] == 0 && calls[1] == (taken ? 2 : 0),
+        "fused decoder C=%d T=%d on %s: %d calls off, %d on (expected 0, %d)", C, T, backend->name, calls[0], calls[1],
+        taken ? 2 : 0);
   const size_t nh = (size_t)T * C, np = (size_t)B * C;
   const double eh = sn_rel_err(runs[1].hidden, runs[0].hidden, nh), ep = sn_rel_err(runs[1].pooled, runs[0].pooled, np);
   const double ee = sn_rel_err(embedded[1], embedded[0], np);
@@ -296,8 +297,8 @@ static void check_fused_decoder_on_off(const sn_ops *backend, const sn_model_con
           eh, ep, ee);
   else
     CHECK(eh < CUDA_ON_OFF_TOL && ep < CUDA_ON_OFF_TOL && ee < CUDA_ON_OFF_TOL,
-          "fused decoder C=%d T=%d on %s: off by %.3g (hidden), %.3g (pooled), %.3g (embedded)", C, T, backend->name, eh,
-          ep, ee);
+          "fused decoder C=%d T=%d on %s: off by %.3g (hidden), %.3g (pooled), %.3g (embedded)", C, T, backend->name,
+          eh, ep, ee);
   printf("fused decoder C=%d T=%d B=%d on %s: %d calls; vs unfused: hidden %.3g, pooled %.3g, embedded %.3g\n", C, T,
          B, backend->name, calls[1], eh, ep, ee);
   for (int on = 0; on < 2; on++) free(runs[on].hidden), free(runs[on].pooled), free(embedded[on]);
