@@ -243,6 +243,12 @@ typedef struct sn_ops {
   void (*attention_rope_forward)(void *out, const void *qkv, const int32_t *pos,
                                  const int32_t *cu_seqlens, int B, int T, int max_seqlen, int Hq,
                                  int Hkv, int D, float theta, int causal, float scale);
+  // dqkv (T, (Hq + 2*Hkv) * D) is written (not accumulated).
+  void (*attention_backward)(void *dqkv, const void *dout, const void *qkv, const void *out,
+                             const float *lse, const int32_t *cu_seqlens, int B, int T,
+                             int max_seqlen, int Hq, int Hkv, int D, int causal, float scale);
+
+  // ---- the whole small decoder in one op (inference) -----------------------------------------
   // The inference forward of a whole small decoder (a distilled query student) over at most
   // SN_DECODER_FUSED_MAX_ROWS tokens in one op: out (T, C) =
   //   h = embed(ids); per block: x = h + o_proj(attn(rope(rmsnorm(h) W_qkv^T + b_qkv)))
@@ -257,10 +263,6 @@ typedef struct sn_ops {
   void (*decoder_fused_forward)(void *out, const int32_t *ids, const int32_t *pos,
                                 const int32_t *cu_seqlens, int B, int T,
                                 const sn_decoder_weights *w);
-  // dqkv (T, (Hq + 2*Hkv) * D) is written (not accumulated).
-  void (*attention_backward)(void *dqkv, const void *dout, const void *qkv, const void *out,
-                             const float *lse, const int32_t *cu_seqlens, int B, int T,
-                             int max_seqlen, int Hq, int Hkv, int D, int causal, float scale);
 
   // ---- activations ----------------------------------------------------------------------------
   // gate_up (T, 2*I): gate = [:, :I], up = [:, I:]; out (T, I) = silu(gate) * up.

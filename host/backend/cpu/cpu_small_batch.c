@@ -1,8 +1,8 @@
 // The small-batch inference ops (ops.h: linear_small, attention_rope_forward, decoder_fused_forward)
-// as the unfused ops
-// they replace, called in the same order on the same values: the CPU gains nothing from fusing
-// (a launch costs nothing here), and composing keeps the CPU's fused model path bit-identical to
-// the unfused one. The intermediates live in this thread's SN_CPU_SCRATCH_FUSED scratch.
+// as the unfused ops they replace, called in the same order on the same values: the CPU gains
+// nothing from fusing (a launch costs nothing here), and composing keeps the CPU's fused model path
+// bit-identical to the unfused one. The intermediates live in this thread's SN_CPU_SCRATCH_FUSED
+// scratch.
 #include <math.h>
 #include <string.h>
 
