@@ -503,29 +503,35 @@ static bool df_plan_for(const sn_decoder_weights *w, int T, df_plan *out) {
   return e.ok;
 }
 
-int cuda_decoder_fused_supports(const sn_decoder_weights *w, int T) {
+// Whether the kernel takes this decoder at T tokens: its shape, every tensor on 16 bytes, a plan
+// (*plan filled when it does).
+static bool df_check(const sn_decoder_weights *w, int T, df_plan *plan) {
   if (sn_cuda_cc_major() < 9 || T < 1 || T > SN_DECODER_FUSED_MAX_ROWS || w->layers < 1 ||
       w->layers > DF_MAX_LAYERS || w->head_dim != DF_HEAD_DIM || w->heads * w->head_dim != w->hidden ||
       w->kv_heads < 1 || w->heads % w->kv_heads != 0)
-    return 0;
+    return false;
   const void *tensors[] = {w->tok_embed, w->final_norm_w};
   for (const void *t : tensors)
-    if (!aligned16(t)) return 0;
+    if (!aligned16(t)) return false;
   for (int l = 0; l < w->layers; l++) {
     const sn_decoder_block &b = w->blocks[l];
     const void *block_tensors[] = {b.norm_attn_w, b.qkv_w, b.qkv_b, b.o_w, b.o_b, b.norm_mlp_w, b.up_w, b.up_b,
                                    b.down_w, b.down_b};
     for (const void *t : block_tensors)
-      if (!aligned16(t)) return 0;  // NULL (no bias) is aligned
+      if (!aligned16(t)) return false;  // NULL (no bias) is aligned
   }
+  return df_plan_for(w, T, plan);
+}
+
+int cuda_decoder_fused_supports(const sn_decoder_weights *w, int T) {
   df_plan plan;
-  return df_plan_for(w, T, &plan) ? 1 : 0;
+  return df_check(w, T, &plan) ? 1 : 0;
 }
 
 void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens, int B,
                                 int T, const sn_decoder_weights *w) {
   df_plan plan;
-  if (!cuda_decoder_fused_supports(w, T) || !df_plan_for(w, T, &plan)) {
+  if (!df_check(w, T, &plan)) {
     fprintf(stderr, "error: %s:%d: decoder_fused_forward: shape not supported (T=%d C=%d I=%d heads %d/%d of %d; "
             "ask decoder_fused_supports first)\n", __FILE__, __LINE__, T, w->hidden, w->intermediate, w->heads,
             w->kv_heads, w->head_dim);
