@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The serving checks and figures on the GPU, in one go (issue 20): the fused student decoder against
-# its CPU twin and its weight-stream rate (sn_bench), the model on and off (test_small_batch cuda), the
-# programmatic-edge probe (test_cuda_ops --only pdl, with and without SN_PDL), the encoder library's
-# tests, and sn_bench_encode with each opt-in switch off and on, two rounds, beside the
-# torch.compile anchor when one is given.
+# The serving checks and figures on the GPU, in one go (issue 20): the fused decoder (the student's
+# cluster kernel, the 0.5B tower's grid kernel) against its CPU twin and its weight-stream rate
+# (sn_bench), the model on and off (test_small_batch cuda), the programmatic-edge probe
+# (test_cuda_ops --only pdl, with and without SN_PDL), the encoder library's tests, and
+# sn_bench_encode with each opt-in switch off and on, two rounds, beside the torch.compile anchor
+# when one is given.
 # usage: benchmarks/serving_gpu.sh BUILD_DIR OUT_DIR [ANCHOR_PY]   (ANCHOR_PY: ../shared/bench/torch_compiled_extra.py)
 # QUICK=1 stops after the student's encode (no encoder tests, no 0.5B encode, no anchor).
 # Writes OUT_DIR/serving.log (a section a step, each with its exit status) and the tests' own logs.
@@ -42,9 +43,9 @@ done
 section "the encoder library's GPU tests"
 (cd "$BUILD" && step 120 ctest -R "encoder_cuda|model_embed_cuda" --output-on-failure)
 for round in 1 2; do
-  for edges in 0 1; do
-    section "encode, SN_PDL_GEMM=$edges, round $round"
-    SN_PDL_GEMM=$edges step 90 "$BUILD/sn_bench_encode" --device cuda --batches 1,8,64
+  for switch in SN_PDL_GEMM=0 SN_PDL_GEMM=1 SN_FUSED_DECODER=1; do
+    section "encode, $switch, round $round"
+    (export "${switch?}"; step 90 "$BUILD/sn_bench_encode" --device cuda --batches 1,8,64)
   done
 done
 if [ -n "$ANCHOR" ]; then

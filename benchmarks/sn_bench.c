@@ -518,8 +518,8 @@ static void bench_linear_small_layer(int M, int C, int qkv_dim, int I, int decod
   bench_linear_small(M, C, I, SN_EPILOGUE_RESIDUAL, 0, label);
 }
 
-// ---- the whole student in one kernel (decoder_fused_forward) ---------------------------------------------
-// A query through a random decoder of the student's shape, its weights rotated over copies that
+// ---- the whole decoder in one kernel (decoder_fused_forward) ---------------------------------------------
+// A query through a random decoder of the student's or the 0.5B tower's shape, its weights rotated over copies that
 // together exceed L2 (each call streams them from HBM, as the first query after other work does);
 // the row's bytes are the blocks' weights (the embedding rows read are a few KB).
 #define FUSED_BENCH_VOCAB 1024
@@ -869,6 +869,8 @@ int main(int argc, char **argv) {
   if (!quick) bench_linear_small_layer(SN_LINEAR_SMALL_MAX_ROWS, 896, 1152, 4864, 1, "0.5B");
   bench_decoder_fused(6, 384, 1536, 6, 2, 32, "student");  // a 32-token query, every block
   bench_decoder_fused(6, 384, 1536, 6, 2, 1, "student");
+  bench_decoder_fused(24, 896, 4864, 14, 2, 32, "0.5B tower");  // the grid kernel
+  bench_decoder_fused(24, 896, 4864, 14, 2, 1, "0.5B tower");
   bench_attention_rope(1, 32, 14, 2, 64, 1);
   bench_attention_rope(8, 32, 14, 2, 64, 1);
   bench_attention_rope(4, 64, 14, 2, 64, 1);    // SN_SHORT_ATTENTION_MAX_TOKEN_KEYS (16384)

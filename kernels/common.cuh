@@ -276,6 +276,8 @@ typedef enum {
   SCRATCH_LM_ROWS,              // lm_head_xent: fp32 dhidden rows (row chunk, C) and row statistics
   SCRATCH_ADAMW_TABLE,          // adamw: block → span table
   SCRATCH_CONVERT,              // host upload/download staging
+  SCRATCH_DECODER_FUSED,        // decoder_fused_grid: activations, down's partial sums (inference only, opt-in
+                                // with SN_FUSED_DECODER: 1.5 MB at the 0.5B shape, outside the training plan)
   SCRATCH_SLOT_COUNT
 } scratch_slot;
 void *sn_cuda_scratch(scratch_slot slot, size_t bytes);

@@ -19,36 +19,20 @@
 //   each block adds the slices for its columns in rank order (deterministic) with the residual.
 // Five cluster barriers a block; values are rounded to bf16 where the unfused ops store them, so
 // the result is the general path's within bf16 rounding of the sums' order.
-// Built for the shapes below (DF_SHAPES); the model falls back to the general path for others.
+// Built for the shapes below (DF_VARIANTS); wider decoders go to decoder_fused_grid.cu, and the
+// model falls back to the general path for what neither takes.
 #include <cooperative_groups.h>
 
-#include "activations.cuh"
+#include "decoder_fused.cuh"
 
 namespace cg = cooperative_groups;
 
 #define DF_WARPS 8
 #define DF_THREADS (DF_WARPS * WARP_SIZE)
-#define DF_MMA_ROWS 16        // rows of an mma m-tile
-#define DF_MMA_K 16           // k of an mma step
-#define DF_NTILE 8            // columns of an mma n-tile: 8 weight rows
-#define DF_HEAD_DIM 64        // the attention's lane layout: a lane holds one rotation pair of a head
-#define DF_ROW_PAD 8          // bf16 appended to an activation row: at C = 384 a row is 196 words, so
-                              // the fragment loads of rows g = 0..7 (4 words each) hit 32 banks
-#define DF_KEY_PAD 2          // bf16 appended to a rotated key row: 33 words, so lanes reading keys
-                              // 0..31 at one column hit 32 banks
-#define DF_TABLE_PAD 1        // floats appended to a row of the angle table
 #define DF_CLUSTER_MAX 16     // the largest (non-portable) cluster sm_90 schedules
 #define DF_CLUSTER_PORTABLE 8
-#define DF_MAX_LAYERS SN_DECODER_FUSED_MAX_LAYERS  // blocks passed in the kernel's parameters (80 bytes each)
-#define DF_SMEM_ALIGN 16
 #define DF_L2_LINE 128        // bytes a prefetch.global.L2 asks for
 
-static_assert(DF_HEAD_DIM / 2 == WARP_SIZE, "a lane holds one rotation pair of a head");
-static_assert(SN_DECODER_FUSED_MAX_ROWS == 2 * DF_MMA_ROWS, "rows are one or two m-tiles");
-
-struct df_block {
-  const bf16 *norm_attn_w, *qkv_w, *qkv_b, *o_w, *o_b, *norm_mlp_w, *up_w, *up_b, *down_w, *down_b;
-};
 struct df_args {
   df_block blocks[DF_MAX_LAYERS];
   const bf16 *tok_embed, *final_norm_w;
@@ -65,40 +49,26 @@ struct df_smem {
   int *seq_start;
   int ld, qkv_ld, ff_ld, key_ld, table_ld;
 };
-__host__ __device__ constexpr size_t df_round(size_t bytes) {
-  return (bytes + DF_SMEM_ALIGN - 1) / DF_SMEM_ALIGN * DF_SMEM_ALIGN;
-}
 // Carves `base` (NULL: only sizes it) for ROWS rows of width C, q|k|v of qkv_dim, Hkv key heads and a
 // down slice of ff_cols; returns the bytes used.
 __host__ __device__ inline size_t df_carve(unsigned char *base, df_smem *s, int C, int qkv_dim, int Hkv, int ff_cols,
                                            int rows) {
   s->ld = C + DF_ROW_PAD, s->qkv_ld = qkv_dim + DF_ROW_PAD, s->ff_ld = ff_cols + DF_ROW_PAD;
   s->key_ld = DF_HEAD_DIM + DF_KEY_PAD, s->table_ld = DF_HEAD_DIM / 2 + DF_TABLE_PAD;
-  size_t at = 0;
-  auto take = [&](size_t bytes) {
-    unsigned char *p = base ? base + at : nullptr;
-    at += df_round(bytes);
-    return p;
-  };
-  s->h = (bf16 *)take((size_t)rows * s->ld * sizeof(bf16));
-  s->x = (bf16 *)take((size_t)rows * s->ld * sizeof(bf16));
-  s->xn = (bf16 *)take((size_t)rows * s->ld * sizeof(bf16));
-  s->qkv = (bf16 *)take((size_t)rows * s->qkv_ld * sizeof(bf16));
-  s->ff = (bf16 *)take((size_t)rows * s->ff_ld * sizeof(bf16));
-  s->keys = (bf16 *)take((size_t)Hkv * rows * s->key_ld * sizeof(bf16));
-  s->partial = (float *)take((size_t)rows * C * sizeof(float));
-  s->cos_t = (float *)take((size_t)rows * s->table_ld * sizeof(float));
-  s->sin_t = (float *)take((size_t)rows * s->table_ld * sizeof(float));
-  s->q_rot = (float *)take((size_t)DF_WARPS * DF_HEAD_DIM * sizeof(float));
-  s->seq_start = (int *)take((size_t)rows * sizeof(int));
-  return at;
+  df_carver c = {base, 0};
+  s->h = c.take<bf16>((size_t)rows * s->ld);
+  s->x = c.take<bf16>((size_t)rows * s->ld);
+  s->xn = c.take<bf16>((size_t)rows * s->ld);
+  s->qkv = c.take<bf16>((size_t)rows * s->qkv_ld);
+  s->ff = c.take<bf16>((size_t)rows * s->ff_ld);
+  s->keys = c.take<bf16>((size_t)Hkv * rows * s->key_ld);
+  s->partial = c.take<float>((size_t)rows * C);
+  s->cos_t = c.take<float>((size_t)rows * s->table_ld);
+  s->sin_t = c.take<float>((size_t)rows * s->table_ld);
+  s->q_rot = c.take<float>((size_t)DF_WARPS * DF_HEAD_DIM);
+  s->seq_start = c.take<int>(rows);
+  return c.at;
 }
-
-// ---- small helpers ---------------------------------------------------------------------------------
-__device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
-__device__ __forceinline__ uint32_t ldg32(const bf16 *p) { return __ldg(reinterpret_cast<const unsigned int *>(p)); }
-__device__ __forceinline__ float bias_at(const bf16 *bias, int n) { return bias ? bf2f(bias[n]) : 0.0f; }
-__device__ __forceinline__ float round_bf16(float v) { return bf2f(f2bf(v)); }
 
 // Thread-block clusters are sm_90's: other targets get an empty kernel (cuda_decoder_fused_supports
 // refuses them first).
@@ -137,28 +107,6 @@ __device__ __forceinline__ void tile_product(float (&acc)[MT][4], const bf16 *A,
       mma_bf16(acc[mt], frag, w[s]);
     }
   }
-}
-
-// Calls f(row, column, v0, v1) for the accumulator pairs of rows < T: lane (g, q) holds columns
-// n0 + 2q, + 1 of rows g and g + 8 of each m-tile.
-template <int MT, typename F>
-__device__ __forceinline__ void for_each_pair(const float (&acc)[MT][4], int n0, int T, int g, int q, F f) {
-#pragma unroll
-  for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-      const int row = mt * DF_MMA_ROWS + g + 8 * hh;
-      if (row < T) f(row, n0 + 2 * q, acc[mt][2 * hh], acc[mt][2 * hh + 1]);
-    }
-}
-
-// The n-tiles [begin, end) of one projection split over the cluster: this block's share.
-struct df_range {
-  int begin, end;
-};
-__device__ __forceinline__ df_range block_tiles(int tiles, int rank, int blocks) {
-  const int per = (tiles + blocks - 1) / blocks;
-  return {min(tiles, rank * per), min(tiles, (rank + 1) * per)};
 }
 
 // This block's tiles of A · W^T (K = KS k-steps), a warp a tile at a time, each handed to
@@ -202,26 +150,6 @@ __device__ void prefetch_weights(const df_block &blk, int C, int I, df_range qkv
     prefetch_l2(blk.down_w + (size_t)row * I + ff0, (size_t)ff_cols * sizeof(bf16), 0, 1);
 }
 
-// dst rows t = first, first + step, ... < T (stride dst_ld) = bf16(src * rstd * weight) as
-// rmsnorm_forward computes it; a warp a row.
-__device__ void norm_rows(bf16 *dst, int dst_ld, const bf16 *src, int src_ld, const bf16 *weight, int first, int step,
-                          int T, int C, float eps, int lane) {
-  for (int t = first; t < T; t += step) {
-    const bf16 *x = src + (size_t)t * src_ld;
-    float ss = 0.0f;
-    for (int c = 2 * lane; c < C; c += 2 * WARP_SIZE) {
-      const uint32_t v = lds32(x + c);
-      ss += bf16_lo(v) * bf16_lo(v) + bf16_hi(v) * bf16_hi(v);
-    }
-    const float rstd = rsqrtf(warp_sum(ss) / C + eps);
-    for (int c = 2 * lane; c < C; c += 2 * WARP_SIZE) {
-      const uint32_t v = lds32(x + c), wv = ldg32(weight + c);
-      *reinterpret_cast<uint32_t *>(dst + (size_t)t * dst_ld + c) =
-          pack_bf16x2(bf16_lo(v) * rstd * bf16_lo(wv), bf16_hi(v) * rstd * bf16_hi(wv));
-    }
-  }
-}
-
 // Attention of every (query head, row) pair of this block's share, RoPE applied as it reads: the
 // keys of every kv head rotated into S.keys first (to bf16, as the rope op stores them), then a
 // warp a pair: lane j scores key row j, the softmax over the lanes, lane d adds the value pairs.
@@ -238,41 +166,15 @@ __device__ void attention(cg::cluster_group &cluster, const df_smem &S, const df
     key[i] = f2bf(r1), key[i + HALF] = f2bf(r2);
   }
   __syncthreads();
-  float *q = S.q_rot + warp * D;
   const int group = Hq / Hkv;
   for (int task = rank * DF_WARPS + warp; task < Hq * T; task += blocks * DF_WARPS) {
     const int h = task / T, t = task % T, kh = h / group;
     const bf16 *qrow = S.qkv + (size_t)t * S.qkv_ld + h * D;
-    float r1, r2;
-    rope_rotate(bf2f(qrow[lane]), bf2f(qrow[lane + HALF]), S.cos_t[t * S.table_ld + lane],
-                S.sin_t[t * S.table_ld + lane], &r1, &r2);
-    q[lane] = round_bf16(r1), q[lane + HALF] = round_bf16(r2);
-    __syncwarp();
-    const int first = S.seq_start[t];
-    const bool valid = lane >= first && lane <= t;  // causal, inside the row's sequence
-    float score = -INFINITY;
-    if (valid) {
-      const bf16 *key = S.keys + ((size_t)kh * rows + lane) * S.key_ld;
-      float dot = 0.0f;
-#pragma unroll 8
-      for (int d = 0; d < D; d += 2) {
-        const uint32_t kv = lds32(key + d);
-        dot += q[d] * bf16_lo(kv) + q[d + 1] * bf16_hi(kv);
-      }
-      score = dot * p.scale;
-    }
-    const float top = warp_max(score);
-    const float e = valid ? expf(score - top) : 0.0f;
-    const float inv_sum = 1.0f / warp_sum(e);
-    const bf16 *values = S.qkv + (Hq + Hkv + kh) * D + 2 * lane;
-    float o0 = 0.0f, o1 = 0.0f;
-    for (int j = first; j <= t; j++) {
-      const float pj = __shfl_sync(FULL_MASK, e, j);
-      const uint32_t v = lds32(values + (size_t)j * S.qkv_ld);
-      o0 += pj * bf16_lo(v), o1 += pj * bf16_hi(v);
-    }
-    broadcast_pair(cluster, S.xn, (size_t)t * S.ld + h * D + 2 * lane, o0 * inv_sum, o1 * inv_sum);
-    __syncwarp();  // every lane has read q before the next pair rotates into it
+    const float2 o = attend_row(bf2f(qrow[lane]), bf2f(qrow[lane + HALF]), S.cos_t[t * S.table_ld + lane],
+                                S.sin_t[t * S.table_ld + lane], S.q_rot + warp * D,
+                                S.keys + (size_t)kh * rows * S.key_ld, S.key_ld, S.qkv + (Hq + Hkv + kh) * D,
+                                S.qkv_ld, S.seq_start[t], t, p.scale, lane);
+    broadcast_pair(cluster, S.xn, (size_t)t * S.ld + h * D + 2 * lane, o.x, o.y);
   }
 }
 
@@ -503,16 +405,18 @@ static bool df_plan_for(const sn_decoder_weights *w, int T, df_plan *out) {
   return e.ok;
 }
 
-// Whether the kernel takes this decoder at T tokens: its shape, every tensor on 16 bytes, a plan
-// (*plan filled when it does).
-static bool df_check(const sn_decoder_weights *w, int T, df_plan *plan) {
-  if (sn_cuda_cc_major() < 9 || T < 1 || T > SN_DECODER_FUSED_MAX_ROWS || w->layers < 1 ||
-      w->layers > DF_MAX_LAYERS || w->head_dim != DF_HEAD_DIM || w->heads * w->head_dim != w->hidden ||
-      w->kv_heads < 1 || w->heads % w->kv_heads != 0)
-    return false;
-  const void *tensors[] = {w->tok_embed, w->final_norm_w};
-  for (const void *t : tensors)
-    if (!aligned16(t)) return false;
+// ---- both kernels' checks and the dispatch --------------------------------------------------------------
+void df_blocks_from(const sn_decoder_weights *w, df_block *out) {
+  for (int l = 0; l < w->layers; l++) {
+    const sn_decoder_block &b = w->blocks[l];
+    out[l] = {(const bf16 *)b.norm_attn_w, (const bf16 *)b.qkv_w, (const bf16 *)b.qkv_b, (const bf16 *)b.o_w,
+              (const bf16 *)b.o_b, (const bf16 *)b.norm_mlp_w, (const bf16 *)b.up_w, (const bf16 *)b.up_b,
+              (const bf16 *)b.down_w, (const bf16 *)b.down_b};
+  }
+}
+
+bool df_tensors_aligned(const sn_decoder_weights *w) {
+  if (!aligned16(w->tok_embed) || !aligned16(w->final_norm_w)) return false;
   for (int l = 0; l < w->layers; l++) {
     const sn_decoder_block &b = w->blocks[l];
     const void *block_tensors[] = {b.norm_attn_w, b.qkv_w, b.qkv_b, b.o_w, b.o_b, b.norm_mlp_w, b.up_w, b.up_b,
@@ -520,34 +424,52 @@ static bool df_check(const sn_decoder_weights *w, int T, df_plan *plan) {
     for (const void *t : block_tensors)
       if (!aligned16(t)) return false;  // NULL (no bias) is aligned
   }
-  return df_plan_for(w, T, plan);
+  return true;
+}
+
+// Which kernel takes this decoder at T tokens: the cluster kernel where its shape is built and
+// schedules, else the grid kernel where the shape fits it; neither (false) sends the model to the
+// general path. The shape both share: head dim 64, Hq * 64 = C, whole GQA groups, at most
+// SN_DECODER_FUSED_MAX_ROWS tokens and DF_MAX_LAYERS blocks, every tensor on 16 bytes.
+struct df_choice {
+  bool cluster;
+  df_plan cluster_plan;
+  dg_plan grid_plan;
+};
+static bool df_choose(const sn_decoder_weights *w, int T, df_choice *c) {
+  if (T < 1 || T > SN_DECODER_FUSED_MAX_ROWS || w->layers < 1 || w->layers > DF_MAX_LAYERS ||
+      w->head_dim != DF_HEAD_DIM || w->heads * w->head_dim != w->hidden || w->kv_heads < 1 ||
+      w->heads % w->kv_heads != 0 || !df_tensors_aligned(w))
+    return false;
+  c->cluster = sn_cuda_cc_major() >= 9 && df_plan_for(w, T, &c->cluster_plan);
+  return c->cluster || dg_plan_for(w, T, &c->grid_plan);
 }
 
 int cuda_decoder_fused_supports(const sn_decoder_weights *w, int T) {
-  df_plan plan;
-  return df_check(w, T, &plan) ? 1 : 0;
+  df_choice c;
+  return df_choose(w, T, &c) ? 1 : 0;
 }
 
 void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens, int B,
                                 int T, const sn_decoder_weights *w) {
-  df_plan plan;
-  if (!df_check(w, T, &plan)) {
+  df_choice c;
+  if (!df_choose(w, T, &c)) {
     fprintf(stderr, "error: %s:%d: decoder_fused_forward: shape not supported (T=%d C=%d I=%d heads %d/%d of %d; "
             "ask decoder_fused_supports first)\n", __FILE__, __LINE__, T, w->hidden, w->intermediate, w->heads,
             w->kv_heads, w->head_dim);
     exit(1);
   }
-  df_args a = {};
-  for (int l = 0; l < w->layers; l++) {
-    const sn_decoder_block &b = w->blocks[l];
-    a.blocks[l] = {(const bf16 *)b.norm_attn_w, (const bf16 *)b.qkv_w, (const bf16 *)b.qkv_b, (const bf16 *)b.o_w,
-                   (const bf16 *)b.o_b, (const bf16 *)b.norm_mlp_w, (const bf16 *)b.up_w, (const bf16 *)b.up_b,
-                   (const bf16 *)b.down_w, (const bf16 *)b.down_b};
+  if (!c.cluster) {
+    dg_forward(&c.grid_plan, out, ids, pos, cu_seqlens, B, T, w);
+    return;
   }
+  df_args a = {};
+  df_blocks_from(w, a.blocks);
   a.tok_embed = (const bf16 *)w->tok_embed, a.final_norm_w = (const bf16 *)w->final_norm_w, a.out = (bf16 *)out;
   a.ids = ids, a.pos = pos, a.cu_seqlens = cu_seqlens;
   a.B = B, a.T = T, a.layers = w->layers, a.I = w->intermediate, a.Hq = w->heads, a.Hkv = w->kv_heads;
   a.eps = w->norm_eps, a.theta = w->rope_theta, a.scale = 1.0f / sqrtf((float)w->head_dim);
+  const df_plan &plan = c.cluster_plan;
   launch_pdl_cluster(plan.variant->kernel, dim3(1, plan.blocks), dim3(DF_THREADS), plan.smem, plan.blocks, a);
   launchCheck();
 }

@@ -752,6 +752,13 @@ int main(int argc, char **argv) {
     check_decoder_fused(query, 1, 2, 384, 1536, 6, 1, 1, 0);
     check_decoder_fused(query, 1, 6, 384, 1536, 6, 2, 1, quick ? 0 : 2000);
     check_decoder_fused(one, 1, 6, 384, 1536, 6, 2, 1, quick ? 0 : 2000);
+    // The 0.5B tower's shape (C 896, I 4864, 14/2 heads), which the grid kernel takes: the same
+    // edges on fewer blocks (its CPU twin is slow at this width); sn_bench times all 24.
+    check_decoder_fused(one, 1, 1, 896, 4864, 14, 2, 1, 0);
+    check_decoder_fused(past, 1, 2, 896, 4864, 14, 2, 0, 0);
+    check_decoder_fused(mixed, 4, 2, 896, 4864, 14, 2, 2, 0);
+    check_decoder_fused(pair2, 2, 2, 896, 4864, 14, 14, 1, 0);
+    check_decoder_fused(query, 1, 3, 896, 4864, 14, 2, 1, quick ? 0 : 500);
   }
   return sn_test_finish("test_cuda_ops");
 }

@@ -1,0 +1,465 @@
+// decoder_fused_grid: the fused decoder (ops.h decoder_fused_forward) for decoders too wide for one
+// cluster's shared memory, the 0.5B tower first (C 896, I 4864, 24 blocks): one persistent grid, a
+// block per multiprocessor, launched cooperatively so that every block is resident and they can wait
+// for each other.
+// Why: a 32-token query through the 0.5B tower is about 240 kernels on the general path, 39 µs a
+// block in a CUDA graph on the H100 against 9 µs of weight reads at the copy rate (docs/PERFORMANCE.md):
+// each kernel's launch, ramp and tail cost more than its work. Here a block costs six grid barriers
+// and the weights stream continuously:
+// - every projection is split over the blocks by output n-tiles of 8 rows (mma.sync m16n8k16, fp32
+//   accumulation); a block's share of the weights is copied into its shared memory (cp.async, which
+//   holds no registers) as soon as the region it goes to is free, so each share is in flight during
+//   the phases and barriers before the one that uses it: q|k|v and o take turns in one region,
+//   gate|up and down in the other, and gate|up's (the largest) starts a whole block ahead;
+// - the activations ((T, C) rows, at most 32) live in global memory, where at this size they stay
+//   in L2; each block copies the rows a phase reads into its shared memory (loads that bypass L1, as
+//   other blocks wrote them) and writes its output columns back;
+// - down is split in two dimensions (column groups x slices of the MLP's width), each unit's fp32
+//   partial sums written out and added in a fixed order by the next phase (deterministic), which
+//   adds the bias and the residual.
+// Phases of a decoder block, each ended by a grid barrier: A rmsnorm + q|k|v; B attention (RoPE as
+// it reads); C o_proj + residual; D rmsnorm + gate|up + SwiGLU; E down's partial sums; R their sum
+// + residual. Values are rounded to bf16 where the unfused ops store them, so the result is the
+// general path's within bf16 rounding of the sums' order.
+#include "decoder_fused.cuh"
+
+#define DG_WARPS 16  // 16 warps a block: the phases' jobs ((tile, m-tile) pairs) are few per block,
+                     // so more warps finish a phase in fewer rounds; at most 128 registers a thread
+#define DG_THREADS (DG_WARPS * WARP_SIZE)
+#define DG_BARRIER_WORDS 2  // arrival count, generation
+
+struct dg_args {
+  df_block blocks[DF_MAX_LAYERS];
+  const bf16 *tok_embed, *final_norm_w;
+  bf16 *out;
+  const int32_t *ids, *pos, *cu_seqlens;
+  bf16 *h, *x, *qkv, *attn, *ff;  // workspace: (T, C), (T, C), (T, qkv_dim), (T, C), (T, I)
+  float *partial;                 // (down_chunks, T, C)
+  unsigned int *barrier;          // DG_BARRIER_WORDS, zero before the first launch
+  int B, T, layers, C, I, Hq, Hkv;
+  int down_groups, down_chunks;
+  float eps, theta, scale;
+};
+
+// ---- shared memory ---------------------------------------------------------------------------------
+// xa: the rows a phase reads (DF_ROWS of C, or of a down slice); wb: this block's q|k|v rows, then
+// its o rows; wa: its gate rows, up rows, then its down unit. During attention xa holds the angle
+// table, the rotated keys and the values of every kv head and a query row a warp instead.
+struct dg_smem {
+  bf16 *xa, *wb, *wa;
+  int *seq_start;
+  int ld;  // C + DF_ROW_PAD
+};
+struct dg_shape {
+  int C, I, qkv_dim, Hkv, blocks, down_groups, down_chunks;
+  // n-tiles a block of each projection (gate|up: pairs of a gate and an up tile)
+  __host__ __device__ int qkv_share() const { return df_share(qkv_dim / DF_NTILE, blocks); }
+  __host__ __device__ int o_share() const { return df_share(C / DF_NTILE, blocks); }
+  __host__ __device__ int pair_share() const { return df_share(I / DF_NTILE, blocks); }
+  __host__ __device__ int down_cols() const { return C / down_groups; }
+  __host__ __device__ int down_k() const { return I / down_chunks; }
+};
+__host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, const dg_shape &sh) {
+  const int ld = sh.C + DF_ROW_PAD, k_ld = sh.down_k() + DF_ROW_PAD;
+  const size_t tile = (size_t)DF_NTILE * ld * sizeof(bf16);
+  const size_t wb = (size_t)max(sh.qkv_share(), sh.o_share()) * tile;  // bytes
+  const size_t wa = max((size_t)2 * sh.pair_share() * tile, (size_t)sh.down_cols() * k_ld * sizeof(bf16));
+  s->ld = ld;
+  df_carver c = {base, 0};
+  s->xa = c.take<bf16>((size_t)DF_ROWS * ld);
+  s->wb = c.take<bf16>(wb / sizeof(bf16));
+  s->wa = c.take<bf16>(wa / sizeof(bf16));
+  s->seq_start = c.take<int>(DF_ROWS);
+  return c.at;
+}
+// The attention phase's carve of xa.
+struct dg_attn_smem {
+  float *cos_t, *sin_t, *q_buf;
+  bf16 *keys, *values;
+  int table_ld, key_ld;
+};
+__host__ __device__ inline size_t dg_attn_carve(unsigned char *base, dg_attn_smem *s, int Hkv) {
+  s->table_ld = DF_HEAD_DIM / 2 + DF_TABLE_PAD, s->key_ld = DF_HEAD_DIM + DF_KEY_PAD;
+  df_carver c = {base, 0};
+  s->cos_t = c.take<float>((size_t)DF_ROWS * s->table_ld);
+  s->sin_t = c.take<float>((size_t)DF_ROWS * s->table_ld);
+  s->q_buf = c.take<float>((size_t)DG_WARPS * DF_HEAD_DIM);
+  s->keys = c.take<bf16>((size_t)Hkv * DF_ROWS * s->key_ld);
+  s->values = c.take<bf16>((size_t)Hkv * DF_ROWS * DF_HEAD_DIM);
+  return c.at;
+}
+
+// ---- copies --------------------------------------------------------------------------------------------
+// Weights: rows x cols (a multiple of 8) of src (row stride src_ld) into dst (stride dst_ld) with
+// cp.async, spread over the block; the caller commits the group.
+__device__ inline void stage_weights(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
+  const int packs = cols / BF16_PER_PACK;
+  for (int e = threadIdx.x; e < rows * packs; e += DG_THREADS) {
+    const int r = e / packs, c = e % packs * BF16_PER_PACK;
+    cp_async16(dst + (size_t)r * dst_ld + c, src + (size_t)r * src_ld + c);
+  }
+}
+// Activations other blocks wrote: rows x cols of src into shared memory, through L2 (ld.global.cg:
+// L1 may hold the lines' older contents).
+__device__ inline void load_rows(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
+  const int packs = cols / BF16_PER_PACK;
+  for (int e = threadIdx.x; e < rows * packs; e += DG_THREADS) {
+    const int r = e / packs, c = e % packs * BF16_PER_PACK;
+    *reinterpret_cast<uint4 *>(dst + (size_t)r * dst_ld + c) =
+        __ldcg(reinterpret_cast<const uint4 *>(src + (size_t)r * src_ld + c));
+  }
+}
+__device__ __forceinline__ uint32_t ldcg32(const bf16 *p) {
+  return __ldcg(reinterpret_cast<const unsigned int *>(p));
+}
+__device__ __forceinline__ void st32(bf16 *p, float lo, float hi) {
+  *reinterpret_cast<uint32_t *>(p) = pack_bf16x2(lo, hi);
+}
+
+// ---- the grid barrier ------------------------------------------------------------------------------
+// Every block arrives (the last resets the count and advances the generation); the others wait for
+// the generation to move. The fences make each block's writes before the barrier visible to every
+// block after it. Sound because the launch is cooperative: every block is resident.
+__device__ inline void grid_barrier(unsigned int *barrier) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned int *generation = barrier + 1;
+    const unsigned int seen = *generation;
+    __threadfence();
+    if (atomicAdd(barrier, 1u) == gridDim.x - 1) {
+      atomicExch(barrier, 0u);
+      __threadfence();
+      atomicAdd(barrier + 1, 1u);
+    } else {
+      while (*generation == seen) {
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// ---- products --------------------------------------------------------------------------------------
+// acc (16 rows from row0 x 8 columns) = A (shared, rows of lda) · B^T, B the tile's 8 weight rows
+// (shared, rows of ldb), over ksteps k-steps of 16.
+__device__ __forceinline__ void smem_product(float (&acc)[1][4], const bf16 *A, int lda, int row0, const bf16 *B,
+                                             int ldb, int ksteps, int g, int q) {
+  acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
+  const bf16 *a = A + (size_t)(row0 + g) * lda + 2 * q, *b = B + (size_t)g * ldb + 2 * q;
+#pragma unroll 4
+  for (int s = 0; s < ksteps; s++, a += DF_MMA_K, b += DF_MMA_K) {
+    const uint32_t frag[4] = {lds32(a), lds32(a + 8 * lda), lds32(a + DF_MMA_K / 2), lds32(a + 8 * lda + DF_MMA_K / 2)};
+    const uint32_t w[2] = {lds32(b), lds32(b + DF_MMA_K / 2)};
+    mma_bf16(acc[0], frag, w);
+  }
+}
+// The block's `tiles` staged n-tiles (tile i's rows at W + 8 i ldw) times A, a warp a (tile, m-tile)
+// job; epi(acc, i, row0) gets each.
+template <typename Epi>
+__device__ __forceinline__ void project(const bf16 *A, int lda, const bf16 *W, int ldw, int tiles, int ksteps, int T,
+                                        int warp, int g, int q, Epi epi) {
+  const int mtiles = (T + DF_MMA_ROWS - 1) / DF_MMA_ROWS;
+  for (int job = warp; job < tiles * mtiles; job += DG_WARPS) {
+    const int i = job / mtiles, row0 = job % mtiles * DF_MMA_ROWS;
+    float acc[1][4];
+    smem_product(acc, A, lda, row0, W + (size_t)i * DF_NTILE * ldw, ldw, ksteps, g, q);
+    epi(acc, i, row0);
+  }
+}
+
+// ---- the kernel ------------------------------------------------------------------------------------
+// The copy groups each thread commits, in order: q|k|v(0), gate|up(0); then per block l: o(l) after
+// A, q|k|v(l+1) after C, down(l) after D, gate|up(l+1) after E (empty groups past the last block).
+// Each phase waits for what it reads: A for all but the newest group (gate|up may stay in flight),
+// C, E for all.
+__global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __grid_constant__ dg_args p) {
+  extern __shared__ __align__(16) unsigned char dg_shared[];
+  constexpr int D = DF_HEAD_DIM, HALF = D / 2;
+  const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
+  const int T = p.T, C = p.C, I = p.I, Hq = p.Hq, Hkv = p.Hkv, qkv_dim = (Hq + 2 * Hkv) * D;
+  const int rank = blockIdx.x, blocks = gridDim.x;
+  const dg_shape sh = {C, I, qkv_dim, Hkv, blocks, p.down_groups, p.down_chunks};
+  dg_smem S;
+  dg_carve(dg_shared, &S, sh);
+  const int ld = S.ld, KC = C / DF_MMA_K;
+
+  const df_range qkv_tiles = block_tiles(qkv_dim / DF_NTILE, rank, blocks);
+  const df_range o_tiles = block_tiles(C / DF_NTILE, rank, blocks);
+  const df_range pairs = block_tiles(I / DF_NTILE, rank, blocks);
+  const int n_qkv = qkv_tiles.end - qkv_tiles.begin, n_o = o_tiles.end - o_tiles.begin;
+  const int n_pairs = pairs.end - pairs.begin, pair_rows = n_pairs * DF_NTILE;
+  const bool has_unit = rank < p.down_groups * p.down_chunks;
+  const int group = rank % p.down_groups, chunk = rank / p.down_groups;
+  const int down_cols = sh.down_cols(), down_k = sh.down_k(), k_ld = down_k + DF_ROW_PAD;
+
+  auto stage_qkv = [&](const df_block &blk) {
+    stage_weights(S.wb, ld, blk.qkv_w + (size_t)qkv_tiles.begin * DF_NTILE * C, C, n_qkv * DF_NTILE, C);
+  };
+  auto stage_gate_up = [&](const df_block &blk) {
+    stage_weights(S.wa, ld, blk.up_w + (size_t)pairs.begin * DF_NTILE * C, C, pair_rows, C);
+    stage_weights(S.wa + (size_t)pair_rows * ld, ld, blk.up_w + ((size_t)I + pairs.begin * DF_NTILE) * C, C,
+                  pair_rows, C);
+  };
+  stage_qkv(p.blocks[0]);
+  cp_async_commit();
+  stage_gate_up(p.blocks[0]);
+  cp_async_commit();
+
+  // h = the token embeddings
+  for (int e = rank * DG_THREADS + threadIdx.x; e < T * (C / BF16_PER_PACK); e += blocks * DG_THREADS) {
+    const int t = e / (C / BF16_PER_PACK), c = e % (C / BF16_PER_PACK) * BF16_PER_PACK;
+    *reinterpret_cast<uint4 *>(p.h + (size_t)t * C + c) =
+        __ldg(reinterpret_cast<const uint4 *>(p.tok_embed + (size_t)p.ids[t] * C + c));
+  }
+  for (int t = threadIdx.x; t < T; t += DG_THREADS) {
+    int b = 0;
+    while (b + 1 < p.B && p.cu_seqlens[b + 1] <= t) b++;
+    S.seq_start[t] = p.cu_seqlens[b];
+  }
+  grid_barrier(p.barrier);
+
+  for (int l = 0; l < p.layers; l++) {
+    const df_block &blk = p.blocks[l];
+    const bool more = l + 1 < p.layers;
+    // A: xn = rmsnorm(h) (every block, all rows); q|k|v = xn W_qkv^T + b, this block's columns
+    load_rows(S.xa, ld, p.h, C, T, C);
+    __syncthreads();
+    norm_rows(S.xa, ld, S.xa, ld, blk.norm_attn_w, warp, DG_WARPS, T, C, p.eps, lane);
+    cp_async_wait<1>();
+    __syncthreads();
+    project(S.xa, ld, S.wb, ld, n_qkv, KC, T, warp, g, q, [&](const float(&acc)[1][4], int i, int row0) {
+      for_each_pair<1>(acc, (qkv_tiles.begin + i) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
+        st32(p.qkv + (size_t)row * qkv_dim + col, v0 + bias_at(blk.qkv_b, col), v1 + bias_at(blk.qkv_b, col + 1));
+      }, row0);
+    });
+    __syncthreads();  // wb read: o's rows go there
+    stage_weights(S.wb, ld, blk.o_w + (size_t)o_tiles.begin * DF_NTILE * C, C, n_o * DF_NTILE, C);
+    cp_async_commit();
+    grid_barrier(p.barrier);
+
+    // B: attention, a warp a (head, row) pair over the grid; the angles, rotated keys and values of
+    // every kv head into xa first (blocks with pairs only)
+    if (rank * DG_WARPS < Hq * T) {
+      dg_attn_smem A;
+      dg_attn_carve(reinterpret_cast<unsigned char *>(S.xa), &A, Hkv);
+      for (int e = threadIdx.x; e < T * HALF; e += DG_THREADS) {
+        const int t = e / HALF, i = e % HALF;
+        rope_cos_sin(p.pos[t], i, D, p.theta, &A.cos_t[t * A.table_ld + i], &A.sin_t[t * A.table_ld + i]);
+      }
+      __syncthreads();
+      for (int e = threadIdx.x; e < Hkv * T * HALF; e += DG_THREADS) {
+        const int i = e % HALF, t = (e / HALF) % T, kh = e / (HALF * T);
+        const bf16 *k = p.qkv + (size_t)t * qkv_dim + (Hq + kh) * D;
+        float r1, r2;
+        rope_rotate(bf2f(__ldcg(k + i)), bf2f(__ldcg(k + i + HALF)), A.cos_t[t * A.table_ld + i],
+                    A.sin_t[t * A.table_ld + i], &r1, &r2);
+        bf16 *key = A.keys + ((size_t)kh * DF_ROWS + t) * A.key_ld;
+        key[i] = f2bf(r1), key[i + HALF] = f2bf(r2);
+      }
+      for (int kh = 0; kh < Hkv; kh++)
+        load_rows(A.values + (size_t)kh * DF_ROWS * D, D, p.qkv + (Hq + Hkv + kh) * D, qkv_dim, T, D);
+      __syncthreads();
+      const int per_group = Hq / Hkv;
+      for (int task = rank * DG_WARPS + warp; task < Hq * T; task += blocks * DG_WARPS) {
+        const int h = task / T, t = task % T, kh = h / per_group;
+        const bf16 *qrow = p.qkv + (size_t)t * qkv_dim + h * D;
+        const float2 o = attend_row(bf2f(__ldcg(qrow + lane)), bf2f(__ldcg(qrow + lane + HALF)),
+                                    A.cos_t[t * A.table_ld + lane], A.sin_t[t * A.table_ld + lane],
+                                    A.q_buf + warp * D, A.keys + (size_t)kh * DF_ROWS * A.key_ld, A.key_ld,
+                                    A.values + (size_t)kh * DF_ROWS * D, D, S.seq_start[t], t, p.scale, lane);
+        st32(p.attn + (size_t)t * C + h * D + 2 * lane, o.x, o.y);
+      }
+    }
+    grid_barrier(p.barrier);
+
+    // C: x = h + attn W_o^T + b, this block's columns
+    load_rows(S.xa, ld, p.attn, C, T, C);
+    cp_async_wait<0>();
+    __syncthreads();
+    project(S.xa, ld, S.wb, ld, n_o, KC, T, warp, g, q, [&](const float(&acc)[1][4], int i, int row0) {
+      for_each_pair<1>(acc, (o_tiles.begin + i) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
+        const uint32_t h = ldcg32(p.h + (size_t)row * C + col);
+        const float o0 = round_bf16(v0 + bias_at(blk.o_b, col)), o1 = round_bf16(v1 + bias_at(blk.o_b, col + 1));
+        st32(p.x + (size_t)row * C + col, bf16_lo(h) + o0, bf16_hi(h) + o1);
+      }, row0);
+    });
+    __syncthreads();  // wb read: the next block's q|k|v rows go there
+    if (more) stage_qkv(p.blocks[l + 1]);
+    cp_async_commit();
+    grid_barrier(p.barrier);
+
+    // D: ff = swiglu(rmsnorm(x) W_gate|up^T + b), this block's columns of the MLP's width
+    load_rows(S.xa, ld, p.x, C, T, C);
+    __syncthreads();
+    norm_rows(S.xa, ld, S.xa, ld, blk.norm_mlp_w, warp, DG_WARPS, T, C, p.eps, lane);
+    __syncthreads();
+    const int mtiles = (T + DF_MMA_ROWS - 1) / DF_MMA_ROWS;
+    for (int job = warp; job < n_pairs * mtiles; job += DG_WARPS) {
+      const int i = job / mtiles, row0 = job % mtiles * DF_MMA_ROWS;
+      float gate[1][4], up[1][4];
+      smem_product(gate, S.xa, ld, row0, S.wa + (size_t)i * DF_NTILE * ld, ld, KC, g, q);
+      smem_product(up, S.xa, ld, row0, S.wa + (size_t)(pair_rows + i * DF_NTILE) * ld, ld, KC, g, q);
+      const int c = (pairs.begin + i) * DF_NTILE + 2 * q;
+#pragma unroll
+      for (int hh = 0; hh < 2; hh++) {
+        const int row = row0 + g + 8 * hh;
+        if (row >= T) continue;
+        float f[2];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+          const float gv = round_bf16(gate[0][2 * hh + k] + bias_at(blk.up_b, c + k));
+          const float uv = round_bf16(up[0][2 * hh + k] + bias_at(blk.up_b, I + c + k));
+          f[k] = silu_f(gv) * uv;
+        }
+        st32(p.ff + (size_t)row * I + c, f[0], f[1]);
+      }
+    }
+    __syncthreads();  // wa read: down's unit goes there
+    if (has_unit)
+      stage_weights(S.wa, k_ld, blk.down_w + (size_t)group * down_cols * I + (size_t)chunk * down_k, I, down_cols,
+                    down_k);
+    cp_async_commit();
+    grid_barrier(p.barrier);
+
+    // E: partial[chunk] = ff[:, chunk's slice] W_down[group's columns, slice]^T
+    if (has_unit) {
+      load_rows(S.xa, k_ld, p.ff + (size_t)chunk * down_k, I, T, down_k);
+      cp_async_wait<0>();
+      __syncthreads();
+      project(S.xa, k_ld, S.wa, k_ld, down_cols / DF_NTILE, down_k / DF_MMA_K, T, warp, g, q,
+              [&](const float(&acc)[1][4], int i, int row0) {
+                for_each_pair<1>(acc, group * down_cols + i * DF_NTILE, T, g, q,
+                                 [&](int row, int col, float v0, float v1) {
+                                   *reinterpret_cast<float2 *>(p.partial + ((size_t)chunk * T + row) * C + col) =
+                                       make_float2(v0, v1);
+                                 }, row0);
+              });
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // wa read: the next block's gate|up rows go there
+    if (more) stage_gate_up(p.blocks[l + 1]);
+    cp_async_commit();
+    grid_barrier(p.barrier);
+
+    // R: h = x + (the partials in chunk order + b)
+    for (int e = rank * DG_THREADS + threadIdx.x; e < T * (C / 2); e += blocks * DG_THREADS) {
+      const int row = e / (C / 2), col = 2 * (e % (C / 2));
+      float s0 = 0.0f, s1 = 0.0f;
+      for (int k = 0; k < p.down_chunks; k++) {
+        const float2 v = __ldcg(reinterpret_cast<const float2 *>(p.partial + ((size_t)k * T + row) * C + col));
+        s0 += v.x, s1 += v.y;
+      }
+      const uint32_t x = ldcg32(p.x + (size_t)row * C + col);
+      const float d0 = round_bf16(s0 + bias_at(blk.down_b, col)), d1 = round_bf16(s1 + bias_at(blk.down_b, col + 1));
+      st32(p.h + (size_t)row * C + col, bf16_lo(x) + d0, bf16_hi(x) + d1);
+    }
+    grid_barrier(p.barrier);
+  }
+  // out = rmsnorm(h, final_norm_w): row t by block t
+  for (int t = rank; t < T; t += blocks) {
+    load_rows(S.xa, ld, p.h + (size_t)t * C, C, 1, C);
+    __syncthreads();
+    if (warp == 0) norm_rows(p.out + (size_t)t * C, C, S.xa, ld, p.final_norm_w, 0, 1, 1, C, p.eps, lane);
+    __syncthreads();
+  }
+}
+
+// ---- launcher ----------------------------------------------------------------------------------------
+// down's units: column groups (whole n-tiles) x slices of I (whole k-steps) with at most a unit a
+// block and as many units as that allows, fewer slices first (less partial traffic); the unit's
+// rows and slice must fit wa and xa. Returns false when no split fits.
+static bool dg_down_split(dg_shape *sh, size_t smem_max) {
+  const int tiles = sh->C / DF_NTILE, ksteps = sh->I / DF_MMA_K;
+  int best_units = 0;
+  dg_shape best = *sh;
+  for (int chunks = 1; chunks <= ksteps; chunks++) {
+    if (ksteps % chunks) continue;
+    for (int groups = 1; groups <= tiles; groups++) {
+      const int units = groups * chunks;
+      if (tiles % groups || units > sh->blocks || units <= best_units) continue;
+      dg_shape trial = *sh;
+      trial.down_groups = groups, trial.down_chunks = chunks;
+      dg_smem layout;
+      if (trial.down_k() > sh->C || dg_carve(nullptr, &layout, trial) > smem_max) continue;
+      best_units = units, best = trial;
+    }
+  }
+  *sh = best;
+  return best_units > 0;
+}
+
+bool dg_plan_for(const sn_decoder_weights *w, int T, dg_plan *out) {
+  struct entry {
+    int C, I, Hkv, qkv_dim;
+    dg_plan plan;
+  };
+  static entry cache[8];
+  static int cached = 0;
+  const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
+  (void)T;  // the plan holds for every T up to DF_ROWS (the caller checks T)
+  for (int i = 0; i < cached; i++)
+    if (cache[i].C == C && cache[i].I == I && cache[i].Hkv == w->kv_heads && cache[i].qkv_dim == qkv_dim) {
+      *out = cache[i].plan;
+      return out->blocks > 0;
+    }
+  dg_plan plan = {0, 0, 0, 0};
+  int device = 0, smem_max = 0, coop = 0;
+  cudaCheck(cudaGetDevice(&device));
+  cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  cudaCheck(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  dg_shape sh = {C, I, qkv_dim, w->kv_heads, sn_cuda_sm_count(), 0, 0};
+  dg_attn_smem attn;
+  if (coop && sn_cuda_cc_major() >= 8 && C % DF_MMA_K == 0 && I % DF_MMA_K == 0 &&
+      dg_attn_carve(nullptr, &attn, w->kv_heads) <= (size_t)DF_ROWS * (C + DF_ROW_PAD) * sizeof(bf16) &&
+      dg_down_split(&sh, (size_t)smem_max)) {
+    dg_smem layout;
+    const size_t smem = dg_carve(nullptr, &layout, sh);
+    cudaCheck(cudaFuncSetAttribute(decoder_grid_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    int per_sm = 0;
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decoder_grid_kernel, DG_THREADS, smem));
+    if (per_sm >= 1) plan = {sh.blocks, smem, sh.down_groups, sh.down_chunks};
+  }
+  if (cached < (int)(sizeof cache / sizeof cache[0])) cache[cached++] = {C, I, w->kv_heads, qkv_dim, plan};
+  *out = plan;
+  return plan.blocks > 0;
+}
+
+// The barrier's words: allocated and zeroed once (a launch leaves them at zero arrivals).
+static unsigned int *dg_barrier(void) {
+  static unsigned int *words = nullptr;
+  if (!words) {
+    words = (unsigned int *)cuda_alloc(DG_BARRIER_WORDS * sizeof(unsigned int));
+    cudaCheck(cudaMemsetAsync(words, 0, DG_BARRIER_WORDS * sizeof(unsigned int), SN_STREAM));
+  }
+  return words;
+}
+
+void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens,
+                int B, int T, const sn_decoder_weights *w) {
+  const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
+  const size_t act = df_round((size_t)DF_ROWS * C * sizeof(bf16));
+  const size_t qkv_bytes = df_round((size_t)DF_ROWS * qkv_dim * sizeof(bf16));
+  const size_t ff_bytes = df_round((size_t)DF_ROWS * I * sizeof(bf16));
+  const size_t partial_bytes = (size_t)plan->down_chunks * DF_ROWS * C * sizeof(float);
+  unsigned char *ws = (unsigned char *)sn_cuda_scratch(SCRATCH_DECODER_FUSED, 3 * act + qkv_bytes + ff_bytes +
+                                                                                 partial_bytes);
+  dg_args a = {};
+  df_blocks_from(w, a.blocks);
+  a.tok_embed = (const bf16 *)w->tok_embed, a.final_norm_w = (const bf16 *)w->final_norm_w, a.out = (bf16 *)out;
+  a.ids = ids, a.pos = pos, a.cu_seqlens = cu_seqlens;
+  a.h = (bf16 *)ws, a.x = (bf16 *)(ws + act), a.attn = (bf16 *)(ws + 2 * act), a.qkv = (bf16 *)(ws + 3 * act);
+  a.ff = (bf16 *)(ws + 3 * act + qkv_bytes), a.partial = (float *)(ws + 3 * act + qkv_bytes + ff_bytes);
+  a.barrier = dg_barrier();
+  a.B = B, a.T = T, a.layers = w->layers, a.C = C, a.I = I, a.Hq = w->heads, a.Hkv = w->kv_heads;
+  a.down_groups = plan->down_groups, a.down_chunks = plan->down_chunks;
+  a.eps = w->norm_eps, a.theta = w->rope_theta, a.scale = 1.0f / sqrtf((float)w->head_dim);
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeCooperative;
+  attr.val.cooperative = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(plan->blocks), cfg.blockDim = dim3(DG_THREADS), cfg.dynamicSmemBytes = plan->smem;
+  cfg.stream = SN_STREAM, cfg.attrs = &attr, cfg.numAttrs = 1;
+  cudaCheck(cudaLaunchKernelEx(&cfg, decoder_grid_kernel, a));
+  launchCheck();
+}
