@@ -40,6 +40,10 @@ for round in 1 2; do
   done
 done
 [ "${QUICK:-0}" = 1 ] && { section done; exit 0; }
+if [ -n "$ANCHOR" ]; then
+  section "the torch.compile anchor"
+  step 200 python3 "$ANCHOR"
+fi  # before the encode rounds: a call cut short keeps it
 section "the encoder library's GPU tests"
 (cd "$BUILD" && step 120 ctest -R "encoder_cuda|model_embed_cuda" --output-on-failure)
 for round in 1 2; do
@@ -48,8 +52,4 @@ for round in 1 2; do
     (export "${switch?}"; step 90 "$BUILD/sn_bench_encode" --device cuda --batches 1,8,64)
   done
 done
-if [ -n "$ANCHOR" ]; then
-  section "the torch.compile anchor"
-  step 200 python3 "$ANCHOR"
-fi
 section done
