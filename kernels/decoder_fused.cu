@@ -381,7 +381,9 @@ static bool df_plan_for(const sn_decoder_weights *w, int T, df_plan *out) {
       df_smem layout;
       const size_t smem = df_carve(nullptr, &layout, C, qkv_dim, w->kv_heads, kd * DF_MMA_K, mt * DF_MMA_ROWS);
       if (smem > (size_t)smem_max) continue;
-      cudaCheck(cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+      // the device's cap, not this shape's need: a kernel serves several shapes, whose plans must
+      // not lower it under each other's launches
+      cudaCheck(cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
       if (blocks > DF_CLUSTER_PORTABLE)
         cudaCheck(cudaFuncSetAttribute(v.kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
       cudaLaunchAttribute attr;
@@ -428,7 +430,7 @@ bool df_tensors_aligned(const sn_decoder_weights *w) {
 }
 
 // Which kernel takes this decoder at T tokens: the cluster kernel where its shape is built and
-// schedules, else the grid kernel where the shape fits it; neither (false) sends the model to the
+// schedules (unless SN_FUSED_GRID=1, to time the other), else the grid kernel where the shape fits it; neither (false) sends the model to the
 // general path. The shape both share: head dim 64, Hq * 64 = C, whole GQA groups, at most
 // SN_DECODER_FUSED_MAX_ROWS tokens and DF_MAX_LAYERS blocks, every tensor on 16 bytes.
 struct df_choice {
@@ -441,7 +443,9 @@ static bool df_choose(const sn_decoder_weights *w, int T, df_choice *c) {
       w->head_dim != DF_HEAD_DIM || w->heads * w->head_dim != w->hidden || w->kv_heads < 1 ||
       w->heads % w->kv_heads != 0 || !df_tensors_aligned(w))
     return false;
-  c->cluster = sn_cuda_cc_major() >= 9 && df_plan_for(w, T, &c->cluster_plan);
+  const char *grid_first = getenv("SN_FUSED_GRID");  // 1: the grid kernel where both take the shape
+  const bool cluster_allowed = !(grid_first && strcmp(grid_first, "1") == 0);
+  c->cluster = cluster_allowed && sn_cuda_cc_major() >= 9 && df_plan_for(w, T, &c->cluster_plan);
   return c->cluster || dg_plan_for(w, T, &c->grid_plan);
 }
 

@@ -21,6 +21,8 @@
 // it reads); C o_proj + residual; D rmsnorm + gate|up + SwiGLU; E down's partial sums; R their sum
 // + residual. Values are rounded to bf16 where the unfused ops store them, so the result is the
 // general path's within bf16 rounding of the sums' order.
+#include <algorithm>
+
 #include "decoder_fused.cuh"
 
 #define DG_WARPS 16  // 16 warps a block: the phases' jobs ((tile, m-tile) pairs) are few per block,
@@ -36,6 +38,7 @@ struct dg_args {
   bf16 *h, *x, *qkv, *attn, *ff;  // workspace: (T, C), (T, C), (T, qkv_dim), (T, C), (T, I)
   float *partial;                 // (down_chunks, T, C)
   unsigned int *barrier;          // DG_BARRIER_WORDS, zero before the first launch
+  unsigned long long *trace;      // NULL, or (barriers, blocks + 1) stamps (SN_FUSED_TRACE)
   int B, T, layers, C, I, Hq, Hkv;
   int down_groups, down_chunks;
   float eps, theta, scale;
@@ -59,19 +62,6 @@ struct dg_shape {
   __host__ __device__ int down_cols() const { return C / down_groups; }
   __host__ __device__ int down_k() const { return I / down_chunks; }
 };
-__host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, const dg_shape &sh) {
-  const int ld = sh.C + DF_ROW_PAD, k_ld = sh.down_k() + DF_ROW_PAD;
-  const size_t tile = (size_t)DF_NTILE * ld * sizeof(bf16);
-  const size_t wb = (size_t)max(sh.qkv_share(), sh.o_share()) * tile;  // bytes
-  const size_t wa = max((size_t)2 * sh.pair_share() * tile, (size_t)sh.down_cols() * k_ld * sizeof(bf16));
-  s->ld = ld;
-  df_carver c = {base, 0};
-  s->xa = c.take<bf16>((size_t)DF_ROWS * ld);
-  s->wb = c.take<bf16>(wb / sizeof(bf16));
-  s->wa = c.take<bf16>(wa / sizeof(bf16));
-  s->seq_start = c.take<int>(DF_ROWS);
-  return c.at;
-}
 // The attention phase's carve of xa.
 struct dg_attn_smem {
   float *cos_t, *sin_t, *q_buf;
@@ -89,6 +79,21 @@ __host__ __device__ inline size_t dg_attn_carve(unsigned char *base, dg_attn_sme
   return c.at;
 }
 
+__host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, const dg_shape &sh) {
+  const int ld = sh.C + DF_ROW_PAD, k_ld = sh.down_k() + DF_ROW_PAD;
+  const size_t tile = (size_t)DF_NTILE * ld * sizeof(bf16);
+  const size_t wb = (size_t)max(sh.qkv_share(), sh.o_share()) * tile;  // bytes
+  const size_t wa = max((size_t)2 * sh.pair_share() * tile, (size_t)sh.down_cols() * k_ld * sizeof(bf16));
+  dg_attn_smem attn;  // the attention phase's carve of xa, which a narrow decoder's rows may not cover
+  const size_t xa = max((size_t)DF_ROWS * ld * sizeof(bf16), dg_attn_carve(nullptr, &attn, sh.Hkv));
+  s->ld = ld;
+  df_carver c = {base, 0};
+  s->xa = c.take<bf16>(xa / sizeof(bf16));
+  s->wb = c.take<bf16>(wb / sizeof(bf16));
+  s->wa = c.take<bf16>(wa / sizeof(bf16));
+  s->seq_start = c.take<int>(DF_ROWS);
+  return c.at;
+}
 // ---- copies --------------------------------------------------------------------------------------------
 // Weights: rows x cols (a multiple of 8) of src (row stride src_ld) into dst (stride dst_ld) with
 // cp.async, spread over the block; the caller commits the group.
@@ -119,23 +124,33 @@ __device__ __forceinline__ void st32(bf16 *p, float lo, float hi) {
 // ---- the grid barrier ------------------------------------------------------------------------------
 // Every block arrives (the last resets the count and advances the generation); the others wait for
 // the generation to move. The fences make each block's writes before the barrier visible to every
-// block after it. Sound because the launch is cooperative: every block is resident.
-__device__ inline void grid_barrier(unsigned int *barrier) {
+// block after it. Sound because the launch is cooperative: every block is resident. With a trace,
+// each block's arrival and block 0's departure are stamped (global ns), barrier `count` a row.
+struct dg_sync {
+  unsigned int *barrier;
+  unsigned long long *trace;
+  int count;
+};
+__device__ inline void grid_barrier(dg_sync &sync) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    volatile unsigned int *generation = barrier + 1;
+    unsigned long long *stamps = sync.trace ? sync.trace + (size_t)sync.count * (gridDim.x + 1) : nullptr;
+    if (stamps) stamps[blockIdx.x] = global_ns();
+    volatile unsigned int *generation = sync.barrier + 1;
     const unsigned int seen = *generation;
     __threadfence();
-    if (atomicAdd(barrier, 1u) == gridDim.x - 1) {
-      atomicExch(barrier, 0u);
+    if (atomicAdd(sync.barrier, 1u) == gridDim.x - 1) {
+      atomicExch(sync.barrier, 0u);
       __threadfence();
-      atomicAdd(barrier + 1, 1u);
+      atomicAdd(sync.barrier + 1, 1u);
     } else {
       while (*generation == seen) {
       }
     }
     __threadfence();
+    if (stamps && blockIdx.x == 0) stamps[gridDim.x] = global_ns();
   }
+  sync.count++;
   __syncthreads();
 }
 
@@ -182,6 +197,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
   dg_smem S;
   dg_carve(dg_shared, &S, sh);
   const int ld = S.ld, KC = C / DF_MMA_K;
+  dg_sync sync = {p.barrier, p.trace, 0};
 
   const df_range qkv_tiles = block_tiles(qkv_dim / DF_NTILE, rank, blocks);
   const df_range o_tiles = block_tiles(C / DF_NTILE, rank, blocks);
@@ -216,7 +232,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
     while (b + 1 < p.B && p.cu_seqlens[b + 1] <= t) b++;
     S.seq_start[t] = p.cu_seqlens[b];
   }
-  grid_barrier(p.barrier);
+  grid_barrier(sync);
 
   for (int l = 0; l < p.layers; l++) {
     const df_block &blk = p.blocks[l];
@@ -235,7 +251,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
     __syncthreads();  // wb read: o's rows go there
     stage_weights(S.wb, ld, blk.o_w + (size_t)o_tiles.begin * DF_NTILE * C, C, n_o * DF_NTILE, C);
     cp_async_commit();
-    grid_barrier(p.barrier);
+    grid_barrier(sync);
 
     // B: attention, a warp a (head, row) pair over the grid; the angles, rotated keys and values of
     // every kv head into xa first (blocks with pairs only)
@@ -270,7 +286,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
         st32(p.attn + (size_t)t * C + h * D + 2 * lane, o.x, o.y);
       }
     }
-    grid_barrier(p.barrier);
+    grid_barrier(sync);
 
     // C: x = h + attn W_o^T + b, this block's columns
     load_rows(S.xa, ld, p.attn, C, T, C);
@@ -286,7 +302,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
     __syncthreads();  // wb read: the next block's q|k|v rows go there
     if (more) stage_qkv(p.blocks[l + 1]);
     cp_async_commit();
-    grid_barrier(p.barrier);
+    grid_barrier(sync);
 
     // D: ff = swiglu(rmsnorm(x) W_gate|up^T + b), this block's columns of the MLP's width
     load_rows(S.xa, ld, p.x, C, T, C);
@@ -319,7 +335,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
       stage_weights(S.wa, k_ld, blk.down_w + (size_t)group * down_cols * I + (size_t)chunk * down_k, I, down_cols,
                     down_k);
     cp_async_commit();
-    grid_barrier(p.barrier);
+    grid_barrier(sync);
 
     // E: partial[chunk] = ff[:, chunk's slice] W_down[group's columns, slice]^T
     if (has_unit) {
@@ -340,7 +356,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
     __syncthreads();  // wa read: the next block's gate|up rows go there
     if (more) stage_gate_up(p.blocks[l + 1]);
     cp_async_commit();
-    grid_barrier(p.barrier);
+    grid_barrier(sync);
 
     // R: h = x + (the partials in chunk order + b)
     for (int e = rank * DG_THREADS + threadIdx.x; e < T * (C / 2); e += blocks * DG_THREADS) {
@@ -354,7 +370,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
       const float d0 = round_bf16(s0 + bias_at(blk.down_b, col)), d1 = round_bf16(s1 + bias_at(blk.down_b, col + 1));
       st32(p.h + (size_t)row * C + col, bf16_lo(x) + d0, bf16_hi(x) + d1);
     }
-    grid_barrier(p.barrier);
+    grid_barrier(sync);
   }
   // out = rmsnorm(h, final_norm_w): row t by block t
   for (int t = rank; t < T; t += blocks) {
@@ -409,13 +425,12 @@ bool dg_plan_for(const sn_decoder_weights *w, int T, dg_plan *out) {
   cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaCheck(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
   dg_shape sh = {C, I, qkv_dim, w->kv_heads, sn_cuda_sm_count(), 0, 0};
-  dg_attn_smem attn;
   if (coop && sn_cuda_cc_major() >= 8 && C % DF_MMA_K == 0 && I % DF_MMA_K == 0 &&
-      dg_attn_carve(nullptr, &attn, w->kv_heads) <= (size_t)DF_ROWS * (C + DF_ROW_PAD) * sizeof(bf16) &&
       dg_down_split(&sh, (size_t)smem_max)) {
     dg_smem layout;
     const size_t smem = dg_carve(nullptr, &layout, sh);
-    cudaCheck(cudaFuncSetAttribute(decoder_grid_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    // the device's cap (every shape's plan sets the same)
+    cudaCheck(cudaFuncSetAttribute(decoder_grid_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
     int per_sm = 0;
     cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decoder_grid_kernel, DG_THREADS, smem));
     if (per_sm >= 1) plan = {sh.blocks, smem, sh.down_groups, sh.down_chunks};
@@ -433,6 +448,44 @@ static unsigned int *dg_barrier(void) {
     cudaCheck(cudaMemsetAsync(words, 0, DG_BARRIER_WORDS * sizeof(unsigned int), SN_STREAM));
   }
   return words;
+}
+
+// ---- the phase trace (SN_FUSED_TRACE=N: every Nth launch of the process) ----------------------------------
+#define DG_PHASES 6  // barriers a decoder block
+static const char *const DG_PHASE_NAMES[DG_PHASES] = {"A norm+qkv", "B attention", "C o_proj", "D norm+gate|up",
+                                                      "E down", "R down sum"};
+// Every how many launches to trace one (0: none), read once.
+static int dg_trace_launch(void) {
+  static int at = -1;
+  if (at < 0) {
+    const char *v = getenv("SN_FUSED_TRACE");
+    at = v ? atoi(v) : 0;
+  }
+  return at;
+}
+// Prints, per phase and averaged over the decoder blocks: the work (from block 0 leaving the barrier
+// before to the last block's arrival), the spread of the arrivals (last - first), and the barrier's
+// own latency (block 0 leaving after the last arrival).
+static void dg_print_trace(const unsigned long long *t, int barriers, int blocks, int layers, int T) {
+  double work[DG_PHASES] = {0}, spread[DG_PHASES] = {0}, latency[DG_PHASES] = {0};
+  const int row = blocks + 1;
+  unsigned long long first_start = ~0ull;
+  for (int b = 0; b < blocks; b++) first_start = std::min(first_start, t[b]);
+  for (int k = 1; k < barriers; k++) {
+    const unsigned long long *r = t + (size_t)k * row;
+    unsigned long long first = ~0ull, last = 0;
+    for (int b = 0; b < blocks; b++) first = std::min(first, r[b]), last = std::max(last, r[b]);
+    const int phase = (k - 1) % DG_PHASES;
+    work[phase] += 1e-3 * (double)(last - t[(size_t)(k - 1) * row + blocks]);
+    spread[phase] += 1e-3 * (double)(last - first);
+    latency[phase] += 1e-3 * (double)(r[blocks] - last);
+  }
+  fprintf(stderr, "decoder_fused_grid trace: %d blocks, %d decoder blocks, T=%d: %.1f us from the first arrival "
+          "to the last departure\n", blocks, layers, T, 1e-3 * (double)(t[(size_t)(barriers - 1) * row + blocks] -
+                                                                       first_start));
+  for (int p = 0; p < DG_PHASES; p++)
+    fprintf(stderr, "  %-15s work %6.2f us, arrival spread %6.2f us, barrier %5.2f us (a decoder block)\n",
+            DG_PHASE_NAMES[p], work[p] / layers, spread[p] / layers, latency[p] / layers);
 }
 
 void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens,
@@ -454,6 +507,14 @@ void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_
   a.B = B, a.T = T, a.layers = w->layers, a.C = C, a.I = I, a.Hq = w->heads, a.Hkv = w->kv_heads;
   a.down_groups = plan->down_groups, a.down_chunks = plan->down_chunks;
   a.eps = w->norm_eps, a.theta = w->rope_theta, a.scale = 1.0f / sqrtf((float)w->head_dim);
+  static int launches = 0;
+  const int barriers = 1 + DG_PHASES * w->layers;
+  cudaStreamCaptureStatus capturing;
+  cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
+  const bool trace = dg_trace_launch() > 0 && ++launches % dg_trace_launch() == 0 &&
+                     capturing == cudaStreamCaptureStatusNone;
+  const size_t trace_bytes = (size_t)barriers * (plan->blocks + 1) * sizeof(unsigned long long);
+  a.trace = trace ? (unsigned long long *)cuda_alloc(trace_bytes) : nullptr;
   cudaLaunchAttribute attr;
   attr.id = cudaLaunchAttributeCooperative;
   attr.val.cooperative = 1;
@@ -462,4 +523,12 @@ void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_
   cfg.stream = SN_STREAM, cfg.attrs = &attr, cfg.numAttrs = 1;
   cudaCheck(cudaLaunchKernelEx(&cfg, decoder_grid_kernel, a));
   launchCheck();
+  if (trace) {
+    unsigned long long *stamps = (unsigned long long *)malloc(trace_bytes);
+    cudaCheck(cudaMemcpyAsync(stamps, a.trace, trace_bytes, cudaMemcpyDeviceToHost, SN_STREAM));
+    cudaCheck(cudaStreamSynchronize(SN_STREAM));
+    dg_print_trace(stamps, barriers, plan->blocks, w->layers, T);
+    free(stamps);
+    cuda_free(a.trace);
+  }
 }
