@@ -28,7 +28,7 @@
 #define DG_WARPS 16  // 16 warps a block: the phases' jobs ((tile, m-tile) pairs) are few per block,
                      // so more warps finish a phase in fewer rounds; at most 128 registers a thread
 #define DG_THREADS (DG_WARPS * WARP_SIZE)
-#define DG_BARRIER_WORDS 2  // arrival count, generation
+#define DG_BARRIER_WORDS 2  // arrival count, its value when the running launch started
 
 struct dg_args {
   df_block blocks[DF_MAX_LAYERS];
@@ -37,7 +37,7 @@ struct dg_args {
   const int32_t *ids, *pos, *cu_seqlens;
   bf16 *h, *x, *qkv, *attn, *ff;  // workspace: (T, C), (T, C), (T, qkv_dim), (T, C), (T, I)
   float *partial;                 // (down_chunks, T, C)
-  unsigned int *barrier;          // DG_BARRIER_WORDS, zero before the first launch
+  unsigned int *barrier;          // DG_BARRIER_WORDS (grid_barrier), zero before the first launch
   unsigned long long *trace;      // NULL, or (barriers, blocks + 1) stamps (SN_FUSED_TRACE)
   int B, T, layers, C, I, Hq, Hkv;
   int down_groups, down_chunks;
@@ -122,35 +122,40 @@ __device__ __forceinline__ void st32(bf16 *p, float lo, float hi) {
 }
 
 // ---- the grid barrier ------------------------------------------------------------------------------
-// Every block arrives (the last resets the count and advances the generation); the others wait for
-// the generation to move. The fences make each block's writes before the barrier visible to every
-// block after it. Sound because the launch is cooperative: every block is resident. With a trace,
-// each block's arrival and block 0's departure are stamped (global ns), barrier `count` a row.
+// barrier[0] counts every block's arrivals since the words were zeroed (wrapping); barrier[1] holds
+// its value when the running launch started (block 0 advances it past the launch's arrivals at the
+// end, when every block has read it). Barrier k of a launch is passed once the count reaches
+// base + (k + 1) blocks. An arrival is a release (fire and forget: every write of the block before
+// the barrier is visible to a block that acquires the count after it), the wait an acquire poll:
+// one one-way trip to L2 and a poll, where a count that is reset needs two round trips more. Sound
+// because the launch is cooperative: every block is resident. With a trace, each block's arrival
+// and block 0's departure are stamped (global ns), a row a barrier.
 struct dg_sync {
   unsigned int *barrier;
   unsigned long long *trace;
-  int count;
+  unsigned int base;  // barrier[0] when this launch started (thread 0 of each block holds it)
+  int passed;         // barriers this launch has passed
 };
+__device__ __forceinline__ void red_release_add(unsigned int *p, unsigned int v) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ unsigned int ld_acquire(const unsigned int *p) {
+  unsigned int v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
 __device__ inline void grid_barrier(dg_sync &sync) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    unsigned long long *stamps = sync.trace ? sync.trace + (size_t)sync.count * (gridDim.x + 1) : nullptr;
+    unsigned long long *stamps = sync.trace ? sync.trace + (size_t)sync.passed * (gridDim.x + 1) : nullptr;
     if (stamps) stamps[blockIdx.x] = global_ns();
-    volatile unsigned int *generation = sync.barrier + 1;
-    const unsigned int seen = *generation;
-    __threadfence();
-    if (atomicAdd(sync.barrier, 1u) == gridDim.x - 1) {
-      atomicExch(sync.barrier, 0u);
-      __threadfence();
-      atomicAdd(sync.barrier + 1, 1u);
-    } else {
-      while (*generation == seen) {
-      }
+    red_release_add(sync.barrier, 1u);
+    const unsigned int target = sync.base + (unsigned int)(sync.passed + 1) * gridDim.x;
+    while ((int)(ld_acquire(sync.barrier) - target) < 0) {
     }
-    __threadfence();
     if (stamps && blockIdx.x == 0) stamps[gridDim.x] = global_ns();
   }
-  sync.count++;
+  sync.passed++;
   __syncthreads();
 }
 
@@ -197,7 +202,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
   dg_smem S;
   dg_carve(dg_shared, &S, sh);
   const int ld = S.ld, KC = C / DF_MMA_K;
-  dg_sync sync = {p.barrier, p.trace, 0};
+  dg_sync sync = {p.barrier, p.trace, threadIdx.x == 0 ? ld_acquire(p.barrier + 1) : 0u, 0};
 
   const df_range qkv_tiles = block_tiles(qkv_dim / DF_NTILE, rank, blocks);
   const df_range o_tiles = block_tiles(C / DF_NTILE, rank, blocks);
@@ -372,6 +377,8 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
     }
     grid_barrier(sync);
   }
+  // every block has read the base (before its first arrival): the next launch's starts here
+  if (rank == 0 && threadIdx.x == 0) p.barrier[1] = sync.base + (unsigned int)sync.passed * blocks;
   // out = rmsnorm(h, final_norm_w): row t by block t
   for (int t = rank; t < T; t += blocks) {
     load_rows(S.xa, ld, p.h + (size_t)t * C, C, 1, C);
@@ -440,7 +447,7 @@ bool dg_plan_for(const sn_decoder_weights *w, int T, dg_plan *out) {
   return plan.blocks > 0;
 }
 
-// The barrier's words: allocated and zeroed once (a launch leaves them at zero arrivals).
+// The barrier's words: allocated and zeroed once (each launch leaves the base at the count).
 static unsigned int *dg_barrier(void) {
   static unsigned int *words = nullptr;
   if (!words) {
