@@ -278,8 +278,11 @@ static void check_fused_decoder_on_off(const sn_ops *backend, const sn_model_con
     if (on) setenv("SN_FUSED_DECODER", "1", 1);
     fused_calls = 0;
     runs[on] = encode(m, a, &tok, "0");
+    float *embedded_dev = counting.alloc((size_t)B * C * sizeof(float));  // the backend's memory
+    sn_model_embed(m, a, &tok, SN_POOL_LAST, 1, embedded_dev);
     embedded[on] = mallocCheck((size_t)B * C * sizeof(float));
-    sn_model_embed(m, a, &tok, SN_POOL_LAST, 1, embedded[on]);
+    counting.download(embedded[on], embedded_dev, (size_t)B * C * sizeof(float));
+    counting.free(embedded_dev);
     calls[on] = fused_calls;
     unsetenv("SN_FUSED_DECODER");
   }
