@@ -106,12 +106,23 @@ __device__ inline void stage_weights(bf16 *dst, int dst_ld, const bf16 *src, siz
 }
 // Activations other blocks wrote: rows x cols of src into shared memory, through L2 (ld.global.cg:
 // L1 may hold the lines' older contents).
+// DG_LOADS_IN_FLIGHT loads a thread before its stores: the phase waits on this copy's latency.
+#define DG_LOADS_IN_FLIGHT 4
 __device__ inline void load_rows(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
-  const int packs = cols / BF16_PER_PACK;
-  for (int e = threadIdx.x; e < rows * packs; e += DG_THREADS) {
-    const int r = e / packs, c = e % packs * BF16_PER_PACK;
-    *reinterpret_cast<uint4 *>(dst + (size_t)r * dst_ld + c) =
-        __ldcg(reinterpret_cast<const uint4 *>(src + (size_t)r * src_ld + c));
+  const int packs = cols / BF16_PER_PACK, n = rows * packs;
+  for (int e0 = threadIdx.x; e0 < n; e0 += DG_LOADS_IN_FLIGHT * DG_THREADS) {
+    uint4 v[DG_LOADS_IN_FLIGHT];
+#pragma unroll
+    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++) {
+      const int e = e0 + i * DG_THREADS;
+      const bf16 *from = src + (size_t)(e / packs) * src_ld + e % packs * BF16_PER_PACK;
+      if (e < n) v[i] = __ldcg(reinterpret_cast<const uint4 *>(from));
+    }
+#pragma unroll
+    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++) {
+      const int e = e0 + i * DG_THREADS;
+      if (e < n) *reinterpret_cast<uint4 *>(dst + (size_t)(e / packs) * dst_ld + e % packs * BF16_PER_PACK) = v[i];
+    }
   }
 }
 __device__ __forceinline__ uint32_t ldcg32(const bf16 *p) {
@@ -161,18 +172,28 @@ __device__ inline void grid_barrier(dg_sync &sync) {
 
 // ---- products --------------------------------------------------------------------------------------
 // acc (16 rows from row0 x 8 columns) = A (shared, rows of lda) · B^T, B the tile's 8 weight rows
-// (shared, rows of ldb), over ksteps k-steps of 16.
+// (shared, rows of ldb), over ksteps k-steps of 16. A warp has one or two such jobs a phase, so the
+// product's latency is the chain of dependent mma: DG_CHAINS accumulators take turns over the
+// k-steps (a chain DG_CHAINS times shorter) and are added at the end.
+#define DG_CHAINS 4
+__device__ __forceinline__ void mma_step(float (&acc)[4], const bf16 *a, int lda, const bf16 *b) {
+  const uint32_t frag[4] = {lds32(a), lds32(a + 8 * lda), lds32(a + DF_MMA_K / 2), lds32(a + 8 * lda + DF_MMA_K / 2)};
+  const uint32_t w[2] = {lds32(b), lds32(b + DF_MMA_K / 2)};
+  mma_bf16(acc, frag, w);
+}
 __device__ __forceinline__ void smem_product(float (&acc)[1][4], const bf16 *A, int lda, int row0, const bf16 *B,
                                              int ldb, int ksteps, int g, int q) {
-  acc[0][0] = acc[0][1] = acc[0][2] = acc[0][3] = 0.0f;
+  float part[DG_CHAINS][4] = {};
   const bf16 *a = A + (size_t)(row0 + g) * lda + 2 * q, *b = B + (size_t)g * ldb + 2 * q;
-#pragma unroll 4
-  for (int s = 0; s < ksteps; s++, a += DF_MMA_K, b += DF_MMA_K) {
-    const uint32_t frag[4] = {lds32(a), lds32(a + 8 * lda), lds32(a + DF_MMA_K / 2), lds32(a + 8 * lda + DF_MMA_K / 2)};
-    const uint32_t w[2] = {lds32(b), lds32(b + DF_MMA_K / 2)};
-    mma_bf16(acc[0], frag, w);
-  }
+  int s = 0;
+  for (; s + DG_CHAINS <= ksteps; s += DG_CHAINS)
+#pragma unroll
+    for (int c = 0; c < DG_CHAINS; c++) mma_step(part[c], a + (s + c) * DF_MMA_K, lda, b + (s + c) * DF_MMA_K);
+  for (; s < ksteps; s++) mma_step(part[0], a + s * DF_MMA_K, lda, b + s * DF_MMA_K);
+#pragma unroll
+  for (int i = 0; i < 4; i++) acc[0][i] = (part[0][i] + part[1][i]) + (part[2][i] + part[3][i]);
 }
+static_assert(DG_CHAINS == 4, "the sum above adds four chains");
 // The block's `tiles` staged n-tiles (tile i's rows at W + 8 i ldw) times A, a warp a (tile, m-tile)
 // job; epi(acc, i, row0) gets each.
 template <typename Epi>
@@ -367,6 +388,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
     for (int e = rank * DG_THREADS + threadIdx.x; e < T * (C / 2); e += blocks * DG_THREADS) {
       const int row = e / (C / 2), col = 2 * (e % (C / 2));
       float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll 8
       for (int k = 0; k < p.down_chunks; k++) {
         const float2 v = __ldcg(reinterpret_cast<const float2 *>(p.partial + ((size_t)k * T + row) * C + col));
         s0 += v.x, s1 += v.y;
