@@ -4,7 +4,7 @@
 // for each other.
 // Why: a 32-token query through the 0.5B tower is about 240 kernels on the general path, 39 µs a
 // block in a CUDA graph on the H100 against 9 µs of weight reads at the copy rate (docs/PERFORMANCE.md):
-// each kernel's launch, ramp and tail cost more than its work. Here a block costs six grid barriers
+// each kernel's launch, ramp and tail cost more than its work. Here a block costs five grid barriers
 // and the weights stream continuously:
 // - every projection is split over the blocks by output n-tiles of 8 rows (mma.sync m16n8k16, fp32
 //   accumulation); a block's share of the weights is copied into its shared memory (cp.async, which
@@ -15,12 +15,12 @@
 //   in L2; each block copies the rows a phase reads into its shared memory (loads that bypass L1, as
 //   other blocks wrote them) and writes its output columns back;
 // - down is split in two dimensions (column groups x slices of the MLP's width), each unit's fp32
-//   partial sums written out and added in a fixed order by the next phase (deterministic), which
-//   adds the bias and the residual.
+//   partial sums written out; the last unit of a column group to finish (an acq_rel counter) adds
+//   the group's partials in slice order (deterministic), the bias and the residual.
 // Phases of a decoder block, each ended by a grid barrier: A rmsnorm + q|k|v; B attention (RoPE as
-// it reads); C o_proj + residual; D rmsnorm + gate|up + SwiGLU; E down's partial sums; R their sum
-// + residual. Values are rounded to bf16 where the unfused ops store them, so the result is the
-// general path's within bf16 rounding of the sums' order.
+// it reads); C o_proj + residual; D rmsnorm + gate|up + SwiGLU; E down and its sum + residual.
+// Values are rounded to bf16 where the unfused ops store them, so the result is the general path's
+// within bf16 rounding of the sums' order.
 #include <algorithm>
 
 #include "decoder_fused.cuh"
@@ -28,7 +28,9 @@
 #define DG_WARPS 16  // 16 warps a block: the phases' jobs ((tile, m-tile) pairs) are few per block,
                      // so more warps finish a phase in fewer rounds; at most 128 registers a thread
 #define DG_THREADS (DG_WARPS * WARP_SIZE)
-#define DG_BARRIER_WORDS 2  // arrival count, its value when the running launch started
+#define DG_GROUP_COUNTS 2    // barrier words: arrival count, its value when the running launch started, then
+#define DG_MAX_GROUPS 256    // a unit count for each of down's column groups (last_of_group)
+#define DG_BARRIER_WORDS (DG_GROUP_COUNTS + DG_MAX_GROUPS)
 
 struct dg_args {
   df_block blocks[DF_MAX_LAYERS];
@@ -50,7 +52,7 @@ struct dg_args {
 // table, the rotated keys and the values of every kv head and a query row a warp instead.
 struct dg_smem {
   bf16 *xa, *wb, *wa;
-  int *seq_start;
+  int *seq_start, *flag;
   int ld;  // C + DF_ROW_PAD
 };
 struct dg_shape {
@@ -92,6 +94,7 @@ __host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, cons
   s->wb = c.take<bf16>(wb / sizeof(bf16));
   s->wa = c.take<bf16>(wa / sizeof(bf16));
   s->seq_start = c.take<int>(DF_ROWS);
+  s->flag = c.take<int>(1);
   return c.at;
 }
 // ---- copies --------------------------------------------------------------------------------------------
@@ -168,6 +171,23 @@ __device__ inline void grid_barrier(dg_sync &sync) {
   }
   sync.passed++;
   __syncthreads();
+}
+// Whether this block is the last of `units` to arrive at *count (then it resets the count, which no
+// unit touches again before the next grid barrier, and every thread of the block sees what the
+// others wrote before they arrived). Called by the whole block; flag: an int of shared memory.
+__device__ __forceinline__ unsigned int atom_add_acq_rel(unsigned int *p, unsigned int v) {
+  unsigned int old;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+__device__ inline bool last_of_group(unsigned int *count, int units, int *flag) {
+  __syncthreads();  // the block's writes before thread 0's release
+  if (threadIdx.x == 0) {
+    *flag = atom_add_acq_rel(count, 1u) + 1 == (unsigned int)units;
+    if (*flag) *count = 0;
+  }
+  __syncthreads();
+  return *flag;
 }
 
 // ---- products --------------------------------------------------------------------------------------
@@ -363,7 +383,8 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
     cp_async_commit();
     grid_barrier(sync);
 
-    // E: partial[chunk] = ff[:, chunk's slice] W_down[group's columns, slice]^T
+    // E: partial[chunk] = ff[:, chunk's slice] W_down[group's columns, slice]^T; the group's last
+    // unit to finish adds the group's partials (chunk order) + b to x into h
     if (has_unit) {
       load_rows(S.xa, k_ld, p.ff + (size_t)chunk * down_k, I, T, down_k);
       cp_async_wait<0>();
@@ -376,27 +397,27 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_grid_kernel(const __gri
                                        make_float2(v0, v1);
                                  }, row0);
               });
+      if (last_of_group(p.barrier + DG_GROUP_COUNTS + group, p.down_chunks, S.flag)) {
+        for (int e = threadIdx.x; e < T * (down_cols / 2); e += DG_THREADS) {
+          const int row = e / (down_cols / 2), col = group * down_cols + 2 * (e % (down_cols / 2));
+          float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll 8
+          for (int k = 0; k < p.down_chunks; k++) {
+            const float2 v = __ldcg(reinterpret_cast<const float2 *>(p.partial + ((size_t)k * T + row) * C + col));
+            s0 += v.x, s1 += v.y;
+          }
+          const uint32_t x = ldcg32(p.x + (size_t)row * C + col);
+          const float d0 = round_bf16(s0 + bias_at(blk.down_b, col));
+          const float d1 = round_bf16(s1 + bias_at(blk.down_b, col + 1));
+          st32(p.h + (size_t)row * C + col, bf16_lo(x) + d0, bf16_hi(x) + d1);
+        }
+      }
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();  // wa read: the next block's gate|up rows go there
     if (more) stage_gate_up(p.blocks[l + 1]);
     cp_async_commit();
-    grid_barrier(sync);
-
-    // R: h = x + (the partials in chunk order + b)
-    for (int e = rank * DG_THREADS + threadIdx.x; e < T * (C / 2); e += blocks * DG_THREADS) {
-      const int row = e / (C / 2), col = 2 * (e % (C / 2));
-      float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll 8
-      for (int k = 0; k < p.down_chunks; k++) {
-        const float2 v = __ldcg(reinterpret_cast<const float2 *>(p.partial + ((size_t)k * T + row) * C + col));
-        s0 += v.x, s1 += v.y;
-      }
-      const uint32_t x = ldcg32(p.x + (size_t)row * C + col);
-      const float d0 = round_bf16(s0 + bias_at(blk.down_b, col)), d1 = round_bf16(s1 + bias_at(blk.down_b, col + 1));
-      st32(p.h + (size_t)row * C + col, bf16_lo(x) + d0, bf16_hi(x) + d1);
-    }
     grid_barrier(sync);
   }
   // every block has read the base (before its first arrival): the next launch's starts here
@@ -422,7 +443,7 @@ static bool dg_down_split(dg_shape *sh, size_t smem_max) {
     if (ksteps % chunks) continue;
     for (int groups = 1; groups <= tiles; groups++) {
       const int units = groups * chunks;
-      if (tiles % groups || units > sh->blocks || units <= best_units) continue;
+      if (tiles % groups || groups > DG_MAX_GROUPS || units > sh->blocks || units <= best_units) continue;
       dg_shape trial = *sh;
       trial.down_groups = groups, trial.down_chunks = chunks;
       dg_smem layout;
@@ -480,9 +501,9 @@ static unsigned int *dg_barrier(void) {
 }
 
 // ---- the phase trace (SN_FUSED_TRACE=N: every Nth launch of the process) ----------------------------------
-#define DG_PHASES 6  // barriers a decoder block
+#define DG_PHASES 5  // barriers a decoder block
 static const char *const DG_PHASE_NAMES[DG_PHASES] = {"A norm+qkv", "B attention", "C o_proj", "D norm+gate|up",
-                                                      "E down", "R down sum"};
+                                                      "E down + sum"};
 // Every how many launches to trace one (0: none), read once.
 static int dg_trace_launch(void) {
   static int at = -1;
