@@ -446,7 +446,7 @@ static bool df_choose(const sn_decoder_weights *w, int T, df_choice *c) {
   const char *grid_first = getenv("SN_FUSED_GRID");  // 1: the grid kernel where both take the shape
   const bool cluster_allowed = !(grid_first && strcmp(grid_first, "1") == 0);
   c->cluster = cluster_allowed && sn_cuda_cc_major() >= 9 && df_plan_for(w, T, &c->cluster_plan);
-  return c->cluster || dg_plan_for(w, T, &c->grid_plan);
+  return c->cluster || dg_plan_for(w, &c->grid_plan);
 }
 
 int cuda_decoder_fused_supports(const sn_decoder_weights *w, int T) {

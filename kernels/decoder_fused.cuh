@@ -141,7 +141,8 @@ struct dg_plan {
   size_t smem;
   int down_groups, down_chunks;  // down's work units: column groups x slices of the MLP's width
 };
-// Whether the grid kernel takes w at T tokens on this device (*plan filled when it does).
-bool dg_plan_for(const sn_decoder_weights *w, int T, dg_plan *plan);
+// Whether the grid kernel takes w on this device (*plan filled when it does): one plan serves every
+// T up to DF_ROWS (the caller checks T).
+bool dg_plan_for(const sn_decoder_weights *w, dg_plan *plan);
 void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens,
                 int B, int T, const sn_decoder_weights *w);

@@ -459,7 +459,7 @@ static bool dg_down_split(dg_shape *sh, size_t smem_max) {
   return best_units > 0;
 }
 
-bool dg_plan_for(const sn_decoder_weights *w, int T, dg_plan *out) {
+bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
   struct entry {
     int C, I, Hkv, qkv_dim;
     dg_plan plan;
@@ -467,7 +467,6 @@ bool dg_plan_for(const sn_decoder_weights *w, int T, dg_plan *out) {
   static entry cache[8];
   static int cached = 0;
   const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
-  (void)T;  // the plan holds for every T up to DF_ROWS (the caller checks T)
   for (int i = 0; i < cached; i++)
     if (cache[i].C == C && cache[i].I == I && cache[i].Hkv == w->kv_heads && cache[i].qkv_dim == qkv_dim) {
       *out = cache[i].plan;
