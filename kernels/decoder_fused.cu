@@ -351,7 +351,6 @@ struct df_plan {
   int blocks;
   size_t smem;
 };
-#define DF_PLAN_CACHE 8
 static bool df_plan_for(const sn_decoder_weights *w, int T, df_plan *out) {
   struct entry {
     int C, I, Hkv, qkv_dim, mt;
@@ -430,9 +429,10 @@ bool df_tensors_aligned(const sn_decoder_weights *w) {
 }
 
 // Which kernel takes this decoder at T tokens: the cluster kernel where its shape is built and
-// schedules (unless SN_FUSED_GRID=1, to time the other), else the grid kernel where the shape fits it; neither (false) sends the model to the
-// general path. The shape both share: head dim 64, Hq * 64 = C, whole GQA groups, at most
-// SN_DECODER_FUSED_MAX_ROWS tokens and DF_MAX_LAYERS blocks, every tensor on 16 bytes.
+// schedules (unless SN_FUSED_GRID=1, to time the other), else the grid kernel where the shape fits
+// it; neither (false) sends the model to the general path. The shape both share: head dim 64,
+// Hq * 64 = C, whole GQA groups, at most SN_DECODER_FUSED_MAX_ROWS tokens and DF_MAX_LAYERS blocks,
+// every tensor on 16 bytes.
 struct df_choice {
   bool cluster;
   df_plan cluster_plan;

@@ -20,6 +20,7 @@
 #define DF_TABLE_PAD 1        // floats appended to a row of the angle table
 #define DF_MAX_LAYERS SN_DECODER_FUSED_MAX_LAYERS  // blocks passed in the kernels' parameters (80 bytes each)
 #define DF_SMEM_ALIGN 16
+#define DF_PLAN_CACHE 8       // decoder shapes a process plans for (a tower and a student or two)
 
 static_assert(DF_HEAD_DIM / 2 == WARP_SIZE, "a lane holds one rotation pair of a head");
 static_assert(DF_ROWS == 2 * DF_MMA_ROWS, "rows are one or two m-tiles");

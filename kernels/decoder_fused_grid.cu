@@ -26,6 +26,7 @@
 // unfused path (docs/PERFORMANCE.md), so it stays opt-in; SN_FUSED_TRACE=N shows where a launch's
 // time goes, phase by phase.
 #include <algorithm>
+#include <climits>
 
 #include "decoder_fused.cuh"
 
@@ -464,7 +465,7 @@ bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
     int C, I, Hkv, qkv_dim;
     dg_plan plan;
   };
-  static entry cache[8];
+  static entry cache[DF_PLAN_CACHE];
   static int cached = 0;
   const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
   for (int i = 0; i < cached; i++)
@@ -488,7 +489,7 @@ bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
     cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decoder_grid_kernel, DG_THREADS, smem));
     if (per_sm >= 1) plan = {sh.blocks, smem, sh.down_groups, sh.down_chunks};
   }
-  if (cached < (int)(sizeof cache / sizeof cache[0])) cache[cached++] = {C, I, w->kv_heads, qkv_dim, plan};
+  if (cached < DF_PLAN_CACHE) cache[cached++] = {C, I, w->kv_heads, qkv_dim, plan};
   *out = plan;
   return plan.blocks > 0;
 }
@@ -503,18 +504,25 @@ static unsigned int *dg_barrier(void) {
   return words;
 }
 
-// ---- the phase trace (SN_FUSED_TRACE=N: every Nth launch of the process) ----------------------------------
+// ---- the phase trace (SN_FUSED_TRACE=N: every Nth launch of the process) ------------------------
 #define DG_PHASES 5  // barriers a decoder block
 static const char *const DG_PHASE_NAMES[DG_PHASES] = {"A norm+qkv", "B attention", "C o_proj", "D norm+gate|up",
                                                       "E down + sum"};
-// Every how many launches to trace one (0: none), read once.
+// Every how many launches to trace one (0: none), read once; anything but a count is warned about
+// and read as 0.
 static int dg_trace_launch(void) {
-  static int at = -1;
-  if (at < 0) {
+  static int every = -1;
+  if (every < 0) {
     const char *v = getenv("SN_FUSED_TRACE");
-    at = v ? atoi(v) : 0;
+    char *end = nullptr;
+    const long n = v ? strtol(v, &end, 10) : 0;
+    every = v && (end == v || *end != '\0' || n < 0 || n > INT_MAX) ? -2 : (int)n;
+    if (every == -2) {
+      fprintf(stderr, "warning: environment variable SN_FUSED_TRACE='%s' is not a launch count; read as 0\n", v);
+      every = 0;
+    }
   }
-  return at;
+  return every;
 }
 // Prints, per phase and averaged over the decoder blocks: the work (from block 0 leaving the barrier
 // before to the last block's arrival), the spread of the arrivals (last - first), and the barrier's
