@@ -256,6 +256,11 @@ static void allow_smem(K kernel, size_t bytes, bool *done) {
   *done = true;
 }
 
+// An environment switch of the CUDA backend: 1 on, 0 off, unset the fallback; another value is
+// warned about (once per *warned flag, or every call where warned is NULL) and read as the fallback,
+// as host/model/model.c's switches.
+bool cuda_env_switch(const char *name, bool fallback, bool *warned);
+
 // ---- device facts and scratch -------------------------------------------------------------------
 // Multiprocessor count and compute-capability major of the current device (read once).
 int sn_cuda_sm_count(void);

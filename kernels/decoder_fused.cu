@@ -443,9 +443,9 @@ static bool df_choose(const sn_decoder_weights *w, int T, df_choice *c) {
       w->head_dim != DF_HEAD_DIM || w->heads * w->head_dim != w->hidden || w->kv_heads < 1 ||
       w->heads % w->kv_heads != 0 || !df_tensors_aligned(w))
     return false;
-  const char *grid_first = getenv("SN_FUSED_GRID");  // 1: the grid kernel where both take the shape
-  const bool cluster_allowed = !(grid_first && strcmp(grid_first, "1") == 0);
-  c->cluster = cluster_allowed && sn_cuda_cc_major() >= 9 && df_plan_for(w, T, &c->cluster_plan);
+  static bool warned = false;  // read at each call: the op test and sn_bench set it between calls
+  const bool grid_first = cuda_env_switch("SN_FUSED_GRID", false, &warned);
+  c->cluster = !grid_first && sn_cuda_cc_major() >= 9 && df_plan_for(w, T, &c->cluster_plan);
   return c->cluster || dg_plan_for(w, &c->grid_plan);
 }
 

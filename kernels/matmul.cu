@@ -75,16 +75,6 @@ typedef struct {
 
 static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
 
-// An environment switch of this file, read once by its caller: 1 on, 0 off, unset the default;
-// another value is warned about and read as the default (as host/model/model.c's switches).
-static bool env_switch(const char *name, bool fallback) {
-  const char *v = getenv(name);
-  if (!v) return fallback;
-  if (strcmp(v, "0") == 0 || strcmp(v, "1") == 0) return v[0] == '1';
-  fprintf(stderr, "warning: environment variable %s='%s' is neither 0 nor 1; read as %d\n", name, v, (int)fallback);
-  return fallback;
-}
-
 // SN_PDL_GEMM=1 (opt-in until the probe below has run on a GPU: docs/gpu_notes.md, session 8): while
 // a graph records, a GEMM hangs on the kernel before it by a programmatic edge (as launch_pdl gives
 // our own kernels), so it is launched while that kernel drains instead of after. Measured on the
@@ -100,13 +90,13 @@ static bool env_switch(const char *name, bool fallback) {
 #define PROBE_MAX_BYTES ((size_t)64 << 20)
 static bool pdl_gemm_wanted(void) {
   static int enabled = -1;
-  if (enabled < 0) enabled = env_switch("SN_PDL_GEMM", false) && sn_cuda_pdl_enabled();
+  if (enabled < 0) enabled = cuda_env_switch("SN_PDL_GEMM", false, nullptr) && sn_cuda_pdl_enabled();
   return enabled;
 }
 
 static bool autotune_wanted(const matmul_key *key) {
   static int enabled = -1;
-  if (enabled < 0) enabled = env_switch("SN_MATMUL_AUTOTUNE", false);
+  if (enabled < 0) enabled = cuda_env_switch("SN_MATMUL_AUTOTUNE", false, nullptr);
   if (!enabled || (size_t)key->M * key->ldc * element_bytes(key->ctype) > AUTOTUNE_MAX_OUTPUT_BYTES) return false;
   cudaStreamCaptureStatus capturing;
   cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));

@@ -26,6 +26,16 @@ int sn_cuda_cc_major(void) {
   return device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
 }
 
+bool cuda_env_switch(const char *name, bool fallback, bool *warned) {
+  const char *v = getenv(name);
+  if (!v) return fallback;
+  if (strcmp(v, "0") == 0 || strcmp(v, "1") == 0) return v[0] == '1';
+  if (!warned || !*warned)
+    fprintf(stderr, "warning: environment variable %s='%s' is neither 0 nor 1; read as %d\n", name, v, (int)fallback);
+  if (warned) *warned = true;
+  return fallback;
+}
+
 bool sn_cuda_pdl_enabled(void) {
   static int enabled = -1;
   if (enabled < 0) {
