@@ -519,9 +519,9 @@ static void bench_linear_small_layer(int M, int C, int qkv_dim, int I, int decod
 }
 
 // ---- the whole decoder in one kernel (decoder_fused_forward) ---------------------------------------------
-// A query through a random decoder of the student's or the 0.5B tower's shape, its weights rotated over copies that
-// together exceed L2 (each call streams them from HBM, as the first query after other work does);
-// the row's bytes are the blocks' weights (the embedding rows read are a few KB).
+// A query through a random decoder of the student's or the 0.5B tower's shape, its weights rotated
+// over copies that together exceed L2 (each call streams them from HBM, as the first query after
+// other work does); the row's bytes are the blocks' weights (the embedding rows read are a few KB).
 #define FUSED_BENCH_VOCAB 1024
 #define FUSED_BENCH_MAX_ROT 16
 typedef struct {

@@ -570,10 +570,12 @@ void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_
   a.eps = w->norm_eps, a.theta = w->rope_theta, a.scale = 1.0f / sqrtf((float)w->head_dim);
   static int launches = 0;
   const int barriers = 1 + DG_PHASES * w->layers;
-  cudaStreamCaptureStatus capturing;
-  cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
-  const bool trace = dg_trace_launch() > 0 && ++launches % dg_trace_launch() == 0 &&
-                     capturing == cudaStreamCaptureStatusNone;
+  bool trace = dg_trace_launch() > 0 && ++launches % dg_trace_launch() == 0;
+  if (trace) {  // not while a graph records (the trace synchronizes); asked only here, off the hot path
+    cudaStreamCaptureStatus capturing;
+    cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
+    trace = capturing == cudaStreamCaptureStatusNone;
+  }
   const size_t trace_bytes = (size_t)barriers * (plan->blocks + 1) * sizeof(unsigned long long);
   a.trace = trace ? (unsigned long long *)cuda_alloc(trace_bytes) : nullptr;
   cudaLaunchAttribute attr;
