@@ -4,7 +4,8 @@
 # (sn_bench), the model on and off (test_small_batch cuda), the programmatic-edge probe
 # (test_cuda_ops --only pdl, with and without SN_PDL), the encoder library's tests, and
 # sn_bench_encode with each opt-in switch off and on (the student's fused forward on both kernels),
-# two rounds, beside the torch.compile anchor when one is given.
+# two rounds, beside the torch.compile anchor when one is given, and with 1, 2 and 4 handles
+# streaming at once (a stream each).
 # usage: benchmarks/serving_gpu.sh BUILD_DIR OUT_DIR [ANCHOR_PY]   (ANCHOR_PY: ../shared/bench/torch_compiled_extra.py)
 # QUICK=1 stops after the student's encode (no encoder tests, no 0.5B encode, no anchor).
 # Writes OUT_DIR/serving.log (a section a step, each with its exit status) and the tests' own logs.
@@ -46,11 +47,15 @@ if [ -n "$ANCHOR" ]; then
   step 200 python3 "$ANCHOR"
 fi  # before the encode rounds: a call cut short keeps it
 section "the encoder library's GPU tests"
-(cd "$BUILD" && step 120 ctest -R "encoder_cuda|model_embed_cuda" --output-on-failure)
+(cd "$BUILD" && step 180 ctest -R "encoder_cuda|encoder_threads_cuda|model_embed_cuda" --output-on-failure)
 for round in 1 2; do
   for switch in SN_PDL_GEMM=0 SN_PDL_GEMM=1 SN_FUSED_DECODER=1; do
     section "encode, $switch, round $round"
     (export "${switch?}"; step 90 "$BUILD/sn_bench_encode" --device cuda --batches 1,8,64)
   done
+done
+for handles in 2 4; do
+  section "$handles handles at once (a stream each)"
+  step 90 "$BUILD/sn_bench_encode" --device cuda --batches 1,64 --handles "$handles"
 done
 section done

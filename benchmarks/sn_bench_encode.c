@@ -1,10 +1,12 @@
 // sn_bench_encode: what a serving process sees of the encoder library (include/scalingnote/encoder.h):
 // the latency of one sn_encode_ids call of B queries of T tokens (p50, p99) and the throughput of a
 // stream of such calls, for export folders or fresh towers of a given shape, beside the
-// torch.compile(mode="reduce-overhead") anchor run in the same process tree.
+// torch.compile(mode="reduce-overhead") anchor run in the same process tree. With --handles N, N
+// handles of the tower stream at once, a thread each (a server's workers): the throughput of all.
 //
 //   sn_bench_encode [--device cpu|cuda] [--model DIR]... [--model-desc FILE]... [--batches 1,8,64]
-//                   [--len T] [--queries N] [--warmup N] [--threads N] [--no-graphs] [--anchor SCRIPT]
+//                   [--len T] [--queries N] [--warmup N] [--threads N] [--handles N] [--no-graphs]
+//                   [--anchor SCRIPT]
 //
 // A --model-desc tower is random-initialised on the device (seeded) and exported in bf16 to a
 // temporary folder, which the library opens like any export; it is removed afterwards. Queries
@@ -17,6 +19,7 @@
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +33,7 @@
 
 #define MAX_SUBJECTS 8
 #define MAX_BATCHES 16
+#define MAX_HANDLES 64
 #define DEFAULT_LEN 32        // tokens a query, the serving shape
 #define DEFAULT_QUERIES 512   // queries each batch size streams through
 #define DEFAULT_WARMUP 10     // untimed calls first (CUDA context, cuBLASLt plans, scratch)
@@ -52,6 +56,8 @@ static void usage(FILE *out) {
           "  --queries N        queries streamed per batch size (default %d)\n"
           "  --warmup N         untimed calls before each batch size (default %d)\n"
           "  --threads N        CPU threads of the library's calls (default: OpenMP's)\n"
+          "  --handles N        N handles stream at once, a thread each (default 1); the line gives the\n"
+          "                     median of their p50s and p99s and the queries/s of all together\n"
           "  --no-graphs        CUDA: launch every op instead of replaying a recorded graph a shape\n"
           "  --anchor SCRIPT    then run `python3 SCRIPT` (../shared/bench/torch_compiled_extra.py) and\n"
           "                     print its figures beside ours\n"
@@ -68,7 +74,7 @@ typedef struct {
 typedef struct {
   const char *device, *anchor;
   subject subjects[MAX_SUBJECTS];
-  int nsubjects, batches[MAX_BATCHES], nbatches, len, queries, warmup, threads, no_graphs;
+  int nsubjects, batches[MAX_BATCHES], nbatches, len, queries, warmup, threads, handles, no_graphs;
 } bench_args;
 
 static void parse_batches(const char *flag, const char *v, bench_args *a) {
@@ -90,7 +96,7 @@ static void add_subject(bench_args *a, const char *flag, const char *path, int i
 
 static bench_args parse_args(int argc, char **argv) {
   bench_args a = {.batches = {1, 8, 64}, .nbatches = 3, .len = DEFAULT_LEN, .queries = DEFAULT_QUERIES,
-                  .warmup = DEFAULT_WARMUP};
+                  .warmup = DEFAULT_WARMUP, .handles = 1};
   sn_cli_init("sn_bench_encode", usage);
   for (int i = 1; i < argc; i++) {
     const char *f = argv[i];
@@ -109,6 +115,7 @@ static bench_args parse_args(int argc, char **argv) {
     else if (!strcmp(f, "--queries")) a.queries = (int)sn_flag_i64(f, v, 1, 1 << 24);
     else if (!strcmp(f, "--warmup")) a.warmup = (int)sn_flag_i64(f, v, 0, 1 << 16);
     else if (!strcmp(f, "--threads")) a.threads = (int)sn_flag_i64(f, v, 1, 1 << 12);
+    else if (!strcmp(f, "--handles")) a.handles = (int)sn_flag_i64(f, v, 1, MAX_HANDLES);
     else if (!strcmp(f, "--anchor")) sn_flag_path_kind(f, v, 0), a.anchor = v;
     else sn_usage_error("unknown argument: '%s'", f);
   }
@@ -151,13 +158,14 @@ typedef struct {
   double p50_ms, p99_ms, queries_per_s;
 } batch_result;
 
-// Streams a->queries random queries through enc in calls of B; one latency sample a call.
-static batch_result time_batch(sn_encoder *enc, const bench_args *a, int B, int vocab) {
+// Streams a->queries random queries through enc in calls of B; one latency sample a call. Handle
+// `stream` draws its own queries.
+static batch_result time_batch(sn_encoder *enc, const bench_args *a, int B, int vocab, int stream) {
   const int T = a->len, D = sn_encoder_dim(enc);
   int32_t *ids = mallocCheck((size_t)B * T * sizeof *ids);
   int64_t *offsets = mallocCheck(((size_t)B + 1) * sizeof *offsets);
   float *out = mallocCheck((size_t)B * D * sizeof *out);
-  const uint64_t key = sn_rng_stream_key(SEED_QUERIES, (uint64_t)B);
+  const uint64_t key = sn_rng_stream_key(SEED_QUERIES + (uint64_t)stream * MAX_BATCHES, (uint64_t)B);
   for (int b = 0; b <= B; b++) offsets[b] = (int64_t)b * T;
   const int calls = SN_MAX(1, a->queries / B);
   double *ms = mallocCheck((size_t)calls * sizeof *ms);
@@ -178,6 +186,42 @@ static batch_result time_batch(sn_encoder *enc, const bench_args *a, int B, int 
   batch_result r = {quantile(ms, calls, P50), quantile(ms, calls, P99), (double)calls * B / (total * 1e-3)};
   free(ms), free(ids), free(offsets), free(out);
   return r;
+}
+
+typedef struct {
+  sn_encoder *enc;
+  const bench_args *a;
+  int B, vocab, stream;
+  batch_result r;
+} stream_job;
+
+static void *run_stream(void *arg) {
+  stream_job *j = arg;
+  j->r = time_batch(j->enc, j->a, j->B, j->vocab, j->stream);
+  return NULL;
+}
+
+static double median_of(double *x, int n) {
+  qsort(x, (size_t)n, sizeof *x, cmp_double);
+  return quantile(x, n, P50);
+}
+
+// The handles stream at once, a thread each: the medians of their p50 and p99 latencies, and the
+// sum of their throughputs (each measured over its own calls, which all overlap but for warm-up).
+static batch_result time_handles(sn_encoder **enc, int n, const bench_args *a, int B, int vocab) {
+  if (n == 1) return time_batch(enc[0], a, B, vocab, 0);
+  stream_job jobs[MAX_HANDLES];
+  pthread_t tid[MAX_HANDLES];
+  for (int h = 0; h < n; h++) {
+    jobs[h] = (stream_job){enc[h], a, B, vocab, h, {0, 0, 0}};
+    if (pthread_create(&tid[h], NULL, run_stream, &jobs[h]) != 0) sn_fatal("pthread_create: %s", strerror(errno));
+  }
+  double p50[MAX_HANDLES], p99[MAX_HANDLES], rate = 0.0;
+  for (int h = 0; h < n; h++) {
+    pthread_join(tid[h], NULL);
+    p50[h] = jobs[h].r.p50_ms, p99[h] = jobs[h].r.p99_ms, rate += jobs[h].r.queries_per_s;
+  }
+  return (batch_result){median_of(p50, n), median_of(p99, n), rate};
 }
 
 // The anchor script's name of a shape we time (its "size" key), or NULL.
@@ -248,21 +292,24 @@ int main(int argc, char **argv) {
     o.max_length = a.len;
     o.threads = a.threads;
     o.graphs = !a.no_graphs;
-    sn_encoder *enc;
-    char err[SN_ENCODER_ERR_LEN];
-    if (sn_encoder_open(dir, &o, &enc, err, sizeof err) != SN_OK) sn_bad_input("%s: %s", sub->path, err);
+    sn_encoder *enc[MAX_HANDLES];
+    char err[SN_ENCODER_ERR_LEN], handles[32] = "";
+    for (int h = 0; h < a.handles; h++)
+      if (sn_encoder_open(dir, &o, &enc[h], err, sizeof err) != SN_OK) sn_bad_input("%s: %s", sub->path, err);
+    if (a.handles > 1) snprintf(handles, sizeof handles, " x%d handles", a.handles);
     sn_model_config cfg;
     sn_config_load_hf_dir(&cfg, dir);
     for (int i = 0; i < a.nbatches; i++) {
       const int B = a.batches[i];
-      batch_result r = time_batch(enc, &a, B, cfg.vocab);
-      printf("encode  %s%s  %s  batch %d x %d tokens: p50 %.3f ms, p99 %.3f ms a call; %.3f ms a query; "
-             "%.0f queries/s\n", ops->name, ops->graph_begin && !a.no_graphs ? "+graphs" : "", sub->path, B, a.len,
-             r.p50_ms, r.p99_ms, r.p50_ms / B, r.queries_per_s);
+      batch_result r = time_handles(enc, a.handles, &a, B, cfg.vocab);
+      printf("encode  %s%s%s  %s  batch %d x %d tokens: p50 %.3f ms, p99 %.3f ms a call; %.3f ms a query; "
+             "%.0f queries/s\n", ops->name, ops->graph_begin && !a.no_graphs ? "+graphs" : "", handles, sub->path,
+             B, a.len, r.p50_ms, r.p99_ms, r.p50_ms / B, r.queries_per_s);
       fflush(stdout);
-      rows[nrows++] = (our_row){sub->is_desc ? anchor_size_of(sub->path) : NULL, B, r.p50_ms};
+      // the anchor is one stream: compared with ours of one handle only
+      if (a.handles == 1) rows[nrows++] = (our_row){sub->is_desc ? anchor_size_of(sub->path) : NULL, B, r.p50_ms};
     }
-    sn_encoder_close(enc);
+    for (int h = 0; h < a.handles; h++) sn_encoder_close(enc[h]);
     if (sub->is_desc && sn_remove_tree(dir) != 0) sn_warn("could not remove %s", dir);
   }
   if (a.anchor) run_anchor(a.anchor, rows, nrows);

@@ -412,7 +412,7 @@ template <int D, int WARPS>
 static void launch_backward_warps(bf16 *dqkv, const bf16 *dout, const bf16 *qkv, const float *lse,
                                   const float *delta, const int32_t *cu, int B, int max_seqlen, attn_dims p) {
   using F = fused_bwd_tile<D, WARPS>;
-  static bool ready_smem = false;
+  static std::atomic<bool> ready_smem{false};
   allow_smem(attention_backward_fused_kernel<D, WARPS>, bwd_smem<D, WARPS>(), &ready_smem);
   const int max_q_tiles = ceil_div_int(max_seqlen, F::TQ);
   const int n_kb = ceil_div_int(max_seqlen, F::KEYS);

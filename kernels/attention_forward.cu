@@ -261,7 +261,7 @@ template <int D, bool ROPE>
 static void launch_forward(bf16 *out, float *lse, const bf16 *qkv, const int32_t *cu, int B, int max_seqlen,
                            attn_dims p, rope_args rope) {
   constexpr int WARPS = ATTN_FWD_WARPS;
-  static bool ready = false;
+  static std::atomic<bool> ready{false};
   allow_smem(attention_forward_kernel<D, WARPS, ROPE>, fwd_smem<D, ROPE>(), &ready);
   dim3 grid(ceil_div_int(max_seqlen, WARPS * ATTN_ROWS_PER_WARP), B, p.Hq);
   launch_pdl(attention_forward_kernel<D, WARPS, ROPE>, grid, dim3(WARPS * WARP_SIZE), fwd_smem<D, ROPE>(), out, lse,

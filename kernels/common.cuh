@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
+
 extern "C" {
 #include "ops.h"
 }
@@ -40,9 +42,10 @@ static inline void cublas_check_at(cublasStatus_t st, const char *call, const ch
 #define launchCheck() cudaCheck(cudaGetLastError())
 #endif
 
-// Every op runs on the calling thread's current stream: the legacy default stream (ordered with
-// cudaMemcpy), except between graph_begin and graph_end (graphs.cu), when it is the thread's
-// capture stream, a blocking stream, so graph launches there stay ordered with the legacy stream.
+// Every op runs on the calling thread's current stream: the stream of the execution context the
+// thread has bound (context.cu; a serving handle's own stream), else the legacy default stream,
+// except between graph_begin and graph_end in the default context (graphs.cu), when it is the
+// thread's capture stream, a blocking stream, so graph launches stay ordered with the legacy stream.
 cudaStream_t sn_cuda_stream(void);
 #define SN_STREAM (sn_cuda_stream())
 
@@ -248,12 +251,13 @@ __device__ __forceinline__ float block_max(float v, float *shared) {
 
 static inline int ceil_div_int(long long a, long long b) { return (int)((a + b - 1) / b); }
 
-// Raises a kernel's dynamic shared-memory limit once (needed past 48 KB).
+// Raises a kernel's dynamic shared-memory limit once (needed past 48 KB). Threads of several
+// contexts may race here: both set the same value, and the flag is atomic.
 template <typename K>
-static void allow_smem(K kernel, size_t bytes, bool *done) {
-  if (*done) return;
+static void allow_smem(K kernel, size_t bytes, std::atomic<bool> *done) {
+  if (done->load(std::memory_order_acquire)) return;
   cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-  *done = true;
+  done->store(true, std::memory_order_release);
 }
 
 // An environment switch of the CUDA backend: 1 on, 0 off, unset the fallback; another value is
@@ -285,13 +289,36 @@ typedef enum {
                                 // with SN_FUSED_DECODER: 1.5 MB at the 0.5B shape, outside the training plan)
   SCRATCH_SLOT_COUNT
 } scratch_slot;
+// The current context's slot (below), grown to at least `bytes`.
 void *sn_cuda_scratch(scratch_slot slot, size_t bytes);
-// Changes whenever a scratch slot moves (a graph recorded before then names freed memory).
+// Changes whenever a scratch slot of the current context moves (a graph recorded before then names
+// freed memory).
 uint64_t cuda_scratch_epoch(void);
 // A slot grows to what a request needs plus 1/SCRATCH_HEADROOM_DIV, so a slowly growing shape does
 // not reallocate every step; the memory plan counts the same headroom.
 #define SCRATCH_HEADROOM_DIV 4
 static inline size_t scratch_slot_bytes(size_t request) { return request + request / SCRATCH_HEADROOM_DIV; }
+
+// ---- execution contexts (context.cu) ------------------------------------------------------------
+// What the ops of one stream own, so that two streams never share a buffer: its scratch slots, its
+// cuBLASLt plans (a plan's descriptor takes each call's bias pointer) and workspace, the fused grid
+// kernel's barrier. The process's default context runs on the legacy stream (training, sn_embed);
+// each serving handle makes its own (ops.h context_new) on a non-blocking stream of its own and
+// binds it for its calls. A context is used by one thread at a time; a thread runs in the context
+// it bound last, else in the default one.
+struct matmul_cache;  // matmul.cu
+struct cuda_context {
+  cudaStream_t stream;  // 0 (the legacy stream) in the default context
+  bool recording;       // a bound context between graph_begin and graph_end (graphs.cu)
+  void *scratch_ptr[SCRATCH_SLOT_COUNT];
+  size_t scratch_bytes[SCRATCH_SLOT_COUNT];
+  uint64_t scratch_moves;        // reallocations so far: the epoch graphs are checked against
+  matmul_cache *matmul;          // made at the context's first GEMM (matmul.cu)
+  unsigned int *grid_barrier;    // made at its first fused grid launch (decoder_fused_grid.cu)
+};
+cuda_context *cuda_context_current(void);  // the bound context, else the default one
+cuda_context *cuda_context_bound(void);    // the bound context, else NULL
+void cuda_matmul_cache_free(matmul_cache *cache);
 
 // Adds fp32 partial sums (nparts, n) in a fixed order into dst (n) of storage dtype, rounding once:
 // the deterministic second stage of every cross-block reduction into a bf16 weight gradient.
@@ -337,6 +364,10 @@ void cuda_add_f32(float *out, const float *a, const float *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
 void cuda_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
                   int accumulate);
+// context.cu
+void *cuda_context_new(void);
+void *cuda_context_bind(void *ctx);
+void cuda_context_free(void *ctx);
 // graphs.cu
 void cuda_graph_begin(void);
 void *cuda_graph_end(void);

@@ -359,6 +359,8 @@ static bool df_plan_for(const sn_decoder_weights *w, int T, df_plan *out) {
   };
   static entry cache[DF_PLAN_CACHE];
   static int cached = 0;
+  static std::mutex cache_lock;  // contexts of several threads plan at once
+  std::lock_guard<std::mutex> hold(cache_lock);
   const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
   const int mt = T <= DF_MMA_ROWS ? 1 : 2;
   for (int i = 0; i < cached; i++)

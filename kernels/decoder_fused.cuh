@@ -5,6 +5,8 @@
 // activations in shared memory. decoder_fused_grid.cu: wider decoders (the 0.5B tower) over every
 // multiprocessor, its activations in global memory.
 #pragma once
+#include <mutex>
+
 #include "activations.cuh"
 
 #define DF_MMA_ROWS 16        // rows of an mma m-tile

@@ -467,6 +467,8 @@ bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
   };
   static entry cache[DF_PLAN_CACHE];
   static int cached = 0;
+  static std::mutex cache_lock;  // contexts of several threads plan at once
+  std::lock_guard<std::mutex> hold(cache_lock);
   const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
   for (int i = 0; i < cached; i++)
     if (cache[i].C == C && cache[i].I == I && cache[i].Hkv == w->kv_heads && cache[i].qkv_dim == qkv_dim) {
@@ -494,14 +496,15 @@ bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
   return plan.blocks > 0;
 }
 
-// The barrier's words: allocated and zeroed once (each launch leaves the base at the count).
+// The current context's barrier words: allocated and zeroed once (each launch leaves the base at the
+// count), one set a context so that launches on two streams never count on the same words.
 static unsigned int *dg_barrier(void) {
-  static unsigned int *words = nullptr;
-  if (!words) {
-    words = (unsigned int *)cuda_alloc(DG_BARRIER_WORDS * sizeof(unsigned int));
-    cudaCheck(cudaMemsetAsync(words, 0, DG_BARRIER_WORDS * sizeof(unsigned int), SN_STREAM));
+  cuda_context *ctx = cuda_context_current();
+  if (!ctx->grid_barrier) {
+    ctx->grid_barrier = (unsigned int *)cuda_alloc(DG_BARRIER_WORDS * sizeof(unsigned int));
+    cudaCheck(cudaMemsetAsync(ctx->grid_barrier, 0, DG_BARRIER_WORDS * sizeof(unsigned int), SN_STREAM));
   }
-  return words;
+  return ctx->grid_barrier;
 }
 
 // ---- the phase trace (SN_FUSED_TRACE=N: every Nth launch of the process) ------------------------
@@ -510,18 +513,18 @@ static const char *const DG_PHASE_NAMES[DG_PHASES] = {"A norm+qkv", "B attention
                                                       "E down + sum"};
 // Every how many launches to trace one (0: none), read once; anything but a count is warned about
 // and read as 0.
-static int dg_trace_launch(void) {
-  static int every = -1;
-  if (every < 0) {
-    const char *v = getenv("SN_FUSED_TRACE");
-    char *end = nullptr;
-    const long n = v ? strtol(v, &end, 10) : 0;
-    every = v && (end == v || *end != '\0' || n < 0 || n > INT_MAX) ? -2 : (int)n;
-    if (every == -2) {
-      fprintf(stderr, "warning: environment variable SN_FUSED_TRACE='%s' is not a launch count; read as 0\n", v);
-      every = 0;
-    }
+static int dg_read_trace_every(void) {
+  const char *v = getenv("SN_FUSED_TRACE");
+  char *end = nullptr;
+  const long n = v ? strtol(v, &end, 10) : 0;
+  if (v && (end == v || *end != '\0' || n < 0 || n > INT_MAX)) {
+    fprintf(stderr, "warning: environment variable SN_FUSED_TRACE='%s' is not a launch count; read as 0\n", v);
+    return 0;
   }
+  return (int)n;
+}
+static int dg_trace_launch(void) {
+  static const int every = dg_read_trace_every();  // once, also when contexts race to the first launch
   return every;
 }
 // Prints, per phase and averaged over the decoder blocks: the work (from block 0 leaving the barrier
@@ -568,9 +571,9 @@ void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_
   a.B = B, a.T = T, a.layers = w->layers, a.C = C, a.I = I, a.Hq = w->heads, a.Hkv = w->kv_heads;
   a.down_groups = plan->down_groups, a.down_chunks = plan->down_chunks;
   a.eps = w->norm_eps, a.theta = w->rope_theta, a.scale = 1.0f / sqrtf((float)w->head_dim);
-  static int launches = 0;
+  static std::atomic<int> launches{0};
   const int barriers = 1 + DG_PHASES * w->layers;
-  bool trace = dg_trace_launch() > 0 && ++launches % dg_trace_launch() == 0;
+  bool trace = dg_trace_launch() > 0 && (launches.fetch_add(1) + 1) % dg_trace_launch() == 0;
   if (trace) {  // not while a graph records (the trace synchronizes); asked only here, off the hot path
     cudaStreamCaptureStatus capturing;
     cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));

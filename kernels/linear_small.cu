@@ -313,7 +313,7 @@ static void launch_linear_small(bf16 *out, const bf16 *x, const bf16 *norm_w, fl
     splits = std::min(std::min(LS_MAX_SPLITS, steps), ceil_div_int(sn_cuda_sm_count(), tiles));
   const int slice_steps = ceil_div_int(steps, splits);
   splits = ceil_div_int(steps, slice_steps);
-  static bool ready = false;
+  static std::atomic<bool> ready{false};
   const size_t smem = ls_smem_bytes(MT);
   allow_smem(linear_small_kernel<MT, SWIGLU, NORM>, smem, &ready);
   launch_pdl_cluster(linear_small_kernel<MT, SWIGLU, NORM>, dim3(tiles, splits), dim3(LS_THREADS), smem, splits, out,

@@ -1,6 +1,6 @@
 // Matmul through cuBLASLt (bf16 inputs and output, fp32 compute), with the bias fused into the
-// epilogue; the handle and workspace are created once and the descriptors and chosen algorithm are
-// cached per shape (with SN_MATMUL_AUTOTUNE=1, the fastest of cuBLASLt's first candidates, timed on
+// epilogue; the handle is created once for the process, and each execution context (common.cuh)
+// has its workspace and its descriptors and chosen algorithm cached per shape (with SN_MATMUL_AUTOTUNE=1, the fastest of cuBLASLt's first candidates, timed on
 // the first call of the shape, rather than its first pick). Also: the fp32 GEMM the losses use, the
 // bf16 x bf16 -> fp32 GEMM of the LM head's logits and gradients, and the deterministic bias gradient.
 //
@@ -32,13 +32,16 @@
 // a training-scale GEMM, whose heuristic pick is already good, and is not tuned.
 #define AUTOTUNE_MAX_OUTPUT_BYTES ((size_t)64 << 20)
 
-static cublasLtHandle_t lt_handle;
-static void *lt_workspace;
-
-static void lt_init(void) {
-  if (lt_handle) return;
-  cublasCheck(cublasLtCreate(&lt_handle));
-  lt_workspace = cuda_alloc(CUBLASLT_WORKSPACE_BYTES);
+// cuBLASLt's functions may share a handle between threads (the handle holds no stream); a
+// function-local static is created once even when contexts race to their first GEMM.
+static cublasLtHandle_t make_lt_handle(void) {
+  cublasLtHandle_t h;
+  cublasCheck(cublasLtCreate(&h));
+  return h;
+}
+static cublasLtHandle_t lt(void) {
+  static const cublasLtHandle_t handle = make_lt_handle();
+  return handle;
 }
 
 typedef struct {
@@ -63,9 +66,30 @@ typedef struct {
   producer_wait waits;
 } matmul_plan;
 
-static matmul_plan plans[MATMUL_CACHE_SIZE];
-static int nplans;
-static int next_evict;  // packed batches change M every step: the cache is a ring, oldest out first
+// A context's plans and workspace. Per context, not per process: a call sets its bias pointer on
+// the plan's descriptor, and two streams must not share a workspace.
+struct matmul_cache {
+  matmul_plan plans[MATMUL_CACHE_SIZE];
+  int nplans;
+  int next_evict;  // packed batches change M every step: the cache is a ring, oldest out first
+  void *workspace;
+};
+
+// The current context's cache, made at its first GEMM (the workspace is allocated once, outside
+// any recording: a graph names it).
+static matmul_cache *current_cache(void) {
+  cuda_context *ctx = cuda_context_current();
+  if (!ctx->matmul) {
+    matmul_cache *c = (matmul_cache *)calloc(1, sizeof *c);
+    if (!c) {
+      fprintf(stderr, "error: %s:%d: out of host memory for the GEMM plans\n", __FILE__, __LINE__);
+      exit(1);
+    }
+    c->workspace = cuda_alloc(CUBLASLT_WORKSPACE_BYTES);
+    ctx->matmul = c;
+  }
+  return ctx->matmul;
+}
 
 // What a call multiplies: the autotuning runs the candidates on these (into a scratch output).
 typedef struct {
@@ -89,14 +113,12 @@ static size_t element_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; 
 // launch gap the edge hides is small), is not probed and gets no edge.
 #define PROBE_MAX_BYTES ((size_t)64 << 20)
 static bool pdl_gemm_wanted(void) {
-  static int enabled = -1;
-  if (enabled < 0) enabled = cuda_env_switch("SN_PDL_GEMM", false, nullptr) && sn_cuda_pdl_enabled();
+  static const bool enabled = cuda_env_switch("SN_PDL_GEMM", false, nullptr) && sn_cuda_pdl_enabled();
   return enabled;
 }
 
 static bool autotune_wanted(const matmul_key *key) {
-  static int enabled = -1;
-  if (enabled < 0) enabled = cuda_env_switch("SN_MATMUL_AUTOTUNE", false, nullptr);
+  static const bool enabled = cuda_env_switch("SN_MATMUL_AUTOTUNE", false, nullptr);
   if (!enabled || (size_t)key->M * key->ldc * element_bytes(key->ctype) > AUTOTUNE_MAX_OUTPUT_BYTES) return false;
   cudaStreamCaptureStatus capturing;
   cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
@@ -106,7 +128,7 @@ static bool autotune_wanted(const matmul_key *key) {
 // The index of the fastest of the n candidates, timed on the call's operands into a scratch output.
 // A candidate cuBLASLt refuses at run time (its status) is skipped; the first one is known to run.
 static int fastest_candidate(const matmul_plan *p, const cublasLtMatmulHeuristicResult_t *cand, int n,
-                             const matmul_operands *op) {
+                             const matmul_operands *op, void *workspace) {
   const matmul_key *key = &p->key;
   const size_t out_bytes = (size_t)key->M * key->ldc * element_bytes(key->ctype);
   void *out = cuda_alloc(out_bytes);
@@ -124,9 +146,9 @@ static int fastest_candidate(const matmul_plan *p, const cublasLtMatmulHeuristic
     bool runs = true;
     for (int r = 0; r <= AUTOTUNE_TIMED_RUNS && runs; r++) {  // run 0 warms up
       if (r == 1) cudaCheck(cudaEventRecord(start, SN_STREAM));
-      runs = cublasLtMatmul(lt_handle, p->desc, &op->alpha, op->B, p->a_layout, op->A, p->b_layout, &op->beta,
-                            out, p->c_layout, out, p->c_layout, &cand[i].algo, lt_workspace,
-                            CUBLASLT_WORKSPACE_BYTES, SN_STREAM) == CUBLAS_STATUS_SUCCESS;
+      runs = cublasLtMatmul(lt(), p->desc, &op->alpha, op->B, p->a_layout, op->A, p->b_layout, &op->beta, out,
+                            p->c_layout, out, p->c_layout, &cand[i].algo, workspace, CUBLASLT_WORKSPACE_BYTES,
+                            SN_STREAM) == CUBLAS_STATUS_SUCCESS;
     }
     if (!runs) continue;
     cudaCheck(cudaEventRecord(stop, SN_STREAM));
@@ -148,18 +170,17 @@ static void destroy_plan(matmul_plan *p) {
   cublasCheck(cublasLtMatmulDescDestroy(p->desc));
 }
 
-static matmul_plan *get_plan(const matmul_key *key, const matmul_operands *operands) {
-  for (int i = 0; i < nplans; i++)
-    if (memcmp(&plans[i].key, key, sizeof *key) == 0) return &plans[i];
-  lt_init();
+static matmul_plan *get_plan(matmul_cache *c, const matmul_key *key, const matmul_operands *operands) {
+  for (int i = 0; i < c->nplans; i++)
+    if (memcmp(&c->plans[i].key, key, sizeof *key) == 0) return &c->plans[i];
   matmul_plan *p;
-  if (nplans < MATMUL_CACHE_SIZE) {
-    p = &plans[nplans];
+  if (c->nplans < MATMUL_CACHE_SIZE) {
+    p = &c->plans[c->nplans];
   } else {
     // The evicted plan's descriptors may still be named by queued matmuls: cuBLASLt reads them at
     // enqueue time only, so destroying them now is safe.
-    p = &plans[next_evict];
-    next_evict = (next_evict + 1) % MATMUL_CACHE_SIZE;
+    p = &c->plans[c->next_evict];
+    c->next_evict = (c->next_evict + 1) % MATMUL_CACHE_SIZE;
     destroy_plan(p);
   }
   memset(p, 0, sizeof *p);
@@ -204,7 +225,7 @@ static matmul_plan *get_plan(const matmul_key *key, const matmul_operands *opera
   cublasLtMatmulHeuristicResult_t heur[AUTOTUNE_CANDIDATES];
   int found = 0;
   const int candidates = autotune_wanted(key) && operands->A ? AUTOTUNE_CANDIDATES : 1;  // no operands: no timing
-  cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt_handle, p->desc, p->a_layout, p->b_layout, p->c_layout,
+  cublasCheck(cublasLtMatmulAlgoGetHeuristic(lt(), p->desc, p->a_layout, p->b_layout, p->c_layout,
                                              p->c_layout, pref, candidates, heur, &found));
   cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
   if (found == 0) {
@@ -212,35 +233,44 @@ static matmul_plan *get_plan(const matmul_key *key, const matmul_operands *opera
             __LINE__, M, N, K, key->trans_a, key->trans_b, key->has_bias);
     exit(1);
   }
-  p->algo = heur[found > 1 ? fastest_candidate(p, heur, found, operands) : 0].algo;
-  if (nplans < MATMUL_CACHE_SIZE) nplans++;
+  p->algo = heur[found > 1 ? fastest_candidate(p, heur, found, operands, c->workspace) : 0].algo;
+  if (c->nplans < MATMUL_CACHE_SIZE) c->nplans++;
   return p;
 }
 
-// Enqueues the plan's GEMM on `stream`: C = alpha op(A) op(B) (+ bias) + beta C.
-static void enqueue_plan(const matmul_plan *p, const matmul_operands *op, void *C, cudaStream_t stream) {
+void cuda_matmul_cache_free(matmul_cache *c) {
+  if (!c) return;
+  for (int i = 0; i < c->nplans; i++) destroy_plan(&c->plans[i]);
+  cuda_free(c->workspace);
+  free(c);
+}
+
+// Enqueues the plan's GEMM on `stream` with the workspace of the plan's context: C = alpha op(A)
+// op(B) (+ bias) + beta C.
+static void enqueue_plan(const matmul_plan *p, const matmul_operands *op, void *C, void *workspace,
+                         cudaStream_t stream) {
   if (op->bias)
     cublasCheck(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &op->bias,
                                                sizeof op->bias));
-  cublasCheck(cublasLtMatmul(lt_handle, p->desc, &op->alpha, op->B, p->a_layout, op->A, p->b_layout, &op->beta, C,
-                             p->c_layout, C, p->c_layout, &p->algo, lt_workspace, CUBLASLT_WORKSPACE_BYTES, stream));
+  cublasCheck(cublasLtMatmul(lt(), p->desc, &op->alpha, op->B, p->a_layout, op->A, p->b_layout, &op->beta, C,
+                             p->c_layout, C, p->c_layout, &p->algo, workspace, CUBLASLT_WORKSPACE_BYTES, stream));
 }
 
 // ---- the programmatic-edge probe of a plan (SN_PDL_GEMM above) ----------------------------------------
 typedef struct {
   const matmul_plan *plan;
   matmul_operands operands;
-  void *C;
+  void *C, *workspace;
 } plan_call;
 
 static void run_plan_call(cudaStream_t stream, const void *ctx) {
   const plan_call *call = (const plan_call *)ctx;
-  enqueue_plan(call->plan, &call->operands, call->C, stream);
+  enqueue_plan(call->plan, &call->operands, call->C, call->workspace, stream);
 }
 
 // Whether the plan's algorithm waits for the kernel before it, on operands of its own (every input
 // late: A, B, the bias and, when accumulated into, C).
-static bool plan_waits_for_producer(const matmul_plan *p) {
+static bool plan_waits_for_producer(const matmul_plan *p, void *workspace) {
   const matmul_key *k = &p->key;
   const size_t in_size = element_bytes(k->dtype), out_size = element_bytes(k->ctype);
   const size_t a_bytes = (size_t)(k->trans_a ? k->K : k->M) * k->lda * in_size;
@@ -249,7 +279,7 @@ static bool plan_waits_for_producer(const matmul_plan *p) {
   if (a_bytes + b_bytes + c_bytes + bias_bytes > PROBE_MAX_BYTES) return false;
   plan_call call;
   memset(&call, 0, sizeof call);
-  call.plan = p;
+  call.plan = p, call.workspace = workspace;
   call.operands.A = cuda_alloc(a_bytes), call.operands.B = cuda_alloc(b_bytes);
   call.operands.bias = k->has_bias ? cuda_alloc(bias_bytes) : NULL;
   call.operands.alpha = 1.0f, call.operands.beta = k->accumulate ? 1.0f : 0.0f;
@@ -272,9 +302,11 @@ static bool plan_waits_for_producer(const matmul_plan *p) {
 
 void cuda_matmul_probe_plans(void) {
   if (!pdl_gemm_wanted()) return;
-  for (int i = 0; i < nplans; i++)
-    if (plans[i].waits == PRODUCER_WAIT_UNPROBED)
-      plans[i].waits = plan_waits_for_producer(&plans[i]) ? PRODUCER_WAIT_SEEN : PRODUCER_WAIT_NOT_SEEN;
+  matmul_cache *c = current_cache();
+  for (int i = 0; i < c->nplans; i++)
+    if (c->plans[i].waits == PRODUCER_WAIT_UNPROBED)
+      c->plans[i].waits = plan_waits_for_producer(&c->plans[i], c->workspace) ? PRODUCER_WAIT_SEEN
+                                                                                : PRODUCER_WAIT_NOT_SEEN;
 }
 
 // The row strides of packed operands: op(A) (M, K) is stored (M, K), or (K, M) when transposed.
@@ -292,7 +324,8 @@ extern "C" int sn_cuda_matmul_waits_for_producer(int M, int N, int K, int trans_
   key.has_bias = has_bias, key.accumulate = accumulate, key.dtype = key.ctype = CUDA_R_16BF;
   key.align_mask = 1 | 2 | 4;
   const matmul_operands none = {NULL, NULL, NULL, 1.0f, 0.0f};  // no autotuning without operands
-  return plan_waits_for_producer(get_plan(&key, &none));
+  matmul_cache *c = current_cache();
+  return plan_waits_for_producer(get_plan(c, &key, &none), c->workspace);
 }
 
 static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, int ldc, const void *A, int lda,
@@ -313,9 +346,10 @@ static void run_matmul(cudaDataType_t dtype, cudaDataType_t ctype, void *C, int 
   key.align_mask = (aligned16(A) ? 1 : 0) | (aligned16(B) ? 2 : 0) |
                    (aligned16(C) && (!bias || aligned16(bias)) ? 4 : 0);
   const matmul_operands operands = {A, B, bias, alpha, beta};
-  matmul_plan *p = get_plan(&key, &operands);
+  matmul_cache *c = current_cache();
+  matmul_plan *p = get_plan(c, &key, &operands);
   if (p->waits == PRODUCER_WAIT_SEEN && pdl_gemm_wanted()) capture_programmatic_edge(SN_STREAM);
-  enqueue_plan(p, &operands, C, SN_STREAM);
+  enqueue_plan(p, &operands, C, c->workspace, SN_STREAM);
 }
 
 // C (M, N) = op(A) @ op(B) [+ bias] [+ C]
@@ -358,7 +392,7 @@ __global__ void bias_backward_partials_kernel(float *partials, const bf16 *dout,
 size_t cuda_bias_scratch_bytes(int T, int N) {
   return (size_t)ceil_div_int(T, BIAS_BWD_ROWS_PER_BLOCK) * N * sizeof(float);
 }
-size_t cuda_matmul_workspace_bytes(void) { return CUBLASLT_WORKSPACE_BYTES; }
+size_t cuda_matmul_workspace_bytes(void) { return CUBLASLT_WORKSPACE_BYTES; }  // a context's
 
 void cuda_bias_backward(void *dbias, const void *dout, int M, int N) {
   if (M == 0 || N == 0) return;

@@ -8,22 +8,21 @@
 // Host fp32 <-> bf16 staging chunk (see cuda_upload_f32).
 #define CONVERT_CHUNK_ELEMS ((size_t)16 << 20)  // 64 MiB of fp32 staging
 
-// A positive attribute of the current device, read once into *cache.
-static int device_attribute(cudaDeviceAttr attr, int *cache) {
-  if (*cache == 0) {
-    int dev;
-    cudaCheck(cudaGetDevice(&dev));
-    cudaCheck(cudaDeviceGetAttribute(cache, attr, dev));
-  }
-  return *cache;
+// An attribute of the current device. Each caller below keeps it in a function-local static,
+// initialised once even when threads of several contexts race to the first call.
+static int device_attribute(cudaDeviceAttr attr) {
+  int dev, value;
+  cudaCheck(cudaGetDevice(&dev));
+  cudaCheck(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
 }
 int sn_cuda_sm_count(void) {
-  static int count = 0;
-  return device_attribute(cudaDevAttrMultiProcessorCount, &count);
+  static const int count = device_attribute(cudaDevAttrMultiProcessorCount);
+  return count;
 }
 int sn_cuda_cc_major(void) {
-  static int major = 0;
-  return device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
+  static const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
+  return major;
 }
 
 bool cuda_env_switch(const char *name, bool fallback, bool *warned) {
@@ -36,12 +35,12 @@ bool cuda_env_switch(const char *name, bool fallback, bool *warned) {
   return fallback;
 }
 
+static bool pdl_wanted(void) {
+  const char *v = getenv("SN_PDL");
+  return sn_cuda_cc_major() >= 9 && !(v && strcmp(v, "0") == 0);
+}
 bool sn_cuda_pdl_enabled(void) {
-  static int enabled = -1;
-  if (enabled < 0) {
-    const char *v = getenv("SN_PDL");
-    enabled = sn_cuda_cc_major() >= 9 && !(v && strcmp(v, "0") == 0);
-  }
+  static const bool enabled = pdl_wanted();
   return enabled;
 }
 
@@ -63,23 +62,20 @@ void cuda_free(void *p) {
 sn_alloc_stats cuda_memory_stats(void) { return sn_alloc_tracker_stats(&device_tracker); }
 void cuda_memory_reset_peak(void) { sn_alloc_tracker_reset_peak(&device_tracker); }
 
-// ---- scratch ---------------------------------------------------------------------------------------
-static void *scratch_ptr[SCRATCH_SLOT_COUNT];
-static size_t scratch_bytes[SCRATCH_SLOT_COUNT];
-static uint64_t scratch_moves;  // reallocations so far: the epoch graphs are checked against
-
+// ---- scratch: the current context's slots ---------------------------------------------------------
 void *sn_cuda_scratch(scratch_slot slot, size_t bytes) {
-  if (bytes > scratch_bytes[slot]) {
+  cuda_context *ctx = cuda_context_current();
+  if (bytes > ctx->scratch_bytes[slot]) {
     size_t want = scratch_slot_bytes(bytes);
-    cuda_free(scratch_ptr[slot]);
-    scratch_ptr[slot] = cuda_alloc(want);
-    scratch_bytes[slot] = want;
-    scratch_moves++;
+    cuda_free(ctx->scratch_ptr[slot]);
+    ctx->scratch_ptr[slot] = cuda_alloc(want);
+    ctx->scratch_bytes[slot] = want;
+    ctx->scratch_moves++;
   }
-  return scratch_ptr[slot];
+  return ctx->scratch_ptr[slot];
 }
 
-uint64_t cuda_scratch_epoch(void) { return scratch_moves; }
+uint64_t cuda_scratch_epoch(void) { return cuda_context_current()->scratch_moves; }
 
 // Every slot at its largest request for the shape, with the headroom it grows by, plus the cuBLASLt
 // workspace. The reduce-partials slot serves several families: the largest of them.
@@ -113,11 +109,15 @@ void cuda_memset_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, b
 void cuda_copy(void *dst, const void *src, size_t bytes) {
   cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, SN_STREAM));
 }
+// Synchronous copies on the current stream (cudaMemcpy would use the legacy stream, which a bound
+// context's non-blocking stream is not ordered with): the host buffer is free again on return.
 void cuda_upload(void *dst, const void *host_src, size_t bytes) {
-  cudaCheck(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
+  cudaCheck(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, SN_STREAM));
+  cudaCheck(cudaStreamSynchronize(SN_STREAM));
 }
 void cuda_download(void *host_dst, const void *src, size_t bytes) {
-  cudaCheck(cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
+  cudaCheck(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, SN_STREAM));
+  cudaCheck(cudaStreamSynchronize(SN_STREAM));
 }
 void *cuda_host_alloc(size_t bytes) {
   void *p = NULL;
@@ -133,7 +133,14 @@ void cuda_upload_async(void *dst, const void *host_src, size_t bytes) {
 void cuda_download_async(void *host_dst, const void *src, size_t bytes) {
   cudaCheck(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, SN_STREAM));
 }
-void cuda_synchronize(void) { cudaCheck(cudaDeviceSynchronize()); }
+// A bound context waits for its own stream only; the default context for the whole device (the
+// training loop's NCCL streams included).
+void cuda_synchronize(void) {
+  if (cuda_context_bound())
+    cudaCheck(cudaStreamSynchronize(SN_STREAM));
+  else
+    cudaCheck(cudaDeviceSynchronize());
+}
 
 // ---- conversion --------------------------------------------------------------------------------------
 // One thread per pack of 8 elements; the last n % 8 elements are handled one per thread after the

@@ -1,4 +1,6 @@
 // The CUDA backend's op table: bf16 storage, every op from the kernel files.
+#include <mutex>
+
 #include "common.cuh"
 
 static sn_ops make_cuda_ops(void) {
@@ -72,6 +74,9 @@ static sn_ops make_cuda_ops(void) {
   o.graph_launch = cuda_graph_launch;
   o.graph_free = cuda_graph_free;
   o.scratch_epoch = cuda_scratch_epoch;
+  o.context_new = cuda_context_new;
+  o.context_bind = cuda_context_bind;
+  o.context_free = cuda_context_free;
   return o;
 }
 
@@ -86,20 +91,22 @@ static void device_memory_if_any(size_t *free_bytes, size_t *total_bytes) {
   cuda_device_memory(free_bytes, total_bytes);
 }
 
+static sn_ops make_plan_ops(void) {
+  sn_ops o = make_cuda_ops();
+  o.device_memory = device_memory_if_any;
+  return o;
+}
+
 extern "C" const sn_ops *sn_ops_cuda_for_plan(void) {
-  static sn_ops table;
-  static int ready = 0;
-  if (!ready) {
-    table = make_cuda_ops();
-    table.device_memory = device_memory_if_any;
-    ready = 1;
-  }
+  static const sn_ops table = make_plan_ops();
   return &table;
 }
 
 extern "C" const sn_ops *sn_ops_cuda(const char **why_not) {
+  static std::mutex lock;  // serving threads may open their first handles at once
   static sn_ops table;
-  static int ready = 0;
+  static bool ready = false;
+  std::lock_guard<std::mutex> hold(lock);
   if (ready) return &table;
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
@@ -109,6 +116,6 @@ extern "C" const sn_ops *sn_ops_cuda(const char **why_not) {
     return NULL;
   }
   table = make_cuda_ops();
-  ready = 1;
+  ready = true;
   return &table;
 }

@@ -298,11 +298,8 @@ void cuda_topk_merge(float *best_score, int32_t *best_idx, const float *scores, 
   }
   if (nq == 0) return;
   const size_t smem = SORT_CAP * (sizeof(uint64_t) + sizeof(int32_t));
-  static bool smem_opted_in = false;  // above the default 48 KiB with the static part: opt in once
-  if (!smem_opted_in) {
-    cudaCheck(cudaFuncSetAttribute(topk_merge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    smem_opted_in = true;
-  }
+  static std::atomic<bool> smem_opted_in{false};  // above the default 48 KiB with the static part
+  allow_smem(topk_merge_kernel, smem, &smem_opted_in);
   topk_merge_kernel<<<nq, TOPK_THREADS, smem, SN_STREAM>>>(best_score, best_idx, scores, nd, k, col0, tie_key);
   launchCheck();
 }

@@ -369,6 +369,20 @@ typedef struct sn_ops {
   void (*graph_launch)(void *graph);  // ordered with the ops and copies before and after it
   void (*graph_free)(void *graph);
   uint64_t (*scratch_epoch)(void);
+
+  // ---- execution contexts: a stream of its own with its own scratch and GEMM plans ----------------
+  // NULL on backends without them (the CPU, whose scratch is per thread already). Ops and copies
+  // run in the calling thread's context: the process's default one (the device's legacy stream:
+  // training and the CLI tools), or the one the thread bound last with context_bind, which returns
+  // the context bound before (NULL: the default). While bound, the thread's ops, copies, synchronize,
+  // recordings and graph launches run on the context's stream with its scratch (scratch_epoch is
+  // its own), so threads bound to different contexts run concurrently and never share a buffer.
+  // A context is bound by one thread at a time; buffers may be allocated in any context and used in
+  // another once the producing context has synchronized. context_free waits for the context's work
+  // and releases it (it must not be bound by any thread).
+  void *(*context_new)(void);
+  void *(*context_bind)(void *ctx);
+  void (*context_free)(void *ctx);
 } sn_ops;
 
 // The backends. sn_ops_cpu() always exists; sn_ops_cuda() returns NULL when built without CUDA

@@ -1,5 +1,5 @@
-// The encoder handle: open (backend, tower, tokenizer, settings, workspace), encode texts or ids
-// under the handle's lock, close. Every failure is a status and a message (encoder.h's contract):
+// The encoder handle: open (backend, execution context, tower, tokenizer, settings, workspace),
+// encode texts or ids under the handle's lock in its context, close. Every failure is a status and a message (encoder.h's contract):
 // the loaders here are the _try variants of those sn_embed uses, which exit instead.
 #include <errno.h>
 #include <omp.h>
@@ -30,10 +30,33 @@ static sn_status load_tokenizer(const char *dir, sn_tokenizer **tok, char *err, 
   return *tok ? SN_OK : SN_ERR_MODEL;
 }
 
+// The handle's context made the calling thread's (backends without contexts: nothing); returns the
+// context bound before, for unbind.
+static void *bind(const sn_encoder *e) { return e->context ? e->ops->context_bind(e->context) : NULL; }
+static void unbind(const sn_encoder *e, void *previous) {
+  if (e->context) e->ops->context_bind(previous);
+}
+
+// Everything the handle holds, in its context (the device buffers were made there), then the context.
 static void free_parts(sn_encoder *e) {
+  void *previous = bind(e);
   sn_embedder_free(e->embedder);
   if (e->tok) sn_tokenizer_free(e->tok);
   sn_model_free(e->model);
+  unbind(e, previous);
+  if (e->context) e->ops->context_free(e->context);
+}
+
+// The tower, loaded in the handle's context (bound by the caller), and what encodes with it.
+static sn_status load_tower(sn_encoder *e, const char *dir, const sn_encoder_options *o, char *err, size_t errlen) {
+  if (!(e->model = sn_model_load_try(dir, e->ops, err, errlen))) return SN_ERR_MODEL;
+  sn_status rc = load_tokenizer(dir, &e->tok, err, errlen);
+  if (rc != SN_OK) return rc;
+  sn_encoder_settings s;
+  if ((rc = sn_encoder_resolve(dir, e->model, o, &s, err, errlen)) != SN_OK) return rc;
+  e->embedder = sn_embedder_new(e->model, e->tok, &s.embed, err, errlen);
+  sn_encoder_settings_free(&s);
+  return e->embedder ? SN_OK : SN_ERR_ARGUMENT;
 }
 
 static sn_status open_tower(sn_encoder *e, const char *dir, const sn_encoder_options *o, char *err, size_t errlen) {
@@ -41,17 +64,13 @@ static sn_status open_tower(sn_encoder *e, const char *dir, const sn_encoder_opt
   if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
     return fail(err, errlen, SN_ERR_MODEL, "%s: not a folder (an exported tower: config.json, model.safetensors, "
                 "tokenizer.json)", dir);
-  const sn_ops *ops;
-  sn_status rc = sn_encoder_pick_backend(o->device, &ops, err, errlen);
+  sn_status rc = sn_encoder_pick_backend(o->device, &e->ops, err, errlen);
   if (rc != SN_OK) return rc;
-  e->device_lock = sn_encoder_device_lock(ops);
-  if (!(e->model = sn_model_load_try(dir, ops, err, errlen))) return SN_ERR_MODEL;
-  if ((rc = load_tokenizer(dir, &e->tok, err, errlen)) != SN_OK) return rc;
-  sn_encoder_settings s;
-  if ((rc = sn_encoder_resolve(dir, e->model, o, &s, err, errlen)) != SN_OK) return rc;
-  e->embedder = sn_embedder_new(e->model, e->tok, &s.embed, err, errlen);
-  sn_encoder_settings_free(&s);
-  return e->embedder ? SN_OK : SN_ERR_ARGUMENT;
+  if (e->ops->context_new) e->context = e->ops->context_new();
+  void *previous = bind(e);
+  rc = load_tower(e, dir, o, err, errlen);
+  unbind(e, previous);
+  return rc;
 }
 
 sn_status sn_encoder_open(const char *dir, const sn_encoder_options *opts, sn_encoder **out, char *err,
@@ -89,15 +108,16 @@ void sn_encoder_close(sn_encoder *enc) {
   free(enc);
 }
 
-// A call under the handle's lock (and the device's), with the handle's OpenMP threads.
+// A call under the handle's lock, in its context, with its OpenMP threads. Handles do not wait for
+// each other: each has its own context (on CUDA, its own stream).
 typedef struct {
   int saved_threads;
+  void *saved_context;
 } call_scope;
 
 static call_scope enter(sn_encoder *e) {
   pthread_mutex_lock(&e->lock);
-  if (e->device_lock) pthread_mutex_lock(e->device_lock);
-  call_scope s = {omp_get_max_threads()};
+  call_scope s = {omp_get_max_threads(), bind(e)};
   if (e->threads > 0) omp_set_num_threads(e->threads);
   e->error[0] = '\0';
   return s;
@@ -105,7 +125,7 @@ static call_scope enter(sn_encoder *e) {
 
 static sn_status leave(sn_encoder *e, call_scope s, sn_status rc) {
   omp_set_num_threads(s.saved_threads);
-  if (e->device_lock) pthread_mutex_unlock(e->device_lock);
+  unbind(e, s.saved_context);
   pthread_mutex_unlock(&e->lock);
   return rc;
 }

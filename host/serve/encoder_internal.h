@@ -9,7 +9,8 @@
 
 struct sn_encoder {
   pthread_mutex_t lock;          // one call at a time per handle
-  pthread_mutex_t *device_lock;  // process-wide for backends with process-wide state (CUDA), else NULL
+  const sn_ops *ops;
+  void *context;                 // the handle's execution context (its own CUDA stream), NULL on the CPU
   sn_model *model;
   sn_tokenizer *tok;             // NULL: the folder has no tokenizer.json (ids only)
   sn_embedder *embedder;
@@ -31,5 +32,3 @@ sn_status sn_encoder_pick_backend(const char *device, const sn_ops **ops, char *
 sn_status sn_encoder_resolve(const char *dir, const sn_model *m, const sn_encoder_options *o,
                              sn_encoder_settings *out, char *err, size_t errlen);
 void sn_encoder_settings_free(sn_encoder_settings *s);
-// The process-wide lock of a backend's calls (NULL for the CPU, whose scratch is per thread).
-pthread_mutex_t *sn_encoder_device_lock(const sn_ops *ops);

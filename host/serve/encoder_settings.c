@@ -34,11 +34,6 @@ sn_status sn_encoder_pick_backend(const char *device, const sn_ops **ops, char *
   return SN_ERR_DEVICE;
 }
 
-pthread_mutex_t *sn_encoder_device_lock(const sn_ops *ops) {
-  static pthread_mutex_t cuda_lock = PTHREAD_MUTEX_INITIALIZER;
-  return strcmp(ops->name, "cpu") == 0 ? NULL : &cuda_lock;
-}
-
 static sn_status check_counts(const sn_encoder_options *o, char *err, size_t errlen) {
   const struct {
     const char *name;

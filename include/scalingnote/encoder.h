@@ -25,11 +25,11 @@
 //   sn_encoder_last_error returns (valid until the handle's next call). The caller owns every
 //   input and output buffer; nothing is kept after a call returns.
 // - Threads: a handle serialises its own calls (a mutex per handle), so it may be shared between
-//   threads, which then wait for each other; use one handle per thread for parallel CPU encoding.
-//   CUDA handles of one process also wait for each other: the CUDA backend has one stream, one
-//   scratch arena and one cuBLASLt plan cache per process (docs/DESIGN.md, "The encoder library").
-//   On the CPU a handle's calls use `threads` OpenMP threads (the calling thread's OpenMP setting
-//   is restored on return).
+//   threads, which then wait for each other; use one handle per thread to encode in parallel.
+//   Handles never wait for each other: on CUDA each has its own stream, scratch and cuBLASLt plans
+//   (docs/DESIGN.md, "The encoder library"), so their calls, graph recordings and replays overlap
+//   on the GPU, and each holds its own copy of the tower's weights. On the CPU a handle's calls
+//   use `threads` OpenMP threads (the calling thread's OpenMP setting is restored on return).
 // - Texts are UTF-8, cut to max_length tokens (specials included) as training cuts them: the text,
 //   never the prompt's tail. Rows of `out` follow the input order whatever the batching.
 #pragma once

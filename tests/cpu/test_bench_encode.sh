@@ -2,7 +2,8 @@
 # sn_bench_encode on the CPU, small: a fresh tower from a description and an export folder, two
 # batch sizes, a line of p50/p99/throughput each; an anchor script's rows are printed beside ours of
 # the same shape and batch (a stand-in for ../shared/bench/torch_compiled_extra.py, whose shape names
-# the description's file name gives); the temporary export of the fresh tower is removed.
+# the description's file name gives); the temporary export of the fresh tower is removed; two handles
+# streaming at once (--handles 2) give one line.
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
 mkdir tmp shapes
@@ -30,5 +31,11 @@ grep -q '^anchor  torch.compile(reduce-overhead)  0.5B  batch 1: 1000.000 ms a c
   { echo "FAIL: the anchor's batch-1 row is not compared with ours"; exit 1; }
 grep -q '^anchor  torch.compile(reduce-overhead)  0.5B  batch 64: 1.000 ms a call  | sn p50 .* slower$' out.txt ||
   { echo "FAIL: the anchor's batch-64 row is not compared with ours"; exit 1; }
+# Two handles streaming at once, a thread each: one line for both, the anchor left out.
+"$BUILD/sn_bench_encode" --device cpu --model run/final/query_tower --batches 4 --len 8 --queries 32 --warmup 1 \
+  --threads 1 --handles 2 > handles.txt 2>> err.txt || { cat handles.txt err.txt; exit 1; }
+cat handles.txt
+grep -q '^encode  cpu x2 handles  run/final/query_tower  batch 4 x 8 tokens: p50 .* [0-9]* queries/s$' handles.txt ||
+  { echo "FAIL: no line for two handles"; exit 1; }
 [ -z "$(ls tmp)" ] || { echo "FAIL: the fresh tower's export was left in TMPDIR: $(ls tmp)"; exit 1; }
 echo "ok"
