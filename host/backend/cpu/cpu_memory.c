@@ -1,5 +1,6 @@
 // CPU backend memory: backend memory is host memory and the storage dtype is fp32, so uploads,
 // downloads and dtype conversions are plain copies.
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -95,10 +96,28 @@ typedef struct {
   size_t capacity;
 } scratch_buffer;
 
-static _Thread_local scratch_buffer thread_scratch[SN_CPU_SCRATCH_SLOTS];
+// A thread's slots, made at its first request and freed when it exits (the key's destructor): a
+// server's worker threads come and go, each with its own scratch.
+static _Thread_local scratch_buffer *thread_scratch;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_key_once = PTHREAD_ONCE_INIT;
+
+static void free_thread_scratch(void *slots) {
+  scratch_buffer *s = slots;
+  for (int i = 0; i < SN_CPU_SCRATCH_SLOTS; i++) free(s[i].ptr);
+  free(s);
+}
+static void make_scratch_key(void) {
+  if (pthread_key_create(&scratch_key, free_thread_scratch) != 0) sn_fatal("pthread_key_create failed");
+}
 
 void *sn_cpu_scratch(int slot, size_t bytes) {
   if (slot < 0 || slot >= SN_CPU_SCRATCH_SLOTS) sn_fatal("bad cpu scratch slot %d", slot);
+  if (!thread_scratch) {
+    pthread_once(&scratch_key_once, make_scratch_key);
+    thread_scratch = callocCheck(SN_CPU_SCRATCH_SLOTS, sizeof *thread_scratch);
+    pthread_setspecific(scratch_key, thread_scratch);
+  }
   scratch_buffer *s = &thread_scratch[slot];
   if (bytes > s->capacity) {
     // Grow by half again so a slowly growing sequence of requests does not reallocate each time.
