@@ -364,6 +364,9 @@ void cuda_add_f32(float *out, const float *a, const float *b, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
 void cuda_axpy_2d(void *dst, int ld_dst, const void *src, int ld_src, int rows, int cols, float alpha,
                   int accumulate);
+// Around every graph recording (graphs.cu): frees meanwhile wait for the last one to end.
+void cuda_recording_begins(void);
+void cuda_recording_ends(void);
 // context.cu
 void *cuda_context_new(void);
 void *cuda_context_bind(void *ctx);

@@ -10,7 +10,8 @@
 // records and launches on its own stream, where its copies run too. Capture mode is relaxed: an op
 // whose scratch slot must grow may cudaMalloc while recording (the allocation happens at once,
 // outside the graph), and other threads' contexts may allocate meanwhile; a graph then names that
-// buffer, and cuda_scratch_epoch() tells its owner when a later reallocation makes it stale.
+// buffer, and cuda_scratch_epoch() tells its owner when a later reallocation makes it stale. Frees
+// (which synchronise the device) wait until no recording is in progress (memory.cu cuda_free).
 #include "common.cuh"
 
 static thread_local cudaStream_t current_stream = 0;  // default context: the legacy stream, or recording
@@ -39,6 +40,7 @@ void cuda_graph_begin(void) {
     exit(EXIT_FAILURE);
   }
   cuda_matmul_probe_plans();  // before recording: the probe runs and synchronises (matmul.cu)
+  cuda_recording_begins();
   if (ctx)
     ctx->recording = true;
   else
@@ -54,6 +56,7 @@ void *cuda_graph_end(void) {
     ctx->recording = false;
   else
     current_stream = 0;
+  cuda_recording_ends();
   cudaGraphExec_t exec;
   cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
   cudaCheck(cudaGraphDestroy(graph));

@@ -1,7 +1,8 @@
 // Matmul through cuBLASLt (bf16 inputs and output, fp32 compute), with the bias fused into the
 // epilogue; the handle is created once for the process, and each execution context (common.cuh)
-// has its workspace and its descriptors and chosen algorithm cached per shape (with SN_MATMUL_AUTOTUNE=1, the fastest of cuBLASLt's first candidates, timed on
-// the first call of the shape, rather than its first pick). Also: the fp32 GEMM the losses use, the
+// has its workspace, and its descriptors and chosen algorithm cached per shape (with
+// SN_MATMUL_AUTOTUNE=1, the fastest of cuBLASLt's first candidates, timed on the first call of the
+// shape, rather than its first pick). Also: the fp32 GEMM the losses use, the
 // bf16 x bf16 -> fp32 GEMM of the LM head's logits and gradients, and the deterministic bias gradient.
 //
 // Row-major ↔ column-major: a row-major (M, N) matrix is a column-major (N, M) one. So the

@@ -1,6 +1,8 @@
 // Memory: allocation, copies, fp32 <-> bf16 conversion, the two elementwise ops (add, scale_f32),
 // the growable scratch buffers and the deterministic partial-sum reducer shared by the backward ops.
 #include <algorithm>
+#include <mutex>
+#include <vector>
 
 #include "common.cuh"
 
@@ -54,10 +56,37 @@ void *cuda_alloc(size_t bytes) {
   sn_alloc_tracker_add(&device_tracker, p, bytes);
   return p;
 }
-void cuda_free(void *p) {
-  if (!p) return;
+// cudaFree synchronises the device, which a graph recording in progress (any thread's, any
+// context's) must not see: a free while one records waits in `deferred` until the last recording
+// ends. Recordings themselves may allocate (relaxed capture mode, graphs.cu).
+static std::mutex recording_lock;  // guards the two below
+static int recordings;
+static std::vector<void *> deferred;
+
+static void free_now(void *p) {
   sn_alloc_tracker_remove(&device_tracker, p);
   cudaCheck(cudaFree(p));
+}
+void cuda_free(void *p) {
+  if (!p) return;
+  {
+    std::lock_guard<std::mutex> hold(recording_lock);
+    if (recordings > 0) {
+      deferred.push_back(p);
+      return;
+    }
+  }
+  free_now(p);
+}
+void cuda_recording_begins(void) {
+  std::lock_guard<std::mutex> hold(recording_lock);
+  recordings++;
+}
+void cuda_recording_ends(void) {
+  std::lock_guard<std::mutex> hold(recording_lock);
+  if (--recordings > 0) return;
+  for (void *p : deferred) free_now(p);
+  deferred.clear();
 }
 sn_alloc_stats cuda_memory_stats(void) { return sn_alloc_tracker_stats(&device_tracker); }
 void cuda_memory_reset_peak(void) { sn_alloc_tracker_reset_peak(&device_tracker); }

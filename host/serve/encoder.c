@@ -1,6 +1,7 @@
 // The encoder handle: open (backend, execution context, tower, tokenizer, settings, workspace),
-// encode texts or ids under the handle's lock in its context, close. Every failure is a status and a message (encoder.h's contract):
-// the loaders here are the _try variants of those sn_embed uses, which exit instead.
+// encode texts or ids under the handle's lock in its context, close. Every failure is a status and
+// a message (encoder.h's contract): the loaders here are the _try variants of those sn_embed uses,
+// which exit instead.
 #include <errno.h>
 #include <omp.h>
 #include <string.h>
