@@ -21,10 +21,10 @@
 // it reads); C o_proj + residual; D rmsnorm + gate|up + SwiGLU; E down and its sum + residual.
 // Values are rounded to bf16 where the unfused ops store them, so the result is the general path's
 // within bf16 rounding of the sums' order.
-// Measured once, in its first form (six barriers of three L2 round trips, one accumulator chain):
-// 954 µs at one token and 1243 µs at 32 for the 24 blocks on the H100, against 0.95 ms for the
-// unfused path (docs/PERFORMANCE.md), so it stays opt-in; SN_FUSED_TRACE=N shows where a launch's
-// time goes, phase by phase.
+// Measured on the H100 (docs/PERFORMANCE.md, session 11): 858 µs at one token and 1211 µs at 32
+// for the 24 blocks, against 0.95 ms for the unfused path's whole query, so it stays opt-in; a
+// barrier costs 0.7-1.0 µs and a block's phases 44 µs of work at 32 tokens (SN_FUSED_TRACE=N shows
+// where a launch's time goes, phase by phase).
 #include <algorithm>
 #include <climits>
 
