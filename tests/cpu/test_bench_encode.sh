@@ -3,7 +3,7 @@
 # batch sizes, a line of p50/p99/throughput each; an anchor script's rows are printed beside ours of
 # the same shape and batch (a stand-in for ../shared/bench/torch_compiled_extra.py, whose shape names
 # the description's file name gives); the temporary export of the fresh tower is removed; two handles
-# streaming at once (--handles 2) give one line.
+# streaming at once (--handles 2) give one line; a bad --handles is exit 2 naming it.
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
 mkdir tmp shapes
@@ -37,5 +37,10 @@ grep -q '^anchor  torch.compile(reduce-overhead)  0.5B  batch 64: 1.000 ms a cal
 cat handles.txt
 grep -q '^encode  cpu x2 handles  run/final/query_tower  batch 4 x 8 tokens: p50 .* [0-9]* queries/s$' handles.txt ||
   { echo "FAIL: no line for two handles"; exit 1; }
+for bad in 0 65 two; do  # a count of 1 to 64, else exit 2 naming the flag
+  "$BUILD/sn_bench_encode" --device cpu --handles "$bad" > /dev/null 2> bad.txt && { echo "FAIL: --handles $bad ran"; exit 1; }
+  [ $? = 2 ] && grep -q "^error: --handles: expected a whole decimal integer in \[1, 64\], got '$bad'" bad.txt ||
+    { echo "FAIL: --handles $bad:"; cat bad.txt; exit 1; }
+done
 [ -z "$(ls tmp)" ] || { echo "FAIL: the fresh tower's export was left in TMPDIR: $(ls tmp)"; exit 1; }
 echo "ok"
