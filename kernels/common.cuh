@@ -266,9 +266,12 @@ static void allow_smem(K kernel, size_t bytes, std::atomic<bool> *done) {
 bool cuda_env_switch(const char *name, bool fallback, bool *warned);
 
 // ---- device facts and scratch -------------------------------------------------------------------
-// Multiprocessor count and compute-capability major of the current device (read once).
+// Multiprocessor count, compute-capability major, the most dynamic shared memory a block may opt in
+// to, and cooperative-launch support of the current device (each read once).
 int sn_cuda_sm_count(void);
 int sn_cuda_cc_major(void);
+int sn_cuda_smem_optin_max(void);
+bool sn_cuda_cooperative_launch(void);
 
 // Growable device scratch buffers, one per slot: the first call of a shape allocates, later calls of
 // the same or smaller size reuse it, so the step loop does no cudaMalloc after the first step.

@@ -370,9 +370,7 @@ static bool df_plan_for(const sn_decoder_weights *w, int T, df_plan *out) {
       return cache[i].ok;
     }
   entry e = {C, I, w->kv_heads, qkv_dim, mt, false, {nullptr, 0, 0}};
-  int smem_max = 0, device = 0;
-  cudaCheck(cudaGetDevice(&device));
-  cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int smem_max = sn_cuda_smem_optin_max();
   const int sizes[] = {DF_CLUSTER_MAX, DF_CLUSTER_PORTABLE};
   for (int blocks : sizes) {
     if (e.ok || I % (blocks * DF_MMA_K) != 0) continue;

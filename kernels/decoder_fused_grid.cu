@@ -476,12 +476,9 @@ bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
       return out->blocks > 0;
     }
   dg_plan plan = {0, 0, 0, 0};
-  int device = 0, smem_max = 0, coop = 0;
-  cudaCheck(cudaGetDevice(&device));
-  cudaCheck(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cudaCheck(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  const int smem_max = sn_cuda_smem_optin_max();
   dg_shape sh = {C, I, qkv_dim, w->kv_heads, sn_cuda_sm_count(), 0, 0};
-  if (coop && sn_cuda_cc_major() >= 8 && C % DF_MMA_K == 0 && I % DF_MMA_K == 0 &&
+  if (sn_cuda_cooperative_launch() && sn_cuda_cc_major() >= 8 && C % DF_MMA_K == 0 && I % DF_MMA_K == 0 &&
       dg_down_split(&sh, (size_t)smem_max)) {
     dg_smem layout;
     const size_t smem = dg_carve(nullptr, &layout, sh);

@@ -26,6 +26,14 @@ int sn_cuda_cc_major(void) {
   static const int major = device_attribute(cudaDevAttrComputeCapabilityMajor);
   return major;
 }
+int sn_cuda_smem_optin_max(void) {
+  static const int bytes = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  return bytes;
+}
+bool sn_cuda_cooperative_launch(void) {
+  static const bool supported = device_attribute(cudaDevAttrCooperativeLaunch) != 0;
+  return supported;
+}
 
 bool cuda_env_switch(const char *name, bool fallback, bool *warned) {
   const char *v = getenv(name);
