@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The serving checks and figures on the GPU, in one go (issue 20): the fused decoder (the student's
-# cluster kernel, the 0.5B tower's grid kernel) against its CPU twin and its weight-stream rate
-# (sn_bench), the model on and off (test_small_batch cuda), the programmatic-edge probe
+# The serving checks and figures on the GPU, in one go (issue 20): the fused decoder against its CPU
+# twin (the student's and the 0.5B tower's shapes) and its weight-stream rate (sn_bench), the model on and off (test_small_batch cuda), the programmatic-edge probe
 # (test_cuda_ops --only pdl, with and without SN_PDL), the encoder library's tests, and
-# sn_bench_encode with each opt-in switch off and on (the student's fused forward on both kernels),
+# sn_bench_encode with each opt-in switch off and on,
 # two rounds, beside the torch.compile anchor when one is given, and with 1, 2 and 4 handles
 # streaming at once (a stream each).
 # usage: benchmarks/serving_gpu.sh BUILD_DIR OUT_DIR [ANCHOR_PY]   (ANCHOR_PY: ../shared/bench/torch_compiled_extra.py)
@@ -28,17 +27,16 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
 section "the fused decoder against the CPU"
 step 90 "$BUILD/tests/test_cuda_ops" --only fused
-SN_FUSED_TRACE=50 step 60 "$BUILD/sn_bench" --filter decoder_fused  # with the grid kernel's phase trace
+SN_FUSED_TRACE=50 step 60 "$BUILD/sn_bench" --filter decoder_fused  # with the kernel's phase trace
 section "the model with SN_FUSED_DECODER on and off"
 step 90 "$BUILD/tests/test_small_batch" cuda
 section "the programmatic-edge probe (then without programmatic launch)"
 step 90 "$BUILD/tests/test_cuda_ops" --only pdl
 SN_PDL=0 step 60 "$BUILD/tests/test_cuda_ops" --only pdl
 for round in 1 2; do
-  for switches in "SN_FUSED_DECODER=0" "SN_FUSED_DECODER=1" "SN_FUSED_DECODER=1 SN_FUSED_GRID=1"; do
-    section "student encode, $switches, round $round"
-    # shellcheck disable=SC2086  # one word a variable
-    (export $switches; step 60 "$BUILD/sn_bench_encode" --device cuda --model-desc "$STUDENT" --batches 1,8)
+  for switch in SN_FUSED_DECODER=0 SN_FUSED_DECODER=1; do
+    section "student encode, $switch, round $round"
+    (export "${switch?}"; step 60 "$BUILD/sn_bench_encode" --device cuda --model-desc "$STUDENT" --batches 1,8)
   done
 done
 [ "${QUICK:-0}" = 1 ] && { section done; exit 0; }

@@ -869,11 +869,7 @@ int main(int argc, char **argv) {
   if (!quick) bench_linear_small_layer(SN_LINEAR_SMALL_MAX_ROWS, 896, 1152, 4864, 1, "0.5B");
   bench_decoder_fused(6, 384, 1536, 6, 2, 32, "student");  // a 32-token query, every block
   bench_decoder_fused(6, 384, 1536, 6, 2, 1, "student");
-  setenv("SN_FUSED_GRID", "1", 1);  // the student on the grid kernel too, to compare
-  bench_decoder_fused(6, 384, 1536, 6, 2, 32, "student, grid");
-  bench_decoder_fused(6, 384, 1536, 6, 2, 1, "student, grid");
-  unsetenv("SN_FUSED_GRID");
-  bench_decoder_fused(24, 896, 4864, 14, 2, 32, "0.5B tower");  // the grid kernel
+  bench_decoder_fused(24, 896, 4864, 14, 2, 32, "0.5B tower");
   bench_decoder_fused(24, 896, 4864, 14, 2, 1, "0.5B tower");
   bench_attention_rope(1, 32, 14, 2, 64, 1);
   bench_attention_rope(8, 32, 14, 2, 64, 1);

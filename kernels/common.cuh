@@ -288,8 +288,8 @@ typedef enum {
   SCRATCH_LM_ROWS,              // lm_head_xent: fp32 dhidden rows (row chunk, C) and row statistics
   SCRATCH_ADAMW_TABLE,          // adamw: block → span table
   SCRATCH_CONVERT,              // host upload/download staging
-  SCRATCH_DECODER_FUSED,        // decoder_fused_grid: activations, down's partial sums (inference only, opt-in
-                                // with SN_FUSED_DECODER: 1.5 MB at the 0.5B shape, outside the training plan)
+  SCRATCH_DECODER_FUSED,        // decoder_fused: activations, down's partial sums (inference only, opt-in
+                                // with SN_FUSED_DECODER: 0.8 MB at the 0.5B shape, outside the training plan)
   SCRATCH_SLOT_COUNT
 } scratch_slot;
 // The current context's slot (below), grown to at least `bytes`.
@@ -317,7 +317,7 @@ struct cuda_context {
   size_t scratch_bytes[SCRATCH_SLOT_COUNT];
   uint64_t scratch_moves;        // reallocations so far: the epoch graphs are checked against
   matmul_cache *matmul;          // made at the context's first GEMM (matmul.cu)
-  unsigned int *grid_barrier;    // made at its first fused grid launch (decoder_fused_grid.cu)
+  unsigned int *grid_barrier;    // made at its first fused decoder launch (decoder_fused.cu)
 };
 cuda_context *cuda_context_current(void);  // the bound context, else the default one
 cuda_context *cuda_context_bound(void);    // the bound context, else NULL
