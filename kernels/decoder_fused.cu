@@ -86,6 +86,7 @@ struct dg_args {
   unsigned long long *trace;      // NULL, or (barriers, blocks + 1) stamps (SN_FUSED_TRACE)
   int B, T, layers, C, I, Hq, Hkv;
   int down_groups, down_chunks;
+  int prefetch;  // dg_prefetch_mode
   float eps, theta, scale;
 };
 
@@ -180,12 +181,22 @@ __device__ __forceinline__ float round_bf16(float v) { return bf2f(f2bf(v)); }
 __device__ __forceinline__ void st32(bf16 *p, float lo, float hi) {
   *reinterpret_cast<uint32_t *>(p) = pack_bf16x2(lo, hi);
 }
-// Asks L2 for [p, p + bytes) (both on 16 bytes): one instruction, no register held, nothing waits.
-// sm_90's (the plan refuses older devices; their build of the kernel does without).
-__device__ __forceinline__ void prefetch_l2(const void *p, size_t bytes) {
-#if __CUDA_ARCH__ >= 900
-  if (bytes > 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"((unsigned)bytes) : "memory");
+// How a block asks L2 for the weights ahead (SN_FUSED_PREFETCH, read once): not at all, one bulk
+// prefetch a contiguous range (sm_90's cp.async.bulk.prefetch: one instruction, no register held),
+// or a prefetch.global.L2 a 128-byte line spread over the block's threads.
+enum dg_prefetch_mode { DG_PREFETCH_NONE, DG_PREFETCH_BULK, DG_PREFETCH_LINES, DG_PREFETCH_MODES };
+#define DG_L2_LINE 128
+// [p, p + bytes) into L2; bulk: p and bytes on 16 bytes, one thread's call; lines: every thread's.
+__device__ __forceinline__ void prefetch_l2(const void *p, size_t bytes, int mode) {
+  const char *c = reinterpret_cast<const char *>(p);
+  if (mode == DG_PREFETCH_LINES) {
+    for (size_t off = (size_t)threadIdx.x * DG_L2_LINE; off < bytes; off += (size_t)DG_THREADS * DG_L2_LINE)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+  } else if (mode == DG_PREFETCH_BULK && bytes > 0) {
+#if __CUDA_ARCH__ >= 900  // the plan refuses older devices; their build of the kernel does without
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c), "r"((unsigned)bytes) : "memory");
 #endif
+  }
 }
 
 // Activations other blocks wrote: rows x cols of src into shared memory, through L2 (ld.global.cg:
@@ -346,15 +357,25 @@ struct dg_share {
   }
   // the items (tile, chunk), tile-major, of warp w: an equal run each
   __device__ dg_range items(int w) const { return dg_split(tiles * chunks, w, DG_WARPS); }
-  // This block's weights into L2 (a range of whole rows, or a slice of each row).
-  __device__ void prefetch() const {
+  // This block's weights into L2 (a range of whole rows, or a slice of each row); mode:
+  // dg_prefetch_mode.
+  __device__ void prefetch(int mode) const {
     const size_t row_bytes = (size_t)chunks * DG_CHUNK * sizeof(bf16);
     if (chunks * DG_CHUNK == (int)ldw) {  // whole rows: a range a run of consecutive tiles
       const int runs = paired ? 2 : 1, run_tiles = paired ? tiles / 2 : tiles;
-      if (threadIdx.x < runs) prefetch_l2(W + (size_t)row(threadIdx.x) * ldw, run_tiles * DG_WTILE * row_bytes);
+      const size_t bytes = run_tiles * DG_WTILE * row_bytes;
+      for (int run = 0; run < runs; run++)
+        if (mode == DG_PREFETCH_LINES || threadIdx.x == run) prefetch_l2(W + (size_t)row(run) * ldw, bytes, mode);
+    } else if (mode == DG_PREFETCH_LINES) {  // a line a thread over every (row, line) pair
+      const int lines = (int)((row_bytes + DG_L2_LINE - 1) / DG_L2_LINE);
+      for (int e = threadIdx.x; e < tiles * DG_WTILE * lines; e += DG_THREADS) {
+        const int r = e / lines;
+        const char *at = reinterpret_cast<const char *>(W + ((size_t)row(r / DG_WTILE) + r % DG_WTILE) * ldw + k0);
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(at + (size_t)(e % lines) * DG_L2_LINE));
+      }
     } else {
       for (int r = threadIdx.x; r < tiles * DG_WTILE; r += DG_THREADS)
-        prefetch_l2(W + ((size_t)row(r / DG_WTILE) + r % DG_WTILE) * ldw + k0, row_bytes);
+        prefetch_l2(W + ((size_t)row(r / DG_WTILE) + r % DG_WTILE) * ldw + k0, row_bytes, mode);
     }
   }
 };
@@ -397,6 +418,7 @@ __device__ void share_product(const dg_share &s, const bf16 *X, int x_ld, int T,
         }
       }
     }
+    it = run_end;  // the last batch may stop short of DG_BATCH
     // acc[j]: weight rows g, g + 8 x tokens 8j + 2q, + 1
     float *slot = slots + (size_t)(warp + i) * DG_SLOT_FLOATS;
 #pragma unroll
@@ -414,10 +436,11 @@ __device__ void share_product(const dg_share &s, const bf16 *X, int x_ld, int T,
 __device__ __forceinline__ float tile_sum(const dg_share &s, const float *slots, int i, int r, int t) {
   const int items = s.tiles * s.chunks;
   const int first = (DG_WARPS * (i * s.chunks + 1) - 1) / items, last = (DG_WARPS * (i + 1) * s.chunks - 1) / items;
+  const bool every_warp = items >= DG_WARPS;  // then no warp's run is empty
   float sum = 0.0f;
-#pragma unroll 1
+#pragma unroll 4
   for (int w = first; w <= last; w++)
-    if (s.items(w).size() > 0) sum += slots[(size_t)(w + i) * DG_SLOT_FLOATS + r * DG_SLOT_LD + t];
+    if (every_warp || s.items(w).size() > 0) sum += slots[(size_t)(w + i) * DG_SLOT_FLOATS + r * DG_SLOT_LD + t];
   return sum;
 }
 // Calls f(i, r, t) for the pairs of weight rows (r, r + 1) of `tiles` tiles and tokens t < T, the
@@ -461,13 +484,13 @@ struct dg_layout {
 // kernel's.
 __device__ __noinline__ void prefetch_phase(const dg_args &p, const dg_layout &L, int s) {
   const int l = s / DG_PHASES;
-  if (l >= p.layers) return;
+  if (l >= p.layers || p.prefetch == DG_PREFETCH_NONE) return;
   const dg_block &b = p.blocks[l];
   switch (s % DG_PHASES) {
-    case 0: L.qkv(b).prefetch(); break;
-    case 2: L.o(b).prefetch(); break;
-    case 3: L.gate_up(b).prefetch(); break;
-    case 4: L.down(b).prefetch(); break;
+    case 0: L.qkv(b).prefetch(p.prefetch); break;
+    case 2: L.o(b).prefetch(p.prefetch); break;
+    case 3: L.gate_up(b).prefetch(p.prefetch); break;
+    case 4: L.down(b).prefetch(p.prefetch); break;
     default: break;  // attention reads no weights
   }
 }
@@ -742,6 +765,20 @@ static int dg_read_trace_every(void) {
   }
   return (int)n;
 }
+// SN_FUSED_PREFETCH (dg_prefetch_mode, default bulk), read once; another value is warned about
+// and read as the default.
+static int dg_read_prefetch_mode(void) {
+  const char *v = getenv("SN_FUSED_PREFETCH");
+  if (!v) return DG_PREFETCH_BULK;
+  if (v[0] >= '0' && v[0] < '0' + DG_PREFETCH_MODES && v[1] == '\0') return v[0] - '0';
+  fprintf(stderr, "warning: environment variable SN_FUSED_PREFETCH='%s' is not 0 (none), 1 (bulk) or 2 (lines); "
+          "read as 1\n", v);
+  return DG_PREFETCH_BULK;
+}
+static int dg_prefetch_mode(void) {
+  static const int mode = dg_read_prefetch_mode();
+  return mode;
+}
 static int dg_trace_launch(void) {
   static const int every = dg_read_trace_every();  // once, also when contexts race to the first launch
   return every;
@@ -828,7 +865,7 @@ void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *po
   a.ff = (bf16 *)(ws + 3 * act + qkv_bytes), a.partial = (float *)(ws + 3 * act + qkv_bytes + ff_bytes);
   a.barrier = dg_barrier();
   a.B = B, a.T = T, a.layers = w->layers, a.C = C, a.I = I, a.Hq = w->heads, a.Hkv = w->kv_heads;
-  a.down_groups = plan.down_groups, a.down_chunks = plan.down_chunks;
+  a.down_groups = plan.down_groups, a.down_chunks = plan.down_chunks, a.prefetch = dg_prefetch_mode();
   a.eps = w->norm_eps, a.theta = w->rope_theta, a.scale = 1.0f / sqrtf((float)w->head_dim);
   static std::atomic<int> launches{0};
   const int barriers = 1 + DG_PHASES * w->layers;

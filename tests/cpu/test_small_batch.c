@@ -274,6 +274,7 @@ static void check_fused_decoder_on_off(const sn_ops *backend, const sn_model_con
   float *embedded[2];
   encoded runs[2];
   int calls[2];
+  unsetenv("SN_FUSED_DECODER");  // "off" is the switch unset, whatever the caller's environment
   for (int on = 0; on < 2; on++) {
     if (on) setenv("SN_FUSED_DECODER", "1", 1);
     fused_calls = 0;
