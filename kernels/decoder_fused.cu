@@ -1,37 +1,34 @@
-// decoder_fused: the whole inference forward of a decoder over a few tokens in one launch (ops.h
-// decoder_fused_forward states the maths): a query through the 0.5B tower or a distilled student.
-// Why: a 32-token query is about 240 kernels through the 0.5B tower on the general path (58 through
-// the 6-layer student), 39 µs a decoder block in a CUDA graph on the H100 against 9 µs of weight
-// reads at the copy rate (docs/PERFORMANCE.md): each kernel's launch, ramp and tail cost more than
-// its work. Here one persistent grid, a block per multiprocessor, launched cooperatively so that
-// every block is resident and they can wait for each other, runs every decoder block:
-// - phases, each ended by a grid barrier: A rmsnorm + q|k|v; B attention (RoPE as it reads, a warp
-//   a (head, row) pair); C o_proj + residual; D rmsnorm + gate|up + SwiGLU; E down + residual;
-// - the activations ((T, C) rows, T <= 32) live in global memory, where at this size they stay in
-//   L2; each block copies the rows a phase reads into its shared memory (loads that bypass L1, as
-//   other blocks wrote them);
-// - a projection is split over the blocks by m-tiles of 16 weight rows (the mma's A operand, the
-//   tokens its n: mma.sync m16n8k16, fp32 accumulation), and inside a block over its warps by
-//   (tile, 32-wide k chunk) items, in equal runs; the weights go from memory straight into
-//   registers as fragments (16 bytes a lane, DG_BATCH chunks in flight), the tokens' fragments come
-//   from shared memory, and each warp leaves its sums in a slot that the block adds in warp order
-//   (deterministic). Weights are used once a query, so nothing is gained by staging them in shared
-//   memory: session 11's version did, and its products were bound by those reads (6 of 7 bytes a
-//   product moved were fragments re-read from shared memory);
-// - each block asks L2 for its share of the weights three phases ahead (cp.async.bulk.prefetch,
-//   one instruction a contiguous range, nothing held), so HBM streams during the barriers and the
-//   phases' latency and the loads find the weights in L2; three phases are at most 30 MB of the
-//   0.5B tower, inside the 50 MB L2;
-// - down is split in two dimensions (column groups x slices of the MLP's width) by a cost model
-//   (weights a unit plus the partial sums its group's last unit adds); each unit writes fp32 partial
-//   sums, and the last unit of a group to finish (an acq_rel counter) adds them in slice order
-//   (deterministic), the bias and the residual.
+// decoder_fused: the whole inference forward of a decoder over at most 32 tokens in one launch (ops.h
+// decoder_fused_forward states the maths): a query through the 0.5B tower (C 896, I 4864, 24
+// blocks) or a distilled student. One persistent grid, a block per multiprocessor, launched
+// cooperatively so that every block is resident and they can wait for each other.
+// Why: a 32-token query through the 0.5B tower is about 240 kernels on the general path, 39 µs a
+// block in a CUDA graph on the H100 against 9 µs of weight reads at the copy rate (docs/PERFORMANCE.md):
+// each kernel's launch, ramp and tail cost more than its work. Here a block costs five grid barriers
+// and the weights stream continuously:
+// - every projection is split over the blocks by output n-tiles of 8 rows (mma.sync m16n8k16, fp32
+//   accumulation); a block's share of the weights is copied into its shared memory (cp.async, which
+//   holds no registers) as soon as the region it goes to is free, so each share is in flight during
+//   the phases and barriers before the one that uses it: q|k|v and o take turns in one region,
+//   gate|up and down in the other, and gate|up's (the largest) starts a whole block ahead;
+// - the activations ((T, C) rows, at most 32) live in global memory, where at this size they stay
+//   in L2; each block copies the rows a phase reads into its shared memory (loads that bypass L1, as
+//   other blocks wrote them) and writes its output columns back;
+// - down is split in two dimensions (column groups x slices of the MLP's width), each unit's fp32
+//   partial sums written out; the last unit of a column group to finish (an acq_rel counter) adds
+//   the group's partials in slice order (deterministic), the bias and the residual.
+// Phases of a decoder block, each ended by a grid barrier: A rmsnorm + q|k|v; B attention (RoPE as
+// it reads); C o_proj + residual; D rmsnorm + gate|up + SwiGLU; E down and its sum + residual.
 // Values are rounded to bf16 where the unfused ops store them, so the result is the general path's
 // within bf16 rounding of the sums' order.
-// Measured on the H100 (docs/PERFORMANCE.md): session 11's version took 1211 µs at 32 tokens (a
-// barrier 0.7-1.0 µs, a decoder block 50 µs) against 947 µs for the unfused path; this version has
-// not yet run on a GPU, so it stays opt-in (SN_FUSED_DECODER=1). SN_FUSED_TRACE=N shows where a
-// launch's time goes, phase by phase.
+// Measured on the H100 (docs/PERFORMANCE.md, session 12): 1210 µs at 32 tokens and 848 µs at one
+// for the 24 blocks, against 0.94 ms for the unfused path's whole query, so it stays opt-in; the
+// student 175 µs at 32 tokens against 0.16 ms. A barrier costs 0.7-1.0 µs; ncu puts the rest in
+// latency chains inside each phase (staging rows, the norm, warps idle at a block's barriers), not
+// in the products (SN_FUSED_TRACE=N shows where a launch's time goes, phase by phase). Two designs
+// measured slower and were removed (docs/DESIGN.md): the student in one thread-block cluster (265
+// against 175 µs) and weights streamed from memory straight into registers with L2 prefetches
+// (1390-1736 against 1210 µs).
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -39,200 +36,75 @@
 
 #include "activations.cuh"
 
-#define DG_WARPS 16  // the phases' items are few per block: more warps finish a phase in fewer rounds
-#define DG_THREADS (DG_WARPS * WARP_SIZE)
-#define DG_WTILE 16          // weight rows of an m-tile: the mma's M
-#define DG_TOKEN_TILE 8      // tokens of an mma n-tile
-#define DG_ROWS SN_DECODER_FUSED_MAX_ROWS  // activation rows held
-#define DG_TOKEN_TILES (DG_ROWS / DG_TOKEN_TILE)
-#define DG_MMA_K 16
-#define DG_CHUNK 32          // k a warp covers with one 16-byte load a lane: lane (g, q) k 8q .. 8q + 7
-#define DG_BATCH 2           // chunks whose weights a warp loads before using them: 4 x 16 bytes a lane
-                             // (32 KB a multiprocessor; 4 spilled the kernel's registers)
-#define DG_SLOT_LD 40        // floats a slot row (a weight row's sums over the tokens): 32 + 8, so the
-                             // float2 stores of lanes g = 0..3 (rows 40 words apart) hit 32 banks
-#define DG_X_SKEW 64         // bytes: a staged row's stride is 64 past a multiple of 128, so the
-                             // 16-byte loads of rows g, g + 1 (64 bytes each) hit 32 banks
-#define DG_HEAD_DIM 64       // the attention's lane layout: a lane holds one rotation pair of a head
-#define DG_KEY_PAD 2         // bf16 appended to a rotated key row: 33 words, lanes reading keys
-                             // 0..31 at one column hit 32 banks
-#define DG_TABLE_PAD 1       // floats appended to a row of the angle table
-#define DG_MAX_LAYERS SN_DECODER_FUSED_MAX_LAYERS  // blocks passed in the kernel's parameters (80 bytes each)
-#define DG_SMEM_ALIGN 16
-#define DG_PLAN_CACHE 8      // decoder shapes a process plans for (a tower and a student or two)
-#define DG_PHASES 5          // phases (and grid barriers) a decoder block
-#define DG_PREFETCH_AHEAD 3  // phases between a share's L2 prefetch and its use
-#define DG_GROUP_COUNTS 2    // barrier words: arrival count, its value when the running launch started, then
-#define DG_MAX_GROUPS 256    // a unit count for each of down's column groups (last_of_group)
-#define DG_BARRIER_WORDS (DG_GROUP_COUNTS + DG_MAX_GROUPS)
-#define DG_LOADS_IN_FLIGHT 8 // 16-byte loads a thread issues before its stores when staging rows
+#define DF_MMA_ROWS 16        // rows of an mma m-tile
+#define DF_MMA_K 16           // k of an mma step
+#define DF_NTILE 8            // columns of an mma n-tile: 8 weight rows
+#define DF_ROWS SN_DECODER_FUSED_MAX_ROWS  // activation rows held: two m-tiles
+#define DF_HEAD_DIM 64        // the attention's lane layout: a lane holds one rotation pair of a head
+#define DF_ROW_PAD 8          // bf16 appended to a row whose width is a multiple of 16: its stride is
+                              // then 4 words past a multiple of 8, so the fragment loads of rows
+                              // g = 0..7 (4 words each) hit 32 banks
+#define DF_KEY_PAD 2          // bf16 appended to a rotated key row: 33 words, so lanes reading keys
+                              // 0..31 at one column hit 32 banks
+#define DF_TABLE_PAD 1        // floats appended to a row of the angle table
+#define DF_MAX_LAYERS SN_DECODER_FUSED_MAX_LAYERS  // blocks passed in the kernel's parameters (80 bytes each)
+#define DF_SMEM_ALIGN 16
+#define DF_PLAN_CACHE 8       // decoder shapes a process plans for (a tower and a student or two)
 
-static_assert(DG_HEAD_DIM / 2 == WARP_SIZE, "a lane holds one rotation pair of a head");
-static_assert(DG_ROWS % DG_TOKEN_TILE == 0 && DG_ROWS <= WARP_SIZE, "whole token tiles; a lane a key");
-static_assert(DG_CHUNK == 4 * BF16_PER_PACK, "a chunk is one 16-byte pack of each of a row's 4 lanes");
-static_assert(DG_SLOT_LD >= DG_ROWS, "a slot row holds every token");
+static_assert(DF_HEAD_DIM / 2 == WARP_SIZE, "a lane holds one rotation pair of a head");
+static_assert(DF_ROWS == 2 * DF_MMA_ROWS, "rows are one or two m-tiles");
 
-struct dg_block {
+struct df_block {
   const bf16 *norm_attn_w, *qkv_w, *qkv_b, *o_w, *o_b, *norm_mlp_w, *up_w, *up_b, *down_w, *down_b;
 };
-struct dg_args {
-  dg_block blocks[DG_MAX_LAYERS];
-  const bf16 *tok_embed, *final_norm_w;
-  bf16 *out;
-  const int32_t *ids, *pos, *cu_seqlens;
-  bf16 *h, *x, *qkv, *attn, *ff;  // workspace: (T, C), (T, C), (T, qkv_dim), (T, C), (T, I)
-  float *partial;                 // (down_chunks, T, C)
-  unsigned int *barrier;          // DG_BARRIER_WORDS (grid_barrier), zero before the first launch
-  unsigned long long *trace;      // NULL, or (barriers, blocks + 1) stamps (SN_FUSED_TRACE)
-  int B, T, layers, C, I, Hq, Hkv;
-  int down_groups, down_chunks;
-  int prefetch;  // dg_prefetch_mode
-  float eps, theta, scale;
-};
 
-// ---- the work split ----------------------------------------------------------------------------------
-__host__ __device__ constexpr size_t dg_round(size_t bytes) {
-  return (bytes + DG_SMEM_ALIGN - 1) / DG_SMEM_ALIGN * DG_SMEM_ALIGN;
+__host__ __device__ constexpr size_t df_round(size_t bytes) {
+  return (bytes + DF_SMEM_ALIGN - 1) / DF_SMEM_ALIGN * DF_SMEM_ALIGN;
 }
-// [begin, end) of `count` things split evenly over `parts`: part `rank`'s share.
-struct dg_range {
-  int begin, end;
-  __host__ __device__ int size() const { return end - begin; }
-};
-__host__ __device__ inline dg_range dg_split(int count, int rank, int parts) {
-  return {(int)((long long)rank * count / parts), (int)((long long)(rank + 1) * count / parts)};
-}
-// The shape and how the projections split over the blocks.
-struct dg_shape {
-  int C, I, qkv_dim, Hkv, blocks, down_groups, down_chunks;
-  __host__ __device__ int max_share(int tiles) const { return (tiles + blocks - 1) / blocks; }
-  __host__ __device__ int group_tiles() const { return C / DG_WTILE / down_groups; }
-  __host__ __device__ dg_range down_slice(int chunk) const {  // in k chunks
-    return dg_split(I / DG_CHUNK, chunk, down_chunks);
-  }
-  // the most m-tiles a block takes in one phase (its slots)
-  __host__ __device__ int max_tiles() const {
-    return max(max(max_share(qkv_dim / DG_WTILE), max_share(C / DG_WTILE)),
-               max(2 * max_share(I / DG_WTILE), group_tiles()));
-  }
-  __host__ __device__ int max_slice() const { return (I / DG_CHUNK + down_chunks - 1) / down_chunks * DG_CHUNK; }
-};
-// A staged row's stride (bf16) for a width that is a multiple of DG_CHUNK.
-__host__ __device__ inline int dg_x_ld(int width) {
-  const int bytes = width * (int)sizeof(bf16);
-  return width + (DG_X_SKEW - bytes % (2 * DG_X_SKEW) + 2 * DG_X_SKEW) % (2 * DG_X_SKEW) / (int)sizeof(bf16);
-}
-
-// ---- shared memory ---------------------------------------------------------------------------------
-// xa: the rows a phase reads (DG_ROWS of C, or of a down slice); slots: each warp's sums of a tile
-// (16 weight rows x the tokens, fp32), DG_WARPS + the block's tiles of them (product's indexing).
-// During attention xa holds the angle table, the rotated keys and the values of every kv head and a
-// query row a warp instead.
-struct dg_smem {
-  bf16 *xa, *norm_w;  // norm_w: the next norm's weight (C)
-  float *slots;
-  int *seq_start, *flag;
-};
-struct dg_attn_smem {
-  float *cos_t, *sin_t, *q_buf;
-  bf16 *keys, *values;
-  int table_ld, key_ld;
-};
-struct dg_carver {  // consecutive aligned pieces of base (NULL: only counts the bytes, in `at`)
+// Carves consecutive aligned pieces out of base (NULL: only counts the bytes, in `at`).
+struct df_carver {
   unsigned char *base;
   size_t at;
   template <typename T>
   __host__ __device__ T *take(size_t count) {
     unsigned char *p = base ? base + at : nullptr;
-    at += dg_round(count * sizeof(T));
+    at += df_round(count * sizeof(T));
     return reinterpret_cast<T *>(p);
   }
 };
-__host__ __device__ inline size_t dg_attn_carve(unsigned char *base, dg_attn_smem *s, int Hkv) {
-  s->table_ld = DG_HEAD_DIM / 2 + DG_TABLE_PAD, s->key_ld = DG_HEAD_DIM + DG_KEY_PAD;
-  dg_carver c = {base, 0};
-  s->cos_t = c.take<float>((size_t)DG_ROWS * s->table_ld);
-  s->sin_t = c.take<float>((size_t)DG_ROWS * s->table_ld);
-  s->q_buf = c.take<float>((size_t)DG_WARPS * DG_HEAD_DIM);
-  s->keys = c.take<bf16>((size_t)Hkv * DG_ROWS * s->key_ld);
-  s->values = c.take<bf16>((size_t)Hkv * DG_ROWS * DG_HEAD_DIM);
-  return c.at;
-}
-#define DG_SLOT_FLOATS (DG_WTILE * DG_SLOT_LD)
-__host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, const dg_shape &sh) {
-  dg_attn_smem attn;
-  const size_t rows = (size_t)DG_ROWS * max(dg_x_ld(sh.C), dg_x_ld(sh.max_slice())) * sizeof(bf16);
-  const size_t xa = max(rows, dg_attn_carve(nullptr, &attn, sh.Hkv));
-  dg_carver c = {base, 0};
-  s->xa = c.take<bf16>(xa / sizeof(bf16));
-  s->norm_w = c.take<bf16>(sh.C);
-  s->slots = c.take<float>((size_t)(DG_WARPS + sh.max_tiles()) * DG_SLOT_FLOATS);
-  s->seq_start = c.take<int>(DG_ROWS);
-  s->flag = c.take<int>(1);
-  return c.at;
-}
 
-// ---- small helpers -----------------------------------------------------------------------------------
+// ---- small helpers ---------------------------------------------------------------------------------
 __device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 __device__ __forceinline__ uint32_t ldg32(const bf16 *p) { return __ldg(reinterpret_cast<const unsigned int *>(p)); }
-__device__ __forceinline__ uint32_t ldcg32(const bf16 *p) { return __ldcg(reinterpret_cast<const unsigned int *>(p)); }
 __device__ __forceinline__ float bias_at(const bf16 *bias, int n) { return bias ? bf2f(bias[n]) : 0.0f; }
 __device__ __forceinline__ float round_bf16(float v) { return bf2f(f2bf(v)); }
-__device__ __forceinline__ void st32(bf16 *p, float lo, float hi) {
-  *reinterpret_cast<uint32_t *>(p) = pack_bf16x2(lo, hi);
-}
-// How a block asks L2 for the weights ahead (SN_FUSED_PREFETCH, read once): not at all, one bulk
-// prefetch a contiguous range (sm_90's cp.async.bulk.prefetch: one instruction, no register held),
-// or a prefetch.global.L2 a 128-byte line spread over the block's threads.
-enum dg_prefetch_mode { DG_PREFETCH_NONE, DG_PREFETCH_BULK, DG_PREFETCH_LINES, DG_PREFETCH_MODES };
-#define DG_L2_LINE 128
-// [p, p + bytes) into L2; bulk: p and bytes on 16 bytes, one thread's call; lines: every thread's.
-__device__ __forceinline__ void prefetch_l2(const void *p, size_t bytes, int mode) {
-  const char *c = reinterpret_cast<const char *>(p);
-  if (mode == DG_PREFETCH_LINES) {
-    for (size_t off = (size_t)threadIdx.x * DG_L2_LINE; off < bytes; off += (size_t)DG_THREADS * DG_L2_LINE)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
-  } else if (mode == DG_PREFETCH_BULK && bytes > 0) {
-#if __CUDA_ARCH__ >= 900  // the plan refuses older devices; their build of the kernel does without
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c), "r"((unsigned)bytes) : "memory");
-#endif
-  }
+
+// Calls f(row, column, v0, v1) for the accumulator pairs of rows < T: lane (g, q) holds columns
+// n0 + 2q, + 1 of rows g and g + 8 of each m-tile (the first at row0).
+template <int MT, typename F>
+__device__ __forceinline__ void for_each_pair(const float (&acc)[MT][4], int n0, int T, int g, int q, F f,
+                                              int row0 = 0) {
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+      const int row = row0 + mt * DF_MMA_ROWS + g + 8 * hh;
+      if (row < T) f(row, n0 + 2 * q, acc[mt][2 * hh], acc[mt][2 * hh + 1]);
+    }
 }
 
-// Activations other blocks wrote: rows x cols of src into shared memory, through L2 (ld.global.cg:
-// L1 may hold the lines' older contents). A thread's packs are DG_THREADS apart, their (row, pack)
-// stepped without dividing; DG_LOADS_IN_FLIGHT loads a thread before its stores (the 0.5B tower's
-// 32 rows are 7 packs a thread: one round trip).
-__device__ inline void load_rows(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
-  const int packs = cols / BF16_PER_PACK, n = rows * packs;
-  const int step_r = DG_THREADS / packs, step_c = DG_THREADS % packs;
-  int r = threadIdx.x / packs, c = threadIdx.x % packs;
-  auto step = [&](int &row, int &pack) {
-    row += step_r, pack += step_c;
-    if (pack >= packs) pack -= packs, row++;
-  };
-  for (int e0 = threadIdx.x; e0 < n; e0 += DG_LOADS_IN_FLIGHT * DG_THREADS) {
-    uint4 v[DG_LOADS_IN_FLIGHT];
-    int r0 = r, c0 = c;
-#pragma unroll
-    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++, step(r, c))
-      if (e0 + i * DG_THREADS < n) v[i] = __ldcg(reinterpret_cast<const uint4 *>(src + (size_t)r * src_ld + c * BF16_PER_PACK));
-#pragma unroll
-    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++, step(r0, c0))
-      if (e0 + i * DG_THREADS < n) *reinterpret_cast<uint4 *>(dst + r0 * dst_ld + c0 * BF16_PER_PACK) = v[i];
-  }
-}
-// A norm's weight (C) into shared memory ahead of its phase (cp.async, its own group); the phase
-// waits for every group before its norm. Inside a norm's loop the weight's global loads were
-// serialised behind the stores (their pointers may alias): 7% of session 11's stall samples.
-__device__ inline void stage_norm_weight(bf16 *dst, const bf16 *w, int C) {
-  for (int i = threadIdx.x; i < C / BF16_PER_PACK; i += DG_THREADS)
-    cp_async16(dst + i * BF16_PER_PACK, w + i * BF16_PER_PACK);
-  cp_async_commit();
+// The n-tiles [begin, end) of a projection split over `parts` workers: worker `rank`'s share.
+struct df_range {
+  int begin, end;
+};
+__host__ __device__ __forceinline__ int df_share(int tiles, int parts) { return (tiles + parts - 1) / parts; }
+__device__ __forceinline__ df_range block_tiles(int tiles, int rank, int parts) {
+  const int per = df_share(tiles, parts);
+  return {min(tiles, rank * per), min(tiles, (rank + 1) * per)};
 }
 
 // dst rows t = first, first + step, ... < T (stride dst_ld) = bf16(src * rstd * weight) as
-// rmsnorm_forward computes it; a warp a row. src and weight are shared memory; dst may be src.
+// rmsnorm_forward computes it; a warp a row. src is shared memory; dst may be src.
 __device__ inline void norm_rows(bf16 *dst, int dst_ld, const bf16 *src, int src_ld, const bf16 *weight, int first,
                                  int step, int T, int C, float eps, int lane) {
   for (int t = first; t < T; t += step) {
@@ -244,7 +116,7 @@ __device__ inline void norm_rows(bf16 *dst, int dst_ld, const bf16 *src, int src
     }
     const float rstd = rsqrtf(warp_sum(ss) / C + eps);
     for (int c = 2 * lane; c < C; c += 2 * WARP_SIZE) {
-      const uint32_t v = lds32(x + c), wv = lds32(weight + c);
+      const uint32_t v = lds32(x + c), wv = ldg32(weight + c);
       *reinterpret_cast<uint32_t *>(dst + (size_t)t * dst_ld + c) =
           pack_bf16x2(bf16_lo(v) * rstd * bf16_lo(wv), bf16_hi(v) * rstd * bf16_hi(wv));
     }
@@ -253,13 +125,13 @@ __device__ inline void norm_rows(bf16 *dst, int dst_ld, const bf16 *src, int src
 
 // The attention of query row t of one head, by one warp, RoPE applied as the unfused ops apply it.
 // (q1, q2): the row's unrotated pair `lane` (elements lane and lane + 32), (c, s) its angle; q_buf:
-// the warp's DG_HEAD_DIM floats of shared memory; keys: the head's rotated keys (bf16, rows of
+// the warp's DF_HEAD_DIM floats of shared memory; keys: the head's rotated keys (bf16, rows of
 // key_ld, shared memory), values its value rows (of v_ld, shared memory); rows [first, t] attended
 // (causal, inside the row's sequence), a lane a key. Returns the lane's output pair, columns
 // 2 lane and 2 lane + 1.
 __device__ inline float2 attend_row(float q1, float q2, float c, float s, float *q_buf, const bf16 *keys, int key_ld,
                                     const bf16 *values, int v_ld, int first, int t, float scale, int lane) {
-  constexpr int D = DG_HEAD_DIM, HALF = D / 2;
+  constexpr int D = DF_HEAD_DIM, HALF = D / 2;
   float r1, r2;
   rope_rotate(q1, q2, c, s, &r1, &r2);
   q_buf[lane] = round_bf16(r1), q_buf[lane + HALF] = round_bf16(r2);
@@ -287,6 +159,116 @@ __device__ inline float2 attend_row(float q1, float q2, float c, float s, float 
   }
   __syncwarp();  // every lane has read q_buf before the warp's next pair rotates into it
   return make_float2(o0 * inv_sum, o1 * inv_sum);
+}
+
+#define DG_WARPS 16  // 16 warps a block: the phases' jobs ((tile, m-tile) pairs) are few per block,
+                     // so more warps finish a phase in fewer rounds; at most 128 registers a thread
+#define DG_THREADS (DG_WARPS * WARP_SIZE)
+#define DG_GROUP_COUNTS 2    // barrier words: arrival count, its value when the running launch started, then
+#define DG_MAX_GROUPS 256    // a unit count for each of down's column groups (last_of_group)
+#define DG_BARRIER_WORDS (DG_GROUP_COUNTS + DG_MAX_GROUPS)
+
+struct dg_args {
+  df_block blocks[DF_MAX_LAYERS];
+  const bf16 *tok_embed, *final_norm_w;
+  bf16 *out;
+  const int32_t *ids, *pos, *cu_seqlens;
+  bf16 *h, *x, *qkv, *attn, *ff;  // workspace: (T, C), (T, C), (T, qkv_dim), (T, C), (T, I)
+  float *partial;                 // (down_chunks, T, C)
+  unsigned int *barrier;          // DG_BARRIER_WORDS (grid_barrier), zero before the first launch
+  unsigned long long *trace;      // NULL, or (barriers, blocks + 1) stamps (SN_FUSED_TRACE)
+  int B, T, layers, C, I, Hq, Hkv;
+  int down_groups, down_chunks;
+  float eps, theta, scale;
+};
+
+// ---- shared memory ---------------------------------------------------------------------------------
+// xa: the rows a phase reads (DF_ROWS of C, or of a down slice); wb: this block's q|k|v rows, then
+// its o rows; wa: its gate rows, up rows, then its down unit. During attention xa holds the angle
+// table, the rotated keys and the values of every kv head and a query row a warp instead.
+struct dg_smem {
+  bf16 *xa, *wb, *wa;
+  int *seq_start, *flag;
+  int ld;  // C + DF_ROW_PAD
+};
+struct dg_shape {
+  int C, I, qkv_dim, Hkv, blocks, down_groups, down_chunks;
+  // n-tiles a block of each projection (gate|up: pairs of a gate and an up tile)
+  __host__ __device__ int qkv_share() const { return df_share(qkv_dim / DF_NTILE, blocks); }
+  __host__ __device__ int o_share() const { return df_share(C / DF_NTILE, blocks); }
+  __host__ __device__ int pair_share() const { return df_share(I / DF_NTILE, blocks); }
+  __host__ __device__ int down_cols() const { return C / down_groups; }
+  __host__ __device__ int down_k() const { return I / down_chunks; }
+};
+// The attention phase's carve of xa.
+struct dg_attn_smem {
+  float *cos_t, *sin_t, *q_buf;
+  bf16 *keys, *values;
+  int table_ld, key_ld;
+};
+__host__ __device__ inline size_t dg_attn_carve(unsigned char *base, dg_attn_smem *s, int Hkv) {
+  s->table_ld = DF_HEAD_DIM / 2 + DF_TABLE_PAD, s->key_ld = DF_HEAD_DIM + DF_KEY_PAD;
+  df_carver c = {base, 0};
+  s->cos_t = c.take<float>((size_t)DF_ROWS * s->table_ld);
+  s->sin_t = c.take<float>((size_t)DF_ROWS * s->table_ld);
+  s->q_buf = c.take<float>((size_t)DG_WARPS * DF_HEAD_DIM);
+  s->keys = c.take<bf16>((size_t)Hkv * DF_ROWS * s->key_ld);
+  s->values = c.take<bf16>((size_t)Hkv * DF_ROWS * DF_HEAD_DIM);
+  return c.at;
+}
+
+__host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, const dg_shape &sh) {
+  const int ld = sh.C + DF_ROW_PAD, k_ld = sh.down_k() + DF_ROW_PAD;
+  const size_t tile = (size_t)DF_NTILE * ld * sizeof(bf16);
+  const size_t wb = (size_t)max(sh.qkv_share(), sh.o_share()) * tile;  // bytes
+  const size_t wa = max((size_t)2 * sh.pair_share() * tile, (size_t)sh.down_cols() * k_ld * sizeof(bf16));
+  dg_attn_smem attn;  // the attention phase's carve of xa, which a narrow decoder's rows may not cover
+  const size_t xa = max((size_t)DF_ROWS * ld * sizeof(bf16), dg_attn_carve(nullptr, &attn, sh.Hkv));
+  s->ld = ld;
+  df_carver c = {base, 0};
+  s->xa = c.take<bf16>(xa / sizeof(bf16));
+  s->wb = c.take<bf16>(wb / sizeof(bf16));
+  s->wa = c.take<bf16>(wa / sizeof(bf16));
+  s->seq_start = c.take<int>(DF_ROWS);
+  s->flag = c.take<int>(1);
+  return c.at;
+}
+// ---- copies --------------------------------------------------------------------------------------------
+// Weights: rows x cols (a multiple of 8) of src (row stride src_ld) into dst (stride dst_ld) with
+// cp.async, spread over the block; the caller commits the group.
+__device__ inline void stage_weights(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
+  const int packs = cols / BF16_PER_PACK;
+  for (int e = threadIdx.x; e < rows * packs; e += DG_THREADS) {
+    const int r = e / packs, c = e % packs * BF16_PER_PACK;
+    cp_async16(dst + (size_t)r * dst_ld + c, src + (size_t)r * src_ld + c);
+  }
+}
+// Activations other blocks wrote: rows x cols of src into shared memory, through L2 (ld.global.cg:
+// L1 may hold the lines' older contents).
+// DG_LOADS_IN_FLIGHT loads a thread before its stores: the phase waits on this copy's latency.
+#define DG_LOADS_IN_FLIGHT 4
+__device__ inline void load_rows(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
+  const int packs = cols / BF16_PER_PACK, n = rows * packs;
+  for (int e0 = threadIdx.x; e0 < n; e0 += DG_LOADS_IN_FLIGHT * DG_THREADS) {
+    uint4 v[DG_LOADS_IN_FLIGHT];
+#pragma unroll
+    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++) {
+      const int e = e0 + i * DG_THREADS;
+      const bf16 *from = src + (size_t)(e / packs) * src_ld + e % packs * BF16_PER_PACK;
+      if (e < n) v[i] = __ldcg(reinterpret_cast<const uint4 *>(from));
+    }
+#pragma unroll
+    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++) {
+      const int e = e0 + i * DG_THREADS;
+      if (e < n) *reinterpret_cast<uint4 *>(dst + (size_t)(e / packs) * dst_ld + e % packs * BF16_PER_PACK) = v[i];
+    }
+  }
+}
+__device__ __forceinline__ uint32_t ldcg32(const bf16 *p) {
+  return __ldcg(reinterpret_cast<const unsigned int *>(p));
+}
+__device__ __forceinline__ void st32(bf16 *p, float lo, float hi) {
+  *reinterpret_cast<uint32_t *>(p) = pack_bf16x2(lo, hi);
 }
 
 // ---- the grid barrier ------------------------------------------------------------------------------
@@ -344,174 +326,82 @@ __device__ inline bool last_of_group(unsigned int *count, int units, int *flag) 
   return *flag;
 }
 
-// ---- products ----------------------------------------------------------------------------------------
-// A block's share of a projection: `tiles` m-tiles of 16 weight rows, k chunks [k0 / 32, + chunks)
-// of each. Tile i's first row is 16 (tile0 + i); with `paired` (gate|up) tile 2j is gate tile
-// tile0 + j and 2j + 1 the matching up tile, `paired` rows further.
-struct dg_share {
-  const bf16 *W;
-  size_t ldw;
-  int tile0, tiles, k0, chunks, paired;
-  __device__ int row(int i) const {
-    return paired ? (tile0 + i / 2) * DG_WTILE + (i % 2) * paired : (tile0 + i) * DG_WTILE;
-  }
-  // the items (tile, chunk), tile-major, of warp w: an equal run each
-  __device__ dg_range items(int w) const { return dg_split(tiles * chunks, w, DG_WARPS); }
-  // This block's weights into L2 (a range of whole rows, or a slice of each row); mode:
-  // dg_prefetch_mode.
-  __device__ void prefetch(int mode) const {
-    const size_t row_bytes = (size_t)chunks * DG_CHUNK * sizeof(bf16);
-    if (chunks * DG_CHUNK == (int)ldw) {  // whole rows: a range a run of consecutive tiles
-      const int runs = paired ? 2 : 1, run_tiles = paired ? tiles / 2 : tiles;
-      const size_t bytes = run_tiles * DG_WTILE * row_bytes;
-      for (int run = 0; run < runs; run++)
-        if (mode == DG_PREFETCH_LINES || threadIdx.x == run) prefetch_l2(W + (size_t)row(run) * ldw, bytes, mode);
-    } else if (mode == DG_PREFETCH_LINES) {  // a line a thread over every (row, line) pair
-      const int lines = (int)((row_bytes + DG_L2_LINE - 1) / DG_L2_LINE);
-      for (int e = threadIdx.x; e < tiles * DG_WTILE * lines; e += DG_THREADS) {
-        const int r = e / lines;
-        const char *at = reinterpret_cast<const char *>(W + ((size_t)row(r / DG_WTILE) + r % DG_WTILE) * ldw + k0);
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(at + (size_t)(e % lines) * DG_L2_LINE));
-      }
-    } else {
-      for (int r = threadIdx.x; r < tiles * DG_WTILE; r += DG_THREADS)
-        prefetch_l2(W + ((size_t)row(r / DG_WTILE) + r % DG_WTILE) * ldw + k0, row_bytes, mode);
-    }
-  }
-};
-__device__ __forceinline__ uint4 ldg128(const bf16 *p) { return __ldg(reinterpret_cast<const uint4 *>(p)); }
-__device__ __forceinline__ uint4 lds128(const bf16 *p) { return *reinterpret_cast<const uint4 *>(p); }
-
-// Each warp's items of the share times the staged rows X (T tokens of the share's k slice, stride
-// x_ld): lane (g, q) loads 16 bytes of weight rows g and g + 8 of the tile and of token rows g of
-// each token tile, k 8q .. 8q + 7 of a chunk, so one chunk is two mma steps whose k order is the
-// same permutation for both operands (the sum is over the same products). A warp's sums of tile i
-// go to slot warp + i: the warps are in order along the items, so warp + i is unique to a (warp,
-// tile) pair that has items.
-__device__ void share_product(const dg_share &s, const bf16 *X, int x_ld, int T, float *slots, int warp, int g,
-                              int q) {
-  const dg_range mine = s.items(warp);
-  const int token_tiles = (T + DG_TOKEN_TILE - 1) / DG_TOKEN_TILE;
-  const bf16 *x = X + (size_t)g * x_ld + BF16_PER_PACK * q;
-  for (int it = mine.begin; it < mine.end;) {
-    const int i = it / s.chunks, run_end = min(mine.end, (i + 1) * s.chunks);
-    const bf16 *w_lo = s.W + (size_t)(s.row(i) + g) * s.ldw + s.k0 + BF16_PER_PACK * q;
-    const bf16 *w_hi = w_lo + (size_t)8 * s.ldw;
-    float acc[DG_TOKEN_TILES][4] = {};
-    for (; it < run_end; it += DG_BATCH) {
-      const int c0 = it - i * s.chunks, n = min(DG_BATCH, run_end - it);
-      uint4 lo[DG_BATCH], hi[DG_BATCH];
-#pragma unroll
-      for (int b = 0; b < DG_BATCH; b++)
-        if (b < n) lo[b] = ldg128(w_lo + (c0 + b) * DG_CHUNK), hi[b] = ldg128(w_hi + (c0 + b) * DG_CHUNK);
-#pragma unroll
-      for (int b = 0; b < DG_BATCH; b++) {
-        if (b >= n) break;
-        const uint32_t a0[4] = {lo[b].x, hi[b].x, lo[b].y, hi[b].y}, a1[4] = {lo[b].z, hi[b].z, lo[b].w, hi[b].w};
-#pragma unroll
-        for (int j = 0; j < DG_TOKEN_TILES; j++) {
-          if (j >= token_tiles) break;
-          const uint4 xv = lds128(x + (size_t)j * DG_TOKEN_TILE * x_ld + (c0 + b) * DG_CHUNK);
-          const uint32_t b0[2] = {xv.x, xv.y}, b1[2] = {xv.z, xv.w};
-          mma_bf16(acc[j], a0, b0);
-          mma_bf16(acc[j], a1, b1);
-        }
-      }
-    }
-    it = run_end;  // the last batch may stop short of DG_BATCH
-    // acc[j]: weight rows g, g + 8 x tokens 8j + 2q, + 1
-    float *slot = slots + (size_t)(warp + i) * DG_SLOT_FLOATS;
-#pragma unroll
-    for (int j = 0; j < DG_TOKEN_TILES; j++) {
-      if (j >= token_tiles) break;
-      const int t = j * DG_TOKEN_TILE + 2 * q;
-      *reinterpret_cast<float2 *>(slot + g * DG_SLOT_LD + t) = make_float2(acc[j][0], acc[j][1]);
-      *reinterpret_cast<float2 *>(slot + (g + 8) * DG_SLOT_LD + t) = make_float2(acc[j][2], acc[j][3]);
-    }
-  }
+// ---- products --------------------------------------------------------------------------------------
+// acc (16 rows from row0 x 8 columns) = A (shared, rows of lda) · B^T, B the tile's 8 weight rows
+// (shared, rows of ldb), over ksteps k-steps of 16. A warp has one or two such jobs a phase, so the
+// product's latency is the chain of dependent mma: DG_CHAINS accumulators take turns over the
+// k-steps (a chain DG_CHAINS times shorter) and are added at the end.
+#define DG_CHAINS 4
+__device__ __forceinline__ void mma_step(float (&acc)[4], const bf16 *a, int lda, const bf16 *b) {
+  const uint32_t frag[4] = {lds32(a), lds32(a + 8 * lda), lds32(a + DF_MMA_K / 2), lds32(a + 8 * lda + DF_MMA_K / 2)};
+  const uint32_t w[2] = {lds32(b), lds32(b + DF_MMA_K / 2)};
+  mma_bf16(acc, frag, w);
 }
-// The share's sum for weight row r (0..15) of tile i and token t: the slots of the warps whose items
-// cover the tile (from the warp of its first item to that of its last), in warp order. After
-// share_product and a __syncthreads.
-__device__ __forceinline__ float tile_sum(const dg_share &s, const float *slots, int i, int r, int t) {
-  const int items = s.tiles * s.chunks;
-  const int first = (DG_WARPS * (i * s.chunks + 1) - 1) / items, last = (DG_WARPS * (i + 1) * s.chunks - 1) / items;
-  const bool every_warp = items >= DG_WARPS;  // then no warp's run is empty
-  float sum = 0.0f;
-#pragma unroll 4
-  for (int w = first; w <= last; w++)
-    if (every_warp || s.items(w).size() > 0) sum += slots[(size_t)(w + i) * DG_SLOT_FLOATS + r * DG_SLOT_LD + t];
-  return sum;
+__device__ __forceinline__ void smem_product(float (&acc)[1][4], const bf16 *A, int lda, int row0, const bf16 *B,
+                                             int ldb, int ksteps, int g, int q) {
+  float part[DG_CHAINS][4] = {};
+  const bf16 *a = A + (size_t)(row0 + g) * lda + 2 * q, *b = B + (size_t)g * ldb + 2 * q;
+  int s = 0;
+  for (; s + DG_CHAINS <= ksteps; s += DG_CHAINS)
+#pragma unroll
+    for (int c = 0; c < DG_CHAINS; c++) mma_step(part[c], a + (s + c) * DF_MMA_K, lda, b + (s + c) * DF_MMA_K);
+  for (; s < ksteps; s++) mma_step(part[0], a + s * DF_MMA_K, lda, b + s * DF_MMA_K);
+#pragma unroll
+  for (int i = 0; i < 4; i++) acc[0][i] = (part[0][i] + part[1][i]) + (part[2][i] + part[3][i]);
 }
-// Calls f(i, r, t) for the pairs of weight rows (r, r + 1) of `tiles` tiles and tokens t < T, the
-// tokens fastest (consecutive threads read consecutive slot words).
-template <typename F>
-__device__ __forceinline__ void for_each_output(int tiles, int T, F f) {
-  const int per_tile = DG_WTILE / 2 * T;
-  for (int e = threadIdx.x; e < tiles * per_tile; e += DG_THREADS) {
-    const int i = e / per_tile, r = e % per_tile / T * 2, t = e % T;
-    f(i, r, t);
-  }
-}
-
-// This block's shares of each projection of a decoder block: m-tile ranges of q|k|v, o and the
-// gate|up pairs, and its unit of down (column group x slice of I) if it has one.
-struct dg_layout {
-  dg_range qkv_tiles, o_tiles, pairs, slice;
-  int C, I, group, group_tiles, chunk;
-  bool has_unit;
-  __device__ dg_layout(const dg_shape &sh, int rank)
-      : qkv_tiles(dg_split(sh.qkv_dim / DG_WTILE, rank, sh.blocks)), o_tiles(dg_split(sh.C / DG_WTILE, rank, sh.blocks)),
-        pairs(dg_split(sh.I / DG_WTILE, rank, sh.blocks)), slice(sh.down_slice(rank / sh.down_groups)), C(sh.C),
-        I(sh.I), group(rank % sh.down_groups), group_tiles(sh.group_tiles()), chunk(rank / sh.down_groups),
-        has_unit(rank < sh.down_groups * sh.down_chunks) {}
-  __device__ dg_share qkv(const dg_block &b) const {
-    return {b.qkv_w, (size_t)C, qkv_tiles.begin, qkv_tiles.size(), 0, C / DG_CHUNK, 0};
-  }
-  __device__ dg_share o(const dg_block &b) const {
-    return {b.o_w, (size_t)C, o_tiles.begin, o_tiles.size(), 0, C / DG_CHUNK, 0};
-  }
-  __device__ dg_share gate_up(const dg_block &b) const {
-    return {b.up_w, (size_t)C, pairs.begin, 2 * pairs.size(), 0, C / DG_CHUNK, I};
-  }
-  __device__ dg_share down(const dg_block &b) const {
-    return {b.down_w, (size_t)I, group * group_tiles, has_unit ? group_tiles : 0, slice.begin * DG_CHUNK,
-            slice.size(), 0};
-  }
-};
-// Phase s = DG_PHASES l + k (k: A .. E) of the launch: this block's share of the weights it reads
-// into L2. Not inlined: it runs five times a decoder block, and inlined its registers spilled the
-// kernel's.
-__device__ __noinline__ void prefetch_phase(const dg_args &p, const dg_layout &L, int s) {
-  const int l = s / DG_PHASES;
-  if (l >= p.layers || p.prefetch == DG_PREFETCH_NONE) return;
-  const dg_block &b = p.blocks[l];
-  switch (s % DG_PHASES) {
-    case 0: L.qkv(b).prefetch(p.prefetch); break;
-    case 2: L.o(b).prefetch(p.prefetch); break;
-    case 3: L.gate_up(b).prefetch(p.prefetch); break;
-    case 4: L.down(b).prefetch(p.prefetch); break;
-    default: break;  // attention reads no weights
+static_assert(DG_CHAINS == 4, "the sum above adds four chains");
+// The block's `tiles` staged n-tiles (tile i's rows at W + 8 i ldw) times A, a warp a (tile, m-tile)
+// job; epi(acc, i, row0) gets each.
+template <typename Epi>
+__device__ __forceinline__ void project(const bf16 *A, int lda, const bf16 *W, int ldw, int tiles, int ksteps, int T,
+                                        int warp, int g, int q, Epi epi) {
+  const int mtiles = (T + DF_MMA_ROWS - 1) / DF_MMA_ROWS;
+  for (int job = warp; job < tiles * mtiles; job += DG_WARPS) {
+    const int i = job / mtiles, row0 = job % mtiles * DF_MMA_ROWS;
+    float acc[1][4];
+    smem_product(acc, A, lda, row0, W + (size_t)i * DF_NTILE * ldw, ldw, ksteps, g, q);
+    epi(acc, i, row0);
   }
 }
 
 // ---- the kernel ------------------------------------------------------------------------------------
-// Each block prefetches the share phase s + DG_PREFETCH_AHEAD reads as phase s starts.
+// The copy groups each thread commits, in order: q|k|v(0), gate|up(0); then per block l: o(l) after
+// A, q|k|v(l+1) after C, down(l) after D, gate|up(l+1) after E (empty groups past the last block).
+// Each phase waits for what it reads: A for all but the newest group (gate|up may stay in flight),
+// C, E for all.
 __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __grid_constant__ dg_args p) {
   extern __shared__ __align__(16) unsigned char dg_shared[];
-  constexpr int D = DG_HEAD_DIM, HALF = D / 2;
+  constexpr int D = DF_HEAD_DIM, HALF = D / 2;
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
   const int T = p.T, C = p.C, I = p.I, Hq = p.Hq, Hkv = p.Hkv, qkv_dim = (Hq + 2 * Hkv) * D;
   const int rank = blockIdx.x, blocks = gridDim.x;
   const dg_shape sh = {C, I, qkv_dim, Hkv, blocks, p.down_groups, p.down_chunks};
   dg_smem S;
   dg_carve(dg_shared, &S, sh);
-  const int ld = dg_x_ld(C);
+  const int ld = S.ld, KC = C / DF_MMA_K;
   dg_sync sync = {p.barrier, p.trace, threadIdx.x == 0 ? ld_acquire(p.barrier + 1) : 0u, 0};
 
-  const dg_layout L(sh, rank);
-  const int slice_ld = dg_x_ld(L.slice.size() * DG_CHUNK), group_cols = sh.group_tiles() * DG_WTILE;
-  for (int s = 0; s < DG_PREFETCH_AHEAD; s++) prefetch_phase(p, L, s);
+  const df_range qkv_tiles = block_tiles(qkv_dim / DF_NTILE, rank, blocks);
+  const df_range o_tiles = block_tiles(C / DF_NTILE, rank, blocks);
+  const df_range pairs = block_tiles(I / DF_NTILE, rank, blocks);
+  const int n_qkv = qkv_tiles.end - qkv_tiles.begin, n_o = o_tiles.end - o_tiles.begin;
+  const int n_pairs = pairs.end - pairs.begin, pair_rows = n_pairs * DF_NTILE;
+  const bool has_unit = rank < p.down_groups * p.down_chunks;
+  const int group = rank % p.down_groups, chunk = rank / p.down_groups;
+  const int down_cols = sh.down_cols(), down_k = sh.down_k(), k_ld = down_k + DF_ROW_PAD;
+
+  auto stage_qkv = [&](const df_block &blk) {
+    stage_weights(S.wb, ld, blk.qkv_w + (size_t)qkv_tiles.begin * DF_NTILE * C, C, n_qkv * DF_NTILE, C);
+  };
+  auto stage_gate_up = [&](const df_block &blk) {
+    stage_weights(S.wa, ld, blk.up_w + (size_t)pairs.begin * DF_NTILE * C, C, pair_rows, C);
+    stage_weights(S.wa + (size_t)pair_rows * ld, ld, blk.up_w + ((size_t)I + pairs.begin * DF_NTILE) * C, C,
+                  pair_rows, C);
+  };
+  stage_qkv(p.blocks[0]);
+  cp_async_commit();
+  stage_gate_up(p.blocks[0]);
+  cp_async_commit();
 
   // h = the token embeddings
   for (int e = rank * DG_THREADS + threadIdx.x; e < T * (C / BF16_PER_PACK); e += blocks * DG_THREADS) {
@@ -524,36 +414,29 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
     while (b + 1 < p.B && p.cu_seqlens[b + 1] <= t) b++;
     S.seq_start[t] = p.cu_seqlens[b];
   }
-  stage_norm_weight(S.norm_w, p.blocks[0].norm_attn_w, C);
   grid_barrier(sync);
 
   for (int l = 0; l < p.layers; l++) {
-    const dg_block &blk = p.blocks[l];
-    const int s0 = l * DG_PHASES;
-    // A: xn = rmsnorm(h) (every block, all rows); q|k|v = xn W_qkv^T + b, this block's rows of W
-    prefetch_phase(p, L, s0 + DG_PREFETCH_AHEAD);
-    const dg_share qkv = L.qkv(blk);
-    if (qkv.tiles > 0) {
-      load_rows(S.xa, ld, p.h, C, T, C);
-      cp_async_wait<0>();  // the norm's weight
-      __syncthreads();
-      norm_rows(S.xa, ld, S.xa, ld, S.norm_w, warp, DG_WARPS, T, C, p.eps, lane);
-      __syncthreads();
-      share_product(qkv, S.xa, ld, T, S.slots, warp, g, q);
-      __syncthreads();
-      for_each_output(qkv.tiles, T, [&](int i, int r, int t) {
-        const int col = qkv.row(i) + r;
-        st32(p.qkv + (size_t)t * qkv_dim + col, tile_sum(qkv, S.slots, i, r, t) + bias_at(blk.qkv_b, col),
-             tile_sum(qkv, S.slots, i, r + 1, t) + bias_at(blk.qkv_b, col + 1));
-      });
-    }
+    const df_block &blk = p.blocks[l];
+    const bool more = l + 1 < p.layers;
+    // A: xn = rmsnorm(h) (every block, all rows); q|k|v = xn W_qkv^T + b, this block's columns
+    load_rows(S.xa, ld, p.h, C, T, C);
+    __syncthreads();
+    norm_rows(S.xa, ld, S.xa, ld, blk.norm_attn_w, warp, DG_WARPS, T, C, p.eps, lane);
+    cp_async_wait<1>();
+    __syncthreads();
+    project(S.xa, ld, S.wb, ld, n_qkv, KC, T, warp, g, q, [&](const float(&acc)[1][4], int i, int row0) {
+      for_each_pair<1>(acc, (qkv_tiles.begin + i) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
+        st32(p.qkv + (size_t)row * qkv_dim + col, v0 + bias_at(blk.qkv_b, col), v1 + bias_at(blk.qkv_b, col + 1));
+      }, row0);
+    });
+    __syncthreads();  // wb read: o's rows go there
+    stage_weights(S.wb, ld, blk.o_w + (size_t)o_tiles.begin * DF_NTILE * C, C, n_o * DF_NTILE, C);
+    cp_async_commit();
     grid_barrier(sync);
 
     // B: attention, a warp a (head, row) pair over the grid; the angles, rotated keys and values of
     // every kv head into xa first (blocks with pairs only)
-    prefetch_phase(p, L, s0 + 1 + DG_PREFETCH_AHEAD);
-    cp_async_wait<0>();  // a block that skipped A's norm: its copy lands before the next one
-    stage_norm_weight(S.norm_w, blk.norm_mlp_w, C);
     if (rank * DG_WARPS < Hq * T) {
       dg_attn_smem A;
       dg_attn_carve(reinterpret_cast<unsigned char *>(S.xa), &A, Hkv);
@@ -568,11 +451,11 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
         float r1, r2;
         rope_rotate(bf2f(__ldcg(k + i)), bf2f(__ldcg(k + i + HALF)), A.cos_t[t * A.table_ld + i],
                     A.sin_t[t * A.table_ld + i], &r1, &r2);
-        bf16 *key = A.keys + ((size_t)kh * DG_ROWS + t) * A.key_ld;
+        bf16 *key = A.keys + ((size_t)kh * DF_ROWS + t) * A.key_ld;
         key[i] = f2bf(r1), key[i + HALF] = f2bf(r2);
       }
       for (int kh = 0; kh < Hkv; kh++)
-        load_rows(A.values + (size_t)kh * DG_ROWS * D, D, p.qkv + (Hq + Hkv + kh) * D, qkv_dim, T, D);
+        load_rows(A.values + (size_t)kh * DF_ROWS * D, D, p.qkv + (Hq + Hkv + kh) * D, qkv_dim, T, D);
       __syncthreads();
       const int per_group = Hq / Hkv;
       for (int task = rank * DG_WARPS + warp; task < Hq * T; task += blocks * DG_WARPS) {
@@ -580,138 +463,171 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
         const bf16 *qrow = p.qkv + (size_t)t * qkv_dim + h * D;
         const float2 o = attend_row(bf2f(__ldcg(qrow + lane)), bf2f(__ldcg(qrow + lane + HALF)),
                                     A.cos_t[t * A.table_ld + lane], A.sin_t[t * A.table_ld + lane],
-                                    A.q_buf + warp * D, A.keys + (size_t)kh * DG_ROWS * A.key_ld, A.key_ld,
-                                    A.values + (size_t)kh * DG_ROWS * D, D, S.seq_start[t], t, p.scale, lane);
+                                    A.q_buf + warp * D, A.keys + (size_t)kh * DF_ROWS * A.key_ld, A.key_ld,
+                                    A.values + (size_t)kh * DF_ROWS * D, D, S.seq_start[t], t, p.scale, lane);
         st32(p.attn + (size_t)t * C + h * D + 2 * lane, o.x, o.y);
       }
     }
     grid_barrier(sync);
 
-    // C: x = h + attn W_o^T + b, this block's rows of W
-    prefetch_phase(p, L, s0 + 2 + DG_PREFETCH_AHEAD);
-    const dg_share o = L.o(blk);
-    if (o.tiles > 0) {
-      load_rows(S.xa, ld, p.attn, C, T, C);
-      __syncthreads();
-      share_product(o, S.xa, ld, T, S.slots, warp, g, q);
-      __syncthreads();
-      for_each_output(o.tiles, T, [&](int i, int r, int t) {
-        const int col = o.row(i) + r;
-        const uint32_t h = ldcg32(p.h + (size_t)t * C + col);
-        const float o0 = round_bf16(tile_sum(o, S.slots, i, r, t) + bias_at(blk.o_b, col));
-        const float o1 = round_bf16(tile_sum(o, S.slots, i, r + 1, t) + bias_at(blk.o_b, col + 1));
-        st32(p.x + (size_t)t * C + col, bf16_lo(h) + o0, bf16_hi(h) + o1);
-      });
-    }
+    // C: x = h + attn W_o^T + b, this block's columns
+    load_rows(S.xa, ld, p.attn, C, T, C);
+    cp_async_wait<0>();
+    __syncthreads();
+    project(S.xa, ld, S.wb, ld, n_o, KC, T, warp, g, q, [&](const float(&acc)[1][4], int i, int row0) {
+      for_each_pair<1>(acc, (o_tiles.begin + i) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
+        const uint32_t h = ldcg32(p.h + (size_t)row * C + col);
+        const float o0 = round_bf16(v0 + bias_at(blk.o_b, col)), o1 = round_bf16(v1 + bias_at(blk.o_b, col + 1));
+        st32(p.x + (size_t)row * C + col, bf16_lo(h) + o0, bf16_hi(h) + o1);
+      }, row0);
+    });
+    __syncthreads();  // wb read: the next block's q|k|v rows go there
+    if (more) stage_qkv(p.blocks[l + 1]);
+    cp_async_commit();
     grid_barrier(sync);
 
-    // D: ff = swiglu(rmsnorm(x) W_gate|up^T + b), this block's gate rows and the matching up rows
-    prefetch_phase(p, L, s0 + 3 + DG_PREFETCH_AHEAD);
-    const dg_share gu = L.gate_up(blk);
-    if (gu.tiles > 0) {
-      load_rows(S.xa, ld, p.x, C, T, C);
-      cp_async_wait<0>();  // the norm's weight
-      __syncthreads();
-      norm_rows(S.xa, ld, S.xa, ld, S.norm_w, warp, DG_WARPS, T, C, p.eps, lane);
-      __syncthreads();
-      share_product(gu, S.xa, ld, T, S.slots, warp, g, q);
-      __syncthreads();
-      for_each_output(gu.tiles / 2, T, [&](int j, int r, int t) {
-        const int c = (gu.tile0 + j) * DG_WTILE + r;
+    // D: ff = swiglu(rmsnorm(x) W_gate|up^T + b), this block's columns of the MLP's width
+    load_rows(S.xa, ld, p.x, C, T, C);
+    __syncthreads();
+    norm_rows(S.xa, ld, S.xa, ld, blk.norm_mlp_w, warp, DG_WARPS, T, C, p.eps, lane);
+    __syncthreads();
+    const int mtiles = (T + DF_MMA_ROWS - 1) / DF_MMA_ROWS;
+    for (int job = warp; job < n_pairs * mtiles; job += DG_WARPS) {
+      const int i = job / mtiles, row0 = job % mtiles * DF_MMA_ROWS;
+      float gate[1][4], up[1][4];
+      smem_product(gate, S.xa, ld, row0, S.wa + (size_t)i * DF_NTILE * ld, ld, KC, g, q);
+      smem_product(up, S.xa, ld, row0, S.wa + (size_t)(pair_rows + i * DF_NTILE) * ld, ld, KC, g, q);
+      const int c = (pairs.begin + i) * DF_NTILE + 2 * q;
+#pragma unroll
+      for (int hh = 0; hh < 2; hh++) {
+        const int row = row0 + g + 8 * hh;
+        if (row >= T) continue;
         float f[2];
 #pragma unroll
         for (int k = 0; k < 2; k++) {
-          const float gv = round_bf16(tile_sum(gu, S.slots, 2 * j, r + k, t) + bias_at(blk.up_b, c + k));
-          const float uv = round_bf16(tile_sum(gu, S.slots, 2 * j + 1, r + k, t) + bias_at(blk.up_b, I + c + k));
+          const float gv = round_bf16(gate[0][2 * hh + k] + bias_at(blk.up_b, c + k));
+          const float uv = round_bf16(up[0][2 * hh + k] + bias_at(blk.up_b, I + c + k));
           f[k] = silu_f(gv) * uv;
         }
-        st32(p.ff + (size_t)t * I + c, f[0], f[1]);
-      });
-    }
-    grid_barrier(sync);
-
-    // E: partial[chunk] = ff[:, slice] W_down[group's rows, slice]^T; the group's last unit to
-    // finish adds the group's partials (chunk order) + b to x into h
-    prefetch_phase(p, L, s0 + 4 + DG_PREFETCH_AHEAD);
-    cp_async_wait<0>();
-    stage_norm_weight(S.norm_w, l + 1 < p.layers ? p.blocks[l + 1].norm_attn_w : p.final_norm_w, C);
-    if (L.has_unit) {
-      const dg_share dn = L.down(blk);
-      load_rows(S.xa, slice_ld, p.ff + dn.k0, I, T, dn.chunks * DG_CHUNK);
-      __syncthreads();
-      share_product(dn, S.xa, slice_ld, T, S.slots, warp, g, q);
-      __syncthreads();
-      for_each_output(dn.tiles, T, [&](int i, int r, int t) {
-        *reinterpret_cast<float2 *>(p.partial + ((size_t)L.chunk * T + t) * C + dn.row(i) + r) =
-            make_float2(tile_sum(dn, S.slots, i, r, t), tile_sum(dn, S.slots, i, r + 1, t));
-      });
-      if (last_of_group(p.barrier + DG_GROUP_COUNTS + L.group, p.down_chunks, S.flag)) {
-        for (int e = threadIdx.x; e < T * (group_cols / 2); e += DG_THREADS) {
-          const int t = e / (group_cols / 2), col = L.group * group_cols + 2 * (e % (group_cols / 2));
-          float s0v = 0.0f, s1v = 0.0f;
-          for (int k = 0; k < p.down_chunks; k++) {
-            const float2 v = __ldcg(reinterpret_cast<const float2 *>(p.partial + ((size_t)k * T + t) * C + col));
-            s0v += v.x, s1v += v.y;
-          }
-          const uint32_t x = ldcg32(p.x + (size_t)t * C + col);
-          const float d0 = round_bf16(s0v + bias_at(blk.down_b, col));
-          const float d1 = round_bf16(s1v + bias_at(blk.down_b, col + 1));
-          st32(p.h + (size_t)t * C + col, bf16_lo(x) + d0, bf16_hi(x) + d1);
-        }
+        st32(p.ff + (size_t)row * I + c, f[0], f[1]);
       }
     }
+    __syncthreads();  // wa read: down's unit goes there
+    if (has_unit)
+      stage_weights(S.wa, k_ld, blk.down_w + (size_t)group * down_cols * I + (size_t)chunk * down_k, I, down_cols,
+                    down_k);
+    cp_async_commit();
+    grid_barrier(sync);
+
+    // E: partial[chunk] = ff[:, chunk's slice] W_down[group's columns, slice]^T; the group's last
+    // unit to finish adds the group's partials (chunk order) + b to x into h
+    if (has_unit) {
+      load_rows(S.xa, k_ld, p.ff + (size_t)chunk * down_k, I, T, down_k);
+      cp_async_wait<0>();
+      __syncthreads();
+      project(S.xa, k_ld, S.wa, k_ld, down_cols / DF_NTILE, down_k / DF_MMA_K, T, warp, g, q,
+              [&](const float(&acc)[1][4], int i, int row0) {
+                for_each_pair<1>(acc, group * down_cols + i * DF_NTILE, T, g, q,
+                                 [&](int row, int col, float v0, float v1) {
+                                   *reinterpret_cast<float2 *>(p.partial + ((size_t)chunk * T + row) * C + col) =
+                                       make_float2(v0, v1);
+                                 }, row0);
+              });
+      if (last_of_group(p.barrier + DG_GROUP_COUNTS + group, p.down_chunks, S.flag)) {
+        for (int e = threadIdx.x; e < T * (down_cols / 2); e += DG_THREADS) {
+          const int row = e / (down_cols / 2), col = group * down_cols + 2 * (e % (down_cols / 2));
+          float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll 8
+          for (int k = 0; k < p.down_chunks; k++) {
+            const float2 v = __ldcg(reinterpret_cast<const float2 *>(p.partial + ((size_t)k * T + row) * C + col));
+            s0 += v.x, s1 += v.y;
+          }
+          const uint32_t x = ldcg32(p.x + (size_t)row * C + col);
+          const float d0 = round_bf16(s0 + bias_at(blk.down_b, col));
+          const float d1 = round_bf16(s1 + bias_at(blk.down_b, col + 1));
+          st32(p.h + (size_t)row * C + col, bf16_lo(x) + d0, bf16_hi(x) + d1);
+        }
+      }
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // wa read: the next block's gate|up rows go there
+    if (more) stage_gate_up(p.blocks[l + 1]);
+    cp_async_commit();
     grid_barrier(sync);
   }
   // every block has read the base (before its first arrival): the next launch's starts here
   if (rank == 0 && threadIdx.x == 0) p.barrier[1] = sync.base + (unsigned int)sync.passed * blocks;
   // out = rmsnorm(h, final_norm_w): row t by block t
-  cp_async_wait<0>();  // the final norm's weight
   for (int t = rank; t < T; t += blocks) {
     load_rows(S.xa, ld, p.h + (size_t)t * C, C, 1, C);
     __syncthreads();
-    if (warp == 0) norm_rows(p.out + (size_t)t * C, C, S.xa, ld, S.norm_w, 0, 1, 1, C, p.eps, lane);
+    if (warp == 0) norm_rows(p.out + (size_t)t * C, C, S.xa, ld, p.final_norm_w, 0, 1, 1, C, p.eps, lane);
     __syncthreads();
   }
 }
 
-// ---- the plan ----------------------------------------------------------------------------------------
-// down's units: column groups (whole m-tiles) x slices of I (whole chunks), at most a unit a block,
-// chosen for the least bytes the busiest block reads: a unit's weights plus, for its group's last
-// unit, every slice's partial sums of the group's columns (at DG_ROWS tokens); the layout must fit
-// shared memory. Returns false when no split fits.
+// ---- the checks and the dispatch --------------------------------------------------------------
+// The blocks of w as the kernel takes them (out: w->layers of them).
+static void df_blocks_from(const sn_decoder_weights *w, df_block *out) {
+  for (int l = 0; l < w->layers; l++) {
+    const sn_decoder_block &b = w->blocks[l];
+    out[l] = {(const bf16 *)b.norm_attn_w, (const bf16 *)b.qkv_w, (const bf16 *)b.qkv_b, (const bf16 *)b.o_w,
+              (const bf16 *)b.o_b, (const bf16 *)b.norm_mlp_w, (const bf16 *)b.up_w, (const bf16 *)b.up_b,
+              (const bf16 *)b.down_w, (const bf16 *)b.down_b};
+  }
+}
+
+// Whether every tensor of w is on 16 bytes (NULL, an absent bias, is).
+static bool df_tensors_aligned(const sn_decoder_weights *w) {
+  if (!aligned16(w->tok_embed) || !aligned16(w->final_norm_w)) return false;
+  for (int l = 0; l < w->layers; l++) {
+    const sn_decoder_block &b = w->blocks[l];
+    const void *block_tensors[] = {b.norm_attn_w, b.qkv_w, b.qkv_b, b.o_w, b.o_b, b.norm_mlp_w, b.up_w, b.up_b,
+                                   b.down_w, b.down_b};
+    for (const void *t : block_tensors)
+      if (!aligned16(t)) return false;  // NULL (no bias) is aligned
+  }
+  return true;
+}
+
+// ---- launcher ----------------------------------------------------------------------------------------
+// down's units: column groups (whole n-tiles) x slices of I (whole k-steps) with at most a unit a
+// block and as many units as that allows, fewer slices first (less partial traffic); the unit's
+// rows and slice must fit wa and xa. Returns false when no split fits.
 static bool dg_down_split(dg_shape *sh, size_t smem_max) {
-  const int tiles = sh->C / DG_WTILE, chunks_max = sh->I / DG_CHUNK;
-  double best_cost = 0.0;
+  const int tiles = sh->C / DF_NTILE, ksteps = sh->I / DF_MMA_K;
+  int best_units = 0;
   dg_shape best = *sh;
-  for (int groups = 1; groups <= std::min(tiles, DG_MAX_GROUPS); groups++) {
-    if (tiles % groups) continue;
-    for (int chunks = 1; chunks <= chunks_max && groups * chunks <= sh->blocks; chunks++) {
-      const double cols = (double)sh->C / groups;
-      const double cost = cols * ((double)sh->I / chunks) * sizeof(bf16) + chunks * cols * DG_ROWS * sizeof(float);
+  for (int chunks = 1; chunks <= ksteps; chunks++) {
+    if (ksteps % chunks) continue;
+    for (int groups = 1; groups <= tiles; groups++) {
+      const int units = groups * chunks;
+      if (tiles % groups || groups > DG_MAX_GROUPS || units > sh->blocks || units <= best_units) continue;
       dg_shape trial = *sh;
       trial.down_groups = groups, trial.down_chunks = chunks;
       dg_smem layout;
-      if ((best_cost > 0.0 && cost >= best_cost) || dg_carve(nullptr, &layout, trial) > smem_max) continue;
-      best_cost = cost, best = trial;
+      if (trial.down_k() > sh->C || dg_carve(nullptr, &layout, trial) > smem_max) continue;
+      best_units = units, best = trial;
     }
   }
   *sh = best;
-  return best_cost > 0.0;
+  return best_units > 0;
 }
 
 struct dg_plan {
   int blocks;  // 0: the shape is not taken
   size_t smem;
-  int down_groups, down_chunks;
+  int down_groups, down_chunks;  // down's work units: column groups x slices of the MLP's width
 };
 // Whether the kernel takes w on this device (*out filled when it does): one plan serves every T up
-// to DG_ROWS (the caller checks T). Memoised per shape (the answer does not change).
+// to DF_ROWS (the caller checks T). Memoised per shape (the answer does not change).
 static bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
   struct entry {
     int C, I, Hkv, qkv_dim;
     dg_plan plan;
   };
-  static entry cache[DG_PLAN_CACHE];
+  static entry cache[DF_PLAN_CACHE];
   static int cached = 0;
   static std::mutex cache_lock;  // contexts of several threads plan at once
   std::lock_guard<std::mutex> hold(cache_lock);
@@ -724,8 +640,8 @@ static bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
   dg_plan plan = {0, 0, 0, 0};
   const int smem_max = sn_cuda_smem_optin_max();
   dg_shape sh = {C, I, qkv_dim, w->kv_heads, sn_cuda_sm_count(), 0, 0};
-  if (sn_cuda_cooperative_launch() && sn_cuda_cc_major() >= 9 && C % DG_CHUNK == 0 && I % DG_CHUNK == 0 &&
-      C % (2 * DG_WTILE) == 0 && dg_down_split(&sh, (size_t)smem_max)) {
+  if (sn_cuda_cooperative_launch() && sn_cuda_cc_major() >= 8 && C % DF_MMA_K == 0 && I % DF_MMA_K == 0 &&
+      dg_down_split(&sh, (size_t)smem_max)) {
     dg_smem layout;
     const size_t smem = dg_carve(nullptr, &layout, sh);
     // the device's cap (every shape's plan sets the same)
@@ -734,7 +650,7 @@ static bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
     cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decoder_fused_kernel, DG_THREADS, smem));
     if (per_sm >= 1) plan = {sh.blocks, smem, sh.down_groups, sh.down_chunks};
   }
-  if (cached < DG_PLAN_CACHE) cache[cached++] = {C, I, w->kv_heads, qkv_dim, plan};
+  if (cached < DF_PLAN_CACHE) cache[cached++] = {C, I, w->kv_heads, qkv_dim, plan};
   *out = plan;
   return plan.blocks > 0;
 }
@@ -751,6 +667,7 @@ static unsigned int *dg_barrier(void) {
 }
 
 // ---- the phase trace (SN_FUSED_TRACE=N: every Nth launch of the process) ------------------------
+#define DG_PHASES 5  // barriers a decoder block
 static const char *const DG_PHASE_NAMES[DG_PHASES] = {"A norm+qkv", "B attention", "C o_proj", "D norm+gate|up",
                                                       "E down + sum"};
 // Every how many launches to trace one (0: none), read once; anything but a count is warned about
@@ -764,20 +681,6 @@ static int dg_read_trace_every(void) {
     return 0;
   }
   return (int)n;
-}
-// SN_FUSED_PREFETCH (dg_prefetch_mode, default bulk), read once; another value is warned about
-// and read as the default.
-static int dg_read_prefetch_mode(void) {
-  const char *v = getenv("SN_FUSED_PREFETCH");
-  if (!v) return DG_PREFETCH_BULK;
-  if (v[0] >= '0' && v[0] < '0' + DG_PREFETCH_MODES && v[1] == '\0') return v[0] - '0';
-  fprintf(stderr, "warning: environment variable SN_FUSED_PREFETCH='%s' is not 0 (none), 1 (bulk) or 2 (lines); "
-          "read as 1\n", v);
-  return DG_PREFETCH_BULK;
-}
-static int dg_prefetch_mode(void) {
-  static const int mode = dg_read_prefetch_mode();
-  return mode;
 }
 static int dg_trace_launch(void) {
   static const int every = dg_read_trace_every();  // once, also when contexts race to the first launch
@@ -808,64 +711,24 @@ static void dg_print_trace(const unsigned long long *t, int barriers, int blocks
             DG_PHASE_NAMES[p], work[p] / layers, spread[p] / layers, latency[p] / layers);
 }
 
-// ---- the checks and the launch ---------------------------------------------------------------------
-static bool dg_tensors_aligned(const sn_decoder_weights *w) {
-  if (!aligned16(w->tok_embed) || !aligned16(w->final_norm_w)) return false;
-  for (int l = 0; l < w->layers; l++) {
-    const sn_decoder_block &b = w->blocks[l];
-    const void *block_tensors[] = {b.norm_attn_w, b.qkv_w, b.qkv_b, b.o_w, b.o_b, b.norm_mlp_w, b.up_w, b.up_b,
-                                   b.down_w, b.down_b};
-    for (const void *t : block_tensors)
-      if (!aligned16(t)) return false;  // NULL (no bias) is aligned
-  }
-  return true;
-}
-// Whether the kernel takes this decoder at T tokens (*plan filled when it does): head dim 64,
-// Hq * 64 = C, whole GQA groups, at most DG_ROWS tokens and DG_MAX_LAYERS blocks, every tensor on
-// 16 bytes, and a plan for the device; false sends the model to the general path.
-static bool dg_supports(const sn_decoder_weights *w, int T, dg_plan *plan) {
-  if (T < 1 || T > DG_ROWS || w->layers < 1 || w->layers > DG_MAX_LAYERS || w->head_dim != DG_HEAD_DIM ||
-      w->heads * w->head_dim != w->hidden || w->kv_heads < 1 || w->heads % w->kv_heads != 0 ||
-      !dg_tensors_aligned(w))
-    return false;
-  return dg_plan_for(w, plan);
-}
-
-int cuda_decoder_fused_supports(const sn_decoder_weights *w, int T) {
-  dg_plan plan;
-  return dg_supports(w, T, &plan) ? 1 : 0;
-}
-
-void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens, int B,
-                                int T, const sn_decoder_weights *w) {
-  dg_plan plan;
-  if (!dg_supports(w, T, &plan)) {
-    fprintf(stderr, "error: %s:%d: decoder_fused_forward: shape not supported (T=%d C=%d I=%d heads %d/%d of %d; "
-            "ask decoder_fused_supports first)\n", __FILE__, __LINE__, T, w->hidden, w->intermediate, w->heads,
-            w->kv_heads, w->head_dim);
-    exit(1);
-  }
+static void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens,
+                int B, int T, const sn_decoder_weights *w) {
   const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
-  const size_t act = dg_round((size_t)DG_ROWS * C * sizeof(bf16));
-  const size_t qkv_bytes = dg_round((size_t)DG_ROWS * qkv_dim * sizeof(bf16));
-  const size_t ff_bytes = dg_round((size_t)DG_ROWS * I * sizeof(bf16));
-  const size_t partial_bytes = (size_t)plan.down_chunks * DG_ROWS * C * sizeof(float);
+  const size_t act = df_round((size_t)DF_ROWS * C * sizeof(bf16));
+  const size_t qkv_bytes = df_round((size_t)DF_ROWS * qkv_dim * sizeof(bf16));
+  const size_t ff_bytes = df_round((size_t)DF_ROWS * I * sizeof(bf16));
+  const size_t partial_bytes = (size_t)plan->down_chunks * DF_ROWS * C * sizeof(float);
   unsigned char *ws = (unsigned char *)sn_cuda_scratch(SCRATCH_DECODER_FUSED, 3 * act + qkv_bytes + ff_bytes +
                                                                                  partial_bytes);
   dg_args a = {};
-  for (int l = 0; l < w->layers; l++) {
-    const sn_decoder_block &b = w->blocks[l];
-    a.blocks[l] = {(const bf16 *)b.norm_attn_w, (const bf16 *)b.qkv_w, (const bf16 *)b.qkv_b, (const bf16 *)b.o_w,
-                   (const bf16 *)b.o_b, (const bf16 *)b.norm_mlp_w, (const bf16 *)b.up_w, (const bf16 *)b.up_b,
-                   (const bf16 *)b.down_w, (const bf16 *)b.down_b};
-  }
+  df_blocks_from(w, a.blocks);
   a.tok_embed = (const bf16 *)w->tok_embed, a.final_norm_w = (const bf16 *)w->final_norm_w, a.out = (bf16 *)out;
   a.ids = ids, a.pos = pos, a.cu_seqlens = cu_seqlens;
   a.h = (bf16 *)ws, a.x = (bf16 *)(ws + act), a.attn = (bf16 *)(ws + 2 * act), a.qkv = (bf16 *)(ws + 3 * act);
   a.ff = (bf16 *)(ws + 3 * act + qkv_bytes), a.partial = (float *)(ws + 3 * act + qkv_bytes + ff_bytes);
   a.barrier = dg_barrier();
   a.B = B, a.T = T, a.layers = w->layers, a.C = C, a.I = I, a.Hq = w->heads, a.Hkv = w->kv_heads;
-  a.down_groups = plan.down_groups, a.down_chunks = plan.down_chunks, a.prefetch = dg_prefetch_mode();
+  a.down_groups = plan->down_groups, a.down_chunks = plan->down_chunks;
   a.eps = w->norm_eps, a.theta = w->rope_theta, a.scale = 1.0f / sqrtf((float)w->head_dim);
   static std::atomic<int> launches{0};
   const int barriers = 1 + DG_PHASES * w->layers;
@@ -875,13 +738,13 @@ void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *po
     cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
     trace = capturing == cudaStreamCaptureStatusNone;
   }
-  const size_t trace_bytes = (size_t)barriers * (plan.blocks + 1) * sizeof(unsigned long long);
+  const size_t trace_bytes = (size_t)barriers * (plan->blocks + 1) * sizeof(unsigned long long);
   a.trace = trace ? (unsigned long long *)cuda_alloc(trace_bytes) : nullptr;
   cudaLaunchAttribute attr;
   attr.id = cudaLaunchAttributeCooperative;
   attr.val.cooperative = 1;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(plan.blocks), cfg.blockDim = dim3(DG_THREADS), cfg.dynamicSmemBytes = plan.smem;
+  cfg.gridDim = dim3(plan->blocks), cfg.blockDim = dim3(DG_THREADS), cfg.dynamicSmemBytes = plan->smem;
   cfg.stream = SN_STREAM, cfg.attrs = &attr, cfg.numAttrs = 1;
   cudaCheck(cudaLaunchKernelEx(&cfg, decoder_fused_kernel, a));
   launchCheck();
@@ -889,8 +752,36 @@ void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *po
     unsigned long long *stamps = (unsigned long long *)malloc(trace_bytes);
     cudaCheck(cudaMemcpyAsync(stamps, a.trace, trace_bytes, cudaMemcpyDeviceToHost, SN_STREAM));
     cudaCheck(cudaStreamSynchronize(SN_STREAM));
-    dg_print_trace(stamps, barriers, plan.blocks, w->layers, T);
+    dg_print_trace(stamps, barriers, plan->blocks, w->layers, T);
     free(stamps);
     cuda_free(a.trace);
   }
+}
+
+// Whether the kernel takes this decoder at T tokens (*plan filled when it does): head dim 64,
+// Hq * 64 = C, whole GQA groups, at most SN_DECODER_FUSED_MAX_ROWS tokens and DF_MAX_LAYERS blocks,
+// every tensor on 16 bytes, and a plan for the device; false sends the model to the general path.
+static bool df_supports(const sn_decoder_weights *w, int T, dg_plan *plan) {
+  if (T < 1 || T > SN_DECODER_FUSED_MAX_ROWS || w->layers < 1 || w->layers > DF_MAX_LAYERS ||
+      w->head_dim != DF_HEAD_DIM || w->heads * w->head_dim != w->hidden || w->kv_heads < 1 ||
+      w->heads % w->kv_heads != 0 || !df_tensors_aligned(w))
+    return false;
+  return dg_plan_for(w, plan);
+}
+
+int cuda_decoder_fused_supports(const sn_decoder_weights *w, int T) {
+  dg_plan plan;
+  return df_supports(w, T, &plan) ? 1 : 0;
+}
+
+void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens, int B,
+                                int T, const sn_decoder_weights *w) {
+  dg_plan plan;
+  if (!df_supports(w, T, &plan)) {
+    fprintf(stderr, "error: %s:%d: decoder_fused_forward: shape not supported (T=%d C=%d I=%d heads %d/%d of %d; "
+            "ask decoder_fused_supports first)\n", __FILE__, __LINE__, T, w->hidden, w->intermediate, w->heads,
+            w->kv_heads, w->head_dim);
+    exit(1);
+  }
+  dg_forward(&plan, out, ids, pos, cu_seqlens, B, T, w);
 }
