@@ -105,16 +105,12 @@ __device__ __forceinline__ df_range block_tiles(int tiles, int rank, int parts) 
 
 // dst rows t = first, first + step, ... < T (stride dst_ld) = bf16(src * rstd * weight) as
 // rmsnorm_forward computes it; a warp a row. src is shared memory; dst may be src.
-// The statistics pass asks L1 for the weight's lines (a warp's step is one 128-byte line): in the
-// scaling pass each weight load follows a store that may alias it, so the loads go one at a time,
-// and from L2 that was 7% of the kernel's stall samples (ncu, session 12).
 __device__ inline void norm_rows(bf16 *dst, int dst_ld, const bf16 *src, int src_ld, const bf16 *weight, int first,
                                  int step, int T, int C, float eps, int lane) {
   for (int t = first; t < T; t += step) {
     const bf16 *x = src + (size_t)t * src_ld;
     float ss = 0.0f;
     for (int c = 2 * lane; c < C; c += 2 * WARP_SIZE) {
-      if (lane == 0 && t == first) asm volatile("prefetch.global.L1 [%0];" ::"l"(weight + c));
       const uint32_t v = lds32(x + c);
       ss += bf16_lo(v) * bf16_lo(v) + bf16_hi(v) * bf16_hi(v);
     }
@@ -238,26 +234,14 @@ __host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, cons
   return c.at;
 }
 // ---- copies --------------------------------------------------------------------------------------------
-// A thread's (row, pack) in a copy of rows of `packs` 16-byte packs, element e = threadIdx.x, then
-// every DG_THREADS-th: stepped without dividing (the divisions by a width known only at run time
-// were 6-10% of the kernel's stall samples, ncu, session 12).
-struct dg_cursor {
-  int r, c, step_r, step_c, packs;
-  __device__ explicit dg_cursor(int packs_)
-      : r(threadIdx.x / packs_), c(threadIdx.x % packs_), step_r(DG_THREADS / packs_), step_c(DG_THREADS % packs_),
-        packs(packs_) {}
-  __device__ void next() {
-    r += step_r, c += step_c;
-    if (c >= packs) c -= packs, r++;
-  }
-};
 // Weights: rows x cols (a multiple of 8) of src (row stride src_ld) into dst (stride dst_ld) with
 // cp.async, spread over the block; the caller commits the group.
 __device__ inline void stage_weights(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
   const int packs = cols / BF16_PER_PACK;
-  dg_cursor at(packs);
-  for (int e = threadIdx.x; e < rows * packs; e += DG_THREADS, at.next())
-    cp_async16(dst + (size_t)at.r * dst_ld + at.c * BF16_PER_PACK, src + (size_t)at.r * src_ld + at.c * BF16_PER_PACK);
+  for (int e = threadIdx.x; e < rows * packs; e += DG_THREADS) {
+    const int r = e / packs, c = e % packs * BF16_PER_PACK;
+    cp_async16(dst + (size_t)r * dst_ld + c, src + (size_t)r * src_ld + c);
+  }
 }
 // Activations other blocks wrote: rows x cols of src into shared memory, through L2 (ld.global.cg:
 // L1 may hold the lines' older contents).
@@ -265,17 +249,19 @@ __device__ inline void stage_weights(bf16 *dst, int dst_ld, const bf16 *src, siz
 #define DG_LOADS_IN_FLIGHT 4
 __device__ inline void load_rows(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
   const int packs = cols / BF16_PER_PACK, n = rows * packs;
-  dg_cursor at(packs);
   for (int e0 = threadIdx.x; e0 < n; e0 += DG_LOADS_IN_FLIGHT * DG_THREADS) {
     uint4 v[DG_LOADS_IN_FLIGHT];
-    dg_cursor to = at;
 #pragma unroll
-    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++, at.next())
-      if (e0 + i * DG_THREADS < n)
-        v[i] = __ldcg(reinterpret_cast<const uint4 *>(src + (size_t)at.r * src_ld + at.c * BF16_PER_PACK));
+    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++) {
+      const int e = e0 + i * DG_THREADS;
+      const bf16 *from = src + (size_t)(e / packs) * src_ld + e % packs * BF16_PER_PACK;
+      if (e < n) v[i] = __ldcg(reinterpret_cast<const uint4 *>(from));
+    }
 #pragma unroll
-    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++, to.next())
-      if (e0 + i * DG_THREADS < n) *reinterpret_cast<uint4 *>(dst + (size_t)to.r * dst_ld + to.c * BF16_PER_PACK) = v[i];
+    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++) {
+      const int e = e0 + i * DG_THREADS;
+      if (e < n) *reinterpret_cast<uint4 *>(dst + (size_t)(e / packs) * dst_ld + e % packs * BF16_PER_PACK) = v[i];
+    }
   }
 }
 __device__ __forceinline__ uint32_t ldcg32(const bf16 *p) {
@@ -725,8 +711,8 @@ static void dg_print_trace(const unsigned long long *t, int barriers, int blocks
             DG_PHASE_NAMES[p], work[p] / layers, spread[p] / layers, latency[p] / layers);
 }
 
-static void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens,
-                int B, int T, const sn_decoder_weights *w) {
+static void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_t *pos,
+                       const int32_t *cu_seqlens, int B, int T, const sn_decoder_weights *w) {
   const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
   const size_t act = df_round((size_t)DF_ROWS * C * sizeof(bf16));
   const size_t qkv_bytes = df_round((size_t)DF_ROWS * qkv_dim * sizeof(bf16));

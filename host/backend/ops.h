@@ -248,15 +248,15 @@ typedef struct sn_ops {
                              const float *lse, const int32_t *cu_seqlens, int B, int T,
                              int max_seqlen, int Hq, int Hkv, int D, int causal, float scale);
 
-  // ---- the whole small decoder in one op (inference) -----------------------------------------
-  // The inference forward of a whole small decoder (a distilled query student) over at most
+  // ---- the whole decoder in one op (inference) -----------------------------------------------
+  // The inference forward of a whole decoder (a query tower or a distilled student) over at most
   // SN_DECODER_FUSED_MAX_ROWS tokens in one op: out (T, C) =
   //   h = embed(ids); per block: x = h + o_proj(attn(rope(rmsnorm(h) W_qkv^T + b_qkv)))
   //                              h = x + down(swiglu(rmsnorm(x) W_gate|up^T + b_gate|up))
   //   out = rmsnorm(h, final_norm_w)
   // the causal attention over the packed sequences of cu_seqlens (B + 1) with pos (T), as the
   // unfused ops compute it. decoder_fused_supports says whether this backend takes the shape (the
-  // CPU takes any; the CUDA kernel the shapes it is built for, docs/DESIGN.md); only then may
+  // CPU takes any; the CUDA kernel those whose shares fit shared memory, docs/DESIGN.md); only then may
   // decoder_fused_forward be called. On the CPU the unfused ops in order: the same bits as the
   // model's forward; on CUDA within bf16 rounding of it.
   int (*decoder_fused_supports)(const sn_decoder_weights *w, int T);

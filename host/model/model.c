@@ -411,9 +411,9 @@ int sn_short_attention_path(const sn_model *m, const sn_tokens *tok, int for_bac
          env_switch("SN_SHORT_ATTENTION", 0, &warned);
 }
 
-// SN_FUSED_DECODER=1 runs a small decoder's inference forward over a few tokens as one op
-// (decoder_fused_forward) where the backend takes the shape. Off by default until it has been
-// measured on a GPU (docs/PERFORMANCE.md).
+// SN_FUSED_DECODER=1 runs a decoder's inference forward over a few tokens as one op
+// (decoder_fused_forward) where the backend takes the shape. Off by default: slower than the
+// unfused path on the H100 (docs/PERFORMANCE.md).
 int sn_fused_decoder_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
   static int warned;
   return !for_backward && !m->lora && m->ops->decoder_fused_forward && m->cfg.n_layers >= 1 &&
