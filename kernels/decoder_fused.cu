@@ -161,21 +161,21 @@ __device__ inline float2 attend_row(float q1, float q2, float c, float s, float 
   return make_float2(o0 * inv_sum, o1 * inv_sum);
 }
 
-#define DG_WARPS 16  // 16 warps a block: the phases' jobs ((tile, m-tile) pairs) are few per block,
+#define DF_WARPS 16  // 16 warps a block: the phases' jobs ((tile, m-tile) pairs) are few per block,
                      // so more warps finish a phase in fewer rounds; at most 128 registers a thread
-#define DG_THREADS (DG_WARPS * WARP_SIZE)
-#define DG_GROUP_COUNTS 2    // barrier words: arrival count, its value when the running launch started, then
-#define DG_MAX_GROUPS 256    // a unit count for each of down's column groups (last_of_group)
-#define DG_BARRIER_WORDS (DG_GROUP_COUNTS + DG_MAX_GROUPS)
+#define DF_THREADS (DF_WARPS * WARP_SIZE)
+#define DF_GROUP_COUNTS 2    // barrier words: arrival count, its value when the running launch started, then
+#define DF_MAX_GROUPS 256    // a unit count for each of down's column groups (last_of_group)
+#define DF_BARRIER_WORDS (DF_GROUP_COUNTS + DF_MAX_GROUPS)
 
-struct dg_args {
+struct df_args {
   df_block blocks[DF_MAX_LAYERS];
   const bf16 *tok_embed, *final_norm_w;
   bf16 *out;
   const int32_t *ids, *pos, *cu_seqlens;
   bf16 *h, *x, *qkv, *attn, *ff;  // workspace: (T, C), (T, C), (T, qkv_dim), (T, C), (T, I)
   float *partial;                 // (down_chunks, T, C)
-  unsigned int *barrier;          // DG_BARRIER_WORDS (grid_barrier), zero before the first launch
+  unsigned int *barrier;          // DF_BARRIER_WORDS (grid_barrier), zero before the first launch
   unsigned long long *trace;      // NULL, or (barriers, blocks + 1) stamps (SN_FUSED_TRACE)
   int B, T, layers, C, I, Hq, Hkv;
   int down_groups, down_chunks;
@@ -186,12 +186,12 @@ struct dg_args {
 // xa: the rows a phase reads (DF_ROWS of C, or of a down slice); wb: this block's q|k|v rows, then
 // its o rows; wa: its gate rows, up rows, then its down unit. During attention xa holds the angle
 // table, the rotated keys and the values of every kv head and a query row a warp instead.
-struct dg_smem {
+struct df_smem {
   bf16 *xa, *wb, *wa;
   int *seq_start, *flag;
   int ld;  // C + DF_ROW_PAD
 };
-struct dg_shape {
+struct df_shape {
   int C, I, qkv_dim, Hkv, blocks, down_groups, down_chunks;
   // n-tiles a block of each projection (gate|up: pairs of a gate and an up tile)
   __host__ __device__ int qkv_share() const { return df_share(qkv_dim / DF_NTILE, blocks); }
@@ -201,29 +201,29 @@ struct dg_shape {
   __host__ __device__ int down_k() const { return I / down_chunks; }
 };
 // The attention phase's carve of xa.
-struct dg_attn_smem {
+struct df_attn_smem {
   float *cos_t, *sin_t, *q_buf;
   bf16 *keys, *values;
   int table_ld, key_ld;
 };
-__host__ __device__ inline size_t dg_attn_carve(unsigned char *base, dg_attn_smem *s, int Hkv) {
+__host__ __device__ inline size_t df_attn_carve(unsigned char *base, df_attn_smem *s, int Hkv) {
   s->table_ld = DF_HEAD_DIM / 2 + DF_TABLE_PAD, s->key_ld = DF_HEAD_DIM + DF_KEY_PAD;
   df_carver c = {base, 0};
   s->cos_t = c.take<float>((size_t)DF_ROWS * s->table_ld);
   s->sin_t = c.take<float>((size_t)DF_ROWS * s->table_ld);
-  s->q_buf = c.take<float>((size_t)DG_WARPS * DF_HEAD_DIM);
+  s->q_buf = c.take<float>((size_t)DF_WARPS * DF_HEAD_DIM);
   s->keys = c.take<bf16>((size_t)Hkv * DF_ROWS * s->key_ld);
   s->values = c.take<bf16>((size_t)Hkv * DF_ROWS * DF_HEAD_DIM);
   return c.at;
 }
 
-__host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, const dg_shape &sh) {
+__host__ __device__ inline size_t df_carve(unsigned char *base, df_smem *s, const df_shape &sh) {
   const int ld = sh.C + DF_ROW_PAD, k_ld = sh.down_k() + DF_ROW_PAD;
   const size_t tile = (size_t)DF_NTILE * ld * sizeof(bf16);
   const size_t wb = (size_t)max(sh.qkv_share(), sh.o_share()) * tile;  // bytes
   const size_t wa = max((size_t)2 * sh.pair_share() * tile, (size_t)sh.down_cols() * k_ld * sizeof(bf16));
-  dg_attn_smem attn;  // the attention phase's carve of xa, which a narrow decoder's rows may not cover
-  const size_t xa = max((size_t)DF_ROWS * ld * sizeof(bf16), dg_attn_carve(nullptr, &attn, sh.Hkv));
+  df_attn_smem attn;  // the attention phase's carve of xa, which a narrow decoder's rows may not cover
+  const size_t xa = max((size_t)DF_ROWS * ld * sizeof(bf16), df_attn_carve(nullptr, &attn, sh.Hkv));
   s->ld = ld;
   df_carver c = {base, 0};
   s->xa = c.take<bf16>(xa / sizeof(bf16));
@@ -238,28 +238,28 @@ __host__ __device__ inline size_t dg_carve(unsigned char *base, dg_smem *s, cons
 // cp.async, spread over the block; the caller commits the group.
 __device__ inline void stage_weights(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
   const int packs = cols / BF16_PER_PACK;
-  for (int e = threadIdx.x; e < rows * packs; e += DG_THREADS) {
+  for (int e = threadIdx.x; e < rows * packs; e += DF_THREADS) {
     const int r = e / packs, c = e % packs * BF16_PER_PACK;
     cp_async16(dst + (size_t)r * dst_ld + c, src + (size_t)r * src_ld + c);
   }
 }
 // Activations other blocks wrote: rows x cols of src into shared memory, through L2 (ld.global.cg:
 // L1 may hold the lines' older contents).
-// DG_LOADS_IN_FLIGHT loads a thread before its stores: the phase waits on this copy's latency.
-#define DG_LOADS_IN_FLIGHT 4
+// DF_LOADS_IN_FLIGHT loads a thread before its stores: the phase waits on this copy's latency.
+#define DF_LOADS_IN_FLIGHT 4
 __device__ inline void load_rows(bf16 *dst, int dst_ld, const bf16 *src, size_t src_ld, int rows, int cols) {
   const int packs = cols / BF16_PER_PACK, n = rows * packs;
-  for (int e0 = threadIdx.x; e0 < n; e0 += DG_LOADS_IN_FLIGHT * DG_THREADS) {
-    uint4 v[DG_LOADS_IN_FLIGHT];
+  for (int e0 = threadIdx.x; e0 < n; e0 += DF_LOADS_IN_FLIGHT * DF_THREADS) {
+    uint4 v[DF_LOADS_IN_FLIGHT];
 #pragma unroll
-    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++) {
-      const int e = e0 + i * DG_THREADS;
+    for (int i = 0; i < DF_LOADS_IN_FLIGHT; i++) {
+      const int e = e0 + i * DF_THREADS;
       const bf16 *from = src + (size_t)(e / packs) * src_ld + e % packs * BF16_PER_PACK;
       if (e < n) v[i] = __ldcg(reinterpret_cast<const uint4 *>(from));
     }
 #pragma unroll
-    for (int i = 0; i < DG_LOADS_IN_FLIGHT; i++) {
-      const int e = e0 + i * DG_THREADS;
+    for (int i = 0; i < DF_LOADS_IN_FLIGHT; i++) {
+      const int e = e0 + i * DF_THREADS;
       if (e < n) *reinterpret_cast<uint4 *>(dst + (size_t)(e / packs) * dst_ld + e % packs * BF16_PER_PACK) = v[i];
     }
   }
@@ -280,7 +280,7 @@ __device__ __forceinline__ void st32(bf16 *p, float lo, float hi) {
 // one one-way trip to L2 and a poll, where a count that is reset needs two round trips more. Sound
 // because the launch is cooperative: every block is resident. With a trace, each block's arrival
 // and block 0's departure are stamped (global ns), a row a barrier.
-struct dg_sync {
+struct df_sync {
   unsigned int *barrier;
   unsigned long long *trace;
   unsigned int base;  // barrier[0] when this launch started (thread 0 of each block holds it)
@@ -294,7 +294,7 @@ __device__ __forceinline__ unsigned int ld_acquire(const unsigned int *p) {
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-__device__ inline void grid_barrier(dg_sync &sync) {
+__device__ inline void grid_barrier(df_sync &sync) {
   __syncthreads();
   if (threadIdx.x == 0) {
     unsigned long long *stamps = sync.trace ? sync.trace + (size_t)sync.passed * (gridDim.x + 1) : nullptr;
@@ -329,9 +329,9 @@ __device__ inline bool last_of_group(unsigned int *count, int units, int *flag) 
 // ---- products --------------------------------------------------------------------------------------
 // acc (16 rows from row0 x 8 columns) = A (shared, rows of lda) · B^T, B the tile's 8 weight rows
 // (shared, rows of ldb), over ksteps k-steps of 16. A warp has one or two such jobs a phase, so the
-// product's latency is the chain of dependent mma: DG_CHAINS accumulators take turns over the
-// k-steps (a chain DG_CHAINS times shorter) and are added at the end.
-#define DG_CHAINS 4
+// product's latency is the chain of dependent mma: DF_CHAINS accumulators take turns over the
+// k-steps (a chain DF_CHAINS times shorter) and are added at the end.
+#define DF_CHAINS 4
 __device__ __forceinline__ void mma_step(float (&acc)[4], const bf16 *a, int lda, const bf16 *b) {
   const uint32_t frag[4] = {lds32(a), lds32(a + 8 * lda), lds32(a + DF_MMA_K / 2), lds32(a + 8 * lda + DF_MMA_K / 2)};
   const uint32_t w[2] = {lds32(b), lds32(b + DF_MMA_K / 2)};
@@ -339,24 +339,24 @@ __device__ __forceinline__ void mma_step(float (&acc)[4], const bf16 *a, int lda
 }
 __device__ __forceinline__ void smem_product(float (&acc)[1][4], const bf16 *A, int lda, int row0, const bf16 *B,
                                              int ldb, int ksteps, int g, int q) {
-  float part[DG_CHAINS][4] = {};
+  float part[DF_CHAINS][4] = {};
   const bf16 *a = A + (size_t)(row0 + g) * lda + 2 * q, *b = B + (size_t)g * ldb + 2 * q;
   int s = 0;
-  for (; s + DG_CHAINS <= ksteps; s += DG_CHAINS)
+  for (; s + DF_CHAINS <= ksteps; s += DF_CHAINS)
 #pragma unroll
-    for (int c = 0; c < DG_CHAINS; c++) mma_step(part[c], a + (s + c) * DF_MMA_K, lda, b + (s + c) * DF_MMA_K);
+    for (int c = 0; c < DF_CHAINS; c++) mma_step(part[c], a + (s + c) * DF_MMA_K, lda, b + (s + c) * DF_MMA_K);
   for (; s < ksteps; s++) mma_step(part[0], a + s * DF_MMA_K, lda, b + s * DF_MMA_K);
 #pragma unroll
   for (int i = 0; i < 4; i++) acc[0][i] = (part[0][i] + part[1][i]) + (part[2][i] + part[3][i]);
 }
-static_assert(DG_CHAINS == 4, "the sum above adds four chains");
+static_assert(DF_CHAINS == 4, "the sum above adds four chains");
 // The block's `tiles` staged n-tiles (tile i's rows at W + 8 i ldw) times A, a warp a (tile, m-tile)
 // job; epi(acc, i, row0) gets each.
 template <typename Epi>
 __device__ __forceinline__ void project(const bf16 *A, int lda, const bf16 *W, int ldw, int tiles, int ksteps, int T,
                                         int warp, int g, int q, Epi epi) {
   const int mtiles = (T + DF_MMA_ROWS - 1) / DF_MMA_ROWS;
-  for (int job = warp; job < tiles * mtiles; job += DG_WARPS) {
+  for (int job = warp; job < tiles * mtiles; job += DF_WARPS) {
     const int i = job / mtiles, row0 = job % mtiles * DF_MMA_ROWS;
     float acc[1][4];
     smem_product(acc, A, lda, row0, W + (size_t)i * DF_NTILE * ldw, ldw, ksteps, g, q);
@@ -369,17 +369,17 @@ __device__ __forceinline__ void project(const bf16 *A, int lda, const bf16 *W, i
 // A, q|k|v(l+1) after C, down(l) after D, gate|up(l+1) after E (empty groups past the last block).
 // Each phase waits for what it reads: A for all but the newest group (gate|up may stay in flight),
 // C, E for all.
-__global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __grid_constant__ dg_args p) {
-  extern __shared__ __align__(16) unsigned char dg_shared[];
+__global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __grid_constant__ df_args p) {
+  extern __shared__ __align__(16) unsigned char df_shared[];
   constexpr int D = DF_HEAD_DIM, HALF = D / 2;
   const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, q = lane % 4;
   const int T = p.T, C = p.C, I = p.I, Hq = p.Hq, Hkv = p.Hkv, qkv_dim = (Hq + 2 * Hkv) * D;
   const int rank = blockIdx.x, blocks = gridDim.x;
-  const dg_shape sh = {C, I, qkv_dim, Hkv, blocks, p.down_groups, p.down_chunks};
-  dg_smem S;
-  dg_carve(dg_shared, &S, sh);
+  const df_shape sh = {C, I, qkv_dim, Hkv, blocks, p.down_groups, p.down_chunks};
+  df_smem S;
+  df_carve(df_shared, &S, sh);
   const int ld = S.ld, KC = C / DF_MMA_K;
-  dg_sync sync = {p.barrier, p.trace, threadIdx.x == 0 ? ld_acquire(p.barrier + 1) : 0u, 0};
+  df_sync sync = {p.barrier, p.trace, threadIdx.x == 0 ? ld_acquire(p.barrier + 1) : 0u, 0};
 
   const df_range qkv_tiles = block_tiles(qkv_dim / DF_NTILE, rank, blocks);
   const df_range o_tiles = block_tiles(C / DF_NTILE, rank, blocks);
@@ -404,12 +404,12 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
   cp_async_commit();
 
   // h = the token embeddings
-  for (int e = rank * DG_THREADS + threadIdx.x; e < T * (C / BF16_PER_PACK); e += blocks * DG_THREADS) {
+  for (int e = rank * DF_THREADS + threadIdx.x; e < T * (C / BF16_PER_PACK); e += blocks * DF_THREADS) {
     const int t = e / (C / BF16_PER_PACK), c = e % (C / BF16_PER_PACK) * BF16_PER_PACK;
     *reinterpret_cast<uint4 *>(p.h + (size_t)t * C + c) =
         __ldg(reinterpret_cast<const uint4 *>(p.tok_embed + (size_t)p.ids[t] * C + c));
   }
-  for (int t = threadIdx.x; t < T; t += DG_THREADS) {
+  for (int t = threadIdx.x; t < T; t += DF_THREADS) {
     int b = 0;
     while (b + 1 < p.B && p.cu_seqlens[b + 1] <= t) b++;
     S.seq_start[t] = p.cu_seqlens[b];
@@ -422,7 +422,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
     // A: xn = rmsnorm(h) (every block, all rows); q|k|v = xn W_qkv^T + b, this block's columns
     load_rows(S.xa, ld, p.h, C, T, C);
     __syncthreads();
-    norm_rows(S.xa, ld, S.xa, ld, blk.norm_attn_w, warp, DG_WARPS, T, C, p.eps, lane);
+    norm_rows(S.xa, ld, S.xa, ld, blk.norm_attn_w, warp, DF_WARPS, T, C, p.eps, lane);
     cp_async_wait<1>();
     __syncthreads();
     project(S.xa, ld, S.wb, ld, n_qkv, KC, T, warp, g, q, [&](const float(&acc)[1][4], int i, int row0) {
@@ -437,15 +437,15 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
 
     // B: attention, a warp a (head, row) pair over the grid; the angles, rotated keys and values of
     // every kv head into xa first (blocks with pairs only)
-    if (rank * DG_WARPS < Hq * T) {
-      dg_attn_smem A;
-      dg_attn_carve(reinterpret_cast<unsigned char *>(S.xa), &A, Hkv);
-      for (int e = threadIdx.x; e < T * HALF; e += DG_THREADS) {
+    if (rank * DF_WARPS < Hq * T) {
+      df_attn_smem A;
+      df_attn_carve(reinterpret_cast<unsigned char *>(S.xa), &A, Hkv);
+      for (int e = threadIdx.x; e < T * HALF; e += DF_THREADS) {
         const int t = e / HALF, i = e % HALF;
         rope_cos_sin(p.pos[t], i, D, p.theta, &A.cos_t[t * A.table_ld + i], &A.sin_t[t * A.table_ld + i]);
       }
       __syncthreads();
-      for (int e = threadIdx.x; e < Hkv * T * HALF; e += DG_THREADS) {
+      for (int e = threadIdx.x; e < Hkv * T * HALF; e += DF_THREADS) {
         const int i = e % HALF, t = (e / HALF) % T, kh = e / (HALF * T);
         const bf16 *k = p.qkv + (size_t)t * qkv_dim + (Hq + kh) * D;
         float r1, r2;
@@ -458,7 +458,7 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
         load_rows(A.values + (size_t)kh * DF_ROWS * D, D, p.qkv + (Hq + Hkv + kh) * D, qkv_dim, T, D);
       __syncthreads();
       const int per_group = Hq / Hkv;
-      for (int task = rank * DG_WARPS + warp; task < Hq * T; task += blocks * DG_WARPS) {
+      for (int task = rank * DF_WARPS + warp; task < Hq * T; task += blocks * DF_WARPS) {
         const int h = task / T, t = task % T, kh = h / per_group;
         const bf16 *qrow = p.qkv + (size_t)t * qkv_dim + h * D;
         const float2 o = attend_row(bf2f(__ldcg(qrow + lane)), bf2f(__ldcg(qrow + lane + HALF)),
@@ -489,10 +489,10 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
     // D: ff = swiglu(rmsnorm(x) W_gate|up^T + b), this block's columns of the MLP's width
     load_rows(S.xa, ld, p.x, C, T, C);
     __syncthreads();
-    norm_rows(S.xa, ld, S.xa, ld, blk.norm_mlp_w, warp, DG_WARPS, T, C, p.eps, lane);
+    norm_rows(S.xa, ld, S.xa, ld, blk.norm_mlp_w, warp, DF_WARPS, T, C, p.eps, lane);
     __syncthreads();
     const int mtiles = (T + DF_MMA_ROWS - 1) / DF_MMA_ROWS;
-    for (int job = warp; job < n_pairs * mtiles; job += DG_WARPS) {
+    for (int job = warp; job < n_pairs * mtiles; job += DF_WARPS) {
       const int i = job / mtiles, row0 = job % mtiles * DF_MMA_ROWS;
       float gate[1][4], up[1][4];
       smem_product(gate, S.xa, ld, row0, S.wa + (size_t)i * DF_NTILE * ld, ld, KC, g, q);
@@ -533,8 +533,8 @@ __global__ void __launch_bounds__(DG_THREADS, 1) decoder_fused_kernel(const __gr
                                        make_float2(v0, v1);
                                  }, row0);
               });
-      if (last_of_group(p.barrier + DG_GROUP_COUNTS + group, p.down_chunks, S.flag)) {
-        for (int e = threadIdx.x; e < T * (down_cols / 2); e += DG_THREADS) {
+      if (last_of_group(p.barrier + DF_GROUP_COUNTS + group, p.down_chunks, S.flag)) {
+        for (int e = threadIdx.x; e < T * (down_cols / 2); e += DF_THREADS) {
           const int row = e / (down_cols / 2), col = group * down_cols + 2 * (e % (down_cols / 2));
           float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll 8
@@ -595,19 +595,19 @@ static bool df_tensors_aligned(const sn_decoder_weights *w) {
 // down's units: column groups (whole n-tiles) x slices of I (whole k-steps) with at most a unit a
 // block and as many units as that allows, fewer slices first (less partial traffic); the unit's
 // rows and slice must fit wa and xa. Returns false when no split fits.
-static bool dg_down_split(dg_shape *sh, size_t smem_max) {
+static bool df_down_split(df_shape *sh, size_t smem_max) {
   const int tiles = sh->C / DF_NTILE, ksteps = sh->I / DF_MMA_K;
   int best_units = 0;
-  dg_shape best = *sh;
+  df_shape best = *sh;
   for (int chunks = 1; chunks <= ksteps; chunks++) {
     if (ksteps % chunks) continue;
     for (int groups = 1; groups <= tiles; groups++) {
       const int units = groups * chunks;
-      if (tiles % groups || groups > DG_MAX_GROUPS || units > sh->blocks || units <= best_units) continue;
-      dg_shape trial = *sh;
+      if (tiles % groups || groups > DF_MAX_GROUPS || units > sh->blocks || units <= best_units) continue;
+      df_shape trial = *sh;
       trial.down_groups = groups, trial.down_chunks = chunks;
-      dg_smem layout;
-      if (trial.down_k() > sh->C || dg_carve(nullptr, &layout, trial) > smem_max) continue;
+      df_smem layout;
+      if (trial.down_k() > sh->C || df_carve(nullptr, &layout, trial) > smem_max) continue;
       best_units = units, best = trial;
     }
   }
@@ -615,17 +615,17 @@ static bool dg_down_split(dg_shape *sh, size_t smem_max) {
   return best_units > 0;
 }
 
-struct dg_plan {
+struct df_plan {
   int blocks;  // 0: the shape is not taken
   size_t smem;
   int down_groups, down_chunks;  // down's work units: column groups x slices of the MLP's width
 };
 // Whether the kernel takes w on this device (*out filled when it does): one plan serves every T up
 // to DF_ROWS (the caller checks T). Memoised per shape (the answer does not change).
-static bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
+static bool df_plan_for(const sn_decoder_weights *w, df_plan *out) {
   struct entry {
     int C, I, Hkv, qkv_dim;
-    dg_plan plan;
+    df_plan plan;
   };
   static entry cache[DF_PLAN_CACHE];
   static int cached = 0;
@@ -637,17 +637,17 @@ static bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
       *out = cache[i].plan;
       return out->blocks > 0;
     }
-  dg_plan plan = {0, 0, 0, 0};
+  df_plan plan = {0, 0, 0, 0};
   const int smem_max = sn_cuda_smem_optin_max();
-  dg_shape sh = {C, I, qkv_dim, w->kv_heads, sn_cuda_sm_count(), 0, 0};
+  df_shape sh = {C, I, qkv_dim, w->kv_heads, sn_cuda_sm_count(), 0, 0};
   if (sn_cuda_cooperative_launch() && sn_cuda_cc_major() >= 8 && C % DF_MMA_K == 0 && I % DF_MMA_K == 0 &&
-      dg_down_split(&sh, (size_t)smem_max)) {
-    dg_smem layout;
-    const size_t smem = dg_carve(nullptr, &layout, sh);
+      df_down_split(&sh, (size_t)smem_max)) {
+    df_smem layout;
+    const size_t smem = df_carve(nullptr, &layout, sh);
     // the device's cap (every shape's plan sets the same)
     cudaCheck(cudaFuncSetAttribute(decoder_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max));
     int per_sm = 0;
-    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decoder_fused_kernel, DG_THREADS, smem));
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decoder_fused_kernel, DF_THREADS, smem));
     if (per_sm >= 1) plan = {sh.blocks, smem, sh.down_groups, sh.down_chunks};
   }
   if (cached < DF_PLAN_CACHE) cache[cached++] = {C, I, w->kv_heads, qkv_dim, plan};
@@ -657,22 +657,22 @@ static bool dg_plan_for(const sn_decoder_weights *w, dg_plan *out) {
 
 // The current context's barrier words: allocated and zeroed once (each launch leaves the base at the
 // count), one set a context so that launches on two streams never count on the same words.
-static unsigned int *dg_barrier(void) {
+static unsigned int *df_barrier(void) {
   cuda_context *ctx = cuda_context_current();
   if (!ctx->grid_barrier) {
-    ctx->grid_barrier = (unsigned int *)cuda_alloc(DG_BARRIER_WORDS * sizeof(unsigned int));
-    cudaCheck(cudaMemsetAsync(ctx->grid_barrier, 0, DG_BARRIER_WORDS * sizeof(unsigned int), SN_STREAM));
+    ctx->grid_barrier = (unsigned int *)cuda_alloc(DF_BARRIER_WORDS * sizeof(unsigned int));
+    cudaCheck(cudaMemsetAsync(ctx->grid_barrier, 0, DF_BARRIER_WORDS * sizeof(unsigned int), SN_STREAM));
   }
   return ctx->grid_barrier;
 }
 
 // ---- the phase trace (SN_FUSED_TRACE=N: every Nth launch of the process) ------------------------
-#define DG_PHASES 5  // barriers a decoder block
-static const char *const DG_PHASE_NAMES[DG_PHASES] = {"A norm+qkv", "B attention", "C o_proj", "D norm+gate|up",
+#define DF_PHASES 5  // barriers a decoder block
+static const char *const DF_PHASE_NAMES[DF_PHASES] = {"A norm+qkv", "B attention", "C o_proj", "D norm+gate|up",
                                                       "E down + sum"};
 // Every how many launches to trace one (0: none), read once; anything but a count is warned about
 // and read as 0.
-static int dg_read_trace_every(void) {
+static int df_read_trace_every(void) {
   const char *v = getenv("SN_FUSED_TRACE");
   char *end = nullptr;
   const long n = v ? strtol(v, &end, 10) : 0;
@@ -682,15 +682,15 @@ static int dg_read_trace_every(void) {
   }
   return (int)n;
 }
-static int dg_trace_launch(void) {
-  static const int every = dg_read_trace_every();  // once, also when contexts race to the first launch
+static int df_trace_launch(void) {
+  static const int every = df_read_trace_every();  // once, also when contexts race to the first launch
   return every;
 }
 // Prints, per phase and averaged over the decoder blocks: the work (from block 0 leaving the barrier
 // before to the last block's arrival), the spread of the arrivals (last - first), and the barrier's
 // own latency (block 0 leaving after the last arrival).
-static void dg_print_trace(const unsigned long long *t, int barriers, int blocks, int layers, int T) {
-  double work[DG_PHASES] = {0}, spread[DG_PHASES] = {0}, latency[DG_PHASES] = {0};
+static void df_print_trace(const unsigned long long *t, int barriers, int blocks, int layers, int T) {
+  double work[DF_PHASES] = {0}, spread[DF_PHASES] = {0}, latency[DF_PHASES] = {0};
   const int row = blocks + 1;
   unsigned long long first_start = ~0ull;
   for (int b = 0; b < blocks; b++) first_start = std::min(first_start, t[b]);
@@ -698,7 +698,7 @@ static void dg_print_trace(const unsigned long long *t, int barriers, int blocks
     const unsigned long long *r = t + (size_t)k * row;
     unsigned long long first = ~0ull, last = 0;
     for (int b = 0; b < blocks; b++) first = std::min(first, r[b]), last = std::max(last, r[b]);
-    const int phase = (k - 1) % DG_PHASES;
+    const int phase = (k - 1) % DF_PHASES;
     work[phase] += 1e-3 * (double)(last - t[(size_t)(k - 1) * row + blocks]);
     spread[phase] += 1e-3 * (double)(last - first);
     latency[phase] += 1e-3 * (double)(r[blocks] - last);
@@ -706,12 +706,12 @@ static void dg_print_trace(const unsigned long long *t, int barriers, int blocks
   fprintf(stderr, "decoder_fused trace: %d blocks, %d decoder blocks, T=%d: %.1f us from the first arrival "
           "to the last departure\n", blocks, layers, T, 1e-3 * (double)(t[(size_t)(barriers - 1) * row + blocks] -
                                                                        first_start));
-  for (int p = 0; p < DG_PHASES; p++)
+  for (int p = 0; p < DF_PHASES; p++)
     fprintf(stderr, "  %-15s work %6.2f us, arrival spread %6.2f us, barrier %5.2f us (a decoder block)\n",
-            DG_PHASE_NAMES[p], work[p] / layers, spread[p] / layers, latency[p] / layers);
+            DF_PHASE_NAMES[p], work[p] / layers, spread[p] / layers, latency[p] / layers);
 }
 
-static void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const int32_t *pos,
+static void df_forward(const df_plan *plan, void *out, const int32_t *ids, const int32_t *pos,
                        const int32_t *cu_seqlens, int B, int T, const sn_decoder_weights *w) {
   const int C = w->hidden, I = w->intermediate, qkv_dim = (w->heads + 2 * w->kv_heads) * w->head_dim;
   const size_t act = df_round((size_t)DF_ROWS * C * sizeof(bf16));
@@ -720,19 +720,19 @@ static void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const
   const size_t partial_bytes = (size_t)plan->down_chunks * DF_ROWS * C * sizeof(float);
   unsigned char *ws = (unsigned char *)sn_cuda_scratch(SCRATCH_DECODER_FUSED, 3 * act + qkv_bytes + ff_bytes +
                                                                                  partial_bytes);
-  dg_args a = {};
+  df_args a = {};
   df_blocks_from(w, a.blocks);
   a.tok_embed = (const bf16 *)w->tok_embed, a.final_norm_w = (const bf16 *)w->final_norm_w, a.out = (bf16 *)out;
   a.ids = ids, a.pos = pos, a.cu_seqlens = cu_seqlens;
   a.h = (bf16 *)ws, a.x = (bf16 *)(ws + act), a.attn = (bf16 *)(ws + 2 * act), a.qkv = (bf16 *)(ws + 3 * act);
   a.ff = (bf16 *)(ws + 3 * act + qkv_bytes), a.partial = (float *)(ws + 3 * act + qkv_bytes + ff_bytes);
-  a.barrier = dg_barrier();
+  a.barrier = df_barrier();
   a.B = B, a.T = T, a.layers = w->layers, a.C = C, a.I = I, a.Hq = w->heads, a.Hkv = w->kv_heads;
   a.down_groups = plan->down_groups, a.down_chunks = plan->down_chunks;
   a.eps = w->norm_eps, a.theta = w->rope_theta, a.scale = 1.0f / sqrtf((float)w->head_dim);
   static std::atomic<int> launches{0};
-  const int barriers = 1 + DG_PHASES * w->layers;
-  bool trace = dg_trace_launch() > 0 && (launches.fetch_add(1) + 1) % dg_trace_launch() == 0;
+  const int barriers = 1 + DF_PHASES * w->layers;
+  bool trace = df_trace_launch() > 0 && (launches.fetch_add(1) + 1) % df_trace_launch() == 0;
   if (trace) {  // not while a graph records (the trace synchronizes); asked only here, off the hot path
     cudaStreamCaptureStatus capturing;
     cudaCheck(cudaStreamIsCapturing(SN_STREAM, &capturing));
@@ -744,7 +744,7 @@ static void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const
   attr.id = cudaLaunchAttributeCooperative;
   attr.val.cooperative = 1;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(plan->blocks), cfg.blockDim = dim3(DG_THREADS), cfg.dynamicSmemBytes = plan->smem;
+  cfg.gridDim = dim3(plan->blocks), cfg.blockDim = dim3(DF_THREADS), cfg.dynamicSmemBytes = plan->smem;
   cfg.stream = SN_STREAM, cfg.attrs = &attr, cfg.numAttrs = 1;
   cudaCheck(cudaLaunchKernelEx(&cfg, decoder_fused_kernel, a));
   launchCheck();
@@ -752,7 +752,7 @@ static void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const
     unsigned long long *stamps = (unsigned long long *)malloc(trace_bytes);
     cudaCheck(cudaMemcpyAsync(stamps, a.trace, trace_bytes, cudaMemcpyDeviceToHost, SN_STREAM));
     cudaCheck(cudaStreamSynchronize(SN_STREAM));
-    dg_print_trace(stamps, barriers, plan->blocks, w->layers, T);
+    df_print_trace(stamps, barriers, plan->blocks, w->layers, T);
     free(stamps);
     cuda_free(a.trace);
   }
@@ -761,27 +761,27 @@ static void dg_forward(const dg_plan *plan, void *out, const int32_t *ids, const
 // Whether the kernel takes this decoder at T tokens (*plan filled when it does): head dim 64,
 // Hq * 64 = C, whole GQA groups, at most SN_DECODER_FUSED_MAX_ROWS tokens and DF_MAX_LAYERS blocks,
 // every tensor on 16 bytes, and a plan for the device; false sends the model to the general path.
-static bool df_supports(const sn_decoder_weights *w, int T, dg_plan *plan) {
+static bool df_supports(const sn_decoder_weights *w, int T, df_plan *plan) {
   if (T < 1 || T > SN_DECODER_FUSED_MAX_ROWS || w->layers < 1 || w->layers > DF_MAX_LAYERS ||
       w->head_dim != DF_HEAD_DIM || w->heads * w->head_dim != w->hidden || w->kv_heads < 1 ||
       w->heads % w->kv_heads != 0 || !df_tensors_aligned(w))
     return false;
-  return dg_plan_for(w, plan);
+  return df_plan_for(w, plan);
 }
 
 int cuda_decoder_fused_supports(const sn_decoder_weights *w, int T) {
-  dg_plan plan;
+  df_plan plan;
   return df_supports(w, T, &plan) ? 1 : 0;
 }
 
 void cuda_decoder_fused_forward(void *out, const int32_t *ids, const int32_t *pos, const int32_t *cu_seqlens, int B,
                                 int T, const sn_decoder_weights *w) {
-  dg_plan plan;
+  df_plan plan;
   if (!df_supports(w, T, &plan)) {
     fprintf(stderr, "error: %s:%d: decoder_fused_forward: shape not supported (T=%d C=%d I=%d heads %d/%d of %d; "
             "ask decoder_fused_supports first)\n", __FILE__, __LINE__, T, w->hidden, w->intermediate, w->heads,
             w->kv_heads, w->head_dim);
     exit(1);
   }
-  dg_forward(&plan, out, ids, pos, cu_seqlens, B, T, w);
+  df_forward(&plan, out, ids, pos, cu_seqlens, B, T, w);
 }
