@@ -80,17 +80,14 @@ __device__ __forceinline__ float bias_at(const bf16 *bias, int n) { return bias 
 __device__ __forceinline__ float round_bf16(float v) { return bf2f(f2bf(v)); }
 
 // Calls f(row, column, v0, v1) for the accumulator pairs of rows < T: lane (g, q) holds columns
-// n0 + 2q, + 1 of rows g and g + 8 of each m-tile (the first at row0).
-template <int MT, typename F>
-__device__ __forceinline__ void for_each_pair(const float (&acc)[MT][4], int n0, int T, int g, int q, F f,
-                                              int row0 = 0) {
+// n0 + 2q, + 1 of rows row0 + g and row0 + g + 8 of the m-tile.
+template <typename F>
+__device__ __forceinline__ void for_each_pair(const float (&acc)[4], int n0, int T, int g, int q, F f, int row0) {
 #pragma unroll
-  for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-      const int row = row0 + mt * DF_MMA_ROWS + g + 8 * hh;
-      if (row < T) f(row, n0 + 2 * q, acc[mt][2 * hh], acc[mt][2 * hh + 1]);
-    }
+  for (int hh = 0; hh < 2; hh++) {
+    const int row = row0 + g + 8 * hh;
+    if (row < T) f(row, n0 + 2 * q, acc[2 * hh], acc[2 * hh + 1]);
+  }
 }
 
 // The n-tiles [begin, end) of a projection split over `parts` workers: worker `rank`'s share.
@@ -337,7 +334,7 @@ __device__ __forceinline__ void mma_step(float (&acc)[4], const bf16 *a, int lda
   const uint32_t w[2] = {lds32(b), lds32(b + DF_MMA_K / 2)};
   mma_bf16(acc, frag, w);
 }
-__device__ __forceinline__ void smem_product(float (&acc)[1][4], const bf16 *A, int lda, int row0, const bf16 *B,
+__device__ __forceinline__ void smem_product(float (&acc)[4], const bf16 *A, int lda, int row0, const bf16 *B,
                                              int ldb, int ksteps, int g, int q) {
   float part[DF_CHAINS][4] = {};
   const bf16 *a = A + (size_t)(row0 + g) * lda + 2 * q, *b = B + (size_t)g * ldb + 2 * q;
@@ -347,7 +344,7 @@ __device__ __forceinline__ void smem_product(float (&acc)[1][4], const bf16 *A, 
     for (int c = 0; c < DF_CHAINS; c++) mma_step(part[c], a + (s + c) * DF_MMA_K, lda, b + (s + c) * DF_MMA_K);
   for (; s < ksteps; s++) mma_step(part[0], a + s * DF_MMA_K, lda, b + s * DF_MMA_K);
 #pragma unroll
-  for (int i = 0; i < 4; i++) acc[0][i] = (part[0][i] + part[1][i]) + (part[2][i] + part[3][i]);
+  for (int i = 0; i < 4; i++) acc[i] = (part[0][i] + part[1][i]) + (part[2][i] + part[3][i]);
 }
 static_assert(DF_CHAINS == 4, "the sum above adds four chains");
 // The block's `tiles` staged n-tiles (tile i's rows at W + 8 i ldw) times A, a warp a (tile, m-tile)
@@ -358,7 +355,7 @@ __device__ __forceinline__ void project(const bf16 *A, int lda, const bf16 *W, i
   const int mtiles = (T + DF_MMA_ROWS - 1) / DF_MMA_ROWS;
   for (int job = warp; job < tiles * mtiles; job += DF_WARPS) {
     const int i = job / mtiles, row0 = job % mtiles * DF_MMA_ROWS;
-    float acc[1][4];
+    float acc[4];
     smem_product(acc, A, lda, row0, W + (size_t)i * DF_NTILE * ldw, ldw, ksteps, g, q);
     epi(acc, i, row0);
   }
@@ -425,8 +422,8 @@ __global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __gr
     norm_rows(S.xa, ld, S.xa, ld, blk.norm_attn_w, warp, DF_WARPS, T, C, p.eps, lane);
     cp_async_wait<1>();
     __syncthreads();
-    project(S.xa, ld, S.wb, ld, n_qkv, KC, T, warp, g, q, [&](const float(&acc)[1][4], int i, int row0) {
-      for_each_pair<1>(acc, (qkv_tiles.begin + i) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
+    project(S.xa, ld, S.wb, ld, n_qkv, KC, T, warp, g, q, [&](const float(&acc)[4], int i, int row0) {
+      for_each_pair(acc, (qkv_tiles.begin + i) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
         st32(p.qkv + (size_t)row * qkv_dim + col, v0 + bias_at(blk.qkv_b, col), v1 + bias_at(blk.qkv_b, col + 1));
       }, row0);
     });
@@ -474,8 +471,8 @@ __global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __gr
     load_rows(S.xa, ld, p.attn, C, T, C);
     cp_async_wait<0>();
     __syncthreads();
-    project(S.xa, ld, S.wb, ld, n_o, KC, T, warp, g, q, [&](const float(&acc)[1][4], int i, int row0) {
-      for_each_pair<1>(acc, (o_tiles.begin + i) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
+    project(S.xa, ld, S.wb, ld, n_o, KC, T, warp, g, q, [&](const float(&acc)[4], int i, int row0) {
+      for_each_pair(acc, (o_tiles.begin + i) * DF_NTILE, T, g, q, [&](int row, int col, float v0, float v1) {
         const uint32_t h = ldcg32(p.h + (size_t)row * C + col);
         const float o0 = round_bf16(v0 + bias_at(blk.o_b, col)), o1 = round_bf16(v1 + bias_at(blk.o_b, col + 1));
         st32(p.x + (size_t)row * C + col, bf16_lo(h) + o0, bf16_hi(h) + o1);
@@ -494,7 +491,7 @@ __global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __gr
     const int mtiles = (T + DF_MMA_ROWS - 1) / DF_MMA_ROWS;
     for (int job = warp; job < n_pairs * mtiles; job += DF_WARPS) {
       const int i = job / mtiles, row0 = job % mtiles * DF_MMA_ROWS;
-      float gate[1][4], up[1][4];
+      float gate[4], up[4];
       smem_product(gate, S.xa, ld, row0, S.wa + (size_t)i * DF_NTILE * ld, ld, KC, g, q);
       smem_product(up, S.xa, ld, row0, S.wa + (size_t)(pair_rows + i * DF_NTILE) * ld, ld, KC, g, q);
       const int c = (pairs.begin + i) * DF_NTILE + 2 * q;
@@ -505,8 +502,8 @@ __global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __gr
         float f[2];
 #pragma unroll
         for (int k = 0; k < 2; k++) {
-          const float gv = round_bf16(gate[0][2 * hh + k] + bias_at(blk.up_b, c + k));
-          const float uv = round_bf16(up[0][2 * hh + k] + bias_at(blk.up_b, I + c + k));
+          const float gv = round_bf16(gate[2 * hh + k] + bias_at(blk.up_b, c + k));
+          const float uv = round_bf16(up[2 * hh + k] + bias_at(blk.up_b, I + c + k));
           f[k] = silu_f(gv) * uv;
         }
         st32(p.ff + (size_t)row * I + c, f[0], f[1]);
@@ -526,8 +523,8 @@ __global__ void __launch_bounds__(DF_THREADS, 1) decoder_fused_kernel(const __gr
       cp_async_wait<0>();
       __syncthreads();
       project(S.xa, k_ld, S.wa, k_ld, down_cols / DF_NTILE, down_k / DF_MMA_K, T, warp, g, q,
-              [&](const float(&acc)[1][4], int i, int row0) {
-                for_each_pair<1>(acc, group * down_cols + i * DF_NTILE, T, g, q,
+              [&](const float(&acc)[4], int i, int row0) {
+                for_each_pair(acc, group * down_cols + i * DF_NTILE, T, g, q,
                                  [&](int row, int col, float v0, float v1) {
                                    *reinterpret_cast<float2 *>(p.partial + ((size_t)chunk * T + row) * C + col) =
                                        make_float2(v0, v1);
