@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The serving checks and figures on the GPU, in one go (issue 20): the fused decoder against its CPU
-# twin (the student's and the 0.5B tower's shapes) and its weight-stream rate (sn_bench), the model on and off (test_small_batch cuda), the programmatic-edge probe
-# (test_cuda_ops --only pdl, with and without SN_PDL), the encoder library's tests, and
-# sn_bench_encode with each opt-in switch off and on,
-# two rounds, beside the torch.compile anchor when one is given, and with 1, 2 and 4 handles
+# twin (the student's and the 0.5B tower's shapes) and its weight-stream rate (sn_bench), the model
+# on and off (test_small_batch cuda), the programmatic-edge probe (test_cuda_ops --only pdl, with and
+# without SN_PDL), the encoder library's tests, and sn_bench_encode with each opt-in switch off and
+# on, two rounds, beside the torch.compile anchor when one is given, and with 1, 2 and 4 handles
 # streaming at once (a stream each).
 # usage: benchmarks/serving_gpu.sh BUILD_DIR OUT_DIR [ANCHOR_PY]   (ANCHOR_PY: ../shared/bench/torch_compiled_extra.py)
 # QUICK=1 stops after the student's encode (no encoder tests, no 0.5B encode, no anchor).

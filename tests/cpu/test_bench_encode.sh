@@ -38,7 +38,8 @@ cat handles.txt
 grep -q '^encode  cpu x2 handles  run/final/query_tower  batch 4 x 8 tokens: p50 .* [0-9]* queries/s$' handles.txt ||
   { echo "FAIL: no line for two handles"; exit 1; }
 for bad in 0 65 two; do  # a count of 1 to 64, else exit 2 naming the flag
-  "$BUILD/sn_bench_encode" --device cpu --handles "$bad" > /dev/null 2> bad.txt && { echo "FAIL: --handles $bad ran"; exit 1; }
+  "$BUILD/sn_bench_encode" --device cpu --handles "$bad" > /dev/null 2> bad.txt &&
+    { echo "FAIL: --handles $bad ran"; exit 1; }
   [ $? = 2 ] && grep -q "^error: --handles: expected a whole decimal integer in \[1, 64\], got '$bad'" bad.txt ||
     { echo "FAIL: --handles $bad:"; cat bad.txt; exit 1; }
 done
