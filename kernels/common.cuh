@@ -310,13 +310,6 @@ static inline size_t scratch_slot_bytes(size_t request) { return request + reque
 // binds it for its calls. A context is used by one thread at a time; a thread runs in the context
 // it bound last, else in the default one.
 struct matmul_cache;  // matmul.cu
-// A side stream for weight prefetches (prefetch.cu): fork and join events, and whether a fork is
-// open (prefetches enqueued since the last join).
-struct prefetch_lane {
-  cudaStream_t stream;
-  cudaEvent_t fork, join;
-  bool open;
-};
 struct cuda_context {
   cudaStream_t stream;  // 0 (the legacy stream) in the default context
   bool recording;       // a bound context between graph_begin and graph_end (graphs.cu)
@@ -325,7 +318,6 @@ struct cuda_context {
   uint64_t scratch_moves;        // reallocations so far: the epoch graphs are checked against
   matmul_cache *matmul;          // made at the context's first GEMM (matmul.cu)
   unsigned int *grid_barrier;    // made at its first fused decoder launch (decoder_fused.cu)
-  prefetch_lane prefetch;        // made at its first prefetch_l2 (prefetch.cu)
 };
 cuda_context *cuda_context_current(void);  // the bound context, else the default one
 cuda_context *cuda_context_bound(void);    // the bound context, else NULL
@@ -387,15 +379,6 @@ void cuda_graph_begin(void);
 void *cuda_graph_end(void);
 void cuda_graph_launch(void *graph);
 void cuda_graph_free(void *graph);
-// prefetch.cu
-void cuda_prefetch_l2(const void *p, size_t bytes);
-void cuda_prefetch_join(void);
-void cuda_prefetch_lane_free(prefetch_lane *lane);  // waits for its work, then releases it
-void cuda_fold_scale_columns(void *dst, const void *src, const void *w, size_t rows, int cols);
-void cuda_rope_rescale(void *qkv, const void *h, const void *bias, const int32_t *pos, int T, int C, int Hq, int Hkv,
-                       int D, float theta, float eps);
-void cuda_swiglu_rescale(void *out, const void *gate_up, const void *x, const void *bias, int T, int C, int I,
-                         float eps);
 // init.cu
 void cuda_fill_normal(void *x, size_t n, uint64_t key, float stddev);
 void cuda_fill(void *x, size_t n, float value);

@@ -36,7 +36,6 @@ void cuda_context_free(void *opaque) {
   for (int k = 0; k < SCRATCH_SLOT_COUNT; k++) cuda_free(ctx->scratch_ptr[k]);
   cuda_matmul_cache_free(ctx->matmul);
   cuda_free(ctx->grid_barrier);
-  cuda_prefetch_lane_free(&ctx->prefetch);
   cudaCheck(cudaStreamDestroy(ctx->stream));
   free(ctx);
 }

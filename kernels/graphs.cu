@@ -49,7 +49,6 @@ void cuda_graph_begin(void) {
 }
 
 void *cuda_graph_end(void) {
-  cuda_prefetch_join();  // a recording cannot end with a side stream still forked off it
   cudaGraph_t graph;
   cudaCheck(cudaStreamEndCapture(graph_stream(), &graph));
   cuda_context *ctx = cuda_context_bound();

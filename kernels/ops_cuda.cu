@@ -74,11 +74,6 @@ static sn_ops make_cuda_ops(void) {
   o.graph_launch = cuda_graph_launch;
   o.graph_free = cuda_graph_free;
   o.scratch_epoch = cuda_scratch_epoch;
-  o.prefetch_l2 = cuda_prefetch_l2;
-  o.prefetch_join = cuda_prefetch_join;
-  o.fold_scale_columns = cuda_fold_scale_columns;
-  o.rope_rescale = cuda_rope_rescale;
-  o.swiglu_rescale = cuda_swiglu_rescale;
   o.context_new = cuda_context_new;
   o.context_bind = cuda_context_bind;
   o.context_free = cuda_context_free;

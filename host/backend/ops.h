@@ -370,22 +370,6 @@ typedef struct sn_ops {
   void (*graph_free)(void *graph);
   uint64_t (*scratch_epoch)(void);
 
-  // ---- prefetch: a hint, no effect on any result -------------------------------------------------
-  // NULL on backends without a cache worth warming ahead (the CPU). prefetch_l2 starts reading
-  // [p, p + bytes) into the device's L2 cache beside the ops the calling thread enqueues after it (a
-  // side stream forked off its stream at this point), so that a later op reading those bytes (a
-  // small-batch GEMM's weights) finds them there. prefetch_join makes the calling thread's stream
-  // wait for its prefetches so far; graph_end does it too. Only bytes nothing writes meanwhile
-  // (weights during a forward) are worth prefetching.
-  void (*prefetch_l2)(const void *p, size_t bytes);
-  void (*prefetch_join)(void);
-  // EXPERIMENT (fold_exp.cu): norms folded into projections
-  void (*fold_scale_columns)(void *dst, const void *src, const void *w, size_t rows, int cols);
-  void (*rope_rescale)(void *qkv, const void *h, const void *bias, const int32_t *pos, int T, int C, int Hq, int Hkv,
-                       int D, float theta, float eps);
-  void (*swiglu_rescale)(void *out, const void *gate_up, const void *x, const void *bias, int T, int C, int I,
-                         float eps);
-
   // ---- execution contexts: a stream of its own with its own scratch and GEMM plans ----------------
   // NULL on backends without them (the CPU, whose scratch is per thread already). Ops and copies
   // run in the calling thread's context: the process's default one (the device's legacy stream:

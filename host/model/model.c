@@ -191,7 +191,6 @@ void sn_model_free(sn_model *m) {
   }
   if (m->weights) m->ops->free(m->weights);
   if (m->grads) m->ops->free(m->grads);
-  if (m->folded) m->ops->free(m->folded);
   free(m->params);
   if (m->layout) free(m->layout->layers);
   free(m->layout);
@@ -420,12 +419,6 @@ int sn_fused_decoder_path(const sn_model *m, const sn_tokens *tok, int for_backw
   return !for_backward && !m->lora && m->ops->decoder_fused_forward && m->cfg.n_layers >= 1 &&
          m->cfg.n_layers <= SN_DECODER_FUSED_MAX_LAYERS && tok->T >= 1 && tok->T <= SN_DECODER_FUSED_MAX_ROWS &&
          env_switch("SN_FUSED_DECODER", 0, &warned);
-}
-
-int sn_weight_prefetch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
-  static int warned;
-  return !for_backward && m->ops->prefetch_l2 && tok->T <= SN_PREFETCH_MAX_ROWS &&
-         env_switch("SN_WEIGHT_PREFETCH", 1, &warned);
 }
 
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {

@@ -59,7 +59,6 @@ typedef struct sn_model {
   // Causal-LM training (stage 0): the untied lm_head is trained (it gets an optimizer span), where
   // the towers only carry it along.
   int trains_lm_head;
-  void *folded;  // EXPERIMENT: per layer qkv_w * norm_attn_w, then up_w * norm_mlp_w (SN_FOLD_NORMS=1)
 } sn_model;
 
 // A packed batch in backend memory: B sequences, T tokens in total.

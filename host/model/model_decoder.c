@@ -10,42 +10,12 @@
 // forward of a few tokens takes the small-batch path instead (decoder_forward_small), or, with
 // SN_FUSED_DECODER=1, runs as one op (decoder_fused_forward).
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "common.h"
 #include "model_internal.h"
 #include "model_lora.h"
 
 #define DECODER_CAUSAL 1
-
-// The GEMMs of a block in the order a forward enqueues them; a forward's GEMMs are numbered
-// l * GEMMS_PER_BLOCK + gemm.
-enum { GEMM_QKV, GEMM_O, GEMM_GATE_UP, GEMM_DOWN, GEMMS_PER_BLOCK };
-// How many GEMMs ahead a forward with prefetch_weights reads the weights into L2: the prefetch of
-// GEMM i + PREFETCH_GEMMS_AHEAD runs beside GEMM i and the kernels up to the next one.
-#include <stdlib.h>
-#include <string.h>
-static int prefetch_ahead_env(void) { const char *v = getenv("SN_PREFETCH_AHEAD"); return v ? atoi(v) : 1; }
-#define PREFETCH_GEMMS_AHEAD (prefetch_ahead_env())
-static int ablate(const char *what) { const char *v = getenv("SN_ABLATE"); return v && strstr(v, what); }
-
-// Warms L2 with the weights of the forward's GEMM `index` (ops.h prefetch_l2), if there is one.
-static void prefetch_gemm_weights(const sn_model *m, int index) {
-  const int l = index / GEMMS_PER_BLOCK, gemm = index % GEMMS_PER_BLOCK;
-  if (l >= m->cfg.n_layers) return;
-  const struct sn_model_layout *lay = m->layout;
-  const sn_layer_params *p = &lay->layers[l];
-  const size_t C = m->cfg.hidden, I = m->cfg.intermediate;
-  const size_t rows[GEMMS_PER_BLOCK] = {lay->qkv_dim, C, 2 * I, C}, cols[GEMMS_PER_BLOCK] = {C, lay->attn_dim, C, I};
-  const size_t offset[GEMMS_PER_BLOCK] = {p->qkv_w, p->o_w, p->up_w, p->down_w};
-  m->ops->prefetch_l2(sn_wptr(m, offset[gemm]), rows[gemm] * cols[gemm] * m->ops->storage_size);
-}
-
-// GEMM `gemm` of block l is about to be enqueued: prefetch the one PREFETCH_GEMMS_AHEAD later.
-static void prefetch_ahead_of(const sn_model *m, const sn_acts *a, int l, int gemm) {
-  if (a->prefetch_weights) prefetch_gemm_weights(m, l * GEMMS_PER_BLOCK + gemm + PREFETCH_GEMMS_AHEAD);
-}
 
 // att (T, Hq D) = attention(rope(qkv)), causal: rope in place on qkv and the flash kernel, or with
 // short_attention (inference, sn_short_attention_path) both in one op that leaves qkv unrotated.
@@ -58,8 +28,8 @@ static void decoder_attention(const sn_model *m, const sn_tokens *tok, sn_layer_
     ops->attention_rope_forward(s->att, s->qkv, tok->pos, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv, D,
                                 c->rope_theta, DECODER_CAUSAL, scale);
   } else {
-    if (!ablate("rope")) ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
-    if (!ablate("attn")) ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv, D,
+    ops->rope(s->qkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 0);
+    ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, Hq, Hkv, D,
                            DECODER_CAUSAL, scale);
   }
 }
@@ -71,8 +41,7 @@ static void block_attention(sn_model *m, sn_acts *a, const sn_tokens *tok, int l
   const sn_layer_params *p = &m->layout->layers[l];
   const int T = tok->T;
   // one fused q|k|v projection (biases adjacent too)
-  prefetch_ahead_of(m, a, l, GEMM_QKV);
-  if (!ablate("qkv")) sn_linear_forward(m->ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, m->cfg.hidden,
+  sn_linear_forward(m->ops, s->qkv, s->norm_in, sn_wptr(m, p->qkv_w), sn_wptr(m, p->qkv_b), T, m->cfg.hidden,
                     m->layout->qkv_dim);  // (T, (Hq + 2Hkv) D)
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_QKV, s->qkv, s->norm_in, T);
   decoder_attention(m, tok, s, short_attention);  // (T, Hq D)
@@ -87,26 +56,23 @@ static void block_mlp_act(sn_model *m, sn_acts *a, int l, sn_layer_acts *s, cons
   const struct sn_model_layout *lay = m->layout;
   const sn_layer_params *p = &lay->layers[l];
   const int C = c->hidden, I = c->intermediate;
-  prefetch_ahead_of(m, a, l, GEMM_O);
-  if (!ablate("oproj")) sn_linear_forward(ops, a->proj, att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), rows, lay->attn_dim,
+  sn_linear_forward(ops, a->proj, att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), rows, lay->attn_dim,
                     C);  // (rows, C)
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_O, a->proj, att, rows);
-  if (!ablate("norm")) ops->add_rmsnorm_forward(s->x, s->norm_mid, s->rstd_mid, h, a->proj, sn_wptr(m, p->norm_mlp_w), rows, C,
+  ops->add_rmsnorm_forward(s->x, s->norm_mid, s->rstd_mid, h, a->proj, sn_wptr(m, p->norm_mlp_w), rows, C,
                            c->norm_eps);
   // MLP: fused gate|up projection, SwiGLU
-  prefetch_ahead_of(m, a, l, GEMM_GATE_UP);
-  if (!ablate("gateup")) sn_linear_forward(ops, s->ff_in, s->norm_mid, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), rows, C,
+  sn_linear_forward(ops, s->ff_in, s->norm_mid, sn_wptr(m, p->up_w), sn_wptr(m, p->up_b), rows, C,
                     2 * I);  // (rows, 2I)
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_GATE_UP, s->ff_in, s->norm_mid, rows);
-  if (!ablate("swiglu")) ops->swiglu_forward(s->ff_act, s->ff_in, rows, I);  // (rows, I)
+  ops->swiglu_forward(s->ff_act, s->ff_in, rows, I);  // (rows, I)
 }
 
 // a->proj (rows, C) = down(ff_act) of block l.
 static void block_down(sn_model *m, sn_acts *a, int l, sn_layer_acts *s, int rows) {
   const sn_layer_params *p = &m->layout->layers[l];
   const int C = m->cfg.hidden, I = m->cfg.intermediate;
-  prefetch_ahead_of(m, a, l, GEMM_DOWN);
-  if (!ablate("down")) sn_linear_forward(m->ops, a->proj, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), rows, I, C);
+  sn_linear_forward(m->ops, a->proj, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), rows, I, C);
   if (m->lora) sn_lora_forward(m, a, l, SN_LORA_LINEAR_DOWN, a->proj, s->ff_act, rows);
 }
 
@@ -192,58 +158,6 @@ static const void *pool_rows(const sn_model *m, const sn_tokens *tok, const void
   return pooled->out;
 }
 
-// EXPERIMENT (SN_FOLD_NORMS=1): the inference forward with each block's two RMSNorm weights folded
-// into the projection after them (W diag(w), made once) and the norm's row scale applied by the
-// kernel after that projection; the residual adds go into the o_proj and down GEMMs (accumulate):
-// seven ops a block instead of nine.
-static int fold_norms_path(const sn_model *m, int for_backward) {
-  const char *v = getenv("SN_FOLD_NORMS");
-  return v && !strcmp(v, "1") && !for_backward && !m->lora && m->ops->rope_rescale && m->cfg.n_layers > 0;
-}
-static size_t folded_layer_elems(const sn_model *m) {
-  return (size_t)m->layout->qkv_dim * m->cfg.hidden + (size_t)2 * m->cfg.intermediate * m->cfg.hidden;
-}
-static void *folded_qkv(sn_model *m, int l) {
-  const size_t elem = m->ops->storage_size;
-  if (!m->folded) {
-    const size_t C = m->cfg.hidden, I = m->cfg.intermediate;
-    m->folded = m->ops->alloc(folded_layer_elems(m) * m->cfg.n_layers * elem);
-    for (int k = 0; k < m->cfg.n_layers; k++) {
-      const sn_layer_params *p = &m->layout->layers[k];
-      char *dst = (char *)m->folded + folded_layer_elems(m) * k * elem;
-      m->ops->fold_scale_columns(dst, sn_wptr(m, p->qkv_w), sn_wptr(m, p->norm_attn_w), m->layout->qkv_dim, (int)C);
-      m->ops->fold_scale_columns(dst + m->layout->qkv_dim * C * elem, sn_wptr(m, p->up_w), sn_wptr(m, p->norm_mlp_w),
-                                 2 * I, (int)C);
-    }
-  }
-  return (char *)m->folded + folded_layer_elems(m) * l * elem;
-}
-static void *folded_up(sn_model *m, int l) {
-  return (char *)folded_qkv(m, l) + (size_t)m->layout->qkv_dim * m->cfg.hidden * m->ops->storage_size;
-}
-static const void *decoder_forward_folded(sn_model *m, sn_acts *a, const sn_tokens *tok, void *h,
-                                          const sn_pooled_rows *pooled) {
-  const sn_ops *ops = m->ops;
-  const sn_model_config *c = &m->cfg;
-  const struct sn_model_layout *lay = m->layout;
-  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim;
-  sn_layer_acts *s = sn_acts_layer(a, 0, 0);
-  for (int l = 0; l < c->n_layers; l++) {
-    const sn_layer_params *p = &lay->layers[l];
-    ops->matmul(s->qkv, h, folded_qkv(m, l), NULL, T, lay->qkv_dim, C, 0, 1, 0);
-    ops->rope_rescale(s->qkv, h, sn_wptr(m, p->qkv_b), tok->pos, T, C, c->n_heads, c->n_kv_heads, D, c->rope_theta,
-                      c->norm_eps);
-    ops->attention_forward(s->att, s->lse, s->qkv, tok->cu_seqlens, tok->B, T, tok->max_seqlen, c->n_heads,
-                           c->n_kv_heads, D, DECODER_CAUSAL, 1.0f / sqrtf((float)D));
-    ops->matmul(h, s->att, sn_wptr(m, p->o_w), sn_wptr(m, p->o_b), T, C, lay->attn_dim, 0, 1, 1);  // h += o
-    ops->matmul(s->ff_in, h, folded_up(m, l), NULL, T, 2 * I, C, 0, 1, 0);
-    ops->swiglu_rescale(s->ff_act, s->ff_in, h, sn_wptr(m, p->up_b), T, C, I, c->norm_eps);
-    ops->matmul(h, s->ff_act, sn_wptr(m, p->down_w), sn_wptr(m, p->down_b), T, C, I, 0, 1, 1);  // h += down
-  }
-  ops->rmsnorm_forward(a->out, a->rstd_final, h, sn_wptr(m, lay->final_norm_w), T, C, c->norm_eps);
-  return pooled ? pool_rows(m, tok, a->out, pooled) : a->out;
-}
-
 const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward,
                                const sn_pooled_rows *pooled) {
   const sn_ops *ops = m->ops;
@@ -260,17 +174,11 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
     }
   }
   void *h0 = sn_acts_hidden(a, 0, for_backward);
-  // the first GEMMs' weights load beside the embedding and the first norm; each GEMM then
-  // prefetches the one PREFETCH_GEMMS_AHEAD later (prefetch_ahead_of), and the forward joins them
-  a->prefetch_weights = L > 0 && sn_weight_prefetch_path(m, tok, for_backward) && !fold_norms_path(m, for_backward) &&
-                        !sn_small_batch_path(m, tok, for_backward);
-  for (int i = 0; a->prefetch_weights && i < PREFETCH_GEMMS_AHEAD; i++) prefetch_gemm_weights(m, i);
   ops->embedding_forward(h0, tok->ids, sn_wptr(m, lay->tok_embed), T, C, 0);  // (T, C)
   if (L == 0) {
     ops->rmsnorm_forward(a->out, a->rstd_final, h0, sn_wptr(m, lay->final_norm_w), T, C, c->norm_eps);
     return pooled ? pool_rows(m, tok, a->out, pooled) : a->out;
   }
-  if (fold_norms_path(m, for_backward)) return decoder_forward_folded(m, a, tok, h0, pooled);
   if (sn_small_batch_path(m, tok, for_backward)) {
     const void *out = decoder_forward_small(m, a, tok, h0);
     return pooled ? pool_rows(m, tok, out, pooled) : out;
@@ -286,8 +194,7 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
     block_down(m, a, l, s, T);
     // residual + the next norm: the next block's input norm, or the final norm
     void *h_next = sn_acts_hidden(a, l + 1, for_backward);
-    if (ablate("norm")) {
-    } else if (l + 1 < L) {
+    if (l + 1 < L) {
       sn_layer_acts *next = sn_acts_layer(a, l + 1, for_backward);
       ops->add_rmsnorm_forward(h_next, next->norm_in, next->rstd_in, s->x, a->proj,
                                sn_wptr(m, lay->layers[l + 1].norm_attn_w), T, C, c->norm_eps);
@@ -296,11 +203,10 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
                                sn_wptr(m, lay->final_norm_w), T, C, c->norm_eps);
     }
   }
-  if (pooled)
-    last_block_pooled_rows(m, a, tok, sn_acts_layer(a, L - 1, 0), sn_acts_hidden(a, L - 1, 0), pooled->pooling,
-                           short_attention, pooled->out);
-  if (a->prefetch_weights) ops->prefetch_join();
-  return pooled ? pooled->out : a->out;
+  if (!pooled) return a->out;
+  last_block_pooled_rows(m, a, tok, sn_acts_layer(a, L - 1, 0), sn_acts_hidden(a, L - 1, 0), pooled->pooling,
+                         short_attention, pooled->out);
+  return pooled->out;
 }
 
 void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden) {

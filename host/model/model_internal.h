@@ -130,7 +130,6 @@ struct sn_acts {
 
   int have_backward_slots;     // layers[1..L-1] and hidden[1..L] allocated (lazily)
   int last_forward_backward;   // the last forward kept activations for backward
-  int prefetch_weights;        // this forward prefetches GEMM weights (sn_weight_prefetch_path)
   sn_layer_acts *layers;       // (n_layers): slot l, or slot 0 for inference
   void **hidden;               // (n_layers + 1) residual stream entering block l; [L] the last one
 
@@ -210,11 +209,6 @@ int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backwar
 // Whether a decoder's inference forward may run as one decoder_fused_forward (SN_FUSED_DECODER=1, a
 // backend with the op, a few tokens); the backend then says whether it takes the shape.
 int sn_fused_decoder_path(const sn_model *m, const sn_tokens *tok, int for_backward);
-// Whether a decoder's inference forward prefetches each GEMM's weights into L2 ahead of it
-// (ops.h prefetch_l2): a backend with the op, at most SN_PREFETCH_MAX_ROWS tokens (where the GEMMs
-// read far more weight bytes than activations), and SN_WEIGHT_PREFETCH not 0.
-#define SN_PREFETCH_MAX_ROWS 256
-int sn_weight_prefetch_path(const sn_model *m, const sn_tokens *tok, int for_backward);
 
 // Linear layer helpers over ops->matmul with W (out, in) as PyTorch stores it:
 //   forward  y (T, out) = x (T, in) @ W^T + b

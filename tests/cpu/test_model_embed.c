@@ -6,9 +6,7 @@
 // - LoRA dropout on (the gradient cache's first pass) is not pruned: its mask is drawn by element;
 // - identical bits on the CPU, the bf16 band on CUDA (`test_model_embed cuda`, gpu/test_model_embed_cuda);
 // - a counting op table proves the last block ran on B rows (and on T rows where nothing is pruned:
-//   mean pooling, BERT, every sequence one token long);
-// - the weight prefetch (ops.h prefetch_l2, SN_WEIGHT_PREFETCH): every GEMM's weights once, each
-//   before that GEMM, joined once; on CUDA the same bits with it and without, in a graph too.
+//   mean pooling, BERT, every sequence one token long).
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,92 +117,6 @@ static void check_case(const sn_ops *backend, const embed_case *ec, const int *l
   if (!ec->proj || ec->lora) sn_model_free(base);
 }
 
-// A counting prefetch: the calls and bytes a forward asks for, and its joins. On the CPU (which has
-// no prefetch) it stands in for the op, to check the model's calls; on CUDA it forwards to the real one.
-#define MAX_PREFETCHES 16
-static int prefetch_calls, prefetch_joins;
-static size_t prefetch_bytes;
-static const void *prefetched[MAX_PREFETCHES];  // the address of each call, in order
-static void counting_prefetch(const void *p, size_t bytes) {
-  if (prefetch_calls < MAX_PREFETCHES) prefetched[prefetch_calls] = p;
-  prefetch_calls++, prefetch_bytes += bytes;
-  if (real_ops->prefetch_l2) real_ops->prefetch_l2(p, bytes);
-}
-static void counting_join(void) {
-  prefetch_joins++;
-  if (real_ops->prefetch_join) real_ops->prefetch_join();
-}
-
-// One embedding of a qwen2 tower (T = 36 over 4 sequences) with SN_WEIGHT_PREFETCH=`on` into host
-// memory, counting the prefetches; in a graph when `graph` (CUDA: recorded, then launched).
-static float *embed_with_prefetch(sn_model *m, sn_acts *a, const sn_tokens *tok, const sn_ops *ops, float *dev,
-                                  size_t n, const char *on, int graph) {
-  setenv("SN_WEIGHT_PREFETCH", on, 1);
-  prefetch_calls = prefetch_joins = 0, prefetch_bytes = 0;
-  void *g = NULL;
-  if (graph) ops->graph_begin();
-  sn_model_embed(m, a, tok, SN_POOL_LAST, 1, dev);
-  if (graph) g = ops->graph_end(), ops->graph_launch(g);
-  unsetenv("SN_WEIGHT_PREFETCH");
-  float *host = download_emb(ops, dev, n);
-  if (g) ops->graph_free(g);
-  return host;
-}
-
-static void check_prefetch(const sn_ops *backend) {
-  sn_ops counting = *backend;
-  real_ops = backend;
-  counting.prefetch_l2 = counting_prefetch;
-  counting.prefetch_join = counting_join;
-  const int layers = 2;
-  sn_model_config cfg = sn_test_tiny_config(SN_ARCH_QWEN2, 64, 4, 2, 16, 96, layers);
-  cfg.attn_bias = 1;
-  sn_model *m = sn_model_new(&cfg, &counting, 77);
-  sn_test_randomise(m, &rng, 0.1f, 0.1f);
-  const int lens[] = {9, 1, 23, 3}, B = (int)SN_ARRAY_LEN(lens);
-  sn_tokens tok;
-  const int T = sn_test_random_tokens(&tok, &counting, lens, B, cfg.vocab, &rng), width = sn_model_out_dim(m);
-  sn_acts *a = sn_acts_new(m, T, B);
-  const size_t n = (size_t)B * width;
-  float *dev = counting.alloc(n * sizeof(float));
-  const size_t C = cfg.hidden, qkv = (size_t)(cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim;
-  const size_t gemm_weights = (qkv * C + C * (size_t)cfg.n_heads * cfg.head_dim + 3 * C * cfg.intermediate) * layers;
-
-  float *off = embed_with_prefetch(m, a, &tok, &counting, dev, n, "0", 0);
-  CHECK(prefetch_calls == 0 && prefetch_joins == 0, "SN_WEIGHT_PREFETCH=0: %d prefetches, %d joins", prefetch_calls,
-        prefetch_joins);
-  float *on = embed_with_prefetch(m, a, &tok, &counting, dev, n, "1", 0);
-  CHECK(prefetch_calls == 4 * layers, "%d prefetches for %d GEMMs", prefetch_calls, 4 * layers);
-  CHECK(prefetch_bytes == gemm_weights * counting.storage_size, "prefetched %zu bytes, the GEMMs' weights are %zu",
-        prefetch_bytes, gemm_weights * counting.storage_size);
-  CHECK(prefetch_joins == 1, "%d joins", prefetch_joins);
-  // in the forward's GEMM order: each layer's q|k|v, o, gate|up and down weights (the fused tensors
-  // start at their first part)
-  static const char *const first_part[] = {"self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"};
-  for (int i = 0; i < prefetch_calls && i < MAX_PREFETCHES; i++) {
-    char name[SN_PARAM_NAME_MAX];
-    snprintf(name, sizeof name, "layers.%d.%s.weight", i / 4, first_part[i % 4]);
-    const sn_param *p = sn_model_find_param(m, name);
-    CHECK(p && prefetched[i] == (const char *)m->weights + p->offset * counting.storage_size,
-          "prefetch %d is not %s", i, name);
-  }
-  CHECK(memcmp(on, off, n * sizeof(float)) == 0, "%s: embeddings with the prefetch differ (rel %.3g)",
-        backend->name, sn_rel_err(on, off, n));
-  if (backend->graph_begin) {
-    float *recorded = embed_with_prefetch(m, a, &tok, &counting, dev, n, "1", 1);
-    CHECK(memcmp(recorded, off, n * sizeof(float)) == 0, "%s: a graph with the prefetch differs (rel %.3g)",
-          backend->name, sn_rel_err(recorded, off, n));
-    free(recorded);
-  }
-  printf("prefetch on %s: %d prefetches of %zu bytes, embeddings identical\n", backend->name, prefetch_calls,
-         prefetch_bytes);
-  free(off), free(on);
-  counting.free(dev);
-  sn_acts_free(a);
-  sn_tokens_free(&tok, &counting);
-  sn_model_free(m);
-}
-
 int main(int argc, char **argv) {
   sn_test_rng_seed(&rng, 20261206);
   const sn_ops *backend = sn_test_backend_from_args(argc, argv, "test_model_embed");
@@ -224,6 +136,5 @@ int main(int argc, char **argv) {
     check_case(backend, &cases[i], single, (int)SN_ARRAY_LEN(single));  // T == B: nothing to prune
     check_case(backend, &cases[i], one, 1);
   }
-  check_prefetch(backend);
   return sn_test_finish("test_model_embed");
 }
