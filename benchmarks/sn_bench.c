@@ -518,6 +518,37 @@ static void bench_linear_small_layer(int M, int C, int qkv_dim, int I, int decod
   bench_linear_small(M, C, I, SN_EPILOGUE_RESIDUAL, 0, label);
 }
 
+// ---- a query's GEMMs with their weights cold and in L2 ------------------------------------------------------
+// The 0.5B's four projections at 32 rows through ops->matmul (cuBLASLt): the weight rotated over
+// copies that exceed L2 (streamed from HBM, as in a forward), then one copy read again and again (in
+// L2). Both rows' bytes are the weight's. Measured on the H100 (session 13, docs/PERFORMANCE.md):
+// in L2 they take 0.6-3.2 µs less than cold (7.3-11.6 µs), still 6.6-9.4: at 32 rows they wait on
+// latency more than on HBM bandwidth.
+static void run_matmul_cold(void *p, int r) {
+  small_ctx *c = p;
+  ops->matmul(c->out, c->x, c->w[r], c->bias, c->M, c->n_w, c->K, 0, 1, 0);
+}
+static void run_matmul_l2(void *p, int r) {
+  (void)r;
+  run_matmul_cold(p, 0);
+}
+static void bench_small_gemm(int M, int N, int K, const char *label) {
+  if (!selected("small_gemm")) return;
+  small_ctx c = {0};
+  c.M = M, c.n_w = N, c.K = K;
+  const size_t w_bytes = (size_t)N * K * BF16_BYTES;
+  const int nrot = (int)SN_MIN(LINEAR_SMALL_MAX_ROT, (L2_FLUSH_BYTES + w_bytes - 1) / w_bytes);
+  for (int r = 0; r < nrot; r++) c.w[r] = rand_st((size_t)N * K, 1.0f / sqrtf((float)K));
+  c.x = rand_st((size_t)M * K, 1.0f);
+  c.out = ops->alloc((size_t)M * N * BF16_BYTES);
+  char shape[96];
+  snprintf(shape, sizeof shape, "%s M=%d N=%d K=%d", label, M, N, K);
+  report("small_gemm_cold", shape, time_median_ms(run_matmul_cold, &c, nrot, reps), (double)w_bytes, 0);
+  report("small_gemm_l2", shape, time_median_ms(run_matmul_l2, &c, nrot, reps), (double)w_bytes, 0);
+  for (int r = 0; r < nrot; r++) ops->free(c.w[r]);
+  ops->free(c.x), ops->free(c.out);
+}
+
 // ---- the whole decoder in one kernel (decoder_fused_forward) ---------------------------------------------
 // A query through a random decoder of the student's or the 0.5B tower's shape, its weights rotated
 // over copies that together exceed L2 (each call streams them from HBM, as the first query after
@@ -865,6 +896,10 @@ int main(int argc, char **argv) {
   bench_matmul(16384, 896, 896, 1, "q_proj 0.5B");
   bench_matmul(8192, 1536, 1536, 1, "q_proj 1.5B");
   bench_linear_small_layer(32, 896, 1152, 4864, 1, "0.5B");      // a 32-token query
+  bench_small_gemm(32, 1152, 896, "qkv 0.5B");                   // the same query's four GEMMs alone
+  bench_small_gemm(32, 896, 896, "o_proj 0.5B");
+  bench_small_gemm(32, 2 * 4864, 896, "gate_up 0.5B");
+  bench_small_gemm(32, 896, 4864, "down 0.5B");
   bench_linear_small_layer(32, 384, 1152, 1536, 0, "student");  // the 384-wide student
   if (!quick) bench_linear_small_layer(SN_LINEAR_SMALL_MAX_ROWS, 896, 1152, 4864, 1, "0.5B");
   bench_decoder_fused(6, 384, 1536, 6, 2, 32, "student");  // a 32-token query, every block
