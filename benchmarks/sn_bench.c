@@ -485,14 +485,20 @@ static void run_linear_unfused(void *p, int r) {
   if (c->epilogue == SN_EPILOGUE_GELU) ops->gelu_forward(c->out, y, (size_t)c->M * c->N);
   if (c->epilogue == SN_EPILOGUE_RESIDUAL) ops->add(c->out, c->residual, y, (size_t)c->M * c->N);
 }
+// c->w[0..nrot) = random (n_w, K) weights, as many copies as exceed L2; returns nrot.
+static int rotated_weights(small_ctx *c) {
+  const size_t w_bytes = (size_t)c->n_w * c->K * BF16_BYTES;
+  const int nrot = (int)SN_MIN(LINEAR_SMALL_MAX_ROT, (L2_FLUSH_BYTES + w_bytes - 1) / w_bytes);
+  for (int r = 0; r < nrot; r++) c->w[r] = rand_st((size_t)c->n_w * c->K, 1.0f / sqrtf((float)c->K));
+  return nrot;
+}
 static void bench_linear_small(int M, int N, int K, sn_epilogue epilogue, int with_norm, const char *label) {
   if (!selected("linear_small")) return;
   static const char *epi_name[] = {"", " swiglu", " gelu", " +residual"};
   small_ctx c = {0};
   c.M = M, c.N = N, c.K = K, c.epilogue = epilogue, c.n_w = epilogue == SN_EPILOGUE_SWIGLU ? 2 * N : N;
   const size_t w_bytes = (size_t)c.n_w * K * BF16_BYTES;
-  const int nrot = (int)SN_MIN(LINEAR_SMALL_MAX_ROT, (L2_FLUSH_BYTES + w_bytes - 1) / w_bytes);
-  for (int r = 0; r < nrot; r++) c.w[r] = rand_st((size_t)c.n_w * K, 1.0f / sqrtf((float)K));
+  const int nrot = rotated_weights(&c);
   c.x = rand_st((size_t)M * K, 1.0f);
   c.norm_w = with_norm ? rand_st(K, 1.0f) : NULL;
   c.bias = rand_st(c.n_w, 1.0f);
@@ -537,8 +543,7 @@ static void bench_small_gemm(int M, int N, int K, const char *label) {
   small_ctx c = {0};
   c.M = M, c.n_w = N, c.K = K;
   const size_t w_bytes = (size_t)N * K * BF16_BYTES;
-  const int nrot = (int)SN_MIN(LINEAR_SMALL_MAX_ROT, (L2_FLUSH_BYTES + w_bytes - 1) / w_bytes);
-  for (int r = 0; r < nrot; r++) c.w[r] = rand_st((size_t)N * K, 1.0f / sqrtf((float)K));
+  const int nrot = rotated_weights(&c);
   c.x = rand_st((size_t)M * K, 1.0f);
   c.out = ops->alloc((size_t)M * N * BF16_BYTES);
   char shape[96];
