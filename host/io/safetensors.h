@@ -64,6 +64,13 @@ void sn_st_writer_metadata(sn_st_writer *w, const char *key, const char *value);
 // The writer keeps the pointer `data` (numel floats) until write; it does not copy.
 void sn_st_writer_add(sn_st_writer *w, const char *name, sn_dtype dtype, int ndim,
                       const int64_t *shape, const float *data);
+// A tensor whose data the writer asks for while it writes, a chunk at a time: source(ctx, start,
+// count, dst) puts its fp32 elements [start, start + count) into dst. For data that is not in host
+// memory (a model's weights on the device): a save then needs one chunk of host memory, not the
+// whole model. ctx is kept until write.
+typedef void (*sn_st_source)(const void *ctx, int64_t start, int64_t count, float *dst);
+void sn_st_writer_add_source(sn_st_writer *w, const char *name, sn_dtype dtype, int ndim, const int64_t *shape,
+                             sn_st_source source, const void *ctx);
 // Returns 0, or -1 with err (errno-based message naming path); an existing file at path is
 // untouched on failure.
 int sn_st_writer_write(sn_st_writer *w, const char *path, char *err, size_t errlen);

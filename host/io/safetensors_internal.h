@@ -11,7 +11,7 @@
 #endif
 
 #define ST_LEN_PREFIX_BYTES 8                   // u64 little-endian header length
-#define ST_IO_CHUNK_ELEMS (1u << 20)             // conversion buffer for 2-byte dtypes
+#define ST_IO_CHUNK_ELEMS (1u << 20)             // elements a read or write converts at a time
 #define ST_MSG_NAME_MAX 160                      // longest tensor name quoted in a message
 #define ST_METADATA_KEY "__metadata__"
 

@@ -24,7 +24,9 @@ typedef struct {
   int ndim;           // -1: the caller passed an invalid shape (reported by write)
   int64_t shape[SN_ST_MAX_DIMS];
   int64_t numel;
-  const float *data;
+  const float *data;    // host data, or NULL with a source
+  sn_st_source source;  // sn_st_writer_add_source
+  const void *source_ctx;
 } st_writer_entry;
 
 typedef struct {
@@ -55,9 +57,9 @@ void sn_st_writer_metadata(sn_st_writer *w, const char *key, const char *value) 
   w->meta[w->nmeta++] = (st_meta){strdupCheck(key), strdupCheck(value)};
 }
 
-void sn_st_writer_add(sn_st_writer *w, const char *name, sn_dtype dtype, int ndim, const int64_t *shape,
-                      const float *data) {
-  st_writer_entry e = {strdupCheck(name), dtype, ndim, {0}, 1, data};
+static void add_entry(sn_st_writer *w, const char *name, sn_dtype dtype, int ndim, const int64_t *shape,
+                      const float *data, sn_st_source source, const void *source_ctx) {
+  st_writer_entry e = {strdupCheck(name), dtype, ndim, {0}, 1, data, source, source_ctx};
   if (ndim < 0 || ndim > SN_ST_MAX_DIMS) e.ndim = -1;
   for (int i = 0; i < e.ndim; i++) {
     if (shape[i] < 0 || (shape[i] != 0 && e.numel > INT64_MAX / shape[i])) {
@@ -69,6 +71,16 @@ void sn_st_writer_add(sn_st_writer *w, const char *name, sn_dtype dtype, int ndi
   }
   w->entries = reallocCheck(w->entries, (size_t)(w->n + 1) * sizeof *w->entries);
   w->entries[w->n++] = e;
+}
+
+void sn_st_writer_add(sn_st_writer *w, const char *name, sn_dtype dtype, int ndim, const int64_t *shape,
+                      const float *data) {
+  add_entry(w, name, dtype, ndim, shape, data, NULL, NULL);
+}
+
+void sn_st_writer_add_source(sn_st_writer *w, const char *name, sn_dtype dtype, int ndim, const int64_t *shape,
+                             sn_st_source source, const void *ctx) {
+  add_entry(w, name, dtype, ndim, shape, NULL, source, ctx);
 }
 
 void sn_st_writer_free(sn_st_writer *w) {
@@ -120,7 +132,8 @@ static int check_writer_entries(const sn_st_writer *w, const char *path, char *e
     if (e->ndim < 0) return sn_st_fail(err, errlen, "%s: cannot write tensor '%s': invalid shape", path, q);
     if (!sn_st_dtype_name(e->dtype))
       return sn_st_fail(err, errlen, "%s: cannot write tensor '%s': unknown dtype", path, q);
-    if (e->numel > 0 && !e->data) return sn_st_fail(err, errlen, "%s: cannot write tensor '%s': no data", path, q);
+    if (e->numel > 0 && !e->data && !e->source)
+      return sn_st_fail(err, errlen, "%s: cannot write tensor '%s': no data", path, q);
     for (int j = 0; j < i; j++)
       if (strcmp(w->entries[j].name, e->name) == 0)
         return sn_st_fail(err, errlen, "%s: cannot write tensor '%s' twice", path, q);
@@ -170,13 +183,21 @@ static int write_full(int fd, const void *src, size_t n) {
   return 0;
 }
 
-static int write_tensor_data(int fd, const st_writer_entry *e, uint16_t *chunk) {
-  if (e->dtype == SN_DTYPE_F32) return write_full(fd, e->data, (size_t)e->numel * sizeof(float));
+// One chunk of a tensor (at most ST_IO_CHUNK_ELEMS), as dtype: fp32 as it is, 2-byte dtypes through
+// chunk16.
+static int write_chunk(int fd, sn_dtype dtype, const float *src, size_t n, uint16_t *chunk16) {
+  if (dtype == SN_DTYPE_F32) return write_full(fd, src, n * sizeof(float));
+  for (size_t i = 0; i < n; i++) chunk16[i] = dtype == SN_DTYPE_BF16 ? sn_f32_to_bf16(src[i]) : sn_f32_to_f16(src[i]);
+  return write_full(fd, chunk16, n * sizeof *chunk16);
+}
+
+// A tensor's data, chunk by chunk: from its host data, or asked of its source into chunk32.
+static int write_tensor_data(int fd, const st_writer_entry *e, uint16_t *chunk16, float *chunk32) {
   for (int64_t done = 0; done < e->numel;) {
-    size_t n = (size_t)SN_MIN((int64_t)ST_IO_CHUNK_ELEMS, e->numel - done);
-    for (size_t i = 0; i < n; i++)
-      chunk[i] = e->dtype == SN_DTYPE_BF16 ? sn_f32_to_bf16(e->data[done + i]) : sn_f32_to_f16(e->data[done + i]);
-    if (write_full(fd, chunk, n * sizeof *chunk) != 0) return -1;
+    const size_t n = (size_t)SN_MIN((int64_t)ST_IO_CHUNK_ELEMS, e->numel - done);
+    const float *src = e->data ? e->data + done : chunk32;
+    if (!e->data) e->source(e->source_ctx, done, (int64_t)n, chunk32);
+    if (write_chunk(fd, e->dtype, src, n, chunk16) != 0) return -1;
     done += (int64_t)n;
   }
   return 0;
@@ -186,10 +207,11 @@ static int write_stream(int fd, const sn_st_writer *w, const st_buf *header) {
   unsigned char prefix[ST_LEN_PREFIX_BYTES];
   for (int i = 0; i < ST_LEN_PREFIX_BYTES; i++) prefix[i] = (unsigned char)((uint64_t)header->len >> (8 * i));
   if (write_full(fd, prefix, sizeof prefix) != 0 || write_full(fd, header->s, header->len) != 0) return -1;
-  uint16_t *chunk = mallocCheck(ST_IO_CHUNK_ELEMS * sizeof *chunk);
+  uint16_t *chunk16 = mallocCheck(ST_IO_CHUNK_ELEMS * sizeof *chunk16);
+  float *chunk32 = mallocCheck(ST_IO_CHUNK_ELEMS * sizeof *chunk32);
   int rc = 0;
-  for (int i = 0; i < w->n && rc == 0; i++) rc = write_tensor_data(fd, &w->entries[i], chunk);
-  free(chunk);
+  for (int i = 0; i < w->n && rc == 0; i++) rc = write_tensor_data(fd, &w->entries[i], chunk16, chunk32);
+  free(chunk16), free(chunk32);
   return rc;
 }
 

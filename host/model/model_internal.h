@@ -59,8 +59,10 @@ typedef struct {
 } sn_param_builder;
 size_t sn_param_add(sn_param_builder *pb, int no_decay, int64_t d0, int64_t d1, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-// Writes DIR/config.json and DIR/model.safetensors from host fp32 weights laid out as m's buffer
-// (sn_model_save downloads m's own; a LoRA export passes merged ones).
+// Writes DIR/config.json and DIR/model.safetensors from host fp32 weights laid out as m's buffer (a
+// LoRA export passes merged ones), or with host NULL from m's own weights on its backend, read a
+// chunk at a time while the file is written (sn_model_save: a 7B tower's save needs a few MB of host
+// memory, not a 30 GB fp32 copy).
 // How sn_model_save_host writes a model: whole (sn_model_save), as an embedding tower without the
 // untied lm_head.weight (sn_model_export), or as a *ForCausalLM (sn_model_save_causal_lm: the
 // decoder's tensors under "model.", lm_head.weight at the top, architectures "Qwen2ForCausalLM").

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "common.h"
-#include "safetensors.h"
+#include "safetensors_internal.h"
 #include "test_util.h"
 
 #define ERR_LEN 1024
@@ -189,6 +189,50 @@ static void test_write_rounds(void) {
     }
     sn_st_close(&a);
   }
+}
+
+// A tensor added with a source is asked for in chunks (the source records the ranges) and written
+// byte for byte as the same data added from host memory, in each dtype; this one spans three chunks.
+typedef struct {
+  const float *data;
+  int64_t next, calls;  // the next start the writer should ask for; calls so far
+  int in_order;         // every call began where the previous ended
+} recorded_source;
+static void read_recorded(const void *ctx, int64_t start, int64_t count, float *dst) {
+  recorded_source *src = (recorded_source *)ctx;
+  if (start != src->next) src->in_order = 0;
+  memcpy(dst, src->data + start, (size_t)count * sizeof(float));
+  src->next = start + count, src->calls++;
+}
+static void test_write_from_source(void) {
+  const int64_t n = 2100000, shape[2] = {n / 5, 5};  // past two chunks of the writer's
+  CHECK(n > 2 * (int64_t)ST_IO_CHUNK_ELEMS && n <= 3 * (int64_t)ST_IO_CHUNK_ELEMS, "the tensor should span 3 chunks");
+  float *x = mallocCheck((size_t)n * sizeof(float));
+  fill_exact(x, n, SN_DTYPE_F32, 7);
+  const sn_dtype dtypes[3] = {SN_DTYPE_F32, SN_DTYPE_BF16, SN_DTYPE_F16};
+  for (int k = 0; k < 3; k++) {
+    char path[2][PATH_LEN], err[ERR_LEN];
+    recorded_source src = {x, 0, 0, 1};
+    for (int from_source = 0; from_source < 2; from_source++) {
+      sn_st_writer *w = sn_st_writer_new();
+      sn_st_writer_add(w, "small", dtypes[k], 1, shape + 1, x);
+      if (from_source)
+        sn_st_writer_add_source(w, "big", dtypes[k], 2, shape, read_recorded, &src);
+      else
+        sn_st_writer_add(w, "big", dtypes[k], 2, shape, x);
+      path_in_dir(path[from_source], from_source ? "source.safetensors" : "host.safetensors");
+      CHECK(sn_st_writer_write(w, path[from_source], err, sizeof err) == 0, "write: %s", err);
+      sn_st_writer_free(w);
+    }
+    CHECK(src.in_order && src.next == n && src.calls == 3, "dtype %d: the source was asked %lld times up to %lld%s",
+          (int)dtypes[k], (long long)src.calls, (long long)src.next, src.in_order ? "" : ", out of order");
+    size_t na = 0, nb = 0;
+    char *a = sn_read_file(path[0], &na), *b = sn_read_file(path[1], &nb);
+    CHECK(a && b && na == nb && memcmp(a, b, na) == 0, "dtype %d: the file from a source differs from the host one",
+          (int)dtypes[k]);
+    free(a), free(b);
+  }
+  free(x);
 }
 
 // ---- sharded folders and lookup ----------------------------------------------------------------
@@ -524,6 +568,7 @@ int main(void) {
   }
   test_round_trip();
   test_write_rounds();
+  test_write_from_source();
   test_sharded();
   test_find_bert_prefix();
   test_malformed();
