@@ -231,27 +231,45 @@ static inline uint64_t lane_step(uint64_t acc, uint64_t word) {
   return rotl64(acc + word * HASH_PRIME_2, 31) * HASH_PRIME_1;
 }
 
-uint64_t sn_hash64(const void *data, size_t len, uint64_t seed) {
+#define HASH_STRIPE 32
+
+void sn_hasher_init(sn_hasher *h, uint64_t seed) {
+  *h = (sn_hasher){.lane = {seed + HASH_PRIME_1 + HASH_PRIME_2, seed + HASH_PRIME_2, seed, seed - HASH_PRIME_1},
+                   .seed = seed};
+}
+
+static void hash_stripe(uint64_t lane[4], const unsigned char *p) {
+  for (int i = 0; i < 4; i++) lane[i] = lane_step(lane[i], load64(p + 8 * i));
+}
+
+void sn_hasher_update(sn_hasher *h, const void *data, size_t len) {
   const unsigned char *p = data, *end = p + len;
-  uint64_t h;
-  if (len >= 32) {
-    uint64_t a = seed + HASH_PRIME_1 + HASH_PRIME_2, b = seed + HASH_PRIME_2, c = seed,
-             d = seed - HASH_PRIME_1;
-    for (; p + 32 <= end; p += 32) {
-      a = lane_step(a, load64(p));
-      b = lane_step(b, load64(p + 8));
-      c = lane_step(c, load64(p + 16));
-      d = lane_step(d, load64(p + 24));
-    }
-    h = rotl64(a, 1) + rotl64(b, 7) + rotl64(c, 12) + rotl64(d, 18);
-    h = (h ^ lane_step(0, a)) * HASH_PRIME_1 + HASH_PRIME_4;
-    h = (h ^ lane_step(0, b)) * HASH_PRIME_1 + HASH_PRIME_4;
-    h = (h ^ lane_step(0, c)) * HASH_PRIME_1 + HASH_PRIME_4;
-    h = (h ^ lane_step(0, d)) * HASH_PRIME_1 + HASH_PRIME_4;
-  } else {
-    h = seed + HASH_PRIME_5;
+  h->total += len;
+  if (h->ntail) {  // finish the stripe a previous piece began
+    const size_t take = SN_MIN(len, HASH_STRIPE - h->ntail);
+    memcpy(h->tail + h->ntail, p, take);
+    h->ntail += take;
+    p += take;
+    if (h->ntail < HASH_STRIPE) return;
+    hash_stripe(h->lane, h->tail);
+    h->ntail = 0;
   }
-  h += (uint64_t)len;
+  for (; end - p >= HASH_STRIPE; p += HASH_STRIPE) hash_stripe(h->lane, p);
+  memcpy(h->tail, p, (size_t)(end - p));
+  h->ntail = (size_t)(end - p);
+}
+
+uint64_t sn_hasher_final(const sn_hasher *s) {
+  const uint64_t *lane = s->lane;
+  uint64_t h;
+  if (s->total >= HASH_STRIPE) {
+    h = rotl64(lane[0], 1) + rotl64(lane[1], 7) + rotl64(lane[2], 12) + rotl64(lane[3], 18);
+    for (int i = 0; i < 4; i++) h = (h ^ lane_step(0, lane[i])) * HASH_PRIME_1 + HASH_PRIME_4;
+  } else {
+    h = s->seed + HASH_PRIME_5;
+  }
+  h += s->total;
+  const unsigned char *p = s->tail, *end = p + s->ntail;
   for (; p + 8 <= end; p += 8) h = rotl64(h ^ lane_step(0, load64(p)), 27) * HASH_PRIME_1 + HASH_PRIME_4;
   for (; p < end; p++) h = rotl64(h ^ (*p * HASH_PRIME_5), 11) * HASH_PRIME_1;
   h ^= h >> 33;
@@ -260,6 +278,13 @@ uint64_t sn_hash64(const void *data, size_t len, uint64_t seed) {
   h *= HASH_PRIME_3;
   h ^= h >> 32;
   return h;
+}
+
+uint64_t sn_hash64(const void *data, size_t len, uint64_t seed) {
+  sn_hasher h;
+  sn_hasher_init(&h, seed);
+  sn_hasher_update(&h, data, len);
+  return sn_hasher_final(&h);
 }
 
 int sn_exists(const char *path) {

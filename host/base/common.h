@@ -87,6 +87,16 @@ void sn_strbuf_printf(sn_strbuf *b, const char *fmt, ...) __attribute__((format(
 
 // 64-bit content hash (checksums, cache keys); chain calls through `seed`.
 uint64_t sn_hash64(const void *data, size_t len, uint64_t seed);
+// The same hash over data that arrives in pieces (a file written a chunk at a time): init, update
+// with each piece in order, final; equal to sn_hash64 over the concatenation.
+typedef struct {
+  uint64_t lane[4], seed, total;
+  unsigned char tail[32];  // bytes of an unfinished 32-byte stripe
+  size_t ntail;
+} sn_hasher;
+void sn_hasher_init(sn_hasher *h, uint64_t seed);
+void sn_hasher_update(sn_hasher *h, const void *data, size_t len);
+uint64_t sn_hasher_final(const sn_hasher *h);
 
 // True when path exists / is a folder.
 int sn_exists(const char *path);

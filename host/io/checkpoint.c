@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +27,8 @@ typedef struct {
   uint64_t checksum;
   const unsigned char *data;
   int owned;  // data was copied by sn_state_add_copy
+  sn_state_source source;  // or data comes from here while the file is written
+  const void *source_ctx;
 } state_section;
 
 struct sn_state_writer {
@@ -35,6 +38,7 @@ struct sn_state_writer {
 
 struct sn_state_reader {
   char *buf;
+  size_t mapped;  // bytes of buf mapped from the file (0: malloc'd)
   state_section *sections;
   int n;
   char path[SN_CKPT_PATH_MAX];
@@ -59,7 +63,8 @@ static state_section *new_section(sn_state_writer *w, const char *name, const vo
   s->bytes = bytes;
   s->data = data;
   s->owned = 0;
-  s->checksum = section_checksum(data, bytes);
+  s->source = NULL;
+  s->checksum = data ? section_checksum(data, bytes) : 0;
   return s;
 }
 
@@ -77,8 +82,34 @@ void sn_state_add_u64(sn_state_writer *w, const char *name, uint64_t v) {
   sn_state_add_copy(w, name, &v, sizeof v);
 }
 
+void sn_state_add_source(sn_state_writer *w, const char *name, size_t bytes, sn_state_source source,
+                         const void *ctx) {
+  state_section *s = new_section(w, name, NULL, bytes);
+  s->source = source;
+  s->source_ctx = ctx;
+}
+
 static int write_all(FILE *f, const void *data, size_t bytes) {
   return fwrite(data, 1, bytes, f) == bytes ? 0 : -1;
+}
+
+// A streamed section's data, a chunk at a time through buf, and its checksum, known only at the
+// end: written into the header's slot afterwards (the file is a temporary one until renamed).
+static int write_source_section(FILE *f, const state_section *s, unsigned char *buf) {
+  const off_t checksum_at = ftello(f) - (off_t)sizeof s->checksum;
+  sn_hasher h;
+  sn_hasher_init(&h, STATE_CHECKSUM_SEED);
+  for (size_t done = 0; done < s->bytes;) {
+    const size_t n = SN_MIN(SN_STATE_CHUNK_BYTES, s->bytes - done);
+    s->source(s->source_ctx, done, n, buf);
+    sn_hasher_update(&h, buf, n);
+    if (write_all(f, buf, n) != 0) return -1;
+    done += n;
+  }
+  const uint64_t checksum = sn_hasher_final(&h);
+  if (checksum_at < 0 || fseeko(f, checksum_at, SEEK_SET) != 0 || write_all(f, &checksum, sizeof checksum) != 0)
+    return -1;
+  return fseeko(f, 0, SEEK_END);
 }
 
 int sn_state_write(sn_state_writer *w, const char *path) {
@@ -88,11 +119,19 @@ int sn_state_write(sn_state_writer *w, const char *path) {
   if (!f) return -1;
   uint32_t version = SN_STATE_VERSION, count = (uint32_t)w->n;
   int rc = write_all(f, SN_STATE_MAGIC, 8) | write_all(f, &version, 4) | write_all(f, &count, 4);
+  unsigned char *chunk = NULL;  // for streamed sections
   for (int i = 0; i < w->n && rc == 0; i++) {
     const state_section *s = &w->sections[i];
-    rc = write_all(f, s->name, STATE_NAME_MAX) | write_all(f, &s->bytes, 8) |
-         write_all(f, &s->checksum, 8) | write_all(f, s->data, s->bytes);
+    rc = write_all(f, s->name, STATE_NAME_MAX) | write_all(f, &s->bytes, 8) | write_all(f, &s->checksum, 8);
+    if (rc != 0) break;
+    if (!s->source) {
+      rc = write_all(f, s->data, s->bytes);
+      continue;
+    }
+    if (!chunk) chunk = mallocCheck(SN_STATE_CHUNK_BYTES);
+    rc = write_source_section(f, s, chunk);
   }
+  free(chunk);
   if (rc == 0 && fflush(f) != 0) rc = -1;
   if (rc == 0 && fsync(fileno(f)) != 0) rc = -1;
   int saved = errno;
@@ -117,19 +156,42 @@ void sn_state_writer_free(sn_state_writer *w) {
   free(w);
 }
 
+static sn_state_reader *parse_state(char *buf, size_t len, size_t mapped, const char *path, char *err,
+                                    size_t errlen);
+
 sn_state_reader *sn_state_read(const char *path, char *err, size_t errlen) {
-  size_t len = 0;
-  char *buf = sn_read_file(path, &len);
+  FILE *f = fopen(path, "rb");
+  struct stat st;
+  if (!f || fstat(fileno(f), &st) != 0) {
+    snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+    if (f) fclose(f);
+    return NULL;
+  }
+  const size_t len = (size_t)st.st_size;
+  void *map = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fileno(f), 0) : MAP_FAILED;
+  fclose(f);  // a mapping stays valid
+  if (map != MAP_FAILED) {
+    madvise(map, len, MADV_SEQUENTIAL);  // the checksums read it front to back once
+    return parse_state(map, len, len, path, err, errlen);
+  }
+  size_t got = 0;
+  char *buf = sn_read_file(path, &got);  // empty, or a file system that cannot map files
   if (!buf) {
     snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
     return NULL;
   }
-  return sn_state_parse(buf, len, path, err, errlen);
+  return parse_state(buf, got, 0, path, err, errlen);
 }
 
 sn_state_reader *sn_state_parse(char *buf, size_t len, const char *path, char *err, size_t errlen) {
+  return parse_state(buf, len, 0, path, err, errlen);
+}
+
+static sn_state_reader *parse_state(char *buf, size_t len, size_t mapped, const char *path, char *err,
+                                    size_t errlen) {
   sn_state_reader *r = callocCheck(1, sizeof *r);
   r->buf = buf;
+  r->mapped = mapped;
   snprintf(r->path, sizeof r->path, "%s", path);
   const unsigned char *p = (const unsigned char *)buf, *end = p + len;
   uint32_t version, count;
@@ -206,7 +268,8 @@ uint64_t sn_state_get_u64(const sn_state_reader *r, const char *name) {
 void sn_state_reader_free(sn_state_reader *r) {
   if (!r) return;
   free(r->sections);
-  free(r->buf);
+  if (r->mapped) munmap(r->buf, r->mapped);
+  else free(r->buf);
   free(r);
 }
 

@@ -25,12 +25,20 @@ sn_state_writer *sn_state_writer_new(void);
 void sn_state_add(sn_state_writer *w, const char *name, const void *data, size_t bytes);
 void sn_state_add_copy(sn_state_writer *w, const char *name, const void *data, size_t bytes);
 void sn_state_add_u64(sn_state_writer *w, const char *name, uint64_t v);
+// A section produced while the file is written, SN_STATE_CHUNK_BYTES at a time (a 7B model's
+// optimizer state is 91 GB: it streams from the device instead of a host copy): source fills dst
+// with bytes [offset, offset + bytes) of the section; ctx must live until sn_state_write.
+#define SN_STATE_CHUNK_BYTES ((size_t)4 << 20)
+typedef void (*sn_state_source)(const void *ctx, size_t offset, size_t bytes, void *dst);
+void sn_state_add_source(sn_state_writer *w, const char *name, size_t bytes, sn_state_source source, const void *ctx);
 // Streams the file durably (temp file, fsync, rename). Returns 0, or -1 with errno set.
 int sn_state_write(sn_state_writer *w, const char *path);
 void sn_state_writer_free(sn_state_writer *w);
 
 typedef struct sn_state_reader sn_state_reader;
 // Reads and validates a state file (magic, version, every checksum). NULL with a message in err.
+// The file is mapped, not copied: sections point into the page cache, so restoring a 91 GB
+// optimizer state needs no host buffer of that size.
 sn_state_reader *sn_state_read(const char *path, char *err, size_t errlen);
 // The same from a malloc'd buffer of len bytes, which the reader takes over (freed with it, or at
 // once on failure); name is used in messages.

@@ -59,16 +59,24 @@ typedef struct {
 } sn_param_builder;
 size_t sn_param_add(sn_param_builder *pb, int no_decay, int64_t d0, int64_t d1, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-// Writes DIR/config.json and DIR/model.safetensors from host fp32 weights laid out as m's buffer (a
-// LoRA export passes merged ones), or with host NULL from m's own weights on its backend, read a
-// chunk at a time while the file is written (sn_model_save: a 7B tower's save needs a few MB of host
-// memory, not a 30 GB fp32 copy).
-// How sn_model_save_host writes a model: whole (sn_model_save), as an embedding tower without the
+// Where a save reads a tensor's values while the file is written, a chunk at a time: elements
+// [start, start + count) of parameter p into dst as fp32. A LoRA export's reader adds s·B·A to the
+// targets (model_lora_io.c). A 7B tower's save thus needs a few MB of host memory, not a 30 GB copy.
+typedef struct sn_weight_reader {
+  void (*read)(struct sn_weight_reader *r, const sn_model *m, const sn_param *p, int64_t start, int64_t count,
+               float *dst);
+} sn_weight_reader;
+// Reads m's own weights from its backend (the reader a NULL stands for).
+void sn_weight_read_backend(sn_weight_reader *r, const sn_model *m, const sn_param *p, int64_t start,
+                            int64_t count, float *dst);
+// How sn_model_save_from writes a model: whole (sn_model_save), as an embedding tower without the
 // untied lm_head.weight (sn_model_export), or as a *ForCausalLM (sn_model_save_causal_lm: the
 // decoder's tensors under "model.", lm_head.weight at the top, architectures "Qwen2ForCausalLM").
 enum { SN_SAVE_WHOLE = 0, SN_SAVE_DROP_LM_HEAD = 1, SN_SAVE_CAUSAL_LM = 2 };
-int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int mode, char *err,
-                       size_t errlen);
+// Writes DIR/config.json and DIR/model.safetensors (and 2_Dense for a projection) with the values
+// `reader` gives (NULL: m's weights).
+int sn_model_save_from(const sn_model *m, sn_weight_reader *reader, const char *dir, sn_dtype dtype, int mode,
+                       char *err, size_t errlen);
 
 // config.json key of the projection width (transformers ignores unknown keys).
 #define SN_PROJECTION_CONFIG_KEY "scalingnote_projection_dim"

@@ -220,7 +220,7 @@ sn_model *sn_model_load(const char *dir, const sn_ops *ops) {
 
 static int save_model(const sn_model *m, const char *dir, sn_dtype dtype, int mode, char *err,
                       size_t errlen) {
-  return sn_model_save_host(m, NULL, dir, dtype, mode, err, errlen);  // streamed from m->weights
+  return sn_model_save_from(m, NULL, dir, dtype, mode, err, errlen);
 }
 
 int sn_model_save(const sn_model *m, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
@@ -239,24 +239,30 @@ int sn_model_export(const sn_model *m, const char *dir, sn_dtype dtype, char *er
   return save_model(m, dir, dtype, SN_SAVE_DROP_LM_HEAD, err, errlen);
 }
 
-// One tensor of a model's weights on its backend (a sn_st_source), read while the file is written.
+void sn_weight_read_backend(sn_weight_reader *r, const sn_model *m, const sn_param *p, int64_t start,
+                            int64_t count, float *dst) {
+  (void)r;
+  const sn_ops *ops = m->ops;
+  ops->download_f32(dst, (const char *)m->weights + (p->offset + (size_t)start) * ops->storage_size, (size_t)count);
+  ops->synchronize();
+}
+
+// One tensor of a save (a sn_st_source): its values from the save's reader while the file is written.
 typedef struct {
   const sn_model *m;
-  size_t offset;  // the tensor's, in elements
-} weight_source;
-static void read_weights(const void *ctx, int64_t start, int64_t count, float *dst) {
-  const weight_source *src = ctx;
-  const sn_ops *ops = src->m->ops;
-  ops->download_f32(dst, (const char *)src->m->weights + (src->offset + (size_t)start) * ops->storage_size,
-                    (size_t)count);
-  ops->synchronize();
+  const sn_param *p;
+  sn_weight_reader *reader;
+} tensor_source;
+static void read_tensor(const void *ctx, int64_t start, int64_t count, float *dst) {
+  const tensor_source *src = ctx;
+  src->reader->read(src->reader, src->m, src->p, start, count, dst);
 }
 
 // What an export holds beyond the tower's own tensors (see export.h): the projection as
 // 2_Dense, a zero pooler for an encoder without one. *zeros (the pooler's data, kept until w is
-// written) is freed by the caller. host NULL: the projection is downloaded from m's weights.
-static int export_extras(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, sn_st_writer *w,
-                         float **zeros, char *err, size_t errlen) {
+// written) is freed by the caller.
+static int export_extras(const sn_model *m, sn_weight_reader *reader, const char *dir, sn_dtype dtype,
+                         sn_st_writer *w, float **zeros, char *err, size_t errlen) {
   static const char *const POOLER[2] = {"pooler.dense.weight", "pooler.dense.bias"};
   const int64_t C = m->cfg.hidden, shapes[2][2] = {{C, C}, {C, 0}};
   *zeros = NULL;
@@ -267,20 +273,19 @@ static int export_extras(const sn_model *m, const float *host, const char *dir, 
   if (!m->layout->proj_dim) return 0;
   const sn_param *pw = sn_model_find_param(m, "projection.weight"), *pb = sn_model_find_param(m, "projection.bias");
   if (!pw || !pb) sn_fatal("a model with a projection has no projection tensors");
-  if (host)
-    return sn_export_write_dense(dir, (int)pw->shape[1], (int)pw->shape[0], dtype, host + pw->offset,
-                                 host + pb->offset, err, errlen);
   float *dense = mallocCheck((pw->count + pb->count) * sizeof(float));  // (out, in) weight, then (out) bias
-  read_weights(&(weight_source){m, pw->offset}, 0, (int64_t)pw->count, dense);
-  read_weights(&(weight_source){m, pb->offset}, 0, (int64_t)pb->count, dense + pw->count);
+  reader->read(reader, m, pw, 0, (int64_t)pw->count, dense);
+  reader->read(reader, m, pb, 0, (int64_t)pb->count, dense + pw->count);
   const int rc = sn_export_write_dense(dir, (int)pw->shape[1], (int)pw->shape[0], dtype, dense, dense + pw->count,
                                        err, errlen);
   free(dense);
   return rc;
 }
 
-int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn_dtype dtype, int mode, char *err,
-                       size_t errlen) {
+int sn_model_save_from(const sn_model *m, sn_weight_reader *reader, const char *dir, sn_dtype dtype, int mode,
+                       char *err, size_t errlen) {
+  sn_weight_reader backend = {sn_weight_read_backend};
+  if (!reader) reader = &backend;
   if (dtype != SN_DTYPE_F32 && dtype != SN_DTYPE_BF16) {
     snprintf(err, errlen, "%s: save dtype must be F32 or BF16", dir);
     return -1;
@@ -301,7 +306,7 @@ int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn
   }
   sn_st_writer *w = sn_st_writer_new();
   sn_st_writer_metadata(w, "format", "pt");  // transformers expects the PyTorch marker
-  weight_source *sources = host ? NULL : mallocCheck(SN_MAX(m->nparams, 1) * sizeof *sources);
+  tensor_source *sources = mallocCheck(SN_MAX(m->nparams, 1) * sizeof *sources);
   for (int i = 0; i < m->nparams; i++) {
     const sn_param *p = &m->params[i];
     const int is_lm_head = p->offset == m->layout->lm_head;
@@ -311,15 +316,11 @@ int sn_model_save_host(const sn_model *m, const float *host, const char *dir, sn
     snprintf(prefixed, sizeof prefixed, "model.%s", p->name);
     const int prefix = mode == SN_SAVE_CAUSAL_LM && !is_lm_head;
     const char *name = prefix ? prefixed : p->name;
-    if (host) {
-      sn_st_writer_add(w, name, dtype, p->ndim, p->shape, host + p->offset);
-    } else {
-      sources[i] = (weight_source){m, p->offset};
-      sn_st_writer_add_source(w, name, dtype, p->ndim, p->shape, read_weights, &sources[i]);
-    }
+    sources[i] = (tensor_source){m, p, reader};
+    sn_st_writer_add_source(w, name, dtype, p->ndim, p->shape, read_tensor, &sources[i]);
   }
   float *zeros;
-  rc = export_extras(m, host, dir, dtype, w, &zeros, err, errlen);
+  rc = export_extras(m, reader, dir, dtype, w, &zeros, err, errlen);
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   if (rc == 0) rc = sn_st_writer_write(w, path, err, errlen);
   sn_st_writer_free(w);

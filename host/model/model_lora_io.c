@@ -29,42 +29,70 @@ static const sn_param *target_weight(const sn_model *m, int layer, sn_lora_targe
   return p;
 }
 
+// A merged export's reader (sn_weight_reader): the base weights, plus s·B·A on the adapted ones. A
+// target's update is made on the backend when the writer reaches its tensor (the tensors come one
+// after the other, so one (out, in) buffer serves them all) and added a chunk at a time.
+typedef struct {
+  sn_weight_reader base;
+  const sn_lora *lora;
+  const sn_param **targets;  // (n_layers, SN_LORA_NTARGETS) the base tensor each adapter updates, or NULL
+  const sn_param *in_delta;  // the target whose update `delta` holds, or NULL
+  void *scaled_b, *delta;    // backend (widest out, r) s·B, (largest out·in) s·B A
+  float *chunk;              // host, chunk_len floats: a chunk of the update
+  size_t chunk_len;
+} merge_reader;
+
+static void read_merged(sn_weight_reader *r, const sn_model *tower, const sn_param *p, int64_t start,
+                        int64_t count, float *dst) {
+  merge_reader *mr = (merge_reader *)r;
+  sn_weight_read_backend(r, tower, p, start, count, dst);
+  const sn_lora *l = mr->lora;
+  const int n = l->n_layers * SN_LORA_NTARGETS;
+  int k = 0;
+  while (k < n && mr->targets[k] != p) k++;
+  if (k == n) return;  // not adapted: the base as it is
+  const sn_ops *ops = tower->ops;
+  if (mr->in_delta != p) {
+    const int layer = k / SN_LORA_NTARGETS, t = k % SN_LORA_NTARGETS, rank = l->cfg.rank;
+    int in, out;
+    sn_lora_target_dims(&tower->cfg, (sn_lora_target)t, &in, &out);
+    ops->axpy_2d(mr->scaled_b, rank, sn_wptr(l->params, l->b[layer][t]), rank, out, rank, l->scale, 0);
+    // (out, r) @ (r, in)
+    ops->matmul(mr->delta, mr->scaled_b, sn_wptr(l->params, l->a[layer][t]), NULL, out, in, rank, 0, 0, 0);
+    mr->in_delta = p;
+  }
+  if ((size_t)count > mr->chunk_len) {
+    mr->chunk_len = (size_t)count;
+    mr->chunk = reallocCheck(mr->chunk, mr->chunk_len * sizeof(float));
+  }
+  ops->download_f32(mr->chunk, (const char *)mr->delta + (size_t)start * ops->storage_size, (size_t)count);
+  ops->synchronize();
+  for (int64_t i = 0; i < count; i++) dst[i] += mr->chunk[i];
+}
+
 int sn_lora_save_merged(const sn_model *tower, const char *dir, sn_dtype dtype, char *err, size_t errlen) {
   const sn_lora *l = tower->lora;
   if (!l) return sn_model_export(tower, dir, dtype, err, errlen);
   const sn_ops *ops = tower->ops;
-  const sn_model *p = l->params;
-  const int r = l->cfg.rank;
-  float *host = mallocCheck(SN_MAX(tower->num_elements, (size_t)1) * sizeof(float));
-  ops->download_f32(host, tower->weights, tower->num_elements);
+  merge_reader mr = {.base = {read_merged}, .lora = l};
+  mr.targets = callocCheck((size_t)SN_MAX(l->n_layers, 1) * SN_LORA_NTARGETS, sizeof *mr.targets);
   size_t widest = 0, largest = 0;
   for (int t = 0; t < SN_LORA_NTARGETS; t++) {
     int in, out;
     sn_lora_target_dims(&tower->cfg, (sn_lora_target)t, &in, &out);
     widest = SN_MAX(widest, (size_t)out);
     largest = SN_MAX(largest, (size_t)out * in);
+    for (int layer = 0; layer < l->n_layers; layer++)
+      if (l->a[layer][t] != SN_NO_PARAM)
+        mr.targets[layer * SN_LORA_NTARGETS + t] = target_weight(tower, layer, (sn_lora_target)t);
   }
-  void *scaled_b = ops->alloc(widest * r * ops->storage_size);  // (out, r) s·B
-  void *delta = ops->alloc(largest * ops->storage_size);         // (out, in) s·B A
-  float *delta_host = mallocCheck(largest * sizeof(float));
-  for (int layer = 0; layer < l->n_layers; layer++) {
-    for (int t = 0; t < SN_LORA_NTARGETS; t++) {
-      if (l->a[layer][t] == SN_NO_PARAM) continue;
-      int in, out;
-      sn_lora_target_dims(&tower->cfg, (sn_lora_target)t, &in, &out);
-      ops->axpy_2d(scaled_b, r, sn_wptr(p, l->b[layer][t]), r, out, r, l->scale, 0);
-      ops->matmul(delta, scaled_b, sn_wptr(p, l->a[layer][t]), NULL, out, in, r, 0, 0, 0);  // (out, r) @ (r, in)
-      ops->download_f32(delta_host, delta, (size_t)out * in);
-      ops->synchronize();
-      float *w = host + target_weight(tower, layer, (sn_lora_target)t)->offset;
-      for (size_t i = 0; i < (size_t)out * in; i++) w[i] += delta_host[i];
-    }
-  }
-  ops->free(scaled_b);
-  ops->free(delta);
-  free(delta_host);
-  int rc = sn_model_save_host(tower, host, dir, dtype, SN_SAVE_DROP_LM_HEAD, err, errlen);
-  free(host);
+  mr.scaled_b = ops->alloc(widest * l->cfg.rank * ops->storage_size);
+  mr.delta = ops->alloc(largest * ops->storage_size);
+  const int rc = sn_model_save_from(tower, &mr.base, dir, dtype, SN_SAVE_DROP_LM_HEAD, err, errlen);
+  ops->free(mr.scaled_b);
+  ops->free(mr.delta);
+  free(mr.chunk);
+  free(mr.targets);
   return rc;
 }
 

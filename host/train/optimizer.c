@@ -264,23 +264,31 @@ float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale) {
   return lr;
 }
 
-float *sn_optimizer_download(const sn_optimizer *opt, int which) {
-  size_t n = opt->shard_len;
-  float *host = mallocCheck(SN_MAX(n, 1) * sizeof(float));
-  if (which == 1) opt->ops->download(host, opt->m, n * sizeof(float));
-  else if (which == 2) opt->ops->download(host, opt->v, n * sizeof(float));
-  else if (opt->master) opt->ops->download(host, opt->master, n * sizeof(float));
-  else opt->ops->download_f32(host, opt->model->weights, n);
-  return host;
+static float *state_buffer(const sn_optimizer *opt, sn_opt_state which) {
+  return which == SN_OPT_M ? opt->m : which == SN_OPT_V ? opt->v : opt->master;
 }
 
-void sn_optimizer_upload_full(sn_optimizer *opt, const float *master, const float *m, const float *v) {
-  size_t b = opt->shard_begin, n = opt->shard_len;
+void sn_optimizer_download_range(const sn_optimizer *opt, sn_opt_state which, size_t start, size_t count,
+                                 float *dst) {
+  if (start + count > opt->shard_len)
+    sn_fatal("optimizer download of [%zu, %zu) past its slice of %zu", start, start + count, opt->shard_len);
+  const float *src = state_buffer(opt, which);
+  if (src) opt->ops->download(dst, src + start, count * sizeof(float));
+  else opt->ops->download_f32(dst, (const char *)opt->model->weights + start * opt->ops->storage_size, count);
+  opt->ops->synchronize();
+}
+
+void sn_optimizer_upload_range(sn_optimizer *opt, sn_opt_state which, size_t begin, size_t count, const float *src) {
   const sn_ops *ops = opt->ops;
-  ops->upload(opt->m, m + b, n * sizeof(float));
-  ops->upload(opt->v, v + b, n * sizeof(float));
-  if (opt->master) ops->upload(opt->master, master + b, n * sizeof(float));
-  ops->upload_f32(opt->model->weights, master, opt->model->num_elements);
+  if (begin + count > opt->model->num_elements)
+    sn_fatal("optimizer upload of [%zu, %zu) past the model's %zu elements", begin, begin + count,
+             opt->model->num_elements);
+  if (which == SN_OPT_MASTER)
+    ops->upload_f32((char *)opt->model->weights + begin * ops->storage_size, src, count);
+  float *dst = state_buffer(opt, which);
+  const size_t lo = SN_MAX(begin, opt->shard_begin), hi = SN_MIN(begin + count, opt->shard_begin + opt->shard_len);
+  if (dst && lo < hi) ops->upload(dst + (lo - opt->shard_begin), src + (lo - begin), (hi - lo) * sizeof(float));
+  ops->synchronize();  // src may be a mapping the caller releases next
 }
 
 // Warm-up: lr rises linearly to peak, reaching peak * (step + 1) / warmup_steps on step `step`,

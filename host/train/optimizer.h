@@ -112,12 +112,15 @@ double sn_optimizers_grad_norm(sn_optimizer *const *opts, int n, float grad_scal
 // (what clipping compares), grad_scale what turns the summed gradient into that average (e.g.
 // 1 / accumulation steps). With ZeRO the updated weights are all-gathered. Returns the lr used.
 float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale);
-// Host copies of this rank's slice for checkpoints: master weights (downloaded from the weights
-// when they are the master), m and v. Caller frees.
-float *sn_optimizer_download(const sn_optimizer *opt, int which /* 0 master, 1 m, 2 v */);
-// Restores the state from host arrays covering the whole buffer (N floats each): this rank's
-// slice of master (and all the weights from the full master), m and v.
-void sn_optimizer_upload_full(sn_optimizer *opt, const float *master, const float *m, const float *v);
+// The optimizer state a checkpoint holds, in pieces small enough for host buffers (a 7B model's is
+// 91 GB). `which`: 0 master weights (the weights themselves when they are the master), 1 m, 2 v.
+typedef enum { SN_OPT_MASTER = 0, SN_OPT_M = 1, SN_OPT_V = 2 } sn_opt_state;
+// Elements [start, start + count) of this rank's slice of `which` into dst (synchronous).
+void sn_optimizer_download_range(const sn_optimizer *opt, sn_opt_state which, size_t start, size_t count, float *dst);
+// Restores elements [begin, begin + count) of the whole buffer's `which` from src: the part inside
+// this rank's slice, and for the master also those weights (every rank holds all the weights).
+// Resuming calls it for every piece of the whole buffer, whatever world size wrote them.
+void sn_optimizer_upload_range(sn_optimizer *opt, sn_opt_state which, size_t begin, size_t count, const float *src);
 sn_schedule sn_schedule_from_name(const char *name);
 
 // What sn_optimizer_init allocates for model m (the memory plan; m may be an sn_model_plan table)

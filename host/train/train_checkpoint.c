@@ -84,23 +84,35 @@ static const char *const OPT_PARTS[3] = {"master", "m", "v"};
 // Per-rank optimizer shards (ZeRO-1 and ZeRO-2) in a checkpoint folder: state-rank<R>.bin.
 #define SHARD_FILE_FORMAT "%s/state-rank%05d.bin"
 
-// This rank's slice of an optimizer (the whole buffer when replicated): prefix.{master,m,v} and
-// prefix.begin, the slice's first element. host_buffers (3) keep the downloads alive until written.
+// One part of an optimizer's state (a sn_state_source): read from the backend while the file is written.
+typedef struct {
+  const sn_optimizer *opt;
+  sn_opt_state which;
+} optimizer_source;
+static void read_optimizer_state(const void *ctx, size_t offset, size_t bytes, void *dst) {
+  const optimizer_source *src = ctx;
+  sn_optimizer_download_range(src->opt, src->which, offset / sizeof(float), bytes / sizeof(float), dst);
+}
+
+// This rank's slice of an optimizer (the whole buffer when replicated): prefix.{master,m,v},
+// streamed from the backend, and prefix.begin, the slice's first element. sources (3) live until written.
 static void add_optimizer_slice(sn_state_writer *w, const char *prefix, const sn_optimizer *opt,
-                                float **host_buffers) {
+                                optimizer_source *sources) {
   char name[64];
   for (int i = 0; i < 3; i++) {
-    host_buffers[i] = sn_optimizer_download(opt, i);
+    sources[i] = (optimizer_source){opt, (sn_opt_state)i};
     snprintf(name, sizeof name, "%s.%s", prefix, OPT_PARTS[i]);
-    sn_state_add(w, name, host_buffers[i], opt->shard_len * sizeof(float));
+    sn_state_add_source(w, name, opt->shard_len * sizeof(float), read_optimizer_state, &sources[i]);
   }
   snprintf(name, sizeof name, "%s.begin", prefix);
   sn_state_add_u64(w, name, opt->shard_begin);
 }
 
-// Copies one file's slices of prefix.{master,m,v} into the full host arrays; returns the elements.
-static size_t read_optimizer_slice(const sn_state_reader *r, const char *path, const char *prefix, size_t n,
-                                   float *full[3]) {
+// Restores one file's slices of prefix.{master,m,v} (sn_optimizer_upload_range keeps what this rank
+// holds); returns the elements.
+static size_t restore_optimizer_slice(const sn_state_reader *r, const char *path, const char *prefix,
+                                      sn_optimizer *opt) {
+  const size_t n = opt->model->num_elements;
   char name[64];
   snprintf(name, sizeof name, "%s.begin", prefix);
   size_t begin = sn_state_get_u64(r, name), len = 0;
@@ -109,25 +121,28 @@ static size_t read_optimizer_slice(const sn_state_reader *r, const char *path, c
     size_t bytes = 0;
     const void *src = sn_state_get(r, name, &bytes);
     if (!src) sn_bad_input("%s: section '%s' is missing", path, name);
+    if (i > 0 && bytes / sizeof(float) != len)
+      sn_bad_input("%s: '%s' holds %zu elements, '%s.master' %zu", path, name, bytes / sizeof(float), prefix, len);
     len = bytes / sizeof(float);
-    if (begin + len > n)
+    if (begin > n || len > n - begin)
       sn_bad_input("%s: '%s' covers elements [%zu, %zu) of a model with %zu (another model?)", path, name,
                    begin, begin + len, n);
-    memcpy(full[i] + begin, src, len * sizeof(float));
+    sn_optimizer_upload_range(opt, (sn_opt_state)i, begin, len, src);
   }
   return len;
 }
 
-// The whole optimizer state of `prefix` from a checkpoint folder: from state.bin when one rank
-// wrote it all, else assembled from every rank's shard file, whatever the world size that wrote
-// them (so a run resumes on another number of ranks).
-static void load_full_optimizer(const char *dir, const sn_state_reader *global, const char *prefix, size_t n,
-                                float *full[3]) {
+// An optimizer's whole state from a checkpoint folder: from state.bin when one rank wrote it all,
+// else from every rank's shard file, whatever the world size that wrote them (so a run resumes on
+// another number of ranks). The files are mapped, so no host copy of the state is made.
+static void restore_optimizer(const char *dir, const sn_state_reader *global, const char *prefix,
+                              sn_optimizer *opt) {
+  const size_t n = opt->model->num_elements;
   char name[64], path[SN_TRAIN_PATH_MAX + 64], err[1024];
   snprintf(name, sizeof name, "%s.master", prefix);
   if (sn_state_get(global, name, NULL)) {
     snprintf(path, sizeof path, "%s/state.bin", dir);
-    if (read_optimizer_slice(global, path, prefix, n, full) != n)
+    if (restore_optimizer_slice(global, path, prefix, opt) != n)
       sn_bad_input("%s: '%s' does not cover the model's %zu parameters", path, name, n);
     return;
   }
@@ -137,7 +152,7 @@ static void load_full_optimizer(const char *dir, const sn_state_reader *global, 
     if (access(path, F_OK) != 0) break;
     sn_state_reader *r = sn_state_read(path, err, sizeof err);
     if (!r) sn_bad_input("%s", err);
-    covered += read_optimizer_slice(r, path, prefix, n, full);
+    covered += restore_optimizer_slice(r, path, prefix, opt);
     sn_state_reader_free(r);
   }
   if (covered != n)
@@ -208,7 +223,7 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
   sn_comm_all_reduce_f64_host(t->comm, &no_room, 1);
   if (no_room) return -1;
   sn_state_writer *w = sn_state_writer_new(), *shard = NULL;
-  float **host = callocCheck((size_t)nopts * 3, sizeof *host);  // downloaded optimizer state
+  optimizer_source *sources = callocCheck((size_t)nopts * 3, sizeof *sources);  // read while written
   sn_state_add_u64(w, "config_hash", t->config_hash);
   sn_trainer_add_fingerprints(t, w);
   sn_state_add_u64(w, "stage", (uint64_t)stage);
@@ -224,16 +239,15 @@ int sn_trainer_checkpoint(sn_trainer *t, int stage, int64_t step, double elapsed
     sn_state_add_u64(w, name, (uint64_t)opts[i].opt->step);
     if (opts[i].opt->zero) {
       if (!shard) shard = sn_state_writer_new();
-      add_optimizer_slice(shard, opts[i].prefix, opts[i].opt, host + 3 * i);
+      add_optimizer_slice(shard, opts[i].prefix, opts[i].opt, sources + 3 * i);
     } else if (t->rank == 0) {
-      add_optimizer_slice(w, opts[i].prefix, opts[i].opt, host + 3 * i);
+      add_optimizer_slice(w, opts[i].prefix, opts[i].opt, sources + 3 * i);
     }
   }
   int rc = write_checkpoint(t, stage, step, towers, ntowers, w, shard);
   sn_state_writer_free(w);
   sn_state_writer_free(shard);
-  for (int i = 0; i < 3 * nopts; i++) free(host[i]);
-  free(host);
+  free(sources);
   return rc;
 }
 
@@ -245,15 +259,10 @@ int64_t sn_trainer_restore(sn_trainer *t, int stage, sn_sampler *sampler, const 
   if (!r) sn_bad_input("%s", err);
   for (int i = 0; i < nopts; i++) {
     sn_optimizer *opt = opts[i].opt;
-    size_t n = opt->model->num_elements;
-    float *full[3];
-    for (int k = 0; k < 3; k++) full[k] = mallocCheck(n * sizeof(float));
-    load_full_optimizer(t->resume_dir, r, opts[i].prefix, n, full);
+    restore_optimizer(t->resume_dir, r, opts[i].prefix, opt);
     char name[64];
     snprintf(name, sizeof name, "%s.step", opts[i].prefix);
     opt->step = (int64_t)sn_state_get_u64(r, name);
-    sn_optimizer_upload_full(opt, full[0], full[1], full[2]);
-    for (int k = 0; k < 3; k++) free(full[k]);
   }
   sn_data_cursor cursor;
   sn_state_get_exact(r, "cursor", &cursor, sizeof cursor);
