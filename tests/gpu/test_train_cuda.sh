@@ -4,7 +4,8 @@
 # within 1%, 10-step averages within 5%. Stage 1 with activation recomputation (recompute = layer)
 # follows the plain GPU run: its first gradient norm within the bf16 band (1%), its curve as above. Also stage 1 with LoRA towers,
 # and stage 1 with FlagEmbedding teacher scores distilled by the KL term (stage1.kd_weight), and
-# stage 0 (causal-LM pretraining through the fused lm_head_xent kernels) on the training documents.
+# stage 0 (causal-LM pretraining through the fused lm_head_xent kernels) on the training documents,
+# and a stop after 20 steps resumed on the GPU (full and LoRA towers) matching the straight run.
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
 nvidia-smi -L >/dev/null 2>&1 || { echo "SKIP: no GPU"; exit 77; }
@@ -37,6 +38,18 @@ LORA="--set stage1.lora.rank=8 --set stage1.lora.alpha=16 --set stage1.optim.lr=
 # shellcheck disable=SC2086
 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=gpu-lora --set device=cuda $LORA 2>> gpu.log ||
   { tail -30 gpu.log; exit 1; }
+# Stopped after 20 steps and resumed on the GPU (the optimizer state streamed from the device into
+# state.bin, mapped and uploaded back a slice at a time), full towers and LoRA towers.
+for v in "gpu|" "gpu-lora|$LORA"; do
+  IFS='|' read -r ref extra <<<"$v"
+  # shellcheck disable=SC2086
+  "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$ref-resumed --set device=cuda $extra \
+    --set checkpoint.every=10 --stop-after 20 2>> gpu.log || { tail -30 gpu.log; exit 1; }
+  # shellcheck disable=SC2086
+  "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$ref-resumed --set device=cuda $extra \
+    --resume auto 2> resume.log || { tail -30 resume.log; exit 1; }
+  grep -q "resume: stage 1, step 20" resume.log || { echo "FAIL: $ref did not resume at step 20"; tail resume.log; exit 1; }
+done
 # Score distillation (the kl_distill_loss kernel): every line gets a hard negative and teacher scores.
 python3 - <<'PY'
 import json, random
@@ -98,4 +111,15 @@ avg = max(abs(sum(r["loss"] for r in plain[i:i + WINDOW]) - sum(r["loss"] for r 
 print(f"recompute = layer: step-1 grad norm {rc[0]['grad_norm']:.5f} vs {plain[0]['grad_norm']:.5f} "
       f"(rel {gn:.1e}); {WINDOW}-step loss averages within {avg:.1e}")
 assert gn < 1e-2 and avg < 5e-2, "recomputation changes the GPU gradients beyond bf16 rounding"
+# A resume restores what the stop saved: steps 21-50 as in the straight run. Equal bits are expected
+# (the kernels are deterministic); within 1e-3 would pass, since lost moments or master weights move
+# the loss far more than that within a few steps.
+for ref in ("gpu", "gpu-lora"):
+    straight, resumed = ({r["step"]: r["loss"] for r in rows(d, 1)} for d in (ref, f"{ref}-resumed"))
+    later = [s for s in straight if s > 20]
+    assert later and all(s in resumed for s in later), f"{ref}: resumed run lacks steps {later[0]}..{later[-1]}"
+    diff = max(abs(straight[s] - resumed[s]) / straight[s] for s in later)
+    print(f"{ref} stopped at 20 and resumed: steps 21-{later[-1]} within {diff:.1e} of the straight run"
+          + (" (bit for bit)" if diff == 0 else ""))
+    assert diff < 1e-3, f"{ref}: the resumed GPU run leaves the straight one"
 PY
