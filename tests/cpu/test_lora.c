@@ -4,7 +4,8 @@
 //   from a key, so every forward of the difference sees the same ones), with A and B both random
 //   so neither gradient is trivially zero; the frozen base gets no gradient buffer;
 // - B = 0 (a fresh adapter): the tower equals its base;
-// - the merged export (W + s·B·A) loaded as a plain model embeds like the tower;
+// - the merged export (W + s·B·A) loaded as a plain model embeds like the tower, also when an
+//   adapted tensor spans several of the writer's chunks (the update is added a chunk at a time);
 // - the peft folder round trip: same adapter values bit for bit, same embeddings; and its names;
 // - a peft folder with an unsupported option exits 2.
 #define _GNU_SOURCE
@@ -277,7 +278,35 @@ static void run_case(const char *label, const char *targets, float dropout, uint
   sn_model_free(base);
 }
 
+// Gate, up and down wider than one chunk of the safetensors writer (1M elements): the merged export
+// reads each from offsets past 0 of its update.
+#define WIDE_INTERMEDIATE 33000  // x hidden 32: 1,056,000 elements a matrix
+#define WIDE_WEIGHT_STD 0.02f    // the init's scale: activations stay moderate over 33,000 terms
+static void check_wide_export(void) {
+  const sn_ops *ops = sn_ops_cpu();
+  sn_test_rng rng;
+  sn_test_rng_seed(&rng, 2028);
+  sn_model_config cfg = tiny_qwen2();
+  cfg.intermediate = WIDE_INTERMEDIATE;
+  sn_model *base = sn_model_new(&cfg, ops, 2028);
+  sn_test_randomise(base, &rng, WIDE_WEIGHT_STD, VECTOR_STD);
+  sn_lora_config lc = {.rank = RANK, .alpha = ALPHA};
+  char err[ERR_LEN];
+  CHECK(sn_lora_targets_parse("gate,up,down", &lc.targets, err, sizeof err) == 0, "wide: %s", err);
+  sn_lora *l = sn_lora_new(base, &lc, 2028, "wide");
+  sn_test_randomise(l->params, &rng, ADAPTER_STD, VECTOR_STD);
+  sn_model *tower = sn_lora_tower(base, l);
+  harness h;
+  harness_init(&h, base, &rng);
+  check_exports(&h, base, tower, "gate, up, down wider than a write chunk");
+  harness_free(&h);
+  sn_model_free(tower);
+  sn_lora_free(l);
+  sn_model_free(base);
+}
+
 int main(void) {
+  check_wide_export();
   run_case("all seven targets", SN_LORA_ALL_TARGETS, 0.0f, 2024);
   run_case("k, v, up (slices of fused outputs)", "k,v,up", 0.0f, 2025);
   run_case("o, down", "o_proj,down", 0.0f, 2026);
