@@ -2,7 +2,8 @@
 # Both stages end to end on the CPU backend, and exact resume: N steps + resume + N steps must equal
 # 2N steps straight (same losses in metrics.jsonl, byte-identical final weights), for stage 1 and
 # stage 2 (with pseudo-queries, which are picked by the step alone); the towers written must load in
-# transformers where it is installed.
+# transformers where it is installed. Also stage 1 with wider towers, whose optimizer state crosses
+# the state file's chunk edges.
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
 python3 "$SRC/tests/synth_data.py" "$WORK/data" --examples 96 --test-queries 16
@@ -47,5 +48,17 @@ grep -q "stage 2: 100 pseudo-queries (both), 6 a batch" straight.log || { echo "
 grep -q "student / teacher" straight.out || { echo "FAIL: no side-by-side eval table"; cat straight.out; fail=1; }
 # Only the newest 2 checkpoints are kept.
 [ "$(ls -d resumed/ckpt-* | wc -l)" = 2 ] || { echo "FAIL: expected 2 checkpoints kept: $(ls resumed)"; fail=1; }
+# Stage 1 with towers of 1.2M parameters: the optimizer state (master, m, v) spans two of the
+# state file's 4 MiB chunks each, so the streamed write and the ranged restore cross a chunk edge.
+WIDE=(--stage 1 --set 'stage1.model_desc={"arch": "qwen2", "layers": 1, "hidden": 256, "heads": 4, "kv_heads": 2,
+                                            "intermediate": 64, "vocab": 4096}' --set stage1.steps=4)
+"$BUILD/sn_train" --config cfg.json "${WIDE[@]}" --set run_dir=wide-straight 2> w1.log || { cat w1.log; exit 1; }
+"$BUILD/sn_train" --config cfg.json "${WIDE[@]}" --set run_dir=wide-resumed --stop-after 2 2> w2.log || { cat w2.log; exit 1; }
+"$BUILD/sn_train" --config cfg.json "${WIDE[@]}" --set run_dir=wide-resumed --resume auto 2> w3.log ||
+  { cat w3.log; exit 1; }
+grep -q "resume: stage 1, step 2" w3.log || { echo "FAIL: the wide run did not resume at step 2"; fail=1; }
+state=$(ls wide-resumed/ckpt-1-2/state.bin 2>/dev/null || ls wide-resumed/ckpt-1-*/state.bin | head -1)
+[ "$(stat -c %s "$state")" -gt $((3 * 4 * 1024 * 1024)) ] || { echo "FAIL: $state is smaller than 3 chunks"; fail=1; }
+same_run wide-straight wide-resumed "wide towers, straight vs resumed" || fail=1
 [ $fail = 0 ] && echo "test_train_resume: straight and resumed runs are identical"
 exit $fail
