@@ -20,7 +20,7 @@
 // ---- state files: a header, then named sections, each with its own checksum ------------------
 typedef struct sn_state_writer sn_state_writer;
 sn_state_writer *sn_state_writer_new(void);
-// Adds a section. The writer keeps the pointer (no copy: optimizer state can be gigabytes) until
+// Adds a section. The writer keeps the pointer (no copy: cached embeddings can be gigabytes) until
 // sn_state_write; sn_state_add_copy copies small data (scalars, cursors).
 void sn_state_add(sn_state_writer *w, const char *name, const void *data, size_t bytes);
 void sn_state_add_copy(sn_state_writer *w, const char *name, const void *data, size_t bytes);
