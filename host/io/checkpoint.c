@@ -265,6 +265,10 @@ uint64_t sn_state_get_u64(const sn_state_reader *r, const char *name) {
   return v;
 }
 
+const char *sn_state_name(const sn_state_reader *r, int i) {
+  return i >= 0 && i < r->n ? r->sections[i].name : NULL;
+}
+
 void sn_state_reader_free(sn_state_reader *r) {
   if (!r) return;
   free(r->sections);

@@ -49,6 +49,8 @@ const void *sn_state_get(const sn_state_reader *r, const char *name, size_t *byt
 // it is absent or of another size.
 void sn_state_get_exact(const sn_state_reader *r, const char *name, void *dst, size_t bytes);
 uint64_t sn_state_get_u64(const sn_state_reader *r, const char *name);
+// The name of the i-th section in file order, or NULL past the last (for listing a file).
+const char *sn_state_name(const sn_state_reader *r, int i);
 void sn_state_reader_free(sn_state_reader *r);
 
 // ---- checkpoint folders ---------------------------------------------------------------------
