@@ -421,6 +421,15 @@ int sn_fused_decoder_path(const sn_model *m, const sn_tokens *tok, int for_backw
          env_switch("SN_FUSED_DECODER", 0, &warned);
 }
 
+// SN_FULL_LAST_BLOCK=1 runs a pooled decoder's last block on every row, as the forward that keeps
+// the hidden state does: to time what the pooled rows save (docs/PERFORMANCE.md).
+int sn_pooled_rows_path(const sn_model *m, const sn_acts *a, const sn_tokens *tok, sn_pooling pooling) {
+  static int warned;
+  const int one_row_a_sequence = pooling == SN_POOL_LAST || pooling == SN_POOL_FIRST;
+  return sn_arch_is_decoder(m->cfg.arch) && m->cfg.n_layers > 0 && one_row_a_sequence && tok->T > tok->B &&
+         !(m->lora && a->lora_dropout_on) && !env_switch("SN_FULL_LAST_BLOCK", 0, &warned);
+}
+
 int sn_small_batch_path(const sn_model *m, const sn_tokens *tok, int for_backward) {
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;

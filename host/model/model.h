@@ -149,7 +149,7 @@ size_t sn_model_plan_acts_bytes(const sn_model *m, int max_tokens, int max_seqs,
 // keeps only what the next layer needs (inference, gradient-cache embedding pass).
 const void *sn_model_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward);
 // Backward from dhidden (T, C) (storage dtype) after a forward with for_backward = 1: accumulates
-// into m->grads (or where m->grad_map says).
+// into m->grads (or where m->grad_map says). After sn_model_forward_pooled use sn_model_backward_pooled.
 void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);
 
 // Pooled embeddings: out (B, sn_model_out_dim(m)) fp32 in backend memory (C, or the projection's
@@ -167,6 +167,19 @@ void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hi
 // (sn_lora_set_dropout: its mask is drawn by element index).
 void sn_model_embed(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, int normalize,
                     float *out);
+
+// The training forward of the embeddings: what sn_model_forward (for_backward = 1) then
+// sn_model_pool with normalize = 1 give, keeping what the backward needs, and like sn_model_embed
+// running a decoder's last block past the attention on the B pooled rows only (the attention half
+// stays on all T rows: every row's keys and values are read). That is ~1/L of the step's work less:
+// nothing else reaches the embeddings, so no other row's gradient is computed either. The hidden
+// state is not left in a. Its backward is sn_model_backward_pooled.
+void sn_model_forward_pooled(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, float *emb);
+// The backward of sn_model_forward_pooled, as sn_model_pool_backward then sn_model_backward: from
+// d_emb (B, out_dim) fp32, the emb it wrote and d_raw_extra (as sn_model_pool_backward); dhidden is
+// (T, C) storage scratch, used when the forward ran every row.
+void sn_model_backward_pooled(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,
+                              const float *d_emb, const float *emb, const void *d_raw_extra, void *dhidden);
 
 // Pooling names, parsed here only: "last" | "mean" | "cls" ("first" is accepted as an alias of
 // cls, which pools the first token). 0 with *out set, or -1 for an unknown name.

@@ -119,6 +119,13 @@ static void alloc_backward_slots(sn_acts *a) {
   a->dnarrow = sn_acts_alloc(a, T * SN_MAX((size_t)a->attn_dim, I) * es);
   a->dpooled = sn_acts_alloc(a, (size_t)a->max_seqs * C * es);
   if (a->proj_dim) a->dprojected = sn_acts_alloc(a, (size_t)a->max_seqs * (size_t)a->proj_dim * es);
+  if (sn_arch_is_decoder(a->cfg.arch)) {  // the pooled last block's rows (sn_model_forward_pooled)
+    const size_t S = (size_t)a->max_seqs, A = (size_t)a->attn_dim;
+    a->pool_att = sn_acts_alloc(a, S * A * es);
+    a->pool_h = sn_acts_alloc(a, S * C * es);
+    a->pool_dres = sn_acts_alloc(a, S * C * es);
+    a->pool_datt = sn_acts_alloc(a, S * A * es);
+  }
   a->have_backward_slots = 1;
 }
 
@@ -179,6 +186,7 @@ const void *sn_model_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
   check_batch(m, a, tok);
   if (for_backward) alloc_backward_slots(a);
   a->last_forward_backward = for_backward;
+  a->last_forward_pooled = 0;
   return sn_arch_is_decoder(m->cfg.arch) ? sn_decoder_forward(m, a, tok, for_backward, NULL)
                                          : sn_encoder_forward(m, a, tok, for_backward);
 }
@@ -189,6 +197,8 @@ void sn_model_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void
     sn_fatal("sn_model_backward needs the previous forward to run with for_backward = 1");
   if (!m->grads && !m->grad_map && !(m->lora && (m->lora->params->grads || m->lora->params->grad_map)))
     sn_fatal("sn_model_backward: gradients not allocated (call sn_model_alloc_grads)");
+  if (a->last_forward_pooled && dhidden != a->dpooled)
+    sn_fatal("sn_model_backward: the forward kept the pooled rows only (use sn_model_backward_pooled)");
   if (sn_arch_is_decoder(m->cfg.arch))
     sn_decoder_backward(m, a, tok, dhidden);
   else
@@ -226,27 +236,43 @@ void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hi
   pooled_to_embeddings(m, a, tok->B, normalize, out);
 }
 
-void sn_model_embed(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, int normalize,
-                    float *out) {
-  const int one_row_a_sequence = pooling == SN_POOL_LAST || pooling == SN_POOL_FIRST;
-  // LoRA dropout while training (the gradient cache's first pass) draws its mask by element index:
-  // on B gathered rows it would not be the mask the re-run with gradients draws on T rows.
-  const int dropout_by_row = m->lora && a->lora_dropout_on;
-  if (!sn_arch_is_decoder(m->cfg.arch) || !one_row_a_sequence || tok->T == tok->B || dropout_by_row) {
-    sn_model_pool(m, a, tok, sn_model_forward(m, a, tok, 0), pooling, normalize, out);
-    return;
-  }
-  check_batch(m, a, tok);
-  a->last_forward_backward = 0;
+// A decoder forward that ends at the pooled rows (B, C) in a->pooled, then the embeddings.
+static void forward_pooled_rows(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,
+                                int for_backward, int normalize, float *out) {
+  a->last_forward_backward = for_backward;
+  a->last_forward_pooled = for_backward;
+  a->pooled_by = pooling;
   const sn_pooled_rows pooled = {pooling, a->pooled};
-  sn_decoder_forward(m, a, tok, 0, &pooled);  // (B, C) into a->pooled
+  sn_decoder_forward(m, a, tok, for_backward, &pooled);  // (B, C) into a->pooled
   pooled_to_embeddings(m, a, tok->B, normalize, out);
 }
 
-void sn_model_pool_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,
-                            const float *d_emb, const float *emb, const void *d_raw_extra, void *dhidden) {
+void sn_model_embed(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, int normalize,
+                    float *out) {
   check_batch(m, a, tok);
-  if (!a->last_forward_backward) sn_fatal("sn_model_pool_backward needs a forward with for_backward = 1");
+  if (!sn_pooled_rows_path(m, a, tok, pooling)) {
+    sn_model_pool(m, a, tok, sn_model_forward(m, a, tok, 0), pooling, normalize, out);
+    return;
+  }
+  forward_pooled_rows(m, a, tok, pooling, 0, normalize, out);
+}
+
+void sn_model_forward_pooled(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, float *emb) {
+  check_batch(m, a, tok);
+  if (!sn_pooled_rows_path(m, a, tok, pooling)) {
+    sn_model_pool(m, a, tok, sn_model_forward(m, a, tok, 1), pooling, 1, emb);
+    return;
+  }
+  alloc_backward_slots(a);
+  forward_pooled_rows(m, a, tok, pooling, 1, 1, emb);
+}
+
+// The backward of the embeddings to the pooled rows' gradient a->dpooled (B, C): the L2 norm, the
+// extra raw gradient and the projection (see sn_model_pool_backward).
+static void backward_to_pooled_rows(sn_model *m, sn_acts *a, const sn_tokens *tok, const float *d_emb,
+                                    const float *emb, const void *d_raw_extra) {
+  check_batch(m, a, tok);
+  if (!a->last_forward_backward) sn_fatal("the pooling's backward needs a forward with for_backward = 1");
   const struct sn_model_layout *lay = m->layout;
   const sn_ops *ops = m->ops;
   const int B = tok->B, C = m->cfg.hidden, width = lay->proj_dim ? lay->proj_dim : C;
@@ -256,5 +282,24 @@ void sn_model_pool_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_po
   if (lay->proj_dim)  // dpooled (B, C) = dproj @ W; dW += dproj^T @ pooled; db += column sums
     sn_linear_backward(ops, a->dpooled, sn_gptr(m, lay->proj_w), sn_gptr(m, lay->proj_b), a->dprojected,
                        a->pooled, sn_wptr(m, lay->proj_w), B, C, lay->proj_dim, 0);
-  ops->pool_backward(dhidden, a->dpooled, tok->cu_seqlens, B, tok->T, C, pooling);  // (T, C)
+}
+
+void sn_model_pool_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,
+                            const float *d_emb, const float *emb, const void *d_raw_extra, void *dhidden) {
+  if (a->last_forward_pooled)
+    sn_fatal("sn_model_pool_backward: the forward kept the pooled rows only (use sn_model_backward_pooled)");
+  backward_to_pooled_rows(m, a, tok, d_emb, emb, d_raw_extra);
+  m->ops->pool_backward(dhidden, a->dpooled, tok->cu_seqlens, tok->B, tok->T, m->cfg.hidden, pooling);  // (T, C)
+}
+
+void sn_model_backward_pooled(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,
+                              const float *d_emb, const float *emb, const void *d_raw_extra, void *dhidden) {
+  if (!a->last_forward_pooled) {
+    sn_model_pool_backward(m, a, tok, pooling, d_emb, emb, d_raw_extra, dhidden);
+    sn_model_backward(m, a, tok, dhidden);
+    return;
+  }
+  if (pooling != a->pooled_by) sn_fatal("sn_model_backward_pooled: another pooling than the forward's");
+  backward_to_pooled_rows(m, a, tok, d_emb, emb, d_raw_extra);
+  sn_model_backward(m, a, tok, a->dpooled);  // from the pooled rows (B, C)
 }

@@ -84,25 +84,35 @@ static void block_to_mlp_act(sn_model *m, sn_acts *a, const sn_tokens *tok, int 
   block_mlp_act(m, a, l, s, s->att, h, tok->T);
 }
 
-// The last block of an inference forward that is pooled at one token a sequence (pooling last or
-// cls): every row's keys and values are needed, so the attention half runs on all T rows, but with
-// causal attention no row reads another's attention output, so o_proj, the MLP and the final norm run
-// on the B pooled rows only, gathered from the attention output and the block's input h. They go
-// out (B, C) in sequence order: the pooled rows, ~1/L of the forward's work less at T >> B.
-static void last_block_pooled_rows(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_layer_acts *s, void *h,
-                                   sn_pooling pooling, int short_attention, void *out) {
+// The last block of a forward pooled at one token a sequence (pooling last or cls), up to the MLP's
+// activation: every row's keys and values are needed, so the attention half runs on all T rows, but
+// with causal attention no row reads another's attention output, so o_proj, the norm, gate|up and
+// SwiGLU run on the B pooled rows only, gathered from the attention output and the block's input h
+// into att_rows (B, Hq D) and h_rows (B, C), in sequence order. ~1/L of the forward's work less at
+// T >> B, and of the backward's: the other rows' outputs reach nothing, so their gradients are zero.
+static void last_block_pooled_act(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_layer_acts *s, const void *h,
+                                  sn_pooling pooling, int short_attention, void *att_rows, void *h_rows) {
   const sn_ops *ops = m->ops;
-  const int B = tok->B, T = tok->T, C = m->cfg.hidden, l = m->cfg.n_layers - 1;
+  const int B = tok->B, T = tok->T, l = m->cfg.n_layers - 1;
   block_attention(m, a, tok, l, s, short_attention);
-  // Both gathers go to buffers the attention half is done with: qkv for att's rows, norm_in for h's.
-  void *att_rows = s->qkv, *h_rows = s->norm_in;
   ops->pool_forward(att_rows, s->att, tok->cu_seqlens, B, T, m->layout->attn_dim, pooling);  // (B, Hq D)
-  ops->pool_forward(h_rows, h, tok->cu_seqlens, B, T, C, pooling);                           // (B, C)
+  ops->pool_forward(h_rows, h, tok->cu_seqlens, B, T, m->cfg.hidden, pooling);              // (B, C)
   block_mlp_act(m, a, l, s, att_rows, h_rows, B);
-  block_down(m, a, l, s, B);
-  // the residual sum goes back into h's first B rows: nothing reads h after this forward
-  ops->add_rmsnorm_forward(h, out, a->rstd_final, s->x, a->proj, sn_wptr(m, m->layout->final_norm_w), B, C,
-                           m->cfg.norm_eps);
+}
+
+// The pooled last block (above), its down projection and the final norm: out (B, C). Inference
+// gathers into buffers the attention half is done with (qkv, norm_in) and leaves the residual sum in
+// h's first B rows (nothing reads h after); for backward they are kept (a->pool_att; hidden[L]).
+static void last_block_pooled_rows(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward,
+                                   sn_pooling pooling, int short_attention, void *out) {
+  const int B = tok->B, L = m->cfg.n_layers;
+  sn_layer_acts *s = sn_acts_layer(a, L - 1, for_backward);
+  const void *h = sn_acts_hidden(a, L - 1, for_backward);
+  void *att_rows = for_backward ? a->pool_att : s->qkv, *h_rows = for_backward ? a->pool_h : s->norm_in;
+  last_block_pooled_act(m, a, tok, s, h, pooling, short_attention, att_rows, h_rows);
+  block_down(m, a, L - 1, s, B);
+  m->ops->add_rmsnorm_forward(sn_acts_hidden(a, L, for_backward), out, a->rstd_final, s->x, a->proj,
+                              sn_wptr(m, m->layout->final_norm_w), B, m->cfg.hidden, m->cfg.norm_eps);
 }
 
 // The inference forward of a small batch (sn_small_batch_path), from h = embed(ids): the same
@@ -204,8 +214,7 @@ const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, in
     }
   }
   if (!pooled) return a->out;
-  last_block_pooled_rows(m, a, tok, sn_acts_layer(a, L - 1, 0), sn_acts_hidden(a, L - 1, 0), pooled->pooling,
-                         short_attention, pooled->out);
+  last_block_pooled_rows(m, a, tok, for_backward, pooled->pooling, short_attention, pooled->out);
   return pooled->out;
 }
 
@@ -213,38 +222,55 @@ void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const vo
   const sn_ops *ops = m->ops;
   const sn_model_config *c = &m->cfg;
   const struct sn_model_layout *lay = m->layout;
-  const int T = tok->T, C = c->hidden, I = c->intermediate, D = c->head_dim, L = c->n_layers;
+  const int T = tok->T, B = tok->B, C = c->hidden, I = c->intermediate, D = c->head_dim, L = c->n_layers;
   const int Hq = c->n_heads, Hkv = c->n_kv_heads;
   const float scale = 1.0f / sqrtf((float)D);
   const int for_backward = 1;
-  // dres: gradient of the residual stream, carried down through the blocks. (T, C)
-  void *dres = a->dres;
+  // After a pooled forward the last block's o_proj, MLP and final norm ran on the B pooled rows:
+  // their backward does too, from dhidden (B, C), and the gradients go back to all T rows before
+  // the attention's backward (zero at the other rows, whose outputs reached nothing).
+  const int pooled = a->last_forward_pooled;
+  // dres: gradient of the residual stream, carried down through the blocks. (T, C), or (B, C) in
+  // the pooled last block
+  void *dres = pooled ? a->pool_dres : a->dres;
   ops->rmsnorm_backward(dres, sn_gptr(m, lay->final_norm_w), dhidden, sn_acts_hidden(a, L, for_backward),
-                        sn_wptr(m, lay->final_norm_w), a->rstd_final, T, C, 0);
+                        sn_wptr(m, lay->final_norm_w), a->rstd_final, pooled ? B : T, C, 0);
   for (int l = L - 1; l >= 0; l--) {
     const sn_layer_params *p = &lay->layers[l];
     sn_layer_acts *s = sn_acts_layer(a, l, for_backward);
     const void *h = sn_acts_hidden(a, l, for_backward);
+    const int pooled_rows = pooled && l == L - 1;
+    const int rows = pooled_rows ? B : T;  // of the MLP and o_proj
     if (a->recompute == SN_RECOMPUTE_LAYER) {  // re-run the block from its kept input into slot 0
       ops->rmsnorm_forward(s->norm_in, s->rstd_in, h, sn_wptr(m, p->norm_attn_w), T, C, c->norm_eps);
-      block_to_mlp_act(m, a, tok, l, s, h, 0);  // qkv rotated in place: what the backward reads
+      if (pooled_rows)
+        last_block_pooled_act(m, a, tok, s, h, a->pooled_by, 0, a->pool_att, a->pool_h);
+      else
+        block_to_mlp_act(m, a, tok, l, s, h, 0);  // qkv rotated in place: what the backward reads
     }
     // MLP branch: h_next = x + down(swiglu(gate_up(norm_mid)))
     void *dswiglu = a->dnarrow, *dgate_up = a->dwide;
     sn_linear_backward(ops, dswiglu, sn_gptr(m, p->down_w), sn_gptr(m, p->down_b), dres, s->ff_act,
-                       sn_wptr(m, p->down_w), T, I, C, 0);
-    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_DOWN, dres, s->ff_act, dswiglu, T);
-    ops->swiglu_backward(dgate_up, dswiglu, s->ff_in, T, I);
+                       sn_wptr(m, p->down_w), rows, I, C, 0);
+    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_DOWN, dres, s->ff_act, dswiglu, rows);
+    ops->swiglu_backward(dgate_up, dswiglu, s->ff_in, rows, I);
     sn_linear_backward(ops, a->dnorm, sn_gptr(m, p->up_w), sn_gptr(m, p->up_b), dgate_up, s->norm_mid,
-                       sn_wptr(m, p->up_w), T, C, 2 * I, 0);
-    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_GATE_UP, dgate_up, s->norm_mid, a->dnorm, T);
+                       sn_wptr(m, p->up_w), rows, C, 2 * I, 0);
+    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_GATE_UP, dgate_up, s->norm_mid, a->dnorm, rows);
     ops->rmsnorm_backward(dres, sn_gptr(m, p->norm_mlp_w), a->dnorm, s->x, sn_wptr(m, p->norm_mlp_w),
-                          s->rstd_mid, T, C, 1);  // dres is now d x
+                          s->rstd_mid, rows, C, 1);  // dres is now d x
     // attention branch: x = h + o_proj(attn(rope(qkv(norm_in))))
-    void *datt = a->dnarrow, *dqkv = a->dwide;
-    sn_linear_backward(ops, datt, sn_gptr(m, p->o_w), sn_gptr(m, p->o_b), dres, s->att,
-                       sn_wptr(m, p->o_w), T, lay->attn_dim, C, 0);
-    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_O, dres, s->att, datt, T);
+    const void *att = pooled_rows ? a->pool_att : s->att;
+    void *datt = pooled_rows ? a->pool_datt : a->dnarrow, *dqkv = a->dwide;
+    sn_linear_backward(ops, datt, sn_gptr(m, p->o_w), sn_gptr(m, p->o_b), dres, att, sn_wptr(m, p->o_w), rows,
+                       lay->attn_dim, C, 0);
+    if (m->lora) sn_lora_backward(m, a, l, SN_LORA_LINEAR_O, dres, att, datt, rows);
+    if (pooled_rows) {  // back to every row: d att (T, Hq D) and d x (T, C), zero but at the pooled rows
+      ops->pool_backward(a->dnarrow, datt, tok->cu_seqlens, B, T, lay->attn_dim, a->pooled_by);
+      ops->pool_backward(a->dres, dres, tok->cu_seqlens, B, T, C, a->pooled_by);
+      datt = a->dnarrow;
+      dres = a->dres;
+    }
     ops->attention_backward(dqkv, datt, s->qkv, s->att, s->lse, tok->cu_seqlens, tok->B, T,
                             tok->max_seqlen, Hq, Hkv, D, DECODER_CAUSAL, scale);
     ops->rope(dqkv, tok->pos, T, Hq, Hkv, D, c->rope_theta, 1);  // back to pre-rotation q, k

@@ -174,6 +174,15 @@ struct sn_acts {
   int proj_dim;
   void *dpooled;               // (max_seqs, C) storage dtype, backward
   void *dprojected;            // (max_seqs, proj_dim) storage dtype, backward with a projection
+
+  // A decoder forward for backward that ran its last block's o_proj, MLP and final norm on the
+  // pooled rows only (sn_model_forward_pooled): its backward starts from those B rows.
+  int last_forward_pooled;     // set by that forward, cleared by any other
+  sn_pooling pooled_by;        // its pooling (last or cls)
+  void *pool_att;              // (max_seqs, attn_dim) the last block's attention output at the pooled rows, kept
+  void *pool_h;                // (max_seqs, C) the last block's input at the pooled rows, forward scratch
+  void *pool_dres;             // (max_seqs, C) the residual stream's gradient at the pooled rows
+  void *pool_datt;             // (max_seqs, attn_dim) o_proj's input gradient at the pooled rows
 };
 
 // Backend allocation recorded in the workspace.
@@ -187,16 +196,24 @@ static inline void *sn_acts_hidden(sn_acts *a, int l, int for_backward) {
   return a->hidden[for_backward ? l : 0];
 }
 
-// An inference forward that ends at the pooled rows (sn_model_embed): the pooling, last or cls (one
-// token a sequence), and where its (B, C) rows go (storage dtype).
+// A forward that ends at the pooled rows (sn_model_embed, sn_model_forward_pooled): the pooling,
+// last or cls (one token a sequence), and where its (B, C) rows go (storage dtype).
 typedef struct {
   sn_pooling pooling;
   void *out;
 } sn_pooled_rows;
 
-// The passes (tok already checked; a sized for tok). A decoder's forward with pooled (inference
-// only) returns pooled->out, the pooled rows of the final hidden state, and computes no more of the
-// last block than they need; without, the final hidden state (T, C).
+// Whether a decoder forward of tok pooled by `pooling` may run its last block past the attention on
+// the pooled rows only (sn_model_embed, sn_model_forward_pooled): pooling last or cls, fewer
+// sequences than tokens, no LoRA dropout (its mask is drawn by element index: on B gathered rows it
+// would not be the mask of the T rows), and SN_FULL_LAST_BLOCK unset or 0 (1 times the full block).
+int sn_pooled_rows_path(const sn_model *m, const sn_acts *a, const sn_tokens *tok, sn_pooling pooling);
+
+// The passes (tok already checked; a sized for tok). A decoder's forward with pooled returns
+// pooled->out, the pooled rows of the final hidden state, and computes no more of the last block
+// than they need (for_backward: a->last_forward_pooled is set); without, the final hidden state
+// (T, C). The backward starts from dhidden (T, C), or after a pooled forward from the pooled rows'
+// gradient (B, C).
 const void *sn_decoder_forward(sn_model *m, sn_acts *a, const sn_tokens *tok, int for_backward,
                                const sn_pooled_rows *pooled);
 void sn_decoder_backward(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *dhidden);

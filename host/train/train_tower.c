@@ -53,15 +53,14 @@ void sn_runner_forward(sn_tower_runner *r, const int32_t *ids, const int32_t *cu
              cu_seqlens[n], r->max_seqs, r->max_tokens);
   sn_tokens_upload(&r->tok, r->ops, ids, cu_seqlens, n, m->cfg.vocab, what);
   if (for_backward)
-    sn_model_pool(m, r->acts, &r->tok, sn_model_forward(m, r->acts, &r->tok, 1), r->pooling, 1, emb);  // (n, out_dim)
+    sn_model_forward_pooled(m, r->acts, &r->tok, r->pooling, emb);  // (n, out_dim)
   else
     sn_model_embed(m, r->acts, &r->tok, r->pooling, 1, emb);
 }
 
 void sn_runner_backward(sn_tower_runner *r, const float *d_emb, const float *emb,
                         const void *d_raw_extra) {
-  sn_model_pool_backward(r->model, r->acts, &r->tok, r->pooling, d_emb, emb, d_raw_extra, r->dhidden);
-  sn_model_backward(r->model, r->acts, &r->tok, r->dhidden);
+  sn_model_backward_pooled(r->model, r->acts, &r->tok, r->pooling, d_emb, emb, d_raw_extra, r->dhidden);
 }
 
 const int32_t *sn_sub_batch(const int32_t *ids, const int32_t *cu, int s0, int s1, int32_t *cu_out) {

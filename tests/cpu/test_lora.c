@@ -3,6 +3,8 @@
 //   central finite differences (all seven targets, then subsets, and with dropout: its masks come
 //   from a key, so every forward of the difference sees the same ones), with A and B both random
 //   so neither gradient is trivially zero; the frozen base gets no gradient buffer;
+// - the training pass whose last block runs on the pooled rows only: the same adapter gradients bit
+//   for bit (with dropout it runs every row: the masks are drawn by element index);
 // - B = 0 (a fresh adapter): the tower equals its base;
 // - the merged export (W + s·B·A) loaded as a plain model embeds like the tower, also when an
 //   adapted tensor spans several of the writer's chunks (the update is added a chunk at a time);
@@ -16,6 +18,7 @@
 
 #include "common.h"
 #include "model.h"
+#include "model_internal.h"
 #include "model_lora.h"
 #include "safetensors.h"
 #include "test_model_util.h"
@@ -238,6 +241,27 @@ static void check_bad_peft_exit(sn_model *base, sn_lora *l) {
   rm_folder(root);
 }
 
+// The adapters' gradients of sn_model_forward_pooled + sn_model_backward_pooled against the full pass.
+static void check_pooled_rows(harness *h, sn_model *tower, const char *label) {
+  sn_model *p = tower->lora->params;
+  const size_t n = p->num_elements;
+  float *full = mallocCheck(n * sizeof(float)), *rows = mallocCheck(n * sizeof(float));
+  analytic_grads(h, tower);
+  h->ops->download_f32(full, p->grads, n);
+  sn_acts *a = acts_for(h, tower);
+  sn_model_zero_grads(p);
+  sn_model_forward_pooled(tower, a, &h->tok, SN_POOL_LAST, h->pooled_f32);
+  CHECK(a->last_forward_pooled == !h->dropout_on, "%s: the pooled rows' pass %s with dropout %s", label,
+        a->last_forward_pooled ? "ran" : "did not run", h->dropout_on ? "on" : "off");
+  sn_model_backward_pooled(tower, a, &h->tok, SN_POOL_LAST, h->r_dev, h->pooled_f32, NULL, h->dhidden);
+  h->ops->download_f32(rows, p->grads, n);
+  size_t differ = 0;
+  for (size_t i = 0; i < n; i++) differ += memcmp(&full[i], &rows[i], sizeof(float)) != 0;
+  CHECK(differ == 0, "%s: the pooled rows' pass changes %zu of %zu adapter gradients", label, differ, n);
+  sn_acts_free(a);
+  free(full), free(rows);
+}
+
 static void run_case(const char *label, const char *targets, float dropout, uint64_t seed) {
   const sn_ops *ops = sn_ops_cpu();
   sn_test_rng rng;
@@ -269,6 +293,7 @@ static void run_case(const char *label, const char *targets, float dropout, uint
   }
   sn_model_alloc_grads(l->params);
   check_finite_differences(&h, tower, label, &rng);
+  check_pooled_rows(&h, tower, label);
   check_exports(&h, base, tower, label);
   if (lc.targets == (1u << SN_LORA_NTARGETS) - 1) check_bad_peft_exit(base, l);
 

@@ -3,7 +3,8 @@
 //   a few random elements of every tensor (unused tensors: lm_head, pooler must get zero);
 // - save → load round trip (F32 exact, BF16 equal to the rounded weights);
 // - optimizer spans cover the buffer, norms and biases without decay;
-// - through a grad map (ZeRO-2), the same gradients bit for bit and the per-layer callbacks in order.
+// - through a grad map (ZeRO-2), the same gradients bit for bit and the per-layer callbacks in order;
+// - a decoder's pooled training pass (the last block on the pooled rows only) against the full one.
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 
 #include "common.h"
 #include "model.h"
+#include "model_internal.h"
 #include "safetensors.h"
 #include "test_model_util.h"
 #include "test_util.h"
@@ -269,6 +271,49 @@ static void check_recompute(harness *h, const char *label) {
   free(plain), free(again);
 }
 
+// sn_model_forward_pooled + sn_model_backward_pooled, whose last block runs past the attention on the
+// B pooled rows only, against the full forward + pool and backward (analytic_grads, checked by finite
+// differences above): the same embeddings and gradients bit for bit on the CPU (each row's sums are
+// the same; the skipped rows add exact zeros), pooled last and cls, without and with recomputation.
+static void check_pooled_rows(harness *h, const char *label) {
+  sn_model *m = h->m;
+  if (!sn_arch_is_decoder(m->cfg.arch)) return;
+  const sn_ops *ops = m->ops;
+  const size_t n = m->num_elements, nemb = (size_t)h->B * m->cfg.hidden;
+  float *full = mallocCheck(n * sizeof(float)), *rows = mallocCheck(n * sizeof(float));
+  float *emb_full = mallocCheck(nemb * sizeof(float)), *emb_rows = mallocCheck(nemb * sizeof(float));
+  const sn_pooling pooling = h->pooling;
+  const sn_pooling poolings[] = {SN_POOL_LAST, SN_POOL_FIRST};
+  const sn_recompute modes[] = {SN_RECOMPUTE_NONE, SN_RECOMPUTE_LAYER};
+  sn_acts *acts = h->acts;
+  for (int p = 0; p < 2; p++)
+    for (int r = 0; r < 2; r++) {
+      h->pooling = poolings[p];
+      h->acts = sn_acts_new(m, h->T, h->B);
+      sn_acts_set_recompute(h->acts, modes[r]);
+      analytic_grads(h);
+      ops->download_f32(full, m->grads, n);
+      ops->download(emb_full, h->pooled_f32, nemb * sizeof(float));
+      sn_model_zero_grads(m);
+      sn_model_forward_pooled(m, h->acts, &h->tok, h->pooling, h->pooled_f32);
+      CHECK(h->acts->last_forward_pooled, "%s: the pooled forward ran every row", label);
+      ops->download(emb_rows, h->pooled_f32, nemb * sizeof(float));
+      sn_model_backward_pooled(m, h->acts, &h->tok, h->pooling, h->r_dev, h->pooled_f32, NULL, h->dhidden);
+      ops->download_f32(rows, m->grads, n);
+      size_t differ = 0;
+      for (size_t i = 0; i < n; i++) differ += memcmp(&full[i], &rows[i], sizeof(float)) != 0;
+      const int same_emb = memcmp(emb_full, emb_rows, nemb * sizeof(float)) == 0;
+      CHECK(differ == 0 && same_emb, "%s, %s, recompute %d: the pooled rows' pass changes %zu of %zu gradients%s",
+            label, sn_pooling_name(h->pooling), r, differ, n, same_emb ? "" : " and the embeddings");
+      sn_acts_free(h->acts);
+    }
+  fprintf(stderr, "%s: last block on the pooled rows (last, cls; recompute none, layer): embeddings and gradients "
+          "bit for bit\n", label);
+  h->acts = acts;
+  h->pooling = pooling;
+  free(full), free(rows), free(emb_full), free(emb_rows);
+}
+
 #define MAX_CALLBACKS 16
 
 // The on_layer_grads calls of one backward pass.
@@ -283,12 +328,11 @@ static void log_callback(void *ctx, int layer) {
   g->n++;
 }
 
-// One backward pass through the whole embedding path (the projection included) from d_emb.
+// One backward pass through the whole embedding path (the projection included) from d_emb, as
+// training runs it.
 static void embedding_path_backward(harness *h, const float *d_emb, float *emb) {
-  const void *hidden = sn_model_forward(h->m, h->acts, &h->tok, 1);
-  sn_model_pool(h->m, h->acts, &h->tok, hidden, h->pooling, 1, emb);
-  sn_model_pool_backward(h->m, h->acts, &h->tok, h->pooling, d_emb, emb, NULL, h->dhidden);
-  sn_model_backward(h->m, h->acts, &h->tok, h->dhidden);
+  sn_model_forward_pooled(h->m, h->acts, &h->tok, h->pooling, emb);
+  sn_model_backward_pooled(h->m, h->acts, &h->tok, h->pooling, d_emb, emb, NULL, h->dhidden);
 }
 
 static int by_offset(const void *a, const void *b) {
@@ -398,6 +442,7 @@ static void run_case(const case_t *k, uint64_t seed) {
 
   check_finite_differences(&h, k->label, &rng);
   check_recompute(&h, k->label);
+  check_pooled_rows(&h, k->label);
   check_round_trip(h.m, k->label);
   check_spans(h.m, k->label);
   check_projection(&h, k->label, seed + 1);
