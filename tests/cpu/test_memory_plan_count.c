@@ -33,7 +33,8 @@ static size_t hand_infer_acts(int T, int S) {
   return hand_slot(T) + 3 * (size_t)T * C * f + (size_t)T * f + (size_t)S * C * f + (size_t)S * f;
 }
 
-// The same kept for backward.
+// The same kept for backward, with the pooled last block's rows (the attention output and its
+// gradient, the block input and the residual gradient: S rows each).
 static size_t hand_acts(int T, int S, int recompute) {
   const size_t f = 4;
   size_t slot = hand_slot(T);
@@ -41,7 +42,8 @@ static size_t hand_acts(int T, int S, int recompute) {
   size_t backward = (recompute ? 0 : (L - 1) * slot) + (size_t)L * T * C * f + 2 * (size_t)T * C * f +
                     (size_t)T * (QKV > 2 * I ? QKV : 2 * I) * f + (size_t)T * (ATT > I ? ATT : I) * f +
                     (size_t)S * C * f;
-  return base + backward;
+  size_t pooled_rows = 2 * (size_t)S * ATT * f + 2 * (size_t)S * C * f;
+  return base + backward + pooled_rows;
 }
 
 static size_t item(const sn_plan_phase *ph, const char *what) {
