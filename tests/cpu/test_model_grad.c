@@ -307,8 +307,19 @@ static void check_pooled_rows(harness *h, const char *label) {
             label, sn_pooling_name(h->pooling), r, differ, n, same_emb ? "" : " and the embeddings");
       sn_acts_free(h->acts);
     }
+  // SN_FULL_LAST_BLOCK=1 keeps every row; another value than 0 or 1 is warned about and read as 0.
+  const char *switches[] = {"1", "yes"};
+  for (int i = 0; i < 2; i++) {
+    setenv("SN_FULL_LAST_BLOCK", switches[i], 1);
+    h->acts = sn_acts_new(m, h->T, h->B);
+    sn_model_forward_pooled(m, h->acts, &h->tok, h->pooling, h->pooled_f32);
+    CHECK(h->acts->last_forward_pooled == (i == 1), "%s: SN_FULL_LAST_BLOCK=%s: the pooled rows' pass %s", label,
+          switches[i], h->acts->last_forward_pooled ? "ran" : "did not run");
+    sn_acts_free(h->acts);
+  }
+  unsetenv("SN_FULL_LAST_BLOCK");
   fprintf(stderr, "%s: last block on the pooled rows (last, cls; recompute none, layer): embeddings and gradients "
-          "bit for bit\n", label);
+          "bit for bit; SN_FULL_LAST_BLOCK=1 runs every row\n", label);
   h->acts = acts;
   h->pooling = pooling;
   free(full), free(rows), free(emb_full), free(emb_rows);
