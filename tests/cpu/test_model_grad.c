@@ -274,7 +274,9 @@ static void check_recompute(harness *h, const char *label) {
 // sn_model_forward_pooled + sn_model_backward_pooled, whose last block runs past the attention on the
 // B pooled rows only, against the full forward + pool and backward (analytic_grads, checked by finite
 // differences above): the same embeddings and gradients bit for bit on the CPU (each row's sums are
-// the same; the skipped rows add exact zeros), pooled last and cls, without and with recomputation.
+// the same; the skipped rows add exact zeros; a batch past the CPU GEMM's 256-row K slice would group
+// the weight gradients' sums otherwise: docs/DESIGN.md), pooled last and cls, with and without
+// recomputation.
 static void check_pooled_rows(harness *h, const char *label) {
   sn_model *m = h->m;
   if (!sn_arch_is_decoder(m->cfg.arch)) return;
