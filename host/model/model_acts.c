@@ -239,6 +239,8 @@ void sn_model_pool(sn_model *m, sn_acts *a, const sn_tokens *tok, const void *hi
 // A decoder forward that ends at the pooled rows (B, C) in a->pooled, then the embeddings.
 static void forward_pooled_rows(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling,
                                 int for_backward, int normalize, float *out) {
+  check_batch(m, a, tok);
+  if (for_backward) alloc_backward_slots(a);
   a->last_forward_backward = for_backward;
   a->last_forward_pooled = for_backward;
   a->pooled_by = pooling;
@@ -249,7 +251,6 @@ static void forward_pooled_rows(sn_model *m, sn_acts *a, const sn_tokens *tok, s
 
 void sn_model_embed(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, int normalize,
                     float *out) {
-  check_batch(m, a, tok);
   if (!sn_pooled_rows_path(m, a, tok, pooling)) {
     sn_model_pool(m, a, tok, sn_model_forward(m, a, tok, 0), pooling, normalize, out);
     return;
@@ -258,12 +259,10 @@ void sn_model_embed(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling po
 }
 
 void sn_model_forward_pooled(sn_model *m, sn_acts *a, const sn_tokens *tok, sn_pooling pooling, float *emb) {
-  check_batch(m, a, tok);
   if (!sn_pooled_rows_path(m, a, tok, pooling)) {
     sn_model_pool(m, a, tok, sn_model_forward(m, a, tok, 1), pooling, 1, emb);
     return;
   }
-  alloc_backward_slots(a);
   forward_pooled_rows(m, a, tok, pooling, 1, 1, emb);
 }
 
