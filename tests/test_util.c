@@ -53,6 +53,12 @@ double sn_rel_err(const float *a, const float *b, size_t n) {
   return sqrt(num) / (den > 0 ? sqrt(den) : 1e-30);
 }
 
+size_t sn_test_count_bit_diffs(const float *a, const float *b, size_t n) {
+  size_t differ = 0;
+  for (size_t i = 0; i < n; i++) differ += sn_test_f32_bits(a[i]) != sn_test_f32_bits(b[i]);
+  return differ;
+}
+
 double sn_max_abs_err(const float *a, const float *b, size_t n) {
   double m = 0;
   for (size_t i = 0; i < n; i++) {

@@ -41,6 +41,8 @@ float sn_test_bits_f32(uint32_t u);
 double sn_rel_err(const float *a, const float *b, size_t n);
 // Largest |a - b|.
 double sn_max_abs_err(const float *a, const float *b, size_t n);
+// How many of the n floats differ in their bits (0: the same bits, signed zeros and NaNs included).
+size_t sn_test_count_bit_diffs(const float *a, const float *b, size_t n);
 
 // Directories from the environment ctest sets (fall back to "." / "../shared").
 const char *sn_test_source_dir(void);

@@ -255,8 +255,7 @@ static void check_pooled_rows(harness *h, sn_model *tower, const char *label) {
         a->last_forward_pooled ? "ran" : "did not run", h->dropout_on ? "on" : "off");
   sn_model_backward_pooled(tower, a, &h->tok, SN_POOL_LAST, h->r_dev, h->pooled_f32, NULL, h->dhidden);
   h->ops->download_f32(rows, p->grads, n);
-  size_t differ = 0;
-  for (size_t i = 0; i < n; i++) differ += memcmp(&full[i], &rows[i], sizeof(float)) != 0;
+  const size_t differ = sn_test_count_bit_diffs(full, rows, n);
   CHECK(differ == 0, "%s: the pooled rows' pass changes %zu of %zu adapter gradients", label, differ, n);
   sn_acts_free(a);
   free(full), free(rows);

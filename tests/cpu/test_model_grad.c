@@ -257,8 +257,7 @@ static void check_recompute(harness *h, const char *label) {
   sn_acts_set_recompute(h->acts, SN_RECOMPUTE_LAYER);
   analytic_grads(h);
   m->ops->download_f32(again, m->grads, n);
-  size_t differ = 0;
-  for (size_t i = 0; i < n; i++) differ += memcmp(&plain[i], &again[i], sizeof(float)) != 0;
+  const size_t differ = sn_test_count_bit_diffs(plain, again, n);
   CHECK(differ == 0, "%s: recomputation changes %zu of %zu gradients", label, differ, n);
   const size_t planned = sn_model_plan_acts_bytes(m, h->T, h->B, 1, SN_RECOMPUTE_LAYER);
   CHECK(sn_acts_bytes(h->acts) == planned && planned < sn_acts_bytes(plain_acts),
@@ -302,8 +301,7 @@ static void check_pooled_rows(harness *h, const char *label) {
       ops->download(emb_rows, h->pooled_f32, nemb * sizeof(float));
       sn_model_backward_pooled(m, h->acts, &h->tok, h->pooling, h->r_dev, h->pooled_f32, NULL, h->dhidden);
       ops->download_f32(rows, m->grads, n);
-      size_t differ = 0;
-      for (size_t i = 0; i < n; i++) differ += memcmp(&full[i], &rows[i], sizeof(float)) != 0;
+      const size_t differ = sn_test_count_bit_diffs(full, rows, n);
       const int same_emb = memcmp(emb_full, emb_rows, nemb * sizeof(float)) == 0;
       CHECK(differ == 0 && same_emb, "%s, %s, recompute %d: the pooled rows' pass changes %zu of %zu gradients%s",
             label, sn_pooling_name(h->pooling), r, differ, n, same_emb ? "" : " and the embeddings");
