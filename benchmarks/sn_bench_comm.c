@@ -238,7 +238,7 @@ int main(int argc, char **argv) {
   bench_ctx b = {.comm = comm, .ops = ops, .dtype = a.dtype_given ? a.dtype : ops->storage};
   if (b.dtype != SN_DTYPE_F32 && b.dtype != ops->storage)
     sn_bad_input("--dtype bf16 on device %s: its buffers are f32 only", a.device);
-  b.elt = sn_comm_dtype_size(b.dtype);
+  b.elt = sn_dtype_size(b.dtype);
   int leader = comm->rank == 0;
   if (leader) {
     printf("# sn_bench_comm: %d ranks (%d on this node), backend %s, launcher %s, device %s, dtype %s\n",

@@ -35,15 +35,6 @@ const char *sn_comm_backend_name(sn_comm_backend backend) {
   return "?";
 }
 
-size_t sn_comm_dtype_size(sn_dtype dtype) {
-  switch (dtype) {
-    case SN_DTYPE_F32: return 4;
-    case SN_DTYPE_BF16:
-    case SN_DTYPE_F16: return 2;
-  }
-  sn_fatal("communicator: unknown dtype %d", (int)dtype);
-}
-
 _Noreturn void sn_comm_abort_job(sn_comm *c, sn_watchdog_abort_fn abort_fn, const char *fmt, ...) {
   char msg[SN_COMM_MSG_MAX];
   int used = snprintf(msg, sizeof(msg), "error: rank %d/%d: ", c->rank, c->world_size);
@@ -191,10 +182,10 @@ static void single_copy(sn_comm *c, void *dst, const void *src, size_t bytes) {
 
 static void single_all_reduce_sum(sn_comm *c, void *buf, size_t count, sn_dtype dtype) {}
 static void single_all_gather(sn_comm *c, const void *send, void *recv, size_t count, sn_dtype dtype) {
-  single_copy(c, recv, send, count * sn_comm_dtype_size(dtype));
+  single_copy(c, recv, send, count * sn_dtype_size(dtype));
 }
 static void single_reduce_scatter_sum(sn_comm *c, const void *send, void *recv, size_t count, sn_dtype dtype) {
-  single_copy(c, recv, send, count * sn_comm_dtype_size(dtype));
+  single_copy(c, recv, send, count * sn_dtype_size(dtype));
 }
 static void single_broadcast(sn_comm *c, void *buf, size_t bytes, int root) {}
 static void single_all_gather_v(sn_comm *c, const float *send, float *recv, const size_t *counts) {

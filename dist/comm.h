@@ -63,7 +63,6 @@ typedef struct sn_comm {
 sn_comm *sn_comm_create(const char *device, double timeout_s);
 void sn_comm_destroy(sn_comm *c);  // waits for outstanding work; collective (every rank calls it)
 const char *sn_comm_backend_name(sn_comm_backend backend);  // "single", "mpi", "nccl", "tcp"
-size_t sn_comm_dtype_size(sn_dtype dtype);
 
 // NCCL: the cudaStream_t (as void *) the trainer's ops run on; collectives are ordered on it.
 // Ignored by the other backends.

@@ -291,7 +291,7 @@ static void nccl_reduce_scatter_v_async(sn_comm *c, void *buf, const size_t *cou
                                         void *ready_event) {
   nccl_state *s = state_of(c);
   begin_collective(s, ready_event);
-  size_t offset = 0, elem = sn_comm_dtype_size(dtype);
+  size_t offset = 0, elem = sn_dtype_size(dtype);
   ncclCheck(c, ncclGroupStart());
   for (int r = 0; r < c->world_size; r++) {
     char *part = (char *)buf + offset * elem;

@@ -99,8 +99,6 @@ const char *sn_st_dtype_name(sn_dtype d) {
   return NULL;
 }
 
-int sn_st_dtype_size(sn_dtype d) { return d == SN_DTYPE_F32 ? 4 : 2; }
-
 // Old BERT checkpoints carry the integer buffer "embeddings.position_ids" (0, 1, 2, ...): it is not
 // a parameter, so it is skipped rather than rejected.
 static int is_skippable_buffer(const char *name, const st_dtype_info *d) {

@@ -29,6 +29,5 @@ const char *sn_st_quotable(const char *name, char *buf, size_t bufsize);
 // ---- dtypes and the length prefix (safetensors_header.c) ----------------------------------------
 
 const char *sn_st_dtype_name(sn_dtype d);  // "F32", "BF16", "F16"; NULL for others
-int sn_st_dtype_size(sn_dtype d);          // bytes per element of a supported dtype
 // The 8-byte length prefix must be sane before anything allocates or reads that many bytes.
 int sn_st_check_header_len(const char *path, uint64_t header_len, uint64_t file_size, char *err, size_t errlen);

@@ -159,7 +159,7 @@ static void build_header(const sn_st_writer *w, st_buf *b) {
   uint64_t offset = 0;
   for (int i = 0; i < w->n; i++) {
     const st_writer_entry *e = &w->entries[i];
-    uint64_t nbytes = (uint64_t)e->numel * (uint64_t)sn_st_dtype_size(e->dtype);
+    uint64_t nbytes = (uint64_t)e->numel * (uint64_t)sn_dtype_size(e->dtype);
     buf_puts(b, ",");
     buf_json_string(b, e->name);
     buf_printf(b, ":{\"dtype\":\"%s\",\"shape\":[", sn_st_dtype_name(e->dtype));
