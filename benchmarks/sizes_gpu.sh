@@ -17,12 +17,16 @@ MEMORY_POLL_MS=200   # nvidia-smi sampling period of the peak-memory watcher
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-# name | tower description | queries a step | stage1 keys beyond the defaults
+# name | tower description | queries a step | stage1 keys beyond the defaults | stage1.optim keys beyond them
+# (the -bf16 shapes: the bf16 optimizer state, docs/DESIGN.md)
+BF16_STATE='"state_dtype": "bf16",'
 SHAPES=(
-  "0.5b|qwen2.5-0.5b.json|64|"
-  "1.5b|qwen2.5-1.5b.json|32|"
-  "7b-shared-gc|qwen2.5-7b.json|64|\"shared_towers\": true, \"grad_cache_chunk\": 32, \"recompute\": \"layer\","
-  "7b-lora|qwen2.5-7b.json|64|\"lora\": {\"rank\": 32, \"alpha\": 64}, \"recompute\": \"layer\","
+  "0.5b|qwen2.5-0.5b.json|64||"
+  "1.5b|qwen2.5-1.5b.json|32||"
+  "1.5b-bf16|qwen2.5-1.5b.json|32||$BF16_STATE"
+  "7b-shared-gc|qwen2.5-7b.json|64|\"shared_towers\": true, \"grad_cache_chunk\": 32, \"recompute\": \"layer\",|"
+  "7b-lora|qwen2.5-7b.json|64|\"lora\": {\"rank\": 32, \"alpha\": 64}, \"recompute\": \"layer\",|"
+  "7b-bf16-gc|qwen2.5-7b.json|64|\"grad_cache_chunk\": 32, \"recompute\": \"layer\",|$BF16_STATE"
 )
 wanted() { local n; for n in "${@:2}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
 
@@ -31,7 +35,7 @@ python3 "$SRC/tests/synth_data.py" data --examples 4096 --test-queries 8 --query
 : >"$OUT/sizes.jsonl"
 printf '%-14s %8s %9s %8s %6s %8s %9s %8s  %s\n' shape s/step tok/s TFLOP/s MFU plan_GiB alloc_GiB smi_GiB status
 for spec in "${SHAPES[@]}"; do
-  IFS='|' read -r name desc queries extra <<<"$spec"
+  IFS='|' read -r name desc queries extra optim <<<"$spec"
   if [ $# -gt 0 ] && ! wanted "$name" "$@"; then continue; fi
   rm -rf run
   cat >cfg.json <<JSON
@@ -41,7 +45,7 @@ for spec in "${SHAPES[@]}"; do
  "stage1": {"model_desc": "$SRC/configs/models/$desc", $extra
             "tokenizer": "$SRC/configs/default/decoder/tokenizer.json",
             "batch_queries": $queries, "negatives_per_query": 1, "steps": $STEPS,
-            "optim": {"lr": 1e-5, "warmup_steps": 2}},
+            "optim": {$optim "lr": 1e-5, "warmup_steps": 2}},
  "checkpoint": {"every": 0}, "log": {"every": 1}}
 JSON
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms $MEMORY_POLL_MS \

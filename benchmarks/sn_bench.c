@@ -308,8 +308,16 @@ static void run_adamw(void *p, int r) {
   ctx_t *c = p;
   (void)r;
   sn_param_span span = {0, c->n, 0.1f};
-  sn_adamw_hparams hp = {1e-4f, 0.9f, 0.95f, 1e-8f, 10, 1.0f};
+  sn_adamw_hparams hp = {.lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step = 10, .grad_scale = 1.0f};
   ops->adamw(c->out[0], c->f[0], c->in[0][0], c->f[1], c->f[2], &span, 1, &hp);
+}
+static void run_adamw_bf16_state(void *p, int r) {  // the weights their own master, m and v in storage
+  ctx_t *c = p;
+  (void)r;
+  sn_param_span span = {0, c->n, 0.1f};
+  sn_adamw_hparams hp = {.lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step = 10, .grad_scale = 1.0f,
+                         .state_bf16 = 1, .round_key = 7};
+  ops->adamw(c->out[0], NULL, c->in[0][0], c->in[0][1], c->in[0][2], &span, 1, &hp);
 }
 static void run_pool_mean(void *p, int r) {
   ctx_t *c = p;
@@ -432,6 +440,11 @@ static void bench_optimizer(size_t n) {
   snprintf(shape, sizeof shape, "n=%zu", n);
   if (selected("adamw"))  // grads r, params w, master/m/v r+w
     report("adamw", shape, time_median_ms(run_adamw, &c, 1, 20), (double)n * (2 + 2 + 3 * 8), 0);
+  c.in[0][1] = rand_st(n, 1e-3f), c.in[0][2] = ops->alloc(n * ops->storage_size);
+  ops->memset_zero(c.in[0][2], n * ops->storage_size);
+  if (selected("adamw_bf16_state"))  // grads r, params r+w, m/v r+w, all in the storage dtype
+    report("adamw_bf16_state", shape, time_median_ms(run_adamw_bf16_state, &c, 1, 20),
+           (double)n * ops->storage_size * 7, 0);
   float *acc = ops->alloc(sizeof(float));
   float *keep = c.f[0];
   c.f[0] = acc;

@@ -460,5 +460,5 @@ void cuda_topk_merge(float *best_score, int32_t *best_idx, const float *scores, 
                      const int32_t *tie_key);
 // optimizer.cu
 void cuda_sum_squares(float *out, const void *grads, size_t n);
-void cuda_adamw(void *params, float *master, const void *grads, float *m, float *v, const sn_param_span *spans,
+void cuda_adamw(void *params, float *master, const void *grads, void *m, void *v, const sn_param_span *spans,
                 int nspans, const sn_adamw_hparams *hp);

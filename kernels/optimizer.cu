@@ -1,8 +1,10 @@
 // Optimizer kernels: the gradient sum of squares (for the global norm and clipping) and fused
-// multi-tensor AdamW over a flat parameter buffer. Deterministic: the sum of squares uses a fixed
-// grid and a fixed-order second stage. AdamW is one launch for all spans: each block owns a chunk of
+// multi-tensor AdamW over a flat parameter buffer, with fp32 master and moments or the bf16 state
+// (the element's maths is host/backend/adamw_math.h, shared with the CPU op). Deterministic: the sum
+// of squares uses a fixed grid and a fixed-order second stage. AdamW is one launch for all spans: each block owns a chunk of
 // one span, found by binary search in a device table of the spans' first chunk numbers; the table is
 // uploaded only when the spans change (it lives in a growable scratch buffer: no cudaMalloc per step).
+#include "adamw_math.h"
 #include "common.cuh"
 
 #define SUMSQ_BLOCKS 1024  // fixed, so the summation order does not depend on the device
@@ -53,14 +55,26 @@ typedef struct {
   int first_chunk;  // number of chunks in the spans before this one
 } adamw_span;
 
-typedef struct {
-  float lr, beta1, beta2, eps, grad_scale;
-  float bias_correction1, bias_correction2;  // 1 - beta^step
-} adamw_consts;
+// The state of one element: fp32 moments and master, or (BF16_STATE) bf16 moments and the bf16
+// weights themselves as the master, rounded stochastically (adamw_math.h).
+template <bool BF16_STATE>
+struct adamw_state {
+  typedef float moment;
+};
+template <>
+struct adamw_state<true> {
+  typedef bf16 moment;
+};
+__device__ __forceinline__ float moment_load(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float moment_load(const bf16 *p, size_t i) { return bf2f(p[i]); }
+__device__ __forceinline__ void moment_store(float *p, size_t i, float x) { p[i] = x; }
+__device__ __forceinline__ void moment_store(bf16 *p, size_t i, float x) { p[i] = f2bf(x); }  // exact: x is bf16
 
-__global__ void __launch_bounds__(ADAMW_THREADS) adamw_kernel(bf16 *params, float *master, const bf16 *grads,
-                                                              float *m, float *v, const adamw_span *spans,
-                                                              int nspans, adamw_consts k) {
+template <bool BF16_STATE>
+__global__ void __launch_bounds__(ADAMW_THREADS)
+    adamw_kernel(bf16 *params, float *master, const bf16 *grads, typename adamw_state<BF16_STATE>::moment *m,
+                 typename adamw_state<BF16_STATE>::moment *v, const adamw_span *spans, int nspans,
+                 sn_adamw_consts k, uint64_t round_key, uint64_t index_base) {
   // Span of this block: the last span whose first chunk <= blockIdx.x.
   int lo = 0, hi = nspans;
   while (hi - lo > 1) {
@@ -74,16 +88,13 @@ __global__ void __launch_bounds__(ADAMW_THREADS) adamw_kernel(bf16 *params, floa
     size_t j = chunk_start + (size_t)e * ADAMW_THREADS + threadIdx.x;  // coalesced per e
     if (j >= sp.count) break;
     size_t i = sp.offset + j;
-    float g = bf2f(grads[i]) * k.grad_scale;
-    float mi = k.beta1 * m[i] + (1.0f - k.beta1) * g;
-    float vi = k.beta2 * v[i] + (1.0f - k.beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    float w = master[i];
-    float update = (mi / k.bias_correction1) / (sqrtf(vi / k.bias_correction2) + k.eps) + sp.weight_decay * w;
-    w -= k.lr * update;
-    master[i] = w;
-    params[i] = f2bf(w);
+    const float w = BF16_STATE ? bf2f(params[i]) : master[i];
+    sn_adamw_elem u = sn_adamw_update(w, moment_load(m, i), moment_load(v, i), bf2f(grads[i]), sp.weight_decay, &k);
+    if (BF16_STATE) sn_adamw_round_bf16(&u, round_key, index_base + i);
+    moment_store(m, i, u.m);
+    moment_store(v, i, u.v);
+    if (!BF16_STATE) master[i] = u.w;
+    params[i] = f2bf(u.w);
   }
 }
 
@@ -98,7 +109,7 @@ size_t cuda_optimizer_scratch_bytes(scratch_slot slot, int nspans) {
   return 0;
 }
 
-void cuda_adamw(void *params, float *master, const void *grads, float *m, float *v, const sn_param_span *spans,
+void cuda_adamw(void *params, float *master, const void *grads, void *m, void *v, const sn_param_span *spans,
                 int nspans, const sn_adamw_hparams *hp) {
   if (nspans <= 0) return;
   adamw_span *dev_spans = (adamw_span *)sn_cuda_scratch(SCRATCH_ADAMW_TABLE, (size_t)nspans * sizeof(adamw_span));
@@ -126,11 +137,18 @@ void cuda_adamw(void *params, float *master, const void *grads, float *m, float 
     last_total_chunks = (int)chunks;
   }
   if (last_total_chunks == 0) return;
-  adamw_consts k;
-  k.lr = hp->lr, k.beta1 = hp->beta1, k.beta2 = hp->beta2, k.eps = hp->eps, k.grad_scale = hp->grad_scale;
-  k.bias_correction1 = (float)(1.0 - pow((double)hp->beta1, (double)hp->step));
-  k.bias_correction2 = (float)(1.0 - pow((double)hp->beta2, (double)hp->step));
-  adamw_kernel<<<last_total_chunks, ADAMW_THREADS, 0, SN_STREAM>>>((bf16 *)params, master, (const bf16 *)grads, m, v,
-                                                                   dev_spans, nspans, k);
+  const sn_adamw_consts k = sn_adamw_consts_at(hp->lr, hp->beta1, hp->beta2, hp->eps, hp->grad_scale, hp->step);
+  if (hp->state_bf16) {
+    if (master) {
+      fprintf(stderr, "error: %s:%d: adamw: the bf16 state has no master copy\n", __FILE__, __LINE__);
+      exit(1);
+    }
+    adamw_kernel<true><<<last_total_chunks, ADAMW_THREADS, 0, SN_STREAM>>>(
+        (bf16 *)params, NULL, (const bf16 *)grads, (bf16 *)m, (bf16 *)v, dev_spans, nspans, k, hp->round_key,
+        hp->index_base);
+  } else {
+    adamw_kernel<false><<<last_total_chunks, ADAMW_THREADS, 0, SN_STREAM>>>(
+        (bf16 *)params, master, (const bf16 *)grads, (float *)m, (float *)v, dev_spans, nspans, k, 0, 0);
+  }
   launchCheck();
 }

@@ -92,6 +92,12 @@ typedef struct {
   float beta1, beta2, eps;
   int64_t step;      // 1-based step number, for bias correction
   float grad_scale;  // multiplies every gradient first (1/accum_steps × clip factor)
+  // bf16 optimizer state (optim.state_dtype = "bf16"): no master copy, the weights and moments are
+  // rounded to bf16 stochastically (adamw_math.h says why) with the bits of stream round_key at
+  // element index_base + i (index_base: where params[0] sits in the whole buffer, so a ZeRO slice
+  // draws what the whole buffer would).
+  int state_bf16;
+  uint64_t round_key, index_base;
 } sn_adamw_hparams;
 
 // The shapes that size a backend's own scratch (what it allocates inside ops, beyond the buffers
@@ -352,8 +358,11 @@ typedef struct sn_ops {
   //   g = grads * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²
   //   master -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd * master)
   //   params = storage(master)
-  // master, m, v are fp32 (on the CPU master may be the same buffer as params).
-  void (*adamw)(void *params, float *master, const void *grads, float *m, float *v,
+  // master, m, v are fp32 (on fp32 storage master may be params, or NULL for params). With
+  // hp->state_bf16: master is NULL and params are their own master; m and v are in the storage
+  // dtype; the new params, m and v are rounded to bf16 stochastically (on fp32 storage: to the
+  // fp32 values that bf16 holds), the same values on every backend.
+  void (*adamw)(void *params, float *master, const void *grads, void *m, void *v,
                 const sn_param_span *spans, int nspans, const sn_adamw_hparams *hp);
 
   // ---- graphs: a fixed sequence of ops recorded once, replayed with one launch -------------------

@@ -73,7 +73,9 @@ typedef struct {
   NUM(prefix ".warmup_steps", FIELD_INT, stage.optim.warmup_steps, 0, BIG_INT, 10, "linear warm-up"),     \
   CHOICE(prefix ".schedule", stage.optim.schedule, "cosine|linear|constant", "cosine",                    \
          "decay after warm-up"),                                                                          \
-  NUM(prefix ".clip_grad_norm", FIELD_FLOAT, stage.optim.clip_grad_norm, 0, 1e9, 1, "0 = off")
+  NUM(prefix ".clip_grad_norm", FIELD_FLOAT, stage.optim.clip_grad_norm, 0, 1e9, 1, "0 = off"),            \
+  CHOICE(prefix ".state_dtype", stage.optim.state_dtype, "fp32|bf16", "fp32",                             \
+         "fp32 master and moments; bf16: half the bytes, stochastic rounding")
 
 static const field_spec SCHEMA[] = {
     {"run_dir", FIELD_PATH, OFF(run_dir), SZ(run_dir), 0, 0, NULL, 0, "runs/default", "output folder of the run",

@@ -23,6 +23,8 @@ typedef struct {
   int warmup_steps;
   char schedule[16];     // "cosine" | "linear" | "constant"
   float clip_grad_norm;  // 0 = off
+  char state_dtype[8];   // "fp32": fp32 master and moments | "bf16": bf16 weights as master and
+                         // moments, stochastic rounding (host/backend/adamw_math.h)
 } sn_cfg_optim;
 
 // Stage 0: causal-LM pretraining (next-token loss over packed raw text), run only by sn_train --stage 0.

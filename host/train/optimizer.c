@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "counter_rng.h"
 #include "optimizer_internal.h"
 
 sn_schedule sn_schedule_from_name(const char *name) {
@@ -13,10 +14,22 @@ sn_schedule sn_schedule_from_name(const char *name) {
   return SN_SCHEDULE_COSINE;
 }
 
-static float *alloc_zeroed_f32(const sn_ops *ops, size_t n) {
-  float *p = ops->alloc(SN_MAX(n, 1) * sizeof(float));
-  ops->memset_zero(p, SN_MAX(n, 1) * sizeof(float));
+int sn_optim_state_bf16(const sn_cfg_optim *cfg) { return strcmp(cfg->state_dtype, "bf16") == 0; }
+
+static void *alloc_zeroed(const sn_ops *ops, size_t n, size_t elem_size) {
+  void *p = ops->alloc(SN_MAX(n, 1) * elem_size);
+  ops->memset_zero(p, SN_MAX(n, 1) * elem_size);
   return p;
+}
+
+// The moments' element: fp32, or the storage dtype with the bf16 state (fp32 storage then holds
+// the bf16 values).
+static sn_dtype moment_dtype(const sn_ops *ops, int state_bf16) { return state_bf16 ? ops->storage : SN_DTYPE_F32; }
+// A separate fp32 master: unless the weights are their own (fp32 storage and not sharded, or the
+// bf16 state). Sharded fp32, the slice's master is its own buffer even on fp32 backends: checkpoints
+// download and restore it as the slice, apart from the weights every rank holds whole.
+static int has_master(const sn_ops *ops, int zero, int state_bf16) {
+  return !state_bf16 && (ops->storage != SN_DTYPE_F32 || zero);
 }
 
 // The model's spans clipped to [begin, begin + len), offsets made relative to begin.
@@ -32,7 +45,7 @@ static sn_param_span *clip_spans(const sn_param_span *all, int n_all, size_t beg
 }
 
 void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps,
-                       sn_comm *comm, int zero) {
+                       sn_comm *comm, int zero, uint64_t round_seed) {
   memset(opt, 0, sizeof *opt);
   const sn_ops *ops = model->ops;
   size_t n = model->num_elements;
@@ -42,6 +55,8 @@ void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *c
   opt->comm = comm;
   opt->cfg = *cfg;
   opt->total_steps = total_steps;
+  opt->state_bf16 = sn_optim_state_bf16(cfg);
+  opt->round_seed = round_seed;
   opt->zero = world > 1 ? zero : 0;
   opt->shard_len = n;
   if (opt->zero) {
@@ -54,11 +69,10 @@ void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *c
   if (opt->zero == 1) opt->exchange = ops->alloc((size_t)world * opt->shard_stride * ops->storage_size);
   if (opt->zero == 2) sn_opt_zero2_init(opt);
   else if (!model->grads) sn_model_alloc_grads(model);
-  opt->m = alloc_zeroed_f32(ops, opt->shard_len);
-  opt->v = alloc_zeroed_f32(ops, opt->shard_len);
-  // Sharded, the slice's master is its own buffer even on fp32 backends: checkpoints download and
-  // restore it as the slice, apart from the weights every rank holds whole.
-  if (ops->storage != SN_DTYPE_F32 || opt->zero) {
+  const size_t moment_size = sn_dtype_size(moment_dtype(ops, opt->state_bf16));
+  opt->m = alloc_zeroed(ops, opt->shard_len, moment_size);
+  opt->v = alloc_zeroed(ops, opt->shard_len, moment_size);
+  if (has_master(ops, opt->zero, opt->state_bf16)) {
     opt->master = ops->alloc(SN_MAX(opt->shard_len, 1) * sizeof(float));
     ops->storage_to_f32(opt->master, sn_opt_storage_at(opt, model->weights, opt->shard_begin), opt->shard_len);
   }
@@ -69,7 +83,7 @@ void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *c
   free(all);
 }
 
-sn_optimizer_plan sn_optimizer_plan_bytes(const sn_model *m, int world, int zero) {
+sn_optimizer_plan sn_optimizer_plan_bytes(const sn_model *m, int world, int zero, const sn_cfg_optim *cfg) {
   // as sn_optimizer_init, for rank 0 (whose slice is the largest)
   const sn_ops *ops = m->ops;
   const size_t n = m->num_elements, es = ops->storage_size;
@@ -77,8 +91,12 @@ sn_optimizer_plan sn_optimizer_plan_bytes(const sn_model *m, int world, int zero
   const size_t stride = zero ? SN_CEIL_DIV(n, (size_t)world) : n, shard = SN_MIN(n, stride);
   sn_optimizer_plan p = {0};
   p.grads = zero == 2 ? sn_optimizer_zero2_work_bytes(m, es, world) : n * es;
-  p.moments = (2 * SN_MAX(shard, 1) + 1) * sizeof(float);  // m, v and the sum-of-squares scratch
-  if (ops->storage != SN_DTYPE_F32 || zero) p.master = SN_MAX(shard, 1) * sizeof(float);
+  const int state_bf16 = sn_optim_state_bf16(cfg);
+  p.moments = 2 * SN_MAX(shard, 1) * sn_dtype_size(moment_dtype(ops, state_bf16)) + sizeof(float);  // + the norm scratch
+  if (has_master(ops, zero, state_bf16)) p.master = SN_MAX(shard, 1) * sizeof(float);
+  p.moments_desc = !state_bf16                    ? "fp32 m and v"
+                   : ops->storage == SN_DTYPE_F32 ? "m and v as bf16 values in fp32 (the weights their own master)"
+                                                  : "bf16 m and v (the bf16 weights their own master)";
   if (zero) p.exchange = stride * es;                          // the gradient slice
   if (zero == 1) p.exchange += (size_t)world * stride * es;   // the padded all-gather buffer
   return p;
@@ -246,13 +264,14 @@ float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale) {
   if (opt->cfg.clip_grad_norm > 0 && grad_norm > opt->cfg.clip_grad_norm)
     clip = (float)(opt->cfg.clip_grad_norm / (grad_norm + 1e-6));
   opt->step++;
-  sn_adamw_hparams hp = {.lr = lr, .beta1 = opt->cfg.beta1, .beta2 = opt->cfg.beta2,
-                         .eps = opt->cfg.eps, .step = opt->step, .grad_scale = grad_scale * clip};
+  sn_adamw_hparams hp = {.lr = lr, .beta1 = opt->cfg.beta1, .beta2 = opt->cfg.beta2, .eps = opt->cfg.eps,
+                         .step = opt->step, .grad_scale = grad_scale * clip, .state_bf16 = opt->state_bf16,
+                         .round_key = sn_rng_stream_key(opt->round_seed, (uint64_t)opt->step),
+                         .index_base = opt->shard_begin};
   sn_model *m = opt->model;
   const sn_ops *ops = opt->ops;
   if (!opt->zero) {
-    float *master = opt->master ? opt->master : (float *)m->weights;
-    ops->adamw(m->weights, master, m->grads, opt->m, opt->v, opt->spans, opt->nspans, &hp);
+    ops->adamw(m->weights, opt->master, m->grads, opt->m, opt->v, opt->spans, opt->nspans, &hp);  // NULL: its own
     return lr;
   }
   // This rank's slice, updated in place (tensors without a span, an unused lm_head, keep their
@@ -264,17 +283,27 @@ float sn_optimizer_step(sn_optimizer *opt, double grad_norm, float grad_scale) {
   return lr;
 }
 
-static float *state_buffer(const sn_optimizer *opt, sn_opt_state which) {
-  return which == SN_OPT_M ? opt->m : which == SN_OPT_V ? opt->v : opt->master;
+// Where `which` lives for this rank's slice and in what dtype: the master (or the slice of the
+// weights when they are their own master), m or v.
+typedef struct {
+  char *base;  // the slice's first element
+  sn_dtype dtype;
+} state_view;
+static state_view state_of(const sn_optimizer *opt, sn_opt_state which) {
+  if (which == SN_OPT_MASTER)
+    return opt->master ? (state_view){(char *)opt->master, SN_DTYPE_F32}
+                       : (state_view){sn_opt_storage_at(opt, opt->model->weights, opt->shard_begin), opt->ops->storage};
+  return (state_view){which == SN_OPT_M ? opt->m : opt->v, moment_dtype(opt->ops, opt->state_bf16)};
 }
 
 void sn_optimizer_download_range(const sn_optimizer *opt, sn_opt_state which, size_t start, size_t count,
                                  float *dst) {
   if (start + count > opt->shard_len)
     sn_fatal("optimizer download of [%zu, %zu) past its slice of %zu", start, start + count, opt->shard_len);
-  const float *src = state_buffer(opt, which);
-  if (src) opt->ops->download(dst, src + start, count * sizeof(float));
-  else opt->ops->download_f32(dst, (const char *)opt->model->weights + start * opt->ops->storage_size, count);
+  const state_view s = state_of(opt, which);
+  const char *src = s.base + start * sn_dtype_size(s.dtype);
+  if (s.dtype == SN_DTYPE_F32) opt->ops->download(dst, src, count * sizeof(float));
+  else opt->ops->download_f32(dst, src, count);
   opt->ops->synchronize();
 }
 
@@ -285,9 +314,13 @@ void sn_optimizer_upload_range(sn_optimizer *opt, sn_opt_state which, size_t beg
              opt->model->num_elements);
   if (which == SN_OPT_MASTER)
     ops->upload_f32((char *)opt->model->weights + begin * ops->storage_size, src, count);
-  float *dst = state_buffer(opt, which);
+  const state_view s = state_of(opt, which);
   const size_t lo = SN_MAX(begin, opt->shard_begin), hi = SN_MIN(begin + count, opt->shard_begin + opt->shard_len);
-  if (dst && lo < hi) ops->upload(dst + (lo - opt->shard_begin), src + (lo - begin), (hi - lo) * sizeof(float));
+  if ((which != SN_OPT_MASTER || opt->master) && lo < hi) {  // (weights as master: uploaded above)
+    char *dst = s.base + (lo - opt->shard_begin) * sn_dtype_size(s.dtype);
+    if (s.dtype == SN_DTYPE_F32) ops->upload(dst, src + (lo - begin), (hi - lo) * sizeof(float));
+    else ops->upload_f32(dst, src + (lo - begin), hi - lo);
+  }
   ops->synchronize();  // src may be a mapping the caller releases next
 }
 

@@ -1,5 +1,7 @@
 // AdamW over one model's flat parameter buffer: fp32 master weights (when the backend stores bf16)
-// and moments in backend memory, per-tensor weight decay (none for norms and biases), global
+// and moments in backend memory, or with optim.state_dtype = "bf16" the bf16 weights as their own
+// master and bf16 moments, rounded stochastically (host/backend/adamw_math.h: 8 bytes a parameter
+// with the gradient, against 16), per-tensor weight decay (none for norms and biases), global
 // gradient-norm clipping and the learning-rate schedule, and the gradient exchange between ranks.
 //
 // Data parallelism, three modes (dist.zero):
@@ -43,8 +45,11 @@ typedef struct {
   size_t shard_begin;    // first element this rank updates (0 when replicated)
   size_t shard_len;      // elements this rank updates (N when replicated)
   size_t shard_stride;   // ceil(N / world): every rank's slice size in the padded exchange buffer
-  float *master;         // (shard_len) fp32, or NULL when the backend stores fp32 and not sharded
-  float *m, *v;          // (shard_len) fp32
+  int state_bf16;        // optim.state_dtype = "bf16": no master, moments in the storage dtype
+  uint64_t round_seed;   // the bf16 state's rounding bits: step s draws stream sn_rng_stream_key(round_seed, s)
+  float *master;         // (shard_len) fp32, or NULL when the weights are their own master (fp32
+                         // storage and not sharded, or the bf16 state)
+  void *m, *v;           // (shard_len) fp32, or the storage dtype with the bf16 state
   void *grad_shard;      // ZeRO: (shard_stride) storage, this rank's summed gradient slice
   void *exchange;        // ZeRO-1: (world * shard_stride) storage, padded copy for the collectives
   float *scratch;        // one float in backend memory for sums of squares
@@ -74,11 +79,12 @@ typedef struct {
   } z2;
 } sn_optimizer;
 
-// zero: dist.zero (0, 1, 2). Makes the model's gradient storage: its full grads buffer (allocated
+// zero: dist.zero (0, 1, 2); round_seed: the bf16 state's rounding stream (distinct per optimizer of
+// a run, and the same when it resumes). Makes the model's gradient storage: its full grads buffer (allocated
 // here when missing), or with ZeRO-2 the working buffers and grad map (the model's full buffer,
 // if any, is freed). Free the optimizer before the model.
 void sn_optimizer_init(sn_optimizer *opt, sn_model *model, const sn_cfg_optim *cfg, int64_t total_steps,
-                       sn_comm *comm, int zero);
+                       sn_comm *comm, int zero, uint64_t round_seed);
 void sn_optimizer_free(sn_optimizer *opt);
 // Overlaps the gradient all-reduce with the backward pass in buckets of about bucket_bytes (no-op
 // unless replicated with several ranks). Call once after init.
@@ -124,12 +130,16 @@ void sn_optimizer_upload_range(sn_optimizer *opt, sn_opt_state which, size_t beg
 sn_schedule sn_schedule_from_name(const char *name);
 
 // What sn_optimizer_init allocates for model m (the memory plan; m may be an sn_model_plan table)
-// under ZeRO stage `zero` on `world` ranks: the gradients (the full buffer, or ZeRO-2's working
-// area), the fp32 master weights, the two moments (with the one-float norm scratch), and the
-// exchange buffers of ZeRO (the gradient slice, ZeRO-1's padded all-gather buffer).
+// under ZeRO stage `zero` on `world` ranks with optimizer settings cfg: the gradients (the full
+// buffer, or ZeRO-2's working area), the fp32 master weights, the two moments (with the one-float
+// norm scratch), and the exchange buffers of ZeRO (the gradient slice, ZeRO-1's padded all-gather
+// buffer). moments_desc: what the moments are, for the plan's lines ("fp32 m and v").
 typedef struct {
   size_t grads, master, moments, exchange;
+  const char *moments_desc;
 } sn_optimizer_plan;
-sn_optimizer_plan sn_optimizer_plan_bytes(const sn_model *m, int world, int zero);
+sn_optimizer_plan sn_optimizer_plan_bytes(const sn_model *m, int world, int zero, const sn_cfg_optim *cfg);
+// 1 when cfg asks for the bf16 state (optim.state_dtype = "bf16").
+int sn_optim_state_bf16(const sn_cfg_optim *cfg);
 // ZeRO-2's working gradient area for m on `world` ranks (optimizer_zero.c).
 size_t sn_optimizer_zero2_work_bytes(const sn_model *m, size_t storage_size, int world);

@@ -112,9 +112,10 @@ void sn_embed_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t
 void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int32_t *ids,
                        const int32_t *cu, int n, const float *d_emb, const float *emb,
                        float *chunk_emb, sn_optimizer *arm, const char *what);
-// The optimizer of a model with overlap enabled as the config says.
+// The optimizer of a model with overlap enabled as the config says. stream: which of the stage's
+// optimizers (0, 1: the query and document towers), for the bf16 state's own rounding bits.
 void sn_trainer_optimizer_init(const sn_trainer *t, sn_optimizer *opt, sn_model *m, const sn_cfg_optim *cfg,
-                               int64_t total_steps);
+                               int64_t total_steps, int stream);
 // Embeds a whole token set in chunks of at most max_seqs sequences / max_tokens tokens into host
 // memory (n_seqs, out_dim), normalised. Used for teacher and document caches.
 float *sn_runner_embed_set(sn_tower_runner *r, const sn_token_set *set, int verbose, const char *what);

@@ -137,6 +137,7 @@ typedef struct {
   const char *effect;
   int (*applies)(const sn_run_config *c, int world);  // worth suggesting from c
   void (*apply)(sn_run_config *c);
+  int alone;  // trains something else or at another precision: suggested alone, not in "all but LoRA"
 } plan_variant;
 
 static int can_zero(const sn_run_config *c, int world) { return world > 1 && c->dist.zero < 2; }
@@ -164,16 +165,25 @@ static int can_lora(const sn_run_config *c, int world) {
   return c->stage1.lora.rank == 0 && !c->stage1.shared_towers;
 }
 static void set_lora(sn_run_config *c) { c->stage1.lora.rank = PLAN_LORA_RANK; }
+static int can_bf16_state(const sn_run_config *c, int world) {
+  (void)world;
+  return !sn_optim_state_bf16(&c->stage1.optim) && c->stage1.lora.rank == 0;  // adapters' state is small
+}
+static void set_bf16_state(sn_run_config *c) {
+  snprintf(c->stage1.optim.state_dtype, sizeof c->stage1.optim.state_dtype, "bf16");
+}
 
-// Tried alone, then all together except LoRA (which trains something else: adapters, not towers).
+// Tried alone, then all together except LoRA (which trains something else: adapters, not towers)
+// and the bf16 state (another precision).
 static const plan_variant VARIANTS[] = {
-    {"dist.zero=2", "gradients, master weights and moments sharded across ranks", can_zero, set_zero},
-    {"stage1.shared_towers=true", "one parameter set for both towers", can_share, set_share},
-    {"stage1.grad_cache_chunk=16", "activations of 16 sequences at a time", can_grad_cache, set_grad_cache},
-    {"stage1.recompute=layer", "keep block inputs only, re-run blocks in backward", can_recompute, set_recompute},
-    {"stage1.lora.rank=32", "two adapters over one frozen base: no tower gradients or moments", can_lora, set_lora},
+    {"dist.zero=2", "gradients, master weights and moments sharded across ranks", can_zero, set_zero, 0},
+    {"stage1.shared_towers=true", "one parameter set for both towers", can_share, set_share, 0},
+    {"stage1.grad_cache_chunk=16", "activations of 16 sequences at a time", can_grad_cache, set_grad_cache, 0},
+    {"stage1.recompute=layer", "keep block inputs only, re-run blocks in backward", can_recompute, set_recompute, 0},
+    {"stage1.optim.state_dtype=bf16", "bf16 weights as master and bf16 moments, stochastic rounding",
+     can_bf16_state, set_bf16_state, 1},
+    {"stage1.lora.rank=32", "two adapters over one frozen base: no tower gradients or moments", can_lora, set_lora, 1},
 };
-#define PLAN_LORA_VARIANT (SN_ARRAY_LEN(VARIANTS) - 1)
 
 static void print_variant(FILE *out, const char *setting, size_t peak, size_t usable, const char *effect) {
   char b[32];
@@ -192,7 +202,7 @@ static void print_suggestions(const sn_run_config *cfg, const sn_ops *ops, int w
     if (!VARIANTS[i].applies(cfg, world)) continue;
     sn_run_config v = *cfg;
     VARIANTS[i].apply(&v);
-    if (i != PLAN_LORA_VARIANT) VARIANTS[i].apply(&all);
+    if (!VARIANTS[i].alone) VARIANTS[i].apply(&all);
     print_variant(out, VARIANTS[i].setting, plan_peak_bytes(&v, ops, world, do1, do2), usable, VARIANTS[i].effect);
     any = 1;
   }

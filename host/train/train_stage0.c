@@ -190,10 +190,10 @@ void sn_stage0_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   const char *dtype = sn_dtype_name(ops->storage);
   sn_plan_phase *ph = sn_plan_phase_new(p, "stage 0 training", 0);
   sn_plan_add(ph, "weights", N * es, "%.3gB parameters x %s", (double)N / 1e9, dtype);
-  sn_optimizer_plan op = sn_optimizer_plan_bytes(m, world, zero);
+  sn_optimizer_plan op = sn_optimizer_plan_bytes(m, world, zero, &s0->optim);
   sn_plan_add(ph, "gradients", op.grads, "%s, %s", dtype, zero == 2 ? "working buffers (ZeRO-2)" : "full buffer");
   if (op.master) sn_plan_add(ph, "master weights", op.master, "fp32%s", zero ? ", 1/world slice" : "");
-  sn_plan_add(ph, "Adam moments", op.moments, "fp32 m and v%s", zero ? ", 1/world slice" : "");
+  sn_plan_add(ph, "Adam moments", op.moments, "%s%s", op.moments_desc, zero ? ", 1/world slice" : "");
   if (op.exchange) sn_plan_add(ph, "ZeRO exchange", op.exchange, "gradient slice");
   sn_plan_add(ph, "activations", sn_model_plan_acts_bytes(m, T, B, 1, recompute_mode(s0)),
               "%d windows x %d tokens%s", B, s0->seq_len, recompute_mode(s0) == SN_RECOMPUTE_LAYER ? ", recompute = layer" : "");
@@ -267,7 +267,7 @@ int sn_train_stage0(sn_trainer *t) {
   c.scale = 1.0f / ((float)s0->batch_seqs * (float)(s0->seq_len - 1));
 
   sn_optimizer opt;
-  sn_trainer_optimizer_init(t, &opt, m, &s0->optim, total);
+  sn_trainer_optimizer_init(t, &opt, m, &s0->optim, total, 0);
   c.opt = &opt;
   final_lm fin = {.t = t, .model = m, .tokenizer_dir = tok_dir};
   sn_stage stage = {.number = 0, .grad_accum = s0->grad_accum, .total_steps = total, .sampler = sampler,

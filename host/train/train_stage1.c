@@ -283,12 +283,12 @@ void sn_stage1_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
   else
     sn_plan_add(ph, "weights", trained_sets * N * es, "%d tower%s x %.3gB parameters x %s", trained_sets,
                 trained_sets > 1 ? "s" : "", (double)N / 1e9, dtype);
-  sn_optimizer_plan op = sn_optimizer_plan_bytes(lora ? lora->params : m, world, zero);
+  sn_optimizer_plan op = sn_optimizer_plan_bytes(lora ? lora->params : m, world, zero, &s1->optim);
   const char *shard = zero ? (zero == 2 ? ", 1/world slice (ZeRO-2)" : ", 1/world slice (ZeRO-1)") : "";
   sn_plan_add(ph, "gradients", trained_sets * op.grads, "%s, %s%s", dtype,
               zero == 2 ? "two layers' working buffers + embeddings (ZeRO-2)" : "full buffer", lora ? ", adapters only" : "");
   if (op.master) sn_plan_add(ph, "master weights", trained_sets * op.master, "fp32%s", shard);
-  sn_plan_add(ph, "Adam moments", trained_sets * op.moments, "fp32 m and v%s", shard);
+  sn_plan_add(ph, "Adam moments", trained_sets * op.moments, "%s%s", op.moments_desc, shard);
   if (op.exchange) sn_plan_add(ph, "ZeRO exchange", trained_sets * op.exchange, "gradient slice%s", zero == 1 ? ", all-gather buffer" : "");
   const size_t acts_q = sn_runner_plan_bytes(tower, chunk_q, chunk_q * len_q, 1, rc);
   const size_t acts_d = sn_runner_plan_bytes(tower, chunk_d, chunk_d * len_d, 1, rc);
@@ -442,8 +442,8 @@ int sn_train_stage1(sn_trainer *t) {
   sn_model *train_q = lora ? c.lora_q->params : c.qmodel, *train_d = lora ? c.lora_d->params : c.dmodel;
   int two = c.dmodel != c.qmodel;  // the optimizers allocate the gradients (or ZeRO-2's working buffers)
   sn_optimizer opt_q, opt_d;
-  sn_trainer_optimizer_init(t, &opt_q, train_q, &s1->optim, total);
-  if (two) sn_trainer_optimizer_init(t, &opt_d, train_d, &s1->optim, total);
+  sn_trainer_optimizer_init(t, &opt_q, train_q, &s1->optim, total, 0);
+  if (two) sn_trainer_optimizer_init(t, &opt_d, train_d, &s1->optim, total, 1);
   c.opt_q = &opt_q;
   c.opt_d = two ? &opt_d : &opt_q;
 

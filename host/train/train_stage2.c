@@ -303,10 +303,10 @@ void sn_stage2_plan(sn_memory_plan *p, const sn_run_config *cfg, const sn_ops *o
 
   ph = sn_plan_phase_new(p, "stage 2 training", 2);
   sn_plan_add(ph, "weights", Ns * es, "student, %.3gM parameters x %s", (double)Ns / 1e6, sn_dtype_name(ops->storage));
-  sn_optimizer_plan op = sn_optimizer_plan_bytes(student, world, zero);
+  sn_optimizer_plan op = sn_optimizer_plan_bytes(student, world, zero, &s2->optim);
   sn_plan_add(ph, "gradients", op.grads, zero == 2 ? "working buffers (ZeRO-2)" : "full buffer");
-  sn_plan_add(ph, "optimizer state", op.master + op.moments + op.exchange, "fp32 master, m and v%s",
-              zero ? ", 1/world shard (ZeRO-1)" : "");
+  sn_plan_add(ph, "optimizer state", op.master + op.moments + op.exchange, "%s%s%s", op.master ? "fp32 master, " : "",
+              op.moments_desc, zero ? ", 1/world shard (ZeRO-1)" : "");
   sn_plan_add(ph, "activations", sn_runner_plan_bytes(student, Bs, Bs * len_q, 1, SN_RECOMPUTE_NONE),
               "%d queries x %d tokens", Bs, len_q);
   stage2_ctx counted;
@@ -414,7 +414,7 @@ int sn_train_stage2(sn_trainer *t) {
   loss_buffers(&c, ops, ops->storage_size, Bq + Pq, Bq, Nd, Ct);
 
   sn_optimizer opt;
-  sn_trainer_optimizer_init(t, &opt, student, &s2->optim, total);
+  sn_trainer_optimizer_init(t, &opt, student, &s2->optim, total, 0);
   c.opt = &opt;
   sn_export_info student_export;
   sn_trainer_export_info(t, student, student_tok, s2->pooling, SN_EXPORT_ROLE_QUERY, &student_export);

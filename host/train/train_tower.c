@@ -113,10 +113,15 @@ void sn_backward_batch(sn_tower_runner *r, int grad_cache, int chunk, const int3
   free(sub_cu);
 }
 
+#define SN_ROUNDING_SALT 0x526F756E64424631ull  // "RoundBF1": the bf16 state's draws, apart from other streams
+
 void sn_trainer_optimizer_init(const sn_trainer *t, sn_optimizer *opt, sn_model *m, const sn_cfg_optim *cfg,
-                               int64_t total_steps) {
-  sn_optimizer_init(opt, m, cfg, total_steps, t->comm, t->cfg.dist.zero);
+                               int64_t total_steps, int stream) {
+  sn_optimizer_init(opt, m, cfg, total_steps, t->comm, t->cfg.dist.zero,
+                    sn_rng_stream_key(t->cfg.seed ^ SN_ROUNDING_SALT, (uint64_t)stream));
   if (t->cfg.dist.overlap) sn_optimizer_enable_overlap(opt, (size_t)(t->cfg.dist.bucket_mb * (1 << 20)));
+  if (t->rank == 0 && opt->state_bf16 && stream == 0)
+    sn_log("optimizer: bf16 state (the weights their own master, bf16 m and v, stochastic rounding)");
   if (t->rank == 0 && t->world > 1) {
     sn_grad_bytes b = sn_optimizer_grad_bytes(opt);
     sn_log("gradients: %s; per rank %.4g GiB held (full buffer %.4g, exchange %.4g, slice %.4g, working "

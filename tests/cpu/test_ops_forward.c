@@ -8,8 +8,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "adamw_math.h"
 #include "common.h"
 #include "ops.h"
+#include "safetensors.h"
 #include "test_util.h"
 
 #define FWD_TOL 2e-6     // fp32 op vs double reference, relative error of the output vector
@@ -480,6 +482,111 @@ static void test_adamw(int separate_master, size_t n) {
   free(params), free(grads), free(m), free(v), free(want_w), free(want_m), free(want_v), free(span_of);
 }
 
+// ---- the bf16 optimizer state (adamw_math.h) ----------------------------------------------------
+static float bf16_value(float x) { return sn_bf16_to_f32(sn_f32_to_bf16(x)); }  // rounded to nearest bf16
+static int is_bf16_value(float x) { return bf16_value(x) == x; }
+static float *random_bf16_array(size_t n, float stddev, int squared) {
+  float *a = random_array(n, stddev);
+  for (size_t i = 0; i < n; i++) a[i] = bf16_value(squared ? a[i] * a[i] : a[i]);
+  return a;
+}
+
+// One step of the bf16 state over spans with a gap: every updated weight and moment is a bf16
+// value within one bf16 step of the exact (double) update, the rest untouched; the draws follow
+// the element's place in the whole buffer, so two slices updated apart (as ZeRO ranks do) give the
+// bits of one update over the whole.
+static void test_adamw_bf16_state(size_t n) {
+  const sn_param_span spans[2] = {{0, n * 4 / 10, 0.1f}, {n / 2, n * 8 / 10 - n / 2, 0.0f}};
+  sn_adamw_hparams hp = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step = 3, .grad_scale = 0.5f,
+                         .state_bf16 = 1, .round_key = sn_rng_stream_key(11, 3)};
+  float *w = random_bf16_array(n, 1.0f, 0), *m = random_bf16_array(n, 0.1f, 0), *v = random_bf16_array(n, 0.1f, 1);
+  float *g = random_array(n, 1.0f);
+  float *w0 = copy_array(w, n), *m0 = copy_array(m, n), *v0 = copy_array(v, n);
+  ops->adamw(w, NULL, g, m, v, spans, 2, &hp);
+  size_t bad = 0, changed = 0;
+  for (size_t i = 0; i < n; i++) {
+    int s = -1;
+    for (int k = 0; k < 2; k++)
+      if (i >= spans[k].offset && i < spans[k].offset + spans[k].count) s = k;
+    if (s < 0) {
+      bad += w[i] != w0[i] || m[i] != m0[i] || v[i] != v0[i];
+      continue;
+    }
+    double gs = (double)g[i] * hp.grad_scale;
+    double want_m = hp.beta1 * (double)m0[i] + (1 - hp.beta1) * gs;
+    double want_v = hp.beta2 * (double)v0[i] + (1 - hp.beta2) * gs * gs;
+    double want_w = w0[i] - hp.lr * (want_m / (1 - pow(hp.beta1, 3)) / (sqrt(want_v / (1 - pow(hp.beta2, 3))) + hp.eps) +
+                                     spans[s].weight_decay * w0[i]);
+    const double got[3] = {w[i], m[i], v[i]}, want[3] = {want_w, want_m, want_v};
+    // What the fp32 sums before the rounding may be off by: a few fp32 steps of their terms (the
+    // sum of m cancels where the gradient undoes the moment).
+    const double terms[3] = {fabs(w0[i]) + fabs(want_w - w0[i]), hp.beta1 * fabs(m0[i]) + (1 - hp.beta1) * fabs(gs),
+                             hp.beta2 * v0[i] + (1 - hp.beta2) * gs * gs};
+    for (int k = 0; k < 3; k++) {
+      // a bf16 step is 2^-7 of the value at most
+      const double tol = 0x1p-7 * fmax(fabs(want[k]), fabs(got[k])) + 4 * 0x1p-24 * terms[k];
+      bad += !is_bf16_value((float)got[k]) || fabs(got[k] - want[k]) > tol;
+    }
+    changed += w[i] != w0[i];
+  }
+  CHECK(bad == 0, "adamw bf16 state n=%zu: %zu values not bf16, past one bf16 step of the exact update, or "
+        "changed outside the spans", n, bad);
+  CHECK(changed > 0, "adamw bf16 state n=%zu: no weight changed", n);
+
+  // Two slices with their index_base, against the whole above.
+  const size_t h = n * 45 / 100;  // inside the gap between the spans
+  float *w2 = copy_array(w0, n), *m2 = copy_array(m0, n), *v2 = copy_array(v0, n);
+  const sn_param_span lo_span = spans[0];
+  const sn_param_span hi_span = {spans[1].offset - h, spans[1].count, spans[1].weight_decay};
+  ops->adamw(w2, NULL, g, m2, v2, &lo_span, 1, &hp);
+  hp.index_base = h;
+  ops->adamw(w2 + h, NULL, g + h, m2 + h, v2 + h, &hi_span, 1, &hp);
+  size_t diff = sn_test_count_bit_diffs(w, w2, n) + sn_test_count_bit_diffs(m, m2, n) +
+                sn_test_count_bit_diffs(v, v2, n);
+  CHECK(diff == 0, "adamw bf16 state n=%zu: two slices differ from the whole in %zu values", n, diff);
+  free(w), free(m), free(v), free(g), free(w0), free(m0), free(v0), free(w2), free(m2), free(v2);
+}
+
+// Stochastic rounding keeps updates that rounding to nearest drops: x = 1 + 0.3 step rounds up
+// for 30% of the draws; and 100 AdamW steps of lr 1e-6 on weights of 0.01 (each update a sixtieth
+// of a bf16 step, which rounding to nearest would lose every time) move the weights by 100 lr on
+// average.
+static void test_stochastic_rounding(void) {
+  enum { DRAWS = 100000, N = 4096, STEPS = 100 };
+  const float x = 1.0f + 0.3f * 0x1p-7f;
+  int up = 0;
+  for (uint64_t j = 0; j < DRAWS; j++) {
+    float r = sn_bf16_round_stochastic(x, (uint32_t)sn_mix64(j * SN_GOLDEN_GAMMA));
+    CHECK(r == 1.0f || r == 1.0f + 0x1p-7f, "stochastic rounding of %.9g gave %.9g", x, r);
+    up += r > 1.0f;
+  }
+  CHECK(fabs(up / (double)DRAWS - 0.3) < 0.005, "stochastic rounding: %d of %d draws up, expected 30%%", up, DRAWS);
+  CHECK(sn_bf16_round_stochastic(-x, 0xFFFFu) == -(1.0f + 0x1p-7f) && sn_bf16_round_stochastic(-x, 0) == -1.0f,
+        "stochastic rounding of a negative value moves its magnitude");
+  CHECK(isinf(sn_bf16_round_stochastic(INFINITY, 0xFFFFu)) && isnan(sn_bf16_round_stochastic(NAN, 0)),
+        "stochastic rounding keeps infinities and NaN");
+
+  const float w_start = bf16_value(0.01f), lr = 1e-6f;
+  CHECK(bf16_value(w_start - lr) == w_start, "the test's update must be below half a bf16 step");
+  float *w = mallocCheck(N * sizeof(float)), *m = callocCheck(N, sizeof(float)), *v = callocCheck(N, sizeof(float));
+  float *g = mallocCheck(N * sizeof(float));
+  for (int i = 0; i < N; i++) w[i] = w_start, g[i] = 1.0f;
+  const sn_param_span span = {0, N, 0.0f};
+  for (int step = 1; step <= STEPS; step++) {
+    sn_adamw_hparams hp = {.lr = lr, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .step = step, .grad_scale = 1.0f,
+                           .state_bf16 = 1, .round_key = sn_rng_stream_key(5, (uint64_t)step)};
+    ops->adamw(w, NULL, g, m, v, &span, 1, &hp);
+  }
+  double moved = 0;
+  for (int i = 0; i < N; i++) moved += (double)w_start - w[i];
+  moved /= N;
+  printf("  bf16 state: %d steps of lr %g moved the weights by %.4g on average (%d steps x lr = %.4g)\n", STEPS,
+         (double)lr, moved, STEPS, STEPS * (double)lr);
+  CHECK(fabs(moved / (STEPS * (double)lr) - 1) < 0.05, "bf16 state: weights moved %.4g on average over %d steps, "
+        "expected %.4g (lr %g a step)", moved, STEPS, STEPS * (double)lr, (double)lr);
+  free(w), free(m), free(v), free(g);
+}
+
 // ---- determinism --------------------------------------------------------------------------------
 // A small training-like pipeline, big enough that every op runs on several threads (past the
 // backend's thresholds for threading); returns every output it wrote.
@@ -607,6 +714,9 @@ int main(int argc, char **argv) {
   test_adamw(0, 50);
   test_adamw(1, 50);
   test_adamw(1, 1000000);  // past the threading threshold
+  test_adamw_bf16_state(50);
+  test_adamw_bf16_state(1000000);
+  test_stochastic_rounding();
   test_determinism();
   test_registry();
   report_matmul_speed();

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "counter_rng.h"
 #include "cuda_ops_harness.h"
 #include "safetensors.h"
 
@@ -473,7 +474,7 @@ static void check_optimizer(size_t n) {
     free(vh);
   }
   sn_param_span spans[3] = {{0, n / 3, 0.1f}, {n / 3 + n / 10, n / 3, 0.0f}, {2 * (n / 3) + n / 10, n - 2 * (n / 3) - n / 10, 0.01f}};
-  sn_adamw_hparams hp = {1e-3f, 0.9f, 0.95f, 1e-8f, 7, 0.5f};
+  sn_adamw_hparams hp = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step = 7, .grad_scale = 0.5f};
   for (int step = 0; step < 2; step++) {
     hp.step = 7 + step;
     cpu->adamw(params.c, master.c, g.c, m.c, v.c, spans, 3, &hp);
@@ -484,8 +485,31 @@ static void check_optimizer(size_t n) {
   compare("  adamw master", master, F32_TOL);
   compare("  adamw m", m, F32_TOL);
   compare("  adamw v", v, F32_TOL);
-  pair_free(&g), pair_free(&acc), pair_free(&params), pair_free(&master), pair_free(&m), pair_free(&v);
-  free(master_h);
+  pair_free(&params), pair_free(&master), pair_free(&m), pair_free(&v);
+
+  // The bf16 state: no master, bf16 moments, stochastic rounding from the same counters on both
+  // sides. The inputs are bf16 values on both (the CPU's fp32 storage holds them exactly), so the
+  // sides differ only where the fp32 sums before the rounding do (contraction into FMAs): a draw
+  // near a rounding edge then lands one bf16 step apart.
+  float *m_h = randn(n, 0.1f), *v_h = randn(n, 0.1f);
+  for (size_t i = 0; i < n; i++) {
+    master_h[i] = sn_bf16_to_f32(sn_f32_to_bf16(master_h[i]));
+    m_h[i] = sn_bf16_to_f32(sn_f32_to_bf16(m_h[i]));
+    v_h[i] = sn_bf16_to_f32(sn_f32_to_bf16(v_h[i] * v_h[i]));
+  }
+  params = pair_new(n, master_h, 0), m = pair_new(n, m_h, 0), v = pair_new(n, v_h, 0);
+  hp.state_bf16 = 1, hp.index_base = 12345;  // as in a ZeRO slice that starts there
+  for (int step = 0; step < 2; step++) {
+    hp.step = 7 + step, hp.round_key = sn_rng_stream_key(99, (uint64_t)hp.step);
+    cpu->adamw(params.c, NULL, g.c, m.c, v.c, spans, 3, &hp);
+    gpu->adamw(params.g, NULL, g.g, m.g, v.g, spans, 3, &hp);
+  }
+  snprintf(name, sizeof name, "adamw bf16 state params n=%zu", n);
+  compare(name, params, BF16_TOL);
+  compare("  adamw bf16 state m", m, BF16_TOL);
+  compare("  adamw bf16 state v", v, BF16_TOL);
+  pair_free(&g), pair_free(&acc), pair_free(&params), pair_free(&m), pair_free(&v);
+  free(master_h), free(m_h), free(v_h);
 }
 
 // The programmatic-edge probe (kernels/pdl_probe.cu) must catch a copy kernel that does not wait

@@ -6,7 +6,9 @@
 # stage 1 with the last block on every row (SN_FULL_LAST_BLOCK=1). Also stage 1 with LoRA towers,
 # and stage 1 with FlagEmbedding teacher scores distilled by the KL term (stage1.kd_weight), and
 # stage 0 (causal-LM pretraining through the fused lm_head_xent kernels) on the training documents,
-# and a stop after 20 steps resumed on the GPU (full and LoRA towers) matching the straight run.
+# and a stop after 20 steps resumed on the GPU (full and LoRA towers, and the bf16 optimizer state)
+# matching the straight run. Stage 1 with the bf16 optimizer state (stochastic rounding from the same
+# counters on both backends) follows the CPU's bf16-state run like the fp32 runs follow each other.
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
 nvidia-smi -L >/dev/null 2>&1 || { echo "SKIP: no GPU"; exit 77; }
@@ -43,9 +45,18 @@ LORA="--set stage1.lora.rank=8 --set stage1.lora.alpha=16 --set stage1.optim.lr=
 # shellcheck disable=SC2086
 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=gpu-lora --set device=cuda $LORA 2>> gpu.log ||
   { tail -30 gpu.log; exit 1; }
+# The bf16 optimizer state: the bf16 weights their own master, bf16 moments (the CPU holds the same
+# values in fp32).
+BF16="--set stage1.optim.state_dtype=bf16"
+# shellcheck disable=SC2086
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=cpu-bf16 $BF16 2>> cpu.log || { tail cpu.log; exit 1; }
+# shellcheck disable=SC2086
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=gpu-bf16 --set device=cuda $BF16 2>> gpu.log ||
+  { tail -30 gpu.log; exit 1; }
 # Stopped after 20 steps and resumed on the GPU (the optimizer state streamed from the device into
-# state.bin, mapped and uploaded back a slice at a time), full towers and LoRA towers.
-for v in "gpu|" "gpu-lora|$LORA"; do
+# state.bin, mapped and uploaded back a slice at a time), full towers, LoRA towers and the bf16 state
+# (converted to fp32 for the file and back).
+for v in "gpu|" "gpu-lora|$LORA" "gpu-bf16|$BF16"; do
   IFS='|' read -r ref extra <<<"$v"
   # shellcheck disable=SC2086
   "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$ref-resumed --set device=cuda $extra \
@@ -91,7 +102,7 @@ def curve(d, stage): return [r["loss"] for r in rows(d, stage)]
 WINDOW = 10  # steps: single batches differ in difficulty, so single-step losses amplify tiny weight changes
 ok = True
 for stage, cpu_dir, gpu_dir in ((1, "cpu", "gpu"), (2, "cpu", "gpu2"), (1, "cpu-lora", "gpu-lora"), (1, "cpu-kd", "gpu-kd"),
-                                (0, "cpu-s0", "gpu-s0")):
+                                (0, "cpu-s0", "gpu-s0"), (1, "cpu-bf16", "gpu-bf16")):
     cpu, gpu = curve(cpu_dir, stage), curve(gpu_dir, stage)
     assert len(cpu) == len(gpu) == 50, (len(cpu), len(gpu))
     first = abs(cpu[0] - gpu[0]) / cpu[0]
@@ -120,7 +131,7 @@ for other, what in (("gpu-rc", "recompute = layer"), ("gpu-full", "the last bloc
 # A resume restores what the stop saved: steps 21-50 as in the straight run. Equal bits are expected
 # (the kernels are deterministic); within 1e-3 would pass, since lost moments or master weights move
 # the loss far more than that within a few steps.
-for ref in ("gpu", "gpu-lora"):
+for ref in ("gpu", "gpu-lora", "gpu-bf16"):
     straight, resumed = ({r["step"]: r["loss"] for r in rows(d, 1)} for d in (ref, f"{ref}-resumed"))
     later = [s for s in straight if s > 20]
     assert later and all(s in resumed for s in later), f"{ref}: resumed run lacks steps {later[0]}..{later[-1]}"

@@ -10,7 +10,9 @@
 # (resharding ZeRO state, also from ZeRO-1 to ZeRO-2); killing one rank ends the job in bounded
 # time, and --resume auto continues from the last checkpoint.
 # LoRA towers (two adapters over one frozen base), overlapped and under ZeRO-1, follow their 1-rank
-# run too.
+# run too. So does the bf16 optimizer state (optim.state_dtype = bf16) under ZeRO-1 and ZeRO-2,
+# within a bf16 step's share of the towers (compare_runs.py), and its ZeRO-2 equals its ZeRO-1 bit
+# for bit: each slice draws its stochastic rounding by the element's place in the whole buffer.
 source "$(dirname "$0")/../test_env.sh"
 sn_test_env "$@"
 sn_test_needs_command mpirun
@@ -29,7 +31,7 @@ cat > cfg.json <<JSON
             "tokenizer": "$SRC/configs/default/student/tokenizer.json",
             "batch_queries": 12, "steps": 3, "optim": {"lr": 1e-3, "warmup_steps": 1}}}
 JSON
-compare() { python3 "$SRC/tests/compare_runs.py" "$1" "$2"; }  # compare RUN_A RUN_B
+compare() { python3 "$SRC/tests/compare_runs.py" "$@"; }  # compare RUN_A RUN_B [WEIGHT_TOL]
 fail=0
 # Overlapped gradient all-reduce is on by default; tiny buckets make every layer its own bucket, also
 # with gradient accumulation, gradient caching and shared towers (where only the last backward pass
@@ -37,12 +39,15 @@ fail=0
 SMALL="--set dist.bucket_mb=0.005"
 ACCUM_CACHE="--set stage1.grad_accum=2 --set stage1.grad_cache_chunk=5 --set stage2.grad_accum=2"
 ZERO2="--set dist.zero=2 --set dist.check_replicas_every=1"
+BF16_STATE="--set stage1.optim.state_dtype=bf16 --set stage2.optim.state_dtype=bf16"
+BF16_STATE_TOL=1e-3  # a few elements a bf16 step (2^-8 relative) apart, in a tower's norm
 # Wider layers than the embedding table: the ranks' slice boundaries fall inside layers, so a
 # layer's ZeRO-2 reduce-scatter has parts on two ranks.
 WIDE='--set stage1.model_desc={"arch":"qwen2","layers":4,"hidden":32,"heads":4,"kv_heads":2,"intermediate":512,"vocab":4096}'
 for variant in plain symmetric zero1 buckets accum-cache shared no-overlap zero2 zero2-accum-cache zero2-shared \
-               zero1-wide zero2-wide lora lora-zero1 lora-zero2; do
+               zero1-wide zero2-wide lora lora-zero1 lora-zero2 bf16-zero1 bf16-zero2; do
   extra=""
+  weight_tol=""
   case $variant in
     symmetric) extra="--set stage1.symmetric=true" ;;
     zero1) extra="--set dist.zero1=true --set dist.check_replicas_every=1" ;;
@@ -59,6 +64,8 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap zero2
     zero1-wide) extra="--set dist.zero=1 --set dist.check_replicas_every=1 $WIDE" ;;
     zero2-wide) extra="$ZERO2 $WIDE" ;;
     lora-zero2) extra="--set stage1.lora.rank=4 --set stage1.lora.targets=q,v,down $ZERO2" ;;
+    bf16-zero1) extra="$BF16_STATE --set dist.zero=1 --set dist.check_replicas_every=1" weight_tol=$BF16_STATE_TOL ;;
+    bf16-zero2) extra="$BF16_STATE $ZERO2" weight_tol=$BF16_STATE_TOL ;;
   esac
   # shellcheck disable=SC2086
   "$BUILD/sn_train" --config cfg.json --set run_dir=np1-$variant $extra 2> np1.log || { cat np1.log; exit 1; }
@@ -75,7 +82,7 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap zero2
       grep -qE "stage 1: [2-9][0-9.]* overlapped all-reduces per step" np$np.log ||
         { echo "FAIL: LoRA buckets not overlapped: $(grep -E 'overlapped' np$np.log)"; fail=1; }
     fi
-    case $variant in zero*|lora-zero*)  # every rank hashed its weights after every step, and they agreed
+    case $variant in zero*|lora-zero*|bf16-zero*)  # every rank hashed its weights after every step, and they agreed
       [ "$(grep -c '"weights_hash"' np$np-$variant/metrics.jsonl)" = "$(wc -l < np$np-$variant/metrics.jsonl)" ] ||
         { echo "FAIL: replica checksums missing from np$np-$variant/metrics.jsonl"; fail=1; } ;;
     esac
@@ -94,24 +101,33 @@ for variant in plain symmetric zero1 buckets accum-cache shared no-overlap zero2
       done
       [ $same = 0 ] || echo "ok: $variant on $np ranks equals $zero1 bit for bit"
     fi
-    compare np1-$variant np$np-$variant || fail=1
+    if [ $variant = bf16-zero2 ]; then
+      for f in final/query_tower/model.safetensors final/doc_tower/model.safetensors final/student/model.safetensors; do
+        cmp -s np$np-bf16-zero1/$f np$np-$variant/$f || { echo "FAIL: $variant on $np ranks differs from bf16-zero1 ($f)"; fail=1; }
+      done
+    fi
+    # shellcheck disable=SC2086
+    compare np1-$variant np$np-$variant $weight_tol || fail=1
   done
 done
 
 # Written by 3 ranks, resumed on 2 (and, with ZeRO's sharded optimizer state, resharded from 3
 # ranks to 2 and to 1, also from ZeRO-1 shards into a ZeRO-2 run): the same run as on 1 rank.
-# Each case: ranks resuming | ZeRO stage writing | ZeRO stage resuming.
-"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np1-stage1 2> /dev/null
-for resume in "2|0|0" "2|1|1" "1|0|0" "2|2|2" "1|2|2" "2|1|2"; do
-  IFS='|' read -r np zw zr <<<"$resume"
-  run=resume-$np-zero$zw-$zr
+# Each case: ranks resuming | ZeRO stage writing | ZeRO stage resuming | optimizer state dtype.
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np1-stage1-fp32 2> /dev/null
+"$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=np1-stage1-bf16 $BF16_STATE 2> /dev/null
+for resume in "2|0|0|fp32" "2|1|1|fp32" "1|0|0|fp32" "2|2|2|fp32" "1|2|2|fp32" "2|1|2|fp32" "2|2|1|bf16"; do
+  IFS='|' read -r np zw zr state <<<"$resume"
+  run=resume-$np-zero$zw-$zr-$state
+  dtype="--set stage1.optim.state_dtype=$state"
   timeout 300 mpirun --oversubscribe -np 3 "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$run \
-    --set checkpoint.every=2 --stop-after 2 --set dist.zero=$zw 2> w3.log || { tail w3.log; exit 1; }
+    --set checkpoint.every=2 --stop-after 2 --set dist.zero=$zw $dtype 2> w3.log || { tail w3.log; exit 1; }
   [ $zw = 0 ] || ls $run/ckpt-1-2/state-rank00002.bin >/dev/null || { echo "FAIL: no per-rank shards"; fail=1; }
   timeout 300 mpirun --oversubscribe -np $np "$BUILD/sn_train" --config cfg.json --stage 1 --set run_dir=$run \
-    --resume auto --set dist.zero=$zr 2> r.log || { tail r.log; exit 1; }
+    --resume auto --set dist.zero=$zr $dtype 2> r.log || { tail r.log; exit 1; }
   grep -q "resume: stage 1, step 2" r.log || { echo "FAIL: $np ranks did not resume the 3-rank checkpoint"; fail=1; }
-  compare np1-stage1 $run || fail=1
+  # shellcheck disable=SC2046
+  compare np1-stage1-$state $run $([ $state = bf16 ] && echo $BF16_STATE_TOL) || fail=1
 done
 
 # A token budget per rank batch (queries + documents): rank batches differ in size, the

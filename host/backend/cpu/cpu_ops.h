@@ -210,5 +210,5 @@ void sn_cpu_topk_merge(float *best_score, int32_t *best_idx, const float *scores
 
 // ---- optimizer ----------------------------------------------------------------------------------
 void sn_cpu_sum_squares(float *out, const void *grads, size_t n);
-void sn_cpu_adamw(void *params, float *master, const void *grads, float *m, float *v,
+void sn_cpu_adamw(void *params, float *master, const void *grads, void *m, void *v,
                   const sn_param_span *spans, int nspans, const sn_adamw_hparams *hp);
