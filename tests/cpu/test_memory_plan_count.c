@@ -2,7 +2,8 @@
 // heads and 1 key/value head of 16, I 64, vocabulary 100, tied embeddings) on the CPU backend
 // (fp32, so 4 bytes an element): parameter count, the stage-1 weights, gradients and moments of two
 // towers, the activation bytes of a T-token batch with and without recomputation and for inference,
-// and the encode batch and (on a device backend) the search buffers a mining round adds to stage 1.
+// and the encode batch and (on a device backend) the search buffers a mining round adds to stage 1;
+// the master and moments of the fp32 and bf16 optimizer states on fp32 and bf16 storage.
 #include <string.h>
 
 #include "model.h"
@@ -123,6 +124,26 @@ int main(void) {
   CHECK(item(&p.phases[0], "master weights") == 2 * shard * f, "ZeRO-1 master %zu", item(&p.phases[0], "master weights"));
   CHECK(item(&p.phases[0], "ZeRO exchange") == 2 * 5 * shard * f, "ZeRO-1 exchange %zu",
         item(&p.phases[0], "ZeRO exchange"));
+  // The bf16 optimizer state: no master copy, sharded or not; m and v in the storage dtype (4 bytes
+  // on the CPU's fp32 storage, 2 on a bf16 backend), beside the one-float norm scratch.
+  snprintf(cfg.stage1.optim.state_dtype, sizeof cfg.stage1.optim.state_dtype, "bf16");
+  sn_memory_plan_build(&p, &cfg, ops, 4, 0, 1, 0);
+  CHECK(item(&p.phases[0], "master weights") == 0, "bf16 state: master %zu", item(&p.phases[0], "master weights"));
+  CHECK(item(&p.phases[0], "Adam moments") == 2 * (2 * shard * f + 4), "bf16 state moments %zu on fp32 storage",
+        item(&p.phases[0], "Adam moments"));
+  sn_ops bf16_device = *ops;
+  bf16_device.storage = SN_DTYPE_BF16, bf16_device.storage_size = 2;
+  sn_memory_plan_build(&p, &cfg, &bf16_device, 4, 0, 1, 0);
+  CHECK(item(&p.phases[0], "Adam moments") == 2 * (2 * shard * 2 + 4), "bf16 state moments %zu on bf16 storage",
+        item(&p.phases[0], "Adam moments"));
+  CHECK(item(&p.phases[0], "master weights") == 0, "bf16 state on bf16 storage: master %zu",
+        item(&p.phases[0], "master weights"));
+  // The fp32 state on bf16 storage keeps an fp32 master even on one rank.
+  snprintf(cfg.stage1.optim.state_dtype, sizeof cfg.stage1.optim.state_dtype, "fp32");
+  cfg.dist.zero = 0, cfg.dist.zero1 = 0;
+  sn_memory_plan_build(&p, &cfg, &bf16_device, 1, 0, 1, 0);
+  CHECK(item(&p.phases[0], "master weights") == 2 * N * f, "fp32 state on bf16 storage: master %zu, hand %zu",
+        item(&p.phases[0], "master weights"), 2 * N * f);
   sn_model_free(m);
   return sn_test_finish("test_memory_plan_count");
 }
