@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(ADAMW_THREADS)
     if (j >= sp.count) break;
     size_t i = sp.offset + j;
     const float w = BF16_STATE ? bf2f(params[i]) : master[i];
-    sn_adamw_elem u = sn_adamw_update(w, moment_load(m, i), moment_load(v, i), bf2f(grads[i]), sp.weight_decay, &k);
+    sn_adamw_elem u = sn_adamw_update(w, moment_load(m, i), moment_load(v, i), bf2f(grads[i]), sp.weight_decay, k);
     if (BF16_STATE) sn_adamw_round_bf16(&u, round_key, index_base + i);
     moment_store(m, i, u.m);
     moment_store(v, i, u.v);

@@ -26,14 +26,15 @@ typedef struct {
 } sn_adamw_elem;
 
 // The step of one element: gradient g (before grad_scale), weight w, moments m and v in; the new
-// weight and moments out, in fp32. wd: the element's weight decay.
-SN_RNG_FN sn_adamw_elem sn_adamw_update(float w, float m, float v, float g, float wd, const sn_adamw_consts *k) {
-  const float gs = g * k->grad_scale;
+// weight and moments out, in fp32. wd: the element's weight decay. k by value: in a kernel, taking
+// the address of a parameter can make the compiler copy it to local memory.
+SN_RNG_FN sn_adamw_elem sn_adamw_update(float w, float m, float v, float g, float wd, sn_adamw_consts k) {
+  const float gs = g * k.grad_scale;
   sn_adamw_elem e;
-  e.m = k->beta1 * m + (1.0f - k->beta1) * gs;
-  e.v = k->beta2 * v + (1.0f - k->beta2) * gs * gs;
-  const float update = (e.m / k->bias_correction1) / (sqrtf(e.v / k->bias_correction2) + k->eps) + wd * w;
-  e.w = w - k->lr * update;
+  e.m = k.beta1 * m + (1.0f - k.beta1) * gs;
+  e.v = k.beta2 * v + (1.0f - k.beta2) * gs * gs;
+  const float update = (e.m / k.bias_correction1) / (sqrtf(e.v / k.bias_correction2) + k.eps) + wd * w;
+  e.w = w - k.lr * update;
   return e;
 }
 

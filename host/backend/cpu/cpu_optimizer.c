@@ -33,7 +33,7 @@ static void adamw_span(float *params, float *master, const float *grads, float *
 #pragma omp for schedule(static) nowait
   for (size_t j = 0; j < count; j++) {
     size_t i = offset + j;
-    sn_adamw_elem e = sn_adamw_update(master[i], m[i], v[i], grads[i], wd, k);
+    sn_adamw_elem e = sn_adamw_update(master[i], m[i], v[i], grads[i], wd, *k);
     if (hp->state_bf16) sn_adamw_round_bf16(&e, hp->round_key, hp->index_base + i);
     m[i] = e.m;
     v[i] = e.v;
