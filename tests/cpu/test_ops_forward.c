@@ -435,6 +435,24 @@ static void test_distill(void) {
 }
 
 // ---- optimizer ----------------------------------------------------------------------------------
+// The span holding element i (-1: none).
+static int span_of_element(const sn_param_span *spans, int nspans, size_t i) {
+  int found = -1;
+  for (int s = 0; s < nspans; s++)
+    if (i >= spans[s].offset && i < spans[s].offset + spans[s].count) found = s;
+  return found;
+}
+
+// One element's AdamW step in double: want = {weight, m, v} after it.
+static void adamw_reference(double w, double m, double v, double grad, double wd, const sn_adamw_hparams *hp,
+                            double want[3]) {
+  const double g = grad * hp->grad_scale;
+  want[1] = hp->beta1 * m + (1 - hp->beta1) * g;
+  want[2] = hp->beta2 * v + (1 - hp->beta2) * g * g;
+  const double m_hat = want[1] / (1 - pow(hp->beta1, hp->step)), v_hat = want[2] / (1 - pow(hp->beta2, hp->step));
+  want[0] = w - hp->lr * (m_hat / (sqrt(v_hat) + hp->eps) + wd * w);
+}
+
 // n elements; spans [0, 0.4n) with weight decay and [0.5n, 0.8n) without; the rest untouched.
 static void test_adamw(int separate_master, size_t n) {
   const sn_param_span spans[2] = {{0, n * 4 / 10, 0.1f}, {n / 2, n * 8 / 10 - n / 2, 0.0f}};
@@ -450,18 +468,12 @@ static void test_adamw(int separate_master, size_t n) {
   double *want_v = mallocCheck(n * sizeof(double));
   int *span_of = mallocCheck(n * sizeof(int));
   for (size_t i = 0; i < n; i++) {
-    span_of[i] = -1;
-    for (int s = 0; s < 2; s++)
-      if (i >= spans[s].offset && i < spans[s].offset + spans[s].count) span_of[i] = s;
-    int s = span_of[i];
+    const int s = span_of[i] = span_of_element(spans, 2, i);
     want_w[i] = master[i], want_m[i] = m[i], want_v[i] = v[i];
     if (s < 0) continue;
-    double g = (double)grads[i] * hp.grad_scale;
-    want_m[i] = hp.beta1 * (double)m[i] + (1 - hp.beta1) * g;
-    want_v[i] = hp.beta2 * (double)v[i] + (1 - hp.beta2) * g * g;
-    double m_hat = want_m[i] / (1 - pow(hp.beta1, hp.step));
-    double v_hat = want_v[i] / (1 - pow(hp.beta2, hp.step));
-    want_w[i] = master[i] - hp.lr * (m_hat / (sqrt(v_hat) + hp.eps) + spans[s].weight_decay * master[i]);
+    double want[3];
+    adamw_reference(master[i], m[i], v[i], grads[i], spans[s].weight_decay, &hp, want);
+    want_w[i] = want[0], want_m[i] = want[1], want_v[i] = want[2];
   }
   ops->adamw(params, master, grads, m, v, spans, 2, &hp);
   char what[96];
@@ -505,19 +517,15 @@ static void test_adamw_bf16_state(size_t n) {
   ops->adamw(w, NULL, g, m, v, spans, 2, &hp);
   size_t bad = 0, changed = 0;
   for (size_t i = 0; i < n; i++) {
-    int s = -1;
-    for (int k = 0; k < 2; k++)
-      if (i >= spans[k].offset && i < spans[k].offset + spans[k].count) s = k;
+    const int s = span_of_element(spans, 2, i);
     if (s < 0) {
       bad += w[i] != w0[i] || m[i] != m0[i] || v[i] != v0[i];
       continue;
     }
-    double gs = (double)g[i] * hp.grad_scale;
-    double want_m = hp.beta1 * (double)m0[i] + (1 - hp.beta1) * gs;
-    double want_v = hp.beta2 * (double)v0[i] + (1 - hp.beta2) * gs * gs;
-    double want_w = w0[i] - hp.lr * (want_m / (1 - pow(hp.beta1, 3)) / (sqrt(want_v / (1 - pow(hp.beta2, 3))) + hp.eps) +
-                                     spans[s].weight_decay * w0[i]);
-    const double got[3] = {w[i], m[i], v[i]}, want[3] = {want_w, want_m, want_v};
+    const double gs = (double)g[i] * hp.grad_scale;
+    double want[3];
+    adamw_reference(w0[i], m0[i], v0[i], g[i], spans[s].weight_decay, &hp, want);
+    const double got[3] = {w[i], m[i], v[i]}, want_w = want[0];
     // What the fp32 sums before the rounding may be off by: a few fp32 steps of their terms (the
     // sum of m cancels where the gradient undoes the moment).
     const double terms[3] = {fabs(w0[i]) + fabs(want_w - w0[i]), hp.beta1 * fabs(m0[i]) + (1 - hp.beta1) * fabs(gs),
