@@ -65,16 +65,68 @@ template <>
 struct adamw_state<true> {
   typedef bf16 moment;
 };
-__device__ __forceinline__ float moment_load(const float *p, size_t i) { return p[i]; }
-__device__ __forceinline__ float moment_load(const bf16 *p, size_t i) { return bf2f(p[i]); }
-__device__ __forceinline__ void moment_store(float *p, size_t i, float x) { p[i] = x; }
-__device__ __forceinline__ void moment_store(bf16 *p, size_t i, float x) { p[i] = f2bf(x); }  // exact: x is bf16
 
+// Elements a thread handles at once: one 16-byte load of each bf16 array under the bf16 state, one
+// of each fp32 array (and 8 bytes of each bf16 one) under the fp32 state. AdamW is bandwidth-bound;
+// element-wise 2-byte loads (the first version) kept too few bytes in flight for the bf16 state's
+// 14 bytes a parameter to reach the copy rate.
+template <bool BF16_STATE>
+struct adamw_vec {
+  static constexpr int n = BF16_STATE ? BF16_PER_PACK : F32_PER_PACK;
+};
+static_assert(ADAMW_PER_THREAD % BF16_PER_PACK == 0 && ADAMW_PER_THREAD % F32_PER_PACK == 0,
+              "a thread's elements are whole vectors");
+
+template <typename T, int N>
+struct __align__(sizeof(T) * N) adamw_pack {
+  T v[N];
+};
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return bf2f(x); }
+__device__ __forceinline__ void from_f32(float *p, float x) { *p = x; }
+__device__ __forceinline__ void from_f32(bf16 *p, float x) { *p = f2bf(x); }  // exact for stochastically rounded x
+
+// d[0..n) = p[0..n) as floats: one vector load when `vec`, else n scalar loads (a span's tail or an
+// unaligned span).
+template <int N, typename T>
+__device__ __forceinline__ void adamw_load(float (&d)[N], const T *p, int n, bool vec) {
+  if (vec) {
+    const adamw_pack<T, N> x = *reinterpret_cast<const adamw_pack<T, N> *>(p);
+#pragma unroll
+    for (int k = 0; k < N; k++) d[k] = to_f32(x.v[k]);
+  } else {  // unrolled with a guard, so d stays in registers
+#pragma unroll
+    for (int k = 0; k < N; k++)
+      if (k < n) d[k] = to_f32(p[k]);
+  }
+}
+template <int N, typename T>
+__device__ __forceinline__ void adamw_store(T *p, const float (&s)[N], int n, bool vec) {
+  if (vec) {
+    adamw_pack<T, N> x;
+#pragma unroll
+    for (int k = 0; k < N; k++) from_f32(&x.v[k], s[k]);
+    *reinterpret_cast<adamw_pack<T, N> *>(p) = x;
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; k++)
+      if (k < n) from_f32(&p[k], s[k]);
+  }
+}
+template <int N, typename T>
+__device__ __forceinline__ bool adamw_aligned(const T *p) {
+  return ((uintptr_t)p % sizeof(adamw_pack<T, N>)) == 0;
+}
+
+// A block owns ADAMW_CHUNK elements of one span; within it, vector g of thread t starts at element
+// (g * ADAMW_THREADS + t) * N, so each load instruction of a warp reads one contiguous range.
 template <bool BF16_STATE>
 __global__ void __launch_bounds__(ADAMW_THREADS)
     adamw_kernel(bf16 *params, float *master, const bf16 *grads, typename adamw_state<BF16_STATE>::moment *m,
                  typename adamw_state<BF16_STATE>::moment *v, const adamw_span *spans, int nspans,
                  sn_adamw_consts k, uint64_t round_key, uint64_t index_base) {
+  constexpr int N = adamw_vec<BF16_STATE>::n;
+  typedef typename adamw_state<BF16_STATE>::moment moment;
   // Span of this block: the last span whose first chunk <= blockIdx.x.
   int lo = 0, hi = nspans;
   while (hi - lo > 1) {
@@ -84,17 +136,31 @@ __global__ void __launch_bounds__(ADAMW_THREADS)
   }
   const adamw_span sp = spans[lo];
   const size_t chunk_start = (size_t)(blockIdx.x - sp.first_chunk) * ADAMW_CHUNK;
-  for (int e = 0; e < ADAMW_PER_THREAD; e++) {
-    size_t j = chunk_start + (size_t)e * ADAMW_THREADS + threadIdx.x;  // coalesced per e
+#pragma unroll
+  for (int g = 0; g < ADAMW_PER_THREAD / N; g++) {
+    const size_t j = chunk_start + ((size_t)g * ADAMW_THREADS + threadIdx.x) * N;
     if (j >= sp.count) break;
-    size_t i = sp.offset + j;
-    const float w = BF16_STATE ? bf2f(params[i]) : master[i];
-    sn_adamw_elem u = sn_adamw_update(w, moment_load(m, i), moment_load(v, i), bf2f(grads[i]), sp.weight_decay, k);
-    if (BF16_STATE) sn_adamw_round_bf16(&u, round_key, index_base + i);
-    moment_store(m, i, u.m);
-    moment_store(v, i, u.v);
-    if (!BF16_STATE) master[i] = u.w;
-    params[i] = f2bf(u.w);
+    const size_t i = sp.offset + j;
+    const int n = (int)min((size_t)N, sp.count - j);
+    const bool vec = n == N && adamw_aligned<N>(params + i) && adamw_aligned<N>(grads + i) &&
+                     adamw_aligned<N>(m + i) && adamw_aligned<N>(v + i) && (BF16_STATE || adamw_aligned<N>(master + i));
+    float w[N], mo[N], ve[N], gr[N];
+    if (BF16_STATE) adamw_load(w, params + i, n, vec);
+    else adamw_load(w, master + i, n, vec);
+    adamw_load(mo, (const moment *)m + i, n, vec);
+    adamw_load(ve, (const moment *)v + i, n, vec);
+    adamw_load(gr, grads + i, n, vec);
+#pragma unroll
+    for (int e = 0; e < N; e++) {
+      if (e >= n) break;
+      sn_adamw_elem u = sn_adamw_update(w[e], mo[e], ve[e], gr[e], sp.weight_decay, k);
+      if (BF16_STATE) sn_adamw_round_bf16(&u, round_key, index_base + i + e);
+      w[e] = u.w, mo[e] = u.m, ve[e] = u.v;
+    }
+    adamw_store(m + i, mo, n, vec);
+    adamw_store(v + i, ve, n, vec);
+    if (!BF16_STATE) adamw_store(master + i, w, n, vec);
+    adamw_store(params + i, w, n, vec);
   }
 }
 
