@@ -1,9 +1,10 @@
 // Optimizer kernels: the gradient sum of squares (for the global norm and clipping) and fused
 // multi-tensor AdamW over a flat parameter buffer, with fp32 master and moments or the bf16 state
 // (the element's maths is host/backend/adamw_math.h, shared with the CPU op). Deterministic: the sum
-// of squares uses a fixed grid and a fixed-order second stage. AdamW is one launch for all spans: each block owns a chunk of
-// one span, found by binary search in a device table of the spans' first chunk numbers; the table is
-// uploaded only when the spans change (it lives in a growable scratch buffer: no cudaMalloc per step).
+// of squares uses a fixed grid and a fixed-order second stage. AdamW is one launch for all spans:
+// each block owns a chunk of one span, found by binary search in a device table of the spans' first
+// chunk numbers; the table is uploaded only when the spans change (it lives in a growable scratch
+// buffer: no cudaMalloc per step).
 #include "adamw_math.h"
 #include "common.cuh"
 
