@@ -89,7 +89,9 @@ struct __align__(sizeof(T) * N) adamw_pack {
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16 x) { return bf2f(x); }
 __device__ __forceinline__ void from_f32(float *p, float x) { *p = x; }
-__device__ __forceinline__ void from_f32(bf16 *p, float x) { *p = f2bf(x); }  // exact for stochastically rounded x
+// Rounds to nearest: exact for the bf16 state's values (already rounded stochastically), the weight's
+// bf16 copy under the fp32 state.
+__device__ __forceinline__ void from_f32(bf16 *p, float x) { *p = f2bf(x); }
 
 // d[0..n) = p[0..n) as floats: one vector load when `vec`, else n scalar loads (a span's tail or an
 // unaligned span).
